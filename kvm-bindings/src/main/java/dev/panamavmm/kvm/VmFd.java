@@ -1,0 +1,113 @@
+package dev.panamavmm.kvm;
+
+import dev.panamavmm.kvm.bindings.Ioctls;
+import dev.panamavmm.kvm.bindings.KvmIrqLevel;
+import dev.panamavmm.kvm.bindings.KvmPitConfig;
+import dev.panamavmm.kvm.bindings.KvmUserspaceMemoryRegion;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.sys.LibC;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+
+/**
+ * A VM fd: memslots, the in-kernel interrupt controllers and timers, and the factory for vCPUs.
+ * Typed wrappers over the VM ioctls; policy (which slots, which devices) lives in the VMM.
+ */
+public final class VmFd implements AutoCloseable {
+    private final Kvm kvm;
+    private final int fd;
+    private final Arena arena;
+    private boolean closed;
+
+    VmFd(Kvm kvm, int fd, Arena arena) {
+        this.kvm = kvm;
+        this.fd = fd;
+        this.arena = arena;
+    }
+
+    public int fd() {
+        return fd;
+    }
+
+    public Kvm kvm() {
+        return kvm;
+    }
+
+    /** KVM_CHECK_EXTENSION on the VM: some answers (KVM_CAP_XSAVE2's size) are per VM. */
+    public int checkExtension(int capability) {
+        return LibC.ioctl(fd, Ioctls.KVM_CHECK_EXTENSION, capability);
+    }
+
+    /**
+     * Maps {@code memory} at guest-physical {@code guestAddress} in {@code slot}; a size of zero
+     * removes the slot. KVM keeps using the host address until the slot is removed.
+     */
+    public void setUserMemoryRegion(int slot, int flags, long guestAddress, MemorySegment memory) {
+        try (var a = Arena.ofConfined()) {
+            var region = a.allocate(KvmUserspaceMemoryRegion.LAYOUT);
+            KvmUserspaceMemoryRegion.slot(region, slot);
+            KvmUserspaceMemoryRegion.flags(region, flags);
+            KvmUserspaceMemoryRegion.guestPhysAddr(region, guestAddress);
+            KvmUserspaceMemoryRegion.memorySize(region, memory.byteSize());
+            KvmUserspaceMemoryRegion.userspaceAddr(region, memory.address());
+            LibC.ioctl(fd, Ioctls.KVM_SET_USER_MEMORY_REGION, region);
+        }
+    }
+
+    /** Removes a memslot (KVM_SET_USER_MEMORY_REGION with size 0). */
+    public void removeUserMemoryRegion(int slot, long guestAddress) {
+        setUserMemoryRegion(slot, 0, guestAddress, MemorySegment.NULL);
+    }
+
+    /** Three pages of guest-physical space KVM needs for the real-mode TSS on Intel. */
+    public void setTssAddress(long address) {
+        LibC.ioctl(fd, Ioctls.KVM_SET_TSS_ADDR, address);
+    }
+
+    /** In-kernel PIC, IOAPIC and per-vCPU LAPICs. */
+    public void createIrqchip() {
+        LibC.ioctl(fd, Ioctls.KVM_CREATE_IRQCHIP, 0L);
+    }
+
+    /** In-kernel 8254 PIT (create after the irqchip). */
+    public void createPit2(int flags) {
+        try (var a = Arena.ofConfined()) {
+            var config = a.allocate(KvmPitConfig.LAYOUT);
+            KvmPitConfig.flags(config, flags);
+            LibC.ioctl(fd, Ioctls.KVM_CREATE_PIT2, config);
+        }
+    }
+
+    /** Raises or lowers interrupt line {@code irq} of the in-kernel irqchip. */
+    public void irqLine(int irq, boolean level) {
+        try (var a = Arena.ofConfined()) {
+            var line = a.allocate(KvmIrqLevel.LAYOUT);
+            KvmIrqLevel.irq(line, irq);
+            KvmIrqLevel.level(line, level ? 1 : 0);
+            LibC.ioctl(fd, Ioctls.KVM_IRQ_LINE, line);
+        }
+    }
+
+    /** Creates vCPU {@code id} and maps its {@code kvm_run} page into this VM's arena. */
+    public VcpuFd createVcpu(int id) {
+        int vcpuFd = LibC.ioctl(fd, Ioctls.KVM_CREATE_VCPU, id);
+        try {
+            long size = kvm.vcpuMmapSize();
+            var run = LibC.mapInto(arena, size, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
+                    LibcConstants.MAP_SHARED, vcpuFd, 0);
+            return new VcpuFd(id, vcpuFd, run);
+        } catch (RuntimeException e) {
+            LibC.close(vcpuFd);
+            throw e;
+        }
+    }
+
+    @Override
+    public void close() {
+        if (!closed) {
+            closed = true;
+            LibC.close(fd);
+        }
+    }
+}
