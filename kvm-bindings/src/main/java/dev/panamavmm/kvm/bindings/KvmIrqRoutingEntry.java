@@ -22,6 +22,7 @@ public final class KvmIrqRoutingEntry {
         MemoryLayout.unionLayout(
             KvmIrqRoutingIrqchip.LAYOUT.withName("irqchip"),
             KvmIrqRoutingMsi.LAYOUT.withName("msi"),
+            KvmIrqRoutingS390Adapter.LAYOUT.withName("adapter"),
             MemoryLayout.sequenceLayout(8, JAVA_INT).withName("pad")).withName("u")).withName("kvm_irq_routing_entry");
 
     public static final long BYTE_SIZE = 48;
@@ -41,6 +42,8 @@ public final class KvmIrqRoutingEntry {
     public static final long U_IRQCHIP = 16;
     /** {@code struct kvm_irq_routing_msi kvm_irq_routing_entry.u.msi} */
     public static final long U_MSI = 16;
+    /** {@code struct kvm_irq_routing_s390_adapter kvm_irq_routing_entry.u.adapter} */
+    public static final long U_ADAPTER = 16;
     /** {@code u32 kvm_irq_routing_entry.u.pad[8]} */
     public static final long U_PAD = 16;
     public static final long U_PAD_COUNT = 8;
@@ -56,6 +59,7 @@ public final class KvmIrqRoutingEntry {
     public static MemorySegment u(MemorySegment s) { return s.asSlice(U, U_BYTES); }
     public static MemorySegment uIrqchip(MemorySegment s) { return s.asSlice(U_IRQCHIP, KvmIrqRoutingIrqchip.BYTE_SIZE); }
     public static MemorySegment uMsi(MemorySegment s) { return s.asSlice(U_MSI, KvmIrqRoutingMsi.BYTE_SIZE); }
+    public static MemorySegment uAdapter(MemorySegment s) { return s.asSlice(U_ADAPTER, KvmIrqRoutingS390Adapter.BYTE_SIZE); }
     public static int uPad(MemorySegment s, long i) { return s.get(JAVA_INT, U_PAD + Objects.checkIndex(i, U_PAD_COUNT) * 4L); }
     public static void uPad(MemorySegment s, long i, int v) { s.set(JAVA_INT, U_PAD + Objects.checkIndex(i, U_PAD_COUNT) * 4L, v); }
 }

@@ -93,91 +93,91 @@ public final class KvmRun {
     public static final long EXIT = 32;
     public static final long EXIT_BYTES = 256;
     /** {@code kvm_run.exit.hw} (struct, 8 bytes) */
-    public static final long EXIT_HW = 32;
-    public static final long EXIT_HW_BYTES = 8;
+    public static final long HW = 32;
+    public static final long HW_BYTES = 8;
     /** {@code u64 kvm_run.exit.hw.hardware_exit_reason} */
-    public static final long EXIT_HW_HARDWARE_EXIT_REASON = 32;
+    public static final long HW_HARDWARE_EXIT_REASON = 32;
     /** {@code kvm_run.exit.fail_entry} (struct, 16 bytes) */
-    public static final long EXIT_FAIL_ENTRY = 32;
-    public static final long EXIT_FAIL_ENTRY_BYTES = 16;
+    public static final long FAIL_ENTRY = 32;
+    public static final long FAIL_ENTRY_BYTES = 16;
     /** {@code u64 kvm_run.exit.fail_entry.hardware_entry_failure_reason} */
-    public static final long EXIT_FAIL_ENTRY_HARDWARE_ENTRY_FAILURE_REASON = 32;
+    public static final long FAIL_ENTRY_HARDWARE_ENTRY_FAILURE_REASON = 32;
     /** {@code u32 kvm_run.exit.fail_entry.cpu} */
-    public static final long EXIT_FAIL_ENTRY_CPU = 40;
+    public static final long FAIL_ENTRY_CPU = 40;
     /** {@code kvm_run.exit.ex} (struct, 8 bytes) */
-    public static final long EXIT_EX = 32;
-    public static final long EXIT_EX_BYTES = 8;
+    public static final long EX = 32;
+    public static final long EX_BYTES = 8;
     /** {@code u32 kvm_run.exit.ex.exception} */
-    public static final long EXIT_EX_EXCEPTION = 32;
+    public static final long EX_EXCEPTION = 32;
     /** {@code u32 kvm_run.exit.ex.error_code} */
-    public static final long EXIT_EX_ERROR_CODE = 36;
+    public static final long EX_ERROR_CODE = 36;
     /** {@code kvm_run.exit.io} (struct, 16 bytes) */
-    public static final long EXIT_IO = 32;
-    public static final long EXIT_IO_BYTES = 16;
+    public static final long IO = 32;
+    public static final long IO_BYTES = 16;
     /** {@code u8 kvm_run.exit.io.direction} */
-    public static final long EXIT_IO_DIRECTION = 32;
+    public static final long IO_DIRECTION = 32;
     /** {@code u8 kvm_run.exit.io.size} */
-    public static final long EXIT_IO_SIZE = 33;
+    public static final long IO_SIZE = 33;
     /** {@code u16 kvm_run.exit.io.port} */
-    public static final long EXIT_IO_PORT = 34;
+    public static final long IO_PORT = 34;
     /** {@code u32 kvm_run.exit.io.count} */
-    public static final long EXIT_IO_COUNT = 36;
+    public static final long IO_COUNT = 36;
     /** {@code u64 kvm_run.exit.io.data_offset} */
-    public static final long EXIT_IO_DATA_OFFSET = 40;
+    public static final long IO_DATA_OFFSET = 40;
     /** {@code kvm_run.exit.mmio} (struct, 24 bytes) */
-    public static final long EXIT_MMIO = 32;
-    public static final long EXIT_MMIO_BYTES = 24;
+    public static final long MMIO = 32;
+    public static final long MMIO_BYTES = 24;
     /** {@code u64 kvm_run.exit.mmio.phys_addr} */
-    public static final long EXIT_MMIO_PHYS_ADDR = 32;
+    public static final long MMIO_PHYS_ADDR = 32;
     /** {@code u8 kvm_run.exit.mmio.data[8]} */
-    public static final long EXIT_MMIO_DATA = 40;
-    public static final long EXIT_MMIO_DATA_COUNT = 8;
+    public static final long MMIO_DATA = 40;
+    public static final long MMIO_DATA_COUNT = 8;
     /** {@code u32 kvm_run.exit.mmio.len} */
-    public static final long EXIT_MMIO_LEN = 48;
+    public static final long MMIO_LEN = 48;
     /** {@code u8 kvm_run.exit.mmio.is_write} */
-    public static final long EXIT_MMIO_IS_WRITE = 52;
+    public static final long MMIO_IS_WRITE = 52;
     /** {@code kvm_run.exit.internal} (struct, 136 bytes) */
-    public static final long EXIT_INTERNAL = 32;
-    public static final long EXIT_INTERNAL_BYTES = 136;
+    public static final long INTERNAL = 32;
+    public static final long INTERNAL_BYTES = 136;
     /** {@code u32 kvm_run.exit.internal.suberror} */
-    public static final long EXIT_INTERNAL_SUBERROR = 32;
+    public static final long INTERNAL_SUBERROR = 32;
     /** {@code u32 kvm_run.exit.internal.ndata} */
-    public static final long EXIT_INTERNAL_NDATA = 36;
+    public static final long INTERNAL_NDATA = 36;
     /** {@code u64 kvm_run.exit.internal.data[16]} */
-    public static final long EXIT_INTERNAL_DATA = 40;
-    public static final long EXIT_INTERNAL_DATA_COUNT = 16;
+    public static final long INTERNAL_DATA = 40;
+    public static final long INTERNAL_DATA_COUNT = 16;
     /** {@code kvm_run.exit.emulation_failure} (struct, 32 bytes) */
-    public static final long EXIT_EMULATION_FAILURE = 32;
-    public static final long EXIT_EMULATION_FAILURE_BYTES = 32;
+    public static final long EMULATION_FAILURE = 32;
+    public static final long EMULATION_FAILURE_BYTES = 32;
     /** {@code u32 kvm_run.exit.emulation_failure.suberror} */
-    public static final long EXIT_EMULATION_FAILURE_SUBERROR = 32;
+    public static final long EMULATION_FAILURE_SUBERROR = 32;
     /** {@code u32 kvm_run.exit.emulation_failure.ndata} */
-    public static final long EXIT_EMULATION_FAILURE_NDATA = 36;
+    public static final long EMULATION_FAILURE_NDATA = 36;
     /** {@code u64 kvm_run.exit.emulation_failure.flags} */
-    public static final long EXIT_EMULATION_FAILURE_FLAGS = 40;
+    public static final long EMULATION_FAILURE_FLAGS = 40;
     /** {@code u8 kvm_run.exit.emulation_failure.insn_size} */
-    public static final long EXIT_EMULATION_FAILURE_INSN_SIZE = 48;
+    public static final long EMULATION_FAILURE_INSN_SIZE = 48;
     /** {@code u8 kvm_run.exit.emulation_failure.insn_bytes[15]} */
-    public static final long EXIT_EMULATION_FAILURE_INSN_BYTES = 49;
-    public static final long EXIT_EMULATION_FAILURE_INSN_BYTES_COUNT = 15;
+    public static final long EMULATION_FAILURE_INSN_BYTES = 49;
+    public static final long EMULATION_FAILURE_INSN_BYTES_COUNT = 15;
     /** {@code kvm_run.exit.system_event} (struct, 136 bytes) */
-    public static final long EXIT_SYSTEM_EVENT = 32;
-    public static final long EXIT_SYSTEM_EVENT_BYTES = 136;
+    public static final long SYSTEM_EVENT = 32;
+    public static final long SYSTEM_EVENT_BYTES = 136;
     /** {@code u32 kvm_run.exit.system_event.type} */
-    public static final long EXIT_SYSTEM_EVENT_TYPE = 32;
+    public static final long SYSTEM_EVENT_TYPE = 32;
     /** {@code u32 kvm_run.exit.system_event.ndata} */
-    public static final long EXIT_SYSTEM_EVENT_NDATA = 36;
+    public static final long SYSTEM_EVENT_NDATA = 36;
     /** {@code u64 kvm_run.exit.system_event.data[16]} */
-    public static final long EXIT_SYSTEM_EVENT_DATA = 40;
-    public static final long EXIT_SYSTEM_EVENT_DATA_COUNT = 16;
+    public static final long SYSTEM_EVENT_DATA = 40;
+    public static final long SYSTEM_EVENT_DATA_COUNT = 16;
     /** {@code kvm_run.exit.eoi} (struct, 1 bytes) */
-    public static final long EXIT_EOI = 32;
-    public static final long EXIT_EOI_BYTES = 1;
+    public static final long EOI = 32;
+    public static final long EOI_BYTES = 1;
     /** {@code u8 kvm_run.exit.eoi.vector} */
-    public static final long EXIT_EOI_VECTOR = 32;
+    public static final long EOI_VECTOR = 32;
     /** {@code char kvm_run.exit.padding[256]} */
-    public static final long EXIT_PADDING = 32;
-    public static final long EXIT_PADDING_COUNT = 256;
+    public static final long PADDING = 32;
+    public static final long PADDING_COUNT = 256;
     /** {@code u64 kvm_run.kvm_valid_regs} */
     public static final long KVM_VALID_REGS = 288;
     /** {@code u64 kvm_run.kvm_dirty_regs} */
@@ -208,69 +208,69 @@ public final class KvmRun {
     public static long apicBase(MemorySegment s) { return s.get(JAVA_LONG, APIC_BASE); }
     public static void apicBase(MemorySegment s, long v) { s.set(JAVA_LONG, APIC_BASE, v); }
     public static MemorySegment exit(MemorySegment s) { return s.asSlice(EXIT, EXIT_BYTES); }
-    public static MemorySegment exitHw(MemorySegment s) { return s.asSlice(EXIT_HW, EXIT_HW_BYTES); }
-    public static long exitHwHardwareExitReason(MemorySegment s) { return s.get(JAVA_LONG, EXIT_HW_HARDWARE_EXIT_REASON); }
-    public static void exitHwHardwareExitReason(MemorySegment s, long v) { s.set(JAVA_LONG, EXIT_HW_HARDWARE_EXIT_REASON, v); }
-    public static MemorySegment exitFailEntry(MemorySegment s) { return s.asSlice(EXIT_FAIL_ENTRY, EXIT_FAIL_ENTRY_BYTES); }
-    public static long exitFailEntryHardwareEntryFailureReason(MemorySegment s) { return s.get(JAVA_LONG, EXIT_FAIL_ENTRY_HARDWARE_ENTRY_FAILURE_REASON); }
-    public static void exitFailEntryHardwareEntryFailureReason(MemorySegment s, long v) { s.set(JAVA_LONG, EXIT_FAIL_ENTRY_HARDWARE_ENTRY_FAILURE_REASON, v); }
-    public static int exitFailEntryCpu(MemorySegment s) { return s.get(JAVA_INT, EXIT_FAIL_ENTRY_CPU); }
-    public static void exitFailEntryCpu(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_FAIL_ENTRY_CPU, v); }
-    public static MemorySegment exitEx(MemorySegment s) { return s.asSlice(EXIT_EX, EXIT_EX_BYTES); }
-    public static int exitExException(MemorySegment s) { return s.get(JAVA_INT, EXIT_EX_EXCEPTION); }
-    public static void exitExException(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_EX_EXCEPTION, v); }
-    public static int exitExErrorCode(MemorySegment s) { return s.get(JAVA_INT, EXIT_EX_ERROR_CODE); }
-    public static void exitExErrorCode(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_EX_ERROR_CODE, v); }
-    public static MemorySegment exitIo(MemorySegment s) { return s.asSlice(EXIT_IO, EXIT_IO_BYTES); }
-    public static int exitIoDirection(MemorySegment s) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, EXIT_IO_DIRECTION)); }
-    public static void exitIoDirection(MemorySegment s, int v) { s.set(JAVA_BYTE, EXIT_IO_DIRECTION, (byte) v); }
-    public static int exitIoSize(MemorySegment s) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, EXIT_IO_SIZE)); }
-    public static void exitIoSize(MemorySegment s, int v) { s.set(JAVA_BYTE, EXIT_IO_SIZE, (byte) v); }
-    public static int exitIoPort(MemorySegment s) { return Short.toUnsignedInt(s.get(JAVA_SHORT, EXIT_IO_PORT)); }
-    public static void exitIoPort(MemorySegment s, int v) { s.set(JAVA_SHORT, EXIT_IO_PORT, (short) v); }
-    public static int exitIoCount(MemorySegment s) { return s.get(JAVA_INT, EXIT_IO_COUNT); }
-    public static void exitIoCount(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_IO_COUNT, v); }
-    public static long exitIoDataOffset(MemorySegment s) { return s.get(JAVA_LONG, EXIT_IO_DATA_OFFSET); }
-    public static void exitIoDataOffset(MemorySegment s, long v) { s.set(JAVA_LONG, EXIT_IO_DATA_OFFSET, v); }
-    public static MemorySegment exitMmio(MemorySegment s) { return s.asSlice(EXIT_MMIO, EXIT_MMIO_BYTES); }
-    public static long exitMmioPhysAddr(MemorySegment s) { return s.get(JAVA_LONG, EXIT_MMIO_PHYS_ADDR); }
-    public static void exitMmioPhysAddr(MemorySegment s, long v) { s.set(JAVA_LONG, EXIT_MMIO_PHYS_ADDR, v); }
-    public static int exitMmioData(MemorySegment s, long i) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, EXIT_MMIO_DATA + Objects.checkIndex(i, EXIT_MMIO_DATA_COUNT) * 1L)); }
-    public static void exitMmioData(MemorySegment s, long i, int v) { s.set(JAVA_BYTE, EXIT_MMIO_DATA + Objects.checkIndex(i, EXIT_MMIO_DATA_COUNT) * 1L, (byte) v); }
-    public static int exitMmioLen(MemorySegment s) { return s.get(JAVA_INT, EXIT_MMIO_LEN); }
-    public static void exitMmioLen(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_MMIO_LEN, v); }
-    public static int exitMmioIsWrite(MemorySegment s) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, EXIT_MMIO_IS_WRITE)); }
-    public static void exitMmioIsWrite(MemorySegment s, int v) { s.set(JAVA_BYTE, EXIT_MMIO_IS_WRITE, (byte) v); }
-    public static MemorySegment exitInternal(MemorySegment s) { return s.asSlice(EXIT_INTERNAL, EXIT_INTERNAL_BYTES); }
-    public static int exitInternalSuberror(MemorySegment s) { return s.get(JAVA_INT, EXIT_INTERNAL_SUBERROR); }
-    public static void exitInternalSuberror(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_INTERNAL_SUBERROR, v); }
-    public static int exitInternalNdata(MemorySegment s) { return s.get(JAVA_INT, EXIT_INTERNAL_NDATA); }
-    public static void exitInternalNdata(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_INTERNAL_NDATA, v); }
-    public static long exitInternalData(MemorySegment s, long i) { return s.get(JAVA_LONG, EXIT_INTERNAL_DATA + Objects.checkIndex(i, EXIT_INTERNAL_DATA_COUNT) * 8L); }
-    public static void exitInternalData(MemorySegment s, long i, long v) { s.set(JAVA_LONG, EXIT_INTERNAL_DATA + Objects.checkIndex(i, EXIT_INTERNAL_DATA_COUNT) * 8L, v); }
-    public static MemorySegment exitEmulationFailure(MemorySegment s) { return s.asSlice(EXIT_EMULATION_FAILURE, EXIT_EMULATION_FAILURE_BYTES); }
-    public static int exitEmulationFailureSuberror(MemorySegment s) { return s.get(JAVA_INT, EXIT_EMULATION_FAILURE_SUBERROR); }
-    public static void exitEmulationFailureSuberror(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_EMULATION_FAILURE_SUBERROR, v); }
-    public static int exitEmulationFailureNdata(MemorySegment s) { return s.get(JAVA_INT, EXIT_EMULATION_FAILURE_NDATA); }
-    public static void exitEmulationFailureNdata(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_EMULATION_FAILURE_NDATA, v); }
-    public static long exitEmulationFailureFlags(MemorySegment s) { return s.get(JAVA_LONG, EXIT_EMULATION_FAILURE_FLAGS); }
-    public static void exitEmulationFailureFlags(MemorySegment s, long v) { s.set(JAVA_LONG, EXIT_EMULATION_FAILURE_FLAGS, v); }
-    public static int exitEmulationFailureInsnSize(MemorySegment s) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, EXIT_EMULATION_FAILURE_INSN_SIZE)); }
-    public static void exitEmulationFailureInsnSize(MemorySegment s, int v) { s.set(JAVA_BYTE, EXIT_EMULATION_FAILURE_INSN_SIZE, (byte) v); }
-    public static int exitEmulationFailureInsnBytes(MemorySegment s, long i) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, EXIT_EMULATION_FAILURE_INSN_BYTES + Objects.checkIndex(i, EXIT_EMULATION_FAILURE_INSN_BYTES_COUNT) * 1L)); }
-    public static void exitEmulationFailureInsnBytes(MemorySegment s, long i, int v) { s.set(JAVA_BYTE, EXIT_EMULATION_FAILURE_INSN_BYTES + Objects.checkIndex(i, EXIT_EMULATION_FAILURE_INSN_BYTES_COUNT) * 1L, (byte) v); }
-    public static MemorySegment exitSystemEvent(MemorySegment s) { return s.asSlice(EXIT_SYSTEM_EVENT, EXIT_SYSTEM_EVENT_BYTES); }
-    public static int exitSystemEventType(MemorySegment s) { return s.get(JAVA_INT, EXIT_SYSTEM_EVENT_TYPE); }
-    public static void exitSystemEventType(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_SYSTEM_EVENT_TYPE, v); }
-    public static int exitSystemEventNdata(MemorySegment s) { return s.get(JAVA_INT, EXIT_SYSTEM_EVENT_NDATA); }
-    public static void exitSystemEventNdata(MemorySegment s, int v) { s.set(JAVA_INT, EXIT_SYSTEM_EVENT_NDATA, v); }
-    public static long exitSystemEventData(MemorySegment s, long i) { return s.get(JAVA_LONG, EXIT_SYSTEM_EVENT_DATA + Objects.checkIndex(i, EXIT_SYSTEM_EVENT_DATA_COUNT) * 8L); }
-    public static void exitSystemEventData(MemorySegment s, long i, long v) { s.set(JAVA_LONG, EXIT_SYSTEM_EVENT_DATA + Objects.checkIndex(i, EXIT_SYSTEM_EVENT_DATA_COUNT) * 8L, v); }
-    public static MemorySegment exitEoi(MemorySegment s) { return s.asSlice(EXIT_EOI, EXIT_EOI_BYTES); }
-    public static int exitEoiVector(MemorySegment s) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, EXIT_EOI_VECTOR)); }
-    public static void exitEoiVector(MemorySegment s, int v) { s.set(JAVA_BYTE, EXIT_EOI_VECTOR, (byte) v); }
-    public static int exitPadding(MemorySegment s, long i) { return s.get(JAVA_BYTE, EXIT_PADDING + Objects.checkIndex(i, EXIT_PADDING_COUNT) * 1L); }
-    public static void exitPadding(MemorySegment s, long i, int v) { s.set(JAVA_BYTE, EXIT_PADDING + Objects.checkIndex(i, EXIT_PADDING_COUNT) * 1L, (byte) v); }
+    public static MemorySegment hw(MemorySegment s) { return s.asSlice(HW, HW_BYTES); }
+    public static long hwHardwareExitReason(MemorySegment s) { return s.get(JAVA_LONG, HW_HARDWARE_EXIT_REASON); }
+    public static void hwHardwareExitReason(MemorySegment s, long v) { s.set(JAVA_LONG, HW_HARDWARE_EXIT_REASON, v); }
+    public static MemorySegment failEntry(MemorySegment s) { return s.asSlice(FAIL_ENTRY, FAIL_ENTRY_BYTES); }
+    public static long failEntryHardwareEntryFailureReason(MemorySegment s) { return s.get(JAVA_LONG, FAIL_ENTRY_HARDWARE_ENTRY_FAILURE_REASON); }
+    public static void failEntryHardwareEntryFailureReason(MemorySegment s, long v) { s.set(JAVA_LONG, FAIL_ENTRY_HARDWARE_ENTRY_FAILURE_REASON, v); }
+    public static int failEntryCpu(MemorySegment s) { return s.get(JAVA_INT, FAIL_ENTRY_CPU); }
+    public static void failEntryCpu(MemorySegment s, int v) { s.set(JAVA_INT, FAIL_ENTRY_CPU, v); }
+    public static MemorySegment ex(MemorySegment s) { return s.asSlice(EX, EX_BYTES); }
+    public static int exException(MemorySegment s) { return s.get(JAVA_INT, EX_EXCEPTION); }
+    public static void exException(MemorySegment s, int v) { s.set(JAVA_INT, EX_EXCEPTION, v); }
+    public static int exErrorCode(MemorySegment s) { return s.get(JAVA_INT, EX_ERROR_CODE); }
+    public static void exErrorCode(MemorySegment s, int v) { s.set(JAVA_INT, EX_ERROR_CODE, v); }
+    public static MemorySegment io(MemorySegment s) { return s.asSlice(IO, IO_BYTES); }
+    public static int ioDirection(MemorySegment s) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, IO_DIRECTION)); }
+    public static void ioDirection(MemorySegment s, int v) { s.set(JAVA_BYTE, IO_DIRECTION, (byte) v); }
+    public static int ioSize(MemorySegment s) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, IO_SIZE)); }
+    public static void ioSize(MemorySegment s, int v) { s.set(JAVA_BYTE, IO_SIZE, (byte) v); }
+    public static int ioPort(MemorySegment s) { return Short.toUnsignedInt(s.get(JAVA_SHORT, IO_PORT)); }
+    public static void ioPort(MemorySegment s, int v) { s.set(JAVA_SHORT, IO_PORT, (short) v); }
+    public static int ioCount(MemorySegment s) { return s.get(JAVA_INT, IO_COUNT); }
+    public static void ioCount(MemorySegment s, int v) { s.set(JAVA_INT, IO_COUNT, v); }
+    public static long ioDataOffset(MemorySegment s) { return s.get(JAVA_LONG, IO_DATA_OFFSET); }
+    public static void ioDataOffset(MemorySegment s, long v) { s.set(JAVA_LONG, IO_DATA_OFFSET, v); }
+    public static MemorySegment mmio(MemorySegment s) { return s.asSlice(MMIO, MMIO_BYTES); }
+    public static long mmioPhysAddr(MemorySegment s) { return s.get(JAVA_LONG, MMIO_PHYS_ADDR); }
+    public static void mmioPhysAddr(MemorySegment s, long v) { s.set(JAVA_LONG, MMIO_PHYS_ADDR, v); }
+    public static int mmioData(MemorySegment s, long i) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, MMIO_DATA + Objects.checkIndex(i, MMIO_DATA_COUNT) * 1L)); }
+    public static void mmioData(MemorySegment s, long i, int v) { s.set(JAVA_BYTE, MMIO_DATA + Objects.checkIndex(i, MMIO_DATA_COUNT) * 1L, (byte) v); }
+    public static int mmioLen(MemorySegment s) { return s.get(JAVA_INT, MMIO_LEN); }
+    public static void mmioLen(MemorySegment s, int v) { s.set(JAVA_INT, MMIO_LEN, v); }
+    public static int mmioIsWrite(MemorySegment s) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, MMIO_IS_WRITE)); }
+    public static void mmioIsWrite(MemorySegment s, int v) { s.set(JAVA_BYTE, MMIO_IS_WRITE, (byte) v); }
+    public static MemorySegment internal(MemorySegment s) { return s.asSlice(INTERNAL, INTERNAL_BYTES); }
+    public static int internalSuberror(MemorySegment s) { return s.get(JAVA_INT, INTERNAL_SUBERROR); }
+    public static void internalSuberror(MemorySegment s, int v) { s.set(JAVA_INT, INTERNAL_SUBERROR, v); }
+    public static int internalNdata(MemorySegment s) { return s.get(JAVA_INT, INTERNAL_NDATA); }
+    public static void internalNdata(MemorySegment s, int v) { s.set(JAVA_INT, INTERNAL_NDATA, v); }
+    public static long internalData(MemorySegment s, long i) { return s.get(JAVA_LONG, INTERNAL_DATA + Objects.checkIndex(i, INTERNAL_DATA_COUNT) * 8L); }
+    public static void internalData(MemorySegment s, long i, long v) { s.set(JAVA_LONG, INTERNAL_DATA + Objects.checkIndex(i, INTERNAL_DATA_COUNT) * 8L, v); }
+    public static MemorySegment emulationFailure(MemorySegment s) { return s.asSlice(EMULATION_FAILURE, EMULATION_FAILURE_BYTES); }
+    public static int emulationFailureSuberror(MemorySegment s) { return s.get(JAVA_INT, EMULATION_FAILURE_SUBERROR); }
+    public static void emulationFailureSuberror(MemorySegment s, int v) { s.set(JAVA_INT, EMULATION_FAILURE_SUBERROR, v); }
+    public static int emulationFailureNdata(MemorySegment s) { return s.get(JAVA_INT, EMULATION_FAILURE_NDATA); }
+    public static void emulationFailureNdata(MemorySegment s, int v) { s.set(JAVA_INT, EMULATION_FAILURE_NDATA, v); }
+    public static long emulationFailureFlags(MemorySegment s) { return s.get(JAVA_LONG, EMULATION_FAILURE_FLAGS); }
+    public static void emulationFailureFlags(MemorySegment s, long v) { s.set(JAVA_LONG, EMULATION_FAILURE_FLAGS, v); }
+    public static int emulationFailureInsnSize(MemorySegment s) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, EMULATION_FAILURE_INSN_SIZE)); }
+    public static void emulationFailureInsnSize(MemorySegment s, int v) { s.set(JAVA_BYTE, EMULATION_FAILURE_INSN_SIZE, (byte) v); }
+    public static int emulationFailureInsnBytes(MemorySegment s, long i) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, EMULATION_FAILURE_INSN_BYTES + Objects.checkIndex(i, EMULATION_FAILURE_INSN_BYTES_COUNT) * 1L)); }
+    public static void emulationFailureInsnBytes(MemorySegment s, long i, int v) { s.set(JAVA_BYTE, EMULATION_FAILURE_INSN_BYTES + Objects.checkIndex(i, EMULATION_FAILURE_INSN_BYTES_COUNT) * 1L, (byte) v); }
+    public static MemorySegment systemEvent(MemorySegment s) { return s.asSlice(SYSTEM_EVENT, SYSTEM_EVENT_BYTES); }
+    public static int systemEventType(MemorySegment s) { return s.get(JAVA_INT, SYSTEM_EVENT_TYPE); }
+    public static void systemEventType(MemorySegment s, int v) { s.set(JAVA_INT, SYSTEM_EVENT_TYPE, v); }
+    public static int systemEventNdata(MemorySegment s) { return s.get(JAVA_INT, SYSTEM_EVENT_NDATA); }
+    public static void systemEventNdata(MemorySegment s, int v) { s.set(JAVA_INT, SYSTEM_EVENT_NDATA, v); }
+    public static long systemEventData(MemorySegment s, long i) { return s.get(JAVA_LONG, SYSTEM_EVENT_DATA + Objects.checkIndex(i, SYSTEM_EVENT_DATA_COUNT) * 8L); }
+    public static void systemEventData(MemorySegment s, long i, long v) { s.set(JAVA_LONG, SYSTEM_EVENT_DATA + Objects.checkIndex(i, SYSTEM_EVENT_DATA_COUNT) * 8L, v); }
+    public static MemorySegment eoi(MemorySegment s) { return s.asSlice(EOI, EOI_BYTES); }
+    public static int eoiVector(MemorySegment s) { return Byte.toUnsignedInt(s.get(JAVA_BYTE, EOI_VECTOR)); }
+    public static void eoiVector(MemorySegment s, int v) { s.set(JAVA_BYTE, EOI_VECTOR, (byte) v); }
+    public static int padding(MemorySegment s, long i) { return s.get(JAVA_BYTE, PADDING + Objects.checkIndex(i, PADDING_COUNT) * 1L); }
+    public static void padding(MemorySegment s, long i, int v) { s.set(JAVA_BYTE, PADDING + Objects.checkIndex(i, PADDING_COUNT) * 1L, (byte) v); }
     public static long kvmValidRegs(MemorySegment s) { return s.get(JAVA_LONG, KVM_VALID_REGS); }
     public static void kvmValidRegs(MemorySegment s, long v) { s.set(JAVA_LONG, KVM_VALID_REGS, v); }
     public static long kvmDirtyRegs(MemorySegment s) { return s.get(JAVA_LONG, KVM_DIRTY_REGS); }

@@ -62,6 +62,11 @@ public record Declarations(List<String> includes, List<Struct> structs,
             return sb.toString();
         }
 
+        /** The path's C member names (anonymous unions left out): what Java names are made from. */
+        public List<String> cNames() {
+            return path.stream().filter(p -> !p.anonymous()).map(PathPart::name).toList();
+        }
+
         public String declaredPath() {
             var sb = new StringBuilder();
             for (var part : path) {

@@ -78,14 +78,14 @@ final class JavaEmitter {
         for (var c : g.children) {
             switch (c) {
                 case Group cg -> {
-                    String constant = constantName(cg.path);
+                    String constant = constantName(cg.names);
                     claim(names, constant, tree);
                     claim(names, constant + "_BYTES", tree);
                     constants.append("    /** {@code ").append(cDescription(tree, cg.path)).append("} (")
                             .append(cg.union ? "union" : "struct").append(", ").append(cg.size).append(" bytes) */\n");
                     constants.append("    public static final long ").append(constant).append(" = ").append(cg.offset).append(";\n");
                     constants.append("    public static final long ").append(constant).append("_BYTES = ").append(cg.size).append(";\n");
-                    String method = methodName(cg.path);
+                    String method = methodName(cg.names);
                     claim(methods, method, tree);
                     accessors.append("    public static MemorySegment ").append(method).append("(MemorySegment s) { return s.asSlice(")
                             .append(constant).append(", ").append(constant).append("_BYTES); }\n");
@@ -99,7 +99,7 @@ final class JavaEmitter {
     private void leaf(Leaf leaf, LayoutTree tree, StringBuilder constants, StringBuilder accessors,
                       Set<String> names, Set<String> methods) {
         var f = leaf.facts().field();
-        String constant = constantName(leaf.path());
+        String constant = constantName(f.cNames());
         claim(names, constant, tree);
         String type = f.primitive() != null ? f.primitive().name().toLowerCase(Locale.ROOT) : "struct " + f.structType();
         String arraySuffix = switch (f.array()) {
@@ -114,7 +114,7 @@ final class JavaEmitter {
             claim(names, constant + "_COUNT", tree);
             constants.append("    public static final long ").append(constant).append("_COUNT = ").append(leaf.facts().count()).append(";\n");
         }
-        String method = methodName(leaf.path());
+        String method = methodName(f.cNames());
         claim(methods, method, tree);
 
         String at = constant;
@@ -212,15 +212,15 @@ final class JavaEmitter {
         return tree.struct.cName() + "." + String.join(".", path);
     }
 
-    /** Path without anonymous-union names, e.g. (exit).io.data_offset -> IO_DATA_OFFSET. */
-    static String constantName(List<String> javaPath) {
-        return String.join("_", cleanParts(javaPath)).toUpperCase(Locale.ROOT);
+    /** C member names to a constant: io, data_offset -> IO_DATA_OFFSET (leading underscores dropped). */
+    static String constantName(List<String> names) {
+        return String.join("_", cleanParts(names)).toUpperCase(Locale.ROOT);
     }
 
-    /** (exit).io.data_offset -> ioDataOffset. */
-    static String methodName(List<String> javaPath) {
+    /** io, data_offset -> ioDataOffset. */
+    static String methodName(List<String> names) {
         var sb = new StringBuilder();
-        for (var part : cleanParts(javaPath)) {
+        for (var part : cleanParts(names)) {
             for (var word : part.split("_")) {
                 if (word.isEmpty()) continue;
                 sb.append(sb.isEmpty() ? word : Character.toUpperCase(word.charAt(0)) + word.substring(1));

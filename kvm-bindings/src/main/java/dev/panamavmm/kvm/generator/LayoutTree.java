@@ -35,15 +35,18 @@ final class LayoutTree {
         final String name;
         final boolean anonymous;
         final List<String> path;
+        /** C member names leading here; an anonymous union ends with its Java-only name. */
+        final List<String> names;
         final List<Node> children = new ArrayList<>();
         long offset = -1;
         long size = -1;
         boolean union;
 
-        Group(String name, boolean anonymous, List<String> path) {
+        Group(String name, boolean anonymous, List<String> path, List<String> names) {
             this.name = name;
             this.anonymous = anonymous;
             this.path = path;
+            this.names = names;
         }
 
         public String name() { return name; }
@@ -75,15 +78,20 @@ final class LayoutTree {
     LayoutTree(Struct struct, Measurements m) {
         this.struct = struct;
         this.facts = m.structs().get(struct.cName());
-        this.root = new Group(struct.cName(), false, List.of());
+        this.root = new Group(struct.cName(), false, List.of(), List.of());
         for (var f : facts.fields()) insert(f, m);
         finish(root, true);
+        if (root.alignment() != facts.alignment()) {
+            throw new IllegalStateException("struct " + struct.cName() + ": the declared members align to " + root.alignment()
+                    + " but C aligns the struct to " + facts.alignment() + " (declare the member that needs it)");
+        }
     }
 
     private void insert(FieldFacts f, Measurements m) {
         Group g = root;
         var path = new ArrayList<String>();
         var designator = new StringBuilder();
+        var names = new ArrayList<String>();
         var parts = f.field().path();
         for (int i = 0; i < parts.size() - 1; i++) {
             var part = parts.get(i);
@@ -91,13 +99,16 @@ final class LayoutTree {
             if (!part.anonymous()) {
                 if (!designator.isEmpty()) designator.append('.');
                 designator.append(part.name());
+                names.add(part.name());
             }
             Group next = null;
             for (var c : g.children) {
                 if (c instanceof Group cg && cg.name.equals(part.name())) next = cg;
             }
             if (next == null) {
-                next = new Group(part.name(), part.anonymous(), List.copyOf(path));
+                var groupNames = new ArrayList<>(names);
+                if (part.anonymous()) groupNames.add(part.name());
+                next = new Group(part.name(), part.anonymous(), List.copyOf(path), List.copyOf(groupNames));
                 if (!part.anonymous()) {
                     var gf = facts.groups().get(designator.toString());
                     next.offset = gf.offset();

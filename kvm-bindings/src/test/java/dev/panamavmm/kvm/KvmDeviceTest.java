@@ -1,0 +1,159 @@
+package dev.panamavmm.kvm;
+
+import dev.panamavmm.kvm.bindings.Ioctls;
+import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.kvm.bindings.KvmCpuid2;
+import dev.panamavmm.kvm.bindings.KvmRegs;
+import dev.panamavmm.kvm.bindings.KvmRun;
+import dev.panamavmm.kvm.bindings.KvmSegment;
+import dev.panamavmm.kvm.bindings.KvmSregs;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.kvm.testing.KvmTest;
+import org.junit.jupiter.api.Test;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Path;
+
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The typed layer on a real /dev/kvm: VMs, vCPUs, register state and exits from real guest code. */
+class KvmDeviceTest {
+
+    @KvmTest
+    void reportsTheHostsFacts() {
+        try (var kvm = Kvm.open(); var arena = Arena.ofConfined()) {
+            assertEquals(12, kvm.apiVersion());
+            assertTrue(kvm.vcpuMmapSize() >= KvmRun.BYTE_SIZE, "kvm_run must fit the vCPU mapping");
+            assertTrue(kvm.maxVcpus() >= kvm.recommendedVcpus());
+            assertTrue(kvm.hasExtension(KvmConstants.KVM_CAP_USER_MEMORY));
+            assertTrue(KvmCpuid2.nent(kvm.supportedCpuid(arena)) > 0);
+            assertTrue(kvm.msrIndexList().length > 0);
+            assertNotEquals(HostFlavour.UNKNOWN, Kvm.hostFlavour());
+        }
+    }
+
+    @KvmTest
+    void registersSetAreRegistersGot() {
+        try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena); var vcpu = vm.createVcpu(0)) {
+            var regs = arena.allocate(KvmRegs.LAYOUT);
+            vcpu.getRegs(regs);
+            long[] values = {0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666, 0x7000, 0x8888,
+                    8, 9, 10, 11, 12, 13, 14, 0x0f0f_0f0f_0f0f_0f0fL};
+            for (int i = 0; i < values.length; i++) regs.set(java.lang.foreign.ValueLayout.JAVA_LONG, 8L * i, values[i]);
+            KvmRegs.rip(regs, 0x1234);
+            KvmRegs.rflags(regs, 0x2 | 0x200);
+            vcpu.setRegs(regs);
+            var back = arena.allocate(KvmRegs.LAYOUT);
+            vcpu.getRegs(back);
+            assertArrayEquals(regs.toArray(JAVA_BYTE), back.toArray(JAVA_BYTE));
+
+            var sregs = arena.allocate(KvmSregs.LAYOUT);
+            vcpu.getSregs(sregs);
+            var ds = KvmSregs.ds(sregs);
+            KvmSegment.base(ds, 0x10000);
+            KvmSegment.selector(ds, 0x1000);
+            KvmSregs.cr2(sregs, 0xdead000);
+            vcpu.setSregs(sregs);
+            var sback = arena.allocate(KvmSregs.LAYOUT);
+            vcpu.getSregs(sback);
+            assertEquals(0x10000, KvmSegment.base(KvmSregs.ds(sback)));
+            assertEquals(0x1000, KvmSegment.selector(KvmSregs.ds(sback)));
+            assertEquals(0xdead000, KvmSregs.cr2(sback));
+            assertEquals(KvmSregs.cr0(sregs), KvmSregs.cr0(sback));
+        }
+    }
+
+    /**
+     * Real-mode guest code: two OUTs to the serial port, a store to an address outside any
+     * memslot, then HLT. Each must come back as the matching exit, decoded from kvm_run.
+     */
+    @KvmTest
+    void guestCodeExitsToTheVmm() {
+        byte[] code = {
+                (byte) 0xba, (byte) 0xf8, 0x03,             // mov dx, 0x3f8
+                (byte) 0xb0, 'A', (byte) 0xee,              // mov al, 'A'; out dx, al
+                (byte) 0xb0, 'B', (byte) 0xee,              // mov al, 'B'; out dx, al
+                (byte) 0xc6, 0x06, 0x00, 0x30, 0x42,        // mov byte [0x3000], 0x42  (no memslot: MMIO)
+                (byte) 0xf4                                 // hlt
+        };
+        try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena)) {
+            var memory = LibC.mapInto(arena, 0x2000, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
+                    LibcConstants.MAP_PRIVATE | LibcConstants.MAP_ANONYMOUS, -1, 0);
+            MemorySegment.copy(MemorySegment.ofArray(code), 0, memory, 0, code.length);
+            vm.setUserMemoryRegion(0, 0, 0x1000, memory);
+            try (var vcpu = vm.createVcpu(0)) {
+                var sregs = arena.allocate(KvmSregs.LAYOUT);
+                vcpu.getSregs(sregs);
+                KvmSegment.base(KvmSregs.cs(sregs), 0);
+                KvmSegment.selector(KvmSregs.cs(sregs), 0);
+                vcpu.setSregs(sregs);
+                var regs = arena.allocate(KvmRegs.LAYOUT);
+                KvmRegs.rip(regs, 0x1000);
+                KvmRegs.rflags(regs, 0x2);
+                vcpu.setRegs(regs);
+
+                var run = vcpu.runPage();
+                for (char expected : new char[] {'A', 'B'}) {
+                    assertEquals(0, vcpu.run());
+                    assertEquals(KvmConstants.KVM_EXIT_IO, KvmRun.exitReason(run));
+                    assertEquals(KvmConstants.KVM_EXIT_IO_OUT, KvmRun.ioDirection(run));
+                    assertEquals(0x3f8, KvmRun.ioPort(run));
+                    assertEquals(1, KvmRun.ioSize(run));
+                    assertEquals(1, KvmRun.ioCount(run));
+                    assertEquals(expected, (char) run.get(JAVA_BYTE, KvmRun.ioDataOffset(run)));
+                }
+                assertEquals(0, vcpu.run());
+                assertEquals(KvmConstants.KVM_EXIT_MMIO, KvmRun.exitReason(run));
+                assertEquals(0x3000, KvmRun.mmioPhysAddr(run));
+                assertEquals(1, KvmRun.mmioIsWrite(run));
+                assertEquals(1, KvmRun.mmioLen(run));
+                assertEquals(0x42, KvmRun.mmioData(run, 0));
+
+                assertEquals(0, vcpu.run());
+                assertEquals(KvmConstants.KVM_EXIT_HLT, KvmRun.exitReason(run));
+            }
+        }
+    }
+
+    @KvmTest
+    void anIoctlOnAClosedFdReportsEbadf() {
+        var kvm = Kvm.open();
+        kvm.close();
+        var e = assertThrows(KvmException.class, () -> kvm.checkExtension(KvmConstants.KVM_CAP_IRQCHIP));
+        assertEquals(LibcConstants.EBADF, e.errno());
+        assertEquals("KVM_CHECK_EXTENSION", e.call());
+        assertEquals("KVM_CHECK_EXTENSION failed: EBADF (Bad file descriptor)", e.getMessage());
+    }
+
+    @Test
+    void aFileThatIsNotKvmIsRefusedWithItsName() throws Exception {
+        var file = java.nio.file.Files.createTempFile("not-kvm", ".bin");
+        try {
+            var e = assertThrows(KvmException.class, () -> Kvm.open(file));
+            assertEquals(file + " is not a KVM device (ENOTTY (Inappropriate ioctl for device))",
+                    e.getMessage().substring("KVM_GET_API_VERSION failed: ".length()));
+        } finally {
+            java.nio.file.Files.delete(file);
+        }
+    }
+
+    @Test
+    void aMissingDeviceReportsEnoent() {
+        var e = assertThrows(KvmException.class, () -> Kvm.open(Path.of("/nonexistent/kvm")));
+        assertEquals(LibcConstants.ENOENT, e.errno());
+        assertEquals("open /nonexistent/kvm failed: ENOENT (No such file or directory)", e.getMessage());
+    }
+
+    @Test
+    void ioctlNamesAppearInErrors() {
+        assertEquals("KVM_RUN", Ioctls.name(Ioctls.KVM_RUN));
+        assertEquals("ioctl 0x1", Ioctls.name(1));
+    }
+}
