@@ -1,0 +1,181 @@
+package dev.panamavmm.vmm.memory;
+
+import dev.panamavmm.kvm.KvmException;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.sys.LibC;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Files;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * Guest RAM: an ordered list of {@link RamBlock}s. RAM up to the 32-bit hole (3 GiB-4 GiB, kept
+ * free for the LAPIC, IOAPIC and device MMIO) is block {@code ram-low}; the rest starts at 4 GiB
+ * as {@code ram-high}. Both map consecutive ranges of one backing (a memfd or a file), so a
+ * memory file is one file however large the guest. Mappings are sparse and {@code MAP_NORESERVE}:
+ * memory the guest never touches costs nothing.
+ *
+ * <p>The mappings belong to the arena given at creation; the caller closes it only after every
+ * vCPU has stopped and the memslots are removed (KVM keeps using the addresses).
+ */
+public final class GuestMemory implements AutoCloseable {
+    public static final long MIB = 1L << 20;
+    public static final long GIB = 1L << 30;
+    public static final long MIN_SIZE = 16 * MIB;
+    public static final long MAX_SIZE = 1L << 40;
+    /** Start of the 32-bit hole: RAM above this guest address moves to {@link #HIGH_RAM_START}. */
+    public static final long LOW_RAM_END = 3 * GIB;
+    public static final long HIGH_RAM_START = 4 * GIB;
+    static final long PAGE = 4096;
+
+    private final List<RamBlock> blocks;
+    private final long size;
+    private final int fd;
+    private boolean closed;
+
+    private GuestMemory(List<RamBlock> blocks, long size, int fd) {
+        this.blocks = List.copyOf(blocks);
+        this.size = size;
+        this.fd = fd;
+    }
+
+    /** RAM of {@code size} bytes in an anonymous memfd (the default backing). */
+    public static GuestMemory create(long size, Arena arena) {
+        return create(size, new Backing.Memfd(), arena);
+    }
+
+    /**
+     * RAM of {@code size} bytes with the given backing. A {@link Backing.SharedFile} is created if
+     * missing and grown to {@code size}; a {@link Backing.PrivateFile} must exist and hold at
+     * least {@code size} bytes (it is a template's memory and is never written).
+     */
+    public static GuestMemory create(long size, Backing backing, Arena arena) {
+        validateSize(size);
+        int fd = openBacking(size, backing);
+        try {
+            var blocks = new ArrayList<RamBlock>(2);
+            long low = Math.min(size, LOW_RAM_END);
+            blocks.add(map("ram-low", 0, low, 0, backing, fd, arena));
+            if (size > low) blocks.add(map("ram-high", HIGH_RAM_START, size - low, low, backing, fd, arena));
+            return new GuestMemory(blocks, size, fd);
+        } catch (RuntimeException e) {
+            LibC.close(fd);
+            throw e;
+        }
+    }
+
+    static void validateSize(long size) {
+        if (size < MIN_SIZE) throw new MemoryException("memory size " + size + " is below the minimum of 16 MiB");
+        if (size > MAX_SIZE) throw new MemoryException("memory size " + size + " is above the maximum of 1 TiB");
+        if (size % PAGE != 0) throw new MemoryException("memory size " + size + " is not a multiple of 4 KiB");
+    }
+
+    private static int openBacking(long size, Backing backing) {
+        try {
+            return switch (backing) {
+                case Backing.Memfd m -> {
+                    int memfd = LibC.memfdCreate("panama-vmm-ram", LibcConstants.MFD_CLOEXEC);
+                    try {
+                        LibC.ftruncate(memfd, size);
+                    } catch (RuntimeException e) {
+                        LibC.close(memfd);
+                        throw e;
+                    }
+                    yield memfd;
+                }
+                case Backing.SharedFile f -> {
+                    int file = LibC.open(f.path().toString(), LibcConstants.O_RDWR | LibcConstants.O_CREAT | LibcConstants.O_CLOEXEC, 0600);
+                    try {
+                        if (Files.size(f.path()) < size) LibC.ftruncate(file, size);
+                    } catch (java.io.IOException | RuntimeException e) {
+                        LibC.close(file);
+                        throw new MemoryException("cannot size memory file " + f.path() + ": " + e.getMessage(), e);
+                    }
+                    yield file;
+                }
+                case Backing.PrivateFile f -> {
+                    int file = LibC.open(f.path().toString(), LibcConstants.O_RDONLY | LibcConstants.O_CLOEXEC, 0);
+                    long have;
+                    try {
+                        have = Files.size(f.path());
+                    } catch (java.io.IOException e) {
+                        LibC.close(file);
+                        throw new MemoryException("cannot read memory file " + f.path() + ": " + e.getMessage(), e);
+                    }
+                    if (have < size) {
+                        LibC.close(file);
+                        throw new MemoryException("memory file " + f.path() + " holds " + have + " bytes, the guest needs " + size);
+                    }
+                    yield file;
+                }
+            };
+        } catch (KvmException e) {
+            throw new MemoryException("cannot open guest memory backing: " + e.getMessage(), e);
+        }
+    }
+
+    private static RamBlock map(String id, long gpa, long length, long offset, Backing backing, int fd, Arena arena) {
+        int prot = LibcConstants.PROT_READ | LibcConstants.PROT_WRITE;
+        int flags = (backing instanceof Backing.PrivateFile ? LibcConstants.MAP_PRIVATE : LibcConstants.MAP_SHARED)
+                | LibcConstants.MAP_NORESERVE;
+        MemorySegment segment;
+        try {
+            segment = LibC.mapInto(arena, length, prot, flags, fd, offset);
+        } catch (KvmException e) {
+            throw new MemoryException("cannot map " + (length / MIB) + " MiB of guest memory: " + e.getMessage(), e);
+        }
+        return new RamBlock(id, gpa, segment, backing, offset, fd, backing instanceof Backing.SharedFile);
+    }
+
+    public List<RamBlock> blocks() {
+        return blocks;
+    }
+
+    /** Total guest RAM in bytes (without the hole). */
+    public long size() {
+        return size;
+    }
+
+    /** The block holding {@code [gpa, gpa + length)}, or null when the range is not all RAM of one block. */
+    public RamBlock blockAt(long gpa, long length) {
+        for (var b : blocks) {
+            if (b.contains(gpa, length)) return b;
+        }
+        return null;
+    }
+
+    /** A view of guest RAM at {@code gpa}; the range must lie within one block. */
+    public MemorySegment slice(long gpa, long length) {
+        var b = blockAt(gpa, length);
+        if (b == null) {
+            throw new MemoryException(String.format("guest range 0x%x+0x%x is not RAM", gpa, length));
+        }
+        return b.segment().asSlice(gpa - b.guestAddress(), length);
+    }
+
+    /** Copies {@code data} into guest RAM at {@code gpa}. */
+    public void write(long gpa, byte[] data) {
+        MemorySegment.copy(MemorySegment.ofArray(data), 0, slice(gpa, data.length), 0, data.length);
+    }
+
+    /** Reads {@code length} bytes of guest RAM at {@code gpa}. */
+    public byte[] read(long gpa, int length) {
+        return slice(gpa, length).toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
+    }
+
+    /** The backing fd (memfd or file) shared by all blocks. */
+    public int fd() {
+        return fd;
+    }
+
+    /** Closes the backing fd. The mappings stay valid until their arena closes. */
+    @Override
+    public void close() {
+        if (!closed) {
+            closed = true;
+            LibC.close(fd);
+        }
+    }
+}

@@ -1,0 +1,31 @@
+package dev.panamavmm.vmm.memory;
+
+import java.lang.foreign.MemorySegment;
+
+/**
+ * A contiguous range of guest-physical RAM backed by one host mapping.
+ *
+ * @param id           stable name used in snapshots ({@code ram-low}, {@code ram-high})
+ * @param guestAddress guest-physical address of the first byte
+ * @param segment      the host mapping, {@code size} bytes
+ * @param backing      where the bytes live
+ * @param fileOffset   offset of this block in the backing file or memfd
+ * @param fd           the open backing fd (memfd or file), owned by {@link GuestMemory}
+ * @param shared       the backing outlives the process and already holds the guest's memory,
+ *                     so a save or local migration can skip copying this block
+ */
+public record RamBlock(String id, long guestAddress, MemorySegment segment, Backing backing,
+                       long fileOffset, int fd, boolean shared) {
+
+    public long size() {
+        return segment.byteSize();
+    }
+
+    public long guestEnd() {
+        return guestAddress + segment.byteSize();
+    }
+
+    public boolean contains(long gpa, long length) {
+        return gpa >= guestAddress && length >= 0 && gpa + length <= guestEnd() && gpa + length >= gpa;
+    }
+}
