@@ -1,0 +1,64 @@
+package dev.panamavmm.vmm.vcpu;
+
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.VcpuFd;
+import dev.panamavmm.kvm.bindings.KvmRegs;
+import dev.panamavmm.kvm.bindings.KvmSegment;
+import dev.panamavmm.kvm.bindings.KvmSregs;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.kvm.testing.KvmTest;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+
+/** A vCPU spinning in guest code comes out of KVM_RUN when kicked, and so does one about to enter. */
+class VcpuKickTest {
+
+    /** Real-mode {@code jmp $} at 0x1000: the vCPU never exits on its own. */
+    private static VcpuFd spinningVcpu(Kvm kvm, Arena arena, dev.panamavmm.kvm.VmFd vm) {
+        var memory = LibC.mapInto(arena, 0x1000, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
+                LibcConstants.MAP_PRIVATE | LibcConstants.MAP_ANONYMOUS, -1, 0);
+        MemorySegment.copy(MemorySegment.ofArray(new byte[] {(byte) 0xeb, (byte) 0xfe}), 0, memory, 0, 2);
+        vm.setUserMemoryRegion(0, 0, 0x1000, memory);
+        var vcpu = vm.createVcpu(0);
+        var sregs = arena.allocate(KvmSregs.LAYOUT);
+        vcpu.getSregs(sregs);
+        KvmSegment.base(KvmSregs.cs(sregs), 0);
+        KvmSegment.selector(KvmSregs.cs(sregs), 0);
+        vcpu.setSregs(sregs);
+        var regs = arena.allocate(KvmRegs.LAYOUT);
+        KvmRegs.rip(regs, 0x1000);
+        KvmRegs.rflags(regs, 2);
+        vcpu.setRegs(regs);
+        return vcpu;
+    }
+
+    @KvmTest
+    void aRunningVcpuIsKickedOut() throws Exception {
+        try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena);
+             var vcpu = spinningVcpu(kvm, arena, vm)) {
+            var pthread = new CompletableFuture<Long>();
+            var result = new CompletableFuture<VcpuExit>();
+            var thread = Thread.ofPlatform().name("vcpu-0").start(() -> {
+                pthread.complete(LibC.pthreadSelf());
+                int r = vcpu.run();
+                result.complete(r == -LibcConstants.EINTR ? new VcpuExit.Interrupted() : VcpuExit.decode(vcpu.runPage()));
+            });
+            long self = pthread.get(5, TimeUnit.SECONDS);
+            Thread.sleep(200); // let it spin inside KVM_RUN
+            VcpuKick.kick(vcpu.runPage(), self);
+            assertInstanceOf(VcpuExit.Interrupted.class, result.get(5, TimeUnit.SECONDS));
+            thread.join(5000);
+
+            // immediate_exit is still set: the next entry returns at once, without a signal.
+            assertEquals(-LibcConstants.EINTR, vcpu.run());
+            VcpuKick.clear(vcpu.runPage());
+        }
+    }
+}
