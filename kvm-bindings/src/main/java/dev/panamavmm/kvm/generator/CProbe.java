@@ -80,7 +80,9 @@ public final class CProbe {
                 String elementType = f.primitive() != null ? f.primitive().cType : "struct " + f.structType();
                 String size = f.array() == ArrayKind.FLEXIBLE ? "(size_t)0" : "sizeof(" + member + ")";
                 String typeOk;
-                if (f.array() != ArrayKind.NONE) {
+                if (f.opaque()) {
+                    typeOk = "1";
+                } else if (f.array() != ArrayKind.NONE) {
                     typeOk = "sizeof(" + member + "[0]) % sizeof(" + elementType + ") == 0";
                 } else if (f.primitive() == Primitive.PTR) {
                     typeOk = "IS_POINTER(" + member + ")";

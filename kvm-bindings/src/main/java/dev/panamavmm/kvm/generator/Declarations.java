@@ -49,8 +49,11 @@ public record Declarations(List<String> includes, List<Struct> structs,
     /** One component of a field path; {@code anonymous} marks a C anonymous union named for Java. */
     public record PathPart(String name, boolean anonymous) {}
 
-    /** A declared field: either a primitive or a struct declared earlier ({@code structType}). */
-    public record Field(Primitive primitive, String structType, List<PathPart> path, ArrayKind array) {
+    /**
+     * A declared field: either a primitive or a struct declared earlier ({@code structType}).
+     * An {@code opaque} field is the C member's bytes whatever its type (a u8 array of its size).
+     */
+    public record Field(Primitive primitive, String structType, List<PathPart> path, ArrayKind array, boolean opaque) {
         /** The C member designator for offsetof: the path without the Java-only union names. */
         public String designator() {
             var sb = new StringBuilder();
@@ -137,12 +140,18 @@ public record Declarations(List<String> includes, List<Struct> structs,
 
             if (currentFields != null) {
                 String type = words[0];
-                Primitive primitive = Primitive.byName(type);
+                boolean opaque = type.equals("opaque");
+                Primitive primitive = opaque ? Primitive.U8 : Primitive.byName(type);
                 if (primitive == null && !structNames.containsKey(type)) {
                     throw new IllegalArgumentException(where + ": unknown type '" + type + "' (declare the struct above its use)");
                 }
                 for (int w = 1; w < words.length; w++) {
-                    currentFields.add(parseField(primitive, primitive == null ? type : null, words[w], where));
+                    var field = parseField(primitive, primitive == null ? type : null, words[w], where);
+                    if (opaque) {
+                        if (field.array() != ArrayKind.NONE) throw new IllegalArgumentException(where + ": an opaque field takes no []");
+                        field = new Field(Primitive.U8, null, field.path(), ArrayKind.MEASURED, true);
+                    }
+                    currentFields.add(field);
                 }
             } else if (currentConstants != null) {
                 String text = line.trim();
@@ -183,7 +192,7 @@ public record Declarations(List<String> includes, List<Struct> structs,
         path.add(new PathPart(m.group(2), false));
         ArrayKind array = m.group(3) == null ? ArrayKind.NONE
                 : m.group(3).equals("[*]") ? ArrayKind.FLEXIBLE : ArrayKind.MEASURED;
-        return new Field(primitive, structType, List.copyOf(path), array);
+        return new Field(primitive, structType, List.copyOf(path), array, false);
     }
 
     private static void requireIdent(String word, String where) {
