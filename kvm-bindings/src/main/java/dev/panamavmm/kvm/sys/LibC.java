@@ -460,6 +460,65 @@ public final class LibC {
         return r;
     }
 
+    // ---- terminals ---------------------------------------------------------------------------
+
+    private static final class Isatty {
+        static final MethodHandle H = link("isatty", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
+    }
+
+    /** Whether {@code fd} is a terminal. */
+    public static boolean isatty(int fd) {
+        try {
+            return (int) Isatty.H.invokeExact(fd) == 1;
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+    }
+
+    private static final class Tcgetattr {
+        static final MethodHandle H = link("tcgetattr", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS), ERRNO);
+    }
+
+    /** Reads a terminal's settings into a {@code struct termios}. */
+    public static void tcgetattr(int fd, MemorySegment termios) {
+        var capture = CAPTURE.get();
+        int r;
+        try {
+            r = (int) Tcgetattr.H.invokeExact(capture, fd, termios);
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+        if (r < 0) throw fail("tcgetattr", capture);
+    }
+
+    private static final class Tcsetattr {
+        static final MethodHandle H = link("tcsetattr", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS), ERRNO);
+    }
+
+    public static void tcsetattr(int fd, int when, MemorySegment termios) {
+        var capture = CAPTURE.get();
+        int r;
+        try {
+            r = (int) Tcsetattr.H.invokeExact(capture, fd, when, termios);
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+        if (r < 0) throw fail("tcsetattr", capture);
+    }
+
+    private static final class Cfmakeraw {
+        static final MethodHandle H = link("cfmakeraw", FunctionDescriptor.ofVoid(ADDRESS));
+    }
+
+    /** Turns a {@code struct termios} into raw mode: no echo, no line editing, no signals from keys. */
+    public static void cfmakeraw(MemorySegment termios) {
+        try {
+            Cfmakeraw.H.invokeExact(termios);
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+    }
+
     // ---- error text --------------------------------------------------------------------------
 
     private static final class Strerror {
