@@ -6,26 +6,29 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmCpuid2;
 import dev.panamavmm.kvm.bindings.LibcConstants;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
+import picocli.CommandLine.Model.CommandSpec;
 
-import java.io.PrintStream;
 import java.lang.foreign.Arena;
 import java.nio.file.Path;
+import java.util.concurrent.Callable;
 
 /** {@code vmm info}: the facts about this host's KVM that decide what the VMM can do here. */
-final class InfoCommand {
-    private InfoCommand() {}
+@Command(name = "info", mixinStandardHelpOptions = true,
+        description = "Show what this host's KVM offers and which capabilities the VMM relies on.")
+final class InfoCommand implements Callable<Integer> {
+    @Option(names = "--kvm-device", paramLabel = "PATH", description = "KVM device (default: ${DEFAULT-VALUE})",
+            defaultValue = "/dev/kvm")
+    Path device;
 
-    static int run(String[] args, PrintStream out) {
-        Path device = Kvm.DEFAULT_DEVICE;
-        for (int i = 0; i < args.length; i++) {
-            switch (args[i]) {
-                case "--kvm-device" -> {
-                    if (i + 1 >= args.length) throw new UsageException("--kvm-device needs a path");
-                    device = Path.of(args[++i]);
-                }
-                default -> throw new UsageException("info: unknown option '" + args[i] + "'");
-            }
-        }
+    @Spec
+    CommandSpec spec;
+
+    @Override
+    public Integer call() {
+        var out = spec.commandLine().getOut();
         try (var kvm = openKvm(device); var arena = Arena.ofConfined()) {
             var flavour = Kvm.hostFlavour();
             out.printf("panama-vmm %s%n", Main.version());
@@ -50,8 +53,10 @@ final class InfoCommand {
                 out.printf("  %-8s %-34s %s%s%n", state, cap.capName(), cap.purpose(), cap.required() ? "" : " (optional)");
             }
             if (missingRequired > 0) {
-                out.printf("this host lacks %d required capabilit%s: VMs cannot start here%n", missingRequired, missingRequired == 1 ? "y" : "ies");
+                out.printf("this host lacks %d required capabilit%s: VMs cannot start here%n",
+                        missingRequired, missingRequired == 1 ? "y" : "ies");
             }
+            out.flush();
             return Main.OK;
         }
     }

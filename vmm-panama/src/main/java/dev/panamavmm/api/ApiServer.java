@@ -1,0 +1,240 @@
+package dev.panamavmm.api;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.io.IOException;
+import java.net.StandardProtocolFamily;
+import java.net.UnixDomainSocketAddress;
+import java.nio.ByteBuffer;
+import java.nio.channels.ServerSocketChannel;
+import java.nio.channels.SocketChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CopyOnWriteArrayList;
+
+/**
+ * The control API: JSON lines on a Unix socket (mode 0600), shaped like QEMU's QMP. A client gets
+ * a greeting, then sends {@code {"execute": NAME, "arguments": {...}, "id": ANY}} lines and gets
+ * {@code {"return": ...}} or {@code {"error": {"class": ..., "desc": ...}}} back (with the same
+ * {@code id}); asynchronous {@code {"event": NAME, "data": ..., "timestamp": ...}} lines can come
+ * at any time. A malformed line gets an error reply; the connection and the server stay up.
+ */
+public final class ApiServer implements AutoCloseable {
+    private static final Logger log = LoggerFactory.getLogger(ApiServer.class);
+    /** Longest request line accepted; a client cannot make the VMM buffer more. */
+    static final int MAX_LINE = 1 << 20;
+
+    private final Path path;
+    private final ServerSocketChannel server;
+    private final ControlTarget target;
+    private final List<Client> clients = new CopyOnWriteArrayList<>();
+    private final Thread acceptor;
+
+    private ApiServer(Path path, ServerSocketChannel server, ControlTarget target) {
+        this.path = path;
+        this.server = server;
+        this.target = target;
+        this.acceptor = Thread.ofPlatform().daemon().name("api-accept").start(this::acceptLoop);
+    }
+
+    /**
+     * Listens on {@code path}. A stale socket file (nobody listening) is replaced; a live one is
+     * refused, so two VMMs never share a control socket.
+     */
+    public static ApiServer start(Path path, ControlTarget target) {
+        var parent = path.toAbsolutePath().getParent();
+        if (parent != null && !Files.isDirectory(parent)) {
+            throw new ApiException("cannot create API socket " + path + ": no such directory");
+        }
+        try {
+            if (Files.exists(path)) {
+                if (!isSocket(path)) throw new ApiException("API socket path " + path + " exists and is not a socket");
+                if (isListening(path)) throw new ApiException("API socket " + path + " is in use by another process");
+                Files.delete(path);
+            }
+            var server = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
+            server.bind(UnixDomainSocketAddress.of(path));
+            Files.setPosixFilePermissions(path, PosixFilePermissions.fromString("rw-------"));
+            return new ApiServer(path, server, target);
+        } catch (IOException e) {
+            throw new ApiException("cannot create API socket " + path + ": " + describe(e));
+        }
+    }
+
+    private static boolean isSocket(Path path) {
+        try {
+            return (((Integer) Files.getAttribute(path, "unix:mode")) & 0170000) == 0140000;
+        } catch (IOException | UnsupportedOperationException | IllegalArgumentException e) {
+            return false;
+        }
+    }
+
+    private static boolean isListening(Path path) {
+        try (var c = SocketChannel.open(UnixDomainSocketAddress.of(path))) {
+            return true;
+        } catch (IOException e) {
+            return false;
+        }
+    }
+
+    static String describe(IOException e) {
+        String m = e.getMessage();
+        return switch (e) {
+            case java.nio.file.NoSuchFileException n -> "no such directory";
+            case java.nio.file.AccessDeniedException a -> "permission denied";
+            default -> m == null ? e.getClass().getSimpleName() : m;
+        };
+    }
+
+    public Path path() {
+        return path;
+    }
+
+    /** Sends an event to every connected client. */
+    public void event(String name, Map<String, Object> data) {
+        long micros = System.currentTimeMillis() * 1000;
+        var event = Json.object("event", name);
+        if (data != null) event.put("data", data);
+        event.put("timestamp", Json.object("seconds", micros / 1_000_000, "microseconds", micros % 1_000_000));
+        String line = Json.write(event);
+        for (var c : clients) c.send(line);
+    }
+
+    private void acceptLoop() {
+        while (server.isOpen()) {
+            try {
+                var channel = server.accept();
+                var client = new Client(channel);
+                clients.add(client);
+                Thread.ofPlatform().daemon().name("api-client").start(client::serve);
+            } catch (IOException e) {
+                if (server.isOpen()) log.warn("API accept failed: {}", e.getMessage());
+                return;
+            }
+        }
+    }
+
+    /** Handles one request line; returns the reply line. */
+    String handle(String line) {
+        Object id = null;
+        try {
+            var request = Json.asObject(Json.parse(line), "a request");
+            id = request.get("id");
+            Object execute = request.get("execute");
+            if (!(execute instanceof String command)) return error(id, "GenericError", "a request needs \"execute\": COMMAND");
+            Object args = request.get("arguments");
+            if (args != null) Json.asObject(args, "\"arguments\"");
+            Object result = switch (command) {
+                case "qmp_capabilities" -> Json.object();
+                case "query-status" -> target.status();
+                case "stop" -> {
+                    target.stop();
+                    yield Json.object();
+                }
+                case "cont" -> {
+                    target.cont();
+                    yield Json.object();
+                }
+                case "quit" -> {
+                    target.quit();
+                    yield Json.object();
+                }
+                default -> null;
+            };
+            if (result == null) return error(id, "CommandNotFound", "the command " + command + " has not been found");
+            var reply = Json.object("return", result);
+            if (id != null) reply.put("id", id);
+            return Json.write(reply);
+        } catch (Json.JsonException e) {
+            return error(id, "GenericError", "malformed request: " + e.getMessage());
+        } catch (Exception e) {
+            log.debug("API command failed", e);
+            return error(id, "GenericError", String.valueOf(e.getMessage()));
+        }
+    }
+
+    private static String error(Object id, String cls, String desc) {
+        var reply = Json.object("error", Json.object("class", cls, "desc", desc));
+        if (id != null) reply.put("id", id);
+        return Json.write(reply);
+    }
+
+    @Override
+    public void close() {
+        try {
+            server.close();
+        } catch (IOException e) {
+            log.debug("closing API socket", e);
+        }
+        for (var c : clients) c.close();
+        try {
+            Files.deleteIfExists(path);
+        } catch (IOException e) {
+            log.debug("removing API socket", e);
+        }
+        acceptor.interrupt();
+    }
+
+    private final class Client {
+        private final SocketChannel channel;
+
+        Client(SocketChannel channel) {
+            this.channel = channel;
+        }
+
+        void serve() {
+            send(Json.write(Json.object("QMP", Json.object(
+                    "version", Json.object("package", "panama-vmm"), "capabilities", List.of()))));
+            var buf = ByteBuffer.allocate(8192);
+            var line = new java.io.ByteArrayOutputStream();
+            boolean discarding = false;
+            try {
+                while (channel.read(buf.clear()) > 0) {
+                    buf.flip();
+                    while (buf.hasRemaining()) {
+                        byte b = buf.get();
+                        if (b == '\n') {
+                            if (discarding) send(error(null, "GenericError", "request longer than " + MAX_LINE + " bytes"));
+                            else if (line.size() > 0) send(handle(line.toString(StandardCharsets.UTF_8).strip()));
+                            line.reset();
+                            discarding = false;
+                        } else if (!discarding) {
+                            line.write(b);
+                            if (line.size() > MAX_LINE) {
+                                discarding = true;
+                                line.reset();
+                            }
+                        }
+                    }
+                }
+            } catch (IOException e) {
+                log.debug("API client gone", e);
+            } finally {
+                close();
+            }
+        }
+
+        synchronized void send(String line) {
+            var buf = ByteBuffer.wrap((line + "\n").getBytes(StandardCharsets.UTF_8));
+            try {
+                while (buf.hasRemaining()) channel.write(buf);
+            } catch (IOException e) {
+                close();
+            }
+        }
+
+        void close() {
+            clients.remove(this);
+            try {
+                channel.close();
+            } catch (IOException e) {
+                log.debug("closing API client", e);
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+package dev.panamavmm.api;
+
+import java.util.Map;
+
+/** What the control API acts on: one VM today (later also templates and clones). */
+public interface ControlTarget {
+    /** {@code {"status": "running" | "paused" | "shutdown", "running": bool}}. */
+    Map<String, Object> status();
+
+    void stop() throws Exception;
+
+    void cont() throws Exception;
+
+    /** Ends the VM and the VMM process. */
+    void quit();
+}

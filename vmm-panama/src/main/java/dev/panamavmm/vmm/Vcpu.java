@@ -1,0 +1,179 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.kvm.Errno;
+import dev.panamavmm.kvm.VcpuFd;
+import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.kvm.bindings.KvmRegs;
+import dev.panamavmm.kvm.bindings.KvmRun;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.vmm.vcpu.VcpuExit;
+import dev.panamavmm.vmm.vcpu.VcpuKick;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.invoke.VarHandle;
+import java.util.HexFormat;
+
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_SHORT;
+
+/**
+ * One vCPU's thread: enter the guest, handle the exit, repeat, while the VM's request is RUN.
+ *
+ * <p>Kick protocol (no lost wake-ups): the VM writes its request, then sets {@code immediate_exit}
+ * and signals the thread; this loop clears {@code immediate_exit} <em>before</em> reading the
+ * request. Either the loop sees the new request, or KVM sees {@code immediate_exit} and returns
+ * at once. Before parking, one more KVM_RUN with {@code immediate_exit} set completes an I/O
+ * instruction whose data the VMM just supplied, so a paused vCPU's state is consistent.
+ */
+final class Vcpu implements Runnable {
+    private final Vm vm;
+    private final VcpuFd fd;
+    private final MemorySegment run;
+    private final VcpuControl control;
+    private volatile long pthread;
+
+    Vcpu(Vm vm, VcpuFd fd, VcpuControl control) {
+        this.vm = vm;
+        this.fd = fd;
+        this.run = fd.runPage();
+        this.control = control;
+    }
+
+    int index() {
+        return fd.id();
+    }
+
+    /** Gets this vCPU out of KVM_RUN (no-op before its thread has started). */
+    void kick() {
+        long t = pthread;
+        if (t != 0) VcpuKick.kick(run, t);
+        else KvmRun.immediateExit(run, 1);
+    }
+
+    @Override
+    public void run() {
+        pthread = LibC.pthreadSelf();
+        try {
+            loop();
+        } catch (Throwable t) {
+            vm.end(new VmExitReason.Failed("vCPU " + index() + " failed: " + t));
+        } finally {
+            control.exited();
+        }
+    }
+
+    private void loop() {
+        while (true) {
+            KvmRun.immediateExit(run, 0);
+            VarHandle.fullFence();
+            switch (control.request()) {
+                case STOP -> {
+                    return;
+                }
+                case PAUSE -> {
+                    completePendingIo();
+                    if (control.park() == VcpuControl.Request.STOP) return;
+                    continue;
+                }
+                case RUN -> { }
+            }
+            int r = fd.run();
+            if (r < 0) {
+                if (r == -LibcConstants.EINTR || r == -LibcConstants.EAGAIN) continue;
+                vm.end(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
+                return;
+            }
+            if (!handle(VcpuExit.decode(run))) return;
+        }
+    }
+
+    private void completePendingIo() {
+        KvmRun.immediateExit(run, 1);
+        VarHandle.fullFence();
+        int r = fd.run();
+        if (r < 0 && r != -LibcConstants.EINTR && r != -LibcConstants.EAGAIN) {
+            vm.end(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
+        }
+    }
+
+    /** Handles one exit; false when the VM has ended. */
+    private boolean handle(VcpuExit exit) {
+        switch (exit) {
+            case VcpuExit.Io io -> {
+                var bus = vm.ioBus();
+                for (int i = 0; i < io.count(); i++) {
+                    long at = io.dataOffset() + (long) i * io.size();
+                    if (io.write()) bus.write(io.port(), io.size(), readData(at, io.size()));
+                    else writeData(at, io.size(), bus.read(io.port(), io.size()));
+                }
+            }
+            case VcpuExit.Mmio mmio -> {
+                int len = Math.min(mmio.length(), 8);
+                if (mmio.write()) {
+                    long value = 0;
+                    for (int i = len - 1; i >= 0; i--) value = (value << 8) | (run.get(JAVA_BYTE, KvmRun.MMIO_DATA + i) & 0xff);
+                    vm.mmioBus().write(mmio.address(), len, value);
+                } else {
+                    long value = vm.mmioBus().read(mmio.address(), len);
+                    for (int i = 0; i < len; i++) run.set(JAVA_BYTE, KvmRun.MMIO_DATA + i, (byte) (value >>> (8 * i)));
+                }
+            }
+            case VcpuExit.Interrupted i -> { }
+            case VcpuExit.Hlt h -> vm.end(new VmExitReason.Shutdown("vCPU " + index() + " halted with no way to wake"));
+            case VcpuExit.Shutdown s -> vm.end(new VmExitReason.Shutdown("triple fault on vCPU " + index() + " at " + rip()));
+            case VcpuExit.SystemEvent e -> vm.end(switch (e.type()) {
+                case KvmConstants.KVM_SYSTEM_EVENT_RESET -> new VmExitReason.Reset("system reset event");
+                case KvmConstants.KVM_SYSTEM_EVENT_CRASH -> new VmExitReason.Failed("guest crashed (system event) at " + rip());
+                default -> new VmExitReason.Shutdown("system event " + e.type());
+            });
+            case VcpuExit.InternalError e -> vm.end(new VmExitReason.Failed(internalError(e)));
+            case VcpuExit.FailEntry f -> vm.end(new VmExitReason.Failed(String.format(
+                    "KVM could not enter the guest on vCPU %d: hardware reason 0x%x", index(), f.hardwareReason())));
+            case VcpuExit.Unknown u -> vm.end(new VmExitReason.Failed(
+                    "unhandled KVM exit reason " + u.reason() + " on vCPU " + index() + " at " + rip()));
+        }
+        return control.request() != VcpuControl.Request.STOP;
+    }
+
+    private String internalError(VcpuExit.InternalError e) {
+        var sb = new StringBuilder("KVM internal error on vCPU ").append(index()).append(": ");
+        sb.append(e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_EMULATION ? "emulation failure"
+                : e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_SIMUL_EX ? "exception while delivering an exception"
+                : e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_DELIVERY_EV ? "event delivery failed"
+                : "suberror");
+        sb.append(" (suberror ").append(e.suberror()).append(") at ").append(rip());
+        byte[] insn = VcpuExit.emulationFailureBytes(run);
+        if (insn.length > 0) sb.append(", instruction bytes ").append(HexFormat.ofDelimiter(" ").formatHex(insn));
+        return sb.toString();
+    }
+
+    private String rip() {
+        try (var arena = Arena.ofConfined()) {
+            var regs = arena.allocate(KvmRegs.LAYOUT);
+            fd.getRegs(regs);
+            return String.format("RIP 0x%x", KvmRegs.rip(regs));
+        } catch (RuntimeException e) {
+            return "RIP unknown (" + e.getMessage() + ")";
+        }
+    }
+
+    private int readData(long at, int size) {
+        return switch (size) {
+            case 1 -> run.get(JAVA_BYTE, at) & 0xff;
+            case 2 -> run.get(JAVA_SHORT, at) & 0xffff;
+            default -> run.get(JAVA_INT, at);
+        };
+    }
+
+    private void writeData(long at, int size, int value) {
+        switch (size) {
+            case 1 -> run.set(JAVA_BYTE, at, (byte) value);
+            case 2 -> run.set(JAVA_SHORT, at, (short) value);
+            default -> run.set(JAVA_INT, at, value);
+        }
+    }
+
+}

@@ -1,0 +1,242 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.devices.I8042;
+import dev.panamavmm.devices.Serial8250;
+import dev.panamavmm.devices.VmmPort;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.KvmException;
+import dev.panamavmm.kvm.VcpuFd;
+import dev.panamavmm.kvm.VmFd;
+import dev.panamavmm.kvm.bindings.Ioctls;
+import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.kvm.bindings.KvmMpState;
+import dev.panamavmm.vmm.boot.ElfImage;
+import dev.panamavmm.vmm.boot.X86Boot;
+import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.vcpu.Cpuid;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.io.OutputStream;
+import java.lang.foreign.Arena;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * A running virtual machine: guest memory, the KVM VM with its in-kernel irqchip and PIT, the
+ * legacy devices on the I/O bus, and one platform thread per vCPU.
+ *
+ * <p>Lifetime: everything native (RAM mappings, {@code kvm_run} pages) belongs to one shared arena
+ * that {@link #close()} closes only after every vCPU thread has ended and the memslots are gone,
+ * so no path (errors included) can touch unmapped memory.
+ *
+ * <p>Port map: COM1 8250 at 0x3f8 (IRQ 4), i8042 at 0x60/0x64, the VMM port at 0x500-0x50f.
+ */
+public final class Vm implements AutoCloseable {
+    private static final Logger log = LoggerFactory.getLogger(Vm.class);
+
+    public static final int COM1 = 0x3f8, COM1_IRQ = 4;
+    public static final int I8042_DATA = 0x60, I8042_COMMAND = 0x64;
+    public static final int VMM_PORT = 0x500;
+    /** Where KVM puts the real-mode TSS on Intel: three pages just below the BIOS area at 4 GiB. */
+    static final long TSS_ADDRESS = 0xfffbd000L;
+
+    private final Arena arena;
+    private final Kvm kvm;
+    private final VmFd vmFd;
+    private final GuestMemory memory;
+    private final IoBus ioBus;
+    private final MmioBus mmioBus;
+    private final Serial8250 serial;
+    private final VmmPort vmmPort;
+    private final VcpuControl control = new VcpuControl();
+    private final List<Vcpu> vcpus = new ArrayList<>();
+    private final List<VcpuFd> vcpuFds = new ArrayList<>();
+    private final List<Thread> threads = new ArrayList<>();
+    private final CompletableFuture<VmExitReason> termination = new CompletableFuture<>();
+    private final VmListener listener;
+    private boolean closed;
+
+    private Vm(Arena arena, Kvm kvm, VmFd vmFd, GuestMemory memory, OutputStream console, VmListener listener) {
+        this.arena = arena;
+        this.kvm = kvm;
+        this.vmFd = vmFd;
+        this.memory = memory;
+        this.listener = listener;
+        this.ioBus = new IoBus(log::warn);
+        this.mmioBus = new MmioBus(log::warn);
+        this.serial = new Serial8250(level -> vmFd.irqLine(COM1_IRQ, level), console);
+        var i8042 = new I8042(() -> end(new VmExitReason.Reset("i8042 reset")));
+        this.vmmPort = new VmmPort(new VmmPort.Listener() {
+            @Override
+            public void exitRequested(int code) {
+                end(new VmExitReason.GuestExit(code));
+            }
+
+            @Override
+            public void guestEvent(int event) {
+                if (event == 1) listener.ready();
+                else listener.guestEvent(event);
+            }
+        });
+        ioBus.register(COM1, 8, serial);
+        ioBus.register(I8042_DATA, I8042_COMMAND - I8042_DATA + 1, i8042); // offset 0 = data, 4 = command/status
+        ioBus.register(VMM_PORT, 16, vmmPort);
+    }
+
+    /**
+     * Builds the VM and loads the kernel; vCPUs are created but not started ({@link #start()}).
+     * Any failure releases what was built so far.
+     */
+    public static Vm create(Kvm kvm, MachineConfig config, OutputStream console, VmListener listener) {
+        var elf = ElfImage.parse(config.kernel());
+        var arena = Arena.ofShared();
+        VmFd vmFd = null;
+        GuestMemory memory = null;
+        Vm vm = null;
+        try {
+            vmFd = kvm.createVm(arena);
+            memory = GuestMemory.create(config.memoryBytes(), config.backing(), arena);
+            vmFd.setTssAddress(TSS_ADDRESS);
+            vmFd.createIrqchip();
+            vmFd.createPit2(KvmConstants.KVM_PIT_SPEAKER_DUMMY); // port 0x61 handled in the kernel
+            int slot = 0;
+            for (var block : memory.blocks()) vmFd.setUserMemoryRegion(slot++, 0, block.guestAddress(), block.segment());
+            vm = new Vm(arena, kvm, vmFd, memory, console, listener);
+
+            X86Boot.loadElf(memory, elf, config.kernel());
+            X86Boot.writeBootData(memory, config.cmdline());
+            if (config.initrd() != null) X86Boot.loadInitrd(memory, config.initrd(), elf.highestAddress());
+            var supported = kvm.supportedCpuid(arena);
+            for (int i = 0; i < config.cpus(); i++) {
+                var vcpuFd = vmFd.createVcpu(i);
+                vm.vcpuFds.add(vcpuFd);
+                vcpuFd.setCpuid2(Cpuid.forVcpu(supported, i, config.cpus(), arena));
+                if (i == 0 || elf.startAllCpus()) {
+                    X86Boot.setEntryState(vcpuFd, elf.entry(), i == 0, arena);
+                    if (i > 0) setRunnable(vcpuFd, arena);
+                }
+                vm.vcpus.add(new Vcpu(vm, vcpuFd, vm.control));
+            }
+            return vm;
+        } catch (RuntimeException e) {
+            if (vm != null) {
+                vm.close();
+            } else {
+                if (memory != null) memory.close();
+                if (vmFd != null) vmFd.close();
+                arena.close();
+            }
+            throw e;
+        }
+    }
+
+    /** APs wait for INIT/SIPI with an in-kernel LAPIC; a guest that asked to be entered on every CPU is started directly. */
+    private static void setRunnable(VcpuFd vcpu, Arena arena) {
+        var mp = arena.allocate(KvmMpState.LAYOUT);
+        KvmMpState.mpState(mp, KvmConstants.KVM_MP_STATE_RUNNABLE);
+        vcpu.ioctl(Ioctls.KVM_SET_MP_STATE, mp);
+    }
+
+    /** Starts one platform thread per vCPU. */
+    public void start() {
+        for (var vcpu : vcpus) {
+            control.started();
+            var t = Thread.ofPlatform().name("vcpu-" + vcpu.index()).unstarted(vcpu);
+            threads.add(t);
+            t.start();
+        }
+    }
+
+    /** Parks every vCPU outside the guest (pending I/O completed); returns when they are. */
+    public void pause() throws InterruptedException {
+        control.set(VcpuControl.Request.PAUSE);
+        vcpus.forEach(Vcpu::kick);
+        if (!control.awaitParked(10, TimeUnit.SECONDS) && !termination.isDone()) {
+            throw new IllegalStateException("vCPUs did not pause within 10 s");
+        }
+        if (!termination.isDone()) listener.paused();
+    }
+
+    public void resume() {
+        control.set(VcpuControl.Request.RUN);
+        listener.resumed();
+    }
+
+    public boolean isPaused() {
+        return control.request() == VcpuControl.Request.PAUSE;
+    }
+
+    /** Ends the VM with {@code reason} (the first reason wins) and gets every vCPU out of the guest. */
+    public void end(VmExitReason reason) {
+        if (termination.complete(reason)) {
+            log.debug("VM ending: {}", reason.describe());
+            control.set(VcpuControl.Request.STOP);
+            vcpus.forEach(Vcpu::kick);
+            listener.ended(reason);
+        }
+    }
+
+    /** Completes when the VM has ended, with the reason. */
+    public CompletableFuture<VmExitReason> termination() {
+        return termination;
+    }
+
+    public GuestMemory memory() {
+        return memory;
+    }
+
+    public Serial8250 serial() {
+        return serial;
+    }
+
+    public VmmPort vmmPort() {
+        return vmmPort;
+    }
+
+    IoBus ioBus() {
+        return ioBus;
+    }
+
+    MmioBus mmioBus() {
+        return mmioBus;
+    }
+
+    public int vcpuCount() {
+        return vcpus.size();
+    }
+
+    /** Stops the vCPUs, waits for their threads, removes the memslots, then releases fds and mappings. */
+    @Override
+    public void close() {
+        if (closed) return;
+        closed = true;
+        end(new VmExitReason.Stopped("close"));
+        for (var t : threads) {
+            boolean interrupted = false;
+            while (t.isAlive()) {
+                try {
+                    t.join();
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+            if (interrupted) Thread.currentThread().interrupt();
+        }
+        serial.flush();
+        int slot = 0;
+        for (var block : memory.blocks()) {
+            try {
+                vmFd.removeUserMemoryRegion(slot++, block.guestAddress());
+            } catch (KvmException e) {
+                log.warn("removing memslot {}: {}", slot - 1, e.getMessage());
+            }
+        }
+        vcpuFds.forEach(VcpuFd::close);
+        vmFd.close();
+        memory.close();
+        arena.close();
+    }
+}

@@ -1,0 +1,42 @@
+package dev.panamavmm.vmm;
+
+/** Why a VM ended. The first reason wins: a stop during a guest's own exit does not overwrite it. */
+public sealed interface VmExitReason {
+
+    /** The guest asked to exit with {@code code} through the VMM port. */
+    record GuestExit(int code) implements VmExitReason {}
+
+    /** The guest reset the machine (i8042 0xFE, or a KVM reset event); the VMM ends rather than reboots. */
+    record Reset(String how) implements VmExitReason {}
+
+    /** The guest shut down or triple-faulted. */
+    record Shutdown(String how) implements VmExitReason {}
+
+    /** The VMM's user ended it (Ctrl-C, the API's quit). */
+    record Stopped(String by) implements VmExitReason {}
+
+    /** KVM or the VMM could not go on; {@code message} has the details (exit, suberror, RIP, bytes). */
+    record Failed(String message) implements VmExitReason {}
+
+    /** A sentence for logs and the CLI. */
+    default String describe() {
+        return switch (this) {
+            case GuestExit g -> "guest exited with code " + g.code();
+            case Reset r -> "guest reset the machine (" + r.how() + ")";
+            case Shutdown s -> "guest shut down (" + s.how() + ")";
+            case Stopped s -> "stopped by " + s.by();
+            case Failed f -> f.message();
+        };
+    }
+
+    /** The process exit code `vmm run` ends with. */
+    default int exitCode() {
+        return switch (this) {
+            case GuestExit g -> g.code();
+            case Reset r -> 0;
+            case Stopped s -> 0;
+            case Shutdown s -> 1;
+            case Failed f -> 1;
+        };
+    }
+}

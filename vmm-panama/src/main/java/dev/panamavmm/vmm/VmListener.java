@@ -1,0 +1,18 @@
+package dev.panamavmm.vmm;
+
+/** What a VM tells its owner (the CLI, the control API). Called from vCPU or control threads; keep it short. */
+public interface VmListener {
+    /** The guest reached its ready point (VMM port event 1): the template point. */
+    default void ready() {}
+
+    /** Every vCPU is parked: no guest code runs until {@code resume}. */
+    default void paused() {}
+
+    default void resumed() {}
+
+    /** The guest wrote a VMM port event other than ready. */
+    default void guestEvent(int event) {}
+
+    /** The VM ended; called once. */
+    default void ended(VmExitReason reason) {}
+}

@@ -1,0 +1,110 @@
+package dev.panamavmm.api;
+
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.net.StandardProtocolFamily;
+import java.net.UnixDomainSocketAddress;
+import java.nio.ByteBuffer;
+import java.nio.channels.Channels;
+import java.nio.channels.SocketChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The control API over a real Unix socket, against a recording target. */
+class ApiServerTest {
+
+    static final class Recorder implements ControlTarget {
+        final List<String> calls = new ArrayList<>();
+        boolean paused;
+
+        @Override
+        public Map<String, Object> status() {
+            return Json.object("status", paused ? "paused" : "running", "running", !paused);
+        }
+
+        @Override
+        public void stop() {
+            calls.add("stop");
+            paused = true;
+        }
+
+        @Override
+        public void cont() {
+            calls.add("cont");
+            paused = false;
+        }
+
+        @Override
+        public void quit() {
+            calls.add("quit");
+        }
+    }
+
+    @Test
+    void commandsRepliesErrorsAndEvents(@TempDir Path dir) throws Exception {
+        var path = dir.resolve("api.sock");
+        var target = new Recorder();
+        try (var server = ApiServer.start(path, target)) {
+            assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(path)));
+            try (var ch = SocketChannel.open(StandardProtocolFamily.UNIX)) {
+                ch.connect(UnixDomainSocketAddress.of(path));
+                var in = new BufferedReader(new InputStreamReader(Channels.newInputStream(ch), StandardCharsets.UTF_8));
+                assertTrue(in.readLine().startsWith("{\"QMP\":"));
+                send(ch, "{\"execute\":\"query-status\",\"id\":7}");
+                assertEquals("{\"return\":{\"status\":\"running\",\"running\":true},\"id\":7}", in.readLine());
+                send(ch, "{\"execute\":\"stop\"}");
+                assertEquals("{\"return\":{}}", in.readLine());
+                send(ch, "{\"execute\":\"query-status\"}");
+                assertEquals("{\"return\":{\"status\":\"paused\",\"running\":false}}", in.readLine());
+                send(ch, "this is not json");
+                assertTrue(in.readLine().startsWith("{\"error\":{\"class\":\"GenericError\",\"desc\":\"malformed request:"));
+                send(ch, "{\"execute\":\"frobnicate\"}");
+                assertEquals("{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"the command frobnicate has not been found\"}}", in.readLine());
+                send(ch, "{\"execute\":\"cont\",\"arguments\":[1]}");
+                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"malformed request: \\\"arguments\\\" must be a JSON object\"}}", in.readLine());
+                send(ch, "[".repeat(1000));
+                assertTrue(in.readLine().contains("malformed request"));
+                server.event("READY", null);
+                assertTrue(in.readLine().startsWith("{\"event\":\"READY\",\"timestamp\":{\"seconds\":"));
+                send(ch, "{\"execute\":\"cont\"}");
+                assertEquals("{\"return\":{}}", in.readLine());
+            }
+            try (var client = ApiClient.connect(path)) {
+                assertEquals(Json.object("status", "running", "running", true), client.execute("query-status", null).get("return"));
+            }
+            var e = assertThrows(ApiException.class, () -> ApiServer.start(path, target));
+            assertEquals("API socket " + path + " is in use by another process", e.getMessage());
+        }
+        assertEquals(List.of("stop", "cont"), target.calls, "a request with bad arguments is not executed");
+        assertTrue(Files.notExists(path), "the socket file is removed on close");
+    }
+
+    @Test
+    void aStaleSocketFileIsReplacedAndAPlainFileRefused(@TempDir Path dir) throws Exception {
+        var path = dir.resolve("api.sock");
+        try (var s = java.nio.channels.ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
+            s.bind(UnixDomainSocketAddress.of(path)); // leaves a socket file nobody will accept on after close
+        }
+        ApiServer.start(path, new Recorder()).close();
+        var file = Files.writeString(dir.resolve("plain"), "x");
+        var e = assertThrows(ApiException.class, () -> ApiServer.start(file, new Recorder()));
+        assertEquals("API socket path " + file + " exists and is not a socket", e.getMessage());
+    }
+
+    private static void send(SocketChannel ch, String line) throws Exception {
+        var buf = ByteBuffer.wrap((line + "\n").getBytes(StandardCharsets.UTF_8));
+        while (buf.hasRemaining()) ch.write(buf);
+    }
+}

@@ -1,0 +1,26 @@
+package dev.panamavmm.api;
+
+import org.junit.jupiter.api.Test;
+
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+
+class JsonTest {
+    @Test
+    void roundTripsValues() {
+        var value = Json.object("s", "x\"y\n", "n", 42L, "d", 1.5, "b", true, "z", null, "l", List.of(1L, "two"));
+        String text = Json.write(value);
+        assertEquals("{\"s\":\"x\\\"y\\n\",\"n\":42,\"d\":1.5,\"b\":true,\"z\":null,\"l\":[1,\"two\"]}", text);
+        assertEquals(value, Json.parse(text));
+    }
+
+    @Test
+    void rejectsMalformedAndTooDeepDocuments() {
+        assertThrows(Json.JsonException.class, () -> Json.parse("{\"a\":"));
+        assertThrows(Json.JsonException.class, () -> Json.parse("{} {}"));
+        assertThrows(Json.JsonException.class, () -> Json.parse(""));
+        assertThrows(Json.JsonException.class, () -> Json.parse("[".repeat(100) + "]".repeat(100)));
+    }
+}

@@ -1,0 +1,54 @@
+package dev.panamavmm.cli;
+
+import dev.panamavmm.kvm.testing.KvmTest;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import static dev.panamavmm.cli.MainTest.run;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** {@code vmm run}: bad input is one line and a non-zero exit; a guest's exit code becomes the VMM's. */
+class RunCommandTest {
+
+    static void assertOneLineError(int code, MainTest.Result r, String start) {
+        assertEquals(code, r.code(), r.err());
+        assertEquals(1, r.err().lines().count(), r.err());
+        assertTrue(r.err().startsWith("vmm: " + start), r.err());
+    }
+
+    @Test
+    void badOptionsAreOneLineErrors(@TempDir Path dir) throws Exception {
+        assertOneLineError(2, run("run", "--memory", "0"), "--memory 0 bytes is below the minimum of 16 MiB");
+        assertOneLineError(2, run("run", "--memory", "1T"), "--memory 1024 GiB is more than this host's");
+        assertOneLineError(2, run("run", "--memory", "lots"), "Invalid value for option '--memory'");
+        assertOneLineError(2, run("run", "--mem-path", dir.toString(), "--shared"), "--mem-path " + dir + " is a directory");
+        assertOneLineError(2, run("run", "--kernel", dir.resolve("missing").toString()), "--kernel " + dir.resolve("missing") + " does not exist");
+        assertOneLineError(2, run("run", "--shared"), "--shared needs --mem-path FILE");
+        assertOneLineError(2, run("run", "--frobnicate"), "Unknown option: '--frobnicate'");
+        assertOneLineError(2, run("run", "--console", "tcp:1234"), "--console must be stdout, file:PATH or unix:PATH");
+        var notElf = Files.writeString(dir.resolve("vmlinuz"), "not a kernel");
+        assertOneLineError(1, run("run", "--kernel", notElf.toString()), notElf + " is not an ELF kernel");
+    }
+
+    @KvmTest
+    void theGuestsExitCodeIsTheVmmsAndItsConsoleGoesWhereAsked(@TempDir Path dir) throws Exception {
+        var kernel = Files.write(dir.resolve("tiny.elf"), dev.panamavmm.vmm.TinyElfAccess.printHiAndExit(42));
+        var console = dir.resolve("console.txt");
+        var r = run("run", "--kernel", kernel.toString(), "--memory", "32M", "--console", "file:" + console);
+        assertEquals(42, r.code(), r.err());
+        assertEquals("", r.err());
+        assertEquals("Hi\n", Files.readString(console));
+    }
+
+    @KvmTest
+    void anUnwritableApiSocketIsOneLine(@TempDir Path dir) throws Exception {
+        var kernel = Files.write(dir.resolve("tiny.elf"), dev.panamavmm.vmm.TinyElfAccess.printHiAndExit(0));
+        var r = run("run", "--kernel", kernel.toString(), "--memory", "32M", "--console", "file:" + dir.resolve("c"),
+                "--api-socket", dir.resolve("no/such/dir/api.sock").toString());
+        assertOneLineError(1, r, "cannot create API socket " + dir.resolve("no/such/dir/api.sock") + ": no such directory");
+    }
+}

@@ -1,0 +1,123 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.GuestMemory;
+
+import java.io.ByteArrayOutputStream;
+import java.util.concurrent.TimeUnit;
+
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The VM core with hand-assembled 64-bit guests entered through the Linux boot path. */
+class VmTest {
+    /** mov dx, 0x3f8; mov al, 'H'; out dx, al; mov al, 'i'; out dx, al; mov al, '\n'; out dx, al */
+    static final byte[] PRINT_HI = {0x66, (byte) 0xba, (byte) 0xf8, 0x03, (byte) 0xb0, 'H', (byte) 0xee,
+            (byte) 0xb0, 'i', (byte) 0xee, (byte) 0xb0, '\n', (byte) 0xee};
+    /** mov dx, 0x500; mov eax, CODE; out dx, eax; jmp $ */
+    static byte[] exitWith(int code) {
+        return new byte[] {0x66, (byte) 0xba, 0x00, 0x05, (byte) 0xb8, (byte) code, (byte) (code >> 8), (byte) (code >> 16),
+                (byte) (code >> 24), (byte) 0xef, (byte) 0xeb, (byte) 0xfe};
+    }
+
+    static byte[] concat(byte[]... parts) {
+        var out = new ByteArrayOutputStream();
+        for (var p : parts) out.writeBytes(p);
+        return out.toByteArray();
+    }
+
+    static MachineConfig config(byte[] code, int cpus, boolean startAll) {
+        return new MachineConfig(64 * GuestMemory.MIB, cpus, new Backing.Memfd(), "tiny", TinyElf.of(code, startAll), null, "console=ttyS0");
+    }
+
+    static VmExitReason runToEnd(MachineConfig config, ByteArrayOutputStream console) throws Exception {
+        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, config, console, new VmListener() {})) {
+            vm.start();
+            return vm.termination().get(30, TimeUnit.SECONDS);
+        }
+    }
+
+    @KvmTest
+    void guestPrintsAndExitsWithItsCode() throws Exception {
+        var console = new ByteArrayOutputStream();
+        var reason = runToEnd(config(concat(PRINT_HI, exitWith(7)), 1, false), console);
+        assertEquals(new VmExitReason.GuestExit(7), reason);
+        assertEquals(7, reason.exitCode());
+        assertEquals("Hi\n", console.toString());
+    }
+
+    @KvmTest
+    void unknownPortsAndAddressesAreIgnoredAndTheGuestGoesOn() throws Exception {
+        byte[] code = concat(
+                new byte[] {(byte) 0xe4, (byte) 0xf0},                    // in al, 0xf0 (nobody there)
+                new byte[] {(byte) 0xa2, 0, 0, 0, (byte) 0xd0, 0, 0, 0, 0}, // movabs [0xd0000000], al (not RAM)
+                new byte[] {(byte) 0x3c, (byte) 0xff, 0x75, 0x02},        // cmp al, 0xff; jne +2 (all ones expected)
+                exitWith(3), exitWith(4));
+        assertEquals(new VmExitReason.GuestExit(3), runToEnd(config(code, 1, false), new ByteArrayOutputStream()));
+    }
+
+    @KvmTest
+    void i8042ResetEndsTheVm() throws Exception {
+        byte[] code = {(byte) 0xb0, (byte) 0xfe, (byte) 0xe6, 0x64, (byte) 0xeb, (byte) 0xfe}; // mov al, 0xfe; out 0x64, al
+        assertInstanceOf(VmExitReason.Reset.class, runToEnd(config(code, 1, false), new ByteArrayOutputStream()));
+    }
+
+    @KvmTest
+    void aTripleFaultIsAShutdownWithItsReason() throws Exception {
+        // lidt [0x600] (a zero-limit IDT in zeroed low memory), then ud2: #UD -> #DF -> triple fault.
+        byte[] code = {0x0f, 0x01, 0x1c, 0x25, 0x00, 0x06, 0x00, 0x00, 0x0f, 0x0b};
+        var reason = runToEnd(config(code, 1, false), new ByteArrayOutputStream());
+        var shutdown = assertInstanceOf(VmExitReason.Shutdown.class, reason);
+        assertTrue(shutdown.how().startsWith("triple fault on vCPU 0 at RIP 0x"), shutdown.how());
+        assertEquals(1, reason.exitCode());
+    }
+
+    @KvmTest
+    void pauseStopsTheGuestAndResumeContinuesIt() throws Exception {
+        // loop: inc qword [0x200000]; jmp loop
+        byte[] code = {0x48, (byte) 0xff, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, (byte) 0xeb, (byte) 0xf6};
+        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, config(code, 1, false), new ByteArrayOutputStream(), new VmListener() {})) {
+            vm.start();
+            var counter = vm.memory().slice(0x200000, 8);
+            waitUntil(() -> counter.get(JAVA_LONG, 0) > 100);
+            vm.pause();
+            long paused = counter.get(JAVA_LONG, 0);
+            Thread.sleep(100);
+            assertEquals(paused, counter.get(JAVA_LONG, 0), "no guest code runs while paused");
+            vm.resume();
+            waitUntil(() -> counter.get(JAVA_LONG, 0) > paused + 100);
+            vm.end(new VmExitReason.Stopped("test"));
+            assertEquals(new VmExitReason.Stopped("test"), vm.termination().get(10, TimeUnit.SECONDS));
+        }
+    }
+
+    @KvmTest
+    void everyVcpuEntersWhenTheImageAsks() throws Exception {
+        // Each vCPU: lock inc qword [0x200000]; then vCPU... spin. The VMM starts all three at the entry.
+        byte[] code = {(byte) 0xf0, 0x48, (byte) 0xff, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, (byte) 0xeb, (byte) 0xfe};
+        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, config(code, 3, true), new ByteArrayOutputStream(), new VmListener() {})) {
+            vm.start();
+            var counter = vm.memory().slice(0x200000, 8);
+            waitUntil(() -> counter.get(JAVA_LONG, 0) == 3);
+        }
+        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, config(code, 3, false), new ByteArrayOutputStream(), new VmListener() {})) {
+            vm.start();
+            var counter = vm.memory().slice(0x200000, 8);
+            waitUntil(() -> counter.get(JAVA_LONG, 0) == 1);
+            Thread.sleep(200);
+            assertEquals(1, counter.get(JAVA_LONG, 0), "without the note only the boot CPU runs (APs wait for INIT/SIPI)");
+        }
+    }
+
+    static void waitUntil(java.util.function.BooleanSupplier condition) throws InterruptedException {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
+        while (!condition.getAsBoolean()) {
+            if (System.nanoTime() > deadline) throw new AssertionError("condition not reached in 20 s");
+            Thread.sleep(5);
+        }
+    }
+}
