@@ -22,7 +22,6 @@ import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.util.Map;
 import java.util.concurrent.Callable;
-import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.atomic.AtomicReference;
 
 /**
@@ -102,16 +101,9 @@ final class RunCommand implements Callable<Integer> {
             };
             try (var vm = Vm.create(kvm, config, io.output(), listener)) {
                 if (apiSocket != null) api.set(ApiServer.start(apiSocket, target(vm)));
-                var done = new CountDownLatch(1);
-                var hook = Thread.ofPlatform().unstarted(() -> {
-                    vm.end(new VmExitReason.Stopped("signal"));
-                    try {
-                        done.await();
-                    } catch (InterruptedException e) {
-                        Thread.currentThread().interrupt();
-                    }
-                });
-                Runtime.getRuntime().addShutdownHook(hook);
+                // SIGINT/SIGTERM end the VM like the API's quit: the VMM then exits normally (0),
+                // instead of the JVM's own shutdown on a signal (exit 130/143, mid-cleanup).
+                var previous = Signals.onTermination(name -> vm.end(new VmExitReason.Stopped("signal")));
                 try {
                     io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
                     vm.start();
@@ -122,12 +114,7 @@ final class RunCommand implements Callable<Integer> {
                 } finally {
                     var a = api.get();
                     if (a != null) a.close();
-                    done.countDown();
-                    try {
-                        Runtime.getRuntime().removeShutdownHook(hook);
-                    } catch (IllegalStateException shuttingDown) {
-                        // the hook is running: it waits for `done`
-                    }
+                    Signals.restore(previous);
                 }
             }
         }
