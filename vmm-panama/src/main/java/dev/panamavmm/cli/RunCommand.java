@@ -100,11 +100,11 @@ final class RunCommand implements Callable<Integer> {
                 }
             };
             try (var vm = Vm.create(kvm, config, io.output(), listener)) {
-                if (apiSocket != null) api.set(ApiServer.start(apiSocket, target(vm)));
                 // SIGINT/SIGTERM end the VM like the API's quit: the VMM then exits normally (0),
                 // instead of the JVM's own shutdown on a signal (exit 130/143, mid-cleanup).
                 var previous = Signals.onTermination(name -> vm.end(new VmExitReason.Stopped("signal")));
                 try {
+                    if (apiSocket != null) api.set(ApiServer.start(apiSocket, target(vm)));
                     io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
                     vm.start();
                     var reason = vm.termination().get();
