@@ -1,0 +1,54 @@
+package dev.panamavmm.guest;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.UncheckedIOException;
+import java.util.regex.Pattern;
+
+/**
+ * The test guest built by this module (see {@code guest/README.md}): where the ELF is on the
+ * class path, and the shapes of the lines it writes to COM1.
+ */
+public final class TestGuest {
+
+    /** Class-path resource of the ELF image. */
+    public static final String RESOURCE = "guest/testguest.elf";
+
+    /** {@code testguest <version> cpus=<n> mem=<bytes>}, once at boot. */
+    public static final Pattern BANNER = Pattern.compile("testguest (\\S+) cpus=(\\d+) mem=(\\d+)");
+    /** {@code genid 0x<16 hex digits>}: at boot, and on CPU 0 when the generation id changed. */
+    public static final Pattern GENID = Pattern.compile("genid 0x([0-9a-f]{16})");
+    /** {@code ready}: every CPU has filled its memory; the guest then writes 1 to port 0x504. */
+    public static final Pattern READY = Pattern.compile("ready");
+    /** {@code hb <cpu> <seq>}: seq counts 1, 2, 3, ... on every CPU. */
+    public static final Pattern HEARTBEAT = Pattern.compile("hb (\\d+) (\\d+)");
+    /** {@code CORRUPT <cpu> addr=0x<hex> expected=0x<16 hex> got=0x<16 hex>}. */
+    public static final Pattern CORRUPT =
+            Pattern.compile("CORRUPT (\\d+) addr=0x([0-9a-f]+) expected=0x([0-9a-f]{16}) got=0x([0-9a-f]{16})");
+
+    /** Exit code (port 0x500) for an unexpected CPU exception: this plus the vector. */
+    public static final int EXIT_EXCEPTION = 0x100;
+    /** Exit code (port 0x500) when the boot contract was not met (image not in e820 RAM, ...). */
+    public static final int EXIT_BAD_BOOT = 0x200;
+
+    private TestGuest() {
+    }
+
+    /** Opens the ELF image; the caller closes the stream. */
+    public static InputStream open() {
+        InputStream in = TestGuest.class.getClassLoader().getResourceAsStream(RESOURCE);
+        if (in == null) {
+            throw new IllegalStateException(RESOURCE + " is not on the class path (build the guest module)");
+        }
+        return in;
+    }
+
+    /** The ELF image. */
+    public static byte[] elf() {
+        try (InputStream in = open()) {
+            return in.readAllBytes();
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+}

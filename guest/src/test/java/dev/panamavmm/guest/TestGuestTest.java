@@ -1,0 +1,78 @@
+package dev.panamavmm.guest;
+
+import org.junit.jupiter.api.Test;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The packaged ELF follows the boot contract of README.md; the line patterns match the guest's output. */
+class TestGuestTest {
+
+    private static final int PT_LOAD = 1, PT_NOTE = 4;
+
+    @Test
+    void elfIsAnX86_64ExecutableLoadedAtOneMiB() {
+        ByteBuffer b = ByteBuffer.wrap(TestGuest.elf()).order(ByteOrder.LITTLE_ENDIAN);
+        assertEquals(0x464c457f, b.getInt(0), "ELF magic");
+        assertEquals(2, b.get(4), "ELFCLASS64");
+        assertEquals(1, b.get(5), "little endian");
+        assertEquals(2, b.getShort(16), "ET_EXEC");
+        assertEquals(0x3e, b.getShort(18), "EM_X86_64");
+        long entry = b.getLong(24);
+        long phoff = b.getLong(32);
+        int phentsize = b.getShort(54), phnum = b.getShort(56);
+
+        long lowest = Long.MAX_VALUE;
+        boolean entryLoaded = false, note = false;
+        for (int i = 0; i < phnum; i++) {
+            int ph = (int) (phoff + (long) i * phentsize);
+            int type = b.getInt(ph);
+            long offset = b.getLong(ph + 8), vaddr = b.getLong(ph + 16), paddr = b.getLong(ph + 24);
+            long filesz = b.getLong(ph + 32), memsz = b.getLong(ph + 40);
+            if (type == PT_LOAD) {
+                assertEquals(vaddr, paddr, "p_paddr == p_vaddr");
+                assertTrue(memsz >= filesz);
+                lowest = Math.min(lowest, paddr);
+                entryLoaded |= entry >= paddr && entry < paddr + filesz;
+            } else if (type == PT_NOTE) {
+                note |= hasPanamaNote(b, (int) offset, (int) filesz);
+            }
+        }
+        assertEquals(0x100000, lowest, "loaded at 1 MiB");
+        assertTrue(entryLoaded, "entry point inside a loaded segment");
+        assertTrue(note, "PT_NOTE \"PanamaVMM\" type 1 (start every vCPU)");
+    }
+
+    private static boolean hasPanamaNote(ByteBuffer b, int off, int size) {
+        int end = off + size;
+        while (off + 12 <= end) {
+            int namesz = b.getInt(off), descsz = b.getInt(off + 4), type = b.getInt(off + 8);
+            byte[] name = new byte[namesz];
+            b.get(off + 12, name);
+            int desc = off + 12 + ((namesz + 3) & ~3);
+            if (namesz == 10 && type == 1 && descsz == 4
+                    && new String(name, StandardCharsets.US_ASCII).equals("PanamaVMM\0")
+                    && b.getInt(desc) == 0) {
+                return true;
+            }
+            off = desc + ((descsz + 3) & ~3);
+        }
+        return false;
+    }
+
+    @Test
+    void patternsMatchTheGuestsLines() {
+        assertTrue(TestGuest.BANNER.matcher("testguest 0.1 cpus=2 mem=65863680").matches());
+        assertTrue(TestGuest.GENID.matcher("genid 0x1122334455667788").matches());
+        assertTrue(TestGuest.READY.matcher("ready").matches());
+        assertTrue(TestGuest.HEARTBEAT.matcher("hb 1 12").matches());
+        assertTrue(TestGuest.CORRUPT.matcher(
+                "CORRUPT 0 addr=0x2000008 expected=0x31994a7133088326 got=0x31994a7133088327").matches());
+        assertFalse(TestGuest.HEARTBEAT.matcher("hb 1").matches());
+    }
+}
