@@ -76,6 +76,27 @@ class VmTest {
         assertEquals(1, reason.exitCode());
     }
 
+    /**
+     * cmpxchg16b at CPL0: PVM's instruction emulator lacks it, so KVM reports an emulation failure,
+     * which must end the VM with the details; on VMX/SVM it runs natively and the guest exits.
+     */
+    @KvmTest
+    void anEmulationFailureEndsTheVmWithItsDetails() throws Exception {
+        byte[] code = concat(
+                new byte[] {0x48, (byte) 0xc7, (byte) 0xc6, 0x00, 0x00, 0x20, 0x00}, // mov rsi, 0x200000 (16-byte aligned)
+                new byte[] {0x48, 0x0f, (byte) 0xc7, 0x0e},                            // cmpxchg16b [rsi]
+                exitWith(9));
+        var reason = runToEnd(config(code, 1, false), new ByteArrayOutputStream());
+        if (dev.panamavmm.kvm.Kvm.hostFlavour() == dev.panamavmm.kvm.HostFlavour.PVM) {
+            var failed = assertInstanceOf(VmExitReason.Failed.class, reason);
+            assertTrue(failed.message().matches("KVM internal error on vCPU 0: emulation failure \\(suberror 1\\) at RIP 0x100007.*"),
+                    failed.message());
+            assertEquals(1, reason.exitCode());
+        } else {
+            assertEquals(new VmExitReason.GuestExit(9), reason);
+        }
+    }
+
     @KvmTest
     void pauseStopsTheGuestAndResumeContinuesIt() throws Exception {
         // loop: inc qword [0x200000]; jmp loop
