@@ -28,4 +28,30 @@ class RunProcessTest {
             assertTrue(Files.notExists(api), "the API socket is removed");
         }
     }
+
+    /** On a terminal (a pty from script(1)) stdin goes to the guest in raw mode and Ctrl-A x quits. */
+    @KvmTest
+    void ctrlAxOnATerminalQuits() throws Exception {
+        String javaBin = ProcessHandle.current().info().command().orElse("java");
+        String command = String.join(" ", javaBin, "--enable-native-access=ALL-UNNAMED", "-cp", System.getProperty("java.class.path"),
+                "dev.panamavmm.cli.Main", "run", "--memory", "32M", "--cmdline", "'console=ttyS0 testguest.hb=100'");
+        var process = new ProcessBuilder("script", "-qfec", command, "/dev/null").redirectErrorStream(true).start();
+        try {
+            var out = new java.io.BufferedReader(new java.io.InputStreamReader(process.getInputStream()));
+            var seen = new StringBuilder();
+            for (String line; (line = out.readLine()) != null; ) {
+                seen.append(line).append('\n');
+                if (line.startsWith("hb 0 2")) break;
+            }
+            assertTrue(seen.toString().contains("ready"), seen.toString());
+            process.getOutputStream().write(new byte[] {1, 'x'});
+            process.getOutputStream().flush();
+            String rest = new String(process.getInputStream().readAllBytes());
+            assertTrue(process.waitFor(20, java.util.concurrent.TimeUnit.SECONDS));
+            assertEquals(0, process.exitValue(), rest);
+            assertTrue(rest.contains("vmm: stopped by the console (Ctrl-A x)"), rest);
+        } finally {
+            process.destroyForcibly();
+        }
+    }
 }
