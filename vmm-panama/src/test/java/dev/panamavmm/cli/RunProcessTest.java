@@ -54,4 +54,26 @@ class RunProcessTest {
             process.destroyForcibly();
         }
     }
+
+    /** --console unix:PATH serves the console on a socket: a client that connects sees the guest's lines. */
+    @KvmTest
+    void theConsoleCanBeServedOnAUnixSocket(@TempDir Path dir) throws Exception {
+        var socket = dir.resolve("console.sock");
+        try (var vmm = VmmProcess.start("run", "--memory", "32M", "--console", "unix:" + socket,
+                "--cmdline", "console=ttyS0 testguest.hb=100")) {
+            long deadline = System.nanoTime() + 20_000_000_000L;
+            while (!Files.exists(socket) && System.nanoTime() < deadline) Thread.sleep(10);
+            try (var ch = java.nio.channels.SocketChannel.open(java.net.UnixDomainSocketAddress.of(socket))) {
+                var in = new java.io.BufferedReader(new java.io.InputStreamReader(java.nio.channels.Channels.newInputStream(ch)));
+                String line;
+                do {
+                    line = in.readLine();
+                } while (line != null && !line.matches("hb 0 \\d+"));
+                assertTrue(line != null, "the console socket delivered heartbeats");
+            }
+            assertEquals(java.util.List.of(), vmm.lines(), "nothing on stdout");
+            vmm.signal("TERM");
+            assertEquals(0, vmm.waitFor(20));
+        }
+    }
 }
