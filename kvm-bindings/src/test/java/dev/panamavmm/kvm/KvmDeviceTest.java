@@ -10,6 +10,7 @@ import dev.panamavmm.kvm.bindings.KvmSregs;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.kvm.testing.RealModeGuest;
 import org.junit.jupiter.api.Test;
 
 import java.lang.foreign.Arena;
@@ -84,21 +85,7 @@ class KvmDeviceTest {
                 (byte) 0xf4                                 // hlt
         };
         try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena)) {
-            var memory = LibC.mapInto(arena, 0x2000, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
-                    LibcConstants.MAP_PRIVATE | LibcConstants.MAP_ANONYMOUS, -1, 0);
-            MemorySegment.copy(MemorySegment.ofArray(code), 0, memory, 0, code.length);
-            vm.setUserMemoryRegion(0, 0, 0x1000, memory);
-            try (var vcpu = vm.createVcpu(0)) {
-                var sregs = arena.allocate(KvmSregs.LAYOUT);
-                vcpu.getSregs(sregs);
-                KvmSegment.base(KvmSregs.cs(sregs), 0);
-                KvmSegment.selector(KvmSregs.cs(sregs), 0);
-                vcpu.setSregs(sregs);
-                var regs = arena.allocate(KvmRegs.LAYOUT);
-                KvmRegs.rip(regs, 0x1000);
-                KvmRegs.rflags(regs, 0x2);
-                vcpu.setRegs(regs);
-
+            try (var vcpu = RealModeGuest.load(vm, arena, code)) {
                 var run = vcpu.runPage();
                 for (char expected : new char[] {'A', 'B'}) {
                     assertEquals(0, vcpu.run());

@@ -8,6 +8,7 @@ import dev.panamavmm.kvm.bindings.KvmSregs;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.kvm.testing.RealModeGuest;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -20,29 +21,10 @@ import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 /** A vCPU spinning in guest code comes out of KVM_RUN when kicked, and so does one about to enter. */
 class VcpuKickTest {
 
-    /** Real-mode {@code jmp $} at 0x1000: the vCPU never exits on its own. */
-    private static VcpuFd spinningVcpu(Kvm kvm, Arena arena, dev.panamavmm.kvm.VmFd vm) {
-        var memory = LibC.mapInto(arena, 0x1000, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
-                LibcConstants.MAP_PRIVATE | LibcConstants.MAP_ANONYMOUS, -1, 0);
-        MemorySegment.copy(MemorySegment.ofArray(new byte[] {(byte) 0xeb, (byte) 0xfe}), 0, memory, 0, 2);
-        vm.setUserMemoryRegion(0, 0, 0x1000, memory);
-        var vcpu = vm.createVcpu(0);
-        var sregs = arena.allocate(KvmSregs.LAYOUT);
-        vcpu.getSregs(sregs);
-        KvmSegment.base(KvmSregs.cs(sregs), 0);
-        KvmSegment.selector(KvmSregs.cs(sregs), 0);
-        vcpu.setSregs(sregs);
-        var regs = arena.allocate(KvmRegs.LAYOUT);
-        KvmRegs.rip(regs, 0x1000);
-        KvmRegs.rflags(regs, 2);
-        vcpu.setRegs(regs);
-        return vcpu;
-    }
-
     @KvmTest
     void aRunningVcpuIsKickedOut() throws Exception {
         try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena);
-             var vcpu = spinningVcpu(kvm, arena, vm)) {
+             var vcpu = RealModeGuest.load(vm, arena, new byte[] {(byte) 0xeb, (byte) 0xfe})) {
             var pthread = new CompletableFuture<Long>();
             var result = new CompletableFuture<VcpuExit>();
             var thread = Thread.ofPlatform().name("vcpu-0").start(() -> {
