@@ -110,6 +110,7 @@ public final class ApiServer implements AutoCloseable {
             try {
                 var channel = server.accept();
                 var client = new Client(channel);
+                client.greet(); // before it can receive events: the greeting is always the first line
                 clients.add(client);
                 Thread.ofPlatform().daemon().name("api-client").start(client::serve);
             } catch (IOException e) {
@@ -187,9 +188,12 @@ public final class ApiServer implements AutoCloseable {
             this.channel = channel;
         }
 
-        void serve() {
+        void greet() {
             send(Json.write(Json.object("QMP", Json.object(
                     "version", Json.object("package", "panama-vmm"), "capabilities", List.of()))));
+        }
+
+        void serve() {
             var buf = ByteBuffer.allocate(8192);
             var line = new java.io.ByteArrayOutputStream();
             boolean discarding = false;
