@@ -34,6 +34,8 @@ public final class ApiServer implements AutoCloseable {
     private final ControlTarget target;
     private final List<Client> clients = new CopyOnWriteArrayList<>();
     private final Thread acceptor;
+    /** Held (shared) while a request is handled and answered; close() takes it exclusively so a reply (quit's) is never cut off. */
+    private final java.util.concurrent.locks.ReentrantReadWriteLock inflight = new java.util.concurrent.locks.ReentrantReadWriteLock();
 
     private ApiServer(Path path, ServerSocketChannel server, ControlTarget target) {
         this.path = path;
@@ -167,10 +169,13 @@ public final class ApiServer implements AutoCloseable {
 
     @Override
     public void close() {
+        inflight.writeLock().lock();
         try {
             server.close();
         } catch (IOException e) {
             log.debug("closing API socket", e);
+        } finally {
+            inflight.writeLock().unlock();
         }
         for (var c : clients) c.close();
         try {
@@ -204,7 +209,7 @@ public final class ApiServer implements AutoCloseable {
                         byte b = buf.get();
                         if (b == '\n') {
                             if (discarding) send(error(null, "GenericError", "request longer than " + MAX_LINE + " bytes"));
-                            else if (line.size() > 0) send(handle(line.toString(StandardCharsets.UTF_8).strip()));
+                            else if (line.size() > 0) answer(line.toString(StandardCharsets.UTF_8).strip());
                             line.reset();
                             discarding = false;
                         } else if (!discarding) {
@@ -220,6 +225,15 @@ public final class ApiServer implements AutoCloseable {
                 log.debug("API client gone", e);
             } finally {
                 close();
+            }
+        }
+
+        private void answer(String request) {
+            inflight.readLock().lock();
+            try {
+                if (server.isOpen()) send(handle(request));
+            } finally {
+                inflight.readLock().unlock();
             }
         }
 
