@@ -34,6 +34,8 @@ public final class ApiClient implements AutoCloseable {
                 channel.close();
                 throw e;
             }
+        } catch (java.net.SocketException e) {
+            throw new ApiException("cannot connect to " + socket + ": no VMM is listening there (" + e.getMessage() + ")");
         } catch (IOException e) {
             throw new ApiException("cannot connect to " + socket + ": " + ApiServer.describe(e));
         }

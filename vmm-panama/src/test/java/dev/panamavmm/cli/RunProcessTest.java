@@ -76,4 +76,31 @@ class RunProcessTest {
             assertEquals(0, vmm.waitFor(20));
         }
     }
+
+    /** vmm ctl: the API's client on the command line, with one-line errors. */
+    @KvmTest
+    void ctlDrivesARunningVmm(@TempDir Path dir) throws Exception {
+        var kernel = Files.write(dir.resolve("spin.elf"), TinyElfAccess.countForever());
+        var api = dir.resolve("api.sock");
+        try (var vmm = VmmProcess.start("run", "--kernel", kernel.toString(), "--memory", "32M", "--api-socket", api.toString())) {
+            long deadline = System.nanoTime() + 20_000_000_000L;
+            while (!Files.exists(api) && System.nanoTime() < deadline) Thread.sleep(10);
+            var status = MainTest.run("ctl", api.toString(), "query-status");
+            assertEquals(0, status.code(), status.err());
+            assertEquals("{\"status\":\"running\",\"running\":true}\n", status.out());
+            assertEquals(0, MainTest.run("ctl", api.toString(), "stop").code());
+            assertEquals("{\"status\":\"paused\",\"running\":false}\n", MainTest.run("ctl", api.toString(), "query-status").out());
+            var unknown = MainTest.run("ctl", api.toString(), "frobnicate");
+            assertEquals(1, unknown.code());
+            assertEquals("vmm: frobnicate: the command frobnicate has not been found\n", unknown.err());
+            var badJson = MainTest.run("ctl", api.toString(), "cont", "{not json");
+            assertEquals(2, badJson.code());
+            assertTrue(badJson.err().startsWith("vmm: arguments are not a JSON object"), badJson.err());
+            assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
+            assertEquals(0, vmm.waitFor(20), vmm.stderr());
+        }
+        var gone = MainTest.run("ctl", api.toString(), "query-status");
+        assertEquals(1, gone.code());
+        assertEquals("vmm: cannot connect to " + api + ": no VMM is listening there (No such file or directory)\n", gone.err());
+    }
 }
