@@ -12,7 +12,6 @@ import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.attribute.PosixFilePermissions;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CopyOnWriteArrayList;
@@ -59,10 +58,7 @@ public final class ApiServer implements AutoCloseable {
                 if (isListening(path)) throw new ApiException("API socket " + path + " is in use by another process");
                 Files.delete(path);
             }
-            var server = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
-            server.bind(UnixDomainSocketAddress.of(path));
-            Files.setPosixFilePermissions(path, PosixFilePermissions.fromString("rw-------"));
-            return new ApiServer(path, server, target);
+            return new ApiServer(path, UnixSockets.listen(path), target);
         } catch (IOException e) {
             throw new ApiException("cannot create API socket " + path + ": " + describe(e));
         }

@@ -14,8 +14,6 @@ import java.io.InputStream;
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.net.StandardProtocolFamily;
-import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
@@ -173,9 +171,7 @@ abstract sealed class ConsoleIo implements AutoCloseable {
         UnixSocket(Path path) {
             this.path = path;
             try {
-                Files.deleteIfExists(path);
-                server = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
-                server.bind(UnixDomainSocketAddress.of(path));
+                server = dev.panamavmm.api.UnixSockets.listen(path);
             } catch (IOException e) {
                 throw new UserException("cannot listen for the console on " + path + ": " + e.getMessage());
             }
