@@ -19,9 +19,7 @@ class RunProcessTest {
         var kernel = Files.write(dir.resolve("spin.elf"), TinyElfAccess.countForever());
         var api = dir.resolve("api.sock");
         try (var vmm = VmmProcess.start("run", "--kernel", kernel.toString(), "--memory", "32M", "--api-socket", api.toString())) {
-            long deadline = System.nanoTime() + 20_000_000_000L;
-            while (!Files.exists(api) && System.nanoTime() < deadline) Thread.sleep(20);
-            assertTrue(Files.exists(api), "the API socket appears: " + vmm.stderr());
+            vmm.awaitSocket(api);
             vmm.signal("INT");
             assertEquals(0, vmm.waitFor(20));
             assertEquals("vmm: stopped by signal\n", vmm.stderr());
@@ -61,8 +59,7 @@ class RunProcessTest {
         var socket = dir.resolve("console.sock");
         try (var vmm = VmmProcess.start("run", "--memory", "32M", "--console", "unix:" + socket,
                 "--cmdline", "console=ttyS0 testguest.hb=100")) {
-            long deadline = System.nanoTime() + 20_000_000_000L;
-            while (!Files.exists(socket) && System.nanoTime() < deadline) Thread.sleep(10);
+            vmm.awaitSocket(socket);
             try (var ch = java.nio.channels.SocketChannel.open(java.net.UnixDomainSocketAddress.of(socket))) {
                 var in = new java.io.BufferedReader(new java.io.InputStreamReader(java.nio.channels.Channels.newInputStream(ch)));
                 String line;
@@ -83,8 +80,7 @@ class RunProcessTest {
         var kernel = Files.write(dir.resolve("spin.elf"), TinyElfAccess.countForever());
         var api = dir.resolve("api.sock");
         try (var vmm = VmmProcess.start("run", "--kernel", kernel.toString(), "--memory", "32M", "--api-socket", api.toString())) {
-            long deadline = System.nanoTime() + 20_000_000_000L;
-            while (!Files.exists(api) && System.nanoTime() < deadline) Thread.sleep(10);
+            vmm.awaitSocket(api);
             var status = MainTest.run("ctl", api.toString(), "query-status");
             assertEquals(0, status.code(), status.err());
             assertEquals("{\"status\":\"running\",\"running\":true}\n", status.out());

@@ -29,14 +29,6 @@ class TestGuestRunTest {
         return "console=ttyS0 " + String.join(" ", options);
     }
 
-    static void awaitSocket(Path socket, VmmProcess vmm) throws InterruptedException {
-        long deadline = System.nanoTime() + 30_000_000_000L;
-        while (!Files.exists(socket)) {
-            if (System.nanoTime() > deadline) throw new AssertionError("no API socket; stderr: " + vmm.stderr());
-            Thread.sleep(10);
-        }
-    }
-
     /** Checks every heartbeat line so far: per CPU the sequence is 1, 2, 3, ... with no gap or repeat. */
     static Map<Integer, Integer> checkHeartbeats(List<String> lines) {
         var last = new HashMap<Integer, Integer>();
@@ -61,7 +53,7 @@ class TestGuestRunTest {
             vmm.awaitLine("ready", 30);
             vmm.awaitLine("hb 0 3", 30);
             vmm.awaitLine("hb 1 3", 30);
-            awaitSocket(api, vmm);
+            vmm.awaitSocket(api);
             try (var client = ApiClient.connect(api)) {
                 assertEquals(Map.of("status", "running", "running", true), client.execute("query-status", null).get("return"));
                 client.execute("stop", null);
@@ -136,7 +128,7 @@ class TestGuestRunTest {
             assertTrue(banner.matches());
             long exercised = Long.parseLong(banner.group(3));
             vmm.awaitLine("ready", 30);
-            awaitSocket(api, vmm);
+            vmm.awaitSocket(api);
             try (var client = ApiClient.connect(api)) {
                 client.execute("stop", null);
                 long verified = verifiedPatternBytes(file);

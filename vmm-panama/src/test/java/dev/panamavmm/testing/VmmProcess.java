@@ -93,6 +93,17 @@ public final class VmmProcess implements AutoCloseable {
         return process.exitValue();
     }
 
+    /** Waits until the VMM has created {@code socket} (its sockets appear only once they listen). */
+    public void awaitSocket(java.nio.file.Path socket) throws InterruptedException {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+        while (!java.nio.file.Files.exists(socket)) {
+            if (System.nanoTime() > deadline || !process.isAlive()) {
+                throw new AssertionError("no socket " + socket + "; stderr:\n" + stderr());
+            }
+            Thread.sleep(10);
+        }
+    }
+
     public long pid() {
         return process.pid();
     }
