@@ -8,13 +8,11 @@ import dev.panamavmm.kvm.bindings.KvmRun;
 import dev.panamavmm.kvm.bindings.KvmSegment;
 import dev.panamavmm.kvm.bindings.KvmSregs;
 import dev.panamavmm.kvm.bindings.LibcConstants;
-import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.kvm.testing.RealModeGuest;
 import org.junit.jupiter.api.Test;
 
 import java.lang.foreign.Arena;
-import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
 
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;

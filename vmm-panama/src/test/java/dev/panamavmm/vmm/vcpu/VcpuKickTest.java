@@ -1,17 +1,12 @@
 package dev.panamavmm.vmm.vcpu;
 
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.kvm.VcpuFd;
-import dev.panamavmm.kvm.bindings.KvmRegs;
-import dev.panamavmm.kvm.bindings.KvmSegment;
-import dev.panamavmm.kvm.bindings.KvmSregs;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.kvm.testing.RealModeGuest;
 
 import java.lang.foreign.Arena;
-import java.lang.foreign.MemorySegment;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 
