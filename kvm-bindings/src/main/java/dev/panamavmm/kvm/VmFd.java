@@ -89,6 +89,11 @@ public final class VmFd implements AutoCloseable {
         }
     }
 
+    /** Any VM ioctl with a struct argument; throws {@link KvmException} naming the ioctl on failure. */
+    public int ioctl(long request, MemorySegment arg) {
+        return LibC.ioctl(fd, request, arg);
+    }
+
     /** Creates vCPU {@code id} and maps its {@code kvm_run} page into this VM's arena. */
     public VcpuFd createVcpu(int id) {
         int vcpuFd = LibC.ioctl(fd, Ioctls.KVM_CREATE_VCPU, id);
