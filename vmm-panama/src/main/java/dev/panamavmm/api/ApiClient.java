@@ -1,5 +1,6 @@
 package dev.panamavmm.api;
 
+import dev.panamavmm.migration.Json;
 import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStreamReader;

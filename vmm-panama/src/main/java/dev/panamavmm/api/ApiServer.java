@@ -1,5 +1,6 @@
 package dev.panamavmm.api;
 
+import dev.panamavmm.migration.Json;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 

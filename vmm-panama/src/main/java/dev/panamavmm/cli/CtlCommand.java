@@ -1,7 +1,7 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.migration.Json;
 import dev.panamavmm.api.ApiClient;
-import dev.panamavmm.api.Json;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;

@@ -1,8 +1,8 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.migration.Json;
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.api.ControlTarget;
-import dev.panamavmm.api.Json;
 import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;

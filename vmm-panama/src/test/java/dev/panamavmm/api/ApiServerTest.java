@@ -1,5 +1,6 @@
 package dev.panamavmm.api;
 
+import dev.panamavmm.migration.Json;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 

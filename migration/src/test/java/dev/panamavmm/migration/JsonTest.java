@@ -1,4 +1,4 @@
-package dev.panamavmm.api;
+package dev.panamavmm.migration;
 
 import org.junit.jupiter.api.Test;
 

@@ -1,4 +1,4 @@
-package dev.panamavmm.api;
+package dev.panamavmm.migration;
 
 import tools.jackson.core.JacksonException;
 import tools.jackson.core.JsonGenerator;
