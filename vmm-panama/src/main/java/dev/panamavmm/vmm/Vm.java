@@ -50,7 +50,9 @@ public final class Vm implements AutoCloseable {
     private final IoBus ioBus;
     private final MmioBus mmioBus;
     private final Serial8250 serial;
+    private final I8042 i8042;
     private final VmmPort vmmPort;
+    private final MachineConfig config;
     private final VcpuControl control = new VcpuControl();
     private final List<Vcpu> vcpus = new ArrayList<>();
     private final List<VcpuFd> vcpuFds = new ArrayList<>();
@@ -59,17 +61,24 @@ public final class Vm implements AutoCloseable {
     private final VmListener listener;
     private boolean closed;
 
-    private Vm(Arena arena, Kvm kvm, VmFd vmFd, GuestMemory memory, OutputStream console, VmListener listener) {
+    /** Device states when restoring; null fields mean "fresh device". */
+    record DeviceStates(Serial8250.State serial, I8042.State i8042, VmmPort.State vmmPort) {
+        static final DeviceStates FRESH = new DeviceStates(Serial8250.State.RESET, I8042.State.RESET, VmmPort.State.INITIAL);
+    }
+
+    Vm(Arena arena, Kvm kvm, VmFd vmFd, GuestMemory memory, MachineConfig config, OutputStream console,
+       VmListener listener, DeviceStates devices) {
         this.arena = arena;
         this.kvm = kvm;
         this.vmFd = vmFd;
         this.memory = memory;
+        this.config = config;
         this.listener = listener;
         this.ioBus = new IoBus(log::warn);
         this.mmioBus = new MmioBus(log::warn);
-        this.serial = new Serial8250(level -> vmFd.irqLine(COM1_IRQ, level), console);
-        var i8042 = new I8042(() -> end(new VmExitReason.Reset("i8042 reset")));
-        this.vmmPort = new VmmPort(new VmmPort.Listener() {
+        this.serial = new Serial8250(devices.serial(), level -> vmFd.irqLine(COM1_IRQ, level), console);
+        this.i8042 = new I8042(devices.i8042(), () -> end(new VmExitReason.Reset("i8042 reset")));
+        this.vmmPort = new VmmPort(devices.vmmPort(), new VmmPort.Listener() {
             @Override
             public void exitRequested(int code) {
                 end(new VmExitReason.GuestExit(code));
@@ -97,14 +106,9 @@ public final class Vm implements AutoCloseable {
         GuestMemory memory = null;
         Vm vm = null;
         try {
-            vmFd = kvm.createVm(arena);
             memory = GuestMemory.create(config.memoryBytes(), config.backing(), arena);
-            vmFd.setTssAddress(TSS_ADDRESS);
-            vmFd.createIrqchip();
-            vmFd.createPit2(KvmConstants.KVM_PIT_SPEAKER_DUMMY); // port 0x61 handled in the kernel
-            int slot = 0;
-            for (var block : memory.blocks()) vmFd.setUserMemoryRegion(slot++, 0, block.guestAddress(), block.segment());
-            vm = new Vm(arena, kvm, vmFd, memory, console, listener);
+            vmFd = createVmFd(kvm, memory, arena);
+            vm = new Vm(arena, kvm, vmFd, memory, config, console, listener, DeviceStates.FRESH);
 
             X86Boot.loadElf(memory, elf, config.kernel());
             X86Boot.writeBootData(memory, config.cmdline());
@@ -112,13 +116,12 @@ public final class Vm implements AutoCloseable {
             var supported = kvm.supportedCpuid(arena);
             for (int i = 0; i < config.cpus(); i++) {
                 var vcpuFd = vmFd.createVcpu(i);
-                vm.vcpuFds.add(vcpuFd);
+                vm.addVcpu(vcpuFd); // owned by the VM from here: closed with it on any failure below
                 vcpuFd.setCpuid2(Cpuid.forVcpu(supported, i, config.cpus(), arena));
                 if (i == 0 || elf.startAllCpus()) {
                     X86Boot.setEntryState(vcpuFd, elf.entry(), i == 0, arena);
                     if (i > 0) setRunnable(vcpuFd, arena);
                 }
-                vm.vcpus.add(new Vcpu(vm, vcpuFd, vm.control));
             }
             return vm;
         } catch (RuntimeException e) {
@@ -131,6 +134,27 @@ public final class Vm implements AutoCloseable {
             }
             throw e;
         }
+    }
+
+    /** Creates the VM fd with its irqchip, PIT and one memslot per RAM block: the common start of boot and restore. */
+    static VmFd createVmFd(Kvm kvm, GuestMemory memory, Arena arena) {
+        var vmFd = kvm.createVm(arena);
+        try {
+            vmFd.setTssAddress(TSS_ADDRESS);
+            vmFd.createIrqchip();
+            vmFd.createPit2(KvmConstants.KVM_PIT_SPEAKER_DUMMY); // port 0x61 handled in the kernel
+            int slot = 0;
+            for (var block : memory.blocks()) vmFd.setUserMemoryRegion(slot++, 0, block.guestAddress(), block.segment());
+            return vmFd;
+        } catch (RuntimeException e) {
+            vmFd.close();
+            throw e;
+        }
+    }
+
+    void addVcpu(VcpuFd vcpuFd) {
+        vcpuFds.add(vcpuFd);
+        vcpus.add(new Vcpu(this, vcpuFd, control));
     }
 
     /** APs wait for INIT/SIPI with an in-kernel LAPIC; a guest that asked to be entered on every CPU is started directly. */
@@ -194,6 +218,30 @@ public final class Vm implements AutoCloseable {
 
     public VmmPort vmmPort() {
         return vmmPort;
+    }
+
+    MachineConfig config() {
+        return config;
+    }
+
+    Kvm kvm() {
+        return kvm;
+    }
+
+    VmFd vmFd() {
+        return vmFd;
+    }
+
+    List<VcpuFd> vcpuFds() {
+        return vcpuFds;
+    }
+
+    Arena arena() {
+        return arena;
+    }
+
+    DeviceStates deviceStates() {
+        return new DeviceStates(serial.state(), i8042.state(), vmmPort.state());
     }
 
     IoBus ioBus() {

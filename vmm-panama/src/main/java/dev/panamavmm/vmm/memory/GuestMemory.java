@@ -32,13 +32,13 @@ public final class GuestMemory implements AutoCloseable {
 
     private final List<RamBlock> blocks;
     private final long size;
-    private final int fd;
+    private final int[] fds;
     private boolean closed;
 
-    private GuestMemory(List<RamBlock> blocks, long size, int fd) {
+    private GuestMemory(List<RamBlock> blocks, int... fds) {
         this.blocks = List.copyOf(blocks);
-        this.size = size;
-        this.fd = fd;
+        this.size = blocks.stream().mapToLong(RamBlock::size).sum();
+        this.fds = fds;
     }
 
     /** RAM of {@code size} bytes in an anonymous memfd (the default backing). */
@@ -59,7 +59,7 @@ public final class GuestMemory implements AutoCloseable {
             long low = Math.min(size, LOW_RAM_END);
             blocks.add(map("ram-low", 0, low, 0, backing, fd, arena));
             if (size > low) blocks.add(map("ram-high", HIGH_RAM_START, size - low, low, backing, fd, arena));
-            return new GuestMemory(blocks, size, fd);
+            return new GuestMemory(blocks, fd);
         } catch (RuntimeException e) {
             LibC.close(fd);
             throw e;
@@ -116,7 +116,54 @@ public final class GuestMemory implements AutoCloseable {
         }
     }
 
+    /**
+     * Where one block's bytes are when guest memory is rebuilt from a snapshot: a range of a
+     * shared memory file (mapped shared: the guest goes on in it) or of the snapshot file itself
+     * (mapped private: pages load lazily on first touch, and the snapshot never changes).
+     */
+    public record BlockSource(String id, long guestAddress, long size, Backing backing, long fileOffset) {}
+
+    /** Maps each block from its own file range; nothing here reads or copies guest RAM. */
+    public static GuestMemory map(List<BlockSource> sources, Arena arena) {
+        var blocks = new ArrayList<RamBlock>();
+        var fds = new int[sources.size()];
+        int opened = 0;
+        try {
+            for (var s : sources) {
+                if (s.backing() instanceof Backing.Memfd) throw new IllegalArgumentException("a memfd block has no file to map");
+                boolean shared = s.backing() instanceof Backing.SharedFile;
+                int fd;
+                try {
+                    fd = LibC.open(s.backing().file().toString(),
+                            (shared ? LibcConstants.O_RDWR : LibcConstants.O_RDONLY) | LibcConstants.O_CLOEXEC, 0);
+                } catch (KvmException e) {
+                    throw new MemoryException("cannot open " + s.backing().file() + ": " + e.getMessage(), e);
+                }
+                fds[opened++] = fd;
+                blocks.add(map(s.id(), s.guestAddress(), s.size(), s.fileOffset(), s.backing(), fd, arena));
+            }
+            return new GuestMemory(blocks, java.util.Arrays.copyOf(fds, opened));
+        } catch (RuntimeException e) {
+            for (int i = 0; i < opened; i++) LibC.close(fds[i]);
+            throw e;
+        }
+    }
+
+    /**
+     * Marks a shared memory file as taken by a running guest: its modification (and status-change)
+     * time moves to now. Writes through a shared mapping do not update the times on tmpfs, so
+     * without this a snapshot that refers to the file could not tell that a guest ran on in it.
+     */
+    static void claim(java.nio.file.Path file) {
+        try {
+            java.nio.file.Files.setLastModifiedTime(file, java.nio.file.attribute.FileTime.from(java.time.Instant.now()));
+        } catch (java.io.IOException e) {
+            throw new MemoryException("cannot claim memory file " + file + ": " + e.getMessage(), e);
+        }
+    }
+
     private static RamBlock map(String id, long gpa, long length, long offset, Backing backing, int fd, Arena arena) {
+        if (backing instanceof Backing.SharedFile f) claim(f.path());
         int prot = LibcConstants.PROT_READ | LibcConstants.PROT_WRITE;
         int flags = (backing instanceof Backing.PrivateFile ? LibcConstants.MAP_PRIVATE : LibcConstants.MAP_SHARED)
                 | LibcConstants.MAP_NORESERVE;
@@ -165,17 +212,12 @@ public final class GuestMemory implements AutoCloseable {
         return slice(gpa, length).toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
     }
 
-    /** The backing fd (memfd or file) shared by all blocks. */
-    public int fd() {
-        return fd;
-    }
-
-    /** Closes the backing fd. The mappings stay valid until their arena closes. */
+    /** Closes the backing fds. The mappings stay valid until their arena closes. */
     @Override
     public void close() {
         if (!closed) {
             closed = true;
-            LibC.close(fd);
+            for (int fd : fds) LibC.close(fd);
         }
     }
 }

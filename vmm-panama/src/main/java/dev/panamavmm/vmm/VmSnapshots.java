@@ -1,0 +1,215 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.devices.I8042;
+import dev.panamavmm.devices.Serial8250;
+import dev.panamavmm.devices.VmmPort;
+import dev.panamavmm.kvm.HostFlavour;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.migration.FileIdentity;
+import dev.panamavmm.migration.Json;
+import dev.panamavmm.migration.RamBlockEntry;
+import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.migration.RecordCodec;
+import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.migration.SnapshotReader;
+import dev.panamavmm.migration.SnapshotWriter;
+import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.state.KvmState;
+import dev.panamavmm.vmm.state.VcpuState;
+import dev.panamavmm.vmm.state.VmState;
+import dev.panamavmm.vmm.vcpu.Cpuid;
+
+import java.io.IOException;
+import java.io.OutputStream;
+import java.lang.foreign.Arena;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * Saving a VM to a snapshot directory and building a VM from one.
+ *
+ * <p>Save: pause (pending I/O completed), capture every vCPU, the VM and the devices, write RAM
+ * blocks — a shared block by reference when bypass-shared-memory is on, every other block's
+ * non-zero pages — then commit atomically. Restore: check the host flavour and every referenced
+ * memory file's identity, map RAM (shared files shared; the snapshot's own pages private, loaded
+ * lazily), recreate the VM, devices and vCPUs, and set their state. Nothing on the restore path
+ * reads guest RAM.
+ */
+public final class VmSnapshots {
+    private VmSnapshots() {}
+
+    /** What a save did. */
+    public record Saved(Path file, long ramBytesWritten, long ramBlocksByReference, long millis) {}
+
+    /** Device section names; the VMM's port map is fixed, so these three are always present. */
+    static final String SERIAL = "device/serial", I8042_SECTION = "device/i8042", VMM_PORT = "device/vmm-port";
+
+    /**
+     * Saves {@code vm} into {@code dir}. With {@code bypass}, shared blocks are stored by reference;
+     * then the guest must not run on in that file, so {@code resume} with shared blocks is refused.
+     * On failure nothing is left in {@code dir} and the VM runs on as before.
+     */
+    public static Saved save(Vm vm, Path dir, boolean bypass, boolean resume, RamWriter.Progress progress) throws InterruptedException {
+        boolean anyShared = vm.memory().blocks().stream().anyMatch(b -> b.shared());
+        if (bypass && resume && anyShared) {
+            throw new SnapshotException("resuming after a bypass-shared-memory snapshot would let the guest change the memory file"
+                    + " the snapshot points to; stop the VM after saving, or save without bypass");
+        }
+        long start = System.nanoTime();
+        boolean wasPaused = vm.isPaused();
+        vm.pause();
+        Saved saved;
+        try (var writer = SnapshotWriter.create(dir)) {
+            var kvm = vm.kvm();
+            int xsaveSize = Math.max(vm.vmFd().checkExtension(KvmConstants.KVM_CAP_XSAVE2), 4096);
+            int[] msrs = KvmState.readableMsrs(vm.vcpuFds().getFirst(), kvm.msrIndexList());
+            for (var vcpu : vm.vcpuFds()) {
+                writer.section("vcpu/" + vcpu.id(), RecordCodec.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
+            }
+            writer.section("vm", RecordCodec.encode(KvmState.capture(vm.vmFd())));
+            var devices = vm.deviceStates();
+            writer.section(SERIAL, RecordCodec.encode(devices.serial()));
+            writer.section(I8042_SECTION, RecordCodec.encode(devices.i8042()));
+            writer.section(VMM_PORT, RecordCodec.encode(devices.vmmPort()));
+
+            long written = 0, references = 0;
+            for (var block : vm.memory().blocks()) {
+                String kind = kind(block.backing());
+                if (bypass && block.shared()) {
+                    Path file = block.backing().file().toAbsolutePath();
+                    writer.ramByReference(RamBlockEntry.byReference(block.id(), block.guestAddress(), block.size(), kind,
+                            file, block.fileOffset(), FileIdentity.of(file)));
+                    references++;
+                } else {
+                    var entry = writer.ramWithData(block.id(), block.guestAddress(), kind, block.shared(), block.segment(), progress);
+                    written += entry.nonZeroPages() * 4096;
+                }
+            }
+            var c = vm.config();
+            var metadata = Json.object(
+                    "machine", Json.object("memory", c.memoryBytes(), "cpus", (long) c.cpus(), "kernel", c.kernelName(),
+                            "cmdline", c.cmdline(), "backing", kind(c.backing())),
+                    "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
+                    "devices", List.of(SERIAL, I8042_SECTION, VMM_PORT),
+                    "createdBy", "panama-vmm");
+            Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
+            saved = new Saved(file, written, references, (System.nanoTime() - start) / 1_000_000);
+        } catch (IOException e) {
+            if (!wasPaused) vm.resume();
+            throw new SnapshotException("saving failed: " + e.getMessage(), e);
+        } catch (RuntimeException e) {
+            if (!wasPaused) vm.resume();
+            throw e;
+        }
+        if (resume) {
+            if (!wasPaused) vm.resume();
+        } else {
+            vm.end(new VmExitReason.Stopped("snapshot to " + dir));
+        }
+        return saved;
+    }
+
+    static String kind(Backing backing) {
+        return switch (backing) {
+            case Backing.Memfd m -> "memfd";
+            case Backing.SharedFile f -> "shared-file";
+            case Backing.PrivateFile f -> "private-file";
+        };
+    }
+
+    /** Builds a paused VM from a snapshot; {@link Vm#start()} runs it. */
+    public static Vm restore(Kvm kvm, Path dir, OutputStream console, VmListener listener) {
+        var snapshot = SnapshotReader.open(dir);
+        String host = Kvm.hostFlavour().name();
+        if (!snapshot.flavour().equals(host) && !snapshot.flavour().equals(HostFlavour.UNKNOWN.name())) {
+            throw new SnapshotException("the snapshot was taken on a " + snapshot.flavour() + " host and this host is " + host
+                    + ": CPU state cannot move between KVM flavours");
+        }
+        var meta = snapshot.metadata();
+        var machine = Json.asObject(meta.get("machine"), "machine");
+        long memoryBytes = number(machine, "memory");
+        int cpus = (int) number(machine, "cpus");
+        if (cpus < 1 || cpus > kvm.maxVcpus()) throw new SnapshotException("the snapshot has " + cpus + " vCPUs; this host allows " + kvm.maxVcpus());
+        int xsaveSize = (int) number(Json.asObject(meta.get("host"), "host"), "xsaveSize");
+
+        var sources = new ArrayList<GuestMemory.BlockSource>();
+        for (var e : snapshot.ram()) {
+            if (e.byReference()) {
+                checkMemoryFile(e);
+                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), new Backing.SharedFile(e.file()), e.fileOffset()));
+            } else {
+                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), new Backing.PrivateFile(snapshot.file()), e.dataOffset()));
+            }
+        }
+        var vcpuStates = new ArrayList<VcpuState>();
+        for (int i = 0; i < cpus; i++) vcpuStates.add(RecordCodec.decode(VcpuState.class, snapshot.section("vcpu/" + i), "vcpu/" + i));
+        var vmState = RecordCodec.decode(VmState.class, snapshot.section("vm"), "vm");
+        var devices = new Vm.DeviceStates(
+                RecordCodec.decode(Serial8250.State.class, snapshot.section(SERIAL), SERIAL),
+                RecordCodec.decode(I8042.State.class, snapshot.section(I8042_SECTION), I8042_SECTION),
+                RecordCodec.decode(VmmPort.State.class, snapshot.section(VMM_PORT), VMM_PORT));
+        var config = new MachineConfig(memoryBytes, cpus, restoredBacking(snapshot), String.valueOf(machine.get("kernel")),
+                new byte[0], null, String.valueOf(machine.get("cmdline")));
+
+        var arena = Arena.ofShared();
+        GuestMemory memory = null;
+        Vm vm = null;
+        try {
+            memory = GuestMemory.map(sources, arena);
+            if (memory.size() != memoryBytes) throw new SnapshotException("the snapshot's RAM blocks do not add up to its memory size");
+            var vmFd = Vm.createVmFd(kvm, memory, arena);
+            vm = new Vm(arena, kvm, vmFd, memory, config, console, listener, devices);
+            KvmState.restore(vmFd, vmState);
+            var supported = kvm.supportedCpuid(arena);
+            for (int i = 0; i < cpus; i++) {
+                var vcpuFd = vmFd.createVcpu(i);
+                vm.addVcpu(vcpuFd);
+                vcpuFd.setCpuid2(Cpuid.forVcpu(supported, i, cpus, arena));
+                KvmState.restore(vcpuFd, vcpuStates.get(i), xsaveSize);
+            }
+            return vm;
+        } catch (RuntimeException e) {
+            if (vm != null) vm.close();
+            else {
+                if (memory != null) memory.close();
+                arena.close();
+            }
+            throw e;
+        }
+    }
+
+    /** The backing a restored VM reports: its shared file when it had one, else the snapshot (private). */
+    private static Backing restoredBacking(SnapshotReader snapshot) {
+        for (var e : snapshot.ram()) if (e.byReference()) return new Backing.SharedFile(e.file());
+        return new Backing.PrivateFile(snapshot.file());
+    }
+
+    private static void checkMemoryFile(RamBlockEntry e) {
+        if (!Files.exists(e.file())) {
+            throw new SnapshotException("the snapshot's memory file " + e.file() + " is missing");
+        }
+        FileIdentity now;
+        try {
+            now = FileIdentity.of(e.file());
+        } catch (IOException ex) {
+            throw new SnapshotException("cannot check memory file " + e.file() + ": " + ex.getMessage());
+        }
+        String diff = e.identity().difference(now);
+        if (diff != null) {
+            throw new SnapshotException("refusing to restore: the memory file " + e.file() + " does not match the snapshot (" + diff + ")");
+        }
+        if (now.size() < e.fileOffset() + e.size()) {
+            throw new SnapshotException("the memory file " + e.file() + " is smaller than the snapshot's RAM");
+        }
+    }
+
+    private static long number(Map<String, Object> m, String name) {
+        if (m.get(name) instanceof Long l) return l;
+        throw new SnapshotException("snapshot metadata lacks " + name);
+    }
+}

@@ -1,0 +1,133 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.guest.TestGuest;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.GuestMemory;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.io.ByteArrayOutputStream;
+import java.io.OutputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.HashMap;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Pattern;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** Save and restore with the test guest as the oracle: heartbeats go on with the next number, memory verifies. */
+class SnapshotTest {
+
+    /** One console for both VMs: a line split by the save is whole in the concatenation. */
+    static final class Console extends OutputStream {
+        private final ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+
+        @Override
+        public synchronized void write(int b) {
+            bytes.write(b);
+            notifyAll();
+        }
+
+        @Override
+        public synchronized void write(byte[] b, int off, int len) {
+            bytes.write(b, off, len);
+            notifyAll();
+        }
+
+        synchronized String text() {
+            return bytes.toString();
+        }
+
+        synchronized void await(String regex, long seconds) throws InterruptedException {
+            var p = Pattern.compile("(?m)^" + regex + "$");
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
+            while (!p.matcher(bytes.toString()).find()) {
+                long left = deadline - System.nanoTime();
+                if (left <= 0) throw new AssertionError("no line /" + regex + "/ in:\n" + bytes);
+                wait(Math.max(1, left / 1_000_000));
+            }
+        }
+    }
+
+    /** Per CPU the heartbeats are 1, 2, 3, ... with no gap or repeat, and nothing is CORRUPT. */
+    static Map<Integer, Integer> checkHeartbeats(String console) {
+        var last = new HashMap<Integer, Integer>();
+        for (var line : console.split("\n")) {
+            assertFalse(TestGuest.CORRUPT.matcher(line).matches(), "guest reported corruption: " + line);
+            var m = TestGuest.HEARTBEAT.matcher(line);
+            if (!m.matches()) continue;
+            int cpu = Integer.parseInt(m.group(1)), seq = Integer.parseInt(m.group(2));
+            assertEquals(last.getOrDefault(cpu, 0) + 1, seq, "CPU " + cpu + " at line: " + line + "\nconsole:\n" + console);
+            last.put(cpu, seq);
+        }
+        return last;
+    }
+
+    static MachineConfig guest(int cpus, Backing backing, String options) {
+        return new MachineConfig(64 * GuestMemory.MIB, cpus, backing, "test guest", TestGuest.elf(), null,
+                "console=ttyS0 testguest.hb=150 testguest.mem=8M " + options);
+    }
+
+    @KvmTest
+    void aRestoredGuestContinuesOnEveryCpu(@TempDir Path dir) throws Exception {
+        var console = new Console();
+        var snap = dir.resolve("snap");
+        try (var kvm = Kvm.open()) {
+            try (var vm = Vm.create(kvm, guest(2, new Backing.Memfd(), ""), console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 3", 30);
+                console.await("hb 1 3", 30);
+                var saved = VmSnapshots.save(vm, snap, true, false, RamWriter.Progress.NONE);
+                assertTrue(saved.ramBytesWritten() > 8 * GuestMemory.MIB, "memfd RAM is not shared: its pages are saved");
+                assertInstanceOf(VmExitReason.Stopped.class, vm.termination().get(10, TimeUnit.SECONDS), "saving stops the VM by default");
+            }
+            var before = checkHeartbeats(console.text());
+            try (var vm = VmSnapshots.restore(kvm, snap, console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 " + (before.get(0) + 3), 30);
+                console.await("hb 1 " + (before.get(1) + 3), 30);
+            }
+        }
+        var after = checkHeartbeats(console.text());
+        assertTrue(after.get(0) >= 6 && after.get(1) >= 6, console.text());
+    }
+
+    @KvmTest
+    void aBypassSnapshotOfSharedRamHoldsNoPagesAndRefusesAChangedFile(@TempDir Path dir) throws Exception {
+        var console = new Console();
+        var ram = Path.of("/dev/shm", "panama-snapshot-test-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
+        var snap = dir.resolve("snap");
+        try (var kvm = Kvm.open()) {
+            try (var vm = Vm.create(kvm, guest(1, new Backing.SharedFile(ram), ""), console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 2", 30);
+                var resume = assertThrows(SnapshotException.class, () -> VmSnapshots.save(vm, snap, true, true, RamWriter.Progress.NONE));
+                assertTrue(resume.getMessage().startsWith("resuming after a bypass-shared-memory snapshot would let the guest change"));
+                var saved = VmSnapshots.save(vm, snap, true, false, RamWriter.Progress.NONE);
+                assertEquals(0, saved.ramBytesWritten());
+                assertEquals(1, saved.ramBlocksByReference());
+                assertTrue(Files.size(saved.file()) < 64 * 1024, "a bypass snapshot is small: " + Files.size(saved.file()));
+            }
+            var before = checkHeartbeats(console.text());
+            try (var vm = VmSnapshots.restore(kvm, snap, console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 " + (before.get(0) + 2), 30);
+            }
+            checkHeartbeats(console.text());
+            // The guest ran on in the file: the snapshot no longer describes it.
+            var e = assertThrows(SnapshotException.class, () -> VmSnapshots.restore(kvm, snap, OutputStream.nullOutputStream(), new VmListener() {}));
+            assertTrue(e.getMessage().startsWith("refusing to restore: the memory file " + ram), e.getMessage());
+        } finally {
+            Files.deleteIfExists(ram);
+        }
+    }
+}
