@@ -143,6 +143,15 @@ public final class ApiServer implements AutoCloseable {
                     target.quit();
                     yield Json.object();
                 }
+                case "snapshot" -> {
+                    var a = args == null ? Json.object() : Json.asObject(args, "\"arguments\"");
+                    if (!(a.get("path") instanceof String path) || path.isBlank()) {
+                        throw new IllegalArgumentException("snapshot needs \"path\": DIRECTORY");
+                    }
+                    boolean bypass = flag(a, "bypass-shared-memory", true);
+                    boolean resume = flag(a, "resume", false);
+                    yield target.snapshot(java.nio.file.Path.of(path), bypass, resume);
+                }
                 default -> null;
             };
             if (result == null) return error(id, "CommandNotFound", "the command " + command + " has not been found");
@@ -155,6 +164,13 @@ public final class ApiServer implements AutoCloseable {
             log.debug("API command failed", e);
             return error(id, "GenericError", String.valueOf(e.getMessage()));
         }
+    }
+
+    private static boolean flag(java.util.Map<String, Object> args, String name, boolean otherwise) {
+        Object v = args.get(name);
+        if (v == null) return otherwise;
+        if (v instanceof Boolean b) return b;
+        throw new IllegalArgumentException("\"" + name + "\" must be true or false");
     }
 
     private static String error(Object id, String cls, String desc) {

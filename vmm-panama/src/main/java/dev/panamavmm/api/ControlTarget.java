@@ -13,4 +13,10 @@ public interface ControlTarget {
 
     /** Ends the VM and the VMM process. */
     void quit();
+
+    /**
+     * Saves the VM into {@code dir}; returns what was written. With {@code bypass}, shared RAM is
+     * stored by reference; unless {@code resume}, the VM ends after the save.
+     */
+    Map<String, Object> snapshot(java.nio.file.Path dir, boolean bypass, boolean resume) throws Exception;
 }

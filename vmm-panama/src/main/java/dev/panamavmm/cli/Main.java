@@ -22,7 +22,8 @@ import java.util.concurrent.Callable;
  */
 @Command(name = "vmm", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "Panama VMM: a KVM virtual machine monitor in Java.",
-        subcommands = {RunCommand.class, InfoCommand.class, CtlCommand.class, CommandLine.HelpCommand.class})
+        subcommands = {RunCommand.class, RestoreCommand.class, SnapshotCommand.class, InfoCommand.class, CtlCommand.class,
+                CommandLine.HelpCommand.class})
 public final class Main implements Callable<Integer> {
     private static final Logger log = LoggerFactory.getLogger(Main.class);
 
@@ -70,7 +71,7 @@ public final class Main implements Callable<Integer> {
     static boolean isUserFacing(Throwable e) {
         return e instanceof KvmException || e instanceof MemoryException || e instanceof BootException
                 || e instanceof UserException || e instanceof UncheckedIOException
-                || e instanceof dev.panamavmm.api.ApiException;
+                || e instanceof dev.panamavmm.api.ApiException || e instanceof dev.panamavmm.migration.SnapshotException;
     }
 
     private static String firstLine(String s) {

@@ -1,12 +1,7 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.migration.Json;
-import dev.panamavmm.api.ApiServer;
-import dev.panamavmm.api.ControlTarget;
 import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.Vm;
-import dev.panamavmm.vmm.VmExitReason;
-import dev.panamavmm.vmm.VmListener;
 import dev.panamavmm.vmm.boot.ElfImage;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
@@ -20,9 +15,7 @@ import java.io.InputStream;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
-import java.util.Map;
 import java.util.concurrent.Callable;
-import java.util.concurrent.atomic.AtomicReference;
 
 /**
  * {@code vmm run}: boots a guest (by default the embedded test guest) and shows its console until
@@ -71,79 +64,12 @@ final class RunCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         var config = machineConfig();
-        try (var kvm = InfoCommand.openKvm(dev.panamavmm.kvm.Kvm.DEFAULT_DEVICE); var io = ConsoleIo.open(console)) {
+        ConsoleIo.checkSpec(console);
+        try (var kvm = InfoCommand.openKvm(dev.panamavmm.kvm.Kvm.DEFAULT_DEVICE)) {
             if (cpus > kvm.maxVcpus()) throw new UsageException("--cpus " + cpus + " is more than this host's maximum of " + kvm.maxVcpus());
-            var api = new AtomicReference<ApiServer>();
-            var listener = new VmListener() {
-                @Override
-                public void ready() {
-                    var a = api.get();
-                    if (a != null) a.event("READY", null);
-                }
-
-                @Override
-                public void paused() {
-                    var a = api.get();
-                    if (a != null) a.event("STOP", null);
-                }
-
-                @Override
-                public void resumed() {
-                    var a = api.get();
-                    if (a != null) a.event("RESUME", null);
-                }
-
-                @Override
-                public void ended(VmExitReason reason) {
-                    var a = api.get();
-                    if (a != null) a.event("SHUTDOWN", Json.object("reason", reason.describe()));
-                }
-            };
-            try (var vm = Vm.create(kvm, config, io.output(), listener)) {
-                // SIGINT/SIGTERM end the VM like the API's quit: the VMM then exits normally (0),
-                // instead of the JVM's own shutdown on a signal (exit 130/143, mid-cleanup).
-                var previous = Signals.onTermination(name -> vm.end(new VmExitReason.Stopped("signal")));
-                try {
-                    if (apiSocket != null) api.set(ApiServer.start(apiSocket, target(vm)));
-                    io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
-                    vm.start();
-                    var reason = vm.termination().get();
-                    vm.serial().flush();
-                    if (!(reason instanceof VmExitReason.GuestExit)) spec.commandLine().getErr().println("vmm: " + reason.describe());
-                    return reason.exitCode();
-                } finally {
-                    var a = api.get();
-                    if (a != null) a.close();
-                    Signals.restore(previous);
-                }
-            }
+            return VmSession.serve(console, apiSocket, false, spec.commandLine().getErr(),
+                    (out, listener) -> Vm.create(kvm, config, out, listener));
         }
-    }
-
-    private static ControlTarget target(Vm vm) {
-        return new ControlTarget() {
-            @Override
-            public Map<String, Object> status() {
-                boolean ended = vm.termination().isDone();
-                String status = ended ? "shutdown" : vm.isPaused() ? "paused" : "running";
-                return Json.object("status", status, "running", status.equals("running"));
-            }
-
-            @Override
-            public void stop() throws InterruptedException {
-                vm.pause();
-            }
-
-            @Override
-            public void cont() {
-                vm.resume();
-            }
-
-            @Override
-            public void quit() {
-                vm.end(new VmExitReason.Stopped("the API (quit)"));
-            }
-        };
     }
 
     /** Checks the options and reads the images: every user mistake becomes one line here, before KVM is touched. */

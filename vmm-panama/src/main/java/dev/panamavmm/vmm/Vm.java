@@ -174,6 +174,11 @@ public final class Vm implements AutoCloseable {
         }
     }
 
+    /** Makes the vCPUs park as soon as they start: a VM that starts paused (restore --paused). */
+    public void pauseBeforeStart() {
+        control.set(VcpuControl.Request.PAUSE);
+    }
+
     /** Parks every vCPU outside the guest (pending I/O completed); returns when they are. */
     public void pause() throws InterruptedException {
         control.set(VcpuControl.Request.PAUSE);

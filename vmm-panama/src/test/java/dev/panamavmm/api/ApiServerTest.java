@@ -51,6 +51,12 @@ class ApiServerTest {
         public void quit() {
             calls.add("quit");
         }
+
+        @Override
+        public Map<String, Object> snapshot(java.nio.file.Path dir, boolean bypass, boolean resume) {
+            calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume);
+            return Json.object("path", dir.toString());
+        }
     }
 
     @Test
@@ -81,6 +87,12 @@ class ApiServerTest {
                 assertTrue(in.readLine().startsWith("{\"event\":\"READY\",\"timestamp\":{\"seconds\":"));
                 send(ch, "{\"execute\":\"cont\"}");
                 assertEquals("{\"return\":{}}", in.readLine());
+                send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":true}}");
+                assertEquals("{\"return\":{\"path\":\"/tmp/s\"}}", in.readLine());
+                send(ch, "{\"execute\":\"snapshot\",\"arguments\":{}}");
+                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"snapshot needs \\\"path\\\": DIRECTORY\"}}", in.readLine());
+                send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":\"yes\"}}");
+                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"resume\\\" must be true or false\"}}", in.readLine());
             }
             try (var client = ApiClient.connect(path)) {
                 assertEquals(Json.object("status", "running", "running", true), client.execute("query-status", null).get("return"));
@@ -88,7 +100,8 @@ class ApiServerTest {
             var e = assertThrows(ApiException.class, () -> ApiServer.start(path, target));
             assertEquals("API socket " + path + " is in use by another process", e.getMessage());
         }
-        assertEquals(List.of("stop", "cont"), target.calls, "a request with bad arguments is not executed");
+        assertEquals(List.of("stop", "cont", "snapshot /tmp/s bypass=true resume=true"), target.calls,
+                "a request with bad arguments is not executed");
         assertTrue(Files.notExists(path), "the socket file is removed on close");
     }
 
