@@ -130,4 +130,89 @@ class SnapshotTest {
             Files.deleteIfExists(ram);
         }
     }
+
+    static Path shmFile(String name) {
+        return Path.of("/dev/shm", "panama-" + name + "-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
+    }
+
+    /** Without bypass the snapshot directory alone holds the guest: a copy restores with the memory file gone. */
+    @KvmTest
+    void aFullSnapshotRestoresFromACopyWithoutTheMemoryFile(@TempDir Path dir) throws Exception {
+        var console = new Console();
+        var ram = shmFile("full");
+        var snap = dir.resolve("snap");
+        var copy = dir.resolve("copy");
+        try (var kvm = Kvm.open()) {
+            try (var vm = Vm.create(kvm, guest(1, new Backing.SharedFile(ram), ""), console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 2", 30);
+                var saved = VmSnapshots.save(vm, snap, false, false, RamWriter.Progress.NONE);
+                assertEquals(0, saved.ramBlocksByReference());
+                assertTrue(saved.ramBytesWritten() >= 8 * GuestMemory.MIB);
+            }
+            Files.delete(ram);
+            Files.createDirectories(copy);
+            Files.copy(snap.resolve("snapshot.pvm"), copy.resolve("snapshot.pvm"));
+            var before = checkHeartbeats(console.text());
+            try (var vm = VmSnapshots.restore(kvm, copy, console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 " + (before.get(0) + 3), 30);
+            }
+            checkHeartbeats(console.text());
+        } finally {
+            Files.deleteIfExists(ram);
+        }
+    }
+
+    /** A bypass snapshot's size does not grow with RAM: a 4 GiB shared guest saves no pages. */
+    @KvmTest
+    void aBypassSnapshotOfA4GiBGuestHoldsNoRam(@TempDir Path dir) throws Exception {
+        var console = new Console();
+        var ram = shmFile("4g");
+        var snap = dir.resolve("snap");
+        var config = new MachineConfig(4 * GuestMemory.GIB, 1, new Backing.SharedFile(ram), "test guest", TestGuest.elf(), null,
+                "console=ttyS0 testguest.hb=150 testguest.mem=16M");
+        try (var kvm = Kvm.open()) {
+            try (var vm = Vm.create(kvm, config, console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 2", 30);
+                var saved = VmSnapshots.save(vm, snap, true, false, RamWriter.Progress.NONE);
+                assertEquals(0, saved.ramBytesWritten());
+                assertEquals(2, saved.ramBlocksByReference(), "ram-low and ram-high, both by reference");
+                assertTrue(Files.size(saved.file()) < 64 * 1024, "snapshot of a 4 GiB guest: " + Files.size(saved.file()) + " bytes");
+            }
+            var before = checkHeartbeats(console.text());
+            try (var vm = VmSnapshots.restore(kvm, snap, console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 " + (before.get(0) + 2), 30);
+            }
+            checkHeartbeats(console.text());
+        } finally {
+            Files.deleteIfExists(ram);
+        }
+    }
+
+    /** The guest floods the console (a heartbeat a millisecond) and rewrites memory while it is saved: nothing is lost. */
+    @KvmTest
+    void savingABusyGuestLosesNoConsoleByteAndNoPage(@TempDir Path dir) throws Exception {
+        var console = new Console();
+        var snap = dir.resolve("snap");
+        var config = new MachineConfig(64 * GuestMemory.MIB, 2, new Backing.Memfd(), "test guest", TestGuest.elf(), null,
+                "console=ttyS0 testguest.hb=1 testguest.mem=32M");
+        try (var kvm = Kvm.open()) {
+            try (var vm = Vm.create(kvm, config, console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 200", 30);
+                VmSnapshots.save(vm, snap, true, false, RamWriter.Progress.NONE);
+            }
+            var before = checkHeartbeats(console.text());
+            try (var vm = VmSnapshots.restore(kvm, snap, console, new VmListener() {})) {
+                vm.start();
+                // Long enough for each CPU to re-verify its 16 MiB many times over.
+                console.await("hb 0 " + (before.get(0) + 500), 60);
+                console.await("hb 1 " + (before.get(1) + 500), 60);
+            }
+        }
+        checkHeartbeats(console.text());
+    }
 }
