@@ -215,4 +215,30 @@ class SnapshotTest {
         }
         checkHeartbeats(console.text());
     }
+
+    /** With resume the guest runs on after the save, and the snapshot restores on its own. */
+    @KvmTest
+    void aGuestRunsOnAfterASaveWithResume(@TempDir Path dir) throws Exception {
+        var console = new Console();
+        var restored = new Console();
+        var snap = dir.resolve("snap");
+        try (var kvm = Kvm.open();
+             var vm = Vm.create(kvm, guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
+            vm.start();
+            console.await("hb 0 2", 30);
+            VmSnapshots.save(vm, snap, true, true, RamWriter.Progress.NONE);
+            int savedAt = checkHeartbeats(console.text()).get(0);
+            console.await("hb 0 " + (savedAt + 2), 30);
+            assertFalse(vm.termination().isDone());
+            try (var copy = VmSnapshots.restore(kvm, snap, restored, new VmListener() {})) {
+                copy.start();
+                restored.await("hb 0 " + (savedAt + 2), 30);
+            }
+            // The restored guest's first heartbeat follows the last one the original printed before the save.
+            var first = TestGuest.HEARTBEAT.matcher(restored.text().lines().filter(l -> l.startsWith("hb")).findFirst().orElseThrow());
+            assertTrue(first.matches());
+            assertTrue(Integer.parseInt(first.group(2)) <= savedAt + 1, restored.text());
+        }
+        checkHeartbeats(console.text());
+    }
 }
