@@ -122,8 +122,22 @@ public final class VmSnapshots {
         };
     }
 
-    /** Builds a paused VM from a snapshot; {@link Vm#start()} runs it. */
-    public static Vm restore(Kvm kvm, Path dir, OutputStream console, VmListener listener) {
+    /**
+     * A snapshot read, checked and decoded, ready to become one VM ({@link #restore}) or many
+     * ({@link #build} with {@link Mode#CLONE}): everything that does not depend on the new VM.
+     */
+    public record Loaded(Path dir, SnapshotReader snapshot, MachineConfig config, int xsaveSize,
+                         List<VcpuState> vcpus, VmState vm, Vm.DeviceStates devices) {
+        public int cpus() {
+            return vcpus.size();
+        }
+    }
+
+    /** How referenced memory files are mapped: the guest continues in the file, or gets a private copy-on-write view. */
+    public enum Mode { CONTINUE, CLONE }
+
+    /** Reads and checks a snapshot (flavour, memory files' identity) and decodes its state. */
+    public static Loaded load(Kvm kvm, Path dir) {
         var snapshot = SnapshotReader.open(dir);
         String host = Kvm.hostFlavour().name();
         if (!snapshot.flavour().equals(host) && !snapshot.flavour().equals(HostFlavour.UNKNOWN.name())) {
@@ -136,16 +150,12 @@ public final class VmSnapshots {
         int cpus = (int) number(machine, "cpus");
         if (cpus < 1 || cpus > kvm.maxVcpus()) throw new SnapshotException("the snapshot has " + cpus + " vCPUs; this host allows " + kvm.maxVcpus());
         int xsaveSize = (int) number(Json.asObject(meta.get("host"), "host"), "xsaveSize");
-
-        var sources = new ArrayList<GuestMemory.BlockSource>();
+        long total = 0;
         for (var e : snapshot.ram()) {
-            if (e.byReference()) {
-                checkMemoryFile(e);
-                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), new Backing.SharedFile(e.file()), e.fileOffset()));
-            } else {
-                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), new Backing.PrivateFile(snapshot.file()), e.dataOffset()));
-            }
+            if (e.byReference()) checkMemoryFile(e);
+            total += e.size();
         }
+        if (total != memoryBytes) throw new SnapshotException("the snapshot's RAM blocks do not add up to its memory size");
         var vcpuStates = new ArrayList<VcpuState>();
         for (int i = 0; i < cpus; i++) vcpuStates.add(RecordCodec.decode(VcpuState.class, snapshot.section("vcpu/" + i), "vcpu/" + i));
         var vmState = RecordCodec.decode(VmState.class, snapshot.section("vm"), "vm");
@@ -155,22 +165,45 @@ public final class VmSnapshots {
                 RecordCodec.decode(VmmPort.State.class, snapshot.section(VMM_PORT), VMM_PORT));
         var config = new MachineConfig(memoryBytes, cpus, restoredBacking(snapshot), String.valueOf(machine.get("kernel")),
                 new byte[0], null, String.valueOf(machine.get("cmdline")));
+        return new Loaded(dir, snapshot, config, xsaveSize, List.copyOf(vcpuStates), vmState, devices);
+    }
 
+    /** Builds a paused VM from a snapshot; {@link Vm#start()} runs it. The guest continues in its memory file. */
+    public static Vm restore(Kvm kvm, Path dir, OutputStream console, VmListener listener) {
+        return build(kvm, load(kvm, dir), Mode.CONTINUE, console, listener);
+    }
+
+    /** A new VM from a loaded snapshot. In CLONE mode no file is written: shared files are mapped private. */
+    public static Vm build(Kvm kvm, Loaded loaded, Mode mode, OutputStream console, VmListener listener) {
+        var sources = new ArrayList<GuestMemory.BlockSource>();
+        for (var e : loaded.snapshot().ram()) {
+            if (e.byReference()) {
+                var backing = mode == Mode.CLONE ? new Backing.PrivateFile(e.file()) : new Backing.SharedFile(e.file());
+                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), backing, e.fileOffset()));
+            } else {
+                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(),
+                        new Backing.PrivateFile(loaded.snapshot().file()), e.dataOffset()));
+            }
+        }
+        var config = loaded.config();
+        if (mode == Mode.CLONE) {
+            config = new MachineConfig(config.memoryBytes(), config.cpus(), new Backing.PrivateFile(loaded.dir()),
+                    config.kernelName(), config.kernel(), null, config.cmdline());
+        }
         var arena = Arena.ofShared();
         GuestMemory memory = null;
         Vm vm = null;
         try {
             memory = GuestMemory.map(sources, arena);
-            if (memory.size() != memoryBytes) throw new SnapshotException("the snapshot's RAM blocks do not add up to its memory size");
             var vmFd = Vm.createVmFd(kvm, memory, arena);
-            vm = new Vm(arena, kvm, vmFd, memory, config, console, listener, devices);
-            KvmState.restore(vmFd, vmState);
+            vm = new Vm(arena, kvm, vmFd, memory, config, console, listener, loaded.devices());
+            KvmState.restore(vmFd, loaded.vm());
             var supported = kvm.supportedCpuid(arena);
-            for (int i = 0; i < cpus; i++) {
+            for (int i = 0; i < loaded.cpus(); i++) {
                 var vcpuFd = vmFd.createVcpu(i);
                 vm.addVcpu(vcpuFd);
-                vcpuFd.setCpuid2(Cpuid.forVcpu(supported, i, cpus, arena));
-                KvmState.restore(vcpuFd, vcpuStates.get(i), xsaveSize);
+                vcpuFd.setCpuid2(Cpuid.forVcpu(supported, i, loaded.cpus(), arena));
+                KvmState.restore(vcpuFd, loaded.vcpus().get(i), loaded.xsaveSize());
             }
             return vm;
         } catch (RuntimeException e) {

@@ -1,0 +1,137 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.migration.SnapshotFormat;
+import dev.panamavmm.vmm.memory.Backing;
+
+import java.io.IOException;
+import java.io.OutputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * VM templates: a guest booted once with its RAM in a shared memory file, saved with
+ * bypass-shared-memory at its ready point; clones map the file copy-on-write and restore the
+ * state, so each starts where the template stopped and pays only for the pages it writes.
+ *
+ * <p>A template directory holds {@code snapshot.pvm} (state; it refers to the memory file) and
+ * {@code memory.ram}, a symbolic link to the memory file (on /dev/shm by default). Once created it
+ * is read-only: files 0444, directory 0555. While it is being created, {@code .creating} holds
+ * the creating process's pid, so a clone from an unfinished template is refused.
+ */
+public final class Templates {
+    private Templates() {}
+
+    public static final String MEMORY_LINK = "memory.ram";
+    static final String CREATING = ".creating";
+
+    /** What a template creation did. */
+    public record Created(Path dir, Path memoryFile, long saveMillis, long bootMillis) {}
+
+    /**
+     * Boots {@code config} (its backing replaced by a new shared file in {@code memDir}), waits for
+     * the guest's ready point (or {@code readySignal} completing, e.g. the API's stop), saves it
+     * into {@code dir} and ends the VM.
+     */
+    public static Created create(Kvm kvm, Path dir, MachineConfig config, Path memDir, OutputStream console,
+                                 CompletableFuture<Void> readySignal, long timeoutSeconds) throws Exception {
+        if (Files.exists(dir.resolve(SnapshotFormat.FILE_NAME)) || Files.exists(dir.resolve(CREATING))) {
+            throw new SnapshotException("template directory " + dir + " is not empty: a template is created once");
+        }
+        if (!Files.isDirectory(memDir)) throw new SnapshotException("memory directory " + memDir + " does not exist");
+        Files.createDirectories(dir);
+        Path marker = dir.resolve(CREATING);
+        Files.writeString(marker, Long.toString(ProcessHandle.current().pid()));
+        Path memory = memDir.resolve("panama-template-" + dir.toAbsolutePath().getFileName() + "-"
+                + Long.toHexString(System.nanoTime()) + ".ram").toAbsolutePath();
+        boolean done = false;
+        try {
+            var ready = new CompletableFuture<Void>();
+            readySignal.whenComplete((v, t) -> ready.complete(null));
+            var shared = new MachineConfig(config.memoryBytes(), config.cpus(), new Backing.SharedFile(memory),
+                    config.kernelName(), config.kernel(), config.initrd(), config.cmdline());
+            long start = System.nanoTime();
+            try (var vm = Vm.create(kvm, shared, console, new VmListener() {
+                @Override
+                public void ready() {
+                    ready.complete(null);
+                }
+            })) {
+                vm.start();
+                var first = CompletableFuture.anyOf(ready, vm.termination()).get(timeoutSeconds, TimeUnit.SECONDS);
+                if (first instanceof VmExitReason reason) {
+                    throw new SnapshotException("the template's guest ended before its ready point: " + reason.describe());
+                }
+                long bootMillis = (System.nanoTime() - start) / 1_000_000;
+                vm.pause();
+                // Read-only before the save records the file's identity (a chmod changes its ctime).
+                Files.setPosixFilePermissions(memory, READ_ONLY);
+                var saved = VmSnapshots.save(vm, dir, true, false, RamWriter.Progress.NONE);
+                Files.createSymbolicLink(dir.resolve(MEMORY_LINK), memory);
+                Files.setPosixFilePermissions(dir.resolve(SnapshotFormat.FILE_NAME), READ_ONLY);
+                Files.delete(marker);
+                Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("r-xr-xr-x"));
+                done = true;
+                return new Created(dir, memory, saved.millis(), bootMillis);
+            } catch (java.util.concurrent.TimeoutException e) {
+                throw new SnapshotException("the template's guest did not reach its ready point within " + timeoutSeconds + " s");
+            }
+        } finally {
+            if (!done) {
+                Files.deleteIfExists(marker);
+                Files.deleteIfExists(memory);
+                Files.deleteIfExists(dir.resolve(SnapshotFormat.FILE_NAME));
+            }
+        }
+    }
+
+    private static final java.util.Set<java.nio.file.attribute.PosixFilePermission> READ_ONLY =
+            PosixFilePermissions.fromString("r--r--r--");
+
+    /** Opens a template for cloning: refuses an unfinished one, then loads and checks its snapshot. */
+    public static VmSnapshots.Loaded open(Kvm kvm, Path dir) {
+        if (!Files.isDirectory(dir)) throw new SnapshotException("no template directory " + dir);
+        Path marker = dir.resolve(CREATING);
+        if (Files.exists(marker)) {
+            String pid = "";
+            try {
+                pid = Files.readString(marker).strip();
+            } catch (IOException ignored) {
+                // the marker vanished: creation just finished
+            }
+            boolean alive = !pid.isEmpty() && ProcessHandle.of(Long.parseLong(pid)).map(ProcessHandle::isAlive).orElse(false);
+            throw new SnapshotException(alive
+                    ? "template " + dir + " is still being created (process " + pid + " is running)"
+                    : "template " + dir + " is incomplete: its creation did not finish");
+        }
+        if (!Files.exists(dir.resolve(SnapshotFormat.FILE_NAME))) throw new SnapshotException(dir + " is not a template (no snapshot.pvm)");
+        var loaded = VmSnapshots.load(kvm, dir);
+        if (loaded.snapshot().ram().stream().noneMatch(e -> e.byReference())) {
+            throw new SnapshotException(dir + " is a snapshot, not a template: its RAM is not in a shared memory file");
+        }
+        return loaded;
+    }
+
+    /** A clone of a loaded template, paused until started, with a fresh random generation id. */
+    public static Vm clone(Kvm kvm, VmSnapshots.Loaded template, OutputStream console, VmListener listener) {
+        var vm = VmSnapshots.build(kvm, template, VmSnapshots.Mode.CLONE, console, listener);
+        vm.vmmPort().setGenerationId(newGenerationId());
+        return vm;
+    }
+
+    private static final java.security.SecureRandom RANDOM = new java.security.SecureRandom();
+
+    /** A non-zero random 64-bit generation id (0 means "never cloned"). */
+    static long newGenerationId() {
+        long id;
+        do {
+            id = RANDOM.nextLong();
+        } while (id == 0);
+        return id;
+    }
+}
