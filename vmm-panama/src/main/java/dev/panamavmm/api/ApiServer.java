@@ -30,16 +30,16 @@ public final class ApiServer implements AutoCloseable {
 
     private final Path path;
     private final ServerSocketChannel server;
-    private final ControlTarget target;
+    private final ApiHandler handler;
     private final List<Client> clients = new CopyOnWriteArrayList<>();
     private final Thread acceptor;
     /** Held (shared) while a request is handled and answered; close() takes it exclusively so a reply (quit's) is never cut off. */
     private final java.util.concurrent.locks.ReentrantReadWriteLock inflight = new java.util.concurrent.locks.ReentrantReadWriteLock();
 
-    private ApiServer(Path path, ServerSocketChannel server, ControlTarget target) {
+    private ApiServer(Path path, ServerSocketChannel server, ApiHandler handler) {
         this.path = path;
         this.server = server;
-        this.target = target;
+        this.handler = handler;
         this.acceptor = Thread.ofPlatform().daemon().name("api-accept").start(this::acceptLoop);
     }
 
@@ -48,6 +48,11 @@ public final class ApiServer implements AutoCloseable {
      * refused, so two VMMs never share a control socket.
      */
     public static ApiServer start(Path path, ControlTarget target) {
+        return start(path, ApiHandler.forVm(target));
+    }
+
+    /** Listens on {@code path} with any set of commands. */
+    public static ApiServer start(Path path, ApiHandler handler) {
         var parent = path.toAbsolutePath().getParent();
         if (parent != null && !Files.isDirectory(parent)) {
             throw new ApiException("cannot create API socket " + path + ": no such directory");
@@ -58,7 +63,7 @@ public final class ApiServer implements AutoCloseable {
                 if (isListening(path)) throw new ApiException("API socket " + path + " is in use by another process");
                 Files.delete(path);
             }
-            return new ApiServer(path, UnixSockets.listen(path), target);
+            return new ApiServer(path, UnixSockets.listen(path), handler);
         } catch (IOException e) {
             throw new ApiException("cannot create API socket " + path + ": " + describe(e));
         }
@@ -127,33 +132,8 @@ public final class ApiServer implements AutoCloseable {
             Object execute = request.get("execute");
             if (!(execute instanceof String command)) return error(id, "GenericError", "a request needs \"execute\": COMMAND");
             Object args = request.get("arguments");
-            if (args != null) Json.asObject(args, "\"arguments\"");
-            Object result = switch (command) {
-                case "qmp_capabilities" -> Json.object();
-                case "query-status" -> target.status();
-                case "stop" -> {
-                    target.stop();
-                    yield Json.object();
-                }
-                case "cont" -> {
-                    target.cont();
-                    yield Json.object();
-                }
-                case "quit" -> {
-                    target.quit();
-                    yield Json.object();
-                }
-                case "snapshot" -> {
-                    var a = args == null ? Json.object() : Json.asObject(args, "\"arguments\"");
-                    if (!(a.get("path") instanceof String path) || path.isBlank()) {
-                        throw new IllegalArgumentException("snapshot needs \"path\": DIRECTORY");
-                    }
-                    boolean bypass = flag(a, "bypass-shared-memory", true);
-                    boolean resume = flag(a, "resume", false);
-                    yield target.snapshot(java.nio.file.Path.of(path), bypass, resume);
-                }
-                default -> null;
-            };
+            var arguments = args == null ? Json.object() : Json.asObject(args, "\"arguments\"");
+            Object result = command.equals("qmp_capabilities") ? Json.object() : handler.execute(command, arguments);
             if (result == null) return error(id, "CommandNotFound", "the command " + command + " has not been found");
             var reply = Json.object("return", result);
             if (id != null) reply.put("id", id);
@@ -164,13 +144,6 @@ public final class ApiServer implements AutoCloseable {
             log.debug("API command failed", e);
             return error(id, "GenericError", String.valueOf(e.getMessage()));
         }
-    }
-
-    private static boolean flag(java.util.Map<String, Object> args, String name, boolean otherwise) {
-        Object v = args.get(name);
-        if (v == null) return otherwise;
-        if (v instanceof Boolean b) return b;
-        throw new IllegalArgumentException("\"" + name + "\" must be true or false");
     }
 
     private static String error(Object id, String cls, String desc) {

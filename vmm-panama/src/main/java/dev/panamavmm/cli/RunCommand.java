@@ -1,19 +1,15 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.vmm.MachineConfig;
+import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.Vm;
-import dev.panamavmm.vmm.boot.ElfImage;
 import dev.panamavmm.vmm.memory.Backing;
-import dev.panamavmm.vmm.memory.GuestMemory;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Spec;
 import picocli.CommandLine.Model.CommandSpec;
 
-import java.io.IOException;
-import java.io.InputStream;
 import java.nio.file.Files;
-import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.util.concurrent.Callable;
 
@@ -23,30 +19,14 @@ import java.util.concurrent.Callable;
  */
 @Command(name = "run", mixinStandardHelpOptions = true, description = "Boot a guest and show its console.")
 final class RunCommand implements Callable<Integer> {
-    static final String EMBEDDED_GUEST = "/guest/testguest.elf";
-    static final String DEFAULT_CMDLINE = "console=ttyS0";
-
-    @Option(names = "--memory", paramLabel = "SIZE", defaultValue = "256M", converter = Sizes.class,
-            description = "guest RAM, e.g. 256M, 8G (default: ${DEFAULT-VALUE})")
-    long memory;
-
-    @Option(names = "--cpus", paramLabel = "N", defaultValue = "1", description = "vCPUs (default: ${DEFAULT-VALUE})")
-    int cpus;
+    @Mixin
+    GuestOptions guest;
 
     @Option(names = "--mem-path", paramLabel = "FILE", description = "back guest RAM with this file (tmpfs or disk)")
     Path memPath;
 
     @Option(names = "--shared", description = "map --mem-path shared: the file holds the guest's memory and outlives the VMM")
     boolean shared;
-
-    @Option(names = "--kernel", paramLabel = "FILE", description = "ELF kernel to boot (default: the embedded test guest)")
-    Path kernel;
-
-    @Option(names = "--initrd", paramLabel = "FILE", description = "initial ramdisk")
-    Path initrd;
-
-    @Option(names = "--cmdline", paramLabel = "TEXT", description = "kernel command line (default: \"" + DEFAULT_CMDLINE + "\")")
-    String cmdline;
 
     @Option(names = "--console", paramLabel = "WHERE", defaultValue = "stdout",
             description = "stdout, file:PATH or unix:PATH (default: ${DEFAULT-VALUE})")
@@ -55,74 +35,28 @@ final class RunCommand implements Callable<Integer> {
     @Option(names = "--api-socket", paramLabel = "PATH", description = "serve the control API on this Unix socket")
     Path apiSocket;
 
-    @Option(names = "--overcommit", description = "allow more guest RAM than the host has")
-    boolean overcommit;
-
     @Spec
     CommandSpec spec;
 
     @Override
     public Integer call() throws Exception {
-        var config = machineConfig();
-        ConsoleIo.checkSpec(console);
-        try (var kvm = InfoCommand.openKvm(dev.panamavmm.kvm.Kvm.DEFAULT_DEVICE)) {
-            if (cpus > kvm.maxVcpus()) throw new UsageException("--cpus " + cpus + " is more than this host's maximum of " + kvm.maxVcpus());
-            return VmSession.serve(console, apiSocket, false, spec.commandLine().getErr(),
-                    (out, listener) -> Vm.create(kvm, config, out, listener));
-        }
-    }
-
-    /** Checks the options and reads the images: every user mistake becomes one line here, before KVM is touched. */
-    MachineConfig machineConfig() {
-        if (cpus < 1) throw new UsageException("--cpus must be at least 1");
-        if (memory < GuestMemory.MIN_SIZE) {
-            throw new UsageException("--memory " + Sizes.format(memory) + " is below the minimum of 16 MiB");
-        }
-        if (memory % 4096 != 0) throw new UsageException("--memory must be a multiple of 4 KiB");
-        long hostRam = HostMemory.total();
-        if (!overcommit && hostRam > 0 && memory > hostRam) {
-            throw new UsageException("--memory " + Sizes.format(memory) + " is more than this host's " + Sizes.format(hostRam / (1 << 20) << 20)
-                    + " of RAM (add --overcommit to allow it)");
-        }
         if (shared && memPath == null) throw new UsageException("--shared needs --mem-path FILE");
         ConsoleIo.checkSpec(console);
         Backing backing = new Backing.Memfd();
         if (memPath != null) {
             if (Files.isDirectory(memPath)) throw new UsageException("--mem-path " + memPath + " is a directory; give a file");
-            backing = shared ? new Backing.SharedFile(memPath) : new Backing.PrivateFile(memPath);
             if (!shared && !Files.exists(memPath)) {
                 throw new UsageException("--mem-path " + memPath + " without --shared maps an existing file copy-on-write, and it does not exist");
             }
+            backing = shared ? new Backing.SharedFile(memPath) : new Backing.PrivateFile(memPath);
         }
-        byte[] image = kernel != null ? readFile(kernel, "kernel") : embeddedGuest();
-        String name = kernel != null ? kernel.toString() : "embedded test guest";
-        if (!ElfImage.isElf(image)) {
-            throw new UserException(name + " is not an ELF kernel (bzImage kernels are not supported yet; use the ELF vmlinux)");
-        }
-        byte[] initrdBytes = initrd != null ? readFile(initrd, "initrd") : null;
-        if (initrdBytes != null && initrdBytes.length >= memory) {
-            throw new UserException("initrd " + initrd + " (" + initrdBytes.length + " bytes) is larger than guest RAM");
-        }
-        return new MachineConfig(memory, cpus, backing, name, image, initrdBytes, cmdline != null ? cmdline : DEFAULT_CMDLINE);
-    }
-
-    private static byte[] readFile(Path path, String what) {
-        try {
-            if (Files.isDirectory(path)) throw new UsageException("--" + what + " " + path + " is a directory");
-            return Files.readAllBytes(path);
-        } catch (NoSuchFileException e) {
-            throw new UsageException("--" + what + " " + path + " does not exist");
-        } catch (IOException e) {
-            throw new UserException("cannot read " + what + " " + path + ": " + e.getMessage());
-        }
-    }
-
-    static byte[] embeddedGuest() {
-        try (InputStream in = RunCommand.class.getResourceAsStream(EMBEDDED_GUEST)) {
-            if (in == null) throw new UserException("the embedded test guest is missing from this build (rebuild with ./mvnw package)");
-            return in.readAllBytes();
-        } catch (IOException e) {
-            throw new UserException("cannot read the embedded test guest: " + e.getMessage());
+        var config = guest.config(backing);
+        try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
+            if (guest.cpus > kvm.maxVcpus()) {
+                throw new UsageException("--cpus " + guest.cpus + " is more than this host's maximum of " + kvm.maxVcpus());
+            }
+            return VmSession.serve(console, apiSocket, false, spec.commandLine().getErr(),
+                    (out, listener) -> Vm.create(kvm, config, out, listener));
         }
     }
 }

@@ -40,6 +40,12 @@ public final class Templates {
      */
     public static Created create(Kvm kvm, Path dir, MachineConfig config, Path memDir, OutputStream console,
                                  CompletableFuture<Void> readySignal, long timeoutSeconds) throws Exception {
+        return create(kvm, dir, config, memDir, console, readySignal, new CompletableFuture<>(), timeoutSeconds);
+    }
+
+    /** As above; completing {@code cancel} ends the booting VM and the creation fails, leaving nothing behind. */
+    public static Created create(Kvm kvm, Path dir, MachineConfig config, Path memDir, OutputStream console,
+                                 CompletableFuture<Void> readySignal, CompletableFuture<String> cancel, long timeoutSeconds) throws Exception {
         if (Files.exists(dir.resolve(SnapshotFormat.FILE_NAME)) || Files.exists(dir.resolve(CREATING))) {
             throw new SnapshotException("template directory " + dir + " is not empty: a template is created once");
         }
@@ -62,6 +68,7 @@ public final class Templates {
                     ready.complete(null);
                 }
             })) {
+                cancel.thenAccept(why -> vm.end(new VmExitReason.Stopped(why)));
                 vm.start();
                 var first = CompletableFuture.anyOf(ready, vm.termination()).get(timeoutSeconds, TimeUnit.SECONDS);
                 if (first instanceof VmExitReason reason) {

@@ -90,7 +90,7 @@ class ApiServerTest {
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":true}}");
                 assertEquals("{\"return\":{\"path\":\"/tmp/s\"}}", in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{}}");
-                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"snapshot needs \\\"path\\\": DIRECTORY\"}}", in.readLine());
+                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"path\\\" is required: DIRECTORY\"}}", in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":\"yes\"}}");
                 assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"resume\\\" must be true or false\"}}", in.readLine());
             }

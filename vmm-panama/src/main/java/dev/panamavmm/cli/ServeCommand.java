@@ -1,0 +1,150 @@
+package dev.panamavmm.cli;
+
+import dev.panamavmm.api.ApiHandler;
+import dev.panamavmm.api.ApiServer;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.Templates;
+import dev.panamavmm.vmm.Vm;
+import dev.panamavmm.vmm.VmExitReason;
+import dev.panamavmm.vmm.VmListener;
+import dev.panamavmm.vmm.VmSnapshots;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
+import picocli.CommandLine.Model.CommandSpec;
+
+import java.io.IOException;
+import java.io.OutputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Map;
+import java.util.concurrent.Callable;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.atomic.AtomicLong;
+
+/**
+ * {@code vmm serve}: one long-running process that keeps templates loaded and starts clones on
+ * request. Everything that does not depend on the clone (the template's parsed state, its memory
+ * file's identity check, the KVM fd) is done once; a clone costs a VM fd, memslots, vCPUs and a
+ * private mapping of the template file.
+ */
+@Command(name = "serve", mixinStandardHelpOptions = true,
+        description = "Serve clones of templates over the control API: clone, query-clones, destroy, quit.")
+final class ServeCommand implements Callable<Integer> {
+    @Option(names = "--api-socket", required = true, paramLabel = "PATH", description = "the control API socket")
+    Path apiSocket;
+
+    @Option(names = "--console-dir", paramLabel = "DIR", description = "each clone's console goes to DIR/ID.log (default: discarded)")
+    Path consoleDir;
+
+    @Spec
+    CommandSpec spec;
+
+    @Override
+    public Integer call() throws Exception {
+        if (consoleDir != null && !Files.isDirectory(consoleDir)) throw new UsageException("--console-dir " + consoleDir + " is not a directory");
+        var quit = new CountDownLatch(1);
+        try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var clones = new Clones(kvm, consoleDir)) {
+            var previous = Signals.onTermination(name -> quit.countDown());
+            try (var api = ApiServer.start(apiSocket, clones.handler(quit::countDown))) {
+                quit.await();
+            } finally {
+                Signals.restore(previous);
+            }
+        }
+        return Main.OK;
+    }
+
+    /** The clones of one serve process, and the templates they come from. */
+    static final class Clones implements AutoCloseable {
+        private final Kvm kvm;
+        private final Path consoleDir;
+        private final Map<Path, VmSnapshots.Loaded> templates = new ConcurrentHashMap<>();
+        private final Map<String, Clone> clones = new ConcurrentHashMap<>();
+        private final AtomicLong ids = new AtomicLong();
+        /** Closes VMs whose guest ended by itself: never on the vCPU thread that reported it. */
+        private final ExecutorService reaper = Executors.newSingleThreadExecutor(r -> Thread.ofPlatform().daemon().name("clone-reaper").unstarted(r));
+
+        record Clone(String id, Vm vm, OutputStream console, long generationId) {}
+
+        Clones(Kvm kvm, Path consoleDir) {
+            this.kvm = kvm;
+            this.consoleDir = consoleDir;
+        }
+
+        ApiHandler handler(Runnable quit) {
+            return (command, args) -> switch (command) {
+                case "clone" -> clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")),
+                        (int) ApiHandler.number(args, "count", 1));
+                case "query-clones" -> clones.values().stream().map(c -> Json.object("id", c.id(),
+                        "status", c.vm().termination().isDone() ? "shutdown" : c.vm().isPaused() ? "paused" : "running",
+                        "generation-id", String.format("0x%016x", c.generationId()))).toList();
+                case "destroy" -> {
+                    String id = ApiHandler.requireString(args, "id", "a clone id");
+                    var c = clones.remove(id);
+                    if (c == null) throw new IllegalArgumentException("no clone " + id);
+                    destroy(c);
+                    yield Map.of();
+                }
+                case "quit" -> {
+                    quit.run();
+                    yield Map.of();
+                }
+                default -> null;
+            };
+        }
+
+        /** Starts {@code count} clones of a template; returns when all of them run. */
+        Map<String, Object> clone(Path template, int count) throws IOException {
+            if (count < 1 || count > 1000) throw new IllegalArgumentException("\"count\" must be 1 to 1000");
+            long start = System.nanoTime();
+            var loaded = templates.computeIfAbsent(template.toAbsolutePath().normalize(), p -> Templates.open(kvm, p));
+            var started = new ArrayList<Object>();
+            for (int i = 0; i < count; i++) {
+                String id = "clone-" + ids.incrementAndGet();
+                OutputStream console = consoleDir == null ? OutputStream.nullOutputStream()
+                        : Files.newOutputStream(consoleDir.resolve(id + ".log"));
+                Vm vm;
+                try {
+                    vm = Templates.clone(kvm, loaded, console, new VmListener() {});
+                } catch (RuntimeException e) {
+                    console.close();
+                    throw e;
+                }
+                var c = new Clone(id, vm, console, vm.vmmPort().generationId());
+                clones.put(id, c);
+                vm.termination().thenRun(() -> reaper.execute(() -> {
+                    if (clones.remove(id, c)) destroy(c);
+                }));
+                vm.start();
+                started.add(Json.object("id", id, "generation-id", String.format("0x%016x", c.generationId()),
+                        "console", consoleDir == null ? null : consoleDir.resolve(id + ".log").toString()));
+            }
+            return Json.object("clones", started, "duration-ms", (System.nanoTime() - start) / 1_000_000.0);
+        }
+
+        private static void destroy(Clone c) {
+            c.vm().end(new VmExitReason.Stopped("destroy"));
+            c.vm().close();
+            try {
+                c.console().close();
+            } catch (IOException e) {
+                // a console file that fails to close loses nothing the guest needs
+            }
+        }
+
+        @Override
+        public void close() {
+            for (var id : new ArrayList<>(clones.keySet())) {
+                var c = clones.remove(id);
+                if (c != null) destroy(c);
+            }
+            reaper.shutdown();
+        }
+    }
+}

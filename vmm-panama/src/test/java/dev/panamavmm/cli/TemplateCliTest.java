@@ -1,0 +1,177 @@
+package dev.panamavmm.cli;
+
+import dev.panamavmm.api.ApiClient;
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.Json;
+import dev.panamavmm.testing.VmmProcess;
+import dev.panamavmm.vmm.TinyElfAccess;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** vmm template create/inspect, vmm clone and vmm serve as users run them. */
+class TemplateCliTest {
+
+    static Path createTemplate(Path dir) {
+        var tpl = dir.resolve("tpl");
+        var r = MainTest.run("template", "create", tpl.toString(), "--memory", "64M",
+                "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=16M", "--console", "file:" + dir.resolve("template.log"));
+        assertEquals(0, r.code(), r.err());
+        assertTrue(r.out().startsWith("template " + tpl + ": memory file /dev/shm/"), r.out());
+        return tpl;
+    }
+
+    static void deleteTemplate(Path tpl) throws Exception {
+        var link = tpl.resolve("memory.ram");
+        if (Files.isSymbolicLink(link)) Files.deleteIfExists(Files.readSymbolicLink(link));
+    }
+
+    @KvmTest
+    void createInspectAndCloneInItsOwnProcess(@TempDir Path dir) throws Exception {
+        var tpl = createTemplate(dir);
+        try {
+            var inspect = MainTest.run("template", "inspect", tpl.toString(), "--json");
+            assertEquals(0, inspect.code(), inspect.err());
+            var info = Json.asObject(Json.parse(inspect.out().strip()), "info");
+            assertEquals(true, info.get("template"));
+            assertEquals(1L, info.get("cpus"));
+            assertEquals("reference", Json.asObject(((List<?>) info.get("ram")).getFirst(), "ram").get("storage"));
+            assertEquals(0, MainTest.run("template", "inspect", tpl.toString()).code());
+
+            var templateConsole = Files.readString(dir.resolve("template.log"));
+            assertTrue(templateConsole.endsWith("ready\n"), templateConsole);
+            var console = dir.resolve("clone.log");
+            try (var clone = VmmProcess.start("clone", tpl.toString(), "--console", "file:" + console)) {
+                SnapshotCliTest.awaitText(console, "hb 0 3", 30);
+                clone.signal("TERM");
+                assertEquals(0, clone.waitFor(30), clone.stderr());
+            }
+            String text = Files.readString(console);
+            SnapshotCliTest.heartbeats(templateConsole + text);
+            assertTrue(text.lines().anyMatch(l -> l.matches("genid 0x[0-9a-f]{16}") && !l.endsWith("0000000000000000")), text);
+        } finally {
+            deleteTemplate(tpl);
+        }
+    }
+
+    @KvmTest
+    void cloneCountStartsOneProcessEach(@TempDir Path dir) throws Exception {
+        var tpl = createTemplate(dir);
+        var consoles = Files.createDirectory(dir.resolve("consoles"));
+        var sockets = Files.createDirectory(dir.resolve("sockets"));
+        try {
+            var r = MainTest.run("clone", tpl.toString(), "--count", "3", "--console-dir", consoles.toString(),
+                    "--api-socket-dir", sockets.toString());
+            assertEquals(0, r.code(), r.err());
+            assertEquals(3, r.out().lines().count(), r.out());
+            var pids = new HashSet<Long>();
+            for (int i = 1; i <= 3; i++) {
+                SnapshotCliTest.awaitText(consoles.resolve("clone-" + i + ".log"), "hb 0 2", 30);
+                try (var c = ApiClient.connect(sockets.resolve("clone-" + i + ".sock"))) {
+                    assertEquals("running", Json.asObject(c.execute("query-status", null).get("return"), "r").get("status"));
+                    c.execute("quit", null);
+                }
+                pids.add(Long.parseLong(r.out().lines().toList().get(i - 1).replaceAll("^clone \\d+: pid (\\d+),.*", "$1")));
+            }
+            assertEquals(3, pids.size(), "one process per clone");
+        } finally {
+            deleteTemplate(tpl);
+        }
+    }
+
+    @KvmTest
+    void cloningFromAMissingCorruptOrUnfinishedTemplateIsOneLine(@TempDir Path dir) throws Exception {
+        var missing = MainTest.run("clone", dir.resolve("none").toString());
+        assertEquals(1, missing.code());
+        assertEquals("vmm: no template directory " + dir.resolve("none") + "\n", missing.err());
+        var corrupt = Files.createDirectories(dir.resolve("corrupt"));
+        Files.writeString(corrupt.resolve("snapshot.pvm"), "garbage");
+        var bad = MainTest.run("clone", corrupt.toString());
+        assertEquals(1, bad.code());
+        assertEquals(1, bad.err().lines().count(), bad.err());
+        // A template whose guest never reaches its ready point is still being created.
+        var spin = Files.write(dir.resolve("spin.elf"), TinyElfAccess.countForever());
+        var creating = dir.resolve("creating");
+        try (var create = VmmProcess.start("template", "create", creating.toString(), "--kernel", spin.toString(), "--memory", "32M",
+                "--timeout", "60")) {
+            long deadline = System.nanoTime() + 20_000_000_000L;
+            while (!Files.exists(creating.resolve(".creating")) && System.nanoTime() < deadline) Thread.sleep(10);
+            var r = MainTest.run("clone", creating.toString());
+            assertEquals(1, r.code());
+            assertEquals("vmm: template " + creating + " is still being created (process " + create.pid() + " is running)\n", r.err());
+            create.signal("TERM");
+            assertEquals(1, create.waitFor(30));
+            assertTrue(create.stderr().contains("the template's guest ended before its ready point: stopped by signal"), create.stderr());
+        }
+        try (var shm = Files.list(Path.of("/dev/shm"))) {
+            assertEquals(List.of(), shm.filter(p -> p.getFileName().toString().startsWith("panama-template-creating-")).toList(),
+                    "a failed template creation leaves no memory file");
+        }
+        assertTrue(Files.notExists(creating.resolve(".creating")));
+    }
+
+    static long count(String what, long pid) throws Exception {
+        var proc = Path.of("/proc", Long.toString(pid));
+        return switch (what) {
+            case "fds" -> Files.list(proc.resolve("fd")).count();
+            case "threads" -> Files.list(proc.resolve("task")).count();
+            case "mappings" -> Files.readAllLines(proc.resolve("maps")).size();
+            default -> throw new IllegalArgumentException(what);
+        };
+    }
+
+    /** serve: clones on request; 200 clone-and-destroy cycles leak no fds, mappings or threads. */
+    @KvmTest
+    void serveClonesOnRequestAndLeaksNothing(@TempDir Path dir) throws Exception {
+        var tpl = createTemplate(dir);
+        var api = dir.resolve("serve.sock");
+        var consoles = Files.createDirectory(dir.resolve("consoles"));
+        try (var serve = VmmProcess.start("serve", "--api-socket", api.toString(), "--console-dir", consoles.toString());
+             var client = awaitClient(serve, api)) {
+            var reply = client.execute("clone", Json.object("template", tpl.toString(), "count", 2L));
+            var clones = (List<?>) Json.asObject(reply.get("return"), "r").get("clones");
+            assertEquals(2, clones.size(), reply.toString());
+            for (var c : clones) {
+                var id = (String) Json.asObject(c, "c").get("id");
+                SnapshotCliTest.awaitText(consoles.resolve(id + ".log"), "hb 0 2", 30);
+                assertTrue(client.execute("destroy", Json.object("id", id)).containsKey("return"));
+            }
+            // Warm up, then count, cycle, count again.
+            cycle(client, tpl, 5);
+            long fds = count("fds", serve.pid()), threads = count("threads", serve.pid()), maps = count("mappings", serve.pid());
+            cycle(client, tpl, 200);
+            Thread.sleep(200);
+            assertEquals(fds, count("fds", serve.pid()), "file descriptors");
+            assertEquals(threads, count("threads", serve.pid()), "threads");
+            assertEquals(maps, count("mappings", serve.pid()), "mappings");
+            assertEquals(List.of(), client.execute("query-clones", null).get("return"));
+            client.execute("quit", null);
+            assertEquals(0, serve.waitFor(30), serve.stderr());
+        } finally {
+            deleteTemplate(tpl);
+        }
+    }
+
+    static ApiClient awaitClient(VmmProcess vmm, Path socket) throws Exception {
+        vmm.awaitSocket(socket);
+        return ApiClient.connect(socket);
+    }
+
+    static void cycle(ApiClient client, Path tpl, int n) {
+        for (int i = 0; i < n; i++) {
+            var reply = client.execute("clone", Json.object("template", tpl.toString()));
+            assertTrue(reply.containsKey("return"), reply.toString());
+            var id = (String) Json.asObject(((List<?>) Json.asObject(reply.get("return"), "r").get("clones")).getFirst(), "c").get("id");
+            var destroyed = client.execute("destroy", Json.object("id", id));
+            assertTrue(destroyed.containsKey("return"), destroyed.toString());
+        }
+    }
+
+}
