@@ -70,7 +70,7 @@ final class ServeCommand implements Callable<Integer> {
         /** Closes VMs whose guest ended by itself: never on the vCPU thread that reported it. */
         private final ExecutorService reaper = Executors.newSingleThreadExecutor(r -> Thread.ofPlatform().daemon().name("clone-reaper").unstarted(r));
 
-        record Clone(String id, Vm vm, OutputStream console, long generationId) {}
+        record Clone(String id, Vm vm, OutputStream console, long generationId, long requestNanos) {}
 
         Clones(Kvm kvm, Path consoleDir) {
             this.kvm = kvm;
@@ -83,7 +83,8 @@ final class ServeCommand implements Callable<Integer> {
                         (int) ApiHandler.number(args, "count", 1));
                 case "query-clones" -> clones.values().stream().map(c -> Json.object("id", c.id(),
                         "status", c.vm().termination().isDone() ? "shutdown" : c.vm().isPaused() ? "paused" : "running",
-                        "generation-id", String.format("0x%016x", c.generationId()))).toList();
+                        "generation-id", String.format("0x%016x", c.generationId()),
+                        "first-entry-ms", c.vm().firstEntryNanos() == 0 ? null : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6)).toList();
                 case "destroy" -> {
                     String id = ApiHandler.requireString(args, "id", "a clone id");
                     var c = clones.remove(id);
@@ -116,7 +117,7 @@ final class ServeCommand implements Callable<Integer> {
                     console.close();
                     throw e;
                 }
-                var c = new Clone(id, vm, console, vm.vmmPort().generationId());
+                var c = new Clone(id, vm, console, vm.vmmPort().generationId(), start);
                 clones.put(id, c);
                 vm.termination().thenRun(() -> reaper.execute(() -> {
                     if (clones.remove(id, c)) destroy(c);

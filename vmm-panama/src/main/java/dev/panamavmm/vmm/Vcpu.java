@@ -80,6 +80,7 @@ final class Vcpu implements Runnable {
                 }
                 case RUN -> { }
             }
+            if (vm.firstEntryNanos == 0) vm.firstEntryNanos = System.nanoTime();
             int r = fd.run();
             if (r < 0) {
                 if (r == -LibcConstants.EINTR || r == -LibcConstants.EAGAIN) continue;

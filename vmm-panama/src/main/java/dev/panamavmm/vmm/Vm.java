@@ -60,6 +60,8 @@ public final class Vm implements AutoCloseable {
     private final CompletableFuture<VmExitReason> termination = new CompletableFuture<>();
     private final VmListener listener;
     private boolean closed;
+    /** System.nanoTime() when a vCPU first entered the guest (0 until then): for start-latency measurements. */
+    volatile long firstEntryNanos;
 
     /** Device states when restoring; null fields mean "fresh device". */
     record DeviceStates(Serial8250.State serial, I8042.State i8042, VmmPort.State vmmPort) {
@@ -211,6 +213,11 @@ public final class Vm implements AutoCloseable {
     /** Completes when the VM has ended, with the reason. */
     public CompletableFuture<VmExitReason> termination() {
         return termination;
+    }
+
+    /** System.nanoTime() of the first KVM_RUN of any vCPU, or 0 if none ran yet. */
+    public long firstEntryNanos() {
+        return firstEntryNanos;
     }
 
     public GuestMemory memory() {
