@@ -61,7 +61,7 @@ final class VmSession {
                 // instead of the JVM's own shutdown on a signal (exit 130/143, mid-cleanup).
                 var previous = Signals.onTermination(name -> vm.end(new VmExitReason.Stopped("signal")));
                 try {
-                    if (apiSocket != null) api.set(ApiServer.start(apiSocket, target(vm, err)));
+                    if (apiSocket != null) api.set(ApiServer.start(apiSocket, target(vm)));
                     io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
                     if (startPaused) vm.pauseBeforeStart();
                     vm.start();
@@ -81,7 +81,7 @@ final class VmSession {
         }
     }
 
-    static ControlTarget target(Vm vm, PrintWriter err) {
+    static ControlTarget target(Vm vm) {
         return new ControlTarget() {
             @Override
             public Map<String, Object> status() {
