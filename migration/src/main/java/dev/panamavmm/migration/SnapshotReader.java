@@ -88,7 +88,7 @@ public final class SnapshotReader {
             if (rows.size() > SnapshotFormat.MAX_RAM_BLOCKS) throw new SnapshotException("snapshot " + file + " lists too many RAM blocks");
             for (var row : rows) {
                 var entry = RamBlockEntry.fromJson(Json.asObject(row, "RAM block"));
-                if (!entry.byReference() && (entry.dataOffset() < SnapshotFormat.DATA_START
+                if (!entry.byReference() && !entry.byDescriptor() && (entry.dataOffset() < SnapshotFormat.DATA_START
                         || entry.dataOffset() % SnapshotFormat.PAGE != 0 || entry.dataOffset() + entry.size() > tableOffset)) {
                     throw new SnapshotException("snapshot " + file + " is corrupt (RAM block " + entry.id() + " lies outside its data area)");
                 }

@@ -56,9 +56,9 @@ public final class SnapshotWriter implements AutoCloseable {
         sections.put(name, payload.clone());
     }
 
-    /** Records a block stored by reference to its shared memory file (nothing of it is written). */
+    /** Records a block stored by reference to its shared memory file or to a passed descriptor (nothing of it is written). */
     public void ramByReference(RamBlockEntry entry) {
-        if (!entry.byReference()) throw new IllegalArgumentException("not a reference");
+        if (!entry.byReference() && !entry.byDescriptor()) throw new IllegalArgumentException("not a reference");
         ram.add(entry);
     }
 

@@ -29,6 +29,7 @@ public interface ApiHandler {
             }
             case "snapshot" -> target.snapshot(Path.of(requireString(a, "path", "DIRECTORY")),
                     flag(a, "bypass-shared-memory", true), flag(a, "resume", false));
+            case "migrate" -> target.migrate(requireString(a, "uri", "unix:PATH"));
             default -> null;
         };
     }

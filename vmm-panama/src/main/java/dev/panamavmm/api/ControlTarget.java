@@ -19,4 +19,7 @@ public interface ControlTarget {
      * stored by reference; unless {@code resume}, the VM ends after the save.
      */
     Map<String, Object> snapshot(java.nio.file.Path dir, boolean bypass, boolean resume) throws Exception;
+
+    /** Hands the VM to the VMM waiting on a Unix socket ({@code unix:PATH}); this VMM then ends. */
+    Map<String, Object> migrate(String uri) throws Exception;
 }

@@ -23,7 +23,7 @@ import java.util.concurrent.Callable;
 @Command(name = "vmm", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "Panama VMM: a KVM virtual machine monitor in Java.",
         subcommands = {RunCommand.class, RestoreCommand.class, SnapshotCommand.class, TemplateCommand.class, CloneCommand.class,
-                ServeCommand.class, InfoCommand.class, CtlCommand.class,
+                ServeCommand.class, MigrateCommand.class, IncomingCommand.class, InfoCommand.class, CtlCommand.class,
                 CommandLine.HelpCommand.class})
 public final class Main implements Callable<Integer> {
     private static final Logger log = LoggerFactory.getLogger(Main.class);

@@ -28,6 +28,16 @@ final class VmSession {
     }
 
     static int serve(String consoleSpec, Path apiSocket, boolean startPaused, PrintWriter err, VmFactory factory) throws Exception {
+        return serve(consoleSpec, apiSocket, startPaused, false, err, factory);
+    }
+
+    /** For a VM the factory already started (an incoming migration). */
+    static int serveStarted(String consoleSpec, Path apiSocket, PrintWriter err, VmFactory factory) throws Exception {
+        return serve(consoleSpec, apiSocket, false, true, err, factory);
+    }
+
+    private static int serve(String consoleSpec, Path apiSocket, boolean startPaused, boolean started, PrintWriter err,
+                             VmFactory factory) throws Exception {
         try (var io = ConsoleIo.open(consoleSpec)) {
             var api = new AtomicReference<ApiServer>();
             var listener = new VmListener() {
@@ -64,7 +74,7 @@ final class VmSession {
                     if (apiSocket != null) api.set(ApiServer.start(apiSocket, target(vm)));
                     io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
                     if (startPaused) vm.pauseBeforeStart();
-                    vm.start();
+                    if (!started) vm.start();
                     var reason = vm.termination().get();
                     vm.serial().flush();
                     if (!(reason instanceof VmExitReason.GuestExit)) {
@@ -103,6 +113,13 @@ final class VmSession {
             @Override
             public void quit() {
                 vm.end(new VmExitReason.Stopped("the API (quit)"));
+            }
+
+            @Override
+            public Map<String, Object> migrate(String uri) throws Exception {
+                if (!uri.startsWith("unix:") || uri.length() == 5) throw new IllegalArgumentException("\"uri\" must be unix:PATH");
+                var r = dev.panamavmm.vmm.LocalMigration.send(vm, Path.of(uri.substring(5)), 10);
+                return Json.object("downtime-ms", r.downtimeMillis(), "total-ms", r.totalMillis(), "bytes-sent", r.bytesSent());
             }
 
             @Override

@@ -55,6 +55,19 @@ public final class VmSnapshots {
      * On failure nothing is left in {@code dir} and the VM runs on as before.
      */
     public static Saved save(Vm vm, Path dir, boolean bypass, boolean resume, RamWriter.Progress progress) throws InterruptedException {
+        return save(vm, dir, bypass, resume ? After.RESUME : After.STOP, false, progress);
+    }
+
+    /** What happens to the VM after a successful save. */
+    public enum After { STOP, RESUME, STAY_PAUSED }
+
+    /**
+     * The general save. With {@code passMemfd}, memfd blocks are recorded by descriptor (index 0:
+     * the guest's memory fd), for a local migration that hands the memfd itself to the new process.
+     */
+    public static Saved save(Vm vm, Path dir, boolean bypass, After after, boolean passMemfd, RamWriter.Progress progress)
+            throws InterruptedException {
+        boolean resume = after == After.RESUME;
         boolean anyShared = vm.memory().blocks().stream().anyMatch(b -> b.shared());
         if (bypass && resume && anyShared) {
             throw new SnapshotException("resuming after a bypass-shared-memory snapshot would let the guest change the memory file"
@@ -80,7 +93,10 @@ public final class VmSnapshots {
             long written = 0, references = 0;
             for (var block : vm.memory().blocks()) {
                 String kind = kind(block.backing());
-                if (bypass && block.shared()) {
+                if (passMemfd && block.backing() instanceof Backing.Memfd) {
+                    writer.ramByReference(RamBlockEntry.byDescriptor(block.id(), block.guestAddress(), block.size(), kind, 0, block.fileOffset()));
+                    references++;
+                } else if (bypass && block.shared()) {
                     Path file = block.backing().file().toAbsolutePath();
                     writer.ramByReference(RamBlockEntry.byReference(block.id(), block.guestAddress(), block.size(), kind,
                             file, block.fileOffset(), FileIdentity.of(file)));
@@ -106,10 +122,12 @@ public final class VmSnapshots {
             if (!wasPaused) vm.resume();
             throw e;
         }
-        if (resume) {
-            if (!wasPaused) vm.resume();
-        } else {
-            vm.end(new VmExitReason.Stopped("snapshot to " + dir));
+        switch (after) {
+            case RESUME -> {
+                if (!wasPaused) vm.resume();
+            }
+            case STOP -> vm.end(new VmExitReason.Stopped("snapshot to " + dir));
+            case STAY_PAUSED -> { }
         }
         return saved;
     }
@@ -127,7 +145,7 @@ public final class VmSnapshots {
      * ({@link #build} with {@link Mode#CLONE}): everything that does not depend on the new VM.
      */
     public record Loaded(Path dir, SnapshotReader snapshot, MachineConfig config, int xsaveSize,
-                         List<VcpuState> vcpus, VmState vm, Vm.DeviceStates devices) {
+                         List<VcpuState> vcpus, VmState vm, Vm.DeviceStates devices, int[] descriptors) {
         public int cpus() {
             return vcpus.size();
         }
@@ -138,6 +156,11 @@ public final class VmSnapshots {
 
     /** Reads and checks a snapshot (flavour, memory files' identity) and decodes its state. */
     public static Loaded load(Kvm kvm, Path dir) {
+        return load(kvm, dir, new int[0]);
+    }
+
+    /** As {@link #load(Kvm, Path)}, for a migration: {@code descriptors} are the fds passed with the snapshot. */
+    public static Loaded load(Kvm kvm, Path dir, int[] descriptors) {
         var snapshot = SnapshotReader.open(dir);
         String host = Kvm.hostFlavour().name();
         if (!snapshot.flavour().equals(host) && !snapshot.flavour().equals(HostFlavour.UNKNOWN.name())) {
@@ -153,6 +176,11 @@ public final class VmSnapshots {
         long total = 0;
         for (var e : snapshot.ram()) {
             if (e.byReference()) checkMemoryFile(e);
+            if (e.byDescriptor() && e.descriptor() >= descriptors.length) {
+                throw new SnapshotException(descriptors.length == 0
+                        ? "the snapshot in " + dir + " is a local migration stream: its RAM lives in a descriptor passed over the migration socket"
+                        : "the migration stream names descriptor " + e.descriptor() + " but only " + descriptors.length + " came with it");
+            }
             total += e.size();
         }
         if (total != memoryBytes) throw new SnapshotException("the snapshot's RAM blocks do not add up to its memory size");
@@ -165,7 +193,7 @@ public final class VmSnapshots {
                 RecordCodec.decode(VmmPort.State.class, snapshot.section(VMM_PORT), VMM_PORT));
         var config = new MachineConfig(memoryBytes, cpus, restoredBacking(snapshot), String.valueOf(machine.get("kernel")),
                 new byte[0], null, String.valueOf(machine.get("cmdline")));
-        return new Loaded(dir, snapshot, config, xsaveSize, List.copyOf(vcpuStates), vmState, devices);
+        return new Loaded(dir, snapshot, config, xsaveSize, List.copyOf(vcpuStates), vmState, devices, descriptors.clone());
     }
 
     /** Builds a paused VM from a snapshot; {@link Vm#start()} runs it. The guest continues in its memory file. */
@@ -177,7 +205,10 @@ public final class VmSnapshots {
     public static Vm build(Kvm kvm, Loaded loaded, Mode mode, OutputStream console, VmListener listener) {
         var sources = new ArrayList<GuestMemory.BlockSource>();
         for (var e : loaded.snapshot().ram()) {
-            if (e.byReference()) {
+            if (e.byDescriptor()) {
+                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), new Backing.Memfd(), e.fileOffset(),
+                        loaded.descriptors()[e.descriptor()]));
+            } else if (e.byReference()) {
                 var backing = mode == Mode.CLONE ? new Backing.PrivateFile(e.file()) : new Backing.SharedFile(e.file());
                 sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), backing, e.fileOffset()));
             } else {
@@ -218,6 +249,7 @@ public final class VmSnapshots {
 
     /** The backing a restored VM reports: its shared file when it had one, else the snapshot (private). */
     private static Backing restoredBacking(SnapshotReader snapshot) {
+        for (var e : snapshot.ram()) if (e.byDescriptor()) return new Backing.Memfd();
         for (var e : snapshot.ram()) if (e.byReference()) return new Backing.SharedFile(e.file());
         return new Backing.PrivateFile(snapshot.file());
     }

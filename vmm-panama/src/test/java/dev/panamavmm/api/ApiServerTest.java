@@ -53,6 +53,12 @@ class ApiServerTest {
         }
 
         @Override
+        public Map<String, Object> migrate(String uri) {
+            calls.add("migrate " + uri);
+            return Json.object();
+        }
+
+        @Override
         public Map<String, Object> snapshot(java.nio.file.Path dir, boolean bypass, boolean resume) {
             calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume);
             return Json.object("path", dir.toString());

@@ -62,6 +62,10 @@ public final class LibcConstants {
     public static final int EFD_SEMAPHORE = 1;
     public static final int SOL_SOCKET = 1;
     public static final int SCM_RIGHTS = 1;
+    public static final int AF_UNIX = 1;
+    public static final int SOCK_STREAM = 1;
+    public static final int SOCK_CLOEXEC = 0x80000;
+    public static final int MSG_CMSG_CLOEXEC = 0x40000000;
     /** {@code CMSG_LEN(0)} */
     public static final int CMSG_DATA_OFFSET = 16;
     /** {@code CMSG_ALIGN(1)} */

@@ -426,6 +426,97 @@ public final class LibC {
 
     // ---- sockets -----------------------------------------------------------------------------
 
+    private static final class Socket {
+        static final MethodHandle H = link("socket", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT), ERRNO);
+    }
+
+    public static int socket(int domain, int type, int protocol) {
+        var capture = CAPTURE.get();
+        int r;
+        try {
+            r = (int) Socket.H.invokeExact(capture, domain, type, protocol);
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+        if (r < 0) throw fail("socket", capture);
+        return r;
+    }
+
+    private static final class Bind {
+        static final MethodHandle H = link("bind", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT), ERRNO);
+    }
+
+    public static void bind(int fd, MemorySegment address) {
+        var capture = CAPTURE.get();
+        int r;
+        try {
+            r = (int) Bind.H.invokeExact(capture, fd, address, (int) address.byteSize());
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+        if (r < 0) throw fail("bind", capture);
+    }
+
+    private static final class Connect {
+        static final MethodHandle H = link("connect", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT), ERRNO);
+    }
+
+    public static void connect(int fd, MemorySegment address) {
+        var capture = CAPTURE.get();
+        int r;
+        try {
+            r = (int) Connect.H.invokeExact(capture, fd, address, (int) address.byteSize());
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+        if (r < 0) throw fail("connect", capture);
+    }
+
+    private static final class Listen {
+        static final MethodHandle H = link("listen", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT), ERRNO);
+    }
+
+    public static void listen(int fd, int backlog) {
+        var capture = CAPTURE.get();
+        int r;
+        try {
+            r = (int) Listen.H.invokeExact(capture, fd, backlog);
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+        if (r < 0) throw fail("listen", capture);
+    }
+
+    private static final class Shutdown {
+        static final MethodHandle H = link("shutdown", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT), ERRNO);
+    }
+
+    /** shutdown(fd, SHUT_RDWR): wakes a thread blocked on the socket; errors are ignored (the socket may be gone). */
+    public static void shutdown(int fd) {
+        try {
+            int ignored = (int) Shutdown.H.invokeExact(CAPTURE.get(), fd, 2);
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+    }
+
+    private static final class Accept4 {
+        static final MethodHandle H = link("accept4", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, JAVA_INT), ERRNO);
+    }
+
+    /** Accepts one connection (blocking). */
+    public static int accept(int fd, int flags) {
+        var capture = CAPTURE.get();
+        int r;
+        try {
+            r = (int) Accept4.H.invokeExact(capture, fd, MemorySegment.NULL, MemorySegment.NULL, flags);
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+        if (r < 0) throw fail("accept", capture);
+        return r;
+    }
+
     private static final class Sendmsg {
         static final MethodHandle H = link("sendmsg", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT), ERRNO);
     }

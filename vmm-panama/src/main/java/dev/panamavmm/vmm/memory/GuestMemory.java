@@ -121,7 +121,12 @@ public final class GuestMemory implements AutoCloseable {
      * shared memory file (mapped shared: the guest goes on in it) or of the snapshot file itself
      * (mapped private: pages load lazily on first touch, and the snapshot never changes).
      */
-    public record BlockSource(String id, long guestAddress, long size, Backing backing, long fileOffset) {}
+    public record BlockSource(String id, long guestAddress, long size, Backing backing, long fileOffset, int fd) {
+        /** A block mapped from a file, opened here. */
+        public BlockSource(String id, long guestAddress, long size, Backing backing, long fileOffset) {
+            this(id, guestAddress, size, backing, fileOffset, -1);
+        }
+    }
 
     /** Maps each block from its own file range; nothing here reads or copies guest RAM. */
     public static GuestMemory map(List<BlockSource> sources, Arena arena) {
@@ -130,6 +135,13 @@ public final class GuestMemory implements AutoCloseable {
         int opened = 0;
         try {
             for (var s : sources) {
+                if (s.fd() >= 0) { // a descriptor handed over (a memfd from a migrating VMM): now owned here
+                    boolean seen = false;
+                    for (int i = 0; i < opened; i++) seen |= fds[i] == s.fd();
+                    if (!seen) fds[opened++] = s.fd();
+                    blocks.add(map(s.id(), s.guestAddress(), s.size(), s.fileOffset(), s.backing(), s.fd(), arena));
+                    continue;
+                }
                 if (s.backing() instanceof Backing.Memfd) throw new IllegalArgumentException("a memfd block has no file to map");
                 boolean shared = s.backing() instanceof Backing.SharedFile;
                 int fd;

@@ -1,0 +1,117 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.sys.UnixSocket;
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.vmm.memory.Backing;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** Live update: the guest moves between VMMs (here: between VM objects over real sockets) with only state copied. */
+class LocalMigrationTest {
+
+    static CompletableFuture<Vm> incoming(Kvm kvm, Path socket, SnapshotTest.Console console, Long expectMemory) {
+        var future = new CompletableFuture<Vm>();
+        Thread.ofPlatform().start(() -> {
+            try {
+                future.complete(LocalMigration.receive(kvm, socket, 10, console, new VmListener() {},
+                        c -> expectMemory != null && expectMemory != c.memoryBytes() ? "expected another RAM size" : null));
+            } catch (Throwable t) {
+                future.completeExceptionally(t);
+            }
+        });
+        return future;
+    }
+
+    static void awaitSocket(Path socket) throws InterruptedException {
+        while (!Files.exists(socket)) Thread.sleep(2);
+    }
+
+    @KvmTest
+    void aGuestLiveUpdatesThreeTimesWithoutAGap(@TempDir Path dir) throws Exception {
+        runThreeUpdates(dir, new Backing.Memfd());
+    }
+
+    @KvmTest
+    void sharedFileRamLiveUpdatesToo(@TempDir Path dir) throws Exception {
+        var ram = SnapshotTest.shmFile("migrate");
+        try {
+            runThreeUpdates(dir, new Backing.SharedFile(ram));
+        } finally {
+            Files.deleteIfExists(ram);
+        }
+    }
+
+    private static void runThreeUpdates(Path dir, Backing backing) throws Exception {
+        var console = new SnapshotTest.Console();
+        try (var kvm = Kvm.open()) {
+            Vm current = Vm.create(kvm, SnapshotTest.guest(2, backing, ""), console, new VmListener() {});
+            try {
+                current.start();
+                console.await("hb 1 2", 30);
+                for (int i = 0; i < 3; i++) {
+                    var socket = dir.resolve("m" + i + ".sock");
+                    var next = incoming(kvm, socket, console, null);
+                    awaitSocket(socket);
+                    var result = LocalMigration.send(current, socket, 10);
+                    assertTrue(result.downtimeMillis() >= 0);
+                    assertTrue(current.termination().isDone(), "the source ends once the destination runs");
+                    current.close();
+                    current = next.get(10, TimeUnit.SECONDS);
+                    var seen = SnapshotTest.checkHeartbeats(console.text());
+                    console.await("hb 0 " + (seen.get(0) + 2), 30);
+                    console.await("hb 1 " + (seen.get(1) + 2), 30);
+                }
+            } finally {
+                current.close();
+            }
+        }
+        var last = SnapshotTest.checkHeartbeats(console.text());
+        assertTrue(last.get(0) >= 8, console.text());
+    }
+
+    @KvmTest
+    void aDestinationThatDiesOrRefusesLeavesTheGuestRunningHere(@TempDir Path dir) throws Exception {
+        var console = new SnapshotTest.Console();
+        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
+            vm.start();
+            console.await("hb 0 2", 30);
+
+            // A destination that takes the VM and dies before confirming.
+            var dying = dir.resolve("dying.sock");
+            var server = UnixSocket.listen(dying);
+            Thread.ofPlatform().start(() -> {
+                try (server; var peer = server.accept()) {
+                    var m = peer.receive();
+                    for (int fd : m.fds()) dev.panamavmm.kvm.sys.LibC.close(fd);
+                }
+            });
+            var e = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, dying, 10));
+            assertEquals("migration to " + dying + " failed, the guest runs on here: the destination closed the connection", e.getMessage());
+            assertFalse(vm.termination().isDone());
+            int at = SnapshotTest.checkHeartbeats(console.text()).get(0);
+            console.await("hb 0 " + (at + 2), 30);
+
+            // A destination that refuses the VM (it expects another RAM size).
+            var refusing = dir.resolve("refusing.sock");
+            var refused = incoming(kvm, refusing, new SnapshotTest.Console(), 1L << 30);
+            awaitSocket(refusing);
+            var r = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, refusing, 10));
+            assertEquals("migration to " + refusing + " failed, the guest runs on here: the destination refused: expected another RAM size", r.getMessage());
+            assertTrue(refused.isCompletedExceptionally());
+            at = SnapshotTest.checkHeartbeats(console.text()).get(0);
+            console.await("hb 0 " + (at + 2), 30);
+        }
+        SnapshotTest.checkHeartbeats(console.text());
+    }
+}
