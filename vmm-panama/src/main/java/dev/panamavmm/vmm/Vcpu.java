@@ -46,6 +46,12 @@ final class Vcpu implements Runnable {
         return fd.id();
     }
 
+    private volatile Thread thread;
+
+    boolean isCurrentThread() {
+        return Thread.currentThread() == thread;
+    }
+
     /** Gets this vCPU out of KVM_RUN (no-op before its thread has started). */
     void kick() {
         long t = pthread;
@@ -55,6 +61,7 @@ final class Vcpu implements Runnable {
 
     @Override
     public void run() {
+        thread = Thread.currentThread();
         pthread = LibC.pthreadSelf();
         try {
             loop();

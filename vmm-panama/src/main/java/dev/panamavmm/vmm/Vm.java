@@ -58,6 +58,7 @@ public final class Vm implements AutoCloseable {
     private final List<VcpuFd> vcpuFds = new ArrayList<>();
     private final List<Thread> threads = new ArrayList<>();
     private final CompletableFuture<VmExitReason> termination = new CompletableFuture<>();
+    private final java.util.concurrent.atomic.AtomicBoolean ending = new java.util.concurrent.atomic.AtomicBoolean();
     private final VmListener listener;
     private boolean closed;
     /** System.nanoTime() when a vCPU first entered the guest (0 until then): for start-latency measurements. */
@@ -168,6 +169,8 @@ public final class Vm implements AutoCloseable {
 
     /** Starts one platform thread per vCPU. */
     public void start() {
+        // Link the kick signal's downcalls now, off the vCPU threads: a later pause or stop is then quick.
+        Thread.ofPlatform().daemon().name("kick-setup").start(dev.panamavmm.vmm.vcpu.VcpuKick::signal);
         for (var vcpu : vcpus) {
             control.started();
             var t = Thread.ofPlatform().name("vcpu-" + vcpu.index()).unstarted(vcpu);
@@ -185,10 +188,10 @@ public final class Vm implements AutoCloseable {
     public void pause() throws InterruptedException {
         control.set(VcpuControl.Request.PAUSE);
         vcpus.forEach(Vcpu::kick);
-        if (!control.awaitParked(10, TimeUnit.SECONDS) && !termination.isDone()) {
+        if (!control.awaitParked(10, TimeUnit.SECONDS) && !ending.get()) {
             throw new IllegalStateException("vCPUs did not pause within 10 s");
         }
-        if (!termination.isDone()) listener.paused();
+        if (!ending.get()) listener.paused();
     }
 
     public void resume() {
@@ -202,11 +205,14 @@ public final class Vm implements AutoCloseable {
 
     /** Ends the VM with {@code reason} (the first reason wins) and gets every vCPU out of the guest. */
     public void end(VmExitReason reason) {
-        if (termination.complete(reason)) {
+        if (ending.compareAndSet(false, true)) {
             log.debug("VM ending: {}", reason.describe());
             control.set(VcpuControl.Request.STOP);
-            vcpus.forEach(Vcpu::kick);
+            for (var vcpu : vcpus) {
+                if (!vcpu.isCurrentThread()) vcpu.kick(); // a vCPU ending the VM itself sees STOP on its own
+            }
             listener.ended(reason);
+            termination.complete(reason); // last: whoever waits on it sees every effect of the end
         }
     }
 
