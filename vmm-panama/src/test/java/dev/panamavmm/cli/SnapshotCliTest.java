@@ -10,28 +10,17 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.HashMap;
 import java.util.Map;
 import java.util.zip.CRC32C;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** vmm snapshot / vmm restore as users run them: two processes, the test guest as the oracle. */
 class SnapshotCliTest {
 
     static Map<Integer, Integer> heartbeats(String console) {
-        var last = new HashMap<Integer, Integer>();
-        for (var line : console.split("\n")) {
-            assertFalse(line.startsWith("CORRUPT"), "guest reported corruption: " + line);
-            var m = dev.panamavmm.guest.TestGuest.HEARTBEAT.matcher(line);
-            if (!m.matches()) continue;
-            int cpu = Integer.parseInt(m.group(1)), seq = Integer.parseInt(m.group(2));
-            assertEquals(last.getOrDefault(cpu, 0) + 1, seq, "CPU " + cpu + " at " + line + " in:\n" + console);
-            last.put(cpu, seq);
-        }
-        return last;
+        return dev.panamavmm.testing.Heartbeats.check(console);
     }
 
     static void awaitText(Path file, String regex, long seconds) throws Exception {

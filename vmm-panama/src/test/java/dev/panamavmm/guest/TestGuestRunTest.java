@@ -11,10 +11,8 @@ import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.regex.Matcher;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -29,19 +27,8 @@ class TestGuestRunTest {
         return "console=ttyS0 " + String.join(" ", options);
     }
 
-    /** Checks every heartbeat line so far: per CPU the sequence is 1, 2, 3, ... with no gap or repeat. */
     static Map<Integer, Integer> checkHeartbeats(List<String> lines) {
-        var last = new HashMap<Integer, Integer>();
-        for (var line : lines) {
-            assertTrue(!TestGuest.CORRUPT.matcher(line).matches(), "guest reported corruption: " + line);
-            Matcher m = TestGuest.HEARTBEAT.matcher(line);
-            if (!m.matches()) continue;
-            int cpu = Integer.parseInt(m.group(1));
-            int seq = Integer.parseInt(m.group(2));
-            assertEquals(last.getOrDefault(cpu, 0) + 1, seq, "heartbeat sequence of CPU " + cpu + " at: " + line);
-            last.put(cpu, seq);
-        }
-        return last;
+        return dev.panamavmm.testing.Heartbeats.check(lines);
     }
 
     @KvmTest

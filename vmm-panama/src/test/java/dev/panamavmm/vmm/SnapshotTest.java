@@ -13,7 +13,6 @@ import java.io.ByteArrayOutputStream;
 import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.HashMap;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Pattern;
@@ -58,18 +57,8 @@ class SnapshotTest {
         }
     }
 
-    /** Per CPU the heartbeats are 1, 2, 3, ... with no gap or repeat, and nothing is CORRUPT. */
     static Map<Integer, Integer> checkHeartbeats(String console) {
-        var last = new HashMap<Integer, Integer>();
-        for (var line : console.split("\n")) {
-            assertFalse(TestGuest.CORRUPT.matcher(line).matches(), "guest reported corruption: " + line);
-            var m = TestGuest.HEARTBEAT.matcher(line);
-            if (!m.matches()) continue;
-            int cpu = Integer.parseInt(m.group(1)), seq = Integer.parseInt(m.group(2));
-            assertEquals(last.getOrDefault(cpu, 0) + 1, seq, "CPU " + cpu + " at line: " + line + "\nconsole:\n" + console);
-            last.put(cpu, seq);
-        }
-        return last;
+        return dev.panamavmm.testing.Heartbeats.check(console);
     }
 
     static MachineConfig guest(int cpus, Backing backing, String options) {

@@ -1,0 +1,37 @@
+package dev.panamavmm.testing;
+
+import dev.panamavmm.guest.TestGuest;
+
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+
+/** The test guest's oracle: per CPU the heartbeats count 1, 2, 3, ... with no gap or repeat, and nothing is CORRUPT. */
+public final class Heartbeats {
+    private Heartbeats() {}
+
+    /** Checks a console transcript (several VMs' consoles concatenated, for a guest that moved); returns each CPU's last heartbeat. */
+    public static Map<Integer, Integer> check(String console) {
+        return check(console.lines().toList(), console);
+    }
+
+    public static Map<Integer, Integer> check(List<String> lines) {
+        return check(lines, String.join("\n", lines));
+    }
+
+    private static Map<Integer, Integer> check(List<String> lines, String context) {
+        var last = new HashMap<Integer, Integer>();
+        for (var line : lines) {
+            assertFalse(TestGuest.CORRUPT.matcher(line).matches(), "guest reported corruption: " + line);
+            var m = TestGuest.HEARTBEAT.matcher(line);
+            if (!m.matches()) continue;
+            int cpu = Integer.parseInt(m.group(1)), seq = Integer.parseInt(m.group(2));
+            assertEquals(last.getOrDefault(cpu, 0) + 1, seq, "heartbeat of CPU " + cpu + " at: " + line + "\nconsole:\n" + context);
+            last.put(cpu, seq);
+        }
+        return last;
+    }
+}
