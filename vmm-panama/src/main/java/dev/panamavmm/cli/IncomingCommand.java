@@ -18,12 +18,8 @@ final class IncomingCommand implements Callable<Integer> {
     @Parameters(index = "0", paramLabel = "unix:PATH", description = "where to wait")
     String uri;
 
-    @Option(names = "--console", paramLabel = "WHERE", defaultValue = "stdout",
-            description = "stdout, file:PATH or unix:PATH (default: ${DEFAULT-VALUE})")
-    String console;
-
-    @Option(names = "--api-socket", paramLabel = "PATH", description = "serve the control API on this Unix socket")
-    Path apiSocket;
+    @picocli.CommandLine.Mixin
+    VmIoOptions io;
 
     @Option(names = "--memory", paramLabel = "SIZE", converter = Sizes.class, description = "refuse a VM of another RAM size")
     Long memory;
@@ -40,9 +36,9 @@ final class IncomingCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         Path socket = socketPath(uri);
-        ConsoleIo.checkSpec(console);
+        ConsoleIo.checkSpec(io.console);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
-            return VmSession.serveStarted(console, apiSocket, spec.commandLine().getErr(),
+            return VmSession.serveStarted(io.console, io.apiSocket, spec.commandLine().getErr(),
                     (out, listener) -> LocalMigration.receive(kvm, socket, timeout, out, listener, config -> {
                         if (memory != null && memory != config.memoryBytes()) {
                             return "this VMM expects " + Sizes.format(memory) + " of RAM, the VM has " + Sizes.format(config.memoryBytes());

@@ -21,22 +21,18 @@ final class RestoreCommand implements Callable<Integer> {
     @Option(names = "--paused", description = "restore but do not run the guest until the API's cont")
     boolean paused;
 
-    @Option(names = "--console", paramLabel = "WHERE", defaultValue = "stdout",
-            description = "stdout, file:PATH or unix:PATH (default: ${DEFAULT-VALUE})")
-    String console;
-
-    @Option(names = "--api-socket", paramLabel = "PATH", description = "serve the control API on this Unix socket")
-    Path apiSocket;
+    @picocli.CommandLine.Mixin
+    VmIoOptions io;
 
     @Spec
     CommandSpec spec;
 
     @Override
     public Integer call() throws Exception {
-        ConsoleIo.checkSpec(console);
-        if (paused && apiSocket == null) throw new UsageException("--paused needs --api-socket (to send cont)");
+        ConsoleIo.checkSpec(io.console);
+        if (paused && io.apiSocket == null) throw new UsageException("--paused needs --api-socket (to send cont)");
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
-            return VmSession.serve(console, apiSocket, paused, spec.commandLine().getErr(),
+            return VmSession.serve(io.console, io.apiSocket, paused, spec.commandLine().getErr(),
                     (out, listener) -> VmSnapshots.restore(kvm, dir, out, listener));
         }
     }

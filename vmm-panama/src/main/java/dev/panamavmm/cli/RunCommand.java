@@ -28,12 +28,8 @@ final class RunCommand implements Callable<Integer> {
     @Option(names = "--shared", description = "map --mem-path shared: the file holds the guest's memory and outlives the VMM")
     boolean shared;
 
-    @Option(names = "--console", paramLabel = "WHERE", defaultValue = "stdout",
-            description = "stdout, file:PATH or unix:PATH (default: ${DEFAULT-VALUE})")
-    String console;
-
-    @Option(names = "--api-socket", paramLabel = "PATH", description = "serve the control API on this Unix socket")
-    Path apiSocket;
+    @picocli.CommandLine.Mixin
+    VmIoOptions io;
 
     @Spec
     CommandSpec spec;
@@ -41,7 +37,7 @@ final class RunCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         if (shared && memPath == null) throw new UsageException("--shared needs --mem-path FILE");
-        ConsoleIo.checkSpec(console);
+        ConsoleIo.checkSpec(io.console);
         Backing backing = new Backing.Memfd();
         if (memPath != null) {
             if (Files.isDirectory(memPath)) throw new UsageException("--mem-path " + memPath + " is a directory; give a file");
@@ -55,7 +51,7 @@ final class RunCommand implements Callable<Integer> {
             if (guest.cpus > kvm.maxVcpus()) {
                 throw new UsageException("--cpus " + guest.cpus + " is more than this host's maximum of " + kvm.maxVcpus());
             }
-            return VmSession.serve(console, apiSocket, false, spec.commandLine().getErr(),
+            return VmSession.serve(io.console, io.apiSocket, false, spec.commandLine().getErr(),
                     (out, listener) -> Vm.create(kvm, config, out, listener));
         }
     }
