@@ -221,28 +221,67 @@ public final class VmSnapshots {
             config = new MachineConfig(config.memoryBytes(), config.cpus(), new Backing.PrivateFile(loaded.dir()),
                     config.kernelName(), config.kernel(), null, config.cmdline());
         }
-        var arena = Arena.ofShared();
-        GuestMemory memory = null;
+        return finish(kvm, Shell.prepare(kvm, sources, loaded.cpus()), loaded, config, console, listener);
+    }
+
+    /**
+     * Everything of a VM that does not depend on its saved state: guest memory mapped, the VM fd
+     * with irqchip, PIT and memslots, the vCPUs with their CPUID. A local migration prepares it
+     * while the source guest still runs, so only state is applied during the downtime.
+     */
+    public record Shell(java.lang.foreign.Arena arena, GuestMemory memory, dev.panamavmm.kvm.VmFd vmFd,
+                        List<dev.panamavmm.kvm.VcpuFd> vcpuFds) implements AutoCloseable {
+
+        public static Shell prepare(Kvm kvm, List<GuestMemory.BlockSource> sources, int cpus) {
+            var arena = Arena.ofShared();
+            GuestMemory memory = null;
+            dev.panamavmm.kvm.VmFd vmFd = null;
+            var vcpus = new ArrayList<dev.panamavmm.kvm.VcpuFd>();
+            try {
+                memory = GuestMemory.map(sources, arena);
+                vmFd = Vm.createVmFd(kvm, memory, arena);
+                var supported = kvm.supportedCpuid(arena);
+                for (int i = 0; i < cpus; i++) {
+                    var vcpuFd = vmFd.createVcpu(i);
+                    vcpus.add(vcpuFd);
+                    vcpuFd.setCpuid2(Cpuid.forVcpu(supported, i, cpus, arena));
+                }
+                return new Shell(arena, memory, vmFd, List.copyOf(vcpus));
+            } catch (RuntimeException e) {
+                vcpus.forEach(dev.panamavmm.kvm.VcpuFd::close);
+                if (vmFd != null) vmFd.close();
+                if (memory != null) memory.close();
+                arena.close();
+                throw e;
+            }
+        }
+
+        /** Releases a shell that never became a VM. */
+        @Override
+        public void close() {
+            vcpuFds.forEach(dev.panamavmm.kvm.VcpuFd::close);
+            vmFd.close();
+            memory.close();
+            arena.close();
+        }
+    }
+
+    /** Turns a prepared shell into the VM of {@code loaded}: devices from their records, then VM and vCPU state. */
+    static Vm finish(Kvm kvm, Shell shell, Loaded loaded, MachineConfig config, OutputStream console, VmListener listener) {
+        if (shell.vcpuFds().size() != loaded.cpus()) {
+            shell.close();
+            throw new SnapshotException("the prepared VM has " + shell.vcpuFds().size() + " vCPUs, the state " + loaded.cpus());
+        }
         Vm vm = null;
         try {
-            memory = GuestMemory.map(sources, arena);
-            var vmFd = Vm.createVmFd(kvm, memory, arena);
-            vm = new Vm(arena, kvm, vmFd, memory, config, console, listener, loaded.devices());
-            KvmState.restore(vmFd, loaded.vm());
-            var supported = kvm.supportedCpuid(arena);
-            for (int i = 0; i < loaded.cpus(); i++) {
-                var vcpuFd = vmFd.createVcpu(i);
-                vm.addVcpu(vcpuFd);
-                vcpuFd.setCpuid2(Cpuid.forVcpu(supported, i, loaded.cpus(), arena));
-                KvmState.restore(vcpuFd, loaded.vcpus().get(i), loaded.xsaveSize());
-            }
+            vm = new Vm(shell.arena(), kvm, shell.vmFd(), shell.memory(), config, console, listener, loaded.devices());
+            for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
+            KvmState.restore(shell.vmFd(), loaded.vm());
+            for (int i = 0; i < loaded.cpus(); i++) KvmState.restore(shell.vcpuFds().get(i), loaded.vcpus().get(i), loaded.xsaveSize());
             return vm;
         } catch (RuntimeException e) {
             if (vm != null) vm.close();
-            else {
-                if (memory != null) memory.close();
-                arena.close();
-            }
+            else shell.close();
             throw e;
         }
     }
