@@ -51,11 +51,18 @@ public final class LocalMigration {
         try (var peer = UnixSocket.connect(socket)) {
             var watchdog = Watchdog.start(peer, timeoutSeconds);
             try {
-                pausedAt = System.nanoTime();
-                var saved = VmSnapshots.save(vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
                 int[] fds = vm.memory().blocks().stream().filter(b -> b.backing() instanceof Backing.Memfd)
                         .mapToInt(b -> b.fd()).distinct().limit(1).toArray();
-                peer.send(json(Json.object("snapshot", dir.toString())), fds);
+                // Phase 1, the guest still running: the destination maps the same memory and builds the VM.
+                var prepare = prepareMessage(vm);
+                if (prepare != null) {
+                    peer.send(json(Json.object("prepare", prepare)), fds);
+                    expect(peer, "prepared");
+                }
+                // Phase 2, the downtime: only vCPU, VM and device state moves.
+                pausedAt = System.nanoTime();
+                var saved = VmSnapshots.save(vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
+                peer.send(json(Json.object("snapshot", dir.toString())), prepare != null ? new int[0] : fds);
                 expect(peer, "ready");
                 peer.send(json(Json.object("go", true)));
                 expect(peer, "running");
@@ -71,6 +78,27 @@ public final class LocalMigration {
         } finally {
             deleteTree(dir);
         }
+    }
+
+    /**
+     * What the destination needs to build the VM before the guest stops: vCPU count, RAM size and
+     * where each block lives (the memfd passed with the message, or a shared file). Null when a
+     * block's pages must travel in the snapshot (private RAM): then the VM is built after the pause.
+     */
+    private static Map<String, Object> prepareMessage(Vm vm) {
+        var blocks = new java.util.ArrayList<Object>();
+        for (var b : vm.memory().blocks()) {
+            var row = Json.object("id", b.id(), "guestAddress", b.guestAddress(), "size", b.size(), "fileOffset", b.fileOffset());
+            switch (b.backing()) {
+                case Backing.Memfd m -> row.put("descriptor", 0L);
+                case Backing.SharedFile f -> row.put("file", f.path().toAbsolutePath().toString());
+                case Backing.PrivateFile f -> {
+                    return null;
+                }
+            }
+            blocks.add(row);
+        }
+        return Json.object("cpus", (long) vm.vcpuCount(), "memory", vm.memory().size(), "ram", blocks);
     }
 
     private static String reason(Exception e) {
@@ -106,35 +134,95 @@ public final class LocalMigration {
             }
             var message = peer.receive();
             if (message == null) throw new SnapshotException("the source closed the connection before sending a VM");
-            Vm vm = null;
-            boolean handedOver = false;
+            var watchdog = Watchdog.start(peer, timeoutSeconds); // every later step is bounded
             try {
-                var m = Json.asObject(Json.parse(new String(message.data(), StandardCharsets.UTF_8)), "message");
-                var dir = Path.of(String.valueOf(m.get("snapshot")));
-                var loaded = VmSnapshots.load(kvm, dir, message.fds());
-                String refusal = accept.apply(loaded.config());
-                if (refusal != null) throw new SnapshotException(refusal);
-                handedOver = true; // from here the memory mapping owns (and on failure closes) the descriptors
-                vm = VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CONTINUE, console, listener);
-            } catch (RuntimeException e) {
-                if (!handedOver) for (int fd : message.fds()) LibC.close(fd);
-                peer.send(json(Json.object("error", reason(e))));
-                throw e;
-            }
-            var watchdog = Watchdog.start(peer, timeoutSeconds);
-            try {
-                peer.send(json(Json.object("ready", true)));
-                expect(peer, "go");
-                vm.start();
-                peer.send(json(Json.object("running", true)));
-                return vm;
-            } catch (RuntimeException e) {
-                vm.close();
-                throw e;
+                return receiveOn(kvm, peer, message, console, listener, accept);
             } finally {
                 watchdog.cancel();
             }
         }
+    }
+
+    private static Vm receiveOn(Kvm kvm, UnixSocket peer, UnixSocket.Message message, OutputStream console, VmListener listener,
+                                Function<MachineConfig, String> accept) {
+        int[] fds = message.fds();
+        VmSnapshots.Shell shell = null;
+        Vm vm = null;
+        boolean handedOver = false;
+        try {
+            var m = Json.asObject(Json.parse(new String(message.data(), StandardCharsets.UTF_8)), "message");
+            if (m.get("prepare") != null) {
+                var prepare = Json.asObject(m.get("prepare"), "prepare");
+                long memory = (Long) prepare.get("memory");
+                int cpus = (int) (long) (Long) prepare.get("cpus");
+                String refusal = accept.apply(new MachineConfig(memory, cpus, new Backing.Memfd(), "incoming", new byte[0], null, ""));
+                if (refusal != null) throw new SnapshotException(refusal);
+                handedOver = true; // the shell's memory owns (and on failure closes) the descriptors
+                shell = VmSnapshots.Shell.prepare(kvm, sources(prepare, fds), cpus);
+                peer.send(json(Json.object("prepared", true)));
+                message = peer.receive();
+                if (message == null) throw new SnapshotException("the source closed the connection before sending the VM's state");
+                m = Json.asObject(Json.parse(new String(message.data(), StandardCharsets.UTF_8)), "message");
+            }
+            var dir = Path.of(String.valueOf(m.get("snapshot")));
+            var loaded = VmSnapshots.load(kvm, dir, fds);
+            String refusal = accept.apply(loaded.config());
+            if (refusal != null) throw new SnapshotException(refusal);
+            handedOver = true;
+            if (shell != null) {
+                checkSameRam(shell, loaded);
+                var s = shell;
+                shell = null; // owned by the VM (or closed by finish) from here
+                vm = VmSnapshots.finish(kvm, s, loaded, loaded.config(), console, listener);
+            } else {
+                vm = VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CONTINUE, console, listener);
+            }
+        } catch (RuntimeException e) {
+            if (shell != null) shell.close();
+            else if (!handedOver) for (int fd : fds) LibC.close(fd);
+            peer.send(json(Json.object("error", reason(e))));
+            throw e;
+        }
+        try {
+            peer.send(json(Json.object("ready", true)));
+            expect(peer, "go");
+            vm.start();
+            peer.send(json(Json.object("running", true)));
+            return vm;
+        } catch (RuntimeException e) {
+            vm.close();
+            throw e;
+        }
+    }
+
+    /** The state's RAM table must describe the memory prepared in phase 1. */
+    private static void checkSameRam(VmSnapshots.Shell shell, VmSnapshots.Loaded loaded) {
+        var blocks = shell.memory().blocks();
+        var rows = loaded.snapshot().ram();
+        boolean same = blocks.size() == rows.size();
+        for (int i = 0; same && i < rows.size(); i++) {
+            same = blocks.get(i).id().equals(rows.get(i).id()) && blocks.get(i).guestAddress() == rows.get(i).guestAddress()
+                    && blocks.get(i).size() == rows.get(i).size();
+        }
+        if (!same) throw new SnapshotException("the VM's state describes other RAM than the source announced");
+    }
+
+    /** The block sources a prepare message describes; descriptor blocks map the passed memfd. */
+    private static java.util.List<dev.panamavmm.vmm.memory.GuestMemory.BlockSource> sources(Map<String, Object> prepare, int[] fds) {
+        var sources = new java.util.ArrayList<dev.panamavmm.vmm.memory.GuestMemory.BlockSource>();
+        for (var row : Json.asList(prepare.get("ram"), "ram")) {
+            var b = Json.asObject(row, "block");
+            String id = String.valueOf(b.get("id"));
+            long gpa = (Long) b.get("guestAddress"), size = (Long) b.get("size"), offset = (Long) b.get("fileOffset");
+            if (b.get("descriptor") instanceof Long d) {
+                if (d < 0 || d >= fds.length) throw new SnapshotException("the source named descriptor " + d + " but passed " + fds.length);
+                sources.add(new dev.panamavmm.vmm.memory.GuestMemory.BlockSource(id, gpa, size, new Backing.Memfd(), offset, fds[(int) (long) d]));
+            } else {
+                sources.add(new dev.panamavmm.vmm.memory.GuestMemory.BlockSource(id, gpa, size,
+                        new Backing.SharedFile(Path.of(String.valueOf(b.get("file")))), offset));
+            }
+        }
+        return sources;
     }
 
     /** Closes a socket when a step takes longer than the timeout, so a blocked receive fails instead of hanging. */
