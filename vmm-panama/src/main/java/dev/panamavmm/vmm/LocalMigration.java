@@ -54,6 +54,8 @@ public final class LocalMigration {
                 int[] fds = vm.memory().blocks().stream().filter(b -> b.backing() instanceof Backing.Memfd)
                         .mapToInt(b -> b.fd()).distinct().limit(1).toArray();
                 // Phase 1, the guest still running: the destination maps the same memory and builds the VM.
+                VmSnapshots.msrsToSave(vm);
+                VmSnapshots.warmUp();
                 var prepare = prepareMessage(vm);
                 if (prepare != null) {
                     peer.send(json(Json.object("prepare", prepare)), fds);
@@ -159,6 +161,7 @@ public final class LocalMigration {
                 if (refusal != null) throw new SnapshotException(refusal);
                 handedOver = true; // the shell's memory owns (and on failure closes) the descriptors
                 shell = VmSnapshots.Shell.prepare(kvm, sources(prepare, fds), cpus);
+                VmSnapshots.warmUp();
                 peer.send(json(Json.object("prepared", true)));
                 message = peer.receive();
                 if (message == null) throw new SnapshotException("the source closed the connection before sending the VM's state");

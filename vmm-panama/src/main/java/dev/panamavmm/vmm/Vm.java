@@ -63,6 +63,8 @@ public final class Vm implements AutoCloseable {
     private boolean closed;
     /** System.nanoTime() when a vCPU first entered the guest (0 until then): for start-latency measurements. */
     volatile long firstEntryNanos;
+    /** The MSRs a save captures, once probed (see VmSnapshots.msrsToSave). */
+    volatile int[] savedMsrs;
 
     /** Device states when restoring; null fields mean "fresh device". */
     record DeviceStates(Serial8250.State serial, I8042.State i8042, VmmPort.State vmmPort) {

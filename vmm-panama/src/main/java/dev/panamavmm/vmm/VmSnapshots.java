@@ -80,7 +80,7 @@ public final class VmSnapshots {
         try (var writer = SnapshotWriter.create(dir)) {
             var kvm = vm.kvm();
             int xsaveSize = Math.max(vm.vmFd().checkExtension(KvmConstants.KVM_CAP_XSAVE2), 4096);
-            int[] msrs = KvmState.readableMsrs(vm.vcpuFds().getFirst(), kvm.msrIndexList());
+            int[] msrs = msrsToSave(vm);
             for (var vcpu : vm.vcpuFds()) {
                 writer.section("vcpu/" + vcpu.id(), RecordCodec.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
             }
@@ -130,6 +130,31 @@ public final class VmSnapshots {
             case STAY_PAUSED -> { }
         }
         return saved;
+    }
+
+    /** The MSRs a save captures: probed once per VM (one ioctl each), then reused, so a save's pause does not pay it. */
+    public static int[] msrsToSave(Vm vm) {
+        int[] msrs = vm.savedMsrs;
+        if (msrs == null) {
+            msrs = KvmState.readableMsrs(vm.vcpuFds().getFirst(), vm.kvm().msrIndexList());
+            vm.savedMsrs = msrs;
+        }
+        return msrs;
+    }
+
+    /**
+     * Runs the state encoding and decoding once on dummy values, so the first real save or
+     * restore in a fresh JVM does not pay class loading and interpretation inside a downtime.
+     */
+    public static void warmUp() {
+        var vcpu = new VcpuState(0, new byte[8], new byte[8], new byte[8], new byte[8], new byte[8], new int[1], new long[1],
+                new byte[8], 0, new byte[8]);
+        RecordCodec.decode(VcpuState.class, RecordCodec.encode(vcpu), "warm-up");
+        var vmState = new VmState(new byte[8], new byte[8], new byte[8], new byte[8], new byte[8]);
+        RecordCodec.decode(VmState.class, RecordCodec.encode(vmState), "warm-up");
+        RecordCodec.decode(Serial8250.State.class, RecordCodec.encode(Serial8250.State.RESET), "warm-up");
+        RecordCodec.decode(I8042.State.class, RecordCodec.encode(I8042.State.RESET), "warm-up");
+        RecordCodec.decode(VmmPort.State.class, RecordCodec.encode(VmmPort.State.INITIAL), "warm-up");
     }
 
     static String kind(Backing backing) {
