@@ -295,8 +295,14 @@ uint64_t ksyscall(uint64_t req, uint64_t a, uint64_t b)
         outb(0x64, 0xFE);
         return 0;
     case SYS_GENID: {
-        uint64_t lo = inl(0x508);
-        return lo | (uint64_t)inl(0x50C) << 32;
+        /* The VM may be cloned between two reads (a template saved in the middle of this
+         * request): low, high, low again, and again if the low halves differ. */
+        uint32_t lo, hi;
+        do {
+            lo = inl(0x508);
+            hi = inl(0x50C);
+        } while (inl(0x508) != lo);
+        return lo | (uint64_t)hi << 32;
     }
     case SYS_FAULT_MMIO:
         return *(volatile uint32_t *)0xD0000000UL;

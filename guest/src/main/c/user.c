@@ -11,6 +11,7 @@
 #define MAX_CORRUPT     16              /* CORRUPT lines per CPU, then only keep checking */
 #define DEFAULT_MEM     (64ULL << 20)
 #define DEFAULT_HB_MS   1000
+#define DEFAULT_REWRITE 100             /* percent of each CPU's chunks rewritten every pass */
 
 struct range {
     uint64_t start;             /* guest-physical, CHUNK aligned */
@@ -25,6 +26,8 @@ static struct {
     uint64_t hb_period;         /* in hb_clock() units */
     uint64_t exit_after, reset_after;
     uint64_t exit_code;
+    uint64_t rewrite;           /* 0..100: of every 100 chunks of a CPU's share, the first
+                                   `rewrite` are rewritten each pass, the rest only verified */
     int fault_mmio, fault_port;
     uint64_t nchunks;
     volatile uint64_t *gen;     /* generation last written to each chunk (in guest RAM) */
@@ -140,6 +143,10 @@ static void parse_token(const char *t)
         plan.exit_after = parse_u(v, &end);
     } else if (prefix(t, "testguest.exit_code=", &v)) {
         plan.exit_code = parse_u(v, &end);
+    } else if (prefix(t, "testguest.rewrite=", &v)) {
+        uint64_t n = parse_u(v, &end);
+        if (end != v)                   /* at least one digit */
+            plan.rewrite = n > 100 ? 100 : n;
     } else if (prefix(t, "testguest.reset_after=", &v)) {
         plan.reset_after = parse_u(v, &end);
     } else if (prefix(t, "testguest.fault=", &v)) {
@@ -306,25 +313,42 @@ struct cpu_state {
     volatile uint64_t *ticks;
 };
 
-/* Verify chunk c against the generation the table says it holds, rewrite it with the next. */
-static void check_chunk(struct cpu_state *st, uint64_t c)
+/* Verify chunk c against the generation the table says it holds; if `rewrite`, rewrite it
+ * with the next generation. A chunk only verified is rewritten anyway when it was found bad,
+ * so that each corruption is reported once, as for rewritten chunks. */
+static void check_chunk(struct cpu_state *st, uint64_t c, int rewrite)
 {
     uint64_t g = plan.gen[c];
     uint64_t a = chunk_addr(c);
     volatile uint64_t *p = (volatile uint64_t *)a;
     uint64_t bad = 0, bad_addr = 0, bad_exp = 0, bad_got = 0;
-    for (uint64_t i = 0; i < CHUNK_WORDS; i++, a += 8) {
-        uint64_t got = p[i], exp = pattern(a, g);
-        if (__builtin_expect(got != exp, 0)) {
-            if (!bad++) {
-                bad_addr = a;
-                bad_exp = exp;
-                bad_got = got;
+    if (rewrite) {
+        for (uint64_t i = 0; i < CHUNK_WORDS; i++, a += 8) {
+            uint64_t got = p[i], exp = pattern(a, g);
+            if (__builtin_expect(got != exp, 0)) {
+                if (!bad++) {
+                    bad_addr = a;
+                    bad_exp = exp;
+                    bad_got = got;
+                }
+            }
+            p[i] = pattern(a, g + 1);
+        }
+        plan.gen[c] = g + 1;
+    } else {
+        for (uint64_t i = 0; i < CHUNK_WORDS; i++, a += 8) {
+            uint64_t got = p[i], exp = pattern(a, g);
+            if (__builtin_expect(got != exp, 0)) {
+                if (!bad++) {
+                    bad_addr = a;
+                    bad_exp = exp;
+                    bad_got = got;
+                }
             }
         }
-        p[i] = pattern(a, g + 1);
+        if (bad)
+            fill_chunk(c, g + 1);
     }
-    plan.gen[c] = g + 1;
     if (bad && st->corrupt_lines < MAX_CORRUPT) {
         st->corrupt_lines++;
         struct line l;
@@ -428,6 +452,7 @@ void user_main(uint32_t cpu)
     if (cpu == 0) {
         plan.mem_req = DEFAULT_MEM;
         plan.hb_ms = DEFAULT_HB_MS;
+        plan.rewrite = DEFAULT_REWRITE;
         parse_cmdline();
         plan.hb_period = tsc_per_ms ? plan.hb_ms * tsc_per_ms : (plan.hb_ms + TICK_MS - 1) / TICK_MS;
         make_plan();
@@ -458,8 +483,13 @@ void user_main(uint32_t cpu)
             sys(SYS_IDLE, 0, 0);
             continue;
         }
+        /* the same chunks every pass: those whose index in this CPU's share, mod 100, is
+         * below plan.rewrite */
+        uint64_t k = 0;
         for (uint64_t c = c0; c < c1; c++) {
-            check_chunk(&st, c);
+            check_chunk(&st, c, k < plan.rewrite);
+            if (++k == 100)
+                k = 0;
             poll(&st);
         }
     }
