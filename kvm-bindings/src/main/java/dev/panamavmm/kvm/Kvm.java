@@ -94,16 +94,32 @@ public final class Kvm implements AutoCloseable {
         return checkExtension(KvmConstants.KVM_CAP_NR_MEMSLOTS);
     }
 
+    /** The host's answer to KVM_GET_SUPPORTED_CPUID, asked once per Kvm (it does not change). */
+    private volatile byte[] supportedCpuid;
+
     /**
      * KVM_GET_SUPPORTED_CPUID: a {@code kvm_cpuid2} allocated in {@code arena}, its {@code nent}
-     * set to the number of entries the host filled in.
+     * set to the number of entries the host filled in. Asked once, then copied (clones need it each time).
      */
     public MemorySegment supportedCpuid(Arena arena) {
+        byte[] cached = supportedCpuid;
+        if (cached == null) {
+            try (var scratch = Arena.ofConfined()) {
+                cached = querySupportedCpuid(scratch).toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
+            }
+            supportedCpuid = cached;
+        }
+        var copy = arena.allocate(cached.length, KvmCpuid2.BYTE_ALIGNMENT);
+        MemorySegment.copy(MemorySegment.ofArray(cached), 0, copy, 0, cached.length);
+        return copy;
+    }
+
+    private MemorySegment querySupportedCpuid(Arena arena) {
         for (int n = 128; ; n *= 2) {
             var cpuid = arena.allocate(KvmCpuid2.ENTRIES + (long) n * KvmCpuidEntry2.BYTE_SIZE, KvmCpuid2.BYTE_ALIGNMENT);
             KvmCpuid2.nent(cpuid, n);
             int r = LibC.ioctlOrErrno(fd, Ioctls.KVM_GET_SUPPORTED_CPUID, cpuid);
-            if (r >= 0) return cpuid;
+            if (r >= 0) return cpuid.asSlice(0, KvmCpuid2.ENTRIES + (long) KvmCpuid2.nent(cpuid) * KvmCpuidEntry2.BYTE_SIZE);
             if (-r != LibcConstants.E2BIG || n >= MAX_LIST_ENTRIES) throw new KvmException("KVM_GET_SUPPORTED_CPUID", -r);
         }
     }

@@ -145,11 +145,12 @@ public final class Vm implements AutoCloseable {
     static VmFd createVmFd(Kvm kvm, GuestMemory memory, Arena arena) {
         var vmFd = kvm.createVm(arena);
         try {
+            // Memslots first: registering them after the irqchip costs milliseconds more here (measured, bench/run-clone-bench).
+            int slot = 0;
+            for (var block : memory.blocks()) vmFd.setUserMemoryRegion(slot++, 0, block.guestAddress(), block.segment());
             vmFd.setTssAddress(TSS_ADDRESS);
             vmFd.createIrqchip();
             vmFd.createPit2(KvmConstants.KVM_PIT_SPEAKER_DUMMY); // port 0x61 handled in the kernel
-            int slot = 0;
-            for (var block : memory.blocks()) vmFd.setUserMemoryRegion(slot++, 0, block.guestAddress(), block.segment());
             return vmFd;
         } catch (RuntimeException e) {
             vmFd.close();
