@@ -1,0 +1,334 @@
+"""Shared pieces of the clone benchmarks (bench/run-clone-bench, bench/run-density-bench):
+processes that are always ended, a JSON-lines client for the VMM's API and QEMU's QMP, console
+files followed with inotify, PSS from /proc, percentiles.
+
+Every process started through spawn() is recorded and ended (SIGTERM, then SIGKILL) by end_all(),
+which the drivers call on the way out whatever the reason; the calling shell scripts also run
+the drivers in their own process group and remove their scratch directory on exit.
+"""
+import ctypes
+import json
+import math
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import time
+
+now = time.perf_counter
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+PROCS = []
+_LOG = [None]
+
+
+def set_log(path):
+    _LOG[0] = open(path, "a")
+
+
+def log(msg):
+    if _LOG[0]:
+        _LOG[0].write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+        _LOG[0].flush()
+
+
+def _child_priority():
+    # The drivers try to run at a higher priority than what they measure (raise_priority); what
+    # they start runs at the normal one.
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except OSError:
+        pass
+
+
+def raise_priority():
+    """nice -10 for the driver (root only), so that with dozens of busy vCPU threads on two cores it
+    still notices console lines and reads /proc promptly. Returns the nice value in effect."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
+    except OSError:
+        pass
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def spawn(cmd, logpath, quiet=False):
+    """Starts cmd with stdout+stderr to logpath; returns (process, perf_counter right before the fork)."""
+    with open(logpath, "ab") as f:
+        f.write(("$ " + " ".join(cmd) + "\n").encode())
+        f.flush()
+        t0 = now()
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                             preexec_fn=_child_priority)
+    p.logpath = logpath
+    PROCS.append(p)
+    if not quiet:
+        log(f"spawned {p.pid}: {' '.join(cmd)}")
+    return p, t0
+
+
+def stop(p, timeout=20):
+    """SIGTERM, wait, SIGKILL; returns seconds until it was gone."""
+    t0 = now()
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{p.pid} ignored SIGTERM for {timeout} s: SIGKILL")
+            p.kill()
+            p.wait()
+    return now() - t0
+
+
+def stop_all(procs, timeout=30):
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{p.pid} ignored SIGTERM: SIGKILL")
+                p.kill()
+                p.wait()
+
+
+def end_all():
+    stop_all(PROCS, 10)
+
+
+def _on_signal(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+for _s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(_s, _on_signal)
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON lines on a Unix socket: the VMM's control API and QEMU's QMP have the same shape.
+
+class JsonLines:
+    def __init__(self, path, proc=None, timeout=60, poll=0.0005):
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                break
+            except OSError:
+                s.close()
+                if proc is not None and proc.poll() is not None:
+                    raise BenchError(f"process {proc.pid} exited ({proc.returncode}) before serving {path}; see {proc.logpath}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"nothing listens on {path} after {timeout} s")
+                time.sleep(poll)
+        self.connected = now()
+        self.sock = s
+        s.settimeout(timeout)
+        self.buf = b""
+        self.events = []
+        self.greeting = self._read()
+
+    def _read(self):
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise BenchError("the control socket was closed")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        """Sends a command, returns (its "return", perf_counter when sent, when the reply arrived)."""
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        data = (json.dumps(msg) + "\n").encode()
+        t0 = now()
+        self.sock.sendall(data)
+        while True:
+            r = self._read()
+            if "event" in r:
+                self.events.append((now(), r))
+                continue
+            if "error" in r:
+                raise BenchError(f"{name} failed: {r['error']}")
+            return r["return"], t0, now()
+
+    def close(self):
+        self.sock.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Console files, followed with inotify (IN_MODIFY on their directory reports writes to any file in
+# it), so a new line is seen within microseconds of its write instead of a polling period.
+
+_libc = ctypes.CDLL(None, use_errno=True)
+IN_MODIFY, IN_CREATE = 0x2, 0x100
+IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
+
+
+class DirWatch:
+    def __init__(self, directory):
+        self.fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if self.fd < 0:
+            raise BenchError(f"inotify_init1: errno {ctypes.get_errno()}")
+        if _libc.inotify_add_watch(self.fd, os.fsencode(directory), IN_MODIFY | IN_CREATE) < 0:
+            raise BenchError(f"inotify_add_watch {directory}: errno {ctypes.get_errno()}")
+
+    def wait(self, timeout):
+        """Blocks until something in the directory changed or timeout seconds passed."""
+        r, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if r:
+            try:
+                while os.read(self.fd, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self):
+        os.close(self.fd)
+
+
+class Console:
+    """One console file: its lines, each with the perf_counter value at which it was first seen."""
+
+    def __init__(self, path):
+        self.path = path
+        self.f = None
+        self.partial = b""
+        self.lines = []          # (time seen, text)
+        self.scanned = 0
+
+    def poll(self):
+        if self.f is None:
+            try:
+                self.f = open(self.path, "rb")
+            except FileNotFoundError:
+                return
+        data = self.f.read()
+        if not data:
+            return
+        t = now()
+        data = self.partial + data
+        *whole, self.partial = data.split(b"\n")
+        for w in whole:
+            self.lines.append((t, w.decode(errors="replace")))
+
+    def find(self, regex, start=0):
+        r = re.compile(regex)
+        for i in range(start, len(self.lines)):
+            if r.fullmatch(self.lines[i][1]):
+                return i
+        return None
+
+    def wait(self, regex, watch, timeout, proc=None, start=0):
+        """Waits for a line matching regex (from line index start); returns (time seen, index)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            i = self.find(regex, start)
+            if i is not None:
+                return self.lines[i][0], i
+            if proc is not None and proc.poll() is not None:
+                self.poll()
+                i = self.find(regex, start)
+                if i is not None:
+                    return self.lines[i][0], i
+                raise BenchError(f"process {proc.pid} exited ({proc.returncode}) before {self.path} showed /{regex}/; see {proc.logpath}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"no /{regex}/ in {self.path} within {timeout} s")
+            watch.wait(min(left, 0.02))
+
+    def corrupt(self):
+        self.poll()
+        return [l for _, l in self.lines if l.startswith("CORRUPT")]
+
+    def close(self):
+        if self.f:
+            self.f.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+def rollup(pid):
+    """/proc/PID/smaps_rollup as {field: KiB}."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            m = re.match(r"(\w+):\s+(\d+) kB", line)
+            if m:
+                out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def mappings_of(pid, path_prefix):
+    """Sums over the mappings of files whose path starts with path_prefix: {field: KiB, "count": n}."""
+    out = {"count": 0}
+    cur = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+                parts = line.split(None, 5)
+                name = parts[5].strip() if len(parts) > 5 else ""
+                cur = name.startswith(path_prefix)
+                if cur:
+                    out["count"] += 1
+                continue
+            if cur:
+                m = re.match(r"(\w+):\s+(\d+) kB", line)
+                if m:
+                    out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2))
+    return out
+
+
+def meminfo():
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            out[k] = int(v.split()[0])
+    return out
+
+
+def cpu_stat():
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def steal_idle(stat0, stat1):
+    d = [b - a for a, b in zip(stat0, stat1)]
+    total = max(1, sum(d))
+    return 100.0 * d[7] / total, 100.0 * d[3] / total
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+def pct(xs, p):
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    k = max(0, min(len(s) - 1, math.ceil(p / 100.0 * len(s)) - 1))
+    return s[k]
+
+
+def fmt_ms(xs):
+    if not xs:
+        return "n/a"
+    return f"p50 {pct(xs, 50):7.2f}  p99 {pct(xs, 99):7.2f}  min {min(xs):7.2f}  max {max(xs):7.2f}"
