@@ -13,7 +13,6 @@ import dev.panamavmm.kvm.bindings.KvmMpState;
 import dev.panamavmm.vmm.boot.ElfImage;
 import dev.panamavmm.vmm.boot.X86Boot;
 import dev.panamavmm.vmm.memory.GuestMemory;
-import dev.panamavmm.vmm.vcpu.Cpuid;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -107,22 +106,22 @@ public final class Vm implements AutoCloseable {
     public static Vm create(Kvm kvm, MachineConfig config, OutputStream console, VmListener listener) {
         var elf = ElfImage.parse(config.kernel());
         var arena = Arena.ofShared();
-        VmFd vmFd = null;
-        GuestMemory memory = null;
+        VmSnapshots.Shell shell;
+        try {
+            shell = VmSnapshots.Shell.around(kvm, GuestMemory.create(config.memoryBytes(), config.backing(), arena), arena, config.cpus());
+        } catch (RuntimeException e) {
+            arena.close();
+            throw e;
+        }
         Vm vm = null;
         try {
-            memory = GuestMemory.create(config.memoryBytes(), config.backing(), arena);
-            vmFd = createVmFd(kvm, memory, arena);
-            vm = new Vm(arena, kvm, vmFd, memory, config, console, listener, DeviceStates.FRESH);
-
-            X86Boot.loadElf(memory, elf, config.kernel());
-            X86Boot.writeBootData(memory, config.cmdline());
-            if (config.initrd() != null) X86Boot.loadInitrd(memory, config.initrd(), elf.highestAddress());
-            var supported = kvm.supportedCpuid(arena);
-            for (int i = 0; i < config.cpus(); i++) {
-                var vcpuFd = vmFd.createVcpu(i);
-                vm.addVcpu(vcpuFd); // owned by the VM from here: closed with it on any failure below
-                vcpuFd.setCpuid2(Cpuid.forVcpu(supported, i, config.cpus(), arena));
+            vm = new Vm(arena, kvm, shell.vmFd(), shell.memory(), config, console, listener, DeviceStates.FRESH);
+            for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
+            X86Boot.loadElf(shell.memory(), elf, config.kernel());
+            X86Boot.writeBootData(shell.memory(), config.cmdline());
+            if (config.initrd() != null) X86Boot.loadInitrd(shell.memory(), config.initrd(), elf.highestAddress());
+            for (var vcpuFd : shell.vcpuFds()) {
+                int i = vcpuFd.id();
                 if (i == 0 || elf.startAllCpus()) {
                     X86Boot.setEntryState(vcpuFd, elf.entry(), i == 0, arena);
                     if (i > 0) setRunnable(vcpuFd, arena);
@@ -130,13 +129,8 @@ public final class Vm implements AutoCloseable {
             }
             return vm;
         } catch (RuntimeException e) {
-            if (vm != null) {
-                vm.close();
-            } else {
-                if (memory != null) memory.close();
-                if (vmFd != null) vmFd.close();
-                arena.close();
-            }
+            if (vm != null) vm.close();
+            else shell.close();
             throw e;
         }
     }

@@ -259,11 +259,19 @@ public final class VmSnapshots {
 
         public static Shell prepare(Kvm kvm, List<GuestMemory.BlockSource> sources, int cpus) {
             var arena = Arena.ofShared();
-            GuestMemory memory = null;
+            try {
+                return around(kvm, GuestMemory.map(sources, arena), arena, cpus);
+            } catch (RuntimeException e) {
+                arena.close();
+                throw e;
+            }
+        }
+
+        /** The VM fd and vCPUs (with CPUID) around memory already mapped in {@code arena}; on failure the memory is closed. */
+        public static Shell around(Kvm kvm, GuestMemory memory, Arena arena, int cpus) {
             dev.panamavmm.kvm.VmFd vmFd = null;
             var vcpus = new ArrayList<dev.panamavmm.kvm.VcpuFd>();
             try {
-                memory = GuestMemory.map(sources, arena);
                 vmFd = Vm.createVmFd(kvm, memory, arena);
                 var supported = kvm.supportedCpuid(arena);
                 for (int i = 0; i < cpus; i++) {
@@ -275,8 +283,7 @@ public final class VmSnapshots {
             } catch (RuntimeException e) {
                 vcpus.forEach(dev.panamavmm.kvm.VcpuFd::close);
                 if (vmFd != null) vmFd.close();
-                if (memory != null) memory.close();
-                arena.close();
+                memory.close();
                 throw e;
             }
         }
