@@ -1,7 +1,8 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.vmm.MachineConfig;
-import dev.panamavmm.vmm.boot.ElfImage;
+import dev.panamavmm.vmm.boot.BootProtocol;
+import dev.panamavmm.vmm.boot.KernelImage;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import picocli.CommandLine.Option;
@@ -24,8 +25,13 @@ final class GuestOptions {
     @Option(names = "--cpus", paramLabel = "N", defaultValue = "1", description = "vCPUs (default: ${DEFAULT-VALUE})")
     int cpus;
 
-    @Option(names = "--kernel", paramLabel = "FILE", description = "ELF kernel to boot (default: the embedded test guest)")
+    @Option(names = "--kernel", paramLabel = "FILE",
+            description = "kernel to boot: an ELF vmlinux or a bzImage (default: the embedded test guest)")
     Path kernel;
+
+    @Option(names = "--boot", paramLabel = "PROTOCOL", defaultValue = "auto",
+            description = "kernel entry: auto (PVH when the ELF kernel has a PVH note, else the 64-bit entry), linux64 or pvh (default: ${DEFAULT-VALUE})")
+    String boot;
 
     @Option(names = "--initrd", paramLabel = "FILE", description = "initial ramdisk")
     Path initrd;
@@ -50,14 +56,22 @@ final class GuestOptions {
         }
         byte[] image = kernel != null ? readFile(kernel, "kernel") : embeddedGuest();
         String name = kernel != null ? kernel.toString() : "embedded test guest";
-        if (!ElfImage.isElf(image)) {
-            throw new UserException(name + " is not an ELF kernel (bzImage kernels are not supported yet; use the ELF vmlinux)");
+        BootProtocol protocol;
+        try {
+            protocol = BootProtocol.fromLabel(boot);
+        } catch (IllegalArgumentException e) {
+            throw new UsageException("--boot: " + e.getMessage());
+        }
+        var parsed = KernelImage.parse(image, name); // a file that is not a kernel fails here, before KVM is touched
+        String line = cmdline != null ? cmdline : DEFAULT_CMDLINE;
+        if (line.length() > parsed.commandLineMax()) {
+            throw new UserException("kernel command line is " + line.length() + " bytes; this kernel accepts at most " + parsed.commandLineMax());
         }
         byte[] initrdBytes = initrd != null ? readFile(initrd, "initrd") : null;
         if (initrdBytes != null && initrdBytes.length >= memory) {
             throw new UserException("initrd " + initrd + " (" + initrdBytes.length + " bytes) is larger than guest RAM");
         }
-        return new MachineConfig(memory, cpus, backing, name, image, initrdBytes, cmdline != null ? cmdline : DEFAULT_CMDLINE);
+        return new MachineConfig(memory, cpus, backing, name, image, initrdBytes, line, protocol);
     }
 
     private static byte[] readFile(Path path, String what) {

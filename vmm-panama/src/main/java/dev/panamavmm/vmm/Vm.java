@@ -10,7 +10,9 @@ import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmMpState;
-import dev.panamavmm.vmm.boot.ElfImage;
+import dev.panamavmm.vmm.boot.BootException;
+import dev.panamavmm.vmm.boot.KernelImage;
+import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.boot.X86Boot;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import org.slf4j.Logger;
@@ -104,7 +106,8 @@ public final class Vm implements AutoCloseable {
      * Any failure releases what was built so far.
      */
     public static Vm create(Kvm kvm, MachineConfig config, OutputStream console, VmListener listener) {
-        var elf = ElfImage.parse(config.kernel());
+        var kernel = KernelImage.parse(config.kernel(), config.kernelName());
+        if (config.cpus() > MpTable.MAX_CPUS) throw new BootException("at most " + MpTable.MAX_CPUS + " vCPUs (8-bit APIC IDs)");
         var arena = Arena.ofShared();
         VmSnapshots.Shell shell;
         try {
@@ -117,13 +120,12 @@ public final class Vm implements AutoCloseable {
         try {
             vm = new Vm(arena, kvm, shell.vmFd(), shell.memory(), config, console, listener, DeviceStates.FRESH);
             for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
-            X86Boot.loadElf(shell.memory(), elf, config.kernel());
-            X86Boot.writeBootData(shell.memory(), config.cmdline());
-            if (config.initrd() != null) X86Boot.loadInitrd(shell.memory(), config.initrd(), elf.highestAddress());
+            var entry = X86Boot.load(shell.memory(), kernel, config.kernel(), config.initrd(), config.cmdline(), config.cpus(), config.boot());
             for (var vcpuFd : shell.vcpuFds()) {
                 int i = vcpuFd.id();
-                if (i == 0 || elf.startAllCpus()) {
-                    X86Boot.setEntryState(vcpuFd, elf.entry(), i == 0, arena);
+                X86Boot.setBootMsrs(vcpuFd, arena);
+                if (i == 0 || entry.startAllCpus()) {
+                    X86Boot.setEntryState(vcpuFd, entry, i == 0, arena);
                     if (i > 0) setRunnable(vcpuFd, arena);
                 }
             }

@@ -31,7 +31,22 @@ class RunCommandTest {
         assertOneLineError(2, run("run", "--frobnicate"), "Unknown option: '--frobnicate'");
         assertOneLineError(2, run("run", "--console", "tcp:1234"), "--console must be stdout, file:PATH or unix:PATH");
         var notElf = Files.writeString(dir.resolve("vmlinuz"), "not a kernel");
-        assertOneLineError(1, run("run", "--kernel", notElf.toString()), notElf + " is not an ELF kernel");
+        assertOneLineError(1, run("run", "--kernel", notElf.toString()), notElf + " is not a kernel: neither an ELF executable nor a bzImage");
+        assertOneLineError(2, run("run", "--boot", "uefi"), "--boot: unknown boot protocol 'uefi' (auto, linux64 or pvh)");
+    }
+
+    @Test
+    void badKernelsInitrdsAndCommandLinesAreOneLineErrors(@TempDir Path dir) throws Exception {
+        byte[] bz = dev.panamavmm.vmm.boot.SyntheticBzImage.standard().build();
+        var truncated = Files.write(dir.resolve("truncated"), java.util.Arrays.copyOf(bz, bz.length - 1000));
+        assertOneLineError(1, run("run", "--kernel", truncated.toString()), "truncated bzImage: its header declares");
+        var kernel = Files.write(dir.resolve("vmlinuz"), bz);
+        assertOneLineError(1, run("run", "--kernel", kernel.toString(), "--cmdline", "x".repeat(256)),
+                "kernel command line is 256 bytes; this kernel accepts at most 255");
+        assertOneLineError(1, run("run", "--cmdline", "x".repeat(2048)), "kernel command line is 2048 bytes; this kernel accepts at most 2047");
+        var initrd = Files.write(dir.resolve("initrd"), new byte[17 << 20]);
+        assertOneLineError(1, run("run", "--kernel", kernel.toString(), "--memory", "16M", "--initrd", initrd.toString()),
+                "initrd " + initrd + " (" + (17 << 20) + " bytes) is larger than guest RAM");
     }
 
     @KvmTest

@@ -50,6 +50,37 @@ class VmTest {
         assertEquals("Hi\n", console.toString());
     }
 
+    /**
+     * 32-bit code for the PVH entry: checks the start info's magic at [EBX], prints 'P' and the
+     * first byte of the command line it points to, exits with 7; exits with 99 if the magic is
+     * not there (as when the same code is entered in 64-bit mode with RBX = 0).
+     */
+    static final byte[] PVH_PROBE = {
+            (byte) 0x8b, 0x03,                                   // mov eax, [ebx]
+            0x3d, 0x78, (byte) 0xc5, 0x6e, 0x33,                 // cmp eax, 0x336ec578
+            0x75, 0x1c,                                          // jne bad
+            0x66, (byte) 0xba, (byte) 0xf8, 0x03,                // mov dx, 0x3f8
+            (byte) 0xb0, 'P', (byte) 0xee,                       // mov al, 'P'; out dx, al
+            (byte) 0x8b, 0x43, 0x18,                             // mov eax, [ebx + 24] (cmdline_paddr)
+            (byte) 0x8a, 0x00, (byte) 0xee,                      // mov al, [eax]; out dx, al
+            (byte) 0xb0, '\n', (byte) 0xee,                      // mov al, '\n'; out dx, al
+            0x66, (byte) 0xba, 0x00, 0x05, (byte) 0xb8, 7, 0, 0, 0, (byte) 0xef, (byte) 0xeb, (byte) 0xfe, // exit 7
+            0x66, (byte) 0xba, 0x00, 0x05, (byte) 0xb8, 99, 0, 0, 0, (byte) 0xef, (byte) 0xeb, (byte) 0xfe, // bad: exit 99
+    };
+
+    @KvmTest
+    void pvhEntryStartsIn32BitModeWithTheStartInfoInEbx() throws Exception {
+        var console = new ByteArrayOutputStream();
+        var pvh = new MachineConfig(64 * GuestMemory.MIB, 1, new Backing.Memfd(), "pvh", TinyElf.withPvhEntry(PVH_PROBE), null, "console=ttyS0");
+        assertEquals(new VmExitReason.GuestExit(7), runToEnd(pvh, console));
+        assertEquals("Pc\n", console.toString());
+
+        var linux64 = new MachineConfig(64 * GuestMemory.MIB, 1, new Backing.Memfd(), "pvh", TinyElf.withPvhEntry(PVH_PROBE), null,
+                "console=ttyS0", dev.panamavmm.vmm.boot.BootProtocol.LINUX64);
+        assertEquals(new VmExitReason.GuestExit(99), runToEnd(linux64, new ByteArrayOutputStream()),
+                "the 64-bit entry has no start info in RBX");
+    }
+
     @KvmTest
     void unknownPortsAndAddressesAreIgnoredAndTheGuestGoesOn() throws Exception {
         byte[] code = concat(

@@ -9,10 +9,14 @@ import java.util.List;
  * An ELF64 x86-64 executable as the VMM loads it: its entry point, the segments to copy into
  * guest-physical memory, and whether it carries the Panama VMM note that asks the VMM to start
  * every vCPU at the entry (the project's test guest does; Linux does not and starts its APs
- * itself with INIT/SIPI). Every field read from the file is bounds-checked: a truncated or
- * hostile image is a {@link BootException}, never an exception from deep inside.
+ * itself with INIT/SIPI), and the PVH entry point a Linux {@code vmlinux} announces in a Xen
+ * note ({@code XEN_ELFNOTE_PHYS32_ENTRY}). Every field read from the file is bounds-checked: a
+ * truncated or hostile image is a {@link BootException}, never an exception from deep inside.
+ *
+ * @param entry    {@code e_entry}: the 64-bit entry (Linux: {@code startup_64}, physical)
+ * @param pvhEntry the 32-bit PVH entry, or {@link #NO_PVH_ENTRY}
  */
-public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus) {
+public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus, long pvhEntry) implements KernelImage {
 
     /** A PT_LOAD segment: {@code fileSize} bytes at {@code fileOffset} go to {@code physicalAddress}, then zeros up to {@code memorySize}. */
     public record Segment(long physicalAddress, long fileOffset, long fileSize, long memorySize) {}
@@ -23,6 +27,12 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus)
     /** Note name and type of the "start all vCPUs at the entry" request. */
     public static final String PANAMA_NOTE_NAME = "PanamaVMM";
     public static final int PANAMA_NOTE_START_ALL_CPUS = 1;
+    /** Note name and type of the PVH entry (xen/include/public/elfnote.h: XEN_ELFNOTE_PHYS32_ENTRY). */
+    static final String XEN_NOTE_NAME = "Xen";
+    static final int XEN_ELFNOTE_PHYS32_ENTRY = 18;
+    public static final long NO_PVH_ENTRY = -1;
+    /** Linux's COMMAND_LINE_SIZE on x86 is 2048 bytes including the NUL; an ELF image cannot say otherwise. */
+    static final int ELF_COMMAND_LINE_MAX = 2047;
 
     public static boolean isElf(byte[] image) {
         return image.length >= 4 && image[0] == 0x7f && image[1] == 'E' && image[2] == 'L' && image[3] == 'F';
@@ -46,7 +56,7 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus)
         if (phoff < 0 || phoff + (long) phnum * phentsize > image.length) throw new BootException("truncated ELF program headers");
 
         var segments = new ArrayList<Segment>();
-        boolean startAll = false;
+        var notes = new Notes();
         for (int i = 0; i < phnum; i++) {
             int at = (int) (phoff + (long) i * phentsize);
             int ptype = b.getInt(at);
@@ -63,33 +73,57 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus)
                 if (paddr < 0 || paddr + memsz < paddr) throw new BootException("ELF segment " + i + " has an impossible address");
                 if (memsz > 0) segments.add(new Segment(paddr, offset, filesz, memsz));
             } else {
-                startAll |= hasStartAllNote(b, (int) offset, (int) filesz);
+                notes.read(b, (int) offset, (int) filesz);
             }
         }
         if (segments.isEmpty()) throw new BootException("ELF file has nothing to load");
-        return new ElfImage(entry, List.copyOf(segments), startAll);
+        return new ElfImage(entry, List.copyOf(segments), notes.startAll, notes.pvhEntry);
     }
 
-    /** Walks the notes of one PT_NOTE segment looking for ("PanamaVMM", type 1). */
-    private static boolean hasStartAllNote(ByteBuffer b, int start, int size) {
-        int at = start;
-        int end = start + size;
-        while (at + 12 <= end) {
-            long namesz = Integer.toUnsignedLong(b.getInt(at));
-            long descsz = Integer.toUnsignedLong(b.getInt(at + 4));
-            int type = b.getInt(at + 8);
-            long name = at + 12L;
-            long desc = name + align4(namesz);
-            long next = desc + align4(descsz);
-            if (next > end) return false;
-            if (type == PANAMA_NOTE_START_ALL_CPUS && namesz == PANAMA_NOTE_NAME.length() + 1) {
-                var bytes = new byte[(int) namesz - 1];
-                b.get((int) name, bytes);
-                if (new String(bytes, java.nio.charset.StandardCharsets.US_ASCII).equals(PANAMA_NOTE_NAME)) return true;
+    /** The notes this loader understands, collected over every PT_NOTE segment. */
+    private static final class Notes {
+        boolean startAll;
+        long pvhEntry = NO_PVH_ENTRY;
+
+        /** Walks the notes of one PT_NOTE segment; a malformed tail ends the walk (notes are hints, not load data). */
+        void read(ByteBuffer b, int start, int size) {
+            int at = start;
+            int end = start + size;
+            while (at + 12 <= end) {
+                long namesz = Integer.toUnsignedLong(b.getInt(at));
+                long descsz = Integer.toUnsignedLong(b.getInt(at + 4));
+                int type = b.getInt(at + 8);
+                long name = at + 12L;
+                long desc = name + align4(namesz);
+                long next = desc + align4(descsz);
+                if (next > end) return;
+                String owner = namesz > 0 && namesz <= 64 ? name(b, (int) name, (int) namesz) : "";
+                if (owner.equals(PANAMA_NOTE_NAME) && type == PANAMA_NOTE_START_ALL_CPUS) startAll = true;
+                if (owner.equals(XEN_NOTE_NAME) && type == XEN_ELFNOTE_PHYS32_ENTRY) {
+                    // A 32-bit physical address; some kernels emit it as a 64-bit field.
+                    if (descsz == 4) pvhEntry = Integer.toUnsignedLong(b.getInt((int) desc));
+                    else if (descsz == 8) pvhEntry = b.getLong((int) desc);
+                    if (pvhEntry >= 1L << 32) throw new BootException(String.format("PVH entry 0x%x is above 4 GiB", pvhEntry));
+                }
+                at = (int) next;
             }
-            at = (int) next;
         }
-        return false;
+
+        private static String name(ByteBuffer b, int at, int size) {
+            var bytes = new byte[size];
+            b.get(at, bytes);
+            int length = bytes[size - 1] == 0 ? size - 1 : size;
+            return new String(bytes, 0, length, java.nio.charset.StandardCharsets.US_ASCII);
+        }
+    }
+
+    public boolean hasPvhEntry() {
+        return pvhEntry != NO_PVH_ENTRY;
+    }
+
+    @Override
+    public int commandLineMax() {
+        return ELF_COMMAND_LINE_MAX;
     }
 
     private static long align4(long v) {

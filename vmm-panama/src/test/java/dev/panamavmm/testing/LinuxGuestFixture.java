@@ -1,0 +1,67 @@
+package dev.panamavmm.testing;
+
+import org.junit.jupiter.api.Assumptions;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * A real Linux kernel (Debian's {@code linux-image-cloud-amd64}) and a busybox initramfs, fetched
+ * and built into a cache by the project's scripts ({@code scripts/fetch-debian-kernel},
+ * {@code scripts/build-busybox-initramfs}: the same commands docs/linux-guests.md gives). When a
+ * script cannot run here (no apt, no network), the calling test is skipped with the script's own
+ * message, printed to the test output too.
+ */
+public final class LinuxGuestFixture {
+    private LinuxGuestFixture() {}
+
+    /** The kernel files: the bzImage, the ELF vmlinux inside it, and the kernel's config. */
+    public record Kernel(Path vmlinuz, Path vmlinux, Path config) {}
+
+    public static Kernel debianKernel() {
+        var dir = Path.of(run("fetch-debian-kernel"));
+        return new Kernel(dir.resolve("vmlinuz"), dir.resolve("vmlinux"), dir.resolve("config"));
+    }
+
+    public static Path busyboxInitramfs() {
+        return Path.of(run("build-busybox-initramfs"));
+    }
+
+    /** Runs a script from the repository's scripts/ and returns its last output line; skips the test if it fails. */
+    private static String run(String script) {
+        Path path = repositoryRoot().resolve("scripts").resolve(script);
+        try {
+            var process = new ProcessBuilder(path.toString()).redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null"))).start();
+            process.getOutputStream().close();
+            boolean done = process.waitFor(10, TimeUnit.MINUTES);
+            String out = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8).strip();
+            String err = new String(process.getErrorStream().readAllBytes(), StandardCharsets.UTF_8).strip();
+            if (!done || process.exitValue() != 0 || out.isEmpty()) {
+                skip(script + " failed: " + (done ? err : "timed out after 10 minutes"));
+            }
+            return out.lines().reduce((a, b) -> b).orElseThrow();
+        } catch (IOException e) {
+            skip("cannot run " + path + ": " + e.getMessage());
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            skip("interrupted");
+        }
+        throw new AssertionError("unreachable");
+    }
+
+    private static void skip(String why) {
+        System.out.println("SKIPPED (no real Linux kernel here): " + why);
+        Assumptions.abort(why);
+    }
+
+    /** The directory holding scripts/ and the Maven reactor's pom.xml (tests run in a module directory). */
+    static Path repositoryRoot() {
+        for (Path dir = Path.of("").toAbsolutePath(); dir != null; dir = dir.getParent()) {
+            if (Files.isRegularFile(dir.resolve("scripts/fetch-debian-kernel"))) return dir;
+        }
+        throw new IllegalStateException("no scripts/fetch-debian-kernel above " + Path.of("").toAbsolutePath());
+    }
+}
