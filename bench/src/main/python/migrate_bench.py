@@ -331,7 +331,11 @@ def aot_train():
         return
     log(f"training the AOT cache {out}: run -> incoming (trained) -> incoming")
     tmp = out + ".tmp"
-    panama_chain("aot-train", "256M", True, 2, 0, aot="", train=tmp)
+    os.environ["PANAMA_VMM_REHEARSAL"] = "sync"  # the VMM's rehearsal inside the training run
+    try:
+        panama_chain("aot-train", "256M", True, 2, 0, aot="", train=tmp)
+    finally:
+        del os.environ["PANAMA_VMM_REHEARSAL"]
     deadline = time.monotonic() + 120
     while not os.path.exists(tmp) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -468,7 +468,16 @@ def panama_run(size, mem, i, results):
 
 
 def aot_train():
-    """One restore under -XX:AOTCacheOutput: restore, cont, first heartbeat, bypass save, exit."""
+    """One restore under -XX:AOTCacheOutput: restore, cont, first heartbeat, bypass save, exit.
+    PANAMA_VMM_REHEARSAL=sync: the VMM's save/restore rehearsal finishes inside the training run."""
+    os.environ["PANAMA_VMM_REHEARSAL"] = "sync"
+    try:
+        _aot_train()
+    finally:
+        del os.environ["PANAMA_VMM_REHEARSAL"]
+
+
+def _aot_train():
     mem = fresh("train.ram")
     fill(mem, size_bytes("256M"))
     p, q, c = panama_boot("256M", mem, "aot-train-run")

@@ -49,7 +49,8 @@ final class CloneCommand implements Callable<Integer> {
         ConsoleIo.checkSpec(console);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             var loaded = Templates.open(kvm, template);
-            return VmSession.serve(console, apiSocket, false, spec.commandLine().getErr(),
+            // No rehearsal: clones come many at a time, and its CPU would slow the next ones' start.
+            return VmSession.serve(console, apiSocket, false, spec.commandLine().getErr(), null,
                     (out, listener) -> Templates.clone(kvm, loaded, out, listener));
         }
     }

@@ -38,6 +38,7 @@ final class IncomingCommand implements Callable<Integer> {
         Path socket = socketPath(uri);
         ConsoleIo.checkSpec(io.console);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
+            Rehearsal.startInBackground(kvm); // while it waits: the downtime then runs warm code
             return VmSession.serveStarted(io.console, io.apiSocket, spec.commandLine().getErr(),
                     (out, listener) -> LocalMigration.receive(kvm, socket, timeout, out, listener, config -> {
                         if (memory != null && memory != config.memoryBytes()) {

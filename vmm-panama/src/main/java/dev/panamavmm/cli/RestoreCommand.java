@@ -32,7 +32,7 @@ final class RestoreCommand implements Callable<Integer> {
         ConsoleIo.checkSpec(io.console);
         if (paused && io.apiSocket == null) throw new UsageException("--paused needs --api-socket (to send cont)");
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
-            return VmSession.serve(io.console, io.apiSocket, paused, spec.commandLine().getErr(),
+            return VmSession.serve(io.console, io.apiSocket, paused, spec.commandLine().getErr(), kvm,
                     (out, listener) -> VmSnapshots.restore(kvm, dir, out, listener));
         }
     }

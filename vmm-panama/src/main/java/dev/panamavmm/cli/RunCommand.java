@@ -51,7 +51,7 @@ final class RunCommand implements Callable<Integer> {
             if (guest.cpus > kvm.maxVcpus()) {
                 throw new UsageException("--cpus " + guest.cpus + " is more than this host's maximum of " + kvm.maxVcpus());
             }
-            return VmSession.serve(io.console, io.apiSocket, false, spec.commandLine().getErr(),
+            return VmSession.serve(io.console, io.apiSocket, false, spec.commandLine().getErr(), kvm,
                     (out, listener) -> Vm.create(kvm, config, out, listener));
         }
     }

@@ -51,6 +51,7 @@ final class ServeCommand implements Callable<Integer> {
         var quit = new CountDownLatch(1);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var clones = new Clones(kvm, consoleDir)) {
             var previous = Signals.onTermination(name -> quit.countDown());
+            Rehearsal.startInBackground(kvm); // the first clone then runs warm code too
             try (var api = ApiServer.start(apiSocket, clones.handler(quit::countDown))) {
                 quit.await();
             } finally {

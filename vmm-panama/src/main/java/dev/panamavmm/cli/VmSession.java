@@ -2,6 +2,7 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.api.ControlTarget;
+import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
@@ -12,6 +13,7 @@ import java.io.OutputStream;
 import java.io.PrintWriter;
 import java.nio.file.Path;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicReference;
 
 /**
@@ -27,19 +29,26 @@ final class VmSession {
         Vm create(OutputStream console, VmListener listener);
     }
 
-    static int serve(String consoleSpec, Path apiSocket, boolean startPaused, PrintWriter err, VmFactory factory) throws Exception {
-        return serve(consoleSpec, apiSocket, startPaused, false, err, factory);
+    /**
+     * Runs the VM the factory builds. With {@code rehearse} (the process's KVM handle), a
+     * {@link Rehearsal} warms the save and restore paths in the background once the guest runs
+     * (after the first {@code cont} when it starts paused); null skips it.
+     */
+    static int serve(String consoleSpec, Path apiSocket, boolean startPaused, PrintWriter err, Kvm rehearse, VmFactory factory)
+            throws Exception {
+        return serve(consoleSpec, apiSocket, startPaused, false, err, rehearse, factory);
     }
 
-    /** For a VM the factory already started (an incoming migration). */
+    /** For a VM the factory already started (an incoming migration: it rehearses while it waits, see IncomingCommand). */
     static int serveStarted(String consoleSpec, Path apiSocket, PrintWriter err, VmFactory factory) throws Exception {
-        return serve(consoleSpec, apiSocket, false, true, err, factory);
+        return serve(consoleSpec, apiSocket, false, true, err, null, factory);
     }
 
     private static int serve(String consoleSpec, Path apiSocket, boolean startPaused, boolean started, PrintWriter err,
-                             VmFactory factory) throws Exception {
+                             Kvm rehearse, VmFactory factory) throws Exception {
         try (var io = ConsoleIo.open(consoleSpec)) {
             var api = new AtomicReference<ApiServer>();
+            var rehearsal = new AtomicBoolean(rehearse == null); // true once started (or not wanted)
             var listener = new VmListener() {
                 @Override
                 public void ready() {
@@ -54,6 +63,7 @@ final class VmSession {
                 @Override
                 public void resumed() {
                     event("RESUME", null);
+                    if (!rehearsal.getAndSet(true)) Rehearsal.startInBackground(rehearse);
                 }
 
                 @Override
@@ -75,6 +85,7 @@ final class VmSession {
                     io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
                     if (startPaused) vm.pauseBeforeStart();
                     if (!started) vm.start();
+                    if (!startPaused && !rehearsal.getAndSet(true)) Rehearsal.startInBackground(rehearse);
                     var reason = vm.termination().get();
                     vm.serial().flush();
                     if (!(reason instanceof VmExitReason.GuestExit)) {

@@ -43,6 +43,8 @@ import java.util.Map;
 public final class VmSnapshots {
     private VmSnapshots() {}
 
+    private static final org.slf4j.Logger log = org.slf4j.LoggerFactory.getLogger(VmSnapshots.class);
+
     /** What a save did. */
     public record Saved(Path file, long ramBytesWritten, long ramBlocksByReference, long millis) {}
 
@@ -76,10 +78,11 @@ public final class VmSnapshots {
         long start = System.nanoTime();
         boolean wasPaused = vm.isPaused();
         vm.pause();
+        long paused = System.nanoTime();
         Saved saved;
         try (var writer = SnapshotWriter.create(dir)) {
             var kvm = vm.kvm();
-            int xsaveSize = Math.max(vm.vmFd().checkExtension(KvmConstants.KVM_CAP_XSAVE2), 4096);
+            int xsaveSize = xsaveSize(vm);
             int[] msrs = msrsToSave(vm);
             for (var vcpu : vm.vcpuFds()) {
                 writer.section("vcpu/" + vcpu.id(), RecordCodec.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
@@ -90,6 +93,7 @@ public final class VmSnapshots {
             writer.section(I8042_SECTION, RecordCodec.encode(devices.i8042()));
             writer.section(VMM_PORT, RecordCodec.encode(devices.vmmPort()));
 
+            long captured = System.nanoTime();
             long written = 0, references = 0;
             for (var block : vm.memory().blocks()) {
                 String kind = kind(block.backing());
@@ -113,8 +117,12 @@ public final class VmSnapshots {
                     "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
                     "devices", List.of(SERIAL, I8042_SECTION, VMM_PORT),
                     "createdBy", "panama-vmm");
+            long ram = System.nanoTime();
             Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
-            saved = new Saved(file, written, references, (System.nanoTime() - start) / 1_000_000);
+            long end = System.nanoTime();
+            saved = new Saved(file, written, references, (end - start) / 1_000_000);
+            log.debug("saved {}: pause {} us, state {} us, RAM {} us, commit {} us", file, (paused - start) / 1000,
+                    (captured - paused) / 1000, (ram - captured) / 1000, (end - ram) / 1000);
         } catch (IOException e) {
             if (!wasPaused) vm.resume();
             throw new SnapshotException("saving failed: " + e.getMessage(), e);
@@ -132,15 +140,33 @@ public final class VmSnapshots {
         return saved;
     }
 
-    /** The MSRs a save captures: probed once per VM (one ioctl each), then reused, so a save's pause does not pay it. */
+    /**
+     * The MSRs a save captures. Probing costs one ioctl per MSR KVM lists (milliseconds here), and
+     * needs a vCPU that is not running, so it is done once per KVM handle (every VM of a process
+     * gets the same CPUID, hence the same readable MSRs) and remembered by the VM; a process's
+     * {@code Rehearsal} fills it before the first real save.
+     */
     public static int[] msrsToSave(Vm vm) {
         int[] msrs = vm.savedMsrs;
         if (msrs == null) {
-            msrs = KvmState.readableMsrs(vm.vcpuFds().getFirst(), vm.kvm().msrIndexList());
+            msrs = MSRS_BY_KVM.get(vm.kvm());
+            if (msrs == null) {
+                msrs = KvmState.readableMsrs(vm.vcpuFds().getFirst(), vm.kvm().msrIndexList());
+                MSRS_BY_KVM.put(vm.kvm(), msrs);
+            }
             vm.savedMsrs = msrs;
         }
         return msrs;
     }
+
+    private static final Map<Kvm, int[]> MSRS_BY_KVM = java.util.Collections.synchronizedMap(new java.util.WeakHashMap<>());
+
+    /** KVM_CAP_XSAVE2's answer (the XSAVE buffer size, at least 4096): a property of the host, asked once per KVM handle. */
+    static int xsaveSize(Vm vm) {
+        return XSAVE_BY_KVM.computeIfAbsent(vm.kvm(), k -> Math.max(vm.vmFd().checkExtension(KvmConstants.KVM_CAP_XSAVE2), 4096));
+    }
+
+    private static final Map<Kvm, Integer> XSAVE_BY_KVM = java.util.Collections.synchronizedMap(new java.util.WeakHashMap<>());
 
     /**
      * Runs the state encoding and decoding once on dummy values, so the first real save or

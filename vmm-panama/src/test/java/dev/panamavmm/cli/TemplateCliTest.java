@@ -132,7 +132,9 @@ class TemplateCliTest {
         var tpl = createTemplate(dir);
         var api = dir.resolve("serve.sock");
         var consoles = Files.createDirectory(dir.resolve("consoles"));
-        try (var serve = VmmProcess.start("serve", "--api-socket", api.toString(), "--console-dir", consoles.toString());
+        // The rehearsal done before the socket appears, so the counts below see only the clones.
+        try (var serve = VmmProcess.start(java.util.Map.of("PANAMA_VMM_REHEARSAL", "sync"),
+                "serve", "--api-socket", api.toString(), "--console-dir", consoles.toString());
              var client = awaitClient(serve, api)) {
             var reply = client.execute("clone", Json.object("template", tpl.toString(), "count", 2L));
             var clones = (List<?>) Json.asObject(reply.get("return"), "r").get("clones");
@@ -149,7 +151,10 @@ class TemplateCliTest {
             Thread.sleep(200);
             assertEquals(fds, count("fds", serve.pid()), "file descriptors");
             assertEquals(threads, count("threads", serve.pid()), "threads");
-            assertEquals(maps, count("mappings", serve.pid()), "mappings");
+            // The JVM's own mappings (malloc arenas, code cache, heap) move by a few either way; a clone's
+            // leaked RAM mapping would add one per cycle, 200 in all.
+            long mapsAfter = count("mappings", serve.pid());
+            assertTrue(Math.abs(mapsAfter - maps) <= 5, "mappings: " + maps + " before 200 cycles, " + mapsAfter + " after");
             assertEquals(List.of(), client.execute("query-clones", null).get("return"));
             client.execute("quit", null);
             assertEquals(0, serve.waitFor(30), serve.stderr());

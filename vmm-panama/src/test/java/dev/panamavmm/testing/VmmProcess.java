@@ -26,6 +26,11 @@ public final class VmmProcess implements AutoCloseable {
     }
 
     public static VmmProcess start(String... args) throws IOException {
+        return start(java.util.Map.of(), args);
+    }
+
+    /** With extra environment variables, e.g. PANAMA_VMM_REHEARSAL=sync to have the rehearsal done before the VMM goes on. */
+    public static VmmProcess start(java.util.Map<String, String> env, String... args) throws IOException {
         var command = new ArrayList<String>();
         command.add(ProcessHandle.current().info().command().orElse("java"));
         command.add("--enable-native-access=ALL-UNNAMED");
@@ -35,6 +40,7 @@ public final class VmmProcess implements AutoCloseable {
         command.add("dev.panamavmm.cli.Main");
         command.addAll(List.of(args));
         var pb = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")));
+        pb.environment().putAll(env);
         return new VmmProcess(pb.start());
     }
 

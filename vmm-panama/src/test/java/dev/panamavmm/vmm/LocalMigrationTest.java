@@ -108,7 +108,9 @@ class LocalMigrationTest {
             awaitSocket(refusing);
             var r = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, refusing, 10));
             assertEquals("migration to " + refusing + " failed, the guest runs on here: the destination refused: expected another RAM size", r.getMessage());
-            assertTrue(refused.isCompletedExceptionally());
+            // The destination's receive ends after it sent the refusal: wait for it, do not race it.
+            var failure = assertThrows(java.util.concurrent.ExecutionException.class, () -> refused.get(10, java.util.concurrent.TimeUnit.SECONDS));
+            assertTrue(failure.getCause().getMessage().contains("expected another RAM size"), failure.getCause().toString());
             at = SnapshotTest.checkHeartbeats(console.text()).get(0);
             console.await("hb 0 " + (at + 2), 30);
         }

@@ -395,6 +395,30 @@ public final class LibC {
         if (r != 0) throw new KvmException("pthread_kill", r);
     }
 
+    private static final class Gettid {
+        static final MethodHandle H = link("gettid", FunctionDescriptor.of(JAVA_INT));
+    }
+
+    private static final class Setpriority {
+        static final MethodHandle H = link("setpriority", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT), ERRNO);
+    }
+
+    /**
+     * Sets the nice value of the calling thread alone (Linux keeps it per thread: setpriority on
+     * its thread id), so background work yields the CPU to vCPU and API threads.
+     */
+    public static void niceCurrentThread(int nice) {
+        var capture = capture();
+        int r;
+        try {
+            int tid = (int) Gettid.H.invokeExact();
+            r = (int) Setpriority.H.invokeExact(capture, 0 /* PRIO_PROCESS */, tid, nice);
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+        if (r < 0) throw fail("setpriority", capture);
+    }
+
     private static final class Sigaction {
         static final MethodHandle H = link("sigaction", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, ADDRESS), ERRNO);
     }

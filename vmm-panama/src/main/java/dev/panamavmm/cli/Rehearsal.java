@@ -1,0 +1,203 @@
+package dev.panamavmm.cli;
+
+import dev.panamavmm.api.ApiClient;
+import dev.panamavmm.api.ApiServer;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.MachineConfig;
+import dev.panamavmm.vmm.Vm;
+import dev.panamavmm.vmm.VmListener;
+import dev.panamavmm.vmm.VmSnapshots;
+import dev.panamavmm.vmm.boot.BootProtocol;
+import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.GuestMemory;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.io.IOException;
+import java.io.OutputStream;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Comparator;
+import java.util.concurrent.TimeUnit;
+import java.util.stream.Stream;
+
+/**
+ * A dress rehearsal of the control path on a throwaway VM, run once in the background of a VMM
+ * process whose VM may be saved, migrated or restored next.
+ *
+ * <p>Why: a JVM runs a path the first time interpreted, loading and linking its classes, lambda
+ * forms and FFM downcalls as it goes. The first {@code stop} or {@code snapshot} of a process
+ * used to take 50-150 ms, the tenth a few; in a bypass save or a live update that time is guest
+ * downtime. So, right after the real VM runs, a 16 MiB VM whose guest is one {@code hlt} takes
+ * the path a user's request takes: an API server on a socket, a client sending
+ * {@code qmp_capabilities}, {@code stop}, {@code cont} and a bypass {@code snapshot}; then the
+ * snapshot is restored, run, paused and closed. Everything lives in a private temporary
+ * directory deleted afterwards; the thread runs at nice 19 so vCPUs and the API come first.
+ * Failures are logged at debug level and otherwise ignored: the rehearsal only saves time.
+ */
+final class Rehearsal {
+    private Rehearsal() {}
+
+    private static final Logger log = LoggerFactory.getLogger(Rehearsal.class);
+    /** Set PANAMA_VMM_NO_REHEARSAL=1 to skip it (e.g. to measure a cold process). */
+    static final String DISABLE_ENV = "PANAMA_VMM_NO_REHEARSAL";
+
+    /** PANAMA_VMM_REHEARSAL=sync runs it before the VM starts: how ./vmm trains its AOT cache on these paths too. */
+    static final String MODE_ENV = "PANAMA_VMM_REHEARSAL";
+    /** Scratch directories are named PREFIX + PID + "-": a later rehearsal removes those of processes that are gone. */
+    static final String PREFIX = "panama-rehearsal-";
+
+    /** Starts the rehearsal on a background thread unless disabled; returns that thread (or null). */
+    static Thread startInBackground(Kvm kvm) {
+        if (System.getenv(DISABLE_ENV) != null) return null;
+        if ("sync".equals(System.getenv(MODE_ENV))) {
+            run(kvm);
+            return null;
+        }
+        return Thread.ofPlatform().daemon().name("rehearsal").start(() -> {
+            try {
+                LibC.niceCurrentThread(19);
+            } catch (RuntimeException e) {
+                log.debug("rehearsal runs at normal priority: {}", e.getMessage());
+            }
+            run(kvm);
+        });
+    }
+
+    /** One rehearsal, on the calling thread; failures are logged, never thrown. */
+    static void run(Kvm kvm) {
+        long start = System.nanoTime();
+        try {
+            rehearseIn(kvm, scratchRoot());
+            log.debug("rehearsal done in {} ms", TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start));
+        } catch (Exception e) {
+            log.debug("rehearsal failed (nothing depends on it): {}", e.toString());
+        }
+    }
+
+    /** One rehearsal in a new scratch directory under {@code root}, removed afterwards (stale ones too); failures are thrown. */
+    static void rehearseIn(Kvm kvm, Path root) throws Exception {
+        removeStale(root);
+        Path dir = Files.createTempDirectory(root, PREFIX + ProcessHandle.current().pid() + "-");
+        // If the VMM exits while the rehearsal runs (the guest ended, a signal), the hook still removes it.
+        Thread cleanup = new Thread(() -> deleteTree(dir), "rehearsal-cleanup");
+        Runtime.getRuntime().addShutdownHook(cleanup);
+        try {
+            rehearse(kvm, dir);
+        } finally {
+            deleteTree(dir);
+            try {
+                Runtime.getRuntime().removeShutdownHook(cleanup);
+            } catch (IllegalStateException e) {
+                // already shutting down: the hook runs anyway
+            }
+        }
+    }
+
+    /** Removes scratch directories left by VMM processes that were killed mid-rehearsal (SIGKILL skips the hook). */
+    private static void removeStale(Path root) {
+        try (Stream<Path> entries = Files.list(root)) {
+            entries.filter(p -> p.getFileName().toString().startsWith(PREFIX)).forEach(p -> {
+                String rest = p.getFileName().toString().substring(PREFIX.length());
+                int dash = rest.indexOf('-');
+                if (dash <= 0) return;
+                try {
+                    long pid = Long.parseLong(rest.substring(0, dash));
+                    if (ProcessHandle.of(pid).isEmpty()) deleteTree(p);
+                } catch (NumberFormatException e) {
+                    // not ours
+                }
+            });
+        } catch (IOException e) {
+            log.debug("cannot look for stale rehearsals in {}: {}", root, e.getMessage());
+        }
+    }
+
+    private static void rehearse(Kvm kvm, Path dir) throws Exception {
+        var memoryFile = dir.resolve("ram");
+        var config = new MachineConfig(GuestMemory.MIN_SIZE, 1, new Backing.SharedFile(memoryFile), "rehearsal", haltingGuest(),
+                null, "", BootProtocol.LINUX64);
+        var snapshot = dir.resolve("snapshot");
+        try (var vm = Vm.create(kvm, config, OutputStream.nullOutputStream(), new VmListener() {})) {
+            vm.start();
+            try (var server = ApiServer.start(dir.resolve("api.sock"), VmSession.target(vm));
+                 var client = ApiClient.connect(server.path())) {
+                client.execute("qmp_capabilities", Json.object());
+                for (int i = 0; i < API_ROUNDS; i++) {
+                    client.execute("stop", Json.object());
+                    client.execute("cont", Json.object());
+                    client.execute("query-status", Json.object());
+                }
+                // Saves staying paused, so the loop can repeat: enough rounds for the JIT to compile
+                // the state encoding (base64 and JSON of ~10 KiB per vCPU), which interpreted costs ~5 ms.
+                for (int i = 0; i < SAVE_ROUNDS; i++) {
+                    VmSnapshots.save(vm, dir.resolve("practice"), true, VmSnapshots.After.STAY_PAUSED, false, null);
+                    vm.resume();
+                }
+                client.execute("snapshot", Json.object("path", snapshot.toString(), "bypass-shared-memory", true));
+            }
+            vm.termination().get(10, TimeUnit.SECONDS);
+        }
+        // One restore that continues in the memory file (it claims the file, so a second would be
+        // refused), then clones of the same snapshot: the paths of restore, incoming and serve.
+        var loaded = VmSnapshots.load(kvm, snapshot);
+        exercise(VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CONTINUE, OutputStream.nullOutputStream(), new VmListener() {}));
+        for (int i = 0; i < RESTORE_ROUNDS; i++) {
+            exercise(VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CLONE, OutputStream.nullOutputStream(), new VmListener() {}));
+        }
+    }
+
+    private static void exercise(Vm restored) throws InterruptedException {
+        try (restored) {
+            restored.pauseBeforeStart();
+            restored.start();
+            restored.resume();
+            restored.pause();
+        }
+    }
+
+    /** Rounds of each part; measured on this project's machines (docs/benchmarks.md): fewer left the first real save slower. */
+    static final int API_ROUNDS = 10, SAVE_ROUNDS = 30, RESTORE_ROUNDS = 3;
+
+    /** /dev/shm when there is one (the same tmpfs a shared-memory VM uses), else java.io.tmpdir. */
+    private static Path scratchRoot() {
+        var shm = Path.of("/dev/shm");
+        return Files.isDirectory(shm) && Files.isWritable(shm) ? shm : Path.of(System.getProperty("java.io.tmpdir"));
+    }
+
+    private static void deleteTree(Path dir) {
+        try (Stream<Path> paths = Files.walk(dir)) {
+            paths.sorted(Comparator.reverseOrder()).forEach(p -> {
+                try {
+                    Files.deleteIfExists(p);
+                } catch (IOException e) {
+                    log.debug("cannot delete {}: {}", p, e.getMessage());
+                }
+            });
+        } catch (IOException e) {
+            log.debug("cannot clean up {}: {}", dir, e.getMessage());
+        }
+    }
+
+    /** An ELF64 executable whose code at 1 MiB is {@code hlt; jmp hlt}: with interrupts off the vCPU sleeps in KVM. */
+    static byte[] haltingGuest() {
+        byte[] code = {(byte) 0xf4, (byte) 0xeb, (byte) 0xfd};
+        long address = 0x100000;
+        int codeOffset = 0x80;
+        var b = ByteBuffer.allocate(codeOffset + code.length).order(ByteOrder.LITTLE_ENDIAN);
+        b.put(new byte[] {0x7f, 'E', 'L', 'F', 2, 1, 1, 0});
+        b.position(16);
+        b.putShort((short) 2).putShort((short) 62).putInt(1).putLong(address).putLong(64).putLong(0); // EXEC, x86-64, entry, phoff
+        b.putInt(0).putShort((short) 64).putShort((short) 56).putShort((short) 1).putShort((short) 64).putShort((short) 0).putShort((short) 0);
+        b.position(64);
+        b.putInt(1).putInt(5).putLong(codeOffset).putLong(address).putLong(address)                    // PT_LOAD, R+X
+                .putLong(code.length).putLong(code.length).putLong(0x1000);
+        b.position(codeOffset);
+        b.put(code);
+        return b.array();
+    }
+}

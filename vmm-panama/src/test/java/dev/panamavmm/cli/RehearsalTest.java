@@ -1,0 +1,34 @@
+package dev.panamavmm.cli;
+
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.testing.KvmTest;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The background rehearsal of save and restore: it must work and leave nothing behind. */
+class RehearsalTest {
+
+    @KvmTest
+    void rehearsesSaveAndRestoreAndLeavesNoFiles(@TempDir Path root) throws Exception {
+        // A scratch directory of a process that no longer exists (killed mid-rehearsal) is swept up.
+        long deadPid = ProcessHandle.current().pid() + 1_000_000;
+        var stale = Files.createDirectories(root.resolve(Rehearsal.PREFIX + deadPid + "-123"));
+        Files.writeString(stale.resolve("ram"), "left over");
+        // Not ours, even though it looks alike: left alone.
+        var other = Files.createDirectories(root.resolve("panama-rehearsal-notapid"));
+
+        try (var kvm = Kvm.open()) {
+            Rehearsal.rehearseIn(kvm, root); // throws if any step (API save, restore, clone) fails
+        }
+        try (Stream<Path> left = Files.list(root)) {
+            assertEquals(java.util.List.of(other), left.toList());
+        }
+        assertTrue(Files.exists(other));
+    }
+}
