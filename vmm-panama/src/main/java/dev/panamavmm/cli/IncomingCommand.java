@@ -38,7 +38,8 @@ final class IncomingCommand implements Callable<Integer> {
         Path socket = socketPath(uri);
         ConsoleIo.checkSpec(io.console);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
-            Rehearsal.startInBackground(kvm); // while it waits: the downtime then runs warm code
+            // Before the socket appears: whoever waits for it to migrate then meets warm code (~1 s here).
+            Rehearsal.runAndWait(kvm);
             return VmSession.serveStarted(io.console, io.apiSocket, spec.commandLine().getErr(),
                     (out, listener) -> LocalMigration.receive(kvm, socket, timeout, out, listener, config -> {
                         if (memory != null && memory != config.memoryBytes()) {

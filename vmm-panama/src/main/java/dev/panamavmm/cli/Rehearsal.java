@@ -5,6 +5,7 @@ import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmListener;
@@ -34,8 +35,9 @@ import java.util.stream.Stream;
  * used to take 50-150 ms, the tenth a few; in a bypass save or a live update that time is guest
  * downtime. So, right after the real VM runs, a 16 MiB VM whose guest is one {@code hlt} takes
  * the path a user's request takes: an API server on a socket, a client sending
- * {@code qmp_capabilities}, {@code stop}, {@code cont} and a bypass {@code snapshot}; then the
- * snapshot is restored, run, paused and closed. Everything lives in a private temporary
+ * {@code qmp_capabilities}, {@code stop} and {@code cont}; repeated bypass saves; a live update
+ * to a receiving thread of this process; a bypass {@code snapshot} over the API; then the
+ * snapshot is restored and cloned, run, paused and closed. Everything lives in a private temporary
  * directory deleted afterwards; the thread runs at nice 19 so vCPUs and the API come first.
  * Failures are logged at debug level and otherwise ignored: the rehearsal only saves time.
  */
@@ -51,18 +53,35 @@ final class Rehearsal {
     /** Scratch directories are named PREFIX + PID + "-": a later rehearsal removes those of processes that are gone. */
     static final String PREFIX = "panama-rehearsal-";
 
-    /** Starts the rehearsal on a background thread unless disabled; returns that thread (or null). */
+    /** Starts the rehearsal on a background thread at nice 19 unless disabled; returns that thread (or null). */
     static Thread startInBackground(Kvm kvm) {
+        return start(kvm, true);
+    }
+
+    /**
+     * Rehearses and waits for it, at normal priority (niced, it could starve for as long as other
+     * VMs keep the CPUs busy): for {@code vmm incoming}, whose socket should appear only once a
+     * migration into it would run warm code.
+     */
+    static void runAndWait(Kvm kvm) throws InterruptedException {
+        var thread = start(kvm, false);
+        if (thread != null) thread.join();
+    }
+
+    private static Thread start(Kvm kvm, boolean niced) {
         if (System.getenv(DISABLE_ENV) != null) return null;
         if ("sync".equals(System.getenv(MODE_ENV))) {
             run(kvm);
             return null;
         }
+        // Its own thread either way: a nice value is per thread and inherited by the threads it creates.
         return Thread.ofPlatform().daemon().name("rehearsal").start(() -> {
-            try {
-                LibC.niceCurrentThread(19);
-            } catch (RuntimeException e) {
-                log.debug("rehearsal runs at normal priority: {}", e.getMessage());
+            if (niced) {
+                try {
+                    LibC.niceCurrentThread(19);
+                } catch (RuntimeException e) {
+                    log.debug("rehearsal runs at normal priority: {}", e.getMessage());
+                }
             }
             run(kvm);
         });
@@ -132,15 +151,28 @@ final class Rehearsal {
                     client.execute("cont", Json.object());
                     client.execute("query-status", Json.object());
                 }
-                // Saves staying paused, so the loop can repeat: enough rounds for the JIT to compile
-                // the state encoding (base64 and JSON of ~10 KiB per vCPU), which interpreted costs ~5 ms.
-                for (int i = 0; i < SAVE_ROUNDS; i++) {
-                    VmSnapshots.save(vm, dir.resolve("practice"), true, VmSnapshots.After.STAY_PAUSED, false, null);
-                    vm.resume();
-                }
-                client.execute("snapshot", Json.object("path", snapshot.toString(), "bypass-shared-memory", true));
             }
-            vm.termination().get(10, TimeUnit.SECONDS);
+            // Saves staying paused, so the loop can repeat: enough rounds for the JIT to compile
+            // the state encoding (base64 and JSON of ~10 KiB per vCPU), which interpreted costs ~5 ms.
+            for (int i = 0; i < SAVE_ROUNDS; i++) {
+                VmSnapshots.save(vm, dir.resolve("practice"), true, VmSnapshots.After.STAY_PAUSED, false, null);
+                vm.resume();
+            }
+            // Live updates within this process: both ends of LocalMigration, as incoming and migrate run them.
+            Vm moved = vm;
+            for (int i = 0; i < MIGRATION_ROUNDS; i++) {
+                var next = migrate(kvm, moved, dir.resolve("migrate-" + i + ".sock"));
+                if (moved != vm) moved.close();
+                moved = next;
+            }
+            try (var last = moved) {
+                try (var server = ApiServer.start(dir.resolve("api2.sock"), VmSession.target(last));
+                     var client = ApiClient.connect(server.path())) {
+                    client.execute("qmp_capabilities", Json.object());
+                    client.execute("snapshot", Json.object("path", snapshot.toString(), "bypass-shared-memory", true));
+                }
+                last.termination().get(10, TimeUnit.SECONDS);
+            }
         }
         // One restore that continues in the memory file (it claims the file, so a second would be
         // refused), then clones of the same snapshot: the paths of restore, incoming and serve.
@@ -149,6 +181,25 @@ final class Rehearsal {
         for (int i = 0; i < RESTORE_ROUNDS; i++) {
             exercise(VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CLONE, OutputStream.nullOutputStream(), new VmListener() {}));
         }
+    }
+
+    /** Receives {@code vm} on a thread of this process and sends it there; returns the running copy. */
+    private static Vm migrate(Kvm kvm, Vm vm, Path socket) throws Exception {
+        var received = new java.util.concurrent.CompletableFuture<Vm>();
+        Thread.ofPlatform().daemon().name("rehearsal-incoming").start(() -> {
+            try {
+                received.complete(LocalMigration.receive(kvm, socket, 10, OutputStream.nullOutputStream(), new VmListener() {}, c -> null));
+            } catch (Throwable t) {
+                received.completeExceptionally(t);
+            }
+        });
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+        while (!Files.exists(socket)) { // it appears once it listens
+            if (System.nanoTime() > deadline || received.isDone()) break;
+            Thread.sleep(1);
+        }
+        LocalMigration.send(vm, socket, 10);
+        return received.get(10, TimeUnit.SECONDS);
     }
 
     private static void exercise(Vm restored) throws InterruptedException {
@@ -161,7 +212,7 @@ final class Rehearsal {
     }
 
     /** Rounds of each part; measured on this project's machines (docs/benchmarks.md): fewer left the first real save slower. */
-    static final int API_ROUNDS = 10, SAVE_ROUNDS = 30, RESTORE_ROUNDS = 3;
+    static final int API_ROUNDS = 10, SAVE_ROUNDS = 30, MIGRATION_ROUNDS = 5, RESTORE_ROUNDS = 3;
 
     /** /dev/shm when there is one (the same tmpfs a shared-memory VM uses), else java.io.tmpdir. */
     private static Path scratchRoot() {

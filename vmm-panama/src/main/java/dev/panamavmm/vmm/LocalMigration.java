@@ -26,13 +26,16 @@ import java.util.function.Function;
  * shared file by reference; private non-memfd RAM is written into the snapshot.
  *
  * <p>Protocol (one JSON message each way per step): source -> {@code {"snapshot": DIR}} + fds;
- * destination builds the VM (not running) -> {@code {"ready": true}} or {@code {"error": ...}};
- * source -> {@code {"go": true}}; destination starts the guest -> {@code {"running": true}};
+ * destination builds the VM with its vCPU threads parked -> {@code {"ready": true}} or
+ * {@code {"error": ...}}; source -> {@code {"go": true}}; destination releases the vCPUs ->
+ * {@code {"running": true}};
  * the source ends its VM. Until "go" the source can resume its guest safely; after "go" it
  * resumes only if the destination reports an error or disappears without confirming.
  */
 public final class LocalMigration {
     private LocalMigration() {}
+
+    private static final org.slf4j.Logger log = org.slf4j.LoggerFactory.getLogger(LocalMigration.class);
 
     /** What a migration did, from the source's point of view. */
     public record Result(long downtimeMillis, long totalMillis, long bytesSent) {}
@@ -64,11 +67,15 @@ public final class LocalMigration {
                 // Phase 2, the downtime: only vCPU, VM and device state moves.
                 pausedAt = System.nanoTime();
                 var saved = VmSnapshots.save(vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
+                long savedAt = System.nanoTime();
                 peer.send(json(Json.object("snapshot", dir.toString())), prepare != null ? new int[0] : fds);
                 expect(peer, "ready");
+                long readyAt = System.nanoTime();
                 peer.send(json(Json.object("go", true)));
                 expect(peer, "running");
                 long now = System.nanoTime();
+                log.debug("migration downtime {} us: save {} us, destination builds {} us, go to running {} us", (now - pausedAt) / 1000,
+                        (savedAt - pausedAt) / 1000, (readyAt - savedAt) / 1000, (now - readyAt) / 1000);
                 vm.end(new VmExitReason.Stopped("migration to " + socket));
                 return new Result((now - pausedAt) / 1_000_000, (now - start) / 1_000_000, Files.size(saved.file()));
             } finally {
@@ -187,9 +194,12 @@ public final class LocalMigration {
             throw e;
         }
         try {
+            // vCPU threads are created now, parked: "go" then only releases them.
+            vm.pauseBeforeStart();
+            vm.start();
             peer.send(json(Json.object("ready", true)));
             expect(peer, "go");
-            vm.start();
+            vm.resume();
             peer.send(json(Json.object("running", true)));
             return vm;
         } catch (RuntimeException e) {
