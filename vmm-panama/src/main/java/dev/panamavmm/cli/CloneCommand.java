@@ -2,66 +2,56 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.Templates;
-import picocli.CommandLine.Command;
-import picocli.CommandLine.Option;
-import picocli.CommandLine.Parameters;
-import picocli.CommandLine.Spec;
-import picocli.CommandLine.Model.CommandSpec;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.concurrent.Callable;
 
 /**
  * {@code vmm clone DIR}: a new VM from a template, one per process (isolation). With
  * {@code --count N} it starts N such processes in the background, each with its own console
  * file and API socket, and returns when all of them run.
  */
-@Command(name = "clone", mixinStandardHelpOptions = true, description = "Start VMs from a template (copy-on-write memory, fresh generation id).")
-final class CloneCommand implements Callable<Integer> {
-    @Parameters(index = "0", paramLabel = "DIR", description = "the template directory")
+final class CloneCommand implements Cli.Command {
     Path template;
-
-    @Option(names = "--count", paramLabel = "N", defaultValue = "1", description = "clones to start, one process each (default: ${DEFAULT-VALUE})")
     int count;
-
-    @Option(names = "--console", paramLabel = "WHERE", defaultValue = "stdout", description = "for one clone: stdout, file:PATH or unix:PATH")
     String console;
-
-    @Option(names = "--api-socket", paramLabel = "PATH", description = "for one clone: its control API socket")
     Path apiSocket;
-
-    @Option(names = "--console-dir", paramLabel = "DIR", description = "with --count: clone-I.log console files go here")
     Path consoleDir;
-
-    @Option(names = "--api-socket-dir", paramLabel = "DIR", description = "with --count: clone-I.sock API sockets go here")
     Path apiSocketDir;
 
-    @Spec
-    CommandSpec spec;
+    @Override
+    public Cli.Spec spec() {
+        return new Cli.Spec("clone", "Start VMs from a template (copy-on-write memory, fresh generation id).")
+                .parameter("DIR", "the template directory", v -> template = Path.of(v))
+                .option("--count", "N", "1", "clones to start, one process each", v -> count = Cli.integer(v))
+                .option("--console", "WHERE", "stdout", "for one clone: stdout, file:PATH or unix:PATH", v -> console = v)
+                .option("--api-socket", "PATH", null, "for one clone: its control API socket", v -> apiSocket = Path.of(v))
+                .option("--console-dir", "DIR", null, "with --count: clone-I.log console files go here", v -> consoleDir = Path.of(v))
+                .option("--api-socket-dir", "DIR", null, "with --count: clone-I.sock API sockets go here", v -> apiSocketDir = Path.of(v));
+    }
 
     @Override
-    public Integer call() throws Exception {
+    public int call(Cli.Io io) throws Exception {
         if (count < 1) throw new UsageException("--count must be at least 1");
-        if (count > 1) return startProcesses();
+        if (count > 1) return startProcesses(io);
         ConsoleIo.checkSpec(console);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             var loaded = Templates.open(kvm, template);
             // No rehearsal: clones come many at a time, and its CPU would slow the next ones' start.
-            return VmSession.serve(console, apiSocket, false, spec.commandLine().getErr(), null,
+            return VmSession.serve(console, apiSocket, false, io.err(), null,
                     (out, listener) -> Templates.clone(kvm, loaded, out, listener));
         }
     }
 
     /** Starts {@code count} background `vmm clone` processes and waits until each one's API socket is up. */
-    private int startProcesses() throws Exception {
+    private int startProcesses(Cli.Io io) throws Exception {
         if (consoleDir == null || apiSocketDir == null) throw new UsageException("--count needs --console-dir and --api-socket-dir");
         for (var d : List.of(consoleDir, apiSocketDir)) if (!Files.isDirectory(d)) throw new UsageException(d + " is not a directory");
         var java = ProcessHandle.current().info().command().orElse("java");
         var started = new ArrayList<Process>();
-        var out = spec.commandLine().getOut();
+        var out = io.out();
         for (int i = 1; i <= count; i++) {
             Path log = consoleDir.resolve("clone-" + i + ".log");
             Path sock = apiSocketDir.resolve("clone-" + i + ".sock");

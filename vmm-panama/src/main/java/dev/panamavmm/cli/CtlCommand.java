@@ -2,33 +2,26 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.api.ApiClient;
-import picocli.CommandLine.Command;
-import picocli.CommandLine.Parameters;
-import picocli.CommandLine.Spec;
-import picocli.CommandLine.Model.CommandSpec;
 
 import java.nio.file.Path;
 import java.util.Map;
-import java.util.concurrent.Callable;
 
 /** {@code vmm ctl SOCKET COMMAND [JSON]}: sends one control-API command and prints its result. */
-@Command(name = "ctl", mixinStandardHelpOptions = true,
-        description = "Send a command to a running VMM's control API, e.g. vmm ctl /tmp/vmm.sock query-status")
-final class CtlCommand implements Callable<Integer> {
-    @Parameters(index = "0", paramLabel = "SOCKET", description = "the VMM's --api-socket")
+final class CtlCommand implements Cli.Command {
     Path socket;
-
-    @Parameters(index = "1", paramLabel = "COMMAND", description = "query-status, stop, cont, quit")
     String command;
-
-    @Parameters(index = "2", arity = "0..1", paramLabel = "JSON", description = "arguments as a JSON object")
     String arguments;
 
-    @Spec
-    CommandSpec spec;
+    @Override
+    public Cli.Spec spec() {
+        return new Cli.Spec("ctl", "Send a command to a running VMM's control API, e.g. vmm ctl /tmp/vmm.sock query-status")
+                .parameter("SOCKET", "the VMM's --api-socket", v -> socket = Path.of(v))
+                .parameter("COMMAND", "query-status, stop, cont, quit", v -> command = v)
+                .optionalParameter("JSON", "arguments as a JSON object", v -> arguments = v);
+    }
 
     @Override
-    public Integer call() {
+    public int call(Cli.Io io) {
         Map<String, Object> args = null;
         if (arguments != null) {
             try {
@@ -41,10 +34,10 @@ final class CtlCommand implements Callable<Integer> {
             var reply = client.execute(command, args);
             if (reply.containsKey("error")) {
                 var error = Json.asObject(reply.get("error"), "error");
-                spec.commandLine().getErr().println("vmm: " + command + ": " + error.get("desc"));
+                io.err().println("vmm: " + command + ": " + error.get("desc"));
                 return Main.FAILED;
             }
-            spec.commandLine().getOut().println(Json.write(reply.get("return")));
+            io.out().println(Json.write(reply.get("return")));
             return Main.OK;
         }
     }

@@ -5,7 +5,6 @@ import dev.panamavmm.vmm.boot.BootProtocol;
 import dev.panamavmm.vmm.boot.KernelImage;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
-import picocli.CommandLine.Option;
 
 import java.io.IOException;
 import java.io.InputStream;
@@ -18,29 +17,26 @@ final class GuestOptions {
     static final String EMBEDDED_GUEST = "/guest/testguest.elf";
     static final String DEFAULT_CMDLINE = "console=ttyS0";
 
-    @Option(names = "--memory", paramLabel = "SIZE", defaultValue = "256M", converter = Sizes.class,
-            description = "guest RAM, e.g. 256M, 8G (default: ${DEFAULT-VALUE})")
     long memory;
-
-    @Option(names = "--cpus", paramLabel = "N", defaultValue = "1", description = "vCPUs (default: ${DEFAULT-VALUE})")
     int cpus;
-
-    @Option(names = "--kernel", paramLabel = "FILE",
-            description = "kernel to boot: an ELF vmlinux or a bzImage (default: the embedded test guest)")
     Path kernel;
-
-    @Option(names = "--boot", paramLabel = "PROTOCOL", defaultValue = "auto",
-            description = "kernel entry: auto (PVH when the ELF kernel has a PVH note, else the 64-bit entry), linux64 or pvh (default: ${DEFAULT-VALUE})")
     String boot;
-
-    @Option(names = "--initrd", paramLabel = "FILE", description = "initial ramdisk")
     Path initrd;
-
-    @Option(names = "--cmdline", paramLabel = "TEXT", description = "kernel command line (default: \"" + DEFAULT_CMDLINE + "\")")
     String cmdline;
-
-    @Option(names = "--overcommit", description = "allow more guest RAM than the host has")
     boolean overcommit;
+
+    /** Declares these options on a command. */
+    void declare(Cli.Spec spec) {
+        spec.option("--memory", "SIZE", "256M", "guest RAM, e.g. 256M, 8G", v -> memory = Sizes.parse(v))
+                .option("--cpus", "N", "1", "vCPUs", v -> cpus = Cli.integer(v))
+                .option("--kernel", "FILE", null, "kernel to boot: an ELF vmlinux or a bzImage (default: the embedded test guest)",
+                        v -> kernel = Path.of(v))
+                .option("--boot", "PROTOCOL", "auto",
+                        "kernel entry: auto (PVH when the ELF kernel has a PVH note, else the 64-bit entry), linux64 or pvh", v -> boot = v)
+                .option("--initrd", "FILE", null, "initial ramdisk", v -> initrd = Path.of(v))
+                .option("--cmdline", "TEXT", null, "kernel command line (default: \"" + DEFAULT_CMDLINE + "\")", v -> cmdline = v)
+                .flag("--overcommit", "allow more guest RAM than the host has", () -> overcommit = true);
+    }
 
     /** Checks the options and reads the images: every user mistake becomes one line here, before KVM is touched. */
     MachineConfig config(Backing backing) {

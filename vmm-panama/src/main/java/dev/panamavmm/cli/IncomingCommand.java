@@ -2,45 +2,39 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.LocalMigration;
-import picocli.CommandLine.Command;
-import picocli.CommandLine.Option;
-import picocli.CommandLine.Parameters;
-import picocli.CommandLine.Spec;
-import picocli.CommandLine.Model.CommandSpec;
 
 import java.nio.file.Path;
-import java.util.concurrent.Callable;
 
 /** {@code vmm incoming unix:PATH}: waits for a running VMM to hand over its guest (live update), then runs it. */
-@Command(name = "incoming", mixinStandardHelpOptions = true,
-        description = "Wait on a Unix socket for a VM from a running VMM (vmm migrate), then run it.")
-final class IncomingCommand implements Callable<Integer> {
-    @Parameters(index = "0", paramLabel = "unix:PATH", description = "where to wait")
+final class IncomingCommand implements Cli.Command {
     String uri;
 
-    @picocli.CommandLine.Mixin
-    VmIoOptions io;
+    final VmIoOptions vmIo = new VmIoOptions();
 
-    @Option(names = "--memory", paramLabel = "SIZE", converter = Sizes.class, description = "refuse a VM of another RAM size")
     Long memory;
 
-    @Option(names = "--cpus", paramLabel = "N", description = "refuse a VM with another vCPU count")
     Integer cpus;
 
-    @Option(names = "--timeout", paramLabel = "SECONDS", defaultValue = "10", description = "longest wait for each step after the VM arrives")
     long timeout;
 
-    @Spec
-    CommandSpec spec;
+    @Override
+    public Cli.Spec spec() {
+        return new Cli.Spec("incoming", "Wait on a Unix socket for a VM from a running VMM (vmm migrate), then run it.")
+                .parameter("unix:PATH", "where to wait", v -> uri = v)
+                .include(vmIo::declare)
+                .option("--memory", "SIZE", null, "refuse a VM of another RAM size", v -> memory = Sizes.parse(v))
+                .option("--cpus", "N", null, "refuse a VM with another vCPU count", v -> cpus = Cli.integer(v))
+                .option("--timeout", "SECONDS", "10", "longest wait for each step after the VM arrives", v -> timeout = Cli.longInteger(v));
+    }
 
     @Override
-    public Integer call() throws Exception {
+    public int call(Cli.Io io) throws Exception {
         Path socket = socketPath(uri);
-        ConsoleIo.checkSpec(io.console);
+        ConsoleIo.checkSpec(vmIo.console);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             // Before the socket appears: whoever waits for it to migrate then meets warm code (~1 s here).
             Rehearsal.runAndWait(kvm);
-            return VmSession.serveStarted(io.console, io.apiSocket, spec.commandLine().getErr(),
+            return VmSession.serveStarted(vmIo.console, vmIo.apiSocket, io.err(),
                     (out, listener) -> LocalMigration.receive(kvm, socket, timeout, out, listener, config -> {
                         if (memory != null && memory != config.memoryBytes()) {
                             return "this VMM expects " + Sizes.format(memory) + " of RAM, the VM has " + Sizes.format(config.memoryBytes());

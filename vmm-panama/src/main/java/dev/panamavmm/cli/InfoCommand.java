@@ -6,29 +6,23 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmCpuid2;
 import dev.panamavmm.kvm.bindings.LibcConstants;
-import picocli.CommandLine.Command;
-import picocli.CommandLine.Option;
-import picocli.CommandLine.Spec;
-import picocli.CommandLine.Model.CommandSpec;
 
 import java.lang.foreign.Arena;
 import java.nio.file.Path;
-import java.util.concurrent.Callable;
 
 /** {@code vmm info}: the facts about this host's KVM that decide what the VMM can do here. */
-@Command(name = "info", mixinStandardHelpOptions = true,
-        description = "Show what this host's KVM offers and which capabilities the VMM relies on.")
-final class InfoCommand implements Callable<Integer> {
-    @Option(names = "--kvm-device", paramLabel = "PATH", description = "KVM device (default: ${DEFAULT-VALUE})",
-            defaultValue = "/dev/kvm")
+final class InfoCommand implements Cli.Command {
     Path device;
 
-    @Spec
-    CommandSpec spec;
+    @Override
+    public Cli.Spec spec() {
+        return new Cli.Spec("info", "Show what this host's KVM offers and which capabilities the VMM relies on.")
+                .option("--kvm-device", "PATH", "/dev/kvm", "KVM device", v -> device = Path.of(v));
+    }
 
     @Override
-    public Integer call() {
-        var out = spec.commandLine().getOut();
+    public int call(Cli.Io io) {
+        var out = io.out();
         try (var kvm = openKvm(device); var arena = Arena.ofConfined()) {
             var flavour = Kvm.hostFlavour();
             out.printf("panama-vmm %s%n", Main.version());

@@ -5,14 +5,11 @@ import dev.panamavmm.vmm.boot.BootException;
 import dev.panamavmm.vmm.memory.MemoryException;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
-import picocli.CommandLine;
-import picocli.CommandLine.Command;
 
 import java.io.PrintStream;
 import java.io.PrintWriter;
 import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
-import java.util.concurrent.Callable;
 
 /**
  * {@code vmm}: the command-line entry point. User errors (a wrong flag, a missing /dev/kvm, a bad
@@ -20,42 +17,74 @@ import java.util.concurrent.Callable;
  * Exit codes: 0 success, 1 the operation failed, 2 the command line was wrong; {@code run} ends
  * with the guest's exit code when the guest asked for one.
  */
-@Command(name = "vmm", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
-        description = "Panama VMM: a KVM virtual machine monitor in Java.",
-        subcommands = {RunCommand.class, RestoreCommand.class, SnapshotCommand.class, TemplateCommand.class, CloneCommand.class,
-                ServeCommand.class, MigrateCommand.class, IncomingCommand.class, InfoCommand.class, CtlCommand.class,
-                CommandLine.HelpCommand.class})
-public final class Main implements Callable<Integer> {
+public final class Main implements Cli.Command {
     private static final Logger log = LoggerFactory.getLogger(Main.class);
 
     static final int OK = 0, FAILED = 1, USAGE = 2;
-
-    @CommandLine.Spec
-    CommandLine.Model.CommandSpec spec;
 
     public static void main(String[] args) {
         System.exit(run(args, System.out, System.err));
     }
 
     @Override
-    public Integer call() {
-        spec.commandLine().usage(spec.commandLine().getErr());
+    public Cli.Spec spec() {
+        return new Cli.Spec("vmm", "Panama VMM: a KVM virtual machine monitor in Java.")
+                .subcommand("run", RunCommand::new)
+                .subcommand("restore", RestoreCommand::new)
+                .subcommand("snapshot", SnapshotCommand::new)
+                .subcommand("template", TemplateCommand::new)
+                .subcommand("clone", CloneCommand::new)
+                .subcommand("serve", ServeCommand::new)
+                .subcommand("migrate", MigrateCommand::new)
+                .subcommand("incoming", IncomingCommand::new)
+                .subcommand("info", InfoCommand::new)
+                .subcommand("ctl", CtlCommand::new)
+                .subcommand("help", Help::new);
+    }
+
+    @Override
+    public int call(Cli.Io io) {
+        io.err().print(Cli.usage(this, "vmm"));
+        io.err().flush();
         return USAGE;
     }
 
+    /** {@code vmm help [COMMAND]}: the usage of the VMM or of one command. */
+    static final class Help implements Cli.Command {
+        String command;
+
+        @Override
+        public Cli.Spec spec() {
+            return new Cli.Spec("help", "Show the usage of vmm or of one of its commands.")
+                    .optionalParameter("COMMAND", "the command", v -> command = v);
+        }
+
+        @Override
+        public int call(Cli.Io io) {
+            var main = new Main();
+            if (command == null) {
+                io.out().print(Cli.usage(main, "vmm"));
+            } else {
+                var args = new String[] {command, "--help"};
+                try {
+                    return Cli.execute(main, "vmm", args, io, version());
+                } catch (Exception e) {
+                    throw new UsageException("no command '" + command + "'");
+                }
+            }
+            io.out().flush();
+            return OK;
+        }
+    }
+
     static int run(String[] args, PrintStream out, PrintStream err) {
-        var cl = new CommandLine(new Main());
-        cl.setOut(new PrintWriter(out, true, StandardCharsets.UTF_8));
-        cl.setErr(new PrintWriter(err, true, StandardCharsets.UTF_8));
-        cl.setParameterExceptionHandler((e, a) -> {
+        var io = new Cli.Io(new PrintWriter(out, true, StandardCharsets.UTF_8), new PrintWriter(err, true, StandardCharsets.UTF_8));
+        try {
+            return Cli.execute(new Main(), "vmm", args, io, "panama-vmm " + version());
+        } catch (Cli.ParseError | UsageException e) {
             err.println("vmm: " + firstLine(e.getMessage()));
             return USAGE;
-        });
-        cl.setExecutionExceptionHandler((e, cmd, parsed) -> {
-            if (e instanceof UsageException) {
-                err.println("vmm: " + e.getMessage());
-                return USAGE;
-            }
+        } catch (Exception e) {
             if (isUserFacing(e)) {
                 log.debug("command failed", e);
                 err.println("vmm: " + e.getMessage());
@@ -64,8 +93,10 @@ public final class Main implements Callable<Integer> {
             log.error("internal error", e);
             err.println("vmm: internal error: " + e);
             return FAILED;
-        });
-        return cl.execute(args);
+        } finally {
+            io.out().flush();
+            io.err().flush();
+        }
     }
 
     /** Failures whose message is written for the user: printed as is, without a stack trace. */
@@ -83,12 +114,5 @@ public final class Main implements Callable<Integer> {
     static String version() {
         String v = Main.class.getPackage().getImplementationVersion();
         return v != null ? v : "0.1.0-SNAPSHOT";
-    }
-
-    static final class Version implements CommandLine.IVersionProvider {
-        @Override
-        public String[] getVersion() {
-            return new String[] {"panama-vmm " + version()};
-        }
     }
 }

@@ -3,41 +3,34 @@ package dev.panamavmm.cli;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.memory.Backing;
-import picocli.CommandLine.Command;
-import picocli.CommandLine.Mixin;
-import picocli.CommandLine.Option;
-import picocli.CommandLine.Spec;
-import picocli.CommandLine.Model.CommandSpec;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.concurrent.Callable;
 
 /**
  * {@code vmm run}: boots a guest (by default the embedded test guest) and shows its console until
  * the guest exits, the user quits (Ctrl-A x on a terminal, Ctrl-C, the API's quit) or the VM fails.
  */
-@Command(name = "run", mixinStandardHelpOptions = true, description = "Boot a guest and show its console.")
-final class RunCommand implements Callable<Integer> {
-    @Mixin
-    GuestOptions guest;
-
-    @Option(names = "--mem-path", paramLabel = "FILE", description = "back guest RAM with this file (tmpfs or disk)")
+final class RunCommand implements Cli.Command {
+    final GuestOptions guest = new GuestOptions();
     Path memPath;
-
-    @Option(names = "--shared", description = "map --mem-path shared: the file holds the guest's memory and outlives the VMM")
     boolean shared;
 
-    @picocli.CommandLine.Mixin
-    VmIoOptions io;
-
-    @Spec
-    CommandSpec spec;
+    final VmIoOptions vmIo = new VmIoOptions();
 
     @Override
-    public Integer call() throws Exception {
+    public Cli.Spec spec() {
+        return new Cli.Spec("run", "Boot a guest and show its console.")
+                .include(guest::declare)
+                .option("--mem-path", "FILE", null, "back guest RAM with this file (tmpfs or disk)", v -> memPath = Path.of(v))
+                .flag("--shared", "map --mem-path shared: the file holds the guest's memory and outlives the VMM", () -> shared = true)
+                .include(vmIo::declare);
+    }
+
+    @Override
+    public int call(Cli.Io io) throws Exception {
         if (shared && memPath == null) throw new UsageException("--shared needs --mem-path FILE");
-        ConsoleIo.checkSpec(io.console);
+        ConsoleIo.checkSpec(vmIo.console);
         Backing backing = new Backing.Memfd();
         if (memPath != null) {
             if (Files.isDirectory(memPath)) throw new UsageException("--mem-path " + memPath + " is a directory; give a file");
@@ -51,7 +44,7 @@ final class RunCommand implements Callable<Integer> {
             if (guest.cpus > kvm.maxVcpus()) {
                 throw new UsageException("--cpus " + guest.cpus + " is more than this host's maximum of " + kvm.maxVcpus());
             }
-            return VmSession.serve(io.console, io.apiSocket, false, spec.commandLine().getErr(), kvm,
+            return VmSession.serve(vmIo.console, vmIo.apiSocket, false, io.err(), kvm,
                     (out, listener) -> Vm.create(kvm, config, out, listener));
         }
     }

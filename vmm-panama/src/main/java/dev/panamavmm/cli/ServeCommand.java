@@ -9,10 +9,6 @@ import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
 import dev.panamavmm.vmm.VmSnapshots;
-import picocli.CommandLine.Command;
-import picocli.CommandLine.Option;
-import picocli.CommandLine.Spec;
-import picocli.CommandLine.Model.CommandSpec;
 
 import java.io.IOException;
 import java.io.OutputStream;
@@ -20,7 +16,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Map;
-import java.util.concurrent.Callable;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.ExecutorService;
@@ -33,20 +28,20 @@ import java.util.concurrent.atomic.AtomicLong;
  * file's identity check, the KVM fd) is done once; a clone costs a VM fd, memslots, vCPUs and a
  * private mapping of the template file.
  */
-@Command(name = "serve", mixinStandardHelpOptions = true,
-        description = "Serve clones of templates over the control API: clone, query-clones, destroy, quit.")
-final class ServeCommand implements Callable<Integer> {
-    @Option(names = "--api-socket", required = true, paramLabel = "PATH", description = "the control API socket")
+final class ServeCommand implements Cli.Command {
     Path apiSocket;
 
-    @Option(names = "--console-dir", paramLabel = "DIR", description = "each clone's console goes to DIR/ID.log (default: discarded)")
     Path consoleDir;
 
-    @Spec
-    CommandSpec spec;
+    @Override
+    public Cli.Spec spec() {
+        return new Cli.Spec("serve", "Serve clones of templates over the control API: clone, query-clones, destroy, quit.")
+                .required("--api-socket", "PATH", "the control API socket", v -> apiSocket = Path.of(v))
+                .option("--console-dir", "DIR", null, "each clone's console goes to DIR/ID.log (default: discarded)", v -> consoleDir = Path.of(v));
+    }
 
     @Override
-    public Integer call() throws Exception {
+    public int call(Cli.Io io) throws Exception {
         if (consoleDir != null && !Files.isDirectory(consoleDir)) throw new UsageException("--console-dir " + consoleDir + " is not a directory");
         var quit = new CountDownLatch(1);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var clones = new Clones(kvm, consoleDir)) {

@@ -1,16 +1,11 @@
 package dev.panamavmm.cli;
 
-import picocli.CommandLine;
 
 import java.util.Locale;
 
 /** Byte sizes on the command line: {@code 256M}, {@code 8G}, {@code 16777216}; K/M/G/T are powers of 1024. */
-final class Sizes implements CommandLine.ITypeConverter<Long> {
-
-    @Override
-    public Long convert(String value) {
-        return parse(value);
-    }
+final class Sizes {
+    private Sizes() {}
 
     static long parse(String value) {
         String v = value.trim().toUpperCase(Locale.ROOT);
@@ -31,10 +26,10 @@ final class Sizes implements CommandLine.ITypeConverter<Long> {
         try {
             n = Long.parseLong(v);
         } catch (NumberFormatException e) {
-            throw new CommandLine.TypeConversionException("'" + value + "' is not a size (examples: 256M, 8G, 16777216)");
+            throw new IllegalArgumentException("'" + value + "' is not a size (examples: 256M, 8G, 16777216)");
         }
         if (n < 0 || (shift > 0 && n > (Long.MAX_VALUE >> shift))) {
-            throw new CommandLine.TypeConversionException("'" + value + "' is not a valid size");
+            throw new IllegalArgumentException("'" + value + "' is not a valid size");
         }
         return n << shift;
     }

@@ -6,66 +6,58 @@ import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.memory.Backing;
-import picocli.CommandLine.Command;
-import picocli.CommandLine.Mixin;
-import picocli.CommandLine.Option;
-import picocli.CommandLine.Parameters;
-import picocli.CommandLine.Spec;
-import picocli.CommandLine.Model.CommandSpec;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Map;
-import java.util.concurrent.Callable;
 import java.util.concurrent.CompletableFuture;
 
 /** {@code vmm template create|inspect}: VM templates for fast clones. */
-@Command(name = "template", mixinStandardHelpOptions = true, description = "Create or inspect VM templates.",
-        subcommands = {TemplateCommand.Create.class, TemplateCommand.Inspect.class})
-final class TemplateCommand implements Callable<Integer> {
-    @Spec
-    CommandSpec spec;
+final class TemplateCommand implements Cli.Command {
 
     @Override
-    public Integer call() {
-        spec.commandLine().usage(spec.commandLine().getErr());
+    public Cli.Spec spec() {
+        return new Cli.Spec("template", "Create or inspect VM templates.")
+                .subcommand("create", Create::new)
+                .subcommand("inspect", Inspect::new);
+    }
+
+    @Override
+    public int call(Cli.Io io) {
+        io.err().print(Cli.usage(this, "vmm template"));
+        io.err().flush();
         return Main.USAGE;
     }
 
-    @Command(name = "create", mixinStandardHelpOptions = true,
-            description = "Boot a guest with its RAM in a shared file, wait for its ready point (or the API's stop), save it as a template.")
-    static final class Create implements Callable<Integer> {
-        @Parameters(index = "0", paramLabel = "DIR", description = "the template directory to create")
+    static final class Create implements Cli.Command {
+        static final String DESCRIPTION =
+                "Boot a guest with its RAM in a shared file, wait for its ready point (or the API's stop), save it as a template.";
         Path dir;
-
-        @Mixin
-        GuestOptions guest;
-
-        @Option(names = "--mem-dir", paramLabel = "DIR", defaultValue = "/dev/shm",
-                description = "where the template's memory file goes (default: ${DEFAULT-VALUE})")
+        final GuestOptions guest = new GuestOptions();
         Path memDir;
-
-        @Option(names = "--console", paramLabel = "WHERE", defaultValue = "file:/dev/null",
-                description = "the booting guest's console: stdout or file:PATH (default: ${DEFAULT-VALUE})")
         String console;
-
-        @Option(names = "--api-socket", paramLabel = "PATH", description = "accept stop on this socket as the template point")
         Path apiSocket;
-
-        @Option(names = "--timeout", paramLabel = "SECONDS", defaultValue = "300", description = "longest wait for the ready point")
         long timeout;
 
-        @Spec
-        CommandSpec spec;
+        @Override
+        public Cli.Spec spec() {
+            return new Cli.Spec("create", DESCRIPTION)
+                    .parameter("DIR", "the template directory to create", v -> dir = Path.of(v))
+                    .include(guest::declare)
+                    .option("--mem-dir", "DIR", "/dev/shm", "where the template's memory file goes", v -> memDir = Path.of(v))
+                    .option("--console", "WHERE", "file:/dev/null", "the booting guest's console: stdout or file:PATH", v -> console = v)
+                    .option("--api-socket", "PATH", null, "accept stop on this socket as the template point", v -> apiSocket = Path.of(v))
+                    .option("--timeout", "SECONDS", "300", "longest wait for the ready point", v -> timeout = Cli.longInteger(v));
+        }
 
         @Override
-        public Integer call() throws Exception {
+        public int call(Cli.Io io) throws Exception {
             ConsoleIo.checkSpec(console);
             if (console.startsWith("unix:")) throw new UsageException("template create: --console is stdout or file:PATH");
             if (!Files.isDirectory(memDir)) throw new UsageException("--mem-dir " + memDir + " is not a directory");
             var config = guest.config(new Backing.Memfd());
             var stop = new CompletableFuture<Void>();
-            try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var io = ConsoleIo.open(console);
+            try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var consoleIo = ConsoleIo.open(console);
                  var api = apiSocket == null ? null : ApiServer.start(apiSocket, (command, args) -> switch (command) {
                      case "stop" -> {
                          stop.complete(null);
@@ -77,30 +69,31 @@ final class TemplateCommand implements Callable<Integer> {
                 var previous = Signals.onTermination(name -> cancel.complete("signal"));
                 Templates.Created created;
                 try {
-                    created = Templates.create(kvm, dir, config, memDir, io.output(), stop, cancel, timeout);
+                    created = Templates.create(kvm, dir, config, memDir, consoleIo.output(), stop, cancel, timeout);
                 } finally {
                     Signals.restore(previous);
                 }
-                spec.commandLine().getOut().printf("template %s: memory file %s, booted to ready in %d ms, saved in %d ms%n",
+                io.out().printf("template %s: memory file %s, booted to ready in %d ms, saved in %d ms%n",
                         created.dir(), created.memoryFile(), created.bootMillis(), created.saveMillis());
                 return Main.OK;
             }
         }
     }
 
-    @Command(name = "inspect", mixinStandardHelpOptions = true, description = "Show what a template holds.")
-    static final class Inspect implements Callable<Integer> {
-        @Parameters(index = "0", paramLabel = "DIR", description = "the template (or snapshot) directory")
+    static final class Inspect implements Cli.Command {
+        static final String DESCRIPTION = "Show what a template holds.";
         Path dir;
-
-        @Option(names = "--json", description = "print JSON")
         boolean json;
 
-        @Spec
-        CommandSpec spec;
+        @Override
+        public Cli.Spec spec() {
+            return new Cli.Spec("inspect", DESCRIPTION)
+                    .parameter("DIR", "the template (or snapshot) directory", v -> dir = Path.of(v))
+                    .flag("--json", "print JSON", () -> json = true);
+        }
 
         @Override
-        public Integer call() {
+        public int call(Cli.Io io) {
             var s = SnapshotReader.open(dir);
             var machine = Json.asObject(s.metadata().get("machine"), "machine");
             var ram = s.ram().stream().map(e -> Json.object("id", e.id(), "guestAddress", e.guestAddress(), "size", e.size(),
@@ -111,7 +104,7 @@ final class TemplateCommand implements Callable<Integer> {
                     s.ram().stream().anyMatch(e -> e.byReference()), "cpus", machine.get("cpus"), "memory", machine.get("memory"),
                     "kernel", machine.get("kernel"), "cmdline", machine.get("cmdline"), "devices", s.metadata().get("devices"),
                     "ram", ram);
-            var out = spec.commandLine().getOut();
+            var out = io.out();
             if (json) {
                 out.println(Json.write(info));
                 return Main.OK;

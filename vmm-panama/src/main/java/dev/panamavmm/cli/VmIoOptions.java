@@ -1,15 +1,16 @@
 package dev.panamavmm.cli;
 
-import picocli.CommandLine.Option;
 
 import java.nio.file.Path;
 
 /** Where a running VM's console goes and where its control API listens: shared by run, restore, clone and incoming. */
 final class VmIoOptions {
-    @Option(names = "--console", paramLabel = "WHERE", defaultValue = "stdout",
-            description = "stdout, file:PATH or unix:PATH (default: ${DEFAULT-VALUE})")
     String console;
-
-    @Option(names = "--api-socket", paramLabel = "PATH", description = "serve the control API on this Unix socket")
     Path apiSocket;
+
+    /** Declares these options on a command. */
+    void declare(Cli.Spec spec) {
+        spec.option("--console", "WHERE", "stdout", "stdout, file:PATH or unix:PATH", v -> console = v)
+                .option("--api-socket", "PATH", null, "serve the control API on this Unix socket", v -> apiSocket = Path.of(v));
+    }
 }

@@ -18,6 +18,17 @@ public final class Heartbeats {
         return check(console.lines().toList(), console);
     }
 
+    /**
+     * As {@link #check(String)} for a console that is still being written: a last line without
+     * its newline may be half of one (a save or migration can land mid-line, and the next VM
+     * prints the rest), so it is left out.
+     */
+    public static Map<Integer, Integer> checkLive(String console) {
+        var lines = console.lines().toList();
+        if (!console.isEmpty() && !console.endsWith("\n")) lines = lines.subList(0, lines.size() - 1);
+        return check(lines, console);
+    }
+
     public static Map<Integer, Integer> check(List<String> lines) {
         return check(lines, String.join("\n", lines));
     }

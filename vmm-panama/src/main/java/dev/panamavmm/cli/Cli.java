@@ -1,0 +1,252 @@
+package dev.panamavmm.cli;
+
+import java.io.PrintWriter;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.function.Consumer;
+import java.util.function.Supplier;
+
+/**
+ * The command-line parser: each command declares its options and parameters in code, bound to
+ * its own fields by setters, and {@link #execute} parses, applies and runs.
+ *
+ * <p>Why not a library: picocli, which this replaced, is compiled for Java 5, so the JDK's AOT
+ * cache cannot hold its classes, and building its models by reflection cost ~0.3 s of every
+ * {@code vmm} start, more than the JVM itself (docs/benchmarks.md). This parser does what the
+ * VMM's commands need and nothing else: {@code --name VALUE} and {@code --name=VALUE}, flags,
+ * defaults, required options, positional parameters, subcommands, {@code -h/--help},
+ * {@code -V/--version}, and one-line errors worded as before.
+ */
+final class Cli {
+    private Cli() {}
+
+    /** A command: its declaration (bound to this instance) and what it does. */
+    interface Command {
+        Spec spec();
+
+        int call(Io io) throws Exception;
+    }
+
+    /** Where a command writes: standard output and standard error. */
+    record Io(PrintWriter out, PrintWriter err) {}
+
+    /** A wrong command line: printed as "vmm: MESSAGE", exit code 2. */
+    static final class ParseError extends RuntimeException {
+        ParseError(String message) {
+            super(message);
+        }
+    }
+
+    private record Option(String name, String label, String description, String defaultValue, boolean required,
+                          Consumer<String> set, Runnable flag) {
+        boolean isFlag() {
+            return flag != null;
+        }
+
+        String usage() {
+            return isFlag() ? name : name + "=" + label;
+        }
+    }
+
+    private record Positional(String label, String description, boolean required, Consumer<String> set) {}
+
+    /** What a command accepts; built fluently in the command's {@code spec()}. */
+    static final class Spec {
+        final String name;
+        final String description;
+        private final List<Option> options = new ArrayList<>();
+        private final List<Positional> positionals = new ArrayList<>();
+        private final Map<String, Supplier<Command>> subcommands = new LinkedHashMap<>();
+
+        Spec(String name, String description) {
+            this.name = name;
+            this.description = description;
+        }
+
+        /** A flag: {@code set} runs when it is given. */
+        Spec flag(String name, String description, Runnable set) {
+            options.add(new Option(name, null, description, null, false, null, set));
+            return this;
+        }
+
+        /** An option with a value; {@code defaultValue} (or null) is applied first, as if given. */
+        Spec option(String name, String label, String defaultValue, String description, Consumer<String> set) {
+            options.add(new Option(name, label, description, defaultValue, false, set, null));
+            return this;
+        }
+
+        /** An option that must be given. */
+        Spec required(String name, String label, String description, Consumer<String> set) {
+            options.add(new Option(name, label, description, null, true, set, null));
+            return this;
+        }
+
+        /** The next positional parameter, required. */
+        Spec parameter(String label, String description, Consumer<String> set) {
+            positionals.add(new Positional(label, description, true, set));
+            return this;
+        }
+
+        /** The next positional parameter, optional. */
+        Spec optionalParameter(String label, String description, Consumer<String> set) {
+            positionals.add(new Positional(label, description, false, set));
+            return this;
+        }
+
+        /** A subcommand, created only when it is named (or help lists it). */
+        Spec subcommand(String name, Supplier<Command> command) {
+            subcommands.put(name, command);
+            return this;
+        }
+
+        /** Adds another spec's options and parameters (shared option sets such as the guest's). */
+        Spec include(Consumer<Spec> mixin) {
+            mixin.accept(this);
+            return this;
+        }
+
+        private Option find(String name) {
+            for (var o : options) if (o.name().equals(name)) return o;
+            return null;
+        }
+    }
+
+    /** Parses {@code args} for {@code command} (and its subcommands) and runs the command named; returns the exit code. */
+    static int execute(Command command, String path, String[] args, Io io, String version) throws Exception {
+        return execute(command, path, args, 0, io, version);
+    }
+
+    private static int execute(Command command, String path, String[] args, int start, Io io, String version) throws Exception {
+        var spec = command.spec();
+        for (var o : spec.options) {
+            if (o.defaultValue() != null) apply(o, o.defaultValue());
+        }
+        var given = new java.util.HashSet<String>();
+        int positional = 0;
+        boolean onlyParameters = false;
+        for (int i = start; i < args.length; i++) {
+            String a = args[i];
+            if (!onlyParameters && a.equals("--")) {
+                onlyParameters = true;
+                continue;
+            }
+            if (!onlyParameters && (a.equals("-h") || a.equals("--help"))) {
+                io.out().print(usage(spec, path));
+                io.out().flush();
+                return Main.OK;
+            }
+            if (!onlyParameters && (a.equals("-V") || a.equals("--version"))) {
+                io.out().println(version);
+                io.out().flush();
+                return Main.OK;
+            }
+            if (!onlyParameters && a.startsWith("-") && a.length() > 1) {
+                int eq = a.indexOf('=');
+                String name = eq < 0 ? a : a.substring(0, eq);
+                var o = spec.find(name);
+                if (o == null) throw new ParseError("Unknown option: '" + name + "'");
+                if (o.isFlag()) {
+                    if (eq >= 0) throw new ParseError("Option '" + name + "' takes no value");
+                    o.flag().run();
+                } else {
+                    String value;
+                    if (eq >= 0) value = a.substring(eq + 1);
+                    else if (i + 1 < args.length) value = args[++i];
+                    else throw new ParseError("Missing required parameter for option '" + name + "' (" + o.label() + ")");
+                    apply(o, value);
+                }
+                given.add(name);
+                continue;
+            }
+            if (!spec.subcommands.isEmpty() && positional == 0 && spec.positionals.isEmpty()) {
+                var sub = spec.subcommands.get(a);
+                if (sub == null) throw new ParseError("Unmatched argument at index " + i + ": '" + a + "'");
+                checkRequired(spec, given);
+                return execute(sub.get(), path + " " + a, args, i + 1, io, version);
+            }
+            if (positional >= spec.positionals.size()) throw new ParseError("Unmatched argument at index " + i + ": '" + a + "'");
+            var p = spec.positionals.get(positional++);
+            try {
+                p.set().accept(a);
+            } catch (IllegalArgumentException e) {
+                throw new ParseError("Invalid value for parameter " + p.label() + ": " + e.getMessage());
+            }
+        }
+        checkRequired(spec, given);
+        for (int p = positional; p < spec.positionals.size(); p++) {
+            if (spec.positionals.get(p).required()) throw new ParseError("Missing required parameter: '" + spec.positionals.get(p).label() + "'");
+        }
+        return command.call(io);
+    }
+
+    private static void checkRequired(Spec spec, java.util.Set<String> given) {
+        for (var o : spec.options) {
+            if (o.required() && !given.contains(o.name())) throw new ParseError("Missing required option: '" + o.usage() + "'");
+        }
+    }
+
+    private static void apply(Option o, String value) {
+        try {
+            o.set().accept(value);
+        } catch (IllegalArgumentException e) {
+            throw new ParseError("Invalid value for option '" + o.name() + "': " + e.getMessage());
+        }
+    }
+
+    /** An int option's value; the message is what the user sees after "Invalid value for option ...: ". */
+    static int integer(String value) {
+        try {
+            return Integer.parseInt(value.trim());
+        } catch (NumberFormatException e) {
+            throw new IllegalArgumentException("'" + value + "' is not an integer");
+        }
+    }
+
+    static long longInteger(String value) {
+        try {
+            return Long.parseLong(value.trim());
+        } catch (NumberFormatException e) {
+            throw new IllegalArgumentException("'" + value + "' is not an integer");
+        }
+    }
+
+    /** The help text of a command: usage line, description, parameters, options, subcommands. */
+    static String usage(Command command, String path) {
+        return usage(command.spec(), path);
+    }
+
+    private static String usage(Spec spec, String path) {
+        var sb = new StringBuilder("Usage: ").append(path);
+        if (!spec.options.isEmpty()) sb.append(" [OPTIONS]");
+        for (var o : spec.options) if (o.required()) sb.append(' ').append(o.usage());
+        for (var p : spec.positionals) sb.append(' ').append(p.required() ? p.label() : "[" + p.label() + "]");
+        if (!spec.subcommands.isEmpty()) sb.append(" COMMAND");
+        sb.append('\n').append(spec.description).append("\n\n");
+        var rows = new ArrayList<String[]>();
+        for (var p : spec.positionals) rows.add(new String[] {p.label(), p.description()});
+        for (var o : spec.options) {
+            String d = o.description();
+            if (o.defaultValue() != null) d += " (default: " + o.defaultValue() + ")";
+            if (o.required()) d += " (required)";
+            rows.add(new String[] {o.usage(), d});
+        }
+        rows.add(new String[] {"-h, --help", "show this help and exit"});
+        rows.add(new String[] {"-V, --version", "print the version and exit"});
+        table(sb, rows);
+        if (!spec.subcommands.isEmpty()) {
+            sb.append("\nCommands:\n");
+            var commands = new ArrayList<String[]>();
+            spec.subcommands.forEach((name, command) -> commands.add(new String[] {name, command.get().spec().description}));
+            table(sb, commands);
+        }
+        return sb.toString();
+    }
+
+    private static void table(StringBuilder sb, List<String[]> rows) {
+        int width = 0;
+        for (var r : rows) width = Math.max(width, r[0].length());
+        for (var r : rows) sb.append("  ").append(r[0]).append(" ".repeat(width - r[0].length() + 3)).append(r[1]).append('\n');
+    }
+}
