@@ -7,6 +7,7 @@ import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.MachineConfig;
+import dev.panamavmm.vmm.ScratchDir;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmListener;
 import dev.panamavmm.vmm.VmSnapshots;
@@ -16,15 +17,12 @@ import dev.panamavmm.vmm.memory.GuestMemory;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
-import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.Comparator;
 import java.util.concurrent.TimeUnit;
-import java.util.stream.Stream;
 
 /**
  * A dress rehearsal of the control path on a throwaway VM, run once in the background of a VMM
@@ -50,8 +48,8 @@ final class Rehearsal {
 
     /** PANAMA_VMM_REHEARSAL=sync runs it before the VM starts: how ./vmm trains its AOT cache on these paths too. */
     static final String MODE_ENV = "PANAMA_VMM_REHEARSAL";
-    /** Scratch directories are named PREFIX + PID + "-": a later rehearsal removes those of processes that are gone. */
-    static final String PREFIX = "panama-rehearsal-";
+    /** Scratch directories are named PREFIX-PID-*: a later one removes those of processes that are gone (ScratchDir). */
+    static final String PREFIX = "panama-rehearsal";
 
     /** Starts the rehearsal on a background thread at nice 19 unless disabled; returns that thread (or null). */
     static Thread startInBackground(Kvm kvm) {
@@ -91,7 +89,7 @@ final class Rehearsal {
     static void run(Kvm kvm) {
         long start = System.nanoTime();
         try {
-            rehearseIn(kvm, scratchRoot());
+            rehearseIn(kvm, ScratchDir.defaultRoot());
             log.debug("rehearsal done in {} ms", TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start));
         } catch (Exception e) {
             log.debug("rehearsal failed (nothing depends on it): {}", e.toString());
@@ -100,39 +98,8 @@ final class Rehearsal {
 
     /** One rehearsal in a new scratch directory under {@code root}, removed afterwards (stale ones too); failures are thrown. */
     static void rehearseIn(Kvm kvm, Path root) throws Exception {
-        removeStale(root);
-        Path dir = Files.createTempDirectory(root, PREFIX + ProcessHandle.current().pid() + "-");
-        // If the VMM exits while the rehearsal runs (the guest ended, a signal), the hook still removes it.
-        Thread cleanup = new Thread(() -> deleteTree(dir), "rehearsal-cleanup");
-        Runtime.getRuntime().addShutdownHook(cleanup);
-        try {
-            rehearse(kvm, dir);
-        } finally {
-            deleteTree(dir);
-            try {
-                Runtime.getRuntime().removeShutdownHook(cleanup);
-            } catch (IllegalStateException e) {
-                // already shutting down: the hook runs anyway
-            }
-        }
-    }
-
-    /** Removes scratch directories left by VMM processes that were killed mid-rehearsal (SIGKILL skips the hook). */
-    private static void removeStale(Path root) {
-        try (Stream<Path> entries = Files.list(root)) {
-            entries.filter(p -> p.getFileName().toString().startsWith(PREFIX)).forEach(p -> {
-                String rest = p.getFileName().toString().substring(PREFIX.length());
-                int dash = rest.indexOf('-');
-                if (dash <= 0) return;
-                try {
-                    long pid = Long.parseLong(rest.substring(0, dash));
-                    if (ProcessHandle.of(pid).isEmpty()) deleteTree(p);
-                } catch (NumberFormatException e) {
-                    // not ours
-                }
-            });
-        } catch (IOException e) {
-            log.debug("cannot look for stale rehearsals in {}: {}", root, e.getMessage());
+        try (var scratch = ScratchDir.create(root, PREFIX)) {
+            rehearse(kvm, scratch.path());
         }
     }
 
@@ -213,26 +180,6 @@ final class Rehearsal {
 
     /** Rounds of each part; measured on this project's machines (docs/benchmarks.md): fewer left the first real save slower. */
     static final int API_ROUNDS = 10, SAVE_ROUNDS = 30, MIGRATION_ROUNDS = 5, RESTORE_ROUNDS = 3;
-
-    /** /dev/shm when there is one (the same tmpfs a shared-memory VM uses), else java.io.tmpdir. */
-    private static Path scratchRoot() {
-        var shm = Path.of("/dev/shm");
-        return Files.isDirectory(shm) && Files.isWritable(shm) ? shm : Path.of(System.getProperty("java.io.tmpdir"));
-    }
-
-    private static void deleteTree(Path dir) {
-        try (Stream<Path> paths = Files.walk(dir)) {
-            paths.sorted(Comparator.reverseOrder()).forEach(p -> {
-                try {
-                    Files.deleteIfExists(p);
-                } catch (IOException e) {
-                    log.debug("cannot delete {}: {}", p, e.getMessage());
-                }
-            });
-        } catch (IOException e) {
-            log.debug("cannot clean up {}: {}", dir, e.getMessage());
-        }
-    }
 
     /** An ELF64 executable whose code at 1 MiB is {@code hlt; jmp hlt}: with interrupts off the vCPU sleeps in KVM. */
     static byte[] haltingGuest() {

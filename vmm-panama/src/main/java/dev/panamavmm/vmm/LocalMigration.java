@@ -14,7 +14,6 @@ import java.io.OutputStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.Comparator;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Function;
@@ -43,12 +42,13 @@ public final class LocalMigration {
     /** Migrates {@code vm} to the VMM waiting on {@code socket}; on failure the guest runs on here and the exception says why. */
     public static Result send(Vm vm, Path socket, long timeoutSeconds) throws InterruptedException {
         long start = System.nanoTime();
-        Path dir;
+        ScratchDir scratch;
         try {
-            dir = Files.createTempDirectory(Path.of("/dev/shm"), "panama-migrate-");
+            scratch = ScratchDir.create(ScratchDir.defaultRoot(), "panama-migrate");
         } catch (IOException e) {
             throw new SnapshotException("cannot create the migration state directory: " + e.getMessage(), e);
         }
+        Path dir = scratch.path();
         boolean wasPaused = vm.isPaused();
         long pausedAt = 0;
         try (var peer = UnixSocket.connect(socket)) {
@@ -85,7 +85,7 @@ public final class LocalMigration {
             if (!wasPaused && !vm.termination().isDone()) vm.resume();
             throw new SnapshotException("migration to " + socket + " failed, the guest runs on here: " + reason(e));
         } finally {
-            deleteTree(dir);
+            scratch.close();
         }
     }
 
@@ -253,14 +253,6 @@ public final class LocalMigration {
 
         void cancel() {
             thread.interrupt();
-        }
-    }
-
-    private static void deleteTree(Path dir) {
-        try (var files = Files.walk(dir)) {
-            for (var p : files.sorted(Comparator.reverseOrder()).toList()) Files.deleteIfExists(p);
-        } catch (IOException e) {
-            // a leftover state directory on tmpfs is named panama-migrate-*: harmless
         }
     }
 }

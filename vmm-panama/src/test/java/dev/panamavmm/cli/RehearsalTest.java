@@ -18,7 +18,7 @@ class RehearsalTest {
     void rehearsesSaveAndRestoreAndLeavesNoFiles(@TempDir Path root) throws Exception {
         // A scratch directory of a process that no longer exists (killed mid-rehearsal) is swept up.
         long deadPid = ProcessHandle.current().pid() + 1_000_000;
-        var stale = Files.createDirectories(root.resolve(Rehearsal.PREFIX + deadPid + "-123"));
+        var stale = Files.createDirectories(root.resolve(Rehearsal.PREFIX + "-" + deadPid + "-123"));
         Files.writeString(stale.resolve("ram"), "left over");
         // Not ours, even though it looks alike: left alone.
         var other = Files.createDirectories(root.resolve("panama-rehearsal-notapid"));
@@ -30,5 +30,10 @@ class RehearsalTest {
             assertEquals(java.util.List.of(other), left.toList());
         }
         assertTrue(Files.exists(other));
+        // Its live updates' state directories are gone too.
+        String ours = "panama-migrate-" + ProcessHandle.current().pid() + "-";
+        try (Stream<Path> left = Files.list(dev.panamavmm.vmm.ScratchDir.defaultRoot())) {
+            assertEquals(java.util.List.of(), left.filter(p -> p.getFileName().toString().startsWith(ours)).toList());
+        }
     }
 }
