@@ -36,7 +36,8 @@ import java.util.concurrent.TimeUnit;
  * {@code qmp_capabilities}, {@code stop} and {@code cont}; repeated bypass saves; a live update
  * to a receiving thread of this process; a bypass {@code snapshot} over the API; then the
  * snapshot is restored and cloned, run, paused and closed. Everything lives in a private temporary
- * directory deleted afterwards; the thread runs at nice 19 so vCPUs and the API come first.
+ * directory deleted afterwards. In the background it runs at nice 19, so vCPUs and the API come
+ * first; {@code vmm incoming} runs it at normal priority and waits for it.
  * Failures are logged at debug level and otherwise ignored: the rehearsal only saves time.
  */
 final class Rehearsal {
@@ -46,7 +47,7 @@ final class Rehearsal {
     /** Set PANAMA_VMM_NO_REHEARSAL=1 to skip it (e.g. to measure a cold process). */
     static final String DISABLE_ENV = "PANAMA_VMM_NO_REHEARSAL";
 
-    /** PANAMA_VMM_REHEARSAL=sync runs it before the VM starts: how ./vmm trains its AOT cache on these paths too. */
+    /** PANAMA_VMM_REHEARSAL=sync runs it on the calling thread, to the end, where it would start: how ./vmm trains its AOT cache on these paths too. */
     static final String MODE_ENV = "PANAMA_VMM_REHEARSAL";
     /** Scratch directories are named PREFIX-PID-*: a later one removes those of processes that are gone (ScratchDir). */
     static final String PREFIX = "panama-rehearsal";
