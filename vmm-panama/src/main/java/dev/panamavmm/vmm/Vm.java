@@ -166,10 +166,15 @@ public final class Vm implements AutoCloseable {
         vcpu.ioctl(Ioctls.KVM_SET_MP_STATE, mp);
     }
 
+    private static final java.util.concurrent.atomic.AtomicBoolean KICK_SETUP = new java.util.concurrent.atomic.AtomicBoolean();
+
     /** Starts one platform thread per vCPU. */
     public void start() {
-        // Link the kick signal's downcalls now, off the vCPU threads: a later pause or stop is then quick.
-        Thread.ofPlatform().daemon().name("kick-setup").start(dev.panamavmm.vmm.vcpu.VcpuKick::signal);
+        // Link the kick signal's downcalls now, off the vCPU threads: a later pause or stop is then
+        // quick. Once per process: a clone in `vmm serve` should not pay a thread for nothing.
+        if (!KICK_SETUP.getAndSet(true)) {
+            Thread.ofPlatform().daemon().name("kick-setup").start(dev.panamavmm.vmm.vcpu.VcpuKick::signal);
+        }
         for (var vcpu : vcpus) {
             control.started();
             var t = Thread.ofPlatform().name("vcpu-" + vcpu.index()).unstarted(vcpu);
