@@ -31,8 +31,6 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus,
     static final String XEN_NOTE_NAME = "Xen";
     static final int XEN_ELFNOTE_PHYS32_ENTRY = 18;
     public static final long NO_PVH_ENTRY = -1;
-    /** Linux's COMMAND_LINE_SIZE on x86 is 2048 bytes including the NUL; an ELF image cannot say otherwise. */
-    static final int ELF_COMMAND_LINE_MAX = 2047;
 
     public static boolean isElf(byte[] image) {
         return image.length >= 4 && image[0] == 0x7f && image[1] == 'E' && image[2] == 'L' && image[3] == 'F';
@@ -123,7 +121,7 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus,
 
     @Override
     public int commandLineMax() {
-        return ELF_COMMAND_LINE_MAX;
+        return X86Boot.CMDLINE_MAX; // an ELF image has no header to say otherwise
     }
 
     private static long align4(long v) {
