@@ -29,7 +29,7 @@ N_PROC, N_FLOOR = int(CFG["n_proc"]), int(CFG["n_floor"])
 GAP = float(CFG["gap_ms"]) / 1e3
 MEMORY = "256M"
 CMDLINE = "console=ttyS0 testguest.mem=200M testguest.hb=10"
-JAVA_FLAGS = ["--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC"]    # as ./vmm (+ -Xshare:auto)
+JAVA_FLAGS = ["-XX:+UseSerialGC"]    # as ./vmm (+ -Xshare:auto)
 HB = r"hb \d+ \d+"
 GENID = r"genid 0x[0-9a-f]{16}"
 

@@ -27,7 +27,7 @@ REWRITES = [int(x) for x in CFG["rewrites"]]
 BOOTED_FOR = [int(x) for x in CFG["booted_for"]]
 SETTLE_S = float(CFG["settle_s"])
 MEMORY, MEMORY_MIB = "256M", 256
-JAVA_CMD = [JAVA, "--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC", "-Xshare:auto", "-jar", JAR]
+JAVA_CMD = [JAVA, "-XX:+UseSerialGC", "-Xshare:auto", "-jar", JAR]
 HB = r"hb \d+ \d+"
 GENID = r"genid 0x[0-9a-f]{16}"
 MIB = 1024.0   # KiB per MiB

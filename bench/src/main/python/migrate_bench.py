@@ -243,7 +243,7 @@ def loadavg():
 # Panama VMM
 
 def java_cmd(aot=AOT, train=None):
-    cmd = [JAVA, "--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC"]
+    cmd = [JAVA, "-XX:+UseSerialGC"]
     if train:
         cmd += [f"-XX:AOTCacheOutput={train}", "-Xlog:aot=off", "-Xlog:cds=off"]
     elif aot:

@@ -36,7 +36,7 @@ SETTLE = float(CFG.get("settle", 0.3))   # seconds a fresh VM runs before it is 
 # (docs/architecture.md, "Warm paths") to have finished, as for a VM saved at any later moment
 SETTLED = float(os.environ.get("SNAPBENCH_SETTLED", "5"))
 GUEST_CMDLINE = "console=ttyS0 testguest.mem=16M testguest.hb=100"
-JAVA_FLAGS = ["--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC"]  # as ./vmm (which adds -Xshare:auto)
+JAVA_FLAGS = ["-XX:+UseSerialGC"]  # as ./vmm (which adds -Xshare:auto)
 MAX_BANDWIDTH = 1 << 40     # bytes/s for QEMU's migration: "unlimited" (QEMU 7.2's default is 128 MiB/s)
 
 now = time.perf_counter

@@ -1,8 +1,7 @@
 package dev.panamavmm.api;
 
+import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.Json;
-import org.slf4j.Logger;
-import org.slf4j.LoggerFactory;
 
 import java.io.IOException;
 import java.net.UnixDomainSocketAddress;
@@ -24,7 +23,7 @@ import java.util.concurrent.CopyOnWriteArrayList;
  * at any time. A malformed line gets an error reply; the connection and the server stay up.
  */
 public final class ApiServer implements AutoCloseable {
-    private static final Logger log = LoggerFactory.getLogger(ApiServer.class);
+    private static final Log log = Log.of(ApiServer.class);
     /** Longest request line accepted; a client cannot make the VMM buffer more. */
     static final int MAX_LINE = 1 << 20;
 

@@ -1,11 +1,10 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.log.Log;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Termios;
 import dev.panamavmm.kvm.sys.LibC;
-import org.slf4j.Logger;
-import org.slf4j.LoggerFactory;
 
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;
@@ -28,7 +27,7 @@ import java.util.function.Consumer;
  * gets the output and types the input).
  */
 abstract sealed class ConsoleIo implements AutoCloseable {
-    private static final Logger log = LoggerFactory.getLogger(ConsoleIo.class);
+    private static final Log log = Log.of(ConsoleIo.class);
     /** Ctrl-A, then 'x': quit (as QEMU's -nographic console). */
     static final int ESCAPE = 0x01;
 

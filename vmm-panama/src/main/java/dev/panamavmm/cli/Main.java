@@ -1,10 +1,9 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.log.Log;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.vmm.boot.BootException;
 import dev.panamavmm.vmm.memory.MemoryException;
-import org.slf4j.Logger;
-import org.slf4j.LoggerFactory;
 
 import java.io.PrintStream;
 import java.io.PrintWriter;
@@ -18,7 +17,7 @@ import java.nio.charset.StandardCharsets;
  * with the guest's exit code when the guest asked for one.
  */
 public final class Main implements Cli.Command {
-    private static final Logger log = LoggerFactory.getLogger(Main.class);
+    private static final Log log = Log.of(Main.class);
 
     static final int OK = 0, FAILED = 1, USAGE = 2;
 

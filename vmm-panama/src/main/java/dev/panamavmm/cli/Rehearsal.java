@@ -1,5 +1,6 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.log.Log;
 import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
@@ -14,8 +15,6 @@ import dev.panamavmm.vmm.VmSnapshots;
 import dev.panamavmm.vmm.boot.BootProtocol;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
-import org.slf4j.Logger;
-import org.slf4j.LoggerFactory;
 
 import java.io.OutputStream;
 import java.nio.ByteBuffer;
@@ -43,7 +42,7 @@ import java.util.concurrent.TimeUnit;
 final class Rehearsal {
     private Rehearsal() {}
 
-    private static final Logger log = LoggerFactory.getLogger(Rehearsal.class);
+    private static final Log log = Log.of(Rehearsal.class);
     /** Set PANAMA_VMM_NO_REHEARSAL=1 to skip it (e.g. to measure a cold process). */
     static final String DISABLE_ENV = "PANAMA_VMM_NO_REHEARSAL";
 

@@ -1,5 +1,6 @@
 package dev.panamavmm.vmm;
 
+import dev.panamavmm.log.Log;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.sys.LibC;
@@ -34,7 +35,7 @@ import java.util.function.Function;
 public final class LocalMigration {
     private LocalMigration() {}
 
-    private static final org.slf4j.Logger log = org.slf4j.LoggerFactory.getLogger(LocalMigration.class);
+    private static final Log log = Log.of(LocalMigration.class);
 
     /** What a migration did, from the source's point of view. */
     public record Result(long downtimeMillis, long totalMillis, long bytesSent) {}

@@ -1,5 +1,6 @@
 package dev.panamavmm.vmm;
 
+import dev.panamavmm.log.Log;
 import dev.panamavmm.devices.I8042;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.devices.VmmPort;
@@ -15,8 +16,6 @@ import dev.panamavmm.vmm.boot.KernelImage;
 import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.boot.X86Boot;
 import dev.panamavmm.vmm.memory.GuestMemory;
-import org.slf4j.Logger;
-import org.slf4j.LoggerFactory;
 
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
@@ -36,7 +35,7 @@ import java.util.concurrent.TimeUnit;
  * <p>Port map: COM1 8250 at 0x3f8 (IRQ 4), i8042 at 0x60/0x64, the VMM port at 0x500-0x50f.
  */
 public final class Vm implements AutoCloseable {
-    private static final Logger log = LoggerFactory.getLogger(Vm.class);
+    private static final Log log = Log.of(Vm.class);
 
     public static final int COM1 = 0x3f8, COM1_IRQ = 4;
     public static final int I8042_DATA = 0x60, I8042_COMMAND = 0x64;

@@ -1,5 +1,6 @@
 package dev.panamavmm.vmm;
 
+import dev.panamavmm.log.Log;
 import dev.panamavmm.devices.I8042;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.devices.VmmPort;
@@ -43,7 +44,7 @@ import java.util.Map;
 public final class VmSnapshots {
     private VmSnapshots() {}
 
-    private static final org.slf4j.Logger log = org.slf4j.LoggerFactory.getLogger(VmSnapshots.class);
+    private static final Log log = Log.of(VmSnapshots.class);
 
     /** What a save did. */
     public record Saved(Path file, long ramBytesWritten, long ramBlocksByReference, long millis) {}
