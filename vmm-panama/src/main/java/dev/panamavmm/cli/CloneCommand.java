@@ -37,8 +37,8 @@ final class CloneCommand implements Cli.Command {
         if (count < 1) throw new UsageException("--count must be at least 1");
         if (count > 1) return startProcesses(io);
         ConsoleIo.checkSpec(console);
+        var loaded = Templates.open(template); // before KVM: see RestoreCommand
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
-            var loaded = Templates.open(kvm, template);
             // No rehearsal: clones come many at a time, and its CPU would slow the next ones' start.
             return VmSession.serve(console, apiSocket, false, io.err(), null,
                     (out, listener) -> Templates.clone(kvm, loaded, out, listener));

@@ -25,9 +25,11 @@ final class RestoreCommand implements Cli.Command {
     public int call(Cli.Io io) throws Exception {
         ConsoleIo.checkSpec(vmIo.console);
         if (paused && vmIo.apiSocket == null) throw new UsageException("--paused needs --api-socket (to send cont)");
+        // The snapshot first: reading it needs no KVM, and meanwhile EarlyWarmup links the downcall KVM needs.
+        var loaded = VmSnapshots.load(dir);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             return VmSession.serve(vmIo.console, vmIo.apiSocket, paused, io.err(), kvm,
-                    (out, listener) -> VmSnapshots.restore(kvm, dir, out, listener));
+                    (out, listener) -> VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CONTINUE, out, listener));
         }
     }
 }

@@ -100,7 +100,7 @@ final class ServeCommand implements Cli.Command {
         Map<String, Object> clone(Path template, int count) throws IOException {
             if (count < 1 || count > 1000) throw new IllegalArgumentException("\"count\" must be 1 to 1000");
             long start = System.nanoTime();
-            var loaded = templates.computeIfAbsent(template.toAbsolutePath().normalize(), p -> Templates.open(kvm, p));
+            var loaded = templates.computeIfAbsent(template.toAbsolutePath().normalize(), p -> Templates.open(p));
             var started = new ArrayList<Object>();
             for (int i = 0; i < count; i++) {
                 String id = "clone-" + ids.incrementAndGet();

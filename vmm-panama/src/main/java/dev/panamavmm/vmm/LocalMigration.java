@@ -176,7 +176,7 @@ public final class LocalMigration {
                 m = Json.asObject(Json.parse(new String(message.data(), StandardCharsets.UTF_8)), "message");
             }
             var dir = Path.of(String.valueOf(m.get("snapshot")));
-            var loaded = VmSnapshots.load(kvm, dir, fds);
+            var loaded = VmSnapshots.load(dir, fds);
             String refusal = accept.apply(loaded.config());
             if (refusal != null) throw new SnapshotException(refusal);
             handedOver = true;

@@ -101,7 +101,7 @@ public final class Templates {
             PosixFilePermissions.fromString("r--r--r--");
 
     /** Opens a template for cloning: refuses an unfinished one, then loads and checks its snapshot. */
-    public static VmSnapshots.Loaded open(Kvm kvm, Path dir) {
+    public static VmSnapshots.Loaded open(Path dir) {
         if (!Files.isDirectory(dir)) throw new SnapshotException("no template directory " + dir);
         Path marker = dir.resolve(CREATING);
         if (Files.exists(marker)) {
@@ -117,7 +117,7 @@ public final class Templates {
                     : "template " + dir + " is incomplete: its creation did not finish");
         }
         if (!Files.exists(dir.resolve(SnapshotFormat.FILE_NAME))) throw new SnapshotException(dir + " is not a template (no snapshot.pvm)");
-        var loaded = VmSnapshots.load(kvm, dir);
+        var loaded = VmSnapshots.load(dir);
         if (loaded.snapshot().ram().stream().noneMatch(e -> e.byReference())) {
             throw new SnapshotException(dir + " is a snapshot, not a template: its RAM is not in a shared memory file");
         }

@@ -33,7 +33,8 @@ final class Vcpu implements Runnable {
     private final VcpuFd fd;
     private final MemorySegment run;
     private final VcpuControl control;
-    private volatile long pthread;
+    /** The vCPU thread's kernel thread id while it runs, 0 before and after (a kick then only sets immediate_exit). */
+    private volatile int tid;
 
     Vcpu(Vm vm, VcpuFd fd, VcpuControl control) {
         this.vm = vm;
@@ -54,7 +55,7 @@ final class Vcpu implements Runnable {
 
     /** Gets this vCPU out of KVM_RUN (no-op before its thread has started). */
     void kick() {
-        long t = pthread;
+        int t = tid;
         if (t != 0) VcpuKick.kick(run, t);
         else KvmRun.immediateExit(run, 1);
     }
@@ -62,12 +63,13 @@ final class Vcpu implements Runnable {
     @Override
     public void run() {
         thread = Thread.currentThread();
-        pthread = LibC.pthreadSelf();
+        tid = LibC.gettid();
         try {
             loop();
         } catch (Throwable t) {
             vm.end(new VmExitReason.Failed("vCPU " + index() + " failed: " + t));
         } finally {
+            tid = 0; // a thread id can be reused once this thread is gone
             control.exited();
         }
     }

@@ -184,6 +184,16 @@ public final class VmSnapshots {
         RecordCodec.decode(VmmPort.State.class, RecordCodec.encode(VmmPort.State.INITIAL), "warm-up");
     }
 
+    /** Encodes every state record of {@code loaded} as a save would (and drops the bytes): to warm the codec. */
+    public static int encodeAll(Loaded loaded) {
+        int bytes = 0;
+        for (var vcpu : loaded.vcpus()) bytes += RecordCodec.encode(vcpu).length;
+        bytes += RecordCodec.encode(loaded.vm()).length;
+        bytes += RecordCodec.encode(loaded.devices().serial()).length;
+        bytes += RecordCodec.encode(loaded.devices().i8042()).length;
+        return bytes + RecordCodec.encode(loaded.devices().vmmPort()).length;
+    }
+
     static String kind(Backing backing) {
         return switch (backing) {
             case Backing.Memfd m -> "memfd";
@@ -206,13 +216,17 @@ public final class VmSnapshots {
     /** How referenced memory files are mapped: the guest continues in the file, or gets a private copy-on-write view. */
     public enum Mode { CONTINUE, CLONE }
 
-    /** Reads and checks a snapshot (flavour, memory files' identity) and decodes its state. */
-    public static Loaded load(Kvm kvm, Path dir) {
-        return load(kvm, dir, new int[0]);
+    /**
+     * Reads and checks a snapshot (flavour, memory files' identity) and decodes its state. No KVM
+     * handle is needed yet (a restore reads its snapshot while the FFM downcall is still being
+     * linked, see cli.EarlyWarmup); {@link #build} checks the vCPU count against the host's.
+     */
+    public static Loaded load(Path dir) {
+        return load(dir, new int[0]);
     }
 
-    /** As {@link #load(Kvm, Path)}, for a migration: {@code descriptors} are the fds passed with the snapshot. */
-    public static Loaded load(Kvm kvm, Path dir, int[] descriptors) {
+    /** As {@link #load(Path)}, for a migration: {@code descriptors} are the fds passed with the snapshot. */
+    public static Loaded load(Path dir, int[] descriptors) {
         var snapshot = SnapshotReader.open(dir);
         String host = Kvm.hostFlavour().name();
         if (!snapshot.flavour().equals(host) && !snapshot.flavour().equals(HostFlavour.UNKNOWN.name())) {
@@ -223,7 +237,7 @@ public final class VmSnapshots {
         var machine = Json.asObject(meta.get("machine"), "machine");
         long memoryBytes = number(machine, "memory");
         int cpus = (int) number(machine, "cpus");
-        if (cpus < 1 || cpus > kvm.maxVcpus()) throw new SnapshotException("the snapshot has " + cpus + " vCPUs; this host allows " + kvm.maxVcpus());
+        if (cpus < 1) throw new SnapshotException("the snapshot has " + cpus + " vCPUs");
         int xsaveSize = (int) number(Json.asObject(meta.get("host"), "host"), "xsaveSize");
         long total = 0;
         for (var e : snapshot.ram()) {
@@ -250,11 +264,12 @@ public final class VmSnapshots {
 
     /** Builds a paused VM from a snapshot; {@link Vm#start()} runs it. The guest continues in its memory file. */
     public static Vm restore(Kvm kvm, Path dir, OutputStream console, VmListener listener) {
-        return build(kvm, load(kvm, dir), Mode.CONTINUE, console, listener);
+        return build(kvm, load(dir), Mode.CONTINUE, console, listener);
     }
 
     /** A new VM from a loaded snapshot. In CLONE mode no file is written: shared files are mapped private. */
     public static Vm build(Kvm kvm, Loaded loaded, Mode mode, OutputStream console, VmListener listener) {
+        checkHostAllows(kvm, loaded);
         var sources = new ArrayList<GuestMemory.BlockSource>();
         for (var e : loaded.snapshot().ram()) {
             if (e.byDescriptor()) {
@@ -343,6 +358,12 @@ public final class VmSnapshots {
             else shell.close();
             throw e;
         }
+    }
+
+    /** The host must allow as many vCPUs as the snapshot has. */
+    public static void checkHostAllows(Kvm kvm, Loaded loaded) {
+        int max = kvm.maxVcpus();
+        if (loaded.cpus() > max) throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
     }
 
     /** The backing a restored VM reports: its shared file when it had one, else the snapshot (private). */

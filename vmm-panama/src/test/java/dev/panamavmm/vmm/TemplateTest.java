@@ -59,7 +59,7 @@ class TemplateTest {
             assertTrue(templateConsole.text().contains("ready\n"));
             assertEquals("r--r--r--", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(created.memoryFile())));
             String before = sha256(created.memoryFile());
-            var template = Templates.open(kvm, templateDir);
+            var template = Templates.open(templateDir);
             var ids = new HashSet<String>();
             for (int i = 0; i < 2; i++) {
                 var console = new SnapshotTest.Console();
@@ -89,7 +89,7 @@ class TemplateTest {
         var consoles = new ArrayList<SnapshotTest.Console>();
         try (var kvm = Kvm.open()) {
             created = createTemplate(kvm, templateDir, new SnapshotTest.Console(), "testguest.mem=4M");
-            var template = Templates.open(kvm, templateDir);
+            var template = Templates.open(templateDir);
             for (int i = 0; i < 20; i++) {
                 var console = new SnapshotTest.Console();
                 consoles.add(console);
@@ -115,17 +115,17 @@ class TemplateTest {
     void cloningFromMissingCorruptUnfinishedOrPlainSnapshotsIsRefused(@TempDir Path dir) throws Exception {
         try (var kvm = Kvm.open()) {
             assertEquals("no template directory " + dir.resolve("none"),
-                    assertThrows(SnapshotException.class, () -> Templates.open(kvm, dir.resolve("none"))).getMessage());
+                    assertThrows(SnapshotException.class, () -> Templates.open(dir.resolve("none"))).getMessage());
             var creating = Files.createDirectories(dir.resolve("creating"));
             Files.writeString(creating.resolve(".creating"), Long.toString(ProcessHandle.current().pid()));
             assertEquals("template " + creating + " is still being created (process " + ProcessHandle.current().pid() + " is running)",
-                    assertThrows(SnapshotException.class, () -> Templates.open(kvm, creating)).getMessage());
+                    assertThrows(SnapshotException.class, () -> Templates.open(creating)).getMessage());
             var empty = Files.createDirectories(dir.resolve("empty"));
             assertEquals(empty + " is not a template (no snapshot.pvm)",
-                    assertThrows(SnapshotException.class, () -> Templates.open(kvm, empty)).getMessage());
+                    assertThrows(SnapshotException.class, () -> Templates.open(empty)).getMessage());
             var corrupt = Files.createDirectories(dir.resolve("corrupt"));
             Files.write(corrupt.resolve("snapshot.pvm"), new byte[100]);
-            assertTrue(assertThrows(SnapshotException.class, () -> Templates.open(kvm, corrupt)).getMessage().contains("is not a Panama VMM snapshot"));
+            assertTrue(assertThrows(SnapshotException.class, () -> Templates.open(corrupt)).getMessage().contains("is not a Panama VMM snapshot"));
 
             var plain = dir.resolve("plain");
             try (var vm = Vm.create(kvm, guest("testguest.mem=4M"), OutputStream.nullOutputStream(), new VmListener() {})) {
@@ -133,7 +133,7 @@ class TemplateTest {
                 VmSnapshots.save(vm, plain, true, false, dev.panamavmm.migration.RamWriter.Progress.NONE);
             }
             assertEquals(plain + " is a snapshot, not a template: its RAM is not in a shared memory file",
-                    assertThrows(SnapshotException.class, () -> Templates.open(kvm, plain)).getMessage());
+                    assertThrows(SnapshotException.class, () -> Templates.open(plain)).getMessage());
         }
     }
 }

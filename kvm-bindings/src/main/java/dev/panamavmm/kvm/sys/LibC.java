@@ -11,6 +11,7 @@ import java.lang.foreign.MemoryLayout;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.StructLayout;
 import java.lang.invoke.MethodHandle;
+import java.lang.ref.Reference;
 
 import static java.lang.foreign.ValueLayout.ADDRESS;
 import static java.lang.foreign.ValueLayout.JAVA_INT;
@@ -19,11 +20,13 @@ import static java.lang.foreign.ValueLayout.JAVA_LONG;
 /**
  * The libc functions and system calls the VMM uses, as FFM downcalls.
  *
- * <p>Each function has one {@code static final MethodHandle} in its own holder class, so a
- * process links only what it calls (the first linkage of a downcall costs milliseconds). Calls
- * that can fail capture {@code errno} in a per-thread segment and throw {@link KvmException}
- * naming the call; {@code ioctl} and {@code open} are variadic in C and are linked as such.
- * Prototypes are glibc's on x86-64 Linux: {@code size_t}/{@code off_t}/{@code ssize_t} are 64-bit.
+ * <p>System calls (ioctl, open, mmap, sockets, ...) all go through one downcall, glibc's variadic
+ * {@code syscall}, with the numbers from {@code <sys/syscall.h>}: linking a downcall of a new
+ * shape costs a process 10-20 ms, and a VMM start links once instead of a dozen times. Pointer
+ * arguments are passed as addresses (see {@code address}). The few libc functions that are not
+ * system calls (sigaction, terminal settings, strerror) keep their own downcall, each in its own
+ * holder class, so a process links only what it calls. Calls that can fail capture {@code errno}
+ * in a per-thread segment and throw {@link KvmException} naming the call.
  */
 public final class LibC {
     private LibC() {}
@@ -62,42 +65,74 @@ public final class LibC {
         return new IllegalStateException(t);
     }
 
+    // ---- system calls ------------------------------------------------------------------------
+
+    /**
+     * glibc's {@code long syscall(long number, ...)}, linked once with six {@code long} arguments:
+     * every system call below goes through this one downcall. Each distinct downcall shape costs
+     * a new process 10-20 ms to link (a generated stub class and its method-handle adapters), so
+     * a restore or a clone that linked a dozen libc wrappers spent ~100 ms on linking alone.
+     * Unused trailing arguments are passed as 0 and ignored by the kernel; on failure glibc
+     * returns -1 and sets errno, which is captured.
+     */
+    private static final class Syscall {
+        static final MethodHandle H = link("syscall", FunctionDescriptor.of(JAVA_LONG,
+                        JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG),
+                Linker.Option.firstVariadicArg(1), ERRNO);
+    }
+
+    private static long syscall(MemorySegment capture, int number, long a1, long a2, long a3, long a4, long a5, long a6) {
+        try {
+            return (long) Syscall.H.invokeExact(capture, (long) number, a1, a2, a3, a4, a5, a6);
+        } catch (Throwable t) {
+            throw unexpected(t);
+        }
+    }
+
+    private static long syscall(MemorySegment capture, int number, long a1, long a2, long a3) {
+        return syscall(capture, number, a1, a2, a3, 0, 0, 0);
+    }
+
+    /** A system call that throws on failure, naming {@code call}; returns the non-negative result. */
+    private static long checked(String call, int number, long a1, long a2, long a3) {
+        var capture = CAPTURE.get();
+        long r = syscall(capture, number, a1, a2, a3);
+        if (r < 0) throw fail(call, capture);
+        return r;
+    }
+
+    /**
+     * The address of a pointer argument. Pointers go to the kernel as plain numbers, so FFM cannot
+     * keep the segment's arena open during the call the way it does for an {@code ADDRESS}
+     * argument; the rule instead: a segment passed to a system call belongs to an arena that stays
+     * open until the call returns (the caller's own confined arena, or the VM's arena, which
+     * outlives every vCPU), and is reachability-fenced after the call. A closed arena or heap
+     * memory is refused here. Were the memory unmapped during a call anyway, the kernel would
+     * fail it with EFAULT: the kernel checks user pointers, the JVM is not involved.
+     */
+    private static long address(MemorySegment segment) {
+        if (!segment.isNative()) throw new IllegalArgumentException("a system call needs native memory, not a heap segment");
+        if (!segment.scope().isAlive()) throw new IllegalStateException("the segment's arena is already closed");
+        return segment.address();
+    }
+
     // ---- ioctl -------------------------------------------------------------------------------
-
-    private static final class IoctlPtr {
-        static final MethodHandle H = link("ioctl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG, ADDRESS),
-                Linker.Option.firstVariadicArg(2), ERRNO);
-    }
-
-    private static final class IoctlLong {
-        static final MethodHandle H = link("ioctl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG),
-                Linker.Option.firstVariadicArg(2), ERRNO);
-    }
 
     /** {@code ioctl(fd, request, arg)} with a pointer argument; returns the non-negative result. */
     public static int ioctl(int fd, long request, MemorySegment arg) {
         var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) IoctlPtr.H.invokeExact(capture, fd, request, arg);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
+        long r = syscall(capture, LibcConstants.SYS_ioctl, fd, request, address(arg));
+        Reference.reachabilityFence(arg);
         if (r < 0) throw fail(Ioctls.name(request), capture);
-        return r;
+        return (int) r;
     }
 
     /** {@code ioctl(fd, request, value)} with an integer argument (or none: pass 0). */
     public static int ioctl(int fd, long request, long value) {
         var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) IoctlLong.H.invokeExact(capture, fd, request, value);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
+        long r = syscall(capture, LibcConstants.SYS_ioctl, fd, request, value);
         if (r < 0) throw fail(Ioctls.name(request), capture);
-        return r;
+        return (int) r;
     }
 
     /**
@@ -106,170 +141,65 @@ public final class LibC {
      */
     public static int ioctlOrErrno(int fd, long request, MemorySegment arg) {
         var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) IoctlPtr.H.invokeExact(capture, fd, request, arg);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        return r < 0 ? -capture.get(JAVA_INT, ERRNO_OFFSET) : r;
+        long r = syscall(capture, LibcConstants.SYS_ioctl, fd, request, address(arg));
+        Reference.reachabilityFence(arg);
+        return r < 0 ? -capture.get(JAVA_INT, ERRNO_OFFSET) : (int) r;
     }
 
     // ---- files -------------------------------------------------------------------------------
 
-    private static final class Open {
-        static final MethodHandle H = link("open", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT),
-                Linker.Option.firstVariadicArg(2), ERRNO);
-    }
-
     /** {@code open(path, flags, mode)}; the error message names the path. */
     public static int open(String path, int flags, int mode) {
-        var capture = CAPTURE.get();
-        int r;
         try (var arena = Arena.ofConfined()) {
-            r = (int) Open.H.invokeExact(capture, arena.allocateFrom(path), flags, mode);
-        } catch (Throwable t) {
-            throw unexpected(t);
+            return (int) checked("open " + path, LibcConstants.SYS_open, address(arena.allocateFrom(path)), flags, mode);
         }
-        if (r < 0) throw fail("open " + path, capture);
-        return r;
-    }
-
-    private static final class Close {
-        static final MethodHandle H = link("close", FunctionDescriptor.of(JAVA_INT, JAVA_INT), ERRNO);
     }
 
     public static void close(int fd) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Close.H.invokeExact(capture, fd);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("close", capture);
-    }
-
-    private static final class Read {
-        static final MethodHandle H = link("read", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG), ERRNO);
+        checked("close", LibcConstants.SYS_close, fd, 0, 0);
     }
 
     /** {@code read(fd, buf, buf.byteSize())}: bytes read, 0 at end of file. */
     public static long read(int fd, MemorySegment buf) {
-        var capture = CAPTURE.get();
-        long r;
-        try {
-            r = (long) Read.H.invokeExact(capture, fd, buf, buf.byteSize());
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("read", capture);
+        long r = checked("read", LibcConstants.SYS_read, fd, address(buf), buf.byteSize());
+        Reference.reachabilityFence(buf);
         return r;
-    }
-
-    private static final class Write {
-        static final MethodHandle H = link("write", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG), ERRNO);
     }
 
     /** {@code write(fd, buf, buf.byteSize())}: bytes written. */
     public static long write(int fd, MemorySegment buf) {
-        var capture = CAPTURE.get();
-        long r;
-        try {
-            r = (long) Write.H.invokeExact(capture, fd, buf, buf.byteSize());
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("write", capture);
+        long r = checked("write", LibcConstants.SYS_write, fd, address(buf), buf.byteSize());
+        Reference.reachabilityFence(buf);
         return r;
     }
 
-    private static final class Ftruncate {
-        static final MethodHandle H = link("ftruncate", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG), ERRNO);
-    }
-
     public static void ftruncate(int fd, long length) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Ftruncate.H.invokeExact(capture, fd, length);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("ftruncate", capture);
-    }
-
-    private static final class Fallocate {
-        static final MethodHandle H = link("fallocate", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG), ERRNO);
+        checked("ftruncate", LibcConstants.SYS_ftruncate, fd, length, 0);
     }
 
     public static void fallocate(int fd, int mode, long offset, long length) {
         var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Fallocate.H.invokeExact(capture, fd, mode, offset, length);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
+        long r = syscall(capture, LibcConstants.SYS_fallocate, fd, mode, offset, length, 0, 0);
         if (r < 0) throw fail("fallocate", capture);
-    }
-
-    private static final class MemfdCreate {
-        static final MethodHandle H = link("memfd_create", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT), ERRNO);
     }
 
     /** An anonymous memory file ({@code MFD_CLOEXEC} is the caller's choice in {@code flags}). */
     public static int memfdCreate(String name, int flags) {
-        var capture = CAPTURE.get();
-        int r;
         try (var arena = Arena.ofConfined()) {
-            r = (int) MemfdCreate.H.invokeExact(capture, arena.allocateFrom(name), flags);
-        } catch (Throwable t) {
-            throw unexpected(t);
+            return (int) checked("memfd_create", LibcConstants.SYS_memfd_create, address(arena.allocateFrom(name)), flags, 0);
         }
-        if (r < 0) throw fail("memfd_create", capture);
-        return r;
-    }
-
-    private static final class Eventfd {
-        static final MethodHandle H = link("eventfd", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT), ERRNO);
     }
 
     public static int eventfd(int initialValue, int flags) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Eventfd.H.invokeExact(capture, initialValue, flags);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("eventfd", capture);
-        return r;
-    }
-
-    private static final class Syscall1 {
-        static final MethodHandle H = link("syscall", FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG),
-                Linker.Option.firstVariadicArg(1), ERRNO);
+        return (int) checked("eventfd", LibcConstants.SYS_eventfd2, initialValue, flags, 0);
     }
 
     /** {@code userfaultfd(flags)} (glibc has no wrapper: a raw system call). */
     public static int userfaultfd(int flags) {
-        var capture = CAPTURE.get();
-        long r;
-        try {
-            r = (long) Syscall1.H.invokeExact(capture, (long) LibcConstants.SYS_userfaultfd, (long) flags);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("userfaultfd", capture);
-        return (int) r;
+        return (int) checked("userfaultfd", LibcConstants.SYS_userfaultfd, flags, 0, 0);
     }
 
     // ---- memory mappings ---------------------------------------------------------------------
-
-    private static final class Mmap {
-        static final MethodHandle H = link("mmap", FunctionDescriptor.of(ADDRESS, ADDRESS, JAVA_LONG, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG), ERRNO);
-    }
 
     /**
      * {@code mmap(NULL, length, prot, flags, fd, offset)}; the result is a zero-length segment at
@@ -277,14 +207,9 @@ public final class LibC {
      */
     public static MemorySegment mmap(long length, int prot, int flags, int fd, long offset) {
         var capture = CAPTURE.get();
-        MemorySegment r;
-        try {
-            r = (MemorySegment) Mmap.H.invokeExact(capture, MemorySegment.NULL, length, prot, flags, fd, offset);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r.address() == LibcConstants.MAP_FAILED) throw fail("mmap", capture);
-        return r;
+        long r = syscall(capture, LibcConstants.SYS_mmap, 0, length, prot, flags, fd, offset);
+        if (r == LibcConstants.MAP_FAILED) throw fail("mmap", capture);
+        return MemorySegment.ofAddress(r);
     }
 
     /**
@@ -296,111 +221,51 @@ public final class LibC {
         return raw.reinterpret(length, arena, s -> munmapQuietly(s.address(), length));
     }
 
-    private static final class Munmap {
-        static final MethodHandle H = link("munmap", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG), ERRNO);
-    }
-
     public static void munmap(MemorySegment segment) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Munmap.H.invokeExact(capture, segment, segment.byteSize());
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("munmap", capture);
+        checked("munmap", LibcConstants.SYS_munmap, address(segment), segment.byteSize(), 0);
     }
 
     private static void munmapQuietly(long address, long length) {
-        try {
-            int ignored = (int) Munmap.H.invokeExact(CAPTURE.get(), MemorySegment.ofAddress(address), length);
-        } catch (Throwable t) {
-            // Cleanup runs when an arena closes; a failed munmap only leaks address space.
-        }
-    }
-
-    private static final class Madvise {
-        static final MethodHandle H = link("madvise", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT), ERRNO);
+        // Cleanup runs when an arena closes; a failed munmap only leaks address space.
+        syscall(CAPTURE.get(), LibcConstants.SYS_munmap, address, length, 0);
     }
 
     public static void madvise(MemorySegment segment, int advice) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Madvise.H.invokeExact(capture, segment, segment.byteSize(), advice);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("madvise", capture);
-    }
-
-    private static final class Mprotect {
-        static final MethodHandle H = link("mprotect", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT), ERRNO);
+        checked("madvise", LibcConstants.SYS_madvise, address(segment), segment.byteSize(), advice);
+        Reference.reachabilityFence(segment);
     }
 
     public static void mprotect(MemorySegment segment, int prot) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Mprotect.H.invokeExact(capture, segment, segment.byteSize(), prot);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("mprotect", capture);
-    }
-
-    private static final class Mincore {
-        static final MethodHandle H = link("mincore", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, ADDRESS), ERRNO);
+        checked("mprotect", LibcConstants.SYS_mprotect, address(segment), segment.byteSize(), prot);
+        Reference.reachabilityFence(segment);
     }
 
     /** One byte per page of {@code segment} into {@code vector}: bit 0 set when the page is resident. */
     public static void mincore(MemorySegment segment, MemorySegment vector) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Mincore.H.invokeExact(capture, segment, segment.byteSize(), vector);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("mincore", capture);
+        long pages = (segment.byteSize() + 4095) / 4096;
+        if (vector.byteSize() < pages) throw new IllegalArgumentException("mincore needs " + pages + " bytes of vector, got " + vector.byteSize());
+        checked("mincore", LibcConstants.SYS_mincore, address(segment), segment.byteSize(), address(vector));
+        Reference.reachabilityFence(segment);
+        Reference.reachabilityFence(vector);
     }
 
     // ---- threads and signals -----------------------------------------------------------------
 
-    private static final class PthreadSelf {
-        static final MethodHandle H = link("pthread_self", FunctionDescriptor.of(JAVA_LONG));
+    /** The calling thread's kernel thread id, to kick it later with {@link #tgkill}. */
+    public static int gettid() {
+        return (int) syscall(CAPTURE.get(), LibcConstants.SYS_gettid, 0, 0, 0);
     }
 
-    /** The calling thread's pthread_t, to kick it later with {@link #pthreadKill}. */
-    public static long pthreadSelf() {
-        try {
-            return (long) PthreadSelf.H.invokeExact();
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
+    private static final class Pid {
+        static final long PID = syscall(CAPTURE.get(), LibcConstants.SYS_getpid, 0, 0, 0);
     }
 
-    private static final class PthreadKill {
-        static final MethodHandle H = link("pthread_kill", FunctionDescriptor.of(JAVA_INT, JAVA_LONG, JAVA_INT));
-    }
-
-    /** Sends {@code signal} to a thread; pthread_kill returns the error instead of setting errno. */
-    public static void pthreadKill(long thread, int signal) {
-        int r;
-        try {
-            r = (int) PthreadKill.H.invokeExact(thread, signal);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r != 0) throw new KvmException("pthread_kill", r);
-    }
-
-    private static final class Gettid {
-        static final MethodHandle H = link("gettid", FunctionDescriptor.of(JAVA_INT));
-    }
-
-    private static final class Setpriority {
-        static final MethodHandle H = link("setpriority", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT), ERRNO);
+    /** Sends {@code signal} to thread {@code tid} of this process; false when that thread has exited. */
+    public static boolean tgkill(int tid, int signal) {
+        var capture = CAPTURE.get();
+        if (syscall(capture, LibcConstants.SYS_tgkill, Pid.PID, tid, signal) == 0) return true;
+        if (capture.get(JAVA_INT, ERRNO_OFFSET) == LibcConstants.ESRCH) return false;
+        throw fail("tgkill", capture);
     }
 
     /**
@@ -408,15 +273,7 @@ public final class LibC {
      * its thread id), so background work yields the CPU to vCPU and API threads.
      */
     public static void niceCurrentThread(int nice) {
-        var capture = capture();
-        int r;
-        try {
-            int tid = (int) Gettid.H.invokeExact();
-            r = (int) Setpriority.H.invokeExact(capture, 0 /* PRIO_PROCESS */, tid, nice);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("setpriority", capture);
+        checked("setpriority", LibcConstants.SYS_setpriority, 0 /* PRIO_PROCESS */, gettid(), nice);
     }
 
     private static final class Sigaction {
@@ -450,128 +307,48 @@ public final class LibC {
 
     // ---- sockets -----------------------------------------------------------------------------
 
-    private static final class Socket {
-        static final MethodHandle H = link("socket", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT), ERRNO);
-    }
-
     public static int socket(int domain, int type, int protocol) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Socket.H.invokeExact(capture, domain, type, protocol);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("socket", capture);
-        return r;
-    }
-
-    private static final class Bind {
-        static final MethodHandle H = link("bind", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT), ERRNO);
+        return (int) checked("socket", LibcConstants.SYS_socket, domain, type, protocol);
     }
 
     public static void bind(int fd, MemorySegment address) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Bind.H.invokeExact(capture, fd, address, (int) address.byteSize());
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("bind", capture);
-    }
-
-    private static final class Connect {
-        static final MethodHandle H = link("connect", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT), ERRNO);
+        checked("bind", LibcConstants.SYS_bind, fd, address(address), address.byteSize());
+        Reference.reachabilityFence(address);
     }
 
     public static void connect(int fd, MemorySegment address) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Connect.H.invokeExact(capture, fd, address, (int) address.byteSize());
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("connect", capture);
-    }
-
-    private static final class Listen {
-        static final MethodHandle H = link("listen", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT), ERRNO);
+        checked("connect", LibcConstants.SYS_connect, fd, address(address), address.byteSize());
+        Reference.reachabilityFence(address);
     }
 
     public static void listen(int fd, int backlog) {
-        var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Listen.H.invokeExact(capture, fd, backlog);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("listen", capture);
-    }
-
-    private static final class Shutdown {
-        static final MethodHandle H = link("shutdown", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT), ERRNO);
+        checked("listen", LibcConstants.SYS_listen, fd, backlog, 0);
     }
 
     /** shutdown(fd, SHUT_RDWR): wakes a thread blocked on the socket; errors are ignored (the socket may be gone). */
     public static void shutdown(int fd) {
-        try {
-            int ignored = (int) Shutdown.H.invokeExact(CAPTURE.get(), fd, 2);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-    }
-
-    private static final class Accept4 {
-        static final MethodHandle H = link("accept4", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, JAVA_INT), ERRNO);
+        syscall(CAPTURE.get(), LibcConstants.SYS_shutdown, fd, 2, 0);
     }
 
     /** Accepts one connection (blocking). */
     public static int accept(int fd, int flags) {
         var capture = CAPTURE.get();
-        int r;
-        try {
-            r = (int) Accept4.H.invokeExact(capture, fd, MemorySegment.NULL, MemorySegment.NULL, flags);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
+        long r = syscall(capture, LibcConstants.SYS_accept4, fd, 0, 0, flags, 0, 0);
         if (r < 0) throw fail("accept", capture);
-        return r;
-    }
-
-    private static final class Sendmsg {
-        static final MethodHandle H = link("sendmsg", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT), ERRNO);
+        return (int) r;
     }
 
     /** {@code sendmsg(fd, msghdr, flags)}: bytes sent. With SCM_RIGHTS control data this passes fds. */
     public static long sendmsg(int fd, MemorySegment msghdr, int flags) {
-        var capture = CAPTURE.get();
-        long r;
-        try {
-            r = (long) Sendmsg.H.invokeExact(capture, fd, msghdr, flags);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("sendmsg", capture);
+        long r = checked("sendmsg", LibcConstants.SYS_sendmsg, fd, address(msghdr), flags);
+        Reference.reachabilityFence(msghdr);
         return r;
-    }
-
-    private static final class Recvmsg {
-        static final MethodHandle H = link("recvmsg", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT), ERRNO);
     }
 
     /** {@code recvmsg(fd, msghdr, flags)}: bytes received, 0 when the peer closed. */
     public static long recvmsg(int fd, MemorySegment msghdr, int flags) {
-        var capture = CAPTURE.get();
-        long r;
-        try {
-            r = (long) Recvmsg.H.invokeExact(capture, fd, msghdr, flags);
-        } catch (Throwable t) {
-            throw unexpected(t);
-        }
-        if (r < 0) throw fail("recvmsg", capture);
+        long r = checked("recvmsg", LibcConstants.SYS_recvmsg, fd, address(msghdr), flags);
+        Reference.reachabilityFence(msghdr);
         return r;
     }
 

@@ -50,11 +50,11 @@ public final class VcpuKick {
         return signal;
     }
 
-    /** Sets {@code immediate_exit} and signals the thread ({@code pthread_t}) running the vCPU. */
-    public static void kick(MemorySegment runPage, long pthread) {
+    /** Sets {@code immediate_exit} and signals the thread (kernel thread id {@code tid}) running the vCPU. */
+    public static void kick(MemorySegment runPage, int tid) {
         KvmRun.immediateExit(runPage, 1);
         VarHandle.fullFence(); // the store must be visible before the signal lands
-        LibC.pthreadKill(pthread, signal());
+        LibC.tgkill(tid, signal());
     }
 
     /** Clears {@code immediate_exit} before the vCPU is run again. */

@@ -20,14 +20,14 @@ class VcpuKickTest {
     void aRunningVcpuIsKickedOut() throws Exception {
         try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena);
              var vcpu = RealModeGuest.load(vm, arena, new byte[] {(byte) 0xeb, (byte) 0xfe})) {
-            var pthread = new CompletableFuture<Long>();
+            var tid = new CompletableFuture<Integer>();
             var result = new CompletableFuture<VcpuExit>();
             var thread = Thread.ofPlatform().name("vcpu-0").start(() -> {
-                pthread.complete(LibC.pthreadSelf());
+                tid.complete(LibC.gettid());
                 int r = vcpu.run();
                 result.complete(r == -LibcConstants.EINTR ? new VcpuExit.Interrupted() : VcpuExit.decode(vcpu.runPage()));
             });
-            long self = pthread.get(5, TimeUnit.SECONDS);
+            int self = tid.get(5, TimeUnit.SECONDS);
             Thread.sleep(200); // let it spin inside KVM_RUN
             VcpuKick.kick(vcpu.runPage(), self);
             assertInstanceOf(VcpuExit.Interrupted.class, result.get(5, TimeUnit.SECONDS));

@@ -1,0 +1,79 @@
+package dev.panamavmm.kvm.sys;
+
+import dev.panamavmm.kvm.KvmException;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import org.junit.jupiter.api.Test;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** The system calls behind LibC's one {@code syscall} downcall: results, errno, and the pointer rules. */
+class LibCTest {
+
+    @Test
+    void aMemfdIsWrittenSizedMappedAndReadBack() {
+        int fd = LibC.memfdCreate("libc-test", LibcConstants.MFD_CLOEXEC);
+        try (var arena = Arena.ofConfined()) {
+            LibC.ftruncate(fd, 8192);
+            var data = arena.allocateFrom("panama");
+            assertEquals(data.byteSize(), LibC.write(fd, data));
+            var map = LibC.mapInto(arena, 8192, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
+                    LibcConstants.MAP_SHARED, fd, 0);
+            assertEquals("panama", map.getString(0));
+            map.set(JAVA_LONG, 4096, 0x1122334455667788L);
+            var resident = arena.allocate(2);
+            LibC.mincore(map, resident);
+            assertEquals(1, resident.get(JAVA_BYTE, 1) & 1, "the page just written is resident");
+            var back = arena.allocate(7);
+            // read(2) goes on from the offset write(2) left (7): the file is 8192 bytes, so 7 more come back.
+            long n = LibC.read(fd, back);
+            assertEquals(7, n);
+            assertArrayEquals(new byte[7], back.toArray(JAVA_BYTE), "bytes 7..13 of the file are zeros");
+        } finally {
+            LibC.close(fd);
+        }
+    }
+
+    @Test
+    void failuresNameTheCallAndCarryErrno() {
+        var e = assertThrows(KvmException.class, () -> LibC.close(-1));
+        assertEquals(LibcConstants.EBADF, e.errno());
+        assertTrue(e.getMessage().contains("close"), e.getMessage());
+        var open = assertThrows(KvmException.class, () -> LibC.open("/nonexistent/panama", LibcConstants.O_RDONLY, 0));
+        assertEquals(LibcConstants.ENOENT, open.errno());
+        assertTrue(open.getMessage().contains("/nonexistent/panama"), open.getMessage());
+    }
+
+    @Test
+    void pointersMustBeLiveNativeMemory() {
+        int fd = LibC.memfdCreate("libc-test", LibcConstants.MFD_CLOEXEC);
+        try {
+            assertThrows(IllegalArgumentException.class, () -> LibC.write(fd, MemorySegment.ofArray(new byte[8])));
+            MemorySegment closed;
+            try (var arena = Arena.ofConfined()) {
+                closed = arena.allocate(8);
+            }
+            assertThrows(IllegalStateException.class, () -> LibC.write(fd, closed));
+        } finally {
+            LibC.close(fd);
+        }
+    }
+
+    @Test
+    void threadsAreSignalledByTheirIdAndAGoneThreadIsReportedNotThrown() throws Exception {
+        int[] tid = new int[1];
+        var thread = Thread.ofPlatform().start(() -> tid[0] = LibC.gettid());
+        thread.join();
+        assertTrue(tid[0] > 0);
+        assertFalse(LibC.tgkill(tid[0], 0), "signal 0 to an exited thread: ESRCH, reported as false");
+        assertTrue(LibC.tgkill(LibC.gettid(), 0), "signal 0 checks that the thread exists");
+    }
+}
