@@ -298,7 +298,10 @@ def panama_chain(label, size, shared, n, warmup, aot=AOT, train=None):
                 stamps.stop()
             if stamps.corrupt:
                 raise BenchError(f"CORRUPT after migration {i} of {label}")
-            row = {"i": i, "warmup": i <= warmup, "downtime_ms": r["downtime-ms"], "total_ms": r["total-ms"],
+            # downtime-us: pause on the source -> resume on the destination; confirmed-ms: -> the source has the confirmation
+            downtime = r["downtime-us"] / 1000 if "downtime-us" in r else r["downtime-ms"]
+            row = {"i": i, "warmup": i <= warmup, "downtime_ms": round(downtime, 2), "confirmed_ms": r.get("confirmed-ms"),
+                   "total_ms": r["total-ms"],
                    "bytes_sent": r["bytes-sent"], "api_ms": round((t1 - t0) * 1000, 1), "loadavg": la}
             if stamps.last[0] and stamps.first_dst:
                 gap = (stamps.first_dst[0] - stamps.last[0][0]) * 1000
@@ -434,9 +437,9 @@ def summary(R):
       f"{N} measured migrations per chain after {WARMUP} warm-up; guest hb={HB} ms; AOT cache: {'yes' if AOT else 'no'}")
     p("")
     p("medians in ms [min-max] of the measured migrations; QEMU ref = the lower of the two QEMU medians")
-    p("| guest | QEMU#1 downtime | QEMU#2 downtime | QEMU STOP->RESUME | Panama downtime-ms | Panama hb gap - period"
-      " | Panama / QEMU downtime | Panama / QEMU STOP->RESUME |")
-    p("|---|---|---|---|---|---|---|---|")
+    p("| guest | QEMU#1 downtime | QEMU#2 downtime | QEMU STOP->RESUME | Panama downtime (pause -> resume) | Panama confirmed-ms"
+      " | Panama hb gap - period | Panama / QEMU downtime | Panama / QEMU STOP->RESUME |")
+    p("|---|---|---|---|---|---|---|---|---|")
 
     def rng(rows, key):
         xs = [r[key] for r in rows if not r["warmup"] and r.get(key) is not None]
@@ -456,7 +459,7 @@ def summary(R):
         r2 = f"{pd / min(qs):.1f}x" if (pd is not None and qs and min(qs) > 0) else "-"
         qsr = [r["stop_to_resume_ms"] for r in q1 + q2 if not r["warmup"] and "stop_to_resume_ms" in r]
         p(f"| {label} | {rng(q1, 'downtime_ms')} | {rng(q2, 'downtime_ms')} | "
-          f"{fmt(statistics.median(qsr)) + f' [{fmt(min(qsr))}-{fmt(max(qsr))}]' if qsr else '-'} | {rng(pr, 'downtime_ms')} | "
+          f"{fmt(statistics.median(qsr)) + f' [{fmt(min(qsr))}-{fmt(max(qsr))}]' if qsr else '-'} | {rng(pr, 'downtime_ms')} | {rng(pr, 'confirmed_ms')} | "
           f"{fmt(statistics.median(gaps)) + f' [{fmt(min(gaps))}-{fmt(max(gaps))}]' if gaps else '-'} | {r1} | {r2} |")
         verdict_rows.append((label, pd))
         if len(qd) == 2 and max(qd) > 1.5 * min(qd) and max(qd) - min(qd) > 1:

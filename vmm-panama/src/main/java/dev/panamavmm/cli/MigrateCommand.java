@@ -27,8 +27,10 @@ final class MigrateCommand implements Cli.Command {
                 return Main.FAILED;
             }
             var r = Json.asObject(reply.get("return"), "return");
-            io.out().printf("migrated: downtime %s ms, total %s ms, %s bytes sent%n",
-                    r.get("downtime-ms"), r.get("total-ms"), r.get("bytes-sent"));
+            String downtime = r.get("downtime-us") instanceof Long us ? String.format(java.util.Locale.ROOT, "%.1f", us / 1000.0)
+                    : String.valueOf(r.get("downtime-ms"));
+            io.out().printf("migrated: downtime %s ms (confirmed after %s ms), total %s ms, %s bytes sent%n",
+                    downtime, r.get("confirmed-ms"), r.get("total-ms"), r.get("bytes-sent"));
             return Main.OK;
         }
     }

@@ -130,7 +130,8 @@ final class VmSession {
             public Map<String, Object> migrate(String uri) throws Exception {
                 if (!uri.startsWith("unix:") || uri.length() == 5) throw new IllegalArgumentException("\"uri\" must be unix:PATH");
                 var r = dev.panamavmm.vmm.LocalMigration.send(vm, Path.of(uri.substring(5)), 10);
-                return Json.object("downtime-ms", r.downtimeMillis(), "total-ms", r.totalMillis(), "bytes-sent", r.bytesSent());
+                return Json.object("downtime-ms", r.downtimeMillis(), "downtime-us", r.downtimeMicros(),
+                        "confirmed-ms", r.confirmedMillis(), "total-ms", r.totalMillis(), "bytes-sent", r.bytesSent());
             }
 
             @Override

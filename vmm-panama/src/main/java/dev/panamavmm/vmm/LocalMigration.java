@@ -25,20 +25,41 @@ import java.util.function.Function;
  * is written to tmpfs, a memfd-backed guest's RAM goes as the memfd itself (SCM_RIGHTS), a
  * shared file by reference; private non-memfd RAM is written into the snapshot.
  *
- * <p>Protocol (one JSON message each way per step): source -> {@code {"snapshot": DIR}} + fds;
- * destination builds the VM with its vCPU threads parked -> {@code {"ready": true}} or
- * {@code {"error": ...}}; source -> {@code {"go": true}}; destination releases the vCPUs ->
- * {@code {"running": true}};
- * the source ends its VM. Until "go" the source can resume its guest safely; after "go" it
- * resumes only if the destination reports an error or disappears without confirming.
+ * <p>Protocol (one JSON message each way per step): source -> {@code {"prepare": ...}} + fds,
+ * destination maps the memory and builds the VM shell -> {@code {"prepared": true}}; the source
+ * pauses the guest -> {@code {"snapshot": DIR, "resumeBefore": T}}; the destination applies the
+ * state and resumes the guest -> {@code {"running": true, "resumedAtNanos": R}} or
+ * {@code {"error": ...}}; the source ends its VM. One message crosses during the downtime.
+ *
+ * <p>{@code T} is the source's deadline (System.nanoTime, which is CLOCK_MONOTONIC: one clock for
+ * every process of the host). Without a confirmation by then the source resumes its guest; so
+ * the destination resumes only while at least {@link #RESUME_MARGIN_NANOS} is left, otherwise it
+ * refuses, and the guest never runs in both. A destination that dies after resuming but before
+ * its confirmation arrives is the one case the source cannot tell from one that died before.
+ *
+ * <p>Older peers: a destination that answers {@code {"ready": true}} (it waits for
+ * {@code {"go": true}} before resuming) gets its "go"; a source that sends no deadline gets
+ * "ready" and resumes on "go". A VMM can be live-updated to and from the previous version.
  */
 public final class LocalMigration {
     private LocalMigration() {}
 
     private static final Log log = Log.of(LocalMigration.class);
 
-    /** What a migration did, from the source's point of view. */
-    public record Result(long downtimeMillis, long totalMillis, long bytesSent) {}
+    /** The destination resumes only if this much is left before the source's deadline: time for its confirmation to arrive. */
+    static final long RESUME_MARGIN_NANOS = TimeUnit.SECONDS.toNanos(1);
+
+    /**
+     * What a migration did, from the source's point of view. {@code downtimeMicros}: from the
+     * source pausing the guest to the destination resuming it (the destination reports its resume
+     * time; System.nanoTime is CLOCK_MONOTONIC on Linux, one clock for every process of the host).
+     * {@code confirmedMillis}: from the pause until the source has the destination's confirmation.
+     */
+    public record Result(long downtimeMicros, long confirmedMillis, long totalMillis, long bytesSent) {
+        public long downtimeMillis() {
+            return downtimeMicros / 1000;
+        }
+    }
 
     /** Migrates {@code vm} to the VMM waiting on {@code socket}; on failure the guest runs on here and the exception says why. */
     public static Result send(Vm vm, Path socket, long timeoutSeconds) throws InterruptedException {
@@ -52,8 +73,9 @@ public final class LocalMigration {
         Path dir = scratch.path();
         boolean wasPaused = vm.isPaused();
         long pausedAt = 0;
+        long deadline = start + TimeUnit.SECONDS.toNanos(timeoutSeconds);
         try (var peer = UnixSocket.connect(socket)) {
-            var watchdog = Watchdog.start(peer, timeoutSeconds);
+            var watchdog = Watchdog.until(peer, deadline);
             try {
                 int[] fds = vm.memory().blocks().stream().filter(b -> b.backing() instanceof Backing.Memfd)
                         .mapToInt(b -> b.fd()).distinct().limit(1).toArray();
@@ -69,16 +91,19 @@ public final class LocalMigration {
                 pausedAt = System.nanoTime();
                 var saved = VmSnapshots.save(vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
                 long savedAt = System.nanoTime();
-                peer.send(json(Json.object("snapshot", dir.toString())), prepare != null ? new int[0] : fds);
-                expect(peer, "ready");
-                long readyAt = System.nanoTime();
-                peer.send(json(Json.object("go", true)));
-                expect(peer, "running");
+                peer.send(json(Json.object("snapshot", dir.toString(), "resumeBefore", deadline)), prepare != null ? new int[0] : fds);
+                var reply = expect(peer, "running", "ready");
+                if (reply.containsKey("ready")) { // an older destination: it resumes on "go"
+                    peer.send(json(Json.object("go", true)));
+                    reply = expect(peer, "running");
+                }
                 long now = System.nanoTime();
-                log.debug("migration downtime {} us: save {} us, destination builds {} us, go to running {} us", (now - pausedAt) / 1000,
-                        (savedAt - pausedAt) / 1000, (readyAt - savedAt) / 1000, (now - readyAt) / 1000);
+                long resumedAt = reply.get("resumedAtNanos") instanceof Long t && t >= savedAt && t <= now ? t : now;
+                log.debug("migration downtime {} us: save {} us, destination builds and resumes {} us, confirmed after {} us",
+                        (resumedAt - pausedAt) / 1000, (savedAt - pausedAt) / 1000, (resumedAt - savedAt) / 1000, (now - resumedAt) / 1000);
                 vm.end(new VmExitReason.Stopped("migration to " + socket));
-                return new Result((now - pausedAt) / 1_000_000, (now - start) / 1_000_000, Files.size(saved.file()));
+                return new Result((resumedAt - pausedAt) / 1000, (now - pausedAt) / 1_000_000, (now - start) / 1_000_000,
+                        Files.size(saved.file()));
             } finally {
                 watchdog.cancel();
             }
@@ -116,13 +141,14 @@ public final class LocalMigration {
         return m == null ? e.getClass().getSimpleName() : m;
     }
 
-    private static Map<String, Object> expect(UnixSocket peer, String key) {
+    /** The peer's next message, which must set one of {@code keys} to true (an error message is thrown as a refusal). */
+    private static Map<String, Object> expect(UnixSocket peer, String... keys) {
         var message = peer.receive();
         if (message == null) throw new SnapshotException("the destination closed the connection");
         var m = Json.asObject(Json.parse(new String(message.data(), StandardCharsets.UTF_8)), "message");
         if (m.get("error") instanceof String error) throw new SnapshotException("the destination refused: " + error);
-        if (!Boolean.TRUE.equals(m.get(key))) throw new SnapshotException("the destination sent " + m + " instead of " + key);
-        return m;
+        for (String key : keys) if (Boolean.TRUE.equals(m.get(key))) return m;
+        throw new SnapshotException("the destination sent " + m + " instead of " + String.join(" or ", keys));
     }
 
     private static byte[] json(Map<String, Object> m) {
@@ -159,6 +185,8 @@ public final class LocalMigration {
         VmSnapshots.Shell shell = null;
         Vm vm = null;
         boolean handedOver = false;
+        long stateAt = 0, loadedAt = 0; // for the debug log: where the downtime goes on this side
+        Long resumeBefore = null; // the source's deadline; null from an older source, which sends "go"
         try {
             var m = Json.asObject(Json.parse(new String(message.data(), StandardCharsets.UTF_8)), "message");
             if (m.get("prepare") != null) {
@@ -175,8 +203,11 @@ public final class LocalMigration {
                 if (message == null) throw new SnapshotException("the source closed the connection before sending the VM's state");
                 m = Json.asObject(Json.parse(new String(message.data(), StandardCharsets.UTF_8)), "message");
             }
+            stateAt = System.nanoTime();
+            resumeBefore = m.get("resumeBefore") instanceof Long t ? t : null;
             var dir = Path.of(String.valueOf(m.get("snapshot")));
             var loaded = VmSnapshots.load(dir, fds);
+            loadedAt = System.nanoTime();
             String refusal = accept.apply(loaded.config());
             if (refusal != null) throw new SnapshotException(refusal);
             handedOver = true;
@@ -195,13 +226,24 @@ public final class LocalMigration {
             throw e;
         }
         try {
-            // vCPU threads are created now, parked: "go" then only releases them.
+            // vCPU threads are created parked, then released: by the deadline check or an older source's "go".
+            long builtAt = System.nanoTime();
             vm.pauseBeforeStart();
             vm.start();
-            peer.send(json(Json.object("ready", true)));
-            expect(peer, "go");
+            long startedAt = System.nanoTime();
+            if (resumeBefore == null) {
+                peer.send(json(Json.object("ready", true)));
+                expect(peer, "go");
+            } else if (startedAt > resumeBefore - RESUME_MARGIN_NANOS) {
+                var late = new SnapshotException("the VM's state came too late: the source resumes its guest at its deadline");
+                peer.send(json(Json.object("error", late.getMessage())));
+                throw late;
+            }
             vm.resume();
-            peer.send(json(Json.object("running", true)));
+            long resumedAt = System.nanoTime();
+            peer.send(json(Json.object("running", true, "resumedAtNanos", resumedAt)));
+            log.debug("incoming state: load {} us, build {} us, vCPU threads {} us, resumed {} us after the state arrived",
+                    (loadedAt - stateAt) / 1000, (builtAt - loadedAt) / 1000, (startedAt - builtAt) / 1000, (resumedAt - stateAt) / 1000);
             return vm;
         } catch (RuntimeException e) {
             vm.close();
@@ -242,9 +284,14 @@ public final class LocalMigration {
     /** Closes a socket when a step takes longer than the timeout, so a blocked receive fails instead of hanging. */
     private record Watchdog(Thread thread) {
         static Watchdog start(UnixSocket socket, long seconds) {
+            return until(socket, System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds));
+        }
+
+        /** Shuts the socket at {@code deadline} (System.nanoTime). */
+        static Watchdog until(UnixSocket socket, long deadline) {
             return new Watchdog(Thread.ofPlatform().daemon().name("migration-watchdog").start(() -> {
                 try {
-                    TimeUnit.SECONDS.sleep(seconds);
+                    for (long left; (left = deadline - System.nanoTime()) > 0; ) TimeUnit.NANOSECONDS.sleep(left);
                     LibC.shutdown(socket.fd());
                 } catch (InterruptedException e) {
                     // cancelled: the step finished in time

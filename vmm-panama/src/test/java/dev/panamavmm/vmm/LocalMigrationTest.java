@@ -64,7 +64,9 @@ class LocalMigrationTest {
                     var next = incoming(kvm, socket, console, null);
                     awaitSocket(socket);
                     var result = LocalMigration.send(current, socket, 10);
-                    assertTrue(result.downtimeMillis() >= 0);
+                    assertTrue(result.downtimeMicros() > 0, "the guest was paused for some time");
+                    assertTrue(result.downtimeMillis() <= result.confirmedMillis() && result.confirmedMillis() <= result.totalMillis(),
+                            "pause -> resumed -> confirmed -> done: " + result);
                     assertTrue(current.termination().isDone(), "the source ends once the destination runs");
                     current.close();
                     current = next.get(10, TimeUnit.SECONDS);
@@ -113,6 +115,75 @@ class LocalMigrationTest {
             assertTrue(failure.getCause().getMessage().contains("expected another RAM size"), failure.getCause().toString());
             at = SnapshotTest.checkHeartbeats(console.text()).get(0);
             console.await("hb 0 " + (at + 2), 30);
+        }
+        SnapshotTest.checkHeartbeats(console.text());
+    }
+
+    @KvmTest
+    void aDestinationTooLateForTheSourcesDeadlineRefusesInsteadOfResuming(@TempDir Path dir) throws Exception {
+        var console = new SnapshotTest.Console();
+        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
+            vm.start();
+            console.await("hb 0 2", 30);
+            // The source gives up 4 s after it starts; this destination takes 3.2 s over the state,
+            // leaving less than the 1 s margin: it must not resume the guest the source will resume.
+            var socket = dir.resolve("late.sock");
+            var calls = new java.util.concurrent.atomic.AtomicInteger();
+            var late = new CompletableFuture<Vm>();
+            Thread.ofPlatform().start(() -> {
+                try {
+                    late.complete(LocalMigration.receive(kvm, socket, 10, new SnapshotTest.Console(), new VmListener() {}, c -> {
+                        if (calls.incrementAndGet() == 2) { // the second check is the state's, inside the downtime
+                            try {
+                                Thread.sleep(3200);
+                            } catch (InterruptedException e) {
+                                Thread.currentThread().interrupt();
+                            }
+                        }
+                        return null;
+                    }));
+                } catch (Throwable t) {
+                    late.completeExceptionally(t);
+                }
+            });
+            awaitSocket(socket);
+            var e = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, socket, 4));
+            assertEquals("migration to " + socket + " failed, the guest runs on here: the destination refused: "
+                    + "the VM's state came too late: the source resumes its guest at its deadline", e.getMessage());
+            var failure = assertThrows(java.util.concurrent.ExecutionException.class, () -> late.get(10, TimeUnit.SECONDS));
+            assertTrue(failure.getCause().getMessage().contains("came too late"), failure.getCause().toString());
+            int at = SnapshotTest.checkHeartbeats(console.text()).get(0);
+            console.await("hb 0 " + (at + 2), 30);
+        }
+        SnapshotTest.checkHeartbeats(console.text());
+    }
+
+    @KvmTest
+    void aSourceOfThePreviousProtocolIsStillReceived(@TempDir Path dir) throws Exception {
+        // The previous VMM version sent the state without a deadline and resumed the destination
+        // with "go" after its "ready": a live update from that version must keep working.
+        var console = new SnapshotTest.Console();
+        try (var kvm = Kvm.open()) {
+            var source = Vm.create(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {});
+            source.start();
+            console.await("hb 0 2", 30);
+            var socket = dir.resolve("old.sock");
+            var received = incoming(kvm, socket, console, null);
+            awaitSocket(socket);
+            try (source; var peer = UnixSocket.connect(socket)) {
+                var state = dir.resolve("state");
+                VmSnapshots.save(source, state, true, VmSnapshots.After.STAY_PAUSED, true, null);
+                int memfd = source.memory().blocks().getFirst().fd();
+                peer.send(("{\"snapshot\": \"" + state + "\"}").getBytes(java.nio.charset.StandardCharsets.UTF_8), memfd);
+                assertEquals("{\"ready\":true}", new String(peer.receive().data(), java.nio.charset.StandardCharsets.UTF_8));
+                peer.send("{\"go\": true}".getBytes(java.nio.charset.StandardCharsets.UTF_8));
+                assertTrue(new String(peer.receive().data(), java.nio.charset.StandardCharsets.UTF_8).startsWith("{\"running\":true"));
+                source.end(new VmExitReason.Stopped("migrated"));
+            }
+            try (var moved = received.get(10, TimeUnit.SECONDS)) {
+                int at = SnapshotTest.checkHeartbeats(console.text()).get(0);
+                console.await("hb 0 " + (at + 2), 30);
+            }
         }
         SnapshotTest.checkHeartbeats(console.text());
     }
