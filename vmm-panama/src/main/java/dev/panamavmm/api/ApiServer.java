@@ -213,9 +213,17 @@ public final class ApiServer implements AutoCloseable {
         }
 
         private void answer(String request) {
+            long start = System.nanoTime();
             inflight.readLock().lock();
             try {
-                if (server.isOpen()) send(handle(request));
+                if (!server.isOpen()) return;
+                String reply = handle(request);
+                long handled = System.nanoTime();
+                send(reply);
+                if (log.enabled(Log.Level.DEBUG)) {
+                    log.debug("request handled in {} us, reply sent {} us later: {}", (handled - start) / 1000,
+                            (System.nanoTime() - handled) / 1000, request.length() > 80 ? request.substring(0, 80) : request);
+                }
             } finally {
                 inflight.readLock().unlock();
             }

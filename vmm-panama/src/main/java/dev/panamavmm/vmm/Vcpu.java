@@ -35,6 +35,8 @@ final class Vcpu implements Runnable {
     private final VcpuControl control;
     /** The vCPU thread's kernel thread id while it runs, 0 before and after (a kick then only sets immediate_exit). */
     private volatile int tid;
+    /** The last exit was I/O or MMIO, which KVM completes on the next entry (vCPU thread only). */
+    private boolean ioToComplete;
 
     Vcpu(Vm vm, VcpuFd fd, VcpuControl control) {
         this.vm = vm;
@@ -83,7 +85,7 @@ final class Vcpu implements Runnable {
                     return;
                 }
                 case PAUSE -> {
-                    completePendingIo();
+                    if (ioToComplete) completePendingIo();
                     if (control.park() == VcpuControl.Request.STOP) return;
                     continue;
                 }
@@ -91,12 +93,17 @@ final class Vcpu implements Runnable {
             }
             if (vm.firstEntryNanos == 0) vm.firstEntryNanos = System.nanoTime();
             int r = fd.run();
+            ioToComplete = false;
             if (r < 0) {
                 if (r == -LibcConstants.EINTR || r == -LibcConstants.EAGAIN) continue;
                 vm.end(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
                 return;
             }
-            if (!handle(VcpuExit.decode(run))) return;
+            var exit = VcpuExit.decode(run);
+            // KVM finishes an I/O or MMIO exit (string I/O's remaining repetitions, a read's value
+            // into the register) only on the next KVM_RUN: a pause after one must re-enter first.
+            ioToComplete = exit instanceof VcpuExit.Io || exit instanceof VcpuExit.Mmio;
+            if (!handle(exit)) return;
         }
     }
 
@@ -104,6 +111,7 @@ final class Vcpu implements Runnable {
         KvmRun.immediateExit(run, 1);
         VarHandle.fullFence();
         int r = fd.run();
+        ioToComplete = false;
         if (r < 0 && r != -LibcConstants.EINTR && r != -LibcConstants.EAGAIN) {
             vm.end(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
         }
