@@ -33,8 +33,9 @@ import java.util.concurrent.TimeUnit;
  * downtime. So, right after the real VM runs, a 16 MiB VM whose guest is one {@code hlt} takes
  * the path a user's request takes: an API server on a socket, a client sending
  * {@code qmp_capabilities}, {@code stop} and {@code cont}; repeated bypass saves; a live update
- * to a receiving thread of this process; a bypass {@code snapshot} over the API; then the
- * snapshot is restored and cloned, run, paused and closed. Everything lives in a private temporary
+ * to a receiving thread of this process; a bypass {@code snapshot} over the API; that snapshot
+ * read and its state encoded again until the JIT has compiled the codec; then the snapshot is
+ * restored and cloned, run, paused and closed. Everything lives in a private temporary
  * directory deleted afterwards. In the background it runs at nice 19, so vCPUs and the API come
  * first; {@code vmm incoming} runs it at normal priority and waits for it.
  * Failures are logged at debug level and otherwise ignored: the rehearsal only saves time.

@@ -73,6 +73,11 @@ class LibCTest {
         var thread = Thread.ofPlatform().start(() -> tid[0] = LibC.gettid());
         thread.join();
         assertTrue(tid[0] > 0);
+        // join() returns when the Java thread is done; the kernel thread exits a moment later.
+        var task = java.nio.file.Path.of("/proc/self/task/" + tid[0]);
+        for (long deadline = System.nanoTime() + 5_000_000_000L; java.nio.file.Files.exists(task) && System.nanoTime() < deadline; ) {
+            Thread.sleep(1);
+        }
         assertFalse(LibC.tgkill(tid[0], 0), "signal 0 to an exited thread: ESRCH, reported as false");
         assertTrue(LibC.tgkill(LibC.gettid(), 0), "signal 0 checks that the thread exists");
     }
