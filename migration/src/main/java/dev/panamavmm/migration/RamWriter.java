@@ -28,12 +28,38 @@ public final class RamWriter {
 
     /** Writes the non-zero pages of {@code block} at {@code fileOffset + pageOffset}; returns how many. */
     public static long write(FileChannel channel, long fileOffset, MemorySegment block, Progress progress) throws IOException {
+        return write(channel, fileOffset, block, new long[][] {{0, block.byteSize()}}, progress);
+    }
+
+    /**
+     * As {@link #write(FileChannel, long, MemorySegment, Progress)}, reading only inside
+     * {@code extents} ({@code [start, end)} byte ranges of the block, ascending, not overlapping):
+     * the caller knows everything else is zero (a sparse file's holes), and it is not touched.
+     */
+    public static long write(FileChannel channel, long fileOffset, MemorySegment block, long[][] extents, Progress progress)
+            throws IOException {
         long page = SnapshotFormat.PAGE;
-        long pages = block.byteSize() / page;
+        long written = 0, covered = 0;
+        for (long[] extent : extents) {
+            // Whole pages: an extent's partial first or last page is read whole (and shared with a neighbour at most once).
+            long first = Math.max(extent[0] / page, covered / page), end = Math.min(block.byteSize(), extent[1] + page - 1) / page;
+            if (end <= first) continue;
+            progress.advance(first * page - covered); // the hole before it: zero, skipped unread
+            written += writeRange(channel, fileOffset, block, first, end, progress);
+            covered = end * page;
+        }
+        progress.advance(block.byteSize() - covered);
+        return written;
+    }
+
+    /** Pages {@code [first, end)} of the block: non-zero runs written, zero pages skipped. */
+    private static long writeRange(FileChannel channel, long fileOffset, MemorySegment block, long first, long end,
+                                   Progress progress) throws IOException {
+        long page = SnapshotFormat.PAGE;
         long written = 0;
         long runStart = -1;
-        for (long p = 0; p <= pages; p++) {
-            boolean data = p < pages && !isZero(block, p * page);
+        for (long p = first; p <= end; p++) {
+            boolean data = p < end && !isZero(block, p * page);
             if (data && runStart < 0) runStart = p;
             boolean flush = runStart >= 0 && (!data || (p - runStart) * page >= MAX_RUN);
             if (flush) {
@@ -46,7 +72,7 @@ public final class RamWriter {
                 progress.advance(length);
                 runStart = data ? p : -1;
             }
-            if (!data && p < pages) progress.advance(page);
+            if (!data && p < end) progress.advance(page);
         }
         return written;
     }

@@ -65,9 +65,15 @@ public final class SnapshotWriter implements AutoCloseable {
     /** Writes a block's non-zero pages into the snapshot and records it. */
     public RamBlockEntry ramWithData(String id, long guestAddress, String kind, boolean shared, MemorySegment data,
                                      RamWriter.Progress progress) {
+        return ramWithData(id, guestAddress, kind, shared, data, new long[][] {{0, data.byteSize()}}, progress);
+    }
+
+    /** As {@link #ramWithData(String, long, String, boolean, MemorySegment, RamWriter.Progress)}, reading only inside {@code extents} (the rest is zero). */
+    public RamBlockEntry ramWithData(String id, long guestAddress, String kind, boolean shared, MemorySegment data,
+                                     long[][] extents, RamWriter.Progress progress) {
         long offset = nextData;
         try {
-            long pages = RamWriter.write(channel, offset, data, progress);
+            long pages = RamWriter.write(channel, offset, data, extents, progress);
             nextData = offset + align(data.byteSize());
             var entry = RamBlockEntry.withData(id, guestAddress, data.byteSize(), kind, shared, offset, pages);
             ram.add(entry);

@@ -107,7 +107,8 @@ public final class VmSnapshots {
                             file, block.fileOffset(), FileIdentity.of(file)));
                     references++;
                 } else {
-                    var entry = writer.ramWithData(block.id(), block.guestAddress(), kind, block.shared(), block.segment(), progress);
+                    var entry = writer.ramWithData(block.id(), block.guestAddress(), kind, block.shared(), block.segment(),
+                            block.dataExtents(), progress);
                     written += entry.nonZeroPages() * 4096;
                 }
             }

@@ -153,6 +153,27 @@ class SnapshotTest {
         }
     }
 
+    /**
+     * A full save of a sparse 4 GiB memfd guest reads only what the guest touched: reading a hole
+     * through the shared mapping would allocate it (4 GiB of shmem for one save).
+     */
+    @KvmTest
+    void aFullSaveOfASparseGuestLeavesItsHolesAlone(@TempDir Path dir) throws Exception {
+        var console = new Console();
+        var config = new MachineConfig(4 * GuestMemory.GIB, 1, new Backing.Memfd(), "test guest", TestGuest.elf(), null,
+                "console=ttyS0 testguest.hb=150 testguest.mem=16M");
+        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, config, console, new VmListener() {})) {
+            vm.start();
+            console.await("hb 0 2", 30);
+            var saved = VmSnapshots.save(vm, dir.resolve("snap"), false, false, RamWriter.Progress.NONE);
+            long allocated = 0;
+            for (var block : vm.memory().blocks()) for (long[] e : block.dataExtents()) allocated += e[1] - e[0];
+            assertTrue(allocated < 64 * GuestMemory.MIB, "memfd bytes allocated after the save: " + allocated);
+            assertTrue(saved.ramBytesWritten() > 16 * GuestMemory.MIB && saved.ramBytesWritten() < 64 * GuestMemory.MIB,
+                    "RAM written: " + saved.ramBytesWritten());
+        }
+    }
+
     /** A bypass snapshot's size does not grow with RAM: a 4 GiB shared guest saves no pages. */
     @KvmTest
     void aBypassSnapshotOfA4GiBGuestHoldsNoRam(@TempDir Path dir) throws Exception {

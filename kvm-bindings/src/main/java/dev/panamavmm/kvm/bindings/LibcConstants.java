@@ -99,6 +99,10 @@ public final class LibcConstants {
     public static final int SYS_madvise = 28;
     public static final int SYS_mprotect = 10;
     public static final int SYS_mincore = 27;
+    public static final int SYS_lseek = 8;
+    public static final int SEEK_DATA = 3;
+    public static final int SEEK_HOLE = 4;
+    public static final int ENXIO = 6;
     public static final int SYS_socket = 41;
     public static final int SYS_bind = 49;
     public static final int SYS_connect = 42;

@@ -173,6 +173,20 @@ public final class LibC {
         return r;
     }
 
+    /**
+     * {@code lseek(fd, offset, SEEK_DATA or SEEK_HOLE)}: the next offset at or after {@code offset}
+     * that holds data (or starts a hole); -1 when there is no more data (ENXIO). Lets a reader skip
+     * a sparse file's holes without touching them: reading a hole of a shared tmpfs mapping
+     * allocates a page for it.
+     */
+    public static long seek(int fd, long offset, int whence) {
+        var capture = CAPTURE.get();
+        long r = syscall(capture, LibcConstants.SYS_lseek, fd, offset, whence);
+        if (r >= 0) return r;
+        if (whence == LibcConstants.SEEK_DATA && capture.get(JAVA_INT, ERRNO_OFFSET) == LibcConstants.ENXIO) return -1;
+        throw fail("lseek", capture);
+    }
+
     public static void ftruncate(int fd, long length) {
         checked("ftruncate", LibcConstants.SYS_ftruncate, fd, length, 0);
     }
