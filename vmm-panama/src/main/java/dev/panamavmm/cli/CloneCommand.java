@@ -45,19 +45,50 @@ final class CloneCommand implements Cli.Command {
         }
     }
 
+    /**
+     * How to start another VMM process like this one: this JVM's own options and {@code -jar} when
+     * it was started that way (as {@code ./vmm} does: its AOT cache and flags carry over, a clone
+     * process starts in ~0.23 s instead of ~0.39), else the class path and the main class.
+     */
+    static List<String> sameJvm(String java, String[] jvmArguments, String classPath, Path ownJar) {
+        var command = new ArrayList<String>();
+        command.add(java);
+        for (int i = 0; i < jvmArguments.length; i++) {
+            if (jvmArguments[i].equals("-jar") && i + 1 < jvmArguments.length && ownJar != null
+                    && Path.of(jvmArguments[i + 1]).toAbsolutePath().normalize().equals(ownJar)) { // the VMM's jar, not some launcher's
+                command.addAll(List.of(jvmArguments).subList(0, i + 2));
+                return command;
+            }
+        }
+        command.addAll(List.of("--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC", "-cp", classPath, Main.class.getName()));
+        return command;
+    }
+
+    /** The jar this class was loaded from (absolute), or null when it runs from a directory. */
+    private static Path ownJar() {
+        try {
+            var location = Path.of(CloneCommand.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+            return location.toString().endsWith(".jar") ? location.toAbsolutePath().normalize() : null;
+        } catch (Exception e) {
+            return null;
+        }
+    }
+
     /** Starts {@code count} background `vmm clone` processes and waits until each one's API socket is up. */
     private int startProcesses(Cli.Io io) throws Exception {
         if (consoleDir == null || apiSocketDir == null) throw new UsageException("--count needs --console-dir and --api-socket-dir");
         for (var d : List.of(consoleDir, apiSocketDir)) if (!Files.isDirectory(d)) throw new UsageException(d + " is not a directory");
-        var java = ProcessHandle.current().info().command().orElse("java");
+        var info = ProcessHandle.current().info();
+        var launch = sameJvm(info.command().orElse("java"), info.arguments().orElse(new String[0]), System.getProperty("java.class.path"),
+                ownJar());
         var started = new ArrayList<Process>();
         var out = io.out();
         for (int i = 1; i <= count; i++) {
             Path log = consoleDir.resolve("clone-" + i + ".log");
             Path sock = apiSocketDir.resolve("clone-" + i + ".sock");
-            var pb = new ProcessBuilder(java, "--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC", "-cp",
-                    System.getProperty("java.class.path"), Main.class.getName(), "clone", template.toString(),
-                    "--console", "file:" + log, "--api-socket", sock.toString())
+            var command = new ArrayList<>(launch);
+            command.addAll(List.of("clone", template.toString(), "--console", "file:" + log, "--api-socket", sock.toString()));
+            var pb = new ProcessBuilder(command)
                     .redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")))
                     .redirectOutput(ProcessBuilder.Redirect.DISCARD)
                     .redirectError(ProcessBuilder.Redirect.appendTo(consoleDir.resolve("clone-" + i + ".err").toFile()));
