@@ -1,10 +1,10 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.log.Log;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Termios;
 import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.log.Log;
 
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;

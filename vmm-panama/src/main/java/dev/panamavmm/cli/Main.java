@@ -1,7 +1,7 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.log.Log;
 import dev.panamavmm.kvm.KvmException;
+import dev.panamavmm.log.Log;
 import dev.panamavmm.vmm.boot.BootException;
 import dev.panamavmm.vmm.memory.MemoryException;
 

@@ -1,10 +1,10 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.log.Log;
 import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.MachineConfig;

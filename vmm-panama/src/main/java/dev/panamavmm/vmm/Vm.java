@@ -1,6 +1,5 @@
 package dev.panamavmm.vmm;
 
-import dev.panamavmm.log.Log;
 import dev.panamavmm.devices.I8042;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.devices.VmmPort;
@@ -11,6 +10,7 @@ import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmMpState;
+import dev.panamavmm.log.Log;
 import dev.panamavmm.vmm.boot.BootException;
 import dev.panamavmm.vmm.boot.KernelImage;
 import dev.panamavmm.vmm.boot.MpTable;

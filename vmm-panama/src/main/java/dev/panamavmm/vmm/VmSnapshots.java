@@ -1,12 +1,12 @@
 package dev.panamavmm.vmm;
 
-import dev.panamavmm.log.Log;
 import dev.panamavmm.devices.I8042;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.devices.VmmPort;
 import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.FileIdentity;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamBlockEntry;
