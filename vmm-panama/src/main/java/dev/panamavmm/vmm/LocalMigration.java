@@ -183,6 +183,7 @@ public final class LocalMigration {
                                 Function<MachineConfig, String> accept) {
         int[] fds = message.fds();
         VmSnapshots.Shell shell = null;
+        PrestartedThreads vcpuThreads = null; // created in the prepare phase, handed their vCPUs in the downtime
         Vm vm = null;
         boolean handedOver = false;
         long stateAt = 0, loadedAt = 0; // for the debug log: where the downtime goes on this side
@@ -197,6 +198,7 @@ public final class LocalMigration {
                 if (refusal != null) throw new SnapshotException(refusal);
                 handedOver = true; // the shell's memory owns (and on failure closes) the descriptors
                 shell = VmSnapshots.Shell.prepare(kvm, sources(prepare, fds), cpus);
+                vcpuThreads = PrestartedThreads.start(cpus);
                 VmSnapshots.warmUp();
                 peer.send(json(Json.object("prepared", true)));
                 message = peer.receive();
@@ -222,6 +224,7 @@ public final class LocalMigration {
         } catch (RuntimeException e) {
             if (shell != null) shell.close();
             else if (!handedOver) for (int fd : fds) LibC.close(fd);
+            if (vcpuThreads != null) vcpuThreads.close();
             peer.send(json(Json.object("error", reason(e))));
             throw e;
         }
@@ -229,7 +232,7 @@ public final class LocalMigration {
             // vCPU threads are created parked, then released: by the deadline check or an older source's "go".
             long builtAt = System.nanoTime();
             vm.pauseBeforeStart();
-            vm.start();
+            vm.start(vcpuThreads != null && vcpuThreads.size() == vm.vcpuCount() ? vcpuThreads : null);
             long startedAt = System.nanoTime();
             if (resumeBefore == null) {
                 peer.send(json(Json.object("ready", true)));
@@ -248,6 +251,8 @@ public final class LocalMigration {
         } catch (RuntimeException e) {
             vm.close();
             throw e;
+        } finally {
+            if (vcpuThreads != null) vcpuThreads.close(); // ends any thread vm.start did not use
         }
     }
 

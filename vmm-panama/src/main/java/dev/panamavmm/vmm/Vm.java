@@ -169,6 +169,14 @@ public final class Vm implements AutoCloseable {
 
     /** Starts one platform thread per vCPU. */
     public void start() {
+        start(null);
+    }
+
+    /** As {@link #start()}, on threads started beforehand (one per vCPU), or new ones when {@code prestarted} is null. */
+    public void start(PrestartedThreads prestarted) {
+        if (prestarted != null && prestarted.size() != vcpus.size()) {
+            throw new IllegalArgumentException(prestarted.size() + " threads for " + vcpus.size() + " vCPUs");
+        }
         // Link the kick signal's downcalls now, off the vCPU threads: a later pause or stop is then
         // quick. Once per process: a clone in `vmm serve` should not pay a thread for nothing.
         if (!KICK_SETUP.getAndSet(true)) {
@@ -176,9 +184,14 @@ public final class Vm implements AutoCloseable {
         }
         for (var vcpu : vcpus) {
             control.started();
-            var t = Thread.ofPlatform().name("vcpu-" + vcpu.index()).unstarted(vcpu);
-            threads.add(t);
-            t.start();
+            String name = "vcpu-" + vcpu.index();
+            if (prestarted != null) {
+                threads.add(prestarted.run(vcpu.index(), name, vcpu));
+            } else {
+                var t = Thread.ofPlatform().name(name).unstarted(vcpu);
+                threads.add(t);
+                t.start();
+            }
         }
     }
 
