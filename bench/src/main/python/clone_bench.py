@@ -16,7 +16,7 @@ from collections import deque
 
 sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clonebench_util import (BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, fmt_ms, log, now,
+from benchlib import (BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, fmt_ms, log, now,
                              pct, raise_priority, set_log, spawn, steal_idle, stop)
 
 CFG = json.load(open(sys.argv[1]))
@@ -92,20 +92,20 @@ def serve_series(label, n, warmup, keep):
 
     def destroy(cid, con):
         corrupt.extend(con.corrupt())
-        _, d0, d1 = api.cmd("destroy", id=cid)
+        _, d0, d1 = api.call("destroy", id=cid)
         destroys.append((d1 - d0) * 1e3)
         con.close()
 
     for i in range(warmup + n):
         time.sleep(GAP)
-        ret, t0, t1 = api.cmd("clone", template=TPL)
+        ret, t0, t1 = api.call("clone", template=TPL)
         c = ret["clones"][0]
         cid, genid = c["id"], c["generation-id"]
         con = Console(c["console"])
         tf, fi = con.wait(r".*", watch, 30, p)
         th, _ = con.wait(HB, watch, 30, p)
         gi = con.find(GENID)
-        q, _, _ = api.cmd("query-clones")
+        q = api.cmd("query-clones")
         entry = next(x for x in q if x["id"] == cid)
         row = {"i": i, "warmup": i < warmup, "id": cid, "reply_ms": (t1 - t0) * 1e3, "duration_ms": ret["duration-ms"],
                "first_entry_ms": entry["first-entry-ms"], "first_line_ms": (tf - t0) * 1e3,
@@ -190,14 +190,14 @@ def qemu_template():
     p, _ = spawn(qemu_cmd(True, sock, False), logs("qemu-template.log"))
     q = JsonLines(sock, p)
     q.cmd("qmp_capabilities")
-    if q.cmd("query-status")[0]["status"] != "running":
+    if q.cmd("query-status")["status"] != "running":
         raise BenchError("the QEMU template VM is not running")
     time.sleep(0.3)
     q.cmd("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
     q.cmd("migrate", uri=f"exec:cat > {QEMU_MIG}")
     deadline = time.monotonic() + 60
     while True:
-        st = q.cmd("query-migrate")[0].get("status")
+        st = q.cmd("query-migrate").get("status")
         if st == "completed":
             break
         if st in ("failed", "cancelled") or time.monotonic() > deadline:
@@ -219,7 +219,7 @@ def qemu_proc(tag):
     q.cmd("migrate-incoming", uri=f"exec:cat {QEMU_MIG}")
     deadline = time.monotonic() + 30
     while True:
-        st, _, t1 = q.cmd("query-status")
+        st, _, t1 = q.call("query-status")
         if st["status"] == "running":
             break
         if time.monotonic() > deadline:

@@ -16,7 +16,7 @@ import time
 
 sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clonebench_util import (BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, log, mappings_of, meminfo,
+from benchlib import (BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, log, mappings_of, meminfo,
                              raise_priority, rollup, set_log, spawn, steal_idle, stop_all)
 
 CFG = json.load(open(sys.argv[1]))
@@ -129,7 +129,7 @@ def serve_clones(p, tpl, tpl_mem):
     pss0 = rollup(proc.pid)
     h0 = host()
     # one warm-up clone (loads the template, runs the clone path once), destroyed
-    ret, _, _ = api.cmd("clone", template=tpl)
+    ret = api.cmd("clone", template=tpl)
     c = Console(ret["clones"][0]["console"])
     c.wait(GENID, watch, 60, proc)
     api.cmd("destroy", id=ret["clones"][0]["id"])
@@ -138,7 +138,7 @@ def serve_clones(p, tpl, tpl_mem):
     consoles, ids = [], []
     t0 = time.monotonic()
     for i in range(N):
-        ret, _, _ = api.cmd("clone", template=tpl)
+        ret = api.cmd("clone", template=tpl)
         ids.append(ret["clones"][0]["id"])
         consoles.append(Console(ret["clones"][0]["console"]))
     wait_first(consoles, None, watch, HB, f"serve rewrite={p}")

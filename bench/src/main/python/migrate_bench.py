@@ -9,12 +9,13 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+
+from benchlib import BenchError, JsonLines
 
 E = os.environ
 WORK = E["MIGBENCH_WORK"]          # scratch directory on /dev/shm
@@ -33,10 +34,6 @@ CMDLINE = f"console=ttyS0 testguest.mem={GUEST_MEM} testguest.hb={HB}"
 LOGS = os.path.join(OUT, "logs")
 PROCS = []
 _log = open(os.path.join(OUT, "driver.log"), "a")
-
-
-class BenchError(Exception):
-    pass
 
 
 def log(msg):
@@ -90,76 +87,6 @@ def wait_path(path, proc, timeout=120):
         if time.monotonic() > deadline:
             raise BenchError(f"{path} did not appear within {timeout} s; see {proc.logpath}")
         time.sleep(0.005)
-
-
-class Qmp:
-    """JSON lines on a Unix socket: QEMU's QMP and the VMM's control API have the same shape."""
-
-    def __init__(self, path, proc, timeout=120):
-        wait_path(path, proc, timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(path)
-                break
-            except OSError:
-                s.close()
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"cannot connect to {path}; see {proc.logpath}")
-                time.sleep(0.005)
-        s.settimeout(timeout)
-        self.sock, self.buf, self.events = s, b"", []
-        self.greeting = self._read()
-
-    def _read(self):
-        while b"\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise BenchError("the control socket was closed")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def cmd(self, name, check=True, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.sock.sendall((json.dumps(msg) + "\n").encode())
-        while True:
-            r = self._read()
-            if "event" in r:
-                self.events.append(r)
-                continue
-            if "error" in r:
-                if check:
-                    raise BenchError(f"{name} failed: {r['error']}")
-                return None
-            return r["return"]
-
-    def wait_event(self, name, timeout):
-        """The first event NAME (already received or coming), or None."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for e in self.events:
-                if e.get("event") == name:
-                    return e
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self.sock.settimeout(left)
-            try:
-                r = self._read()
-            except (socket.timeout, BenchError):
-                return None
-            if "event" in r:
-                self.events.append(r)
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 def ev_time(e):
@@ -265,7 +192,7 @@ def panama_chain(label, size, shared, n, warmup, aot=AOT, train=None):
     rows, procs = [], [src]
     try:
         wait_hb(f"{d}/c0", src)
-        api = Qmp(f"{d}/api0", src)
+        api = JsonLines(f"{d}/api0", src, timeout=120)
         api.cmd("qmp_capabilities", check=False)
         for i in range(1, n + warmup + 1):
             is_train = train is not None and i == 1
@@ -314,7 +241,7 @@ def panama_chain(label, size, shared, n, warmup, aot=AOT, train=None):
                 raise BenchError(f"the source of migration {i} ({label}) did not exit")
             if procs[i - 1].returncode not in (0, None):
                 log(f"note: source {procs[i-1].pid} exited with {procs[i-1].returncode}")
-            api = Qmp(f"{d}/api{i}", dst)
+            api = JsonLines(f"{d}/api{i}", dst, timeout=120)
             api.cmd("qmp_capabilities", check=False)
         api.cmd("quit", check=False)
         api.close()
@@ -366,14 +293,14 @@ def qemu_chain(label, size, n, warmup):
     src = spawn(qemu_cmd(size, memfile, f"{d}/qmp0", False), f"qemu-{label}-0")
     procs, rows = [src], []
     try:
-        q = Qmp(f"{d}/qmp0", src)
+        q = JsonLines(f"{d}/qmp0", src, timeout=120)
         q.cmd("qmp_capabilities")
         q.cmd("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
         time.sleep(SETTLE)
         for i in range(1, n + warmup + 1):
             dst = spawn(qemu_cmd(size, memfile, f"{d}/qmp{i}", True), f"qemu-{label}-{i}")
             procs.append(dst)
-            qd = Qmp(f"{d}/qmp{i}", dst)
+            qd = JsonLines(f"{d}/qmp{i}", dst, timeout=120)
             qd.cmd("qmp_capabilities")
             qd.cmd("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
             qd.cmd("migrate-incoming", uri=f"unix:{d}/mig{i}")
@@ -392,8 +319,8 @@ def qemu_chain(label, size, n, warmup):
             t1 = time.monotonic()
             if m["status"] != "completed":
                 raise BenchError(f"QEMU migration {i} of {label}: {m}")
-            stop_ev = q.wait_event("STOP", 5)
-            resume_ev = qd.wait_event("RESUME", 10)
+            stop_ev = (q.wait_event("STOP", 5) or (None, None))[1]
+            resume_ev = (qd.wait_event("RESUME", 10) or (None, None))[1]
             row = {"i": i, "warmup": i <= warmup, "downtime_ms": m.get("downtime"), "total_ms": m.get("total-time"),
                    "setup_ms": m.get("setup-time"), "bytes_sent": (m.get("ram") or {}).get("transferred"),
                    "poll_ms": round((t1 - t0) * 1000, 1), "loadavg": la}

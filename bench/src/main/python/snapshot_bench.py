@@ -15,11 +15,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+
+from benchlib import BenchError, JsonLines
 
 CFG = json.load(open(sys.argv[1]))
 OUT = CFG["out"]            # results directory (raw data, logs, summary)
@@ -40,10 +41,6 @@ JAVA_FLAGS = ["-XX:+UseSerialGC"]  # as ./vmm (which adds -Xshare:auto)
 MAX_BANDWIDTH = 1 << 40     # bytes/s for QEMU's migration: "unlimited" (QEMU 7.2's default is 128 MiB/s)
 
 now = time.perf_counter
-
-
-class BenchError(Exception):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,77 +112,7 @@ def rm(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# QMP (QEMU) and the VMM's QMP-shaped API: JSON lines on a Unix socket.
-
-class Qmp:
-    def __init__(self, path, proc, timeout=60):
-        deadline = time.monotonic() + timeout
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(path)
-                break
-            except OSError:
-                s.close()
-                if proc.poll() is not None:
-                    raise BenchError(f"process {proc.pid} exited ({proc.returncode}) before serving {path}; see {proc.logpath}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"nothing listens on {path} after {timeout} s; see {proc.logpath}")
-                time.sleep(0.001)
-        self.connected = now()
-        self.sock = s
-        self.sock.settimeout(timeout)
-        self.buf = b""
-        self.events = []
-        self.greeting = self._read()
-
-    def _read(self):
-        while b"\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise BenchError("the control socket was closed")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def send_raw(self, msg, fds=None):
-        data = (json.dumps(msg) + "\n").encode()
-        if fds:
-            socket.send_fds(self.sock, [data], fds)
-        else:
-            self.sock.sendall(data)
-
-    def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.send_raw(msg)
-        while True:
-            r = self._read()
-            if "event" in r:
-                self.events.append((now(), r))
-                continue
-            if "error" in r:
-                raise BenchError(f"{name} failed: {r['error']}")
-            return r["return"]
-
-    def wait_event(self, pred, timeout=600):
-        for i, (t, e) in enumerate(self.events):
-            if pred(e):
-                del self.events[i]
-                return t, e
-        self.sock.settimeout(timeout)
-        while True:
-            r = self._read()
-            t = now()
-            if "event" in r:
-                if pred(r):
-                    return t, r
-                self.events.append((t, r))
-
-    def close(self):
-        self.sock.close()
-
+# QMP (QEMU) and the VMM's QMP-shaped API: benchlib.JsonLines.
 
 class Console:
     """Follows a console file (--console file:PATH) and waits for lines."""
@@ -297,7 +224,7 @@ def qemu_caps(q, ignore_shared):
 def qemu_save(size, mem, ignore_shared, dest, tag):
     sock = fresh("qemu.sock")
     p, _ = spawn(qemu_cmd(size, mem, sock, False), f"{tag}.log")
-    q = Qmp(sock, p)
+    q = JsonLines(sock, p)
     q.cmd("qmp_capabilities")
     if not q.cmd("query-status")["running"]:
         raise BenchError("QEMU is not running")
@@ -306,7 +233,10 @@ def qemu_save(size, mem, ignore_shared, dest, tag):
     time.sleep(SETTLE)
     t0 = now()
     q.cmd("migrate", uri=f"exec:cat > {dest}")
-    t1, ev = q.wait_event(lambda e: e["event"] == "MIGRATION" and e["data"]["status"] in ("completed", "failed", "cancelled"))
+    t1, ev = q.wait_event(lambda e: e["event"] == "MIGRATION" and e["data"]["status"] in ("completed", "failed", "cancelled")) \
+        or (None, None)
+    if ev is None:
+        raise BenchError(f"{tag}: QEMU's migration did not end within 600 s")
     if ev["data"]["status"] != "completed":
         raise BenchError(f"QEMU migration {ev['data']['status']}; see {p.logpath}")
     info = q.cmd("query-migrate")
@@ -326,11 +256,13 @@ def qemu_save(size, mem, ignore_shared, dest, tag):
 def qemu_restore(size, mem, src, tag):
     sock = fresh("qemu.sock")
     p, t0 = spawn(qemu_cmd(size, mem, sock, True), f"{tag}.log")
-    q = Qmp(sock, p)
+    q = JsonLines(sock, p)
     q.cmd("qmp_capabilities")
     qemu_caps(q, True)
     q.cmd("migrate-incoming", uri=f"exec:cat {src}")
-    t1, _ = q.wait_event(lambda e: e["event"] == "RESUME")
+    t1, _ = q.wait_event("RESUME") or (None, None)
+    if t1 is None:
+        raise BenchError(f"{tag}: QEMU did not resume within 600 s")
     if not q.cmd("query-status")["running"]:
         raise BenchError("restored QEMU is not running")
     q.cmd("quit")
@@ -388,7 +320,7 @@ def panama_boot(size, mem, tag):
     c = Console(console)
     c.wait(r"ready", 300, p)
     c.wait(r"hb 0 1", 30, p)
-    q = Qmp(sock, p)
+    q = JsonLines(sock, p)
     q.cmd("qmp_capabilities")
     time.sleep(SETTLE)
     return p, q, c
@@ -409,7 +341,7 @@ def panama_restore(snapshot, aot, tag, last_hb, tail=""):
     sock, console = fresh("vmm.sock"), fresh("console.txt")
     p, t0 = spawn(java_cmd(aot) + ["restore", snapshot, "--paused", "--api-socket", sock, "--console", f"file:{console}"],
                   f"{tag}.log")
-    q = Qmp(sock, p)
+    q = JsonLines(sock, p)
     q.cmd("qmp_capabilities")
     q.cmd("cont")
     t_run = now()

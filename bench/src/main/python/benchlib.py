@@ -1,6 +1,6 @@
-"""Shared pieces of the clone benchmarks (bench/run-clone-bench, bench/run-density-bench):
-processes that are always ended, a JSON-lines client for the VMM's API and QEMU's QMP, console
-files followed with inotify, PSS from /proc, percentiles.
+"""Shared pieces of the benchmark drivers: the JSON-lines client for the VMM's API and QEMU's QMP
+(all of them); and for bench/run-clone-bench and bench/run-density-bench, processes that are
+always ended, console files followed with inotify, PSS from /proc, percentiles.
 
 Every process started through spawn() is recorded and ended (SIGTERM, then SIGKILL) by end_all(),
 which the drivers call on the way out whatever the reason; the calling shell scripts also run
@@ -120,7 +120,10 @@ for _s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
 # JSON lines on a Unix socket: the VMM's control API and QEMU's QMP have the same shape.
 
 class JsonLines:
-    def __init__(self, path, proc=None, timeout=60, poll=0.0005):
+    """A client of a JSON-lines control socket: connects (retrying until the server listens), keeps
+    the greeting, and files every event it reads in events as (perf_counter when read, event)."""
+
+    def __init__(self, path, proc=None, timeout=60, poll=0.001):
         deadline = time.monotonic() + timeout
         while True:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -130,12 +133,14 @@ class JsonLines:
             except OSError:
                 s.close()
                 if proc is not None and proc.poll() is not None:
-                    raise BenchError(f"process {proc.pid} exited ({proc.returncode}) before serving {path}; see {proc.logpath}")
+                    raise BenchError(f"process {proc.pid} exited ({proc.returncode}) before serving {path}; "
+                                     f"see {getattr(proc, 'logpath', 'its log')}")
                 if time.monotonic() > deadline:
                     raise BenchError(f"nothing listens on {path} after {timeout} s")
                 time.sleep(poll)
         self.connected = now()
         self.sock = s
+        self.timeout = timeout
         s.settimeout(timeout)
         self.buf = b""
         self.events = []
@@ -150,25 +155,63 @@ class JsonLines:
         line, self.buf = self.buf.split(b"\n", 1)
         return json.loads(line)
 
-    def cmd(self, name, **args):
-        """Sends a command, returns (its "return", perf_counter when sent, when the reply arrived)."""
+    def send(self, msg, fds=None):
+        data = (json.dumps(msg) + "\n").encode()
+        if fds:
+            socket.send_fds(self.sock, [data], fds)
+        else:
+            self.sock.sendall(data)
+
+    def call(self, name, check=True, **args):
+        """Sends a command; returns (its "return", perf_counter when sent, when the reply arrived).
+        An error reply raises BenchError, or with check=False comes back as a None return."""
         msg = {"execute": name}
         if args:
             msg["arguments"] = args
-        data = (json.dumps(msg) + "\n").encode()
         t0 = now()
-        self.sock.sendall(data)
+        self.send(msg)
+        self.sock.settimeout(self.timeout)
         while True:
             r = self._read()
             if "event" in r:
                 self.events.append((now(), r))
                 continue
             if "error" in r:
-                raise BenchError(f"{name} failed: {r['error']}")
+                if check:
+                    raise BenchError(f"{name} failed: {r['error']}")
+                return None, t0, now()
             return r["return"], t0, now()
 
+    def cmd(self, name, check=True, **args):
+        """call() without the times: the command's "return"."""
+        return self.call(name, check, **args)[0]
+
+    def wait_event(self, match, timeout=600):
+        """The first event matching (a name, or a predicate on the event), already read or coming,
+        as (perf_counter when read, event), and forgotten; None after timeout seconds."""
+        test = match if callable(match) else (lambda e: e.get("event") == match)
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, (t, e) in enumerate(self.events):
+                if test(e):
+                    del self.events[i]
+                    return t, e
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                r = self._read()
+            except socket.timeout:
+                return None
+            if "event" in r:
+                self.events.append((now(), r))
+
     def close(self):
-        self.sock.close()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------------------------------
