@@ -174,6 +174,64 @@ class SnapshotTest {
         }
     }
 
+    /**
+     * A VM restored from a full snapshot maps the (sparse) snapshot file privately; its own full
+     * save must not read that file's holes (which would allocate them on tmpfs), and must still
+     * save a page written into one after the restore (a copy-on-write page the file does not show).
+     */
+    @KvmTest
+    void aFullSaveOfARestoredSparseGuestKeepsItsSnapshotSparseAndSavesPagesWrittenInHoles() throws Exception {
+        var dir = shmFile("resave");
+        var config = new MachineConfig(4 * GuestMemory.GIB, 1, new Backing.Memfd(), "test guest", TestGuest.elf(), null,
+                "console=ttyS0 testguest.hb=150 testguest.mem=16M");
+        var console = new Console();
+        byte[] marker = "written into a hole after the restore".getBytes(java.nio.charset.StandardCharsets.US_ASCII);
+        long hole = 2 * GuestMemory.GIB; // far above the 16 MiB the guest uses
+        try (var kvm = Kvm.open()) {
+            try (var vm = Vm.create(kvm, config, console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 2", 30);
+                VmSnapshots.save(vm, dir.resolve("first"), false, false, RamWriter.Progress.NONE);
+            }
+            var first = dir.resolve("first").resolve("snapshot.pvm");
+            long before = allocated(first);
+            try (var vm = VmSnapshots.restore(kvm, dir.resolve("first"), console, new VmListener() {})) {
+                vm.memory().write(hole, marker);
+                vm.start();
+                console.await("hb 0 " + (checkHeartbeats(console.text()).get(0) + 2), 30);
+                VmSnapshots.save(vm, dir.resolve("second"), false, false, RamWriter.Progress.NONE);
+            }
+            assertTrue(allocated(first) < before + 16 * GuestMemory.MIB,
+                    "the first snapshot's file stays sparse: " + before + " -> " + allocated(first) + " bytes of data");
+            try (var vm = VmSnapshots.restore(kvm, dir.resolve("second"), console, new VmListener() {})) {
+                assertEquals(new String(marker, java.nio.charset.StandardCharsets.US_ASCII),
+                        new String(vm.memory().read(hole, marker.length), java.nio.charset.StandardCharsets.US_ASCII));
+            }
+        } finally {
+            try (var files = Files.walk(dir)) {
+                files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+            }
+        }
+    }
+
+    /** Bytes of {@code file} in data extents (SEEK_DATA / SEEK_HOLE): what it occupies, holes excluded. */
+    static long allocated(Path file) throws Exception {
+        int fd = dev.panamavmm.kvm.sys.LibC.open(file.toString(), dev.panamavmm.kvm.bindings.LibcConstants.O_RDONLY, 0);
+        try {
+            long size = Files.size(file), total = 0;
+            for (long at = 0; at < size; ) {
+                long data = dev.panamavmm.kvm.sys.LibC.seek(fd, at, dev.panamavmm.kvm.bindings.LibcConstants.SEEK_DATA);
+                if (data < 0) break;
+                long end = dev.panamavmm.kvm.sys.LibC.seek(fd, data, dev.panamavmm.kvm.bindings.LibcConstants.SEEK_HOLE);
+                total += end - data;
+                at = end;
+            }
+            return total;
+        } finally {
+            dev.panamavmm.kvm.sys.LibC.close(fd);
+        }
+    }
+
     /** A bypass snapshot's size does not grow with RAM: a 4 GiB shared guest saves no pages. */
     @KvmTest
     void aBypassSnapshotOfA4GiBGuestHoldsNoRam(@TempDir Path dir) throws Exception {

@@ -31,23 +31,11 @@ public record RamBlock(String id, long guestAddress, MemorySegment segment, Back
 
     /**
      * The parts of this block that may hold non-zero bytes, as {@code [start, end)} byte ranges
-     * within the block; the rest is certainly zero. For a shared mapping (memfd or shared file)
-     * these are the backing file's data extents (SEEK_DATA / SEEK_HOLE), so a save never reads a
-     * hole: reading a hole through a shared tmpfs mapping would allocate a page for it, and a full
-     * save of a sparse 64 GiB guest would fill 64 GiB. A private mapping's written pages live
-     * outside the file, so it is one range, the whole block.
+     * within the block, ascending; the rest is certainly zero and is never read (see
+     * {@link DataExtents}: reading a hole of a tmpfs mapping allocates it). Shared mappings: the
+     * backing file's data extents; private ones: those plus the pages copied on write.
      */
     public long[][] dataExtents() {
-        if (backing instanceof Backing.PrivateFile) return new long[][] {{0, size()}};
-        var extents = new java.util.ArrayList<long[]>();
-        long end = fileOffset + size();
-        for (long at = fileOffset; at < end; ) {
-            long data = dev.panamavmm.kvm.sys.LibC.seek(fd, at, dev.panamavmm.kvm.bindings.LibcConstants.SEEK_DATA);
-            if (data < 0 || data >= end) break;
-            long hole = Math.min(end, dev.panamavmm.kvm.sys.LibC.seek(fd, data, dev.panamavmm.kvm.bindings.LibcConstants.SEEK_HOLE));
-            extents.add(new long[] {data - fileOffset, hole - fileOffset});
-            at = hole;
-        }
-        return extents.toArray(long[][]::new);
+        return DataExtents.of(this);
     }
 }
