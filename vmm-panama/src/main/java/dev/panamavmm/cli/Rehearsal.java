@@ -22,6 +22,7 @@ import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * A dress rehearsal of the control path on a throwaway VM, run once in the background of a VMM
@@ -100,11 +101,37 @@ final class Rehearsal {
     /** One rehearsal in a new scratch directory under {@code root}, removed afterwards (stale ones too); failures are thrown. */
     static void rehearseIn(Kvm kvm, Path root) throws Exception {
         try (var scratch = ScratchDir.create(root, PREFIX)) {
-            rehearse(kvm, scratch.path());
+            // A VMM can exit while it rehearses in the background: the exit's cleanup first stops
+            // the rehearsal (at its next step) and waits for it, then removes the directory.
+            var rehearsing = Thread.currentThread();
+            var stop = new AtomicBoolean();
+            scratch.beforeExitCleanup(() -> {
+                stop.set(true);
+                try {
+                    rehearsing.join(EXIT_WAIT_MILLIS);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            });
+            rehearse(kvm, scratch.path(), stop);
         }
     }
 
-    private static void rehearse(Kvm kvm, Path dir) throws Exception {
+    /** How long an exiting VMM waits for its rehearsal to stop before removing its directory. */
+    static final long EXIT_WAIT_MILLIS = 1000;
+
+    /** Thrown between two steps once the VMM is exiting. */
+    private static final class Stopped extends RuntimeException {
+        Stopped() {
+            super("the VMM is exiting", null, false, false);
+        }
+    }
+
+    private static void step(AtomicBoolean stop) {
+        if (stop.get()) throw new Stopped();
+    }
+
+    private static void rehearse(Kvm kvm, Path dir, AtomicBoolean stop) throws Exception {
         var memoryFile = dir.resolve("ram");
         var config = new MachineConfig(GuestMemory.MIN_SIZE, 1, new Backing.SharedFile(memoryFile), "rehearsal", haltingGuest(),
                 null, "", BootProtocol.LINUX64);
@@ -115,6 +142,7 @@ final class Rehearsal {
                  var client = ApiClient.connect(server.path())) {
                 client.execute("qmp_capabilities", Json.object());
                 for (int i = 0; i < API_ROUNDS; i++) {
+                    step(stop);
                     client.execute("stop", Json.object());
                     client.execute("cont", Json.object());
                     client.execute("query-status", Json.object());
@@ -123,17 +151,20 @@ final class Rehearsal {
             // Saves staying paused, so the loop can repeat: enough rounds for the JIT to compile
             // the state encoding (base64 and JSON of ~10 KiB per vCPU), which interpreted costs ~5 ms.
             for (int i = 0; i < SAVE_ROUNDS; i++) {
+                step(stop);
                 VmSnapshots.save(vm, dir.resolve("practice"), true, VmSnapshots.After.STAY_PAUSED, false, null);
                 vm.resume();
             }
             // Live updates within this process: both ends of LocalMigration, as incoming and migrate run them.
             Vm moved = vm;
             for (int i = 0; i < MIGRATION_ROUNDS; i++) {
+                step(stop);
                 var next = migrate(kvm, moved, dir.resolve("migrate-" + i + ".sock"));
                 if (moved != vm) moved.close();
                 moved = next;
             }
             try (var last = moved) {
+                step(stop);
                 try (var server = ApiServer.start(dir.resolve("api2.sock"), VmSession.target(last));
                      var client = ApiClient.connect(server.path())) {
                     client.execute("qmp_capabilities", Json.object());
@@ -145,12 +176,17 @@ final class Rehearsal {
         // The state codec until the JIT has compiled it: a live update's downtime reads and writes
         // ~10 KiB of state per vCPU (JSON, base64, CRC32C), ~5 ms per vCPU interpreted, well under
         // 0.5 ms compiled (measured: it takes a few hundred rounds to get there).
-        for (int i = 0; i < CODEC_ROUNDS; i++) VmSnapshots.encodeAll(VmSnapshots.load(snapshot));
+        for (int i = 0; i < CODEC_ROUNDS; i++) {
+            step(stop);
+            VmSnapshots.encodeAll(VmSnapshots.load(snapshot));
+        }
+        step(stop);
         // One restore that continues in the memory file (it claims the file, so a second would be
         // refused), then clones of the same snapshot: the paths of restore, incoming and serve.
         var loaded = VmSnapshots.load(snapshot);
         exercise(VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CONTINUE, OutputStream.nullOutputStream(), new VmListener() {}));
         for (int i = 0; i < RESTORE_ROUNDS; i++) {
+            step(stop);
             exercise(VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CLONE, OutputStream.nullOutputStream(), new VmListener() {}));
         }
     }

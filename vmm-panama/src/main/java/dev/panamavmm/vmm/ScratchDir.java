@@ -16,11 +16,24 @@ import java.util.stream.Stream;
 public final class ScratchDir implements AutoCloseable {
     private final Path path;
     private final Thread hook;
+    private volatile Runnable beforeExitCleanup = () -> { };
 
     private ScratchDir(Path path) {
         this.path = path;
-        this.hook = new Thread(() -> deleteTree(path), "scratch-cleanup");
+        this.hook = new Thread(() -> {
+            beforeExitCleanup.run();
+            deleteTree(path);
+        }, "scratch-cleanup");
         Runtime.getRuntime().addShutdownHook(hook);
+    }
+
+    /**
+     * What the exit-time cleanup runs first: stopping a thread that may still write here (a
+     * background rehearsal goes on while the JVM exits), so that nothing is created after the
+     * directory is gone. It should return within a second.
+     */
+    public void beforeExitCleanup(Runnable stopWriters) {
+        this.beforeExitCleanup = stopWriters;
     }
 
     /** /dev/shm when there is one (tmpfs: nothing reaches a disk), else java.io.tmpdir. */

@@ -36,4 +36,29 @@ class RehearsalTest {
             assertEquals(java.util.List.of(), left.filter(p -> p.getFileName().toString().startsWith(ours)).toList());
         }
     }
+
+    @KvmTest
+    void aVmmThatExitsWhileItRehearsesLeavesNoScratchDirectory() throws Exception {
+        try (var vmm = dev.panamavmm.testing.VmmProcess.start("run", "--memory", "32M",
+                "--cmdline", "console=ttyS0 testguest.mem=4M testguest.hb=100")) {
+            vmm.awaitLine("hb 0 1", 30);
+            // Once the background rehearsal has its directory, end the VMM (SIGTERM: a normal exit)
+            // while the rehearsal is still at work in it.
+            String ours = Rehearsal.PREFIX + "-" + vmm.pid() + "-";
+            long deadline = System.nanoTime() + 30_000_000_000L;
+            while (scratchDirs(ours).isEmpty()) {
+                if (System.nanoTime() > deadline) throw new AssertionError("no rehearsal directory appeared; stderr: " + vmm.stderr());
+                Thread.sleep(1);
+            }
+            vmm.signal("TERM");
+            assertEquals(0, vmm.waitFor(30), vmm.stderr());
+            assertEquals(java.util.List.of(), scratchDirs(ours), "left behind by the exiting VMM");
+        }
+    }
+
+    private static java.util.List<Path> scratchDirs(String prefix) throws java.io.IOException {
+        try (Stream<Path> all = Files.list(dev.panamavmm.vmm.ScratchDir.defaultRoot())) {
+            return all.filter(p -> p.getFileName().toString().startsWith(prefix)).toList();
+        }
+    }
 }
