@@ -232,7 +232,7 @@ public final class LocalMigration {
             // vCPU threads are created parked, then released: by the deadline check or an older source's "go".
             long builtAt = System.nanoTime();
             vm.pauseBeforeStart();
-            vm.start(vcpuThreads != null && vcpuThreads.size() == vm.vcpuCount() ? vcpuThreads : null);
+            vm.start(vcpuThreads); // one per vCPU: the shell was built for the same count (finish checks it)
             long startedAt = System.nanoTime();
             if (resumeBefore == null) {
                 peer.send(json(Json.object("ready", true)));

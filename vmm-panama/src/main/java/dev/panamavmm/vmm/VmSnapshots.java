@@ -362,7 +362,7 @@ public final class VmSnapshots {
     }
 
     /** The host must allow as many vCPUs as the snapshot has. */
-    public static void checkHostAllows(Kvm kvm, Loaded loaded) {
+    private static void checkHostAllows(Kvm kvm, Loaded loaded) {
         int max = kvm.maxVcpus();
         if (loaded.cpus() > max) throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
     }
