@@ -148,8 +148,9 @@ final class Rehearsal {
                     client.execute("query-status", Json.object());
                 }
             }
-            // Saves staying paused, so the loop can repeat: enough rounds for the JIT to compile
-            // the state encoding (base64 and JSON of ~10 KiB per vCPU), which interpreted costs ~5 ms.
+            // Saves staying paused, so the loop can repeat. A save runs each of its methods once, so
+            // it takes hundreds of saves before the JIT compiles them (C1 after ~200 calls): with 30
+            // rounds the commit of a real save still took 0.4-2 ms, with 300 it takes 0.3-0.5 ms.
             for (int i = 0; i < SAVE_ROUNDS; i++) {
                 step(stop);
                 VmSnapshots.save(vm, dir.resolve("practice"), true, VmSnapshots.After.STAY_PAUSED, false, null);
@@ -219,8 +220,13 @@ final class Rehearsal {
         }
     }
 
-    /** Rounds of each part; measured on this project's machines (docs/benchmarks.md): fewer left the first real save slower. */
-    static final int API_ROUNDS = 10, SAVE_ROUNDS = 30, MIGRATION_ROUNDS = 5, RESTORE_ROUNDS = 3, CODEC_ROUNDS = 400;
+    /**
+     * Rounds of each part; measured on this project's machines (docs/benchmarks.md): fewer left the
+     * first real save slower. With 10 API rounds and 30 saves, parsing a request still took 0.3-0.8 ms
+     * and a settled bypass save over the API 4.4-5.4 ms (median); with 100 and 300, 2.3-3.6 ms. The
+     * rehearsal then takes ~3.8 s instead of ~2.4 s, at nice 19.
+     */
+    static final int API_ROUNDS = 100, SAVE_ROUNDS = 300, MIGRATION_ROUNDS = 5, RESTORE_ROUNDS = 3, CODEC_ROUNDS = 400;
 
     /** An ELF64 executable whose code at 1 MiB is {@code hlt; jmp hlt}: with interrupts off the vCPU sleeps in KVM. */
     static byte[] haltingGuest() {
