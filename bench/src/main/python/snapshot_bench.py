@@ -28,6 +28,8 @@ WORK = CFG["work"]          # scratch directory on tmpfs: memory files, snapshot
 JAVA = CFG["java"]
 JAR = CFG["jar"]            # private copy of vmm-panama/target/vmm.jar (+ lib/ beside it)
 AOT = CFG["aot"]            # the AOT cache file
+FLOOR_CP = CFG["floor_cp"]  # classpath of bench's JvmFloor (its jar + jackson-core's)
+FLOOR_AOT = CFG["floor_aot"]  # JvmFloor's own AOT cache (made by the calling script)
 QEMU = CFG["qemu"]
 BIOS = CFG["bios"]
 SIZES = CFG["sizes"]        # e.g. ["256M", "1G", "4G"]
@@ -298,6 +300,26 @@ def floor_run(mem, i, results):
     rm(copy)
 
 
+def jvm_floor_run(i, results):
+    """The least a Java 25 process does before it could restore a VM (bench's JvmFloor: JVM start,
+    one FFM downcall linked and called, jackson-core reading snapshot metadata, a Unix socket
+    listening), with its own AOT cache: spawn -> its "ready" line. Nothing of Panama VMM runs."""
+    sock = fresh("floor.sock")
+    cmd = [JAVA] + JAVA_FLAGS + ["--enable-native-access=ALL-UNNAMED", f"-XX:AOTCache={FLOOR_AOT}", "-XX:AOTMode=on",
+                                 "-cp", FLOOR_CP, "dev.panamavmm.bench.JvmFloor", sock]
+    t0 = now()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    PROCS.append(p)
+    line = p.stdout.readline()
+    t1 = now()
+    p.stdout.close()
+    p.logpath = os.path.join(OUT, "driver.log")
+    wait_exit(p)
+    if line.strip() != b"ready":
+        raise BenchError(f"JvmFloor printed {line[:200]!r} instead of ready: {' '.join(cmd)}")
+    results["jvm_floor"].append({"ready_ms": (t1 - t0) * 1e3, "run": i})
+
+
 # ---------------------------------------------------------------------------------------------
 # Panama VMM
 
@@ -529,6 +551,11 @@ def summary(all_results, env):
         row["qr"] = med(q)
         p(f"    QEMU x-ignore-shared           {fmt(med(q)):>7} {fmt_list(q)}  (before {fmt_list(qb)}, after {fmt_list(qa)});"
           f" QMP socket up at {fmt(med(qc))}")
+        jf = [r["ready_ms"] for r in R["jvm_floor"]]
+        rf = ratio(jf, q)
+        row["jf"], row["rjf"] = med(jf), med(rf)
+        p(f"    JVM floor (JvmFloor, AOT cache) {fmt(med(jf)):>6} {fmt_list(jf)}  {med(rf):.2f}x of QEMU {fmt_list(rf)}:"
+          f" JVM start, one FFM downcall, jackson, a Unix socket; no VMM")
         for name, label in (("jit", "Panama, no AOT cache"), ("aot", "Panama, AOT cache")):
             run = panama(f"panama_restore_{name}", "running_ms")
             con = panama(f"panama_restore_{name}", "connect_ms")
@@ -538,6 +565,9 @@ def summary(all_results, env):
             p(f"    {'':<30} API socket up at {fmt(med(con))}; first heartbeat line at {fmt(med(hb))} {fmt_list(hb)}")
             verdicts.append((size, f"restore, {label} / QEMU restore", med(r), "<= 1.0x", med(r) <= 1.0))
             row[name], row["r" + name] = med(run), med(r)
+            if name == "aot":
+                over = ratio(run, jf)
+                p(f"    {'':<30} {med(over):.2f}x the JVM floor {fmt_list(over)}")
             broken = [x for x in R[f"panama_restore_{name}"] if not x["continuous"]]
             if broken:
                 notes.append(f"{size}: {len(broken)} restore(s) ({name}) did not go on with the next heartbeat number")
@@ -552,11 +582,11 @@ def summary(all_results, env):
     p("summary (medians, ms; ratios are medians of the per-run ratios):")
     p(f"  {'size':<5} | {'QEMU shared save':>16} | {'Panama bypass':>13} | {'ratio':>5} | {'QEMU full':>9} | {'Panama full':>11} |"
       f" {'QEMU/Panama':>11} | {'cat floor':>9} | {'QEMU restore':>12} | {'Panama restore':>14} | {'ratio':>5} |"
-      f" {'+AOT cache':>10} | {'ratio':>5}")
+      f" {'+AOT cache':>10} | {'ratio':>5} | {'JVM floor':>9} | {'ratio':>5}")
     for t in table:
         p(f"  {t['size']:<5} | {fmt(t['qs']):>16} | {fmt(t['pb']):>13} | {t['rb']:5.2f} | {fmt(t['qf']):>9} | {fmt(t['pf']):>11} |"
           f" {t['sp']:11.2f} | {fmt(t['fl']):>9} | {fmt(t['qr']):>12} | {fmt(t['jit']):>14} | {t['rjit']:5.2f} |"
-          f" {fmt(t['aot']):>10} | {t['raot']:5.2f}")
+          f" {fmt(t['aot']):>10} | {t['raot']:5.2f} | {fmt(t['jf']):>9} | {t['rjf']:5.2f}")
     p("")
     p("verdicts:")
     for size, what, value, target, ok in verdicts:
@@ -587,11 +617,12 @@ def main():
         print(f"== {size}: filling {mem}", flush=True)
         fill(mem, size_bytes(size))
         R = {k: [] for k in ("qemu_save_shared", "qemu_save_full", "qemu_restore_shared", "cat_copy", "panama_save_bypass",
-                             "panama_save_full", "panama_restore_jit", "panama_restore_aot")}
+                             "panama_save_full", "panama_restore_jit", "panama_restore_aot", "jvm_floor")}
         for i in range(RUNS):
             print(f"== {size}: run {i + 1} of {RUNS}: QEMU, cat, Panama VMM, QEMU", flush=True)
             qemu_run(size, mem, i, "before", R)
             floor_run(mem, i, R)
+            jvm_floor_run(i, R)
             panama_run(size, mem, i, R)
             qemu_run(size, mem, i, "after", R)
         rm(mem)
