@@ -113,7 +113,10 @@ final class Rehearsal {
                     Thread.currentThread().interrupt();
                 }
             });
-            rehearse(kvm, scratch.path(), stop);
+            // First every path once, so that a request arriving early finds its classes
+            // initialised and its downcalls linked; then the rounds that get the JIT to compile them.
+            rehearse(kvm, Files.createDirectory(scratch.path().resolve("once")), stop, Rounds.ONCE);
+            rehearse(kvm, Files.createDirectory(scratch.path().resolve("warm")), stop, Rounds.WARM);
         }
     }
 
@@ -131,7 +134,7 @@ final class Rehearsal {
         if (stop.get()) throw new Stopped();
     }
 
-    private static void rehearse(Kvm kvm, Path dir, AtomicBoolean stop) throws Exception {
+    private static void rehearse(Kvm kvm, Path dir, AtomicBoolean stop, Rounds rounds) throws Exception {
         var memoryFile = dir.resolve("ram");
         var config = new MachineConfig(GuestMemory.MIN_SIZE, 1, new Backing.SharedFile(memoryFile), "rehearsal", haltingGuest(),
                 null, "", BootProtocol.LINUX64);
@@ -141,7 +144,7 @@ final class Rehearsal {
             try (var server = ApiServer.start(dir.resolve("api.sock"), VmSession.target(vm));
                  var client = ApiClient.connect(server.path())) {
                 client.execute("qmp_capabilities", Json.object());
-                for (int i = 0; i < API_ROUNDS; i++) {
+                for (int i = 0; i < rounds.api(); i++) {
                     step(stop);
                     client.execute("stop", Json.object());
                     client.execute("cont", Json.object());
@@ -151,14 +154,14 @@ final class Rehearsal {
             // Saves staying paused, so the loop can repeat. A save runs each of its methods once, so
             // it takes hundreds of saves before the JIT compiles them (C1 after ~200 calls): with 30
             // rounds the commit of a real save still took 0.4-2 ms, with 300 it takes 0.3-0.5 ms.
-            for (int i = 0; i < SAVE_ROUNDS; i++) {
+            for (int i = 0; i < rounds.saves(); i++) {
                 step(stop);
                 VmSnapshots.save(vm, dir.resolve("practice"), true, VmSnapshots.After.STAY_PAUSED, false, null);
                 vm.resume();
             }
             // Live updates within this process: both ends of LocalMigration, as incoming and migrate run them.
             Vm moved = vm;
-            for (int i = 0; i < MIGRATION_ROUNDS; i++) {
+            for (int i = 0; i < rounds.migrations(); i++) {
                 step(stop);
                 var next = migrate(kvm, moved, dir.resolve("migrate-" + i + ".sock"));
                 if (moved != vm) moved.close();
@@ -177,7 +180,7 @@ final class Rehearsal {
         // The state codec until the JIT has compiled it: a live update's downtime reads and writes
         // ~10 KiB of state per vCPU (JSON, base64, CRC32C), ~5 ms per vCPU interpreted, well under
         // 0.5 ms compiled (measured: it takes a few hundred rounds to get there).
-        for (int i = 0; i < CODEC_ROUNDS; i++) {
+        for (int i = 0; i < rounds.codec(); i++) {
             step(stop);
             VmSnapshots.encodeAll(VmSnapshots.load(snapshot));
         }
@@ -186,7 +189,7 @@ final class Rehearsal {
         // refused), then clones of the same snapshot: the paths of restore, incoming and serve.
         var loaded = VmSnapshots.load(snapshot);
         exercise(VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CONTINUE, OutputStream.nullOutputStream(), new VmListener() {}));
-        for (int i = 0; i < RESTORE_ROUNDS; i++) {
+        for (int i = 0; i < rounds.clones(); i++) {
             step(stop);
             exercise(VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CLONE, OutputStream.nullOutputStream(), new VmListener() {}));
         }
@@ -221,12 +224,18 @@ final class Rehearsal {
     }
 
     /**
-     * Rounds of each part; measured on this project's machines (docs/benchmarks.md): fewer left the
-     * first real save slower. With 10 API rounds and 30 saves, parsing a request still took 0.3-0.8 ms
-     * and a settled bypass save over the API 4.4-5.4 ms (median); with 100 and 300, 2.3-3.6 ms. The
-     * rehearsal then takes ~3.8 s instead of ~2.4 s, at nice 19.
+     * Rounds of each part of one pass; measured on this project's machines (docs/benchmarks.md).
+     * {@link #ONCE} takes every path once (~0.3 s), so that an early request (a save right after
+     * boot) does not link a downcall or initialise classes itself. {@link #WARM} then repeats them
+     * until the JIT compiles them: a save calls each of its methods once, and the JIT compiles a
+     * method after ~200 calls. With 10 API rounds and 30 saves, parsing a request still took
+     * 0.3-0.8 ms and a settled bypass save over the API 4.4-5.4 ms (median); with 100 and 300,
+     * 2.3-3.6 ms. The whole rehearsal takes ~4 s at nice 19.
      */
-    static final int API_ROUNDS = 100, SAVE_ROUNDS = 300, MIGRATION_ROUNDS = 5, RESTORE_ROUNDS = 3, CODEC_ROUNDS = 400;
+    record Rounds(int api, int saves, int migrations, int clones, int codec) {
+        static final Rounds ONCE = new Rounds(1, 1, 1, 1, 1);
+        static final Rounds WARM = new Rounds(100, 300, 5, 3, 400);
+    }
 
     /** An ELF64 executable whose code at 1 MiB is {@code hlt; jmp hlt}: with interrupts off the vCPU sleeps in KVM. */
     static byte[] haltingGuest() {

@@ -80,6 +80,7 @@ public final class LibcConstants {
     public static final int SIG_SETMASK = 2;
     public static final int TCSANOW = 0;
     public static final int TCSAFLUSH = 2;
+    public static final int TCGETS = 0x5401;
     public static final int SYS_userfaultfd = 323;
     public static final int SYS_memfd_create = 319;
     public static final int SYS_gettid = 186;

@@ -19,6 +19,20 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class LibCTest {
 
     @Test
+    void aPseudoTerminalIsATerminalAndAMemfdOrAClosedFdIsNot() {
+        int pty = LibC.open("/dev/ptmx", LibcConstants.O_RDWR | LibcConstants.O_CLOEXEC, 0);
+        int memfd = LibC.memfdCreate("libc-test-tty", LibcConstants.MFD_CLOEXEC);
+        try {
+            assertTrue(LibC.isatty(pty), "the master side of a pseudo-terminal");
+            assertFalse(LibC.isatty(memfd), "a memfd");
+        } finally {
+            LibC.close(pty);
+            LibC.close(memfd);
+        }
+        assertFalse(LibC.isatty(memfd), "a closed descriptor (EBADF)");
+    }
+
+    @Test
     void aMemfdIsWrittenSizedMappedAndReadBack() {
         int fd = LibC.memfdCreate("libc-test", LibcConstants.MFD_CLOEXEC);
         try (var arena = Arena.ofConfined()) {
