@@ -44,6 +44,16 @@ MAX_BANDWIDTH = 1 << 40     # bytes/s for QEMU's migration: "unlimited" (QEMU 7.
 
 now = time.perf_counter
 
+# This machine's memory comes back from its host lazily: the kernel reports freed memory to the
+# host (virtio-balloon free page reporting, 2 MiB blocks, ~2 s after the free) and the host drops
+# it, so a page touched later costs a fault in the host too. Measured: cat of a 2 GiB file to a
+# new tmpfs file took 1.2-1.4 s right after a 2 GiB file was removed and 3.5 s when 6 s had
+# passed. A full save writes a new file the size of RAM, so each one (QEMU's, cat's, Panama's)
+# starts at least this long after the last large file was removed: all of them then write into
+# memory the host has taken back, instead of whoever comes first after a removal getting it cheap.
+MEMORY_QUIET = float(os.environ.get("SNAPBENCH_MEMORY_QUIET", "5"))
+LAST_LARGE_FREE = [0.0]
+
 
 # ---------------------------------------------------------------------------------------------
 # Processes: every one is recorded, and ended on the way out.
@@ -101,6 +111,19 @@ def on_signal(signum, frame):
 
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(s, on_signal)
+
+
+def rm_large(path):
+    """Removes a file the size of RAM (a full save, a copy) and notes when, for quiet_memory."""
+    rm(path)
+    LAST_LARGE_FREE[0] = time.monotonic()
+
+
+def quiet_memory():
+    """Waits until MEMORY_QUIET seconds have passed since the last large removal (see MEMORY_QUIET)."""
+    left = LAST_LARGE_FREE[0] + MEMORY_QUIET - time.monotonic()
+    if left > 0:
+        time.sleep(left)
 
 
 def rm(path):
@@ -233,6 +256,8 @@ def qemu_save(size, mem, ignore_shared, dest, tag):
     qemu_caps(q, ignore_shared)
     q.cmd("migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
     time.sleep(SETTLE)
+    if not ignore_shared:
+        quiet_memory()
     t0 = now()
     q.cmd("migrate", uri=f"exec:cat > {dest}")
     t1, ev = q.wait_event(lambda e: e["event"] == "MIGRATION" and e["data"]["status"] in ("completed", "failed", "cancelled")) \
@@ -285,7 +310,7 @@ def qemu_run(size, mem, i, rnd, results):
     mig = fresh("qemu-full.mig")
     r = qemu_save(size, mem, False, mig, f"{tag}-save-full")
     results["qemu_save_full"].append(dict(r, run=i, rnd=rnd))
-    rm(mig)
+    rm_large(mig)
     log(f"{tag}: done")
 
 
@@ -294,10 +319,11 @@ def floor_run(mem, i, results):
     QEMU's exec:cat does at its end). New tmpfs pages are expensive on this machine and their cost
     drifts by 2x within minutes, so it is measured in every run."""
     copy = fresh("copy")
+    quiet_memory()
     t0 = now()
     subprocess.run(f"cat {mem} > {copy}", shell=True, check=True)
     results["cat_copy"].append({"wall_ms": (now() - t0) * 1e3, "run": i})
-    rm(copy)
+    rm_large(copy)
 
 
 def jvm_floor_run(i, results):
@@ -424,11 +450,12 @@ def panama_run(size, mem, i, results):
     # Fresh VM -> full save (no bypass).
     p, q, c = panama_boot(size, mem, f"{tag}-run-full")
     snap = fresh("panama-full")
+    quiet_memory()
     s = panama_save(p, q, c, False, snap)
     st = os.stat(os.path.join(snap, "snapshot.pvm"))
     s["file_bytes"], s["file_allocated_bytes"] = st.st_size, st.st_blocks * 512
     results["panama_save_full"].append(dict(s, run=i))
-    rm(snap)
+    rm_large(snap)
     log(f"{tag}: done")
 
 
@@ -625,7 +652,7 @@ def main():
             jvm_floor_run(i, R)
             panama_run(size, mem, i, R)
             qemu_run(size, mem, i, "after", R)
-        rm(mem)
+        rm_large(mem)
         all_results[size] = R
         with open(os.path.join(OUT, "results.json"), "w") as f:
             json.dump(all_results, f, indent=1)
