@@ -245,23 +245,39 @@ class DirWatch:
         os.close(self.fd)
 
 
+class FileTail:
+    """A file another process appends to (a VM's console): each read returns what it gained since
+    the last one; nothing while the file does not exist yet."""
+
+    def __init__(self, path):
+        self.path = path
+        self.f = None
+
+    def read(self):
+        if self.f is None:
+            try:
+                self.f = open(self.path, "rb")
+            except FileNotFoundError:
+                return b""
+        return self.f.read()
+
+    def close(self):
+        if self.f:
+            self.f.close()
+
+
 class Console:
     """One console file: its lines, each with the perf_counter value at which it was first seen."""
 
     def __init__(self, path):
         self.path = path
-        self.f = None
+        self.file = FileTail(path)
         self.partial = b""
         self.lines = []          # (time seen, text)
         self.scanned = 0
 
     def poll(self):
-        if self.f is None:
-            try:
-                self.f = open(self.path, "rb")
-            except FileNotFoundError:
-                return
-        data = self.f.read()
+        data = self.file.read()
         if not data:
             return
         t = now()
@@ -301,8 +317,7 @@ class Console:
         return [l for _, l in self.lines if l.startswith("CORRUPT")]
 
     def close(self):
-        if self.f:
-            self.f.close()
+        self.file.close()
 
 
 # ---------------------------------------------------------------------------------------------

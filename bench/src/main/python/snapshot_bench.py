@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import BenchError, JsonLines
+from benchlib import BenchError, FileTail, JsonLines
 
 CFG = json.load(open(sys.argv[1]))
 OUT = CFG["out"]            # results directory (raw data, logs, summary)
@@ -146,17 +146,12 @@ class Console:
         """prefix: the unfinished last line of the console before a save; the restored guest goes
         on with the rest of that line (a save can land in the middle of one)."""
         self.path = path
-        self.f = None
+        self.file = FileTail(path)
         self.text = prefix
         self.scanned = 0
 
     def _poll(self):
-        if self.f is None:
-            try:
-                self.f = open(self.path, "rb")
-            except FileNotFoundError:
-                return
-        data = self.f.read()
+        data = self.file.read()
         if data:
             self.text += data.decode(errors="replace")
 
