@@ -1,7 +1,7 @@
 package dev.panamavmm.migration;
 
 /**
- * Constants of snapshot format v1 (specified in docs/snapshot-format.md). A snapshot is a
+ * Constants of snapshot format v2 (specified in docs/snapshot-format.md). A snapshot is a
  * directory holding one file, {@value #FILE_NAME}:
  *
  * <pre>
@@ -16,7 +16,10 @@ public final class SnapshotFormat {
 
     public static final String FILE_NAME = "snapshot.pvm";
     public static final byte[] MAGIC = {'P', 'A', 'N', 'A', 'M', 'A', 'V', 'M'};
-    public static final int VERSION = 1;
+    /** The version this VMM writes. */
+    public static final int VERSION = 2;
+    /** The oldest version this VMM reads: v1 snapshots hold JSON state sections (see docs/snapshot-format.md). */
+    public static final int OLDEST_READABLE = 1;
     public static final int HEADER_SIZE = 64;
     public static final long PAGE = 4096;
     /** RAM data starts here, so mapped blocks are page-aligned in the file. */

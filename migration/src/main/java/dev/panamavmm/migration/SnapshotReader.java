@@ -58,8 +58,9 @@ public final class SnapshotReader {
                 throw new SnapshotException("snapshot " + file + " is corrupt (header checksum mismatch)");
             }
             int version = header.getInt(SnapshotFormat.OFF_VERSION);
-            if (version != SnapshotFormat.VERSION) {
-                throw new SnapshotException("snapshot " + file + " has format version " + version + "; this VMM reads version " + SnapshotFormat.VERSION);
+            if (version < SnapshotFormat.OLDEST_READABLE || version > SnapshotFormat.VERSION) {
+                throw new SnapshotException("snapshot " + file + " has format version " + version + "; this VMM reads versions "
+                        + SnapshotFormat.OLDEST_READABLE + " to " + SnapshotFormat.VERSION);
             }
             long fileLength = header.getLong(SnapshotFormat.OFF_FILE_LENGTH);
             if (size < fileLength) throw new SnapshotException("snapshot " + file + " is truncated (" + size + " of " + fileLength + " bytes)");

@@ -44,7 +44,7 @@ class SnapshotFormatTest {
     void roundTripsSectionsMetadataAndRam(@TempDir Path dir) throws Exception {
         var snap = write(dir);
         var r = SnapshotReader.open(snap);
-        assertEquals(1, r.version());
+        assertEquals(SnapshotFormat.VERSION, r.version());
         assertEquals("PVM", r.flavour());
         assertTrue(r.bypass());
         assertEquals(2L, r.metadata().get("cpus"));
@@ -124,7 +124,7 @@ class SnapshotFormatTest {
         crc.update(future, 0, SnapshotFormat.OFF_HEADER_CRC);
         java.nio.ByteBuffer.wrap(future).order(java.nio.ByteOrder.LITTLE_ENDIAN).putInt(SnapshotFormat.OFF_HEADER_CRC, (int) crc.getValue());
         Files.write(file, future);
-        assertEquals("snapshot " + file + " has format version 7; this VMM reads version 1",
+        assertEquals("snapshot " + file + " has format version 7; this VMM reads versions 1 to 2",
                 assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap)).getMessage());
     }
 
