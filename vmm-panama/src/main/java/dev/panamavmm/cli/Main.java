@@ -22,10 +22,6 @@ public final class Main implements Cli.Command {
     static final int OK = 0, FAILED = 1, USAGE = 2;
 
     public static void main(String[] args) {
-        // Reflection (RecordCodec reads state records by their components) through native
-        // accessors: the default, method handles, spins a class per constructor shape, ~30 ms in
-        // a restore. Set before the first reflective call of the process.
-        System.setProperty("jdk.reflect.useNativeAccessorOnly", "true");
         EarlyWarmup.startFor(args);
         System.exit(run(args, System.out, System.err));
     }

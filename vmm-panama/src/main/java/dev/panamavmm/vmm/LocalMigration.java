@@ -81,7 +81,6 @@ public final class LocalMigration {
                         .mapToInt(b -> b.fd()).distinct().limit(1).toArray();
                 // Phase 1, the guest still running: the destination maps the same memory and builds the VM.
                 VmSnapshots.msrsToSave(vm);
-                VmSnapshots.warmUp();
                 var prepare = prepareMessage(vm);
                 if (prepare != null) {
                     peer.send(json(Json.object("prepare", prepare)), fds);
@@ -199,7 +198,6 @@ public final class LocalMigration {
                 handedOver = true; // the shell's memory owns (and on failure closes) the descriptors
                 shell = VmSnapshots.Shell.prepare(kvm, sources(prepare, fds), cpus);
                 vcpuThreads = PrestartedThreads.start(cpus);
-                VmSnapshots.warmUp();
                 peer.send(json(Json.object("prepared", true)));
                 message = peer.receive();
                 if (message == null) throw new SnapshotException("the source closed the connection before sending the VM's state");

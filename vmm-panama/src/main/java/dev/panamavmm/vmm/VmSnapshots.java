@@ -1,8 +1,8 @@
 package dev.panamavmm.vmm;
 
-import dev.panamavmm.devices.I8042;
-import dev.panamavmm.devices.Serial8250;
-import dev.panamavmm.devices.VmmPort;
+import dev.panamavmm.devices.I8042Codec;
+import dev.panamavmm.devices.Serial8250Codec;
+import dev.panamavmm.devices.VmmPortCodec;
 import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.bindings.KvmConstants;
@@ -11,7 +11,6 @@ import dev.panamavmm.migration.FileIdentity;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamBlockEntry;
 import dev.panamavmm.migration.RamWriter;
-import dev.panamavmm.migration.RecordCodec;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.migration.SnapshotWriter;
@@ -19,7 +18,9 @@ import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.state.KvmState;
 import dev.panamavmm.vmm.state.VcpuState;
+import dev.panamavmm.vmm.state.VcpuStateCodec;
 import dev.panamavmm.vmm.state.VmState;
+import dev.panamavmm.vmm.state.VmStateCodec;
 import dev.panamavmm.vmm.vcpu.Cpuid;
 
 import java.io.IOException;
@@ -55,7 +56,7 @@ public final class VmSnapshots {
     /**
      * Saves {@code vm} into {@code dir}. With {@code bypass}, shared blocks are stored by reference;
      * then the guest must not run on in that file, so {@code resume} with shared blocks is refused.
-     * On failure nothing is left in {@code dir} and the VM runs on as before.
+     * On failure of any kind nothing is left in {@code dir} and the VM runs on as before.
      */
     public static Saved save(Vm vm, Path dir, boolean bypass, boolean resume, RamWriter.Progress progress) throws InterruptedException {
         return save(vm, dir, bypass, resume ? After.RESUME : After.STOP, false, progress);
@@ -76,23 +77,25 @@ public final class VmSnapshots {
             throw new SnapshotException("resuming after a bypass-shared-memory snapshot would let the guest change the memory file"
                     + " the snapshot points to; stop the VM after saving, or save without bypass");
         }
+        if (Files.exists(dir) && !Files.isDirectory(dir)) throw new SnapshotException(dir + " is not a directory");
         long start = System.nanoTime();
         boolean wasPaused = vm.isPaused();
-        vm.pause();
-        long paused = System.nanoTime();
-        Saved saved;
+        boolean keepPaused = false; // set once the save is complete and the guest is not to run on here
+        // The writer first: a directory that cannot be written fails here, before the guest stops.
         try (var writer = SnapshotWriter.create(dir)) {
+            vm.pause();
+            long paused = System.nanoTime();
             var kvm = vm.kvm();
             int xsaveSize = xsaveSize(vm);
             int[] msrs = msrsToSave(vm);
             for (var vcpu : vm.vcpuFds()) {
-                writer.section("vcpu/" + vcpu.id(), RecordCodec.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
+                writer.section("vcpu/" + vcpu.id(), VcpuStateCodec.INSTANCE.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
             }
-            writer.section("vm", RecordCodec.encode(KvmState.capture(vm.vmFd())));
+            writer.section("vm", VmStateCodec.INSTANCE.encode(KvmState.capture(vm.vmFd())));
             var devices = vm.deviceStates();
-            writer.section(SERIAL, RecordCodec.encode(devices.serial()));
-            writer.section(I8042_SECTION, RecordCodec.encode(devices.i8042()));
-            writer.section(VMM_PORT, RecordCodec.encode(devices.vmmPort()));
+            writer.section(SERIAL, Serial8250Codec.INSTANCE.encode(devices.serial()));
+            writer.section(I8042_SECTION, I8042Codec.INSTANCE.encode(devices.i8042()));
+            writer.section(VMM_PORT, VmmPortCodec.INSTANCE.encode(devices.vmmPort()));
 
             long captured = System.nanoTime();
             long written = 0, references = 0;
@@ -122,24 +125,23 @@ public final class VmSnapshots {
             long ram = System.nanoTime();
             Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
             long end = System.nanoTime();
-            saved = new Saved(file, written, references, (end - start) / 1_000_000);
+            keepPaused = after != After.RESUME;
             log.debug("saved {}: pause {} us, state {} us, RAM {} us, commit {} us", file, (paused - start) / 1000,
                     (captured - paused) / 1000, (ram - captured) / 1000, (end - ram) / 1000);
+            var saved = new Saved(file, written, references, (end - start) / 1_000_000);
+            if (after == After.STOP) vm.end(new VmExitReason.Stopped("snapshot to " + dir));
+            return saved;
         } catch (IOException e) {
-            if (!wasPaused) vm.resume();
             throw new SnapshotException("saving failed: " + e.getMessage(), e);
-        } catch (RuntimeException e) {
-            if (!wasPaused) vm.resume();
-            throw e;
+        } finally {
+            // Whatever went wrong (a pause that timed out, an ioctl, a full disk, a bug), the guest runs on.
+            if (!wasPaused && !keepPaused) giveBack(vm);
         }
-        switch (after) {
-            case RESUME -> {
-                if (!wasPaused) vm.resume();
-            }
-            case STOP -> vm.end(new VmExitReason.Stopped("snapshot to " + dir));
-            case STAY_PAUSED -> { }
-        }
-        return saved;
+    }
+
+    /** Resumes a VM after a failed operation; a VM that ended meanwhile stays ended. */
+    static void giveBack(Vm vm) {
+        if (!vm.termination().isDone()) vm.resume();
     }
 
     /**
@@ -170,29 +172,14 @@ public final class VmSnapshots {
 
     private static final Map<Kvm, Integer> XSAVE_BY_KVM = java.util.Collections.synchronizedMap(new java.util.WeakHashMap<>());
 
-    /**
-     * Runs the state encoding and decoding once on dummy values, so the first real save or
-     * restore in a fresh JVM does not pay class loading and interpretation inside a downtime.
-     */
-    public static void warmUp() {
-        var vcpu = new VcpuState(0, new byte[8], new byte[8], new byte[8], new byte[8], new byte[8], new int[1], new long[1],
-                new byte[8], 0, new byte[8]);
-        RecordCodec.decode(VcpuState.class, RecordCodec.encode(vcpu), "warm-up");
-        var vmState = new VmState(new byte[8], new byte[8], new byte[8], new byte[8], new byte[8]);
-        RecordCodec.decode(VmState.class, RecordCodec.encode(vmState), "warm-up");
-        RecordCodec.decode(Serial8250.State.class, RecordCodec.encode(Serial8250.State.RESET), "warm-up");
-        RecordCodec.decode(I8042.State.class, RecordCodec.encode(I8042.State.RESET), "warm-up");
-        RecordCodec.decode(VmmPort.State.class, RecordCodec.encode(VmmPort.State.INITIAL), "warm-up");
-    }
-
-    /** Encodes every state record of {@code loaded} as a save would (and drops the bytes): to warm the codec. */
+    /** Encodes every state of {@code loaded} as a save would (and drops the bytes): to warm the codecs. */
     public static int encodeAll(Loaded loaded) {
         int bytes = 0;
-        for (var vcpu : loaded.vcpus()) bytes += RecordCodec.encode(vcpu).length;
-        bytes += RecordCodec.encode(loaded.vm()).length;
-        bytes += RecordCodec.encode(loaded.devices().serial()).length;
-        bytes += RecordCodec.encode(loaded.devices().i8042()).length;
-        return bytes + RecordCodec.encode(loaded.devices().vmmPort()).length;
+        for (var vcpu : loaded.vcpus()) bytes += VcpuStateCodec.INSTANCE.encode(vcpu).length;
+        bytes += VmStateCodec.INSTANCE.encode(loaded.vm()).length;
+        bytes += Serial8250Codec.INSTANCE.encode(loaded.devices().serial()).length;
+        bytes += I8042Codec.INSTANCE.encode(loaded.devices().i8042()).length;
+        return bytes + VmmPortCodec.INSTANCE.encode(loaded.devices().vmmPort()).length;
     }
 
     static String kind(Backing backing) {
@@ -251,13 +238,14 @@ public final class VmSnapshots {
             total += e.size();
         }
         if (total != memoryBytes) throw new SnapshotException("the snapshot's RAM blocks do not add up to its memory size");
+        int format = snapshot.version();
         var vcpuStates = new ArrayList<VcpuState>();
-        for (int i = 0; i < cpus; i++) vcpuStates.add(RecordCodec.decode(VcpuState.class, snapshot.section("vcpu/" + i), "vcpu/" + i));
-        var vmState = RecordCodec.decode(VmState.class, snapshot.section("vm"), "vm");
+        for (int i = 0; i < cpus; i++) vcpuStates.add(VcpuStateCodec.INSTANCE.decode(snapshot.section("vcpu/" + i), format, "vcpu/" + i));
+        var vmState = VmStateCodec.INSTANCE.decode(snapshot.section("vm"), format, "vm");
         var devices = new Vm.DeviceStates(
-                RecordCodec.decode(Serial8250.State.class, snapshot.section(SERIAL), SERIAL),
-                RecordCodec.decode(I8042.State.class, snapshot.section(I8042_SECTION), I8042_SECTION),
-                RecordCodec.decode(VmmPort.State.class, snapshot.section(VMM_PORT), VMM_PORT));
+                Serial8250Codec.INSTANCE.decode(snapshot.section(SERIAL), format, SERIAL),
+                I8042Codec.INSTANCE.decode(snapshot.section(I8042_SECTION), format, I8042_SECTION),
+                VmmPortCodec.INSTANCE.decode(snapshot.section(VMM_PORT), format, VMM_PORT));
         var config = new MachineConfig(memoryBytes, cpus, restoredBacking(snapshot), String.valueOf(machine.get("kernel")),
                 new byte[0], null, String.valueOf(machine.get("cmdline")));
         return new Loaded(dir, snapshot, config, xsaveSize, List.copyOf(vcpuStates), vmState, devices, descriptors.clone());
