@@ -5,17 +5,17 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.sys.UnixSocket;
 import dev.panamavmm.log.Log;
-import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.GuestMemory;
 
 import java.io.IOException;
 import java.io.OutputStream;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.Map;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Function;
 
@@ -25,11 +25,11 @@ import java.util.function.Function;
  * is written to tmpfs, a memfd-backed guest's RAM goes as the memfd itself (SCM_RIGHTS), a
  * shared file by reference; private non-memfd RAM is written into the snapshot.
  *
- * <p>Protocol (one JSON message each way per step): source -> {@code {"prepare": ...}} + fds,
- * destination maps the memory and builds the VM shell -> {@code {"prepared": true}}; the source
- * pauses the guest -> {@code {"snapshot": DIR, "resumeBefore": T}}; the destination applies the
- * state and resumes the guest -> {@code {"running": true, "resumedAtNanos": R}} or
- * {@code {"error": ...}}; the source ends its VM. One message crosses during the downtime.
+ * <p>The messages are {@link MigrationProtocol}'s: source -> {@code Prepare} (+ fds), the
+ * destination maps the memory and builds the VM shell -> {@code Prepared}; the source pauses the
+ * guest -> {@code State(DIR, T)}; the destination applies the state and resumes the guest ->
+ * {@code Running(R)} or {@code Refused}; the source ends its VM. One message crosses during the
+ * downtime.
  *
  * <p>{@code T} is the source's deadline (System.nanoTime, which is CLOCK_MONOTONIC: one clock for
  * every process of the host). Without a confirmation by then the source resumes its guest; so
@@ -37,9 +37,9 @@ import java.util.function.Function;
  * refuses, and the guest never runs in both. A destination that dies after resuming but before
  * its confirmation arrives is the one case the source cannot tell from one that died before.
  *
- * <p>Older peers: a destination that answers {@code {"ready": true}} (it waits for
- * {@code {"go": true}} before resuming) gets its "go"; a source that sends no deadline gets
- * "ready" and resumes on "go". A VMM can be live-updated to and from the previous version.
+ * <p>The source gives its guest back by construction: until the destination has confirmed, any
+ * failure (a refusal, a malformed or unknown reply, a closed or silent peer, a bug) resumes the
+ * guest here in a {@code finally}.
  */
 public final class LocalMigration {
     private LocalMigration() {}
@@ -48,6 +48,9 @@ public final class LocalMigration {
 
     /** The destination resumes only if this much is left before the source's deadline: time for its confirmation to arrive. */
     static final long RESUME_MARGIN_NANOS = TimeUnit.SECONDS.toNanos(1);
+
+    /** How long a waiting destination gives a new connection to send its first message before it drops it and waits on. */
+    static final long FIRST_MESSAGE_MILLIS = 5_000;
 
     /**
      * What a migration did, from the source's point of view. {@code downtimeMicros}: from the
@@ -64,75 +67,66 @@ public final class LocalMigration {
     /** Migrates {@code vm} to the VMM waiting on {@code socket}; on failure the guest runs on here and the exception says why. */
     public static Result send(Vm vm, Path socket, long timeoutSeconds) throws InterruptedException {
         long start = System.nanoTime();
-        ScratchDir scratch;
+        long deadline = start + TimeUnit.SECONDS.toNanos(timeoutSeconds);
+        boolean wasPaused = vm.isPaused();
+        boolean handedOver = false;
+        ScratchDir scratch = null;
         try {
             scratch = ScratchDir.create(ScratchDir.defaultRoot(), "panama-migrate");
-        } catch (IOException e) {
-            throw new SnapshotException("cannot create the migration state directory: " + e.getMessage(), e);
-        }
-        Path dir = scratch.path();
-        boolean wasPaused = vm.isPaused();
-        long pausedAt = 0;
-        long deadline = start + TimeUnit.SECONDS.toNanos(timeoutSeconds);
-        try (var peer = UnixSocket.connect(socket)) {
-            var watchdog = Watchdog.until(peer, deadline);
-            try {
-                int[] fds = vm.memory().blocks().stream().filter(b -> b.backing() instanceof Backing.Memfd)
-                        .mapToInt(b -> b.fd()).distinct().limit(1).toArray();
-                // Phase 1, the guest still running: the destination maps the same memory and builds the VM.
-                VmSnapshots.msrsToSave(vm);
-                var prepare = prepareMessage(vm);
-                if (prepare != null) {
-                    peer.send(json(Json.object("prepare", prepare)), fds);
-                    expect(peer, "prepared");
+            Path dir = scratch.path();
+            try (var peer = UnixSocket.connect(socket)) { // an absent or wrong peer fails here, before the guest stops
+                var watchdog = Watchdog.until(peer, deadline);
+                try {
+                    int[] fds = vm.memory().blocks().stream().filter(b -> b.backing() instanceof Backing.Memfd)
+                            .mapToInt(b -> b.fd()).distinct().limit(1).toArray();
+                    // Phase 1, the guest still running: the destination maps the same memory and builds the VM.
+                    VmSnapshots.msrsToSave(vm);
+                    peer.send(MigrationProtocol.encode(prepareMessage(vm), MigrationProtocol.VERSION), fds);
+                    expect(peer, MigrationProtocol.Prepared.class);
+                    // Phase 2, the downtime: only vCPU, VM and device state moves.
+                    long pausedAt = System.nanoTime();
+                    var saved = VmSnapshots.save(vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
+                    long savedAt = System.nanoTime();
+                    peer.send(MigrationProtocol.encode(new MigrationProtocol.State(dir, deadline), MigrationProtocol.VERSION));
+                    var running = expect(peer, MigrationProtocol.Running.class);
+                    handedOver = true; // the guest runs there now; from here on it must never resume here
+                    long now = System.nanoTime();
+                    long resumedAt = running.resumedAtNanos() >= savedAt && running.resumedAtNanos() <= now ? running.resumedAtNanos() : now;
+                    log.debug("migration downtime {} us: save {} us, destination builds and resumes {} us, confirmed after {} us",
+                            (resumedAt - pausedAt) / 1000, (savedAt - pausedAt) / 1000, (resumedAt - savedAt) / 1000, (now - resumedAt) / 1000);
+                    vm.end(new VmExitReason.Stopped("migration to " + socket));
+                    return new Result((resumedAt - pausedAt) / 1000, (now - pausedAt) / 1_000_000, (now - start) / 1_000_000,
+                            Files.size(saved.file()));
+                } finally {
+                    watchdog.cancel();
                 }
-                // Phase 2, the downtime: only vCPU, VM and device state moves.
-                pausedAt = System.nanoTime();
-                var saved = VmSnapshots.save(vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
-                long savedAt = System.nanoTime();
-                peer.send(json(Json.object("snapshot", dir.toString(), "resumeBefore", deadline)), prepare != null ? new int[0] : fds);
-                var reply = expect(peer, "running", "ready");
-                if (reply.containsKey("ready")) { // an older destination: it resumes on "go"
-                    peer.send(json(Json.object("go", true)));
-                    reply = expect(peer, "running");
-                }
-                long now = System.nanoTime();
-                long resumedAt = reply.get("resumedAtNanos") instanceof Long t && t >= savedAt && t <= now ? t : now;
-                log.debug("migration downtime {} us: save {} us, destination builds and resumes {} us, confirmed after {} us",
-                        (resumedAt - pausedAt) / 1000, (savedAt - pausedAt) / 1000, (resumedAt - savedAt) / 1000, (now - resumedAt) / 1000);
-                vm.end(new VmExitReason.Stopped("migration to " + socket));
-                return new Result((resumedAt - pausedAt) / 1000, (now - pausedAt) / 1_000_000, (now - start) / 1_000_000,
-                        Files.size(saved.file()));
-            } finally {
-                watchdog.cancel();
             }
-        } catch (KvmException | SnapshotException | IOException e) {
-            if (!wasPaused && !vm.termination().isDone()) vm.resume();
-            throw new SnapshotException("migration to " + socket + " failed, the guest runs on here: " + reason(e));
+        } catch (IOException | RuntimeException e) {
+            throw new SnapshotException("migration to " + socket + " failed, the guest runs on here: " + reason(e), e);
         } finally {
-            scratch.close();
+            if (!handedOver && !wasPaused) VmSnapshots.giveBack(vm);
+            if (scratch != null) scratch.close();
         }
     }
 
     /**
-     * What the destination needs to build the VM before the guest stops: vCPU count, RAM size and
-     * where each block lives (the memfd passed with the message, or a shared file). Null when a
-     * block's pages must travel in the snapshot (private RAM): then the VM is built after the pause.
+     * The first message: vCPU count, RAM size and where each block lives (the memfd passed with
+     * the message, or a shared file), or no RAM table when a block's pages must travel in the
+     * snapshot (private RAM): then the destination builds the VM after the pause.
      */
-    private static Map<String, Object> prepareMessage(Vm vm) {
-        var blocks = new java.util.ArrayList<Object>();
+    private static MigrationProtocol.Prepare prepareMessage(Vm vm) {
+        var blocks = new ArrayList<MigrationProtocol.RamBlock>();
         for (var b : vm.memory().blocks()) {
-            var row = Json.object("id", b.id(), "guestAddress", b.guestAddress(), "size", b.size(), "fileOffset", b.fileOffset());
             switch (b.backing()) {
-                case Backing.Memfd m -> row.put("descriptor", 0L);
-                case Backing.SharedFile f -> row.put("file", f.path().toAbsolutePath().toString());
+                case Backing.Memfd m -> blocks.add(new MigrationProtocol.RamBlock(b.id(), b.guestAddress(), b.size(), b.fileOffset(), 0, null));
+                case Backing.SharedFile f -> blocks.add(new MigrationProtocol.RamBlock(b.id(), b.guestAddress(), b.size(), b.fileOffset(),
+                        null, f.path().toAbsolutePath()));
                 case Backing.PrivateFile f -> {
-                    return null;
+                    return new MigrationProtocol.Prepare(MigrationProtocol.VERSION, vm.vcpuCount(), vm.memory().size(), null);
                 }
             }
-            blocks.add(row);
         }
-        return Json.object("cpus", (long) vm.vcpuCount(), "memory", vm.memory().size(), "ram", blocks);
+        return new MigrationProtocol.Prepare(MigrationProtocol.VERSION, vm.vcpuCount(), vm.memory().size(), List.copyOf(blocks));
     }
 
     private static String reason(Exception e) {
@@ -140,73 +134,105 @@ public final class LocalMigration {
         return m == null ? e.getClass().getSimpleName() : m;
     }
 
-    /** The peer's next message, which must set one of {@code keys} to true (an error message is thrown as a refusal). */
-    private static Map<String, Object> expect(UnixSocket peer, String... keys) {
+    /** The peer's next message, which must be a {@code type} (a refusal is thrown with its reason). */
+    private static <M extends MigrationProtocol.Message> M expect(UnixSocket peer, Class<M> type) {
         var message = peer.receive();
         if (message == null) throw new SnapshotException("the destination closed the connection");
-        var m = Json.asObject(Json.parse(new String(message.data(), StandardCharsets.UTF_8)), "message");
-        if (m.get("error") instanceof String error) throw new SnapshotException("the destination refused: " + error);
-        for (String key : keys) if (Boolean.TRUE.equals(m.get(key))) return m;
-        throw new SnapshotException("the destination sent " + m + " instead of " + String.join(" or ", keys));
-    }
-
-    private static byte[] json(Map<String, Object> m) {
-        return Json.write(m).getBytes(StandardCharsets.UTF_8);
+        for (int fd : message.fds()) LibC.close(fd); // nothing the source expects carries descriptors
+        var m = MigrationProtocol.decode(message.data());
+        if (m instanceof MigrationProtocol.Refused r) throw new SnapshotException("the destination refused: " + r.reason());
+        if (!type.isInstance(m)) {
+            throw new SnapshotException("the destination sent " + m.getClass().getSimpleName().toLowerCase() + " instead of "
+                    + type.getSimpleName().toLowerCase());
+        }
+        return type.cast(m);
     }
 
     /**
      * Waits on {@code socket} for one incoming VM, builds it with {@code accept} checking the
-     * machine it is handed (a mismatch is refused back to the source), confirms, and returns the
-     * running VM's owner-to-be: the caller starts nothing, this method starts the guest after "go".
+     * machine it is handed (a mismatch is refused back to the source), resumes it and confirms.
+     * A connection that sends nothing within {@link #FIRST_MESSAGE_MILLIS}, closes, or sends
+     * something that is not the start of a migration is dropped, and the wait goes on.
      */
     public static Vm receive(Kvm kvm, Path socket, long timeoutSeconds, OutputStream console, VmListener listener,
                              Function<MachineConfig, String> accept) {
-        try (var server = UnixSocket.listen(socket); var peer = server.accept()) {
-            try {
-                Files.deleteIfExists(socket); // one migration per listening socket
-            } catch (IOException ignored) {
-                // the path goes with the process anyway
-            }
-            var message = peer.receive();
-            if (message == null) throw new SnapshotException("the source closed the connection before sending a VM");
-            var watchdog = Watchdog.start(peer, timeoutSeconds); // every later step is bounded
-            try {
-                return receiveOn(kvm, peer, message, console, listener, accept);
-            } finally {
-                watchdog.cancel();
+        try (var server = UnixSocket.listen(socket)) {
+            while (true) {
+                var peer = server.accept();
+                UnixSocket.Message message;
+                MigrationProtocol.Message first;
+                var firstWait = Watchdog.until(peer, System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(FIRST_MESSAGE_MILLIS));
+                try {
+                    message = peer.receive();
+                    first = message == null ? null : MigrationProtocol.decode(message.data());
+                } catch (RuntimeException e) {
+                    message = null;
+                    first = null;
+                    log.warn("{}: ignored a connection that did not start a migration ({})", socket, reason(e));
+                } finally {
+                    firstWait.cancel();
+                }
+                if (!(first instanceof MigrationProtocol.Prepare) && !(first instanceof MigrationProtocol.State)) {
+                    if (message != null) for (int fd : message.fds()) LibC.close(fd);
+                    if (first != null) log.warn("{}: ignored a connection that sent {} first", socket, first.getClass().getSimpleName());
+                    peer.close();
+                    continue;
+                }
+                try (peer) {
+                    try {
+                        Files.deleteIfExists(socket); // one migration per listening socket
+                    } catch (IOException ignored) {
+                        // the path goes with the process anyway
+                    }
+                    var watchdog = Watchdog.until(peer, System.nanoTime() + TimeUnit.SECONDS.toNanos(timeoutSeconds)); // every later step is bounded
+                    try {
+                        return receiveOn(kvm, peer, first, message.fds(), console, listener, accept);
+                    } finally {
+                        watchdog.cancel();
+                    }
+                }
             }
         }
     }
 
-    private static Vm receiveOn(Kvm kvm, UnixSocket peer, UnixSocket.Message message, OutputStream console, VmListener listener,
-                                Function<MachineConfig, String> accept) {
-        int[] fds = message.fds();
+    private static Vm receiveOn(Kvm kvm, UnixSocket peer, MigrationProtocol.Message first, int[] fds, OutputStream console,
+                                VmListener listener, Function<MachineConfig, String> accept) {
         VmSnapshots.Shell shell = null;
         PrestartedThreads vcpuThreads = null; // created in the prepare phase, handed their vCPUs in the downtime
         Vm vm = null;
         boolean handedOver = false;
-        long stateAt = 0, loadedAt = 0; // for the debug log: where the downtime goes on this side
-        Long resumeBefore = null; // the source's deadline; null from an older source, which sends "go"
+        int protocol = MigrationProtocol.OLDEST; // a protocol-1 source may start with the state itself
+        long stateAt, loadedAt; // for the debug log: where the downtime goes on this side
+        MigrationProtocol.State state;
         try {
-            var m = Json.asObject(Json.parse(new String(message.data(), StandardCharsets.UTF_8)), "message");
-            if (m.get("prepare") != null) {
-                var prepare = Json.asObject(m.get("prepare"), "prepare");
-                long memory = (Long) prepare.get("memory");
-                int cpus = (int) (long) (Long) prepare.get("cpus");
-                String refusal = accept.apply(new MachineConfig(memory, cpus, new Backing.Memfd(), "incoming", new byte[0], null, ""));
+            if (first instanceof MigrationProtocol.Prepare prepare) {
+                protocol = prepare.protocol();
+                if (protocol < MigrationProtocol.OLDEST || protocol > MigrationProtocol.VERSION) {
+                    int theirs = protocol;
+                    protocol = MigrationProtocol.VERSION;
+                    throw new SnapshotException("this VMM speaks local-migration protocols " + MigrationProtocol.OLDEST + " to "
+                            + MigrationProtocol.VERSION + ", the source speaks " + theirs);
+                }
+                String refusal = accept.apply(new MachineConfig(prepare.memory(), prepare.cpus(), new Backing.Memfd(), "incoming",
+                        new byte[0], null, ""));
                 if (refusal != null) throw new SnapshotException(refusal);
-                handedOver = true; // the shell's memory owns (and on failure closes) the descriptors
-                shell = VmSnapshots.Shell.prepare(kvm, sources(prepare, fds), cpus);
-                vcpuThreads = PrestartedThreads.start(cpus);
-                peer.send(json(Json.object("prepared", true)));
-                message = peer.receive();
-                if (message == null) throw new SnapshotException("the source closed the connection before sending the VM's state");
-                m = Json.asObject(Json.parse(new String(message.data(), StandardCharsets.UTF_8)), "message");
+                if (prepare.ram() != null) {
+                    handedOver = true; // the shell's memory owns (and on failure closes) the descriptors
+                    shell = VmSnapshots.Shell.prepare(kvm, sources(prepare.ram(), fds), prepare.cpus());
+                }
+                vcpuThreads = PrestartedThreads.start(prepare.cpus());
+                peer.send(MigrationProtocol.encode(new MigrationProtocol.Prepared(), protocol));
+                var next = peer.receive();
+                if (next == null) throw new SnapshotException("the source closed the connection before sending the VM's state");
+                for (int fd : next.fds()) LibC.close(fd);
+                var m = MigrationProtocol.decode(next.data());
+                if (!(m instanceof MigrationProtocol.State s)) throw new SnapshotException("the source sent " + m + " instead of the state");
+                state = s;
+            } else {
+                state = (MigrationProtocol.State) first;
             }
             stateAt = System.nanoTime();
-            resumeBefore = m.get("resumeBefore") instanceof Long t ? t : null;
-            var dir = Path.of(String.valueOf(m.get("snapshot")));
-            var loaded = VmSnapshots.load(dir, fds);
+            var loaded = VmSnapshots.load(state.snapshot(), fds);
             loadedAt = System.nanoTime();
             String refusal = accept.apply(loaded.config());
             if (refusal != null) throw new SnapshotException(refusal);
@@ -223,26 +249,24 @@ public final class LocalMigration {
             if (shell != null) shell.close();
             else if (!handedOver) for (int fd : fds) LibC.close(fd);
             if (vcpuThreads != null) vcpuThreads.close();
-            peer.send(json(Json.object("error", reason(e))));
+            peer.send(MigrationProtocol.encode(new MigrationProtocol.Refused(reason(e)), protocol));
             throw e;
         }
         try {
-            // vCPU threads are created parked, then released: by the deadline check or an older source's "go".
+            // vCPU threads are created parked, then released once the deadline check passed.
             long builtAt = System.nanoTime();
             vm.pauseBeforeStart();
-            vm.start(vcpuThreads); // one per vCPU: the shell was built for the same count (finish checks it)
+            if (vcpuThreads != null) vm.start(vcpuThreads); // one per vCPU: the shell was built for the same count (finish checks it)
+            else vm.start();
             long startedAt = System.nanoTime();
-            if (resumeBefore == null) {
-                peer.send(json(Json.object("ready", true)));
-                expect(peer, "go");
-            } else if (startedAt > resumeBefore - RESUME_MARGIN_NANOS) {
+            if (startedAt > state.resumeBefore() - RESUME_MARGIN_NANOS) {
                 var late = new SnapshotException("the VM's state came too late: the source resumes its guest at its deadline");
-                peer.send(json(Json.object("error", late.getMessage())));
+                peer.send(MigrationProtocol.encode(new MigrationProtocol.Refused(late.getMessage()), protocol));
                 throw late;
             }
             vm.resume();
             long resumedAt = System.nanoTime();
-            peer.send(json(Json.object("running", true, "resumedAtNanos", resumedAt)));
+            peer.send(MigrationProtocol.encode(new MigrationProtocol.Running(resumedAt), protocol));
             log.debug("incoming state: load {} us, build {} us, vCPU threads {} us, resumed {} us after the state arrived",
                     (loadedAt - stateAt) / 1000, (builtAt - loadedAt) / 1000, (startedAt - builtAt) / 1000, (resumedAt - stateAt) / 1000);
             return vm;
@@ -267,18 +291,17 @@ public final class LocalMigration {
     }
 
     /** The block sources a prepare message describes; descriptor blocks map the passed memfd. */
-    private static java.util.List<dev.panamavmm.vmm.memory.GuestMemory.BlockSource> sources(Map<String, Object> prepare, int[] fds) {
-        var sources = new java.util.ArrayList<dev.panamavmm.vmm.memory.GuestMemory.BlockSource>();
-        for (var row : Json.asList(prepare.get("ram"), "ram")) {
-            var b = Json.asObject(row, "block");
-            String id = String.valueOf(b.get("id"));
-            long gpa = (Long) b.get("guestAddress"), size = (Long) b.get("size"), offset = (Long) b.get("fileOffset");
-            if (b.get("descriptor") instanceof Long d) {
+    private static List<GuestMemory.BlockSource> sources(List<MigrationProtocol.RamBlock> ram, int[] fds) {
+        var sources = new ArrayList<GuestMemory.BlockSource>();
+        for (var b : ram) {
+            if (b.descriptor() != null) {
+                int d = b.descriptor();
                 if (d < 0 || d >= fds.length) throw new SnapshotException("the source named descriptor " + d + " but passed " + fds.length);
-                sources.add(new dev.panamavmm.vmm.memory.GuestMemory.BlockSource(id, gpa, size, new Backing.Memfd(), offset, fds[(int) (long) d]));
+                sources.add(new GuestMemory.BlockSource(b.id(), b.guestAddress(), b.size(), new Backing.Memfd(), b.fileOffset(), fds[d]));
+            } else if (b.file() != null) {
+                sources.add(new GuestMemory.BlockSource(b.id(), b.guestAddress(), b.size(), new Backing.SharedFile(b.file()), b.fileOffset()));
             } else {
-                sources.add(new dev.panamavmm.vmm.memory.GuestMemory.BlockSource(id, gpa, size,
-                        new Backing.SharedFile(Path.of(String.valueOf(b.get("file")))), offset));
+                throw new SnapshotException("the source announced RAM block " + b.id() + " with neither a descriptor nor a file");
             }
         }
         return sources;
@@ -286,10 +309,6 @@ public final class LocalMigration {
 
     /** Closes a socket when a step takes longer than the timeout, so a blocked receive fails instead of hanging. */
     private record Watchdog(Thread thread) {
-        static Watchdog start(UnixSocket socket, long seconds) {
-            return until(socket, System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds));
-        }
-
         /** Shuts the socket at {@code deadline} (System.nanoTime). */
         static Watchdog until(UnixSocket socket, long deadline) {
             return new Watchdog(Thread.ofPlatform().daemon().name("migration-watchdog").start(() -> {

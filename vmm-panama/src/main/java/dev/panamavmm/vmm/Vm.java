@@ -19,6 +19,7 @@ import dev.panamavmm.vmm.memory.GuestMemory;
 
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
@@ -200,12 +201,23 @@ public final class Vm implements AutoCloseable {
         control.set(VcpuControl.Request.PAUSE);
     }
 
-    /** Parks every vCPU outside the guest (pending I/O completed); returns when they are. */
+    /** How long {@link #pause} waits for every vCPU to park (a vCPU stuck in an exit handler, e.g. on a blocked console, cannot). */
+    private volatile Duration pauseTimeout = Duration.ofSeconds(10);
+
+    /** For tests of the failure paths: a shorter pause timeout. */
+    void pauseTimeout(Duration timeout) {
+        pauseTimeout = timeout;
+    }
+
+    /**
+     * Parks every vCPU outside the guest (pending I/O completed); returns when they are. If they
+     * do not all park in time it throws, and the VM stays paused: the caller resumes it.
+     */
     public void pause() throws InterruptedException {
         control.set(VcpuControl.Request.PAUSE);
         vcpus.forEach(Vcpu::kick);
-        if (!control.awaitParked(10, TimeUnit.SECONDS) && !ending.get()) {
-            throw new IllegalStateException("vCPUs did not pause within 10 s");
+        if (!control.awaitParked(pauseTimeout.toNanos(), TimeUnit.NANOSECONDS) && !ending.get()) {
+            throw new IllegalStateException("the vCPUs did not pause within " + pauseTimeout.toMillis() + " ms");
         }
         if (!ending.get()) listener.paused();
     }

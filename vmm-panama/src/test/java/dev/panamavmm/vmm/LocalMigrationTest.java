@@ -160,8 +160,9 @@ class LocalMigrationTest {
 
     @KvmTest
     void aSourceOfThePreviousProtocolIsStillReceived(@TempDir Path dir) throws Exception {
-        // The previous VMM version sent the state without a deadline and resumed the destination
-        // with "go" after its "ready": a live update from that version must keep working.
+        // Protocol 1 (52b27eb) sent untyped objects: {"prepare": ...} with the memfd, then
+        // {"snapshot": DIR, "resumeBefore": T}; it reads {"prepared": true} and {"running": true}.
+        // CrossVersionTest runs that release itself; this is the same exchange without a build.
         var console = new SnapshotTest.Console();
         try (var kvm = Kvm.open()) {
             var source = Vm.create(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {});
@@ -171,12 +172,14 @@ class LocalMigrationTest {
             var received = incoming(kvm, socket, console, null);
             awaitSocket(socket);
             try (source; var peer = UnixSocket.connect(socket)) {
+                var block = source.memory().blocks().getFirst();
+                var prepare = new MigrationProtocol.Prepare(1, 1, source.memory().size(),
+                        java.util.List.of(new MigrationProtocol.RamBlock(block.id(), block.guestAddress(), block.size(), block.fileOffset(), 0, null)));
+                peer.send(MigrationProtocol.encode(prepare, 1), block.fd());
+                assertEquals("{\"prepared\":true}", new String(peer.receive().data(), java.nio.charset.StandardCharsets.UTF_8));
                 var state = dir.resolve("state");
                 VmSnapshots.save(source, state, true, VmSnapshots.After.STAY_PAUSED, true, null);
-                int memfd = source.memory().blocks().getFirst().fd();
-                peer.send(("{\"snapshot\": \"" + state + "\"}").getBytes(java.nio.charset.StandardCharsets.UTF_8), memfd);
-                assertEquals("{\"ready\":true}", new String(peer.receive().data(), java.nio.charset.StandardCharsets.UTF_8));
-                peer.send("{\"go\": true}".getBytes(java.nio.charset.StandardCharsets.UTF_8));
+                peer.send(MigrationProtocol.encode(new MigrationProtocol.State(state, System.nanoTime() + TimeUnit.SECONDS.toNanos(10)), 1));
                 assertTrue(new String(peer.receive().data(), java.nio.charset.StandardCharsets.UTF_8).startsWith("{\"running\":true"));
                 source.end(new VmExitReason.Stopped("migrated"));
             }

@@ -27,7 +27,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class SnapshotTest {
 
     /** One console for both VMs: a line split by the save is whole in the concatenation. */
-    static final class Console extends OutputStream {
+    static class Console extends OutputStream {
         private final ByteArrayOutputStream bytes = new ByteArrayOutputStream();
 
         @Override
