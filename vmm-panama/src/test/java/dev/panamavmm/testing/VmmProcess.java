@@ -44,6 +44,16 @@ public final class VmmProcess implements AutoCloseable {
         return new VmmProcess(pb.start());
     }
 
+    /** Another build of the VMM (an earlier release's {@code vmm.jar}, see scripts/build-release), run like ./vmm runs it. */
+    public static VmmProcess startJar(java.nio.file.Path jar, java.util.Map<String, String> env, String... args) throws IOException {
+        var command = new ArrayList<String>(List.of(ProcessHandle.current().info().command().orElse("java"), "-XX:+UseSerialGC",
+                "-jar", jar.toString()));
+        command.addAll(List.of(args));
+        var pb = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")));
+        pb.environment().putAll(env);
+        return new VmmProcess(pb.start());
+    }
+
     private void collect(BufferedReader reader, boolean stdout) {
         try (reader) {
             for (String line; (line = reader.readLine()) != null; ) {
