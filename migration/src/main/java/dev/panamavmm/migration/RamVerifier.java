@@ -11,7 +11,7 @@ import java.util.zip.CRC32C;
  * block is read front to back in large sequential reads, holes included, and each chunk's CRC32C
  * compared. The first mismatch ends it with one sentence naming the block and the byte range.
  * Blocks stored by reference (bypass-shared-memory) are not read: their pages live in the memory
- * file, which only the restore's identity check covers.
+ * file, of which only the identity (device, inode, size, times) is checked, as a restore does.
  */
 public final class RamVerifier {
     private RamVerifier() {}
@@ -29,7 +29,10 @@ public final class RamVerifier {
     public static Verified verify(SnapshotReader snapshot) {
         long start = System.nanoTime();
         int references = 0;
-        for (var e : snapshot.ram()) if (e.byReference() || e.byDescriptor()) references++;
+        for (var e : snapshot.ram()) {
+            if (e.byReference()) checkMemoryFile(snapshot, e);
+            if (e.byReference() || e.byDescriptor()) references++;
+        }
         if (snapshot.version() < 2) return new Verified(0, 0, references, false, System.nanoTime() - start);
         int blocks = 0;
         long bytes = 0;
@@ -48,6 +51,20 @@ public final class RamVerifier {
             throw new SnapshotException("cannot read snapshot " + snapshot.file() + ": " + e.getMessage(), e);
         }
         return new Verified(blocks, bytes, references, true, System.nanoTime() - start);
+    }
+
+    private static void checkMemoryFile(SnapshotReader snapshot, RamBlockEntry block) {
+        String what = "snapshot " + snapshot.file() + " cannot be restored: the memory file " + block.file() + " of RAM block " + block.id();
+        FileIdentity now;
+        try {
+            now = FileIdentity.of(block.file());
+        } catch (java.nio.file.NoSuchFileException e) {
+            throw new SnapshotException(what + " is missing");
+        } catch (IOException e) {
+            throw new SnapshotException(what + " cannot be read: " + e.getMessage());
+        }
+        String why = block.identity().difference(now);
+        if (why != null) throw new SnapshotException(what + " does not match the snapshot (" + why + ")");
     }
 
     private static void verifyBlock(FileChannel channel, SnapshotReader snapshot, RamBlockEntry block, RamChecksums.Table table,
