@@ -26,6 +26,7 @@ public final class RamVerifier {
      */
     public record Verified(int blocksChecked, long bytesChecked, int blocksByReference, boolean checksums, long nanos) {}
 
+    /** Checks every block of {@code snapshot} (already opened, so its header and sections are checked); throws on the first damage. */
     public static Verified verify(SnapshotReader snapshot) {
         long start = System.nanoTime();
         int references = 0;
