@@ -16,7 +16,8 @@ import java.util.function.Supplier;
  * cache cannot hold its classes, and building its models by reflection cost ~0.3 s of every
  * {@code vmm} start, more than the JVM itself (docs/benchmarks.md). This parser does what the
  * VMM's commands need and nothing else: {@code --name VALUE} and {@code --name=VALUE}, flags,
- * defaults, required options, positional parameters, subcommands, {@code -h/--help},
+ * defaults, required options, positional parameters, subcommands (first, when the command also
+ * has parameters), {@code -h/--help},
  * {@code -V/--version}, and one-line errors worded as before.
  */
 final class Cli {
@@ -160,6 +161,10 @@ final class Cli {
                 given.add(name);
                 continue;
             }
+            if (i == start && !spec.positionals.isEmpty() && spec.subcommands.containsKey(a)) {
+                // A command with parameters of its own (snapshot DIR) and subcommands (snapshot verify DIR): the subcommand comes first.
+                return execute(spec.subcommands.get(a).get(), path + " " + a, args, i + 1, io, version);
+            }
             if (!spec.subcommands.isEmpty() && positional == 0 && spec.positionals.isEmpty()) {
                 var sub = spec.subcommands.get(a);
                 if (sub == null) throw new ParseError("Unmatched argument at index " + i + ": '" + a + "'");
@@ -222,7 +227,7 @@ final class Cli {
         if (!spec.options.isEmpty()) sb.append(" [OPTIONS]");
         for (var o : spec.options) if (o.required()) sb.append(' ').append(o.usage());
         for (var p : spec.positionals) sb.append(' ').append(p.required() ? p.label() : "[" + p.label() + "]");
-        if (!spec.subcommands.isEmpty()) sb.append(" COMMAND");
+        if (!spec.subcommands.isEmpty()) sb.append(spec.positionals.isEmpty() ? " COMMAND" : "\n   or: " + path + " COMMAND ...");
         sb.append('\n').append(spec.description).append("\n\n");
         var rows = new ArrayList<String[]>();
         for (var p : spec.positionals) rows.add(new String[] {p.label(), p.description()});
