@@ -23,7 +23,8 @@ import java.util.function.Function;
  * Local migration (live update of the VMM): the running VMM hands its guest to a new VMM process
  * on the same host over a Unix socket. Only state moves: the snapshot (vCPU, VM and device state)
  * is written to tmpfs, a memfd-backed guest's RAM goes as the memfd itself (SCM_RIGHTS), a
- * shared file by reference; private non-memfd RAM is written into the snapshot.
+ * shared file by reference and as its open fd (which carries the file's exclusive lock, see
+ * {@code MemoryFileLocks}); private non-memfd RAM is written into the snapshot.
  *
  * <p>Protocol (one JSON message each way per step): source -> {@code {"prepare": ...}} + fds,
  * destination maps the memory and builds the VM shell -> {@code {"prepared": true}}; the source
@@ -82,9 +83,11 @@ public final class LocalMigration {
                 // Phase 1, the guest still running: the destination maps the same memory and builds the VM.
                 VmSnapshots.msrsToSave(vm);
                 VmSnapshots.warmUp();
-                var prepare = prepareMessage(vm);
+                var prepareFds = new java.util.ArrayList<Integer>();
+                for (int fd : fds) prepareFds.add(fd); // the memfd first: the state names it as descriptor 0
+                var prepare = prepareMessage(vm, prepareFds);
                 if (prepare != null) {
-                    peer.send(json(Json.object("prepare", prepare)), fds);
+                    peer.send(json(Json.object("prepare", prepare)), prepareFds.stream().mapToInt(Integer::intValue).toArray());
                     expect(peer, "prepared");
                 }
                 // Phase 2, the downtime: only vCPU, VM and device state moves.
@@ -120,13 +123,21 @@ public final class LocalMigration {
      * where each block lives (the memfd passed with the message, or a shared file). Null when a
      * block's pages must travel in the snapshot (private RAM): then the VM is built after the pause.
      */
-    private static Map<String, Object> prepareMessage(Vm vm) {
+    private static Map<String, Object> prepareMessage(Vm vm, java.util.List<Integer> fds) {
         var blocks = new java.util.ArrayList<Object>();
         for (var b : vm.memory().blocks()) {
             var row = Json.object("id", b.id(), "guestAddress", b.guestAddress(), "size", b.size(), "fileOffset", b.fileOffset());
             switch (b.backing()) {
                 case Backing.Memfd m -> row.put("descriptor", 0L);
-                case Backing.SharedFile f -> row.put("file", f.path().toAbsolutePath().toString());
+                case Backing.SharedFile f -> {
+                    // The file's fd goes along: its exclusive lock (flock, held by the open file
+                    // description) comes with it, so the destination maps the file while this VMM
+                    // still holds it and keeps it locked once this one exits. A destination that
+                    // does not know "fileDescriptor" opens "file" by its path.
+                    row.put("file", f.path().toAbsolutePath().toString());
+                    if (!fds.contains(b.fd())) fds.add(b.fd());
+                    row.put("fileDescriptor", (long) fds.indexOf(b.fd()));
+                }
                 case Backing.PrivateFile f -> {
                     return null;
                 }
@@ -275,7 +286,11 @@ public final class LocalMigration {
             var b = Json.asObject(row, "block");
             String id = String.valueOf(b.get("id"));
             long gpa = (Long) b.get("guestAddress"), size = (Long) b.get("size"), offset = (Long) b.get("fileOffset");
-            if (b.get("descriptor") instanceof Long d) {
+            if (b.get("fileDescriptor") instanceof Long d) { // a shared file passed with its lock
+                if (d < 0 || d >= fds.length) throw new SnapshotException("the source named descriptor " + d + " but passed " + fds.length);
+                sources.add(new dev.panamavmm.vmm.memory.GuestMemory.BlockSource(id, gpa, size,
+                        new Backing.SharedFile(Path.of(String.valueOf(b.get("file")))), offset, fds[(int) (long) d]));
+            } else if (b.get("descriptor") instanceof Long d) {
                 if (d < 0 || d >= fds.length) throw new SnapshotException("the source named descriptor " + d + " but passed " + fds.length);
                 sources.add(new dev.panamavmm.vmm.memory.GuestMemory.BlockSource(id, gpa, size, new Backing.Memfd(), offset, fds[(int) (long) d]));
             } else {

@@ -136,7 +136,12 @@ public final class VmSnapshots {
             case RESUME -> {
                 if (!wasPaused) vm.resume();
             }
-            case STOP -> vm.end(new VmExitReason.Stopped("snapshot to " + dir));
+            case STOP -> {
+                vm.end(new VmExitReason.Stopped("snapshot to " + dir));
+                // The paused guest never runs again: a restore may take its memory file right away,
+                // not only once this process has exited.
+                vm.memory().unlockSharedFiles();
+            }
             case STAY_PAUSED -> { }
         }
         return saved;
@@ -271,6 +276,7 @@ public final class VmSnapshots {
     /** A new VM from a loaded snapshot. In CLONE mode no file is written: shared files are mapped private. */
     public static Vm build(Kvm kvm, Loaded loaded, Mode mode, OutputStream console, VmListener listener) {
         checkHostAllows(kvm, loaded);
+        if (mode == Mode.CONTINUE) Templates.refuseTemplate(loaded);
         var sources = new ArrayList<GuestMemory.BlockSource>();
         for (var e : loaded.snapshot().ram()) {
             if (e.byDescriptor()) {
