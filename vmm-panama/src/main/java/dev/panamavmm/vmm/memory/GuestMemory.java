@@ -7,6 +7,7 @@ import dev.panamavmm.kvm.sys.LibC;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Files;
+import java.nio.file.attribute.PosixFilePermission;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -86,6 +87,11 @@ public final class GuestMemory implements AutoCloseable {
                     yield memfd;
                 }
                 case Backing.SharedFile f -> {
+                    // Root may open a 0444 file for writing; a read-only memory file is a template's.
+                    if (Files.exists(f.path()) && !Files.getPosixFilePermissions(f.path()).contains(PosixFilePermission.OWNER_WRITE)) {
+                        throw new MemoryException("memory file " + f.path() + " is read-only (a template's memory is):"
+                                + " a guest runs in it only if it is writable");
+                    }
                     int file = LibC.open(f.path().toString(), LibcConstants.O_RDWR | LibcConstants.O_CREAT | LibcConstants.O_CLOEXEC, 0600);
                     try {
                         MemoryFileLocks.lock(file, f.path(), true);
@@ -123,6 +129,8 @@ public final class GuestMemory implements AutoCloseable {
             };
         } catch (KvmException e) {
             throw new MemoryException("cannot open guest memory backing: " + e.getMessage(), e);
+        } catch (java.io.IOException e) {
+            throw new MemoryException("cannot read memory file " + backing.file() + ": " + e.getMessage(), e);
         }
     }
 
