@@ -1,6 +1,8 @@
 package dev.panamavmm.cli;
 
 import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -214,6 +216,21 @@ final class Cli {
             return Long.parseLong(value.trim());
         } catch (NumberFormatException e) {
             throw new IllegalArgumentException("'" + value + "' is not an integer");
+        }
+    }
+
+    /**
+     * Creates a directory named by {@code option} when it is missing, like {@code mkdir -p}; a path
+     * that exists and is not a directory is a usage error.
+     */
+    static Path createDirectories(String option, Path dir) {
+        if (Files.exists(dir) && !Files.isDirectory(dir)) throw new UsageException(option + " " + dir + " is not a directory");
+        try {
+            return Files.createDirectories(dir);
+        } catch (java.io.IOException e) {
+            String why = e instanceof java.nio.file.AccessDeniedException ? "permission denied"
+                    : e instanceof java.nio.file.FileAlreadyExistsException ? "a file is in the way" : String.valueOf(e.getMessage());
+            throw new UserException("cannot create the " + option + " directory " + dir + ": " + why);
         }
     }
 

@@ -2,6 +2,7 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.RamVerifier;
+import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmSnapshots;
 
@@ -17,8 +18,10 @@ final class RestoreCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec("restore", "Restore a VM from a snapshot directory and run it (its console and API as with run).")
-                .parameter("DIR", "the snapshot directory", v -> dir = Path.of(v))
+        return new Cli.Spec("restore", "Restore a VM from a snapshot directory and run it (its console and API as with run)."
+                + " A template is refused, never run in place: start it with vmm clone.")
+                .parameter("DIR", "the snapshot directory (not a template: vmm clone DIR runs a copy-on-write clone of one)",
+                        v -> dir = Path.of(v))
                 .flag("--paused", "restore but do not run the guest until the API's cont", () -> paused = true)
                 .flag("--verify", "first check every RAM checksum (as snapshot verify) and refuse a damaged snapshot;"
                         + " a format 1 snapshot, which has none, is restored with a warning", () -> verify = true)
@@ -31,6 +34,7 @@ final class RestoreCommand implements Cli.Command {
         if (paused && vmIo.apiSocket == null) throw new UsageException("--paused needs --api-socket (to send cont)");
         // The snapshot first: reading it needs no KVM, and meanwhile EarlyWarmup links the downcall KVM needs.
         var loaded = VmSnapshots.load(dir);
+        Templates.refuseTemplate(loaded); // before the console or API socket is opened
         if (verify) {
             var verified = RamVerifier.verify(loaded.snapshot());
             io.err().println("vmm: " + SnapshotCommand.Verify.summary(loaded.snapshot(), verified)
