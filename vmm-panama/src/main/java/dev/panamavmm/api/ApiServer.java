@@ -85,11 +85,10 @@ public final class ApiServer implements AutoCloseable {
     }
 
     static String describe(IOException e) {
-        String m = e.getMessage();
         return switch (e) {
             case java.nio.file.NoSuchFileException n -> "no such directory";
             case java.nio.file.AccessDeniedException a -> "permission denied";
-            default -> m == null ? e.getClass().getSimpleName() : m;
+            default -> dev.panamavmm.migration.IoErrors.reason(e);
         };
     }
 

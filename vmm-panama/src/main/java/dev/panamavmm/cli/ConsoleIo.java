@@ -5,6 +5,7 @@ import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Termios;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.log.Log;
+import dev.panamavmm.migration.IoErrors;
 
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;
@@ -137,7 +138,7 @@ abstract sealed class ConsoleIo implements AutoCloseable {
             try {
                 out = Files.newOutputStream(path);
             } catch (IOException e) {
-                throw new UserException("cannot write the console to " + path + ": " + e.getMessage());
+                throw new UserException("cannot write the console to " + path + ": " + IoErrors.reason(e));
             }
         }
 
@@ -172,7 +173,7 @@ abstract sealed class ConsoleIo implements AutoCloseable {
             try {
                 server = dev.panamavmm.api.UnixSockets.listen(path);
             } catch (IOException e) {
-                throw new UserException("cannot listen for the console on " + path + ": " + e.getMessage());
+                throw new UserException("cannot listen for the console on " + path + ": " + IoErrors.reason(e));
             }
             acceptor = Thread.ofPlatform().daemon().name("console-accept").start(this::acceptLoop);
         }

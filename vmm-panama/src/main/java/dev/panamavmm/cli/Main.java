@@ -64,17 +64,14 @@ public final class Main implements Cli.Command {
         }
 
         @Override
-        public int call(Cli.Io io) {
+        public int call(Cli.Io io) throws Exception {
             var main = new Main();
             if (command == null) {
                 io.out().print(Cli.usage(main, "vmm"));
             } else {
-                var args = new String[] {command, "--help"};
-                try {
-                    return Cli.execute(main, "vmm", args, io, version());
-                } catch (Exception e) {
-                    throw new UsageException("no command '" + command + "'");
-                }
+                var names = main.spec().subcommandNames();
+                if (!names.contains(command)) throw new UsageException("unknown command '" + command + "'" + Cli.didYouMean(command, names));
+                return Cli.execute(main, "vmm", new String[] {command, "--help"}, io, version());
             }
             io.out().flush();
             return OK;

@@ -382,7 +382,7 @@ public final class VmSnapshots {
         try {
             now = FileIdentity.of(e.file());
         } catch (IOException ex) {
-            throw new SnapshotException("cannot check memory file " + e.file() + ": " + ex.getMessage());
+            throw new SnapshotException("cannot check memory file " + e.file() + ": " + dev.panamavmm.migration.IoErrors.reason(ex));
         }
         String diff = e.identity().difference(now);
         if (diff != null) {

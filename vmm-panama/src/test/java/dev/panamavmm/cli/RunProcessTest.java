@@ -95,8 +95,12 @@ class RunProcessTest {
             assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
             assertEquals(0, vmm.waitFor(20), vmm.stderr());
         }
-        var gone = MainTest.run("ctl", api.toString(), "query-status");
+        var gone = MainTest.run("ctl", api.toString(), "query-status", "--wait", "0");
         assertEquals(1, gone.code());
-        assertEquals("vmm: cannot connect to " + api + ": no VMM is listening there (No such file or directory)\n", gone.err());
+        assertEquals("vmm: cannot connect to " + api + ": no VMM is listening there (no such socket)\n", gone.err());
+        long start = System.nanoTime();
+        var waited = MainTest.run("ctl", api.toString(), "query-status", "--wait", "0.5");
+        assertTrue(System.nanoTime() - start >= 500_000_000L, "--wait 0.5 waits half a second");
+        assertEquals("vmm: cannot connect to " + api + ": no VMM is listening there (no such socket, after waiting 0.5 s)\n", waited.err());
     }
 }
