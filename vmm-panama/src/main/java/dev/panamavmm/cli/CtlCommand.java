@@ -25,11 +25,14 @@ final class CtlCommand implements Cli.Command {
     public int call(Cli.Io io) {
         Map<String, Object> args = null;
         if (arguments != null) {
+            Object parsed;
             try {
-                args = Json.asObject(Json.parse(arguments), "JSON arguments");
+                parsed = Json.parse(arguments);
             } catch (Json.JsonException e) {
-                throw new UsageException("arguments are not a JSON object: " + e.getMessage());
+                throw new UsageException("the arguments are not valid JSON (" + e.getMessage() + "); give an object, e.g. '{\"id\": \"clone-1\"}'");
             }
+            if (!(parsed instanceof Map<?, ?>)) throw new UsageException("the arguments must be a JSON object, e.g. '{\"id\": \"clone-1\"}', not " + arguments);
+            args = Json.asObject(parsed, "the arguments");
         }
         try (var client = wait.connect(socket)) {
             var reply = client.execute(command, args);

@@ -86,13 +86,16 @@ final class ServeCommand implements Cli.Command {
 
         ApiHandler handler(Runnable quit) {
             return (command, args) -> switch (command) {
-                case "clone" -> clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")),
-                        (int) ApiHandler.number(args, "count", 1));
+                case "clone" -> {
+                    ApiHandler.expect(command, args, "template", "count");
+                    yield clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int) ApiHandler.number(args, "count", 1));
+                }
                 case "query-clones" -> clones.values().stream().map(c -> Json.object("id", c.id(),
                         "status", c.vm().termination().isDone() ? "shutdown" : c.vm().isPaused() ? "paused" : "running",
                         "generation-id", String.format("0x%016x", c.generationId()),
                         "first-entry-ms", c.vm().firstEntryNanos() == 0 ? null : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6)).toList();
                 case "destroy" -> {
+                    ApiHandler.expect(command, args, "id");
                     String id = ApiHandler.requireString(args, "id", "a clone id");
                     var c = clones.remove(id);
                     if (c == null) throw new IllegalArgumentException("no clone " + id);
