@@ -2,6 +2,7 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.log.Log;
+import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.vmm.boot.BootException;
 import dev.panamavmm.vmm.memory.MemoryException;
 
@@ -89,6 +90,12 @@ public final class Main implements Cli.Command {
             if (isUserFacing(e)) {
                 log.debug("command failed", e);
                 err.println("vmm: " + e.getMessage());
+                return FAILED;
+            }
+            if (e instanceof java.nio.file.FileSystemException f && f.getFile() != null) {
+                // A file operation no command put into words: still one line, naming the file once.
+                log.debug("command failed", e);
+                err.println("vmm: " + f.getFile() + (f.getOtherFile() != null ? " -> " + f.getOtherFile() : "") + ": " + IoErrors.reason(f));
                 return FAILED;
             }
             log.error("internal error", e);

@@ -104,6 +104,16 @@ class MainTest {
         }
     }
 
+    /** A file error no command words itself is still one line naming the file (at 52b27eb: a stack trace). */
+    @Test
+    void aTemplateInAnUncreatableDirectoryIsOneLine() {
+        var r = run("template", "create", "/proc/panama-no-such/tpl", "--memory", "32M");
+        assertEquals(1, r.code(), r.err());
+        assertEquals(1, r.err().lines().count(), r.err());
+        assertTrue(r.err().startsWith("vmm: /proc/panama-no-such"), r.err());
+        assertTrue(r.err().endsWith(": no such file or directory\n"), r.err());
+    }
+
     /** An error about a file names it once and says why; the JDK's exception text is the path alone. */
     @KvmTest
     void anUnwritableConsoleNamesThePathOnce() {
