@@ -54,7 +54,7 @@ public final class ApiServer implements AutoCloseable {
     public static ApiServer start(Path path, ApiHandler handler) {
         var parent = path.toAbsolutePath().getParent();
         if (parent != null && !Files.isDirectory(parent)) {
-            throw new ApiException("cannot create API socket " + path + ": no such directory");
+            throw new ApiException("cannot create API socket " + path + ": " + (Files.exists(parent) ? parent + " is not a directory" : "no such directory"));
         }
         try {
             if (Files.exists(path)) {

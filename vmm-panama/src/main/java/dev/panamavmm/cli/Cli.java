@@ -294,7 +294,7 @@ final class Cli {
         if (!spec.subcommands.isEmpty()) {
             sb.append("\nCommands:\n");
             var commands = new ArrayList<String[]>();
-            spec.subcommands.forEach((name, command) -> commands.add(new String[] {name, command.get().spec().description}));
+            spec.subcommands.forEach((name, command) -> commands.add(new String[] {name, command.get().spec().description.lines().findFirst().orElse("")}));
             table(sb, commands);
         }
         return sb.toString();

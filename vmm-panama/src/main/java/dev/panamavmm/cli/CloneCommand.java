@@ -36,10 +36,10 @@ final class CloneCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec("clone", "Start VMs from a template (copy-on-write memory, fresh generation id). With --count or the"
-                + " directories, each clone runs in a background process of its own, named clone-N by the next number whose"
-                + " console file and socket do not exist yet (a running clone's files are never reused); stop one with"
-                + " vmm ctl DIR/clone-N.sock quit.")
+        return new Cli.Spec("clone", "Start VMs from a template (copy-on-write memory, fresh generation id).\n"
+                + "With --count or the directories, each clone runs in a background process of its own, named clone-N by\n"
+                + "the next number whose console file and socket do not exist yet (a running clone's files are never\n"
+                + "reused); stop one with vmm ctl DIR/clone-N.sock quit.")
                 .parameter("DIR", "the template directory", v -> template = Path.of(v))
                 .option("--count", "N", "1", "clones to start, one process each (at most " + MAX_COUNT + ")", v -> count = Cli.integer(v))
                 .option("--console", "WHERE", "stdout", "for one clone in the foreground: stdout, file:PATH or unix:PATH", v -> {
