@@ -102,7 +102,7 @@ public final class SnapshotReader {
         } catch (NoSuchFileException e) {
             throw new SnapshotException("no snapshot in " + dir + " (" + SnapshotFormat.FILE_NAME + " is missing)");
         } catch (IOException e) {
-            throw new SnapshotException("cannot read snapshot " + file + ": " + e.getMessage(), e);
+            throw new SnapshotException("cannot read snapshot " + file + ": " + IoErrors.reason(e), e);
         }
     }
 

@@ -51,7 +51,8 @@ public final class SnapshotWriter implements AutoCloseable {
             var channel = FileChannel.open(temp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE, StandardOpenOption.READ);
             return new SnapshotWriter(dir, temp, channel);
         } catch (IOException e) {
-            throw new SnapshotException("cannot write a snapshot in " + dir + ": " + e.getMessage(), e);
+            String why = Files.exists(dir) && !Files.isDirectory(dir) ? "it is not a directory" : IoErrors.reason(e);
+            throw new SnapshotException("cannot write a snapshot in " + dir + ": " + why, e);
         }
     }
 
@@ -182,7 +183,7 @@ public final class SnapshotWriter implements AutoCloseable {
             committed = true;
             return target;
         } catch (IOException e) {
-            throw new SnapshotException("writing the snapshot in " + dir + " failed: " + e.getMessage(), e);
+            throw new SnapshotException("writing the snapshot in " + dir + " failed: " + IoErrors.reason(e), e);
         }
     }
 

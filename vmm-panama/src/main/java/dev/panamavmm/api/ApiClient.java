@@ -10,35 +10,108 @@ import java.nio.ByteBuffer;
 import java.nio.channels.Channels;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Map;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /** A client of the control API: connect, read the greeting, send commands, skip events until each reply. */
 public final class ApiClient implements AutoCloseable {
+    /** How long a VMM may take to greet: its accept thread greets at once, so only a socket of another kind waits longer. */
+    public static final long GREETING_MILLIS = 3000;
+
     private final SocketChannel channel;
     private final BufferedReader in;
 
-    private ApiClient(SocketChannel channel) throws IOException {
+    private ApiClient(SocketChannel channel, Path socket, long greetingMillis) throws IOException {
         this.channel = channel;
         this.in = new BufferedReader(new InputStreamReader(Channels.newInputStream(channel), StandardCharsets.UTF_8));
-        var greeting = readMessage();
-        if (!greeting.containsKey("QMP")) throw new ApiException("the socket did not greet like a Panama VMM control API");
+        // A socket of another kind (a waiting `vmm incoming`, any other server) may never send a
+        // line: after greetingMillis the channel is closed under the blocked read.
+        var greeted = new CountDownLatch(1);
+        var timedOut = new AtomicBoolean();
+        if (greetingMillis > 0) {
+            Thread.ofPlatform().daemon().name("api-greeting-timeout").start(() -> {
+                try {
+                    if (!greeted.await(greetingMillis, TimeUnit.MILLISECONDS)) {
+                        timedOut.set(true);
+                        channel.close();
+                    }
+                } catch (InterruptedException | IOException e) {
+                    // nothing to stop
+                }
+            });
+        }
+        Map<String, Object> greeting;
+        try {
+            greeting = readMessage();
+        } catch (IOException | ApiException | Json.JsonException e) {
+            throw new ApiException(socket + " is not a VMM control socket ("
+                    + (timedOut.get() ? "no greeting within " + greetingMillis / 1000.0 + " s" : "it did not greet like one") + ")");
+        } finally {
+            greeted.countDown();
+        }
+        if (!greeting.containsKey("QMP")) throw new ApiException(socket + " is not a VMM control socket (it did not greet like one)");
     }
 
+    /** Connects to a socket that must be there and listening now (no wait, no greeting timeout). */
     public static ApiClient connect(Path socket) {
-        try {
-            var channel = SocketChannel.open(StandardProtocolFamily.UNIX);
-            try {
-                channel.connect(UnixDomainSocketAddress.of(socket));
-                return new ApiClient(channel);
-            } catch (IOException | RuntimeException e) {
-                channel.close();
-                throw e;
+        return connect(socket, 0, 0);
+    }
+
+    /**
+     * Connects to {@code socket}, waiting up to {@code waitMillis} for it to appear and accept
+     * connections (a VMM started in the background creates it a moment later, and a stale socket
+     * refuses until the new VMM replaces it), and gives up when nothing greets within
+     * {@code greetingMillis} (0: wait for the greeting as long as it takes).
+     */
+    public static ApiClient connect(Path socket, long waitMillis, long greetingMillis) {
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(waitMillis);
+        while (true) {
+            String notYet;
+            if (!Files.exists(socket)) {
+                notYet = "no such socket";
+            } else {
+                if (!isSocket(socket)) throw new ApiException(socket + " is not a socket: give the VMM's --api-socket");
+                try {
+                    var channel = SocketChannel.open(StandardProtocolFamily.UNIX);
+                    try {
+                        channel.connect(UnixDomainSocketAddress.of(socket));
+                        return new ApiClient(channel, socket, greetingMillis);
+                    } catch (IOException | RuntimeException e) {
+                        channel.close();
+                        throw e;
+                    }
+                } catch (java.net.SocketException e) {
+                    String m = String.valueOf(e.getMessage());
+                    if (m.contains("refused")) notYet = "the socket refuses connections";
+                    else if (m.contains("ermission")) throw new ApiException("cannot connect to " + socket + ": permission denied");
+                    else if (m.contains("No such file")) notYet = "no such socket";
+                    else throw new ApiException("cannot connect to " + socket + ": " + m);
+                } catch (IOException e) {
+                    throw new ApiException("cannot connect to " + socket + ": " + ApiServer.describe(e));
+                }
             }
-        } catch (java.net.SocketException e) {
-            throw new ApiException("cannot connect to " + socket + ": no VMM is listening there (" + e.getMessage() + ")");
-        } catch (IOException e) {
-            throw new ApiException("cannot connect to " + socket + ": " + ApiServer.describe(e));
+            if (System.nanoTime() - deadline >= 0) {
+                String waited = waitMillis > 0 ? ", after waiting " + waitMillis / 1000.0 + " s" : "";
+                throw new ApiException("cannot connect to " + socket + ": no VMM is listening there (" + notYet + waited + ")");
+            }
+            try {
+                Thread.sleep(20);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new ApiException("interrupted while waiting for " + socket);
+            }
+        }
+    }
+
+    private static boolean isSocket(Path path) {
+        try {
+            return (((Integer) Files.getAttribute(path, "unix:mode")) & 0170000) == 0140000;
+        } catch (IOException | UnsupportedOperationException | IllegalArgumentException e) {
+            return true; // cannot tell: let connect say what is wrong
         }
     }
 

@@ -14,29 +14,54 @@ public interface ApiHandler {
     /** The commands of one running VM: query-status, stop, cont, quit, snapshot. */
     static ApiHandler forVm(ControlTarget target) {
         return (command, a) -> switch (command) {
-            case "query-status" -> target.status();
+            case "query-status" -> {
+                expect(command, a);
+                yield target.status();
+            }
             case "stop" -> {
+                expect(command, a);
                 target.stop();
                 yield Map.of();
             }
             case "cont" -> {
+                expect(command, a);
                 target.cont();
                 yield Map.of();
             }
             case "quit" -> {
+                expect(command, a);
                 target.quit();
                 yield Map.of();
             }
-            case "snapshot" -> target.snapshot(Path.of(requireString(a, "path", "DIRECTORY")),
-                    flag(a, "bypass-shared-memory", true), flag(a, "resume", false));
-            case "migrate" -> target.migrate(requireString(a, "uri", "unix:PATH"));
+            case "snapshot" -> {
+                expect(command, a, "path", "bypass-shared-memory", "resume");
+                yield target.snapshot(Path.of(requireString(a, "path", "DIRECTORY")),
+                        flag(a, "bypass-shared-memory", true), flag(a, "resume", false));
+            }
+            case "migrate" -> {
+                expect(command, a, "uri");
+                yield target.migrate(requireString(a, "uri", "unix:PATH"));
+            }
             default -> null;
         };
     }
 
+    /** Refuses an argument the command does not take (as QMP does): a misspelt one would otherwise be ignored without a word. */
+    static void expect(String command, Map<String, Object> args, String... names) {
+        var known = java.util.List.of(names);
+        for (String name : args.keySet()) {
+            if (!known.contains(name)) {
+                throw new IllegalArgumentException("unexpected argument \"" + name + "\" (" + command + " takes "
+                        + (known.isEmpty() ? "none" : String.join(", ", known)) + ")");
+            }
+        }
+    }
+
     static String requireString(Map<String, Object> args, String name, String what) {
-        if (!(args.get(name) instanceof String s) || s.isBlank()) {
-            throw new IllegalArgumentException("\"" + name + "\" is required: " + what);
+        Object v = args.get(name);
+        if (v == null) throw new IllegalArgumentException("\"" + name + "\" is required (" + what + ")");
+        if (!(v instanceof String s) || s.isBlank()) {
+            throw new IllegalArgumentException("\"" + name + "\" must be a non-empty string (" + what + "), not " + dev.panamavmm.migration.Json.write(v));
         }
         return s;
     }

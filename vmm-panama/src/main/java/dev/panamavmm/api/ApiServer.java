@@ -54,7 +54,7 @@ public final class ApiServer implements AutoCloseable {
     public static ApiServer start(Path path, ApiHandler handler) {
         var parent = path.toAbsolutePath().getParent();
         if (parent != null && !Files.isDirectory(parent)) {
-            throw new ApiException("cannot create API socket " + path + ": no such directory");
+            throw new ApiException("cannot create API socket " + path + ": " + (Files.exists(parent) ? parent + " is not a directory" : "no such directory"));
         }
         try {
             if (Files.exists(path)) {
@@ -85,11 +85,10 @@ public final class ApiServer implements AutoCloseable {
     }
 
     static String describe(IOException e) {
-        String m = e.getMessage();
         return switch (e) {
             case java.nio.file.NoSuchFileException n -> "no such directory";
             case java.nio.file.AccessDeniedException a -> "permission denied";
-            default -> m == null ? e.getClass().getSimpleName() : m;
+            default -> dev.panamavmm.migration.IoErrors.reason(e);
         };
     }
 

@@ -110,6 +110,11 @@ final class Cli {
             return this;
         }
 
+        /** The names of the subcommands, in declaration order. */
+        java.util.Set<String> subcommandNames() {
+            return subcommands.keySet();
+        }
+
         private Option find(String name) {
             for (var o : options) if (o.name().equals(name)) return o;
             return null;
@@ -149,15 +154,15 @@ final class Cli {
                 int eq = a.indexOf('=');
                 String name = eq < 0 ? a : a.substring(0, eq);
                 var o = spec.find(name);
-                if (o == null) throw new ParseError("Unknown option: '" + name + "'");
+                if (o == null) throw new ParseError("unknown option '" + name + "'" + didYouMean(name, spec.options.stream().map(Option::name).toList()));
                 if (o.isFlag()) {
-                    if (eq >= 0) throw new ParseError("Option '" + name + "' takes no value");
+                    if (eq >= 0) throw new ParseError("option '" + name + "' takes no value");
                     o.flag().run();
                 } else {
                     String value;
                     if (eq >= 0) value = a.substring(eq + 1);
                     else if (i + 1 < args.length) value = args[++i];
-                    else throw new ParseError("Missing required parameter for option '" + name + "' (" + o.label() + ")");
+                    else throw new ParseError("option '" + name + "' needs a value (" + o.label() + ")");
                     apply(o, value);
                 }
                 given.add(name);
@@ -169,28 +174,79 @@ final class Cli {
             }
             if (!spec.subcommands.isEmpty() && positional == 0 && spec.positionals.isEmpty()) {
                 var sub = spec.subcommands.get(a);
-                if (sub == null) throw new ParseError("Unmatched argument at index " + i + ": '" + a + "'");
+                if (sub == null) throw new ParseError("unknown command '" + a + "'" + didYouMean(a, spec.subcommands.keySet()));
                 checkRequired(spec, given);
                 return execute(sub.get(), path + " " + a, args, i + 1, io, version);
             }
-            if (positional >= spec.positionals.size()) throw new ParseError("Unmatched argument at index " + i + ": '" + a + "'");
+            if (positional >= spec.positionals.size()) throw new ParseError(unexpected(spec, path, a));
             var p = spec.positionals.get(positional++);
             try {
                 p.set().accept(a);
             } catch (IllegalArgumentException e) {
-                throw new ParseError("Invalid value for parameter " + p.label() + ": " + e.getMessage());
+                throw new ParseError("invalid " + p.label() + ": " + e.getMessage());
             }
         }
         checkRequired(spec, given);
         for (int p = positional; p < spec.positionals.size(); p++) {
-            if (spec.positionals.get(p).required()) throw new ParseError("Missing required parameter: '" + spec.positionals.get(p).label() + "'");
+            if (spec.positionals.get(p).required()) throw new ParseError("missing " + spec.positionals.get(p).label() + usageHint(spec, path));
         }
         return command.call(io);
     }
 
+    /** "unexpected argument 'X'", with what the command takes, or a hint when it looks like an option or a help placeholder. */
+    private static String unexpected(Spec spec, String path, String arg) {
+        var m = new StringBuilder("unexpected argument '").append(arg).append("'");
+        if (arg.startsWith("[") && arg.endsWith("]")) m.append(" (square brackets in a usage line mark what is optional: leave them out)");
+        else if (spec.positionals.isEmpty()) m.append(" (").append(path).append(" takes no parameters)");
+        else m.append(" (").append(path).append(" takes ").append(String.join(" ", spec.positionals.stream()
+                .map(p -> p.required() ? p.label() : "[" + p.label() + "]").toList())).append(")");
+        return m.toString();
+    }
+
+    private static String usageHint(Spec spec, String path) {
+        var sb = new StringBuilder(" (usage: ").append(path);
+        for (var o : spec.options) if (o.required()) sb.append(' ').append(o.usage());
+        for (var p : spec.positionals) sb.append(' ').append(p.required() ? p.label() : "[" + p.label() + "]");
+        return sb.append(")").toString();
+    }
+
+    /** "; did you mean 'run'?" when one of {@code known} is close to {@code typed} (a typo or a unique prefix), else "". */
+    static String didYouMean(String typed, java.util.Collection<String> known) {
+        String best = null;
+        int bestDistance = Integer.MAX_VALUE;
+        for (String k : known) {
+            int d = distance(typed, k);
+            if (d < bestDistance) {
+                best = k;
+                bestDistance = d;
+            }
+        }
+        int allowed = Math.max(1, Math.min(2, typed.replaceFirst("^-+", "").length() / 3));
+        if (best != null && bestDistance <= allowed) return "; did you mean '" + best + "'?";
+        var prefixed = known.stream().filter(k -> typed.replaceFirst("^-+", "").length() >= 3 && k.startsWith(typed)).toList();
+        return prefixed.size() == 1 ? "; did you mean '" + prefixed.getFirst() + "'?" : "";
+    }
+
+    /** Edit distance counting an adjacent transposition as one edit (typing errors). */
+    static int distance(String a, String b) {
+        int[][] d = new int[a.length() + 1][b.length() + 1];
+        for (int i = 0; i <= a.length(); i++) d[i][0] = i;
+        for (int j = 0; j <= b.length(); j++) d[0][j] = j;
+        for (int i = 1; i <= a.length(); i++) {
+            for (int j = 1; j <= b.length(); j++) {
+                int cost = a.charAt(i - 1) == b.charAt(j - 1) ? 0 : 1;
+                d[i][j] = Math.min(Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1), d[i - 1][j - 1] + cost);
+                if (i > 1 && j > 1 && a.charAt(i - 1) == b.charAt(j - 2) && a.charAt(i - 2) == b.charAt(j - 1)) {
+                    d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+                }
+            }
+        }
+        return d[a.length()][b.length()];
+    }
+
     private static void checkRequired(Spec spec, java.util.Set<String> given) {
         for (var o : spec.options) {
-            if (o.required() && !given.contains(o.name())) throw new ParseError("Missing required option: '" + o.usage() + "'");
+            if (o.required() && !given.contains(o.name())) throw new ParseError("missing required option " + o.usage());
         }
     }
 
@@ -198,7 +254,7 @@ final class Cli {
         try {
             o.set().accept(value);
         } catch (IllegalArgumentException e) {
-            throw new ParseError("Invalid value for option '" + o.name() + "': " + e.getMessage());
+            throw new ParseError("invalid value for " + o.name() + ": " + e.getMessage());
         }
     }
 
@@ -228,9 +284,7 @@ final class Cli {
         try {
             return Files.createDirectories(dir);
         } catch (java.io.IOException e) {
-            String why = e instanceof java.nio.file.AccessDeniedException ? "permission denied"
-                    : e instanceof java.nio.file.FileAlreadyExistsException ? "a file is in the way" : String.valueOf(e.getMessage());
-            throw new UserException("cannot create the " + option + " directory " + dir + ": " + why);
+            throw new UserException("cannot create the " + option + " directory " + dir + ": " + dev.panamavmm.migration.IoErrors.reason(e));
         }
     }
 
@@ -260,7 +314,7 @@ final class Cli {
         if (!spec.subcommands.isEmpty()) {
             sb.append("\nCommands:\n");
             var commands = new ArrayList<String[]>();
-            spec.subcommands.forEach((name, command) -> commands.add(new String[] {name, command.get().spec().description}));
+            spec.subcommands.forEach((name, command) -> commands.add(new String[] {name, command.get().spec().description.lines().findFirst().orElse("")}));
             table(sb, commands);
         }
         return sb.toString();

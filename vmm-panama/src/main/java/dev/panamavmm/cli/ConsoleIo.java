@@ -5,6 +5,7 @@ import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Termios;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.log.Log;
+import dev.panamavmm.migration.IoErrors;
 
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;
@@ -22,14 +23,22 @@ import java.util.function.Consumer;
 
 /**
  * Where the guest's serial console goes and where its input comes from:
- * {@code stdout} (input from stdin when it is a terminal, switched to raw mode; Ctrl-A x quits),
- * {@code file:PATH} (output only), or {@code unix:PATH} (a listening socket; one client at a time
- * gets the output and types the input).
+ * {@code stdout} (input from stdin when it is a terminal, switched to raw mode: Ctrl-A x quits,
+ * Ctrl-A h lists the keys, Ctrl-C goes to the guest), {@code file:PATH} (output only), or
+ * {@code unix:PATH} (a listening socket; one client at a time gets the output and types the input,
+ * and what was printed while none was connected, up to 64 KiB, goes to the next one first).
  */
 abstract sealed class ConsoleIo implements AutoCloseable {
     private static final Log log = Log.of(ConsoleIo.class);
     /** Ctrl-A, then 'x': quit (as QEMU's -nographic console). */
     static final int ESCAPE = 0x01;
+    /** Printed once when the console is this terminal: in raw mode Ctrl-C is the guest's, so say how to leave. */
+    static final String TERMINAL_HINT = "vmm: console on this terminal: Ctrl-A x quits, Ctrl-A h lists the keys; Ctrl-C goes to the guest";
+    /** Ctrl-A h. */
+    static final String KEYS = "vmm: console keys: Ctrl-A x quit the VMM (the guest ends), Ctrl-A h this help,"
+            + " Ctrl-A Ctrl-A send one Ctrl-A to the guest; every other key (Ctrl-C too) goes to the guest";
+    /** Output kept for a {@code unix:} console while no client is connected, handed to the next client. */
+    static final int BACKLOG_BYTES = 64 << 10;
 
     /** The stream the UART writes the guest's output to. */
     abstract OutputStream output();
@@ -86,6 +95,9 @@ abstract sealed class ConsoleIo implements AutoCloseable {
             LibC.cfmakeraw(raw);
             // Keep output post-processing so the guest's "\n" still returns the carriage.
             Termios.cOflag(raw, Termios.cOflag(saved));
+            // Before raw mode, while the terminal still does its own line handling.
+            System.err.println(TERMINAL_HINT);
+            System.err.flush();
             LibC.tcsetattr(0, LibcConstants.TCSANOW, raw);
             pump = Thread.ofPlatform().daemon().name("console-input").start(() -> pumpStdin(serial, quit));
         }
@@ -105,6 +117,12 @@ abstract sealed class ConsoleIo implements AutoCloseable {
                             if (b == 'x') {
                                 quit.run();
                                 return;
+                            }
+                            if (b == 'h' || b == 'H' || b == '?') {
+                                System.err.println();
+                                System.err.println(KEYS);
+                                System.err.flush();
+                                continue;
                             }
                             if (b != ESCAPE) feed(serial, new byte[] {(byte) ESCAPE}, 1);
                         } else if (b == ESCAPE) {
@@ -137,7 +155,7 @@ abstract sealed class ConsoleIo implements AutoCloseable {
             try {
                 out = Files.newOutputStream(path);
             } catch (IOException e) {
-                throw new UserException("cannot write the console to " + path + ": " + e.getMessage());
+                throw new UserException("cannot write the console to " + path + ": " + IoErrors.reason(e));
             }
         }
 
@@ -159,11 +177,17 @@ abstract sealed class ConsoleIo implements AutoCloseable {
         }
     }
 
-    /** A Unix socket the console is served on: output to the connected client (dropped when none), input from it. */
+    /**
+     * A Unix socket the console is served on: output to the connected client, input from it. While
+     * no client is connected the last {@link #BACKLOG_BYTES} of output are kept and sent to the
+     * next client first, so a client that connects after the start still sees the boot lines.
+     */
     static final class UnixSocket extends ConsoleIo {
         private final Path path;
         private final ServerSocketChannel server;
+        /** Written under {@code this}, with the backlog: a new client gets the backlog, then everything after it, in order. */
         private volatile SocketChannel client;
+        private final Backlog backlog = new Backlog(BACKLOG_BYTES);
         private final Thread acceptor;
         private Consumer<byte[]> input = b -> { };
 
@@ -172,7 +196,7 @@ abstract sealed class ConsoleIo implements AutoCloseable {
             try {
                 server = dev.panamavmm.api.UnixSockets.listen(path);
             } catch (IOException e) {
-                throw new UserException("cannot listen for the console on " + path + ": " + e.getMessage());
+                throw new UserException("cannot listen for the console on " + path + ": " + IoErrors.reason(e));
             }
             acceptor = Thread.ofPlatform().daemon().name("console-accept").start(this::acceptLoop);
         }
@@ -181,8 +205,17 @@ abstract sealed class ConsoleIo implements AutoCloseable {
             try {
                 while (server.isOpen()) {
                     var c = server.accept();
-                    var old = client;
-                    client = c;
+                    SocketChannel old;
+                    synchronized (this) {
+                        old = client;
+                        client = c;
+                        try {
+                            var pending = ByteBuffer.wrap(backlog.drain());
+                            while (pending.hasRemaining()) c.write(pending);
+                        } catch (IOException e) {
+                            client = null;
+                        }
+                    }
                     if (old != null) old.close();
                     Thread.ofPlatform().daemon().name("console-client").start(() -> readClient(c));
                 }
@@ -214,13 +247,19 @@ abstract sealed class ConsoleIo implements AutoCloseable {
 
                 @Override
                 public void write(byte[] b, int off, int len) {
-                    var c = client;
-                    if (c == null) return;
-                    try {
-                        var buf = ByteBuffer.wrap(b, off, len);
-                        while (buf.hasRemaining()) c.write(buf);
-                    } catch (IOException e) {
-                        client = null; // the client left; output is dropped until the next one connects
+                    synchronized (UnixSocket.this) {
+                        var c = client;
+                        if (c == null) {
+                            backlog.add(b, off, len);
+                            return;
+                        }
+                        try {
+                            var buf = ByteBuffer.wrap(b, off, len);
+                            while (buf.hasRemaining()) c.write(buf);
+                        } catch (IOException e) {
+                            client = null; // the client left; output is kept for the next one
+                            backlog.add(b, off, len);
+                        }
                     }
                 }
             };
@@ -248,6 +287,41 @@ abstract sealed class ConsoleIo implements AutoCloseable {
                 log.warn("closing the console socket: {}", e.getMessage());
             }
             acceptor.interrupt();
+        }
+    }
+
+    /** The last {@code capacity} bytes written: a ring that overwrites its oldest bytes. */
+    static final class Backlog {
+        private final byte[] ring;
+        private long written; // total bytes ever added; the ring holds the last min(written, capacity)
+
+        Backlog(int capacity) {
+            ring = new byte[capacity];
+        }
+
+        void add(byte[] b, int off, int len) {
+            if (len >= ring.length) { // only the tail fits
+                off += len - ring.length;
+                written += len - ring.length;
+                len = ring.length;
+            }
+            int at = (int) (written % ring.length);
+            int first = Math.min(len, ring.length - at);
+            System.arraycopy(b, off, ring, at, first);
+            System.arraycopy(b, off + first, ring, 0, len - first);
+            written += len;
+        }
+
+        /** The kept bytes, oldest first; the backlog is empty afterwards. */
+        byte[] drain() {
+            int size = (int) Math.min(written, ring.length);
+            var out = new byte[size];
+            int start = (int) ((written - size) % ring.length);
+            int first = Math.min(size, ring.length - start);
+            System.arraycopy(ring, start, out, 0, first);
+            System.arraycopy(ring, 0, out, first, size - first);
+            written = 0;
+            return out;
         }
     }
 }

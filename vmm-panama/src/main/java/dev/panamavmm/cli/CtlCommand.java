@@ -1,7 +1,6 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.migration.Json;
-import dev.panamavmm.api.ApiClient;
 
 import java.nio.file.Path;
 import java.util.Map;
@@ -11,26 +10,31 @@ final class CtlCommand implements Cli.Command {
     Path socket;
     String command;
     String arguments;
+    final ApiWait wait = new ApiWait();
 
     @Override
     public Cli.Spec spec() {
         return new Cli.Spec("ctl", "Send a command to a running VMM's control API, e.g. vmm ctl /tmp/vmm.sock query-status")
                 .parameter("SOCKET", "the VMM's --api-socket", v -> socket = Path.of(v))
                 .parameter("COMMAND", "query-status, stop, cont, quit", v -> command = v)
-                .optionalParameter("JSON", "arguments as a JSON object", v -> arguments = v);
+                .optionalParameter("JSON", "arguments as a JSON object", v -> arguments = v)
+                .include(wait::declare);
     }
 
     @Override
     public int call(Cli.Io io) {
         Map<String, Object> args = null;
         if (arguments != null) {
+            Object parsed;
             try {
-                args = Json.asObject(Json.parse(arguments), "JSON arguments");
+                parsed = Json.parse(arguments);
             } catch (Json.JsonException e) {
-                throw new UsageException("arguments are not a JSON object: " + e.getMessage());
+                throw new UsageException("the arguments are not valid JSON (" + e.getMessage() + "); give an object, e.g. '{\"id\": \"clone-1\"}'");
             }
+            if (!(parsed instanceof Map<?, ?>)) throw new UsageException("the arguments must be a JSON object, e.g. '{\"id\": \"clone-1\"}', not " + arguments);
+            args = Json.asObject(parsed, "the arguments");
         }
-        try (var client = ApiClient.connect(socket)) {
+        try (var client = wait.connect(socket)) {
             var reply = client.execute(command, args);
             if (reply.containsKey("error")) {
                 var error = Json.asObject(reply.get("error"), "error");

@@ -1,7 +1,9 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.boot.BootProtocol;
+import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.boot.KernelImage;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
@@ -41,6 +43,10 @@ final class GuestOptions {
     /** Checks the options and reads the images: every user mistake becomes one line here, before KVM is touched. */
     MachineConfig config(Backing backing) {
         if (cpus < 1) throw new UsageException("--cpus must be at least 1");
+        if (cpus > MpTable.MAX_CPUS) throw new UsageException("--cpus " + cpus + " is above the maximum of " + MpTable.MAX_CPUS + " (8-bit APIC IDs)");
+        if (memory > GuestMemory.MAX_SIZE) {
+            throw new UsageException("--memory " + Sizes.format(memory) + " is above the maximum of " + Sizes.format(GuestMemory.MAX_SIZE));
+        }
         if (memory < GuestMemory.MIN_SIZE) {
             throw new UsageException("--memory " + Sizes.format(memory) + " is below the minimum of 16 MiB");
         }
@@ -77,7 +83,7 @@ final class GuestOptions {
         } catch (NoSuchFileException e) {
             throw new UsageException("--" + what + " " + path + " does not exist");
         } catch (IOException e) {
-            throw new UserException("cannot read " + what + " " + path + ": " + e.getMessage());
+            throw new UserException("cannot read " + what + " " + path + ": " + IoErrors.reason(e));
         }
     }
 

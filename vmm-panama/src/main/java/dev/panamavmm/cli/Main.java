@@ -2,6 +2,7 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.log.Log;
+import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.vmm.boot.BootException;
 import dev.panamavmm.vmm.memory.MemoryException;
 
@@ -60,17 +61,14 @@ public final class Main implements Cli.Command {
         }
 
         @Override
-        public int call(Cli.Io io) {
+        public int call(Cli.Io io) throws Exception {
             var main = new Main();
             if (command == null) {
                 io.out().print(Cli.usage(main, "vmm"));
             } else {
-                var args = new String[] {command, "--help"};
-                try {
-                    return Cli.execute(main, "vmm", args, io, version());
-                } catch (Exception e) {
-                    throw new UsageException("no command '" + command + "'");
-                }
+                var names = main.spec().subcommandNames();
+                if (!names.contains(command)) throw new UsageException("unknown command '" + command + "'" + Cli.didYouMean(command, names));
+                return Cli.execute(main, "vmm", new String[] {command, "--help"}, io, version());
             }
             io.out().flush();
             return OK;
@@ -88,6 +86,12 @@ public final class Main implements Cli.Command {
             if (isUserFacing(e)) {
                 log.debug("command failed", e);
                 err.println("vmm: " + e.getMessage());
+                return FAILED;
+            }
+            if (e instanceof java.nio.file.FileSystemException f && f.getFile() != null) {
+                // A file operation no command put into words: still one line, naming the file once.
+                log.debug("command failed", e);
+                err.println("vmm: " + f.getFile() + (f.getOtherFile() != null ? " -> " + f.getOtherFile() : "") + ": " + IoErrors.reason(f));
                 return FAILED;
             }
             log.error("internal error", e);

@@ -3,6 +3,7 @@ package dev.panamavmm.cli;
 import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
 import dev.panamavmm.vmm.Templates;
@@ -13,7 +14,9 @@ import dev.panamavmm.vmm.VmSnapshots;
 
 import java.io.IOException;
 import java.io.OutputStream;
+import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Files;
+import java.nio.file.StandardOpenOption;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Map;
@@ -38,7 +41,8 @@ final class ServeCommand implements Cli.Command {
     public Cli.Spec spec() {
         return new Cli.Spec("serve", "Serve clones of templates over the control API: clone, query-clones, destroy, quit.")
                 .required("--api-socket", "PATH", "the control API socket", v -> apiSocket = Path.of(v))
-                .option("--console-dir", "DIR", null, "each clone's console goes to DIR/ID.log (created if missing; default: discarded)", v -> consoleDir = Path.of(v));
+                .option("--console-dir", "DIR", null, "each clone's console goes to DIR/ID.log, created if missing (default: discarded);"
+                        + " an ID whose log exists (another launch's clone) is skipped, so no file is written twice", v -> consoleDir = Path.of(v));
     }
 
     @Override
@@ -76,13 +80,16 @@ final class ServeCommand implements Cli.Command {
 
         ApiHandler handler(Runnable quit) {
             return (command, args) -> switch (command) {
-                case "clone" -> clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")),
-                        (int) ApiHandler.number(args, "count", 1));
+                case "clone" -> {
+                    ApiHandler.expect(command, args, "template", "count");
+                    yield clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int) ApiHandler.number(args, "count", 1));
+                }
                 case "query-clones" -> clones.values().stream().map(c -> Json.object("id", c.id(),
                         "status", c.vm().termination().isDone() ? "shutdown" : c.vm().isPaused() ? "paused" : "running",
                         "generation-id", String.format("0x%016x", c.generationId()),
                         "first-entry-ms", c.vm().firstEntryNanos() == 0 ? null : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6)).toList();
                 case "destroy" -> {
+                    ApiHandler.expect(command, args, "id");
                     String id = ApiHandler.requireString(args, "id", "a clone id");
                     var c = clones.remove(id);
                     if (c == null) throw new IllegalArgumentException("no clone " + id);
@@ -104,9 +111,25 @@ final class ServeCommand implements Cli.Command {
             var loaded = templates.computeIfAbsent(template.toAbsolutePath().normalize(), p -> Templates.open(p));
             var started = new ArrayList<Object>();
             for (int i = 0; i < count; i++) {
-                String id = "clone-" + ids.incrementAndGet();
-                OutputStream console = consoleDir == null ? OutputStream.nullOutputStream()
-                        : Files.newOutputStream(consoleDir.resolve(id + ".log"));
+                String id;
+                OutputStream console;
+                while (true) {
+                    id = "clone-" + ids.incrementAndGet();
+                    if (consoleDir == null) {
+                        console = OutputStream.nullOutputStream();
+                        break;
+                    }
+                    Path log = consoleDir.resolve(id + ".log");
+                    try {
+                        // CREATE_NEW: a log another launch's clone still writes is never truncated; its ID is skipped.
+                        console = Files.newOutputStream(log, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
+                        break;
+                    } catch (FileAlreadyExistsException e) {
+                        // taken: try the next ID
+                    } catch (IOException e) {
+                        throw new IllegalStateException("cannot create the console file " + log + ": " + IoErrors.reason(e));
+                    }
+                }
                 Vm vm;
                 try {
                     vm = Templates.clone(kvm, loaded, console, new VmListener() {});
@@ -117,7 +140,7 @@ final class ServeCommand implements Cli.Command {
                 var c = new Clone(id, vm, console, vm.vmmPort().generationId(), start);
                 clones.put(id, c);
                 vm.termination().thenRun(() -> reaper.execute(() -> {
-                    if (clones.remove(id, c)) destroy(c);
+                    if (clones.remove(c.id(), c)) destroy(c);
                 }));
                 vm.start();
                 started.add(Json.object("id", id, "generation-id", String.format("0x%016x", c.generationId()),

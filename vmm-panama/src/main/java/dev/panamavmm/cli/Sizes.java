@@ -34,8 +34,9 @@ final class Sizes {
         return n << shift;
     }
 
-    /** 268435456 -> "256 MiB". */
+    /** 268435456 -> "256 MiB", 1099511627776 -> "1 TiB". */
     static String format(long bytes) {
+        if (bytes >= 1L << 40 && bytes % (1L << 40) == 0) return (bytes >> 40) + " TiB";
         if (bytes >= 1L << 30 && bytes % (1L << 30) == 0) return (bytes >> 30) + " GiB";
         if (bytes >= 1L << 20 && bytes % (1L << 20) == 0) return (bytes >> 20) + " MiB";
         return bytes + " bytes";

@@ -1,6 +1,5 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamVerifier;
 import dev.panamavmm.migration.SnapshotReader;
@@ -12,6 +11,7 @@ final class SnapshotCommand implements Cli.Command {
     Path apiSocket;
     Path dir;
     boolean noBypass;
+    final ApiWait wait = new ApiWait();
 
     boolean stop, resume;
 
@@ -23,13 +23,14 @@ final class SnapshotCommand implements Cli.Command {
                 .flag("--no-bypass", "write shared RAM too, so the snapshot does not depend on the memory file", () -> noBypass = true)
                 .flag("--stop", "end the VM after saving (the default)", () -> stop = true)
                 .flag("--resume", "let the guest run on after saving", () -> resume = true)
+                .include(wait::declare)
                 .subcommand("verify", Verify::new);
     }
 
     @Override
     public int call(Cli.Io io) {
         if (stop && resume) throw new UsageException("--stop and --resume are mutually exclusive");
-        try (var client = ApiClient.connect(apiSocket)) {
+        try (var client = wait.connect(apiSocket)) {
             var reply = client.execute("snapshot", Json.object("path", dir.toAbsolutePath().toString(),
                     "bypass-shared-memory", !noBypass, "resume", resume));
             if (reply.containsKey("error")) {

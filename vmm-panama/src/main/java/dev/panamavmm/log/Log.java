@@ -1,7 +1,9 @@
 package dev.panamavmm.log;
 
 import java.io.PrintStream;
+import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 
@@ -22,6 +24,14 @@ public final class Log {
     public enum Level { ERROR, WARN, INFO, DEBUG }
 
     private static final Config CONFIG = Config.parse(System.getenv(ENV));
+
+    static {
+        // Once per process: a mistyped level must not silently leave the user without the lines they asked for.
+        if (!CONFIG.ignored().isEmpty()) {
+            System.err.println("vmm: WARN Log: " + ENV + ": ignored " + String.join(", ", CONFIG.ignored().stream().map(w -> "'" + w + "'").toList())
+                    + " (give LEVEL or SOURCE=LEVEL, comma-separated; LEVEL is error, warn, info or debug; SOURCE a class name such as LocalMigration)");
+        }
+    }
 
     private final String source;
     private final Level level;
@@ -77,21 +87,36 @@ public final class Log {
         return next < args.length && args[args.length - 1] instanceof Throwable t ? t : null;
     }
 
-    /** The parsed {@value #ENV}: a default level and per-source levels. Unknown words are ignored (logging must not stop the VMM). */
-    record Config(Level fallback, Map<String, Level> bySource) {
+    /**
+     * The parsed {@value #ENV}: a default level and per-source levels. Unknown words are ignored
+     * (logging must not stop the VMM) and listed in {@code ignored}, for one warning.
+     */
+    record Config(Level fallback, Map<String, Level> bySource, List<String> ignored) {
         static Config parse(String spec) {
             Level fallback = Level.INFO;
             var bySource = new HashMap<String, Level>();
+            var ignored = new ArrayList<String>();
             if (spec != null) {
                 for (String part : spec.split(",")) {
+                    if (part.isBlank()) continue;
                     int eq = part.indexOf('=');
                     Level level = level(eq < 0 ? part : part.substring(eq + 1));
-                    if (level == null) continue;
-                    if (eq < 0) fallback = level;
-                    else bySource.put(part.substring(0, eq).trim(), level);
+                    String source = eq < 0 ? null : part.substring(0, eq).trim();
+                    if (level == null || (source != null && !isClassName(source))) {
+                        ignored.add(part.trim());
+                    } else if (source == null) {
+                        fallback = level;
+                    } else {
+                        bySource.put(source, level);
+                    }
                 }
             }
-            return new Config(fallback, Map.copyOf(bySource));
+            return new Config(fallback, Map.copyOf(bySource), List.copyOf(ignored));
+        }
+
+        private static boolean isClassName(String s) {
+            if (s.isEmpty() || !Character.isJavaIdentifierStart(s.charAt(0))) return false;
+            return s.chars().allMatch(Character::isJavaIdentifierPart);
         }
 
         private static Level level(String word) {

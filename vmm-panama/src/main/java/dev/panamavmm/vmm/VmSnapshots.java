@@ -68,7 +68,7 @@ public final class VmSnapshots {
             throw new SnapshotException("resuming after a bypass-shared-memory snapshot would let the guest change the memory file"
                     + " the snapshot points to; stop the VM after saving, or save without bypass");
         }
-        if (Files.exists(dir) && !Files.isDirectory(dir)) throw new SnapshotException(dir + " is not a directory");
+        if (Files.exists(dir) && !Files.isDirectory(dir)) throw new SnapshotException("cannot write a snapshot in " + dir + ": it is not a directory");
         long start = System.nanoTime();
         boolean wasPaused = vm.isPaused();
         boolean keepPaused = false; // set once the save is complete and the guest is not to run on here
@@ -233,7 +233,7 @@ public final class VmSnapshots {
         try {
             now = FileIdentity.of(e.file());
         } catch (IOException ex) {
-            throw new SnapshotException("cannot check memory file " + e.file() + ": " + ex.getMessage());
+            throw new SnapshotException("cannot check memory file " + e.file() + ": " + dev.panamavmm.migration.IoErrors.reason(ex));
         }
         String diff = e.identity().difference(now);
         if (diff != null) {

@@ -96,7 +96,13 @@ class ApiServerTest {
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":true}}");
                 assertEquals("{\"return\":{\"path\":\"/tmp/s\"}}", in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{}}");
-                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"path\\\" is required: DIRECTORY\"}}", in.readLine());
+                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"path\\\" is required (DIRECTORY)\"}}", in.readLine());
+                send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":5}}");
+                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"path\\\" must be a non-empty string (DIRECTORY), not 5\"}}", in.readLine());
+                send(ch, "{\"execute\":\"query-status\",\"arguments\":{\"x\":1}}");
+                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"x\\\" (query-status takes none)\"}}", in.readLine());
+                send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"bypass\":false}}");
+                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume)\"}}", in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":\"yes\"}}");
                 assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"resume\\\" must be true or false\"}}", in.readLine());
             }

@@ -65,15 +65,30 @@ class CliTest {
     }
 
     @Test
-    void refusesWithPicocliWording() {
-        assertError("Unknown option: '--nope'", "--name", "n", "a", "--nope");
-        assertError("Missing required parameter for option '--count' (N)", "--name", "n", "a", "--count");
-        assertError("Invalid value for option '--count': 'x' is not an integer", "--name", "n", "a", "--count", "x");
-        assertError("Invalid value for option '--size': 'lots' is not a size (examples: 256M, 8G, 16777216)", "--name", "n", "a", "--size=lots");
-        assertError("Missing required option: '--name=NAME'", "a");
-        assertError("Missing required parameter: 'FIRST'", "--name", "n");
-        assertError("Unmatched argument at index 4: 'c'", "--name", "n", "a", "b", "c");
-        assertError("Option '--flag' takes no value", "--name", "n", "a", "--flag=yes");
+    void refusesInPlainWordsNamingTheOptionOrArgument() {
+        assertError("unknown option '--nope'", "--name", "n", "a", "--nope");
+        assertError("unknown option '--cuont'; did you mean '--count'?", "--name", "n", "a", "--cuont", "3");
+        assertError("option '--count' needs a value (N)", "--name", "n", "a", "--count");
+        assertError("invalid value for --count: 'x' is not an integer", "--name", "n", "a", "--count", "x");
+        assertError("invalid value for --size: 'lots' is not a size (examples: 256M, 8G, 16777216)", "--name", "n", "a", "--size=lots");
+        assertError("missing required option --name=NAME", "a");
+        assertError("missing FIRST (usage: probe --name=NAME FIRST [SECOND])", "--name", "n");
+        assertError("unexpected argument 'c' (probe takes FIRST [SECOND])", "--name", "n", "a", "b", "c");
+        assertError("unexpected argument '[--flag]' (square brackets in a usage line mark what is optional: leave them out)",
+                "--name", "n", "a", "b", "[--flag]");
+        assertError("option '--flag' takes no value", "--name", "n", "a", "--flag=yes");
+    }
+
+    @Test
+    void suggestsACloseNameForATypoOrAUniquePrefixAndNothingForAStrangerWord() {
+        var commands = List.of("run", "restore", "snapshot", "template", "clone", "serve", "migrate", "incoming", "info", "ctl");
+        assertEquals("; did you mean 'run'?", Cli.didYouMean("runn", commands));
+        assertEquals("; did you mean 'snapshot'?", Cli.didYouMean("snapshto", commands), "a transposition is one edit");
+        assertEquals("; did you mean 'template'?", Cli.didYouMean("templ", commands), "a unique prefix");
+        assertEquals("; did you mean 'clone'?", Cli.didYouMean("clonee", commands));
+        assertEquals("", Cli.didYouMean("frobnicate", commands));
+        assertEquals("", Cli.didYouMean("re", commands), "too short to guess");
+        assertEquals("; did you mean '--memory'?", Cli.didYouMean("--memroy", List.of("--memory", "--cpus")));
     }
 
     @Test

@@ -56,11 +56,70 @@ class MainTest {
         assertEquals(2, run().code());
         var unknown = run("frobnicate");
         assertEquals(2, unknown.code());
-        assertEquals("vmm: Unmatched argument at index 0: 'frobnicate'\n", unknown.err());
+        assertEquals("vmm: unknown command 'frobnicate'\n", unknown.err());
+        var typo = run("runn");
+        assertEquals(2, typo.code());
+        assertEquals("vmm: unknown command 'runn'; did you mean 'run'?\n", typo.err());
+        var help = run("help", "restroe");
+        assertEquals(2, help.code());
+        assertEquals("vmm: unknown command 'restroe'; did you mean 'restore'?\n", help.err());
         var badOption = run("info", "--verbose");
         assertEquals(2, badOption.code());
-        assertEquals("vmm: Unknown option: '--verbose'\n", badOption.err());
+        assertEquals("vmm: unknown option '--verbose'\n", badOption.err());
+        var extra = run("run", "extra-arg");
+        assertEquals(2, extra.code());
+        assertEquals("vmm: unexpected argument 'extra-arg' (vmm run takes no parameters)\n", extra.err());
+        var brackets = run("template", "inspect", "/tmp/tpl", "[--json]");
+        assertEquals(2, brackets.code());
+        assertTrue(brackets.err().startsWith("vmm: unexpected argument '[--json]' (square brackets"), brackets.err());
         assertEquals(2, run("info", "--kvm-device").code());
+    }
+
+    /** Limits are usage errors too: exit 2, the option named, sizes in units. */
+    @Test
+    void valuesOutOfLimitsNameTheOptionAndExitWithTwo() {
+        var huge = run("run", "--memory", "2T", "--overcommit");
+        assertEquals(2, huge.code(), huge.err());
+        assertEquals("vmm: --memory 2 TiB is above the maximum of 1 TiB\n", huge.err());
+        var cpus = run("run", "--cpus", "1000");
+        assertEquals(2, cpus.code(), cpus.err());
+        assertEquals("vmm: --cpus 1000 is above the maximum of 254 (8-bit APIC IDs)\n", cpus.err());
+        var count = run("clone", "/tmp/none", "--count", "5000");
+        assertEquals(2, count.code(), count.err());
+        assertEquals("vmm: --count 5000 is above the maximum of 1000\n", count.err());
+        var wait = run("ctl", "/tmp/none.sock", "query-status", "--wait", "-1");
+        assertEquals(2, wait.code(), wait.err());
+        assertEquals("vmm: invalid value for --wait: '-1' is out of range (0 to 3600 seconds)\n", wait.err());
+    }
+
+    /** A mistyped PANAMA_VMM_LOG gets one warning (in a process of its own: the level is read once per process). */
+    @Test
+    void aBadLogSettingWarnsOnce() throws Exception {
+        try (var vmm = dev.panamavmm.testing.VmmProcess.start(java.util.Map.of("PANAMA_VMM_LOG", "verbose,Vm=loud,info"),
+                "info", "--kvm-device", "/nonexistent/kvm")) {
+            assertEquals(1, vmm.waitFor(60));
+            var warnings = vmm.stderr().lines().filter(l -> l.contains("PANAMA_VMM_LOG")).toList();
+            assertEquals(1, warnings.size(), vmm.stderr());
+            assertTrue(warnings.getFirst().startsWith("vmm: WARN Log: PANAMA_VMM_LOG: ignored 'verbose', 'Vm=loud' ("), warnings.getFirst());
+        }
+    }
+
+    /** A file error no command words itself is still one line naming the file (at 52b27eb: a stack trace). */
+    @Test
+    void aTemplateInAnUncreatableDirectoryIsOneLine() {
+        var r = run("template", "create", "/proc/panama-no-such/tpl", "--memory", "32M");
+        assertEquals(1, r.code(), r.err());
+        assertEquals(1, r.err().lines().count(), r.err());
+        assertTrue(r.err().startsWith("vmm: /proc/panama-no-such"), r.err());
+        assertTrue(r.err().endsWith(": no such file or directory\n"), r.err());
+    }
+
+    /** An error about a file names it once and says why; the JDK's exception text is the path alone. */
+    @KvmTest
+    void anUnwritableConsoleNamesThePathOnce() {
+        var r = run("run", "--memory", "32M", "--console", "file:/nonexistent/x.log");
+        assertEquals(1, r.code(), r.err());
+        assertEquals("vmm: cannot write the console to /nonexistent/x.log: no such file or directory\n", r.err());
     }
 
     @Test

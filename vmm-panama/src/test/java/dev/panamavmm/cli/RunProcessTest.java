@@ -91,12 +91,23 @@ class RunProcessTest {
             assertEquals("vmm: frobnicate: the command frobnicate has not been found\n", unknown.err());
             var badJson = MainTest.run("ctl", api.toString(), "cont", "{not json");
             assertEquals(2, badJson.code());
-            assertTrue(badJson.err().startsWith("vmm: arguments are not a JSON object"), badJson.err());
+            assertTrue(badJson.err().startsWith("vmm: the arguments are not valid JSON ("), badJson.err());
+            var notObject = MainTest.run("ctl", api.toString(), "query-status", "[1]");
+            assertEquals(2, notObject.code());
+            assertEquals("vmm: the arguments must be a JSON object, e.g. '{\"id\": \"clone-1\"}', not [1]\n", notObject.err());
+            var file = Files.writeString(dir.resolve("a-file"), "x");
+            var snapshotIntoAFile = MainTest.run("ctl", api.toString(), "snapshot", "{\"path\": \"" + file + "\", \"resume\": true}");
+            assertEquals(1, snapshotIntoAFile.code());
+            assertEquals("vmm: snapshot: cannot write a snapshot in " + file + ": it is not a directory\n", snapshotIntoAFile.err());
             assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
             assertEquals(0, vmm.waitFor(20), vmm.stderr());
         }
-        var gone = MainTest.run("ctl", api.toString(), "query-status");
+        var gone = MainTest.run("ctl", api.toString(), "query-status", "--wait", "0");
         assertEquals(1, gone.code());
-        assertEquals("vmm: cannot connect to " + api + ": no VMM is listening there (No such file or directory)\n", gone.err());
+        assertEquals("vmm: cannot connect to " + api + ": no VMM is listening there (no such socket)\n", gone.err());
+        long start = System.nanoTime();
+        var waited = MainTest.run("ctl", api.toString(), "query-status", "--wait", "0.5");
+        assertTrue(System.nanoTime() - start >= 500_000_000L, "--wait 0.5 waits half a second");
+        assertEquals("vmm: cannot connect to " + api + ": no VMM is listening there (no such socket, after waiting 0.5 s)\n", waited.err());
     }
 }

@@ -78,12 +78,87 @@ class TemplateCliTest {
                     assertEquals("running", Json.asObject(c.execute("query-status", null).get("return"), "r").get("status"));
                     c.execute("quit", null);
                 }
-                pids.add(Long.parseLong(r.out().lines().toList().get(i - 1).replaceAll("^clone \\d+: pid (\\d+),.*", "$1")));
+                pids.add(Long.parseLong(r.out().lines().toList().get(i - 1).replaceAll("^clone-\\d+: pid (\\d+),.*", "$1")));
             }
             assertEquals(3, pids.size(), "one process per clone");
         } finally {
             deleteTemplate(tpl);
         }
+    }
+
+    /**
+     * A second launch into the same directories while the first one's clones run: it takes the
+     * next numbers, and the running clones' logs are neither truncated nor shared (at 52b27eb
+     * the second launch reused clone-1..N: NUL bytes, then another guest's heartbeats).
+     */
+    @KvmTest
+    void aSecondCloneCountLeavesTheFirstLaunchsLogsIntact(@TempDir Path dir) throws Exception {
+        var tpl = createTemplate(dir);
+        var consoles = dir.resolve("consoles"); // created by clone
+        var sockets = dir.resolve("sockets");
+        var pids = new java.util.ArrayList<Long>();
+        try {
+            var first = MainTest.run("clone", tpl.toString(), "--count", "2", "--console-dir", consoles.toString(),
+                    "--api-socket-dir", sockets.toString());
+            assertEquals(0, first.code(), first.err());
+            first.out().lines().forEach(l -> pids.add(Long.parseLong(l.replaceAll("^clone-\\d+: pid (\\d+),.*", "$1"))));
+            SnapshotCliTest.awaitText(consoles.resolve("clone-1.log"), "hb 0 3", 30);
+            String before = Files.readString(consoles.resolve("clone-1.log"));
+
+            var second = MainTest.run("clone", tpl.toString(), "--count", "2", "--console-dir", consoles.toString(),
+                    "--api-socket-dir", sockets.toString());
+            assertEquals(0, second.code(), second.err());
+            second.out().lines().forEach(l -> pids.add(Long.parseLong(l.replaceAll("^clone-\\d+: pid (\\d+),.*", "$1"))));
+            assertTrue(second.out().startsWith("clone-3: pid "), second.out());
+            assertTrue(second.out().lines().toList().get(1).startsWith("clone-4: pid "), second.out());
+            SnapshotCliTest.awaitText(consoles.resolve("clone-3.log"), "hb 0 2", 30);
+            SnapshotCliTest.awaitText(consoles.resolve("clone-1.log"), "hb 0 " + (heartbeatsIn(before) + 3), 30);
+            for (int i = 1; i <= 2; i++) {
+                String log = Files.readString(consoles.resolve("clone-" + i + ".log"));
+                if (i == 1) assertTrue(log.startsWith(before), "the first launch's log kept its start:\n" + log);
+                assertTrue(log.indexOf('\0') < 0, "no NUL bytes in clone-" + i + ".log");
+                // One guest per log: its heartbeats run on without a gap or a restart.
+                var complete = log.substring(0, log.lastIndexOf('\n') + 1);
+                long previous = -1;
+                for (var line : complete.lines().filter(l -> l.startsWith("hb 0 ")).toList()) {
+                    long n = Long.parseLong(line.substring(5));
+                    if (previous >= 0) assertEquals(previous + 1, n, "clone-" + i + ".log:\n" + log);
+                    previous = n;
+                }
+                assertTrue(previous > 0, log);
+            }
+            for (int i = 1; i <= 4; i++) {
+                try (var c = ApiClient.connect(sockets.resolve("clone-" + i + ".sock"))) {
+                    c.execute("quit", null);
+                }
+            }
+        } finally {
+            for (long pid : pids) ProcessHandle.of(pid).ifPresent(ProcessHandle::destroyForcibly);
+            deleteTemplate(tpl);
+        }
+    }
+
+    private static long heartbeatsIn(String console) {
+        return console.lines().filter(l -> l.startsWith("hb 0 ")).mapToLong(l -> Long.parseLong(l.substring(5).trim())).max().orElse(0);
+    }
+
+    /** A clone that dies at start is reported with its own reason and a non-zero exit (at 52b27eb: "clone 1: pid N", exit 0). */
+    @KvmTest
+    void cloneCountReportsAClonesFailureAndItsReason(@TempDir Path dir) throws Exception {
+        var notATemplate = Files.createDirectories(dir.resolve("corrupt"));
+        Files.writeString(notATemplate.resolve("snapshot.pvm"), "garbage");
+        var r = MainTest.run("clone", notATemplate.toString(), "--count", "2", "--console-dir", dir.resolve("c").toString(),
+                "--api-socket-dir", dir.resolve("s").toString());
+        assertEquals(1, r.code(), r.err());
+        assertEquals("", r.out());
+        var lines = r.err().lines().toList();
+        assertEquals(3, lines.size(), r.err());
+        for (int i = 1; i <= 2; i++) {
+            assertTrue(lines.get(i - 1).startsWith("vmm: clone-" + i + " failed: "), r.err());
+            assertTrue(lines.get(i - 1).contains("snapshot") && lines.get(i - 1).endsWith("(" + dir.resolve("c/clone-" + i + ".err") + ")"),
+                    r.err());
+        }
+        assertEquals("vmm: 2 of 2 clones failed to start", lines.get(2));
     }
 
     @KvmTest
@@ -239,9 +314,13 @@ class TemplateCliTest {
         try (var serve = VmmProcess.start(java.util.Map.of("PANAMA_VMM_REHEARSAL", "sync"),
                 "serve", "--api-socket", api.toString(), "--console-dir", consoles.toString());
              var client = awaitClient(serve, api)) {
+            // A log left by another launch (a clone --count, another serve) keeps its name and its bytes: serve skips that ID.
+            Files.writeString(consoles.resolve("clone-1.log"), "another launch's clone\n");
             var reply = client.execute("clone", Json.object("template", tpl.toString(), "count", 2L));
             var clones = (List<?>) Json.asObject(reply.get("return"), "r").get("clones");
             assertEquals(2, clones.size(), reply.toString());
+            assertEquals("clone-2", Json.asObject(clones.getFirst(), "c").get("id"), reply.toString());
+            assertEquals("another launch's clone\n", Files.readString(consoles.resolve("clone-1.log")));
             for (var c : clones) {
                 var id = (String) Json.asObject(c, "c").get("id");
                 SnapshotCliTest.awaitText(consoles.resolve(id + ".log"), "hb 0 2", 30);

@@ -42,8 +42,10 @@ class LogTest {
     }
 
     @Test
-    void unknownWordsAreIgnoredRatherThanStoppingTheVmm() {
-        var config = Log.Config.parse("loud,Vm=chatty,,debug");
+    void unknownWordsAreIgnoredRatherThanStoppingTheVmmAndListedForAWarning() {
+        var config = Log.Config.parse("loud,Vm=chatty,,debug, =info");
         assertEquals(Log.Level.DEBUG, config.levelOf("Vm"));
+        assertEquals(java.util.List.of("loud", "Vm=chatty", "=info"), config.ignored());
+        assertEquals(java.util.List.of(), Log.Config.parse("warn,LocalMigration=debug").ignored());
     }
 }

@@ -133,7 +133,7 @@ class FailurePathsTest {
         var file = Files.writeString(dir.resolve("a-file"), "x");
         try (var kvm = Kvm.open(); var vm = runningGuest(kvm, console, pauses)) {
             var e = assertThrows(SnapshotException.class, () -> VmSnapshots.save(vm, file, true, false, RamWriter.Progress.NONE));
-            assertEquals(file + " is not a directory", e.getMessage());
+            assertEquals("cannot write a snapshot in " + file + ": it is not a directory", e.getMessage());
             var proc = assertThrows(SnapshotException.class, () -> VmSnapshots.save(vm, Path.of("/proc/self"), true, false, RamWriter.Progress.NONE));
             assertTrue(proc.getMessage().startsWith("cannot write a snapshot in /proc/self"), proc.getMessage());
             assertEquals(0, pauses.paused.get(), "the guest was never paused");

@@ -62,7 +62,16 @@ public final class UnixSocket implements AutoCloseable {
             return new UnixSocket(fd);
         } catch (java.io.IOException e) {
             LibC.close(fd);
-            throw new KvmException("listen on " + path, e.getMessage());
+            // The JDK's message is the (temporary) path alone; the reason is what the user needs.
+            String why = e instanceof java.nio.file.FileSystemException f && f.getReason() != null ? f.getReason()
+                    : e instanceof java.nio.file.NoSuchFileException ? "no such directory"
+                    : e instanceof java.nio.file.AccessDeniedException ? "permission denied" : e.toString();
+            throw new KvmException("listen on " + path, why);
+        } catch (KvmException e) {
+            LibC.close(fd);
+            // bind/listen name only the call ("bind failed: ENOENT"): say which path it was for.
+            if (e.errno() != 0) throw new KvmException("listen on " + path, e.errno());
+            throw e;
         } catch (RuntimeException e) {
             LibC.close(fd);
             throw e;
