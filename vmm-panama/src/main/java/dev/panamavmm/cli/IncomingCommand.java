@@ -1,5 +1,6 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.control.Rehearsal;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.LocalMigration;
 

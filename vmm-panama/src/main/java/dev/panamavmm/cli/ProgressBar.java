@@ -8,7 +8,7 @@ import dev.panamavmm.migration.RamWriter;
  * nothing on a pipe or file but the line the caller prints when done. Silent until bytes move, so
  * a save that writes no RAM (bypass) prints nothing.
  */
-final class ProgressBar implements RamWriter.Progress {
+final class ProgressBar implements RamWriter.Progress, AutoCloseable {
     private final String what;
     private final long total;
     private final boolean terminal = LibC.isatty(2);
@@ -35,6 +35,12 @@ final class ProgressBar implements RamWriter.Progress {
         System.err.printf("\r%s [%s%s] %3d%% (%d of %d MiB)", what, "#".repeat(filled), ".".repeat(width - filled),
                 percent, done >> 20, total >> 20);
         System.err.flush();
+    }
+
+    /** Ends the bar (as {@link #done()}): an owner that only knows a {@code Progress} closes it. */
+    @Override
+    public void close() {
+        done();
     }
 
     synchronized void done() {

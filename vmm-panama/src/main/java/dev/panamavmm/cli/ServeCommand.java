@@ -1,5 +1,7 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.control.CloneService;
+import dev.panamavmm.control.Rehearsal;
 import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
@@ -49,7 +51,7 @@ final class ServeCommand implements Cli.Command {
     public int call(Cli.Io io) throws Exception {
         if (consoleDir != null) Cli.createDirectories("--console-dir", consoleDir);
         var quit = new CountDownLatch(1);
-        try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var clones = new Clones(kvm, consoleDir)) {
+        try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var clones = new CloneService(kvm, consoleDir)) {
             var previous = Signals.onTermination(name -> quit.countDown());
             Rehearsal.startInBackground(kvm); // the first clone then runs warm code too
             try (var api = ApiServer.start(apiSocket, clones.handler(quit::countDown))) {
@@ -59,113 +61,5 @@ final class ServeCommand implements Cli.Command {
             }
         }
         return Main.OK;
-    }
-
-    /** The clones of one serve process, and the templates they come from. */
-    static final class Clones implements AutoCloseable {
-        private final Kvm kvm;
-        private final Path consoleDir;
-        private final Map<Path, LoadedSnapshot> templates = new ConcurrentHashMap<>();
-        private final Map<String, Clone> clones = new ConcurrentHashMap<>();
-        private final AtomicLong ids = new AtomicLong();
-        /** Closes VMs whose guest ended by itself: never on the vCPU thread that reported it. */
-        private final ExecutorService reaper = Executors.newSingleThreadExecutor(r -> Thread.ofPlatform().daemon().name("clone-reaper").unstarted(r));
-
-        record Clone(String id, Vm vm, OutputStream console, long generationId, long requestNanos) {}
-
-        Clones(Kvm kvm, Path consoleDir) {
-            this.kvm = kvm;
-            this.consoleDir = consoleDir;
-        }
-
-        ApiHandler handler(Runnable quit) {
-            return (command, args) -> switch (command) {
-                case "clone" -> {
-                    ApiHandler.expect(command, args, "template", "count");
-                    yield clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int) ApiHandler.number(args, "count", 1));
-                }
-                case "query-clones" -> clones.values().stream().map(c -> Json.object("id", c.id(),
-                        "status", c.vm().termination().isDone() ? "shutdown" : c.vm().isPaused() ? "paused" : "running",
-                        "generation-id", String.format("0x%016x", c.generationId()),
-                        "first-entry-ms", c.vm().firstEntryNanos() == 0 ? null : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6)).toList();
-                case "destroy" -> {
-                    ApiHandler.expect(command, args, "id");
-                    String id = ApiHandler.requireString(args, "id", "a clone id");
-                    var c = clones.remove(id);
-                    if (c == null) throw new IllegalArgumentException("no clone " + id);
-                    destroy(c);
-                    yield Map.of();
-                }
-                case "quit" -> {
-                    quit.run();
-                    yield Map.of();
-                }
-                default -> null;
-            };
-        }
-
-        /** Starts {@code count} clones of a template; returns when all of them run. */
-        Map<String, Object> clone(Path template, int count) throws IOException {
-            if (count < 1 || count > 1000) throw new IllegalArgumentException("\"count\" must be 1 to 1000");
-            long start = System.nanoTime();
-            var loaded = templates.computeIfAbsent(template.toAbsolutePath().normalize(), p -> Templates.open(p));
-            var started = new ArrayList<Object>();
-            for (int i = 0; i < count; i++) {
-                String id;
-                OutputStream console;
-                while (true) {
-                    id = "clone-" + ids.incrementAndGet();
-                    if (consoleDir == null) {
-                        console = OutputStream.nullOutputStream();
-                        break;
-                    }
-                    Path log = consoleDir.resolve(id + ".log");
-                    try {
-                        // CREATE_NEW: a log another launch's clone still writes is never truncated; its ID is skipped.
-                        console = Files.newOutputStream(log, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
-                        break;
-                    } catch (FileAlreadyExistsException e) {
-                        // taken: try the next ID
-                    } catch (IOException e) {
-                        throw new IllegalStateException("cannot create the console file " + log + ": " + IoErrors.reason(e));
-                    }
-                }
-                Vm vm;
-                try {
-                    vm = Templates.clone(kvm, loaded, console, new VmListener() {});
-                } catch (RuntimeException e) {
-                    console.close();
-                    throw e;
-                }
-                var c = new Clone(id, vm, console, vm.vmmPort().generationId(), start);
-                clones.put(id, c);
-                vm.termination().thenRun(() -> reaper.execute(() -> {
-                    if (clones.remove(c.id(), c)) destroy(c);
-                }));
-                vm.start();
-                started.add(Json.object("id", id, "generation-id", String.format("0x%016x", c.generationId()),
-                        "console", consoleDir == null ? null : consoleDir.resolve(id + ".log").toString()));
-            }
-            return Json.object("clones", started, "duration-ms", (System.nanoTime() - start) / 1_000_000.0);
-        }
-
-        private static void destroy(Clone c) {
-            c.vm().end(new VmExitReason.Stopped("destroy"));
-            c.vm().close();
-            try {
-                c.console().close();
-            } catch (IOException e) {
-                // a console file that fails to close loses nothing the guest needs
-            }
-        }
-
-        @Override
-        public void close() {
-            for (var id : new ArrayList<>(clones.keySet())) {
-                var c = clones.remove(id);
-                if (c != null) destroy(c);
-            }
-            reaper.shutdown();
-        }
     }
 }

@@ -1,13 +1,13 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.api.ApiServer;
-import dev.panamavmm.api.ControlTarget;
+import dev.panamavmm.control.Rehearsal;
+import dev.panamavmm.control.VmControl;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
-import dev.panamavmm.vmm.VmSnapshots;
 
 import java.io.OutputStream;
 import java.io.PrintWriter;
@@ -81,7 +81,7 @@ final class VmSession {
                 // instead of the JVM's own shutdown on a signal (exit 130/143, mid-cleanup).
                 var previous = Signals.onTermination(name -> vm.end(new VmExitReason.Stopped("signal")));
                 try {
-                    if (apiSocket != null) api.set(ApiServer.start(apiSocket, target(vm)));
+                    if (apiSocket != null) api.set(ApiServer.start(apiSocket, new VmControl(vm, bytes -> new ProgressBar("saving RAM", bytes))));
                     io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
                     if (startPaused) vm.pauseBeforeStart();
                     if (!started) vm.start();
@@ -100,49 +100,5 @@ final class VmSession {
                 }
             }
         }
-    }
-
-    static ControlTarget target(Vm vm) {
-        return new ControlTarget() {
-            @Override
-            public Map<String, Object> status() {
-                boolean ended = vm.termination().isDone();
-                String status = ended ? "shutdown" : vm.isPaused() ? "paused" : "running";
-                return Json.object("status", status, "running", status.equals("running"));
-            }
-
-            @Override
-            public void stop() throws InterruptedException {
-                vm.pause();
-            }
-
-            @Override
-            public void cont() {
-                vm.resume();
-            }
-
-            @Override
-            public void quit() {
-                vm.end(new VmExitReason.Stopped("the API (quit)"));
-            }
-
-            @Override
-            public Map<String, Object> migrate(String uri) throws Exception {
-                if (!uri.startsWith("unix:") || uri.length() == 5) throw new IllegalArgumentException("\"uri\" must be unix:PATH");
-                var r = dev.panamavmm.vmm.LocalMigration.send(vm, Path.of(uri.substring(5)), 10);
-                return Json.object("downtime-ms", r.downtimeMillis(), "downtime-us", r.downtimeMicros(),
-                        "confirmed-ms", r.confirmedMillis(), "total-ms", r.totalMillis(), "bytes-sent", r.bytesSent());
-            }
-
-            @Override
-            public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume) throws Exception {
-                var progress = new ProgressBar("saving RAM", vm.memory().size());
-                var saved = VmSnapshots.save(vm, dir, bypass, resume, progress);
-                progress.done();
-                return Json.object("path", saved.file().toString(), "ram-bytes-written", saved.ramBytesWritten(),
-                        "ram-blocks-by-reference", saved.ramBlocksByReference(), "duration-ms", saved.millis(),
-                        "resumed", resume);
-            }
-        };
     }
 }

@@ -141,6 +141,26 @@ public final class Vm implements AutoCloseable {
         listener.resumed();
     }
 
+    /** What a VM is doing, as QMP's {@code query-status} names it. */
+    public enum Status {
+        RUNNING("running"), PAUSED("paused"), SHUTDOWN("shutdown");
+
+        private final String qmpName;
+
+        Status(String qmpName) {
+            this.qmpName = qmpName;
+        }
+
+        public String qmpName() {
+            return qmpName;
+        }
+    }
+
+    /** Whether the VM runs, is paused, or has ended. */
+    public Status status() {
+        return termination.isDone() ? Status.SHUTDOWN : isPaused() ? Status.PAUSED : Status.RUNNING;
+    }
+
     public boolean isPaused() {
         return control.request() == VcpuControl.Request.PAUSE;
     }

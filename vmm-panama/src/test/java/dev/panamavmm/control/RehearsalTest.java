@@ -1,4 +1,4 @@
-package dev.panamavmm.cli;
+package dev.panamavmm.control;
 
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;

@@ -1,4 +1,4 @@
-package dev.panamavmm.cli;
+package dev.panamavmm.control;
 
 import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.api.ApiServer;
@@ -42,7 +42,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * first; {@code vmm incoming} runs it at normal priority and waits for it.
  * Failures are logged at debug level and otherwise ignored: the rehearsal only saves time.
  */
-final class Rehearsal {
+public final class Rehearsal {
     private Rehearsal() {}
 
     private static final Log log = Log.of(Rehearsal.class);
@@ -55,7 +55,7 @@ final class Rehearsal {
     static final String PREFIX = "panama-rehearsal";
 
     /** Starts the rehearsal on a background thread at nice 19 unless disabled; returns that thread (or null). */
-    static Thread startInBackground(Kvm kvm) {
+    public static Thread startInBackground(Kvm kvm) {
         return start(kvm, true);
     }
 
@@ -64,7 +64,7 @@ final class Rehearsal {
      * VMs keep the CPUs busy): for {@code vmm incoming}, whose socket should appear only once a
      * migration into it would run warm code.
      */
-    static void runAndWait(Kvm kvm) throws InterruptedException {
+    public static void runAndWait(Kvm kvm) throws InterruptedException {
         var thread = start(kvm, false);
         if (thread != null) thread.join();
     }
@@ -142,7 +142,7 @@ final class Rehearsal {
         var snapshot = dir.resolve("snapshot");
         try (var vm = VmBuilder.boot(kvm, config, OutputStream.nullOutputStream(), new VmListener() {})) {
             vm.start();
-            try (var server = ApiServer.start(dir.resolve("api.sock"), VmSession.target(vm));
+            try (var server = ApiServer.start(dir.resolve("api.sock"), new VmControl(vm));
                  var client = ApiClient.connect(server.path())) {
                 client.execute("qmp_capabilities", Json.object());
                 for (int i = 0; i < rounds.api(); i++) {
@@ -170,7 +170,7 @@ final class Rehearsal {
             }
             try (var last = moved) {
                 step(stop);
-                try (var server = ApiServer.start(dir.resolve("api2.sock"), VmSession.target(last));
+                try (var server = ApiServer.start(dir.resolve("api2.sock"), new VmControl(last));
                      var client = ApiClient.connect(server.path())) {
                     client.execute("qmp_capabilities", Json.object());
                     client.execute("snapshot", Json.object("path", snapshot.toString(), "bypass-shared-memory", true));

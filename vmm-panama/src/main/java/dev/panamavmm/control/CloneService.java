@@ -1,0 +1,137 @@
+package dev.panamavmm.control;
+
+import dev.panamavmm.api.ApiHandler;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.migration.IoErrors;
+import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.LoadedSnapshot;
+import dev.panamavmm.vmm.Templates;
+import dev.panamavmm.vmm.Vm;
+import dev.panamavmm.vmm.VmExitReason;
+import dev.panamavmm.vmm.VmListener;
+
+import java.io.IOException;
+import java.io.OutputStream;
+import java.nio.file.FileAlreadyExistsException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.atomic.AtomicLong;
+
+/**
+ * The clones of one process ({@code vmm serve}), and the templates they come from: each clone is a
+ * VM in this JVM, started from a template's memory copy-on-write, destroyed on request or when its
+ * guest ends.
+ */
+public final class CloneService implements AutoCloseable {
+    private final Kvm kvm;
+    private final Path consoleDir;
+    private final Map<Path, LoadedSnapshot> templates = new ConcurrentHashMap<>();
+    private final Map<String, Clone> clones = new ConcurrentHashMap<>();
+    private final AtomicLong ids = new AtomicLong();
+    /** Closes VMs whose guest ended by itself: never on the vCPU thread that reported it. */
+    private final ExecutorService reaper = Executors.newSingleThreadExecutor(r -> Thread.ofPlatform().daemon().name("clone-reaper").unstarted(r));
+
+    record Clone(String id, Vm vm, OutputStream console, long generationId, long requestNanos) {}
+
+    public CloneService(Kvm kvm, Path consoleDir) {
+        this.kvm = kvm;
+        this.consoleDir = consoleDir;
+    }
+
+    /** The commands of a clone server: clone, query-clones, destroy, and quit (which runs {@code quit}). */
+    public ApiHandler handler(Runnable quit) {
+        return (command, args) -> switch (command) {
+            case "clone" -> {
+                ApiHandler.expect(command, args, "template", "count");
+                yield clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int) ApiHandler.number(args, "count", 1));
+            }
+            case "query-clones" -> clones.values().stream().map(c -> Json.object("id", c.id(),
+                    "status", c.vm().status().qmpName(),
+                    "generation-id", String.format("0x%016x", c.generationId()),
+                    "first-entry-ms", c.vm().firstEntryNanos() == 0 ? null : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6)).toList();
+            case "destroy" -> {
+                ApiHandler.expect(command, args, "id");
+                String id = ApiHandler.requireString(args, "id", "a clone id");
+                var c = clones.remove(id);
+                if (c == null) throw new IllegalArgumentException("no clone " + id);
+                destroy(c);
+                yield Map.of();
+            }
+            case "quit" -> {
+                quit.run();
+                yield Map.of();
+            }
+            default -> null;
+        };
+    }
+
+    /** Starts {@code count} clones of a template; returns when all of them run. */
+    public Map<String, Object> clone(Path template, int count) throws IOException {
+        if (count < 1 || count > 1000) throw new IllegalArgumentException("\"count\" must be 1 to 1000");
+        long start = System.nanoTime();
+        var loaded = templates.computeIfAbsent(template.toAbsolutePath().normalize(), p -> Templates.open(p));
+        var started = new ArrayList<Object>();
+        for (int i = 0; i < count; i++) {
+            String id;
+            OutputStream console;
+            while (true) {
+                id = "clone-" + ids.incrementAndGet();
+                if (consoleDir == null) {
+                    console = OutputStream.nullOutputStream();
+                    break;
+                }
+                Path log = consoleDir.resolve(id + ".log");
+                try {
+                    // CREATE_NEW: a log another launch's clone still writes is never truncated; its ID is skipped.
+                    console = Files.newOutputStream(log, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
+                    break;
+                } catch (FileAlreadyExistsException e) {
+                    // taken: try the next ID
+                } catch (IOException e) {
+                    throw new IllegalStateException("cannot create the console file " + log + ": " + IoErrors.reason(e));
+                }
+            }
+            Vm vm;
+            try {
+                vm = Templates.clone(kvm, loaded, console, new VmListener() {});
+            } catch (RuntimeException e) {
+                console.close();
+                throw e;
+            }
+            var c = new Clone(id, vm, console, vm.vmmPort().generationId(), start);
+            clones.put(id, c);
+            vm.termination().thenRun(() -> reaper.execute(() -> {
+                if (clones.remove(c.id(), c)) destroy(c);
+            }));
+            vm.start();
+            started.add(Json.object("id", id, "generation-id", String.format("0x%016x", c.generationId()),
+                    "console", consoleDir == null ? null : consoleDir.resolve(id + ".log").toString()));
+        }
+        return Json.object("clones", started, "duration-ms", (System.nanoTime() - start) / 1_000_000.0);
+    }
+
+    private static void destroy(Clone c) {
+        c.vm().end(new VmExitReason.Stopped("destroy"));
+        c.vm().close();
+        try {
+            c.console().close();
+        } catch (IOException e) {
+            // a console file that fails to close loses nothing the guest needs
+        }
+    }
+
+    @Override
+    public void close() {
+        for (var id : new ArrayList<>(clones.keySet())) {
+            var c = clones.remove(id);
+            if (c != null) destroy(c);
+        }
+        reaper.shutdown();
+    }
+}
