@@ -18,6 +18,8 @@ import java.util.Arrays;
  */
 public final class VmFd implements AutoCloseable {
     private static final int IOAPIC_PINS = 24;
+    /** KVM_MAX_IRQ_ROUTES on x86: no GSI routing entry can name a higher line. */
+    private static final int MAX_IRQ_LINES = 4096;
 
     private final Kvm kvm;
     private final int fd;
@@ -117,12 +119,12 @@ public final class VmFd implements AutoCloseable {
     }
 
     private synchronized long newIrqLevels(int irq) {
-        if (irq < 0) {
-            throw new IllegalArgumentException("interrupt line " + irq + " is negative");
+        if (irq < 0 || irq >= MAX_IRQ_LINES) {
+            throw new IllegalArgumentException("interrupt line " + irq + " is outside 0 to " + (MAX_IRQ_LINES - 1));
         }
         long[] table = irqLevels;
         if (irq >= table.length) {
-            // The IOAPIC's 24 pins at once; lines above them (custom GSI routing) one by one.
+            // Room for the IOAPIC's 24 pins at once; lines above them (custom GSI routing) one by one.
             table = Arrays.copyOf(table, Math.max(irq + 1, IOAPIC_PINS));
         } else if (table[irq] != 0) {
             return table[irq];

@@ -174,7 +174,8 @@ class KvmDeviceTest {
             assertEquals(1 << 3 | 1 << 10, ioapicIrr(vm, arena));
 
             var e = assertThrows(IllegalArgumentException.class, () -> vm.irqLine(-1, true));
-            assertEquals("interrupt line -1 is negative", e.getMessage());
+            assertEquals("interrupt line -1 is outside 0 to 4095", e.getMessage());
+            assertThrows(IllegalArgumentException.class, () -> vm.irqLine(4096, true));
         }
     }
 
