@@ -84,7 +84,9 @@ def serve_series(label, n, warmup, keep):
     consdir = os.path.join(WORK, f"serve-{label}")
     os.makedirs(consdir)
     sock = os.path.join(WORK, f"serve-{label}.sock")
-    p, _ = spawn(java_cmd() + ["serve", "--api-socket", sock, "--console-dir", consdir], logs(f"serve-{label}.log"))
+    cmd = java_cmd()
+    cmd.insert(1, "-Xms8m")   # as ./vmm starts serve
+    p, _ = spawn(cmd + ["serve", "--api-socket", sock, "--console-dir", consdir], logs(f"serve-{label}.log"))
     api = JsonLines(sock, p)
     watch = DirWatch(consdir)
     running = deque()

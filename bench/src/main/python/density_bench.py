@@ -122,7 +122,8 @@ def serve_clones(p, tpl, tpl_mem):
     consdir = os.path.join(WORK, f"serve-{p}")
     os.makedirs(consdir)
     sock = os.path.join(WORK, f"serve-{p}.sock")
-    proc, _ = spawn(JAVA_CMD + ["serve", "--api-socket", sock, "--console-dir", consdir], logs(f"serve-{p}.log"))
+    # -Xms8m: as ./vmm starts serve.
+    proc, _ = spawn(JAVA_CMD[:1] + ["-Xms8m"] + JAVA_CMD[1:] + ["serve", "--api-socket", sock, "--console-dir", consdir], logs(f"serve-{p}.log"))
     api = JsonLines(sock, proc)
     watch = DirWatch(consdir)
     time.sleep(1)

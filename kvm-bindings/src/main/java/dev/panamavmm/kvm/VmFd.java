@@ -9,16 +9,30 @@ import dev.panamavmm.kvm.sys.LibC;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.ref.Reference;
+import java.util.Arrays;
 
 /**
  * A VM fd: memslots, the in-kernel interrupt controllers and timers, and the factory for vCPUs.
  * Typed wrappers over the VM ioctls; policy (which slots, which devices) lives in the VMM.
  */
 public final class VmFd implements AutoCloseable {
+    private static final int IOAPIC_PINS = 24;
+    /** KVM_MAX_IRQ_ROUTES on x86: no GSI routing entry can name a higher line. */
+    private static final int MAX_IRQ_LINES = 4096;
+
     private final Kvm kvm;
     private final int fd;
     private final Arena arena;
     private boolean closed;
+
+    /**
+     * The structs {@link #irqLine} passes, in memory of their own: the VM's arena may be confined
+     * to another thread. Freed with this object (an auto arena), never while it is reachable.
+     */
+    private final Arena irqLevelArena = Arena.ofAuto();
+    /** Per line, the address of its pair in {@link #irqLevelArena}, 0 until first used; copy on write. */
+    private volatile long[] irqLevels = new long[0];
 
     VmFd(Kvm kvm, int fd, Arena arena) {
         this.kvm = kvm;
@@ -79,14 +93,53 @@ public final class VmFd implements AutoCloseable {
         }
     }
 
-    /** Raises or lowers interrupt line {@code irq} of the in-kernel irqchip. */
+    /**
+     * Raises or lowers interrupt line {@code irq} (a GSI) of the in-kernel irqchip: the level
+     * stays until the next call, so a device that keeps its line high (the 8250 while an
+     * interrupt is pending) calls this only when the level changes. Safe from any thread and
+     * allocates nothing after the first call for a given line.
+     */
     public void irqLine(int irq, boolean level) {
-        try (var a = Arena.ofConfined()) {
-            var line = a.allocate(KvmIrqLevel.LAYOUT);
-            KvmIrqLevel.irq(line, irq);
-            KvmIrqLevel.level(line, level ? 1 : 0);
-            LibC.ioctl(fd, Ioctls.KVM_IRQ_LINE, line);
+        LibC.ioctl(fd, Ioctls.KVM_IRQ_LINE, irqLevelAddress(irq) + (level ? KvmIrqLevel.BYTE_SIZE : 0));
+        Reference.reachabilityFence(this); // the kernel reads the auto arena's memory during the call
+    }
+
+    /**
+     * The address of {@code irq}'s pair of {@code kvm_irq_level} structs, {level 0} then
+     * {level 1}. KVM_IRQ_LINE only reads its argument (KVM_IRQ_LINE_STATUS would write back), so
+     * one immutable pair per line serves every thread at once: no lock, no per-thread buffer.
+     * (irqfd would avoid the struct too, but it injects edges; the 8250's line is a level.)
+     */
+    private long irqLevelAddress(int irq) {
+        long[] table = irqLevels;
+        if (irq >= 0 && irq < table.length && table[irq] != 0) {
+            return table[irq];
         }
+        return newIrqLevels(irq);
+    }
+
+    private synchronized long newIrqLevels(int irq) {
+        if (irq < 0 || irq >= MAX_IRQ_LINES) {
+            throw new IllegalArgumentException("interrupt line " + irq + " is outside 0 to " + (MAX_IRQ_LINES - 1));
+        }
+        long[] table = irqLevels;
+        if (irq >= table.length) {
+            // Room for the IOAPIC's 24 pins at once; lines above them (custom GSI routing) one by one.
+            table = Arrays.copyOf(table, Math.max(irq + 1, IOAPIC_PINS));
+        } else if (table[irq] != 0) {
+            return table[irq];
+        } else {
+            table = table.clone();
+        }
+        var pair = irqLevelArena.allocate(KvmIrqLevel.LAYOUT, 2);
+        for (int level = 0; level < 2; level++) {
+            var line = pair.asSlice(level * KvmIrqLevel.BYTE_SIZE, KvmIrqLevel.LAYOUT);
+            KvmIrqLevel.irq(line, irq);
+            KvmIrqLevel.level(line, level);
+        }
+        table[irq] = pair.address();
+        irqLevels = table; // published only once filled in
+        return table[irq];
     }
 
     /** Any VM ioctl with a struct argument; throws {@link KvmException} naming the ioctl on failure. */

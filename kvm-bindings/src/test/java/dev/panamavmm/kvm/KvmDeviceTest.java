@@ -3,6 +3,8 @@ package dev.panamavmm.kvm;
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmCpuid2;
+import dev.panamavmm.kvm.bindings.KvmIoapicState;
+import dev.panamavmm.kvm.bindings.KvmIrqchip;
 import dev.panamavmm.kvm.bindings.KvmRegs;
 import dev.panamavmm.kvm.bindings.KvmRun;
 import dev.panamavmm.kvm.bindings.KvmSegment;
@@ -140,5 +142,47 @@ class KvmDeviceTest {
     void ioctlNamesAppearInErrors() {
         assertEquals("KVM_RUN", Ioctls.name(Ioctls.KVM_RUN));
         assertEquals("ioctl 0x1", Ioctls.name(1));
+    }
+
+    /**
+     * KVM_IRQ_LINE levels reach the in-kernel IOAPIC for the right pin (its IRR bit; the pins
+     * are masked after reset, so nothing is delivered and the bit just follows the line), also
+     * when several threads drive their own lines at once.
+     */
+    @KvmTest
+    void irqLineLevelsReachTheIoapicPin() throws Exception {
+        try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena)) {
+            vm.createIrqchip();
+            for (int irq : new int[] {4, 0, 23}) {
+                vm.irqLine(irq, true);
+                assertEquals(1 << irq, ioapicIrr(vm, arena), "IRR after raising line " + irq);
+                vm.irqLine(irq, false);
+                assertEquals(0, ioapicIrr(vm, arena), "IRR after lowering line " + irq);
+            }
+
+            int[] lines = {3, 4, 10, 11};
+            var threads = new Thread[lines.length];
+            for (int t = 0; t < lines.length; t++) {
+                int irq = lines[t];
+                boolean last = t % 2 == 0;
+                threads[t] = Thread.ofPlatform().start(() -> {
+                    for (int i = 0; i < 20_000; i++) vm.irqLine(irq, i % 2 == 0);
+                    vm.irqLine(irq, last);
+                });
+            }
+            for (var thread : threads) thread.join();
+            assertEquals(1 << 3 | 1 << 10, ioapicIrr(vm, arena));
+
+            var e = assertThrows(IllegalArgumentException.class, () -> vm.irqLine(-1, true));
+            assertEquals("interrupt line -1 is outside 0 to 4095", e.getMessage());
+            assertThrows(IllegalArgumentException.class, () -> vm.irqLine(4096, true));
+        }
+    }
+
+    private static int ioapicIrr(VmFd vm, Arena arena) {
+        var chip = arena.allocate(KvmIrqchip.LAYOUT);
+        KvmIrqchip.chipId(chip, KvmConstants.KVM_IRQCHIP_IOAPIC);
+        vm.ioctl(Ioctls.KVM_GET_IRQCHIP, chip);
+        return KvmIoapicState.irr(chip.asSlice(KvmIrqchip.CHIP, KvmIoapicState.LAYOUT));
     }
 }
