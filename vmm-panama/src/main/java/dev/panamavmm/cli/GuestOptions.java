@@ -3,10 +3,11 @@ package dev.panamavmm.cli;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.boot.BootProtocol;
-import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.boot.KernelImage;
+import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.memory.Sizes;
 
 import java.io.IOException;
 import java.io.InputStream;

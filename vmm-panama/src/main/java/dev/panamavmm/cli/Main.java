@@ -38,6 +38,7 @@ public final class Main implements Cli.Command {
                 .subcommand("serve", ServeCommand::new)
                 .subcommand("migrate", MigrateCommand::new)
                 .subcommand("incoming", IncomingCommand::new)
+                .subcommand("standby", StandbyCommand::new)
                 .subcommand("info", InfoCommand::new)
                 .subcommand("ctl", CtlCommand::new)
                 .subcommand("help", Help::new);

@@ -3,6 +3,7 @@ package dev.panamavmm.cli;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamVerifier;
 import dev.panamavmm.migration.SnapshotReader;
+import dev.panamavmm.vmm.memory.Sizes;
 
 import java.nio.file.Path;
 

@@ -6,6 +6,7 @@ import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.Sizes;
 
 import java.nio.file.Files;
 import java.nio.file.Path;

@@ -36,69 +36,90 @@ final class VmSession {
      */
     static int serve(String consoleSpec, Path apiSocket, boolean startPaused, PrintWriter err, Kvm rehearse, VmFactory factory)
             throws Exception {
-        return serve(consoleSpec, apiSocket, startPaused, false, err, rehearse, factory);
-    }
-
-    /** For a VM the factory already started (an incoming migration: it rehearses while it waits, see IncomingCommand). */
-    static int serveStarted(String consoleSpec, Path apiSocket, PrintWriter err, VmFactory factory) throws Exception {
-        return serve(consoleSpec, apiSocket, false, true, err, null, factory);
-    }
-
-    private static int serve(String consoleSpec, Path apiSocket, boolean startPaused, boolean started, PrintWriter err,
-                             Kvm rehearse, VmFactory factory) throws Exception {
         try (var io = ConsoleIo.open(consoleSpec)) {
-            var api = new AtomicReference<ApiServer>();
             var rehearsal = new AtomicBoolean(rehearse == null); // true once started (or not wanted)
-            var listener = new VmListener() {
-                @Override
-                public void ready() {
-                    event("READY", null);
-                }
-
-                @Override
-                public void paused() {
-                    event("STOP", null);
-                }
-
-                @Override
-                public void resumed() {
-                    event("RESUME", null);
-                    if (!rehearsal.getAndSet(true)) Rehearsal.startInBackground(rehearse);
-                }
-
-                @Override
-                public void ended(VmExitReason reason) {
-                    event("SHUTDOWN", Json.object("reason", reason.describe()));
-                }
-
-                private void event(String name, Map<String, Object> data) {
-                    var a = api.get();
-                    if (a != null) a.event(name, data);
-                }
+            Runnable rehearseOnce = () -> {
+                if (!rehearsal.getAndSet(true)) Rehearsal.startInBackground(rehearse);
             };
-            try (var vm = factory.create(io.output(), listener)) {
-                // SIGINT/SIGTERM end the VM like the API's quit: the VMM then exits normally (0),
-                // instead of the JVM's own shutdown on a signal (exit 130/143, mid-cleanup).
-                var previous = Signals.onTermination(name -> vm.end(new VmExitReason.Stopped("signal")));
+            var events = new ApiEvents(rehearseOnce);
+            try (var vm = factory.create(io.output(), events)) {
+                ApiServer api = apiSocket == null ? null
+                        : ApiServer.start(apiSocket, new VmControl(vm, bytes -> new ProgressBar("saving RAM", bytes)));
                 try {
-                    if (apiSocket != null) api.set(ApiServer.start(apiSocket, new VmControl(vm, bytes -> new ProgressBar("saving RAM", bytes))));
-                    io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
+                    events.attach(api);
                     if (startPaused) vm.pauseBeforeStart();
-                    if (!started) vm.start();
-                    if (!startPaused && !rehearsal.getAndSet(true)) Rehearsal.startInBackground(rehearse);
-                    var reason = vm.termination().get();
-                    vm.serial().flush();
-                    if (!(reason instanceof VmExitReason.GuestExit)) {
-                        err.println("vmm: " + reason.describe());
-                        err.flush();
-                    }
-                    return reason.exitCode();
+                    return runToEnd(io, vm, err, () -> {
+                        vm.start();
+                        if (!startPaused) rehearseOnce.run();
+                    });
                 } finally {
-                    var a = api.get();
-                    if (a != null) a.close();
-                    Signals.restore(previous);
+                    if (api != null) api.close();
                 }
             }
+        }
+    }
+
+    /**
+     * Runs a VM until it ends: SIGINT/SIGTERM, {@code start} (which starts it, unless it runs
+     * already), console input, the last console bytes, and the exit code (the guest's, or 0/1 from
+     * the reason, which is printed unless the guest asked to exit).
+     */
+    static int runToEnd(ConsoleIo io, Vm vm, PrintWriter err, Runnable start) throws Exception {
+        // SIGINT/SIGTERM end the VM like the API's quit: the VMM then exits normally (0),
+        // instead of the JVM's own shutdown on a signal (exit 130/143, mid-cleanup).
+        var previous = Signals.onTermination(name -> vm.end(new VmExitReason.Stopped("signal")));
+        try {
+            start.run();
+            io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
+            var reason = vm.termination().get();
+            vm.serial().flush();
+            if (!(reason instanceof VmExitReason.GuestExit)) {
+                err.println("vmm: " + reason.describe());
+                err.flush();
+            }
+            return reason.exitCode();
+        } finally {
+            Signals.restore(previous);
+        }
+    }
+
+    /** A VM's events on the control API (READY, STOP, RESUME, SHUTDOWN), once a server is attached. */
+    static final class ApiEvents implements VmListener {
+        private final AtomicReference<ApiServer> api = new AtomicReference<>();
+        private final Runnable onResume;
+
+        ApiEvents(Runnable onResume) {
+            this.onResume = onResume;
+        }
+
+        void attach(ApiServer server) {
+            api.set(server);
+        }
+
+        @Override
+        public void ready() {
+            event("READY", null);
+        }
+
+        @Override
+        public void paused() {
+            event("STOP", null);
+        }
+
+        @Override
+        public void resumed() {
+            event("RESUME", null);
+            onResume.run();
+        }
+
+        @Override
+        public void ended(VmExitReason reason) {
+            event("SHUTDOWN", Json.object("reason", reason.describe()));
+        }
+
+        private void event(String name, Map<String, Object> data) {
+            var a = api.get();
+            if (a != null) a.event(name, data);
         }
     }
 }

@@ -165,7 +165,14 @@ public final class LocalMigration {
      */
     public static Vm receive(Kvm kvm, Path socket, long timeoutSeconds, OutputStream console, VmListener listener,
                              Function<MachineConfig, String> accept) {
+        return receive(kvm, socket, timeoutSeconds, console, listener, accept, () -> { });
+    }
+
+    /** As {@link #receive(Kvm, Path, long, OutputStream, VmListener, Function)}; {@code listening} runs once the socket exists. */
+    public static Vm receive(Kvm kvm, Path socket, long timeoutSeconds, OutputStream console, VmListener listener,
+                             Function<MachineConfig, String> accept, Runnable listening) {
         try (var server = UnixSocket.listen(socket)) {
+            listening.run();
             while (true) {
                 var peer = server.accept();
                 UnixSocket.Message message;

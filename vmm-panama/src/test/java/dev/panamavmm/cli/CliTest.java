@@ -1,5 +1,6 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.vmm.memory.Sizes;
 import org.junit.jupiter.api.Test;
 
 import java.io.PrintWriter;

@@ -1,13 +1,13 @@
-package dev.panamavmm.cli;
+package dev.panamavmm.vmm.memory;
 
 
 import java.util.Locale;
 
 /** Byte sizes on the command line: {@code 256M}, {@code 8G}, {@code 16777216}; K/M/G/T are powers of 1024. */
-final class Sizes {
+public final class Sizes {
     private Sizes() {}
 
-    static long parse(String value) {
+    public static long parse(String value) {
         String v = value.trim().toUpperCase(Locale.ROOT);
         if (v.endsWith("IB")) v = v.substring(0, v.length() - 2);
         else if (v.endsWith("B") && v.length() > 1 && !Character.isDigit(v.charAt(v.length() - 2))) v = v.substring(0, v.length() - 1);
@@ -35,7 +35,7 @@ final class Sizes {
     }
 
     /** 268435456 -> "256 MiB", 1099511627776 -> "1 TiB". */
-    static String format(long bytes) {
+    public static String format(long bytes) {
         if (bytes >= 1L << 40 && bytes % (1L << 40) == 0) return (bytes >> 40) + " TiB";
         if (bytes >= 1L << 30 && bytes % (1L << 30) == 0) return (bytes >> 30) + " GiB";
         if (bytes >= 1L << 20 && bytes % (1L << 20) == 0) return (bytes >> 20) + " MiB";

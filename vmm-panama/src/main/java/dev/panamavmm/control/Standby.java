@@ -1,0 +1,227 @@
+package dev.panamavmm.control;
+
+import dev.panamavmm.api.ApiHandler;
+import dev.panamavmm.guest.TestGuest;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.log.Log;
+import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.LocalMigration;
+import dev.panamavmm.vmm.MachineConfig;
+import dev.panamavmm.vmm.Templates;
+import dev.panamavmm.vmm.Vm;
+import dev.panamavmm.vmm.VmBuilder;
+import dev.panamavmm.vmm.VmListener;
+import dev.panamavmm.vmm.VmSnapshots;
+import dev.panamavmm.vmm.boot.MpTable;
+import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.memory.Sizes;
+
+import java.io.IOException;
+import java.io.OutputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.function.Function;
+import java.util.function.Supplier;
+
+/**
+ * A VMM that has no VM yet and adopts exactly one over its control API, as Firecracker's
+ * process loads a snapshot and QEMU's {@code -incoming defer} waits for {@code migrate-incoming}:
+ * the process starts (and warms up) before anyone needs it, so a restore or clone costs only the
+ * work on the VM itself. Commands: {@code restore {"path": DIR, "resume": true}}, {@code clone
+ * {"template": DIR}}, {@code boot {"memory", "cpus", "cmdline", "kernel", "mem-path", "shared"}}
+ * and {@code incoming {"uri": "unix:PATH"}} (answers at once; the VM arrives with the migration),
+ * plus {@code query-status} ({@code standby}, {@code inmigrate}) and {@code quit}. Once it has a VM,
+ * the API is that VM's ({@link VmControl}); a second adoption is refused.
+ */
+public final class Standby implements AutoCloseable {
+    private static final Log log = Log.of(Standby.class);
+
+    /** What the process is doing. */
+    public enum State { STANDBY, INMIGRATE, ADOPTED }
+
+    /** The commands that give a standby VMM its VM. */
+    private static final java.util.Set<String> ADOPTING = java.util.Set.of("restore", "clone", "boot", "incoming");
+
+    private final Kvm kvm;
+    private final OutputStream console;
+    private final VmListener listener;
+    private final Runnable quit;
+    private final AtomicReference<State> state = new AtomicReference<>(State.STANDBY);
+    private final CompletableFuture<Vm> adopted = new CompletableFuture<>();
+    private volatile ApiHandler vmApi;
+    private volatile Path incomingSocket;
+
+    /** {@code listener} hears the adopted VM's events; {@code quit} ends the process (the API's quit before a VM came). */
+    public Standby(Kvm kvm, OutputStream console, VmListener listener, Runnable quit) {
+        this.kvm = kvm;
+        this.console = console;
+        this.listener = listener;
+        this.quit = quit;
+    }
+
+    /** Completes with the VM once one is adopted and started. */
+    public CompletableFuture<Vm> adopted() {
+        return adopted;
+    }
+
+    public State state() {
+        return state.get();
+    }
+
+    /** The control API: standby commands until a VM is adopted, then the VM's. */
+    public ApiHandler handler() {
+        return (command, args) -> {
+            var api = vmApi;
+            if (api != null) {
+                if (ADOPTING.contains(command)) throw alreadyTaken();
+                return api.execute(command, args);
+            }
+            return switch (command) {
+                case "query-status" -> {
+                    ApiHandler.expect(command, args);
+                    yield Json.object("status", state.get() == State.INMIGRATE ? "inmigrate" : "standby", "running", false);
+                }
+                case "quit" -> {
+                    ApiHandler.expect(command, args);
+                    quit.run();
+                    yield Map.of();
+                }
+                case "restore" -> {
+                    ApiHandler.expect(command, args, "path", "resume");
+                    var dir = Path.of(ApiHandler.requireString(args, "path", "a snapshot directory"));
+                    yield adopt(() -> VmBuilder.fromSnapshot(kvm, VmSnapshots.load(dir), VmBuilder.Mode.CONTINUE, console, listener),
+                            ApiHandler.flag(args, "resume", true));
+                }
+                case "clone" -> {
+                    ApiHandler.expect(command, args, "template", "resume");
+                    var dir = Path.of(ApiHandler.requireString(args, "template", "a template directory"));
+                    yield adopt(() -> Templates.clone(kvm, Templates.open(dir), console, listener), ApiHandler.flag(args, "resume", true));
+                }
+                case "boot" -> {
+                    ApiHandler.expect(command, args, "memory", "cpus", "cmdline", "kernel", "mem-path", "shared");
+                    var config = machine(args);
+                    yield adopt(() -> VmBuilder.boot(kvm, config, console, listener), true);
+                }
+                case "incoming" -> {
+                    ApiHandler.expect(command, args, "uri");
+                    yield incoming(ApiHandler.requireString(args, "uri", "unix:PATH"));
+                }
+                case "stop", "cont", "snapshot", "migrate" -> throw new IllegalStateException(
+                        "this VMM has no VM yet (it is on " + (state.get() == State.INMIGRATE ? "incoming" : "standby")
+                                + "): restore, clone, boot or incoming gives it one");
+                default -> null;
+            };
+        };
+    }
+
+    /** Builds the VM (the caller's request waits), starts it, and turns the API into the VM's. */
+    private Map<String, Object> adopt(Supplier<Vm> build, boolean run) {
+        if (!state.compareAndSet(State.STANDBY, State.ADOPTED)) throw alreadyTaken();
+        long start = System.nanoTime();
+        Vm vm;
+        try {
+            vm = build.get();
+        } catch (RuntimeException e) {
+            state.set(State.STANDBY); // nothing was built: still free for the next request
+            throw e;
+        }
+        if (!run) vm.pauseBeforeStart();
+        vm.start();
+        handOver(vm);
+        return Json.object("status", run ? "running" : "paused", "duration-ms", (System.nanoTime() - start) / 1e6);
+    }
+
+    private void handOver(Vm vm) {
+        vmApi = ApiHandler.forVm(new VmControl(vm));
+        adopted.complete(vm);
+    }
+
+    private IllegalStateException alreadyTaken() {
+        return new IllegalStateException(state.get() == State.INMIGRATE ? "this VMM is already waiting for an incoming VM"
+                : "this VMM already runs a VM: one VM per process");
+    }
+
+    /** Listens for a live update in the background; answers at once, as QEMU's migrate-incoming does. */
+    private Map<String, Object> incoming(String uri) {
+        if (!uri.startsWith("unix:") || uri.length() == 5) throw new IllegalArgumentException("\"uri\" must be unix:PATH");
+        var socket = Path.of(uri.substring(5)).toAbsolutePath();
+        startIncoming(socket, config -> null).exceptionally(e -> {
+            log.error("the incoming migration on {} failed, back on standby: {}", socket, e.getMessage());
+            return null;
+        });
+        return Json.object("status", "inmigrate", "socket", socket.toString());
+    }
+
+    /**
+     * Waits on {@code socket} for a live update in the background ({@code accept} may refuse the
+     * machine it is handed, see {@link LocalMigration#receive}); returns once the socket exists.
+     * The future completes with the running VM, or with the failure, after which this VMM is on
+     * standby again (no guest was taken from the source).
+     */
+    public CompletableFuture<Vm> startIncoming(Path socket, Function<MachineConfig, String> accept) {
+        if (!state.compareAndSet(State.STANDBY, State.INMIGRATE)) throw alreadyTaken();
+        incomingSocket = socket;
+        var listening = new CompletableFuture<Void>();
+        var result = new CompletableFuture<Vm>();
+        Thread.ofPlatform().name("incoming").daemon().start(() -> {
+            try {
+                var vm = LocalMigration.receive(kvm, socket, 10, console, listener, accept, () -> listening.complete(null));
+                state.set(State.ADOPTED);
+                handOver(vm);
+                result.complete(vm);
+            } catch (Throwable e) {
+                state.set(State.STANDBY);
+                listening.completeExceptionally(e);
+                result.completeExceptionally(e);
+            } finally {
+                incomingSocket = null;
+            }
+        });
+        try {
+            listening.get(); // the socket exists when this returns: the source may connect at once
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IllegalStateException("interrupted while starting to listen on " + socket);
+        } catch (java.util.concurrent.ExecutionException e) {
+            throw e.getCause() instanceof RuntimeException r ? r : new IllegalStateException(e.getCause().getMessage(), e.getCause());
+        }
+        return result;
+    }
+
+    /** The machine of a {@code boot} command: the embedded test guest unless a kernel is named. */
+    private static MachineConfig machine(Map<String, Object> args) throws IOException {
+        long memory = args.get("memory") instanceof String s ? Sizes.parse(s) : ApiHandler.number(args, "memory", 256L << 20);
+        if (memory < GuestMemory.MIN_SIZE || memory > GuestMemory.MAX_SIZE || memory % 4096 != 0) {
+            throw new IllegalArgumentException("\"memory\" must be a multiple of 4 KiB from " + Sizes.format(GuestMemory.MIN_SIZE)
+                    + " to " + Sizes.format(GuestMemory.MAX_SIZE));
+        }
+        long cpus = ApiHandler.number(args, "cpus", 1);
+        if (cpus < 1 || cpus > MpTable.MAX_CPUS) throw new IllegalArgumentException("\"cpus\" must be 1 to " + MpTable.MAX_CPUS);
+        String cmdline = args.get("cmdline") instanceof String s ? s : "console=ttyS0";
+        Backing backing = new Backing.Memfd();
+        if (args.get("mem-path") instanceof String p) {
+            backing = ApiHandler.flag(args, "shared", false) ? new Backing.SharedFile(Path.of(p)) : new Backing.PrivateFile(Path.of(p));
+        }
+        if (args.get("kernel") instanceof String k) {
+            return new MachineConfig(memory, (int) cpus, backing, k, Files.readAllBytes(Path.of(k)), null, cmdline);
+        }
+        return new MachineConfig(memory, (int) cpus, backing, "embedded test guest", TestGuest.elf(), null, cmdline);
+    }
+
+    /** Removes an incoming socket nobody used (the process ends while it waits). */
+    @Override
+    public void close() {
+        var socket = incomingSocket;
+        if (socket != null) {
+            try {
+                Files.deleteIfExists(socket);
+            } catch (IOException e) {
+                // the process is ending anyway
+            }
+        }
+    }
+}
