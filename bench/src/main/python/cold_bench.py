@@ -29,6 +29,8 @@ OUT = CFG["out"]            # results directory (raw data, logs, summary)
 WORK = CFG["work"]          # scratch directory on tmpfs: memory files, snapshots, sockets, consoles
 JAVA = CFG["java"]
 JAR = CFG["jar"]            # private copy of vmm-panama/target/vmm.jar (+ lib/ beside it)
+BASE_JAR = CFG.get("base_jar") or None  # the same of an earlier revision (scripts/build-release), or none
+BASE_REV = CFG.get("base_rev") or None
 QEMU = CFG["qemu"]
 BIOS = CFG["bios"]          # the halting BIOS (cli; hlt) for QEMU
 SIZE = CFG["size"]
@@ -37,8 +39,12 @@ SETTLE = float(CFG["settle"])           # s after the first heartbeat (QEMU: aft
 WAIT_QUIET = int(CFG["wait_quiet"])     # s to wait at most for a quiet machine
 QUIET_LOAD = float(CFG["quiet_load"])
 GUEST_CMDLINE = "console=ttyS0 testguest.mem=16M testguest.hb=100"
-# As ./vmm runs it, minus the AOT cache: the JDK's CDS archive only.
-JAVA_CMD = [JAVA, "-XX:+UseSerialGC", "-Xshare:auto", "-jar", JAR]
+# As ./vmm runs it, minus the AOT cache: the JDK's CDS archive only. Per VMM version: "" this one,
+# "base_" the baseline revision.
+JAVA_CMD = {"": [JAVA, "-XX:+UseSerialGC", "-Xshare:auto", "-jar", JAR]}
+if BASE_JAR:
+    JAVA_CMD["base_"] = [JAVA, "-XX:+UseSerialGC", "-Xshare:auto", "-jar", BASE_JAR]
+VARIANTS = [(v, m) for v in JAVA_CMD for m in ("cold", "warm")]
 MAX_BANDWIDTH = 1 << 40     # bytes/s for QEMU's save: "unlimited" (QEMU 7.2's default is 128 MiB/s)
 LOG_LEVELS = "LocalMigration=debug,VmSnapshots=debug,Rehearsal=debug"
 COLD = {"PANAMA_VMM_NO_REHEARSAL": "1", "PANAMA_VMM_LOG": LOG_LEVELS}
@@ -206,9 +212,9 @@ def log_size(proc):
 # ---------------------------------------------------------------------------------------------
 # Panama VMM
 
-def panama_run(tag, mode, mem, console, sock):
+def panama_run(tag, ver, mode, mem, console, sock):
     """`vmm run`, up to SETTLE s after a heartbeat the VMM's state allows measuring from; returns (process, API client)."""
-    p = spawn(JAVA_CMD + ["run", "--memory", SIZE, "--mem-path", mem, "--shared", "--api-socket", sock,
+    p = spawn(JAVA_CMD[ver] + ["run", "--memory", SIZE, "--mem-path", mem, "--shared", "--api-socket", sock,
                           "--console", f"file:{console}", "--cmdline", GUEST_CMDLINE], f"{tag}.log",
               COLD if mode == "cold" else WARM)
     t_hb, seq = wait_hb(console, p, 0, 300)
@@ -228,10 +234,10 @@ def panama_run(tag, mode, mem, console, sock):
     return p, q, {"hb_seq": seq, "after_hb_ms": round((now() - t_hb) * 1e3, 1), "rehearsal_ms": rehearsal_ms}
 
 
-def panama_save(tag, mode):
+def panama_save(tag, ver, mode):
     mem, console, sock, dest = fresh("panama.ram"), fresh("console.txt"), fresh("vmm.sock"), fresh("snapshot")
     try:
-        p, q, r = panama_run(tag, mode, mem, console, sock)
+        p, q, r = panama_run(tag, ver, mode, mem, console, sock)
         offset = log_size(p)
         la = loadavg()[0]
         t0 = now()
@@ -253,16 +259,16 @@ def panama_save(tag, mode):
         subprocess.run(["rm", "-rf", dest])
 
 
-def panama_migrate(tag, mode):
+def panama_migrate(tag, ver, mode):
     mem, c0, c1, a0, a1, mig = (fresh("panama.ram"), fresh("console0.txt"), fresh("console1.txt"), fresh("api0.sock"),
                                 fresh("api1.sock"), fresh("mig.sock"))
     env = COLD if mode == "cold" else WARM
     try:
         # The destination first: it waits on its socket (warm: only once its rehearsal is done).
-        dst = spawn(JAVA_CMD + ["incoming", f"unix:{mig}", "--api-socket", a1, "--console", f"file:{c1}"],
+        dst = spawn(JAVA_CMD[ver] + ["incoming", f"unix:{mig}", "--api-socket", a1, "--console", f"file:{c1}"],
                     f"{tag}-incoming.log", env)
         wait_path(mig, dst)
-        src, q, r = panama_run(f"{tag}-run", mode, mem, c0, a0)
+        src, q, r = panama_run(f"{tag}-run", ver, mode, mem, c0, a0)
         if dst.poll() is not None:
             raise BenchError(f"{tag}: the destination exited ({dst.returncode}); see {dst.logpath}")
         off_src, off_dst = log_size(src), log_size(dst)
@@ -419,40 +425,47 @@ def summary(R):
     qs = [r["wall_ms"] for r in R["qemu_save"]]
     qsr = [r["stop_to_resume_ms"] for r in R["qemu_migrate"]]
     qd = [r["downtime_ms"] for r in R["qemu_migrate"]]
+    variants = [(v, m) for v, m in VARIANTS if R.get(f"save_{v}{m}")]
+    label = {v + m: f"{'this VMM' if not v else BASE_REV} {m}" for v, m in variants}
+    keys = [v + m for v, m in variants]
+
+    def ratio(xs, ys):
+        rs = [a / b for a, b in zip(xs, ys) if b]
+        return f"{med(rs):.2f}x" if rs else "-"
+
     p(f"cold path, {SIZE} guest RAM in a shared file on /dev/shm, {runs} run(s); saves and migrations {SETTLE:g} s after the"
-      f" first heartbeat (warm: after the rehearsal, then a new heartbeat; QEMU: after it is up)")
-    p(f"load average before {R['load_before']}, after {R['load_after']}; {R['quiet_note']}")
-    p("ms, median [min-max]; ratios are the medians of the per-run ratios to QEMU's run of the same round")
+      f" first heartbeat (warm: after the rehearsal, then a new heartbeat; QEMU: after it is up); VMM at git {R['commit']}"
+      + (f", baseline {BASE_REV}" if BASE_REV else ""))
+    p(f"load average before {R['load_before']}, after {R.get('load_after')}; {R['quiet_note']}")
+    p("ms, median [min-max]; (x QEMU) = the median of the per-run ratios to QEMU's run of the same round")
     p("")
-    p("| | QEMU | Panama cold | ratio | Panama warm | ratio |")
-    p("|---|---|---|---|---|---|")
-    row = {}
-    for mode in ("cold", "warm"):
-        w = [r["wall_ms"] for r in R[f"save_{mode}"]]
-        row[f"save_{mode}"] = (mr(w), f"{med([a / b for a, b in zip(w, qs)]):.2f}x")
-        d = [r["downtime_ms"] for r in R[f"migrate_{mode}"]]
-        row[f"mig_{mode}"] = (mr(d), f"{med([a / b for a, b in zip(d, qsr)]):.2f}x")
-        row[f"migd_{mode}"] = f"{med([a / b for a, b in zip(d, qd) if b]):.2f}x"
-    p(f"| bypass save / x-ignore-shared save, request to reply | {mr(qs)} | {row['save_cold'][0]} | {row['save_cold'][1]} |"
-      f" {row['save_warm'][0]} | {row['save_warm'][1]} |")
-    p(f"| live update downtime (QEMU: STOP->RESUME) | {mr(qsr)} | {row['mig_cold'][0]} | {row['mig_cold'][1]} |"
-      f" {row['mig_warm'][0]} | {row['mig_warm'][1]} |")
-    p(f"| (QEMU's own downtime; Panama / it) | {mr(qd)} | | {row['migd_cold']} | | {row['migd_warm']} |")
-    for key, label in (("duration_ms", "save: the VMM's duration-ms"), ):
-        p(f"| {label} | | {mr([r[key] for r in R['save_cold']])} | | {mr([r[key] for r in R['save_warm']])} | |")
-    p(f"| live update: confirmed-ms | | {mr([r['confirmed_ms'] for r in R['migrate_cold']])} | |"
-      f" {mr([r['confirmed_ms'] for r in R['migrate_warm']])} | |")
+    p("| | QEMU | " + " | ".join(label[k] for k in keys) + " |")
+    p("|---|---|" + "---|" * len(keys))
+    save = {k: [r["wall_ms"] for r in R[f"save_{k}"]] for k in keys}
+    down = {k: [r["downtime_ms"] for r in R[f"migrate_{k}"]] for k in keys}
+    p(f"| bypass save (QEMU: x-ignore-shared save), request to reply | {mr(qs)} | "
+      + " | ".join(f"{mr(save[k])} ({ratio(save[k], qs)})" for k in keys) + " |")
+    p(f"| live update downtime (QEMU: STOP->RESUME) | {mr(qsr)} | "
+      + " | ".join(f"{mr(down[k])} ({ratio(down[k], qsr)})" for k in keys) + " |")
+    p(f"| (QEMU's own downtime, and the ratio to it) | {mr(qd)} | " + " | ".join(f"({ratio(down[k], qd)})" for k in keys) + " |")
+    p("| save: the VMM's duration-ms | | " + " | ".join(mr([r["duration_ms"] for r in R[f"save_{k}"]]) for k in keys) + " |")
+    p("| live update: confirmed-ms | | " + " | ".join(mr([r["confirmed_ms"] for r in R[f"migrate_{k}"]]) for k in keys) + " |")
+    if BASE_REV:
+        for m in ("cold", "warm"):
+            if m in keys and "base_" + m in keys:
+                p(f"{m}: {BASE_REV} / this VMM, per run (median): bypass save {ratio(save['base_' + m], save[m])},"
+                  f" live-update downtime {ratio(down['base_' + m], down[m])}")
     p("")
-    p("phases, ms (VMM debug log), median [min-max]")
-    p("| phase | cold | warm |")
-    p("|---|---|---|")
+    p("phases, ms (the VMM's debug log), median [min-max]")
+    p("| phase | " + " | ".join(label[k] for k in keys) + " |")
+    p("|---|" + "---|" * len(keys))
 
     def ph(key, sub, field):
         return [r[sub][field] / 1e3 for r in R[key]]
 
     rows = [("bypass save: pause", "save", "phases_us", "pause"), ("bypass save: state", "save", "phases_us", "state"),
             ("bypass save: RAM (by reference)", "save", "phases_us", "ram"), ("bypass save: commit", "save", "phases_us", "commit"),
-            ("live update, source: save (= downtime so far)", "migrate", "src_us", "save"),
+            ("live update, source: save", "migrate", "src_us", "save"),
             ("  of it: pause", "migrate", "save_us", "pause"), ("  of it: state", "migrate", "save_us", "state"),
             ("  of it: RAM", "migrate", "save_us", "ram"), ("  of it: commit", "migrate", "save_us", "commit"),
             ("live update, source: destination builds and resumes", "migrate", "src_us", "dst_builds_resumes"),
@@ -463,17 +476,17 @@ def summary(R):
             ("  destination: state arrived -> resumed", "migrate", "dst_us", "resumed"),
             ("live update downtime (source's log)", "migrate", "src_us", "downtime"),
             ("live update, source: confirmed after resume", "migrate", "src_us", "confirmed_after")]
-    for label, kind, sub, field in rows:
-        p(f"| {label} | {mr(ph(f'{kind}_cold', sub, field))} | {mr(ph(f'{kind}_warm', sub, field))} |")
-    reh = [r["rehearsal_ms"] for k in ("save_warm", "migrate_warm") for r in R[k] if r.get("rehearsal_ms") is not None]
+    for text, kind, sub, field in rows:
+        p(f"| {text} | " + " | ".join(mr(ph(f"{kind}_{k}", sub, field)) for k in keys) + " |")
     p("")
-    p(f"warm processes: rehearsal (sync, normal priority) took {mr(reh)} ms")
+    for k in keys:
+        reh = [r["rehearsal_ms"] for r in R[f"save_{k}"] + R[f"migrate_{k}"] if r.get("rehearsal_ms") is not None]
+        if reh:
+            p(f"{label[k]}: the rehearsal (sync, normal priority) took {mr(reh)} ms")
     p("every run, in order (ms):")
     p(f"  QEMU save {' '.join(fmt(x) for x in qs)}; QEMU STOP->RESUME {' '.join(fmt(x) for x in qsr)}")
-    for k in ("save_cold", "save_warm"):
-        p(f"  {k} {' '.join(fmt(r['wall_ms']) for r in R[k])}")
-    for k in ("migrate_cold", "migrate_warm"):
-        p(f"  {k} downtime {' '.join(fmt(r['downtime_ms']) for r in R[k])}")
+    for k in keys:
+        p(f"  {label[k]}: save {' '.join(fmt(x) for x in save[k])}; live-update downtime {' '.join(fmt(x) for x in down[k])}")
     return "\n".join(lines)
 
 
@@ -499,9 +512,10 @@ def wait_for_quiet():
 
 def main():
     os.makedirs(os.path.join(OUT, "logs"), exist_ok=True)
-    R = {"size": SIZE, "runs": RUNS, "settle_s": SETTLE, "commit": CFG["commit"], "cmdline": GUEST_CMDLINE,
-         "java": JAVA_CMD[:-2], "qemu_save": [], "qemu_migrate": [], "save_cold": [], "save_warm": [],
-         "migrate_cold": [], "migrate_warm": []}
+    R = {"size": SIZE, "runs": RUNS, "settle_s": SETTLE, "commit": CFG["commit"], "base_rev": BASE_REV,
+         "cmdline": GUEST_CMDLINE, "java": JAVA_CMD[""][:-2], "qemu_save": [], "qemu_migrate": []}
+    for v, m in VARIANTS:
+        R[f"save_{v}{m}"], R[f"migrate_{v}{m}"] = [], []
     R["quiet_note"] = wait_for_quiet()
     print(f"== {R['quiet_note']}", flush=True)
     R["load_before"] = loadavg()
@@ -509,15 +523,18 @@ def main():
     t_start = time.monotonic()
     try:
         for i in range(RUNS):
-            order = ("cold", "warm") if i % 2 == 0 else ("warm", "cold")
-            log(f"== run {i + 1} of {RUNS}: QEMU save, Panama saves ({', '.join(order)}), QEMU live update,"
-                f" Panama live updates ({', '.join(order)})", echo=True)
+            # Which variant comes first rotates from run to run, so that drift does not favour one.
+            k = i % len(VARIANTS)
+            order = VARIANTS[k:] + VARIANTS[:k]
+            names = ", ".join(f"{v}{m}" for v, m in order)
+            log(f"== run {i + 1} of {RUNS}: QEMU save, Panama saves ({names}), QEMU live update, Panama live updates ({names})",
+                echo=True)
             R["qemu_save"].append(dict(qemu_save(f"{i}-qemu-save"), run=i))
-            for mode in order:
-                R[f"save_{mode}"].append(dict(panama_save(f"{i}-save-{mode}", mode), run=i))
+            for v, m in order:
+                R[f"save_{v}{m}"].append(dict(panama_save(f"{i}-save-{v}{m}", v, m), run=i))
             R["qemu_migrate"].append(dict(qemu_migrate(f"{i}-qemu-migrate"), run=i))
-            for mode in order:
-                R[f"migrate_{mode}"].append(dict(panama_migrate(f"{i}-migrate-{mode}", mode), run=i))
+            for v, m in order:
+                R[f"migrate_{v}{m}"].append(dict(panama_migrate(f"{i}-migrate-{v}{m}", v, m), run=i))
         R["load_after"] = loadavg()
         R["measuring_s"] = round(time.monotonic() - t_start)
     finally:
