@@ -4,6 +4,7 @@ import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.Vm;
+import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
 import dev.panamavmm.vmm.memory.Backing;
@@ -66,7 +67,7 @@ public class BootBench {
         var ready = new CompletableFuture<Void>();
         String cmdline = "console=ttyS0" + ("default".equals(guestMem) ? "" : " testguest.mem=" + guestMem);
         var config = new MachineConfig((long) memMiB << 20, 1, new Backing.Memfd(), "testguest", image, null, cmdline);
-        vm = Vm.create(kvm, config, OutputStream.nullOutputStream(), new VmListener() {
+        vm = VmBuilder.boot(kvm, config, OutputStream.nullOutputStream(), new VmListener() {
             @Override
             public void ready() {
                 ready.complete(null);

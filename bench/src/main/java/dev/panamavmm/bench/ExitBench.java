@@ -3,6 +3,7 @@ package dev.panamavmm.bench;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.Vm;
+import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
 import dev.panamavmm.vmm.memory.Backing;
@@ -113,7 +114,7 @@ public class ExitBench {
         var config = new MachineConfig(16L << 20, 1, new Backing.Memfd(), "outloop", image, null,
                 "n=" + n + " mode=" + mode);
         userUs = -1;
-        vm = Vm.create(kvm, config, OutputStream.nullOutputStream(), new VmListener() {
+        vm = VmBuilder.boot(kvm, config, OutputStream.nullOutputStream(), new VmListener() {
             @Override
             public void ended(VmExitReason reason) {
                 // Called on the vCPU thread when the guest's exit port write ends the VM.

@@ -6,7 +6,6 @@ import dev.panamavmm.devices.VmmPort;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmRun;
 import dev.panamavmm.vmm.IoBus;
-import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.vcpu.VcpuExit;
 
 import org.openjdk.jmh.annotations.Benchmark;
@@ -62,9 +61,9 @@ public class ExitHandlerBench {
         KvmRun.ioCount(run, 1);
         KvmRun.ioDataOffset(run, 0x800);
         bus = new IoBus(message -> { });
-        bus.register(Vm.COM1, 8, new Serial8250(level -> { }, OutputStream.nullOutputStream()));
-        bus.register(Vm.I8042_DATA, Vm.I8042_COMMAND - Vm.I8042_DATA + 1, new I8042(() -> { }));
-        bus.register(Vm.VMM_PORT, 16, new VmmPort(new VmmPort.Listener() {
+        bus.register(Serial8250.COM1_BASE, Serial8250.PORT_COUNT, new Serial8250(level -> { }, OutputStream.nullOutputStream()));
+        bus.register(I8042.BASE, I8042.PORT_COUNT, new I8042(() -> { }));
+        bus.register(VmmPort.DEFAULT_BASE, VmmPort.PORT_COUNT, new VmmPort(new VmmPort.Listener() {
             @Override
             public void exitRequested(int code) { }
 

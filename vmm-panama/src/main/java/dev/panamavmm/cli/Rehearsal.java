@@ -10,6 +10,7 @@ import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.ScratchDir;
 import dev.panamavmm.vmm.Vm;
+import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmListener;
 import dev.panamavmm.vmm.VmSnapshots;
 import dev.panamavmm.vmm.boot.BootProtocol;
@@ -139,7 +140,7 @@ final class Rehearsal {
         var config = new MachineConfig(GuestMemory.MIN_SIZE, 1, new Backing.SharedFile(memoryFile), "rehearsal", haltingGuest(),
                 null, "", BootProtocol.LINUX64);
         var snapshot = dir.resolve("snapshot");
-        try (var vm = Vm.create(kvm, config, OutputStream.nullOutputStream(), new VmListener() {})) {
+        try (var vm = VmBuilder.boot(kvm, config, OutputStream.nullOutputStream(), new VmListener() {})) {
             vm.start();
             try (var server = ApiServer.start(dir.resolve("api.sock"), VmSession.target(vm));
                  var client = ApiClient.connect(server.path())) {
@@ -188,10 +189,10 @@ final class Rehearsal {
         // One restore that continues in the memory file (it claims the file, so a second would be
         // refused), then clones of the same snapshot: the paths of restore, incoming and serve.
         var loaded = VmSnapshots.load(snapshot);
-        exercise(VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CONTINUE, OutputStream.nullOutputStream(), new VmListener() {}));
+        exercise(VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CONTINUE, OutputStream.nullOutputStream(), new VmListener() {}));
         for (int i = 0; i < rounds.clones(); i++) {
             step(stop);
-            exercise(VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CLONE, OutputStream.nullOutputStream(), new VmListener() {}));
+            exercise(VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CLONE, OutputStream.nullOutputStream(), new VmListener() {}));
         }
     }
 

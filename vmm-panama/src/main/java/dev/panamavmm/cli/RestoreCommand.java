@@ -1,6 +1,7 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmSnapshots;
 
 import java.nio.file.Path;
@@ -29,7 +30,7 @@ final class RestoreCommand implements Cli.Command {
         var loaded = VmSnapshots.load(dir);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             return VmSession.serve(vmIo.console, vmIo.apiSocket, paused, io.err(), kvm,
-                    (out, listener) -> VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CONTINUE, out, listener));
+                    (out, listener) -> VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CONTINUE, out, listener));
         }
     }
 }

@@ -2,6 +2,7 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.Vm;
+import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.memory.Backing;
 
 import java.nio.file.Files;
@@ -45,7 +46,7 @@ final class RunCommand implements Cli.Command {
                 throw new UsageException("--cpus " + guest.cpus + " is more than this host's maximum of " + kvm.maxVcpus());
             }
             return VmSession.serve(vmIo.console, vmIo.apiSocket, false, io.err(), kvm,
-                    (out, listener) -> Vm.create(kvm, config, out, listener));
+                    (out, listener) -> VmBuilder.boot(kvm, config, out, listener));
         }
     }
 }

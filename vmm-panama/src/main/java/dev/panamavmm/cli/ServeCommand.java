@@ -4,6 +4,7 @@ import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.LoadedSnapshot;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
@@ -60,7 +61,7 @@ final class ServeCommand implements Cli.Command {
     static final class Clones implements AutoCloseable {
         private final Kvm kvm;
         private final Path consoleDir;
-        private final Map<Path, VmSnapshots.Loaded> templates = new ConcurrentHashMap<>();
+        private final Map<Path, LoadedSnapshot> templates = new ConcurrentHashMap<>();
         private final Map<String, Clone> clones = new ConcurrentHashMap<>();
         private final AtomicLong ids = new AtomicLong();
         /** Closes VMs whose guest ended by itself: never on the vCPU thread that reported it. */

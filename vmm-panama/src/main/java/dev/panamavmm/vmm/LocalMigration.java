@@ -80,7 +80,7 @@ public final class LocalMigration {
                     int[] fds = vm.memory().blocks().stream().filter(b -> b.backing() instanceof Backing.Memfd)
                             .mapToInt(b -> b.fd()).distinct().limit(1).toArray();
                     // Phase 1, the guest still running: the destination maps the same memory and builds the VM.
-                    VmSnapshots.msrsToSave(vm);
+                    VmSnapshots.probeHost(vm);
                     peer.send(MigrationProtocol.encode(prepareMessage(vm), MigrationProtocol.VERSION), fds);
                     expect(peer, MigrationProtocol.Prepared.class);
                     // Phase 2, the downtime: only vCPU, VM and device state moves.
@@ -197,7 +197,7 @@ public final class LocalMigration {
 
     private static Vm receiveOn(Kvm kvm, UnixSocket peer, MigrationProtocol.Message first, int[] fds, OutputStream console,
                                 VmListener listener, Function<MachineConfig, String> accept) {
-        VmSnapshots.Shell shell = null;
+        VmBuilder.Shell shell = null;
         PrestartedThreads vcpuThreads = null; // created in the prepare phase, handed their vCPUs in the downtime
         Vm vm = null;
         boolean handedOver = false;
@@ -218,7 +218,7 @@ public final class LocalMigration {
                 if (refusal != null) throw new SnapshotException(refusal);
                 if (prepare.ram() != null) {
                     handedOver = true; // the shell's memory owns (and on failure closes) the descriptors
-                    shell = VmSnapshots.Shell.prepare(kvm, sources(prepare.ram(), fds), prepare.cpus());
+                    shell = VmBuilder.shell(kvm, sources(prepare.ram(), fds), prepare.cpus());
                 }
                 vcpuThreads = PrestartedThreads.start(prepare.cpus());
                 peer.send(MigrationProtocol.encode(new MigrationProtocol.Prepared(), protocol));
@@ -241,9 +241,9 @@ public final class LocalMigration {
                 checkSameRam(shell, loaded);
                 var s = shell;
                 shell = null; // owned by the VM (or closed by finish) from here
-                vm = VmSnapshots.finish(kvm, s, loaded, loaded.config(), console, listener);
+                vm = VmBuilder.finish(kvm, s, loaded, loaded.config(), console, listener);
             } else {
-                vm = VmSnapshots.build(kvm, loaded, VmSnapshots.Mode.CONTINUE, console, listener);
+                vm = VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CONTINUE, console, listener);
             }
         } catch (RuntimeException e) {
             if (shell != null) shell.close();
@@ -279,7 +279,7 @@ public final class LocalMigration {
     }
 
     /** The state's RAM table must describe the memory prepared in phase 1. */
-    private static void checkSameRam(VmSnapshots.Shell shell, VmSnapshots.Loaded loaded) {
+    private static void checkSameRam(VmBuilder.Shell shell, LoadedSnapshot loaded) {
         var blocks = shell.memory().blocks();
         var rows = loaded.snapshot().ram();
         boolean same = blocks.size() == rows.size();

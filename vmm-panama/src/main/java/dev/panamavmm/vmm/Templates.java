@@ -62,7 +62,7 @@ public final class Templates {
             var shared = new MachineConfig(config.memoryBytes(), config.cpus(), new Backing.SharedFile(memory),
                     config.kernelName(), config.kernel(), config.initrd(), config.cmdline());
             long start = System.nanoTime();
-            try (var vm = Vm.create(kvm, shared, console, new VmListener() {
+            try (var vm = VmBuilder.boot(kvm, shared, console, new VmListener() {
                 @Override
                 public void ready() {
                     ready.complete(null);
@@ -101,7 +101,7 @@ public final class Templates {
             PosixFilePermissions.fromString("r--r--r--");
 
     /** Opens a template for cloning: refuses an unfinished one, then loads and checks its snapshot. */
-    public static VmSnapshots.Loaded open(Path dir) {
+    public static LoadedSnapshot open(Path dir) {
         if (!Files.isDirectory(dir)) throw new SnapshotException("no template directory " + dir);
         Path marker = dir.resolve(CREATING);
         if (Files.exists(marker)) {
@@ -125,8 +125,8 @@ public final class Templates {
     }
 
     /** A clone of a loaded template, paused until started, with a fresh random generation id. */
-    public static Vm clone(Kvm kvm, VmSnapshots.Loaded template, OutputStream console, VmListener listener) {
-        var vm = VmSnapshots.build(kvm, template, VmSnapshots.Mode.CLONE, console, listener);
+    public static Vm clone(Kvm kvm, LoadedSnapshot template, OutputStream console, VmListener listener) {
+        var vm = VmBuilder.fromSnapshot(kvm, template, VmBuilder.Mode.CLONE, console, listener);
         vm.vmmPort().setGenerationId(newGenerationId());
         return vm;
     }

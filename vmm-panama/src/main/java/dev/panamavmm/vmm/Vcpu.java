@@ -29,7 +29,7 @@ import static java.lang.foreign.ValueLayout.JAVA_SHORT;
  * instruction whose data the VMM just supplied, so a paused vCPU's state is consistent.
  */
 final class Vcpu implements Runnable {
-    private final Vm vm;
+    private final ExitContext exits;
     private final VcpuFd fd;
     private final MemorySegment run;
     private final VcpuControl control;
@@ -37,9 +37,11 @@ final class Vcpu implements Runnable {
     private volatile int tid;
     /** The last exit was I/O or MMIO, which KVM completes on the next entry (vCPU thread only). */
     private boolean ioToComplete;
+    /** Whether this vCPU entered the guest yet (vCPU thread only). */
+    private boolean entered;
 
-    Vcpu(Vm vm, VcpuFd fd, VcpuControl control) {
-        this.vm = vm;
+    Vcpu(ExitContext exits, VcpuFd fd, VcpuControl control) {
+        this.exits = exits;
         this.fd = fd;
         this.run = fd.runPage();
         this.control = control;
@@ -69,7 +71,7 @@ final class Vcpu implements Runnable {
         try {
             loop();
         } catch (Throwable t) {
-            vm.end(new VmExitReason.Failed("vCPU " + index() + " failed: " + t));
+            exits.end().accept(new VmExitReason.Failed("vCPU " + index() + " failed: " + t));
         } finally {
             tid = 0; // a thread id can be reused once this thread is gone
             control.exited();
@@ -91,12 +93,15 @@ final class Vcpu implements Runnable {
                 }
                 case RUN -> { }
             }
-            if (vm.firstEntryNanos == 0) vm.firstEntryNanos = System.nanoTime();
+            if (!entered) {
+                entered = true;
+                exits.firstEntry().entering(index(), System.nanoTime());
+            }
             int r = fd.run();
             ioToComplete = false;
             if (r < 0) {
                 if (r == -LibcConstants.EINTR || r == -LibcConstants.EAGAIN) continue;
-                vm.end(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
+                exits.end().accept(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
                 return;
             }
             var exit = VcpuExit.decode(run);
@@ -113,7 +118,7 @@ final class Vcpu implements Runnable {
         int r = fd.run();
         ioToComplete = false;
         if (r < 0 && r != -LibcConstants.EINTR && r != -LibcConstants.EAGAIN) {
-            vm.end(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
+            exits.end().accept(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
         }
     }
 
@@ -121,7 +126,7 @@ final class Vcpu implements Runnable {
     private boolean handle(VcpuExit exit) {
         switch (exit) {
             case VcpuExit.Io io -> {
-                var bus = vm.ioBus();
+                var bus = exits.io();
                 for (int i = 0; i < io.count(); i++) {
                     long at = io.dataOffset() + (long) i * io.size();
                     if (io.write()) bus.write(io.port(), io.size(), readData(at, io.size()));
@@ -133,24 +138,24 @@ final class Vcpu implements Runnable {
                 if (mmio.write()) {
                     long value = 0;
                     for (int i = len - 1; i >= 0; i--) value = (value << 8) | (run.get(JAVA_BYTE, KvmRun.MMIO_DATA + i) & 0xff);
-                    vm.mmioBus().write(mmio.address(), len, value);
+                    exits.mmio().write(mmio.address(), len, value);
                 } else {
-                    long value = vm.mmioBus().read(mmio.address(), len);
+                    long value = exits.mmio().read(mmio.address(), len);
                     for (int i = 0; i < len; i++) run.set(JAVA_BYTE, KvmRun.MMIO_DATA + i, (byte) (value >>> (8 * i)));
                 }
             }
             case VcpuExit.Interrupted i -> { }
-            case VcpuExit.Hlt h -> vm.end(new VmExitReason.Shutdown("vCPU " + index() + " halted with no way to wake"));
-            case VcpuExit.Shutdown s -> vm.end(new VmExitReason.Shutdown("triple fault on vCPU " + index() + " at " + rip()));
-            case VcpuExit.SystemEvent e -> vm.end(switch (e.type()) {
+            case VcpuExit.Hlt h -> exits.end().accept(new VmExitReason.Shutdown("vCPU " + index() + " halted with no way to wake"));
+            case VcpuExit.Shutdown s -> exits.end().accept(new VmExitReason.Shutdown("triple fault on vCPU " + index() + " at " + rip()));
+            case VcpuExit.SystemEvent e -> exits.end().accept(switch (e.type()) {
                 case KvmConstants.KVM_SYSTEM_EVENT_RESET -> new VmExitReason.Reset("system reset event");
                 case KvmConstants.KVM_SYSTEM_EVENT_CRASH -> new VmExitReason.Failed("guest crashed (system event) at " + rip());
                 default -> new VmExitReason.Shutdown("system event " + e.type());
             });
-            case VcpuExit.InternalError e -> vm.end(new VmExitReason.Failed(internalError(e)));
-            case VcpuExit.FailEntry f -> vm.end(new VmExitReason.Failed(String.format(
+            case VcpuExit.InternalError e -> exits.end().accept(new VmExitReason.Failed(internalError(e)));
+            case VcpuExit.FailEntry f -> exits.end().accept(new VmExitReason.Failed(String.format(
                     "KVM could not enter the guest on vCPU %d: hardware reason 0x%x", index(), f.hardwareReason())));
-            case VcpuExit.Unknown u -> vm.end(new VmExitReason.Failed(
+            case VcpuExit.Unknown u -> exits.end().accept(new VmExitReason.Failed(
                     "unhandled KVM exit reason " + u.reason() + " on vCPU " + index() + " at " + rip()));
         }
         return control.request() != VcpuControl.Request.STOP;

@@ -1,48 +1,38 @@
 package dev.panamavmm.vmm;
 
-import dev.panamavmm.devices.I8042;
+import dev.panamavmm.devices.PortIoDevice;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.devices.VmmPort;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
-import dev.panamavmm.kvm.bindings.Ioctls;
-import dev.panamavmm.kvm.bindings.KvmConstants;
-import dev.panamavmm.kvm.bindings.KvmMpState;
 import dev.panamavmm.log.Log;
-import dev.panamavmm.vmm.boot.BootException;
-import dev.panamavmm.vmm.boot.KernelImage;
-import dev.panamavmm.vmm.boot.MpTable;
-import dev.panamavmm.vmm.boot.X86Boot;
 import dev.panamavmm.vmm.memory.GuestMemory;
 
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
 
 /**
  * A running virtual machine: guest memory, the KVM VM with its in-kernel irqchip and PIT, the
- * legacy devices on the I/O bus, and one platform thread per vCPU.
+ * devices of the {@link DeviceTable} on the I/O bus, and one platform thread per vCPU. Built by
+ * {@link VmBuilder}; knows nothing of snapshots.
  *
  * <p>Lifetime: everything native (RAM mappings, {@code kvm_run} pages) belongs to one shared arena
  * that {@link #close()} closes only after every vCPU thread has ended and the memslots are gone,
  * so no path (errors included) can touch unmapped memory.
- *
- * <p>Port map: COM1 8250 at 0x3f8 (IRQ 4), i8042 at 0x60/0x64, the VMM port at 0x500-0x50f.
  */
 public final class Vm implements AutoCloseable {
     private static final Log log = Log.of(Vm.class);
-
-    public static final int COM1 = 0x3f8, COM1_IRQ = 4;
-    public static final int I8042_DATA = 0x60, I8042_COMMAND = 0x64;
-    public static final int VMM_PORT = 0x500;
-    /** Where KVM puts the real-mode TSS on Intel: three pages just below the BIOS area at 4 GiB. */
-    static final long TSS_ADDRESS = 0xfffbd000L;
 
     private final Arena arena;
     private final Kvm kvm;
@@ -50,30 +40,22 @@ public final class Vm implements AutoCloseable {
     private final GuestMemory memory;
     private final IoBus ioBus;
     private final MmioBus mmioBus;
-    private final Serial8250 serial;
-    private final I8042 i8042;
-    private final VmmPort vmmPort;
+    /** The built devices, in the table's order. */
+    private final Map<DeviceTable.Row<?, ?>, PortIoDevice> devices = new LinkedHashMap<>();
     private final MachineConfig config;
     private final VcpuControl control = new VcpuControl();
+    private final ExitContext exits;
     private final List<Vcpu> vcpus = new ArrayList<>();
     private final List<VcpuFd> vcpuFds = new ArrayList<>();
     private final List<Thread> threads = new ArrayList<>();
     private final CompletableFuture<VmExitReason> termination = new CompletableFuture<>();
-    private final java.util.concurrent.atomic.AtomicBoolean ending = new java.util.concurrent.atomic.AtomicBoolean();
+    private final AtomicBoolean ending = new AtomicBoolean();
+    private final AtomicLong firstEntryNanos = new AtomicLong();
     private final VmListener listener;
     private boolean closed;
-    /** System.nanoTime() when a vCPU first entered the guest (0 until then): for start-latency measurements. */
-    volatile long firstEntryNanos;
-    /** The MSRs a save captures, once probed (see VmSnapshots.msrsToSave). */
-    volatile int[] savedMsrs;
-
-    /** Device states when restoring; null fields mean "fresh device". */
-    record DeviceStates(Serial8250.State serial, I8042.State i8042, VmmPort.State vmmPort) {
-        static final DeviceStates FRESH = new DeviceStates(Serial8250.State.RESET, I8042.State.RESET, VmmPort.State.INITIAL);
-    }
 
     Vm(Arena arena, Kvm kvm, VmFd vmFd, GuestMemory memory, MachineConfig config, OutputStream console,
-       VmListener listener, DeviceStates devices) {
+       VmListener listener, DeviceTable.States states) {
         this.arena = arena;
         this.kvm = kvm;
         this.vmFd = vmFd;
@@ -82,91 +64,23 @@ public final class Vm implements AutoCloseable {
         this.listener = listener;
         this.ioBus = new IoBus(log::warn);
         this.mmioBus = new MmioBus(log::warn);
-        this.serial = new Serial8250(devices.serial(), level -> vmFd.irqLine(COM1_IRQ, level), console);
-        this.i8042 = new I8042(devices.i8042(), () -> end(new VmExitReason.Reset("i8042 reset")));
-        this.vmmPort = new VmmPort(devices.vmmPort(), new VmmPort.Listener() {
-            @Override
-            public void exitRequested(int code) {
-                end(new VmExitReason.GuestExit(code));
-            }
-
-            @Override
-            public void guestEvent(int event) {
-                if (event == 1) listener.ready();
-                else listener.guestEvent(event);
-            }
+        var context = new DeviceTable.Context(console, vmFd, this::end, listener);
+        for (var row : DeviceTable.ROWS) {
+            var device = row.build(states.bySection().get(row.section()), context);
+            devices.put(row, device);
+            ioBus.register(row.port(), row.ports(), device);
+        }
+        this.exits = new ExitContext(ioBus, mmioBus, this::end, (vcpu, nanos) -> {
+            if (firstEntryNanos.compareAndSet(0, nanos)) listener.entered(nanos);
         });
-        ioBus.register(COM1, 8, serial);
-        ioBus.register(I8042_DATA, I8042_COMMAND - I8042_DATA + 1, i8042); // offset 0 = data, 4 = command/status
-        ioBus.register(VMM_PORT, 16, vmmPort);
-    }
-
-    /**
-     * Builds the VM and loads the kernel; vCPUs are created but not started ({@link #start()}).
-     * Any failure releases what was built so far.
-     */
-    public static Vm create(Kvm kvm, MachineConfig config, OutputStream console, VmListener listener) {
-        var kernel = KernelImage.parse(config.kernel(), config.kernelName());
-        if (config.cpus() > MpTable.MAX_CPUS) throw new BootException("at most " + MpTable.MAX_CPUS + " vCPUs (8-bit APIC IDs)");
-        var arena = Arena.ofShared();
-        VmSnapshots.Shell shell;
-        try {
-            shell = VmSnapshots.Shell.around(kvm, GuestMemory.create(config.memoryBytes(), config.backing(), arena), arena, config.cpus());
-        } catch (RuntimeException e) {
-            arena.close();
-            throw e;
-        }
-        Vm vm = null;
-        try {
-            vm = new Vm(arena, kvm, shell.vmFd(), shell.memory(), config, console, listener, DeviceStates.FRESH);
-            for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
-            var entry = X86Boot.load(shell.memory(), kernel, config.kernel(), config.initrd(), config.cmdline(), config.cpus(), config.boot());
-            for (var vcpuFd : shell.vcpuFds()) {
-                int i = vcpuFd.id();
-                X86Boot.setBootMsrs(vcpuFd, arena);
-                if (i == 0 || entry.startAllCpus()) {
-                    X86Boot.setEntryState(vcpuFd, entry, i == 0, arena);
-                    if (i > 0) setRunnable(vcpuFd, arena);
-                }
-            }
-            return vm;
-        } catch (RuntimeException e) {
-            if (vm != null) vm.close();
-            else shell.close();
-            throw e;
-        }
-    }
-
-    /** Creates the VM fd with its irqchip, PIT and one memslot per RAM block: the common start of boot and restore. */
-    static VmFd createVmFd(Kvm kvm, GuestMemory memory, Arena arena) {
-        var vmFd = kvm.createVm(arena);
-        try {
-            // Memslots first: registering them after the irqchip costs milliseconds more here (measured, bench/run-clone-bench).
-            int slot = 0;
-            for (var block : memory.blocks()) vmFd.setUserMemoryRegion(slot++, 0, block.guestAddress(), block.segment());
-            vmFd.setTssAddress(TSS_ADDRESS);
-            vmFd.createIrqchip();
-            vmFd.createPit2(KvmConstants.KVM_PIT_SPEAKER_DUMMY); // port 0x61 handled in the kernel
-            return vmFd;
-        } catch (RuntimeException e) {
-            vmFd.close();
-            throw e;
-        }
     }
 
     void addVcpu(VcpuFd vcpuFd) {
         vcpuFds.add(vcpuFd);
-        vcpus.add(new Vcpu(this, vcpuFd, control));
+        vcpus.add(new Vcpu(exits, vcpuFd, control));
     }
 
-    /** APs wait for INIT/SIPI with an in-kernel LAPIC; a guest that asked to be entered on every CPU is started directly. */
-    private static void setRunnable(VcpuFd vcpu, Arena arena) {
-        var mp = arena.allocate(KvmMpState.LAYOUT);
-        KvmMpState.mpState(mp, KvmConstants.KVM_MP_STATE_RUNNABLE);
-        vcpu.ioctl(Ioctls.KVM_SET_MP_STATE, mp);
-    }
-
-    private static final java.util.concurrent.atomic.AtomicBoolean KICK_SETUP = new java.util.concurrent.atomic.AtomicBoolean();
+    private static final AtomicBoolean KICK_SETUP = new AtomicBoolean();
 
     /** Starts one platform thread per vCPU. */
     public void start() {
@@ -251,19 +165,27 @@ public final class Vm implements AutoCloseable {
 
     /** System.nanoTime() of the first KVM_RUN of any vCPU, or 0 if none ran yet. */
     public long firstEntryNanos() {
-        return firstEntryNanos;
+        return firstEntryNanos.get();
     }
 
     public GuestMemory memory() {
         return memory;
     }
 
+    /** The device of {@code row}. */
+    public <D extends PortIoDevice> D device(DeviceTable.Row<?, D> row) {
+        @SuppressWarnings("unchecked")
+        D d = (D) devices.get(row);
+        return d;
+    }
+
+    /** The console UART. */
     public Serial8250 serial() {
-        return serial;
+        return device(DeviceTable.SERIAL);
     }
 
     public VmmPort vmmPort() {
-        return vmmPort;
+        return device(DeviceTable.VMM_PORT);
     }
 
     MachineConfig config() {
@@ -286,8 +208,18 @@ public final class Vm implements AutoCloseable {
         return arena;
     }
 
-    DeviceStates deviceStates() {
-        return new DeviceStates(serial.state(), i8042.state(), vmmPort.state());
+    /** Every device's current state (a consistent picture only while the VM is paused). */
+    DeviceTable.States deviceStates() {
+        var states = new LinkedHashMap<String, Object>();
+        devices.forEach((row, device) -> states.put(row.section(), row.stateOf(device)));
+        return new DeviceTable.States(states);
+    }
+
+    /** Every device's state, encoded by its codec, by section: what a save writes. */
+    Map<String, byte[]> deviceSections() {
+        var sections = new LinkedHashMap<String, byte[]>();
+        devices.forEach((row, device) -> sections.put(row.section(), row.encode(device)));
+        return sections;
     }
 
     IoBus ioBus() {
@@ -319,7 +251,7 @@ public final class Vm implements AutoCloseable {
             }
             if (interrupted) Thread.currentThread().interrupt();
         }
-        serial.flush();
+        serial().flush();
         int slot = 0;
         for (var block : memory.blocks()) {
             try {

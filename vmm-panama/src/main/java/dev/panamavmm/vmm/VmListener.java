@@ -13,6 +13,9 @@ public interface VmListener {
     /** The guest wrote a VMM port event other than ready. */
     default void guestEvent(int event) {}
 
+    /** A vCPU entered the guest for the first time in this VM (System.nanoTime): for start-latency measurements; called once. */
+    default void entered(long nanos) {}
+
     /** The VM ended; called once. */
     default void ended(VmExitReason reason) {}
 }

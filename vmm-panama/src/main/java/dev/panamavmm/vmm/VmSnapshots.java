@@ -1,11 +1,7 @@
 package dev.panamavmm.vmm;
 
-import dev.panamavmm.devices.I8042Codec;
-import dev.panamavmm.devices.Serial8250Codec;
-import dev.panamavmm.devices.VmmPortCodec;
 import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.FileIdentity;
 import dev.panamavmm.migration.Json;
@@ -15,25 +11,23 @@ import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.migration.SnapshotWriter;
 import dev.panamavmm.vmm.memory.Backing;
-import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.state.KvmState;
 import dev.panamavmm.vmm.state.VcpuState;
 import dev.panamavmm.vmm.state.VcpuStateCodec;
 import dev.panamavmm.vmm.state.VmState;
 import dev.panamavmm.vmm.state.VmStateCodec;
-import dev.panamavmm.vmm.vcpu.Cpuid;
 
 import java.io.IOException;
 import java.io.OutputStream;
-import java.lang.foreign.Arena;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
 /**
- * Saving a VM to a snapshot directory and building a VM from one.
+ * Saving a VM to a snapshot directory, and reading one back ({@link #load}) for {@link VmBuilder}.
  *
  * <p>Save: pause (pending I/O completed), capture every vCPU, the VM and the devices, write RAM
  * blocks — a shared block by reference when bypass-shared-memory is on, every other block's
@@ -49,9 +43,6 @@ public final class VmSnapshots {
 
     /** What a save did. */
     public record Saved(Path file, long ramBytesWritten, long ramBlocksByReference, long millis) {}
-
-    /** Device section names; the VMM's port map is fixed, so these three are always present. */
-    static final String SERIAL = "device/serial", I8042_SECTION = "device/i8042", VMM_PORT = "device/vmm-port";
 
     /**
      * Saves {@code vm} into {@code dir}. With {@code bypass}, shared blocks are stored by reference;
@@ -85,17 +76,14 @@ public final class VmSnapshots {
         try (var writer = SnapshotWriter.create(dir)) {
             vm.pause();
             long paused = System.nanoTime();
-            var kvm = vm.kvm();
-            int xsaveSize = xsaveSize(vm);
-            int[] msrs = msrsToSave(vm);
+            var host = HostFacts.of(vm.kvm());
+            int xsaveSize = host.xsaveSize(vm.vmFd());
+            int[] msrs = host.msrsToSave(vm.vcpuFds().getFirst());
             for (var vcpu : vm.vcpuFds()) {
                 writer.section("vcpu/" + vcpu.id(), VcpuStateCodec.INSTANCE.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
             }
             writer.section("vm", VmStateCodec.INSTANCE.encode(KvmState.capture(vm.vmFd())));
-            var devices = vm.deviceStates();
-            writer.section(SERIAL, Serial8250Codec.INSTANCE.encode(devices.serial()));
-            writer.section(I8042_SECTION, I8042Codec.INSTANCE.encode(devices.i8042()));
-            writer.section(VMM_PORT, VmmPortCodec.INSTANCE.encode(devices.vmmPort()));
+            vm.deviceSections().forEach(writer::section);
 
             long captured = System.nanoTime();
             long written = 0, references = 0;
@@ -120,7 +108,7 @@ public final class VmSnapshots {
                     "machine", Json.object("memory", c.memoryBytes(), "cpus", (long) c.cpus(), "kernel", c.kernelName(),
                             "cmdline", c.cmdline(), "backing", kind(c.backing())),
                     "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
-                    "devices", List.of(SERIAL, I8042_SECTION, VMM_PORT),
+                    "devices", DeviceTable.sections(),
                     "createdBy", "panama-vmm");
             long ram = System.nanoTime();
             Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
@@ -144,42 +132,22 @@ public final class VmSnapshots {
         if (!vm.termination().isDone()) vm.resume();
     }
 
-    /**
-     * The MSRs a save captures. Probing costs one ioctl per MSR KVM lists (milliseconds here), and
-     * needs a vCPU that is not running, so it is done once per KVM handle (every VM of a process
-     * gets the same CPUID, hence the same readable MSRs) and remembered by the VM; a process's
-     * {@code Rehearsal} fills it before the first real save.
-     */
-    public static int[] msrsToSave(Vm vm) {
-        int[] msrs = vm.savedMsrs;
-        if (msrs == null) {
-            msrs = MSRS_BY_KVM.get(vm.kvm());
-            if (msrs == null) {
-                msrs = KvmState.readableMsrs(vm.vcpuFds().getFirst(), vm.kvm().msrIndexList());
-                MSRS_BY_KVM.put(vm.kvm(), msrs);
-            }
-            vm.savedMsrs = msrs;
-        }
-        return msrs;
+    /** Probes what a save needs to know of this host (the readable MSRs), so the first save's downtime does not. */
+    public static void probeHost(Vm vm) {
+        HostFacts.of(vm.kvm()).msrsToSave(vm.vcpuFds().getFirst());
     }
-
-    private static final Map<Kvm, int[]> MSRS_BY_KVM = java.util.Collections.synchronizedMap(new java.util.WeakHashMap<>());
-
-    /** KVM_CAP_XSAVE2's answer (the XSAVE buffer size, at least 4096): a property of the host, asked once per KVM handle. */
-    static int xsaveSize(Vm vm) {
-        return XSAVE_BY_KVM.computeIfAbsent(vm.kvm(), k -> Math.max(vm.vmFd().checkExtension(KvmConstants.KVM_CAP_XSAVE2), 4096));
-    }
-
-    private static final Map<Kvm, Integer> XSAVE_BY_KVM = java.util.Collections.synchronizedMap(new java.util.WeakHashMap<>());
 
     /** Encodes every state of {@code loaded} as a save would (and drops the bytes): to warm the codecs. */
-    public static int encodeAll(Loaded loaded) {
+    public static int encodeAll(LoadedSnapshot loaded) {
         int bytes = 0;
         for (var vcpu : loaded.vcpus()) bytes += VcpuStateCodec.INSTANCE.encode(vcpu).length;
         bytes += VmStateCodec.INSTANCE.encode(loaded.vm()).length;
-        bytes += Serial8250Codec.INSTANCE.encode(loaded.devices().serial()).length;
-        bytes += I8042Codec.INSTANCE.encode(loaded.devices().i8042()).length;
-        return bytes + VmmPortCodec.INSTANCE.encode(loaded.devices().vmmPort()).length;
+        for (var row : DeviceTable.ROWS) bytes += encode(row, loaded.devices()).length;
+        return bytes;
+    }
+
+    private static <S> byte[] encode(DeviceTable.Row<S, ?> row, DeviceTable.States states) {
+        return row.codec().encode(states.of(row));
     }
 
     static String kind(Backing backing) {
@@ -191,30 +159,16 @@ public final class VmSnapshots {
     }
 
     /**
-     * A snapshot read, checked and decoded, ready to become one VM ({@link #restore}) or many
-     * ({@link #build} with {@link Mode#CLONE}): everything that does not depend on the new VM.
-     */
-    public record Loaded(Path dir, SnapshotReader snapshot, MachineConfig config, int xsaveSize,
-                         List<VcpuState> vcpus, VmState vm, Vm.DeviceStates devices, int[] descriptors) {
-        public int cpus() {
-            return vcpus.size();
-        }
-    }
-
-    /** How referenced memory files are mapped: the guest continues in the file, or gets a private copy-on-write view. */
-    public enum Mode { CONTINUE, CLONE }
-
-    /**
      * Reads and checks a snapshot (flavour, memory files' identity) and decodes its state. No KVM
      * handle is needed yet (a restore reads its snapshot while the FFM downcall is still being
-     * linked, see cli.EarlyWarmup); {@link #build} checks the vCPU count against the host's.
+     * linked, see cli.EarlyWarmup); {@link VmBuilder#fromSnapshot} checks the vCPU count against the host's.
      */
-    public static Loaded load(Path dir) {
+    public static LoadedSnapshot load(Path dir) {
         return load(dir, new int[0]);
     }
 
     /** As {@link #load(Path)}, for a migration: {@code descriptors} are the fds passed with the snapshot. */
-    public static Loaded load(Path dir, int[] descriptors) {
+    public static LoadedSnapshot load(Path dir, int[] descriptors) {
         var snapshot = SnapshotReader.open(dir);
         String host = Kvm.hostFlavour().name();
         if (!snapshot.flavour().equals(host) && !snapshot.flavour().equals(HostFlavour.UNKNOWN.name())) {
@@ -242,117 +196,21 @@ public final class VmSnapshots {
         var vcpuStates = new ArrayList<VcpuState>();
         for (int i = 0; i < cpus; i++) vcpuStates.add(VcpuStateCodec.INSTANCE.decode(snapshot.section("vcpu/" + i), format, "vcpu/" + i));
         var vmState = VmStateCodec.INSTANCE.decode(snapshot.section("vm"), format, "vm");
-        var devices = new Vm.DeviceStates(
-                Serial8250Codec.INSTANCE.decode(snapshot.section(SERIAL), format, SERIAL),
-                I8042Codec.INSTANCE.decode(snapshot.section(I8042_SECTION), format, I8042_SECTION),
-                VmmPortCodec.INSTANCE.decode(snapshot.section(VMM_PORT), format, VMM_PORT));
+        var devices = new LinkedHashMap<String, Object>();
+        for (var row : DeviceTable.ROWS) {
+            // A device added after the snapshot was taken starts fresh, as on a boot.
+            devices.put(row.section(), snapshot.hasSection(row.section())
+                    ? row.codec().decode(snapshot.section(row.section()), format, row.section()) : row.fresh());
+        }
         var config = new MachineConfig(memoryBytes, cpus, restoredBacking(snapshot), String.valueOf(machine.get("kernel")),
                 new byte[0], null, String.valueOf(machine.get("cmdline")));
-        return new Loaded(dir, snapshot, config, xsaveSize, List.copyOf(vcpuStates), vmState, devices, descriptors.clone());
+        return new LoadedSnapshot(dir, snapshot, config, xsaveSize, List.copyOf(vcpuStates), vmState, new DeviceTable.States(devices),
+                descriptors.clone());
     }
 
     /** Builds a paused VM from a snapshot; {@link Vm#start()} runs it. The guest continues in its memory file. */
     public static Vm restore(Kvm kvm, Path dir, OutputStream console, VmListener listener) {
-        return build(kvm, load(dir), Mode.CONTINUE, console, listener);
-    }
-
-    /** A new VM from a loaded snapshot. In CLONE mode no file is written: shared files are mapped private. */
-    public static Vm build(Kvm kvm, Loaded loaded, Mode mode, OutputStream console, VmListener listener) {
-        checkHostAllows(kvm, loaded);
-        var sources = new ArrayList<GuestMemory.BlockSource>();
-        for (var e : loaded.snapshot().ram()) {
-            if (e.byDescriptor()) {
-                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), new Backing.Memfd(), e.fileOffset(),
-                        loaded.descriptors()[e.descriptor()]));
-            } else if (e.byReference()) {
-                var backing = mode == Mode.CLONE ? new Backing.PrivateFile(e.file()) : new Backing.SharedFile(e.file());
-                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), backing, e.fileOffset()));
-            } else {
-                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(),
-                        new Backing.PrivateFile(loaded.snapshot().file()), e.dataOffset()));
-            }
-        }
-        var config = loaded.config();
-        if (mode == Mode.CLONE) {
-            config = new MachineConfig(config.memoryBytes(), config.cpus(), new Backing.PrivateFile(loaded.dir()),
-                    config.kernelName(), config.kernel(), null, config.cmdline());
-        }
-        return finish(kvm, Shell.prepare(kvm, sources, loaded.cpus()), loaded, config, console, listener);
-    }
-
-    /**
-     * Everything of a VM that does not depend on its saved state: guest memory mapped, the VM fd
-     * with irqchip, PIT and memslots, the vCPUs with their CPUID. A local migration prepares it
-     * while the source guest still runs, so only state is applied during the downtime.
-     */
-    public record Shell(java.lang.foreign.Arena arena, GuestMemory memory, dev.panamavmm.kvm.VmFd vmFd,
-                        List<dev.panamavmm.kvm.VcpuFd> vcpuFds) implements AutoCloseable {
-
-        public static Shell prepare(Kvm kvm, List<GuestMemory.BlockSource> sources, int cpus) {
-            var arena = Arena.ofShared();
-            try {
-                return around(kvm, GuestMemory.map(sources, arena), arena, cpus);
-            } catch (RuntimeException e) {
-                arena.close();
-                throw e;
-            }
-        }
-
-        /** The VM fd and vCPUs (with CPUID) around memory already mapped in {@code arena}; on failure the memory is closed. */
-        public static Shell around(Kvm kvm, GuestMemory memory, Arena arena, int cpus) {
-            dev.panamavmm.kvm.VmFd vmFd = null;
-            var vcpus = new ArrayList<dev.panamavmm.kvm.VcpuFd>();
-            try {
-                vmFd = Vm.createVmFd(kvm, memory, arena);
-                var supported = kvm.supportedCpuid(arena);
-                for (int i = 0; i < cpus; i++) {
-                    var vcpuFd = vmFd.createVcpu(i);
-                    vcpus.add(vcpuFd);
-                    vcpuFd.setCpuid2(Cpuid.forVcpu(supported, i, cpus, arena));
-                }
-                return new Shell(arena, memory, vmFd, List.copyOf(vcpus));
-            } catch (RuntimeException e) {
-                vcpus.forEach(dev.panamavmm.kvm.VcpuFd::close);
-                if (vmFd != null) vmFd.close();
-                memory.close();
-                throw e;
-            }
-        }
-
-        /** Releases a shell that never became a VM. */
-        @Override
-        public void close() {
-            vcpuFds.forEach(dev.panamavmm.kvm.VcpuFd::close);
-            vmFd.close();
-            memory.close();
-            arena.close();
-        }
-    }
-
-    /** Turns a prepared shell into the VM of {@code loaded}: devices from their records, then VM and vCPU state. */
-    static Vm finish(Kvm kvm, Shell shell, Loaded loaded, MachineConfig config, OutputStream console, VmListener listener) {
-        if (shell.vcpuFds().size() != loaded.cpus()) {
-            shell.close();
-            throw new SnapshotException("the prepared VM has " + shell.vcpuFds().size() + " vCPUs, the state " + loaded.cpus());
-        }
-        Vm vm = null;
-        try {
-            vm = new Vm(shell.arena(), kvm, shell.vmFd(), shell.memory(), config, console, listener, loaded.devices());
-            for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
-            KvmState.restore(shell.vmFd(), loaded.vm());
-            for (int i = 0; i < loaded.cpus(); i++) KvmState.restore(shell.vcpuFds().get(i), loaded.vcpus().get(i), loaded.xsaveSize());
-            return vm;
-        } catch (RuntimeException e) {
-            if (vm != null) vm.close();
-            else shell.close();
-            throw e;
-        }
-    }
-
-    /** The host must allow as many vCPUs as the snapshot has. */
-    private static void checkHostAllows(Kvm kvm, Loaded loaded) {
-        int max = kvm.maxVcpus();
-        if (loaded.cpus() > max) throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
+        return VmBuilder.fromSnapshot(kvm, load(dir), VmBuilder.Mode.CONTINUE, console, listener);
     }
 
     /** The backing a restored VM reports: its shared file when it had one, else the snapshot (private). */

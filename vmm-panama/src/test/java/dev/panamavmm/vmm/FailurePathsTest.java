@@ -101,7 +101,7 @@ class FailurePathsTest {
     }
 
     static Vm runningGuest(Kvm kvm, SnapshotTest.Console console, VmListener listener) throws InterruptedException {
-        var vm = Vm.create(kvm, SnapshotTest.guest(2, new Backing.Memfd(), ""), console, listener);
+        var vm = VmBuilder.boot(kvm, SnapshotTest.guest(2, new Backing.Memfd(), ""), console, listener);
         vm.start();
         console.await("hb 0 2", 30);
         console.await("hb 1 2", 30);

@@ -55,7 +55,7 @@ class LocalMigrationTest {
     private static void runThreeUpdates(Path dir, Backing backing) throws Exception {
         var console = new SnapshotTest.Console();
         try (var kvm = Kvm.open()) {
-            Vm current = Vm.create(kvm, SnapshotTest.guest(2, backing, ""), console, new VmListener() {});
+            Vm current = VmBuilder.boot(kvm, SnapshotTest.guest(2, backing, ""), console, new VmListener() {});
             try {
                 current.start();
                 console.await("hb 1 2", 30);
@@ -85,7 +85,7 @@ class LocalMigrationTest {
     @KvmTest
     void aDestinationThatDiesOrRefusesLeavesTheGuestRunningHere(@TempDir Path dir) throws Exception {
         var console = new SnapshotTest.Console();
-        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
+        try (var kvm = Kvm.open(); var vm = VmBuilder.boot(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
             vm.start();
             console.await("hb 0 2", 30);
 
@@ -122,7 +122,7 @@ class LocalMigrationTest {
     @KvmTest
     void aDestinationTooLateForTheSourcesDeadlineRefusesInsteadOfResuming(@TempDir Path dir) throws Exception {
         var console = new SnapshotTest.Console();
-        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
+        try (var kvm = Kvm.open(); var vm = VmBuilder.boot(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
             vm.start();
             console.await("hb 0 2", 30);
             // The source gives up 4 s after it starts; this destination takes 3.2 s over the state,
@@ -165,7 +165,7 @@ class LocalMigrationTest {
         // CrossVersionTest runs that release itself; this is the same exchange without a build.
         var console = new SnapshotTest.Console();
         try (var kvm = Kvm.open()) {
-            var source = Vm.create(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {});
+            var source = VmBuilder.boot(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {});
             source.start();
             console.await("hb 0 2", 30);
             var socket = dir.resolve("old.sock");

@@ -71,7 +71,7 @@ class SnapshotTest {
         var console = new Console();
         var snap = dir.resolve("snap");
         try (var kvm = Kvm.open()) {
-            try (var vm = Vm.create(kvm, guest(2, new Backing.Memfd(), ""), console, new VmListener() {})) {
+            try (var vm = VmBuilder.boot(kvm, guest(2, new Backing.Memfd(), ""), console, new VmListener() {})) {
                 vm.start();
                 console.await("hb 0 3", 30);
                 console.await("hb 1 3", 30);
@@ -96,7 +96,7 @@ class SnapshotTest {
         var ram = Path.of("/dev/shm", "panama-snapshot-test-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
         var snap = dir.resolve("snap");
         try (var kvm = Kvm.open()) {
-            try (var vm = Vm.create(kvm, guest(1, new Backing.SharedFile(ram), ""), console, new VmListener() {})) {
+            try (var vm = VmBuilder.boot(kvm, guest(1, new Backing.SharedFile(ram), ""), console, new VmListener() {})) {
                 vm.start();
                 console.await("hb 0 2", 30);
                 var resume = assertThrows(SnapshotException.class, () -> VmSnapshots.save(vm, snap, true, true, RamWriter.Progress.NONE));
@@ -132,7 +132,7 @@ class SnapshotTest {
         var snap = dir.resolve("snap");
         var copy = dir.resolve("copy");
         try (var kvm = Kvm.open()) {
-            try (var vm = Vm.create(kvm, guest(1, new Backing.SharedFile(ram), ""), console, new VmListener() {})) {
+            try (var vm = VmBuilder.boot(kvm, guest(1, new Backing.SharedFile(ram), ""), console, new VmListener() {})) {
                 vm.start();
                 console.await("hb 0 2", 30);
                 var saved = VmSnapshots.save(vm, snap, false, false, RamWriter.Progress.NONE);
@@ -162,7 +162,7 @@ class SnapshotTest {
         var console = new Console();
         var config = new MachineConfig(4 * GuestMemory.GIB, 1, new Backing.Memfd(), "test guest", TestGuest.elf(), null,
                 "console=ttyS0 testguest.hb=150 testguest.mem=16M");
-        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, config, console, new VmListener() {})) {
+        try (var kvm = Kvm.open(); var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
             vm.start();
             console.await("hb 0 2", 30);
             var saved = VmSnapshots.save(vm, dir.resolve("snap"), false, false, RamWriter.Progress.NONE);
@@ -188,7 +188,7 @@ class SnapshotTest {
         byte[] marker = "written into a hole after the restore".getBytes(java.nio.charset.StandardCharsets.US_ASCII);
         long hole = 2 * GuestMemory.GIB; // far above the 16 MiB the guest uses
         try (var kvm = Kvm.open()) {
-            try (var vm = Vm.create(kvm, config, console, new VmListener() {})) {
+            try (var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
                 vm.start();
                 console.await("hb 0 2", 30);
                 VmSnapshots.save(vm, dir.resolve("first"), false, false, RamWriter.Progress.NONE);
@@ -241,7 +241,7 @@ class SnapshotTest {
         var config = new MachineConfig(4 * GuestMemory.GIB, 1, new Backing.SharedFile(ram), "test guest", TestGuest.elf(), null,
                 "console=ttyS0 testguest.hb=150 testguest.mem=16M");
         try (var kvm = Kvm.open()) {
-            try (var vm = Vm.create(kvm, config, console, new VmListener() {})) {
+            try (var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
                 vm.start();
                 console.await("hb 0 2", 30);
                 var saved = VmSnapshots.save(vm, snap, true, false, RamWriter.Progress.NONE);
@@ -268,7 +268,7 @@ class SnapshotTest {
         var config = new MachineConfig(64 * GuestMemory.MIB, 2, new Backing.Memfd(), "test guest", TestGuest.elf(), null,
                 "console=ttyS0 testguest.hb=1 testguest.mem=32M");
         try (var kvm = Kvm.open()) {
-            try (var vm = Vm.create(kvm, config, console, new VmListener() {})) {
+            try (var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
                 vm.start();
                 console.await("hb 0 200", 30);
                 VmSnapshots.save(vm, snap, true, false, RamWriter.Progress.NONE);
@@ -291,7 +291,7 @@ class SnapshotTest {
         var restored = new Console();
         var snap = dir.resolve("snap");
         try (var kvm = Kvm.open();
-             var vm = Vm.create(kvm, guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
+             var vm = VmBuilder.boot(kvm, guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
             vm.start();
             console.await("hb 0 2", 30);
             VmSnapshots.save(vm, snap, true, true, RamWriter.Progress.NONE);

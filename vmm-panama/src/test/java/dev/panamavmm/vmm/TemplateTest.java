@@ -128,7 +128,7 @@ class TemplateTest {
             assertTrue(assertThrows(SnapshotException.class, () -> Templates.open(corrupt)).getMessage().contains("is not a Panama VMM snapshot"));
 
             var plain = dir.resolve("plain");
-            try (var vm = Vm.create(kvm, guest("testguest.mem=4M"), OutputStream.nullOutputStream(), new VmListener() {})) {
+            try (var vm = VmBuilder.boot(kvm, guest("testguest.mem=4M"), OutputStream.nullOutputStream(), new VmListener() {})) {
                 vm.start();
                 VmSnapshots.save(vm, plain, true, false, dev.panamavmm.migration.RamWriter.Progress.NONE);
             }

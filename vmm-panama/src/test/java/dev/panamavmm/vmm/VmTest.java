@@ -35,7 +35,7 @@ class VmTest {
     }
 
     static VmExitReason runToEnd(MachineConfig config, ByteArrayOutputStream console) throws Exception {
-        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, config, console, new VmListener() {})) {
+        try (var kvm = Kvm.open(); var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
             vm.start();
             return vm.termination().get(30, TimeUnit.SECONDS);
         }
@@ -132,7 +132,7 @@ class VmTest {
     void pauseStopsTheGuestAndResumeContinuesIt() throws Exception {
         // loop: inc qword [0x200000]; jmp loop
         byte[] code = {0x48, (byte) 0xff, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, (byte) 0xeb, (byte) 0xf6};
-        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, config(code, 1, false), new ByteArrayOutputStream(), new VmListener() {})) {
+        try (var kvm = Kvm.open(); var vm = VmBuilder.boot(kvm, config(code, 1, false), new ByteArrayOutputStream(), new VmListener() {})) {
             vm.start();
             var counter = vm.memory().slice(0x200000, 8);
             waitUntil(() -> counter.get(JAVA_LONG, 0) > 100);
@@ -151,12 +151,12 @@ class VmTest {
     void everyVcpuEntersWhenTheImageAsks() throws Exception {
         // Each vCPU: lock inc qword [0x200000]; then vCPU... spin. The VMM starts all three at the entry.
         byte[] code = {(byte) 0xf0, 0x48, (byte) 0xff, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, (byte) 0xeb, (byte) 0xfe};
-        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, config(code, 3, true), new ByteArrayOutputStream(), new VmListener() {})) {
+        try (var kvm = Kvm.open(); var vm = VmBuilder.boot(kvm, config(code, 3, true), new ByteArrayOutputStream(), new VmListener() {})) {
             vm.start();
             var counter = vm.memory().slice(0x200000, 8);
             waitUntil(() -> counter.get(JAVA_LONG, 0) == 3);
         }
-        try (var kvm = Kvm.open(); var vm = Vm.create(kvm, config(code, 3, false), new ByteArrayOutputStream(), new VmListener() {})) {
+        try (var kvm = Kvm.open(); var vm = VmBuilder.boot(kvm, config(code, 3, false), new ByteArrayOutputStream(), new VmListener() {})) {
             vm.start();
             var counter = vm.memory().slice(0x200000, 8);
             waitUntil(() -> counter.get(JAVA_LONG, 0) == 1);

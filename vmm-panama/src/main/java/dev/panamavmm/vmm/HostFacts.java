@@ -1,0 +1,54 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.VcpuFd;
+import dev.panamavmm.kvm.VmFd;
+import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.vmm.state.KvmState;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.Collections;
+import java.util.Map;
+import java.util.WeakHashMap;
+
+/**
+ * What this host's KVM offers, probed once per {@link Kvm} handle and shared by every VM of the
+ * process: the XSAVE buffer size, the supported CPUID (cached by {@code Kvm} itself) and the MSRs
+ * a save captures. Probing the MSRs costs one ioctl per MSR KVM lists (milliseconds here) and
+ * needs a vCPU that is not running, so it happens at the first save (or a rehearsal's).
+ */
+public final class HostFacts {
+    private static final Map<Kvm, HostFacts> BY_KVM = Collections.synchronizedMap(new WeakHashMap<>());
+
+    private final Kvm kvm;
+    private volatile int xsaveSize;
+    private volatile int[] savedMsrs;
+
+    private HostFacts(Kvm kvm) {
+        this.kvm = kvm;
+    }
+
+    public static HostFacts of(Kvm kvm) {
+        return BY_KVM.computeIfAbsent(kvm, HostFacts::new);
+    }
+
+    /** KVM_CAP_XSAVE2's answer: the XSAVE buffer size, at least 4096 (asked of a VM fd, where the capability lives). */
+    public int xsaveSize(VmFd vm) {
+        int size = xsaveSize;
+        if (size == 0) xsaveSize = size = Math.max(vm.checkExtension(KvmConstants.KVM_CAP_XSAVE2), 4096);
+        return size;
+    }
+
+    /** The CPUID entries KVM supports, copied into {@code arena}. */
+    public MemorySegment supportedCpuid(Arena arena) {
+        return kvm.supportedCpuid(arena);
+    }
+
+    /** The MSRs a save captures: those of KVM's list that {@code vcpu} (not running) can read. The same for every VM (same CPUID). */
+    public int[] msrsToSave(VcpuFd vcpu) {
+        int[] msrs = savedMsrs;
+        if (msrs == null) savedMsrs = msrs = KvmState.readableMsrs(vcpu, kvm.msrIndexList());
+        return msrs;
+    }
+}

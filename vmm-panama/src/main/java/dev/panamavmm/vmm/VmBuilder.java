@@ -1,0 +1,190 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.VcpuFd;
+import dev.panamavmm.kvm.VmFd;
+import dev.panamavmm.kvm.bindings.Ioctls;
+import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.kvm.bindings.KvmMpState;
+import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.vmm.boot.BootException;
+import dev.panamavmm.vmm.boot.KernelImage;
+import dev.panamavmm.vmm.boot.MpTable;
+import dev.panamavmm.vmm.boot.X86Boot;
+import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.state.KvmState;
+import dev.panamavmm.vmm.vcpu.Cpuid;
+
+import java.io.OutputStream;
+import java.lang.foreign.Arena;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * The one place a {@link Vm} is assembled: for a boot, from a snapshot (restore or clone), and for
+ * an incoming live update (a shell built while the source still runs, finished with its state).
+ * Every path is the same three steps: map guest memory, build the KVM VM around it (memslots,
+ * irqchip, PIT, vCPUs with CPUID: {@link Shell}), then give it its devices and state. Any failure
+ * releases what was built so far. {@link Vm} itself knows nothing of snapshots.
+ */
+public final class VmBuilder {
+    private VmBuilder() {}
+
+    /** Where the TSS of real mode goes on Intel: three pages just below the BIOS area at 4 GiB. */
+    static final long TSS_ADDRESS = 0xfffbd000L;
+
+    /** How a snapshot's referenced memory files are mapped: the guest continues in the file, or gets a private copy-on-write view. */
+    public enum Mode { CONTINUE, CLONE }
+
+    /** Boots {@code config}: the kernel loaded, every vCPU in its entry state; {@link Vm#start()} runs it. */
+    public static Vm boot(Kvm kvm, MachineConfig config, OutputStream console, VmListener listener) {
+        var kernel = KernelImage.parse(config.kernel(), config.kernelName());
+        if (config.cpus() > MpTable.MAX_CPUS) throw new BootException("at most " + MpTable.MAX_CPUS + " vCPUs (8-bit APIC IDs)");
+        var arena = Arena.ofShared();
+        Shell shell;
+        try {
+            shell = Shell.around(kvm, GuestMemory.create(config.memoryBytes(), config.backing(), arena), arena, config.cpus());
+        } catch (RuntimeException e) {
+            arena.close();
+            throw e;
+        }
+        Vm vm = null;
+        try {
+            vm = new Vm(shell.arena(), kvm, shell.vmFd(), shell.memory(), config, console, listener, DeviceTable.States.FRESH);
+            for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
+            var entry = X86Boot.load(shell.memory(), kernel, config.kernel(), config.initrd(), config.cmdline(), config.cpus(), config.boot());
+            for (var vcpuFd : shell.vcpuFds()) {
+                int i = vcpuFd.id();
+                X86Boot.setBootMsrs(vcpuFd, arena);
+                if (i == 0 || entry.startAllCpus()) {
+                    X86Boot.setEntryState(vcpuFd, entry, i == 0, arena);
+                    if (i > 0) setRunnable(vcpuFd, arena);
+                }
+            }
+            return vm;
+        } catch (RuntimeException e) {
+            if (vm != null) vm.close();
+            else shell.close();
+            throw e;
+        }
+    }
+
+    /** A paused VM from a loaded snapshot. In {@link Mode#CLONE} no file is written: referenced files are mapped private. */
+    public static Vm fromSnapshot(Kvm kvm, LoadedSnapshot loaded, Mode mode, OutputStream console, VmListener listener) {
+        int max = kvm.maxVcpus();
+        if (loaded.cpus() > max) throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
+        var sources = new ArrayList<GuestMemory.BlockSource>();
+        for (var e : loaded.snapshot().ram()) {
+            if (e.byDescriptor()) {
+                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), new Backing.Memfd(), e.fileOffset(),
+                        loaded.descriptors()[e.descriptor()]));
+            } else if (e.byReference()) {
+                var backing = mode == Mode.CLONE ? new Backing.PrivateFile(e.file()) : new Backing.SharedFile(e.file());
+                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), backing, e.fileOffset()));
+            } else {
+                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(),
+                        new Backing.PrivateFile(loaded.snapshot().file()), e.dataOffset()));
+            }
+        }
+        var config = loaded.config();
+        if (mode == Mode.CLONE) {
+            config = new MachineConfig(config.memoryBytes(), config.cpus(), new Backing.PrivateFile(loaded.dir()),
+                    config.kernelName(), config.kernel(), null, config.cmdline());
+        }
+        return finish(kvm, shell(kvm, sources, loaded.cpus()), loaded, config, console, listener);
+    }
+
+    /** Memory mapped from {@code sources} and the VM built around it: the part of a live update done before the source pauses. */
+    public static Shell shell(Kvm kvm, List<GuestMemory.BlockSource> sources, int cpus) {
+        var arena = Arena.ofShared();
+        try {
+            return Shell.around(kvm, GuestMemory.map(sources, arena), arena, cpus);
+        } catch (RuntimeException e) {
+            arena.close();
+            throw e;
+        }
+    }
+
+    /** Turns a shell into the VM of {@code loaded}: devices from their states, then VM and vCPU state. The shell is consumed. */
+    static Vm finish(Kvm kvm, Shell shell, LoadedSnapshot loaded, MachineConfig config, OutputStream console, VmListener listener) {
+        if (shell.vcpuFds().size() != loaded.cpus()) {
+            shell.close();
+            throw new SnapshotException("the prepared VM has " + shell.vcpuFds().size() + " vCPUs, the state " + loaded.cpus());
+        }
+        Vm vm = null;
+        try {
+            vm = new Vm(shell.arena(), kvm, shell.vmFd(), shell.memory(), config, console, listener, loaded.devices());
+            for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
+            KvmState.restore(shell.vmFd(), loaded.vm());
+            for (int i = 0; i < loaded.cpus(); i++) KvmState.restore(shell.vcpuFds().get(i), loaded.vcpus().get(i), loaded.xsaveSize());
+            return vm;
+        } catch (RuntimeException e) {
+            if (vm != null) vm.close();
+            else shell.close();
+            throw e;
+        }
+    }
+
+    /**
+     * Everything of a VM that does not depend on its saved state: guest memory mapped, the VM fd
+     * with irqchip, PIT and memslots, the vCPUs with their CPUID. A local migration prepares it
+     * while the source guest still runs, so only state is applied during the downtime.
+     */
+    public record Shell(Arena arena, GuestMemory memory, VmFd vmFd, List<VcpuFd> vcpuFds) implements AutoCloseable {
+
+        /** The VM fd and vCPUs (with CPUID) around memory already mapped in {@code arena}; on failure the memory is closed. */
+        static Shell around(Kvm kvm, GuestMemory memory, Arena arena, int cpus) {
+            VmFd vmFd = null;
+            var vcpus = new ArrayList<VcpuFd>();
+            try {
+                vmFd = createVmFd(kvm, memory, arena);
+                var supported = HostFacts.of(kvm).supportedCpuid(arena);
+                for (int i = 0; i < cpus; i++) {
+                    var vcpuFd = vmFd.createVcpu(i);
+                    vcpus.add(vcpuFd);
+                    vcpuFd.setCpuid2(Cpuid.forVcpu(supported, i, cpus, arena));
+                }
+                return new Shell(arena, memory, vmFd, List.copyOf(vcpus));
+            } catch (RuntimeException e) {
+                vcpus.forEach(VcpuFd::close);
+                if (vmFd != null) vmFd.close();
+                memory.close();
+                throw e;
+            }
+        }
+
+        /** Releases a shell that never became a VM. */
+        @Override
+        public void close() {
+            vcpuFds.forEach(VcpuFd::close);
+            vmFd.close();
+            memory.close();
+            arena.close();
+        }
+    }
+
+    /** The VM fd with its irqchip, PIT and one memslot per RAM block. */
+    private static VmFd createVmFd(Kvm kvm, GuestMemory memory, Arena arena) {
+        var vmFd = kvm.createVm(arena);
+        try {
+            // Memslots first: registering them after the irqchip costs milliseconds more here (measured, bench/run-clone-bench).
+            int slot = 0;
+            for (var block : memory.blocks()) vmFd.setUserMemoryRegion(slot++, 0, block.guestAddress(), block.segment());
+            vmFd.setTssAddress(TSS_ADDRESS);
+            vmFd.createIrqchip();
+            vmFd.createPit2(KvmConstants.KVM_PIT_SPEAKER_DUMMY); // port 0x61 handled in the kernel
+            return vmFd;
+        } catch (RuntimeException e) {
+            vmFd.close();
+            throw e;
+        }
+    }
+
+    /** APs wait for INIT/SIPI with an in-kernel LAPIC; a guest that asked to be entered on every CPU is started directly. */
+    private static void setRunnable(VcpuFd vcpu, Arena arena) {
+        var mp = arena.allocate(KvmMpState.LAYOUT);
+        KvmMpState.mpState(mp, KvmConstants.KVM_MP_STATE_RUNNABLE);
+        vcpu.ioctl(Ioctls.KVM_SET_MP_STATE, mp);
+    }
+}
