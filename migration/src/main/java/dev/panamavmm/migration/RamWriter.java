@@ -38,6 +38,15 @@ public final class RamWriter {
      */
     public static long write(FileChannel channel, long fileOffset, MemorySegment block, long[][] extents, Progress progress)
             throws IOException {
+        return write(channel, fileOffset, block, extents, progress, null);
+    }
+
+    /**
+     * As {@link #write(FileChannel, long, MemorySegment, long[][], Progress)}, handing every
+     * non-zero page to {@code checksums} (when not null) as soon as the zero test has read it.
+     */
+    static long write(FileChannel channel, long fileOffset, MemorySegment block, long[][] extents, Progress progress,
+                      RamChecksums.Accumulator checksums) throws IOException {
         long page = SnapshotFormat.PAGE;
         long written = 0, covered = 0;
         for (long[] extent : extents) {
@@ -45,7 +54,7 @@ public final class RamWriter {
             long first = Math.max(extent[0] / page, covered / page), end = Math.min(block.byteSize(), extent[1] + page - 1) / page;
             if (end <= first) continue;
             progress.advance(first * page - covered); // the hole before it: zero, skipped unread
-            written += writeRange(channel, fileOffset, block, first, end, progress);
+            written += writeRange(channel, fileOffset, block, first, end, progress, checksums);
             covered = end * page;
         }
         progress.advance(block.byteSize() - covered);
@@ -54,12 +63,13 @@ public final class RamWriter {
 
     /** Pages {@code [first, end)} of the block: non-zero runs written, zero pages skipped. */
     private static long writeRange(FileChannel channel, long fileOffset, MemorySegment block, long first, long end,
-                                   Progress progress) throws IOException {
+                                   Progress progress, RamChecksums.Accumulator checksums) throws IOException {
         long page = SnapshotFormat.PAGE;
         long written = 0;
         long runStart = -1;
         for (long p = first; p <= end; p++) {
             boolean data = p < end && !isZero(block, p * page);
+            if (data && checksums != null) checksums.data(p * page, page);
             if (data && runStart < 0) runStart = p;
             boolean flush = runStart >= 0 && (!data || (p - runStart) * page >= MAX_RUN);
             if (flush) {

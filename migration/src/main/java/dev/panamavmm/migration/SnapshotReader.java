@@ -175,6 +175,17 @@ public final class SnapshotReader {
         return sections.containsKey(name);
     }
 
+    /**
+     * The checksum table of a block stored in the snapshot; null in a format v1 snapshot (its RAM
+     * has none). A v2 snapshot without one for a stored block is corrupt.
+     */
+    RamChecksums.Table checksums(RamBlockEntry block) {
+        if (version < 2) return null;
+        byte[] payload = sections.get(RamChecksums.section(block.id()));
+        if (payload == null) throw corrupt(file, "RAM block " + block.id() + " has no checksum table");
+        return RamChecksums.Table.decode(payload, block.size(), block.id(), file);
+    }
+
     public byte[] section(String name) {
         byte[] s = sections.get(name);
         if (s == null) throw new SnapshotException("snapshot " + file + " has no section " + name);

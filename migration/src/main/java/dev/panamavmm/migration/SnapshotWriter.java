@@ -14,6 +14,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.regex.Pattern;
 import java.util.zip.CRC32C;
 
 /**
@@ -28,6 +29,7 @@ public final class SnapshotWriter implements AutoCloseable {
     private final FileChannel channel;
     private final Map<String, byte[]> sections = new LinkedHashMap<>();
     private final List<RamBlockEntry> ram = new ArrayList<>();
+    private final Map<String, byte[]> checksums = new LinkedHashMap<>();
     private long nextData = SnapshotFormat.DATA_START;
     private boolean committed;
 
@@ -37,10 +39,14 @@ public final class SnapshotWriter implements AutoCloseable {
         this.channel = channel;
     }
 
-    /** Starts a snapshot in {@code dir} (created if missing). */
+    /** Temporary snapshot files: {@code .snapshot.pvm.tmp-PID-N}, PID the writer's process. */
+    static final Pattern TEMP_NAME = Pattern.compile("\\." + Pattern.quote(SnapshotFormat.FILE_NAME) + "\\.tmp-(\\d{1,19})-(-?\\d{1,19})");
+
+    /** Starts a snapshot in {@code dir} (created if missing), first removing temporary files of writers that died. */
     public static SnapshotWriter create(Path dir) {
         try {
             Files.createDirectories(dir);
+            removeStaleTemporaries(dir);
             Path temp = dir.resolve("." + SnapshotFormat.FILE_NAME + ".tmp-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
             var channel = FileChannel.open(temp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE, StandardOpenOption.READ);
             return new SnapshotWriter(dir, temp, channel);
@@ -51,7 +57,7 @@ public final class SnapshotWriter implements AutoCloseable {
 
     /** Adds a named section (vCPU, VM or device state). Kept in memory until commit: they are small. */
     public void section(String name, byte[] payload) {
-        if (name.equals("metadata") || sections.containsKey(name)) throw new IllegalArgumentException("section " + name + " twice");
+        if (name.equals("metadata") || name.startsWith(RamChecksums.SECTION_PREFIX) || sections.containsKey(name)) throw new IllegalArgumentException("section " + name + " twice");
         if (name.getBytes(StandardCharsets.UTF_8).length > SnapshotFormat.MAX_NAME) throw new IllegalArgumentException("section name too long");
         sections.put(name, payload.clone());
     }
@@ -68,12 +74,21 @@ public final class SnapshotWriter implements AutoCloseable {
         return ramWithData(id, guestAddress, kind, shared, data, new long[][] {{0, data.byteSize()}}, progress);
     }
 
-    /** As {@link #ramWithData(String, long, String, boolean, MemorySegment, RamWriter.Progress)}, reading only inside {@code extents} (the rest is zero). */
+    /**
+     * As {@link #ramWithData(String, long, String, boolean, MemorySegment, RamWriter.Progress)}, reading only inside
+     * {@code extents} (the rest is zero). The block's checksum table is computed on the way and
+     * written with the sections.
+     */
     public RamBlockEntry ramWithData(String id, long guestAddress, String kind, boolean shared, MemorySegment data,
                                      long[][] extents, RamWriter.Progress progress) {
+        String checksumSection = RamChecksums.section(id);
+        if (checksumSection.getBytes(StandardCharsets.UTF_8).length > SnapshotFormat.MAX_NAME) throw new IllegalArgumentException("RAM block id too long");
+        if (checksums.containsKey(checksumSection)) throw new IllegalArgumentException("RAM block " + id + " twice");
         long offset = nextData;
         try {
-            long pages = RamWriter.write(channel, offset, data, extents, progress);
+            var accumulator = new RamChecksums.Accumulator(data, RamChecksums.CHUNK);
+            long pages = RamWriter.write(channel, offset, data, extents, progress, accumulator);
+            checksums.put(checksumSection, RamChecksums.encode(RamChecksums.CHUNK, accumulator.finish()));
             nextData = offset + align(data.byteSize());
             var entry = RamBlockEntry.withData(id, guestAddress, data.byteSize(), kind, shared, offset, pages);
             ram.add(entry);
@@ -81,6 +96,37 @@ public final class SnapshotWriter implements AutoCloseable {
         } catch (IOException e) {
             throw new SnapshotException("writing RAM block " + id + " failed: " + e.getMessage(), e);
         }
+    }
+
+    /**
+     * Deletes the temporary snapshot files in {@code dir} whose writer no longer runs (a VMM
+     * killed mid-save leaves one as large as the RAM it wrote). A file is stale when no process
+     * has its pid, or the process with that pid started after the file was last written (the pid
+     * was reused). Files of live writers stay. Returns how many were deleted; best effort.
+     */
+    static int removeStaleTemporaries(Path dir) {
+        int removed = 0;
+        try (var files = Files.newDirectoryStream(dir, ".*.tmp-*")) {
+            for (Path f : files) {
+                var m = TEMP_NAME.matcher(f.getFileName().toString());
+                if (!m.matches()) continue;
+                try {
+                    if (writerGone(Long.parseLong(m.group(1)), Files.getLastModifiedTime(f).toInstant()) && Files.deleteIfExists(f)) removed++;
+                } catch (IOException | NumberFormatException e) {
+                    // gone meanwhile, or not ours to judge: leave it
+                }
+            }
+        } catch (IOException e) {
+            // an unreadable directory fails the save itself, with its own message
+        }
+        return removed;
+    }
+
+    private static boolean writerGone(long pid, java.time.Instant lastWritten) {
+        var process = ProcessHandle.of(pid);
+        if (process.isEmpty()) return true;
+        // A process start time is known to within a second or so (the kernel's boot time is in seconds).
+        return process.get().info().startInstant().map(s -> s.isAfter(lastWritten.plusSeconds(2))).orElse(false);
     }
 
     private static long align(long v) {
@@ -98,6 +144,7 @@ public final class SnapshotWriter implements AutoCloseable {
             var all = new LinkedHashMap<String, byte[]>();
             all.put("metadata", Json.write(meta).getBytes(StandardCharsets.UTF_8));
             all.putAll(sections);
+            all.putAll(checksums);
 
             long tableOffset = nextData;
             var table = new java.io.ByteArrayOutputStream();

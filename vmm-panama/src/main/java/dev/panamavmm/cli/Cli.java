@@ -1,6 +1,8 @@
 package dev.panamavmm.cli;
 
 import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -16,7 +18,8 @@ import java.util.function.Supplier;
  * cache cannot hold its classes, and building its models by reflection cost ~0.3 s of every
  * {@code vmm} start, more than the JVM itself (docs/benchmarks.md). This parser does what the
  * VMM's commands need and nothing else: {@code --name VALUE} and {@code --name=VALUE}, flags,
- * defaults, required options, positional parameters, subcommands, {@code -h/--help},
+ * defaults, required options, positional parameters, subcommands (first, when the command also
+ * has parameters), {@code -h/--help},
  * {@code -V/--version}, and one-line errors worded as before.
  */
 final class Cli {
@@ -160,6 +163,10 @@ final class Cli {
                 given.add(name);
                 continue;
             }
+            if (i == start && !spec.positionals.isEmpty() && spec.subcommands.containsKey(a)) {
+                // A command with parameters of its own (snapshot DIR) and subcommands (snapshot verify DIR): the subcommand comes first.
+                return execute(spec.subcommands.get(a).get(), path + " " + a, args, i + 1, io, version);
+            }
             if (!spec.subcommands.isEmpty() && positional == 0 && spec.positionals.isEmpty()) {
                 var sub = spec.subcommands.get(a);
                 if (sub == null) throw new ParseError("Unmatched argument at index " + i + ": '" + a + "'");
@@ -212,6 +219,21 @@ final class Cli {
         }
     }
 
+    /**
+     * Creates a directory named by {@code option} when it is missing, like {@code mkdir -p}; a path
+     * that exists and is not a directory is a usage error.
+     */
+    static Path createDirectories(String option, Path dir) {
+        if (Files.exists(dir) && !Files.isDirectory(dir)) throw new UsageException(option + " " + dir + " is not a directory");
+        try {
+            return Files.createDirectories(dir);
+        } catch (java.io.IOException e) {
+            String why = e instanceof java.nio.file.AccessDeniedException ? "permission denied"
+                    : e instanceof java.nio.file.FileAlreadyExistsException ? "a file is in the way" : String.valueOf(e.getMessage());
+            throw new UserException("cannot create the " + option + " directory " + dir + ": " + why);
+        }
+    }
+
     /** The help text of a command: usage line, description, parameters, options, subcommands. */
     static String usage(Command command, String path) {
         return usage(command.spec(), path);
@@ -222,7 +244,7 @@ final class Cli {
         if (!spec.options.isEmpty()) sb.append(" [OPTIONS]");
         for (var o : spec.options) if (o.required()) sb.append(' ').append(o.usage());
         for (var p : spec.positionals) sb.append(' ').append(p.required() ? p.label() : "[" + p.label() + "]");
-        if (!spec.subcommands.isEmpty()) sb.append(" COMMAND");
+        if (!spec.subcommands.isEmpty()) sb.append(spec.positionals.isEmpty() ? " COMMAND" : "\n   or: " + path + " COMMAND ...");
         sb.append('\n').append(spec.description).append("\n\n");
         var rows = new ArrayList<String[]>();
         for (var p : spec.positionals) rows.add(new String[] {p.label(), p.description()});

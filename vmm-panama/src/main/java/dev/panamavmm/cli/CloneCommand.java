@@ -28,8 +28,8 @@ final class CloneCommand implements Cli.Command {
                 .option("--count", "N", "1", "clones to start, one process each", v -> count = Cli.integer(v))
                 .option("--console", "WHERE", "stdout", "for one clone: stdout, file:PATH or unix:PATH", v -> console = v)
                 .option("--api-socket", "PATH", null, "for one clone: its control API socket", v -> apiSocket = Path.of(v))
-                .option("--console-dir", "DIR", null, "with --count: clone-I.log console files go here", v -> consoleDir = Path.of(v))
-                .option("--api-socket-dir", "DIR", null, "with --count: clone-I.sock API sockets go here", v -> apiSocketDir = Path.of(v));
+                .option("--console-dir", "DIR", null, "with --count: clone-I.log console files go here (created if missing)", v -> consoleDir = Path.of(v))
+                .option("--api-socket-dir", "DIR", null, "with --count: clone-I.sock API sockets go here (created if missing)", v -> apiSocketDir = Path.of(v));
     }
 
     @Override
@@ -77,7 +77,8 @@ final class CloneCommand implements Cli.Command {
     /** Starts {@code count} background `vmm clone` processes and waits until each one's API socket is up. */
     private int startProcesses(Cli.Io io) throws Exception {
         if (consoleDir == null || apiSocketDir == null) throw new UsageException("--count needs --console-dir and --api-socket-dir");
-        for (var d : List.of(consoleDir, apiSocketDir)) if (!Files.isDirectory(d)) throw new UsageException(d + " is not a directory");
+        Cli.createDirectories("--console-dir", consoleDir);
+        Cli.createDirectories("--api-socket-dir", apiSocketDir);
         var info = ProcessHandle.current().info();
         var launch = sameJvm(info.command().orElse("java"), info.arguments().orElse(new String[0]), System.getProperty("java.class.path"),
                 ownJar());

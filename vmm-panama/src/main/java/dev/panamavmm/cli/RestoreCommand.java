@@ -1,6 +1,8 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.migration.RamVerifier;
+import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmSnapshots;
 
@@ -10,15 +12,19 @@ import java.nio.file.Path;
 final class RestoreCommand implements Cli.Command {
     Path dir;
 
-    boolean paused;
+    boolean paused, verify;
 
     final VmIoOptions vmIo = new VmIoOptions();
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec("restore", "Restore a VM from a snapshot directory and run it (its console and API as with run).")
-                .parameter("DIR", "the snapshot directory", v -> dir = Path.of(v))
+        return new Cli.Spec("restore", "Restore a VM from a snapshot directory and run it (its console and API as with run)."
+                + " A template is refused, never run in place: start it with vmm clone.")
+                .parameter("DIR", "the snapshot directory (not a template: vmm clone DIR runs a copy-on-write clone of one)",
+                        v -> dir = Path.of(v))
                 .flag("--paused", "restore but do not run the guest until the API's cont", () -> paused = true)
+                .flag("--verify", "first check every RAM checksum (as snapshot verify) and refuse a damaged snapshot;"
+                        + " a format 1 snapshot, which has none, is restored with a warning", () -> verify = true)
                 .include(vmIo::declare);
     }
 
@@ -28,6 +34,13 @@ final class RestoreCommand implements Cli.Command {
         if (paused && vmIo.apiSocket == null) throw new UsageException("--paused needs --api-socket (to send cont)");
         // The snapshot first: reading it needs no KVM, and meanwhile EarlyWarmup links the downcall KVM needs.
         var loaded = VmSnapshots.load(dir);
+        Templates.refuseTemplate(loaded); // before the console or API socket is opened
+        if (verify) {
+            var verified = RamVerifier.verify(loaded.snapshot());
+            io.err().println("vmm: " + SnapshotCommand.Verify.summary(loaded.snapshot(), verified)
+                    + (verified.checksums() ? "" : "; restoring it unverified"));
+            io.err().flush();
+        }
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             return VmSession.serve(vmIo.console, vmIo.apiSocket, paused, io.err(), kvm,
                     (out, listener) -> VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CONTINUE, out, listener));

@@ -38,12 +38,12 @@ final class ServeCommand implements Cli.Command {
     public Cli.Spec spec() {
         return new Cli.Spec("serve", "Serve clones of templates over the control API: clone, query-clones, destroy, quit.")
                 .required("--api-socket", "PATH", "the control API socket", v -> apiSocket = Path.of(v))
-                .option("--console-dir", "DIR", null, "each clone's console goes to DIR/ID.log (default: discarded)", v -> consoleDir = Path.of(v));
+                .option("--console-dir", "DIR", null, "each clone's console goes to DIR/ID.log (created if missing; default: discarded)", v -> consoleDir = Path.of(v));
     }
 
     @Override
     public int call(Cli.Io io) throws Exception {
-        if (consoleDir != null && !Files.isDirectory(consoleDir)) throw new UsageException("--console-dir " + consoleDir + " is not a directory");
+        if (consoleDir != null) Cli.createDirectories("--console-dir", consoleDir);
         var quit = new CountDownLatch(1);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var clones = new Clones(kvm, consoleDir)) {
             var previous = Signals.onTermination(name -> quit.countDown());

@@ -12,14 +12,16 @@ import java.nio.file.Path;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 
-/** {@code vmm template create|inspect}: VM templates for fast clones. */
+/** {@code vmm template create|inspect|list|rm}: VM templates for fast clones. */
 final class TemplateCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec("template", "Create or inspect VM templates.")
+        return new Cli.Spec("template", "Create, inspect, list or remove VM templates.")
                 .subcommand("create", Create::new)
-                .subcommand("inspect", Inspect::new);
+                .subcommand("inspect", Inspect::new)
+                .subcommand("list", Listing::new)
+                .subcommand("rm", Remove::new);
     }
 
     @Override
@@ -44,7 +46,7 @@ final class TemplateCommand implements Cli.Command {
             return new Cli.Spec("create", DESCRIPTION)
                     .parameter("DIR", "the template directory to create", v -> dir = Path.of(v))
                     .include(guest::declare)
-                    .option("--mem-dir", "DIR", "/dev/shm", "where the template's memory file goes", v -> memDir = Path.of(v))
+                    .option("--mem-dir", "DIR", "/dev/shm", "where the template's memory file goes (created if missing)", v -> memDir = Path.of(v))
                     .option("--console", "WHERE", "file:/dev/null", "the booting guest's console: stdout or file:PATH", v -> console = v)
                     .option("--api-socket", "PATH", null, "accept stop on this socket as the template point", v -> apiSocket = Path.of(v))
                     .option("--timeout", "SECONDS", "300", "longest wait for the ready point", v -> timeout = Cli.longInteger(v));
@@ -54,7 +56,7 @@ final class TemplateCommand implements Cli.Command {
         public int call(Cli.Io io) throws Exception {
             ConsoleIo.checkSpec(console);
             if (console.startsWith("unix:")) throw new UsageException("template create: --console is stdout or file:PATH");
-            if (!Files.isDirectory(memDir)) throw new UsageException("--mem-dir " + memDir + " is not a directory");
+            Cli.createDirectories("--mem-dir", memDir);
             var config = guest.config(new Backing.Memfd());
             var stop = new CompletableFuture<Void>();
             try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var consoleIo = ConsoleIo.open(console);
@@ -125,4 +127,60 @@ final class TemplateCommand implements Cli.Command {
         }
     }
 
+    static final class Listing implements Cli.Command {
+        static final String DESCRIPTION = "List the templates in a directory (it, or its subdirectories): guest RAM, creation time, clones.";
+        Path dir;
+        boolean json;
+
+        @Override
+        public Cli.Spec spec() {
+            // Templates are created where their DIR says (only their memory files have a default place, /dev/shm).
+            return new Cli.Spec("list", DESCRIPTION)
+                    .parameter("DIR", "a template directory or a directory of templates", v -> dir = Path.of(v))
+                    .flag("--json", "print JSON", () -> json = true);
+        }
+
+        @Override
+        public int call(Cli.Io io) throws Exception {
+            var templates = Templates.list(dir);
+            var out = io.out();
+            if (json) {
+                out.println(Json.write(templates.stream().map(t -> (Object) Json.object("directory", t.dir().toString(),
+                        "memoryFile", t.memoryFile().toString(), "memory", t.memoryBytes(), "cpus", (long) t.cpus(),
+                        "createdAtMillis", t.createdAtMillis(), "clones", (long) t.users())).toList()));
+            } else {
+                if (!templates.isEmpty()) out.printf("%-40s %8s %5s  %-24s %6s  %s%n", "DIRECTORY", "MEMORY", "CPUS", "CREATED", "CLONES", "MEMORY FILE");
+                for (var t : templates) {
+                    out.printf("%-40s %8s %5d  %-24s %6d  %s%n", t.dir(), Sizes.format(t.memoryBytes()), t.cpus(),
+                            java.time.Instant.ofEpochMilli(t.createdAtMillis()).truncatedTo(java.time.temporal.ChronoUnit.SECONDS),
+                            t.users(), t.memoryFile());
+                }
+            }
+            out.flush();
+            return Main.OK;
+        }
+    }
+
+    static final class Remove implements Cli.Command {
+        static final String DESCRIPTION = "Remove a template: its memory file, its snapshot and its directory. Clones that still run"
+                + " keep their copy-on-write mapping (the memory is freed when the last one ends); new clones are refused.";
+        Path dir;
+
+        @Override
+        public Cli.Spec spec() {
+            return new Cli.Spec("rm", DESCRIPTION)
+                    .parameter("DIR", "the template directory (anything else is refused and left as it is)", v -> dir = Path.of(v));
+        }
+
+        @Override
+        public int call(Cli.Io io) throws Exception {
+            var removed = Templates.remove(dir);
+            io.out().printf("removed template %s%s%s%s%n", removed.dir(),
+                    removed.memoryFile() == null ? " (its memory file was already gone)" : " and its memory file " + removed.memoryFile(),
+                    removed.runningClones() == 0 ? "" : "; " + removed.runningClones() + " running clone(s) keep their copy until they end",
+                    removed.otherFilesKept() ? "; the directory holds other files and was kept" : "");
+            io.out().flush();
+            return Main.OK;
+        }
+    }
 }

@@ -23,7 +23,8 @@ import java.util.function.Function;
  * Local migration (live update of the VMM): the running VMM hands its guest to a new VMM process
  * on the same host over a Unix socket. Only state moves: the snapshot (vCPU, VM and device state)
  * is written to tmpfs, a memfd-backed guest's RAM goes as the memfd itself (SCM_RIGHTS), a
- * shared file by reference; private non-memfd RAM is written into the snapshot.
+ * shared file by reference and as its open fd (which carries the file's exclusive lock, see
+ * {@code MemoryFileLocks}); private non-memfd RAM is written into the snapshot.
  *
  * <p>The messages are {@link MigrationProtocol}'s: source -> {@code Prepare} (+ fds), the
  * destination maps the memory and builds the VM shell -> {@code Prepared}; the source pauses the
@@ -77,11 +78,13 @@ public final class LocalMigration {
             try (var peer = UnixSocket.connect(socket)) { // an absent or wrong peer fails here, before the guest stops
                 var watchdog = Watchdog.until(peer, deadline);
                 try {
-                    int[] fds = vm.memory().blocks().stream().filter(b -> b.backing() instanceof Backing.Memfd)
-                            .mapToInt(b -> b.fd()).distinct().limit(1).toArray();
+                    // The memfd first: the state names it as descriptor 0.
+                    var fds = new ArrayList<Integer>();
+                    vm.memory().blocks().stream().filter(b -> b.backing() instanceof Backing.Memfd).limit(1).forEach(b -> fds.add(b.fd()));
                     // Phase 1, the guest still running: the destination maps the same memory and builds the VM.
                     VmSnapshots.probeHost(vm);
-                    peer.send(MigrationProtocol.encode(prepareMessage(vm), MigrationProtocol.VERSION), fds);
+                    var prepare = prepareMessage(vm, fds);
+                    peer.send(MigrationProtocol.encode(prepare, MigrationProtocol.VERSION), fds.stream().mapToInt(Integer::intValue).toArray());
                     expect(peer, MigrationProtocol.Prepared.class);
                     // Phase 2, the downtime: only vCPU, VM and device state moves.
                     long pausedAt = System.nanoTime();
@@ -114,13 +117,19 @@ public final class LocalMigration {
      * the message, or a shared file), or no RAM table when a block's pages must travel in the
      * snapshot (private RAM): then the destination builds the VM after the pause.
      */
-    private static MigrationProtocol.Prepare prepareMessage(Vm vm) {
+    private static MigrationProtocol.Prepare prepareMessage(Vm vm, List<Integer> fds) {
         var blocks = new ArrayList<MigrationProtocol.RamBlock>();
         for (var b : vm.memory().blocks()) {
             switch (b.backing()) {
                 case Backing.Memfd m -> blocks.add(new MigrationProtocol.RamBlock(b.id(), b.guestAddress(), b.size(), b.fileOffset(), 0, null));
-                case Backing.SharedFile f -> blocks.add(new MigrationProtocol.RamBlock(b.id(), b.guestAddress(), b.size(), b.fileOffset(),
-                        null, f.path().toAbsolutePath()));
+                case Backing.SharedFile f -> {
+                    // The file's fd goes along: its exclusive lock (flock, held by the open file
+                    // description) comes with it, so the destination maps the file while this VMM
+                    // still holds it, and keeps it locked once this one exits.
+                    if (!fds.contains(b.fd())) fds.add(b.fd());
+                    blocks.add(new MigrationProtocol.RamBlock(b.id(), b.guestAddress(), b.size(), b.fileOffset(), fds.indexOf(b.fd()),
+                            f.path().toAbsolutePath()));
+                }
                 case Backing.PrivateFile f -> {
                     return new MigrationProtocol.Prepare(MigrationProtocol.VERSION, vm.vcpuCount(), vm.memory().size(), null);
                 }
@@ -297,7 +306,9 @@ public final class LocalMigration {
             if (b.descriptor() != null) {
                 int d = b.descriptor();
                 if (d < 0 || d >= fds.length) throw new SnapshotException("the source named descriptor " + d + " but passed " + fds.length);
-                sources.add(new GuestMemory.BlockSource(b.id(), b.guestAddress(), b.size(), new Backing.Memfd(), b.fileOffset(), fds[d]));
+                // A shared file passed as an fd comes with its lock; a memfd has no path.
+                var backing = b.file() != null ? new Backing.SharedFile(b.file()) : new Backing.Memfd();
+                sources.add(new GuestMemory.BlockSource(b.id(), b.guestAddress(), b.size(), backing, b.fileOffset(), fds[d]));
             } else if (b.file() != null) {
                 sources.add(new GuestMemory.BlockSource(b.id(), b.guestAddress(), b.size(), new Backing.SharedFile(b.file()), b.fileOffset()));
             } else {

@@ -27,8 +27,8 @@ import java.util.concurrent.TimeUnit;
 public final class Templates {
     private Templates() {}
 
-    public static final String MEMORY_LINK = "memory.ram";
-    static final String CREATING = ".creating";
+    public static final String MEMORY_LINK = TemplateGuard.MEMORY_LINK;
+    static final String CREATING = TemplateGuard.CREATING;
 
     /** What a template creation did. */
     public record Created(Path dir, Path memoryFile, long saveMillis, long bootMillis) {}
@@ -122,6 +122,92 @@ public final class Templates {
             throw new SnapshotException(dir + " is a snapshot, not a template: its RAM is not in a shared memory file");
         }
         return loaded;
+    }
+
+    /** Whether {@code dir} is a template directory (finished or being created), not a plain snapshot. */
+    public static boolean isTemplate(Path dir) {
+        return TemplateGuard.isTemplate(dir);
+    }
+
+    /** See {@link TemplateGuard#refuseTemplate}. */
+    public static void refuseTemplate(LoadedSnapshot loaded) {
+        TemplateGuard.refuseTemplate(loaded);
+    }
+
+    /** A template found by {@link #list}: its directory, memory file, guest RAM, creation time and the clones that map it. */
+    public record Listed(Path dir, Path memoryFile, long memoryBytes, int cpus, long createdAtMillis, int users) {}
+
+    /** The finished templates in {@code dir} (itself, or its immediate subdirectories), by directory name. */
+    public static java.util.List<Listed> list(Path dir) throws IOException {
+        if (!Files.isDirectory(dir)) throw new SnapshotException("no directory " + dir);
+        var candidates = new java.util.ArrayList<Path>();
+        if (isTemplate(dir)) candidates.add(dir);
+        else try (var children = Files.list(dir)) {
+            children.filter(Files::isDirectory).sorted().forEach(candidates::add);
+        }
+        var found = new java.util.ArrayList<Listed>();
+        for (var d : candidates) {
+            if (!Files.isSymbolicLink(d.resolve(MEMORY_LINK)) || Files.exists(d.resolve(CREATING))) continue;
+            try {
+                var snapshot = dev.panamavmm.migration.SnapshotReader.open(d);
+                var machine = dev.panamavmm.migration.Json.asObject(snapshot.metadata().get("machine"), "machine");
+                Path memory = Files.readSymbolicLink(d.resolve(MEMORY_LINK));
+                int users = Files.exists(memory) ? dev.panamavmm.vmm.memory.MemoryFileLocks.holders(memory).size() : 0;
+                found.add(new Listed(d, memory, (Long) machine.get("memory"), (int) (long) (Long) machine.get("cpus"),
+                        snapshot.createdAtMillis(), users));
+            } catch (RuntimeException | IOException e) {
+                // not readable as a template: list shows templates, inspect says what is wrong with the rest
+            }
+        }
+        return found;
+    }
+
+    /** What {@link #remove} did: the memory file it deleted (null if it was already gone) and how many clones still map it. */
+    public record Removed(Path dir, Path memoryFile, int runningClones, boolean otherFilesKept) {}
+
+    /**
+     * Removes a template: its memory file, its snapshot and link, and the directory unless it holds
+     * other files. Running clones keep their private copy-on-write mapping of the memory (the
+     * kernel frees it when the last one ends). Refuses a directory that is not a template and
+     * one that is still being created.
+     */
+    public static Removed remove(Path dir) throws IOException {
+        if (!Files.isDirectory(dir)) throw new SnapshotException("no template directory " + dir);
+        Path link = dir.resolve(MEMORY_LINK);
+        Path marker = dir.resolve(CREATING);
+        if (!isTemplate(dir)) {
+            throw new SnapshotException(dir + " is not a template (no " + MEMORY_LINK + " link): nothing removed");
+        }
+        if (Files.exists(marker)) {
+            String pid = "";
+            try {
+                pid = Files.readString(marker).strip();
+            } catch (IOException ignored) {
+                // creation just finished or failed
+            }
+            if (!pid.isEmpty() && pid.chars().allMatch(Character::isDigit)
+                    && ProcessHandle.of(Long.parseLong(pid)).map(ProcessHandle::isAlive).orElse(false)) {
+                throw new SnapshotException("template " + dir + " is still being created (process " + pid + " is running): nothing removed");
+            }
+        }
+        Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-xr-x")); // created 0555
+        Path memory = Files.isSymbolicLink(link) ? Files.readSymbolicLink(link) : null;
+        int clones = 0;
+        if (memory != null && Files.isRegularFile(memory)) {
+            clones = dev.panamavmm.vmm.memory.MemoryFileLocks.holders(memory).size();
+            Files.delete(memory);
+        } else {
+            memory = null;
+        }
+        Files.deleteIfExists(link);
+        Files.deleteIfExists(dir.resolve(SnapshotFormat.FILE_NAME));
+        Files.deleteIfExists(marker);
+        boolean others;
+        try (var rest = Files.list(dir)) {
+            others = rest.findAny().isPresent();
+        }
+        if (!others) Files.delete(dir);
+        return new Removed(dir, memory, clones, others);
     }
 
     /** A clone of a loaded template, paused until started, with a fresh random generation id. */

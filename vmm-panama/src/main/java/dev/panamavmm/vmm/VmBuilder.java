@@ -74,6 +74,7 @@ public final class VmBuilder {
     public static Vm fromSnapshot(Kvm kvm, LoadedSnapshot loaded, Mode mode, OutputStream console, VmListener listener) {
         int max = kvm.maxVcpus();
         if (loaded.cpus() > max) throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
+        if (mode == Mode.CONTINUE) TemplateGuard.refuseTemplate(loaded);
         var sources = new ArrayList<GuestMemory.BlockSource>();
         for (var e : loaded.snapshot().ram()) {
             if (e.byDescriptor()) {

@@ -117,7 +117,12 @@ public final class VmSnapshots {
             log.debug("saved {}: pause {} us, state {} us, RAM {} us, commit {} us", file, (paused - start) / 1000,
                     (captured - paused) / 1000, (ram - captured) / 1000, (end - ram) / 1000);
             var saved = new Saved(file, written, references, (end - start) / 1_000_000);
-            if (after == After.STOP) vm.end(new VmExitReason.Stopped("snapshot to " + dir));
+            if (after == After.STOP) {
+                vm.end(new VmExitReason.Stopped("snapshot to " + dir));
+                // The paused guest never runs again: a restore may take its memory file right away,
+                // not only once this process has exited.
+                vm.memory().unlockSharedFiles();
+            }
             return saved;
         } catch (IOException e) {
             throw new SnapshotException("saving failed: " + e.getMessage(), e);

@@ -20,16 +20,18 @@ class CliTest {
         boolean flag;
         String required, first, second;
         final List<String> ran = new ArrayList<>();
+        Probe sub;
 
         @Override
         public Cli.Spec spec() {
-            return new Cli.Spec("probe", "A probe.")
+            var spec = new Cli.Spec("probe", "A probe.")
                     .option("--size", "SIZE", "1M", "a size", v -> size = Sizes.parse(v))
                     .option("--count", "N", null, "a count", v -> count = Cli.integer(v))
                     .flag("--flag", "a flag", () -> flag = true)
                     .required("--name", "NAME", "a name", v -> required = v)
                     .parameter("FIRST", "the first", v -> first = v)
                     .optionalParameter("SECOND", "the second", v -> second = v);
+            return sub == null ? spec : spec.subcommand("sub", () -> sub);
         }
 
         @Override
@@ -86,6 +88,24 @@ class CliTest {
         assertEquals(0, Cli.execute(p, "probe", new String[] {"-V"}, io, "v1"));
         assertTrue(out.toString().endsWith("v1\n"));
         assertEquals(List.of(), p.ran);
+    }
+
+    /** A command with parameters of its own and a subcommand (snapshot DIR, snapshot verify DIR): the subcommand only first. */
+    @Test
+    void aSubcommandOfACommandWithParametersComesFirst() throws Exception {
+        var sub = new Probe();
+        var parent = new Probe();
+        parent.sub = sub;
+        assertEquals(7, Cli.execute(parent, "probe", new String[] {"sub", "--name", "s", "x"}, IO, "v1"));
+        assertEquals("s", sub.required, "the subcommand ran, without the parent's required --name");
+        assertEquals(List.of(), parent.ran);
+        assertEquals(7, Cli.execute(parent, "probe", new String[] {"--name", "n", "sub"}, IO, "v1"));
+        assertEquals("sub", parent.first, "after an option, 'sub' is the parent's parameter");
+
+        var out = new StringWriter();
+        Cli.execute(parent, "probe", new String[] {"--help"}, new Cli.Io(new PrintWriter(out), new PrintWriter(new StringWriter())), "v1");
+        assertTrue(out.toString().startsWith("Usage: probe [OPTIONS] --name=NAME FIRST [SECOND]\n   or: probe COMMAND ...\nA probe.\n"),
+                out.toString());
     }
 
     private static void assertError(String message, String... args) {

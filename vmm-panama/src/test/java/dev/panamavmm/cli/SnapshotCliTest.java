@@ -95,11 +95,15 @@ class SnapshotCliTest {
             byte[] flipped = good.clone();
             flipped[good.length - 100] ^= 1;
             refused(snap, file, flipped, "is corrupt");
-            refused(snap, file, withHeaderInt(good, 8, 2), "has format version 2; this VMM reads version 1");
+            refused(snap, file, withHeaderInt(good, 8, 3), "has format version 3; this VMM reads versions 1 to 2");
             String otherFlavour = dev.panamavmm.kvm.Kvm.hostFlavour() == dev.panamavmm.kvm.HostFlavour.PVM ? "VMX" : "PVM";
             refused(snap, file, withHeaderInt(good, 12, otherFlavour.equals("VMX") ? 1 : 3),
                     "the snapshot was taken on a " + otherFlavour + " host");
             Files.write(file, good);
+            var verified = MainTest.run("snapshot", "verify", snap.toString());
+            assertEquals(0, verified.code(), verified.err());
+            assertEquals("snapshot " + file + " is intact: no RAM stored in it; 1 RAM block(s) by reference to a memory file:"
+                    + " its identity checked, not its contents\n", verified.out());
 
             byte[] original = Files.readAllBytes(ram);
             try (var ch = java.nio.channels.FileChannel.open(ram, java.nio.file.StandardOpenOption.WRITE)) {
@@ -108,11 +112,209 @@ class SnapshotCliTest {
             refusedAsIs(snap, "does not match the snapshot (its size changed");
             Files.write(ram, original);
             refusedAsIs(snap, "does not match the snapshot (it was modified after the snapshot)");
+            var stale = MainTest.run("snapshot", "verify", snap.toString());
+            assertEquals(1, stale.code(), stale.err());
+            assertEquals("vmm: snapshot " + file + " cannot be restored: the memory file " + ram + " of RAM block ram-low does not match"
+                    + " the snapshot (it was modified after the snapshot)\n", stale.err());
             Files.delete(ram);
             refusedAsIs(snap, "the snapshot's memory file " + ram + " is missing");
         } finally {
             Files.deleteIfExists(ram);
         }
+    }
+
+    /**
+     * A full snapshot's RAM checksums: intact it verifies and restores with --verify (the guest
+     * continues); a flipped byte in a data page, or a byte written into a hole (a zero page now
+     * non-zero), fails both verify and restore --verify, naming the block's damaged 2 MiB.
+     */
+    @KvmTest
+    void verifyNamesTheDamagedExtentAndRestoreVerifyRefusesIt(@TempDir Path dir) throws Exception {
+        var api = dir.resolve("api.sock");
+        var snap = dir.resolve("snap");
+        var console1 = dir.resolve("console1.txt");
+        var console2 = dir.resolve("console2.txt");
+        try (var vmm = VmmProcess.start("run", "--memory", "64M", "--api-socket", api.toString(), "--console", "file:" + console1,
+                "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
+            awaitText(console1, "hb 0 2", 30);
+            vmm.awaitSocket(api);
+            var r = MainTest.run("snapshot", "--api-socket", api.toString(), "--no-bypass", snap.toString());
+            assertEquals(0, r.code(), r.err());
+            assertEquals(0, vmm.waitFor(30), vmm.stderr());
+        }
+        var file = snap.resolve(SnapshotFormat.FILE_NAME);
+        var intact = MainTest.run("snapshot", "verify", snap.toString());
+        assertEquals(0, intact.code(), intact.err());
+        assertTrue(intact.out().matches("snapshot " + java.util.regex.Pattern.quote(file.toString())
+                + " is intact: 1 RAM block\\(s\\), 64 MiB checked in \\d+ ms\n"), intact.out());
+
+        byte[] good = Files.readAllBytes(file);
+        long data = SnapshotFormat.DATA_START; // the one block's first byte
+        // A byte of the guest's exercised memory (it fills 8 MiB above its image at 1 MiB), and a page of the untouched top.
+        int dataByte = -1;
+        for (int at = (int) (data + (4 << 20)); at < data + (12 << 20) && dataByte < 0; at++) if (good[at] != 0) dataByte = at;
+        assertTrue(dataByte > 0, "the guest wrote its pattern");
+        int holeByte = (int) (data + (61 << 20) + 12345);
+        for (int at = holeByte - 4096; at < holeByte + 4096; at++) assertEquals(0, good[at], "a zero page near the top");
+
+        byte[] flipped = good.clone();
+        flipped[dataByte] ^= 0x20;
+        long chunk = (dataByte - data) & -(2L << 20);
+        damaged(snap, file, flipped, String.format("RAM block ram-low, bytes 0x%x-0x%x: checksum mismatch", chunk, chunk + (2 << 20) - 1));
+        byte[] filledHole = good.clone();
+        filledHole[holeByte] = 1;
+        damaged(snap, file, filledHole, "RAM block ram-low, bytes 0x3c00000-0x3dfffff: checksum mismatch");
+
+        Files.write(file, good);
+        var before = heartbeats(Files.readString(console1));
+        try (var restored = VmmProcess.start("restore", "--verify", snap.toString(), "--console", "file:" + console2)) {
+            awaitText(console2, "hb 0 " + (before.get(0) + 3), 30);
+            assertTrue(restored.stderr().startsWith("vmm: snapshot " + file + " is intact: 1 RAM block(s), 64 MiB checked"), restored.stderr());
+            restored.signal("TERM");
+            assertEquals(0, restored.waitFor(30), restored.stderr());
+        }
+        heartbeats(Files.readString(console1) + Files.readString(console2));
+    }
+
+    static void damaged(Path snap, Path file, byte[] content, String why) throws Exception {
+        Files.write(file, content);
+        String line = "vmm: snapshot " + file + " is corrupt (" + why + ")\n";
+        var verify = MainTest.run("snapshot", "verify", snap.toString());
+        assertEquals(1, verify.code(), verify.out());
+        assertEquals(line, verify.err());
+        var restore = MainTest.run("restore", "--verify", snap.toString(), "--console", "file:/dev/null");
+        assertEquals(1, restore.code(), restore.err());
+        assertEquals(line, restore.err());
+    }
+
+    /** The committed format v1 snapshot has no RAM checksums: verify says so (exit 0); restore --verify warns and restores it. */
+    @KvmTest
+    void aVersion1SnapshotVerifiesWithoutRamChecksumsAndStillRestores(@TempDir Path dir) throws Exception {
+        var fixture = Path.of("src/test/fixtures/snapshots/v1-52b27eb-full-2cpu");
+        var snap = Files.createDirectory(dir.resolve("v1"));
+        Files.copy(fixture.resolve(SnapshotFormat.FILE_NAME), snap.resolve(SnapshotFormat.FILE_NAME));
+        var file = snap.resolve(SnapshotFormat.FILE_NAME);
+        var verify = MainTest.run("snapshot", "verify", snap.toString());
+        assertEquals(0, verify.code(), verify.err());
+        assertEquals("snapshot " + file + " has format version 1: header and sections intact, its RAM carries no checksums\n", verify.out());
+
+        var console = dir.resolve("console.txt");
+        try (var restored = VmmProcess.start("restore", "--verify", snap.toString(), "--console", "file:" + console)) {
+            awaitText(console, "hb 1 \\d+", 30);
+            int first = Integer.parseInt(Files.readString(console).lines().filter(l -> l.startsWith("hb 1 ")).findFirst().orElseThrow().substring(5));
+            awaitText(console, "hb 1 " + (first + 3), 30);
+            assertTrue(restored.stderr().startsWith("vmm: snapshot " + file + " has format version 1: header and sections intact,"
+                    + " its RAM carries no checksums; restoring it unverified\n"), restored.stderr());
+            restored.signal("TERM");
+            assertEquals(0, restored.waitFor(30), restored.stderr());
+        }
+        continuing(Files.readString(console));
+    }
+
+    /** The heartbeats of a guest restored from a snapshot of unknown count: each CPU's go on by one from its first, nothing CORRUPT. */
+    static void continuing(String console) {
+        var first = new java.util.HashMap<Integer, Integer>();
+        var lines = new java.util.ArrayList<String>();
+        for (var line : console.lines().toList()) {
+            var m = dev.panamavmm.guest.TestGuest.HEARTBEAT.matcher(line);
+            if (m.matches() && first.putIfAbsent(Integer.parseInt(m.group(1)), Integer.parseInt(m.group(2))) == null) {
+                for (int n = 1; n < Integer.parseInt(m.group(2)); n++) lines.add("hb " + m.group(1) + " " + n); // what the saved guest had printed
+            }
+            lines.add(line);
+        }
+        assertEquals(2, first.size(), console);
+        dev.panamavmm.testing.Heartbeats.check(lines);
+    }
+
+    /**
+     * Issue 13: kill -9 of a VMM while it writes a 1 GiB full snapshot into a directory holding an
+     * earlier snapshot. The earlier one restores intact (the guest goes on from it, nothing
+     * CORRUPT); the dead writer's temporary file is ignored by that restore and removed by the
+     * next save, after which the directory holds exactly snapshot.pvm.
+     */
+    @KvmTest
+    void aSaveKilledMidWriteLeavesTheEarlierSnapshotAndTheNextSaveRemovesItsTemporaryFile(@TempDir Path dir) throws Exception {
+        var shm = Files.createTempDirectory(Path.of("/dev/shm"), "panama-kill-test-");
+        try {
+            var snap = shm.resolve("snap");
+            var console1 = dir.resolve("console1.txt");
+            var console2 = dir.resolve("console2.txt");
+            var console3 = dir.resolve("console3.txt");
+            String cmdline = "console=ttyS0 testguest.hb=100 testguest.mem=512M";
+            var api1 = dir.resolve("api1.sock");
+            try (var first = VmmProcess.start("run", "--memory", "1G", "--api-socket", api1.toString(), "--console", "file:" + console1,
+                    "--cmdline", cmdline)) {
+                awaitText(console1, "hb 0 2", 60);
+                first.awaitSocket(api1);
+                var r = MainTest.run("snapshot", "--api-socket", api1.toString(), "--no-bypass", snap.toString());
+                assertEquals(0, r.code(), r.err());
+                assertEquals(0, first.waitFor(30), first.stderr());
+            }
+            var file = snap.resolve(SnapshotFormat.FILE_NAME);
+            byte[] earlierHeader = java.util.Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE);
+
+            // A second VMM continues that guest and is killed while it saves it again into the same directory.
+            var api2 = dir.resolve("api2.sock");
+            Path temp;
+            try (var second = VmmProcess.start("restore", snap.toString(), "--api-socket", api2.toString(), "--console", "file:" + console2)) {
+                second.awaitSocket(api2);
+                awaitText(console2, "hb 0 \\d+", 30);
+                var save = java.util.concurrent.CompletableFuture.supplyAsync(
+                        () -> MainTest.run("snapshot", "--api-socket", api2.toString(), "--no-bypass", snap.toString()));
+                temp = awaitGrowingTemporary(snap, second.pid(), save);
+                ProcessHandle.of(second.pid()).orElseThrow().destroyForcibly(); // SIGKILL
+                second.waitFor(30);
+                var failed = save.get(30, java.util.concurrent.TimeUnit.SECONDS);
+                assertEquals(1, failed.code(), failed.out());
+            }
+            assertTrue(Files.size(temp) > 0, "kill -9 leaves the writer's temporary file: " + temp);
+            assertTrue(java.util.Arrays.equals(earlierHeader, java.util.Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE)),
+                    "snapshot.pvm is still the earlier snapshot");
+
+            // The earlier snapshot restores (the temporary file beside it ignored) and the guest goes on from it.
+            var api3 = dir.resolve("api3.sock");
+            var before = heartbeats(Files.readString(console1));
+            try (var third = VmmProcess.start("restore", snap.toString(), "--api-socket", api3.toString(), "--console", "file:" + console3)) {
+                awaitText(console3, "hb 0 " + (before.get(0) + 5), 60);
+                third.awaitSocket(api3);
+                assertTrue(Files.exists(temp));
+                var r = MainTest.run("snapshot", "--api-socket", api3.toString(), "--no-bypass", snap.toString());
+                assertEquals(0, r.code(), r.err());
+                assertEquals(0, third.waitFor(30), third.stderr());
+            }
+            heartbeats(Files.readString(console1) + Files.readString(console3));
+            try (var files = Files.list(snap)) {
+                assertEquals(java.util.List.of(file), files.toList(), "the next save removed the dead writer's temporary file");
+            }
+        } finally {
+            try (var walk = Files.walk(shm)) {
+                for (var p : walk.sorted(java.util.Comparator.reverseOrder()).toList()) Files.deleteIfExists(p);
+            }
+        }
+    }
+
+    /** Waits until the VMM {@code pid} has a temporary snapshot file in {@code dir} that is growing (it is writing RAM). */
+    static Path awaitGrowingTemporary(Path dir, long pid, java.util.concurrent.Future<?> save) throws Exception {
+        String prefix = "." + SnapshotFormat.FILE_NAME + ".tmp-" + pid + "-";
+        long deadline = System.nanoTime() + 60_000_000_000L, lastSize = -1;
+        while (System.nanoTime() < deadline && !save.isDone()) {
+            Path temp = null;
+            try (var files = Files.list(dir)) {
+                temp = files.filter(f -> f.getFileName().toString().startsWith(prefix)).findFirst().orElse(null);
+            }
+            if (temp != null) {
+                long size;
+                try {
+                    size = Files.size(temp);
+                } catch (java.nio.file.NoSuchFileException e) {
+                    break; // committed already: too late
+                }
+                if (lastSize > 0 && size > lastSize) return temp;
+                lastSize = size;
+            }
+            Thread.sleep(1);
+        }
+        throw new AssertionError("no growing temporary snapshot file of pid " + pid + " in " + dir + " (the save ended or never began)");
     }
 
     static byte[] withHeaderInt(byte[] good, int offset, int value) {

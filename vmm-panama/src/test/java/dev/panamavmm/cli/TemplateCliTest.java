@@ -63,8 +63,9 @@ class TemplateCliTest {
     @KvmTest
     void cloneCountStartsOneProcessEach(@TempDir Path dir) throws Exception {
         var tpl = createTemplate(dir);
-        var consoles = Files.createDirectory(dir.resolve("consoles"));
-        var sockets = Files.createDirectory(dir.resolve("sockets"));
+        // Directories that do not exist yet, nor their parents: created like mkdir -p.
+        var consoles = dir.resolve("new/consoles");
+        var sockets = dir.resolve("new/sockets");
         try {
             var r = MainTest.run("clone", tpl.toString(), "--count", "3", "--console-dir", consoles.toString(),
                     "--api-socket-dir", sockets.toString());
@@ -116,6 +117,108 @@ class TemplateCliTest {
         assertTrue(Files.notExists(creating.resolve(".creating")));
     }
 
+    static String sha256(Path file) throws Exception {
+        var digest = java.security.MessageDigest.getInstance("SHA-256");
+        try (var in = Files.newInputStream(file)) {
+            in.transferTo(new java.security.DigestOutputStream(java.io.OutputStream.nullOutputStream(), digest));
+        }
+        return java.util.HexFormat.of().formatHex(digest.digest());
+    }
+
+    /** Issue 21 item 2: `restore TEMPLATE` ran the guest in the template's memory file and destroyed the template. */
+    @KvmTest
+    void aTemplateIsNeverRunInPlaceAndClonesStillWorkAfterTheAttempts(@TempDir Path dir) throws Exception {
+        var tpl = createTemplate(dir);
+        try {
+            Path memory = Files.readSymbolicLink(tpl.resolve("memory.ram"));
+            String before = sha256(memory);
+            var r = MainTest.run("restore", tpl.toString(), "--console", "file:" + dir.resolve("restore.log"));
+            assertEquals(1, r.code());
+            assertEquals("vmm: " + tpl + " is a template: use vmm clone " + tpl + "\n", r.err());
+            assertTrue(Files.notExists(dir.resolve("restore.log")), "refused before the console is opened");
+            // The template's snapshot copied elsewhere: its memory file is read-only, so it is refused too.
+            var copy = Files.createDirectory(dir.resolve("copy"));
+            Files.copy(tpl.resolve("snapshot.pvm"), copy.resolve("snapshot.pvm"));
+            var copied = MainTest.run("restore", copy.toString(), "--console", "file:/dev/null");
+            assertEquals(1, copied.code());
+            assertEquals("vmm: the memory file " + memory + " is read-only, as a template's is: clone it (vmm clone DIR)"
+                    + " instead of continuing in it\n", copied.err());
+            // And a new guest does not run in it either.
+            var run = MainTest.run("run", "--mem-path", memory.toString(), "--shared", "--memory", "64M", "--console", "file:/dev/null");
+            assertEquals(1, run.code());
+            assertEquals("vmm: memory file " + memory + " is read-only (a template's memory is): a guest runs in it only if it is"
+                    + " writable\n", run.err());
+            assertEquals(before, sha256(memory), "the template's memory, byte for byte");
+            // Clones side by side; while they run, a writer is refused by the lock they hold shared.
+            var c1 = dir.resolve("c1.log");
+            var c2 = dir.resolve("c2.log");
+            try (var one = VmmProcess.start("clone", tpl.toString(), "--console", "file:" + c1);
+                 var two = VmmProcess.start("clone", tpl.toString(), "--console", "file:" + c2)) {
+                SnapshotCliTest.awaitText(c1, "hb 0 3", 30);
+                SnapshotCliTest.awaitText(c2, "hb 0 3", 30);
+                var again = MainTest.run("restore", tpl.toString());
+                assertEquals(1, again.code());
+                one.signal("TERM");
+                two.signal("TERM");
+                assertEquals(0, one.waitFor(30), one.stderr());
+                assertEquals(0, two.waitFor(30), two.stderr());
+            }
+            String template = Files.readString(dir.resolve("template.log"));
+            SnapshotCliTest.heartbeats(template + Files.readString(c1));
+            SnapshotCliTest.heartbeats(template + Files.readString(c2));
+            assertEquals(before, sha256(memory), "the template's memory after its clones ran");
+        } finally {
+            deleteTemplate(tpl);
+        }
+    }
+
+    /** Issue 14 item 7: `rm -rf` of a template left its memory file in /dev/shm; `template rm` leaves nothing. */
+    @KvmTest
+    void templateListShowsItAndTemplateRmLeavesNothingBehindWhileAClonesRunsOn(@TempDir Path dir) throws Exception {
+        var tpl = createTemplate(dir);
+        Path memory = Files.readSymbolicLink(tpl.resolve("memory.ram"));
+        try {
+            var console = dir.resolve("clone.log");
+            try (var clone = VmmProcess.start("clone", tpl.toString(), "--console", "file:" + console)) {
+                SnapshotCliTest.awaitText(console, "hb 0 2", 30);
+                var list = MainTest.run("template", "list", dir.toString(), "--json");
+                assertEquals(0, list.code(), list.err());
+                var rows = (List<?>) Json.parse(list.out().strip());
+                assertEquals(1, rows.size(), list.out());
+                var row = Json.asObject(rows.getFirst(), "row");
+                assertEquals(tpl.toString(), row.get("directory"));
+                assertEquals(memory.toString(), row.get("memoryFile"));
+                assertEquals(64L << 20, row.get("memory"));
+                assertEquals(1L, row.get("clones"));
+                assertTrue(Math.abs(System.currentTimeMillis() - (Long) row.get("createdAtMillis")) < 600_000, list.out());
+                var text = MainTest.run("template", "list", dir.toString());
+                assertTrue(text.out().lines().anyMatch(l -> l.startsWith(tpl.toString()) && l.contains("64 MiB")), text.out());
+
+                var notTemplate = MainTest.run("template", "rm", dir.toString());
+                assertEquals(1, notTemplate.code());
+                assertEquals("vmm: " + dir + " is not a template (no memory.ram link): nothing removed\n", notTemplate.err());
+                assertTrue(Files.exists(dir.resolve("template.log")), "nothing removed");
+
+                var rm = MainTest.run("template", "rm", tpl.toString());
+                assertEquals(0, rm.code(), rm.err());
+                assertEquals("removed template " + tpl + " and its memory file " + memory
+                        + "; 1 running clone(s) keep their copy until they end\n", rm.out());
+                assertTrue(Files.notExists(tpl), "the directory is gone");
+                assertTrue(Files.notExists(memory), "the memory file is gone from /dev/shm");
+                int at = SnapshotCliTest.heartbeats(Files.readString(console)).get(0);
+                SnapshotCliTest.awaitText(console, "hb 0 " + (at + 3), 30);
+                clone.signal("TERM");
+                assertEquals(0, clone.waitFor(30), clone.stderr());
+            }
+            SnapshotCliTest.heartbeats(Files.readString(dir.resolve("template.log")) + Files.readString(console));
+            assertEquals("", MainTest.run("template", "list", dir.toString()).out());
+            var gone = MainTest.run("clone", tpl.toString());
+            assertEquals("vmm: no template directory " + tpl + "\n", gone.err());
+        } finally {
+            Files.deleteIfExists(memory);
+        }
+    }
+
     static long count(String what, long pid) throws Exception {
         var proc = Path.of("/proc", Long.toString(pid));
         return switch (what) {
@@ -131,7 +234,7 @@ class TemplateCliTest {
     void serveClonesOnRequestAndLeaksNothing(@TempDir Path dir) throws Exception {
         var tpl = createTemplate(dir);
         var api = dir.resolve("serve.sock");
-        var consoles = Files.createDirectory(dir.resolve("consoles"));
+        var consoles = dir.resolve("missing/consoles"); // created by serve
         // The rehearsal done before the socket appears, so the counts below see only the clones.
         try (var serve = VmmProcess.start(java.util.Map.of("PANAMA_VMM_REHEARSAL", "sync"),
                 "serve", "--api-socket", api.toString(), "--console-dir", consoles.toString());

@@ -104,6 +104,12 @@ public final class LibcConstants {
     public static final int SEEK_DATA = 3;
     public static final int SEEK_HOLE = 4;
     public static final int ENXIO = 6;
+    public static final int SYS_flock = 73;
+    public static final int LOCK_SH = 1;
+    public static final int LOCK_EX = 2;
+    public static final int LOCK_NB = 4;
+    public static final int LOCK_UN = 8;
+    public static final int EWOULDBLOCK = 11;
     public static final int SYS_socket = 41;
     public static final int SYS_bind = 49;
     public static final int SYS_connect = 42;

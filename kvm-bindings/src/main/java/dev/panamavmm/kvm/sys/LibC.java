@@ -187,6 +187,20 @@ public final class LibC {
         throw fail("lseek", capture);
     }
 
+    /**
+     * {@code flock(fd, operation)}: a whole-file advisory lock held by the open file description
+     * (so it travels with the fd over SCM_RIGHTS and lasts while any copy of it, or a mapping of
+     * it, is open). With {@code LOCK_NB}, false when another open file description holds a
+     * conflicting lock (EWOULDBLOCK) instead of waiting; other failures throw.
+     */
+    public static boolean flock(int fd, int operation) {
+        var capture = CAPTURE.get();
+        long r = syscall(capture, LibcConstants.SYS_flock, fd, operation, 0);
+        if (r == 0) return true;
+        if (capture.get(JAVA_INT, ERRNO_OFFSET) == LibcConstants.EWOULDBLOCK && (operation & LibcConstants.LOCK_NB) != 0) return false;
+        throw fail("flock", capture);
+    }
+
     public static void ftruncate(int fd, long length) {
         checked("ftruncate", LibcConstants.SYS_ftruncate, fd, length, 0);
     }

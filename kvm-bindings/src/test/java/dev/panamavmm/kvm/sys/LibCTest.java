@@ -95,4 +95,27 @@ class LibCTest {
         assertFalse(LibC.tgkill(tid[0], 0), "signal 0 to an exited thread: ESRCH, reported as false");
         assertTrue(LibC.tgkill(LibC.gettid(), 0), "signal 0 checks that the thread exists");
     }
+
+    @Test
+    void flockBelongsToTheOpenFileDescriptionAndRefusesAConflictWithoutWaiting(@org.junit.jupiter.api.io.TempDir java.nio.file.Path dir) {
+        String file = dir.resolve("locked").toString();
+        int flags = LibcConstants.O_RDWR | LibcConstants.O_CREAT | LibcConstants.O_CLOEXEC;
+        int first = LibC.open(file, flags, 0600), second = LibC.open(file, flags, 0600);
+        try {
+            assertTrue(LibC.flock(first, LibcConstants.LOCK_EX | LibcConstants.LOCK_NB));
+            // Another open of the same file is another open file description: refused, even in this process.
+            assertFalse(LibC.flock(second, LibcConstants.LOCK_SH | LibcConstants.LOCK_NB));
+            assertFalse(LibC.flock(second, LibcConstants.LOCK_EX | LibcConstants.LOCK_NB));
+            assertTrue(LibC.flock(first, LibcConstants.LOCK_UN));
+            assertTrue(LibC.flock(second, LibcConstants.LOCK_SH | LibcConstants.LOCK_NB));
+            assertTrue(LibC.flock(first, LibcConstants.LOCK_SH | LibcConstants.LOCK_NB), "shared locks do not conflict");
+            assertFalse(LibC.flock(first, LibcConstants.LOCK_EX | LibcConstants.LOCK_NB), "an exclusive one conflicts with a shared one");
+        } finally {
+            LibC.close(first);
+            LibC.close(second);
+        }
+        var e = assertThrows(KvmException.class, () -> LibC.flock(-1, LibcConstants.LOCK_EX | LibcConstants.LOCK_NB));
+        assertEquals(LibcConstants.EBADF, e.errno());
+        assertTrue(e.getMessage().contains("flock"), e.getMessage());
+    }
 }

@@ -7,6 +7,7 @@ import dev.panamavmm.kvm.sys.LibC;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Files;
+import java.nio.file.attribute.PosixFilePermission;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -86,7 +87,18 @@ public final class GuestMemory implements AutoCloseable {
                     yield memfd;
                 }
                 case Backing.SharedFile f -> {
+                    // Root may open a 0444 file for writing; a read-only memory file is a template's.
+                    if (Files.exists(f.path()) && !Files.getPosixFilePermissions(f.path()).contains(PosixFilePermission.OWNER_WRITE)) {
+                        throw new MemoryException("memory file " + f.path() + " is read-only (a template's memory is):"
+                                + " a guest runs in it only if it is writable");
+                    }
                     int file = LibC.open(f.path().toString(), LibcConstants.O_RDWR | LibcConstants.O_CREAT | LibcConstants.O_CLOEXEC, 0600);
+                    try {
+                        MemoryFileLocks.lock(file, f.path(), true);
+                    } catch (RuntimeException e) {
+                        LibC.close(file);
+                        throw e;
+                    }
                     try {
                         if (Files.size(f.path()) < size) LibC.ftruncate(file, size);
                     } catch (java.io.IOException | RuntimeException e) {
@@ -99,10 +111,14 @@ public final class GuestMemory implements AutoCloseable {
                     int file = LibC.open(f.path().toString(), LibcConstants.O_RDONLY | LibcConstants.O_CLOEXEC, 0);
                     long have;
                     try {
+                        MemoryFileLocks.lock(file, f.path(), false);
                         have = Files.size(f.path());
                     } catch (java.io.IOException e) {
                         LibC.close(file);
                         throw new MemoryException("cannot read memory file " + f.path() + ": " + e.getMessage(), e);
+                    } catch (RuntimeException e) {
+                        LibC.close(file);
+                        throw e;
                     }
                     if (have < size) {
                         LibC.close(file);
@@ -113,6 +129,8 @@ public final class GuestMemory implements AutoCloseable {
             };
         } catch (KvmException e) {
             throw new MemoryException("cannot open guest memory backing: " + e.getMessage(), e);
+        } catch (java.io.IOException e) {
+            throw new MemoryException("cannot read memory file " + backing.file() + ": " + e.getMessage(), e);
         }
     }
 
@@ -132,6 +150,7 @@ public final class GuestMemory implements AutoCloseable {
     public static GuestMemory map(List<BlockSource> sources, Arena arena) {
         var blocks = new ArrayList<RamBlock>();
         var fds = new int[sources.size()];
+        var openedFiles = new java.util.HashMap<Backing, Integer>();
         int opened = 0;
         try {
             for (var s : sources) {
@@ -144,14 +163,19 @@ public final class GuestMemory implements AutoCloseable {
                 }
                 if (s.backing() instanceof Backing.Memfd) throw new IllegalArgumentException("a memfd block has no file to map");
                 boolean shared = s.backing() instanceof Backing.SharedFile;
-                int fd;
-                try {
-                    fd = LibC.open(s.backing().file().toString(),
-                            (shared ? LibcConstants.O_RDWR : LibcConstants.O_RDONLY) | LibcConstants.O_CLOEXEC, 0);
-                } catch (KvmException e) {
-                    throw new MemoryException("cannot open " + s.backing().file() + ": " + e.getMessage(), e);
+                // Blocks of one file share one open (and one lock: two opens' locks would conflict).
+                Integer fd = openedFiles.get(s.backing());
+                if (fd == null) {
+                    try {
+                        fd = LibC.open(s.backing().file().toString(),
+                                (shared ? LibcConstants.O_RDWR : LibcConstants.O_RDONLY) | LibcConstants.O_CLOEXEC, 0);
+                    } catch (KvmException e) {
+                        throw new MemoryException("cannot open " + s.backing().file() + ": " + e.getMessage(), e);
+                    }
+                    fds[opened++] = fd;
+                    openedFiles.put(s.backing(), fd);
+                    MemoryFileLocks.lock(fd, s.backing().file(), shared);
                 }
-                fds[opened++] = fd;
                 blocks.add(map(s.id(), s.guestAddress(), s.size(), s.fileOffset(), s.backing(), fd, arena));
             }
             return new GuestMemory(blocks, java.util.Arrays.copyOf(fds, opened));
@@ -224,7 +248,19 @@ public final class GuestMemory implements AutoCloseable {
         return slice(gpa, length).toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
     }
 
-    /** Closes the backing fds. The mappings stay valid until their arena closes. */
+    /**
+     * Gives up the locks on the shared memory files: for a guest that has ended and will never run
+     * again (saved and stopped), so that a restore can take the file while this process winds
+     * down. The lock belongs to the open file description: a live update's destination that
+     * received it loses it too, so this is never for a guest that moved.
+     */
+    public void unlockSharedFiles() {
+        for (var b : blocks) {
+            if (b.backing() instanceof Backing.SharedFile && !closed) LibC.flock(b.fd(), LibcConstants.LOCK_UN);
+        }
+    }
+
+    /** Closes the backing fds. The mappings stay valid until their arena closes (and keep a file's lock until then). */
     @Override
     public void close() {
         if (!closed) {

@@ -130,4 +130,43 @@ class GuestMemoryTest {
         arena.close();
         assertThrows(IllegalStateException.class, () -> seg.get(JAVA_BYTE, 0));
     }
+
+    /** One guest runs in a memory file: the second user of a shared file is refused before it maps or sizes anything. */
+    @Test
+    void aSharedMemoryFileHasOneUserAndCopyOnWriteUsersShareIt(@TempDir Path dir) throws Exception {
+        var file = dir.resolve("ram");
+        String inUse = "memory file " + file + " is in use by PID " + ProcessHandle.current().pid();
+        try (var arena = Arena.ofShared()) {
+            var first = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), arena);
+            first.write(0, new byte[] {42});
+            try (var other = Arena.ofShared()) {
+                var e = assertThrows(MemoryException.class, () -> GuestMemory.create(32 * MIB, new Backing.SharedFile(file), other));
+                assertEquals(inUse, e.getMessage());
+                assertEquals(16 * MIB, Files.size(file), "refused before the file was grown");
+                e = assertThrows(MemoryException.class, () -> GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), other));
+                assertEquals(inUse, e.getMessage());
+            }
+            // Closing the fds is not enough: the mapping keeps the open file description, and with it the lock.
+            first.close();
+            try (var other = Arena.ofShared()) {
+                assertThrows(MemoryException.class, () -> GuestMemory.create(16 * MIB, new Backing.SharedFile(file), other));
+            }
+        }
+        // Its arena closed (unmapped), the file is free; copy-on-write users share it and keep a writer out.
+        try (var a = Arena.ofShared(); var b = Arena.ofShared(); var c = Arena.ofShared();
+             var cow1 = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), a);
+             var cow2 = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), b)) {
+            assertArrayEquals(new byte[] {42}, cow2.read(0, 1));
+            var e = assertThrows(MemoryException.class, () -> GuestMemory.create(16 * MIB, new Backing.SharedFile(file), c));
+            assertEquals(inUse, e.getMessage());
+        }
+        try (var arena = Arena.ofShared(); var again = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), arena)) {
+            assertArrayEquals(new byte[] {42}, again.read(0, 1));
+            again.unlockSharedFiles(); // a stopped guest's file: free for the next user at once
+            try (var next = Arena.ofShared(); var taken = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), next)) {
+                assertEquals(1, MemoryFileLocks.holders(file).size());
+                assertTrue(MemoryFileLocks.holders(file).getFirst().exclusive());
+            }
+        }
+    }
 }
