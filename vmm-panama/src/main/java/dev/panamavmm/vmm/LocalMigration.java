@@ -83,12 +83,13 @@ public final class LocalMigration {
                     vm.memory().blocks().stream().filter(b -> b.backing() instanceof Backing.Memfd).limit(1).forEach(b -> fds.add(b.fd()));
                     // Phase 1, the guest still running: the destination maps the same memory and builds the VM.
                     VmSnapshots.probeHost(vm);
+                    VmSnapshots.warmUp(dir);
                     var prepare = prepareMessage(vm, fds);
                     peer.send(MigrationProtocol.encode(prepare, MigrationProtocol.VERSION), fds.stream().mapToInt(Integer::intValue).toArray());
                     expect(peer, MigrationProtocol.Prepared.class);
                     // Phase 2, the downtime: only vCPU, VM and device state moves.
-                    long pausedAt = System.nanoTime();
                     var saved = VmSnapshots.save(vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
+                    long pausedAt = saved.pausedAtNanos();
                     long savedAt = System.nanoTime();
                     peer.send(MigrationProtocol.encode(new MigrationProtocol.State(dir, deadline), MigrationProtocol.VERSION));
                     var running = expect(peer, MigrationProtocol.Running.class);
@@ -237,6 +238,7 @@ public final class LocalMigration {
                     shell = VmBuilder.shell(kvm, sources(prepare.ram(), fds), prepare.cpus());
                 }
                 vcpuThreads = PrestartedThreads.start(prepare.cpus());
+                warmUpStatePath();
                 peer.send(MigrationProtocol.encode(new MigrationProtocol.Prepared(), protocol));
                 var next = peer.receive();
                 if (next == null) throw new SnapshotException("the source closed the connection before sending the VM's state");
@@ -291,6 +293,15 @@ public final class LocalMigration {
             throw e;
         } finally {
             if (vcpuThreads != null) vcpuThreads.close(); // ends any thread vm.start did not use
+        }
+    }
+
+    /** The destination's side of {@link VmSnapshots#warmUp}, in a scratch directory of its own. */
+    private static void warmUpStatePath() {
+        try (var scratch = ScratchDir.create(ScratchDir.defaultRoot(), "panama-warm")) {
+            VmSnapshots.warmUp(scratch.path());
+        } catch (IOException | RuntimeException e) {
+            log.debug("warming the state path failed: {}", e.getMessage());
         }
     }
 

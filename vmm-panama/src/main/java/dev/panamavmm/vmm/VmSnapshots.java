@@ -42,7 +42,8 @@ public final class VmSnapshots {
     private static final Log log = Log.of(VmSnapshots.class);
 
     /** What a save did. */
-    public record Saved(Path file, long ramBytesWritten, long ramBlocksByReference, long millis) {}
+    /** What a save did; {@code pausedAtNanos} (System.nanoTime) is when the guest stopped, after the snapshot file was opened. */
+    public record Saved(Path file, long ramBytesWritten, long ramBlocksByReference, long millis, long pausedAtNanos) {}
 
     /**
      * Saves {@code vm} into {@code dir}. With {@code bypass}, shared blocks are stored by reference;
@@ -69,11 +70,11 @@ public final class VmSnapshots {
                     + " the snapshot points to; stop the VM after saving, or save without bypass");
         }
         if (Files.exists(dir) && !Files.isDirectory(dir)) throw new SnapshotException("cannot write a snapshot in " + dir + ": it is not a directory");
-        long start = System.nanoTime();
         boolean wasPaused = vm.isPaused();
         boolean keepPaused = false; // set once the save is complete and the guest is not to run on here
         // The writer first: a directory that cannot be written fails here, before the guest stops.
         try (var writer = SnapshotWriter.create(dir)) {
+            long start = System.nanoTime(); // the guest's downtime starts here
             vm.pause();
             long paused = System.nanoTime();
             var host = HostFacts.of(vm.kvm());
@@ -116,7 +117,7 @@ public final class VmSnapshots {
             keepPaused = after != After.RESUME;
             log.debug("saved {}: pause {} us, state {} us, RAM {} us, commit {} us", file, (paused - start) / 1000,
                     (captured - paused) / 1000, (ram - captured) / 1000, (end - ram) / 1000);
-            var saved = new Saved(file, written, references, (end - start) / 1_000_000);
+            var saved = new Saved(file, written, references, (end - start) / 1_000_000, start);
             if (after == After.STOP) {
                 vm.end(new VmExitReason.Stopped("snapshot to " + dir));
                 // The paused guest never runs again: a restore may take its memory file right away,
@@ -135,6 +136,33 @@ public final class VmSnapshots {
     /** Resumes a VM after a failed operation; a VM that ended meanwhile stays ended. */
     static void giveBack(Vm vm) {
         if (!vm.termination().isDone()) vm.resume();
+    }
+
+    private static final java.util.concurrent.atomic.AtomicBoolean WARM = new java.util.concurrent.atomic.AtomicBoolean();
+
+    /**
+     * Takes the state path once, on a snapshot of made-up state with no RAM in {@code scratch}:
+     * write (every codec, the device table, the metadata, the commit) and load (the reader, every
+     * decoder). The first use of each class costs a cold JVM tens of milliseconds; a live update
+     * calls this in its prepare phase, on both sides, so none of that falls into the downtime.
+     * Once per process; later calls return at once.
+     */
+    public static void warmUp(Path scratch) {
+        if (WARM.getAndSet(true)) return;
+        var dir = scratch.resolve("warm-up");
+        try (var writer = SnapshotWriter.create(dir)) {
+            byte[] b = new byte[64];
+            var vcpu = new VcpuState(0, b, b, b, b, b, new int[] {0x10}, new long[] {1}, b, 0, b);
+            writer.section("vcpu/0", VcpuStateCodec.INSTANCE.encode(vcpu));
+            writer.section("vm", VmStateCodec.INSTANCE.encode(new VmState(b, b, b, b, b)));
+            for (var row : DeviceTable.ROWS) writer.section(row.section(), encode(row, DeviceTable.States.FRESH));
+            writer.commit(Json.object("machine", Json.object("memory", 0L, "cpus", 1L, "kernel", "warm-up", "cmdline", "", "backing", "memfd"),
+                    "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", 4096L),
+                    "devices", DeviceTable.sections(), "createdBy", "panama-vmm"), Kvm.hostFlavour().name(), true);
+            encodeAll(load(dir));
+        } catch (RuntimeException e) {
+            log.debug("warming the state path failed (a save or restore then runs cold): {}", e.getMessage());
+        }
     }
 
     /** Probes what a save needs to know of this host (the readable MSRs), so the first save's downtime does not. */
