@@ -18,6 +18,8 @@ import time
 from benchlib import BenchError, JsonLines
 
 E = os.environ
+# run and restore warm up only when asked (issue 15); these rows measure warm VMM processes, as before.
+os.environ.setdefault("PANAMA_VMM_REHEARSAL", "background")
 WORK = E["MIGBENCH_WORK"]          # scratch directory on /dev/shm
 OUT = E["MIGBENCH_OUT"]            # bench/results/migrate-<time>
 JAVA = E["MIGBENCH_JAVA"]
@@ -265,7 +267,7 @@ def aot_train():
     try:
         panama_chain("aot-train", "256M", True, 2, 0, aot="", train=tmp)
     finally:
-        del os.environ["PANAMA_VMM_REHEARSAL"]
+        os.environ["PANAMA_VMM_REHEARSAL"] = "background"
     deadline = time.monotonic() + 120
     while not os.path.exists(tmp) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -1,5 +1,6 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.control.Rehearsal;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.RamVerifier;
 import dev.panamavmm.vmm.Templates;
@@ -10,6 +11,7 @@ import java.nio.file.Path;
 
 /** {@code vmm restore DIR}: a new VMM process continues the guest saved in a snapshot directory. */
 final class RestoreCommand implements Cli.Command {
+    boolean warmUp;
     Path dir;
 
     boolean paused, verify;
@@ -23,6 +25,8 @@ final class RestoreCommand implements Cli.Command {
                 .parameter("DIR", "the snapshot directory (not a template: vmm clone DIR runs a copy-on-write clone of one)",
                         v -> dir = Path.of(v))
                 .flag("--paused", "restore but do not run the guest until the API's cont", () -> paused = true)
+                .flag("--warm-up", "rehearse save, restore and live update once in the background (nice 19) so that the first"
+                        + " snapshot or migrate runs warm code (off by default: vmm standby is the warm VMM)", () -> warmUp = true)
                 .flag("--verify", "first check every RAM checksum (as snapshot verify) and refuse a damaged snapshot;"
                         + " a format 1 snapshot, which has none, is restored with a warning", () -> verify = true)
                 .include(vmIo::declare);
@@ -42,7 +46,7 @@ final class RestoreCommand implements Cli.Command {
             io.err().flush();
         }
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
-            return VmSession.serve(vmIo.console, vmIo.apiSocket, paused, io.err(), kvm,
+            return VmSession.serve(vmIo.console, vmIo.apiSocket, paused, io.err(), Rehearsal.requested(warmUp) ? kvm : null,
                     (out, listener) -> VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CONTINUE, out, listener));
         }
     }

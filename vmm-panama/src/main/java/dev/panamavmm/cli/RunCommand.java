@@ -1,5 +1,6 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.control.Rehearsal;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
@@ -13,6 +14,7 @@ import java.nio.file.Path;
  * the guest exits, the user quits (Ctrl-A x on a terminal, Ctrl-C, the API's quit) or the VM fails.
  */
 final class RunCommand implements Cli.Command {
+    boolean warmUp;
     final GuestOptions guest = new GuestOptions();
     Path memPath;
     boolean shared;
@@ -25,6 +27,8 @@ final class RunCommand implements Cli.Command {
                 .include(guest::declare)
                 .option("--mem-path", "FILE", null, "back guest RAM with this file (tmpfs or disk)", v -> memPath = Path.of(v))
                 .flag("--shared", "map --mem-path shared: the file holds the guest's memory and outlives the VMM", () -> shared = true)
+                .flag("--warm-up", "rehearse save, restore and live update once in the background (nice 19) so that the first"
+                        + " snapshot or migrate runs warm code (off by default: vmm standby is the warm VMM)", () -> warmUp = true)
                 .include(vmIo::declare);
     }
 
@@ -45,7 +49,7 @@ final class RunCommand implements Cli.Command {
             if (guest.cpus > kvm.maxVcpus()) {
                 throw new UsageException("--cpus " + guest.cpus + " is more than this host's maximum of " + kvm.maxVcpus());
             }
-            return VmSession.serve(vmIo.console, vmIo.apiSocket, false, io.err(), kvm,
+            return VmSession.serve(vmIo.console, vmIo.apiSocket, false, io.err(), Rehearsal.requested(warmUp) ? kvm : null,
                     (out, listener) -> VmBuilder.boot(kvm, config, out, listener));
         }
     }

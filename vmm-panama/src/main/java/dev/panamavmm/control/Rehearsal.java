@@ -49,8 +49,21 @@ public final class Rehearsal {
     /** Set PANAMA_VMM_NO_REHEARSAL=1 to skip it (e.g. to measure a cold process). */
     static final String DISABLE_ENV = "PANAMA_VMM_NO_REHEARSAL";
 
-    /** PANAMA_VMM_REHEARSAL=sync runs it on the calling thread, to the end, where it would start: how ./vmm trains its AOT cache on these paths too. */
+    /**
+     * PANAMA_VMM_REHEARSAL=sync runs it on the calling thread, to the end, where it would start (how
+     * ./vmm trains its AOT cache on these paths too); =background runs it as usual. Either one
+     * also asks {@code run} and {@code restore}, which do not warm up by default, to do it.
+     */
     static final String MODE_ENV = "PANAMA_VMM_REHEARSAL";
+
+    /**
+     * Whether a process of one VM ({@code run}, {@code restore}) should warm up: only when asked
+     * ({@code --warm-up} or PANAMA_VMM_REHEARSAL). On a host of many VMs every such process would
+     * pay its CPU and keep its heap; a VMM that must be warm is started as {@code vmm standby}.
+     */
+    public static boolean requested(boolean option) {
+        return option || System.getenv(MODE_ENV) != null;
+    }
     /** Scratch directories are named PREFIX-PID-*: a later one removes those of processes that are gone (ScratchDir). */
     static final String PREFIX = "panama-rehearsal";
 

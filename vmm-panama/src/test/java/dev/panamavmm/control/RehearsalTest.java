@@ -38,8 +38,22 @@ class RehearsalTest {
     }
 
     @KvmTest
+    void runWarmsUpOnlyWhenAsked() throws Exception {
+        try (var vmm = dev.panamavmm.testing.VmmProcess.start(java.util.Map.of(), "run", "--memory", "32M",
+                "--cmdline", "console=ttyS0 testguest.mem=4M testguest.hb=100 testguest.exit_after=15")) {
+            String ours = Rehearsal.PREFIX + "-" + vmm.pid() + "-";
+            vmm.awaitLine("hb 0 1", 30);
+            for (int i = 0; i < 100 && vmm.lines().stream().noneMatch(l -> l.equals("hb 0 15")); i++) {
+                assertEquals(java.util.List.of(), scratchDirs(ours), "a run without --warm-up rehearsed");
+                Thread.sleep(15);
+            }
+            assertEquals(0, vmm.waitFor(30), vmm.stderr());
+        }
+    }
+
+    @KvmTest
     void aVmmThatExitsWhileItRehearsesLeavesNoScratchDirectory() throws Exception {
-        try (var vmm = dev.panamavmm.testing.VmmProcess.start("run", "--memory", "32M",
+        try (var vmm = dev.panamavmm.testing.VmmProcess.start("run", "--memory", "32M", "--warm-up",
                 "--cmdline", "console=ttyS0 testguest.mem=4M testguest.hb=100")) {
             vmm.awaitLine("hb 0 1", 30);
             // Once the background rehearsal has its directory, end the VMM (SIGTERM: a normal exit)
