@@ -52,8 +52,13 @@ VARIANTS = {
     "c1": ["-XX:TieredStopAtLevel=1"],
     "xss": ["-Xss256k"],
     "metaspace": ["-XX:MaxMetaspaceSize=48m"],
-    "combined": ["-Xms8m", "-XX:MinHeapFreeRatio=10", "-XX:MaxHeapFreeRatio=20", "-XX:ReservedCodeCacheSize=16m",
-                 "-Xss256k", "-XX:MaxMetaspaceSize=48m"],
+    # The AOT cache mapped where it was made instead of relocated (JDK 25 relocates it by default,
+    # which writes to, and so makes private, the pages holding pointers).
+    "norelocate": ["-XX:+UnlockDiagnosticVMOptions", "-XX:ArchiveRelocationMode=0"],
+    # Not a JVM option: glibc's malloc keeps up to 8 arenas per core for the threads that allocate.
+    "arenas": ["MALLOC_ARENA_MAX=2"],
+    "xms8m-c1": ["-Xms8m", "-XX:TieredStopAtLevel=1"],
+    "xms8m-arenas": ["-Xms8m", "MALLOC_ARENA_MAX=2"],
 }
 _v = CFG["variants"].split()
 if _v == ["all"]:
@@ -72,7 +77,12 @@ NO_AOT = ["-Xshare:auto"]   # the JDK's CDS archive only
 
 
 def vmm(*args, aot=True, extra=()):
-    return BASE + (WITH_AOT if aot else NO_AOT) + list(extra) + ["-jar", JAR] + list(args)
+    """The java command line; extra: a variant's options (its NAME=VALUE entries go to start()'s environment)."""
+    return BASE + (WITH_AOT if aot else NO_AOT) + [x for x in extra if not re.fullmatch(r"[A-Z_]+=.*", x)] + ["-jar", JAR] + list(args)
+
+
+def env_of(extra):
+    return dict(x.split("=", 1) for x in extra if re.fullmatch(r"[A-Z_]+=.*", x))
 
 
 now = time.perf_counter
@@ -94,8 +104,20 @@ def rm(path):
     subprocess.run(["rm", "-rf", path])
 
 
-def start(cmd, tag):
-    p, t0 = spawn(cmd, os.path.join(OUT, "logs", f"{tag}.log"))
+def start(cmd, tag, env=None):
+    """benchlib.spawn with env added to the environment the process inherits."""
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        p, t0 = spawn(cmd, os.path.join(OUT, "logs", f"{tag}.log"))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if env:
+        log(f"  with {env}")
     return p, t0
 
 
@@ -216,7 +238,7 @@ class Chain:
 def standby_up(tag, extra=()):
     """A `vmm standby`, warm (its socket exists), connected, idle IDLE s; returns (proc, client, console)."""
     sock, console = fresh("standby.sock"), fresh("standby-console.txt")
-    p, t0 = start(vmm("standby", "--api-socket", sock, "--console", f"file:{console}", extra=extra), tag)
+    p, t0 = start(vmm("standby", "--api-socket", sock, "--console", f"file:{console}", extra=extra), tag, env_of(extra))
     wait_path(sock, p)
     p.warm_s = now() - t0
     q = JsonLines(sock, p)
