@@ -43,7 +43,8 @@ IDLE = 0.5                  # s a pre-started process sits idle (connected) befo
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # JVM settings tried for a smaller VM process: extra options of the standby's java, each measured
-# for memory and for restore and warm-save latency beside "default" (./vmm's options).
+# for memory and for restore and warm-save latency beside "default" (-XX:+UseSerialGC and the AOT
+# cache: ./vmm's options before it gave standby and incoming -Xms8m, the "xms8m" variant).
 VARIANTS = {
     "default": [],
     "xms8m": ["-Xms8m"],
@@ -568,7 +569,8 @@ def summary(R):
           f" | {g('threads', 1)} | {g('cpu_s', 1)} |")
     if len(USED) > 1:
         p("")
-        p("JVM settings of the standby (each variant = ./vmm's options plus these); ratios per round to the default's"
+        p("JVM settings of the standby (each variant = -XX:+UseSerialGC and the AOT cache plus these; ./vmm now adds -Xms8m"
+          " to standby and incoming); ratios per round to the default's"
           " in the same round")
         p("| variant | options | PSS MiB | PSS anon MiB | restore -> reply ms | restore -> heartbeat ms | warm save ms |")
         p("|---|---|---|---|---|---|---|")
