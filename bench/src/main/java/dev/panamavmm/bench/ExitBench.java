@@ -83,6 +83,7 @@ public class ExitBench {
     public String mode;
 
     private static final int RUSAGE_THREAD = 1;
+    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
     private static final MethodHandle GETRUSAGE = Linker.nativeLinker().downcallHandle(
             Linker.nativeLinker().defaultLookup().find("getrusage").orElseThrow(),
             FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS));

@@ -51,6 +51,7 @@ import static java.lang.foreign.ValueLayout.JAVA_LONG;
 @Measurement(iterations = 5, time = 1)
 // Native access for the FFM calls; the Unsafe flag only quiets JMH 1.37's own use of sun.misc.Unsafe.
 @Fork(value = 2, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow"})
+@SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
 public class IoctlBench {
 
     private static final long REQUEST = Ioctls.KVM_CHECK_EXTENSION;

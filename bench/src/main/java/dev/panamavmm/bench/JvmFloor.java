@@ -71,6 +71,7 @@ public final class JvmFloor {
     }
 
     /** syscall(SYS_getpid) through a variadic {@code syscall} downcall of the shape the VMM links. */
+    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
     private static long getpid() throws Throwable {
         var linker = Linker.nativeLinker();
         var l = ValueLayout.JAVA_LONG;

@@ -10,6 +10,7 @@ import dev.panamavmm.kvm.sys.LibC;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
 
 import static java.lang.foreign.ValueLayout.JAVA_INT;
@@ -105,7 +106,7 @@ public final class Kvm implements AutoCloseable {
         byte[] cached = supportedCpuid;
         if (cached == null) {
             try (var scratch = Arena.ofConfined()) {
-                cached = querySupportedCpuid(scratch).toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
+                cached = querySupportedCpuid(scratch).toArray(ValueLayout.JAVA_BYTE);
             }
             supportedCpuid = cached;
         }

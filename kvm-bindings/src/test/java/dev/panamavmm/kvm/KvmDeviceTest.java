@@ -15,6 +15,8 @@ import dev.panamavmm.kvm.testing.RealModeGuest;
 import org.junit.jupiter.api.Test;
 
 import java.lang.foreign.Arena;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Files;
 import java.nio.file.Path;
 
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
@@ -47,7 +49,7 @@ class KvmDeviceTest {
             vcpu.getRegs(regs);
             long[] values = {0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666, 0x7000, 0x8888,
                     8, 9, 10, 11, 12, 13, 14, 0x0f0f_0f0f_0f0f_0f0fL};
-            for (int i = 0; i < values.length; i++) regs.set(java.lang.foreign.ValueLayout.JAVA_LONG, 8L * i, values[i]);
+            for (int i = 0; i < values.length; i++) regs.set(ValueLayout.JAVA_LONG, 8L * i, values[i]);
             KvmRegs.rip(regs, 0x1234);
             KvmRegs.rflags(regs, 0x2 | 0x200);
             vcpu.setRegs(regs);
@@ -121,13 +123,13 @@ class KvmDeviceTest {
 
     @Test
     void aFileThatIsNotKvmIsRefusedWithItsName() throws Exception {
-        var file = java.nio.file.Files.createTempFile("not-kvm", ".bin");
+        var file = Files.createTempFile("not-kvm", ".bin");
         try {
             var e = assertThrows(KvmException.class, () -> Kvm.open(file));
             assertEquals(file + " is not a KVM device (ENOTTY (Inappropriate ioctl for device))",
                     e.getMessage().substring("KVM_GET_API_VERSION failed: ".length()));
         } finally {
-            java.nio.file.Files.delete(file);
+            Files.delete(file);
         }
     }
 

@@ -8,6 +8,7 @@ import tools.jackson.core.ObjectReadContext;
 import tools.jackson.core.ObjectWriteContext;
 import tools.jackson.core.json.JsonFactory;
 
+import java.io.Serial;
 import java.io.StringWriter;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -27,6 +28,9 @@ public final class Json {
 
     /** A document that is not JSON, or nests deeper than {@link #MAX_DEPTH}. */
     public static final class JsonException extends RuntimeException {
+        @Serial
+        private static final long serialVersionUID = 1L;
+
         JsonException(String message) {
             super(message);
         }

@@ -3,6 +3,7 @@ package dev.panamavmm.migration;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.file.Path;
 import java.util.zip.CRC32C;
 
 /**
@@ -41,7 +42,7 @@ public final class RamChecksums {
 
     /** A block's checksum table as read back. */
     record Table(int chunk, int[] crcs) {
-        static Table decode(byte[] payload, long blockSize, String blockId, java.nio.file.Path file) {
+        static Table decode(byte[] payload, long blockSize, String blockId, Path file) {
             if (payload.length < 8) throw corrupt(file, "RAM block " + blockId + " has a short checksum table");
             var b = ByteBuffer.wrap(payload).order(ByteOrder.LITTLE_ENDIAN);
             int chunk = b.getInt(), count = b.getInt();
@@ -57,7 +58,7 @@ public final class RamChecksums {
         }
     }
 
-    static SnapshotException corrupt(java.nio.file.Path file, String why) {
+    static SnapshotException corrupt(Path file, String why) {
         return new SnapshotException("snapshot " + file + " is corrupt (" + why + ")");
     }
 

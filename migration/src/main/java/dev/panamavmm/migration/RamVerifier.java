@@ -3,6 +3,7 @@ package dev.panamavmm.migration;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.StandardOpenOption;
 import java.util.zip.CRC32C;
 
@@ -59,7 +60,7 @@ public final class RamVerifier {
         FileIdentity now;
         try {
             now = FileIdentity.of(block.file());
-        } catch (java.nio.file.NoSuchFileException e) {
+        } catch (NoSuchFileException e) {
             throw new SnapshotException(what + " is missing");
         } catch (IOException e) {
             throw new SnapshotException(what + " cannot be read: " + e.getMessage());

@@ -1,5 +1,6 @@
 package dev.panamavmm.migration;
 
+import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
@@ -10,6 +11,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
+import java.time.Instant;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -123,7 +125,7 @@ public final class SnapshotWriter implements AutoCloseable {
         return removed;
     }
 
-    private static boolean writerGone(long pid, java.time.Instant lastWritten) {
+    private static boolean writerGone(long pid, Instant lastWritten) {
         var process = ProcessHandle.of(pid);
         if (process.isEmpty()) return true;
         // A process start time is known to within a second or so (the kernel's boot time is in seconds).
@@ -148,7 +150,7 @@ public final class SnapshotWriter implements AutoCloseable {
             all.putAll(checksums);
 
             long tableOffset = nextData;
-            var table = new java.io.ByteArrayOutputStream();
+            var table = new ByteArrayOutputStream();
             for (var e : all.entrySet()) {
                 byte[] name = e.getKey().getBytes(StandardCharsets.UTF_8);
                 var head = ByteBuffer.allocate(2 + name.length + 8 + 4).order(ByteOrder.LITTLE_ENDIAN);

@@ -5,6 +5,7 @@ import org.junit.jupiter.api.io.TempDir;
 
 import java.lang.foreign.Arena;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
@@ -47,7 +48,7 @@ class RamWriterTest {
     }
 
     private static long readLong(FileChannel ch, long at) throws Exception {
-        var b = ByteBuffer.allocate(8).order(java.nio.ByteOrder.nativeOrder());
+        var b = ByteBuffer.allocate(8).order(ByteOrder.nativeOrder());
         if (ch.read(b, at) < 8) return 0; // beyond the end of the file: a hole
         return b.flip().getLong();
     }

@@ -6,10 +6,14 @@ import org.junit.jupiter.api.io.TempDir;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Map;
+import java.util.zip.CRC32C;
 
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
@@ -100,9 +104,9 @@ class SnapshotFormatTest {
         var file = snap.resolve(SnapshotFormat.FILE_NAME);
         byte[] good = Files.readAllBytes(file);
 
-        Files.write(file, java.util.Arrays.copyOf(good, good.length - 1));
+        Files.write(file, Arrays.copyOf(good, good.length - 1));
         assertTrue(assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap)).getMessage().contains("is truncated"));
-        Files.write(file, java.util.Arrays.copyOf(good, 10));
+        Files.write(file, Arrays.copyOf(good, 10));
         assertTrue(assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap)).getMessage().contains("is truncated"));
 
         for (int at : new int[] {9, 20, good.length - 2, good.length - 40}) {
@@ -120,9 +124,9 @@ class SnapshotFormatTest {
 
         byte[] future = good.clone();
         future[SnapshotFormat.OFF_VERSION] = 7;
-        var crc = new java.util.zip.CRC32C();
+        var crc = new CRC32C();
         crc.update(future, 0, SnapshotFormat.OFF_HEADER_CRC);
-        java.nio.ByteBuffer.wrap(future).order(java.nio.ByteOrder.LITTLE_ENDIAN).putInt(SnapshotFormat.OFF_HEADER_CRC, (int) crc.getValue());
+        ByteBuffer.wrap(future).order(ByteOrder.LITTLE_ENDIAN).putInt(SnapshotFormat.OFF_HEADER_CRC, (int) crc.getValue());
         Files.write(file, future);
         assertEquals("snapshot " + file + " has format version 7; this VMM reads versions 1 to 2",
                 assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap)).getMessage());

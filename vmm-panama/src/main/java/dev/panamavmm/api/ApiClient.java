@@ -4,6 +4,7 @@ import dev.panamavmm.migration.Json;
 import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStreamReader;
+import java.net.SocketException;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
@@ -84,7 +85,7 @@ public final class ApiClient implements AutoCloseable {
                         channel.close();
                         throw e;
                     }
-                } catch (java.net.SocketException e) {
+                } catch (SocketException e) {
                     String m = String.valueOf(e.getMessage());
                     if (m.contains("refused")) notYet = "the socket refuses connections";
                     else if (m.contains("ermission")) throw new ApiException("cannot connect to " + socket + ": permission denied");

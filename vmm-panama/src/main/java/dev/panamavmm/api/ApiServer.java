@@ -1,19 +1,24 @@
 package dev.panamavmm.api;
 
 import dev.panamavmm.log.Log;
+import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 
+import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
 import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
 
 /**
  * The control API: JSON lines on a Unix socket (mode 0600), shaped like QEMU's QMP. A client gets
@@ -33,7 +38,7 @@ public final class ApiServer implements AutoCloseable {
     private final List<Client> clients = new CopyOnWriteArrayList<>();
     private final Thread acceptor;
     /** Held (shared) while a request is handled and answered; close() takes it exclusively so a reply (quit's) is never cut off. */
-    private final java.util.concurrent.locks.ReentrantReadWriteLock inflight = new java.util.concurrent.locks.ReentrantReadWriteLock();
+    private final ReentrantReadWriteLock inflight = new ReentrantReadWriteLock();
 
     private ApiServer(Path path, ServerSocketChannel server, ApiHandler handler) {
         this.path = path;
@@ -77,7 +82,7 @@ public final class ApiServer implements AutoCloseable {
     }
 
     private static boolean isListening(Path path) {
-        try (var c = SocketChannel.open(UnixDomainSocketAddress.of(path))) {
+        try (var _ = SocketChannel.open(UnixDomainSocketAddress.of(path))) {
             return true;
         } catch (IOException e) {
             return false;
@@ -86,9 +91,9 @@ public final class ApiServer implements AutoCloseable {
 
     static String describe(IOException e) {
         return switch (e) {
-            case java.nio.file.NoSuchFileException n -> "no such directory";
-            case java.nio.file.AccessDeniedException a -> "permission denied";
-            default -> dev.panamavmm.migration.IoErrors.reason(e);
+            case NoSuchFileException n -> "no such directory";
+            case AccessDeniedException a -> "permission denied";
+            default -> IoErrors.reason(e);
         };
     }
 
@@ -183,7 +188,7 @@ public final class ApiServer implements AutoCloseable {
 
         void serve() {
             var buf = ByteBuffer.allocate(8192);
-            var line = new java.io.ByteArrayOutputStream();
+            var line = new ByteArrayOutputStream();
             boolean discarding = false;
             try {
                 while (channel.read(buf.clear()) > 0) {

@@ -1,12 +1,19 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.migration.IoErrors;
+
+import java.io.IOException;
 import java.io.PrintWriter;
+import java.io.Serial;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Collection;
+import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.function.Consumer;
 import java.util.function.Supplier;
 
@@ -37,6 +44,9 @@ final class Cli {
 
     /** A wrong command line: printed as "vmm: MESSAGE", exit code 2. */
     static final class ParseError extends RuntimeException {
+        @Serial
+        private static final long serialVersionUID = 1L;
+
         ParseError(String message) {
             super(message);
         }
@@ -111,7 +121,7 @@ final class Cli {
         }
 
         /** The names of the subcommands, in declaration order. */
-        java.util.Set<String> subcommandNames() {
+        Set<String> subcommandNames() {
             return subcommands.keySet();
         }
 
@@ -131,7 +141,7 @@ final class Cli {
         for (var o : spec.options) {
             if (o.defaultValue() != null) apply(o, o.defaultValue());
         }
-        var given = new java.util.HashSet<String>();
+        var given = new HashSet<String>();
         int positional = 0;
         boolean onlyParameters = false;
         for (int i = start; i < args.length; i++) {
@@ -211,7 +221,7 @@ final class Cli {
     }
 
     /** "; did you mean 'run'?" when one of {@code known} is close to {@code typed} (a typo or a unique prefix), else "". */
-    static String didYouMean(String typed, java.util.Collection<String> known) {
+    static String didYouMean(String typed, Collection<String> known) {
         String best = null;
         int bestDistance = Integer.MAX_VALUE;
         for (String k : known) {
@@ -244,7 +254,7 @@ final class Cli {
         return d[a.length()][b.length()];
     }
 
-    private static void checkRequired(Spec spec, java.util.Set<String> given) {
+    private static void checkRequired(Spec spec, Set<String> given) {
         for (var o : spec.options) {
             if (o.required() && !given.contains(o.name())) throw new ParseError("missing required option " + o.usage());
         }
@@ -283,8 +293,8 @@ final class Cli {
         if (Files.exists(dir) && !Files.isDirectory(dir)) throw new UsageException(option + " " + dir + " is not a directory");
         try {
             return Files.createDirectories(dir);
-        } catch (java.io.IOException e) {
-            throw new UserException("cannot create the " + option + " directory " + dir + ": " + dev.panamavmm.migration.IoErrors.reason(e));
+        } catch (IOException e) {
+            throw new UserException("cannot create the " + option + " directory " + dir + ": " + IoErrors.reason(e));
         }
     }
 

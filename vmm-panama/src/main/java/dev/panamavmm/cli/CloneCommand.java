@@ -6,12 +6,14 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.vmm.Templates;
 
+import java.io.File;
 import java.io.IOException;
 import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.ArrayList;
 import java.util.List;
@@ -133,7 +135,7 @@ final class CloneCommand implements Cli.Command {
             var command = new ArrayList<>(launch);
             command.addAll(List.of("clone", template.toString(), "--console", "file:" + log, "--api-socket", sock.toString()));
             var pb = new ProcessBuilder(command)
-                    .redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")))
+                    .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
                     .redirectOutput(ProcessBuilder.Redirect.DISCARD)
                     .redirectError(ProcessBuilder.Redirect.to(err.toFile()));
             started.add(new Started(id, pb.start(), log, err, sock));
@@ -182,7 +184,7 @@ final class CloneCommand implements Cli.Command {
             if (Files.exists(c.socket())) {
                 try (var client = ApiClient.connect(c.socket(), 0, ApiClient.GREETING_MILLIS)) {
                     var reply = client.execute("query-status", null);
-                    if (reply.get("return") instanceof java.util.Map<?, ?> r && !"shutdown".equals(r.get("status"))) return null;
+                    if (reply.get("return") instanceof Map<?, ?> r && !"shutdown".equals(r.get("status"))) return null;
                 } catch (ApiException e) {
                     // not accepting yet, or the process is ending: look again
                 }

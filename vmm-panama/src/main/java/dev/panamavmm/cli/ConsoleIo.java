@@ -1,5 +1,6 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.api.UnixSockets;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Termios;
@@ -194,7 +195,7 @@ abstract sealed class ConsoleIo implements AutoCloseable {
         UnixSocket(Path path) {
             this.path = path;
             try {
-                server = dev.panamavmm.api.UnixSockets.listen(path);
+                server = UnixSockets.listen(path);
             } catch (IOException e) {
                 throw new UserException("cannot listen for the console on " + path + ": " + IoErrors.reason(e));
             }

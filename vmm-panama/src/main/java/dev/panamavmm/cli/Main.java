@@ -1,8 +1,10 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.api.ApiException;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.IoErrors;
+import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.boot.BootException;
 import dev.panamavmm.vmm.memory.MemoryException;
 
@@ -10,6 +12,7 @@ import java.io.PrintStream;
 import java.io.PrintWriter;
 import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.FileSystemException;
 
 /**
  * {@code vmm}: the command-line entry point. User errors (a wrong flag, a missing /dev/kvm, a bad
@@ -89,7 +92,7 @@ public final class Main implements Cli.Command {
                 err.println("vmm: " + e.getMessage());
                 return FAILED;
             }
-            if (e instanceof java.nio.file.FileSystemException f && f.getFile() != null) {
+            if (e instanceof FileSystemException f && f.getFile() != null) {
                 // A file operation no command put into words: still one line, naming the file once.
                 log.debug("command failed", e);
                 err.println("vmm: " + f.getFile() + (f.getOtherFile() != null ? " -> " + f.getOtherFile() : "") + ": " + IoErrors.reason(f));
@@ -108,7 +111,7 @@ public final class Main implements Cli.Command {
     static boolean isUserFacing(Throwable e) {
         return e instanceof KvmException || e instanceof MemoryException || e instanceof BootException
                 || e instanceof UserException || e instanceof UncheckedIOException
-                || e instanceof dev.panamavmm.api.ApiException || e instanceof dev.panamavmm.migration.SnapshotException;
+                || e instanceof ApiException || e instanceof SnapshotException;
     }
 
     private static String firstLine(String s) {

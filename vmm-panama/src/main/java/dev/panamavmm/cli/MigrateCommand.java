@@ -4,6 +4,7 @@ import dev.panamavmm.migration.Json;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Locale;
 
 /** {@code vmm migrate --api-socket S unix:PATH}: hands a running VM to the VMM waiting on PATH. */
 final class MigrateCommand implements Cli.Command {
@@ -37,7 +38,7 @@ final class MigrateCommand implements Cli.Command {
                 return Main.FAILED;
             }
             var r = Json.asObject(reply.get("return"), "return");
-            String downtime = r.get("downtime-us") instanceof Long us ? String.format(java.util.Locale.ROOT, "%.1f", us / 1000.0)
+            String downtime = r.get("downtime-us") instanceof Long us ? String.format(Locale.ROOT, "%.1f", us / 1000.0)
                     : String.valueOf(r.get("downtime-ms"));
             io.out().printf("migrated: downtime %s ms (confirmed after %s ms), total %s ms, %s bytes sent%n",
                     downtime, r.get("confirmed-ms"), r.get("total-ms"), r.get("bytes-sent"));

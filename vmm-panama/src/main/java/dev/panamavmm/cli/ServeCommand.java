@@ -54,7 +54,7 @@ final class ServeCommand implements Cli.Command {
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var clones = new CloneService(kvm, consoleDir)) {
             var previous = Signals.onTermination(name -> quit.countDown());
             Rehearsal.startInBackground(kvm); // the first clone then runs warm code too
-            try (var api = ApiServer.start(apiSocket, clones.handler(quit::countDown))) {
+            try (var _ = ApiServer.start(apiSocket, clones.handler(quit::countDown))) {
                 quit.await();
             } finally {
                 Signals.restore(previous);

@@ -10,6 +10,9 @@ import dev.panamavmm.vmm.memory.Sizes;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Instant;
+import java.time.temporal.ChronoUnit;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 
@@ -61,7 +64,7 @@ final class TemplateCommand implements Cli.Command {
             var config = guest.config(new Backing.Memfd());
             var stop = new CompletableFuture<Void>();
             try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var consoleIo = ConsoleIo.open(console);
-                 var api = apiSocket == null ? null : ApiServer.start(apiSocket, (command, args) -> switch (command) {
+                 var _ = apiSocket == null ? null : ApiServer.start(apiSocket, (command, args) -> switch (command) {
                      case "stop" -> {
                          stop.complete(null);
                          yield Map.of();
@@ -114,11 +117,11 @@ final class TemplateCommand implements Cli.Command {
             }
             out.printf("%-14s%s%n", "directory", dir);
             out.printf("%-14s%d (%s host, %s)%n", "format", s.version(), s.flavour(),
-                    java.time.Instant.ofEpochMilli(s.createdAtMillis()));
+                    Instant.ofEpochMilli(s.createdAtMillis()));
             out.printf("%-14s%s vCPU(s), %s%n", "machine", machine.get("cpus"), Sizes.format((Long) machine.get("memory")));
             out.printf("%-14s%s%n", "kernel", machine.get("kernel"));
             out.printf("%-14s%s%n", "cmdline", machine.get("cmdline"));
-            out.printf("%-14s%s%n", "devices", String.join(", ", ((java.util.List<?>) s.metadata().get("devices")).stream().map(String::valueOf).toList()));
+            out.printf("%-14s%s%n", "devices", String.join(", ", ((List<?>) s.metadata().get("devices")).stream().map(String::valueOf).toList()));
             for (var e : s.ram()) {
                 out.printf("%-14s%s at 0x%x, %s, %s%n", "ram", e.id(), e.guestAddress(), Sizes.format(e.size()),
                         e.byReference() ? "by reference to " + e.file() : e.nonZeroPages() + " non-zero pages in the snapshot");
@@ -153,7 +156,7 @@ final class TemplateCommand implements Cli.Command {
                 if (!templates.isEmpty()) out.printf("%-40s %8s %5s  %-24s %6s  %s%n", "DIRECTORY", "MEMORY", "CPUS", "CREATED", "CLONES", "MEMORY FILE");
                 for (var t : templates) {
                     out.printf("%-40s %8s %5d  %-24s %6d  %s%n", t.dir(), Sizes.format(t.memoryBytes()), t.cpus(),
-                            java.time.Instant.ofEpochMilli(t.createdAtMillis()).truncatedTo(java.time.temporal.ChronoUnit.SECONDS),
+                            Instant.ofEpochMilli(t.createdAtMillis()).truncatedTo(ChronoUnit.SECONDS),
                             t.users(), t.memoryFile());
                 }
             }

@@ -1,7 +1,12 @@
 package dev.panamavmm.cli;
 
+import java.io.Serial;
+
 /** A wrong command line: printed as one line, exit code 2. */
 final class UsageException extends RuntimeException {
+    @Serial
+    private static final long serialVersionUID = 1L;
+
     UsageException(String message) {
         super(message);
     }

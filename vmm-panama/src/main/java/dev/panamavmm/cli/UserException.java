@@ -1,7 +1,12 @@
 package dev.panamavmm.cli;
 
+import java.io.Serial;
+
 /** An operation the user asked for cannot be done; the message says why in one line (exit code 1). */
 final class UserException extends RuntimeException {
+    @Serial
+    private static final long serialVersionUID = 1L;
+
     UserException(String message) {
         super(message);
     }

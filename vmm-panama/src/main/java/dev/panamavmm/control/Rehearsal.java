@@ -18,10 +18,12 @@ import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 
 import java.io.OutputStream;
+import java.io.Serial;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 
@@ -139,6 +141,9 @@ public final class Rehearsal {
 
     /** Thrown between two steps once the VMM is exiting. */
     private static final class Stopped extends RuntimeException {
+        @Serial
+        private static final long serialVersionUID = 1L;
+
         Stopped() {
             super("the VMM is exiting", null, false, false);
         }
@@ -211,7 +216,7 @@ public final class Rehearsal {
 
     /** Receives {@code vm} on a thread of this process and sends it there; returns the running copy. */
     private static Vm migrate(Kvm kvm, Vm vm, Path socket) throws Exception {
-        var received = new java.util.concurrent.CompletableFuture<Vm>();
+        var received = new CompletableFuture<Vm>();
         Thread.ofPlatform().daemon().name("rehearsal-incoming").start(() -> {
             try {
                 received.complete(LocalMigration.receive(kvm, socket, 10, OutputStream.nullOutputStream(), new VmListener() {}, c -> null));

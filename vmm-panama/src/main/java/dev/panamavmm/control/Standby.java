@@ -22,7 +22,9 @@ import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Function;
 import java.util.function.Supplier;
@@ -44,7 +46,7 @@ public final class Standby implements AutoCloseable {
     public enum State { STANDBY, INMIGRATE, ADOPTED }
 
     /** The commands that give a standby VMM its VM. */
-    private static final java.util.Set<String> ADOPTING = java.util.Set.of("restore", "clone", "boot", "incoming");
+    private static final Set<String> ADOPTING = Set.of("restore", "clone", "boot", "incoming");
 
     private final Kvm kvm;
     private final OutputStream console;
@@ -186,7 +188,7 @@ public final class Standby implements AutoCloseable {
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             throw new IllegalStateException("interrupted while starting to listen on " + socket);
-        } catch (java.util.concurrent.ExecutionException e) {
+        } catch (ExecutionException e) {
             throw e.getCause() instanceof RuntimeException r ? r : new IllegalStateException(e.getCause().getMessage(), e.getCause());
         }
         return result;

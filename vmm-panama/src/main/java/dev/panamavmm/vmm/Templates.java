@@ -1,18 +1,27 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.migration.SnapshotFormat;
+import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.MemoryFileLocks;
 
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermission;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.security.SecureRandom;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 
 /**
  * VM templates: a guest booted once with its RAM in a shared memory file, saved with
@@ -85,7 +94,7 @@ public final class Templates {
                 Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("r-xr-xr-x"));
                 done = true;
                 return new Created(dir, memory, saved.millis(), bootMillis);
-            } catch (java.util.concurrent.TimeoutException e) {
+            } catch (TimeoutException e) {
                 throw new SnapshotException("the template's guest did not reach its ready point within " + timeoutSeconds + " s");
             }
         } finally {
@@ -97,7 +106,7 @@ public final class Templates {
         }
     }
 
-    private static final java.util.Set<java.nio.file.attribute.PosixFilePermission> READ_ONLY =
+    private static final Set<PosixFilePermission> READ_ONLY =
             PosixFilePermissions.fromString("r--r--r--");
 
     /** Opens a template for cloning: refuses an unfinished one, then loads and checks its snapshot. */
@@ -138,21 +147,21 @@ public final class Templates {
     public record Listed(Path dir, Path memoryFile, long memoryBytes, int cpus, long createdAtMillis, int users) {}
 
     /** The finished templates in {@code dir} (itself, or its immediate subdirectories), by directory name. */
-    public static java.util.List<Listed> list(Path dir) throws IOException {
+    public static List<Listed> list(Path dir) throws IOException {
         if (!Files.isDirectory(dir)) throw new SnapshotException("no directory " + dir);
-        var candidates = new java.util.ArrayList<Path>();
+        var candidates = new ArrayList<Path>();
         if (isTemplate(dir)) candidates.add(dir);
         else try (var children = Files.list(dir)) {
             children.filter(Files::isDirectory).sorted().forEach(candidates::add);
         }
-        var found = new java.util.ArrayList<Listed>();
+        var found = new ArrayList<Listed>();
         for (var d : candidates) {
             if (!Files.isSymbolicLink(d.resolve(MEMORY_LINK)) || Files.exists(d.resolve(CREATING))) continue;
             try {
-                var snapshot = dev.panamavmm.migration.SnapshotReader.open(d);
-                var machine = dev.panamavmm.migration.Json.asObject(snapshot.metadata().get("machine"), "machine");
+                var snapshot = SnapshotReader.open(d);
+                var machine = Json.asObject(snapshot.metadata().get("machine"), "machine");
                 Path memory = Files.readSymbolicLink(d.resolve(MEMORY_LINK));
-                int users = Files.exists(memory) ? dev.panamavmm.vmm.memory.MemoryFileLocks.holders(memory).size() : 0;
+                int users = Files.exists(memory) ? MemoryFileLocks.holders(memory).size() : 0;
                 found.add(new Listed(d, memory, (Long) machine.get("memory"), (int) (long) (Long) machine.get("cpus"),
                         snapshot.createdAtMillis(), users));
             } catch (RuntimeException | IOException e) {
@@ -194,7 +203,7 @@ public final class Templates {
         Path memory = Files.isSymbolicLink(link) ? Files.readSymbolicLink(link) : null;
         int clones = 0;
         if (memory != null && Files.isRegularFile(memory)) {
-            clones = dev.panamavmm.vmm.memory.MemoryFileLocks.holders(memory).size();
+            clones = MemoryFileLocks.holders(memory).size();
             Files.delete(memory);
         } else {
             memory = null;
@@ -217,7 +226,7 @@ public final class Templates {
         return vm;
     }
 
-    private static final java.security.SecureRandom RANDOM = new java.security.SecureRandom();
+    private static final SecureRandom RANDOM = new SecureRandom();
 
     /** A non-zero random 64-bit generation id (0 means "never cloned"). */
     static long newGenerationId() {

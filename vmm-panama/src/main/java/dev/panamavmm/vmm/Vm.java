@@ -9,6 +9,7 @@ import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.vcpu.VcpuKick;
 
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
@@ -95,7 +96,7 @@ public final class Vm implements AutoCloseable {
         // Link the kick signal's downcalls now, off the vCPU threads: a later pause or stop is then
         // quick. Once per process: a clone in `vmm serve` should not pay a thread for nothing.
         if (!KICK_SETUP.getAndSet(true)) {
-            Thread.ofPlatform().daemon().name("kick-setup").start(dev.panamavmm.vmm.vcpu.VcpuKick::signal);
+            Thread.ofPlatform().daemon().name("kick-setup").start(VcpuKick::signal);
         }
         for (var vcpu : vcpus) {
             control.started();

@@ -4,6 +4,7 @@ import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.FileIdentity;
+import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamBlockEntry;
 import dev.panamavmm.migration.RamWriter;
@@ -25,6 +26,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * Saving a VM to a snapshot directory, and reading one back ({@link #load}) for {@link VmBuilder}.
@@ -41,7 +43,6 @@ public final class VmSnapshots {
 
     private static final Log log = Log.of(VmSnapshots.class);
 
-    /** What a save did. */
     /** What a save did; {@code pausedAtNanos} (System.nanoTime) is when the guest stopped, after the snapshot file was opened. */
     public record Saved(Path file, long ramBytesWritten, long ramBlocksByReference, long millis, long pausedAtNanos) {}
 
@@ -138,7 +139,7 @@ public final class VmSnapshots {
         if (!vm.termination().isDone()) vm.resume();
     }
 
-    private static final java.util.concurrent.atomic.AtomicBoolean WARM = new java.util.concurrent.atomic.AtomicBoolean();
+    private static final AtomicBoolean WARM = new AtomicBoolean();
 
     /**
      * Takes the state path once, on a snapshot of made-up state with no RAM in {@code scratch}:
@@ -261,7 +262,7 @@ public final class VmSnapshots {
         try {
             now = FileIdentity.of(e.file());
         } catch (IOException ex) {
-            throw new SnapshotException("cannot check memory file " + e.file() + ": " + dev.panamavmm.migration.IoErrors.reason(ex));
+            throw new SnapshotException("cannot check memory file " + e.file() + ": " + IoErrors.reason(ex));
         }
         String diff = e.identity().difference(now);
         if (diff != null) {

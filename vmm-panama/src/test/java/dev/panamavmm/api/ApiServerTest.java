@@ -10,6 +10,7 @@ import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
 import java.nio.channels.Channels;
+import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -59,7 +60,7 @@ class ApiServerTest {
         }
 
         @Override
-        public Map<String, Object> snapshot(java.nio.file.Path dir, boolean bypass, boolean resume) {
+        public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume) {
             calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume);
             return Json.object("path", dir.toString());
         }
@@ -120,7 +121,7 @@ class ApiServerTest {
     @Test
     void aStaleSocketFileIsReplacedAndAPlainFileRefused(@TempDir Path dir) throws Exception {
         var path = dir.resolve("api.sock");
-        try (var s = java.nio.channels.ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
+        try (var s = ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
             s.bind(UnixDomainSocketAddress.of(path)); // leaves a socket file nobody will accept on after close
         }
         ApiServer.start(path, new Recorder()).close();

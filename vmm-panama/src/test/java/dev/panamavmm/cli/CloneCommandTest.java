@@ -2,6 +2,7 @@ package dev.panamavmm.cli;
 
 import org.junit.jupiter.api.Test;
 
+import java.nio.file.Path;
 import java.util.List;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -14,7 +15,7 @@ class CloneCommandTest {
         String[] args = {"-XX:+UseSerialGC", "-XX:AOTCache=/x/vmm.aot", "-Xlog:aot=off", "-jar", "/x/vmm.jar",
                 "clone", "/t", "--count", "3"};
         assertEquals(List.of("/jdk/bin/java", "-XX:+UseSerialGC", "-XX:AOTCache=/x/vmm.aot", "-Xlog:aot=off", "-jar", "/x/vmm.jar"),
-                CloneCommand.sameJvm("/jdk/bin/java", args, "/x/vmm.jar", java.nio.file.Path.of("/x/vmm.jar")));
+                CloneCommand.sameJvm("/jdk/bin/java", args, "/x/vmm.jar", Path.of("/x/vmm.jar")));
     }
 
     @Test
@@ -24,6 +25,6 @@ class CloneCommandTest {
                 CloneCommand.sameJvm("/jdk/bin/java", new String[] {"-cp", "a.jar:b.jar", "some.Booter"}, "a.jar:b.jar", null));
         // Started with -jar, but another jar (a test runner's booter): not the VMM's, so not reused.
         assertEquals("-cp", CloneCommand.sameJvm("/jdk/bin/java", new String[] {"-jar", "/tmp/booter.jar"}, "a.jar",
-                java.nio.file.Path.of("/x/vmm.jar")).get(3));
+                Path.of("/x/vmm.jar")).get(3));
     }
 }

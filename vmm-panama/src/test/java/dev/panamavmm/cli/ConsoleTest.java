@@ -5,14 +5,21 @@ import dev.panamavmm.testing.VmmProcess;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
+import java.io.BufferedReader;
 import java.io.ByteArrayOutputStream;
+import java.io.IOException;
 import java.io.InputStream;
+import java.io.InputStreamReader;
 import java.io.OutputStream;
+import java.net.UnixDomainSocketAddress;
+import java.nio.channels.Channels;
+import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
+import java.util.regex.Pattern;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -44,8 +51,8 @@ class ConsoleTest {
             vmm.awaitSocket(socket);
             vmm.awaitSocket(api);
             Thread.sleep(1500); // the guest boots and beats a while with nobody connected
-            try (var ch = java.nio.channels.SocketChannel.open(java.net.UnixDomainSocketAddress.of(socket))) {
-                var in = new java.io.BufferedReader(new java.io.InputStreamReader(java.nio.channels.Channels.newInputStream(ch)));
+            try (var ch = SocketChannel.open(UnixDomainSocketAddress.of(socket))) {
+                var in = new BufferedReader(new InputStreamReader(Channels.newInputStream(ch)));
                 var lines = new ArrayList<String>();
                 String line;
                 while ((line = in.readLine()) != null && !line.equals("hb 0 3")) lines.add(line);
@@ -97,7 +104,7 @@ class ConsoleTest {
                     out.write(buf, 0, n);
                 }
             }
-        } catch (java.io.IOException e) {
+        } catch (IOException e) {
             // the process ended
         }
     }
@@ -113,7 +120,7 @@ class ConsoleTest {
     }
 
     private static void awaitOutput(ByteArrayOutputStream out, String regex, int from) throws InterruptedException {
-        var pattern = java.util.regex.Pattern.compile("(?m)^" + regex + "$");
+        var pattern = Pattern.compile("(?m)^" + regex + "$");
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
         while (!pattern.matcher(text(out).substring(Math.min(from, text(out).length()))).find()) {
             if (System.nanoTime() > deadline) throw new AssertionError("no /" + regex + "/ in:\n" + text(out));

@@ -1,11 +1,13 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.testing.VmmProcess;
 import org.junit.jupiter.api.Test;
 
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
+import java.util.Map;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -95,7 +97,7 @@ class MainTest {
     /** A mistyped PANAMA_VMM_LOG gets one warning (in a process of its own: the level is read once per process). */
     @Test
     void aBadLogSettingWarnsOnce() throws Exception {
-        try (var vmm = dev.panamavmm.testing.VmmProcess.start(java.util.Map.of("PANAMA_VMM_LOG", "verbose,Vm=loud,info"),
+        try (var vmm = VmmProcess.start(Map.of("PANAMA_VMM_LOG", "verbose,Vm=loud,info"),
                 "info", "--kvm-device", "/nonexistent/kvm")) {
             assertEquals(1, vmm.waitFor(60));
             var warnings = vmm.stderr().lines().filter(l -> l.contains("PANAMA_VMM_LOG")).toList();

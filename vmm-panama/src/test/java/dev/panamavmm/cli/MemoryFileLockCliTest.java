@@ -5,8 +5,11 @@ import dev.panamavmm.testing.Heartbeats;
 import dev.panamavmm.testing.VmmProcess;
 import org.junit.jupiter.api.io.TempDir;
 
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
@@ -96,10 +99,10 @@ class MemoryFileLockCliTest {
         var memory = Path.of("/dev/shm/panama-lock-test-" + ProcessHandle.current().pid() + "-cow.ram");
         var console = dir.resolve("console.log");
         try {
-            try (var f = java.nio.channels.FileChannel.open(memory, java.nio.file.StandardOpenOption.CREATE_NEW,
-                    java.nio.file.StandardOpenOption.WRITE)) {
+            try (var f = FileChannel.open(memory, StandardOpenOption.CREATE_NEW,
+                    StandardOpenOption.WRITE)) {
                 f.truncate(64L << 20);
-                f.write(java.nio.ByteBuffer.allocate(1), (64L << 20) - 1);
+                f.write(ByteBuffer.allocate(1), (64L << 20) - 1);
             }
             try (var reader = VmmProcess.start("run", "--mem-path", memory.toString(), "--memory", "64M", "--cmdline", GUEST,
                     "--console", "file:" + console)) {
@@ -109,7 +112,7 @@ class MemoryFileLockCliTest {
                 assertEquals("vmm: memory file " + memory + " is in use by PID " + reader.pid() + "\n", r.err());
                 // Two copy-on-write users do not exclude each other.
                 var console2 = dir.resolve("console2.log");
-                try (var second = VmmProcess.start("run", "--mem-path", memory.toString(), "--memory", "64M", "--cmdline", GUEST,
+                try (var _ = VmmProcess.start("run", "--mem-path", memory.toString(), "--memory", "64M", "--cmdline", GUEST,
                         "--console", "file:" + console2)) {
                     SnapshotCliTest.awaitText(console2, "hb 0 2", 30);
                 }

@@ -1,6 +1,7 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.testing.Heartbeats;
 import dev.panamavmm.testing.VmmProcess;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -41,7 +42,7 @@ class MigrateCliTest {
                 next.awaitSocket(nextApi);
                 var text = new StringBuilder();
                 for (var c : consoles) text.append(Files.readString(c));
-                var seen = dev.panamavmm.testing.Heartbeats.checkLive(text.toString()); // the new VM may not have printed a split line's rest yet
+                var seen = Heartbeats.checkLive(text.toString()); // the new VM may not have printed a split line's rest yet
                 SnapshotCliTest.awaitText(console, "hb 0 " + (seen.getOrDefault(0, 0) + 2), 30);
                 SnapshotCliTest.awaitText(console, "hb 1 " + (seen.getOrDefault(1, 0) + 2), 30);
                 api = nextApi;

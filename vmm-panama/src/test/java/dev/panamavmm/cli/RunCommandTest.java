@@ -1,11 +1,14 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.vmm.TinyElfAccess;
+import dev.panamavmm.vmm.boot.SyntheticBzImage;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Arrays;
 
 import static dev.panamavmm.cli.MainTest.run;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -37,8 +40,8 @@ class RunCommandTest {
 
     @Test
     void badKernelsInitrdsAndCommandLinesAreOneLineErrors(@TempDir Path dir) throws Exception {
-        byte[] bz = dev.panamavmm.vmm.boot.SyntheticBzImage.standard().build();
-        var truncated = Files.write(dir.resolve("truncated"), java.util.Arrays.copyOf(bz, bz.length - 1000));
+        byte[] bz = SyntheticBzImage.standard().build();
+        var truncated = Files.write(dir.resolve("truncated"), Arrays.copyOf(bz, bz.length - 1000));
         assertOneLineError(1, run("run", "--kernel", truncated.toString()), "truncated bzImage: its header declares");
         var kernel = Files.write(dir.resolve("vmlinuz"), bz);
         assertOneLineError(1, run("run", "--kernel", kernel.toString(), "--cmdline", "x".repeat(256)),
@@ -51,7 +54,7 @@ class RunCommandTest {
 
     @KvmTest
     void theGuestsExitCodeIsTheVmmsAndItsConsoleGoesWhereAsked(@TempDir Path dir) throws Exception {
-        var kernel = Files.write(dir.resolve("tiny.elf"), dev.panamavmm.vmm.TinyElfAccess.printHiAndExit(42));
+        var kernel = Files.write(dir.resolve("tiny.elf"), TinyElfAccess.printHiAndExit(42));
         var console = dir.resolve("console.txt");
         var r = run("run", "--kernel", kernel.toString(), "--memory", "32M", "--console", "file:" + console);
         assertEquals(42, r.code(), r.err());
@@ -61,7 +64,7 @@ class RunCommandTest {
 
     @KvmTest
     void anUnwritableApiSocketIsOneLine(@TempDir Path dir) throws Exception {
-        var kernel = Files.write(dir.resolve("tiny.elf"), dev.panamavmm.vmm.TinyElfAccess.printHiAndExit(0));
+        var kernel = Files.write(dir.resolve("tiny.elf"), TinyElfAccess.printHiAndExit(0));
         var r = run("run", "--kernel", kernel.toString(), "--memory", "32M", "--console", "file:" + dir.resolve("c"),
                 "--api-socket", dir.resolve("no/such/dir/api.sock").toString());
         assertOneLineError(1, r, "cannot create API socket " + dir.resolve("no/such/dir/api.sock") + ": no such directory");

@@ -5,8 +5,15 @@ import dev.panamavmm.testing.VmmProcess;
 import dev.panamavmm.vmm.TinyElfAccess;
 import org.junit.jupiter.api.io.TempDir;
 
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.net.UnixDomainSocketAddress;
+import java.nio.channels.Channels;
+import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -35,7 +42,7 @@ class RunProcessTest {
                 "dev.panamavmm.cli.Main", "run", "--memory", "32M", "--cmdline", "'console=ttyS0 testguest.hb=100'");
         var process = new ProcessBuilder("script", "-qfec", command, "/dev/null").redirectErrorStream(true).start();
         try {
-            var out = new java.io.BufferedReader(new java.io.InputStreamReader(process.getInputStream()));
+            var out = new BufferedReader(new InputStreamReader(process.getInputStream()));
             var seen = new StringBuilder();
             for (String line; (line = out.readLine()) != null; ) {
                 seen.append(line).append('\n');
@@ -45,7 +52,7 @@ class RunProcessTest {
             process.getOutputStream().write(new byte[] {1, 'x'});
             process.getOutputStream().flush();
             String rest = new String(process.getInputStream().readAllBytes());
-            assertTrue(process.waitFor(20, java.util.concurrent.TimeUnit.SECONDS));
+            assertTrue(process.waitFor(20, TimeUnit.SECONDS));
             assertEquals(0, process.exitValue(), rest);
             assertTrue(rest.contains("vmm: stopped by the console (Ctrl-A x)"), rest);
         } finally {
@@ -60,15 +67,15 @@ class RunProcessTest {
         try (var vmm = VmmProcess.start("run", "--memory", "32M", "--console", "unix:" + socket,
                 "--cmdline", "console=ttyS0 testguest.hb=100")) {
             vmm.awaitSocket(socket);
-            try (var ch = java.nio.channels.SocketChannel.open(java.net.UnixDomainSocketAddress.of(socket))) {
-                var in = new java.io.BufferedReader(new java.io.InputStreamReader(java.nio.channels.Channels.newInputStream(ch)));
+            try (var ch = SocketChannel.open(UnixDomainSocketAddress.of(socket))) {
+                var in = new BufferedReader(new InputStreamReader(Channels.newInputStream(ch)));
                 String line;
                 do {
                     line = in.readLine();
                 } while (line != null && !line.matches("hb 0 \\d+"));
                 assertTrue(line != null, "the console socket delivered heartbeats");
             }
-            assertEquals(java.util.List.of(), vmm.lines(), "nothing on stdout");
+            assertEquals(List.of(), vmm.lines(), "nothing on stdout");
             vmm.signal("TERM");
             assertEquals(0, vmm.waitFor(20));
         }

@@ -1,16 +1,32 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.guest.TestGuest;
+import dev.panamavmm.kvm.HostFlavour;
+import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.SnapshotFormat;
+import dev.panamavmm.testing.Heartbeats;
 import dev.panamavmm.testing.VmmProcess;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
 import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Comparator;
+import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Pattern;
 import java.util.zip.CRC32C;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -20,12 +36,12 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class SnapshotCliTest {
 
     static Map<Integer, Integer> heartbeats(String console) {
-        return dev.panamavmm.testing.Heartbeats.check(console);
+        return Heartbeats.check(console);
     }
 
     static void awaitText(Path file, String regex, long seconds) throws Exception {
         long deadline = System.nanoTime() + seconds * 1_000_000_000L;
-        var p = java.util.regex.Pattern.compile("(?m)^" + regex + "$");
+        var p = Pattern.compile("(?m)^" + regex + "$");
         while (!(Files.exists(file) && p.matcher(Files.readString(file)).find())) {
             if (System.nanoTime() > deadline) throw new AssertionError("no /" + regex + "/ in " + file + ":\n" + (Files.exists(file) ? Files.readString(file) : ""));
             Thread.sleep(20);
@@ -91,12 +107,12 @@ class SnapshotCliTest {
             byte[] good = Files.readAllBytes(file);
             assertTrue(good.length < 64 * 1024, "bypass: no RAM in the snapshot");
 
-            refused(snap, file, java.util.Arrays.copyOf(good, good.length - 7), "is truncated");
+            refused(snap, file, Arrays.copyOf(good, good.length - 7), "is truncated");
             byte[] flipped = good.clone();
             flipped[good.length - 100] ^= 1;
             refused(snap, file, flipped, "is corrupt");
             refused(snap, file, withHeaderInt(good, 8, 3), "has format version 3; this VMM reads versions 1 to 2");
-            String otherFlavour = dev.panamavmm.kvm.Kvm.hostFlavour() == dev.panamavmm.kvm.HostFlavour.PVM ? "VMX" : "PVM";
+            String otherFlavour = Kvm.hostFlavour() == HostFlavour.PVM ? "VMX" : "PVM";
             refused(snap, file, withHeaderInt(good, 12, otherFlavour.equals("VMX") ? 1 : 3),
                     "the snapshot was taken on a " + otherFlavour + " host");
             Files.write(file, good);
@@ -106,7 +122,7 @@ class SnapshotCliTest {
                     + " its identity checked, not its contents\n", verified.out());
 
             byte[] original = Files.readAllBytes(ram);
-            try (var ch = java.nio.channels.FileChannel.open(ram, java.nio.file.StandardOpenOption.WRITE)) {
+            try (var ch = FileChannel.open(ram, StandardOpenOption.WRITE)) {
                 ch.truncate(32 << 20);
             }
             refusedAsIs(snap, "does not match the snapshot (its size changed");
@@ -145,7 +161,7 @@ class SnapshotCliTest {
         var file = snap.resolve(SnapshotFormat.FILE_NAME);
         var intact = MainTest.run("snapshot", "verify", snap.toString());
         assertEquals(0, intact.code(), intact.err());
-        assertTrue(intact.out().matches("snapshot " + java.util.regex.Pattern.quote(file.toString())
+        assertTrue(intact.out().matches("snapshot " + Pattern.quote(file.toString())
                 + " is intact: 1 RAM block\\(s\\), 64 MiB checked in \\d+ ms\n"), intact.out());
 
         byte[] good = Files.readAllBytes(file);
@@ -213,17 +229,17 @@ class SnapshotCliTest {
 
     /** The heartbeats of a guest restored from a snapshot of unknown count: each CPU's go on by one from its first, nothing CORRUPT. */
     static void continuing(String console) {
-        var first = new java.util.HashMap<Integer, Integer>();
-        var lines = new java.util.ArrayList<String>();
+        var first = new HashMap<Integer, Integer>();
+        var lines = new ArrayList<String>();
         for (var line : console.lines().toList()) {
-            var m = dev.panamavmm.guest.TestGuest.HEARTBEAT.matcher(line);
+            var m = TestGuest.HEARTBEAT.matcher(line);
             if (m.matches() && first.putIfAbsent(Integer.parseInt(m.group(1)), Integer.parseInt(m.group(2))) == null) {
                 for (int n = 1; n < Integer.parseInt(m.group(2)); n++) lines.add("hb " + m.group(1) + " " + n); // what the saved guest had printed
             }
             lines.add(line);
         }
         assertEquals(2, first.size(), console);
-        dev.panamavmm.testing.Heartbeats.check(lines);
+        Heartbeats.check(lines);
     }
 
     /**
@@ -251,7 +267,7 @@ class SnapshotCliTest {
                 assertEquals(0, first.waitFor(30), first.stderr());
             }
             var file = snap.resolve(SnapshotFormat.FILE_NAME);
-            byte[] earlierHeader = java.util.Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE);
+            byte[] earlierHeader = Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE);
 
             // A second VMM continues that guest and is killed while it saves it again into the same directory.
             var api2 = dir.resolve("api2.sock");
@@ -259,16 +275,16 @@ class SnapshotCliTest {
             try (var second = VmmProcess.start("restore", snap.toString(), "--api-socket", api2.toString(), "--console", "file:" + console2)) {
                 second.awaitSocket(api2);
                 awaitText(console2, "hb 0 \\d+", 30);
-                var save = java.util.concurrent.CompletableFuture.supplyAsync(
+                var save = CompletableFuture.supplyAsync(
                         () -> MainTest.run("snapshot", "--api-socket", api2.toString(), "--no-bypass", snap.toString()));
                 temp = awaitGrowingTemporary(snap, second.pid(), save);
                 ProcessHandle.of(second.pid()).orElseThrow().destroyForcibly(); // SIGKILL
                 second.waitFor(30);
-                var failed = save.get(30, java.util.concurrent.TimeUnit.SECONDS);
+                var failed = save.get(30, TimeUnit.SECONDS);
                 assertEquals(1, failed.code(), failed.out());
             }
             assertTrue(Files.size(temp) > 0, "kill -9 leaves the writer's temporary file: " + temp);
-            assertTrue(java.util.Arrays.equals(earlierHeader, java.util.Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE)),
+            assertTrue(Arrays.equals(earlierHeader, Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE)),
                     "snapshot.pvm is still the earlier snapshot");
 
             // The earlier snapshot restores (the temporary file beside it ignored) and the guest goes on from it.
@@ -284,17 +300,17 @@ class SnapshotCliTest {
             }
             heartbeats(Files.readString(console1) + Files.readString(console3));
             try (var files = Files.list(snap)) {
-                assertEquals(java.util.List.of(file), files.toList(), "the next save removed the dead writer's temporary file");
+                assertEquals(List.of(file), files.toList(), "the next save removed the dead writer's temporary file");
             }
         } finally {
             try (var walk = Files.walk(shm)) {
-                for (var p : walk.sorted(java.util.Comparator.reverseOrder()).toList()) Files.deleteIfExists(p);
+                for (var p : walk.sorted(Comparator.reverseOrder()).toList()) Files.deleteIfExists(p);
             }
         }
     }
 
     /** Waits until the VMM {@code pid} has a temporary snapshot file in {@code dir} that is growing (it is writing RAM). */
-    static Path awaitGrowingTemporary(Path dir, long pid, java.util.concurrent.Future<?> save) throws Exception {
+    static Path awaitGrowingTemporary(Path dir, long pid, Future<?> save) throws Exception {
         String prefix = "." + SnapshotFormat.FILE_NAME + ".tmp-" + pid + "-";
         long deadline = System.nanoTime() + 60_000_000_000L, lastSize = -1;
         while (System.nanoTime() < deadline && !save.isDone()) {
@@ -306,7 +322,7 @@ class SnapshotCliTest {
                 long size;
                 try {
                     size = Files.size(temp);
-                } catch (java.nio.file.NoSuchFileException e) {
+                } catch (NoSuchFileException e) {
                     break; // committed already: too late
                 }
                 if (lastSize > 0 && size > lastSize) return temp;

@@ -6,11 +6,14 @@ import dev.panamavmm.vmm.TinyElfAccess;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
+import java.io.IOException;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.channels.ServerSocketChannel;
+import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.concurrent.CopyOnWriteArrayList;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -29,11 +32,11 @@ class SocketWaitTest {
         try (var server = ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
             server.bind(UnixDomainSocketAddress.of(path));
             // Accepts (as a waiting `vmm incoming` does) and then says nothing.
-            var accepted = new java.util.concurrent.CopyOnWriteArrayList<java.nio.channels.SocketChannel>();
+            var accepted = new CopyOnWriteArrayList<SocketChannel>();
             Thread.ofPlatform().daemon().start(() -> {
                 try {
                     while (true) accepted.add(server.accept());
-                } catch (java.io.IOException e) {
+                } catch (IOException e) {
                     // closed at the end of the test
                 }
             });

@@ -7,10 +7,16 @@ import dev.panamavmm.testing.VmmProcess;
 import dev.panamavmm.vmm.TinyElfAccess;
 import org.junit.jupiter.api.io.TempDir;
 
+import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.security.DigestOutputStream;
+import java.security.MessageDigest;
+import java.util.ArrayList;
 import java.util.HashSet;
+import java.util.HexFormat;
 import java.util.List;
+import java.util.Map;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -96,7 +102,7 @@ class TemplateCliTest {
         var tpl = createTemplate(dir);
         var consoles = dir.resolve("consoles"); // created by clone
         var sockets = dir.resolve("sockets");
-        var pids = new java.util.ArrayList<Long>();
+        var pids = new ArrayList<Long>();
         try {
             var first = MainTest.run("clone", tpl.toString(), "--count", "2", "--console-dir", consoles.toString(),
                     "--api-socket-dir", sockets.toString());
@@ -193,11 +199,11 @@ class TemplateCliTest {
     }
 
     static String sha256(Path file) throws Exception {
-        var digest = java.security.MessageDigest.getInstance("SHA-256");
+        var digest = MessageDigest.getInstance("SHA-256");
         try (var in = Files.newInputStream(file)) {
-            in.transferTo(new java.security.DigestOutputStream(java.io.OutputStream.nullOutputStream(), digest));
+            in.transferTo(new DigestOutputStream(OutputStream.nullOutputStream(), digest));
         }
-        return java.util.HexFormat.of().formatHex(digest.digest());
+        return HexFormat.of().formatHex(digest.digest());
     }
 
     /** Issue 21 item 2: `restore TEMPLATE` ran the guest in the template's memory file and destroyed the template. */
@@ -311,7 +317,7 @@ class TemplateCliTest {
         var api = dir.resolve("serve.sock");
         var consoles = dir.resolve("missing/consoles"); // created by serve
         // The rehearsal done before the socket appears, so the counts below see only the clones.
-        try (var serve = VmmProcess.start(java.util.Map.of("PANAMA_VMM_REHEARSAL", "sync"),
+        try (var serve = VmmProcess.start(Map.of("PANAMA_VMM_REHEARSAL", "sync"),
                 "serve", "--api-socket", api.toString(), "--console-dir", consoles.toString());
              var client = awaitClient(serve, api)) {
             // A log left by another launch (a clone --count, another serve) keeps its name and its bytes: serve skips that ID.

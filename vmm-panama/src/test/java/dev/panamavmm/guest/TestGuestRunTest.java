@@ -2,6 +2,7 @@ package dev.panamavmm.guest;
 
 import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.testing.Heartbeats;
 import dev.panamavmm.testing.VmmProcess;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -28,7 +29,7 @@ class TestGuestRunTest {
     }
 
     static Map<Integer, Integer> checkHeartbeats(List<String> lines) {
-        return dev.panamavmm.testing.Heartbeats.check(lines);
+        return Heartbeats.check(lines);
     }
 
     @KvmTest

@@ -2,6 +2,8 @@ package dev.panamavmm.log;
 
 import org.junit.jupiter.api.Test;
 
+import java.util.List;
+
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertSame;
@@ -45,7 +47,7 @@ class LogTest {
     void unknownWordsAreIgnoredRatherThanStoppingTheVmmAndListedForAWarning() {
         var config = Log.Config.parse("loud,Vm=chatty,,debug, =info");
         assertEquals(Log.Level.DEBUG, config.levelOf("Vm"));
-        assertEquals(java.util.List.of("loud", "Vm=chatty", "=info"), config.ignored());
-        assertEquals(java.util.List.of(), Log.Config.parse("warn,LocalMigration=debug").ignored());
+        assertEquals(List.of("loud", "Vm=chatty", "=info"), config.ignored());
+        assertEquals(List.of(), Log.Config.parse("warn,LocalMigration=debug").ignored());
     }
 }

@@ -2,6 +2,7 @@ package dev.panamavmm.testing;
 
 import org.junit.jupiter.api.Assumptions;
 
+import java.io.File;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -34,7 +35,7 @@ public final class LinuxGuestFixture {
     private static String run(String script) {
         Path path = repositoryRoot().resolve("scripts").resolve(script);
         try {
-            var process = new ProcessBuilder(path.toString()).redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null"))).start();
+            var process = new ProcessBuilder(path.toString()).redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null"))).start();
             process.getOutputStream().close();
             boolean done = process.waitFor(10, TimeUnit.MINUTES);
             String out = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8).strip();

@@ -6,6 +6,7 @@ import dev.panamavmm.kvm.sys.UnixSocket;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.testing.Heartbeats;
 import dev.panamavmm.vmm.memory.Backing;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -16,6 +17,7 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Consumer;
@@ -94,10 +96,10 @@ class FailurePathsTest {
 
     /** Both CPUs print two more heartbeats, all in order, none CORRUPT. */
     static void guestRunsOn(SnapshotTest.Console console) throws InterruptedException {
-        var at = dev.panamavmm.testing.Heartbeats.checkLive(console.text());
+        var at = Heartbeats.checkLive(console.text());
         console.await("hb 0 " + (at.getOrDefault(0, 0) + 2), 30);
         console.await("hb 1 " + (at.getOrDefault(1, 0) + 2), 30);
-        dev.panamavmm.testing.Heartbeats.checkLive(console.text());
+        Heartbeats.checkLive(console.text());
     }
 
     static Vm runningGuest(Kvm kvm, SnapshotTest.Console console, VmListener listener) throws InterruptedException {
@@ -228,7 +230,7 @@ class FailurePathsTest {
                 var reply = MigrationProtocol.decode(peer.receive().data());
                 assertEquals(new MigrationProtocol.Refused("this VMM speaks local-migration protocols 1 to 2, the source speaks 3"), reply);
             }
-            var failure = assertThrows(java.util.concurrent.ExecutionException.class, () -> received.get(10, TimeUnit.SECONDS));
+            var failure = assertThrows(ExecutionException.class, () -> received.get(10, TimeUnit.SECONDS));
             assertTrue(failure.getCause().getMessage().contains("the source speaks 3"), failure.getCause().toString());
         }
     }
@@ -243,13 +245,13 @@ class FailurePathsTest {
             try (var garbage = UnixSocket.connect(socket)) {
                 send(garbage, "{\"execute\": \"query-status\"}"); // a control-API client at the wrong socket
             }
-            try (var closes = UnixSocket.connect(socket)) {
+            try (var _ = UnixSocket.connect(socket)) {
                 // connects and goes away without a word
             }
             assertFalse(received.isDone(), "the destination still waits");
             var result = LocalMigration.send(vm, socket, 10);
             assertTrue(result.downtimeMicros() > 0);
-            try (var moved = received.get(10, TimeUnit.SECONDS)) {
+            try (var _ = received.get(10, TimeUnit.SECONDS)) { // the moved VM, closed at the end
                 guestRunsOn(console);
             }
         }

@@ -1,16 +1,21 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.sys.UnixSocket;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
 import org.junit.jupiter.api.io.TempDir;
 
+import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -95,7 +100,7 @@ class LocalMigrationTest {
             Thread.ofPlatform().start(() -> {
                 try (server; var peer = server.accept()) {
                     var m = peer.receive();
-                    for (int fd : m.fds()) dev.panamavmm.kvm.sys.LibC.close(fd);
+                    for (int fd : m.fds()) LibC.close(fd);
                 }
             });
             var e = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, dying, 10));
@@ -111,7 +116,7 @@ class LocalMigrationTest {
             var r = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, refusing, 10));
             assertEquals("migration to " + refusing + " failed, the guest runs on here: the destination refused: expected another RAM size", r.getMessage());
             // The destination's receive ends after it sent the refusal: wait for it, do not race it.
-            var failure = assertThrows(java.util.concurrent.ExecutionException.class, () -> refused.get(10, java.util.concurrent.TimeUnit.SECONDS));
+            var failure = assertThrows(ExecutionException.class, () -> refused.get(10, TimeUnit.SECONDS));
             assertTrue(failure.getCause().getMessage().contains("expected another RAM size"), failure.getCause().toString());
             at = SnapshotTest.checkHeartbeats(console.text()).get(0);
             console.await("hb 0 " + (at + 2), 30);
@@ -128,7 +133,7 @@ class LocalMigrationTest {
             // The source gives up 4 s after it starts; this destination takes 3.2 s over the state,
             // leaving less than the 1 s margin: it must not resume the guest the source will resume.
             var socket = dir.resolve("late.sock");
-            var calls = new java.util.concurrent.atomic.AtomicInteger();
+            var calls = new AtomicInteger();
             var late = new CompletableFuture<Vm>();
             Thread.ofPlatform().start(() -> {
                 try {
@@ -150,7 +155,7 @@ class LocalMigrationTest {
             var e = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, socket, 4));
             assertEquals("migration to " + socket + " failed, the guest runs on here: the destination refused: "
                     + "the VM's state came too late: the source resumes its guest at its deadline", e.getMessage());
-            var failure = assertThrows(java.util.concurrent.ExecutionException.class, () -> late.get(10, TimeUnit.SECONDS));
+            var failure = assertThrows(ExecutionException.class, () -> late.get(10, TimeUnit.SECONDS));
             assertTrue(failure.getCause().getMessage().contains("came too late"), failure.getCause().toString());
             int at = SnapshotTest.checkHeartbeats(console.text()).get(0);
             console.await("hb 0 " + (at + 2), 30);
@@ -174,16 +179,16 @@ class LocalMigrationTest {
             try (source; var peer = UnixSocket.connect(socket)) {
                 var block = source.memory().blocks().getFirst();
                 var prepare = new MigrationProtocol.Prepare(1, 1, source.memory().size(),
-                        java.util.List.of(new MigrationProtocol.RamBlock(block.id(), block.guestAddress(), block.size(), block.fileOffset(), 0, null)));
+                        List.of(new MigrationProtocol.RamBlock(block.id(), block.guestAddress(), block.size(), block.fileOffset(), 0, null)));
                 peer.send(MigrationProtocol.encode(prepare, 1), block.fd());
-                assertEquals("{\"prepared\":true}", new String(peer.receive().data(), java.nio.charset.StandardCharsets.UTF_8));
+                assertEquals("{\"prepared\":true}", new String(peer.receive().data(), StandardCharsets.UTF_8));
                 var state = dir.resolve("state");
                 VmSnapshots.save(source, state, true, VmSnapshots.After.STAY_PAUSED, true, null);
                 peer.send(MigrationProtocol.encode(new MigrationProtocol.State(state, System.nanoTime() + TimeUnit.SECONDS.toNanos(10)), 1));
-                assertTrue(new String(peer.receive().data(), java.nio.charset.StandardCharsets.UTF_8).startsWith("{\"running\":true"));
+                assertTrue(new String(peer.receive().data(), StandardCharsets.UTF_8).startsWith("{\"running\":true"));
                 source.end(new VmExitReason.Stopped("migrated"));
             }
-            try (var moved = received.get(10, TimeUnit.SECONDS)) {
+            try (var _ = received.get(10, TimeUnit.SECONDS)) { // the moved VM, closed at the end
                 int at = SnapshotTest.checkHeartbeats(console.text()).get(0);
                 console.await("hb 0 " + (at + 2), 30);
             }

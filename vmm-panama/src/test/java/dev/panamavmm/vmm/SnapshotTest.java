@@ -2,17 +2,22 @@ package dev.panamavmm.vmm;
 
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.testing.Heartbeats;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import org.junit.jupiter.api.io.TempDir;
 
 import java.io.ByteArrayOutputStream;
 import java.io.OutputStream;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Comparator;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Pattern;
@@ -58,7 +63,7 @@ class SnapshotTest {
     }
 
     static Map<Integer, Integer> checkHeartbeats(String console) {
-        return dev.panamavmm.testing.Heartbeats.check(console);
+        return Heartbeats.check(console);
     }
 
     static MachineConfig guest(int cpus, Backing backing, String options) {
@@ -185,7 +190,7 @@ class SnapshotTest {
         var config = new MachineConfig(4 * GuestMemory.GIB, 1, new Backing.Memfd(), "test guest", TestGuest.elf(), null,
                 "console=ttyS0 testguest.hb=150 testguest.mem=16M");
         var console = new Console();
-        byte[] marker = "written into a hole after the restore".getBytes(java.nio.charset.StandardCharsets.US_ASCII);
+        byte[] marker = "written into a hole after the restore".getBytes(StandardCharsets.US_ASCII);
         long hole = 2 * GuestMemory.GIB; // far above the 16 MiB the guest uses
         try (var kvm = Kvm.open()) {
             try (var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
@@ -204,31 +209,31 @@ class SnapshotTest {
             assertTrue(allocated(first) < before + 16 * GuestMemory.MIB,
                     "the first snapshot's file stays sparse: " + before + " -> " + allocated(first) + " bytes of data");
             try (var vm = VmSnapshots.restore(kvm, dir.resolve("second"), console, new VmListener() {})) {
-                assertEquals(new String(marker, java.nio.charset.StandardCharsets.US_ASCII),
-                        new String(vm.memory().read(hole, marker.length), java.nio.charset.StandardCharsets.US_ASCII));
+                assertEquals(new String(marker, StandardCharsets.US_ASCII),
+                        new String(vm.memory().read(hole, marker.length), StandardCharsets.US_ASCII));
             }
         } finally {
             try (var files = Files.walk(dir)) {
-                files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+                files.sorted(Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
             }
         }
     }
 
     /** Bytes of {@code file} in data extents (SEEK_DATA / SEEK_HOLE): what it occupies, holes excluded. */
     static long allocated(Path file) throws Exception {
-        int fd = dev.panamavmm.kvm.sys.LibC.open(file.toString(), dev.panamavmm.kvm.bindings.LibcConstants.O_RDONLY, 0);
+        int fd = LibC.open(file.toString(), LibcConstants.O_RDONLY, 0);
         try {
             long size = Files.size(file), total = 0;
             for (long at = 0; at < size; ) {
-                long data = dev.panamavmm.kvm.sys.LibC.seek(fd, at, dev.panamavmm.kvm.bindings.LibcConstants.SEEK_DATA);
+                long data = LibC.seek(fd, at, LibcConstants.SEEK_DATA);
                 if (data < 0) break;
-                long end = dev.panamavmm.kvm.sys.LibC.seek(fd, data, dev.panamavmm.kvm.bindings.LibcConstants.SEEK_HOLE);
+                long end = LibC.seek(fd, data, LibcConstants.SEEK_HOLE);
                 total += end - data;
                 at = end;
             }
             return total;
         } finally {
-            dev.panamavmm.kvm.sys.LibC.close(fd);
+            LibC.close(fd);
         }
     }
 

@@ -3,6 +3,7 @@ package dev.panamavmm.vmm;
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
@@ -12,6 +13,7 @@ import java.io.InputStream;
 import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.security.MessageDigest;
 import java.util.ArrayList;
 import java.util.HashSet;
@@ -57,7 +59,7 @@ class TemplateTest {
         try (var kvm = Kvm.open()) {
             created = createTemplate(kvm, templateDir, templateConsole, "testguest.mem=48M");
             assertTrue(templateConsole.text().contains("ready\n"));
-            assertEquals("r--r--r--", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(created.memoryFile())));
+            assertEquals("r--r--r--", PosixFilePermissions.toString(Files.getPosixFilePermissions(created.memoryFile())));
             String before = sha256(created.memoryFile());
             var template = Templates.open(templateDir);
             var ids = new HashSet<String>();
@@ -130,7 +132,7 @@ class TemplateTest {
             var plain = dir.resolve("plain");
             try (var vm = VmBuilder.boot(kvm, guest("testguest.mem=4M"), OutputStream.nullOutputStream(), new VmListener() {})) {
                 vm.start();
-                VmSnapshots.save(vm, plain, true, false, dev.panamavmm.migration.RamWriter.Progress.NONE);
+                VmSnapshots.save(vm, plain, true, false, RamWriter.Progress.NONE);
             }
             assertEquals(plain + " is a snapshot, not a template: its RAM is not in a shared memory file",
                     assertThrows(SnapshotException.class, () -> Templates.open(plain)).getMessage());

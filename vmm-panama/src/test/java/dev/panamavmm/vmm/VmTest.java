@@ -1,12 +1,15 @@
 package dev.panamavmm.vmm;
 
+import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.vmm.boot.BootProtocol;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 
 import java.io.ByteArrayOutputStream;
 import java.util.concurrent.TimeUnit;
+import java.util.function.BooleanSupplier;
 
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -76,7 +79,7 @@ class VmTest {
         assertEquals("Pc\n", console.toString());
 
         var linux64 = new MachineConfig(64 * GuestMemory.MIB, 1, new Backing.Memfd(), "pvh", TinyElf.withPvhEntry(PVH_PROBE), null,
-                "console=ttyS0", dev.panamavmm.vmm.boot.BootProtocol.LINUX64);
+                "console=ttyS0", BootProtocol.LINUX64);
         assertEquals(new VmExitReason.GuestExit(99), runToEnd(linux64, new ByteArrayOutputStream()),
                 "the 64-bit entry has no start info in RBX");
     }
@@ -118,7 +121,7 @@ class VmTest {
                 new byte[] {0x48, 0x0f, (byte) 0xc7, 0x0e},                            // cmpxchg16b [rsi]
                 exitWith(9));
         var reason = runToEnd(config(code, 1, false), new ByteArrayOutputStream());
-        if (dev.panamavmm.kvm.Kvm.hostFlavour() == dev.panamavmm.kvm.HostFlavour.PVM) {
+        if (Kvm.hostFlavour() == HostFlavour.PVM) {
             var failed = assertInstanceOf(VmExitReason.Failed.class, reason);
             assertTrue(failed.message().matches("KVM internal error on vCPU 0: emulation failure \\(suberror 1\\) at RIP 0x100007.*"),
                     failed.message());
@@ -165,7 +168,7 @@ class VmTest {
         }
     }
 
-    static void waitUntil(java.util.function.BooleanSupplier condition) throws InterruptedException {
+    static void waitUntil(BooleanSupplier condition) throws InterruptedException {
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
         while (!condition.getAsBoolean()) {
             if (System.nanoTime() > deadline) throw new AssertionError("condition not reached in 20 s");

@@ -7,10 +7,18 @@ import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Msghdr;
 import dev.panamavmm.kvm.bindings.SockaddrUn;
 
+import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.FileSystemException;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.Arrays;
 
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_INT;
@@ -54,18 +62,18 @@ public final class UnixSocket implements AutoCloseable {
         int fd = LibC.socket(LibcConstants.AF_UNIX, LibcConstants.SOCK_STREAM | LibcConstants.SOCK_CLOEXEC, 0);
         Path temp = path.resolveSibling("." + path.getFileName() + ".tmp-" + ProcessHandle.current().pid());
         try (var arena = Arena.ofConfined()) {
-            java.nio.file.Files.deleteIfExists(temp);
+            Files.deleteIfExists(temp);
             LibC.bind(fd, address(arena, temp));
             LibC.listen(fd, 1);
-            java.nio.file.Files.setPosixFilePermissions(temp, java.nio.file.attribute.PosixFilePermissions.fromString("rw-------"));
-            java.nio.file.Files.move(temp, path, java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+            Files.setPosixFilePermissions(temp, PosixFilePermissions.fromString("rw-------"));
+            Files.move(temp, path, StandardCopyOption.ATOMIC_MOVE);
             return new UnixSocket(fd);
-        } catch (java.io.IOException e) {
+        } catch (IOException e) {
             LibC.close(fd);
             // The JDK's message is the (temporary) path alone; the reason is what the user needs.
-            String why = e instanceof java.nio.file.FileSystemException f && f.getReason() != null ? f.getReason()
-                    : e instanceof java.nio.file.NoSuchFileException ? "no such directory"
-                    : e instanceof java.nio.file.AccessDeniedException ? "permission denied" : e.toString();
+            String why = e instanceof FileSystemException f && f.getReason() != null ? f.getReason()
+                    : e instanceof NoSuchFileException ? "no such directory"
+                    : e instanceof AccessDeniedException ? "permission denied" : e.toString();
             throw new KvmException("listen on " + path, why);
         } catch (KvmException e) {
             LibC.close(fd);
@@ -145,7 +153,7 @@ public final class UnixSocket implements AutoCloseable {
             if (length > 0 && !readFully(arena, body.asSlice(0, length), fds, nfds)) {
                 throw new KvmException("recvmsg", "the peer closed the connection in the middle of a message");
             }
-            return new Message(body.asSlice(0, length).toArray(JAVA_BYTE), java.util.Arrays.copyOf(fds, nfds[0]));
+            return new Message(body.asSlice(0, length).toArray(JAVA_BYTE), Arrays.copyOf(fds, nfds[0]));
         }
     }
 

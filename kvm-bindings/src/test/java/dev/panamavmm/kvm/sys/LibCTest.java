@@ -3,9 +3,12 @@ package dev.panamavmm.kvm.sys;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.nio.file.Files;
+import java.nio.file.Path;
 
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
@@ -88,8 +91,8 @@ class LibCTest {
         thread.join();
         assertTrue(tid[0] > 0);
         // join() returns when the Java thread is done; the kernel thread exits a moment later.
-        var task = java.nio.file.Path.of("/proc/self/task/" + tid[0]);
-        for (long deadline = System.nanoTime() + 5_000_000_000L; java.nio.file.Files.exists(task) && System.nanoTime() < deadline; ) {
+        var task = Path.of("/proc/self/task/" + tid[0]);
+        for (long deadline = System.nanoTime() + 5_000_000_000L; Files.exists(task) && System.nanoTime() < deadline; ) {
             Thread.sleep(1);
         }
         assertFalse(LibC.tgkill(tid[0], 0), "signal 0 to an exited thread: ESRCH, reported as false");
@@ -97,7 +100,7 @@ class LibCTest {
     }
 
     @Test
-    void flockBelongsToTheOpenFileDescriptionAndRefusesAConflictWithoutWaiting(@org.junit.jupiter.api.io.TempDir java.nio.file.Path dir) {
+    void flockBelongsToTheOpenFileDescriptionAndRefusesAConflictWithoutWaiting(@TempDir Path dir) {
         String file = dir.resolve("locked").toString();
         int flags = LibcConstants.O_RDWR | LibcConstants.O_CREAT | LibcConstants.O_CLOEXEC;
         int first = LibC.open(file, flags, 0600), second = LibC.open(file, flags, 0600);

@@ -2,6 +2,7 @@ package dev.panamavmm.vmm.boot;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -111,7 +112,7 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus,
             var bytes = new byte[size];
             b.get(at, bytes);
             int length = bytes[size - 1] == 0 ? size - 1 : size;
-            return new String(bytes, 0, length, java.nio.charset.StandardCharsets.US_ASCII);
+            return new String(bytes, 0, length, StandardCharsets.US_ASCII);
         }
     }
 

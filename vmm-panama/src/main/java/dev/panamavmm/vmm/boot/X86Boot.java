@@ -17,6 +17,7 @@ import dev.panamavmm.vmm.memory.GuestMemory;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
@@ -122,7 +123,7 @@ public final class X86Boot {
         writePageTables(memory);
         var line = memory.slice(CMDLINE, cmd.length + 1);
         MemorySegment.copy(MemorySegment.ofArray(cmd), 0, line, 0, cmd.length);
-        line.set(java.lang.foreign.ValueLayout.JAVA_BYTE, cmd.length, (byte) 0);
+        line.set(ValueLayout.JAVA_BYTE, cmd.length, (byte) 0);
         memory.write(MpTable.ADDRESS, MpTable.build(cpus));
         memory.write(AcpiTables.ADDRESS, AcpiTables.build(cpus));
 

@@ -4,11 +4,18 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
 
+import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.FileTime;
 import java.nio.file.attribute.PosixFilePermission;
+import java.time.Instant;
 import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
 import java.util.List;
 
 /**
@@ -101,7 +108,7 @@ public final class GuestMemory implements AutoCloseable {
                     }
                     try {
                         if (Files.size(f.path()) < size) LibC.ftruncate(file, size);
-                    } catch (java.io.IOException | RuntimeException e) {
+                    } catch (IOException | RuntimeException e) {
                         LibC.close(file);
                         throw new MemoryException("cannot size memory file " + f.path() + ": " + e.getMessage(), e);
                     }
@@ -113,7 +120,7 @@ public final class GuestMemory implements AutoCloseable {
                     try {
                         MemoryFileLocks.lock(file, f.path(), false);
                         have = Files.size(f.path());
-                    } catch (java.io.IOException e) {
+                    } catch (IOException e) {
                         LibC.close(file);
                         throw new MemoryException("cannot read memory file " + f.path() + ": " + e.getMessage(), e);
                     } catch (RuntimeException e) {
@@ -129,7 +136,7 @@ public final class GuestMemory implements AutoCloseable {
             };
         } catch (KvmException e) {
             throw new MemoryException("cannot open guest memory backing: " + e.getMessage(), e);
-        } catch (java.io.IOException e) {
+        } catch (IOException e) {
             throw new MemoryException("cannot read memory file " + backing.file() + ": " + e.getMessage(), e);
         }
     }
@@ -150,7 +157,7 @@ public final class GuestMemory implements AutoCloseable {
     public static GuestMemory map(List<BlockSource> sources, Arena arena) {
         var blocks = new ArrayList<RamBlock>();
         var fds = new int[sources.size()];
-        var openedFiles = new java.util.HashMap<Backing, Integer>();
+        var openedFiles = new HashMap<Backing, Integer>();
         int opened = 0;
         try {
             for (var s : sources) {
@@ -178,7 +185,7 @@ public final class GuestMemory implements AutoCloseable {
                 }
                 blocks.add(map(s.id(), s.guestAddress(), s.size(), s.fileOffset(), s.backing(), fd, arena));
             }
-            return new GuestMemory(blocks, java.util.Arrays.copyOf(fds, opened));
+            return new GuestMemory(blocks, Arrays.copyOf(fds, opened));
         } catch (RuntimeException e) {
             for (int i = 0; i < opened; i++) LibC.close(fds[i]);
             throw e;
@@ -190,10 +197,10 @@ public final class GuestMemory implements AutoCloseable {
      * time moves to now. Writes through a shared mapping do not update the times on tmpfs, so
      * without this a snapshot that refers to the file could not tell that a guest ran on in it.
      */
-    static void claim(java.nio.file.Path file) {
+    static void claim(Path file) {
         try {
-            java.nio.file.Files.setLastModifiedTime(file, java.nio.file.attribute.FileTime.from(java.time.Instant.now()));
-        } catch (java.io.IOException e) {
+            Files.setLastModifiedTime(file, FileTime.from(Instant.now()));
+        } catch (IOException e) {
             throw new MemoryException("cannot claim memory file " + file + ": " + e.getMessage(), e);
         }
     }
@@ -245,7 +252,7 @@ public final class GuestMemory implements AutoCloseable {
 
     /** Reads {@code length} bytes of guest RAM at {@code gpa}. */
     public byte[] read(long gpa, int length) {
-        return slice(gpa, length).toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
+        return slice(gpa, length).toArray(ValueLayout.JAVA_BYTE);
     }
 
     /**

@@ -1,7 +1,12 @@
 package dev.panamavmm.vmm.memory;
 
+import java.io.Serial;
+
 /** Guest memory cannot be set up as asked, or an access falls outside guest RAM. */
 public final class MemoryException extends RuntimeException {
+    @Serial
+    private static final long serialVersionUID = 1L;
+
     public MemoryException(String message) {
         super(message);
     }

@@ -6,6 +6,7 @@ import dev.panamavmm.kvm.sys.LibC;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.BasicFileAttributes;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -84,11 +85,11 @@ public final class MemoryFileLocks {
     /** Whether process {@code pid} has {@code file} open (an fd; a mapping alone keeps a lock too, so also its maps). */
     private static boolean isOpenBy(long pid, Path file) {
         try {
-            var key = Files.readAttributes(file, java.nio.file.attribute.BasicFileAttributes.class).fileKey();
+            var key = Files.readAttributes(file, BasicFileAttributes.class).fileKey();
             try (var fds = Files.list(Path.of("/proc/" + pid + "/fd"))) {
                 for (var fd : (Iterable<Path>) fds::iterator) {
                     try {
-                        if (key.equals(Files.readAttributes(fd, java.nio.file.attribute.BasicFileAttributes.class).fileKey())) return true;
+                        if (key.equals(Files.readAttributes(fd, BasicFileAttributes.class).fileKey())) return true;
                     } catch (IOException ignored) {
                         // that fd closed meanwhile
                     }

@@ -21,6 +21,7 @@ import dev.panamavmm.kvm.bindings.KvmXsave;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
@@ -84,7 +85,7 @@ public final class KvmState {
             }
             var values = new long[msrIndices.length];
             for (int i = 0; i < values.length; i++) values[i] = KvmMsrEntry.data(KvmMsrs.entries(msrs, i));
-            int mpState = MemorySegment.ofArray(mp).get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, KvmMpState.MP_STATE);
+            int mpState = MemorySegment.ofArray(mp).get(ValueLayout.JAVA_INT_UNALIGNED, KvmMpState.MP_STATE);
             return new VcpuState(vcpu.id(), regs, sregs, xsave, xcrs, lapic, msrIndices.clone(), values, events, mpState, debugregs);
         }
     }

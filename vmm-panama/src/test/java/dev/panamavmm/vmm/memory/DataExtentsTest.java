@@ -5,6 +5,7 @@ import dev.panamavmm.kvm.sys.LibC;
 import org.junit.jupiter.api.Test;
 
 import java.lang.foreign.Arena;
+import java.util.Arrays;
 import java.util.List;
 
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
@@ -66,7 +67,7 @@ class DataExtentsTest {
     }
 
     private static void assertExtents(List<long[]> expected, List<long[]> actual, String what) {
-        assertEquals(expected.size(), actual.size(), what + ": " + actual.stream().map(java.util.Arrays::toString).toList());
+        assertEquals(expected.size(), actual.size(), what + ": " + actual.stream().map(Arrays::toString).toList());
         for (int i = 0; i < expected.size(); i++) assertArrayEquals(expected.get(i), actual.get(i), what);
     }
 }

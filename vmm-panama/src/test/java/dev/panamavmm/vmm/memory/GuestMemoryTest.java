@@ -5,6 +5,8 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 import java.lang.foreign.Arena;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 
@@ -77,8 +79,8 @@ class GuestMemoryTest {
             mem.write(4096, "hello".getBytes());
         }
         assertEquals(32 * MIB, Files.size(file));
-        try (var ch = java.nio.channels.FileChannel.open(file)) {
-            var buf = java.nio.ByteBuffer.allocate(5);
+        try (var ch = FileChannel.open(file)) {
+            var buf = ByteBuffer.allocate(5);
             ch.read(buf, 4096);
             assertEquals("hello", new String(buf.array()));
         }
@@ -154,7 +156,7 @@ class GuestMemoryTest {
         }
         // Its arena closed (unmapped), the file is free; copy-on-write users share it and keep a writer out.
         try (var a = Arena.ofShared(); var b = Arena.ofShared(); var c = Arena.ofShared();
-             var cow1 = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), a);
+             var _ = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), a);
              var cow2 = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), b)) {
             assertArrayEquals(new byte[] {42}, cow2.read(0, 1));
             var e = assertThrows(MemoryException.class, () -> GuestMemory.create(16 * MIB, new Backing.SharedFile(file), c));
@@ -163,7 +165,7 @@ class GuestMemoryTest {
         try (var arena = Arena.ofShared(); var again = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), arena)) {
             assertArrayEquals(new byte[] {42}, again.read(0, 1));
             again.unlockSharedFiles(); // a stopped guest's file: free for the next user at once
-            try (var next = Arena.ofShared(); var taken = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), next)) {
+            try (var next = Arena.ofShared(); var _ = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), next)) {
                 assertEquals(1, MemoryFileLocks.holders(file).size());
                 assertTrue(MemoryFileLocks.holders(file).getFirst().exclusive());
             }
