@@ -1,12 +1,10 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.api.ApiException;
+import dev.panamavmm.error.VmmException;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.SnapshotException;
-import dev.panamavmm.vmm.boot.BootException;
-import dev.panamavmm.vmm.memory.MemoryException;
 
 import java.io.PrintStream;
 import java.io.PrintWriter;
@@ -109,9 +107,8 @@ public final class Main implements Cli.Command {
 
     /** Failures whose message is written for the user: printed as is, without a stack trace. */
     static boolean isUserFacing(Throwable e) {
-        return e instanceof KvmException || e instanceof MemoryException || e instanceof BootException
-                || e instanceof UserException || e instanceof UncheckedIOException
-                || e instanceof ApiException || e instanceof SnapshotException;
+        return e instanceof VmmException || e instanceof KvmException || e instanceof SnapshotException
+                || e instanceof UncheckedIOException;
     }
 
     private static String firstLine(String s) {
