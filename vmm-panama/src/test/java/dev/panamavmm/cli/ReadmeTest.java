@@ -31,7 +31,9 @@ import static org.junit.jupiter.api.Assertions.fail;
  * repository's {@code ./vmm} would build the jar with Maven first, inside this Maven run. What the
  * README names under {@code /tmp} and {@code /dev/shm} goes to directories of the test's own (other
  * tests and users run VMMs beside it), removed afterwards. A line marked "(Ctrl-A x quits)" runs a
- * guest until someone quits it: the test ends it with SIGTERM once it printed a heartbeat. A block
+ * guest until someone quits it: the test ends it with SIGTERM once it printed a heartbeat. After a
+ * line that starts a VMM in the background, the test waits for the sockets it names to appear (as a
+ * user waits to see it start: a warm-up on a loaded machine can outlast the 5 s {@code ctl} waits). A block
  * whose first line says "Not run by ReadmeTest" (the Linux boots, minutes here) is only checked for
  * syntax and for the scripts it names. Every process started carries a marker in its environment;
  * any still running at the end is ended, and fails the test: the README says how to stop what it
@@ -146,6 +148,19 @@ class ReadmeTest {
                   grep -Eq '^hb [0-9]+ [0-9]+$' "$log" || { echo "README: no heartbeat from: $*"; return 1; }
                   return "$rc"
                 }
+                # After a `... &` line: wait for the sockets it makes, as a user waits to see it start. The
+                # README's next line would wait 5 s itself (--wait); on a loaded machine a warm-up can take longer.
+                readme_await_socket() {
+                  local -
+                  set +x
+                  for _ in $(seq 600); do
+                    [ -S "$1" ] && return 0
+                    kill -0 "$2" 2>/dev/null || break
+                    sleep 0.1
+                  done
+                  echo "README: the process started last never made $1"
+                  return 1
+                }
                 PS4='README> '
                 set -x
                 """);
@@ -155,7 +170,11 @@ class ReadmeTest {
                 String moved = moveDirectories(line, tmp, shm);
                 if (line.contains(QUIT_MARK)) moved = "readme_until_heartbeat " + moved;
                 sb.append(moved).append('\n');
-                if (line.matches(".*&\\s*(#.*)?")) sb.append("readme_background+=($!)\n");
+                if (line.matches(".*&\\s*(#.*)?")) {
+                    sb.append("readme_background+=($!)\n");
+                    Matcher socket = Pattern.compile("(?:--api-socket |incoming unix:)(\\S+)").matcher(moved);
+                    while (socket.find()) sb.append("readme_await_socket ").append(socket.group(1)).append(" $!\n");
+                }
             }
         }
         sb.append("""
