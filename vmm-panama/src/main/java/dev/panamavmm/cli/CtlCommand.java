@@ -16,7 +16,10 @@ final class CtlCommand implements Cli.Command {
     public Cli.Spec spec() {
         return new Cli.Spec("ctl", "Send a command to a running VMM's control API, e.g. vmm ctl /tmp/vmm.sock query-status")
                 .parameter("SOCKET", "the VMM's --api-socket", v -> socket = Path.of(v))
-                .parameter("COMMAND", "query-status, stop, cont, quit", v -> command = v)
+                .parameter("COMMAND", "a VM's: query-status, stop, cont, quit, snapshot {\"path\"}, migrate {\"uri\"};"
+                        + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"}, quit;"
+                        + " vmm standby's (then the VM's): restore {\"path\"}, clone {\"template\"}, boot {\"memory\", ...},"
+                        + " incoming {\"uri\"}, query-status, quit", v -> command = v)
                 .optionalParameter("JSON", "arguments as a JSON object", v -> arguments = v)
                 .include(wait::declare);
     }

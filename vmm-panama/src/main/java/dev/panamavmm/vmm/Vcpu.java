@@ -1,6 +1,8 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.Errno;
+import dev.panamavmm.kvm.HostFlavour;
+import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmRegs;
@@ -170,6 +172,11 @@ final class Vcpu implements Runnable {
         sb.append(" (suberror ").append(e.suberror()).append(") at ").append(rip());
         byte[] insn = VcpuExit.emulationFailureBytes(run);
         if (insn.length > 0) sb.append(", instruction bytes ").append(HexFormat.ofDelimiter(" ").formatHex(insn));
+        // On PVM the guest's CPL0 code runs in KVM's emulator, which lacks some instructions (cmpxchg16b):
+        // an unmodified kernel ends here, and without a word on why this reads as a VMM crash.
+        if (e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_EMULATION && Kvm.hostFlavour() == HostFlavour.PVM) {
+            sb.append(" (PVM host: unmodified kernels stop here, see docs/linux-guests.md)");
+        }
         return sb.toString();
     }
 

@@ -10,9 +10,10 @@ import java.lang.annotation.RetentionPolicy;
 import java.lang.annotation.Target;
 
 /**
- * A test that needs a real {@code /dev/kvm}. Where the device exists (or {@code -Dkvm.required=true},
- * as CI sets it) the test always runs, so a broken KVM path fails instead of being skipped; only on
- * a host without the device node is it skipped. Each run is counted for CI's report.
+ * A test that needs a real {@code /dev/kvm}. Where the device exists (or with {@code -Dkvm.required=true})
+ * the test always runs, so a broken KVM path fails instead of being skipped; only on a host without
+ * the device node is it skipped. Each run is counted in {@code target/kvm-tests-ran.txt}, and
+ * {@code .ci/run} fails when the device exists and the count is zero.
  */
 @Target(ElementType.METHOD)
 @Retention(RetentionPolicy.RUNTIME)
