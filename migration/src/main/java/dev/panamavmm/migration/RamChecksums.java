@@ -18,6 +18,7 @@ public final class RamChecksums {
 
     /** The chunk size this VMM writes: 2 MiB, 4 bytes of table per 2 MiB of guest RAM. */
     public static final int CHUNK = 2 << 20;
+
     public static final String SECTION_PREFIX = "ram-crc/";
     /** Chunk sizes a reader accepts: powers of two from a page to 1 GiB. */
     static final int MIN_CHUNK = (int) SnapshotFormat.PAGE, MAX_CHUNK = 1 << 30;
@@ -47,7 +48,10 @@ public final class RamChecksums {
             var b = ByteBuffer.wrap(payload).order(ByteOrder.LITTLE_ENDIAN);
             int chunk = b.getInt(), count = b.getInt();
             if (chunk < MIN_CHUNK || chunk > MAX_CHUNK || Integer.bitCount(chunk) != 1) {
-                throw corrupt(file, "RAM block " + blockId + " has an impossible checksum chunk size " + Integer.toUnsignedString(chunk));
+                throw corrupt(
+                        file,
+                        "RAM block " + blockId + " has an impossible checksum chunk size "
+                                + Integer.toUnsignedString(chunk));
             }
             if (count != chunks(blockSize, chunk) || payload.length != 8 + 4L * count) {
                 throw corrupt(file, "RAM block " + blockId + " has a checksum table of the wrong length");

@@ -1,7 +1,6 @@
 package dev.panamavmm.api;
 
 import dev.panamavmm.error.VmmException;
-
 import java.io.Serial;
 
 /** The control API cannot be served or reached; the message says why in one line. */

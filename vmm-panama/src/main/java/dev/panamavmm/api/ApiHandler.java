@@ -1,7 +1,6 @@
 package dev.panamavmm.api;
 
 import dev.panamavmm.migration.Json;
-
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
@@ -38,8 +37,10 @@ public interface ApiHandler {
             }
             case "snapshot" -> {
                 expect(command, a, "path", "bypass-shared-memory", "resume");
-                yield target.snapshot(Path.of(requireString(a, "path", "DIRECTORY")),
-                        flag(a, "bypass-shared-memory", true), flag(a, "resume", false));
+                yield target.snapshot(
+                        Path.of(requireString(a, "path", "DIRECTORY")),
+                        flag(a, "bypass-shared-memory", true),
+                        flag(a, "resume", false));
             }
             case "migrate" -> {
                 expect(command, a, "uri");
@@ -64,7 +65,8 @@ public interface ApiHandler {
         Object v = args.get(name);
         if (v == null) throw new IllegalArgumentException("\"" + name + "\" is required (" + what + ")");
         if (!(v instanceof String s) || s.isBlank()) {
-            throw new IllegalArgumentException("\"" + name + "\" must be a non-empty string (" + what + "), not " + Json.write(v));
+            throw new IllegalArgumentException(
+                    "\"" + name + "\" must be a non-empty string (" + what + "), not " + Json.write(v));
         }
         return s;
     }

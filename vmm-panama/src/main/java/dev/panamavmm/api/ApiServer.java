@@ -3,7 +3,6 @@ package dev.panamavmm.api;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
-
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.net.UnixDomainSocketAddress;
@@ -59,7 +58,8 @@ public final class ApiServer implements AutoCloseable {
     public static ApiServer start(Path path, ApiHandler handler) {
         var parent = path.toAbsolutePath().getParent();
         if (parent != null && !Files.isDirectory(parent)) {
-            throw new ApiException("cannot create API socket " + path + ": " + (Files.exists(parent) ? parent + " is not a directory" : "no such directory"));
+            throw new ApiException("cannot create API socket " + path + ": "
+                    + (Files.exists(parent) ? parent + " is not a directory" : "no such directory"));
         }
         try {
             if (Files.exists(path)) {
@@ -133,7 +133,8 @@ public final class ApiServer implements AutoCloseable {
             var request = Json.asObject(Json.parse(line), "a request");
             id = request.get("id");
             Object execute = request.get("execute");
-            if (!(execute instanceof String command)) return error(id, "GenericError", "a request needs \"execute\": COMMAND");
+            if (!(execute instanceof String command))
+                return error(id, "GenericError", "a request needs \"execute\": COMMAND");
             Object args = request.get("arguments");
             var arguments = args == null ? Json.object() : Json.asObject(args, "\"arguments\"");
             Object result = command.equals("qmp_capabilities") ? Json.object() : handler.execute(command, arguments);
@@ -182,8 +183,8 @@ public final class ApiServer implements AutoCloseable {
         }
 
         void greet() {
-            send(Json.write(Json.object("QMP", Json.object(
-                    "version", Json.object("package", "panama-vmm"), "capabilities", List.of()))));
+            send(Json.write(Json.object(
+                    "QMP", Json.object("version", Json.object("package", "panama-vmm"), "capabilities", List.of()))));
         }
 
         void serve() {
@@ -196,8 +197,10 @@ public final class ApiServer implements AutoCloseable {
                     while (buf.hasRemaining()) {
                         byte b = buf.get();
                         if (b == '\n') {
-                            if (discarding) send(error(null, "GenericError", "request longer than " + MAX_LINE + " bytes"));
-                            else if (line.size() > 0) answer(line.toString(StandardCharsets.UTF_8).strip());
+                            if (discarding)
+                                send(error(null, "GenericError", "request longer than " + MAX_LINE + " bytes"));
+                            else if (line.size() > 0)
+                                answer(line.toString(StandardCharsets.UTF_8).strip());
                             line.reset();
                             discarding = false;
                         } else if (!discarding) {
@@ -225,8 +228,11 @@ public final class ApiServer implements AutoCloseable {
                 long handled = System.nanoTime();
                 send(reply);
                 if (log.enabled(Log.Level.DEBUG)) {
-                    log.debug("request handled in {} us, reply sent {} us later: {}", (handled - start) / 1000,
-                            (System.nanoTime() - handled) / 1000, request.length() > 80 ? request.substring(0, 80) : request);
+                    log.debug(
+                            "request handled in {} us, reply sent {} us later: {}",
+                            (handled - start) / 1000,
+                            (System.nanoTime() - handled) / 1000,
+                            request.length() > 80 ? request.substring(0, 80) : request);
                 }
             } finally {
                 inflight.readLock().unlock();

@@ -5,7 +5,6 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.SnapshotException;
-
 import java.io.PrintStream;
 import java.io.PrintWriter;
 import java.io.UncheckedIOException;
@@ -69,7 +68,8 @@ public final class Main implements Cli.Command {
                 io.out().print(Cli.usage(main, "vmm"));
             } else {
                 var names = main.spec().subcommandNames();
-                if (!names.contains(command)) throw new UsageException("unknown command '" + command + "'" + Cli.didYouMean(command, names));
+                if (!names.contains(command))
+                    throw new UsageException("unknown command '" + command + "'" + Cli.didYouMean(command, names));
                 return Cli.execute(main, "vmm", new String[] {command, "--help"}, io, version());
             }
             io.out().flush();
@@ -78,7 +78,8 @@ public final class Main implements Cli.Command {
     }
 
     static int run(String[] args, PrintStream out, PrintStream err) {
-        var io = new Cli.Io(new PrintWriter(out, true, StandardCharsets.UTF_8), new PrintWriter(err, true, StandardCharsets.UTF_8));
+        var io = new Cli.Io(
+                new PrintWriter(out, true, StandardCharsets.UTF_8), new PrintWriter(err, true, StandardCharsets.UTF_8));
         try {
             return Cli.execute(new Main(), "vmm", args, io, "panama-vmm " + version());
         } catch (Cli.ParseError | UsageException e) {
@@ -93,7 +94,8 @@ public final class Main implements Cli.Command {
             if (e instanceof FileSystemException f && f.getFile() != null) {
                 // A file operation no command put into words: still one line, naming the file once.
                 log.debug("command failed", e);
-                err.println("vmm: " + f.getFile() + (f.getOtherFile() != null ? " -> " + f.getOtherFile() : "") + ": " + IoErrors.reason(f));
+                err.println("vmm: " + f.getFile() + (f.getOtherFile() != null ? " -> " + f.getOtherFile() : "") + ": "
+                        + IoErrors.reason(f));
                 return FAILED;
             }
             log.error("internal error", e);
@@ -107,7 +109,9 @@ public final class Main implements Cli.Command {
 
     /** Failures whose message is written for the user: printed as is, without a stack trace. */
     static boolean isUserFacing(Throwable e) {
-        return e instanceof VmmException || e instanceof KvmException || e instanceof SnapshotException
+        return e instanceof VmmException
+                || e instanceof KvmException
+                || e instanceof SnapshotException
                 || e instanceof UncheckedIOException;
     }
 

@@ -1,11 +1,10 @@
 package dev.panamavmm.cli;
 
-import sun.misc.Signal;
-import sun.misc.SignalHandler;
-
 import java.util.HashMap;
 import java.util.Map;
 import java.util.function.Consumer;
+import sun.misc.Signal;
+import sun.misc.SignalHandler;
 
 /**
  * SIGINT and SIGTERM as requests to end the VM. {@code sun.misc.Signal} (module jdk.unsupported)

@@ -1,7 +1,6 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.error.VmmException;
-
 import java.io.Serial;
 
 /** A wrong command line: printed as one line, exit code 2. */

@@ -1,7 +1,6 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.error.VmmException;
-
 import java.io.Serial;
 
 /** An operation the user asked for cannot be done; the message says why in one line (exit code 1). */

@@ -8,7 +8,6 @@ import dev.panamavmm.migration.SnapshotFormat;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.MemoryFileLocks;
-
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
@@ -47,14 +46,29 @@ public final class Templates {
      * the guest's ready point (or {@code readySignal} completing, e.g. the API's stop), saves it
      * into {@code dir} and ends the VM.
      */
-    public static Created create(Kvm kvm, Path dir, MachineConfig config, Path memDir, OutputStream console,
-                                 CompletableFuture<Void> readySignal, long timeoutSeconds) throws Exception {
+    public static Created create(
+            Kvm kvm,
+            Path dir,
+            MachineConfig config,
+            Path memDir,
+            OutputStream console,
+            CompletableFuture<Void> readySignal,
+            long timeoutSeconds)
+            throws Exception {
         return create(kvm, dir, config, memDir, console, readySignal, new CompletableFuture<>(), timeoutSeconds);
     }
 
     /** As above; completing {@code cancel} ends the booting VM and the creation fails, leaving nothing behind. */
-    public static Created create(Kvm kvm, Path dir, MachineConfig config, Path memDir, OutputStream console,
-                                 CompletableFuture<Void> readySignal, CompletableFuture<String> cancel, long timeoutSeconds) throws Exception {
+    public static Created create(
+            Kvm kvm,
+            Path dir,
+            MachineConfig config,
+            Path memDir,
+            OutputStream console,
+            CompletableFuture<Void> readySignal,
+            CompletableFuture<String> cancel,
+            long timeoutSeconds)
+            throws Exception {
         if (Files.exists(dir.resolve(SnapshotFormat.FILE_NAME)) || Files.exists(dir.resolve(CREATING))) {
             throw new SnapshotException("template directory " + dir + " is not empty: a template is created once");
         }
@@ -63,13 +77,20 @@ public final class Templates {
         Path marker = dir.resolve(CREATING);
         Files.writeString(marker, Long.toString(ProcessHandle.current().pid()));
         Path memory = memDir.resolve("panama-template-" + dir.toAbsolutePath().getFileName() + "-"
-                + Long.toHexString(System.nanoTime()) + ".ram").toAbsolutePath();
+                        + Long.toHexString(System.nanoTime()) + ".ram")
+                .toAbsolutePath();
         boolean done = false;
         try {
             var ready = new CompletableFuture<Void>();
             readySignal.whenComplete((v, t) -> ready.complete(null));
-            var shared = new MachineConfig(config.memoryBytes(), config.cpus(), new Backing.SharedFile(memory),
-                    config.kernelName(), config.kernel(), config.initrd(), config.cmdline());
+            var shared = new MachineConfig(
+                    config.memoryBytes(),
+                    config.cpus(),
+                    new Backing.SharedFile(memory),
+                    config.kernelName(),
+                    config.kernel(),
+                    config.initrd(),
+                    config.cmdline());
             long start = System.nanoTime();
             try (var vm = VmBuilder.boot(kvm, shared, console, new VmListener() {
                 @Override
@@ -81,7 +102,8 @@ public final class Templates {
                 vm.start();
                 var first = CompletableFuture.anyOf(ready, vm.termination()).get(timeoutSeconds, TimeUnit.SECONDS);
                 if (first instanceof VmExitReason reason) {
-                    throw new SnapshotException("the template's guest ended before its ready point: " + reason.describe());
+                    throw new SnapshotException(
+                            "the template's guest ended before its ready point: " + reason.describe());
                 }
                 long bootMillis = (System.nanoTime() - start) / 1_000_000;
                 vm.pause();
@@ -95,7 +117,8 @@ public final class Templates {
                 done = true;
                 return new Created(dir, memory, saved.millis(), bootMillis);
             } catch (TimeoutException e) {
-                throw new SnapshotException("the template's guest did not reach its ready point within " + timeoutSeconds + " s");
+                throw new SnapshotException(
+                        "the template's guest did not reach its ready point within " + timeoutSeconds + " s");
             }
         } finally {
             if (!done) {
@@ -106,8 +129,7 @@ public final class Templates {
         }
     }
 
-    private static final Set<PosixFilePermission> READ_ONLY =
-            PosixFilePermissions.fromString("r--r--r--");
+    private static final Set<PosixFilePermission> READ_ONLY = PosixFilePermissions.fromString("r--r--r--");
 
     /** Opens a template for cloning: refuses an unfinished one, then loads and checks its snapshot. */
     public static LoadedSnapshot open(Path dir) {
@@ -120,12 +142,17 @@ public final class Templates {
             } catch (IOException ignored) {
                 // the marker vanished: creation just finished
             }
-            boolean alive = !pid.isEmpty() && ProcessHandle.of(Long.parseLong(pid)).map(ProcessHandle::isAlive).orElse(false);
-            throw new SnapshotException(alive
-                    ? "template " + dir + " is still being created (process " + pid + " is running)"
-                    : "template " + dir + " is incomplete: its creation did not finish");
+            boolean alive = !pid.isEmpty()
+                    && ProcessHandle.of(Long.parseLong(pid))
+                            .map(ProcessHandle::isAlive)
+                            .orElse(false);
+            throw new SnapshotException(
+                    alive
+                            ? "template " + dir + " is still being created (process " + pid + " is running)"
+                            : "template " + dir + " is incomplete: its creation did not finish");
         }
-        if (!Files.exists(dir.resolve(SnapshotFormat.FILE_NAME))) throw new SnapshotException(dir + " is not a template (no snapshot.pvm)");
+        if (!Files.exists(dir.resolve(SnapshotFormat.FILE_NAME)))
+            throw new SnapshotException(dir + " is not a template (no snapshot.pvm)");
         var loaded = VmSnapshots.load(dir);
         if (loaded.snapshot().ram().stream().noneMatch(e -> e.byReference())) {
             throw new SnapshotException(dir + " is a snapshot, not a template: its RAM is not in a shared memory file");
@@ -151,9 +178,10 @@ public final class Templates {
         if (!Files.isDirectory(dir)) throw new SnapshotException("no directory " + dir);
         var candidates = new ArrayList<Path>();
         if (isTemplate(dir)) candidates.add(dir);
-        else try (var children = Files.list(dir)) {
-            children.filter(Files::isDirectory).sorted().forEach(candidates::add);
-        }
+        else
+            try (var children = Files.list(dir)) {
+                children.filter(Files::isDirectory).sorted().forEach(candidates::add);
+            }
         var found = new ArrayList<Listed>();
         for (var d : candidates) {
             if (!Files.isSymbolicLink(d.resolve(MEMORY_LINK)) || Files.exists(d.resolve(CREATING))) continue;
@@ -161,9 +189,15 @@ public final class Templates {
                 var snapshot = SnapshotReader.open(d);
                 var machine = Json.asObject(snapshot.metadata().get("machine"), "machine");
                 Path memory = Files.readSymbolicLink(d.resolve(MEMORY_LINK));
-                int users = Files.exists(memory) ? MemoryFileLocks.holders(memory).size() : 0;
-                found.add(new Listed(d, memory, (Long) machine.get("memory"), (int) (long) (Long) machine.get("cpus"),
-                        snapshot.createdAtMillis(), users));
+                int users =
+                        Files.exists(memory) ? MemoryFileLocks.holders(memory).size() : 0;
+                found.add(new Listed(
+                        d,
+                        memory,
+                        (Long) machine.get("memory"),
+                        (int) (long) (Long) machine.get("cpus"),
+                        snapshot.createdAtMillis(),
+                        users));
             } catch (RuntimeException | IOException e) {
                 // not readable as a template: list shows templates, inspect says what is wrong with the rest
             }
@@ -194,9 +228,13 @@ public final class Templates {
             } catch (IOException ignored) {
                 // creation just finished or failed
             }
-            if (!pid.isEmpty() && pid.chars().allMatch(Character::isDigit)
-                    && ProcessHandle.of(Long.parseLong(pid)).map(ProcessHandle::isAlive).orElse(false)) {
-                throw new SnapshotException("template " + dir + " is still being created (process " + pid + " is running): nothing removed");
+            if (!pid.isEmpty()
+                    && pid.chars().allMatch(Character::isDigit)
+                    && ProcessHandle.of(Long.parseLong(pid))
+                            .map(ProcessHandle::isAlive)
+                            .orElse(false)) {
+                throw new SnapshotException("template " + dir + " is still being created (process " + pid
+                        + " is running): nothing removed");
             }
         }
         Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-xr-x")); // created 0555

@@ -1,6 +1,7 @@
 package dev.panamavmm.cli;
 
-import org.junit.jupiter.api.Test;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
 import java.nio.file.Files;
@@ -9,9 +10,7 @@ import java.util.List;
 import java.util.Set;
 import java.util.TreeSet;
 import java.util.regex.Pattern;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.Test;
 
 /**
  * The lists of commands in the docs and in {@code vmm ctl --help} against the code: at 52b27eb
@@ -20,29 +19,39 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  */
 class DocsTrueToCodeTest {
     /** The sources whose {@code switch} on the command name is the control API. */
-    static final List<String> HANDLERS = List.of("api/ApiHandler.java", "control/CloneService.java", "control/Standby.java");
+    static final List<String> HANDLERS =
+            List.of("api/ApiHandler.java", "control/CloneService.java", "control/Standby.java");
 
     @Test
     void architectureNamesEveryCommandAndSubcommand() throws IOException {
-        String row = Files.readString(docs().resolve("architecture.md")).lines()
-                .filter(l -> l.contains("`dev.panamavmm.cli`")).findFirst().orElseThrow();
+        String row = Files.readString(docs().resolve("architecture.md"))
+                .lines()
+                .filter(l -> l.contains("`dev.panamavmm.cli`"))
+                .findFirst()
+                .orElseThrow();
         var names = new TreeSet<>(new Main().spec().subcommandNames());
         names.addAll(new TemplateCommand().spec().subcommandNames());
         names.addAll(new SnapshotCommand().spec().subcommandNames());
-        for (String name : names) assertTrue(row.contains("`" + name + "`"), "docs/architecture.md's cli row lacks `" + name + "`: " + row);
+        for (String name : names)
+            assertTrue(row.contains("`" + name + "`"), "docs/architecture.md's cli row lacks `" + name + "`: " + row);
     }
 
     @Test
     void everyControlCommandIsInTheArchitectureAndInCtlHelp() throws IOException {
         var commands = controlCommands();
-        assertTrue(commands.containsAll(Set.of("query-status", "snapshot", "query-clones", "boot")), commands.toString());
+        assertTrue(
+                commands.containsAll(Set.of("query-status", "snapshot", "query-clones", "boot")), commands.toString());
         String architecture = Files.readString(docs().resolve("architecture.md"));
-        String api = architecture.substring(architecture.indexOf("## Control API"), architecture.indexOf("## Build, launcher and CI"));
+        String api = architecture.substring(
+                architecture.indexOf("## Control API"), architecture.indexOf("## Build, launcher and CI"));
         var help = MainTest.run("ctl", "--help");
         assertEquals(0, help.code(), help.err());
         for (String command : commands) {
             assertTrue(api.contains("`" + command), "docs/architecture.md's Control API section lacks " + command);
-            assertTrue(Pattern.compile("[\\s:,]" + Pattern.quote(command) + "[\\s,;{]").matcher(help.out()).find(),
+            assertTrue(
+                    Pattern.compile("[\\s:,]" + Pattern.quote(command) + "[\\s,;{]")
+                            .matcher(help.out())
+                            .find(),
                     "vmm ctl --help lacks " + command + ":\n" + help.out());
         }
     }

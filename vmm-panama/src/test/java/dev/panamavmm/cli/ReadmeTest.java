@@ -1,8 +1,10 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.kvm.testing.KvmTest;
-import org.junit.jupiter.api.Test;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
 
+import dev.panamavmm.kvm.testing.KvmTest;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -15,10 +17,7 @@ import java.util.UUID;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assertions.fail;
+import org.junit.jupiter.api.Test;
 
 /**
  * The README's "Using it" blocks run top to bottom as typed, so that they cannot rot (at 52b27eb
@@ -54,7 +53,9 @@ class ReadmeTest {
         Path root = repositoryRoot();
         var blocks = shellBlocks(Files.readString(root.resolve("README.md")));
         var run = blocks.stream().filter(b -> !b.skipped()).toList();
-        assertTrue(run.stream().mapToInt(b -> b.lines().size()).sum() > 20, "the section should hold the README's examples: " + blocks);
+        assertTrue(
+                run.stream().mapToInt(b -> b.lines().size()).sum() > 20,
+                "the section should hold the README's examples: " + blocks);
 
         String marker = UUID.randomUUID().toString();
         Path dir = Files.createTempDirectory("readme-test-");
@@ -66,14 +67,17 @@ class ReadmeTest {
             writeWrapper(dir);
             Path script = Files.writeString(dir.resolve("readme.sh"), script(run, tmp, shm, dir));
             Path log = dir.resolve("output.log");
-            var pb = new ProcessBuilder("bash", script.toString()).directory(dir.toFile())
+            var pb = new ProcessBuilder("bash", script.toString())
+                    .directory(dir.toFile())
                     .redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")))
-                    .redirectErrorStream(true).redirectOutput(log.toFile());
+                    .redirectErrorStream(true)
+                    .redirectOutput(log.toFile());
             pb.environment().put(MARKER_VARIABLE, marker);
             var bash = pb.start();
             boolean ended = bash.waitFor(SCRIPT_SECONDS, TimeUnit.SECONDS);
             output = Files.readString(log, StandardCharsets.UTF_8);
-            if (!ended) fail("the README's blocks did not finish within " + SCRIPT_SECONDS + " s; output:\n" + tail(output));
+            if (!ended)
+                fail("the README's blocks did not finish within " + SCRIPT_SECONDS + " s; output:\n" + tail(output));
             assertEquals(0, bash.exitValue(), "a README line failed; output:\n" + tail(output));
         } finally {
             leftovers.addAll(endMarkedProcesses(marker));
@@ -81,7 +85,9 @@ class ReadmeTest {
             deleteTree(dir);
             deleteTree(shm);
         }
-        assertTrue(leftovers.isEmpty(), "the README left processes running (it should say how to stop them): " + leftovers);
+        assertTrue(
+                leftovers.isEmpty(),
+                "the README left processes running (it should say how to stop them): " + leftovers);
         assertTrue(output.contains("README: done"), tail(output));
     }
 
@@ -89,10 +95,13 @@ class ReadmeTest {
     @Test
     void theBlocksItDoesNotRunAreValidShellAndNameScriptsThatExist() throws Exception {
         Path root = repositoryRoot();
-        var skipped = shellBlocks(Files.readString(root.resolve("README.md"))).stream().filter(Block::skipped).toList();
+        var skipped = shellBlocks(Files.readString(root.resolve("README.md"))).stream()
+                .filter(Block::skipped)
+                .toList();
         assertTrue(!skipped.isEmpty(), "the Linux block is marked '" + SKIP_MARK + "'");
         for (var block : skipped) {
-            var check = new ProcessBuilder("bash", "-n").redirectErrorStream(true).start();
+            var check =
+                    new ProcessBuilder("bash", "-n").redirectErrorStream(true).start();
             try (var in = check.getOutputStream()) {
                 in.write(String.join("\n", block.lines()).getBytes(StandardCharsets.UTF_8));
             }
@@ -115,7 +124,9 @@ class ReadmeTest {
             if (current == null && line.equals("```sh")) {
                 current = new ArrayList<>();
             } else if (current != null && line.equals("```")) {
-                blocks.add(new Block(List.copyOf(current), !current.isEmpty() && current.getFirst().contains(SKIP_MARK)));
+                blocks.add(new Block(
+                        List.copyOf(current),
+                        !current.isEmpty() && current.getFirst().contains(SKIP_MARK)));
                 current = null;
             } else if (current != null) {
                 current.add(line);
@@ -172,8 +183,12 @@ class ReadmeTest {
                 sb.append(moved).append('\n');
                 if (line.matches(".*&\\s*(#.*)?")) {
                     sb.append("readme_background+=($!)\n");
-                    Matcher socket = Pattern.compile("(?:--api-socket |incoming unix:)(\\S+)").matcher(moved);
-                    while (socket.find()) sb.append("readme_await_socket ").append(socket.group(1)).append(" $!\n");
+                    Matcher socket = Pattern.compile("(?:--api-socket |incoming unix:)(\\S+)")
+                            .matcher(moved);
+                    while (socket.find())
+                        sb.append("readme_await_socket ")
+                                .append(socket.group(1))
+                                .append(" $!\n");
                 }
             }
         }
@@ -205,7 +220,8 @@ class ReadmeTest {
         String java = ProcessHandle.current().info().command().orElse("java");
         Path javaTmp = Files.createDirectory(dir.resolve("java-tmp"));
         // -XX:-UsePerfData: no hsperfdata file in /tmp for a JVM that the cleanup may have to kill.
-        String wrapper = "#!/bin/sh\nexec " + quote(java) + " --enable-native-access=ALL-UNNAMED -XX:+UseSerialGC -XX:-UsePerfData"
+        String wrapper = "#!/bin/sh\nexec " + quote(java)
+                + " --enable-native-access=ALL-UNNAMED -XX:+UseSerialGC -XX:-UsePerfData"
                 + " -Djava.io.tmpdir=" + quote(javaTmp.toString())
                 + " -cp " + quote(System.getProperty("java.class.path")) + " dev.panamavmm.cli.Main \"$@\"\n";
         Path vmm = Files.writeString(dir.resolve("vmm"), wrapper);
@@ -214,7 +230,9 @@ class ReadmeTest {
 
     /** Ends every process whose environment carries the marker (SIGTERM, then SIGKILL); returns their command lines. */
     private static List<String> endMarkedProcesses(String marker) throws InterruptedException {
-        var marked = ProcessHandle.allProcesses().filter(p -> carries(p.pid(), MARKER_VARIABLE + "=" + marker)).toList();
+        var marked = ProcessHandle.allProcesses()
+                .filter(p -> carries(p.pid(), MARKER_VARIABLE + "=" + marker))
+                .toList();
         var names = new ArrayList<String>();
         for (var p : marked) {
             names.add(p.pid() + ": " + p.info().commandLine().orElse("?"));
@@ -226,8 +244,8 @@ class ReadmeTest {
             } catch (Exception e) {
                 p.destroyForcibly();
                 try {
-                    Files.deleteIfExists(Path.of("/tmp", "hsperfdata_" + System.getProperty("user.name"),
-                            Long.toString(p.pid())));
+                    Files.deleteIfExists(
+                            Path.of("/tmp", "hsperfdata_" + System.getProperty("user.name"), Long.toString(p.pid())));
                 } catch (IOException ignored) {
                     // best effort: the file of a killed JVM
                 }
@@ -260,7 +278,9 @@ class ReadmeTest {
         try (var walk = Files.walk(dir)) {
             paths = walk.toList();
         }
-        for (Path p : paths) if (Files.isDirectory(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)) p.toFile().setWritable(true, true); // a template is 0555
+        for (Path p : paths)
+            if (Files.isDirectory(p, java.nio.file.LinkOption.NOFOLLOW_LINKS))
+                p.toFile().setWritable(true, true); // a template is 0555
         for (Path p : paths.stream().sorted(Comparator.reverseOrder()).toList()) Files.deleteIfExists(p);
     }
 
@@ -277,6 +297,7 @@ class ReadmeTest {
         for (Path dir = Path.of("").toAbsolutePath(); dir != null; dir = dir.getParent()) {
             if (Files.isRegularFile(dir.resolve("README.md")) && Files.isRegularFile(dir.resolve("vmm"))) return dir;
         }
-        throw new IllegalStateException("no README.md and vmm above " + Path.of("").toAbsolutePath());
+        throw new IllegalStateException(
+                "no README.md and vmm above " + Path.of("").toAbsolutePath());
     }
 }

@@ -1,5 +1,8 @@
 package dev.panamavmm.cli;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.Kvm;
@@ -7,9 +10,6 @@ import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.SnapshotFormat;
 import dev.panamavmm.testing.Heartbeats;
 import dev.panamavmm.testing.VmmProcess;
-import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.io.TempDir;
-
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
@@ -28,9 +28,8 @@ import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Pattern;
 import java.util.zip.CRC32C;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /** vmm snapshot / vmm restore as users run them: two processes, the test guest as the oracle. */
 class SnapshotCliTest {
@@ -43,7 +42,9 @@ class SnapshotCliTest {
         long deadline = System.nanoTime() + seconds * 1_000_000_000L;
         var p = Pattern.compile("(?m)^" + regex + "$");
         while (!(Files.exists(file) && p.matcher(Files.readString(file)).find())) {
-            if (System.nanoTime() > deadline) throw new AssertionError("no /" + regex + "/ in " + file + ":\n" + (Files.exists(file) ? Files.readString(file) : ""));
+            if (System.nanoTime() > deadline)
+                throw new AssertionError(
+                        "no /" + regex + "/ in " + file + ":\n" + (Files.exists(file) ? Files.readString(file) : ""));
             Thread.sleep(20);
         }
     }
@@ -56,8 +57,18 @@ class SnapshotCliTest {
         var console1 = dir.resolve("console1.txt");
         var console2 = dir.resolve("console2.txt");
         String cmdline = "console=ttyS0 testguest.hb=150 testguest.mem=16M";
-        try (var first = VmmProcess.start("run", "--cpus", "2", "--memory", "128M", "--api-socket", api.toString(),
-                "--console", "file:" + console1, "--cmdline", cmdline)) {
+        try (var first = VmmProcess.start(
+                "run",
+                "--cpus",
+                "2",
+                "--memory",
+                "128M",
+                "--api-socket",
+                api.toString(),
+                "--console",
+                "file:" + console1,
+                "--cmdline",
+                cmdline)) {
             awaitText(console1, "hb 1 3", 30);
             first.awaitSocket(api);
             var r = MainTest.run("snapshot", "--api-socket", api.toString(), snap.toString());
@@ -82,7 +93,9 @@ class SnapshotCliTest {
         assertEquals(1, missing.code());
         assertEquals("vmm: no snapshot directory " + dir.resolve("none") + "\n", missing.err());
         var empty = Files.createDirectory(dir.resolve("empty"));
-        assertEquals("vmm: no snapshot in " + empty + " (snapshot.pvm is missing)\n", MainTest.run("restore", empty.toString()).err());
+        assertEquals(
+                "vmm: no snapshot in " + empty + " (snapshot.pvm is missing)\n",
+                MainTest.run("restore", empty.toString()).err());
         assertEquals(2, MainTest.run("restore", empty.toString(), "--paused").code(), "--paused needs an API socket");
     }
 
@@ -91,11 +104,22 @@ class SnapshotCliTest {
     void damagedSnapshotsAreRefused(@TempDir Path dir) throws Exception {
         var api = dir.resolve("api.sock");
         var snap = dir.resolve("snap");
-        var ram = Path.of("/dev/shm", "panama-cli-test-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
+        var ram =
+                Path.of("/dev/shm", "panama-cli-test-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
         try {
-            try (var vmm = VmmProcess.start("run", "--memory", "64M", "--mem-path", ram.toString(), "--shared",
-                    "--api-socket", api.toString(), "--console", "file:" + dir.resolve("c"),
-                    "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
+            try (var vmm = VmmProcess.start(
+                    "run",
+                    "--memory",
+                    "64M",
+                    "--mem-path",
+                    ram.toString(),
+                    "--shared",
+                    "--api-socket",
+                    api.toString(),
+                    "--console",
+                    "file:" + dir.resolve("c"),
+                    "--cmdline",
+                    "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
                 awaitText(dir.resolve("c"), "hb 0 2", 30);
                 vmm.awaitSocket(api);
                 var r = MainTest.run("snapshot", "--api-socket", api.toString(), snap.toString());
@@ -113,13 +137,19 @@ class SnapshotCliTest {
             refused(snap, file, flipped, "is corrupt");
             refused(snap, file, withHeaderInt(good, 8, 3), "has format version 3; this VMM reads versions 1 to 2");
             String otherFlavour = Kvm.hostFlavour() == HostFlavour.PVM ? "VMX" : "PVM";
-            refused(snap, file, withHeaderInt(good, 12, otherFlavour.equals("VMX") ? 1 : 3),
+            refused(
+                    snap,
+                    file,
+                    withHeaderInt(good, 12, otherFlavour.equals("VMX") ? 1 : 3),
                     "the snapshot was taken on a " + otherFlavour + " host");
             Files.write(file, good);
             var verified = MainTest.run("snapshot", "verify", snap.toString());
             assertEquals(0, verified.code(), verified.err());
-            assertEquals("snapshot " + file + " is intact: no RAM stored in it; 1 RAM block(s) by reference to a memory file:"
-                    + " its identity checked, not its contents\n", verified.out());
+            assertEquals(
+                    "snapshot " + file
+                            + " is intact: no RAM stored in it; 1 RAM block(s) by reference to a memory file:"
+                            + " its identity checked, not its contents\n",
+                    verified.out());
 
             byte[] original = Files.readAllBytes(ram);
             try (var ch = FileChannel.open(ram, StandardOpenOption.WRITE)) {
@@ -130,8 +160,11 @@ class SnapshotCliTest {
             refusedAsIs(snap, "does not match the snapshot (it was modified after the snapshot)");
             var stale = MainTest.run("snapshot", "verify", snap.toString());
             assertEquals(1, stale.code(), stale.err());
-            assertEquals("vmm: snapshot " + file + " cannot be restored: the memory file " + ram + " of RAM block ram-low does not match"
-                    + " the snapshot (it was modified after the snapshot)\n", stale.err());
+            assertEquals(
+                    "vmm: snapshot " + file + " cannot be restored: the memory file " + ram
+                            + " of RAM block ram-low does not match"
+                            + " the snapshot (it was modified after the snapshot)\n",
+                    stale.err());
             Files.delete(ram);
             refusedAsIs(snap, "the snapshot's memory file " + ram + " is missing");
         } finally {
@@ -150,8 +183,16 @@ class SnapshotCliTest {
         var snap = dir.resolve("snap");
         var console1 = dir.resolve("console1.txt");
         var console2 = dir.resolve("console2.txt");
-        try (var vmm = VmmProcess.start("run", "--memory", "64M", "--api-socket", api.toString(), "--console", "file:" + console1,
-                "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
+        try (var vmm = VmmProcess.start(
+                "run",
+                "--memory",
+                "64M",
+                "--api-socket",
+                api.toString(),
+                "--console",
+                "file:" + console1,
+                "--cmdline",
+                "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
             awaitText(console1, "hb 0 2", 30);
             vmm.awaitSocket(api);
             var r = MainTest.run("snapshot", "--api-socket", api.toString(), "--no-bypass", snap.toString());
@@ -161,22 +202,32 @@ class SnapshotCliTest {
         var file = snap.resolve(SnapshotFormat.FILE_NAME);
         var intact = MainTest.run("snapshot", "verify", snap.toString());
         assertEquals(0, intact.code(), intact.err());
-        assertTrue(intact.out().matches("snapshot " + Pattern.quote(file.toString())
-                + " is intact: 1 RAM block\\(s\\), 64 MiB checked in \\d+ ms\n"), intact.out());
+        assertTrue(
+                intact.out()
+                        .matches("snapshot " + Pattern.quote(file.toString())
+                                + " is intact: 1 RAM block\\(s\\), 64 MiB checked in \\d+ ms\n"),
+                intact.out());
 
         byte[] good = Files.readAllBytes(file);
         long data = SnapshotFormat.DATA_START; // the one block's first byte
-        // A byte of the guest's exercised memory (it fills 8 MiB above its image at 1 MiB), and a page of the untouched top.
+        // A byte of the guest's exercised memory (it fills 8 MiB above its image at 1 MiB), and a page of the untouched
+        // top.
         int dataByte = -1;
-        for (int at = (int) (data + (4 << 20)); at < data + (12 << 20) && dataByte < 0; at++) if (good[at] != 0) dataByte = at;
+        for (int at = (int) (data + (4 << 20)); at < data + (12 << 20) && dataByte < 0; at++)
+            if (good[at] != 0) dataByte = at;
         assertTrue(dataByte > 0, "the guest wrote its pattern");
         int holeByte = (int) (data + (61 << 20) + 12345);
-        for (int at = holeByte - 4096; at < holeByte + 4096; at++) assertEquals(0, good[at], "a zero page near the top");
+        for (int at = holeByte - 4096; at < holeByte + 4096; at++)
+            assertEquals(0, good[at], "a zero page near the top");
 
         byte[] flipped = good.clone();
         flipped[dataByte] ^= 0x20;
         long chunk = (dataByte - data) & -(2L << 20);
-        damaged(snap, file, flipped, String.format("RAM block ram-low, bytes 0x%x-0x%x: checksum mismatch", chunk, chunk + (2 << 20) - 1));
+        damaged(
+                snap,
+                file,
+                flipped,
+                String.format("RAM block ram-low, bytes 0x%x-0x%x: checksum mismatch", chunk, chunk + (2 << 20) - 1));
         byte[] filledHole = good.clone();
         filledHole[holeByte] = 1;
         damaged(snap, file, filledHole, "RAM block ram-low, bytes 0x3c00000-0x3dfffff: checksum mismatch");
@@ -185,7 +236,10 @@ class SnapshotCliTest {
         var before = heartbeats(Files.readString(console1));
         try (var restored = VmmProcess.start("restore", "--verify", snap.toString(), "--console", "file:" + console2)) {
             awaitText(console2, "hb 0 " + (before.get(0) + 3), 30);
-            assertTrue(restored.stderr().startsWith("vmm: snapshot " + file + " is intact: 1 RAM block(s), 64 MiB checked"), restored.stderr());
+            assertTrue(
+                    restored.stderr()
+                            .startsWith("vmm: snapshot " + file + " is intact: 1 RAM block(s), 64 MiB checked"),
+                    restored.stderr());
             restored.signal("TERM");
             assertEquals(0, restored.waitFor(30), restored.stderr());
         }
@@ -212,15 +266,26 @@ class SnapshotCliTest {
         var file = snap.resolve(SnapshotFormat.FILE_NAME);
         var verify = MainTest.run("snapshot", "verify", snap.toString());
         assertEquals(0, verify.code(), verify.err());
-        assertEquals("snapshot " + file + " has format version 1: header and sections intact, its RAM carries no checksums\n", verify.out());
+        assertEquals(
+                "snapshot " + file
+                        + " has format version 1: header and sections intact, its RAM carries no checksums\n",
+                verify.out());
 
         var console = dir.resolve("console.txt");
         try (var restored = VmmProcess.start("restore", "--verify", snap.toString(), "--console", "file:" + console)) {
             awaitText(console, "hb 1 \\d+", 30);
-            int first = Integer.parseInt(Files.readString(console).lines().filter(l -> l.startsWith("hb 1 ")).findFirst().orElseThrow().substring(5));
+            int first = Integer.parseInt(Files.readString(console)
+                    .lines()
+                    .filter(l -> l.startsWith("hb 1 "))
+                    .findFirst()
+                    .orElseThrow()
+                    .substring(5));
             awaitText(console, "hb 1 " + (first + 3), 30);
-            assertTrue(restored.stderr().startsWith("vmm: snapshot " + file + " has format version 1: header and sections intact,"
-                    + " its RAM carries no checksums; restoring it unverified\n"), restored.stderr());
+            assertTrue(
+                    restored.stderr()
+                            .startsWith("vmm: snapshot " + file + " has format version 1: header and sections intact,"
+                                    + " its RAM carries no checksums; restoring it unverified\n"),
+                    restored.stderr());
             restored.signal("TERM");
             assertEquals(0, restored.waitFor(30), restored.stderr());
         }
@@ -234,7 +299,8 @@ class SnapshotCliTest {
         for (var line : console.lines().toList()) {
             var m = TestGuest.HEARTBEAT.matcher(line);
             if (m.matches() && first.putIfAbsent(Integer.parseInt(m.group(1)), Integer.parseInt(m.group(2))) == null) {
-                for (int n = 1; n < Integer.parseInt(m.group(2)); n++) lines.add("hb " + m.group(1) + " " + n); // what the saved guest had printed
+                for (int n = 1; n < Integer.parseInt(m.group(2)); n++)
+                    lines.add("hb " + m.group(1) + " " + n); // what the saved guest had printed
             }
             lines.add(line);
         }
@@ -249,7 +315,8 @@ class SnapshotCliTest {
      * next save, after which the directory holds exactly snapshot.pvm.
      */
     @KvmTest
-    void aSaveKilledMidWriteLeavesTheEarlierSnapshotAndTheNextSaveRemovesItsTemporaryFile(@TempDir Path dir) throws Exception {
+    void aSaveKilledMidWriteLeavesTheEarlierSnapshotAndTheNextSaveRemovesItsTemporaryFile(@TempDir Path dir)
+            throws Exception {
         var shm = Files.createTempDirectory(Path.of("/dev/shm"), "panama-kill-test-");
         try {
             var snap = shm.resolve("snap");
@@ -258,8 +325,16 @@ class SnapshotCliTest {
             var console3 = dir.resolve("console3.txt");
             String cmdline = "console=ttyS0 testguest.hb=100 testguest.mem=512M";
             var api1 = dir.resolve("api1.sock");
-            try (var first = VmmProcess.start("run", "--memory", "1G", "--api-socket", api1.toString(), "--console", "file:" + console1,
-                    "--cmdline", cmdline)) {
+            try (var first = VmmProcess.start(
+                    "run",
+                    "--memory",
+                    "1G",
+                    "--api-socket",
+                    api1.toString(),
+                    "--console",
+                    "file:" + console1,
+                    "--cmdline",
+                    cmdline)) {
                 awaitText(console1, "hb 0 2", 60);
                 first.awaitSocket(api1);
                 var r = MainTest.run("snapshot", "--api-socket", api1.toString(), "--no-bypass", snap.toString());
@@ -272,11 +347,12 @@ class SnapshotCliTest {
             // A second VMM continues that guest and is killed while it saves it again into the same directory.
             var api2 = dir.resolve("api2.sock");
             Path temp;
-            try (var second = VmmProcess.start("restore", snap.toString(), "--api-socket", api2.toString(), "--console", "file:" + console2)) {
+            try (var second = VmmProcess.start(
+                    "restore", snap.toString(), "--api-socket", api2.toString(), "--console", "file:" + console2)) {
                 second.awaitSocket(api2);
                 awaitText(console2, "hb 0 \\d+", 30);
-                var save = CompletableFuture.supplyAsync(
-                        () -> MainTest.run("snapshot", "--api-socket", api2.toString(), "--no-bypass", snap.toString()));
+                var save = CompletableFuture.supplyAsync(() ->
+                        MainTest.run("snapshot", "--api-socket", api2.toString(), "--no-bypass", snap.toString()));
                 temp = awaitGrowingTemporary(snap, second.pid(), save);
                 ProcessHandle.of(second.pid()).orElseThrow().destroyForcibly(); // SIGKILL
                 second.waitFor(30);
@@ -284,13 +360,15 @@ class SnapshotCliTest {
                 assertEquals(1, failed.code(), failed.out());
             }
             assertTrue(Files.size(temp) > 0, "kill -9 leaves the writer's temporary file: " + temp);
-            assertTrue(Arrays.equals(earlierHeader, Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE)),
+            assertTrue(
+                    Arrays.equals(earlierHeader, Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE)),
                     "snapshot.pvm is still the earlier snapshot");
 
             // The earlier snapshot restores (the temporary file beside it ignored) and the guest goes on from it.
             var api3 = dir.resolve("api3.sock");
             var before = heartbeats(Files.readString(console1));
-            try (var third = VmmProcess.start("restore", snap.toString(), "--api-socket", api3.toString(), "--console", "file:" + console3)) {
+            try (var third = VmmProcess.start(
+                    "restore", snap.toString(), "--api-socket", api3.toString(), "--console", "file:" + console3)) {
                 awaitText(console3, "hb 0 " + (before.get(0) + 5), 60);
                 third.awaitSocket(api3);
                 assertTrue(Files.exists(temp));
@@ -316,7 +394,9 @@ class SnapshotCliTest {
         while (System.nanoTime() < deadline && !save.isDone()) {
             Path temp = null;
             try (var files = Files.list(dir)) {
-                temp = files.filter(f -> f.getFileName().toString().startsWith(prefix)).findFirst().orElse(null);
+                temp = files.filter(f -> f.getFileName().toString().startsWith(prefix))
+                        .findFirst()
+                        .orElse(null);
             }
             if (temp != null) {
                 long size;
@@ -330,7 +410,8 @@ class SnapshotCliTest {
             }
             Thread.sleep(1);
         }
-        throw new AssertionError("no growing temporary snapshot file of pid " + pid + " in " + dir + " (the save ended or never began)");
+        throw new AssertionError(
+                "no growing temporary snapshot file of pid " + pid + " in " + dir + " (the save ended or never began)");
     }
 
     static byte[] withHeaderInt(byte[] good, int offset, int value) {

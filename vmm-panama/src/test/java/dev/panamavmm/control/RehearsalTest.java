@@ -1,20 +1,19 @@
 package dev.panamavmm.control;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.testing.VmmProcess;
 import dev.panamavmm.vmm.ScratchDir;
-import org.junit.jupiter.api.io.TempDir;
-
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
 import java.util.stream.Stream;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.io.TempDir;
 
 /** The background rehearsal of save and restore: it must work and leave nothing behind. */
 class RehearsalTest {
@@ -38,14 +37,22 @@ class RehearsalTest {
         // Its live updates' state directories are gone too.
         String ours = "panama-migrate-" + ProcessHandle.current().pid() + "-";
         try (Stream<Path> left = Files.list(ScratchDir.defaultRoot())) {
-            assertEquals(List.of(), left.filter(p -> p.getFileName().toString().startsWith(ours)).toList());
+            assertEquals(
+                    List.of(),
+                    left.filter(p -> p.getFileName().toString().startsWith(ours))
+                            .toList());
         }
     }
 
     @KvmTest
     void runWarmsUpOnlyWhenAsked() throws Exception {
-        try (var vmm = VmmProcess.start(Map.of(), "run", "--memory", "32M",
-                "--cmdline", "console=ttyS0 testguest.mem=4M testguest.hb=100 testguest.exit_after=15")) {
+        try (var vmm = VmmProcess.start(
+                Map.of(),
+                "run",
+                "--memory",
+                "32M",
+                "--cmdline",
+                "console=ttyS0 testguest.mem=4M testguest.hb=100 testguest.exit_after=15")) {
             String ours = Rehearsal.PREFIX + "-" + vmm.pid() + "-";
             vmm.awaitLine("hb 0 1", 30);
             for (int i = 0; i < 100 && vmm.lines().stream().noneMatch(l -> l.equals("hb 0 15")); i++) {
@@ -58,15 +65,21 @@ class RehearsalTest {
 
     @KvmTest
     void aVmmThatExitsWhileItRehearsesLeavesNoScratchDirectory() throws Exception {
-        try (var vmm = VmmProcess.start("run", "--memory", "32M", "--warm-up",
-                "--cmdline", "console=ttyS0 testguest.mem=4M testguest.hb=100")) {
+        try (var vmm = VmmProcess.start(
+                "run",
+                "--memory",
+                "32M",
+                "--warm-up",
+                "--cmdline",
+                "console=ttyS0 testguest.mem=4M testguest.hb=100")) {
             vmm.awaitLine("hb 0 1", 30);
             // Once the background rehearsal has its directory, end the VMM (SIGTERM: a normal exit)
             // while the rehearsal is still at work in it.
             String ours = Rehearsal.PREFIX + "-" + vmm.pid() + "-";
             long deadline = System.nanoTime() + 30_000_000_000L;
             while (scratchDirs(ours).isEmpty()) {
-                if (System.nanoTime() > deadline) throw new AssertionError("no rehearsal directory appeared; stderr: " + vmm.stderr());
+                if (System.nanoTime() > deadline)
+                    throw new AssertionError("no rehearsal directory appeared; stderr: " + vmm.stderr());
                 Thread.sleep(1);
             }
             vmm.signal("TERM");
@@ -77,7 +90,8 @@ class RehearsalTest {
 
     private static List<Path> scratchDirs(String prefix) throws IOException {
         try (Stream<Path> all = Files.list(ScratchDir.defaultRoot())) {
-            return all.filter(p -> p.getFileName().toString().startsWith(prefix)).toList();
+            return all.filter(p -> p.getFileName().toString().startsWith(prefix))
+                    .toList();
         }
     }
 }

@@ -1,18 +1,17 @@
 package dev.panamavmm.log;
 
-import org.junit.jupiter.api.Test;
-
-import java.util.List;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertSame;
+
+import java.util.List;
+import org.junit.jupiter.api.Test;
 
 class LogTest {
     @Test
     void placeholdersTakeTheArgumentsInOrder() {
         var out = new StringBuilder();
-        assertNull(Log.format(out, "saved {}: pause {} us", new Object[]{"/x", 12L}));
+        assertNull(Log.format(out, "saved {}: pause {} us", new Object[] {"/x", 12L}));
         assertEquals("saved /x: pause 12 us", out.toString());
     }
 
@@ -20,17 +19,17 @@ class LogTest {
     void aThrowableAfterThePlaceholdersIsReturnedForItsStackTrace() {
         var failure = new IllegalStateException("boom");
         var out = new StringBuilder();
-        assertSame(failure, Log.format(out, "command {} failed", new Object[]{"cont", failure}));
+        assertSame(failure, Log.format(out, "command {} failed", new Object[] {"cont", failure}));
         assertEquals("command cont failed", out.toString());
     }
 
     @Test
     void missingArgumentsLeaveThePlaceholderAndExtraOnesAreDropped() {
         var out = new StringBuilder();
-        Log.format(out, "a {} b {}", new Object[]{1});
+        Log.format(out, "a {} b {}", new Object[] {1});
         assertEquals("a 1 b {}", out.toString());
         out.setLength(0);
-        Log.format(out, "no placeholder", new Object[]{1, 2});
+        Log.format(out, "no placeholder", new Object[] {1, 2});
         assertEquals("no placeholder", out.toString());
     }
 

@@ -25,8 +25,16 @@ public final class VmmProcess implements AutoCloseable {
 
     private VmmProcess(Process process) {
         this.process = process;
-        Thread.ofPlatform().daemon().start(() -> collect(new BufferedReader(new InputStreamReader(process.getInputStream(), StandardCharsets.UTF_8)), true));
-        Thread.ofPlatform().daemon().start(() -> collect(new BufferedReader(new InputStreamReader(process.getErrorStream(), StandardCharsets.UTF_8)), false));
+        Thread.ofPlatform()
+                .daemon()
+                .start(() -> collect(
+                        new BufferedReader(new InputStreamReader(process.getInputStream(), StandardCharsets.UTF_8)),
+                        true));
+        Thread.ofPlatform()
+                .daemon()
+                .start(() -> collect(
+                        new BufferedReader(new InputStreamReader(process.getErrorStream(), StandardCharsets.UTF_8)),
+                        false));
     }
 
     public static VmmProcess start(String... args) throws IOException {
@@ -50,8 +58,8 @@ public final class VmmProcess implements AutoCloseable {
 
     /** Another build of the VMM (an earlier release's {@code vmm.jar}, see scripts/build-release), run like ./vmm runs it. */
     public static VmmProcess startJar(Path jar, Map<String, String> env, String... args) throws IOException {
-        var command = new ArrayList<String>(List.of(ProcessHandle.current().info().command().orElse("java"), "-XX:+UseSerialGC",
-                "-jar", jar.toString()));
+        var command = new ArrayList<String>(List.of(
+                ProcessHandle.current().info().command().orElse("java"), "-XX:+UseSerialGC", "-jar", jar.toString()));
         command.addAll(List.of(args));
         var pb = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")));
         pb.environment().putAll(env);
@@ -80,8 +88,9 @@ public final class VmmProcess implements AutoCloseable {
             for (; i < out.size(); i++) if (pattern.matcher(out.get(i)).matches()) return i;
             long left = deadline - System.nanoTime();
             if (left <= 0 || (!process.isAlive() && i >= out.size())) {
-                throw new AssertionError("no console line matching /" + regex + "/ within " + timeoutSeconds + " s; console:\n"
-                        + String.join("\n", out.subList(Math.max(0, out.size() - 30), out.size())) + "\nstderr:\n" + err);
+                throw new AssertionError("no console line matching /" + regex + "/ within " + timeoutSeconds
+                        + " s; console:\n" + String.join("\n", out.subList(Math.max(0, out.size() - 30), out.size()))
+                        + "\nstderr:\n" + err);
             }
             wait(Math.max(1, TimeUnit.NANOSECONDS.toMillis(left)));
         }
@@ -101,7 +110,10 @@ public final class VmmProcess implements AutoCloseable {
 
     /** Sends a signal (e.g. "INT", "TERM") with kill(1). */
     public void signal(String name) throws IOException, InterruptedException {
-        new ProcessBuilder("kill", "-" + name, Long.toString(process.pid())).inheritIO().start().waitFor();
+        new ProcessBuilder("kill", "-" + name, Long.toString(process.pid()))
+                .inheritIO()
+                .start()
+                .waitFor();
     }
 
     /** Waits for the process to end; returns its exit code. */

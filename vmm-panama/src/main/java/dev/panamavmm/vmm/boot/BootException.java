@@ -1,7 +1,6 @@
 package dev.panamavmm.vmm.boot;
 
 import dev.panamavmm.error.VmmException;
-
 import java.io.Serial;
 
 /** The kernel image, initrd or command line cannot be booted; the message says why in one line. */

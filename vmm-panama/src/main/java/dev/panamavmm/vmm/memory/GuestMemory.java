@@ -3,7 +3,6 @@ package dev.panamavmm.vmm.memory;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -35,6 +34,7 @@ public final class GuestMemory implements AutoCloseable {
     public static final long MAX_SIZE = 1L << 40;
     /** Start of the 32-bit hole: RAM above this guest address moves to {@link #HIGH_RAM_START}. */
     public static final long LOW_RAM_END = 3 * GIB;
+
     public static final long HIGH_RAM_START = 4 * GIB;
     static final long PAGE = 4096;
 
@@ -95,11 +95,15 @@ public final class GuestMemory implements AutoCloseable {
                 }
                 case Backing.SharedFile f -> {
                     // Root may open a 0444 file for writing; a read-only memory file is a template's.
-                    if (Files.exists(f.path()) && !Files.getPosixFilePermissions(f.path()).contains(PosixFilePermission.OWNER_WRITE)) {
+                    if (Files.exists(f.path())
+                            && !Files.getPosixFilePermissions(f.path()).contains(PosixFilePermission.OWNER_WRITE)) {
                         throw new MemoryException("memory file " + f.path() + " is read-only (a template's memory is):"
                                 + " a guest runs in it only if it is writable");
                     }
-                    int file = LibC.open(f.path().toString(), LibcConstants.O_RDWR | LibcConstants.O_CREAT | LibcConstants.O_CLOEXEC, 0600);
+                    int file = LibC.open(
+                            f.path().toString(),
+                            LibcConstants.O_RDWR | LibcConstants.O_CREAT | LibcConstants.O_CLOEXEC,
+                            0600);
                     try {
                         MemoryFileLocks.lock(file, f.path(), true);
                     } catch (RuntimeException e) {
@@ -129,7 +133,8 @@ public final class GuestMemory implements AutoCloseable {
                     }
                     if (have < size) {
                         LibC.close(file);
-                        throw new MemoryException("memory file " + f.path() + " holds " + have + " bytes, the guest needs " + size);
+                        throw new MemoryException(
+                                "memory file " + f.path() + " holds " + have + " bytes, the guest needs " + size);
                     }
                     yield file;
                 }
@@ -168,14 +173,17 @@ public final class GuestMemory implements AutoCloseable {
                     blocks.add(map(s.id(), s.guestAddress(), s.size(), s.fileOffset(), s.backing(), s.fd(), arena));
                     continue;
                 }
-                if (s.backing() instanceof Backing.Memfd) throw new IllegalArgumentException("a memfd block has no file to map");
+                if (s.backing() instanceof Backing.Memfd)
+                    throw new IllegalArgumentException("a memfd block has no file to map");
                 boolean shared = s.backing() instanceof Backing.SharedFile;
                 // Blocks of one file share one open (and one lock: two opens' locks would conflict).
                 Integer fd = openedFiles.get(s.backing());
                 if (fd == null) {
                     try {
-                        fd = LibC.open(s.backing().file().toString(),
-                                (shared ? LibcConstants.O_RDWR : LibcConstants.O_RDONLY) | LibcConstants.O_CLOEXEC, 0);
+                        fd = LibC.open(
+                                s.backing().file().toString(),
+                                (shared ? LibcConstants.O_RDWR : LibcConstants.O_RDONLY) | LibcConstants.O_CLOEXEC,
+                                0);
                     } catch (KvmException e) {
                         throw new MemoryException("cannot open " + s.backing().file() + ": " + e.getMessage(), e);
                     }

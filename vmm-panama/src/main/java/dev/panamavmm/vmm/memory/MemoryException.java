@@ -1,7 +1,6 @@
 package dev.panamavmm.vmm.memory;
 
 import dev.panamavmm.error.VmmException;
-
 import java.io.Serial;
 
 /** Guest memory cannot be set up as asked, or an access falls outside guest RAM. */

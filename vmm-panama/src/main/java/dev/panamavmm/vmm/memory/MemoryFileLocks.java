@@ -2,7 +2,6 @@ package dev.panamavmm.vmm.memory;
 
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -75,7 +74,9 @@ public final class MemoryFileLocks {
             if (f.length < 6 || !f[1].equals("FLOCK")) continue;
             var id = f[5].split(":");
             if (id.length != 3) continue;
-            if (Long.parseLong(id[0], 16) == major && Long.parseLong(id[1], 16) == minor && Long.parseLong(id[2]) == inode) {
+            if (Long.parseLong(id[0], 16) == major
+                    && Long.parseLong(id[1], 16) == minor
+                    && Long.parseLong(id[2]) == inode) {
                 holders.add(new Holder(Long.parseLong(f[4]), f[3].equals("WRITE")));
             }
         }
@@ -89,7 +90,8 @@ public final class MemoryFileLocks {
             try (var fds = Files.list(Path.of("/proc/" + pid + "/fd"))) {
                 for (var fd : (Iterable<Path>) fds::iterator) {
                     try {
-                        if (key.equals(Files.readAttributes(fd, BasicFileAttributes.class).fileKey())) return true;
+                        if (key.equals(Files.readAttributes(fd, BasicFileAttributes.class)
+                                .fileKey())) return true;
                     } catch (IOException ignored) {
                         // that fd closed meanwhile
                     }
