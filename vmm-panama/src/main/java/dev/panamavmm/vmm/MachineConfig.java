@@ -32,4 +32,9 @@ public record MachineConfig(
             String cmdline) {
         this(memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, BootProtocol.AUTO);
     }
+
+    /** The same machine with its RAM in {@code other} (a clone's private view, a template's shared file). */
+    public MachineConfig withBacking(Backing other) {
+        return new MachineConfig(memoryBytes, cpus, other, kernelName, kernel, initrd, cmdline, boot);
+    }
 }

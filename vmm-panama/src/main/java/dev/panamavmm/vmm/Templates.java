@@ -83,14 +83,7 @@ public final class Templates {
         try {
             var ready = new CompletableFuture<Void>();
             readySignal.whenComplete((v, t) -> ready.complete(null));
-            var shared = new MachineConfig(
-                    config.memoryBytes(),
-                    config.cpus(),
-                    new Backing.SharedFile(memory),
-                    config.kernelName(),
-                    config.kernel(),
-                    config.initrd(),
-                    config.cmdline());
+            var shared = config.withBacking(new Backing.SharedFile(memory));
             long start = System.nanoTime();
             try (var vm = VmBuilder.boot(kvm, shared, console, new VmListener() {
                 @Override

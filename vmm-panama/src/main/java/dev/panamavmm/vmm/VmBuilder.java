@@ -120,14 +120,7 @@ public final class VmBuilder {
         }
         var config = loaded.config();
         if (mode == Mode.CLONE) {
-            config = new MachineConfig(
-                    config.memoryBytes(),
-                    config.cpus(),
-                    new Backing.PrivateFile(loaded.dir()),
-                    config.kernelName(),
-                    config.kernel(),
-                    null,
-                    config.cmdline());
+            config = config.withBacking(new Backing.PrivateFile(loaded.dir()));
         }
         return finish(kvm, shell(kvm, sources, loaded.cpus()), loaded, config, console, listener);
     }
