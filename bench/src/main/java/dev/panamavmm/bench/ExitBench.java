@@ -1,5 +1,9 @@
 package dev.panamavmm.bench;
 
+import static java.lang.foreign.ValueLayout.ADDRESS;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.Vm;
@@ -7,7 +11,16 @@ import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
 import dev.panamavmm.vmm.memory.Backing;
-
+import java.io.IOException;
+import java.io.OutputStream;
+import java.lang.foreign.Arena;
+import java.lang.foreign.FunctionDescriptor;
+import java.lang.foreign.Linker;
+import java.lang.invoke.MethodHandle;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.AuxCounters;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
@@ -22,21 +35,6 @@ import org.openjdk.jmh.annotations.Setup;
 import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
-
-import java.io.IOException;
-import java.io.OutputStream;
-import java.lang.foreign.Arena;
-import java.lang.foreign.FunctionDescriptor;
-import java.lang.foreign.Linker;
-import java.lang.invoke.MethodHandle;
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.util.concurrent.ExecutionException;
-import java.util.concurrent.TimeUnit;
-
-import static java.lang.foreign.ValueLayout.ADDRESS;
-import static java.lang.foreign.ValueLayout.JAVA_INT;
-import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 /**
  * Exit round trip: the guest {@code bench/src/main/asm/outloop.S} runs {@code n} iterations of
@@ -67,7 +65,9 @@ import static java.lang.foreign.ValueLayout.JAVA_LONG;
 @OutputTimeUnit(TimeUnit.MILLISECONDS)
 @Warmup(iterations = 3)
 @Measurement(iterations = 8)
-@Fork(value = 2, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow"})
+@Fork(
+        value = 2,
+        jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow"})
 public class ExitBench {
 
     /** The outloop ELF (built at benchmark time). */
@@ -83,9 +83,12 @@ public class ExitBench {
     public String mode;
 
     private static final int RUSAGE_THREAD = 1;
-    private static final MethodHandle GETRUSAGE = Linker.nativeLinker().downcallHandle(
-            Linker.nativeLinker().defaultLookup().find("getrusage").orElseThrow(),
-            FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS));
+
+    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
+    private static final MethodHandle GETRUSAGE = Linker.nativeLinker()
+            .downcallHandle(
+                    Linker.nativeLinker().defaultLookup().find("getrusage").orElseThrow(),
+                    FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS));
 
     /**
      * CPU time of the vCPU thread over one run (one VM), in µs. JMH's score for these is the sum
@@ -111,8 +114,8 @@ public class ExitBench {
 
     @Setup(Level.Invocation)
     public void setUp() {
-        var config = new MachineConfig(16L << 20, 1, new Backing.Memfd(), "outloop", image, null,
-                "n=" + n + " mode=" + mode);
+        var config = new MachineConfig(
+                16L << 20, 1, new Backing.Memfd(), "outloop", image, null, "n=" + n + " mode=" + mode);
         userUs = -1;
         vm = VmBuilder.boot(kvm, config, OutputStream.nullOutputStream(), new VmListener() {
             @Override

@@ -1,5 +1,7 @@
 package dev.panamavmm.bench;
 
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+
 import dev.panamavmm.devices.I8042;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.devices.VmmPort;
@@ -7,7 +9,11 @@ import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmRun;
 import dev.panamavmm.vmm.IoBus;
 import dev.panamavmm.vmm.vcpu.VcpuExit;
-
+import java.io.OutputStream;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.invoke.VarHandle;
+import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
 import org.openjdk.jmh.annotations.Fork;
@@ -20,14 +26,6 @@ import org.openjdk.jmh.annotations.Setup;
 import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
-
-import java.io.OutputStream;
-import java.lang.foreign.Arena;
-import java.lang.foreign.MemorySegment;
-import java.lang.invoke.VarHandle;
-import java.util.concurrent.TimeUnit;
-
-import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 
 /**
  * The Java side of one exit without KVM: what {@code Vcpu}'s loop does between two
@@ -43,7 +41,9 @@ import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 @OutputTimeUnit(TimeUnit.NANOSECONDS)
 @Warmup(iterations = 3, time = 1)
 @Measurement(iterations = 5, time = 1)
-@Fork(value = 1, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow"})
+@Fork(
+        value = 1,
+        jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow"})
 public class ExitHandlerBench {
 
     private Arena arena;
@@ -60,15 +60,18 @@ public class ExitHandlerBench {
         KvmRun.ioPort(run, 0x3ff);
         KvmRun.ioCount(run, 1);
         KvmRun.ioDataOffset(run, 0x800);
-        bus = new IoBus(message -> { });
-        bus.register(Serial8250.COM1_BASE, Serial8250.PORT_COUNT, new Serial8250(level -> { }, OutputStream.nullOutputStream()));
-        bus.register(I8042.BASE, I8042.PORT_COUNT, new I8042(() -> { }));
+        bus = new IoBus(message -> {});
+        bus.register(
+                Serial8250.COM1_BASE,
+                Serial8250.PORT_COUNT,
+                new Serial8250(level -> {}, OutputStream.nullOutputStream()));
+        bus.register(I8042.BASE, I8042.PORT_COUNT, new I8042(() -> {}));
         bus.register(VmmPort.DEFAULT_BASE, VmmPort.PORT_COUNT, new VmmPort(new VmmPort.Listener() {
             @Override
-            public void exitRequested(int code) { }
+            public void exitRequested(int code) {}
 
             @Override
-            public void guestEvent(int event) { }
+            public void guestEvent(int event) {}
         }));
     }
 

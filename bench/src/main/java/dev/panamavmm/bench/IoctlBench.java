@@ -1,9 +1,17 @@
 package dev.panamavmm.bench;
 
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmConstants;
-
+import java.lang.foreign.Arena;
+import java.lang.foreign.FunctionDescriptor;
+import java.lang.foreign.Linker;
+import java.lang.foreign.MemorySegment;
+import java.lang.invoke.MethodHandle;
+import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
 import org.openjdk.jmh.annotations.Fork;
@@ -16,16 +24,6 @@ import org.openjdk.jmh.annotations.Setup;
 import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
-
-import java.lang.foreign.Arena;
-import java.lang.foreign.FunctionDescriptor;
-import java.lang.foreign.Linker;
-import java.lang.foreign.MemorySegment;
-import java.lang.invoke.MethodHandle;
-import java.util.concurrent.TimeUnit;
-
-import static java.lang.foreign.ValueLayout.JAVA_INT;
-import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 /**
  * One {@code KVM_CHECK_EXTENSION(KVM_CAP_IRQCHIP)} ioctl on {@code /dev/kvm} through FFM, per
@@ -50,43 +48,52 @@ import static java.lang.foreign.ValueLayout.JAVA_LONG;
 @Warmup(iterations = 3, time = 1)
 @Measurement(iterations = 5, time = 1)
 // Native access for the FFM calls; the Unsafe flag only quiets JMH 1.37's own use of sun.misc.Unsafe.
-@Fork(value = 2, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow"})
+@Fork(
+        value = 2,
+        jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow"})
+@SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
 public class IoctlBench {
 
     private static final long REQUEST = Ioctls.KVM_CHECK_EXTENSION;
     private static final long CAP = KvmConstants.KVM_CAP_IRQCHIP;
 
     /** ioctl(int, unsigned long, ...) with one variadic long, as kvm-bindings links it. */
-    private static final FunctionDescriptor IOCTL_LONG = FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG);
-    private static final MemorySegment IOCTL = Linker.nativeLinker().defaultLookup().find("ioctl").orElseThrow();
+    private static final FunctionDescriptor IOCTL_LONG =
+            FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG);
+
+    private static final MemorySegment IOCTL =
+            Linker.nativeLinker().defaultLookup().find("ioctl").orElseThrow();
 
     /** Same linkage as kvm-bindings' LibC.ioctl(int, long, long): variadic, errno captured. */
-    private static final MethodHandle WITH_ERRNO = Linker.nativeLinker().downcallHandle(IOCTL, IOCTL_LONG,
-            Linker.Option.firstVariadicArg(2), Linker.Option.captureCallState("errno"));
+    private static final MethodHandle WITH_ERRNO = Linker.nativeLinker()
+            .downcallHandle(
+                    IOCTL, IOCTL_LONG, Linker.Option.firstVariadicArg(2), Linker.Option.captureCallState("errno"));
 
     /** Without errno capture. */
-    private static final MethodHandle NO_ERRNO = Linker.nativeLinker().downcallHandle(IOCTL, IOCTL_LONG,
-            Linker.Option.firstVariadicArg(2));
+    private static final MethodHandle NO_ERRNO =
+            Linker.nativeLinker().downcallHandle(IOCTL, IOCTL_LONG, Linker.Option.firstVariadicArg(2));
 
     /**
      * Without errno capture and without the Java-to-native thread-state transition: a "critical"
      * call, which holds off safepoints (GC) for its duration. Here only as the floor of what a
      * downcall can cost.
      */
-    private static final MethodHandle CRITICAL = Linker.nativeLinker().downcallHandle(IOCTL, IOCTL_LONG,
-            Linker.Option.firstVariadicArg(2), Linker.Option.critical(false));
+    private static final MethodHandle CRITICAL = Linker.nativeLinker()
+            .downcallHandle(IOCTL, IOCTL_LONG, Linker.Option.firstVariadicArg(2), Linker.Option.critical(false));
 
     /**
      * glibc's {@code abs(int)}: a native function that makes no system call, so what its
      * downcalls cost is FFM's own per-call cost, free of the kernel's noise.
      */
     private static final FunctionDescriptor ABS_DESC = FunctionDescriptor.of(JAVA_INT, JAVA_INT);
-    private static final MemorySegment ABS = Linker.nativeLinker().defaultLookup().find("abs").orElseThrow();
-    private static final MethodHandle ABS_ERRNO = Linker.nativeLinker().downcallHandle(ABS, ABS_DESC,
-            Linker.Option.captureCallState("errno"));
+
+    private static final MemorySegment ABS =
+            Linker.nativeLinker().defaultLookup().find("abs").orElseThrow();
+    private static final MethodHandle ABS_ERRNO =
+            Linker.nativeLinker().downcallHandle(ABS, ABS_DESC, Linker.Option.captureCallState("errno"));
     private static final MethodHandle ABS_NO_ERRNO = Linker.nativeLinker().downcallHandle(ABS, ABS_DESC);
-    private static final MethodHandle ABS_CRITICAL = Linker.nativeLinker().downcallHandle(ABS, ABS_DESC,
-            Linker.Option.critical(false));
+    private static final MethodHandle ABS_CRITICAL =
+            Linker.nativeLinker().downcallHandle(ABS, ABS_DESC, Linker.Option.critical(false));
 
     private Kvm kvm;
     private int fd;

@@ -4,7 +4,8 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmIrqLevel;
-
+import java.lang.foreign.Arena;
+import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
 import org.openjdk.jmh.annotations.Fork;
@@ -17,9 +18,6 @@ import org.openjdk.jmh.annotations.Setup;
 import org.openjdk.jmh.annotations.State;
 import org.openjdk.jmh.annotations.TearDown;
 import org.openjdk.jmh.annotations.Warmup;
-
-import java.lang.foreign.Arena;
-import java.util.concurrent.TimeUnit;
 
 /**
  * One {@code KVM_IRQ_LINE} ioctl per operation, the level alternating (what the 8250 does per
@@ -34,7 +32,9 @@ import java.util.concurrent.TimeUnit;
 @OutputTimeUnit(TimeUnit.NANOSECONDS)
 @Warmup(iterations = 3, time = 1)
 @Measurement(iterations = 5, time = 1)
-@Fork(value = 2, jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow"})
+@Fork(
+        value = 2,
+        jvmArgsAppend = {"--enable-native-access=ALL-UNNAMED", "--sun-misc-unsafe-memory-access=allow"})
 public class IrqLineBench {
 
     /** COM1's line, as the VMM's serial port drives it. */

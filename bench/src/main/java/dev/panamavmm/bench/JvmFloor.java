@@ -1,10 +1,5 @@
 package dev.panamavmm.bench;
 
-import tools.jackson.core.JsonParser;
-import tools.jackson.core.JsonToken;
-import tools.jackson.core.ObjectReadContext;
-import tools.jackson.core.json.JsonFactory;
-
 import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.Linker;
 import java.lang.foreign.ValueLayout;
@@ -14,6 +9,10 @@ import java.net.UnixDomainSocketAddress;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import tools.jackson.core.JsonParser;
+import tools.jackson.core.JsonToken;
+import tools.jackson.core.ObjectReadContext;
+import tools.jackson.core.json.JsonFactory;
 
 /**
  * The least a Java 25 process has to do before it could restore a VM, and nothing of Panama VMM:
@@ -47,13 +46,15 @@ public final class JvmFloor {
             System.exit(2);
         }
         var linked = new long[1];
-        var linker = new Thread(() -> {
-            try {
-                linked[0] = getpid();
-            } catch (Throwable t) {
-                throw new IllegalStateException(t);
-            }
-        }, "link");
+        var linker = new Thread(
+                () -> {
+                    try {
+                        linked[0] = getpid();
+                    } catch (Throwable t) {
+                        throw new IllegalStateException(t);
+                    }
+                },
+                "link");
         linker.start();
 
         int tokens = countTokens(METADATA);
@@ -62,7 +63,8 @@ public final class JvmFloor {
         try (var server = ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
             server.bind(UnixDomainSocketAddress.of(socket));
             linker.join();
-            if (linked[0] <= 0 || tokens < 10) throw new IllegalStateException("getpid " + linked[0] + ", " + tokens + " tokens");
+            if (linked[0] <= 0 || tokens < 10)
+                throw new IllegalStateException("getpid " + linked[0] + ", " + tokens + " tokens");
             System.out.println("ready");
             System.out.flush();
         } finally {
@@ -71,11 +73,14 @@ public final class JvmFloor {
     }
 
     /** syscall(SYS_getpid) through a variadic {@code syscall} downcall of the shape the VMM links. */
+    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
     private static long getpid() throws Throwable {
         var linker = Linker.nativeLinker();
         var l = ValueLayout.JAVA_LONG;
-        MethodHandle syscall = linker.downcallHandle(linker.defaultLookup().find("syscall").orElseThrow(),
-                FunctionDescriptor.of(l, l, l, l, l, l, l, l), Linker.Option.firstVariadicArg(1));
+        MethodHandle syscall = linker.downcallHandle(
+                linker.defaultLookup().find("syscall").orElseThrow(),
+                FunctionDescriptor.of(l, l, l, l, l, l, l, l),
+                Linker.Option.firstVariadicArg(1));
         return (long) syscall.invokeExact(39L, 0L, 0L, 0L, 0L, 0L, 0L);
     }
 

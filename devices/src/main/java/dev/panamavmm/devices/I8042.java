@@ -38,9 +38,7 @@ public final class I8042 implements PortIoDevice {
     public static final int STATUS_COMMAND = 4;
 
     static final int STATUS_OBF = 0x01, STATUS_SYS = 0x04, STATUS_COMMAND_WRITTEN = 0x08, STATUS_UNLOCKED = 0x10;
-
     static final int CTR_KBDINT = 0x01, CTR_SYS = 0x04, CTR_KBDDIS = 0x10, CTR_AUXDIS = 0x20, CTR_XLATE = 0x40;
-
     static final int CMD_READ_CTR = 0x20, CMD_WRITE_CTR = 0x60;
     static final int CMD_DISABLE_AUX = 0xA7, CMD_ENABLE_AUX = 0xA8, CMD_TEST_AUX = 0xA9;
     static final int CMD_SELF_TEST = 0xAA, CMD_TEST_KBD = 0xAB, CMD_DISABLE_KBD = 0xAD, CMD_ENABLE_KBD = 0xAE;
@@ -49,7 +47,6 @@ public final class I8042 implements PortIoDevice {
     static final int CMD_PULSE_RESET = 0xFE;
 
     static final int SELF_TEST_PASSED = 0x55, INTERFACE_OK = 0x00;
-
     static final int OUTPUT_PORT_RESET = 0x01, OUTPUT_PORT_A20 = 0x02;
 
     /** Receives the guest's request to reset the machine. */
@@ -70,8 +67,13 @@ public final class I8042 implements PortIoDevice {
      *                       {@link #NO_COMMAND}
      * @param commandWritten whether the last write went to the command port (status bit 3)
      */
-    public record State(int commandByte, int outputPort, int outputByte, boolean outputFull,
-                        int pendingCommand, boolean commandWritten) {
+    public record State(
+            int commandByte,
+            int outputPort,
+            int outputByte,
+            boolean outputFull,
+            int pendingCommand,
+            boolean commandWritten) {
 
         /** {@code pendingCommand} when no command waits for a parameter. */
         public static final int NO_COMMAND = 0;
@@ -80,8 +82,8 @@ public final class I8042 implements PortIoDevice {
          * The controller as firmware leaves it: keyboard interrupt, system flag and scan code
          * translation on; not in reset, A20 enabled.
          */
-        public static final State RESET = new State(CTR_KBDINT | CTR_SYS | CTR_XLATE,
-                OUTPUT_PORT_RESET | OUTPUT_PORT_A20, 0, false, NO_COMMAND, false);
+        public static final State RESET = new State(
+                CTR_KBDINT | CTR_SYS | CTR_XLATE, OUTPUT_PORT_RESET | OUTPUT_PORT_A20, 0, false, NO_COMMAND, false);
 
         /** Checks the values are bytes and the pending command is one that takes a parameter. */
         public State {
@@ -233,7 +235,7 @@ public final class I8042 implements PortIoDevice {
             }
             case CMD_WRITE_KBD_BUFFER -> reply(b);
             case State.NO_COMMAND -> ignoredAccesses.incrementAndGet(); // a byte for the absent keyboard
-            default -> { } // writes to controller RAM or to the absent mouse: parameter consumed
+            default -> {} // writes to controller RAM or to the absent mouse: parameter consumed
         }
         return false;
     }

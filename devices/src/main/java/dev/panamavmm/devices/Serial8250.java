@@ -44,7 +44,6 @@ public final class Serial8250 implements PortIoDevice {
     // Register offsets; 0 and 1 are the divisor latch while LCR.DLAB is set.
     static final int RBR_THR = 0, IER = 1, IIR_FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
     static final int DLL = 0, DLM = 1;
-
     static final int IER_RDI = 0x01, IER_THRI = 0x02, IER_RLSI = 0x04, IER_MSI = 0x08;
     static final int IER_MASK = IER_RDI | IER_THRI | IER_RLSI | IER_MSI;
 
@@ -59,7 +58,6 @@ public final class Serial8250 implements PortIoDevice {
     static final int MCR_MASK = 0x1F;
 
     static final int LSR_DR = 0x01, LSR_OE = 0x02, LSR_THRE = 0x20, LSR_TEMT = 0x40;
-
     static final int MSR_CTS = 0x10, MSR_DSR = 0x20, MSR_RI = 0x40, MSR_DCD = 0x80;
 
     /**
@@ -79,8 +77,17 @@ public final class Serial8250 implements PortIoDevice {
      * @param thrEmptyPending a THRE interrupt is pending (cleared by an IIR read that reports it)
      * @param rxFifo bytes received and not yet read, oldest first
      */
-    public record State(int dll, int dlm, int ier, int lcr, int mcr, int scr, boolean fifoEnabled,
-                        boolean overrun, boolean thrEmptyPending, byte[] rxFifo) {
+    public record State(
+            int dll,
+            int dlm,
+            int ier,
+            int lcr,
+            int mcr,
+            int scr,
+            boolean fifoEnabled,
+            boolean overrun,
+            boolean thrEmptyPending,
+            byte[] rxFifo) {
 
         /** A UART after reset, its divisor latch at 9600 baud. */
         public static final State RESET = new State(12, 0, 0, 0, 0, 0, false, false, false, new byte[0]);
@@ -113,23 +120,35 @@ public final class Serial8250 implements PortIoDevice {
 
         @Override
         public boolean equals(Object o) {
-            return o instanceof State s && dll == s.dll && dlm == s.dlm && ier == s.ier && lcr == s.lcr
-                    && mcr == s.mcr && scr == s.scr && fifoEnabled == s.fifoEnabled && overrun == s.overrun
-                    && thrEmptyPending == s.thrEmptyPending && Arrays.equals(rxFifo, s.rxFifo);
+            return o instanceof State s
+                    && dll == s.dll
+                    && dlm == s.dlm
+                    && ier == s.ier
+                    && lcr == s.lcr
+                    && mcr == s.mcr
+                    && scr == s.scr
+                    && fifoEnabled == s.fifoEnabled
+                    && overrun == s.overrun
+                    && thrEmptyPending == s.thrEmptyPending
+                    && Arrays.equals(rxFifo, s.rxFifo);
         }
 
         @Override
         public int hashCode() {
-            return Objects.hash(dll, dlm, ier, lcr, mcr, scr, fifoEnabled, overrun, thrEmptyPending)
-                    * 31 + Arrays.hashCode(rxFifo);
+            return Objects.hash(dll, dlm, ier, lcr, mcr, scr, fifoEnabled, overrun, thrEmptyPending) * 31
+                    + Arrays.hashCode(rxFifo);
         }
 
         @Override
         public String toString() {
             return "Serial8250.State[dll=0x%02x, dlm=0x%02x, ier=0x%02x, lcr=0x%02x, mcr=0x%02x, scr=0x%02x, "
-                    .formatted(dll, dlm, ier, lcr, mcr, scr)
+                            .formatted(dll, dlm, ier, lcr, mcr, scr)
                     + "fifoEnabled=%s, overrun=%s, thrEmptyPending=%s, rxFifo=[%s]]"
-                    .formatted(fifoEnabled, overrun, thrEmptyPending, HexFormat.ofDelimiter(" ").formatHex(rxFifo));
+                            .formatted(
+                                    fifoEnabled,
+                                    overrun,
+                                    thrEmptyPending,
+                                    HexFormat.ofDelimiter(" ").formatHex(rxFifo));
         }
 
         private static void requireByte(String register, int value) {
@@ -252,7 +271,7 @@ public final class Serial8250 implements PortIoDevice {
                 case LCR -> lcr = b;
                 case MCR -> mcr = b & MCR_MASK;
                 case SCR -> scr = b;
-                default -> { } // LSR and MSR: read-only (factory test registers on real parts)
+                default -> {} // LSR and MSR: read-only (factory test registers on real parts)
             }
             stamp = irq.stamp(interruptLevel());
         }

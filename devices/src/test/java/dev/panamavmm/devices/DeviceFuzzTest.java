@@ -126,16 +126,26 @@ class DeviceFuzzTest {
                     controller.write(offset, size, value);
                     if (size == 1 && offset == I8042.STATUS_COMMAND && (value & 0xF1) == 0xF0) {
                         expectedResets++;
-                    } else if (size == 1 && offset == I8042.DATA
-                            && before.pendingCommand() == I8042.CMD_WRITE_OUTPUT_PORT && (value & 1) == 0) {
+                    } else if (size == 1
+                            && offset == I8042.DATA
+                            && before.pendingCommand() == I8042.CMD_WRITE_OUTPUT_PORT
+                            && (value & 1) == 0) {
                         expectedResets++;
                     }
                 }
             }
             assertEquals(expectedResets, resets[0], "resets after step " + i);
             var state = controller.state();
-            assertEquals(state, new I8042.State(state.commandByte(), state.outputPort(), state.outputByte(),
-                    state.outputFull(), state.pendingCommand(), state.commandWritten()), "state stays valid");
+            assertEquals(
+                    state,
+                    new I8042.State(
+                            state.commandByte(),
+                            state.outputPort(),
+                            state.outputByte(),
+                            state.outputFull(),
+                            state.pendingCommand(),
+                            state.commandWritten()),
+                    "state stays valid");
         }
         assertTrue(expectedResets > 0, "the fuzz reached the reset paths");
     }
@@ -159,8 +169,13 @@ class DeviceFuzzTest {
         });
         int expectedExits = 0, expectedEvents = 0;
         for (int i = 0; i < OPERATIONS; i++) {
-            int offset = offset(random, VmmPort.PORT_COUNT, VmmPort.EXIT, VmmPort.EVENT,
-                    VmmPort.GENERATION_ID_LOW, VmmPort.GENERATION_ID_HIGH);
+            int offset = offset(
+                    random,
+                    VmmPort.PORT_COUNT,
+                    VmmPort.EXIT,
+                    VmmPort.EVENT,
+                    VmmPort.GENERATION_ID_LOW,
+                    VmmPort.GENERATION_ID_HIGH);
             int size = size(random);
             if (random.nextInt(50) == 0) {
                 port.setGenerationId(random.nextLong());

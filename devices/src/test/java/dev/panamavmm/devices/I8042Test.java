@@ -157,8 +157,10 @@ class I8042Test {
         assertEquals(0, resets);
         assertEquals(8, controller.ignoredAccesses());
         var reset = State.RESET;
-        assertEquals(new State(reset.commandByte(), reset.outputPort(), 0, false, State.NO_COMMAND, true),
-                controller.state(), "only the last-write-was-a-command bit moved");
+        assertEquals(
+                new State(reset.commandByte(), reset.outputPort(), 0, false, State.NO_COMMAND, true),
+                controller.state(),
+                "only the last-write-was-a-command bit moved");
     }
 
     @Test
@@ -167,8 +169,15 @@ class I8042Test {
         command(CMD_TEST_KBD);
         command(CMD_WRITE_OUTPUT_PORT);
         var saved = controller.state();
-        assertEquals(new State(State.RESET.commandByte() | CTR_AUXDIS, State.RESET.outputPort(), INTERFACE_OK,
-                true, CMD_WRITE_OUTPUT_PORT, true), saved);
+        assertEquals(
+                new State(
+                        State.RESET.commandByte() | CTR_AUXDIS,
+                        State.RESET.outputPort(),
+                        INTERFACE_OK,
+                        true,
+                        CMD_WRITE_OUTPUT_PORT,
+                        true),
+                saved);
 
         int[] restoredResets = new int[1];
         var restored = new I8042(saved, () -> restoredResets[0]++);

@@ -128,7 +128,7 @@ class Serial8250ConcurrencyTest {
                         sink.write(b);
                     }
                 };
-                var uart = new Serial8250(_ -> { }, out);
+                var uart = new Serial8250(_ -> {}, out);
                 holder.set(uart);
                 uart.write(RBR_THR, 1, 'e');
                 assertEquals('e', uart.read(RBR_THR, 1));

@@ -307,8 +307,10 @@ class Serial8250Test {
         assertEquals(MSR_CTS | MSR_DSR | MSR_DCD, in(MSR), "a connected line outside loopback");
         for (int bits = 0; bits < 16; bits++) {
             out(MCR, MCR_LOOP | bits);
-            int expected = ((bits & MCR_DTR) != 0 ? MSR_DSR : 0) | ((bits & MCR_RTS) != 0 ? MSR_CTS : 0)
-                    | ((bits & MCR_OUT1) != 0 ? MSR_RI : 0) | ((bits & MCR_OUT2) != 0 ? MSR_DCD : 0);
+            int expected = ((bits & MCR_DTR) != 0 ? MSR_DSR : 0)
+                    | ((bits & MCR_RTS) != 0 ? MSR_CTS : 0)
+                    | ((bits & MCR_OUT1) != 0 ? MSR_RI : 0)
+                    | ((bits & MCR_OUT2) != 0 ? MSR_DCD : 0);
             assertEquals(expected, in(MSR), "MCR bits 0x%x".formatted(bits));
         }
         assertFalse(uart.canAcceptInput());
@@ -363,7 +365,7 @@ class Serial8250Test {
                 super.flush();
             }
         };
-        var serial = new Serial8250(_ -> { }, counting);
+        var serial = new Serial8250(_ -> {}, counting);
         for (byte b : "one\ntwo".getBytes(StandardCharsets.ISO_8859_1)) {
             serial.write(RBR_THR, 1, b);
         }
@@ -386,7 +388,7 @@ class Serial8250Test {
                 throw new IOException("pipe closed");
             }
         };
-        var serial = new Serial8250(_ -> { }, broken);
+        var serial = new Serial8250(_ -> {}, broken);
         assertFalse(serial.outputFailed());
         serial.write(RBR_THR, 1, 'a');
         serial.write(RBR_THR, 1, 'b');
@@ -428,8 +430,22 @@ class Serial8250Test {
         assertEquals(List.of(true), restoredLevels, "a pending interrupt is re-asserted on restore");
 
         // Both devices now behave the same under the same accesses.
-        int[][] script = {{LSR}, {IIR_FCR}, {RBR_THR}, {MSR}, {RBR_THR, 'k'}, {IER, IER_RDI}, {RBR_THR},
-                {RBR_THR}, {RBR_THR}, {RBR_THR}, {IIR_FCR}, {LCR}, {SCR}, {DLM}};
+        int[][] script = {
+            {LSR},
+            {IIR_FCR},
+            {RBR_THR},
+            {MSR},
+            {RBR_THR, 'k'},
+            {IER, IER_RDI},
+            {RBR_THR},
+            {RBR_THR},
+            {RBR_THR},
+            {RBR_THR},
+            {IIR_FCR},
+            {LCR},
+            {SCR},
+            {DLM}
+        };
         for (int[] step : script) {
             if (step.length == 1) {
                 assertEquals(uart.read(step[0], 1), restored.read(step[0], 1), "read offset " + step[0]);
@@ -445,12 +461,18 @@ class Serial8250Test {
 
     @Test
     void stateRejectsValuesNoUartCouldHoldAndCopiesTheFifo() {
-        assertThrows(IllegalArgumentException.class, () -> new State(256, 0, 0, 0, 0, 0, false, false, false, new byte[0]));
-        assertThrows(IllegalArgumentException.class, () -> new State(0, 0, 0x10, 0, 0, 0, false, false, false, new byte[0]));
-        assertThrows(IllegalArgumentException.class, () -> new State(0, 0, 0, 0, 0x20, 0, false, false, false, new byte[0]));
-        assertThrows(IllegalArgumentException.class, () -> new State(0, 0, 0, -1, 0, 0, false, false, false, new byte[0]));
-        assertThrows(IllegalArgumentException.class, () -> new State(0, 0, 0, 0, 0, 0, true, false, false, new byte[65]));
-        assertThrows(IllegalArgumentException.class, () -> new State(0, 0, 0, 0, 0, 0, false, false, false, new byte[2]));
+        assertThrows(
+                IllegalArgumentException.class, () -> new State(256, 0, 0, 0, 0, 0, false, false, false, new byte[0]));
+        assertThrows(
+                IllegalArgumentException.class, () -> new State(0, 0, 0x10, 0, 0, 0, false, false, false, new byte[0]));
+        assertThrows(
+                IllegalArgumentException.class, () -> new State(0, 0, 0, 0, 0x20, 0, false, false, false, new byte[0]));
+        assertThrows(
+                IllegalArgumentException.class, () -> new State(0, 0, 0, -1, 0, 0, false, false, false, new byte[0]));
+        assertThrows(
+                IllegalArgumentException.class, () -> new State(0, 0, 0, 0, 0, 0, true, false, false, new byte[65]));
+        assertThrows(
+                IllegalArgumentException.class, () -> new State(0, 0, 0, 0, 0, 0, false, false, false, new byte[2]));
         assertThrows(NullPointerException.class, () -> new State(0, 0, 0, 0, 0, 0, false, false, false, null));
 
         var fifo = new byte[] {1, 2, 3};

@@ -31,8 +31,7 @@ public final class TestGuest {
     /** Exit code (port 0x500) when the boot contract was not met (image not in e820 RAM, ...). */
     public static final int EXIT_BAD_BOOT = 0x200;
 
-    private TestGuest() {
-    }
+    private TestGuest() {}
 
     /** Opens the ELF image; the caller closes the stream. */
     public static InputStream open() {

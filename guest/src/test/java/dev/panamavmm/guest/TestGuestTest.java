@@ -1,14 +1,13 @@
 package dev.panamavmm.guest;
 
-import org.junit.jupiter.api.Test;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertFalse;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.Test;
 
 /** The packaged ELF follows the boot contract of README.md; the line patterns match the guest's output. */
 class TestGuestTest {
@@ -55,7 +54,9 @@ class TestGuestTest {
             byte[] name = new byte[namesz];
             b.get(off + 12, name);
             int desc = off + 12 + ((namesz + 3) & ~3);
-            if (namesz == 10 && type == 1 && descsz == 4
+            if (namesz == 10
+                    && type == 1
+                    && descsz == 4
                     && new String(name, StandardCharsets.US_ASCII).equals("PanamaVMM\0")
                     && b.getInt(desc) == 0) {
                 return true;
@@ -71,8 +72,9 @@ class TestGuestTest {
         assertTrue(TestGuest.GENID.matcher("genid 0x1122334455667788").matches());
         assertTrue(TestGuest.READY.matcher("ready").matches());
         assertTrue(TestGuest.HEARTBEAT.matcher("hb 1 12").matches());
-        assertTrue(TestGuest.CORRUPT.matcher(
-                "CORRUPT 0 addr=0x2000008 expected=0x31994a7133088326 got=0x31994a7133088327").matches());
+        assertTrue(TestGuest.CORRUPT
+                .matcher("CORRUPT 0 addr=0x2000008 expected=0x31994a7133088326 got=0x31994a7133088327")
+                .matches());
         assertFalse(TestGuest.HEARTBEAT.matcher("hb 1").matches());
     }
 }

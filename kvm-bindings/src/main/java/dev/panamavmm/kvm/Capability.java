@@ -24,7 +24,8 @@ public enum Capability {
     IRQ_ROUTING(KvmConstants.KVM_CAP_IRQ_ROUTING, false, "GSI routing for MSI"),
     SIGNAL_MSI(KvmConstants.KVM_CAP_SIGNAL_MSI, false, "inject MSIs"),
     READONLY_MEM(KvmConstants.KVM_CAP_READONLY_MEM, false, "read-only memslots (ROM, flash)"),
-    MANUAL_DIRTY_LOG_PROTECT2(KvmConstants.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, false, "dirty logging for pre-copy migration"),
+    MANUAL_DIRTY_LOG_PROTECT2(
+            KvmConstants.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, false, "dirty logging for pre-copy migration"),
     DIRTY_LOG_RING(KvmConstants.KVM_CAP_DIRTY_LOG_RING, false, "dirty ring for pre-copy migration"),
     TSC_CONTROL(KvmConstants.KVM_CAP_TSC_CONTROL, false, "set the guest TSC frequency (migration across hosts)");
 

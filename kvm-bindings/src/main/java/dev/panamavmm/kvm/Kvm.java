@@ -1,5 +1,7 @@
 package dev.panamavmm.kvm;
 
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmCpuid2;
@@ -7,12 +9,10 @@ import dev.panamavmm.kvm.bindings.KvmCpuidEntry2;
 import dev.panamavmm.kvm.bindings.KvmMsrList;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
-
-import static java.lang.foreign.ValueLayout.JAVA_INT;
 
 /** The {@code /dev/kvm} system fd: what the host supports, and the factory for VMs. */
 public final class Kvm implements AutoCloseable {
@@ -45,10 +45,12 @@ public final class Kvm implements AutoCloseable {
             try {
                 version = kvm.apiVersion();
             } catch (KvmException e) {
-                throw new KvmException("KVM_GET_API_VERSION", device + " is not a KVM device (" + Errno.describe(e.errno()) + ")");
+                throw new KvmException(
+                        "KVM_GET_API_VERSION", device + " is not a KVM device (" + Errno.describe(e.errno()) + ")");
             }
             if (version != KvmConstants.KVM_API_VERSION) {
-                throw new KvmException("KVM_GET_API_VERSION", "API version " + version + ", expected " + KvmConstants.KVM_API_VERSION);
+                throw new KvmException(
+                        "KVM_GET_API_VERSION", "API version " + version + ", expected " + KvmConstants.KVM_API_VERSION);
             }
             return kvm;
         } catch (RuntimeException e) {
@@ -105,7 +107,7 @@ public final class Kvm implements AutoCloseable {
         byte[] cached = supportedCpuid;
         if (cached == null) {
             try (var scratch = Arena.ofConfined()) {
-                cached = querySupportedCpuid(scratch).toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
+                cached = querySupportedCpuid(scratch).toArray(ValueLayout.JAVA_BYTE);
             }
             supportedCpuid = cached;
         }
@@ -116,11 +118,14 @@ public final class Kvm implements AutoCloseable {
 
     private MemorySegment querySupportedCpuid(Arena arena) {
         for (int n = 128; ; n *= 2) {
-            var cpuid = arena.allocate(KvmCpuid2.ENTRIES + (long) n * KvmCpuidEntry2.BYTE_SIZE, KvmCpuid2.BYTE_ALIGNMENT);
+            var cpuid =
+                    arena.allocate(KvmCpuid2.ENTRIES + (long) n * KvmCpuidEntry2.BYTE_SIZE, KvmCpuid2.BYTE_ALIGNMENT);
             KvmCpuid2.nent(cpuid, n);
             int r = LibC.ioctlOrErrno(fd, Ioctls.KVM_GET_SUPPORTED_CPUID, cpuid);
-            if (r >= 0) return cpuid.asSlice(0, KvmCpuid2.ENTRIES + (long) KvmCpuid2.nent(cpuid) * KvmCpuidEntry2.BYTE_SIZE);
-            if (-r != LibcConstants.E2BIG || n >= MAX_LIST_ENTRIES) throw new KvmException("KVM_GET_SUPPORTED_CPUID", -r);
+            if (r >= 0)
+                return cpuid.asSlice(0, KvmCpuid2.ENTRIES + (long) KvmCpuid2.nent(cpuid) * KvmCpuidEntry2.BYTE_SIZE);
+            if (-r != LibcConstants.E2BIG || n >= MAX_LIST_ENTRIES)
+                throw new KvmException("KVM_GET_SUPPORTED_CPUID", -r);
         }
     }
 
@@ -133,7 +138,8 @@ public final class Kvm implements AutoCloseable {
             int r = LibC.ioctlOrErrno(fd, Ioctls.KVM_GET_MSR_INDEX_LIST, probe);
             if (r < 0 && -r != LibcConstants.E2BIG) throw new KvmException("KVM_GET_MSR_INDEX_LIST", -r);
             int n = KvmMsrList.nmsrs(probe);
-            if (n < 0 || n > MAX_LIST_ENTRIES) throw new KvmException("KVM_GET_MSR_INDEX_LIST", "implausible count " + n);
+            if (n < 0 || n > MAX_LIST_ENTRIES)
+                throw new KvmException("KVM_GET_MSR_INDEX_LIST", "implausible count " + n);
             var list = arena.allocate(KvmMsrList.INDICES + 4L * n, KvmMsrList.BYTE_ALIGNMENT);
             KvmMsrList.nmsrs(list, n);
             LibC.ioctl(fd, Ioctls.KVM_GET_MSR_INDEX_LIST, list);

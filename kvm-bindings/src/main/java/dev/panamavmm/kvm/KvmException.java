@@ -1,10 +1,15 @@
 package dev.panamavmm.kvm;
 
+import java.io.Serial;
+
 /**
  * A failed KVM ioctl or system call. The message names the call and the error, for example
  * {@code KVM_CREATE_VM failed: EACCES (Permission denied)}, so it can be shown to a user as is.
  */
 public final class KvmException extends RuntimeException {
+    @Serial
+    private static final long serialVersionUID = 1L;
+
     private final String call;
     private final int errno;
 

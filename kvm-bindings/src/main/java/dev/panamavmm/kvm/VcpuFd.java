@@ -2,7 +2,6 @@ package dev.panamavmm.kvm;
 
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.sys.LibC;
-
 import java.lang.foreign.MemorySegment;
 
 /**

@@ -6,7 +6,6 @@ import dev.panamavmm.kvm.bindings.KvmPitConfig;
 import dev.panamavmm.kvm.bindings.KvmUserspaceMemoryRegion;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.ref.Reference;
@@ -152,8 +151,13 @@ public final class VmFd implements AutoCloseable {
         int vcpuFd = LibC.ioctl(fd, Ioctls.KVM_CREATE_VCPU, id);
         try {
             long size = kvm.vcpuMmapSize();
-            var run = LibC.mapInto(arena, size, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
-                    LibcConstants.MAP_SHARED, vcpuFd, 0);
+            var run = LibC.mapInto(
+                    arena,
+                    size,
+                    LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
+                    LibcConstants.MAP_SHARED,
+                    vcpuFd,
+                    0);
             return new VcpuFd(id, vcpuFd, run);
         } catch (RuntimeException e) {
             LibC.close(vcpuFd);

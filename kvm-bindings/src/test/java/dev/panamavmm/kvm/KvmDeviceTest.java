@@ -1,5 +1,12 @@
 package dev.panamavmm.kvm;
 
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmCpuid2;
@@ -12,24 +19,19 @@ import dev.panamavmm.kvm.bindings.KvmSregs;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.kvm.testing.RealModeGuest;
-import org.junit.jupiter.api.Test;
-
 import java.lang.foreign.Arena;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Files;
 import java.nio.file.Path;
-
-import static java.lang.foreign.ValueLayout.JAVA_BYTE;
-import static org.junit.jupiter.api.Assertions.assertArrayEquals;
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertNotEquals;
-import static org.junit.jupiter.api.Assertions.assertThrows;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.Test;
 
 /** The typed layer on a real /dev/kvm: VMs, vCPUs, register state and exits from real guest code. */
 class KvmDeviceTest {
 
     @KvmTest
     void reportsTheHostsFacts() {
-        try (var kvm = Kvm.open(); var arena = Arena.ofConfined()) {
+        try (var kvm = Kvm.open();
+                var arena = Arena.ofConfined()) {
             assertEquals(12, kvm.apiVersion());
             assertTrue(kvm.vcpuMmapSize() >= KvmRun.BYTE_SIZE, "kvm_run must fit the vCPU mapping");
             assertTrue(kvm.maxVcpus() >= kvm.recommendedVcpus());
@@ -42,12 +44,31 @@ class KvmDeviceTest {
 
     @KvmTest
     void registersSetAreRegistersGot() {
-        try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena); var vcpu = vm.createVcpu(0)) {
+        try (var kvm = Kvm.open();
+                var arena = Arena.ofShared();
+                var vm = kvm.createVm(arena);
+                var vcpu = vm.createVcpu(0)) {
             var regs = arena.allocate(KvmRegs.LAYOUT);
             vcpu.getRegs(regs);
-            long[] values = {0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666, 0x7000, 0x8888,
-                    8, 9, 10, 11, 12, 13, 14, 0x0f0f_0f0f_0f0f_0f0fL};
-            for (int i = 0; i < values.length; i++) regs.set(java.lang.foreign.ValueLayout.JAVA_LONG, 8L * i, values[i]);
+            long[] values = {
+                0x1111,
+                0x2222,
+                0x3333,
+                0x4444,
+                0x5555,
+                0x6666,
+                0x7000,
+                0x8888,
+                8,
+                9,
+                10,
+                11,
+                12,
+                13,
+                14,
+                0x0f0f_0f0f_0f0f_0f0fL
+            };
+            for (int i = 0; i < values.length; i++) regs.set(ValueLayout.JAVA_LONG, 8L * i, values[i]);
             KvmRegs.rip(regs, 0x1234);
             KvmRegs.rflags(regs, 0x2 | 0x200);
             vcpu.setRegs(regs);
@@ -78,13 +99,25 @@ class KvmDeviceTest {
     @KvmTest
     void guestCodeExitsToTheVmm() {
         byte[] code = {
-                (byte) 0xba, (byte) 0xf8, 0x03,             // mov dx, 0x3f8
-                (byte) 0xb0, 'A', (byte) 0xee,              // mov al, 'A'; out dx, al
-                (byte) 0xb0, 'B', (byte) 0xee,              // mov al, 'B'; out dx, al
-                (byte) 0xc6, 0x06, 0x00, 0x30, 0x42,        // mov byte [0x3000], 0x42  (no memslot: MMIO)
-                (byte) 0xf4                                 // hlt
+            (byte) 0xba,
+            (byte) 0xf8,
+            0x03, // mov dx, 0x3f8
+            (byte) 0xb0,
+            'A',
+            (byte) 0xee, // mov al, 'A'; out dx, al
+            (byte) 0xb0,
+            'B',
+            (byte) 0xee, // mov al, 'B'; out dx, al
+            (byte) 0xc6,
+            0x06,
+            0x00,
+            0x30,
+            0x42, // mov byte [0x3000], 0x42  (no memslot: MMIO)
+            (byte) 0xf4 // hlt
         };
-        try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena)) {
+        try (var kvm = Kvm.open();
+                var arena = Arena.ofShared();
+                var vm = kvm.createVm(arena)) {
             try (var vcpu = RealModeGuest.load(vm, arena, code)) {
                 var run = vcpu.runPage();
                 for (char expected : new char[] {'A', 'B'}) {
@@ -121,13 +154,14 @@ class KvmDeviceTest {
 
     @Test
     void aFileThatIsNotKvmIsRefusedWithItsName() throws Exception {
-        var file = java.nio.file.Files.createTempFile("not-kvm", ".bin");
+        var file = Files.createTempFile("not-kvm", ".bin");
         try {
             var e = assertThrows(KvmException.class, () -> Kvm.open(file));
-            assertEquals(file + " is not a KVM device (ENOTTY (Inappropriate ioctl for device))",
+            assertEquals(
+                    file + " is not a KVM device (ENOTTY (Inappropriate ioctl for device))",
                     e.getMessage().substring("KVM_GET_API_VERSION failed: ".length()));
         } finally {
-            java.nio.file.Files.delete(file);
+            Files.delete(file);
         }
     }
 
@@ -151,7 +185,9 @@ class KvmDeviceTest {
      */
     @KvmTest
     void irqLineLevelsReachTheIoapicPin() throws Exception {
-        try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena)) {
+        try (var kvm = Kvm.open();
+                var arena = Arena.ofShared();
+                var vm = kvm.createVm(arena)) {
             vm.createIrqchip();
             for (int irq : new int[] {4, 0, 23}) {
                 vm.irqLine(irq, true);

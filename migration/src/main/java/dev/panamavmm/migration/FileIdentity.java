@@ -20,8 +20,12 @@ public record FileIdentity(long device, long inode, long size, long mtimeNanos, 
 
     public static FileIdentity of(Path file) throws IOException {
         Map<String, Object> a = Files.readAttributes(file, "unix:dev,ino,size,lastModifiedTime,ctime");
-        return new FileIdentity((Long) a.get("dev"), (Long) a.get("ino"), (Long) a.get("size"),
-                nanos((FileTime) a.get("lastModifiedTime")), nanos((FileTime) a.get("ctime")));
+        return new FileIdentity(
+                (Long) a.get("dev"),
+                (Long) a.get("ino"),
+                (Long) a.get("size"),
+                nanos((FileTime) a.get("lastModifiedTime")),
+                nanos((FileTime) a.get("ctime")));
     }
 
     private static long nanos(FileTime t) {
@@ -29,12 +33,17 @@ public record FileIdentity(long device, long inode, long size, long mtimeNanos, 
     }
 
     Map<String, Object> toJson() {
-        return Json.object("device", device, "inode", inode, "size", size, "mtimeNanos", mtimeNanos, "ctimeNanos", ctimeNanos);
+        return Json.object(
+                "device", device, "inode", inode, "size", size, "mtimeNanos", mtimeNanos, "ctimeNanos", ctimeNanos);
     }
 
     static FileIdentity fromJson(Map<String, Object> m) {
-        return new FileIdentity(Fields.longOf(m, "device"), Fields.longOf(m, "inode"), Fields.longOf(m, "size"),
-                Fields.longOf(m, "mtimeNanos"), Fields.longOf(m, "ctimeNanos"));
+        return new FileIdentity(
+                Fields.longOf(m, "device"),
+                Fields.longOf(m, "inode"),
+                Fields.longOf(m, "size"),
+                Fields.longOf(m, "mtimeNanos"),
+                Fields.longOf(m, "ctimeNanos"));
     }
 
     /** What differs between this (saved) identity and {@code now}, or null when they match. */

@@ -19,8 +19,10 @@ public final class IoErrors {
 
     public static String reason(IOException e) {
         return switch (e) {
-            case NoSuchFileException n -> n.getOtherFile() == null && n.getFile() != null && n.getReason() == null
-                    ? "no such file or directory" : fileSystemReason(n, "no such file or directory");
+            case NoSuchFileException n ->
+                n.getOtherFile() == null && n.getFile() != null && n.getReason() == null
+                        ? "no such file or directory"
+                        : fileSystemReason(n, "no such file or directory");
             case AccessDeniedException a -> "permission denied";
             case FileAlreadyExistsException f -> "it already exists";
             case NotDirectoryException n -> "not a directory";
@@ -34,6 +36,8 @@ public final class IoErrors {
         String r = f.getReason();
         if (r == null || r.isBlank()) return fallback;
         // "Read-only file system" -> "read-only file system"; keep acronyms ("ENOSPC") as they are.
-        return r.length() > 1 && Character.isLowerCase(r.charAt(1)) ? r.substring(0, 1).toLowerCase(Locale.ROOT) + r.substring(1) : r;
+        return r.length() > 1 && Character.isLowerCase(r.charAt(1))
+                ? r.substring(0, 1).toLowerCase(Locale.ROOT) + r.substring(1)
+                : r;
     }
 }

@@ -1,5 +1,11 @@
 package dev.panamavmm.migration;
 
+import java.io.Serial;
+import java.io.StringWriter;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
 import tools.jackson.core.JacksonException;
 import tools.jackson.core.JsonGenerator;
 import tools.jackson.core.JsonParser;
@@ -7,12 +13,6 @@ import tools.jackson.core.JsonToken;
 import tools.jackson.core.ObjectReadContext;
 import tools.jackson.core.ObjectWriteContext;
 import tools.jackson.core.json.JsonFactory;
-
-import java.io.StringWriter;
-import java.util.ArrayList;
-import java.util.LinkedHashMap;
-import java.util.List;
-import java.util.Map;
 
 /**
  * JSON values as plain Java objects (Map, List, String, Long, Double, Boolean, null), read and
@@ -27,6 +27,9 @@ public final class Json {
 
     /** A document that is not JSON, or nests deeper than {@link #MAX_DEPTH}. */
     public static final class JsonException extends RuntimeException {
+        @Serial
+        private static final long serialVersionUID = 1L;
+
         JsonException(String message) {
             super(message);
         }
@@ -57,7 +60,8 @@ public final class Json {
             }
             case START_ARRAY -> {
                 var list = new ArrayList<Object>();
-                for (JsonToken n = p.nextToken(); n != JsonToken.END_ARRAY; n = p.nextToken()) list.add(read(p, n, depth + 1));
+                for (JsonToken n = p.nextToken(); n != JsonToken.END_ARRAY; n = p.nextToken())
+                    list.add(read(p, n, depth + 1));
                 yield list;
             }
             case VALUE_STRING -> p.getString();
@@ -100,7 +104,9 @@ public final class Json {
             case Long l -> g.writeNumber(l);
             case Double d -> g.writeNumber(d);
             case Boolean b -> g.writeBoolean(b);
-            default -> throw new IllegalArgumentException("not a JSON value: " + value.getClass().getName());
+            default ->
+                throw new IllegalArgumentException(
+                        "not a JSON value: " + value.getClass().getName());
         }
     }
 

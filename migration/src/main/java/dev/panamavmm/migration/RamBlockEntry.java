@@ -12,21 +12,31 @@ import java.util.Map;
  *
  * @param kind  the backing it had when saved: {@code memfd}, {@code shared-file}, {@code private-file}
  */
-public record RamBlockEntry(String id, long guestAddress, long size, String kind, boolean shared,
-                            Path file, long fileOffset, FileIdentity identity, long dataOffset, long nonZeroPages,
-                            int descriptor) {
+public record RamBlockEntry(
+        String id,
+        long guestAddress,
+        long size,
+        String kind,
+        boolean shared,
+        Path file,
+        long fileOffset,
+        FileIdentity identity,
+        long dataOffset,
+        long nonZeroPages,
+        int descriptor) {
 
-    public static RamBlockEntry byReference(String id, long guestAddress, long size, String kind, Path file,
-                                            long fileOffset, FileIdentity identity) {
+    public static RamBlockEntry byReference(
+            String id, long guestAddress, long size, String kind, Path file, long fileOffset, FileIdentity identity) {
         return new RamBlockEntry(id, guestAddress, size, kind, true, file, fileOffset, identity, -1, -1, -1);
     }
 
-    public static RamBlockEntry withData(String id, long guestAddress, long size, String kind, boolean shared,
-                                         long dataOffset, long nonZeroPages) {
+    public static RamBlockEntry withData(
+            String id, long guestAddress, long size, String kind, boolean shared, long dataOffset, long nonZeroPages) {
         return new RamBlockEntry(id, guestAddress, size, kind, shared, null, 0, null, dataOffset, nonZeroPages, -1);
     }
 
-    public static RamBlockEntry byDescriptor(String id, long guestAddress, long size, String kind, int descriptor, long fileOffset) {
+    public static RamBlockEntry byDescriptor(
+            String id, long guestAddress, long size, String kind, int descriptor, long fileOffset) {
         return new RamBlockEntry(id, guestAddress, size, kind, false, null, fileOffset, null, -1, -1, descriptor);
     }
 
@@ -64,12 +74,19 @@ public record RamBlockEntry(String id, long guestAddress, long size, String kind
         String kind = Fields.stringOf(m, "kind");
         boolean shared = Fields.boolOf(m, "shared");
         if (m.containsKey("file")) {
-            return byReference(id, gpa, size, kind, Path.of(Fields.stringOf(m, "file")), Fields.longOf(m, "fileOffset"),
+            return byReference(
+                    id,
+                    gpa,
+                    size,
+                    kind,
+                    Path.of(Fields.stringOf(m, "file")),
+                    Fields.longOf(m, "fileOffset"),
                     FileIdentity.fromJson(Fields.objectOf(m, "identity")));
         }
         if (m.containsKey("descriptor")) {
             long d = Fields.longOf(m, "descriptor");
-            if (d < 0 || d >= 64) throw new SnapshotException("snapshot RAM block " + id + " names an impossible descriptor");
+            if (d < 0 || d >= 64)
+                throw new SnapshotException("snapshot RAM block " + id + " names an impossible descriptor");
             return byDescriptor(id, gpa, size, kind, (int) d, Fields.longOf(m, "fileOffset"));
         }
         return withData(id, gpa, size, kind, shared, Fields.longOf(m, "dataOffset"), Fields.longOf(m, "nonZeroPages"));

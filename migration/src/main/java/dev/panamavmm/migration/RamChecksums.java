@@ -3,6 +3,7 @@ package dev.panamavmm.migration;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.file.Path;
 import java.util.zip.CRC32C;
 
 /**
@@ -17,6 +18,7 @@ public final class RamChecksums {
 
     /** The chunk size this VMM writes: 2 MiB, 4 bytes of table per 2 MiB of guest RAM. */
     public static final int CHUNK = 2 << 20;
+
     public static final String SECTION_PREFIX = "ram-crc/";
     /** Chunk sizes a reader accepts: powers of two from a page to 1 GiB. */
     static final int MIN_CHUNK = (int) SnapshotFormat.PAGE, MAX_CHUNK = 1 << 30;
@@ -41,12 +43,15 @@ public final class RamChecksums {
 
     /** A block's checksum table as read back. */
     record Table(int chunk, int[] crcs) {
-        static Table decode(byte[] payload, long blockSize, String blockId, java.nio.file.Path file) {
+        static Table decode(byte[] payload, long blockSize, String blockId, Path file) {
             if (payload.length < 8) throw corrupt(file, "RAM block " + blockId + " has a short checksum table");
             var b = ByteBuffer.wrap(payload).order(ByteOrder.LITTLE_ENDIAN);
             int chunk = b.getInt(), count = b.getInt();
             if (chunk < MIN_CHUNK || chunk > MAX_CHUNK || Integer.bitCount(chunk) != 1) {
-                throw corrupt(file, "RAM block " + blockId + " has an impossible checksum chunk size " + Integer.toUnsignedString(chunk));
+                throw corrupt(
+                        file,
+                        "RAM block " + blockId + " has an impossible checksum chunk size "
+                                + Integer.toUnsignedString(chunk));
             }
             if (count != chunks(blockSize, chunk) || payload.length != 8 + 4L * count) {
                 throw corrupt(file, "RAM block " + blockId + " has a checksum table of the wrong length");
@@ -57,7 +62,7 @@ public final class RamChecksums {
         }
     }
 
-    static SnapshotException corrupt(java.nio.file.Path file, String why) {
+    static SnapshotException corrupt(Path file, String why) {
         return new SnapshotException("snapshot " + file + " is corrupt (" + why + ")");
     }
 

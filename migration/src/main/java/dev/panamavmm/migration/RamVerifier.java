@@ -3,6 +3,7 @@ package dev.panamavmm.migration;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.StandardOpenOption;
 import java.util.zip.CRC32C;
 
@@ -24,7 +25,8 @@ public final class RamVerifier {
      *
      * @param checksums false for a format v1 snapshot: its RAM carries no checksums, nothing was read
      */
-    public record Verified(int blocksChecked, long bytesChecked, int blocksByReference, boolean checksums, long nanos) {}
+    public record Verified(
+            int blocksChecked, long bytesChecked, int blocksByReference, boolean checksums, long nanos) {}
 
     /** Checks every block of {@code snapshot} (already opened, so its header and sections are checked); throws on the first damage. */
     public static Verified verify(SnapshotReader snapshot) {
@@ -55,11 +57,12 @@ public final class RamVerifier {
     }
 
     private static void checkMemoryFile(SnapshotReader snapshot, RamBlockEntry block) {
-        String what = "snapshot " + snapshot.file() + " cannot be restored: the memory file " + block.file() + " of RAM block " + block.id();
+        String what = "snapshot " + snapshot.file() + " cannot be restored: the memory file " + block.file()
+                + " of RAM block " + block.id();
         FileIdentity now;
         try {
             now = FileIdentity.of(block.file());
-        } catch (java.nio.file.NoSuchFileException e) {
+        } catch (NoSuchFileException e) {
             throw new SnapshotException(what + " is missing");
         } catch (IOException e) {
             throw new SnapshotException(what + " cannot be read: " + e.getMessage());
@@ -68,8 +71,13 @@ public final class RamVerifier {
         if (why != null) throw new SnapshotException(what + " does not match the snapshot (" + why + ")");
     }
 
-    private static void verifyBlock(FileChannel channel, SnapshotReader snapshot, RamBlockEntry block, RamChecksums.Table table,
-                                    ByteBuffer buffer) throws IOException {
+    private static void verifyBlock(
+            FileChannel channel,
+            SnapshotReader snapshot,
+            RamBlockEntry block,
+            RamChecksums.Table table,
+            ByteBuffer buffer)
+            throws IOException {
         var crc = new CRC32C();
         long size = block.size(), chunk = table.chunk(), position = 0;
         int index = 0;
@@ -79,7 +87,9 @@ public final class RamVerifier {
             long at = block.dataOffset() + position;
             while (buffer.hasRemaining()) {
                 int read = channel.read(buffer, at + buffer.position());
-                if (read < 0) throw new SnapshotException("snapshot " + snapshot.file() + " is truncated (RAM block " + block.id() + ")");
+                if (read < 0)
+                    throw new SnapshotException(
+                            "snapshot " + snapshot.file() + " is truncated (RAM block " + block.id() + ")");
             }
             buffer.flip();
             while (buffer.hasRemaining()) {
@@ -91,8 +101,11 @@ public final class RamVerifier {
                 position += take;
                 if (position == chunkEnd) {
                     if ((int) crc.getValue() != table.crcs()[index]) {
-                        throw RamChecksums.corrupt(snapshot.file(), String.format("RAM block %s, bytes 0x%x-0x%x: checksum mismatch",
-                                block.id(), index * chunk, chunkEnd - 1));
+                        throw RamChecksums.corrupt(
+                                snapshot.file(),
+                                String.format(
+                                        "RAM block %s, bytes 0x%x-0x%x: checksum mismatch",
+                                        block.id(), index * chunk, chunkEnd - 1));
                     }
                     crc.reset();
                     index++;

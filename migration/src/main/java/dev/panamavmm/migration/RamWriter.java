@@ -16,6 +16,7 @@ public final class RamWriter {
 
     /** Longest run of pages written in one call (a ByteBuffer holds at most 2 GiB). */
     static final long MAX_RUN = 64L << 20;
+
     private static final MemorySegment ZERO_PAGE = Arena.global().allocate(SnapshotFormat.PAGE);
 
     /** Reports bytes of guest RAM processed (written or found zero). */
@@ -23,11 +24,12 @@ public final class RamWriter {
     public interface Progress {
         void advance(long bytes);
 
-        Progress NONE = bytes -> { };
+        Progress NONE = bytes -> {};
     }
 
     /** Writes the non-zero pages of {@code block} at {@code fileOffset + pageOffset}; returns how many. */
-    public static long write(FileChannel channel, long fileOffset, MemorySegment block, Progress progress) throws IOException {
+    public static long write(FileChannel channel, long fileOffset, MemorySegment block, Progress progress)
+            throws IOException {
         return write(channel, fileOffset, block, new long[][] {{0, block.byteSize()}}, progress);
     }
 
@@ -36,7 +38,8 @@ public final class RamWriter {
      * {@code extents} ({@code [start, end)} byte ranges of the block, ascending, not overlapping):
      * the caller knows everything else is zero (a sparse file's holes), and it is not touched.
      */
-    public static long write(FileChannel channel, long fileOffset, MemorySegment block, long[][] extents, Progress progress)
+    public static long write(
+            FileChannel channel, long fileOffset, MemorySegment block, long[][] extents, Progress progress)
             throws IOException {
         return write(channel, fileOffset, block, extents, progress, null);
     }
@@ -45,13 +48,21 @@ public final class RamWriter {
      * As {@link #write(FileChannel, long, MemorySegment, long[][], Progress)}, handing every
      * non-zero page to {@code checksums} (when not null) as soon as the zero test has read it.
      */
-    static long write(FileChannel channel, long fileOffset, MemorySegment block, long[][] extents, Progress progress,
-                      RamChecksums.Accumulator checksums) throws IOException {
+    static long write(
+            FileChannel channel,
+            long fileOffset,
+            MemorySegment block,
+            long[][] extents,
+            Progress progress,
+            RamChecksums.Accumulator checksums)
+            throws IOException {
         long page = SnapshotFormat.PAGE;
         long written = 0, covered = 0;
         for (long[] extent : extents) {
-            // Whole pages: an extent's partial first or last page is read whole (and shared with a neighbour at most once).
-            long first = Math.max(extent[0] / page, covered / page), end = Math.min(block.byteSize(), extent[1] + page - 1) / page;
+            // Whole pages: an extent's partial first or last page is read whole (and shared with a neighbour at most
+            // once).
+            long first = Math.max(extent[0] / page, covered / page),
+                    end = Math.min(block.byteSize(), extent[1] + page - 1) / page;
             if (end <= first) continue;
             progress.advance(first * page - covered); // the hole before it: zero, skipped unread
             written += writeRange(channel, fileOffset, block, first, end, progress, checksums);
@@ -62,8 +73,15 @@ public final class RamWriter {
     }
 
     /** Pages {@code [first, end)} of the block: non-zero runs written, zero pages skipped. */
-    private static long writeRange(FileChannel channel, long fileOffset, MemorySegment block, long first, long end,
-                                   Progress progress, RamChecksums.Accumulator checksums) throws IOException {
+    private static long writeRange(
+            FileChannel channel,
+            long fileOffset,
+            MemorySegment block,
+            long first,
+            long end,
+            Progress progress,
+            RamChecksums.Accumulator checksums)
+            throws IOException {
         long page = SnapshotFormat.PAGE;
         long written = 0;
         long runStart = -1;
@@ -88,6 +106,7 @@ public final class RamWriter {
     }
 
     private static boolean isZero(MemorySegment block, long offset) {
-        return MemorySegment.mismatch(block, offset, offset + SnapshotFormat.PAGE, ZERO_PAGE, 0, SnapshotFormat.PAGE) < 0;
+        return MemorySegment.mismatch(block, offset, offset + SnapshotFormat.PAGE, ZERO_PAGE, 0, SnapshotFormat.PAGE)
+                < 0;
     }
 }

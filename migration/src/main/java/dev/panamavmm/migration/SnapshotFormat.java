@@ -20,17 +20,27 @@ public final class SnapshotFormat {
     public static final int VERSION = 2;
     /** The oldest version this VMM reads: v1 snapshots hold JSON state sections (see docs/snapshot-format.md). */
     public static final int OLDEST_READABLE = 1;
+
     public static final int HEADER_SIZE = 64;
     public static final long PAGE = 4096;
     /** RAM data starts here, so mapped blocks are page-aligned in the file. */
     public static final long DATA_START = PAGE;
 
-    static final int OFF_MAGIC = 0, OFF_VERSION = 8, OFF_FLAVOUR = 12, OFF_CREATED = 16, OFF_TABLE = 24,
-            OFF_TABLE_LENGTH = 32, OFF_TABLE_CRC = 40, OFF_FLAGS = 44, OFF_FILE_LENGTH = 48, OFF_HEADER_CRC = 60;
+    static final int OFF_MAGIC = 0,
+            OFF_VERSION = 8,
+            OFF_FLAVOUR = 12,
+            OFF_CREATED = 16,
+            OFF_TABLE = 24,
+            OFF_TABLE_LENGTH = 32,
+            OFF_TABLE_CRC = 40,
+            OFF_FLAGS = 44,
+            OFF_FILE_LENGTH = 48,
+            OFF_HEADER_CRC = 60;
     static final int FLAG_BYPASS = 1;
 
     /** Limits a reader enforces before it allocates anything. */
     static final long MAX_TABLE = 256L << 20;
+
     static final int MAX_SECTIONS = 4096;
     static final int MAX_NAME = 256;
     static final int MAX_RAM_BLOCKS = 64;

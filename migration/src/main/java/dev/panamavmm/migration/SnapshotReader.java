@@ -29,8 +29,15 @@ public final class SnapshotReader {
     private final Map<String, Object> metadata;
     private final List<RamBlockEntry> ram;
 
-    private SnapshotReader(Path file, int version, String flavour, long createdAt, boolean bypass,
-                           Map<String, byte[]> sections, Map<String, Object> metadata, List<RamBlockEntry> ram) {
+    private SnapshotReader(
+            Path file,
+            int version,
+            String flavour,
+            long createdAt,
+            boolean bypass,
+            Map<String, byte[]> sections,
+            Map<String, Object> metadata,
+            List<RamBlockEntry> ram) {
         this.file = file;
         this.version = version;
         this.flavour = flavour;
@@ -52,26 +59,33 @@ public final class SnapshotReader {
             }
             byte[] h = header.array();
             for (int i = 0; i < SnapshotFormat.MAGIC.length; i++) {
-                if (h[i] != SnapshotFormat.MAGIC[i]) throw new SnapshotException(file + " is not a Panama VMM snapshot");
+                if (h[i] != SnapshotFormat.MAGIC[i])
+                    throw new SnapshotException(file + " is not a Panama VMM snapshot");
             }
             if (header.getInt(SnapshotFormat.OFF_HEADER_CRC) != SnapshotWriter.crc(h, SnapshotFormat.OFF_HEADER_CRC)) {
                 throw new SnapshotException("snapshot " + file + " is corrupt (header checksum mismatch)");
             }
             int version = header.getInt(SnapshotFormat.OFF_VERSION);
             if (version < SnapshotFormat.OLDEST_READABLE || version > SnapshotFormat.VERSION) {
-                throw new SnapshotException("snapshot " + file + " has format version " + version + "; this VMM reads versions "
-                        + SnapshotFormat.OLDEST_READABLE + " to " + SnapshotFormat.VERSION);
+                throw new SnapshotException(
+                        "snapshot " + file + " has format version " + version + "; this VMM reads versions "
+                                + SnapshotFormat.OLDEST_READABLE + " to " + SnapshotFormat.VERSION);
             }
             long fileLength = header.getLong(SnapshotFormat.OFF_FILE_LENGTH);
-            if (size < fileLength) throw new SnapshotException("snapshot " + file + " is truncated (" + size + " of " + fileLength + " bytes)");
+            if (size < fileLength)
+                throw new SnapshotException(
+                        "snapshot " + file + " is truncated (" + size + " of " + fileLength + " bytes)");
             long tableOffset = header.getLong(SnapshotFormat.OFF_TABLE);
             long tableLength = header.getLong(SnapshotFormat.OFF_TABLE_LENGTH);
-            if (tableOffset < SnapshotFormat.DATA_START || tableLength < 0 || tableLength > SnapshotFormat.MAX_TABLE
+            if (tableOffset < SnapshotFormat.DATA_START
+                    || tableLength < 0
+                    || tableLength > SnapshotFormat.MAX_TABLE
                     || tableOffset + tableLength != fileLength) {
                 throw new SnapshotException("snapshot " + file + " is corrupt (bad section table bounds)");
             }
             var table = ByteBuffer.allocate((int) tableLength).order(ByteOrder.LITTLE_ENDIAN);
-            if (readFully(ch, table, tableOffset) < tableLength) throw new SnapshotException("snapshot " + file + " is truncated");
+            if (readFully(ch, table, tableOffset) < tableLength)
+                throw new SnapshotException("snapshot " + file + " is truncated");
             if (SnapshotWriter.crc(table.array()) != header.getInt(SnapshotFormat.OFF_TABLE_CRC)) {
                 throw new SnapshotException("snapshot " + file + " is corrupt (section table checksum mismatch)");
             }
@@ -86,19 +100,33 @@ public final class SnapshotReader {
             }
             var ram = new ArrayList<RamBlockEntry>();
             var rows = metadata.get("ram") instanceof List<?> l ? l : List.of();
-            if (rows.size() > SnapshotFormat.MAX_RAM_BLOCKS) throw new SnapshotException("snapshot " + file + " lists too many RAM blocks");
+            if (rows.size() > SnapshotFormat.MAX_RAM_BLOCKS)
+                throw new SnapshotException("snapshot " + file + " lists too many RAM blocks");
             for (var row : rows) {
                 var entry = RamBlockEntry.fromJson(Json.asObject(row, "RAM block"));
-                if (!entry.byReference() && !entry.byDescriptor() && (entry.dataOffset() < SnapshotFormat.DATA_START
-                        || entry.dataOffset() % SnapshotFormat.PAGE != 0 || entry.dataOffset() + entry.size() > tableOffset)) {
-                    throw new SnapshotException("snapshot " + file + " is corrupt (RAM block " + entry.id() + " lies outside its data area)");
+                if (!entry.byReference()
+                        && !entry.byDescriptor()
+                        && (entry.dataOffset() < SnapshotFormat.DATA_START
+                                || entry.dataOffset() % SnapshotFormat.PAGE != 0
+                                || entry.dataOffset() + entry.size() > tableOffset)) {
+                    throw new SnapshotException("snapshot " + file + " is corrupt (RAM block " + entry.id()
+                            + " lies outside its data area)");
                 }
                 ram.add(entry);
             }
             int flavourCode = header.getInt(SnapshotFormat.OFF_FLAVOUR);
-            String flavour = flavourCode >= 0 && flavourCode < SnapshotFormat.FLAVOURS.length ? SnapshotFormat.FLAVOURS[flavourCode] : "UNKNOWN";
-            return new SnapshotReader(file, version, flavour, header.getLong(SnapshotFormat.OFF_CREATED),
-                    (header.getInt(SnapshotFormat.OFF_FLAGS) & SnapshotFormat.FLAG_BYPASS) != 0, sections, metadata, List.copyOf(ram));
+            String flavour = flavourCode >= 0 && flavourCode < SnapshotFormat.FLAVOURS.length
+                    ? SnapshotFormat.FLAVOURS[flavourCode]
+                    : "UNKNOWN";
+            return new SnapshotReader(
+                    file,
+                    version,
+                    flavour,
+                    header.getLong(SnapshotFormat.OFF_CREATED),
+                    (header.getInt(SnapshotFormat.OFF_FLAGS) & SnapshotFormat.FLAG_BYPASS) != 0,
+                    sections,
+                    metadata,
+                    List.copyOf(ram));
         } catch (NoSuchFileException e) {
             throw new SnapshotException("no snapshot in " + dir + " (" + SnapshotFormat.FILE_NAME + " is missing)");
         } catch (IOException e) {
@@ -112,7 +140,8 @@ public final class SnapshotReader {
             if (sections.size() >= SnapshotFormat.MAX_SECTIONS) throw corrupt(file, "too many sections");
             if (b.remaining() < 2) throw corrupt(file, "section table ends inside a section header");
             int nameLength = Short.toUnsignedInt(b.getShort());
-            if (nameLength > SnapshotFormat.MAX_NAME || b.remaining() < nameLength + 12) throw corrupt(file, "bad section header");
+            if (nameLength > SnapshotFormat.MAX_NAME || b.remaining() < nameLength + 12)
+                throw corrupt(file, "bad section header");
             byte[] name = new byte[nameLength];
             b.get(name);
             long length = b.getLong();

@@ -1,5 +1,6 @@
 package dev.panamavmm.migration;
 
+import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
@@ -10,6 +11,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
+import java.time.Instant;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -40,15 +42,18 @@ public final class SnapshotWriter implements AutoCloseable {
     }
 
     /** Temporary snapshot files: {@code .snapshot.pvm.tmp-PID-N}, PID the writer's process. */
-    static final Pattern TEMP_NAME = Pattern.compile("\\." + Pattern.quote(SnapshotFormat.FILE_NAME) + "\\.tmp-(\\d{1,19})-(-?\\d{1,19})");
+    static final Pattern TEMP_NAME =
+            Pattern.compile("\\." + Pattern.quote(SnapshotFormat.FILE_NAME) + "\\.tmp-(\\d{1,19})-(-?\\d{1,19})");
 
     /** Starts a snapshot in {@code dir} (created if missing), first removing temporary files of writers that died. */
     public static SnapshotWriter create(Path dir) {
         try {
             Files.createDirectories(dir);
             removeStaleTemporaries(dir);
-            Path temp = dir.resolve("." + SnapshotFormat.FILE_NAME + ".tmp-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
-            var channel = FileChannel.open(temp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE, StandardOpenOption.READ);
+            Path temp = dir.resolve("." + SnapshotFormat.FILE_NAME + ".tmp-"
+                    + ProcessHandle.current().pid() + "-" + System.nanoTime());
+            var channel = FileChannel.open(
+                    temp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE, StandardOpenOption.READ);
             return new SnapshotWriter(dir, temp, channel);
         } catch (IOException e) {
             String why = Files.exists(dir) && !Files.isDirectory(dir) ? "it is not a directory" : IoErrors.reason(e);
@@ -58,8 +63,10 @@ public final class SnapshotWriter implements AutoCloseable {
 
     /** Adds a named section (vCPU, VM or device state). Kept in memory until commit: they are small. */
     public void section(String name, byte[] payload) {
-        if (name.equals("metadata") || name.startsWith(RamChecksums.SECTION_PREFIX) || sections.containsKey(name)) throw new IllegalArgumentException("section " + name + " twice");
-        if (name.getBytes(StandardCharsets.UTF_8).length > SnapshotFormat.MAX_NAME) throw new IllegalArgumentException("section name too long");
+        if (name.equals("metadata") || name.startsWith(RamChecksums.SECTION_PREFIX) || sections.containsKey(name))
+            throw new IllegalArgumentException("section " + name + " twice");
+        if (name.getBytes(StandardCharsets.UTF_8).length > SnapshotFormat.MAX_NAME)
+            throw new IllegalArgumentException("section name too long");
         sections.put(name, payload.clone());
     }
 
@@ -70,8 +77,13 @@ public final class SnapshotWriter implements AutoCloseable {
     }
 
     /** Writes a block's non-zero pages into the snapshot and records it. */
-    public RamBlockEntry ramWithData(String id, long guestAddress, String kind, boolean shared, MemorySegment data,
-                                     RamWriter.Progress progress) {
+    public RamBlockEntry ramWithData(
+            String id,
+            long guestAddress,
+            String kind,
+            boolean shared,
+            MemorySegment data,
+            RamWriter.Progress progress) {
         return ramWithData(id, guestAddress, kind, shared, data, new long[][] {{0, data.byteSize()}}, progress);
     }
 
@@ -80,10 +92,17 @@ public final class SnapshotWriter implements AutoCloseable {
      * {@code extents} (the rest is zero). The block's checksum table is computed on the way and
      * written with the sections.
      */
-    public RamBlockEntry ramWithData(String id, long guestAddress, String kind, boolean shared, MemorySegment data,
-                                     long[][] extents, RamWriter.Progress progress) {
+    public RamBlockEntry ramWithData(
+            String id,
+            long guestAddress,
+            String kind,
+            boolean shared,
+            MemorySegment data,
+            long[][] extents,
+            RamWriter.Progress progress) {
         String checksumSection = RamChecksums.section(id);
-        if (checksumSection.getBytes(StandardCharsets.UTF_8).length > SnapshotFormat.MAX_NAME) throw new IllegalArgumentException("RAM block id too long");
+        if (checksumSection.getBytes(StandardCharsets.UTF_8).length > SnapshotFormat.MAX_NAME)
+            throw new IllegalArgumentException("RAM block id too long");
         if (checksums.containsKey(checksumSection)) throw new IllegalArgumentException("RAM block " + id + " twice");
         long offset = nextData;
         try {
@@ -112,7 +131,10 @@ public final class SnapshotWriter implements AutoCloseable {
                 var m = TEMP_NAME.matcher(f.getFileName().toString());
                 if (!m.matches()) continue;
                 try {
-                    if (writerGone(Long.parseLong(m.group(1)), Files.getLastModifiedTime(f).toInstant()) && Files.deleteIfExists(f)) removed++;
+                    if (writerGone(
+                                    Long.parseLong(m.group(1)),
+                                    Files.getLastModifiedTime(f).toInstant())
+                            && Files.deleteIfExists(f)) removed++;
                 } catch (IOException | NumberFormatException e) {
                     // gone meanwhile, or not ours to judge: leave it
                 }
@@ -123,11 +145,15 @@ public final class SnapshotWriter implements AutoCloseable {
         return removed;
     }
 
-    private static boolean writerGone(long pid, java.time.Instant lastWritten) {
+    private static boolean writerGone(long pid, Instant lastWritten) {
         var process = ProcessHandle.of(pid);
         if (process.isEmpty()) return true;
         // A process start time is known to within a second or so (the kernel's boot time is in seconds).
-        return process.get().info().startInstant().map(s -> s.isAfter(lastWritten.plusSeconds(2))).orElse(false);
+        return process.get()
+                .info()
+                .startInstant()
+                .map(s -> s.isAfter(lastWritten.plusSeconds(2)))
+                .orElse(false);
     }
 
     private static long align(long v) {
@@ -148,11 +174,14 @@ public final class SnapshotWriter implements AutoCloseable {
             all.putAll(checksums);
 
             long tableOffset = nextData;
-            var table = new java.io.ByteArrayOutputStream();
+            var table = new ByteArrayOutputStream();
             for (var e : all.entrySet()) {
                 byte[] name = e.getKey().getBytes(StandardCharsets.UTF_8);
                 var head = ByteBuffer.allocate(2 + name.length + 8 + 4).order(ByteOrder.LITTLE_ENDIAN);
-                head.putShort((short) name.length).put(name).putLong(e.getValue().length).putInt(crc(e.getValue()));
+                head.putShort((short) name.length)
+                        .put(name)
+                        .putLong(e.getValue().length)
+                        .putInt(crc(e.getValue()));
                 table.writeBytes(head.array());
                 table.writeBytes(e.getValue());
             }

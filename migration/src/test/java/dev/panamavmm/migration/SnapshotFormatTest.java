@@ -1,16 +1,5 @@
 package dev.panamavmm.migration;
 
-import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.io.TempDir;
-
-import java.io.IOException;
-import java.io.RandomAccessFile;
-import java.lang.foreign.Arena;
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.util.List;
-import java.util.Map;
-
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -19,6 +8,20 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.lang.foreign.Arena;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Map;
+import java.util.zip.CRC32C;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
 /** Snapshot format v1: round trips, sparse RAM, atomic commit, and every kind of corrupt input refused. */
 class SnapshotFormatTest {
     static final long MIB = 1 << 20;
@@ -26,7 +29,8 @@ class SnapshotFormatTest {
     /** A snapshot with two sections, one RAM block with data (3 non-zero pages in 16 MiB) and one by reference. */
     static Path write(Path dir) throws IOException {
         var memoryFile = Files.write(dir.resolve("ram.shared"), new byte[8192]);
-        try (var arena = Arena.ofConfined(); var w = SnapshotWriter.create(dir.resolve("snap"))) {
+        try (var arena = Arena.ofConfined();
+                var w = SnapshotWriter.create(dir.resolve("snap"))) {
             var block = arena.allocate(16 * MIB, 4096);
             block.set(JAVA_LONG, 0, 0x1111);
             block.set(JAVA_LONG, 5 * MIB, 0x2222);
@@ -34,7 +38,8 @@ class SnapshotFormatTest {
             w.section("vcpu/0", new byte[] {1, 2, 3});
             w.section("device/serial", "{\"ier\":1}".getBytes());
             w.ramWithData("ram-low", 0, "memfd", false, block, RamWriter.Progress.NONE);
-            w.ramByReference(RamBlockEntry.byReference("ram-high", 4L << 30, 8192, "shared-file", memoryFile, 0, FileIdentity.of(memoryFile)));
+            w.ramByReference(RamBlockEntry.byReference(
+                    "ram-high", 4L << 30, 8192, "shared-file", memoryFile, 0, FileIdentity.of(memoryFile)));
             w.commit(Map.of("cpus", 2L), "PVM", true);
         }
         return dir.resolve("snap");
@@ -69,7 +74,8 @@ class SnapshotFormatTest {
         long allocated = allocatedBytes(r.file());
         assertTrue(allocated < 1 * MIB, "zero pages are holes: " + allocated + " bytes allocated for 16 MiB of RAM");
         try (var files = Files.list(snap)) {
-            assertEquals(List.of(snap.resolve(SnapshotFormat.FILE_NAME)), files.toList(), "nothing but the snapshot file");
+            assertEquals(
+                    List.of(snap.resolve(SnapshotFormat.FILE_NAME)), files.toList(), "nothing but the snapshot file");
         }
     }
 
@@ -100,32 +106,43 @@ class SnapshotFormatTest {
         var file = snap.resolve(SnapshotFormat.FILE_NAME);
         byte[] good = Files.readAllBytes(file);
 
-        Files.write(file, java.util.Arrays.copyOf(good, good.length - 1));
-        assertTrue(assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap)).getMessage().contains("is truncated"));
-        Files.write(file, java.util.Arrays.copyOf(good, 10));
-        assertTrue(assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap)).getMessage().contains("is truncated"));
+        Files.write(file, Arrays.copyOf(good, good.length - 1));
+        assertTrue(assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap))
+                .getMessage()
+                .contains("is truncated"));
+        Files.write(file, Arrays.copyOf(good, 10));
+        assertTrue(assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap))
+                .getMessage()
+                .contains("is truncated"));
 
         for (int at : new int[] {9, 20, good.length - 2, good.length - 40}) {
             byte[] bad = good.clone();
             bad[at] ^= 0x10;
             Files.write(file, bad);
-            var m = assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap), "flipped byte " + at).getMessage();
+            var m = assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap), "flipped byte " + at)
+                    .getMessage();
             assertTrue(m.contains("is corrupt"), m);
         }
 
         byte[] foreign = good.clone();
         foreign[0] = 'X';
         Files.write(file, foreign);
-        assertEquals(file + " is not a Panama VMM snapshot", assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap)).getMessage());
+        assertEquals(
+                file + " is not a Panama VMM snapshot",
+                assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap))
+                        .getMessage());
 
         byte[] future = good.clone();
         future[SnapshotFormat.OFF_VERSION] = 7;
-        var crc = new java.util.zip.CRC32C();
+        var crc = new CRC32C();
         crc.update(future, 0, SnapshotFormat.OFF_HEADER_CRC);
-        java.nio.ByteBuffer.wrap(future).order(java.nio.ByteOrder.LITTLE_ENDIAN).putInt(SnapshotFormat.OFF_HEADER_CRC, (int) crc.getValue());
+        ByteBuffer.wrap(future).order(ByteOrder.LITTLE_ENDIAN).putInt(SnapshotFormat.OFF_HEADER_CRC, (int)
+                crc.getValue());
         Files.write(file, future);
-        assertEquals("snapshot " + file + " has format version 7; this VMM reads versions 1 to 2",
-                assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap)).getMessage());
+        assertEquals(
+                "snapshot " + file + " has format version 7; this VMM reads versions 1 to 2",
+                assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap))
+                        .getMessage());
     }
 
     @Test
@@ -138,6 +155,7 @@ class SnapshotFormatTest {
         assertEquals("it was modified after the snapshot", saved.difference(FileIdentity.of(f)));
         Files.delete(f);
         Files.write(f, new byte[8192]);
-        assertTrue(saved.difference(FileIdentity.of(f)).startsWith("it is a different file") || saved.difference(FileIdentity.of(f)).startsWith("its size"));
+        assertTrue(saved.difference(FileIdentity.of(f)).startsWith("it is a different file")
+                || saved.difference(FileIdentity.of(f)).startsWith("its size"));
     }
 }

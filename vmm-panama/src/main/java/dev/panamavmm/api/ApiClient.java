@@ -4,6 +4,7 @@ import dev.panamavmm.migration.Json;
 import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStreamReader;
+import java.net.SocketException;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
@@ -49,11 +50,15 @@ public final class ApiClient implements AutoCloseable {
             greeting = readMessage();
         } catch (IOException | ApiException | Json.JsonException e) {
             throw new ApiException(socket + " is not a VMM control socket ("
-                    + (timedOut.get() ? "no greeting within " + greetingMillis / 1000.0 + " s" : "it did not greet like one") + ")");
+                    + (timedOut.get()
+                            ? "no greeting within " + greetingMillis / 1000.0 + " s"
+                            : "it did not greet like one")
+                    + ")");
         } finally {
             greeted.countDown();
         }
-        if (!greeting.containsKey("QMP")) throw new ApiException(socket + " is not a VMM control socket (it did not greet like one)");
+        if (!greeting.containsKey("QMP"))
+            throw new ApiException(socket + " is not a VMM control socket (it did not greet like one)");
     }
 
     /** Connects to a socket that must be there and listening now (no wait, no greeting timeout). */
@@ -84,10 +89,11 @@ public final class ApiClient implements AutoCloseable {
                         channel.close();
                         throw e;
                     }
-                } catch (java.net.SocketException e) {
+                } catch (SocketException e) {
                     String m = String.valueOf(e.getMessage());
                     if (m.contains("refused")) notYet = "the socket refuses connections";
-                    else if (m.contains("ermission")) throw new ApiException("cannot connect to " + socket + ": permission denied");
+                    else if (m.contains("ermission"))
+                        throw new ApiException("cannot connect to " + socket + ": permission denied");
                     else if (m.contains("No such file")) notYet = "no such socket";
                     else throw new ApiException("cannot connect to " + socket + ": " + m);
                 } catch (IOException e) {
@@ -96,7 +102,8 @@ public final class ApiClient implements AutoCloseable {
             }
             if (System.nanoTime() - deadline >= 0) {
                 String waited = waitMillis > 0 ? ", after waiting " + waitMillis / 1000.0 + " s" : "";
-                throw new ApiException("cannot connect to " + socket + ": no VMM is listening there (" + notYet + waited + ")");
+                throw new ApiException(
+                        "cannot connect to " + socket + ": no VMM is listening there (" + notYet + waited + ")");
             }
             try {
                 Thread.sleep(20);

@@ -1,6 +1,8 @@
 package dev.panamavmm.api;
 
+import dev.panamavmm.migration.Json;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -35,8 +37,10 @@ public interface ApiHandler {
             }
             case "snapshot" -> {
                 expect(command, a, "path", "bypass-shared-memory", "resume");
-                yield target.snapshot(Path.of(requireString(a, "path", "DIRECTORY")),
-                        flag(a, "bypass-shared-memory", true), flag(a, "resume", false));
+                yield target.snapshot(
+                        Path.of(requireString(a, "path", "DIRECTORY")),
+                        flag(a, "bypass-shared-memory", true),
+                        flag(a, "resume", false));
             }
             case "migrate" -> {
                 expect(command, a, "uri");
@@ -48,7 +52,7 @@ public interface ApiHandler {
 
     /** Refuses an argument the command does not take (as QMP does): a misspelt one would otherwise be ignored without a word. */
     static void expect(String command, Map<String, Object> args, String... names) {
-        var known = java.util.List.of(names);
+        var known = List.of(names);
         for (String name : args.keySet()) {
             if (!known.contains(name)) {
                 throw new IllegalArgumentException("unexpected argument \"" + name + "\" (" + command + " takes "
@@ -61,7 +65,8 @@ public interface ApiHandler {
         Object v = args.get(name);
         if (v == null) throw new IllegalArgumentException("\"" + name + "\" is required (" + what + ")");
         if (!(v instanceof String s) || s.isBlank()) {
-            throw new IllegalArgumentException("\"" + name + "\" must be a non-empty string (" + what + "), not " + dev.panamavmm.migration.Json.write(v));
+            throw new IllegalArgumentException(
+                    "\"" + name + "\" must be a non-empty string (" + what + "), not " + Json.write(v));
         }
         return s;
     }

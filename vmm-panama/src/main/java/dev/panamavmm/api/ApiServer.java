@@ -1,19 +1,23 @@
 package dev.panamavmm.api;
 
 import dev.panamavmm.log.Log;
+import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
-
+import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
 import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
 
 /**
  * The control API: JSON lines on a Unix socket (mode 0600), shaped like QEMU's QMP. A client gets
@@ -33,7 +37,7 @@ public final class ApiServer implements AutoCloseable {
     private final List<Client> clients = new CopyOnWriteArrayList<>();
     private final Thread acceptor;
     /** Held (shared) while a request is handled and answered; close() takes it exclusively so a reply (quit's) is never cut off. */
-    private final java.util.concurrent.locks.ReentrantReadWriteLock inflight = new java.util.concurrent.locks.ReentrantReadWriteLock();
+    private final ReentrantReadWriteLock inflight = new ReentrantReadWriteLock();
 
     private ApiServer(Path path, ServerSocketChannel server, ApiHandler handler) {
         this.path = path;
@@ -54,7 +58,8 @@ public final class ApiServer implements AutoCloseable {
     public static ApiServer start(Path path, ApiHandler handler) {
         var parent = path.toAbsolutePath().getParent();
         if (parent != null && !Files.isDirectory(parent)) {
-            throw new ApiException("cannot create API socket " + path + ": " + (Files.exists(parent) ? parent + " is not a directory" : "no such directory"));
+            throw new ApiException("cannot create API socket " + path + ": "
+                    + (Files.exists(parent) ? parent + " is not a directory" : "no such directory"));
         }
         try {
             if (Files.exists(path)) {
@@ -77,7 +82,7 @@ public final class ApiServer implements AutoCloseable {
     }
 
     private static boolean isListening(Path path) {
-        try (var c = SocketChannel.open(UnixDomainSocketAddress.of(path))) {
+        try (var _ = SocketChannel.open(UnixDomainSocketAddress.of(path))) {
             return true;
         } catch (IOException e) {
             return false;
@@ -86,9 +91,9 @@ public final class ApiServer implements AutoCloseable {
 
     static String describe(IOException e) {
         return switch (e) {
-            case java.nio.file.NoSuchFileException n -> "no such directory";
-            case java.nio.file.AccessDeniedException a -> "permission denied";
-            default -> dev.panamavmm.migration.IoErrors.reason(e);
+            case NoSuchFileException n -> "no such directory";
+            case AccessDeniedException a -> "permission denied";
+            default -> IoErrors.reason(e);
         };
     }
 
@@ -128,7 +133,8 @@ public final class ApiServer implements AutoCloseable {
             var request = Json.asObject(Json.parse(line), "a request");
             id = request.get("id");
             Object execute = request.get("execute");
-            if (!(execute instanceof String command)) return error(id, "GenericError", "a request needs \"execute\": COMMAND");
+            if (!(execute instanceof String command))
+                return error(id, "GenericError", "a request needs \"execute\": COMMAND");
             Object args = request.get("arguments");
             var arguments = args == null ? Json.object() : Json.asObject(args, "\"arguments\"");
             Object result = command.equals("qmp_capabilities") ? Json.object() : handler.execute(command, arguments);
@@ -177,13 +183,13 @@ public final class ApiServer implements AutoCloseable {
         }
 
         void greet() {
-            send(Json.write(Json.object("QMP", Json.object(
-                    "version", Json.object("package", "panama-vmm"), "capabilities", List.of()))));
+            send(Json.write(Json.object(
+                    "QMP", Json.object("version", Json.object("package", "panama-vmm"), "capabilities", List.of()))));
         }
 
         void serve() {
             var buf = ByteBuffer.allocate(8192);
-            var line = new java.io.ByteArrayOutputStream();
+            var line = new ByteArrayOutputStream();
             boolean discarding = false;
             try {
                 while (channel.read(buf.clear()) > 0) {
@@ -191,8 +197,10 @@ public final class ApiServer implements AutoCloseable {
                     while (buf.hasRemaining()) {
                         byte b = buf.get();
                         if (b == '\n') {
-                            if (discarding) send(error(null, "GenericError", "request longer than " + MAX_LINE + " bytes"));
-                            else if (line.size() > 0) answer(line.toString(StandardCharsets.UTF_8).strip());
+                            if (discarding)
+                                send(error(null, "GenericError", "request longer than " + MAX_LINE + " bytes"));
+                            else if (line.size() > 0)
+                                answer(line.toString(StandardCharsets.UTF_8).strip());
                             line.reset();
                             discarding = false;
                         } else if (!discarding) {
@@ -220,8 +228,11 @@ public final class ApiServer implements AutoCloseable {
                 long handled = System.nanoTime();
                 send(reply);
                 if (log.enabled(Log.Level.DEBUG)) {
-                    log.debug("request handled in {} us, reply sent {} us later: {}", (handled - start) / 1000,
-                            (System.nanoTime() - handled) / 1000, request.length() > 80 ? request.substring(0, 80) : request);
+                    log.debug(
+                            "request handled in {} us, reply sent {} us later: {}",
+                            (handled - start) / 1000,
+                            (System.nanoTime() - handled) / 1000,
+                            request.length() > 80 ? request.substring(0, 80) : request);
                 }
             } finally {
                 inflight.readLock().unlock();

@@ -1,5 +1,6 @@
 package dev.panamavmm.api;
 
+import java.nio.file.Path;
 import java.util.Map;
 
 /** What the control API acts on: one VM today (later also templates and clones). */
@@ -18,7 +19,7 @@ public interface ControlTarget {
      * Saves the VM into {@code dir}; returns what was written. With {@code bypass}, shared RAM is
      * stored by reference; unless {@code resume}, the VM ends after the save.
      */
-    Map<String, Object> snapshot(java.nio.file.Path dir, boolean bypass, boolean resume) throws Exception;
+    Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume) throws Exception;
 
     /** Hands the VM to the VMM waiting on a Unix socket ({@code unix:PATH}); this VMM then ends. */
     Map<String, Object> migrate(String uri) throws Exception;

@@ -19,7 +19,8 @@ public final class UnixSockets {
      * connections (bind and listen are two steps) or while it is still open to others.
      */
     public static ServerSocketChannel listen(Path path) throws IOException {
-        var temp = path.resolveSibling("." + path.getFileName() + ".tmp-" + ProcessHandle.current().pid());
+        var temp = path.resolveSibling(
+                "." + path.getFileName() + ".tmp-" + ProcessHandle.current().pid());
         Files.deleteIfExists(temp);
         var server = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
         try {

@@ -1,7 +1,6 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.api.ApiClient;
-
 import java.math.BigDecimal;
 import java.nio.file.Path;
 
@@ -16,7 +15,11 @@ final class ApiWait {
     long millis;
 
     void declare(Cli.Spec spec) {
-        spec.option("--wait", "SECONDS", DEFAULT_SECONDS, "wait this long for the socket to appear and accept connections (0: no wait)",
+        spec.option(
+                "--wait",
+                "SECONDS",
+                DEFAULT_SECONDS,
+                "wait this long for the socket to appear and accept connections (0: no wait)",
                 v -> millis = millis(v));
     }
 

@@ -1,12 +1,18 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.migration.IoErrors;
+import java.io.IOException;
 import java.io.PrintWriter;
+import java.io.Serial;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Collection;
+import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.function.Consumer;
 import java.util.function.Supplier;
 
@@ -37,13 +43,22 @@ final class Cli {
 
     /** A wrong command line: printed as "vmm: MESSAGE", exit code 2. */
     static final class ParseError extends RuntimeException {
+        @Serial
+        private static final long serialVersionUID = 1L;
+
         ParseError(String message) {
             super(message);
         }
     }
 
-    private record Option(String name, String label, String description, String defaultValue, boolean required,
-                          Consumer<String> set, Runnable flag) {
+    private record Option(
+            String name,
+            String label,
+            String description,
+            String defaultValue,
+            boolean required,
+            Consumer<String> set,
+            Runnable flag) {
         boolean isFlag() {
             return flag != null;
         }
@@ -111,7 +126,7 @@ final class Cli {
         }
 
         /** The names of the subcommands, in declaration order. */
-        java.util.Set<String> subcommandNames() {
+        Set<String> subcommandNames() {
             return subcommands.keySet();
         }
 
@@ -126,12 +141,13 @@ final class Cli {
         return execute(command, path, args, 0, io, version);
     }
 
-    private static int execute(Command command, String path, String[] args, int start, Io io, String version) throws Exception {
+    private static int execute(Command command, String path, String[] args, int start, Io io, String version)
+            throws Exception {
         var spec = command.spec();
         for (var o : spec.options) {
             if (o.defaultValue() != null) apply(o, o.defaultValue());
         }
-        var given = new java.util.HashSet<String>();
+        var given = new HashSet<String>();
         int positional = 0;
         boolean onlyParameters = false;
         for (int i = start; i < args.length; i++) {
@@ -154,7 +170,11 @@ final class Cli {
                 int eq = a.indexOf('=');
                 String name = eq < 0 ? a : a.substring(0, eq);
                 var o = spec.find(name);
-                if (o == null) throw new ParseError("unknown option '" + name + "'" + didYouMean(name, spec.options.stream().map(Option::name).toList()));
+                if (o == null)
+                    throw new ParseError("unknown option '" + name + "'"
+                            + didYouMean(
+                                    name,
+                                    spec.options.stream().map(Option::name).toList()));
                 if (o.isFlag()) {
                     if (eq >= 0) throw new ParseError("option '" + name + "' takes no value");
                     o.flag().run();
@@ -169,12 +189,14 @@ final class Cli {
                 continue;
             }
             if (i == start && !spec.positionals.isEmpty() && spec.subcommands.containsKey(a)) {
-                // A command with parameters of its own (snapshot DIR) and subcommands (snapshot verify DIR): the subcommand comes first.
+                // A command with parameters of its own (snapshot DIR) and subcommands (snapshot verify DIR): the
+                // subcommand comes first.
                 return execute(spec.subcommands.get(a).get(), path + " " + a, args, i + 1, io, version);
             }
             if (!spec.subcommands.isEmpty() && positional == 0 && spec.positionals.isEmpty()) {
                 var sub = spec.subcommands.get(a);
-                if (sub == null) throw new ParseError("unknown command '" + a + "'" + didYouMean(a, spec.subcommands.keySet()));
+                if (sub == null)
+                    throw new ParseError("unknown command '" + a + "'" + didYouMean(a, spec.subcommands.keySet()));
                 checkRequired(spec, given);
                 return execute(sub.get(), path + " " + a, args, i + 1, io, version);
             }
@@ -188,7 +210,8 @@ final class Cli {
         }
         checkRequired(spec, given);
         for (int p = positional; p < spec.positionals.size(); p++) {
-            if (spec.positionals.get(p).required()) throw new ParseError("missing " + spec.positionals.get(p).label() + usageHint(spec, path));
+            if (spec.positionals.get(p).required())
+                throw new ParseError("missing " + spec.positionals.get(p).label() + usageHint(spec, path));
         }
         return command.call(io);
     }
@@ -196,10 +219,19 @@ final class Cli {
     /** "unexpected argument 'X'", with what the command takes, or a hint when it looks like an option or a help placeholder. */
     private static String unexpected(Spec spec, String path, String arg) {
         var m = new StringBuilder("unexpected argument '").append(arg).append("'");
-        if (arg.startsWith("[") && arg.endsWith("]")) m.append(" (square brackets in a usage line mark what is optional: leave them out)");
+        if (arg.startsWith("[") && arg.endsWith("]"))
+            m.append(" (square brackets in a usage line mark what is optional: leave them out)");
         else if (spec.positionals.isEmpty()) m.append(" (").append(path).append(" takes no parameters)");
-        else m.append(" (").append(path).append(" takes ").append(String.join(" ", spec.positionals.stream()
-                .map(p -> p.required() ? p.label() : "[" + p.label() + "]").toList())).append(")");
+        else
+            m.append(" (")
+                    .append(path)
+                    .append(" takes ")
+                    .append(String.join(
+                            " ",
+                            spec.positionals.stream()
+                                    .map(p -> p.required() ? p.label() : "[" + p.label() + "]")
+                                    .toList()))
+                    .append(")");
         return m.toString();
     }
 
@@ -211,7 +243,7 @@ final class Cli {
     }
 
     /** "; did you mean 'run'?" when one of {@code known} is close to {@code typed} (a typo or a unique prefix), else "". */
-    static String didYouMean(String typed, java.util.Collection<String> known) {
+    static String didYouMean(String typed, Collection<String> known) {
         String best = null;
         int bestDistance = Integer.MAX_VALUE;
         for (String k : known) {
@@ -223,7 +255,9 @@ final class Cli {
         }
         int allowed = Math.max(1, Math.min(2, typed.replaceFirst("^-+", "").length() / 3));
         if (best != null && bestDistance <= allowed) return "; did you mean '" + best + "'?";
-        var prefixed = known.stream().filter(k -> typed.replaceFirst("^-+", "").length() >= 3 && k.startsWith(typed)).toList();
+        var prefixed = known.stream()
+                .filter(k -> typed.replaceFirst("^-+", "").length() >= 3 && k.startsWith(typed))
+                .toList();
         return prefixed.size() == 1 ? "; did you mean '" + prefixed.getFirst() + "'?" : "";
     }
 
@@ -244,7 +278,7 @@ final class Cli {
         return d[a.length()][b.length()];
     }
 
-    private static void checkRequired(Spec spec, java.util.Set<String> given) {
+    private static void checkRequired(Spec spec, Set<String> given) {
         for (var o : spec.options) {
             if (o.required() && !given.contains(o.name())) throw new ParseError("missing required option " + o.usage());
         }
@@ -280,11 +314,12 @@ final class Cli {
      * that exists and is not a directory is a usage error.
      */
     static Path createDirectories(String option, Path dir) {
-        if (Files.exists(dir) && !Files.isDirectory(dir)) throw new UsageException(option + " " + dir + " is not a directory");
+        if (Files.exists(dir) && !Files.isDirectory(dir))
+            throw new UsageException(option + " " + dir + " is not a directory");
         try {
             return Files.createDirectories(dir);
-        } catch (java.io.IOException e) {
-            throw new UserException("cannot create the " + option + " directory " + dir + ": " + dev.panamavmm.migration.IoErrors.reason(e));
+        } catch (IOException e) {
+            throw new UserException("cannot create the " + option + " directory " + dir + ": " + IoErrors.reason(e));
         }
     }
 
@@ -298,7 +333,8 @@ final class Cli {
         if (!spec.options.isEmpty()) sb.append(" [OPTIONS]");
         for (var o : spec.options) if (o.required()) sb.append(' ').append(o.usage());
         for (var p : spec.positionals) sb.append(' ').append(p.required() ? p.label() : "[" + p.label() + "]");
-        if (!spec.subcommands.isEmpty()) sb.append(spec.positionals.isEmpty() ? " COMMAND" : "\n   or: " + path + " COMMAND ...");
+        if (!spec.subcommands.isEmpty())
+            sb.append(spec.positionals.isEmpty() ? " COMMAND" : "\n   or: " + path + " COMMAND ...");
         sb.append('\n').append(spec.description).append("\n\n");
         var rows = new ArrayList<String[]>();
         for (var p : spec.positionals) rows.add(new String[] {p.label(), p.description()});
@@ -314,7 +350,9 @@ final class Cli {
         if (!spec.subcommands.isEmpty()) {
             sb.append("\nCommands:\n");
             var commands = new ArrayList<String[]>();
-            spec.subcommands.forEach((name, command) -> commands.add(new String[] {name, command.get().spec().description.lines().findFirst().orElse("")}));
+            spec.subcommands.forEach((name, command) -> commands.add(new String[] {
+                name, command.get().spec().description.lines().findFirst().orElse("")
+            }));
             table(sb, commands);
         }
         return sb.toString();
@@ -323,6 +361,11 @@ final class Cli {
     private static void table(StringBuilder sb, List<String[]> rows) {
         int width = 0;
         for (var r : rows) width = Math.max(width, r[0].length());
-        for (var r : rows) sb.append("  ").append(r[0]).append(" ".repeat(width - r[0].length() + 3)).append(r[1]).append('\n');
+        for (var r : rows)
+            sb.append("  ")
+                    .append(r[0])
+                    .append(" ".repeat(width - r[0].length() + 3))
+                    .append(r[1])
+                    .append('\n');
     }
 }

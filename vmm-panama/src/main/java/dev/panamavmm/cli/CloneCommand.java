@@ -5,16 +5,17 @@ import dev.panamavmm.api.ApiException;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.vmm.Templates;
-
+import java.io.File;
 import java.io.IOException;
 import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
-import java.util.concurrent.TimeUnit;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
 
 /**
  * {@code vmm clone DIR}: a new VM from a template, one per process (isolation). With
@@ -36,20 +37,46 @@ final class CloneCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec("clone", "Start VMs from a template (copy-on-write memory, fresh generation id).\n"
-                + "With --count or the directories, each clone runs in a background process of its own, named clone-N by\n"
-                + "the next number whose console file and socket do not exist yet (a running clone's files are never\n"
-                + "reused); stop one with vmm ctl DIR/clone-N.sock quit.")
+        return new Cli.Spec(
+                        "clone",
+                        "Start VMs from a template (copy-on-write memory, fresh generation id).\n"
+                                + "With --count or the directories, each clone runs in a background process of its own, named clone-N by\n"
+                                + "the next number whose console file and socket do not exist yet (a running clone's files are never\n"
+                                + "reused); stop one with vmm ctl DIR/clone-N.sock quit.")
                 .parameter("DIR", "the template directory", v -> template = Path.of(v))
-                .option("--count", "N", "1", "clones to start, one process each (at most " + MAX_COUNT + ")", v -> count = Cli.integer(v))
-                .option("--console", "WHERE", "stdout", "for one clone in the foreground: stdout, file:PATH or unix:PATH", v -> {
-                    console = v;
-                    consoleGiven = !v.equals("stdout");
-                })
-                .option("--api-socket", "PATH", null, "for one clone in the foreground: its control API socket", v -> apiSocket = Path.of(v))
-                .option("--console-dir", "DIR", null, "background clones: clone-N.log console files (and clone-N.err) go here,"
-                        + " created if missing", v -> consoleDir = Path.of(v))
-                .option("--api-socket-dir", "DIR", null, "background clones: clone-N.sock API sockets go here, created if missing",
+                .option(
+                        "--count",
+                        "N",
+                        "1",
+                        "clones to start, one process each (at most " + MAX_COUNT + ")",
+                        v -> count = Cli.integer(v))
+                .option(
+                        "--console",
+                        "WHERE",
+                        "stdout",
+                        "for one clone in the foreground: stdout, file:PATH or unix:PATH",
+                        v -> {
+                            console = v;
+                            consoleGiven = !v.equals("stdout");
+                        })
+                .option(
+                        "--api-socket",
+                        "PATH",
+                        null,
+                        "for one clone in the foreground: its control API socket",
+                        v -> apiSocket = Path.of(v))
+                .option(
+                        "--console-dir",
+                        "DIR",
+                        null,
+                        "background clones: clone-N.log console files (and clone-N.err) go here,"
+                                + " created if missing",
+                        v -> consoleDir = Path.of(v))
+                .option(
+                        "--api-socket-dir",
+                        "DIR",
+                        null,
+                        "background clones: clone-N.sock API sockets go here, created if missing",
                         v -> apiSocketDir = Path.of(v));
     }
 
@@ -62,7 +89,12 @@ final class CloneCommand implements Cli.Command {
         var loaded = Templates.open(template); // before KVM: see RestoreCommand
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             // No rehearsal: clones come many at a time, and its CPU would slow the next ones' start.
-            return VmSession.serve(console, apiSocket, false, io.err(), null,
+            return VmSession.serve(
+                    console,
+                    apiSocket,
+                    false,
+                    io.err(),
+                    null,
                     (out, listener) -> Templates.clone(kvm, loaded, out, listener));
         }
     }
@@ -76,21 +108,33 @@ final class CloneCommand implements Cli.Command {
         var command = new ArrayList<String>();
         command.add(java);
         for (int i = 0; i < jvmArguments.length; i++) {
-            if (jvmArguments[i].equals("-jar") && i + 1 < jvmArguments.length && ownJar != null
-                    && Path.of(jvmArguments[i + 1]).toAbsolutePath().normalize().equals(ownJar)) { // the VMM's jar, not some launcher's
+            if (jvmArguments[i].equals("-jar")
+                    && i + 1 < jvmArguments.length
+                    && ownJar != null
+                    && Path.of(jvmArguments[i + 1])
+                            .toAbsolutePath()
+                            .normalize()
+                            .equals(ownJar)) { // the VMM's jar, not some launcher's
                 command.addAll(List.of(jvmArguments).subList(0, i + 2));
                 return command;
             }
         }
-        command.addAll(List.of("--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC", "-cp", classPath, Main.class.getName()));
+        command.addAll(List.of(
+                "--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC", "-cp", classPath, Main.class.getName()));
         return command;
     }
 
     /** The jar this class was loaded from (absolute), or null when it runs from a directory. */
     private static Path ownJar() {
         try {
-            var location = Path.of(CloneCommand.class.getProtectionDomain().getCodeSource().getLocation().toURI());
-            return location.toString().endsWith(".jar") ? location.toAbsolutePath().normalize() : null;
+            var location = Path.of(CloneCommand.class
+                    .getProtectionDomain()
+                    .getCodeSource()
+                    .getLocation()
+                    .toURI());
+            return location.toString().endsWith(".jar")
+                    ? location.toAbsolutePath().normalize()
+                    : null;
         } catch (Exception e) {
             return null;
         }
@@ -108,14 +152,18 @@ final class CloneCommand implements Cli.Command {
             throw new UsageException("background clones need both --console-dir and --api-socket-dir");
         }
         if (apiSocket != null || consoleGiven) {
-            throw new UsageException("--console and --api-socket are for one clone in the foreground; background clones use"
-                    + " --console-dir and --api-socket-dir");
+            throw new UsageException(
+                    "--console and --api-socket are for one clone in the foreground; background clones use"
+                            + " --console-dir and --api-socket-dir");
         }
         Cli.createDirectories("--console-dir", consoleDir);
         Cli.createDirectories("--api-socket-dir", apiSocketDir);
         if (!Files.isDirectory(template)) throw new UserException("no template directory " + template);
         var info = ProcessHandle.current().info();
-        var launch = sameJvm(info.command().orElse("java"), info.arguments().orElse(new String[0]), System.getProperty("java.class.path"),
+        var launch = sameJvm(
+                info.command().orElse("java"),
+                info.arguments().orElse(new String[0]),
+                System.getProperty("java.class.path"),
                 ownJar());
         var started = new ArrayList<Started>();
         int next = 1;
@@ -126,14 +174,16 @@ final class CloneCommand implements Cli.Command {
                 id = "clone-" + next++;
                 sock = apiSocketDir.resolve(id + ".sock");
                 log = consoleDir.resolve(id + ".log");
-                if (Files.exists(sock, LinkOption.NOFOLLOW_LINKS)) continue; // another launch's clone (or its leftover socket)
+                if (Files.exists(sock, LinkOption.NOFOLLOW_LINKS))
+                    continue; // another launch's clone (or its leftover socket)
                 if (claim(log)) break; // CREATE_NEW: atomic against another launch doing the same
             }
             Path err = consoleDir.resolve(id + ".err");
             var command = new ArrayList<>(launch);
-            command.addAll(List.of("clone", template.toString(), "--console", "file:" + log, "--api-socket", sock.toString()));
+            command.addAll(
+                    List.of("clone", template.toString(), "--console", "file:" + log, "--api-socket", sock.toString()));
             var pb = new ProcessBuilder(command)
-                    .redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")))
+                    .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
                     .redirectOutput(ProcessBuilder.Redirect.DISCARD)
                     .redirectError(ProcessBuilder.Redirect.to(err.toFile()));
             started.add(new Started(id, pb.start(), log, err, sock));
@@ -144,7 +194,8 @@ final class CloneCommand implements Cli.Command {
         for (var c : started) {
             String failure = awaitRunning(c, deadline);
             if (failure == null) {
-                out.printf("%s: pid %d, api %s, console %s%n", c.id(), c.process().pid(), c.socket(), c.log());
+                out.printf(
+                        "%s: pid %d, api %s, console %s%n", c.id(), c.process().pid(), c.socket(), c.log());
             } else {
                 failed++;
                 io.err().println("vmm: " + c.id() + " failed: " + failure);
@@ -163,7 +214,8 @@ final class CloneCommand implements Cli.Command {
     /** Creates {@code log} if no file has that name yet; false when one has (its number is taken). */
     static boolean claim(Path log) {
         try {
-            Files.newOutputStream(log, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE).close();
+            Files.newOutputStream(log, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE)
+                    .close();
             return true;
         } catch (FileAlreadyExistsException e) {
             return false;
@@ -182,13 +234,14 @@ final class CloneCommand implements Cli.Command {
             if (Files.exists(c.socket())) {
                 try (var client = ApiClient.connect(c.socket(), 0, ApiClient.GREETING_MILLIS)) {
                     var reply = client.execute("query-status", null);
-                    if (reply.get("return") instanceof java.util.Map<?, ?> r && !"shutdown".equals(r.get("status"))) return null;
+                    if (reply.get("return") instanceof Map<?, ?> r && !"shutdown".equals(r.get("status"))) return null;
                 } catch (ApiException e) {
                     // not accepting yet, or the process is ending: look again
                 }
             }
             if (System.nanoTime() - deadline > 0) {
-                return "not running after " + START_TIMEOUT_SECONDS + " s (pid " + c.process().pid() + ", see " + c.err() + ")";
+                return "not running after " + START_TIMEOUT_SECONDS + " s (pid "
+                        + c.process().pid() + ", see " + c.err() + ")";
             }
             Thread.sleep(10);
         }

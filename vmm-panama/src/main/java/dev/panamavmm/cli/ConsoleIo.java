@@ -1,12 +1,12 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.api.UnixSockets;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Termios;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.IoErrors;
-
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;
 import java.io.IOException;
@@ -33,7 +33,8 @@ abstract sealed class ConsoleIo implements AutoCloseable {
     /** Ctrl-A, then 'x': quit (as QEMU's -nographic console). */
     static final int ESCAPE = 0x01;
     /** Printed once when the console is this terminal: in raw mode Ctrl-C is the guest's, so say how to leave. */
-    static final String TERMINAL_HINT = "vmm: console on this terminal: Ctrl-A x quits, Ctrl-A h lists the keys; Ctrl-C goes to the guest";
+    static final String TERMINAL_HINT =
+            "vmm: console on this terminal: Ctrl-A x quits, Ctrl-A h lists the keys; Ctrl-C goes to the guest";
     /** Ctrl-A h. */
     static final String KEYS = "vmm: console keys: Ctrl-A x quit the VMM (the guest ends), Ctrl-A h this help,"
             + " Ctrl-A Ctrl-A send one Ctrl-A to the guest; every other key (Ctrl-C too) goes to the guest";
@@ -51,7 +52,9 @@ abstract sealed class ConsoleIo implements AutoCloseable {
 
     /** Rejects a malformed {@code --console} before anything is built. */
     static void checkSpec(String spec) {
-        if (spec.equals("stdout") || (spec.startsWith("file:") && spec.length() > 5) || (spec.startsWith("unix:") && spec.length() > 5)) return;
+        if (spec.equals("stdout")
+                || (spec.startsWith("file:") && spec.length() > 5)
+                || (spec.startsWith("unix:") && spec.length() > 5)) return;
         throw new UsageException("--console must be stdout, file:PATH or unix:PATH, not '" + spec + "'");
     }
 
@@ -187,14 +190,15 @@ abstract sealed class ConsoleIo implements AutoCloseable {
         private final ServerSocketChannel server;
         /** Written under {@code this}, with the backlog: a new client gets the backlog, then everything after it, in order. */
         private volatile SocketChannel client;
+
         private final Backlog backlog = new Backlog(BACKLOG_BYTES);
         private final Thread acceptor;
-        private Consumer<byte[]> input = b -> { };
+        private Consumer<byte[]> input = b -> {};
 
         UnixSocket(Path path) {
             this.path = path;
             try {
-                server = dev.panamavmm.api.UnixSockets.listen(path);
+                server = UnixSockets.listen(path);
             } catch (IOException e) {
                 throw new UserException("cannot listen for the console on " + path + ": " + IoErrors.reason(e));
             }

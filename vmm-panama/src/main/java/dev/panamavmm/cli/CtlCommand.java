@@ -1,7 +1,6 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.migration.Json;
-
 import java.nio.file.Path;
 import java.util.Map;
 
@@ -14,9 +13,16 @@ final class CtlCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec("ctl", "Send a command to a running VMM's control API, e.g. vmm ctl /tmp/vmm.sock query-status")
+        return new Cli.Spec(
+                        "ctl", "Send a command to a running VMM's control API, e.g. vmm ctl /tmp/vmm.sock query-status")
                 .parameter("SOCKET", "the VMM's --api-socket", v -> socket = Path.of(v))
-                .parameter("COMMAND", "query-status, stop, cont, quit", v -> command = v)
+                .parameter(
+                        "COMMAND",
+                        "a VM's: query-status, stop, cont, quit, snapshot {\"path\"}, migrate {\"uri\"};"
+                                + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"}, quit;"
+                                + " vmm standby's (then the VM's): restore {\"path\"}, clone {\"template\"}, boot {\"memory\", ...},"
+                                + " incoming {\"uri\"}, query-status, quit",
+                        v -> command = v)
                 .optionalParameter("JSON", "arguments as a JSON object", v -> arguments = v)
                 .include(wait::declare);
     }
@@ -29,9 +35,12 @@ final class CtlCommand implements Cli.Command {
             try {
                 parsed = Json.parse(arguments);
             } catch (Json.JsonException e) {
-                throw new UsageException("the arguments are not valid JSON (" + e.getMessage() + "); give an object, e.g. '{\"id\": \"clone-1\"}'");
+                throw new UsageException("the arguments are not valid JSON (" + e.getMessage()
+                        + "); give an object, e.g. '{\"id\": \"clone-1\"}'");
             }
-            if (!(parsed instanceof Map<?, ?>)) throw new UsageException("the arguments must be a JSON object, e.g. '{\"id\": \"clone-1\"}', not " + arguments);
+            if (!(parsed instanceof Map<?, ?>))
+                throw new UsageException(
+                        "the arguments must be a JSON object, e.g. '{\"id\": \"clone-1\"}', not " + arguments);
             args = Json.asObject(parsed, "the arguments");
         }
         try (var client = wait.connect(socket)) {

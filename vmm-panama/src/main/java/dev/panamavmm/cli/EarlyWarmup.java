@@ -1,7 +1,6 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.kvm.sys.LibC;
-
 import java.net.StandardProtocolFamily;
 import java.nio.channels.ServerSocketChannel;
 import java.util.Set;

@@ -8,7 +8,6 @@ import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.memory.Sizes;
-
 import java.nio.file.Path;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
@@ -32,7 +31,12 @@ final class IncomingCommand implements Cli.Command {
                 .include(vmIo::declare)
                 .option("--memory", "SIZE", null, "refuse a VM of another RAM size", v -> memory = Sizes.parse(v))
                 .option("--cpus", "N", null, "refuse a VM with another vCPU count", v -> cpus = Cli.integer(v))
-                .option("--timeout", "SECONDS", "10", "longest wait for each step after the VM arrives", v -> timeout = Cli.longInteger(v));
+                .option(
+                        "--timeout",
+                        "SECONDS",
+                        "10",
+                        "longest wait for each step after the VM arrives",
+                        v -> timeout = Cli.longInteger(v));
     }
 
     @Override
@@ -43,12 +47,12 @@ final class IncomingCommand implements Cli.Command {
             // Before the socket appears: whoever waits for it to migrate then meets warm code (~1 s here).
             Rehearsal.runAndWait(kvm);
             try (var consoleIo = ConsoleIo.open(vmIo.console)) {
-                var events = new VmSession.ApiEvents(() -> { });
+                var events = new VmSession.ApiEvents(() -> {});
                 var stopped = new CompletableFuture<Vm>();
                 // A standby VMM told to wait for a migration: its API (query-status "inmigrate", quit)
                 // is there from the start, and a signal ends it with its socket removed.
                 try (var standby = new Standby(kvm, consoleIo.output(), events, () -> stopped.complete(null));
-                     var api = vmIo.apiSocket == null ? null : ApiServer.start(vmIo.apiSocket, standby.handler())) {
+                        var api = vmIo.apiSocket == null ? null : ApiServer.start(vmIo.apiSocket, standby.handler())) {
                     events.attach(api);
                     // Until runToEnd takes over signals: one before a VM came ends the process, one after ends the VM.
                     var previous = Signals.onTermination(name -> {
@@ -72,7 +76,7 @@ final class IncomingCommand implements Cli.Command {
                         return Main.OK;
                     }
                     try (vm) {
-                        return VmSession.runToEnd(consoleIo, vm, io.err(), () -> { });
+                        return VmSession.runToEnd(consoleIo, vm, io.err(), () -> {});
                     }
                 }
             }
@@ -82,14 +86,17 @@ final class IncomingCommand implements Cli.Command {
     /** Why this VMM refuses the machine it is handed, or null (--memory and --cpus, when given). */
     private String refusal(MachineConfig config) {
         if (memory != null && memory != config.memoryBytes()) {
-            return "this VMM expects " + Sizes.format(memory) + " of RAM, the VM has " + Sizes.format(config.memoryBytes());
+            return "this VMM expects " + Sizes.format(memory) + " of RAM, the VM has "
+                    + Sizes.format(config.memoryBytes());
         }
-        if (cpus != null && cpus != config.cpus()) return "this VMM expects " + cpus + " vCPUs, the VM has " + config.cpus();
+        if (cpus != null && cpus != config.cpus())
+            return "this VMM expects " + cpus + " vCPUs, the VM has " + config.cpus();
         return null;
     }
 
     static Path socketPath(String uri) {
-        if (!uri.startsWith("unix:") || uri.length() == 5) throw new UsageException("the address must be unix:PATH, not '" + uri + "'");
+        if (!uri.startsWith("unix:") || uri.length() == 5)
+            throw new UsageException("the address must be unix:PATH, not '" + uri + "'");
         return Path.of(uri.substring(5));
     }
 }

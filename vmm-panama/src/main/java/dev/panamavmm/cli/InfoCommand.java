@@ -6,7 +6,6 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmCpuid2;
 import dev.panamavmm.kvm.bindings.LibcConstants;
-
 import java.lang.foreign.Arena;
 import java.nio.file.Path;
 
@@ -23,12 +22,15 @@ final class InfoCommand implements Cli.Command {
     @Override
     public int call(Cli.Io io) {
         var out = io.out();
-        try (var kvm = openKvm(device); var arena = Arena.ofConfined()) {
+        try (var kvm = openKvm(device);
+                var arena = Arena.ofConfined()) {
             var flavour = Kvm.hostFlavour();
             out.printf("panama-vmm %s%n", Main.version());
             out.printf("%-16s%s%n", "KVM device", device);
             out.printf("%-16s%d%n", "API version", kvm.apiVersion());
-            out.printf("%-16s%s%s%n", "host flavour", flavour, flavour.module().isEmpty() ? "" : " (" + flavour.module() + ")");
+            out.printf(
+                    "%-16s%s%s%n",
+                    "host flavour", flavour, flavour.module().isEmpty() ? "" : " (" + flavour.module() + ")");
             out.printf("%-16s%d recommended, %d max%n", "vCPUs", kvm.recommendedVcpus(), kvm.maxVcpus());
             out.printf("%-16s%d%n", "memslots", kvm.maxMemslots());
             out.printf("%-16s%d bytes%n", "vCPU mmap size", kvm.vcpuMmapSize());
@@ -44,10 +46,13 @@ final class InfoCommand implements Cli.Command {
                 int value = kvm.checkExtension(cap.number());
                 String state = value > 0 ? "present" : cap.required() ? "MISSING" : "missing";
                 if (value <= 0 && cap.required()) missingRequired++;
-                out.printf("  %-8s %-34s %s%s%n", state, cap.capName(), cap.purpose(), cap.required() ? "" : " (optional)");
+                out.printf(
+                        "  %-8s %-34s %s%s%n",
+                        state, cap.capName(), cap.purpose(), cap.required() ? "" : " (optional)");
             }
             if (missingRequired > 0) {
-                out.printf("this host lacks %d required capabilit%s: VMs cannot start here%n",
+                out.printf(
+                        "this host lacks %d required capabilit%s: VMs cannot start here%n",
                         missingRequired, missingRequired == 1 ? "y" : "ies");
             }
             out.flush();
@@ -62,12 +67,15 @@ final class InfoCommand implements Cli.Command {
         } catch (KvmException e) {
             int errno = e.errno();
             if (errno == LibcConstants.ENOENT) {
-                throw new KvmException("open " + device, "it does not exist: this host has no KVM "
-                        + "(load kvm_intel, kvm_amd or kvm_pvm, or enable nested virtualisation)");
+                throw new KvmException(
+                        "open " + device,
+                        "it does not exist: this host has no KVM "
+                                + "(load kvm_intel, kvm_amd or kvm_pvm, or enable nested virtualisation)");
             }
             if (errno == LibcConstants.EACCES || errno == LibcConstants.EPERM) {
-                throw new KvmException("open " + device, "permission denied (run as root or join the group that owns "
-                        + device + ", usually 'kvm')");
+                throw new KvmException(
+                        "open " + device,
+                        "permission denied (run as root or join the group that owns " + device + ", usually 'kvm')");
             }
             throw e;
         }

@@ -1,15 +1,15 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.error.VmmException;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.IoErrors;
-import dev.panamavmm.vmm.boot.BootException;
-import dev.panamavmm.vmm.memory.MemoryException;
-
+import dev.panamavmm.migration.SnapshotException;
 import java.io.PrintStream;
 import java.io.PrintWriter;
 import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.FileSystemException;
 
 /**
  * {@code vmm}: the command-line entry point. User errors (a wrong flag, a missing /dev/kvm, a bad
@@ -68,7 +68,8 @@ public final class Main implements Cli.Command {
                 io.out().print(Cli.usage(main, "vmm"));
             } else {
                 var names = main.spec().subcommandNames();
-                if (!names.contains(command)) throw new UsageException("unknown command '" + command + "'" + Cli.didYouMean(command, names));
+                if (!names.contains(command))
+                    throw new UsageException("unknown command '" + command + "'" + Cli.didYouMean(command, names));
                 return Cli.execute(main, "vmm", new String[] {command, "--help"}, io, version());
             }
             io.out().flush();
@@ -77,7 +78,8 @@ public final class Main implements Cli.Command {
     }
 
     static int run(String[] args, PrintStream out, PrintStream err) {
-        var io = new Cli.Io(new PrintWriter(out, true, StandardCharsets.UTF_8), new PrintWriter(err, true, StandardCharsets.UTF_8));
+        var io = new Cli.Io(
+                new PrintWriter(out, true, StandardCharsets.UTF_8), new PrintWriter(err, true, StandardCharsets.UTF_8));
         try {
             return Cli.execute(new Main(), "vmm", args, io, "panama-vmm " + version());
         } catch (Cli.ParseError | UsageException e) {
@@ -89,10 +91,11 @@ public final class Main implements Cli.Command {
                 err.println("vmm: " + e.getMessage());
                 return FAILED;
             }
-            if (e instanceof java.nio.file.FileSystemException f && f.getFile() != null) {
+            if (e instanceof FileSystemException f && f.getFile() != null) {
                 // A file operation no command put into words: still one line, naming the file once.
                 log.debug("command failed", e);
-                err.println("vmm: " + f.getFile() + (f.getOtherFile() != null ? " -> " + f.getOtherFile() : "") + ": " + IoErrors.reason(f));
+                err.println("vmm: " + f.getFile() + (f.getOtherFile() != null ? " -> " + f.getOtherFile() : "") + ": "
+                        + IoErrors.reason(f));
                 return FAILED;
             }
             log.error("internal error", e);
@@ -106,9 +109,10 @@ public final class Main implements Cli.Command {
 
     /** Failures whose message is written for the user: printed as is, without a stack trace. */
     static boolean isUserFacing(Throwable e) {
-        return e instanceof KvmException || e instanceof MemoryException || e instanceof BootException
-                || e instanceof UserException || e instanceof UncheckedIOException
-                || e instanceof dev.panamavmm.api.ApiException || e instanceof dev.panamavmm.migration.SnapshotException;
+        return e instanceof VmmException
+                || e instanceof KvmException
+                || e instanceof SnapshotException
+                || e instanceof UncheckedIOException;
     }
 
     private static String firstLine(String s) {

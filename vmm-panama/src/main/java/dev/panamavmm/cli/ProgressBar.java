@@ -32,8 +32,9 @@ final class ProgressBar implements RamWriter.Progress, AutoCloseable {
         int percent = (int) Math.min(100, done * 100 / total);
         int width = 30;
         int filled = percent * width / 100;
-        System.err.printf("\r%s [%s%s] %3d%% (%d of %d MiB)", what, "#".repeat(filled), ".".repeat(width - filled),
-                percent, done >> 20, total >> 20);
+        System.err.printf(
+                "\r%s [%s%s] %3d%% (%d of %d MiB)",
+                what, "#".repeat(filled), ".".repeat(width - filled), percent, done >> 20, total >> 20);
         System.err.flush();
     }
 

@@ -6,7 +6,6 @@ import dev.panamavmm.migration.RamVerifier;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmSnapshots;
-
 import java.nio.file.Path;
 
 /** {@code vmm restore DIR}: a new VMM process continues the guest saved in a snapshot directory. */
@@ -20,15 +19,25 @@ final class RestoreCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec("restore", "Restore a VM from a snapshot directory and run it (its console and API as with run)."
-                + " A template is refused, never run in place: start it with vmm clone.")
-                .parameter("DIR", "the snapshot directory (not a template: vmm clone DIR runs a copy-on-write clone of one)",
+        return new Cli.Spec(
+                        "restore",
+                        "Restore a VM from a snapshot directory and run it (its console and API as with run)."
+                                + " A template is refused, never run in place: start it with vmm clone.")
+                .parameter(
+                        "DIR",
+                        "the snapshot directory (not a template: vmm clone DIR runs a copy-on-write clone of one)",
                         v -> dir = Path.of(v))
                 .flag("--paused", "restore but do not run the guest until the API's cont", () -> paused = true)
-                .flag("--warm-up", "rehearse save, restore and live update once in the background (nice 19) so that the first"
-                        + " snapshot or migrate runs warm code (off by default: vmm standby is the warm VMM)", () -> warmUp = true)
-                .flag("--verify", "first check every RAM checksum (as snapshot verify) and refuse a damaged snapshot;"
-                        + " a format 1 snapshot, which has none, is restored with a warning", () -> verify = true)
+                .flag(
+                        "--warm-up",
+                        "rehearse save, restore and live update once in the background (nice 19) so that the first"
+                                + " snapshot or migrate runs warm code (off by default: vmm standby is the warm VMM)",
+                        () -> warmUp = true)
+                .flag(
+                        "--verify",
+                        "first check every RAM checksum (as snapshot verify) and refuse a damaged snapshot;"
+                                + " a format 1 snapshot, which has none, is restored with a warning",
+                        () -> verify = true)
                 .include(vmIo::declare);
     }
 
@@ -41,12 +50,18 @@ final class RestoreCommand implements Cli.Command {
         Templates.refuseTemplate(loaded); // before the console or API socket is opened
         if (verify) {
             var verified = RamVerifier.verify(loaded.snapshot());
-            io.err().println("vmm: " + SnapshotCommand.Verify.summary(loaded.snapshot(), verified)
-                    + (verified.checksums() ? "" : "; restoring it unverified"));
+            io.err()
+                    .println("vmm: " + SnapshotCommand.Verify.summary(loaded.snapshot(), verified)
+                            + (verified.checksums() ? "" : "; restoring it unverified"));
             io.err().flush();
         }
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
-            return VmSession.serve(vmIo.console, vmIo.apiSocket, paused, io.err(), Rehearsal.requested(warmUp) ? kvm : null,
+            return VmSession.serve(
+                    vmIo.console,
+                    vmIo.apiSocket,
+                    paused,
+                    io.err(),
+                    Rehearsal.requested(warmUp) ? kvm : null,
                     (out, listener) -> VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CONTINUE, out, listener));
         }
     }

@@ -2,10 +2,8 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.control.Rehearsal;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.memory.Backing;
-
 import java.nio.file.Files;
 import java.nio.file.Path;
 
@@ -25,10 +23,21 @@ final class RunCommand implements Cli.Command {
     public Cli.Spec spec() {
         return new Cli.Spec("run", "Boot a guest and show its console.")
                 .include(guest::declare)
-                .option("--mem-path", "FILE", null, "back guest RAM with this file (tmpfs or disk)", v -> memPath = Path.of(v))
-                .flag("--shared", "map --mem-path shared: the file holds the guest's memory and outlives the VMM", () -> shared = true)
-                .flag("--warm-up", "rehearse save, restore and live update once in the background (nice 19) so that the first"
-                        + " snapshot or migrate runs warm code (off by default: vmm standby is the warm VMM)", () -> warmUp = true)
+                .option(
+                        "--mem-path",
+                        "FILE",
+                        null,
+                        "back guest RAM with this file (tmpfs or disk)",
+                        v -> memPath = Path.of(v))
+                .flag(
+                        "--shared",
+                        "map --mem-path shared: the file holds the guest's memory and outlives the VMM",
+                        () -> shared = true)
+                .flag(
+                        "--warm-up",
+                        "rehearse save, restore and live update once in the background (nice 19) so that the first"
+                                + " snapshot or migrate runs warm code (off by default: vmm standby is the warm VMM)",
+                        () -> warmUp = true)
                 .include(vmIo::declare);
     }
 
@@ -38,18 +47,26 @@ final class RunCommand implements Cli.Command {
         ConsoleIo.checkSpec(vmIo.console);
         Backing backing = new Backing.Memfd();
         if (memPath != null) {
-            if (Files.isDirectory(memPath)) throw new UsageException("--mem-path " + memPath + " is a directory; give a file");
+            if (Files.isDirectory(memPath))
+                throw new UsageException("--mem-path " + memPath + " is a directory; give a file");
             if (!shared && !Files.exists(memPath)) {
-                throw new UsageException("--mem-path " + memPath + " without --shared maps an existing file copy-on-write, and it does not exist");
+                throw new UsageException("--mem-path " + memPath
+                        + " without --shared maps an existing file copy-on-write, and it does not exist");
             }
             backing = shared ? new Backing.SharedFile(memPath) : new Backing.PrivateFile(memPath);
         }
         var config = guest.config(backing);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             if (guest.cpus > kvm.maxVcpus()) {
-                throw new UsageException("--cpus " + guest.cpus + " is more than this host's maximum of " + kvm.maxVcpus());
+                throw new UsageException(
+                        "--cpus " + guest.cpus + " is more than this host's maximum of " + kvm.maxVcpus());
             }
-            return VmSession.serve(vmIo.console, vmIo.apiSocket, false, io.err(), Rehearsal.requested(warmUp) ? kvm : null,
+            return VmSession.serve(
+                    vmIo.console,
+                    vmIo.apiSocket,
+                    false,
+                    io.err(),
+                    Rehearsal.requested(warmUp) ? kvm : null,
                     (out, listener) -> VmBuilder.boot(kvm, config, out, listener));
         }
     }

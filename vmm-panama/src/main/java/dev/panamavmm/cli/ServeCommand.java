@@ -1,32 +1,11 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.control.CloneService;
 import dev.panamavmm.control.Rehearsal;
-import dev.panamavmm.api.ApiHandler;
-import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.migration.IoErrors;
-import dev.panamavmm.migration.Json;
-import dev.panamavmm.vmm.LoadedSnapshot;
-import dev.panamavmm.vmm.Templates;
-import dev.panamavmm.vmm.Vm;
-import dev.panamavmm.vmm.VmExitReason;
-import dev.panamavmm.vmm.VmListener;
-import dev.panamavmm.vmm.VmSnapshots;
-
-import java.io.IOException;
-import java.io.OutputStream;
-import java.nio.file.FileAlreadyExistsException;
-import java.nio.file.Files;
-import java.nio.file.StandardOpenOption;
 import java.nio.file.Path;
-import java.util.ArrayList;
-import java.util.Map;
-import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CountDownLatch;
-import java.util.concurrent.ExecutorService;
-import java.util.concurrent.Executors;
-import java.util.concurrent.atomic.AtomicLong;
 
 /**
  * {@code vmm serve}: one long-running process that keeps templates loaded and starts clones on
@@ -41,20 +20,27 @@ final class ServeCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec("serve", "Serve clones of templates over the control API: clone, query-clones, destroy, quit.")
+        return new Cli.Spec(
+                        "serve", "Serve clones of templates over the control API: clone, query-clones, destroy, quit.")
                 .required("--api-socket", "PATH", "the control API socket", v -> apiSocket = Path.of(v))
-                .option("--console-dir", "DIR", null, "each clone's console goes to DIR/ID.log, created if missing (default: discarded);"
-                        + " an ID whose log exists (another launch's clone) is skipped, so no file is written twice", v -> consoleDir = Path.of(v));
+                .option(
+                        "--console-dir",
+                        "DIR",
+                        null,
+                        "each clone's console goes to DIR/ID.log, created if missing (default: discarded);"
+                                + " an ID whose log exists (another launch's clone) is skipped, so no file is written twice",
+                        v -> consoleDir = Path.of(v));
     }
 
     @Override
     public int call(Cli.Io io) throws Exception {
         if (consoleDir != null) Cli.createDirectories("--console-dir", consoleDir);
         var quit = new CountDownLatch(1);
-        try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE); var clones = new CloneService(kvm, consoleDir)) {
+        try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE);
+                var clones = new CloneService(kvm, consoleDir)) {
             var previous = Signals.onTermination(name -> quit.countDown());
             Rehearsal.startInBackground(kvm); // the first clone then runs warm code too
-            try (var api = ApiServer.start(apiSocket, clones.handler(quit::countDown))) {
+            try (var _ = ApiServer.start(apiSocket, clones.handler(quit::countDown))) {
                 quit.await();
             } finally {
                 Signals.restore(previous);

@@ -4,7 +4,6 @@ import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamVerifier;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.vmm.memory.Sizes;
-
 import java.nio.file.Path;
 
 /** {@code vmm snapshot --api-socket S DIR}: asks a running VMM to save its VM; {@code vmm snapshot verify DIR} checks a saved one. */
@@ -21,7 +20,10 @@ final class SnapshotCommand implements Cli.Command {
         return new Cli.Spec("snapshot", "Save a running VM (through its control API) into a snapshot directory.")
                 .required("--api-socket", "PATH", "the running VMM's --api-socket", v -> apiSocket = Path.of(v))
                 .parameter("DIR", "the snapshot directory (created if missing)", v -> dir = Path.of(v))
-                .flag("--no-bypass", "write shared RAM too, so the snapshot does not depend on the memory file", () -> noBypass = true)
+                .flag(
+                        "--no-bypass",
+                        "write shared RAM too, so the snapshot does not depend on the memory file",
+                        () -> noBypass = true)
                 .flag("--stop", "end the VM after saving (the default)", () -> stop = true)
                 .flag("--resume", "let the guest run on after saving", () -> resume = true)
                 .include(wait::declare)
@@ -32,16 +34,28 @@ final class SnapshotCommand implements Cli.Command {
     public int call(Cli.Io io) {
         if (stop && resume) throw new UsageException("--stop and --resume are mutually exclusive");
         try (var client = wait.connect(apiSocket)) {
-            var reply = client.execute("snapshot", Json.object("path", dir.toAbsolutePath().toString(),
-                    "bypass-shared-memory", !noBypass, "resume", resume));
+            var reply = client.execute(
+                    "snapshot",
+                    Json.object(
+                            "path",
+                            dir.toAbsolutePath().toString(),
+                            "bypass-shared-memory",
+                            !noBypass,
+                            "resume",
+                            resume));
             if (reply.containsKey("error")) {
                 var error = Json.asObject(reply.get("error"), "error");
                 io.err().println("vmm: snapshot failed: " + error.get("desc"));
                 return Main.FAILED;
             }
             var r = Json.asObject(reply.get("return"), "return");
-            io.out().printf("saved %s in %s ms: %s bytes of RAM written, %s block(s) by reference%n",
-                    r.get("path"), r.get("duration-ms"), r.get("ram-bytes-written"), r.get("ram-blocks-by-reference"));
+            io.out()
+                    .printf(
+                            "saved %s in %s ms: %s bytes of RAM written, %s block(s) by reference%n",
+                            r.get("path"),
+                            r.get("duration-ms"),
+                            r.get("ram-bytes-written"),
+                            r.get("ram-blocks-by-reference"));
             return Main.OK;
         }
     }
@@ -54,7 +68,8 @@ final class SnapshotCommand implements Cli.Command {
 
         @Override
         public Cli.Spec spec() {
-            return new Cli.Spec("verify", DESCRIPTION).parameter("DIR", "the snapshot directory", v -> dir = Path.of(v));
+            return new Cli.Spec("verify", DESCRIPTION)
+                    .parameter("DIR", "the snapshot directory", v -> dir = Path.of(v));
         }
 
         @Override
@@ -67,14 +82,18 @@ final class SnapshotCommand implements Cli.Command {
 
         /** The line saying what was checked: "snapshot F is intact: 1 RAM block, 1 GiB checked in 310 ms". */
         static String summary(SnapshotReader snapshot, RamVerifier.Verified v) {
-            String references = v.blocksByReference() == 0 ? ""
-                    : "; " + v.blocksByReference() + " RAM block(s) by reference to a memory file: its identity checked, not its contents";
+            String references = v.blocksByReference() == 0
+                    ? ""
+                    : "; " + v.blocksByReference()
+                            + " RAM block(s) by reference to a memory file: its identity checked, not its contents";
             if (!v.checksums()) {
                 return "snapshot " + snapshot.file() + " has format version " + snapshot.version()
                         + ": header and sections intact, its RAM carries no checksums" + references;
             }
-            String ram = v.blocksChecked() == 0 ? "no RAM stored in it"
-                    : v.blocksChecked() + " RAM block(s), " + Sizes.format(v.bytesChecked()) + " checked in " + v.nanos() / 1_000_000 + " ms";
+            String ram = v.blocksChecked() == 0
+                    ? "no RAM stored in it"
+                    : v.blocksChecked() + " RAM block(s), " + Sizes.format(v.bytesChecked()) + " checked in "
+                            + v.nanos() / 1_000_000 + " ms";
             return "snapshot " + snapshot.file() + " is intact: " + ram + references;
         }
     }

@@ -1,6 +1,5 @@
 package dev.panamavmm.cli;
 
-
 import java.nio.file.Path;
 
 /** Where a running VM's console goes and where its control API listens: shared by run, restore, clone and incoming. */
@@ -11,6 +10,11 @@ final class VmIoOptions {
     /** Declares these options on a command. */
     void declare(Cli.Spec spec) {
         spec.option("--console", "WHERE", "stdout", "stdout, file:PATH or unix:PATH", v -> console = v)
-                .option("--api-socket", "PATH", null, "serve the control API on this Unix socket", v -> apiSocket = Path.of(v));
+                .option(
+                        "--api-socket",
+                        "PATH",
+                        null,
+                        "serve the control API on this Unix socket",
+                        v -> apiSocket = Path.of(v));
     }
 }

@@ -8,7 +8,6 @@ import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
-
 import java.io.OutputStream;
 import java.io.PrintWriter;
 import java.nio.file.Path;
@@ -34,7 +33,8 @@ final class VmSession {
      * {@link Rehearsal} warms the save and restore paths in the background once the guest runs
      * (after the first {@code cont} when it starts paused); null skips it.
      */
-    static int serve(String consoleSpec, Path apiSocket, boolean startPaused, PrintWriter err, Kvm rehearse, VmFactory factory)
+    static int serve(
+            String consoleSpec, Path apiSocket, boolean startPaused, PrintWriter err, Kvm rehearse, VmFactory factory)
             throws Exception {
         try (var io = ConsoleIo.open(consoleSpec)) {
             var rehearsal = new AtomicBoolean(rehearse == null); // true once started (or not wanted)
@@ -43,7 +43,8 @@ final class VmSession {
             };
             var events = new ApiEvents(rehearseOnce);
             try (var vm = factory.create(io.output(), events)) {
-                ApiServer api = apiSocket == null ? null
+                ApiServer api = apiSocket == null
+                        ? null
                         : ApiServer.start(apiSocket, new VmControl(vm, bytes -> new ProgressBar("saving RAM", bytes)));
                 try {
                     events.attach(api);

@@ -9,7 +9,6 @@ import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
-
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.FileAlreadyExistsException;
@@ -35,7 +34,8 @@ public final class CloneService implements AutoCloseable {
     private final Map<String, Clone> clones = new ConcurrentHashMap<>();
     private final AtomicLong ids = new AtomicLong();
     /** Closes VMs whose guest ended by itself: never on the vCPU thread that reported it. */
-    private final ExecutorService reaper = Executors.newSingleThreadExecutor(r -> Thread.ofPlatform().daemon().name("clone-reaper").unstarted(r));
+    private final ExecutorService reaper = Executors.newSingleThreadExecutor(
+            r -> Thread.ofPlatform().daemon().name("clone-reaper").unstarted(r));
 
     record Clone(String id, Vm vm, OutputStream console, long generationId, long requestNanos) {}
 
@@ -49,12 +49,23 @@ public final class CloneService implements AutoCloseable {
         return (command, args) -> switch (command) {
             case "clone" -> {
                 ApiHandler.expect(command, args, "template", "count");
-                yield clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int) ApiHandler.number(args, "count", 1));
+                yield clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int)
+                        ApiHandler.number(args, "count", 1));
             }
-            case "query-clones" -> clones.values().stream().map(c -> Json.object("id", c.id(),
-                    "status", c.vm().status().qmpName(),
-                    "generation-id", String.format("0x%016x", c.generationId()),
-                    "first-entry-ms", c.vm().firstEntryNanos() == 0 ? null : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6)).toList();
+            case "query-clones" ->
+                clones.values().stream()
+                        .map(c -> Json.object(
+                                "id",
+                                c.id(),
+                                "status",
+                                c.vm().status().qmpName(),
+                                "generation-id",
+                                String.format("0x%016x", c.generationId()),
+                                "first-entry-ms",
+                                c.vm().firstEntryNanos() == 0
+                                        ? null
+                                        : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6))
+                        .toList();
             case "destroy" -> {
                 ApiHandler.expect(command, args, "id");
                 String id = ApiHandler.requireString(args, "id", "a clone id");
@@ -94,7 +105,8 @@ public final class CloneService implements AutoCloseable {
                 } catch (FileAlreadyExistsException e) {
                     // taken: try the next ID
                 } catch (IOException e) {
-                    throw new IllegalStateException("cannot create the console file " + log + ": " + IoErrors.reason(e));
+                    throw new IllegalStateException(
+                            "cannot create the console file " + log + ": " + IoErrors.reason(e));
                 }
             }
             Vm vm;
@@ -106,12 +118,18 @@ public final class CloneService implements AutoCloseable {
             }
             var c = new Clone(id, vm, console, vm.vmmPort().generationId(), start);
             clones.put(id, c);
-            vm.termination().thenRun(() -> reaper.execute(() -> {
-                if (clones.remove(c.id(), c)) destroy(c);
-            }));
+            vm.termination()
+                    .thenRun(() -> reaper.execute(() -> {
+                        if (clones.remove(c.id(), c)) destroy(c);
+                    }));
             vm.start();
-            started.add(Json.object("id", id, "generation-id", String.format("0x%016x", c.generationId()),
-                    "console", consoleDir == null ? null : consoleDir.resolve(id + ".log").toString()));
+            started.add(Json.object(
+                    "id",
+                    id,
+                    "generation-id",
+                    String.format("0x%016x", c.generationId()),
+                    "console",
+                    consoleDir == null ? null : consoleDir.resolve(id + ".log").toString()));
         }
         return Json.object("clones", started, "duration-ms", (System.nanoTime() - start) / 1_000_000.0);
     }

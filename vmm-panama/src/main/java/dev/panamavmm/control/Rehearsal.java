@@ -16,12 +16,13 @@ import dev.panamavmm.vmm.VmSnapshots;
 import dev.panamavmm.vmm.boot.BootProtocol;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
-
 import java.io.OutputStream;
+import java.io.Serial;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 
@@ -139,6 +140,9 @@ public final class Rehearsal {
 
     /** Thrown between two steps once the VMM is exiting. */
     private static final class Stopped extends RuntimeException {
+        @Serial
+        private static final long serialVersionUID = 1L;
+
         Stopped() {
             super("the VMM is exiting", null, false, false);
         }
@@ -150,13 +154,20 @@ public final class Rehearsal {
 
     private static void rehearse(Kvm kvm, Path dir, AtomicBoolean stop, Rounds rounds) throws Exception {
         var memoryFile = dir.resolve("ram");
-        var config = new MachineConfig(GuestMemory.MIN_SIZE, 1, new Backing.SharedFile(memoryFile), "rehearsal", haltingGuest(),
-                null, "", BootProtocol.LINUX64);
+        var config = new MachineConfig(
+                GuestMemory.MIN_SIZE,
+                1,
+                new Backing.SharedFile(memoryFile),
+                "rehearsal",
+                haltingGuest(),
+                null,
+                "",
+                BootProtocol.LINUX64);
         var snapshot = dir.resolve("snapshot");
         try (var vm = VmBuilder.boot(kvm, config, OutputStream.nullOutputStream(), new VmListener() {})) {
             vm.start();
             try (var server = ApiServer.start(dir.resolve("api.sock"), new VmControl(vm));
-                 var client = ApiClient.connect(server.path())) {
+                    var client = ApiClient.connect(server.path())) {
                 client.execute("qmp_capabilities", Json.object());
                 for (int i = 0; i < rounds.api(); i++) {
                     step(stop);
@@ -184,7 +195,7 @@ public final class Rehearsal {
             try (var last = moved) {
                 step(stop);
                 try (var server = ApiServer.start(dir.resolve("api2.sock"), new VmControl(last));
-                     var client = ApiClient.connect(server.path())) {
+                        var client = ApiClient.connect(server.path())) {
                     client.execute("qmp_capabilities", Json.object());
                     client.execute("snapshot", Json.object("path", snapshot.toString(), "bypass-shared-memory", true));
                 }
@@ -202,19 +213,22 @@ public final class Rehearsal {
         // One restore that continues in the memory file (it claims the file, so a second would be
         // refused), then clones of the same snapshot: the paths of restore, incoming and serve.
         var loaded = VmSnapshots.load(snapshot);
-        exercise(VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CONTINUE, OutputStream.nullOutputStream(), new VmListener() {}));
+        exercise(VmBuilder.fromSnapshot(
+                kvm, loaded, VmBuilder.Mode.CONTINUE, OutputStream.nullOutputStream(), new VmListener() {}));
         for (int i = 0; i < rounds.clones(); i++) {
             step(stop);
-            exercise(VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CLONE, OutputStream.nullOutputStream(), new VmListener() {}));
+            exercise(VmBuilder.fromSnapshot(
+                    kvm, loaded, VmBuilder.Mode.CLONE, OutputStream.nullOutputStream(), new VmListener() {}));
         }
     }
 
     /** Receives {@code vm} on a thread of this process and sends it there; returns the running copy. */
     private static Vm migrate(Kvm kvm, Vm vm, Path socket) throws Exception {
-        var received = new java.util.concurrent.CompletableFuture<Vm>();
+        var received = new CompletableFuture<Vm>();
         Thread.ofPlatform().daemon().name("rehearsal-incoming").start(() -> {
             try {
-                received.complete(LocalMigration.receive(kvm, socket, 10, OutputStream.nullOutputStream(), new VmListener() {}, c -> null));
+                received.complete(LocalMigration.receive(
+                        kvm, socket, 10, OutputStream.nullOutputStream(), new VmListener() {}, c -> null));
             } catch (Throwable t) {
                 received.completeExceptionally(t);
             }
@@ -259,11 +273,28 @@ public final class Rehearsal {
         var b = ByteBuffer.allocate(codeOffset + code.length).order(ByteOrder.LITTLE_ENDIAN);
         b.put(new byte[] {0x7f, 'E', 'L', 'F', 2, 1, 1, 0});
         b.position(16);
-        b.putShort((short) 2).putShort((short) 62).putInt(1).putLong(address).putLong(64).putLong(0); // EXEC, x86-64, entry, phoff
-        b.putInt(0).putShort((short) 64).putShort((short) 56).putShort((short) 1).putShort((short) 64).putShort((short) 0).putShort((short) 0);
+        b.putShort((short) 2)
+                .putShort((short) 62)
+                .putInt(1)
+                .putLong(address)
+                .putLong(64)
+                .putLong(0); // EXEC, x86-64, entry, phoff
+        b.putInt(0)
+                .putShort((short) 64)
+                .putShort((short) 56)
+                .putShort((short) 1)
+                .putShort((short) 64)
+                .putShort((short) 0)
+                .putShort((short) 0);
         b.position(64);
-        b.putInt(1).putInt(5).putLong(codeOffset).putLong(address).putLong(address)                    // PT_LOAD, R+X
-                .putLong(code.length).putLong(code.length).putLong(0x1000);
+        b.putInt(1)
+                .putInt(5)
+                .putLong(codeOffset)
+                .putLong(address)
+                .putLong(address) // PT_LOAD, R+X
+                .putLong(code.length)
+                .putLong(code.length)
+                .putLong(0x1000);
         b.position(codeOffset);
         b.put(code);
         return b.array();

@@ -16,13 +16,14 @@ import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.memory.Sizes;
-
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Function;
 import java.util.function.Supplier;
@@ -41,10 +42,14 @@ public final class Standby implements AutoCloseable {
     private static final Log log = Log.of(Standby.class);
 
     /** What the process is doing. */
-    public enum State { STANDBY, INMIGRATE, ADOPTED }
+    public enum State {
+        STANDBY,
+        INMIGRATE,
+        ADOPTED
+    }
 
     /** The commands that give a standby VMM its VM. */
-    private static final java.util.Set<String> ADOPTING = java.util.Set.of("restore", "clone", "boot", "incoming");
+    private static final Set<String> ADOPTING = Set.of("restore", "clone", "boot", "incoming");
 
     private final Kvm kvm;
     private final OutputStream console;
@@ -83,7 +88,8 @@ public final class Standby implements AutoCloseable {
             return switch (command) {
                 case "query-status" -> {
                     ApiHandler.expect(command, args);
-                    yield Json.object("status", state.get() == State.INMIGRATE ? "inmigrate" : "standby", "running", false);
+                    yield Json.object(
+                            "status", state.get() == State.INMIGRATE ? "inmigrate" : "standby", "running", false);
                 }
                 case "quit" -> {
                     ApiHandler.expect(command, args);
@@ -93,13 +99,17 @@ public final class Standby implements AutoCloseable {
                 case "restore" -> {
                     ApiHandler.expect(command, args, "path", "resume");
                     var dir = Path.of(ApiHandler.requireString(args, "path", "a snapshot directory"));
-                    yield adopt(() -> VmBuilder.fromSnapshot(kvm, VmSnapshots.load(dir), VmBuilder.Mode.CONTINUE, console, listener),
+                    yield adopt(
+                            () -> VmBuilder.fromSnapshot(
+                                    kvm, VmSnapshots.load(dir), VmBuilder.Mode.CONTINUE, console, listener),
                             ApiHandler.flag(args, "resume", true));
                 }
                 case "clone" -> {
                     ApiHandler.expect(command, args, "template", "resume");
                     var dir = Path.of(ApiHandler.requireString(args, "template", "a template directory"));
-                    yield adopt(() -> Templates.clone(kvm, Templates.open(dir), console, listener), ApiHandler.flag(args, "resume", true));
+                    yield adopt(
+                            () -> Templates.clone(kvm, Templates.open(dir), console, listener),
+                            ApiHandler.flag(args, "resume", true));
                 }
                 case "boot" -> {
                     ApiHandler.expect(command, args, "memory", "cpus", "cmdline", "kernel", "mem-path", "shared");
@@ -110,9 +120,10 @@ public final class Standby implements AutoCloseable {
                     ApiHandler.expect(command, args, "uri");
                     yield incoming(ApiHandler.requireString(args, "uri", "unix:PATH"));
                 }
-                case "stop", "cont", "snapshot", "migrate" -> throw new IllegalStateException(
-                        "this VMM has no VM yet (it is on " + (state.get() == State.INMIGRATE ? "incoming" : "standby")
-                                + "): restore, clone, boot or incoming gives it one");
+                case "stop", "cont", "snapshot", "migrate" ->
+                    throw new IllegalStateException("this VMM has no VM yet (it is on "
+                            + (state.get() == State.INMIGRATE ? "incoming" : "standby")
+                            + "): restore, clone, boot or incoming gives it one");
                 default -> null;
             };
         };
@@ -141,13 +152,16 @@ public final class Standby implements AutoCloseable {
     }
 
     private IllegalStateException alreadyTaken() {
-        return new IllegalStateException(state.get() == State.INMIGRATE ? "this VMM is already waiting for an incoming VM"
-                : "this VMM already runs a VM: one VM per process");
+        return new IllegalStateException(
+                state.get() == State.INMIGRATE
+                        ? "this VMM is already waiting for an incoming VM"
+                        : "this VMM already runs a VM: one VM per process");
     }
 
     /** Listens for a live update in the background; answers at once, as QEMU's migrate-incoming does. */
     private Map<String, Object> incoming(String uri) {
-        if (!uri.startsWith("unix:") || uri.length() == 5) throw new IllegalArgumentException("\"uri\" must be unix:PATH");
+        if (!uri.startsWith("unix:") || uri.length() == 5)
+            throw new IllegalArgumentException("\"uri\" must be unix:PATH");
         var socket = Path.of(uri.substring(5)).toAbsolutePath();
         startIncoming(socket, config -> null).exceptionally(e -> {
             log.error("the incoming migration on {} failed, back on standby: {}", socket, e.getMessage());
@@ -169,7 +183,8 @@ public final class Standby implements AutoCloseable {
         var result = new CompletableFuture<Vm>();
         Thread.ofPlatform().name("incoming").daemon().start(() -> {
             try {
-                var vm = LocalMigration.receive(kvm, socket, 10, console, listener, accept, () -> listening.complete(null));
+                var vm = LocalMigration.receive(
+                        kvm, socket, 10, console, listener, accept, () -> listening.complete(null));
                 state.set(State.ADOPTED);
                 handOver(vm);
                 result.complete(vm);
@@ -186,25 +201,31 @@ public final class Standby implements AutoCloseable {
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             throw new IllegalStateException("interrupted while starting to listen on " + socket);
-        } catch (java.util.concurrent.ExecutionException e) {
-            throw e.getCause() instanceof RuntimeException r ? r : new IllegalStateException(e.getCause().getMessage(), e.getCause());
+        } catch (ExecutionException e) {
+            throw e.getCause() instanceof RuntimeException r
+                    ? r
+                    : new IllegalStateException(e.getCause().getMessage(), e.getCause());
         }
         return result;
     }
 
     /** The machine of a {@code boot} command: the embedded test guest unless a kernel is named. */
     private static MachineConfig machine(Map<String, Object> args) throws IOException {
-        long memory = args.get("memory") instanceof String s ? Sizes.parse(s) : ApiHandler.number(args, "memory", 256L << 20);
+        long memory =
+                args.get("memory") instanceof String s ? Sizes.parse(s) : ApiHandler.number(args, "memory", 256L << 20);
         if (memory < GuestMemory.MIN_SIZE || memory > GuestMemory.MAX_SIZE || memory % 4096 != 0) {
-            throw new IllegalArgumentException("\"memory\" must be a multiple of 4 KiB from " + Sizes.format(GuestMemory.MIN_SIZE)
-                    + " to " + Sizes.format(GuestMemory.MAX_SIZE));
+            throw new IllegalArgumentException("\"memory\" must be a multiple of 4 KiB from "
+                    + Sizes.format(GuestMemory.MIN_SIZE) + " to " + Sizes.format(GuestMemory.MAX_SIZE));
         }
         long cpus = ApiHandler.number(args, "cpus", 1);
-        if (cpus < 1 || cpus > MpTable.MAX_CPUS) throw new IllegalArgumentException("\"cpus\" must be 1 to " + MpTable.MAX_CPUS);
+        if (cpus < 1 || cpus > MpTable.MAX_CPUS)
+            throw new IllegalArgumentException("\"cpus\" must be 1 to " + MpTable.MAX_CPUS);
         String cmdline = args.get("cmdline") instanceof String s ? s : "console=ttyS0";
         Backing backing = new Backing.Memfd();
         if (args.get("mem-path") instanceof String p) {
-            backing = ApiHandler.flag(args, "shared", false) ? new Backing.SharedFile(Path.of(p)) : new Backing.PrivateFile(Path.of(p));
+            backing = ApiHandler.flag(args, "shared", false)
+                    ? new Backing.SharedFile(Path.of(p))
+                    : new Backing.PrivateFile(Path.of(p));
         }
         if (args.get("kernel") instanceof String k) {
             return new MachineConfig(memory, (int) cpus, backing, k, Files.readAllBytes(Path.of(k)), null, cmdline);

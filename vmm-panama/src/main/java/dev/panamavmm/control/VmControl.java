@@ -7,7 +7,6 @@ import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmSnapshots;
-
 import java.nio.file.Path;
 import java.util.Map;
 import java.util.function.LongFunction;
@@ -53,10 +52,20 @@ public final class VmControl implements ControlTarget {
 
     @Override
     public Map<String, Object> migrate(String uri) throws Exception {
-        if (!uri.startsWith("unix:") || uri.length() == 5) throw new IllegalArgumentException("\"uri\" must be unix:PATH");
+        if (!uri.startsWith("unix:") || uri.length() == 5)
+            throw new IllegalArgumentException("\"uri\" must be unix:PATH");
         var r = LocalMigration.send(vm, Path.of(uri.substring(5)), 10);
-        return Json.object("downtime-ms", r.downtimeMillis(), "downtime-us", r.downtimeMicros(),
-                "confirmed-ms", r.confirmedMillis(), "total-ms", r.totalMillis(), "bytes-sent", r.bytesSent());
+        return Json.object(
+                "downtime-ms",
+                r.downtimeMillis(),
+                "downtime-us",
+                r.downtimeMicros(),
+                "confirmed-ms",
+                r.confirmedMillis(),
+                "total-ms",
+                r.totalMillis(),
+                "bytes-sent",
+                r.bytesSent());
     }
 
     @Override
@@ -64,8 +73,16 @@ public final class VmControl implements ControlTarget {
         var bar = progress.apply(vm.memory().size());
         var saved = VmSnapshots.save(vm, dir, bypass, resume, bar);
         if (bar instanceof AutoCloseable done) done.close();
-        return Json.object("path", saved.file().toString(), "ram-bytes-written", saved.ramBytesWritten(),
-                "ram-blocks-by-reference", saved.ramBlocksByReference(), "duration-ms", saved.millis(),
-                "resumed", resume);
+        return Json.object(
+                "path",
+                saved.file().toString(),
+                "ram-bytes-written",
+                saved.ramBytesWritten(),
+                "ram-blocks-by-reference",
+                saved.ramBlocksByReference(),
+                "duration-ms",
+                saved.millis(),
+                "resumed",
+                resume);
     }
 }

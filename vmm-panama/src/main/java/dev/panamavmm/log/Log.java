@@ -21,15 +21,26 @@ import java.util.Map;
 public final class Log {
     public static final String ENV = "PANAMA_VMM_LOG";
 
-    public enum Level { ERROR, WARN, INFO, DEBUG }
+    public enum Level {
+        ERROR,
+        WARN,
+        INFO,
+        DEBUG
+    }
 
     private static final Config CONFIG = Config.parse(System.getenv(ENV));
 
     static {
         // Once per process: a mistyped level must not silently leave the user without the lines they asked for.
         if (!CONFIG.ignored().isEmpty()) {
-            System.err.println("vmm: WARN Log: " + ENV + ": ignored " + String.join(", ", CONFIG.ignored().stream().map(w -> "'" + w + "'").toList())
-                    + " (give LEVEL or SOURCE=LEVEL, comma-separated; LEVEL is error, warn, info or debug; SOURCE a class name such as LocalMigration)");
+            System.err.println(
+                    "vmm: WARN Log: " + ENV + ": ignored "
+                            + String.join(
+                                    ", ",
+                                    CONFIG.ignored().stream()
+                                            .map(w -> "'" + w + "'")
+                                            .toList())
+                            + " (give LEVEL or SOURCE=LEVEL, comma-separated; LEVEL is error, warn, info or debug; SOURCE a class name such as LocalMigration)");
         }
     }
 
@@ -68,7 +79,8 @@ public final class Log {
 
     private void log(Level at, String message, Object[] args) {
         if (!enabled(at)) return;
-        var line = new StringBuilder("vmm: ").append(at).append(' ').append(source).append(": ");
+        var line =
+                new StringBuilder("vmm: ").append(at).append(' ').append(source).append(": ");
         Throwable thrown = format(line, message, args);
         PrintStream err = System.err;
         synchronized (err) {

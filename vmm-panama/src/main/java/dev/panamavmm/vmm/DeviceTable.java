@@ -9,7 +9,6 @@ import dev.panamavmm.devices.VmmPort;
 import dev.panamavmm.devices.VmmPortCodec;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.migration.state.StateCodec;
-
 import java.io.OutputStream;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -30,8 +29,14 @@ public final class DeviceTable {
     record Context(OutputStream console, VmFd vmFd, Consumer<VmExitReason> end, VmListener listener) {}
 
     /** One device type of the table. */
-    public record Row<S, D extends PortIoDevice>(String section, int port, int ports, StateCodec<S> codec, S fresh,
-                                                  Builder<S, D> builder, Function<D, S> state) {
+    public record Row<S, D extends PortIoDevice>(
+            String section,
+            int port,
+            int ports,
+            StateCodec<S> codec,
+            S fresh,
+            Builder<S, D> builder,
+            Function<D, S> state) {
         /** Builds the device model in state {@code state}. */
         interface Builder<S, D> {
             D build(S state, Context vm);
@@ -58,20 +63,32 @@ public final class DeviceTable {
     }
 
     /** COM1: the console. */
-    public static final Row<Serial8250.State, Serial8250> SERIAL = new Row<>("device/serial", Serial8250.COM1_BASE,
-            Serial8250.PORT_COUNT, Serial8250Codec.INSTANCE, Serial8250.State.RESET,
+    public static final Row<Serial8250.State, Serial8250> SERIAL = new Row<>(
+            "device/serial",
+            Serial8250.COM1_BASE,
+            Serial8250.PORT_COUNT,
+            Serial8250Codec.INSTANCE,
+            Serial8250.State.RESET,
             (state, vm) -> new Serial8250(state, level -> vm.vmFd().irqLine(Serial8250.COM1_IRQ, level), vm.console()),
             Serial8250::state);
 
     /** The PS/2 controller, for its reset line (how Linux reboots). */
-    public static final Row<I8042.State, I8042> I8042_CONTROLLER = new Row<>("device/i8042", I8042.BASE, I8042.PORT_COUNT,
-            I8042Codec.INSTANCE, I8042.State.RESET,
+    public static final Row<I8042.State, I8042> I8042_CONTROLLER = new Row<>(
+            "device/i8042",
+            I8042.BASE,
+            I8042.PORT_COUNT,
+            I8042Codec.INSTANCE,
+            I8042.State.RESET,
             (state, vm) -> new I8042(state, () -> vm.end().accept(new VmExitReason.Reset("i8042 reset"))),
             I8042::state);
 
     /** The VMM port: exit codes, the guest's ready point, the generation id. */
-    public static final Row<VmmPort.State, VmmPort> VMM_PORT = new Row<>("device/vmm-port", VmmPort.DEFAULT_BASE, VmmPort.PORT_COUNT,
-            VmmPortCodec.INSTANCE, VmmPort.State.INITIAL,
+    public static final Row<VmmPort.State, VmmPort> VMM_PORT = new Row<>(
+            "device/vmm-port",
+            VmmPort.DEFAULT_BASE,
+            VmmPort.PORT_COUNT,
+            VmmPortCodec.INSTANCE,
+            VmmPort.State.INITIAL,
             (state, vm) -> new VmmPort(state, new VmmPort.Listener() {
                 @Override
                 public void exitRequested(int code) {

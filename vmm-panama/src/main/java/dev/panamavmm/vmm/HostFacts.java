@@ -5,7 +5,6 @@ import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.vmm.state.KvmState;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.Collections;

@@ -1,7 +1,6 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.devices.PortIoDevice;
-
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.function.Consumer;
@@ -25,7 +24,8 @@ public final class IoBus {
 
     /** Maps ports {@code [base, base + length)} to {@code device}; overlapping another device is a bug. */
     public void register(int base, int length, PortIoDevice device) {
-        if (base < 0 || length <= 0 || base + length > ports.length) throw new IllegalArgumentException("bad port range");
+        if (base < 0 || length <= 0 || base + length > ports.length)
+            throw new IllegalArgumentException("bad port range");
         for (int p = base; p < base + length; p++) {
             if (ports[p] != null) throw new IllegalStateException(String.format("port 0x%x is taken", p));
         }
@@ -53,7 +53,8 @@ public final class IoBus {
 
     private void unknown(int port, int size, boolean write) {
         if (reported.add(port)) {
-            report.accept(String.format("guest %s unknown I/O port 0x%x (%d byte%s); ignored, reported once",
+            report.accept(String.format(
+                    "guest %s unknown I/O port 0x%x (%d byte%s); ignored, reported once",
                     write ? "wrote" : "read", port, size, size == 1 ? "" : "s"));
         }
     }

@@ -3,7 +3,6 @@ package dev.panamavmm.vmm;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.vmm.state.VcpuState;
 import dev.panamavmm.vmm.state.VmState;
-
 import java.nio.file.Path;
 import java.util.List;
 
@@ -12,8 +11,15 @@ import java.util.List;
  * ({@link VmBuilder#fromSnapshot}): everything that does not depend on the new VM.
  * {@code descriptors} are the fds passed with a live update's snapshot.
  */
-public record LoadedSnapshot(Path dir, SnapshotReader snapshot, MachineConfig config, int xsaveSize,
-                             List<VcpuState> vcpus, VmState vm, DeviceTable.States devices, int[] descriptors) {
+public record LoadedSnapshot(
+        Path dir,
+        SnapshotReader snapshot,
+        MachineConfig config,
+        int xsaveSize,
+        List<VcpuState> vcpus,
+        VmState vm,
+        DeviceTable.States devices,
+        int[] descriptors) {
     public int cpus() {
         return vcpus.size();
     }

@@ -1,7 +1,6 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.sys.UnixSocket;
 import dev.panamavmm.log.Log;
@@ -9,7 +8,6 @@ import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
-
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
@@ -80,26 +78,42 @@ public final class LocalMigration {
                 try {
                     // The memfd first: the state names it as descriptor 0.
                     var fds = new ArrayList<Integer>();
-                    vm.memory().blocks().stream().filter(b -> b.backing() instanceof Backing.Memfd).limit(1).forEach(b -> fds.add(b.fd()));
+                    vm.memory().blocks().stream()
+                            .filter(b -> b.backing() instanceof Backing.Memfd)
+                            .limit(1)
+                            .forEach(b -> fds.add(b.fd()));
                     // Phase 1, the guest still running: the destination maps the same memory and builds the VM.
                     VmSnapshots.probeHost(vm);
                     VmSnapshots.warmUp(dir);
                     var prepare = prepareMessage(vm, fds);
-                    peer.send(MigrationProtocol.encode(prepare, MigrationProtocol.VERSION), fds.stream().mapToInt(Integer::intValue).toArray());
+                    peer.send(
+                            MigrationProtocol.encode(prepare, MigrationProtocol.VERSION),
+                            fds.stream().mapToInt(Integer::intValue).toArray());
                     expect(peer, MigrationProtocol.Prepared.class);
                     // Phase 2, the downtime: only vCPU, VM and device state moves.
-                    var saved = VmSnapshots.save(vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
+                    var saved = VmSnapshots.save(
+                            vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
                     long pausedAt = saved.pausedAtNanos();
                     long savedAt = System.nanoTime();
-                    peer.send(MigrationProtocol.encode(new MigrationProtocol.State(dir, deadline), MigrationProtocol.VERSION));
+                    peer.send(MigrationProtocol.encode(
+                            new MigrationProtocol.State(dir, deadline), MigrationProtocol.VERSION));
                     var running = expect(peer, MigrationProtocol.Running.class);
                     handedOver = true; // the guest runs there now; from here on it must never resume here
                     long now = System.nanoTime();
-                    long resumedAt = running.resumedAtNanos() >= savedAt && running.resumedAtNanos() <= now ? running.resumedAtNanos() : now;
-                    log.debug("migration downtime {} us: save {} us, destination builds and resumes {} us, confirmed after {} us",
-                            (resumedAt - pausedAt) / 1000, (savedAt - pausedAt) / 1000, (resumedAt - savedAt) / 1000, (now - resumedAt) / 1000);
+                    long resumedAt = running.resumedAtNanos() >= savedAt && running.resumedAtNanos() <= now
+                            ? running.resumedAtNanos()
+                            : now;
+                    log.debug(
+                            "migration downtime {} us: save {} us, destination builds and resumes {} us, confirmed after {} us",
+                            (resumedAt - pausedAt) / 1000,
+                            (savedAt - pausedAt) / 1000,
+                            (resumedAt - savedAt) / 1000,
+                            (now - resumedAt) / 1000);
                     vm.end(new VmExitReason.Stopped("migration to " + socket));
-                    return new Result((resumedAt - pausedAt) / 1000, (now - pausedAt) / 1_000_000, (now - start) / 1_000_000,
+                    return new Result(
+                            (resumedAt - pausedAt) / 1000,
+                            (now - pausedAt) / 1_000_000,
+                            (now - start) / 1_000_000,
                             Files.size(saved.file()));
                 } finally {
                     watchdog.cancel();
@@ -122,21 +136,33 @@ public final class LocalMigration {
         var blocks = new ArrayList<MigrationProtocol.RamBlock>();
         for (var b : vm.memory().blocks()) {
             switch (b.backing()) {
-                case Backing.Memfd m -> blocks.add(new MigrationProtocol.RamBlock(b.id(), b.guestAddress(), b.size(), b.fileOffset(), 0, null));
+                case Backing.Memfd m ->
+                    blocks.add(new MigrationProtocol.RamBlock(
+                            b.id(), b.guestAddress(), b.size(), b.fileOffset(), 0, null));
                 case Backing.SharedFile f -> {
                     // The file's fd goes along: its exclusive lock (flock, held by the open file
                     // description) comes with it, so the destination maps the file while this VMM
                     // still holds it, and keeps it locked once this one exits.
                     if (!fds.contains(b.fd())) fds.add(b.fd());
-                    blocks.add(new MigrationProtocol.RamBlock(b.id(), b.guestAddress(), b.size(), b.fileOffset(), fds.indexOf(b.fd()),
+                    blocks.add(new MigrationProtocol.RamBlock(
+                            b.id(),
+                            b.guestAddress(),
+                            b.size(),
+                            b.fileOffset(),
+                            fds.indexOf(b.fd()),
                             f.path().toAbsolutePath()));
                 }
                 case Backing.PrivateFile f -> {
-                    return new MigrationProtocol.Prepare(MigrationProtocol.VERSION, vm.vcpuCount(), vm.memory().size(), null);
+                    return new MigrationProtocol.Prepare(
+                            MigrationProtocol.VERSION,
+                            vm.vcpuCount(),
+                            vm.memory().size(),
+                            null);
                 }
             }
         }
-        return new MigrationProtocol.Prepare(MigrationProtocol.VERSION, vm.vcpuCount(), vm.memory().size(), List.copyOf(blocks));
+        return new MigrationProtocol.Prepare(
+                MigrationProtocol.VERSION, vm.vcpuCount(), vm.memory().size(), List.copyOf(blocks));
     }
 
     private static String reason(Exception e) {
@@ -150,10 +176,12 @@ public final class LocalMigration {
         if (message == null) throw new SnapshotException("the destination closed the connection");
         for (int fd : message.fds()) LibC.close(fd); // nothing the source expects carries descriptors
         var m = MigrationProtocol.decode(message.data());
-        if (m instanceof MigrationProtocol.Refused r) throw new SnapshotException("the destination refused: " + r.reason());
+        if (m instanceof MigrationProtocol.Refused r)
+            throw new SnapshotException("the destination refused: " + r.reason());
         if (!type.isInstance(m)) {
-            throw new SnapshotException("the destination sent " + m.getClass().getSimpleName().toLowerCase() + " instead of "
-                    + type.getSimpleName().toLowerCase());
+            throw new SnapshotException(
+                    "the destination sent " + m.getClass().getSimpleName().toLowerCase() + " instead of "
+                            + type.getSimpleName().toLowerCase());
         }
         return type.cast(m);
     }
@@ -164,21 +192,33 @@ public final class LocalMigration {
      * A connection that sends nothing within {@link #FIRST_MESSAGE_MILLIS}, closes, or sends
      * something that is not the start of a migration is dropped, and the wait goes on.
      */
-    public static Vm receive(Kvm kvm, Path socket, long timeoutSeconds, OutputStream console, VmListener listener,
-                             Function<MachineConfig, String> accept) {
-        return receive(kvm, socket, timeoutSeconds, console, listener, accept, () -> { });
+    public static Vm receive(
+            Kvm kvm,
+            Path socket,
+            long timeoutSeconds,
+            OutputStream console,
+            VmListener listener,
+            Function<MachineConfig, String> accept) {
+        return receive(kvm, socket, timeoutSeconds, console, listener, accept, () -> {});
     }
 
     /** As {@link #receive(Kvm, Path, long, OutputStream, VmListener, Function)}; {@code listening} runs once the socket exists. */
-    public static Vm receive(Kvm kvm, Path socket, long timeoutSeconds, OutputStream console, VmListener listener,
-                             Function<MachineConfig, String> accept, Runnable listening) {
+    public static Vm receive(
+            Kvm kvm,
+            Path socket,
+            long timeoutSeconds,
+            OutputStream console,
+            VmListener listener,
+            Function<MachineConfig, String> accept,
+            Runnable listening) {
         try (var server = UnixSocket.listen(socket)) {
             listening.run();
             while (true) {
                 var peer = server.accept();
                 UnixSocket.Message message;
                 MigrationProtocol.Message first;
-                var firstWait = Watchdog.until(peer, System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(FIRST_MESSAGE_MILLIS));
+                var firstWait =
+                        Watchdog.until(peer, System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(FIRST_MESSAGE_MILLIS));
                 try {
                     message = peer.receive();
                     first = message == null ? null : MigrationProtocol.decode(message.data());
@@ -191,7 +231,11 @@ public final class LocalMigration {
                 }
                 if (!(first instanceof MigrationProtocol.Prepare) && !(first instanceof MigrationProtocol.State)) {
                     if (message != null) for (int fd : message.fds()) LibC.close(fd);
-                    if (first != null) log.warn("{}: ignored a connection that sent {} first", socket, first.getClass().getSimpleName());
+                    if (first != null)
+                        log.warn(
+                                "{}: ignored a connection that sent {} first",
+                                socket,
+                                first.getClass().getSimpleName());
                     peer.close();
                     continue;
                 }
@@ -201,7 +245,10 @@ public final class LocalMigration {
                     } catch (IOException ignored) {
                         // the path goes with the process anyway
                     }
-                    var watchdog = Watchdog.until(peer, System.nanoTime() + TimeUnit.SECONDS.toNanos(timeoutSeconds)); // every later step is bounded
+                    var watchdog = Watchdog.until(
+                            peer,
+                            System.nanoTime()
+                                    + TimeUnit.SECONDS.toNanos(timeoutSeconds)); // every later step is bounded
                     try {
                         return receiveOn(kvm, peer, first, message.fds(), console, listener, accept);
                     } finally {
@@ -212,8 +259,14 @@ public final class LocalMigration {
         }
     }
 
-    private static Vm receiveOn(Kvm kvm, UnixSocket peer, MigrationProtocol.Message first, int[] fds, OutputStream console,
-                                VmListener listener, Function<MachineConfig, String> accept) {
+    private static Vm receiveOn(
+            Kvm kvm,
+            UnixSocket peer,
+            MigrationProtocol.Message first,
+            int[] fds,
+            OutputStream console,
+            VmListener listener,
+            Function<MachineConfig, String> accept) {
         VmBuilder.Shell shell = null;
         PrestartedThreads vcpuThreads = null; // created in the prepare phase, handed their vCPUs in the downtime
         Vm vm = null;
@@ -227,11 +280,11 @@ public final class LocalMigration {
                 if (protocol < MigrationProtocol.OLDEST || protocol > MigrationProtocol.VERSION) {
                     int theirs = protocol;
                     protocol = MigrationProtocol.VERSION;
-                    throw new SnapshotException("this VMM speaks local-migration protocols " + MigrationProtocol.OLDEST + " to "
-                            + MigrationProtocol.VERSION + ", the source speaks " + theirs);
+                    throw new SnapshotException("this VMM speaks local-migration protocols " + MigrationProtocol.OLDEST
+                            + " to " + MigrationProtocol.VERSION + ", the source speaks " + theirs);
                 }
-                String refusal = accept.apply(new MachineConfig(prepare.memory(), prepare.cpus(), new Backing.Memfd(), "incoming",
-                        new byte[0], null, ""));
+                String refusal = accept.apply(new MachineConfig(
+                        prepare.memory(), prepare.cpus(), new Backing.Memfd(), "incoming", new byte[0], null, ""));
                 if (refusal != null) throw new SnapshotException(refusal);
                 if (prepare.ram() != null) {
                     handedOver = true; // the shell's memory owns (and on failure closes) the descriptors
@@ -241,10 +294,12 @@ public final class LocalMigration {
                 warmUpStatePath();
                 peer.send(MigrationProtocol.encode(new MigrationProtocol.Prepared(), protocol));
                 var next = peer.receive();
-                if (next == null) throw new SnapshotException("the source closed the connection before sending the VM's state");
+                if (next == null)
+                    throw new SnapshotException("the source closed the connection before sending the VM's state");
                 for (int fd : next.fds()) LibC.close(fd);
                 var m = MigrationProtocol.decode(next.data());
-                if (!(m instanceof MigrationProtocol.State s)) throw new SnapshotException("the source sent " + m + " instead of the state");
+                if (!(m instanceof MigrationProtocol.State s))
+                    throw new SnapshotException("the source sent " + m + " instead of the state");
                 state = s;
             } else {
                 state = (MigrationProtocol.State) first;
@@ -274,19 +329,25 @@ public final class LocalMigration {
             // vCPU threads are created parked, then released once the deadline check passed.
             long builtAt = System.nanoTime();
             vm.pauseBeforeStart();
-            if (vcpuThreads != null) vm.start(vcpuThreads); // one per vCPU: the shell was built for the same count (finish checks it)
+            if (vcpuThreads != null)
+                vm.start(vcpuThreads); // one per vCPU: the shell was built for the same count (finish checks it)
             else vm.start();
             long startedAt = System.nanoTime();
             if (startedAt > state.resumeBefore() - RESUME_MARGIN_NANOS) {
-                var late = new SnapshotException("the VM's state came too late: the source resumes its guest at its deadline");
+                var late = new SnapshotException(
+                        "the VM's state came too late: the source resumes its guest at its deadline");
                 peer.send(MigrationProtocol.encode(new MigrationProtocol.Refused(late.getMessage()), protocol));
                 throw late;
             }
             vm.resume();
             long resumedAt = System.nanoTime();
             peer.send(MigrationProtocol.encode(new MigrationProtocol.Running(resumedAt), protocol));
-            log.debug("incoming state: load {} us, build {} us, vCPU threads {} us, resumed {} us after the state arrived",
-                    (loadedAt - stateAt) / 1000, (builtAt - loadedAt) / 1000, (startedAt - builtAt) / 1000, (resumedAt - stateAt) / 1000);
+            log.debug(
+                    "incoming state: load {} us, build {} us, vCPU threads {} us, resumed {} us after the state arrived",
+                    (loadedAt - stateAt) / 1000,
+                    (builtAt - loadedAt) / 1000,
+                    (startedAt - builtAt) / 1000,
+                    (resumedAt - stateAt) / 1000);
             return vm;
         } catch (RuntimeException e) {
             vm.close();
@@ -311,7 +372,8 @@ public final class LocalMigration {
         var rows = loaded.snapshot().ram();
         boolean same = blocks.size() == rows.size();
         for (int i = 0; same && i < rows.size(); i++) {
-            same = blocks.get(i).id().equals(rows.get(i).id()) && blocks.get(i).guestAddress() == rows.get(i).guestAddress()
+            same = blocks.get(i).id().equals(rows.get(i).id())
+                    && blocks.get(i).guestAddress() == rows.get(i).guestAddress()
                     && blocks.get(i).size() == rows.get(i).size();
         }
         if (!same) throw new SnapshotException("the VM's state describes other RAM than the source announced");
@@ -323,14 +385,18 @@ public final class LocalMigration {
         for (var b : ram) {
             if (b.descriptor() != null) {
                 int d = b.descriptor();
-                if (d < 0 || d >= fds.length) throw new SnapshotException("the source named descriptor " + d + " but passed " + fds.length);
+                if (d < 0 || d >= fds.length)
+                    throw new SnapshotException("the source named descriptor " + d + " but passed " + fds.length);
                 // A shared file passed as an fd comes with its lock; a memfd has no path.
                 var backing = b.file() != null ? new Backing.SharedFile(b.file()) : new Backing.Memfd();
-                sources.add(new GuestMemory.BlockSource(b.id(), b.guestAddress(), b.size(), backing, b.fileOffset(), fds[d]));
+                sources.add(new GuestMemory.BlockSource(
+                        b.id(), b.guestAddress(), b.size(), backing, b.fileOffset(), fds[d]));
             } else if (b.file() != null) {
-                sources.add(new GuestMemory.BlockSource(b.id(), b.guestAddress(), b.size(), new Backing.SharedFile(b.file()), b.fileOffset()));
+                sources.add(new GuestMemory.BlockSource(
+                        b.id(), b.guestAddress(), b.size(), new Backing.SharedFile(b.file()), b.fileOffset()));
             } else {
-                throw new SnapshotException("the source announced RAM block " + b.id() + " with neither a descriptor nor a file");
+                throw new SnapshotException(
+                        "the source announced RAM block " + b.id() + " with neither a descriptor nor a file");
             }
         }
         return sources;
@@ -340,14 +406,18 @@ public final class LocalMigration {
     private record Watchdog(Thread thread) {
         /** Shuts the socket at {@code deadline} (System.nanoTime). */
         static Watchdog until(UnixSocket socket, long deadline) {
-            return new Watchdog(Thread.ofPlatform().daemon().name("migration-watchdog").start(() -> {
-                try {
-                    for (long left; (left = deadline - System.nanoTime()) > 0; ) TimeUnit.NANOSECONDS.sleep(left);
-                    LibC.shutdown(socket.fd());
-                } catch (InterruptedException e) {
-                    // cancelled: the step finished in time
-                }
-            }));
+            return new Watchdog(Thread.ofPlatform()
+                    .daemon()
+                    .name("migration-watchdog")
+                    .start(() -> {
+                        try {
+                            for (long left; (left = deadline - System.nanoTime()) > 0; )
+                                TimeUnit.NANOSECONDS.sleep(left);
+                            LibC.shutdown(socket.fd());
+                        } catch (InterruptedException e) {
+                            // cancelled: the step finished in time
+                        }
+                    }));
         }
 
         void cancel() {

@@ -2,7 +2,6 @@ package dev.panamavmm.vmm;
 
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.SnapshotException;
-
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -57,14 +56,28 @@ public final class MigrationProtocol {
 
     /** The wire form of {@code m} for a peer that speaks {@code protocol}. */
     public static byte[] encode(Message m, int protocol) {
-        Map<String, Object> json = protocol == 1 ? legacy(m) : switch (m) {
-            case Prepare p -> Json.object("type", "prepare", "protocol", (long) p.protocol(), "cpus", (long) p.cpus(),
-                    "memory", p.memory(), "ram", p.ram() == null ? null : ramRows(p.ram()));
-            case Prepared p -> Json.object("type", "prepared");
-            case State s -> Json.object("type", "state", "snapshot", s.snapshot().toString(), "resumeBefore", s.resumeBefore());
-            case Running r -> Json.object("type", "running", "resumedAtNanos", r.resumedAtNanos());
-            case Refused r -> Json.object("type", "error", "error", r.reason());
-        };
+        Map<String, Object> json = protocol == 1
+                ? legacy(m)
+                : switch (m) {
+                    case Prepare p ->
+                        Json.object(
+                                "type",
+                                "prepare",
+                                "protocol",
+                                (long) p.protocol(),
+                                "cpus",
+                                (long) p.cpus(),
+                                "memory",
+                                p.memory(),
+                                "ram",
+                                p.ram() == null ? null : ramRows(p.ram()));
+                    case Prepared p -> Json.object("type", "prepared");
+                    case State s ->
+                        Json.object(
+                                "type", "state", "snapshot", s.snapshot().toString(), "resumeBefore", s.resumeBefore());
+                    case Running r -> Json.object("type", "running", "resumedAtNanos", r.resumedAtNanos());
+                    case Refused r -> Json.object("type", "error", "error", r.reason());
+                };
         return Json.write(json).getBytes(StandardCharsets.UTF_8);
     }
 
@@ -73,7 +86,9 @@ public final class MigrationProtocol {
             case Prepared p -> Json.object("prepared", true);
             case Running r -> Json.object("running", true, "resumedAtNanos", r.resumedAtNanos());
             case Refused r -> Json.object("error", r.reason());
-            case Prepare p -> Json.object("prepare", Json.object("cpus", (long) p.cpus(), "memory", p.memory(), "ram", ramRows(p.ram())));
+            case Prepare p ->
+                Json.object(
+                        "prepare", Json.object("cpus", (long) p.cpus(), "memory", p.memory(), "ram", ramRows(p.ram())));
             case State s -> Json.object("snapshot", s.snapshot().toString(), "resumeBefore", s.resumeBefore());
         };
     }
@@ -81,7 +96,8 @@ public final class MigrationProtocol {
     private static List<Object> ramRows(List<RamBlock> ram) {
         var rows = new ArrayList<Object>();
         for (var b : ram) {
-            var row = Json.object("id", b.id(), "guestAddress", b.guestAddress(), "size", b.size(), "fileOffset", b.fileOffset());
+            var row = Json.object(
+                    "id", b.id(), "guestAddress", b.guestAddress(), "size", b.size(), "fileOffset", b.fileOffset());
             if (b.descriptor() != null) row.put("descriptor", (long) b.descriptor());
             if (b.file() != null) row.put("file", b.file().toString());
             rows.add(row);
@@ -110,13 +126,18 @@ public final class MigrationProtocol {
 
     private static Message typed(String type, Map<String, Object> m) {
         return switch (type) {
-            case "prepare" -> new Prepare(Math.toIntExact((Long) m.get("protocol")), Math.toIntExact((Long) m.get("cpus")),
-                    (Long) m.get("memory"), m.get("ram") == null ? null : ramBlocks(m.get("ram")));
+            case "prepare" ->
+                new Prepare(
+                        Math.toIntExact((Long) m.get("protocol")),
+                        Math.toIntExact((Long) m.get("cpus")),
+                        (Long) m.get("memory"),
+                        m.get("ram") == null ? null : ramBlocks(m.get("ram")));
             case "prepared" -> new Prepared();
             case "state" -> new State(Path.of((String) m.get("snapshot")), (Long) m.get("resumeBefore"));
             case "running" -> new Running((Long) m.get("resumedAtNanos"));
             case "error" -> new Refused(String.valueOf(m.get("error")));
-            default -> throw new SnapshotException("the peer sent a message of unknown type '" + abbreviate(type) + "'");
+            default ->
+                throw new SnapshotException("the peer sent a message of unknown type '" + abbreviate(type) + "'");
         };
     }
 
@@ -128,11 +149,13 @@ public final class MigrationProtocol {
         }
         if (m.get("prepare") != null) {
             var p = Json.asObject(m.get("prepare"), "prepare");
-            return new Prepare(1, Math.toIntExact((Long) p.get("cpus")), (Long) p.get("memory"), ramBlocks(p.get("ram")));
+            return new Prepare(
+                    1, Math.toIntExact((Long) p.get("cpus")), (Long) p.get("memory"), ramBlocks(p.get("ram")));
         }
         if (m.get("snapshot") instanceof String dir) {
             if (!(m.get("resumeBefore") instanceof Long deadline)) {
-                throw new SnapshotException("the source speaks a local-migration protocol older than " + OLDEST + " (no deadline)");
+                throw new SnapshotException(
+                        "the source speaks a local-migration protocol older than " + OLDEST + " (no deadline)");
             }
             return new State(Path.of(dir), deadline);
         }
@@ -143,8 +166,12 @@ public final class MigrationProtocol {
         var blocks = new ArrayList<RamBlock>();
         for (var row : Json.asList(rows, "ram")) {
             var b = Json.asObject(row, "a RAM block");
-            blocks.add(new RamBlock(String.valueOf(b.get("id")), (Long) b.get("guestAddress"), (Long) b.get("size"),
-                    (Long) b.get("fileOffset"), b.get("descriptor") instanceof Long d ? Math.toIntExact(d) : null,
+            blocks.add(new RamBlock(
+                    String.valueOf(b.get("id")),
+                    (Long) b.get("guestAddress"),
+                    (Long) b.get("size"),
+                    (Long) b.get("fileOffset"),
+                    b.get("descriptor") instanceof Long d ? Math.toIntExact(d) : null,
                     b.get("file") instanceof String f ? Path.of(f) : null));
         }
         if (blocks.size() > 64) throw new SnapshotException("the source announced " + blocks.size() + " RAM blocks");

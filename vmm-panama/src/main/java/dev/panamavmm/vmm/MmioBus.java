@@ -28,7 +28,8 @@ public final class MmioBus {
 
     private void unknown(long address, int size, boolean write) {
         if (reported.add(address >>> 12)) {
-            report.accept(String.format("guest %s unmapped address 0x%x (%d byte%s); ignored, reported once",
+            report.accept(String.format(
+                    "guest %s unmapped address 0x%x (%d byte%s); ignored, reported once",
                     write ? "wrote" : "read", address, size, size == 1 ? "" : "s"));
         }
     }

@@ -24,7 +24,10 @@ public final class PrestartedThreads implements AutoCloseable {
             p.work.add(job);
             // Daemon: a thread whose work never comes must not keep the process alive (the VM's
             // owner waits for the VM itself, and Vm.close joins its vCPU threads).
-            p.threads.add(Thread.ofPlatform().daemon().name("vcpu-" + i + "-waiting").start(() -> job.join().run()));
+            p.threads.add(Thread.ofPlatform()
+                    .daemon()
+                    .name("vcpu-" + i + "-waiting")
+                    .start(() -> job.join().run()));
         }
         return p;
     }
@@ -37,13 +40,14 @@ public final class PrestartedThreads implements AutoCloseable {
     Thread run(int index, String name, Runnable task) {
         var t = threads.get(index);
         t.setName(name);
-        if (!work.get(index).complete(task)) throw new IllegalStateException("thread " + index + " already has its work");
+        if (!work.get(index).complete(task))
+            throw new IllegalStateException("thread " + index + " already has its work");
         return t;
     }
 
     /** Ends the threads that got no work. */
     @Override
     public void close() {
-        for (var job : work) job.complete(() -> { });
+        for (var job : work) job.complete(() -> {});
     }
 }

@@ -16,14 +16,16 @@ import java.util.stream.Stream;
 public final class ScratchDir implements AutoCloseable {
     private final Path path;
     private final Thread hook;
-    private volatile Runnable beforeExitCleanup = () -> { };
+    private volatile Runnable beforeExitCleanup = () -> {};
 
     private ScratchDir(Path path) {
         this.path = path;
-        this.hook = new Thread(() -> {
-            beforeExitCleanup.run();
-            deleteTree(path);
-        }, "scratch-cleanup");
+        this.hook = new Thread(
+                () -> {
+                    beforeExitCleanup.run();
+                    deleteTree(path);
+                },
+                "scratch-cleanup");
         Runtime.getRuntime().addShutdownHook(hook);
     }
 
@@ -45,7 +47,8 @@ public final class ScratchDir implements AutoCloseable {
     /** A new directory {@code root/PREFIX-PID-random}, after removing those of dead processes. */
     public static ScratchDir create(Path root, String prefix) throws IOException {
         removeStale(root, prefix);
-        return new ScratchDir(Files.createTempDirectory(root, prefix + "-" + ProcessHandle.current().pid() + "-"));
+        return new ScratchDir(Files.createTempDirectory(
+                root, prefix + "-" + ProcessHandle.current().pid() + "-"));
     }
 
     public Path path() {
@@ -72,7 +75,8 @@ public final class ScratchDir implements AutoCloseable {
                 int dash = rest.indexOf('-');
                 if (dash <= 0) return;
                 try {
-                    if (ProcessHandle.of(Long.parseLong(rest.substring(0, dash))).isEmpty()) deleteTree(p);
+                    if (ProcessHandle.of(Long.parseLong(rest.substring(0, dash)))
+                            .isEmpty()) deleteTree(p);
                 } catch (NumberFormatException e) {
                     // not one of ours
                 }

@@ -1,7 +1,6 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.migration.SnapshotException;
-
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -36,8 +35,9 @@ final class TemplateGuard {
             if (!e.byReference()) continue;
             try {
                 if (!Files.getPosixFilePermissions(e.file()).contains(PosixFilePermission.OWNER_WRITE)) {
-                    throw new SnapshotException("the memory file " + e.file() + " is read-only, as a template's is: clone it"
-                            + " (vmm clone DIR) instead of continuing in it");
+                    throw new SnapshotException(
+                            "the memory file " + e.file() + " is read-only, as a template's is: clone it"
+                                    + " (vmm clone DIR) instead of continuing in it");
                 }
             } catch (IOException ignored) {
                 // mapping it will say what is wrong

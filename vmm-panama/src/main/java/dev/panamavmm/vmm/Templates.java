@@ -1,18 +1,26 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.migration.SnapshotFormat;
+import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.vmm.memory.Backing;
-
+import dev.panamavmm.vmm.memory.MemoryFileLocks;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermission;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.security.SecureRandom;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 
 /**
  * VM templates: a guest booted once with its RAM in a shared memory file, saved with
@@ -38,14 +46,29 @@ public final class Templates {
      * the guest's ready point (or {@code readySignal} completing, e.g. the API's stop), saves it
      * into {@code dir} and ends the VM.
      */
-    public static Created create(Kvm kvm, Path dir, MachineConfig config, Path memDir, OutputStream console,
-                                 CompletableFuture<Void> readySignal, long timeoutSeconds) throws Exception {
+    public static Created create(
+            Kvm kvm,
+            Path dir,
+            MachineConfig config,
+            Path memDir,
+            OutputStream console,
+            CompletableFuture<Void> readySignal,
+            long timeoutSeconds)
+            throws Exception {
         return create(kvm, dir, config, memDir, console, readySignal, new CompletableFuture<>(), timeoutSeconds);
     }
 
     /** As above; completing {@code cancel} ends the booting VM and the creation fails, leaving nothing behind. */
-    public static Created create(Kvm kvm, Path dir, MachineConfig config, Path memDir, OutputStream console,
-                                 CompletableFuture<Void> readySignal, CompletableFuture<String> cancel, long timeoutSeconds) throws Exception {
+    public static Created create(
+            Kvm kvm,
+            Path dir,
+            MachineConfig config,
+            Path memDir,
+            OutputStream console,
+            CompletableFuture<Void> readySignal,
+            CompletableFuture<String> cancel,
+            long timeoutSeconds)
+            throws Exception {
         if (Files.exists(dir.resolve(SnapshotFormat.FILE_NAME)) || Files.exists(dir.resolve(CREATING))) {
             throw new SnapshotException("template directory " + dir + " is not empty: a template is created once");
         }
@@ -54,13 +77,13 @@ public final class Templates {
         Path marker = dir.resolve(CREATING);
         Files.writeString(marker, Long.toString(ProcessHandle.current().pid()));
         Path memory = memDir.resolve("panama-template-" + dir.toAbsolutePath().getFileName() + "-"
-                + Long.toHexString(System.nanoTime()) + ".ram").toAbsolutePath();
+                        + Long.toHexString(System.nanoTime()) + ".ram")
+                .toAbsolutePath();
         boolean done = false;
         try {
             var ready = new CompletableFuture<Void>();
             readySignal.whenComplete((v, t) -> ready.complete(null));
-            var shared = new MachineConfig(config.memoryBytes(), config.cpus(), new Backing.SharedFile(memory),
-                    config.kernelName(), config.kernel(), config.initrd(), config.cmdline());
+            var shared = config.withBacking(new Backing.SharedFile(memory));
             long start = System.nanoTime();
             try (var vm = VmBuilder.boot(kvm, shared, console, new VmListener() {
                 @Override
@@ -72,7 +95,8 @@ public final class Templates {
                 vm.start();
                 var first = CompletableFuture.anyOf(ready, vm.termination()).get(timeoutSeconds, TimeUnit.SECONDS);
                 if (first instanceof VmExitReason reason) {
-                    throw new SnapshotException("the template's guest ended before its ready point: " + reason.describe());
+                    throw new SnapshotException(
+                            "the template's guest ended before its ready point: " + reason.describe());
                 }
                 long bootMillis = (System.nanoTime() - start) / 1_000_000;
                 vm.pause();
@@ -85,8 +109,9 @@ public final class Templates {
                 Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("r-xr-xr-x"));
                 done = true;
                 return new Created(dir, memory, saved.millis(), bootMillis);
-            } catch (java.util.concurrent.TimeoutException e) {
-                throw new SnapshotException("the template's guest did not reach its ready point within " + timeoutSeconds + " s");
+            } catch (TimeoutException e) {
+                throw new SnapshotException(
+                        "the template's guest did not reach its ready point within " + timeoutSeconds + " s");
             }
         } finally {
             if (!done) {
@@ -97,8 +122,7 @@ public final class Templates {
         }
     }
 
-    private static final java.util.Set<java.nio.file.attribute.PosixFilePermission> READ_ONLY =
-            PosixFilePermissions.fromString("r--r--r--");
+    private static final Set<PosixFilePermission> READ_ONLY = PosixFilePermissions.fromString("r--r--r--");
 
     /** Opens a template for cloning: refuses an unfinished one, then loads and checks its snapshot. */
     public static LoadedSnapshot open(Path dir) {
@@ -111,12 +135,17 @@ public final class Templates {
             } catch (IOException ignored) {
                 // the marker vanished: creation just finished
             }
-            boolean alive = !pid.isEmpty() && ProcessHandle.of(Long.parseLong(pid)).map(ProcessHandle::isAlive).orElse(false);
-            throw new SnapshotException(alive
-                    ? "template " + dir + " is still being created (process " + pid + " is running)"
-                    : "template " + dir + " is incomplete: its creation did not finish");
+            boolean alive = !pid.isEmpty()
+                    && ProcessHandle.of(Long.parseLong(pid))
+                            .map(ProcessHandle::isAlive)
+                            .orElse(false);
+            throw new SnapshotException(
+                    alive
+                            ? "template " + dir + " is still being created (process " + pid + " is running)"
+                            : "template " + dir + " is incomplete: its creation did not finish");
         }
-        if (!Files.exists(dir.resolve(SnapshotFormat.FILE_NAME))) throw new SnapshotException(dir + " is not a template (no snapshot.pvm)");
+        if (!Files.exists(dir.resolve(SnapshotFormat.FILE_NAME)))
+            throw new SnapshotException(dir + " is not a template (no snapshot.pvm)");
         var loaded = VmSnapshots.load(dir);
         if (loaded.snapshot().ram().stream().noneMatch(e -> e.byReference())) {
             throw new SnapshotException(dir + " is a snapshot, not a template: its RAM is not in a shared memory file");
@@ -138,23 +167,30 @@ public final class Templates {
     public record Listed(Path dir, Path memoryFile, long memoryBytes, int cpus, long createdAtMillis, int users) {}
 
     /** The finished templates in {@code dir} (itself, or its immediate subdirectories), by directory name. */
-    public static java.util.List<Listed> list(Path dir) throws IOException {
+    public static List<Listed> list(Path dir) throws IOException {
         if (!Files.isDirectory(dir)) throw new SnapshotException("no directory " + dir);
-        var candidates = new java.util.ArrayList<Path>();
+        var candidates = new ArrayList<Path>();
         if (isTemplate(dir)) candidates.add(dir);
-        else try (var children = Files.list(dir)) {
-            children.filter(Files::isDirectory).sorted().forEach(candidates::add);
-        }
-        var found = new java.util.ArrayList<Listed>();
+        else
+            try (var children = Files.list(dir)) {
+                children.filter(Files::isDirectory).sorted().forEach(candidates::add);
+            }
+        var found = new ArrayList<Listed>();
         for (var d : candidates) {
             if (!Files.isSymbolicLink(d.resolve(MEMORY_LINK)) || Files.exists(d.resolve(CREATING))) continue;
             try {
-                var snapshot = dev.panamavmm.migration.SnapshotReader.open(d);
-                var machine = dev.panamavmm.migration.Json.asObject(snapshot.metadata().get("machine"), "machine");
+                var snapshot = SnapshotReader.open(d);
+                var machine = Json.asObject(snapshot.metadata().get("machine"), "machine");
                 Path memory = Files.readSymbolicLink(d.resolve(MEMORY_LINK));
-                int users = Files.exists(memory) ? dev.panamavmm.vmm.memory.MemoryFileLocks.holders(memory).size() : 0;
-                found.add(new Listed(d, memory, (Long) machine.get("memory"), (int) (long) (Long) machine.get("cpus"),
-                        snapshot.createdAtMillis(), users));
+                int users =
+                        Files.exists(memory) ? MemoryFileLocks.holders(memory).size() : 0;
+                found.add(new Listed(
+                        d,
+                        memory,
+                        (Long) machine.get("memory"),
+                        (int) (long) (Long) machine.get("cpus"),
+                        snapshot.createdAtMillis(),
+                        users));
             } catch (RuntimeException | IOException e) {
                 // not readable as a template: list shows templates, inspect says what is wrong with the rest
             }
@@ -185,16 +221,20 @@ public final class Templates {
             } catch (IOException ignored) {
                 // creation just finished or failed
             }
-            if (!pid.isEmpty() && pid.chars().allMatch(Character::isDigit)
-                    && ProcessHandle.of(Long.parseLong(pid)).map(ProcessHandle::isAlive).orElse(false)) {
-                throw new SnapshotException("template " + dir + " is still being created (process " + pid + " is running): nothing removed");
+            if (!pid.isEmpty()
+                    && pid.chars().allMatch(Character::isDigit)
+                    && ProcessHandle.of(Long.parseLong(pid))
+                            .map(ProcessHandle::isAlive)
+                            .orElse(false)) {
+                throw new SnapshotException("template " + dir + " is still being created (process " + pid
+                        + " is running): nothing removed");
             }
         }
         Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-xr-x")); // created 0555
         Path memory = Files.isSymbolicLink(link) ? Files.readSymbolicLink(link) : null;
         int clones = 0;
         if (memory != null && Files.isRegularFile(memory)) {
-            clones = dev.panamavmm.vmm.memory.MemoryFileLocks.holders(memory).size();
+            clones = MemoryFileLocks.holders(memory).size();
             Files.delete(memory);
         } else {
             memory = null;
@@ -217,7 +257,7 @@ public final class Templates {
         return vm;
     }
 
-    private static final java.security.SecureRandom RANDOM = new java.security.SecureRandom();
+    private static final SecureRandom RANDOM = new SecureRandom();
 
     /** A non-zero random 64-bit generation id (0 means "never cloned"). */
     static long newGenerationId() {

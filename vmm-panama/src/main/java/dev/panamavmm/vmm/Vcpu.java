@@ -1,6 +1,12 @@
 package dev.panamavmm.vmm;
 
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_SHORT;
+
 import dev.panamavmm.kvm.Errno;
+import dev.panamavmm.kvm.HostFlavour;
+import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmRegs;
@@ -9,15 +15,10 @@ import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.vmm.vcpu.VcpuExit;
 import dev.panamavmm.vmm.vcpu.VcpuKick;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.invoke.VarHandle;
 import java.util.HexFormat;
-
-import static java.lang.foreign.ValueLayout.JAVA_BYTE;
-import static java.lang.foreign.ValueLayout.JAVA_INT;
-import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
 /**
  * One vCPU's thread: enter the guest, handle the exit, repeat, while the VM's request is RUN.
@@ -91,7 +92,7 @@ final class Vcpu implements Runnable {
                     if (control.park() == VcpuControl.Request.STOP) return;
                     continue;
                 }
-                case RUN -> { }
+                case RUN -> {}
             }
             if (!entered) {
                 entered = true;
@@ -101,7 +102,9 @@ final class Vcpu implements Runnable {
             ioToComplete = false;
             if (r < 0) {
                 if (r == -LibcConstants.EINTR || r == -LibcConstants.EAGAIN) continue;
-                exits.end().accept(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
+                exits.end()
+                        .accept(new VmExitReason.Failed(
+                                "KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
                 return;
             }
             var exit = VcpuExit.decode(run);
@@ -118,7 +121,8 @@ final class Vcpu implements Runnable {
         int r = fd.run();
         ioToComplete = false;
         if (r < 0 && r != -LibcConstants.EINTR && r != -LibcConstants.EAGAIN) {
-            exits.end().accept(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
+            exits.end()
+                    .accept(new VmExitReason.Failed("KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
         }
     }
 
@@ -137,39 +141,63 @@ final class Vcpu implements Runnable {
                 int len = Math.min(mmio.length(), 8);
                 if (mmio.write()) {
                     long value = 0;
-                    for (int i = len - 1; i >= 0; i--) value = (value << 8) | (run.get(JAVA_BYTE, KvmRun.MMIO_DATA + i) & 0xff);
+                    for (int i = len - 1; i >= 0; i--)
+                        value = (value << 8) | (run.get(JAVA_BYTE, KvmRun.MMIO_DATA + i) & 0xff);
                     exits.mmio().write(mmio.address(), len, value);
                 } else {
                     long value = exits.mmio().read(mmio.address(), len);
                     for (int i = 0; i < len; i++) run.set(JAVA_BYTE, KvmRun.MMIO_DATA + i, (byte) (value >>> (8 * i)));
                 }
             }
-            case VcpuExit.Interrupted i -> { }
-            case VcpuExit.Hlt h -> exits.end().accept(new VmExitReason.Shutdown("vCPU " + index() + " halted with no way to wake"));
-            case VcpuExit.Shutdown s -> exits.end().accept(new VmExitReason.Shutdown("triple fault on vCPU " + index() + " at " + rip()));
-            case VcpuExit.SystemEvent e -> exits.end().accept(switch (e.type()) {
-                case KvmConstants.KVM_SYSTEM_EVENT_RESET -> new VmExitReason.Reset("system reset event");
-                case KvmConstants.KVM_SYSTEM_EVENT_CRASH -> new VmExitReason.Failed("guest crashed (system event) at " + rip());
-                default -> new VmExitReason.Shutdown("system event " + e.type());
-            });
+            case VcpuExit.Interrupted i -> {}
+            case VcpuExit.Hlt h ->
+                exits.end().accept(new VmExitReason.Shutdown("vCPU " + index() + " halted with no way to wake"));
+            case VcpuExit.Shutdown s ->
+                exits.end().accept(new VmExitReason.Shutdown("triple fault on vCPU " + index() + " at " + rip()));
+            case VcpuExit.SystemEvent e ->
+                exits.end()
+                        .accept(
+                                switch (e.type()) {
+                                    case KvmConstants.KVM_SYSTEM_EVENT_RESET ->
+                                        new VmExitReason.Reset("system reset event");
+                                    case KvmConstants.KVM_SYSTEM_EVENT_CRASH ->
+                                        new VmExitReason.Failed("guest crashed (system event) at " + rip());
+                                    default -> new VmExitReason.Shutdown("system event " + e.type());
+                                });
             case VcpuExit.InternalError e -> exits.end().accept(new VmExitReason.Failed(internalError(e)));
-            case VcpuExit.FailEntry f -> exits.end().accept(new VmExitReason.Failed(String.format(
-                    "KVM could not enter the guest on vCPU %d: hardware reason 0x%x", index(), f.hardwareReason())));
-            case VcpuExit.Unknown u -> exits.end().accept(new VmExitReason.Failed(
-                    "unhandled KVM exit reason " + u.reason() + " on vCPU " + index() + " at " + rip()));
+            case VcpuExit.FailEntry f ->
+                exits.end()
+                        .accept(new VmExitReason.Failed(String.format(
+                                "KVM could not enter the guest on vCPU %d: hardware reason 0x%x",
+                                index(), f.hardwareReason())));
+            case VcpuExit.Unknown u ->
+                exits.end()
+                        .accept(new VmExitReason.Failed(
+                                "unhandled KVM exit reason " + u.reason() + " on vCPU " + index() + " at " + rip()));
         }
         return control.request() != VcpuControl.Request.STOP;
     }
 
     private String internalError(VcpuExit.InternalError e) {
-        var sb = new StringBuilder("KVM internal error on vCPU ").append(index()).append(": ");
-        sb.append(e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_EMULATION ? "emulation failure"
-                : e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_SIMUL_EX ? "exception while delivering an exception"
-                : e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_DELIVERY_EV ? "event delivery failed"
-                : "suberror");
+        var sb =
+                new StringBuilder("KVM internal error on vCPU ").append(index()).append(": ");
+        sb.append(
+                e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_EMULATION
+                        ? "emulation failure"
+                        : e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_SIMUL_EX
+                                ? "exception while delivering an exception"
+                                : e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_DELIVERY_EV
+                                        ? "event delivery failed"
+                                        : "suberror");
         sb.append(" (suberror ").append(e.suberror()).append(") at ").append(rip());
         byte[] insn = VcpuExit.emulationFailureBytes(run);
-        if (insn.length > 0) sb.append(", instruction bytes ").append(HexFormat.ofDelimiter(" ").formatHex(insn));
+        if (insn.length > 0)
+            sb.append(", instruction bytes ").append(HexFormat.ofDelimiter(" ").formatHex(insn));
+        // On PVM the guest's CPL0 code runs in KVM's emulator, which lacks some instructions (cmpxchg16b):
+        // an unmodified kernel ends here, and without a word on why this reads as a VMM crash.
+        if (e.suberror() == KvmConstants.KVM_INTERNAL_ERROR_EMULATION && Kvm.hostFlavour() == HostFlavour.PVM) {
+            sb.append(" (PVM host: unmodified kernels stop here, see docs/linux-guests.md)");
+        }
         return sb.toString();
     }
 
@@ -198,5 +226,4 @@ final class Vcpu implements Runnable {
             default -> run.set(JAVA_INT, at, value);
         }
     }
-
 }

@@ -11,7 +11,11 @@ import java.util.concurrent.locks.ReentrantLock;
  * when no vCPU is inside the guest.
  */
 final class VcpuControl {
-    enum Request { RUN, PAUSE, STOP }
+    enum Request {
+        RUN,
+        PAUSE,
+        STOP
+    }
 
     private final ReentrantLock lock = new ReentrantLock();
     private final Condition changed = lock.newCondition();

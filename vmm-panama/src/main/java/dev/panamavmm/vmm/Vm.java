@@ -9,7 +9,7 @@ import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.vmm.memory.GuestMemory;
-
+import dev.panamavmm.vmm.vcpu.VcpuKick;
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
 import java.time.Duration;
@@ -42,6 +42,7 @@ public final class Vm implements AutoCloseable {
     private final MmioBus mmioBus;
     /** The built devices, in the table's order. */
     private final Map<DeviceTable.Row<?, ?>, PortIoDevice> devices = new LinkedHashMap<>();
+
     private final MachineConfig config;
     private final VcpuControl control = new VcpuControl();
     private final ExitContext exits;
@@ -54,8 +55,15 @@ public final class Vm implements AutoCloseable {
     private final VmListener listener;
     private boolean closed;
 
-    Vm(Arena arena, Kvm kvm, VmFd vmFd, GuestMemory memory, MachineConfig config, OutputStream console,
-       VmListener listener, DeviceTable.States states) {
+    Vm(
+            Arena arena,
+            Kvm kvm,
+            VmFd vmFd,
+            GuestMemory memory,
+            MachineConfig config,
+            OutputStream console,
+            VmListener listener,
+            DeviceTable.States states) {
         this.arena = arena;
         this.kvm = kvm;
         this.vmFd = vmFd;
@@ -95,7 +103,7 @@ public final class Vm implements AutoCloseable {
         // Link the kick signal's downcalls now, off the vCPU threads: a later pause or stop is then
         // quick. Once per process: a clone in `vmm serve` should not pay a thread for nothing.
         if (!KICK_SETUP.getAndSet(true)) {
-            Thread.ofPlatform().daemon().name("kick-setup").start(dev.panamavmm.vmm.vcpu.VcpuKick::signal);
+            Thread.ofPlatform().daemon().name("kick-setup").start(VcpuKick::signal);
         }
         for (var vcpu : vcpus) {
             control.started();
@@ -143,7 +151,9 @@ public final class Vm implements AutoCloseable {
 
     /** What a VM is doing, as QMP's {@code query-status} names it. */
     public enum Status {
-        RUNNING("running"), PAUSED("paused"), SHUTDOWN("shutdown");
+        RUNNING("running"),
+        PAUSED("paused"),
+        SHUTDOWN("shutdown");
 
         private final String qmpName;
 

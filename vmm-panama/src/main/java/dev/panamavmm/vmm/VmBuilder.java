@@ -15,7 +15,6 @@ import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.state.KvmState;
 import dev.panamavmm.vmm.vcpu.Cpuid;
-
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
 import java.util.ArrayList;
@@ -35,25 +34,45 @@ public final class VmBuilder {
     static final long TSS_ADDRESS = 0xfffbd000L;
 
     /** How a snapshot's referenced memory files are mapped: the guest continues in the file, or gets a private copy-on-write view. */
-    public enum Mode { CONTINUE, CLONE }
+    public enum Mode {
+        CONTINUE,
+        CLONE
+    }
 
     /** Boots {@code config}: the kernel loaded, every vCPU in its entry state; {@link Vm#start()} runs it. */
     public static Vm boot(Kvm kvm, MachineConfig config, OutputStream console, VmListener listener) {
         var kernel = KernelImage.parse(config.kernel(), config.kernelName());
-        if (config.cpus() > MpTable.MAX_CPUS) throw new BootException("at most " + MpTable.MAX_CPUS + " vCPUs (8-bit APIC IDs)");
+        if (config.cpus() > MpTable.MAX_CPUS)
+            throw new BootException("at most " + MpTable.MAX_CPUS + " vCPUs (8-bit APIC IDs)");
         var arena = Arena.ofShared();
         Shell shell;
         try {
-            shell = Shell.around(kvm, GuestMemory.create(config.memoryBytes(), config.backing(), arena), arena, config.cpus());
+            shell = Shell.around(
+                    kvm, GuestMemory.create(config.memoryBytes(), config.backing(), arena), arena, config.cpus());
         } catch (RuntimeException e) {
             arena.close();
             throw e;
         }
         Vm vm = null;
         try {
-            vm = new Vm(shell.arena(), kvm, shell.vmFd(), shell.memory(), config, console, listener, DeviceTable.States.FRESH);
+            vm = new Vm(
+                    shell.arena(),
+                    kvm,
+                    shell.vmFd(),
+                    shell.memory(),
+                    config,
+                    console,
+                    listener,
+                    DeviceTable.States.FRESH);
             for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
-            var entry = X86Boot.load(shell.memory(), kernel, config.kernel(), config.initrd(), config.cmdline(), config.cpus(), config.boot());
+            var entry = X86Boot.load(
+                    shell.memory(),
+                    kernel,
+                    config.kernel(),
+                    config.initrd(),
+                    config.cmdline(),
+                    config.cpus(),
+                    config.boot());
             for (var vcpuFd : shell.vcpuFds()) {
                 int i = vcpuFd.id();
                 X86Boot.setBootMsrs(vcpuFd, arena);
@@ -71,27 +90,37 @@ public final class VmBuilder {
     }
 
     /** A paused VM from a loaded snapshot. In {@link Mode#CLONE} no file is written: referenced files are mapped private. */
-    public static Vm fromSnapshot(Kvm kvm, LoadedSnapshot loaded, Mode mode, OutputStream console, VmListener listener) {
+    public static Vm fromSnapshot(
+            Kvm kvm, LoadedSnapshot loaded, Mode mode, OutputStream console, VmListener listener) {
         int max = kvm.maxVcpus();
-        if (loaded.cpus() > max) throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
+        if (loaded.cpus() > max)
+            throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
         if (mode == Mode.CONTINUE) TemplateGuard.refuseTemplate(loaded);
         var sources = new ArrayList<GuestMemory.BlockSource>();
         for (var e : loaded.snapshot().ram()) {
             if (e.byDescriptor()) {
-                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), new Backing.Memfd(), e.fileOffset(),
+                sources.add(new GuestMemory.BlockSource(
+                        e.id(),
+                        e.guestAddress(),
+                        e.size(),
+                        new Backing.Memfd(),
+                        e.fileOffset(),
                         loaded.descriptors()[e.descriptor()]));
             } else if (e.byReference()) {
                 var backing = mode == Mode.CLONE ? new Backing.PrivateFile(e.file()) : new Backing.SharedFile(e.file());
                 sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), backing, e.fileOffset()));
             } else {
-                sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(),
-                        new Backing.PrivateFile(loaded.snapshot().file()), e.dataOffset()));
+                sources.add(new GuestMemory.BlockSource(
+                        e.id(),
+                        e.guestAddress(),
+                        e.size(),
+                        new Backing.PrivateFile(loaded.snapshot().file()),
+                        e.dataOffset()));
             }
         }
         var config = loaded.config();
         if (mode == Mode.CLONE) {
-            config = new MachineConfig(config.memoryBytes(), config.cpus(), new Backing.PrivateFile(loaded.dir()),
-                    config.kernelName(), config.kernel(), null, config.cmdline());
+            config = config.withBacking(new Backing.PrivateFile(loaded.dir()));
         }
         return finish(kvm, shell(kvm, sources, loaded.cpus()), loaded, config, console, listener);
     }
@@ -108,17 +137,25 @@ public final class VmBuilder {
     }
 
     /** Turns a shell into the VM of {@code loaded}: devices from their states, then VM and vCPU state. The shell is consumed. */
-    static Vm finish(Kvm kvm, Shell shell, LoadedSnapshot loaded, MachineConfig config, OutputStream console, VmListener listener) {
+    static Vm finish(
+            Kvm kvm,
+            Shell shell,
+            LoadedSnapshot loaded,
+            MachineConfig config,
+            OutputStream console,
+            VmListener listener) {
         if (shell.vcpuFds().size() != loaded.cpus()) {
             shell.close();
-            throw new SnapshotException("the prepared VM has " + shell.vcpuFds().size() + " vCPUs, the state " + loaded.cpus());
+            throw new SnapshotException(
+                    "the prepared VM has " + shell.vcpuFds().size() + " vCPUs, the state " + loaded.cpus());
         }
         Vm vm = null;
         try {
             vm = new Vm(shell.arena(), kvm, shell.vmFd(), shell.memory(), config, console, listener, loaded.devices());
             for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
             KvmState.restore(shell.vmFd(), loaded.vm());
-            for (int i = 0; i < loaded.cpus(); i++) KvmState.restore(shell.vcpuFds().get(i), loaded.vcpus().get(i), loaded.xsaveSize());
+            for (int i = 0; i < loaded.cpus(); i++)
+                KvmState.restore(shell.vcpuFds().get(i), loaded.vcpus().get(i), loaded.xsaveSize());
             return vm;
         } catch (RuntimeException e) {
             if (vm != null) vm.close();
@@ -169,9 +206,11 @@ public final class VmBuilder {
     private static VmFd createVmFd(Kvm kvm, GuestMemory memory, Arena arena) {
         var vmFd = kvm.createVm(arena);
         try {
-            // Memslots first: registering them after the irqchip costs milliseconds more here (measured, bench/run-clone-bench).
+            // Memslots first: registering them after the irqchip costs milliseconds more here (measured,
+            // bench/run-clone-bench).
             int slot = 0;
-            for (var block : memory.blocks()) vmFd.setUserMemoryRegion(slot++, 0, block.guestAddress(), block.segment());
+            for (var block : memory.blocks())
+                vmFd.setUserMemoryRegion(slot++, 0, block.guestAddress(), block.segment());
             vmFd.setTssAddress(TSS_ADDRESS);
             vmFd.createIrqchip();
             vmFd.createPit2(KvmConstants.KVM_PIT_SPEAKER_DUMMY); // port 0x61 handled in the kernel

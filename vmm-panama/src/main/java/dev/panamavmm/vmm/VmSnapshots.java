@@ -4,6 +4,7 @@ import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.FileIdentity;
+import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamBlockEntry;
 import dev.panamavmm.migration.RamWriter;
@@ -16,7 +17,6 @@ import dev.panamavmm.vmm.state.VcpuState;
 import dev.panamavmm.vmm.state.VcpuStateCodec;
 import dev.panamavmm.vmm.state.VmState;
 import dev.panamavmm.vmm.state.VmStateCodec;
-
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
@@ -25,6 +25,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * Saving a VM to a snapshot directory, and reading one back ({@link #load}) for {@link VmBuilder}.
@@ -41,7 +42,6 @@ public final class VmSnapshots {
 
     private static final Log log = Log.of(VmSnapshots.class);
 
-    /** What a save did. */
     /** What a save did; {@code pausedAtNanos} (System.nanoTime) is when the guest stopped, after the snapshot file was opened. */
     public record Saved(Path file, long ramBytesWritten, long ramBlocksByReference, long millis, long pausedAtNanos) {}
 
@@ -50,26 +50,34 @@ public final class VmSnapshots {
      * then the guest must not run on in that file, so {@code resume} with shared blocks is refused.
      * On failure of any kind nothing is left in {@code dir} and the VM runs on as before.
      */
-    public static Saved save(Vm vm, Path dir, boolean bypass, boolean resume, RamWriter.Progress progress) throws InterruptedException {
+    public static Saved save(Vm vm, Path dir, boolean bypass, boolean resume, RamWriter.Progress progress)
+            throws InterruptedException {
         return save(vm, dir, bypass, resume ? After.RESUME : After.STOP, false, progress);
     }
 
     /** What happens to the VM after a successful save. */
-    public enum After { STOP, RESUME, STAY_PAUSED }
+    public enum After {
+        STOP,
+        RESUME,
+        STAY_PAUSED
+    }
 
     /**
      * The general save. With {@code passMemfd}, memfd blocks are recorded by descriptor (index 0:
      * the guest's memory fd), for a local migration that hands the memfd itself to the new process.
      */
-    public static Saved save(Vm vm, Path dir, boolean bypass, After after, boolean passMemfd, RamWriter.Progress progress)
+    public static Saved save(
+            Vm vm, Path dir, boolean bypass, After after, boolean passMemfd, RamWriter.Progress progress)
             throws InterruptedException {
         boolean resume = after == After.RESUME;
         boolean anyShared = vm.memory().blocks().stream().anyMatch(b -> b.shared());
         if (bypass && resume && anyShared) {
-            throw new SnapshotException("resuming after a bypass-shared-memory snapshot would let the guest change the memory file"
-                    + " the snapshot points to; stop the VM after saving, or save without bypass");
+            throw new SnapshotException(
+                    "resuming after a bypass-shared-memory snapshot would let the guest change the memory file"
+                            + " the snapshot points to; stop the VM after saving, or save without bypass");
         }
-        if (Files.exists(dir) && !Files.isDirectory(dir)) throw new SnapshotException("cannot write a snapshot in " + dir + ": it is not a directory");
+        if (Files.exists(dir) && !Files.isDirectory(dir))
+            throw new SnapshotException("cannot write a snapshot in " + dir + ": it is not a directory");
         boolean wasPaused = vm.isPaused();
         boolean keepPaused = false; // set once the save is complete and the guest is not to run on here
         // The writer first: a directory that cannot be written fails here, before the guest stops.
@@ -81,7 +89,8 @@ public final class VmSnapshots {
             int xsaveSize = host.xsaveSize(vm.vmFd());
             int[] msrs = host.msrsToSave(vm.vcpuFds().getFirst());
             for (var vcpu : vm.vcpuFds()) {
-                writer.section("vcpu/" + vcpu.id(), VcpuStateCodec.INSTANCE.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
+                writer.section(
+                        "vcpu/" + vcpu.id(), VcpuStateCodec.INSTANCE.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
             }
             writer.section("vm", VmStateCodec.INSTANCE.encode(KvmState.capture(vm.vmFd())));
             vm.deviceSections().forEach(writer::section);
@@ -91,23 +100,46 @@ public final class VmSnapshots {
             for (var block : vm.memory().blocks()) {
                 String kind = kind(block.backing());
                 if (passMemfd && block.backing() instanceof Backing.Memfd) {
-                    writer.ramByReference(RamBlockEntry.byDescriptor(block.id(), block.guestAddress(), block.size(), kind, 0, block.fileOffset()));
+                    writer.ramByReference(RamBlockEntry.byDescriptor(
+                            block.id(), block.guestAddress(), block.size(), kind, 0, block.fileOffset()));
                     references++;
                 } else if (bypass && block.shared()) {
                     Path file = block.backing().file().toAbsolutePath();
-                    writer.ramByReference(RamBlockEntry.byReference(block.id(), block.guestAddress(), block.size(), kind,
-                            file, block.fileOffset(), FileIdentity.of(file)));
+                    writer.ramByReference(RamBlockEntry.byReference(
+                            block.id(),
+                            block.guestAddress(),
+                            block.size(),
+                            kind,
+                            file,
+                            block.fileOffset(),
+                            FileIdentity.of(file)));
                     references++;
                 } else {
-                    var entry = writer.ramWithData(block.id(), block.guestAddress(), kind, block.shared(), block.segment(),
-                            block.dataExtents(), progress);
+                    var entry = writer.ramWithData(
+                            block.id(),
+                            block.guestAddress(),
+                            kind,
+                            block.shared(),
+                            block.segment(),
+                            block.dataExtents(),
+                            progress);
                     written += entry.nonZeroPages() * 4096;
                 }
             }
             var c = vm.config();
             var metadata = Json.object(
-                    "machine", Json.object("memory", c.memoryBytes(), "cpus", (long) c.cpus(), "kernel", c.kernelName(),
-                            "cmdline", c.cmdline(), "backing", kind(c.backing())),
+                    "machine",
+                            Json.object(
+                                    "memory",
+                                    c.memoryBytes(),
+                                    "cpus",
+                                    (long) c.cpus(),
+                                    "kernel",
+                                    c.kernelName(),
+                                    "cmdline",
+                                    c.cmdline(),
+                                    "backing",
+                                    kind(c.backing())),
                     "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
                     "devices", DeviceTable.sections(),
                     "createdBy", "panama-vmm");
@@ -115,8 +147,13 @@ public final class VmSnapshots {
             Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
             long end = System.nanoTime();
             keepPaused = after != After.RESUME;
-            log.debug("saved {}: pause {} us, state {} us, RAM {} us, commit {} us", file, (paused - start) / 1000,
-                    (captured - paused) / 1000, (ram - captured) / 1000, (end - ram) / 1000);
+            log.debug(
+                    "saved {}: pause {} us, state {} us, RAM {} us, commit {} us",
+                    file,
+                    (paused - start) / 1000,
+                    (captured - paused) / 1000,
+                    (ram - captured) / 1000,
+                    (end - ram) / 1000);
             var saved = new Saved(file, written, references, (end - start) / 1_000_000, start);
             if (after == After.STOP) {
                 vm.end(new VmExitReason.Stopped("snapshot to " + dir));
@@ -138,7 +175,7 @@ public final class VmSnapshots {
         if (!vm.termination().isDone()) vm.resume();
     }
 
-    private static final java.util.concurrent.atomic.AtomicBoolean WARM = new java.util.concurrent.atomic.AtomicBoolean();
+    private static final AtomicBoolean WARM = new AtomicBoolean();
 
     /**
      * Takes the state path once, on a snapshot of made-up state with no RAM in {@code scratch}:
@@ -156,9 +193,19 @@ public final class VmSnapshots {
             writer.section("vcpu/0", VcpuStateCodec.INSTANCE.encode(vcpu));
             writer.section("vm", VmStateCodec.INSTANCE.encode(new VmState(b, b, b, b, b)));
             for (var row : DeviceTable.ROWS) writer.section(row.section(), encode(row, DeviceTable.States.FRESH));
-            writer.commit(Json.object("machine", Json.object("memory", 0L, "cpus", 1L, "kernel", "warm-up", "cmdline", "", "backing", "memfd"),
-                    "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", 4096L),
-                    "devices", DeviceTable.sections(), "createdBy", "panama-vmm"), Kvm.hostFlavour().name(), true);
+            writer.commit(
+                    Json.object(
+                            "machine",
+                            Json.object(
+                                    "memory", 0L, "cpus", 1L, "kernel", "warm-up", "cmdline", "", "backing", "memfd"),
+                            "host",
+                            Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", 4096L),
+                            "devices",
+                            DeviceTable.sections(),
+                            "createdBy",
+                            "panama-vmm"),
+                    Kvm.hostFlavour().name(),
+                    true);
             encodeAll(load(dir));
         } catch (RuntimeException e) {
             log.debug("warming the state path failed (a save or restore then runs cold): {}", e.getMessage());
@@ -205,8 +252,8 @@ public final class VmSnapshots {
         var snapshot = SnapshotReader.open(dir);
         String host = Kvm.hostFlavour().name();
         if (!snapshot.flavour().equals(host) && !snapshot.flavour().equals(HostFlavour.UNKNOWN.name())) {
-            throw new SnapshotException("the snapshot was taken on a " + snapshot.flavour() + " host and this host is " + host
-                    + ": CPU state cannot move between KVM flavours");
+            throw new SnapshotException("the snapshot was taken on a " + snapshot.flavour() + " host and this host is "
+                    + host + ": CPU state cannot move between KVM flavours");
         }
         var meta = snapshot.metadata();
         var machine = Json.asObject(meta.get("machine"), "machine");
@@ -218,26 +265,47 @@ public final class VmSnapshots {
         for (var e : snapshot.ram()) {
             if (e.byReference()) checkMemoryFile(e);
             if (e.byDescriptor() && e.descriptor() >= descriptors.length) {
-                throw new SnapshotException(descriptors.length == 0
-                        ? "the snapshot in " + dir + " is a local migration stream: its RAM lives in a descriptor passed over the migration socket"
-                        : "the migration stream names descriptor " + e.descriptor() + " but only " + descriptors.length + " came with it");
+                throw new SnapshotException(
+                        descriptors.length == 0
+                                ? "the snapshot in " + dir
+                                        + " is a local migration stream: its RAM lives in a descriptor passed over the migration socket"
+                                : "the migration stream names descriptor " + e.descriptor() + " but only "
+                                        + descriptors.length + " came with it");
             }
             total += e.size();
         }
-        if (total != memoryBytes) throw new SnapshotException("the snapshot's RAM blocks do not add up to its memory size");
+        if (total != memoryBytes)
+            throw new SnapshotException("the snapshot's RAM blocks do not add up to its memory size");
         int format = snapshot.version();
         var vcpuStates = new ArrayList<VcpuState>();
-        for (int i = 0; i < cpus; i++) vcpuStates.add(VcpuStateCodec.INSTANCE.decode(snapshot.section("vcpu/" + i), format, "vcpu/" + i));
+        for (int i = 0; i < cpus; i++)
+            vcpuStates.add(VcpuStateCodec.INSTANCE.decode(snapshot.section("vcpu/" + i), format, "vcpu/" + i));
         var vmState = VmStateCodec.INSTANCE.decode(snapshot.section("vm"), format, "vm");
         var devices = new LinkedHashMap<String, Object>();
         for (var row : DeviceTable.ROWS) {
             // A device added after the snapshot was taken starts fresh, as on a boot.
-            devices.put(row.section(), snapshot.hasSection(row.section())
-                    ? row.codec().decode(snapshot.section(row.section()), format, row.section()) : row.fresh());
+            devices.put(
+                    row.section(),
+                    snapshot.hasSection(row.section())
+                            ? row.codec().decode(snapshot.section(row.section()), format, row.section())
+                            : row.fresh());
         }
-        var config = new MachineConfig(memoryBytes, cpus, restoredBacking(snapshot), String.valueOf(machine.get("kernel")),
-                new byte[0], null, String.valueOf(machine.get("cmdline")));
-        return new LoadedSnapshot(dir, snapshot, config, xsaveSize, List.copyOf(vcpuStates), vmState, new DeviceTable.States(devices),
+        var config = new MachineConfig(
+                memoryBytes,
+                cpus,
+                restoredBacking(snapshot),
+                String.valueOf(machine.get("kernel")),
+                new byte[0],
+                null,
+                String.valueOf(machine.get("cmdline")));
+        return new LoadedSnapshot(
+                dir,
+                snapshot,
+                config,
+                xsaveSize,
+                List.copyOf(vcpuStates),
+                vmState,
+                new DeviceTable.States(devices),
                 descriptors.clone());
     }
 
@@ -261,11 +329,12 @@ public final class VmSnapshots {
         try {
             now = FileIdentity.of(e.file());
         } catch (IOException ex) {
-            throw new SnapshotException("cannot check memory file " + e.file() + ": " + dev.panamavmm.migration.IoErrors.reason(ex));
+            throw new SnapshotException("cannot check memory file " + e.file() + ": " + IoErrors.reason(ex));
         }
         String diff = e.identity().difference(now);
         if (diff != null) {
-            throw new SnapshotException("refusing to restore: the memory file " + e.file() + " does not match the snapshot (" + diff + ")");
+            throw new SnapshotException(
+                    "refusing to restore: the memory file " + e.file() + " does not match the snapshot (" + diff + ")");
         }
         if (now.size() < e.fileOffset() + e.size()) {
             throw new SnapshotException("the memory file " + e.file() + " is smaller than the snapshot's RAM");

@@ -1,15 +1,17 @@
 package dev.panamavmm.api;
 
-import dev.panamavmm.migration.Json;
-import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.io.TempDir;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.panamavmm.migration.Json;
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
 import java.nio.channels.Channels;
+import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -18,10 +20,8 @@ import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertThrows;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /** The control API over a real Unix socket, against a recording target. */
 class ApiServerTest {
@@ -59,7 +59,7 @@ class ApiServerTest {
         }
 
         @Override
-        public Map<String, Object> snapshot(java.nio.file.Path dir, boolean bypass, boolean resume) {
+        public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume) {
             calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume);
             return Json.object("path", dir.toString());
         }
@@ -82,11 +82,16 @@ class ApiServerTest {
                 send(ch, "{\"execute\":\"query-status\"}");
                 assertEquals("{\"return\":{\"status\":\"paused\",\"running\":false}}", in.readLine());
                 send(ch, "this is not json");
-                assertTrue(in.readLine().startsWith("{\"error\":{\"class\":\"GenericError\",\"desc\":\"malformed request:"));
+                assertTrue(in.readLine()
+                        .startsWith("{\"error\":{\"class\":\"GenericError\",\"desc\":\"malformed request:"));
                 send(ch, "{\"execute\":\"frobnicate\"}");
-                assertEquals("{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"the command frobnicate has not been found\"}}", in.readLine());
+                assertEquals(
+                        "{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"the command frobnicate has not been found\"}}",
+                        in.readLine());
                 send(ch, "{\"execute\":\"cont\",\"arguments\":[1]}");
-                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"malformed request: \\\"arguments\\\" must be a JSON object\"}}", in.readLine());
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"malformed request: \\\"arguments\\\" must be a JSON object\"}}",
+                        in.readLine());
                 send(ch, "[".repeat(1000));
                 assertTrue(in.readLine().contains("malformed request"));
                 server.event("READY", null);
@@ -96,23 +101,37 @@ class ApiServerTest {
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":true}}");
                 assertEquals("{\"return\":{\"path\":\"/tmp/s\"}}", in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{}}");
-                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"path\\\" is required (DIRECTORY)\"}}", in.readLine());
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"path\\\" is required (DIRECTORY)\"}}",
+                        in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":5}}");
-                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"path\\\" must be a non-empty string (DIRECTORY), not 5\"}}", in.readLine());
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"path\\\" must be a non-empty string (DIRECTORY), not 5\"}}",
+                        in.readLine());
                 send(ch, "{\"execute\":\"query-status\",\"arguments\":{\"x\":1}}");
-                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"x\\\" (query-status takes none)\"}}", in.readLine());
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"x\\\" (query-status takes none)\"}}",
+                        in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"bypass\":false}}");
-                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume)\"}}", in.readLine());
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume)\"}}",
+                        in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":\"yes\"}}");
-                assertEquals("{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"resume\\\" must be true or false\"}}", in.readLine());
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"resume\\\" must be true or false\"}}",
+                        in.readLine());
             }
             try (var client = ApiClient.connect(path)) {
-                assertEquals(Json.object("status", "running", "running", true), client.execute("query-status", null).get("return"));
+                assertEquals(
+                        Json.object("status", "running", "running", true),
+                        client.execute("query-status", null).get("return"));
             }
             var e = assertThrows(ApiException.class, () -> ApiServer.start(path, target));
             assertEquals("API socket " + path + " is in use by another process", e.getMessage());
         }
-        assertEquals(List.of("stop", "cont", "snapshot /tmp/s bypass=true resume=true"), target.calls,
+        assertEquals(
+                List.of("stop", "cont", "snapshot /tmp/s bypass=true resume=true"),
+                target.calls,
                 "a request with bad arguments is not executed");
         assertTrue(Files.notExists(path), "the socket file is removed on close");
     }
@@ -120,7 +139,7 @@ class ApiServerTest {
     @Test
     void aStaleSocketFileIsReplacedAndAPlainFileRefused(@TempDir Path dir) throws Exception {
         var path = dir.resolve("api.sock");
-        try (var s = java.nio.channels.ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
+        try (var s = ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
             s.bind(UnixDomainSocketAddress.of(path)); // leaves a socket file nobody will accept on after close
         }
         ApiServer.start(path, new Recorder()).close();

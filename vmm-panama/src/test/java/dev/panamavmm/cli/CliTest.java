@@ -1,16 +1,15 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.vmm.memory.Sizes;
-import org.junit.jupiter.api.Test;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.panamavmm.vmm.memory.Sizes;
 import java.io.PrintWriter;
 import java.io.StringWriter;
 import java.util.ArrayList;
 import java.util.List;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertThrows;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.Test;
 
 /** The command-line parser on its own: what it accepts, what it refuses and how it words it. */
 class CliTest {
@@ -71,18 +70,29 @@ class CliTest {
         assertError("unknown option '--cuont'; did you mean '--count'?", "--name", "n", "a", "--cuont", "3");
         assertError("option '--count' needs a value (N)", "--name", "n", "a", "--count");
         assertError("invalid value for --count: 'x' is not an integer", "--name", "n", "a", "--count", "x");
-        assertError("invalid value for --size: 'lots' is not a size (examples: 256M, 8G, 16777216)", "--name", "n", "a", "--size=lots");
+        assertError(
+                "invalid value for --size: 'lots' is not a size (examples: 256M, 8G, 16777216)",
+                "--name",
+                "n",
+                "a",
+                "--size=lots");
         assertError("missing required option --name=NAME", "a");
         assertError("missing FIRST (usage: probe --name=NAME FIRST [SECOND])", "--name", "n");
         assertError("unexpected argument 'c' (probe takes FIRST [SECOND])", "--name", "n", "a", "b", "c");
-        assertError("unexpected argument '[--flag]' (square brackets in a usage line mark what is optional: leave them out)",
-                "--name", "n", "a", "b", "[--flag]");
+        assertError(
+                "unexpected argument '[--flag]' (square brackets in a usage line mark what is optional: leave them out)",
+                "--name",
+                "n",
+                "a",
+                "b",
+                "[--flag]");
         assertError("option '--flag' takes no value", "--name", "n", "a", "--flag=yes");
     }
 
     @Test
     void suggestsACloseNameForATypoOrAUniquePrefixAndNothingForAStrangerWord() {
-        var commands = List.of("run", "restore", "snapshot", "template", "clone", "serve", "migrate", "incoming", "info", "ctl");
+        var commands = List.of(
+                "run", "restore", "snapshot", "template", "clone", "serve", "migrate", "incoming", "info", "ctl");
         assertEquals("; did you mean 'run'?", Cli.didYouMean("runn", commands));
         assertEquals("; did you mean 'snapshot'?", Cli.didYouMean("snapshto", commands), "a transposition is one edit");
         assertEquals("; did you mean 'template'?", Cli.didYouMean("templ", commands), "a unique prefix");
@@ -98,7 +108,9 @@ class CliTest {
         var io = new Cli.Io(new PrintWriter(out), new PrintWriter(new StringWriter()));
         var p = new Probe();
         assertEquals(0, Cli.execute(p, "probe", new String[] {"--help"}, io, "v1"));
-        assertTrue(out.toString().startsWith("Usage: probe [OPTIONS] --name=NAME FIRST [SECOND]\nA probe.\n"), out.toString());
+        assertTrue(
+                out.toString().startsWith("Usage: probe [OPTIONS] --name=NAME FIRST [SECOND]\nA probe.\n"),
+                out.toString());
         assertTrue(out.toString().matches("(?s).*\\n  --size=SIZE +a size \\(default: 1M\\)\\n.*"), out.toString());
         assertTrue(out.toString().matches("(?s).*\\n  --name=NAME +a name \\(required\\)\\n.*"), out.toString());
         assertEquals(0, Cli.execute(p, "probe", new String[] {"-V"}, io, "v1"));
@@ -119,8 +131,16 @@ class CliTest {
         assertEquals("sub", parent.first, "after an option, 'sub' is the parent's parameter");
 
         var out = new StringWriter();
-        Cli.execute(parent, "probe", new String[] {"--help"}, new Cli.Io(new PrintWriter(out), new PrintWriter(new StringWriter())), "v1");
-        assertTrue(out.toString().startsWith("Usage: probe [OPTIONS] --name=NAME FIRST [SECOND]\n   or: probe COMMAND ...\nA probe.\n"),
+        Cli.execute(
+                parent,
+                "probe",
+                new String[] {"--help"},
+                new Cli.Io(new PrintWriter(out), new PrintWriter(new StringWriter())),
+                "v1");
+        assertTrue(
+                out.toString()
+                        .startsWith(
+                                "Usage: probe [OPTIONS] --name=NAME FIRST [SECOND]\n   or: probe COMMAND ...\nA probe.\n"),
                 out.toString());
     }
 

@@ -1,22 +1,28 @@
 package dev.panamavmm.cli;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.testing.VmmProcess;
-import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.io.TempDir;
-
+import java.io.BufferedReader;
 import java.io.ByteArrayOutputStream;
+import java.io.IOException;
 import java.io.InputStream;
+import java.io.InputStreamReader;
 import java.io.OutputStream;
+import java.net.UnixDomainSocketAddress;
+import java.nio.channels.Channels;
+import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
-
-import static org.junit.jupiter.api.Assertions.assertArrayEquals;
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /** The console as a user meets it: on a terminal (a real pty, through script(1)) and on a unix: socket. */
 class ConsoleTest {
@@ -39,19 +45,28 @@ class ConsoleTest {
     void aUnixConsoleClientGetsTheLinesPrintedBeforeItConnected(@TempDir Path dir) throws Exception {
         var socket = dir.resolve("console.sock");
         var api = dir.resolve("api.sock");
-        try (var vmm = VmmProcess.start("run", "--memory", "32M", "--console", "unix:" + socket, "--api-socket", api.toString(),
-                "--cmdline", "console=ttyS0 testguest.hb=50 testguest.mem=4M")) {
+        try (var vmm = VmmProcess.start(
+                "run",
+                "--memory",
+                "32M",
+                "--console",
+                "unix:" + socket,
+                "--api-socket",
+                api.toString(),
+                "--cmdline",
+                "console=ttyS0 testguest.hb=50 testguest.mem=4M")) {
             vmm.awaitSocket(socket);
             vmm.awaitSocket(api);
             Thread.sleep(1500); // the guest boots and beats a while with nobody connected
-            try (var ch = java.nio.channels.SocketChannel.open(java.net.UnixDomainSocketAddress.of(socket))) {
-                var in = new java.io.BufferedReader(new java.io.InputStreamReader(java.nio.channels.Channels.newInputStream(ch)));
+            try (var ch = SocketChannel.open(UnixDomainSocketAddress.of(socket))) {
+                var in = new BufferedReader(new InputStreamReader(Channels.newInputStream(ch)));
                 var lines = new ArrayList<String>();
                 String line;
                 while ((line = in.readLine()) != null && !line.equals("hb 0 3")) lines.add(line);
                 assertTrue(lines.getFirst().startsWith("testguest "), "the boot banner came first: " + lines);
                 assertTrue(lines.contains("ready"), lines.toString());
-                assertEquals(List.of("hb 0 1", "hb 0 2"), lines.subList(lines.size() - 2, lines.size()), lines.toString());
+                assertEquals(
+                        List.of("hb 0 1", "hb 0 2"), lines.subList(lines.size() - 2, lines.size()), lines.toString());
             }
             vmm.signal("TERM");
             assertEquals(0, vmm.waitFor(20), vmm.stderr());
@@ -63,10 +78,22 @@ class ConsoleTest {
     void onATerminalTheVmmSaysHowToQuitAndCtrlAHListsTheKeys() throws Exception {
         var vmm = new ArrayList<String>();
         vmm.add(ProcessHandle.current().info().command().orElse("java"));
-        vmm.addAll(List.of("--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC", "-cp", System.getProperty("java.class.path"),
-                Main.class.getName(), "run", "--memory", "32M", "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=4M"));
-        String shellCommand = String.join(" ", vmm.stream().map(a -> "'" + a.replace("'", "'\\''") + "'").toList());
-        var process = new ProcessBuilder("script", "-qefc", shellCommand, "/dev/null").redirectErrorStream(true).start();
+        vmm.addAll(List.of(
+                "--enable-native-access=ALL-UNNAMED",
+                "-XX:+UseSerialGC",
+                "-cp",
+                System.getProperty("java.class.path"),
+                Main.class.getName(),
+                "run",
+                "--memory",
+                "32M",
+                "--cmdline",
+                "console=ttyS0 testguest.hb=100 testguest.mem=4M"));
+        String shellCommand = String.join(
+                " ", vmm.stream().map(a -> "'" + a.replace("'", "'\\''") + "'").toList());
+        var process = new ProcessBuilder("script", "-qefc", shellCommand, "/dev/null")
+                .redirectErrorStream(true)
+                .start();
         var output = new ByteArrayOutputStream();
         Thread.ofPlatform().daemon().start(() -> copy(process.getInputStream(), output));
         try (OutputStream keys = process.getOutputStream()) {
@@ -97,7 +124,7 @@ class ConsoleTest {
                     out.write(buf, 0, n);
                 }
             }
-        } catch (java.io.IOException e) {
+        } catch (IOException e) {
             // the process ended
         }
     }
@@ -113,9 +140,10 @@ class ConsoleTest {
     }
 
     private static void awaitOutput(ByteArrayOutputStream out, String regex, int from) throws InterruptedException {
-        var pattern = java.util.regex.Pattern.compile("(?m)^" + regex + "$");
+        var pattern = Pattern.compile("(?m)^" + regex + "$");
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
-        while (!pattern.matcher(text(out).substring(Math.min(from, text(out).length()))).find()) {
+        while (!pattern.matcher(text(out).substring(Math.min(from, text(out).length())))
+                .find()) {
             if (System.nanoTime() > deadline) throw new AssertionError("no /" + regex + "/ in:\n" + text(out));
             Thread.sleep(20);
         }

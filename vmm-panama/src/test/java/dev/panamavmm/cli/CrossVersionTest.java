@@ -1,17 +1,16 @@
 package dev.panamavmm.cli;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.testing.Heartbeats;
 import dev.panamavmm.testing.VmmProcess;
-import org.junit.jupiter.api.io.TempDir;
-
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Map;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.io.TempDir;
 
 /**
  * A live update from the previous release into this one, both run as users run them: the
@@ -25,7 +24,9 @@ class CrossVersionTest {
     static final String PREVIOUS_RELEASE = "52b27eb";
 
     static Path previousRelease() throws Exception {
-        var p = new ProcessBuilder(Path.of("..", "scripts", "build-release").toString(), PREVIOUS_RELEASE).redirectErrorStream(false).start();
+        var p = new ProcessBuilder(Path.of("..", "scripts", "build-release").toString(), PREVIOUS_RELEASE)
+                .redirectErrorStream(false)
+                .start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8).trim();
         String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8).trim();
         assertEquals(0, p.waitFor(), "building the previous release " + PREVIOUS_RELEASE + " failed: " + err);
@@ -41,15 +42,36 @@ class CrossVersionTest {
         var newApi = dir.resolve("new.sock");
         var incoming = dir.resolve("in.sock");
         var quiet = Map.of("PANAMA_VMM_NO_REHEARSAL", "1");
-        try (var old = VmmProcess.startJar(oldJar, quiet, "run", "--cpus", "2", "--memory", "64M", "--api-socket", oldApi.toString(),
-                "--console", "file:" + oldConsole, "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=8M");
-             var next = VmmProcess.start("incoming", "unix:" + incoming, "--api-socket", newApi.toString(), "--console", "file:" + newConsole)) {
+        try (var old = VmmProcess.startJar(
+                        oldJar,
+                        quiet,
+                        "run",
+                        "--cpus",
+                        "2",
+                        "--memory",
+                        "64M",
+                        "--api-socket",
+                        oldApi.toString(),
+                        "--console",
+                        "file:" + oldConsole,
+                        "--cmdline",
+                        "console=ttyS0 testguest.hb=100 testguest.mem=8M");
+                var next = VmmProcess.start(
+                        "incoming",
+                        "unix:" + incoming,
+                        "--api-socket",
+                        newApi.toString(),
+                        "--console",
+                        "file:" + newConsole)) {
             SnapshotCliTest.awaitText(oldConsole, "hb 1 2", 30);
             old.awaitSocket(oldApi);
             next.awaitSocket(incoming);
-            try (var migrate = VmmProcess.startJar(oldJar, quiet, "migrate", "--api-socket", oldApi.toString(), "unix:" + incoming)) {
+            try (var migrate = VmmProcess.startJar(
+                    oldJar, quiet, "migrate", "--api-socket", oldApi.toString(), "unix:" + incoming)) {
                 assertEquals(0, migrate.waitFor(30), migrate.stderr());
-                assertTrue(String.join("\n", migrate.lines()).startsWith("migrated: downtime "), migrate.lines().toString());
+                assertTrue(
+                        String.join("\n", migrate.lines()).startsWith("migrated: downtime "),
+                        migrate.lines().toString());
             }
             assertEquals(0, old.waitFor(30), old.stderr());
             var seen = Heartbeats.checkLive(Files.readString(oldConsole) + Files.readString(newConsole));

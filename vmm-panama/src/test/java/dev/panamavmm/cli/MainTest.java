@@ -1,14 +1,15 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.kvm.testing.KvmTest;
-import org.junit.jupiter.api.Test;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.testing.VmmProcess;
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import java.util.Map;
+import org.junit.jupiter.api.Test;
 
 /** The CLI as a user meets it: exit codes, one-line errors, and what {@code info} reports. */
 class MainTest {
@@ -18,7 +19,10 @@ class MainTest {
     static Result run(String... args) {
         var out = new ByteArrayOutputStream();
         var err = new ByteArrayOutputStream();
-        int code = Main.run(args, new PrintStream(out, true, StandardCharsets.UTF_8), new PrintStream(err, true, StandardCharsets.UTF_8));
+        int code = Main.run(
+                args,
+                new PrintStream(out, true, StandardCharsets.UTF_8),
+                new PrintStream(err, true, StandardCharsets.UTF_8));
         return new Result(code, out.toString(StandardCharsets.UTF_8), err.toString(StandardCharsets.UTF_8));
     }
 
@@ -48,7 +52,9 @@ class MainTest {
     void aDeviceThatIsNotKvmIsOneLine() {
         var r = run("info", "--kvm-device", "/dev/null");
         assertEquals(1, r.code());
-        assertEquals("vmm: KVM_GET_API_VERSION failed: /dev/null is not a KVM device (ENOTTY (Inappropriate ioctl for device))\n", r.err());
+        assertEquals(
+                "vmm: KVM_GET_API_VERSION failed: /dev/null is not a KVM device (ENOTTY (Inappropriate ioctl for device))\n",
+                r.err());
     }
 
     @Test
@@ -95,12 +101,17 @@ class MainTest {
     /** A mistyped PANAMA_VMM_LOG gets one warning (in a process of its own: the level is read once per process). */
     @Test
     void aBadLogSettingWarnsOnce() throws Exception {
-        try (var vmm = dev.panamavmm.testing.VmmProcess.start(java.util.Map.of("PANAMA_VMM_LOG", "verbose,Vm=loud,info"),
-                "info", "--kvm-device", "/nonexistent/kvm")) {
+        try (var vmm = VmmProcess.start(
+                Map.of("PANAMA_VMM_LOG", "verbose,Vm=loud,info"), "info", "--kvm-device", "/nonexistent/kvm")) {
             assertEquals(1, vmm.waitFor(60));
-            var warnings = vmm.stderr().lines().filter(l -> l.contains("PANAMA_VMM_LOG")).toList();
+            var warnings = vmm.stderr()
+                    .lines()
+                    .filter(l -> l.contains("PANAMA_VMM_LOG"))
+                    .toList();
             assertEquals(1, warnings.size(), vmm.stderr());
-            assertTrue(warnings.getFirst().startsWith("vmm: WARN Log: PANAMA_VMM_LOG: ignored 'verbose', 'Vm=loud' ("), warnings.getFirst());
+            assertTrue(
+                    warnings.getFirst().startsWith("vmm: WARN Log: PANAMA_VMM_LOG: ignored 'verbose', 'Vm=loud' ("),
+                    warnings.getFirst());
         }
     }
 

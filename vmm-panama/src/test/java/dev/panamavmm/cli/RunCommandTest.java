@@ -1,15 +1,17 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.kvm.testing.KvmTest;
-import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.io.TempDir;
-
-import java.nio.file.Files;
-import java.nio.file.Path;
-
 import static dev.panamavmm.cli.MainTest.run;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.vmm.TinyElfAccess;
+import dev.panamavmm.vmm.boot.SyntheticBzImage;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Arrays;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /** {@code vmm run}: bad input is one line and a non-zero exit; a guest's exit code becomes the VMM's. */
 class RunCommandTest {
@@ -25,33 +27,48 @@ class RunCommandTest {
         assertOneLineError(2, run("run", "--memory", "0"), "--memory 0 bytes is below the minimum of 16 MiB");
         assertOneLineError(2, run("run", "--memory", "1T"), "--memory 1 TiB is more than this host's");
         assertOneLineError(2, run("run", "--memory", "lots"), "invalid value for --memory: 'lots' is not a size");
-        assertOneLineError(2, run("run", "--mem-path", dir.toString(), "--shared"), "--mem-path " + dir + " is a directory");
-        assertOneLineError(2, run("run", "--kernel", dir.resolve("missing").toString()), "--kernel " + dir.resolve("missing") + " does not exist");
+        assertOneLineError(
+                2, run("run", "--mem-path", dir.toString(), "--shared"), "--mem-path " + dir + " is a directory");
+        assertOneLineError(
+                2,
+                run("run", "--kernel", dir.resolve("missing").toString()),
+                "--kernel " + dir.resolve("missing") + " does not exist");
         assertOneLineError(2, run("run", "--shared"), "--shared needs --mem-path FILE");
         assertOneLineError(2, run("run", "--frobnicate"), "unknown option '--frobnicate'");
         assertOneLineError(2, run("run", "--console", "tcp:1234"), "--console must be stdout, file:PATH or unix:PATH");
         var notElf = Files.writeString(dir.resolve("vmlinuz"), "not a kernel");
-        assertOneLineError(1, run("run", "--kernel", notElf.toString()), notElf + " is not a kernel: neither an ELF executable nor a bzImage");
-        assertOneLineError(2, run("run", "--boot", "uefi"), "--boot: unknown boot protocol 'uefi' (auto, linux64 or pvh)");
+        assertOneLineError(
+                1,
+                run("run", "--kernel", notElf.toString()),
+                notElf + " is not a kernel: neither an ELF executable nor a bzImage");
+        assertOneLineError(
+                2, run("run", "--boot", "uefi"), "--boot: unknown boot protocol 'uefi' (auto, linux64 or pvh)");
     }
 
     @Test
     void badKernelsInitrdsAndCommandLinesAreOneLineErrors(@TempDir Path dir) throws Exception {
-        byte[] bz = dev.panamavmm.vmm.boot.SyntheticBzImage.standard().build();
-        var truncated = Files.write(dir.resolve("truncated"), java.util.Arrays.copyOf(bz, bz.length - 1000));
+        byte[] bz = SyntheticBzImage.standard().build();
+        var truncated = Files.write(dir.resolve("truncated"), Arrays.copyOf(bz, bz.length - 1000));
         assertOneLineError(1, run("run", "--kernel", truncated.toString()), "truncated bzImage: its header declares");
         var kernel = Files.write(dir.resolve("vmlinuz"), bz);
-        assertOneLineError(1, run("run", "--kernel", kernel.toString(), "--cmdline", "x".repeat(256)),
+        assertOneLineError(
+                1,
+                run("run", "--kernel", kernel.toString(), "--cmdline", "x".repeat(256)),
                 "kernel command line is 256 bytes; this kernel accepts at most 255");
-        assertOneLineError(1, run("run", "--cmdline", "x".repeat(2048)), "kernel command line is 2048 bytes; this kernel accepts at most 2047");
+        assertOneLineError(
+                1,
+                run("run", "--cmdline", "x".repeat(2048)),
+                "kernel command line is 2048 bytes; this kernel accepts at most 2047");
         var initrd = Files.write(dir.resolve("initrd"), new byte[17 << 20]);
-        assertOneLineError(1, run("run", "--kernel", kernel.toString(), "--memory", "16M", "--initrd", initrd.toString()),
+        assertOneLineError(
+                1,
+                run("run", "--kernel", kernel.toString(), "--memory", "16M", "--initrd", initrd.toString()),
                 "initrd " + initrd + " (" + (17 << 20) + " bytes) is larger than guest RAM");
     }
 
     @KvmTest
     void theGuestsExitCodeIsTheVmmsAndItsConsoleGoesWhereAsked(@TempDir Path dir) throws Exception {
-        var kernel = Files.write(dir.resolve("tiny.elf"), dev.panamavmm.vmm.TinyElfAccess.printHiAndExit(42));
+        var kernel = Files.write(dir.resolve("tiny.elf"), TinyElfAccess.printHiAndExit(42));
         var console = dir.resolve("console.txt");
         var r = run("run", "--kernel", kernel.toString(), "--memory", "32M", "--console", "file:" + console);
         assertEquals(42, r.code(), r.err());
@@ -61,9 +78,18 @@ class RunCommandTest {
 
     @KvmTest
     void anUnwritableApiSocketIsOneLine(@TempDir Path dir) throws Exception {
-        var kernel = Files.write(dir.resolve("tiny.elf"), dev.panamavmm.vmm.TinyElfAccess.printHiAndExit(0));
-        var r = run("run", "--kernel", kernel.toString(), "--memory", "32M", "--console", "file:" + dir.resolve("c"),
-                "--api-socket", dir.resolve("no/such/dir/api.sock").toString());
-        assertOneLineError(1, r, "cannot create API socket " + dir.resolve("no/such/dir/api.sock") + ": no such directory");
+        var kernel = Files.write(dir.resolve("tiny.elf"), TinyElfAccess.printHiAndExit(0));
+        var r = run(
+                "run",
+                "--kernel",
+                kernel.toString(),
+                "--memory",
+                "32M",
+                "--console",
+                "file:" + dir.resolve("c"),
+                "--api-socket",
+                dir.resolve("no/such/dir/api.sock").toString());
+        assertOneLineError(
+                1, r, "cannot create API socket " + dir.resolve("no/such/dir/api.sock") + ": no such directory");
     }
 }

@@ -1,33 +1,50 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.kvm.testing.KvmTest;
-import dev.panamavmm.migration.SnapshotFormat;
-import dev.panamavmm.testing.VmmProcess;
-import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.io.TempDir;
-
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.util.Map;
-import java.util.zip.CRC32C;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.panamavmm.guest.TestGuest;
+import dev.panamavmm.kvm.HostFlavour;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.SnapshotFormat;
+import dev.panamavmm.testing.Heartbeats;
+import dev.panamavmm.testing.VmmProcess;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Comparator;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Pattern;
+import java.util.zip.CRC32C;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /** vmm snapshot / vmm restore as users run them: two processes, the test guest as the oracle. */
 class SnapshotCliTest {
 
     static Map<Integer, Integer> heartbeats(String console) {
-        return dev.panamavmm.testing.Heartbeats.check(console);
+        return Heartbeats.check(console);
     }
 
     static void awaitText(Path file, String regex, long seconds) throws Exception {
         long deadline = System.nanoTime() + seconds * 1_000_000_000L;
-        var p = java.util.regex.Pattern.compile("(?m)^" + regex + "$");
+        var p = Pattern.compile("(?m)^" + regex + "$");
         while (!(Files.exists(file) && p.matcher(Files.readString(file)).find())) {
-            if (System.nanoTime() > deadline) throw new AssertionError("no /" + regex + "/ in " + file + ":\n" + (Files.exists(file) ? Files.readString(file) : ""));
+            if (System.nanoTime() > deadline)
+                throw new AssertionError(
+                        "no /" + regex + "/ in " + file + ":\n" + (Files.exists(file) ? Files.readString(file) : ""));
             Thread.sleep(20);
         }
     }
@@ -40,8 +57,18 @@ class SnapshotCliTest {
         var console1 = dir.resolve("console1.txt");
         var console2 = dir.resolve("console2.txt");
         String cmdline = "console=ttyS0 testguest.hb=150 testguest.mem=16M";
-        try (var first = VmmProcess.start("run", "--cpus", "2", "--memory", "128M", "--api-socket", api.toString(),
-                "--console", "file:" + console1, "--cmdline", cmdline)) {
+        try (var first = VmmProcess.start(
+                "run",
+                "--cpus",
+                "2",
+                "--memory",
+                "128M",
+                "--api-socket",
+                api.toString(),
+                "--console",
+                "file:" + console1,
+                "--cmdline",
+                cmdline)) {
             awaitText(console1, "hb 1 3", 30);
             first.awaitSocket(api);
             var r = MainTest.run("snapshot", "--api-socket", api.toString(), snap.toString());
@@ -66,7 +93,9 @@ class SnapshotCliTest {
         assertEquals(1, missing.code());
         assertEquals("vmm: no snapshot directory " + dir.resolve("none") + "\n", missing.err());
         var empty = Files.createDirectory(dir.resolve("empty"));
-        assertEquals("vmm: no snapshot in " + empty + " (snapshot.pvm is missing)\n", MainTest.run("restore", empty.toString()).err());
+        assertEquals(
+                "vmm: no snapshot in " + empty + " (snapshot.pvm is missing)\n",
+                MainTest.run("restore", empty.toString()).err());
         assertEquals(2, MainTest.run("restore", empty.toString(), "--paused").code(), "--paused needs an API socket");
     }
 
@@ -75,11 +104,22 @@ class SnapshotCliTest {
     void damagedSnapshotsAreRefused(@TempDir Path dir) throws Exception {
         var api = dir.resolve("api.sock");
         var snap = dir.resolve("snap");
-        var ram = Path.of("/dev/shm", "panama-cli-test-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
+        var ram =
+                Path.of("/dev/shm", "panama-cli-test-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
         try {
-            try (var vmm = VmmProcess.start("run", "--memory", "64M", "--mem-path", ram.toString(), "--shared",
-                    "--api-socket", api.toString(), "--console", "file:" + dir.resolve("c"),
-                    "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
+            try (var vmm = VmmProcess.start(
+                    "run",
+                    "--memory",
+                    "64M",
+                    "--mem-path",
+                    ram.toString(),
+                    "--shared",
+                    "--api-socket",
+                    api.toString(),
+                    "--console",
+                    "file:" + dir.resolve("c"),
+                    "--cmdline",
+                    "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
                 awaitText(dir.resolve("c"), "hb 0 2", 30);
                 vmm.awaitSocket(api);
                 var r = MainTest.run("snapshot", "--api-socket", api.toString(), snap.toString());
@@ -91,22 +131,28 @@ class SnapshotCliTest {
             byte[] good = Files.readAllBytes(file);
             assertTrue(good.length < 64 * 1024, "bypass: no RAM in the snapshot");
 
-            refused(snap, file, java.util.Arrays.copyOf(good, good.length - 7), "is truncated");
+            refused(snap, file, Arrays.copyOf(good, good.length - 7), "is truncated");
             byte[] flipped = good.clone();
             flipped[good.length - 100] ^= 1;
             refused(snap, file, flipped, "is corrupt");
             refused(snap, file, withHeaderInt(good, 8, 3), "has format version 3; this VMM reads versions 1 to 2");
-            String otherFlavour = dev.panamavmm.kvm.Kvm.hostFlavour() == dev.panamavmm.kvm.HostFlavour.PVM ? "VMX" : "PVM";
-            refused(snap, file, withHeaderInt(good, 12, otherFlavour.equals("VMX") ? 1 : 3),
+            String otherFlavour = Kvm.hostFlavour() == HostFlavour.PVM ? "VMX" : "PVM";
+            refused(
+                    snap,
+                    file,
+                    withHeaderInt(good, 12, otherFlavour.equals("VMX") ? 1 : 3),
                     "the snapshot was taken on a " + otherFlavour + " host");
             Files.write(file, good);
             var verified = MainTest.run("snapshot", "verify", snap.toString());
             assertEquals(0, verified.code(), verified.err());
-            assertEquals("snapshot " + file + " is intact: no RAM stored in it; 1 RAM block(s) by reference to a memory file:"
-                    + " its identity checked, not its contents\n", verified.out());
+            assertEquals(
+                    "snapshot " + file
+                            + " is intact: no RAM stored in it; 1 RAM block(s) by reference to a memory file:"
+                            + " its identity checked, not its contents\n",
+                    verified.out());
 
             byte[] original = Files.readAllBytes(ram);
-            try (var ch = java.nio.channels.FileChannel.open(ram, java.nio.file.StandardOpenOption.WRITE)) {
+            try (var ch = FileChannel.open(ram, StandardOpenOption.WRITE)) {
                 ch.truncate(32 << 20);
             }
             refusedAsIs(snap, "does not match the snapshot (its size changed");
@@ -114,8 +160,11 @@ class SnapshotCliTest {
             refusedAsIs(snap, "does not match the snapshot (it was modified after the snapshot)");
             var stale = MainTest.run("snapshot", "verify", snap.toString());
             assertEquals(1, stale.code(), stale.err());
-            assertEquals("vmm: snapshot " + file + " cannot be restored: the memory file " + ram + " of RAM block ram-low does not match"
-                    + " the snapshot (it was modified after the snapshot)\n", stale.err());
+            assertEquals(
+                    "vmm: snapshot " + file + " cannot be restored: the memory file " + ram
+                            + " of RAM block ram-low does not match"
+                            + " the snapshot (it was modified after the snapshot)\n",
+                    stale.err());
             Files.delete(ram);
             refusedAsIs(snap, "the snapshot's memory file " + ram + " is missing");
         } finally {
@@ -134,8 +183,16 @@ class SnapshotCliTest {
         var snap = dir.resolve("snap");
         var console1 = dir.resolve("console1.txt");
         var console2 = dir.resolve("console2.txt");
-        try (var vmm = VmmProcess.start("run", "--memory", "64M", "--api-socket", api.toString(), "--console", "file:" + console1,
-                "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
+        try (var vmm = VmmProcess.start(
+                "run",
+                "--memory",
+                "64M",
+                "--api-socket",
+                api.toString(),
+                "--console",
+                "file:" + console1,
+                "--cmdline",
+                "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
             awaitText(console1, "hb 0 2", 30);
             vmm.awaitSocket(api);
             var r = MainTest.run("snapshot", "--api-socket", api.toString(), "--no-bypass", snap.toString());
@@ -145,22 +202,32 @@ class SnapshotCliTest {
         var file = snap.resolve(SnapshotFormat.FILE_NAME);
         var intact = MainTest.run("snapshot", "verify", snap.toString());
         assertEquals(0, intact.code(), intact.err());
-        assertTrue(intact.out().matches("snapshot " + java.util.regex.Pattern.quote(file.toString())
-                + " is intact: 1 RAM block\\(s\\), 64 MiB checked in \\d+ ms\n"), intact.out());
+        assertTrue(
+                intact.out()
+                        .matches("snapshot " + Pattern.quote(file.toString())
+                                + " is intact: 1 RAM block\\(s\\), 64 MiB checked in \\d+ ms\n"),
+                intact.out());
 
         byte[] good = Files.readAllBytes(file);
         long data = SnapshotFormat.DATA_START; // the one block's first byte
-        // A byte of the guest's exercised memory (it fills 8 MiB above its image at 1 MiB), and a page of the untouched top.
+        // A byte of the guest's exercised memory (it fills 8 MiB above its image at 1 MiB), and a page of the untouched
+        // top.
         int dataByte = -1;
-        for (int at = (int) (data + (4 << 20)); at < data + (12 << 20) && dataByte < 0; at++) if (good[at] != 0) dataByte = at;
+        for (int at = (int) (data + (4 << 20)); at < data + (12 << 20) && dataByte < 0; at++)
+            if (good[at] != 0) dataByte = at;
         assertTrue(dataByte > 0, "the guest wrote its pattern");
         int holeByte = (int) (data + (61 << 20) + 12345);
-        for (int at = holeByte - 4096; at < holeByte + 4096; at++) assertEquals(0, good[at], "a zero page near the top");
+        for (int at = holeByte - 4096; at < holeByte + 4096; at++)
+            assertEquals(0, good[at], "a zero page near the top");
 
         byte[] flipped = good.clone();
         flipped[dataByte] ^= 0x20;
         long chunk = (dataByte - data) & -(2L << 20);
-        damaged(snap, file, flipped, String.format("RAM block ram-low, bytes 0x%x-0x%x: checksum mismatch", chunk, chunk + (2 << 20) - 1));
+        damaged(
+                snap,
+                file,
+                flipped,
+                String.format("RAM block ram-low, bytes 0x%x-0x%x: checksum mismatch", chunk, chunk + (2 << 20) - 1));
         byte[] filledHole = good.clone();
         filledHole[holeByte] = 1;
         damaged(snap, file, filledHole, "RAM block ram-low, bytes 0x3c00000-0x3dfffff: checksum mismatch");
@@ -169,7 +236,10 @@ class SnapshotCliTest {
         var before = heartbeats(Files.readString(console1));
         try (var restored = VmmProcess.start("restore", "--verify", snap.toString(), "--console", "file:" + console2)) {
             awaitText(console2, "hb 0 " + (before.get(0) + 3), 30);
-            assertTrue(restored.stderr().startsWith("vmm: snapshot " + file + " is intact: 1 RAM block(s), 64 MiB checked"), restored.stderr());
+            assertTrue(
+                    restored.stderr()
+                            .startsWith("vmm: snapshot " + file + " is intact: 1 RAM block(s), 64 MiB checked"),
+                    restored.stderr());
             restored.signal("TERM");
             assertEquals(0, restored.waitFor(30), restored.stderr());
         }
@@ -196,15 +266,26 @@ class SnapshotCliTest {
         var file = snap.resolve(SnapshotFormat.FILE_NAME);
         var verify = MainTest.run("snapshot", "verify", snap.toString());
         assertEquals(0, verify.code(), verify.err());
-        assertEquals("snapshot " + file + " has format version 1: header and sections intact, its RAM carries no checksums\n", verify.out());
+        assertEquals(
+                "snapshot " + file
+                        + " has format version 1: header and sections intact, its RAM carries no checksums\n",
+                verify.out());
 
         var console = dir.resolve("console.txt");
         try (var restored = VmmProcess.start("restore", "--verify", snap.toString(), "--console", "file:" + console)) {
             awaitText(console, "hb 1 \\d+", 30);
-            int first = Integer.parseInt(Files.readString(console).lines().filter(l -> l.startsWith("hb 1 ")).findFirst().orElseThrow().substring(5));
+            int first = Integer.parseInt(Files.readString(console)
+                    .lines()
+                    .filter(l -> l.startsWith("hb 1 "))
+                    .findFirst()
+                    .orElseThrow()
+                    .substring(5));
             awaitText(console, "hb 1 " + (first + 3), 30);
-            assertTrue(restored.stderr().startsWith("vmm: snapshot " + file + " has format version 1: header and sections intact,"
-                    + " its RAM carries no checksums; restoring it unverified\n"), restored.stderr());
+            assertTrue(
+                    restored.stderr()
+                            .startsWith("vmm: snapshot " + file + " has format version 1: header and sections intact,"
+                                    + " its RAM carries no checksums; restoring it unverified\n"),
+                    restored.stderr());
             restored.signal("TERM");
             assertEquals(0, restored.waitFor(30), restored.stderr());
         }
@@ -213,17 +294,18 @@ class SnapshotCliTest {
 
     /** The heartbeats of a guest restored from a snapshot of unknown count: each CPU's go on by one from its first, nothing CORRUPT. */
     static void continuing(String console) {
-        var first = new java.util.HashMap<Integer, Integer>();
-        var lines = new java.util.ArrayList<String>();
+        var first = new HashMap<Integer, Integer>();
+        var lines = new ArrayList<String>();
         for (var line : console.lines().toList()) {
-            var m = dev.panamavmm.guest.TestGuest.HEARTBEAT.matcher(line);
+            var m = TestGuest.HEARTBEAT.matcher(line);
             if (m.matches() && first.putIfAbsent(Integer.parseInt(m.group(1)), Integer.parseInt(m.group(2))) == null) {
-                for (int n = 1; n < Integer.parseInt(m.group(2)); n++) lines.add("hb " + m.group(1) + " " + n); // what the saved guest had printed
+                for (int n = 1; n < Integer.parseInt(m.group(2)); n++)
+                    lines.add("hb " + m.group(1) + " " + n); // what the saved guest had printed
             }
             lines.add(line);
         }
         assertEquals(2, first.size(), console);
-        dev.panamavmm.testing.Heartbeats.check(lines);
+        Heartbeats.check(lines);
     }
 
     /**
@@ -233,7 +315,8 @@ class SnapshotCliTest {
      * next save, after which the directory holds exactly snapshot.pvm.
      */
     @KvmTest
-    void aSaveKilledMidWriteLeavesTheEarlierSnapshotAndTheNextSaveRemovesItsTemporaryFile(@TempDir Path dir) throws Exception {
+    void aSaveKilledMidWriteLeavesTheEarlierSnapshotAndTheNextSaveRemovesItsTemporaryFile(@TempDir Path dir)
+            throws Exception {
         var shm = Files.createTempDirectory(Path.of("/dev/shm"), "panama-kill-test-");
         try {
             var snap = shm.resolve("snap");
@@ -242,8 +325,16 @@ class SnapshotCliTest {
             var console3 = dir.resolve("console3.txt");
             String cmdline = "console=ttyS0 testguest.hb=100 testguest.mem=512M";
             var api1 = dir.resolve("api1.sock");
-            try (var first = VmmProcess.start("run", "--memory", "1G", "--api-socket", api1.toString(), "--console", "file:" + console1,
-                    "--cmdline", cmdline)) {
+            try (var first = VmmProcess.start(
+                    "run",
+                    "--memory",
+                    "1G",
+                    "--api-socket",
+                    api1.toString(),
+                    "--console",
+                    "file:" + console1,
+                    "--cmdline",
+                    cmdline)) {
                 awaitText(console1, "hb 0 2", 60);
                 first.awaitSocket(api1);
                 var r = MainTest.run("snapshot", "--api-socket", api1.toString(), "--no-bypass", snap.toString());
@@ -251,30 +342,33 @@ class SnapshotCliTest {
                 assertEquals(0, first.waitFor(30), first.stderr());
             }
             var file = snap.resolve(SnapshotFormat.FILE_NAME);
-            byte[] earlierHeader = java.util.Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE);
+            byte[] earlierHeader = Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE);
 
             // A second VMM continues that guest and is killed while it saves it again into the same directory.
             var api2 = dir.resolve("api2.sock");
             Path temp;
-            try (var second = VmmProcess.start("restore", snap.toString(), "--api-socket", api2.toString(), "--console", "file:" + console2)) {
+            try (var second = VmmProcess.start(
+                    "restore", snap.toString(), "--api-socket", api2.toString(), "--console", "file:" + console2)) {
                 second.awaitSocket(api2);
                 awaitText(console2, "hb 0 \\d+", 30);
-                var save = java.util.concurrent.CompletableFuture.supplyAsync(
-                        () -> MainTest.run("snapshot", "--api-socket", api2.toString(), "--no-bypass", snap.toString()));
+                var save = CompletableFuture.supplyAsync(() ->
+                        MainTest.run("snapshot", "--api-socket", api2.toString(), "--no-bypass", snap.toString()));
                 temp = awaitGrowingTemporary(snap, second.pid(), save);
                 ProcessHandle.of(second.pid()).orElseThrow().destroyForcibly(); // SIGKILL
                 second.waitFor(30);
-                var failed = save.get(30, java.util.concurrent.TimeUnit.SECONDS);
+                var failed = save.get(30, TimeUnit.SECONDS);
                 assertEquals(1, failed.code(), failed.out());
             }
             assertTrue(Files.size(temp) > 0, "kill -9 leaves the writer's temporary file: " + temp);
-            assertTrue(java.util.Arrays.equals(earlierHeader, java.util.Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE)),
+            assertTrue(
+                    Arrays.equals(earlierHeader, Arrays.copyOf(Files.readAllBytes(file), SnapshotFormat.HEADER_SIZE)),
                     "snapshot.pvm is still the earlier snapshot");
 
             // The earlier snapshot restores (the temporary file beside it ignored) and the guest goes on from it.
             var api3 = dir.resolve("api3.sock");
             var before = heartbeats(Files.readString(console1));
-            try (var third = VmmProcess.start("restore", snap.toString(), "--api-socket", api3.toString(), "--console", "file:" + console3)) {
+            try (var third = VmmProcess.start(
+                    "restore", snap.toString(), "--api-socket", api3.toString(), "--console", "file:" + console3)) {
                 awaitText(console3, "hb 0 " + (before.get(0) + 5), 60);
                 third.awaitSocket(api3);
                 assertTrue(Files.exists(temp));
@@ -284,29 +378,31 @@ class SnapshotCliTest {
             }
             heartbeats(Files.readString(console1) + Files.readString(console3));
             try (var files = Files.list(snap)) {
-                assertEquals(java.util.List.of(file), files.toList(), "the next save removed the dead writer's temporary file");
+                assertEquals(List.of(file), files.toList(), "the next save removed the dead writer's temporary file");
             }
         } finally {
             try (var walk = Files.walk(shm)) {
-                for (var p : walk.sorted(java.util.Comparator.reverseOrder()).toList()) Files.deleteIfExists(p);
+                for (var p : walk.sorted(Comparator.reverseOrder()).toList()) Files.deleteIfExists(p);
             }
         }
     }
 
     /** Waits until the VMM {@code pid} has a temporary snapshot file in {@code dir} that is growing (it is writing RAM). */
-    static Path awaitGrowingTemporary(Path dir, long pid, java.util.concurrent.Future<?> save) throws Exception {
+    static Path awaitGrowingTemporary(Path dir, long pid, Future<?> save) throws Exception {
         String prefix = "." + SnapshotFormat.FILE_NAME + ".tmp-" + pid + "-";
         long deadline = System.nanoTime() + 60_000_000_000L, lastSize = -1;
         while (System.nanoTime() < deadline && !save.isDone()) {
             Path temp = null;
             try (var files = Files.list(dir)) {
-                temp = files.filter(f -> f.getFileName().toString().startsWith(prefix)).findFirst().orElse(null);
+                temp = files.filter(f -> f.getFileName().toString().startsWith(prefix))
+                        .findFirst()
+                        .orElse(null);
             }
             if (temp != null) {
                 long size;
                 try {
                     size = Files.size(temp);
-                } catch (java.nio.file.NoSuchFileException e) {
+                } catch (NoSuchFileException e) {
                     break; // committed already: too late
                 }
                 if (lastSize > 0 && size > lastSize) return temp;
@@ -314,7 +410,8 @@ class SnapshotCliTest {
             }
             Thread.sleep(1);
         }
-        throw new AssertionError("no growing temporary snapshot file of pid " + pid + " in " + dir + " (the save ended or never began)");
+        throw new AssertionError(
+                "no growing temporary snapshot file of pid " + pid + " in " + dir + " (the save ended or never began)");
     }
 
     static byte[] withHeaderInt(byte[] good, int offset, int value) {

@@ -1,20 +1,22 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.kvm.testing.KvmTest;
-import dev.panamavmm.testing.VmmProcess;
-import dev.panamavmm.vmm.TinyElfAccess;
-import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.io.TempDir;
-
-import java.net.StandardProtocolFamily;
-import java.net.UnixDomainSocketAddress;
-import java.nio.channels.ServerSocketChannel;
-import java.nio.file.Files;
-import java.nio.file.Path;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.testing.VmmProcess;
+import dev.panamavmm.vmm.TinyElfAccess;
+import java.io.IOException;
+import java.net.StandardProtocolFamily;
+import java.net.UnixDomainSocketAddress;
+import java.nio.channels.ServerSocketChannel;
+import java.nio.channels.SocketChannel;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.concurrent.CopyOnWriteArrayList;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /**
  * ctl, snapshot and migrate against sockets that are not there yet or are of another kind: typed
@@ -29,11 +31,11 @@ class SocketWaitTest {
         try (var server = ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
             server.bind(UnixDomainSocketAddress.of(path));
             // Accepts (as a waiting `vmm incoming` does) and then says nothing.
-            var accepted = new java.util.concurrent.CopyOnWriteArrayList<java.nio.channels.SocketChannel>();
+            var accepted = new CopyOnWriteArrayList<SocketChannel>();
             Thread.ofPlatform().daemon().start(() -> {
                 try {
                     while (true) accepted.add(server.accept());
-                } catch (java.io.IOException e) {
+                } catch (IOException e) {
                     // closed at the end of the test
                 }
             });
@@ -54,7 +56,8 @@ class SocketWaitTest {
         var r = MainTest.run("ctl", file.toString(), "query-status");
         assertEquals(1, r.code());
         assertEquals("vmm: " + file + " is not a socket: give the VMM's --api-socket\n", r.err());
-        var s = MainTest.run("snapshot", "--api-socket", file.toString(), dir.resolve("snap").toString());
+        var s = MainTest.run(
+                "snapshot", "--api-socket", file.toString(), dir.resolve("snap").toString());
         assertEquals("vmm: " + file + " is not a socket: give the VMM's --api-socket\n", s.err());
     }
 
@@ -63,7 +66,8 @@ class SocketWaitTest {
     void ctlRightAfterABackgroundStartWaitsForTheSocket(@TempDir Path dir) throws Exception {
         var kernel = Files.write(dir.resolve("spin.elf"), TinyElfAccess.countForever());
         var api = dir.resolve("api.sock");
-        try (var vmm = VmmProcess.start("run", "--kernel", kernel.toString(), "--memory", "32M", "--api-socket", api.toString())) {
+        try (var vmm = VmmProcess.start(
+                "run", "--kernel", kernel.toString(), "--memory", "32M", "--api-socket", api.toString())) {
             assertFalse(Files.exists(api), "the test must start ctl before the socket exists");
             // The default wait (5 s) covers a start here (~0.4 s); a loaded test machine gets more room.
             var r = MainTest.run("ctl", api.toString(), "query-status", "--wait", "30");
@@ -81,9 +85,17 @@ class SocketWaitTest {
         var console = dir.resolve("console.txt");
         var incoming = dir.resolve("in.sock");
         var nextConsole = dir.resolve("console-next.txt");
-        try (var source = VmmProcess.start("run", "--memory", "32M", "--api-socket", api.toString(), "--console", "file:" + console,
-                "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=4M");
-             var dest = VmmProcess.start("incoming", "unix:" + incoming, "--console", "file:" + nextConsole)) {
+        try (var source = VmmProcess.start(
+                        "run",
+                        "--memory",
+                        "32M",
+                        "--api-socket",
+                        api.toString(),
+                        "--console",
+                        "file:" + console,
+                        "--cmdline",
+                        "console=ttyS0 testguest.hb=100 testguest.mem=4M");
+                var dest = VmmProcess.start("incoming", "unix:" + incoming, "--console", "file:" + nextConsole)) {
             assertFalse(Files.exists(incoming));
             var r = MainTest.run("migrate", "--api-socket", api.toString(), "unix:" + incoming, "--wait", "60");
             assertEquals(0, r.code(), r.err() + source.stderr() + dest.stderr());
@@ -92,8 +104,11 @@ class SocketWaitTest {
             dest.signal("TERM");
             assertEquals(0, dest.waitFor(30), dest.stderr());
         }
-        var none = MainTest.run("migrate", "--api-socket", dir.resolve("none.sock").toString(), "unix:" + incoming, "--wait", "0");
+        var none = MainTest.run(
+                "migrate", "--api-socket", dir.resolve("none.sock").toString(), "unix:" + incoming, "--wait", "0");
         assertEquals(1, none.code());
-        assertEquals("vmm: cannot connect to " + dir.resolve("none.sock") + ": no VMM is listening there (no such socket)\n", none.err());
+        assertEquals(
+                "vmm: cannot connect to " + dir.resolve("none.sock") + ": no VMM is listening there (no such socket)\n",
+                none.err());
     }
 }

@@ -1,17 +1,16 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.kvm.testing.KvmTest;
-import dev.panamavmm.testing.Heartbeats;
-import dev.panamavmm.testing.VmmProcess;
-import org.junit.jupiter.api.io.TempDir;
-
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.util.Map;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.testing.Heartbeats;
+import dev.panamavmm.testing.VmmProcess;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Map;
+import org.junit.jupiter.api.io.TempDir;
 
 /** A VMM started without a VM takes one over its API; `vmm incoming` is such a VMM waiting for a migration. */
 class StandbyTest {
@@ -19,16 +18,36 @@ class StandbyTest {
 
     @KvmTest
     void aStandbyVmmRestoresASnapshotGivenOverItsApiAndRefusesASecondVm(@TempDir Path dir) throws Exception {
-        var ram = Path.of("/dev/shm", "panama-standby-test-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
+        var ram = Path.of(
+                "/dev/shm", "panama-standby-test-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
         var runApi = dir.resolve("run.sock");
         var standbyApi = dir.resolve("standby.sock");
         var runConsole = dir.resolve("run.txt");
         var standbyConsole = dir.resolve("standby.txt");
         var snap = dir.resolve("snap");
-        try (var standby = VmmProcess.start(NO_REHEARSAL, "standby", "--api-socket", standbyApi.toString(), "--console", "file:" + standbyConsole);
-             var run = VmmProcess.start(NO_REHEARSAL, "run", "--cpus", "2", "--memory", "64M", "--mem-path", ram.toString(), "--shared",
-                     "--api-socket", runApi.toString(), "--console", "file:" + runConsole,
-                     "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
+        try (var standby = VmmProcess.start(
+                        NO_REHEARSAL,
+                        "standby",
+                        "--api-socket",
+                        standbyApi.toString(),
+                        "--console",
+                        "file:" + standbyConsole);
+                var run = VmmProcess.start(
+                        NO_REHEARSAL,
+                        "run",
+                        "--cpus",
+                        "2",
+                        "--memory",
+                        "64M",
+                        "--mem-path",
+                        ram.toString(),
+                        "--shared",
+                        "--api-socket",
+                        runApi.toString(),
+                        "--console",
+                        "file:" + runConsole,
+                        "--cmdline",
+                        "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
             standby.awaitSocket(standbyApi);
             var status = MainTest.run("ctl", standbyApi.toString(), "query-status");
             assertEquals("{\"status\":\"standby\",\"running\":false}\n", status.out(), status.err());
@@ -38,7 +57,10 @@ class StandbyTest {
 
             SnapshotCliTest.awaitText(runConsole, "hb 1 3", 30);
             run.awaitSocket(runApi);
-            assertEquals(0, MainTest.run("snapshot", "--api-socket", runApi.toString(), snap.toString()).code());
+            assertEquals(
+                    0,
+                    MainTest.run("snapshot", "--api-socket", runApi.toString(), snap.toString())
+                            .code());
             assertEquals(0, run.waitFor(30), run.stderr());
 
             var restore = MainTest.run("ctl", standbyApi.toString(), "restore", "{\"path\": \"" + snap + "\"}");
@@ -52,7 +74,9 @@ class StandbyTest {
             var second = MainTest.run("ctl", standbyApi.toString(), "restore", "{\"path\": \"" + snap + "\"}");
             assertEquals(1, second.code());
             assertTrue(second.err().contains("this VMM already runs a VM"), second.err());
-            assertEquals("{\"status\":\"running\",\"running\":true}\n", MainTest.run("ctl", standbyApi.toString(), "query-status").out());
+            assertEquals(
+                    "{\"status\":\"running\",\"running\":true}\n",
+                    MainTest.run("ctl", standbyApi.toString(), "query-status").out());
             assertEquals(0, MainTest.run("ctl", standbyApi.toString(), "quit").code());
             assertEquals(0, standby.waitFor(30), standby.stderr());
         } finally {
@@ -67,12 +91,30 @@ class StandbyTest {
         var sourceApi = dir.resolve("src.sock");
         var console = dir.resolve("in.txt");
         var sourceConsole = dir.resolve("src.txt");
-        try (var dest = VmmProcess.start(NO_REHEARSAL, "incoming", "unix:" + incoming, "--api-socket", api.toString(), "--console", "file:" + console);
-             var source = VmmProcess.start(NO_REHEARSAL, "run", "--memory", "64M", "--api-socket", sourceApi.toString(),
-                     "--console", "file:" + sourceConsole, "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
+        try (var dest = VmmProcess.start(
+                        NO_REHEARSAL,
+                        "incoming",
+                        "unix:" + incoming,
+                        "--api-socket",
+                        api.toString(),
+                        "--console",
+                        "file:" + console);
+                var source = VmmProcess.start(
+                        NO_REHEARSAL,
+                        "run",
+                        "--memory",
+                        "64M",
+                        "--api-socket",
+                        sourceApi.toString(),
+                        "--console",
+                        "file:" + sourceConsole,
+                        "--cmdline",
+                        "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
             dest.awaitSocket(incoming);
             dest.awaitSocket(api);
-            assertEquals("{\"status\":\"inmigrate\",\"running\":false}\n", MainTest.run("ctl", api.toString(), "query-status").out());
+            assertEquals(
+                    "{\"status\":\"inmigrate\",\"running\":false}\n",
+                    MainTest.run("ctl", api.toString(), "query-status").out());
             // A control client at the migration socket: it gets no greeting and gives up; the destination waits on.
             long start = System.nanoTime();
             var stray = MainTest.run("ctl", incoming.toString(), "query-status", "--wait", "0");
@@ -88,7 +130,9 @@ class StandbyTest {
             assertEquals(0, source.waitFor(30), source.stderr());
             var seen = Heartbeats.checkLive(Files.readString(sourceConsole) + Files.readString(console));
             SnapshotCliTest.awaitText(console, "hb 0 " + (seen.get(0) + 2), 30);
-            assertEquals("{\"status\":\"running\",\"running\":true}\n", MainTest.run("ctl", api.toString(), "query-status").out());
+            assertEquals(
+                    "{\"status\":\"running\",\"running\":true}\n",
+                    MainTest.run("ctl", api.toString(), "query-status").out());
             dest.signal("TERM");
             assertEquals(0, dest.waitFor(30), dest.stderr());
         }
@@ -99,10 +143,18 @@ class StandbyTest {
         for (String how : new String[] {"quit", "TERM", "INT"}) {
             var api = dir.resolve(how + "-api.sock");
             var incoming = dir.resolve(how + ".sock");
-            try (var dest = VmmProcess.start(NO_REHEARSAL, "incoming", "unix:" + incoming, "--api-socket", api.toString(), "--console", "file:/dev/null")) {
+            try (var dest = VmmProcess.start(
+                    NO_REHEARSAL,
+                    "incoming",
+                    "unix:" + incoming,
+                    "--api-socket",
+                    api.toString(),
+                    "--console",
+                    "file:/dev/null")) {
                 dest.awaitSocket(incoming);
                 dest.awaitSocket(api);
-                if (how.equals("quit")) assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
+                if (how.equals("quit"))
+                    assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
                 else dest.signal(how);
                 assertEquals(0, dest.waitFor(30), how + ": " + dest.stderr());
                 assertTrue(dest.stderr().contains("stopped before a VM arrived"), dest.stderr());

@@ -1,27 +1,40 @@
 package dev.panamavmm.cli;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.testing.VmmProcess;
 import dev.panamavmm.vmm.TinyElfAccess;
-import org.junit.jupiter.api.io.TempDir;
-
+import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.security.DigestOutputStream;
+import java.security.MessageDigest;
+import java.util.ArrayList;
 import java.util.HashSet;
+import java.util.HexFormat;
 import java.util.List;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import java.util.Map;
+import org.junit.jupiter.api.io.TempDir;
 
 /** vmm template create/inspect, vmm clone and vmm serve as users run them. */
 class TemplateCliTest {
 
     static Path createTemplate(Path dir) {
         var tpl = dir.resolve("tpl");
-        var r = MainTest.run("template", "create", tpl.toString(), "--memory", "64M",
-                "--cmdline", "console=ttyS0 testguest.hb=100 testguest.mem=16M", "--console", "file:" + dir.resolve("template.log"));
+        var r = MainTest.run(
+                "template",
+                "create",
+                tpl.toString(),
+                "--memory",
+                "64M",
+                "--cmdline",
+                "console=ttyS0 testguest.hb=100 testguest.mem=16M",
+                "--console",
+                "file:" + dir.resolve("template.log"));
         assertEquals(0, r.code(), r.err());
         assertTrue(r.out().startsWith("template " + tpl + ": memory file /dev/shm/"), r.out());
         return tpl;
@@ -41,7 +54,9 @@ class TemplateCliTest {
             var info = Json.asObject(Json.parse(inspect.out().strip()), "info");
             assertEquals(true, info.get("template"));
             assertEquals(1L, info.get("cpus"));
-            assertEquals("reference", Json.asObject(((List<?>) info.get("ram")).getFirst(), "ram").get("storage"));
+            assertEquals(
+                    "reference",
+                    Json.asObject(((List<?>) info.get("ram")).getFirst(), "ram").get("storage"));
             assertEquals(0, MainTest.run("template", "inspect", tpl.toString()).code());
 
             var templateConsole = Files.readString(dir.resolve("template.log"));
@@ -54,7 +69,9 @@ class TemplateCliTest {
             }
             String text = Files.readString(console);
             SnapshotCliTest.heartbeats(templateConsole + text);
-            assertTrue(text.lines().anyMatch(l -> l.matches("genid 0x[0-9a-f]{16}") && !l.endsWith("0000000000000000")), text);
+            assertTrue(
+                    text.lines().anyMatch(l -> l.matches("genid 0x[0-9a-f]{16}") && !l.endsWith("0000000000000000")),
+                    text);
         } finally {
             deleteTemplate(tpl);
         }
@@ -67,18 +84,29 @@ class TemplateCliTest {
         var consoles = dir.resolve("new/consoles");
         var sockets = dir.resolve("new/sockets");
         try {
-            var r = MainTest.run("clone", tpl.toString(), "--count", "3", "--console-dir", consoles.toString(),
-                    "--api-socket-dir", sockets.toString());
+            var r = MainTest.run(
+                    "clone",
+                    tpl.toString(),
+                    "--count",
+                    "3",
+                    "--console-dir",
+                    consoles.toString(),
+                    "--api-socket-dir",
+                    sockets.toString());
             assertEquals(0, r.code(), r.err());
             assertEquals(3, r.out().lines().count(), r.out());
             var pids = new HashSet<Long>();
             for (int i = 1; i <= 3; i++) {
                 SnapshotCliTest.awaitText(consoles.resolve("clone-" + i + ".log"), "hb 0 2", 30);
                 try (var c = ApiClient.connect(sockets.resolve("clone-" + i + ".sock"))) {
-                    assertEquals("running", Json.asObject(c.execute("query-status", null).get("return"), "r").get("status"));
+                    assertEquals(
+                            "running",
+                            Json.asObject(c.execute("query-status", null).get("return"), "r")
+                                    .get("status"));
                     c.execute("quit", null);
                 }
-                pids.add(Long.parseLong(r.out().lines().toList().get(i - 1).replaceAll("^clone-\\d+: pid (\\d+),.*", "$1")));
+                pids.add(Long.parseLong(
+                        r.out().lines().toList().get(i - 1).replaceAll("^clone-\\d+: pid (\\d+),.*", "$1")));
             }
             assertEquals(3, pids.size(), "one process per clone");
         } finally {
@@ -96,19 +124,37 @@ class TemplateCliTest {
         var tpl = createTemplate(dir);
         var consoles = dir.resolve("consoles"); // created by clone
         var sockets = dir.resolve("sockets");
-        var pids = new java.util.ArrayList<Long>();
+        var pids = new ArrayList<Long>();
         try {
-            var first = MainTest.run("clone", tpl.toString(), "--count", "2", "--console-dir", consoles.toString(),
-                    "--api-socket-dir", sockets.toString());
+            var first = MainTest.run(
+                    "clone",
+                    tpl.toString(),
+                    "--count",
+                    "2",
+                    "--console-dir",
+                    consoles.toString(),
+                    "--api-socket-dir",
+                    sockets.toString());
             assertEquals(0, first.code(), first.err());
-            first.out().lines().forEach(l -> pids.add(Long.parseLong(l.replaceAll("^clone-\\d+: pid (\\d+),.*", "$1"))));
+            first.out()
+                    .lines()
+                    .forEach(l -> pids.add(Long.parseLong(l.replaceAll("^clone-\\d+: pid (\\d+),.*", "$1"))));
             SnapshotCliTest.awaitText(consoles.resolve("clone-1.log"), "hb 0 3", 30);
             String before = Files.readString(consoles.resolve("clone-1.log"));
 
-            var second = MainTest.run("clone", tpl.toString(), "--count", "2", "--console-dir", consoles.toString(),
-                    "--api-socket-dir", sockets.toString());
+            var second = MainTest.run(
+                    "clone",
+                    tpl.toString(),
+                    "--count",
+                    "2",
+                    "--console-dir",
+                    consoles.toString(),
+                    "--api-socket-dir",
+                    sockets.toString());
             assertEquals(0, second.code(), second.err());
-            second.out().lines().forEach(l -> pids.add(Long.parseLong(l.replaceAll("^clone-\\d+: pid (\\d+),.*", "$1"))));
+            second.out()
+                    .lines()
+                    .forEach(l -> pids.add(Long.parseLong(l.replaceAll("^clone-\\d+: pid (\\d+),.*", "$1"))));
             assertTrue(second.out().startsWith("clone-3: pid "), second.out());
             assertTrue(second.out().lines().toList().get(1).startsWith("clone-4: pid "), second.out());
             SnapshotCliTest.awaitText(consoles.resolve("clone-3.log"), "hb 0 2", 30);
@@ -120,7 +166,8 @@ class TemplateCliTest {
                 // One guest per log: its heartbeats run on without a gap or a restart.
                 var complete = log.substring(0, log.lastIndexOf('\n') + 1);
                 long previous = -1;
-                for (var line : complete.lines().filter(l -> l.startsWith("hb 0 ")).toList()) {
+                for (var line :
+                        complete.lines().filter(l -> l.startsWith("hb 0 ")).toList()) {
                     long n = Long.parseLong(line.substring(5));
                     if (previous >= 0) assertEquals(previous + 1, n, "clone-" + i + ".log:\n" + log);
                     previous = n;
@@ -139,7 +186,11 @@ class TemplateCliTest {
     }
 
     private static long heartbeatsIn(String console) {
-        return console.lines().filter(l -> l.startsWith("hb 0 ")).mapToLong(l -> Long.parseLong(l.substring(5).trim())).max().orElse(0);
+        return console.lines()
+                .filter(l -> l.startsWith("hb 0 "))
+                .mapToLong(l -> Long.parseLong(l.substring(5).trim()))
+                .max()
+                .orElse(0);
     }
 
     /** A clone that dies at start is reported with its own reason and a non-zero exit (at 52b27eb: "clone 1: pid N", exit 0). */
@@ -147,15 +198,24 @@ class TemplateCliTest {
     void cloneCountReportsAClonesFailureAndItsReason(@TempDir Path dir) throws Exception {
         var notATemplate = Files.createDirectories(dir.resolve("corrupt"));
         Files.writeString(notATemplate.resolve("snapshot.pvm"), "garbage");
-        var r = MainTest.run("clone", notATemplate.toString(), "--count", "2", "--console-dir", dir.resolve("c").toString(),
-                "--api-socket-dir", dir.resolve("s").toString());
+        var r = MainTest.run(
+                "clone",
+                notATemplate.toString(),
+                "--count",
+                "2",
+                "--console-dir",
+                dir.resolve("c").toString(),
+                "--api-socket-dir",
+                dir.resolve("s").toString());
         assertEquals(1, r.code(), r.err());
         assertEquals("", r.out());
         var lines = r.err().lines().toList();
         assertEquals(3, lines.size(), r.err());
         for (int i = 1; i <= 2; i++) {
             assertTrue(lines.get(i - 1).startsWith("vmm: clone-" + i + " failed: "), r.err());
-            assertTrue(lines.get(i - 1).contains("snapshot") && lines.get(i - 1).endsWith("(" + dir.resolve("c/clone-" + i + ".err") + ")"),
+            assertTrue(
+                    lines.get(i - 1).contains("snapshot")
+                            && lines.get(i - 1).endsWith("(" + dir.resolve("c/clone-" + i + ".err") + ")"),
                     r.err());
         }
         assertEquals("vmm: 2 of 2 clones failed to start", lines.get(2));
@@ -174,30 +234,45 @@ class TemplateCliTest {
         // A template whose guest never reaches its ready point is still being created.
         var spin = Files.write(dir.resolve("spin.elf"), TinyElfAccess.countForever());
         var creating = dir.resolve("creating");
-        try (var create = VmmProcess.start("template", "create", creating.toString(), "--kernel", spin.toString(), "--memory", "32M",
-                "--timeout", "60")) {
+        try (var create = VmmProcess.start(
+                "template",
+                "create",
+                creating.toString(),
+                "--kernel",
+                spin.toString(),
+                "--memory",
+                "32M",
+                "--timeout",
+                "60")) {
             long deadline = System.nanoTime() + 20_000_000_000L;
             while (!Files.exists(creating.resolve(".creating")) && System.nanoTime() < deadline) Thread.sleep(10);
             var r = MainTest.run("clone", creating.toString());
             assertEquals(1, r.code());
-            assertEquals("vmm: template " + creating + " is still being created (process " + create.pid() + " is running)\n", r.err());
+            assertEquals(
+                    "vmm: template " + creating + " is still being created (process " + create.pid() + " is running)\n",
+                    r.err());
             create.signal("TERM");
             assertEquals(1, create.waitFor(30));
-            assertTrue(create.stderr().contains("the template's guest ended before its ready point: stopped by signal"), create.stderr());
+            assertTrue(
+                    create.stderr().contains("the template's guest ended before its ready point: stopped by signal"),
+                    create.stderr());
         }
         try (var shm = Files.list(Path.of("/dev/shm"))) {
-            assertEquals(List.of(), shm.filter(p -> p.getFileName().toString().startsWith("panama-template-creating-")).toList(),
+            assertEquals(
+                    List.of(),
+                    shm.filter(p -> p.getFileName().toString().startsWith("panama-template-creating-"))
+                            .toList(),
                     "a failed template creation leaves no memory file");
         }
         assertTrue(Files.notExists(creating.resolve(".creating")));
     }
 
     static String sha256(Path file) throws Exception {
-        var digest = java.security.MessageDigest.getInstance("SHA-256");
+        var digest = MessageDigest.getInstance("SHA-256");
         try (var in = Files.newInputStream(file)) {
-            in.transferTo(new java.security.DigestOutputStream(java.io.OutputStream.nullOutputStream(), digest));
+            in.transferTo(new DigestOutputStream(OutputStream.nullOutputStream(), digest));
         }
-        return java.util.HexFormat.of().formatHex(digest.digest());
+        return HexFormat.of().formatHex(digest.digest());
     }
 
     /** Issue 21 item 2: `restore TEMPLATE` ran the guest in the template's memory file and destroyed the template. */
@@ -216,19 +291,32 @@ class TemplateCliTest {
             Files.copy(tpl.resolve("snapshot.pvm"), copy.resolve("snapshot.pvm"));
             var copied = MainTest.run("restore", copy.toString(), "--console", "file:/dev/null");
             assertEquals(1, copied.code());
-            assertEquals("vmm: the memory file " + memory + " is read-only, as a template's is: clone it (vmm clone DIR)"
-                    + " instead of continuing in it\n", copied.err());
+            assertEquals(
+                    "vmm: the memory file " + memory + " is read-only, as a template's is: clone it (vmm clone DIR)"
+                            + " instead of continuing in it\n",
+                    copied.err());
             // And a new guest does not run in it either.
-            var run = MainTest.run("run", "--mem-path", memory.toString(), "--shared", "--memory", "64M", "--console", "file:/dev/null");
+            var run = MainTest.run(
+                    "run",
+                    "--mem-path",
+                    memory.toString(),
+                    "--shared",
+                    "--memory",
+                    "64M",
+                    "--console",
+                    "file:/dev/null");
             assertEquals(1, run.code());
-            assertEquals("vmm: memory file " + memory + " is read-only (a template's memory is): a guest runs in it only if it is"
-                    + " writable\n", run.err());
+            assertEquals(
+                    "vmm: memory file " + memory
+                            + " is read-only (a template's memory is): a guest runs in it only if it is"
+                            + " writable\n",
+                    run.err());
             assertEquals(before, sha256(memory), "the template's memory, byte for byte");
             // Clones side by side; while they run, a writer is refused by the lock they hold shared.
             var c1 = dir.resolve("c1.log");
             var c2 = dir.resolve("c2.log");
             try (var one = VmmProcess.start("clone", tpl.toString(), "--console", "file:" + c1);
-                 var two = VmmProcess.start("clone", tpl.toString(), "--console", "file:" + c2)) {
+                    var two = VmmProcess.start("clone", tpl.toString(), "--console", "file:" + c2)) {
                 SnapshotCliTest.awaitText(c1, "hb 0 3", 30);
                 SnapshotCliTest.awaitText(c2, "hb 0 3", 30);
                 var again = MainTest.run("restore", tpl.toString());
@@ -265,19 +353,26 @@ class TemplateCliTest {
                 assertEquals(memory.toString(), row.get("memoryFile"));
                 assertEquals(64L << 20, row.get("memory"));
                 assertEquals(1L, row.get("clones"));
-                assertTrue(Math.abs(System.currentTimeMillis() - (Long) row.get("createdAtMillis")) < 600_000, list.out());
+                assertTrue(
+                        Math.abs(System.currentTimeMillis() - (Long) row.get("createdAtMillis")) < 600_000, list.out());
                 var text = MainTest.run("template", "list", dir.toString());
-                assertTrue(text.out().lines().anyMatch(l -> l.startsWith(tpl.toString()) && l.contains("64 MiB")), text.out());
+                assertTrue(
+                        text.out().lines().anyMatch(l -> l.startsWith(tpl.toString()) && l.contains("64 MiB")),
+                        text.out());
 
                 var notTemplate = MainTest.run("template", "rm", dir.toString());
                 assertEquals(1, notTemplate.code());
-                assertEquals("vmm: " + dir + " is not a template (no memory.ram link): nothing removed\n", notTemplate.err());
+                assertEquals(
+                        "vmm: " + dir + " is not a template (no memory.ram link): nothing removed\n",
+                        notTemplate.err());
                 assertTrue(Files.exists(dir.resolve("template.log")), "nothing removed");
 
                 var rm = MainTest.run("template", "rm", tpl.toString());
                 assertEquals(0, rm.code(), rm.err());
-                assertEquals("removed template " + tpl + " and its memory file " + memory
-                        + "; 1 running clone(s) keep their copy until they end\n", rm.out());
+                assertEquals(
+                        "removed template " + tpl + " and its memory file " + memory
+                                + "; 1 running clone(s) keep their copy until they end\n",
+                        rm.out());
                 assertTrue(Files.notExists(tpl), "the directory is gone");
                 assertTrue(Files.notExists(memory), "the memory file is gone from /dev/shm");
                 int at = SnapshotCliTest.heartbeats(Files.readString(console)).get(0);
@@ -311,10 +406,16 @@ class TemplateCliTest {
         var api = dir.resolve("serve.sock");
         var consoles = dir.resolve("missing/consoles"); // created by serve
         // The rehearsal done before the socket appears, so the counts below see only the clones.
-        try (var serve = VmmProcess.start(java.util.Map.of("PANAMA_VMM_REHEARSAL", "sync"),
-                "serve", "--api-socket", api.toString(), "--console-dir", consoles.toString());
-             var client = awaitClient(serve, api)) {
-            // A log left by another launch (a clone --count, another serve) keeps its name and its bytes: serve skips that ID.
+        try (var serve = VmmProcess.start(
+                        Map.of("PANAMA_VMM_REHEARSAL", "sync"),
+                        "serve",
+                        "--api-socket",
+                        api.toString(),
+                        "--console-dir",
+                        consoles.toString());
+                var client = awaitClient(serve, api)) {
+            // A log left by another launch (a clone --count, another serve) keeps its name and its bytes: serve skips
+            // that ID.
             Files.writeString(consoles.resolve("clone-1.log"), "another launch's clone\n");
             var reply = client.execute("clone", Json.object("template", tpl.toString(), "count", 2L));
             var clones = (List<?>) Json.asObject(reply.get("return"), "r").get("clones");
@@ -328,7 +429,9 @@ class TemplateCliTest {
             }
             // Warm up, then count, cycle, count again.
             cycle(client, tpl, 5);
-            long fds = count("fds", serve.pid()), threads = count("threads", serve.pid()), maps = count("mappings", serve.pid());
+            long fds = count("fds", serve.pid()),
+                    threads = count("threads", serve.pid()),
+                    maps = count("mappings", serve.pid());
             cycle(client, tpl, 200);
             Thread.sleep(200);
             assertEquals(fds, count("fds", serve.pid()), "file descriptors");
@@ -336,7 +439,9 @@ class TemplateCliTest {
             // The JVM's own mappings (malloc arenas, code cache, heap) move by a few either way; a clone's
             // leaked RAM mapping would add one per cycle, 200 in all.
             long mapsAfter = count("mappings", serve.pid());
-            assertTrue(Math.abs(mapsAfter - maps) <= 5, "mappings: " + maps + " before 200 cycles, " + mapsAfter + " after");
+            assertTrue(
+                    Math.abs(mapsAfter - maps) <= 5,
+                    "mappings: " + maps + " before 200 cycles, " + mapsAfter + " after");
             assertEquals(List.of(), client.execute("query-clones", null).get("return"));
             client.execute("quit", null);
             assertEquals(0, serve.waitFor(30), serve.stderr());
@@ -354,10 +459,11 @@ class TemplateCliTest {
         for (int i = 0; i < n; i++) {
             var reply = client.execute("clone", Json.object("template", tpl.toString()));
             assertTrue(reply.containsKey("return"), reply.toString());
-            var id = (String) Json.asObject(((List<?>) Json.asObject(reply.get("return"), "r").get("clones")).getFirst(), "c").get("id");
+            var id = (String) Json.asObject(
+                            ((List<?>) Json.asObject(reply.get("return"), "r").get("clones")).getFirst(), "c")
+                    .get("id");
             var destroyed = client.execute("destroy", Json.object("id", id));
             assertTrue(destroyed.containsKey("return"), destroyed.toString());
         }
     }
-
 }

@@ -1,17 +1,16 @@
 package dev.panamavmm.linux;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.testing.LinuxGuestFixture;
 import dev.panamavmm.testing.VmmProcess;
-import org.junit.jupiter.api.Assumptions;
-
 import java.util.ArrayList;
 import java.util.List;
 import java.util.regex.Pattern;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.Assumptions;
 
 /**
  * Debian's cloud kernel booted by {@code vmm run} through each of its entries. On this project's
@@ -32,14 +31,21 @@ class LinuxBootTest {
         var kernel = LinuxGuestFixture.debianKernel();
         String base = "console=ttyS0 earlyprintk=serial,ttyS0 nokaslr";
         var boots = List.of(
-                new Boot("pvh", List.of("--kernel", kernel.vmlinux().toString(), "--boot", "pvh"), base + " panama.entry=pvh"),
-                new Boot("linux64", List.of("--kernel", kernel.vmlinux().toString(), "--boot", "linux64"), base + " panama.entry=linux64"),
+                new Boot(
+                        "pvh",
+                        List.of("--kernel", kernel.vmlinux().toString(), "--boot", "pvh"),
+                        base + " panama.entry=pvh"),
+                new Boot(
+                        "linux64",
+                        List.of("--kernel", kernel.vmlinux().toString(), "--boot", "linux64"),
+                        base + " panama.entry=linux64"),
                 new Boot("bzImage", List.of("--kernel", kernel.vmlinuz().toString()), base + " panama.entry=bzimage"));
         // All three at once: each is one busy vCPU thread, and the bzImage alone takes minutes here.
         var processes = new ArrayList<VmmProcess>();
         try {
             for (var boot : boots) {
-                var args = new ArrayList<>(List.of("run", "--memory", "256M", "--cpus", "2", "--cmdline", boot.cmdline()));
+                var args =
+                        new ArrayList<>(List.of("run", "--memory", "256M", "--cpus", "2", "--cmdline", boot.cmdline()));
                 args.addAll(boot.args());
                 processes.add(VmmProcess.start(args.toArray(String[]::new)));
             }
@@ -62,8 +68,13 @@ class LinuxBootTest {
                     int code = vmm.waitFor(END_SECONDS);
                     String err = vmm.stderr();
                     assertEquals(1, code, boot.name() + ": " + err);
-                    var last = err.lines().filter(l -> l.startsWith("vmm: ")).reduce((a, b) -> b).orElse("");
-                    assertTrue(last.matches("vmm: KVM internal error on vCPU 0: emulation failure \\(suberror \\d+\\) at RIP 0x[0-9a-f]+, instruction bytes( [0-9a-f]{2})+"),
+                    var last = err.lines()
+                            .filter(l -> l.startsWith("vmm: "))
+                            .reduce((a, b) -> b)
+                            .orElse("");
+                    assertTrue(
+                            last.matches(
+                                    "vmm: KVM internal error on vCPU 0: emulation failure \\(suberror \\d+\\) at RIP 0x[0-9a-f]+, instruction bytes( [0-9a-f]{2})+ \\(PVM host: unmodified kernels stop here, see docs/linux-guests.md\\)"),
                             boot.name() + ": " + err);
                 }
             }
@@ -74,12 +85,23 @@ class LinuxBootTest {
 
     @KvmTest
     void busyboxInitRunsOnHardwareVirtualisation() throws Exception {
-        Assumptions.assumeTrue(HostFlavour.detect() != HostFlavour.PVM,
+        Assumptions.assumeTrue(
+                HostFlavour.detect() != HostFlavour.PVM,
                 "not applicable on PVM: an unmodified kernel's CPL0 code is emulated and stops before /init (docs/linux-guests.md)");
         var kernel = LinuxGuestFixture.debianKernel();
         var initramfs = LinuxGuestFixture.busyboxInitramfs();
-        try (var vmm = VmmProcess.start("run", "--memory", "512M", "--cpus", "2", "--kernel", kernel.vmlinux().toString(),
-                "--initrd", initramfs.toString(), "--cmdline", "console=ttyS0 reboot=k panic=-1 panama.poweroff")) {
+        try (var vmm = VmmProcess.start(
+                "run",
+                "--memory",
+                "512M",
+                "--cpus",
+                "2",
+                "--kernel",
+                kernel.vmlinux().toString(),
+                "--initrd",
+                initramfs.toString(),
+                "--cmdline",
+                "console=ttyS0 reboot=k panic=-1 panama.poweroff")) {
             vmm.awaitLine("PANAMA-VMM-INIT-OK \\S+ 2", 120);
             vmm.waitFor(60);
         }
@@ -88,6 +110,10 @@ class LinuxBootTest {
     /** Waits for a line ending with {@code expected} and checks that it is console line {@code index}. */
     private static void assertLine(VmmProcess vmm, int index, String expected) throws InterruptedException {
         int at = vmm.awaitLine(".*" + Pattern.quote(expected), index, 60);
-        assertEquals(index, at, "'" + expected + "' should be line " + index + ", not " + at + ": " + vmm.lines().subList(index, at + 1));
+        assertEquals(
+                index,
+                at,
+                "'" + expected + "' should be line " + index + ", not " + at + ": "
+                        + vmm.lines().subList(index, at + 1));
     }
 }

@@ -1,16 +1,17 @@
 package dev.panamavmm.log;
 
-import org.junit.jupiter.api.Test;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertSame;
+
+import java.util.List;
+import org.junit.jupiter.api.Test;
 
 class LogTest {
     @Test
     void placeholdersTakeTheArgumentsInOrder() {
         var out = new StringBuilder();
-        assertNull(Log.format(out, "saved {}: pause {} us", new Object[]{"/x", 12L}));
+        assertNull(Log.format(out, "saved {}: pause {} us", new Object[] {"/x", 12L}));
         assertEquals("saved /x: pause 12 us", out.toString());
     }
 
@@ -18,17 +19,17 @@ class LogTest {
     void aThrowableAfterThePlaceholdersIsReturnedForItsStackTrace() {
         var failure = new IllegalStateException("boom");
         var out = new StringBuilder();
-        assertSame(failure, Log.format(out, "command {} failed", new Object[]{"cont", failure}));
+        assertSame(failure, Log.format(out, "command {} failed", new Object[] {"cont", failure}));
         assertEquals("command cont failed", out.toString());
     }
 
     @Test
     void missingArgumentsLeaveThePlaceholderAndExtraOnesAreDropped() {
         var out = new StringBuilder();
-        Log.format(out, "a {} b {}", new Object[]{1});
+        Log.format(out, "a {} b {}", new Object[] {1});
         assertEquals("a 1 b {}", out.toString());
         out.setLength(0);
-        Log.format(out, "no placeholder", new Object[]{1, 2});
+        Log.format(out, "no placeholder", new Object[] {1, 2});
         assertEquals("no placeholder", out.toString());
     }
 
@@ -45,7 +46,7 @@ class LogTest {
     void unknownWordsAreIgnoredRatherThanStoppingTheVmmAndListedForAWarning() {
         var config = Log.Config.parse("loud,Vm=chatty,,debug, =info");
         assertEquals(Log.Level.DEBUG, config.levelOf("Vm"));
-        assertEquals(java.util.List.of("loud", "Vm=chatty", "=info"), config.ignored());
-        assertEquals(java.util.List.of(), Log.Config.parse("warn,LocalMigration=debug").ignored());
+        assertEquals(List.of("loud", "Vm=chatty", "=info"), config.ignored());
+        assertEquals(List.of(), Log.Config.parse("warn,LocalMigration=debug").ignored());
     }
 }

@@ -1,13 +1,12 @@
 package dev.panamavmm.testing;
 
-import dev.panamavmm.guest.TestGuest;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 
+import dev.panamavmm.guest.TestGuest;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertFalse;
 
 /** The test guest's oracle: per CPU the heartbeats count 1, 2, 3, ... with no gap or repeat, and nothing is CORRUPT. */
 public final class Heartbeats {
@@ -40,7 +39,10 @@ public final class Heartbeats {
             var m = TestGuest.HEARTBEAT.matcher(line);
             if (!m.matches()) continue;
             int cpu = Integer.parseInt(m.group(1)), seq = Integer.parseInt(m.group(2));
-            assertEquals(last.getOrDefault(cpu, 0) + 1, seq, "heartbeat of CPU " + cpu + " at: " + line + "\nconsole:\n" + context);
+            assertEquals(
+                    last.getOrDefault(cpu, 0) + 1,
+                    seq,
+                    "heartbeat of CPU " + cpu + " at: " + line + "\nconsole:\n" + context);
             last.put(cpu, seq);
         }
         return last;

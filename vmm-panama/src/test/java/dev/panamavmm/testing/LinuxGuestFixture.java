@@ -1,12 +1,12 @@
 package dev.panamavmm.testing;
 
-import org.junit.jupiter.api.Assumptions;
-
+import java.io.File;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Assumptions;
 
 /**
  * A real Linux kernel (Debian's {@code linux-image-cloud-amd64}) and a busybox initramfs, fetched
@@ -34,7 +34,9 @@ public final class LinuxGuestFixture {
     private static String run(String script) {
         Path path = repositoryRoot().resolve("scripts").resolve(script);
         try {
-            var process = new ProcessBuilder(path.toString()).redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null"))).start();
+            var process = new ProcessBuilder(path.toString())
+                    .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
+                    .start();
             process.getOutputStream().close();
             boolean done = process.waitFor(10, TimeUnit.MINUTES);
             String out = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8).strip();
@@ -62,6 +64,7 @@ public final class LinuxGuestFixture {
         for (Path dir = Path.of("").toAbsolutePath(); dir != null; dir = dir.getParent()) {
             if (Files.isRegularFile(dir.resolve("scripts/fetch-debian-kernel"))) return dir;
         }
-        throw new IllegalStateException("no scripts/fetch-debian-kernel above " + Path.of("").toAbsolutePath());
+        throw new IllegalStateException(
+                "no scripts/fetch-debian-kernel above " + Path.of("").toAbsolutePath());
     }
 }

@@ -1,11 +1,15 @@
 package dev.panamavmm.testing;
 
 import java.io.BufferedReader;
+import java.io.File;
 import java.io.IOException;
 import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Pattern;
 
@@ -21,16 +25,24 @@ public final class VmmProcess implements AutoCloseable {
 
     private VmmProcess(Process process) {
         this.process = process;
-        Thread.ofPlatform().daemon().start(() -> collect(new BufferedReader(new InputStreamReader(process.getInputStream(), StandardCharsets.UTF_8)), true));
-        Thread.ofPlatform().daemon().start(() -> collect(new BufferedReader(new InputStreamReader(process.getErrorStream(), StandardCharsets.UTF_8)), false));
+        Thread.ofPlatform()
+                .daemon()
+                .start(() -> collect(
+                        new BufferedReader(new InputStreamReader(process.getInputStream(), StandardCharsets.UTF_8)),
+                        true));
+        Thread.ofPlatform()
+                .daemon()
+                .start(() -> collect(
+                        new BufferedReader(new InputStreamReader(process.getErrorStream(), StandardCharsets.UTF_8)),
+                        false));
     }
 
     public static VmmProcess start(String... args) throws IOException {
-        return start(java.util.Map.of(), args);
+        return start(Map.of(), args);
     }
 
     /** With extra environment variables, e.g. PANAMA_VMM_REHEARSAL=sync to have the rehearsal done before the VMM goes on. */
-    public static VmmProcess start(java.util.Map<String, String> env, String... args) throws IOException {
+    public static VmmProcess start(Map<String, String> env, String... args) throws IOException {
         var command = new ArrayList<String>();
         command.add(ProcessHandle.current().info().command().orElse("java"));
         command.add("--enable-native-access=ALL-UNNAMED");
@@ -39,17 +51,17 @@ public final class VmmProcess implements AutoCloseable {
         command.add(System.getProperty("java.class.path"));
         command.add("dev.panamavmm.cli.Main");
         command.addAll(List.of(args));
-        var pb = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")));
+        var pb = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")));
         pb.environment().putAll(env);
         return new VmmProcess(pb.start());
     }
 
     /** Another build of the VMM (an earlier release's {@code vmm.jar}, see scripts/build-release), run like ./vmm runs it. */
-    public static VmmProcess startJar(java.nio.file.Path jar, java.util.Map<String, String> env, String... args) throws IOException {
-        var command = new ArrayList<String>(List.of(ProcessHandle.current().info().command().orElse("java"), "-XX:+UseSerialGC",
-                "-jar", jar.toString()));
+    public static VmmProcess startJar(Path jar, Map<String, String> env, String... args) throws IOException {
+        var command = new ArrayList<String>(List.of(
+                ProcessHandle.current().info().command().orElse("java"), "-XX:+UseSerialGC", "-jar", jar.toString()));
         command.addAll(List.of(args));
-        var pb = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")));
+        var pb = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")));
         pb.environment().putAll(env);
         return new VmmProcess(pb.start());
     }
@@ -76,8 +88,9 @@ public final class VmmProcess implements AutoCloseable {
             for (; i < out.size(); i++) if (pattern.matcher(out.get(i)).matches()) return i;
             long left = deadline - System.nanoTime();
             if (left <= 0 || (!process.isAlive() && i >= out.size())) {
-                throw new AssertionError("no console line matching /" + regex + "/ within " + timeoutSeconds + " s; console:\n"
-                        + String.join("\n", out.subList(Math.max(0, out.size() - 30), out.size())) + "\nstderr:\n" + err);
+                throw new AssertionError("no console line matching /" + regex + "/ within " + timeoutSeconds
+                        + " s; console:\n" + String.join("\n", out.subList(Math.max(0, out.size() - 30), out.size()))
+                        + "\nstderr:\n" + err);
             }
             wait(Math.max(1, TimeUnit.NANOSECONDS.toMillis(left)));
         }
@@ -97,7 +110,10 @@ public final class VmmProcess implements AutoCloseable {
 
     /** Sends a signal (e.g. "INT", "TERM") with kill(1). */
     public void signal(String name) throws IOException, InterruptedException {
-        new ProcessBuilder("kill", "-" + name, Long.toString(process.pid())).inheritIO().start().waitFor();
+        new ProcessBuilder("kill", "-" + name, Long.toString(process.pid()))
+                .inheritIO()
+                .start()
+                .waitFor();
     }
 
     /** Waits for the process to end; returns its exit code. */
@@ -110,9 +126,9 @@ public final class VmmProcess implements AutoCloseable {
     }
 
     /** Waits until the VMM has created {@code socket} (its sockets appear only once they listen). */
-    public void awaitSocket(java.nio.file.Path socket) throws InterruptedException {
+    public void awaitSocket(Path socket) throws InterruptedException {
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
-        while (!java.nio.file.Files.exists(socket)) {
+        while (!Files.exists(socket)) {
             if (System.nanoTime() > deadline || !process.isAlive()) {
                 throw new AssertionError("no socket " + socket + "; stderr:\n" + stderr());
             }
@@ -124,11 +140,16 @@ public final class VmmProcess implements AutoCloseable {
         return process.pid();
     }
 
+    /** Kills the VMM if it still runs; an interrupt while waiting for it stays set for the caller. */
     @Override
-    public void close() throws InterruptedException {
+    public void close() {
         if (process.isAlive()) {
             process.destroyForcibly();
-            process.waitFor(10, TimeUnit.SECONDS);
+            try {
+                process.waitFor(10, TimeUnit.SECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
         }
     }
 }

@@ -1,14 +1,18 @@
 package dev.panamavmm.vmm;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.sys.UnixSocket;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.testing.Heartbeats;
 import dev.panamavmm.vmm.memory.Backing;
-import org.junit.jupiter.api.io.TempDir;
-
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -16,15 +20,12 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Consumer;
 import java.util.stream.Stream;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertFalse;
-import static org.junit.jupiter.api.Assertions.assertThrows;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.io.TempDir;
 
 /**
  * Every operation that pauses a guest gives it back when it fails, whatever the failure: each
@@ -94,10 +95,10 @@ class FailurePathsTest {
 
     /** Both CPUs print two more heartbeats, all in order, none CORRUPT. */
     static void guestRunsOn(SnapshotTest.Console console) throws InterruptedException {
-        var at = dev.panamavmm.testing.Heartbeats.checkLive(console.text());
+        var at = Heartbeats.checkLive(console.text());
         console.await("hb 0 " + (at.getOrDefault(0, 0) + 2), 30);
         console.await("hb 1 " + (at.getOrDefault(1, 0) + 2), 30);
-        dev.panamavmm.testing.Heartbeats.checkLive(console.text());
+        Heartbeats.checkLive(console.text());
     }
 
     static Vm runningGuest(Kvm kvm, SnapshotTest.Console console, VmListener listener) throws InterruptedException {
@@ -111,11 +112,14 @@ class FailurePathsTest {
     @KvmTest
     void aPauseThatTimesOutGivesTheGuestBack(@TempDir Path dir) throws Exception {
         var console = new StallingConsole();
-        try (var kvm = Kvm.open(); var vm = runningGuest(kvm, console, new VmListener() {})) {
+        try (var kvm = Kvm.open();
+                var vm = runningGuest(kvm, console, new VmListener() {})) {
             vm.pauseTimeout(Duration.ofMillis(300));
             console.hold();
             console.awaitAWriterStalled(); // that vCPU cannot park until the console moves again
-            var e = assertThrows(IllegalStateException.class, () -> VmSnapshots.save(vm, dir.resolve("snap"), false, true, RamWriter.Progress.NONE));
+            var e = assertThrows(
+                    IllegalStateException.class,
+                    () -> VmSnapshots.save(vm, dir.resolve("snap"), false, true, RamWriter.Progress.NONE));
             assertEquals("the vCPUs did not pause within 300 ms", e.getMessage());
             assertFalse(vm.isPaused(), "the failed save resumed the guest");
             console.release();
@@ -131,10 +135,14 @@ class FailurePathsTest {
         var console = new SnapshotTest.Console();
         var pauses = new Pauses();
         var file = Files.writeString(dir.resolve("a-file"), "x");
-        try (var kvm = Kvm.open(); var vm = runningGuest(kvm, console, pauses)) {
-            var e = assertThrows(SnapshotException.class, () -> VmSnapshots.save(vm, file, true, false, RamWriter.Progress.NONE));
+        try (var kvm = Kvm.open();
+                var vm = runningGuest(kvm, console, pauses)) {
+            var e = assertThrows(
+                    SnapshotException.class, () -> VmSnapshots.save(vm, file, true, false, RamWriter.Progress.NONE));
             assertEquals("cannot write a snapshot in " + file + ": it is not a directory", e.getMessage());
-            var proc = assertThrows(SnapshotException.class, () -> VmSnapshots.save(vm, Path.of("/proc/self"), true, false, RamWriter.Progress.NONE));
+            var proc = assertThrows(
+                    SnapshotException.class,
+                    () -> VmSnapshots.save(vm, Path.of("/proc/self"), true, false, RamWriter.Progress.NONE));
             assertTrue(proc.getMessage().startsWith("cannot write a snapshot in /proc/self"), proc.getMessage());
             assertEquals(0, pauses.paused.get(), "the guest was never paused");
             guestRunsOn(console);
@@ -146,12 +154,16 @@ class FailurePathsTest {
         var small = Files.createDirectory(dir.resolve("small"));
         mount(small, "size=2m"); // the guest's 8 MiB of pages cannot fit
         var console = new SnapshotTest.Console();
-        try (var kvm = Kvm.open(); var vm = runningGuest(kvm, console, new VmListener() {})) {
-            var e = assertThrows(SnapshotException.class, () -> VmSnapshots.save(vm, small.resolve("snap"), false, true, RamWriter.Progress.NONE));
+        try (var kvm = Kvm.open();
+                var vm = runningGuest(kvm, console, new VmListener() {})) {
+            var e = assertThrows(
+                    SnapshotException.class,
+                    () -> VmSnapshots.save(vm, small.resolve("snap"), false, true, RamWriter.Progress.NONE));
             assertTrue(e.getMessage().contains("No space left on device"), e.getMessage());
             guestRunsOn(console);
             try (Stream<Path> files = Files.walk(small)) {
-                assertEquals(List.of(small, small.resolve("snap")), files.sorted().toList(), "no temporary file is left");
+                assertEquals(
+                        List.of(small, small.resolve("snap")), files.sorted().toList(), "no temporary file is left");
             }
         } finally {
             umount(small);
@@ -159,7 +171,9 @@ class FailurePathsTest {
     }
 
     static void mount(Path dir, String options) throws IOException, InterruptedException {
-        var p = new ProcessBuilder("mount", "-t", "tmpfs", "-o", options, "tmpfs", dir.toString()).redirectErrorStream(true).start();
+        var p = new ProcessBuilder("mount", "-t", "tmpfs", "-o", options, "tmpfs", dir.toString())
+                .redirectErrorStream(true)
+                .start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertEquals(0, p.waitFor(), "this test mounts a small tmpfs (it needs root, as CI has): " + out);
     }
@@ -176,7 +190,8 @@ class FailurePathsTest {
     static CompletableFuture<Void> destination(Path socket, Consumer<UnixSocket> afterState) {
         var server = UnixSocket.listen(socket);
         return CompletableFuture.runAsync(() -> {
-            try (server; var peer = server.accept()) {
+            try (server;
+                    var peer = server.accept()) {
                 var prepare = peer.receive();
                 for (int fd : prepare.fds()) LibC.close(fd);
                 peer.send(MigrationProtocol.encode(new MigrationProtocol.Prepared(), MigrationProtocol.VERSION));
@@ -194,20 +209,37 @@ class FailurePathsTest {
     @KvmTest
     void aDestinationThatFailsInTheDowntimeGivesTheGuestBack(@TempDir Path dir) throws Exception {
         var console = new SnapshotTest.Console();
-        try (var kvm = Kvm.open(); var vm = runningGuest(kvm, console, new VmListener() {})) {
+        try (var kvm = Kvm.open();
+                var vm = runningGuest(kvm, console, new VmListener() {})) {
             record Case(String name, Consumer<UnixSocket> behaviour, String reason, int timeoutSeconds) {}
             var cases = List.of(
-                    new Case("malformed", peer -> send(peer, "{\"type\": \"running\", "), "the peer sent a malformed message", 10),
-                    new Case("unknown", peer -> send(peer, "{\"type\": \"teleported\"}"), "the peer sent a message of unknown type 'teleported'", 10),
-                    new Case("wrong", peer -> send(peer, "{\"type\": \"prepared\"}"), "the destination sent prepared instead of running", 10),
+                    new Case(
+                            "malformed",
+                            peer -> send(peer, "{\"type\": \"running\", "),
+                            "the peer sent a malformed message",
+                            10),
+                    new Case(
+                            "unknown",
+                            peer -> send(peer, "{\"type\": \"teleported\"}"),
+                            "the peer sent a message of unknown type 'teleported'",
+                            10),
+                    new Case(
+                            "wrong",
+                            peer -> send(peer, "{\"type\": \"prepared\"}"),
+                            "the destination sent prepared instead of running",
+                            10),
                     new Case("not-a-message", peer -> send(peer, "[1, 2]"), "the peer sent a malformed message", 10),
-                    new Case("closes", peer -> { }, "the destination closed the connection", 10),
+                    new Case("closes", peer -> {}, "the destination closed the connection", 10),
                     new Case("silent", peer -> sleep(4000), "the destination closed the connection", 2));
             for (var c : cases) {
                 var socket = dir.resolve(c.name() + ".sock");
                 var destination = destination(socket, c.behaviour());
-                var e = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, socket, c.timeoutSeconds()), c.name());
-                assertTrue(e.getMessage().startsWith("migration to " + socket + " failed, the guest runs on here: " + c.reason()),
+                var e = assertThrows(
+                        SnapshotException.class, () -> LocalMigration.send(vm, socket, c.timeoutSeconds()), c.name());
+                assertTrue(
+                        e.getMessage()
+                                .startsWith(
+                                        "migration to " + socket + " failed, the guest runs on here: " + c.reason()),
                         c.name() + ": " + e.getMessage());
                 assertFalse(vm.termination().isDone(), c.name());
                 assertFalse(vm.isPaused(), c.name() + ": the guest was given back");
@@ -224,12 +256,19 @@ class FailurePathsTest {
             var received = LocalMigrationTest.incoming(kvm, socket, new SnapshotTest.Console(), null);
             LocalMigrationTest.awaitSocket(socket);
             try (var peer = UnixSocket.connect(socket)) {
-                send(peer, "{\"type\": \"prepare\", \"protocol\": 3, \"cpus\": 1, \"memory\": 67108864, \"ram\": null}");
+                send(
+                        peer,
+                        "{\"type\": \"prepare\", \"protocol\": 3, \"cpus\": 1, \"memory\": 67108864, \"ram\": null}");
                 var reply = MigrationProtocol.decode(peer.receive().data());
-                assertEquals(new MigrationProtocol.Refused("this VMM speaks local-migration protocols 1 to 2, the source speaks 3"), reply);
+                assertEquals(
+                        new MigrationProtocol.Refused(
+                                "this VMM speaks local-migration protocols 1 to 2, the source speaks 3"),
+                        reply);
             }
-            var failure = assertThrows(java.util.concurrent.ExecutionException.class, () -> received.get(10, TimeUnit.SECONDS));
-            assertTrue(failure.getCause().getMessage().contains("the source speaks 3"), failure.getCause().toString());
+            var failure = assertThrows(ExecutionException.class, () -> received.get(10, TimeUnit.SECONDS));
+            assertTrue(
+                    failure.getCause().getMessage().contains("the source speaks 3"),
+                    failure.getCause().toString());
         }
     }
 
@@ -237,19 +276,20 @@ class FailurePathsTest {
     void aWaitingDestinationIgnoresConnectionsThatAreNotMigrations(@TempDir Path dir) throws Exception {
         var console = new SnapshotTest.Console();
         var socket = dir.resolve("in.sock");
-        try (var kvm = Kvm.open(); var vm = runningGuest(kvm, console, new VmListener() {})) {
+        try (var kvm = Kvm.open();
+                var vm = runningGuest(kvm, console, new VmListener() {})) {
             var received = LocalMigrationTest.incoming(kvm, socket, console, null);
             LocalMigrationTest.awaitSocket(socket);
             try (var garbage = UnixSocket.connect(socket)) {
                 send(garbage, "{\"execute\": \"query-status\"}"); // a control-API client at the wrong socket
             }
-            try (var closes = UnixSocket.connect(socket)) {
+            try (var _ = UnixSocket.connect(socket)) {
                 // connects and goes away without a word
             }
             assertFalse(received.isDone(), "the destination still waits");
             var result = LocalMigration.send(vm, socket, 10);
             assertTrue(result.downtimeMicros() > 0);
-            try (var moved = received.get(10, TimeUnit.SECONDS)) {
+            try (var _ = received.get(10, TimeUnit.SECONDS)) { // the moved VM, closed at the end
                 guestRunsOn(console);
             }
         }

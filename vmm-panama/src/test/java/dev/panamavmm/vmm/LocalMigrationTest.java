@@ -1,21 +1,25 @@
 package dev.panamavmm.vmm;
 
-import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.kvm.sys.UnixSocket;
-import dev.panamavmm.kvm.testing.KvmTest;
-import dev.panamavmm.migration.SnapshotException;
-import dev.panamavmm.vmm.memory.Backing;
-import org.junit.jupiter.api.io.TempDir;
-
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.TimeUnit;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.kvm.sys.UnixSocket;
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.vmm.memory.Backing;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import org.junit.jupiter.api.io.TempDir;
 
 /** Live update: the guest moves between VMMs (here: between VM objects over real sockets) with only state copied. */
 class LocalMigrationTest {
@@ -24,8 +28,15 @@ class LocalMigrationTest {
         var future = new CompletableFuture<Vm>();
         Thread.ofPlatform().start(() -> {
             try {
-                future.complete(LocalMigration.receive(kvm, socket, 10, console, new VmListener() {},
-                        c -> expectMemory != null && expectMemory != c.memoryBytes() ? "expected another RAM size" : null));
+                future.complete(LocalMigration.receive(
+                        kvm,
+                        socket,
+                        10,
+                        console,
+                        new VmListener() {},
+                        c -> expectMemory != null && expectMemory != c.memoryBytes()
+                                ? "expected another RAM size"
+                                : null));
             } catch (Throwable t) {
                 future.completeExceptionally(t);
             }
@@ -65,7 +76,9 @@ class LocalMigrationTest {
                     awaitSocket(socket);
                     var result = LocalMigration.send(current, socket, 10);
                     assertTrue(result.downtimeMicros() > 0, "the guest was paused for some time");
-                    assertTrue(result.downtimeMillis() <= result.confirmedMillis() && result.confirmedMillis() <= result.totalMillis(),
+                    assertTrue(
+                            result.downtimeMillis() <= result.confirmedMillis()
+                                    && result.confirmedMillis() <= result.totalMillis(),
                             "pause -> resumed -> confirmed -> done: " + result);
                     assertTrue(current.termination().isDone(), "the source ends once the destination runs");
                     current.close();
@@ -85,7 +98,9 @@ class LocalMigrationTest {
     @KvmTest
     void aDestinationThatDiesOrRefusesLeavesTheGuestRunningHere(@TempDir Path dir) throws Exception {
         var console = new SnapshotTest.Console();
-        try (var kvm = Kvm.open(); var vm = VmBuilder.boot(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
+        try (var kvm = Kvm.open();
+                var vm = VmBuilder.boot(
+                        kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
             vm.start();
             console.await("hb 0 2", 30);
 
@@ -93,13 +108,16 @@ class LocalMigrationTest {
             var dying = dir.resolve("dying.sock");
             var server = UnixSocket.listen(dying);
             Thread.ofPlatform().start(() -> {
-                try (server; var peer = server.accept()) {
+                try (server;
+                        var peer = server.accept()) {
                     var m = peer.receive();
-                    for (int fd : m.fds()) dev.panamavmm.kvm.sys.LibC.close(fd);
+                    for (int fd : m.fds()) LibC.close(fd);
                 }
             });
             var e = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, dying, 10));
-            assertEquals("migration to " + dying + " failed, the guest runs on here: the destination closed the connection", e.getMessage());
+            assertEquals(
+                    "migration to " + dying + " failed, the guest runs on here: the destination closed the connection",
+                    e.getMessage());
             assertFalse(vm.termination().isDone());
             int at = SnapshotTest.checkHeartbeats(console.text()).get(0);
             console.await("hb 0 " + (at + 2), 30);
@@ -109,10 +127,15 @@ class LocalMigrationTest {
             var refused = incoming(kvm, refusing, new SnapshotTest.Console(), 1L << 30);
             awaitSocket(refusing);
             var r = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, refusing, 10));
-            assertEquals("migration to " + refusing + " failed, the guest runs on here: the destination refused: expected another RAM size", r.getMessage());
+            assertEquals(
+                    "migration to " + refusing
+                            + " failed, the guest runs on here: the destination refused: expected another RAM size",
+                    r.getMessage());
             // The destination's receive ends after it sent the refusal: wait for it, do not race it.
-            var failure = assertThrows(java.util.concurrent.ExecutionException.class, () -> refused.get(10, java.util.concurrent.TimeUnit.SECONDS));
-            assertTrue(failure.getCause().getMessage().contains("expected another RAM size"), failure.getCause().toString());
+            var failure = assertThrows(ExecutionException.class, () -> refused.get(10, TimeUnit.SECONDS));
+            assertTrue(
+                    failure.getCause().getMessage().contains("expected another RAM size"),
+                    failure.getCause().toString());
             at = SnapshotTest.checkHeartbeats(console.text()).get(0);
             console.await("hb 0 " + (at + 2), 30);
         }
@@ -122,36 +145,44 @@ class LocalMigrationTest {
     @KvmTest
     void aDestinationTooLateForTheSourcesDeadlineRefusesInsteadOfResuming(@TempDir Path dir) throws Exception {
         var console = new SnapshotTest.Console();
-        try (var kvm = Kvm.open(); var vm = VmBuilder.boot(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
+        try (var kvm = Kvm.open();
+                var vm = VmBuilder.boot(
+                        kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
             vm.start();
             console.await("hb 0 2", 30);
             // The source gives up 4 s after it starts; this destination takes 3.2 s over the state,
             // leaving less than the 1 s margin: it must not resume the guest the source will resume.
             var socket = dir.resolve("late.sock");
-            var calls = new java.util.concurrent.atomic.AtomicInteger();
+            var calls = new AtomicInteger();
             var late = new CompletableFuture<Vm>();
             Thread.ofPlatform().start(() -> {
                 try {
-                    late.complete(LocalMigration.receive(kvm, socket, 10, new SnapshotTest.Console(), new VmListener() {}, c -> {
-                        if (calls.incrementAndGet() == 2) { // the second check is the state's, inside the downtime
-                            try {
-                                Thread.sleep(3200);
-                            } catch (InterruptedException e) {
-                                Thread.currentThread().interrupt();
-                            }
-                        }
-                        return null;
-                    }));
+                    late.complete(LocalMigration.receive(
+                            kvm, socket, 10, new SnapshotTest.Console(), new VmListener() {}, c -> {
+                                if (calls.incrementAndGet()
+                                        == 2) { // the second check is the state's, inside the downtime
+                                    try {
+                                        Thread.sleep(3200);
+                                    } catch (InterruptedException e) {
+                                        Thread.currentThread().interrupt();
+                                    }
+                                }
+                                return null;
+                            }));
                 } catch (Throwable t) {
                     late.completeExceptionally(t);
                 }
             });
             awaitSocket(socket);
             var e = assertThrows(SnapshotException.class, () -> LocalMigration.send(vm, socket, 4));
-            assertEquals("migration to " + socket + " failed, the guest runs on here: the destination refused: "
-                    + "the VM's state came too late: the source resumes its guest at its deadline", e.getMessage());
-            var failure = assertThrows(java.util.concurrent.ExecutionException.class, () -> late.get(10, TimeUnit.SECONDS));
-            assertTrue(failure.getCause().getMessage().contains("came too late"), failure.getCause().toString());
+            assertEquals(
+                    "migration to " + socket + " failed, the guest runs on here: the destination refused: "
+                            + "the VM's state came too late: the source resumes its guest at its deadline",
+                    e.getMessage());
+            var failure = assertThrows(ExecutionException.class, () -> late.get(10, TimeUnit.SECONDS));
+            assertTrue(
+                    failure.getCause().getMessage().contains("came too late"),
+                    failure.getCause().toString());
             int at = SnapshotTest.checkHeartbeats(console.text()).get(0);
             console.await("hb 0 " + (at + 2), 30);
         }
@@ -165,25 +196,32 @@ class LocalMigrationTest {
         // CrossVersionTest runs that release itself; this is the same exchange without a build.
         var console = new SnapshotTest.Console();
         try (var kvm = Kvm.open()) {
-            var source = VmBuilder.boot(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {});
+            var source =
+                    VmBuilder.boot(kvm, SnapshotTest.guest(1, new Backing.Memfd(), ""), console, new VmListener() {});
             source.start();
             console.await("hb 0 2", 30);
             var socket = dir.resolve("old.sock");
             var received = incoming(kvm, socket, console, null);
             awaitSocket(socket);
-            try (source; var peer = UnixSocket.connect(socket)) {
+            try (source;
+                    var peer = UnixSocket.connect(socket)) {
                 var block = source.memory().blocks().getFirst();
-                var prepare = new MigrationProtocol.Prepare(1, 1, source.memory().size(),
-                        java.util.List.of(new MigrationProtocol.RamBlock(block.id(), block.guestAddress(), block.size(), block.fileOffset(), 0, null)));
+                var prepare = new MigrationProtocol.Prepare(
+                        1,
+                        1,
+                        source.memory().size(),
+                        List.of(new MigrationProtocol.RamBlock(
+                                block.id(), block.guestAddress(), block.size(), block.fileOffset(), 0, null)));
                 peer.send(MigrationProtocol.encode(prepare, 1), block.fd());
-                assertEquals("{\"prepared\":true}", new String(peer.receive().data(), java.nio.charset.StandardCharsets.UTF_8));
+                assertEquals("{\"prepared\":true}", new String(peer.receive().data(), StandardCharsets.UTF_8));
                 var state = dir.resolve("state");
                 VmSnapshots.save(source, state, true, VmSnapshots.After.STAY_PAUSED, true, null);
-                peer.send(MigrationProtocol.encode(new MigrationProtocol.State(state, System.nanoTime() + TimeUnit.SECONDS.toNanos(10)), 1));
-                assertTrue(new String(peer.receive().data(), java.nio.charset.StandardCharsets.UTF_8).startsWith("{\"running\":true"));
+                peer.send(MigrationProtocol.encode(
+                        new MigrationProtocol.State(state, System.nanoTime() + TimeUnit.SECONDS.toNanos(10)), 1));
+                assertTrue(new String(peer.receive().data(), StandardCharsets.UTF_8).startsWith("{\"running\":true"));
                 source.end(new VmExitReason.Stopped("migrated"));
             }
-            try (var moved = received.get(10, TimeUnit.SECONDS)) {
+            try (var _ = received.get(10, TimeUnit.SECONDS)) { // the moved VM, closed at the end
                 int at = SnapshotTest.checkHeartbeats(console.text()).get(0);
                 console.await("hb 0 " + (at + 2), 30);
             }

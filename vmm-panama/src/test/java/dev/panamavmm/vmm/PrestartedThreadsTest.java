@@ -1,13 +1,12 @@
 package dev.panamavmm.vmm;
 
-import org.junit.jupiter.api.Test;
-
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.TimeUnit;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
 
 /** Threads started ahead run the work they are handed, under its name, and end on close when none came. */
 class PrestartedThreadsTest {
@@ -17,23 +16,24 @@ class PrestartedThreadsTest {
         var ran = new CompletableFuture<String>();
         Thread worker, idle;
         try (var threads = PrestartedThreads.start(2)) {
-            worker = threads.run(0, "vcpu-0", () -> ran.complete(Thread.currentThread().getName()));
+            worker = threads.run(
+                    0, "vcpu-0", () -> ran.complete(Thread.currentThread().getName()));
             assertEquals("vcpu-0", ran.get(5, TimeUnit.SECONDS));
-            assertThrows(IllegalStateException.class, () -> threads.run(0, "vcpu-0", () -> { }));
-            idle = threads.run(1, "vcpu-1", () -> { });
+            assertThrows(IllegalStateException.class, () -> threads.run(0, "vcpu-0", () -> {}));
+            idle = threads.run(1, "vcpu-1", () -> {});
         }
         worker.join(5000);
         idle.join(5000);
         assertFalse(worker.isAlive());
         assertFalse(idle.isAlive());
-
     }
 
     @Test
     void threadsThatGetNoWorkEndWhenClosed() throws Exception {
         var threads = PrestartedThreads.start(2);
         var waiting = Thread.getAllStackTraces().keySet().stream()
-                .filter(t -> t.getName().endsWith("-waiting") && t.isAlive()).toList();
+                .filter(t -> t.getName().endsWith("-waiting") && t.isAlive())
+                .toList();
         assertEquals(2, waiting.size(), "two threads wait for work");
         threads.close();
         for (var t : waiting) {

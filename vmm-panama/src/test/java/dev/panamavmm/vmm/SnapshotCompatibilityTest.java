@@ -1,21 +1,20 @@
 package dev.panamavmm.vmm;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.SnapshotFormat;
-import org.junit.jupiter.api.io.TempDir;
-
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.stream.Stream;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertFalse;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.io.TempDir;
 
 /**
  * Every snapshot an earlier version wrote (src/test/fixtures/snapshots, one directory each) still
@@ -61,7 +60,8 @@ class SnapshotCompatibilityTest {
     static void check(String fixture, String console, Map<Integer, Integer> next) {
         var expect = new HashMap<>(next);
         for (var line : console.lines().toList()) {
-            assertFalse(TestGuest.CORRUPT.matcher(line).matches(), fixture + ": the guest reported corruption: " + line);
+            assertFalse(
+                    TestGuest.CORRUPT.matcher(line).matches(), fixture + ": the guest reported corruption: " + line);
             var m = TestGuest.HEARTBEAT.matcher(line);
             if (!m.matches()) continue;
             int cpu = Integer.parseInt(m.group(1)), seq = Integer.parseInt(m.group(2));

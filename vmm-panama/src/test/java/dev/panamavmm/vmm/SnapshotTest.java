@@ -1,27 +1,31 @@
 package dev.panamavmm.vmm;
 
-import dev.panamavmm.guest.TestGuest;
-import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.kvm.testing.KvmTest;
-import dev.panamavmm.migration.RamWriter;
-import dev.panamavmm.migration.SnapshotException;
-import dev.panamavmm.vmm.memory.Backing;
-import dev.panamavmm.vmm.memory.GuestMemory;
-import org.junit.jupiter.api.io.TempDir;
-
-import java.io.ByteArrayOutputStream;
-import java.io.OutputStream;
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.util.Map;
-import java.util.concurrent.TimeUnit;
-import java.util.regex.Pattern;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.panamavmm.guest.TestGuest;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.testing.Heartbeats;
+import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.GuestMemory;
+import java.io.ByteArrayOutputStream;
+import java.io.OutputStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Comparator;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.io.TempDir;
 
 /** Save and restore with the test guest as the oracle: heartbeats go on with the next number, memory verifies. */
 class SnapshotTest {
@@ -58,11 +62,17 @@ class SnapshotTest {
     }
 
     static Map<Integer, Integer> checkHeartbeats(String console) {
-        return dev.panamavmm.testing.Heartbeats.check(console);
+        return Heartbeats.check(console);
     }
 
     static MachineConfig guest(int cpus, Backing backing, String options) {
-        return new MachineConfig(64 * GuestMemory.MIB, cpus, backing, "test guest", TestGuest.elf(), null,
+        return new MachineConfig(
+                64 * GuestMemory.MIB,
+                cpus,
+                backing,
+                "test guest",
+                TestGuest.elf(),
+                null,
                 "console=ttyS0 testguest.hb=150 testguest.mem=8M " + options);
     }
 
@@ -76,8 +86,12 @@ class SnapshotTest {
                 console.await("hb 0 3", 30);
                 console.await("hb 1 3", 30);
                 var saved = VmSnapshots.save(vm, snap, true, false, RamWriter.Progress.NONE);
-                assertTrue(saved.ramBytesWritten() > 8 * GuestMemory.MIB, "memfd RAM is not shared: its pages are saved");
-                assertInstanceOf(VmExitReason.Stopped.class, vm.termination().get(10, TimeUnit.SECONDS), "saving stops the VM by default");
+                assertTrue(
+                        saved.ramBytesWritten() > 8 * GuestMemory.MIB, "memfd RAM is not shared: its pages are saved");
+                assertInstanceOf(
+                        VmExitReason.Stopped.class,
+                        vm.termination().get(10, TimeUnit.SECONDS),
+                        "saving stops the VM by default");
             }
             var before = checkHeartbeats(console.text());
             try (var vm = VmSnapshots.restore(kvm, snap, console, new VmListener() {})) {
@@ -93,18 +107,24 @@ class SnapshotTest {
     @KvmTest
     void aBypassSnapshotOfSharedRamHoldsNoPagesAndRefusesAChangedFile(@TempDir Path dir) throws Exception {
         var console = new Console();
-        var ram = Path.of("/dev/shm", "panama-snapshot-test-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
+        var ram = Path.of(
+                "/dev/shm", "panama-snapshot-test-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
         var snap = dir.resolve("snap");
         try (var kvm = Kvm.open()) {
-            try (var vm = VmBuilder.boot(kvm, guest(1, new Backing.SharedFile(ram), ""), console, new VmListener() {})) {
+            try (var vm =
+                    VmBuilder.boot(kvm, guest(1, new Backing.SharedFile(ram), ""), console, new VmListener() {})) {
                 vm.start();
                 console.await("hb 0 2", 30);
-                var resume = assertThrows(SnapshotException.class, () -> VmSnapshots.save(vm, snap, true, true, RamWriter.Progress.NONE));
-                assertTrue(resume.getMessage().startsWith("resuming after a bypass-shared-memory snapshot would let the guest change"));
+                var resume = assertThrows(
+                        SnapshotException.class, () -> VmSnapshots.save(vm, snap, true, true, RamWriter.Progress.NONE));
+                assertTrue(resume.getMessage()
+                        .startsWith("resuming after a bypass-shared-memory snapshot would let the guest change"));
                 var saved = VmSnapshots.save(vm, snap, true, false, RamWriter.Progress.NONE);
                 assertEquals(0, saved.ramBytesWritten());
                 assertEquals(1, saved.ramBlocksByReference());
-                assertTrue(Files.size(saved.file()) < 64 * 1024, "a bypass snapshot is small: " + Files.size(saved.file()));
+                assertTrue(
+                        Files.size(saved.file()) < 64 * 1024,
+                        "a bypass snapshot is small: " + Files.size(saved.file()));
             }
             var before = checkHeartbeats(console.text());
             try (var vm = VmSnapshots.restore(kvm, snap, console, new VmListener() {})) {
@@ -113,7 +133,9 @@ class SnapshotTest {
             }
             checkHeartbeats(console.text());
             // The guest ran on in the file: the snapshot no longer describes it.
-            var e = assertThrows(SnapshotException.class, () -> VmSnapshots.restore(kvm, snap, OutputStream.nullOutputStream(), new VmListener() {}));
+            var e = assertThrows(
+                    SnapshotException.class,
+                    () -> VmSnapshots.restore(kvm, snap, OutputStream.nullOutputStream(), new VmListener() {}));
             assertTrue(e.getMessage().startsWith("refusing to restore: the memory file " + ram), e.getMessage());
         } finally {
             Files.deleteIfExists(ram);
@@ -121,7 +143,8 @@ class SnapshotTest {
     }
 
     static Path shmFile(String name) {
-        return Path.of("/dev/shm", "panama-" + name + "-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
+        return Path.of(
+                "/dev/shm", "panama-" + name + "-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
     }
 
     /** Without bypass the snapshot directory alone holds the guest: a copy restores with the memory file gone. */
@@ -132,7 +155,8 @@ class SnapshotTest {
         var snap = dir.resolve("snap");
         var copy = dir.resolve("copy");
         try (var kvm = Kvm.open()) {
-            try (var vm = VmBuilder.boot(kvm, guest(1, new Backing.SharedFile(ram), ""), console, new VmListener() {})) {
+            try (var vm =
+                    VmBuilder.boot(kvm, guest(1, new Backing.SharedFile(ram), ""), console, new VmListener() {})) {
                 vm.start();
                 console.await("hb 0 2", 30);
                 var saved = VmSnapshots.save(vm, snap, false, false, RamWriter.Progress.NONE);
@@ -160,16 +184,24 @@ class SnapshotTest {
     @KvmTest
     void aFullSaveOfASparseGuestLeavesItsHolesAlone(@TempDir Path dir) throws Exception {
         var console = new Console();
-        var config = new MachineConfig(4 * GuestMemory.GIB, 1, new Backing.Memfd(), "test guest", TestGuest.elf(), null,
+        var config = new MachineConfig(
+                4 * GuestMemory.GIB,
+                1,
+                new Backing.Memfd(),
+                "test guest",
+                TestGuest.elf(),
+                null,
                 "console=ttyS0 testguest.hb=150 testguest.mem=16M");
-        try (var kvm = Kvm.open(); var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
+        try (var kvm = Kvm.open();
+                var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
             vm.start();
             console.await("hb 0 2", 30);
             var saved = VmSnapshots.save(vm, dir.resolve("snap"), false, false, RamWriter.Progress.NONE);
             long allocated = 0;
             for (var block : vm.memory().blocks()) for (long[] e : block.dataExtents()) allocated += e[1] - e[0];
             assertTrue(allocated < 64 * GuestMemory.MIB, "memfd bytes allocated after the save: " + allocated);
-            assertTrue(saved.ramBytesWritten() > 16 * GuestMemory.MIB && saved.ramBytesWritten() < 64 * GuestMemory.MIB,
+            assertTrue(
+                    saved.ramBytesWritten() > 16 * GuestMemory.MIB && saved.ramBytesWritten() < 64 * GuestMemory.MIB,
                     "RAM written: " + saved.ramBytesWritten());
         }
     }
@@ -182,10 +214,16 @@ class SnapshotTest {
     @KvmTest
     void aFullSaveOfARestoredSparseGuestKeepsItsSnapshotSparseAndSavesPagesWrittenInHoles() throws Exception {
         var dir = shmFile("resave");
-        var config = new MachineConfig(4 * GuestMemory.GIB, 1, new Backing.Memfd(), "test guest", TestGuest.elf(), null,
+        var config = new MachineConfig(
+                4 * GuestMemory.GIB,
+                1,
+                new Backing.Memfd(),
+                "test guest",
+                TestGuest.elf(),
+                null,
                 "console=ttyS0 testguest.hb=150 testguest.mem=16M");
         var console = new Console();
-        byte[] marker = "written into a hole after the restore".getBytes(java.nio.charset.StandardCharsets.US_ASCII);
+        byte[] marker = "written into a hole after the restore".getBytes(StandardCharsets.US_ASCII);
         long hole = 2 * GuestMemory.GIB; // far above the 16 MiB the guest uses
         try (var kvm = Kvm.open()) {
             try (var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
@@ -201,34 +239,36 @@ class SnapshotTest {
                 console.await("hb 0 " + (checkHeartbeats(console.text()).get(0) + 2), 30);
                 VmSnapshots.save(vm, dir.resolve("second"), false, false, RamWriter.Progress.NONE);
             }
-            assertTrue(allocated(first) < before + 16 * GuestMemory.MIB,
+            assertTrue(
+                    allocated(first) < before + 16 * GuestMemory.MIB,
                     "the first snapshot's file stays sparse: " + before + " -> " + allocated(first) + " bytes of data");
             try (var vm = VmSnapshots.restore(kvm, dir.resolve("second"), console, new VmListener() {})) {
-                assertEquals(new String(marker, java.nio.charset.StandardCharsets.US_ASCII),
-                        new String(vm.memory().read(hole, marker.length), java.nio.charset.StandardCharsets.US_ASCII));
+                assertEquals(
+                        new String(marker, StandardCharsets.US_ASCII),
+                        new String(vm.memory().read(hole, marker.length), StandardCharsets.US_ASCII));
             }
         } finally {
             try (var files = Files.walk(dir)) {
-                files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+                files.sorted(Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
             }
         }
     }
 
     /** Bytes of {@code file} in data extents (SEEK_DATA / SEEK_HOLE): what it occupies, holes excluded. */
     static long allocated(Path file) throws Exception {
-        int fd = dev.panamavmm.kvm.sys.LibC.open(file.toString(), dev.panamavmm.kvm.bindings.LibcConstants.O_RDONLY, 0);
+        int fd = LibC.open(file.toString(), LibcConstants.O_RDONLY, 0);
         try {
             long size = Files.size(file), total = 0;
             for (long at = 0; at < size; ) {
-                long data = dev.panamavmm.kvm.sys.LibC.seek(fd, at, dev.panamavmm.kvm.bindings.LibcConstants.SEEK_DATA);
+                long data = LibC.seek(fd, at, LibcConstants.SEEK_DATA);
                 if (data < 0) break;
-                long end = dev.panamavmm.kvm.sys.LibC.seek(fd, data, dev.panamavmm.kvm.bindings.LibcConstants.SEEK_HOLE);
+                long end = LibC.seek(fd, data, LibcConstants.SEEK_HOLE);
                 total += end - data;
                 at = end;
             }
             return total;
         } finally {
-            dev.panamavmm.kvm.sys.LibC.close(fd);
+            LibC.close(fd);
         }
     }
 
@@ -238,7 +278,13 @@ class SnapshotTest {
         var console = new Console();
         var ram = shmFile("4g");
         var snap = dir.resolve("snap");
-        var config = new MachineConfig(4 * GuestMemory.GIB, 1, new Backing.SharedFile(ram), "test guest", TestGuest.elf(), null,
+        var config = new MachineConfig(
+                4 * GuestMemory.GIB,
+                1,
+                new Backing.SharedFile(ram),
+                "test guest",
+                TestGuest.elf(),
+                null,
                 "console=ttyS0 testguest.hb=150 testguest.mem=16M");
         try (var kvm = Kvm.open()) {
             try (var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
@@ -247,7 +293,9 @@ class SnapshotTest {
                 var saved = VmSnapshots.save(vm, snap, true, false, RamWriter.Progress.NONE);
                 assertEquals(0, saved.ramBytesWritten());
                 assertEquals(2, saved.ramBlocksByReference(), "ram-low and ram-high, both by reference");
-                assertTrue(Files.size(saved.file()) < 64 * 1024, "snapshot of a 4 GiB guest: " + Files.size(saved.file()) + " bytes");
+                assertTrue(
+                        Files.size(saved.file()) < 64 * 1024,
+                        "snapshot of a 4 GiB guest: " + Files.size(saved.file()) + " bytes");
             }
             var before = checkHeartbeats(console.text());
             try (var vm = VmSnapshots.restore(kvm, snap, console, new VmListener() {})) {
@@ -265,7 +313,13 @@ class SnapshotTest {
     void savingABusyGuestLosesNoConsoleByteAndNoPage(@TempDir Path dir) throws Exception {
         var console = new Console();
         var snap = dir.resolve("snap");
-        var config = new MachineConfig(64 * GuestMemory.MIB, 2, new Backing.Memfd(), "test guest", TestGuest.elf(), null,
+        var config = new MachineConfig(
+                64 * GuestMemory.MIB,
+                2,
+                new Backing.Memfd(),
+                "test guest",
+                TestGuest.elf(),
+                null,
                 "console=ttyS0 testguest.hb=1 testguest.mem=32M");
         try (var kvm = Kvm.open()) {
             try (var vm = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
@@ -291,7 +345,7 @@ class SnapshotTest {
         var restored = new Console();
         var snap = dir.resolve("snap");
         try (var kvm = Kvm.open();
-             var vm = VmBuilder.boot(kvm, guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
+                var vm = VmBuilder.boot(kvm, guest(1, new Backing.Memfd(), ""), console, new VmListener() {})) {
             vm.start();
             console.await("hb 0 2", 30);
             VmSnapshots.save(vm, snap, true, true, RamWriter.Progress.NONE);
@@ -303,7 +357,11 @@ class SnapshotTest {
                 restored.await("hb 0 " + (savedAt + 2), 30);
             }
             // The restored guest's first heartbeat follows the last one the original printed before the save.
-            var first = TestGuest.HEARTBEAT.matcher(restored.text().lines().filter(l -> l.startsWith("hb")).findFirst().orElseThrow());
+            var first = TestGuest.HEARTBEAT.matcher(restored.text()
+                    .lines()
+                    .filter(l -> l.startsWith("hb"))
+                    .findFirst()
+                    .orElseThrow());
             assertTrue(first.matches());
             assertTrue(Integer.parseInt(first.group(2)) <= savedAt + 1, restored.text());
         }

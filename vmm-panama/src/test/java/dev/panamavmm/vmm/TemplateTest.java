@@ -1,37 +1,45 @@
 package dev.panamavmm.vmm;
 
-import dev.panamavmm.guest.TestGuest;
-import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.kvm.testing.KvmTest;
-import dev.panamavmm.migration.SnapshotException;
-import dev.panamavmm.vmm.memory.Backing;
-import dev.panamavmm.vmm.memory.GuestMemory;
-import org.junit.jupiter.api.io.TempDir;
-
-import java.io.InputStream;
-import java.io.OutputStream;
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.security.MessageDigest;
-import java.util.ArrayList;
-import java.util.HashSet;
-import java.util.HexFormat;
-import java.util.concurrent.CompletableFuture;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.panamavmm.guest.TestGuest;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.GuestMemory;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.security.MessageDigest;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.HexFormat;
+import java.util.concurrent.CompletableFuture;
+import org.junit.jupiter.api.io.TempDir;
+
 /** Templates and clones with the test guest as the oracle. */
 class TemplateTest {
 
     static MachineConfig guest(String options) {
-        return new MachineConfig(64 * GuestMemory.MIB, 1, new Backing.Memfd(), "test guest", TestGuest.elf(), null,
+        return new MachineConfig(
+                64 * GuestMemory.MIB,
+                1,
+                new Backing.Memfd(),
+                "test guest",
+                TestGuest.elf(),
+                null,
                 "console=ttyS0 testguest.hb=150 " + options);
     }
 
-    static Templates.Created createTemplate(Kvm kvm, Path dir, SnapshotTest.Console console, String options) throws Exception {
+    static Templates.Created createTemplate(Kvm kvm, Path dir, SnapshotTest.Console console, String options)
+            throws Exception {
         return Templates.create(kvm, dir, guest(options), Path.of("/dev/shm"), console, new CompletableFuture<>(), 60);
     }
 
@@ -57,7 +65,8 @@ class TemplateTest {
         try (var kvm = Kvm.open()) {
             created = createTemplate(kvm, templateDir, templateConsole, "testguest.mem=48M");
             assertTrue(templateConsole.text().contains("ready\n"));
-            assertEquals("r--r--r--", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(created.memoryFile())));
+            assertEquals(
+                    "r--r--r--", PosixFilePermissions.toString(Files.getPosixFilePermissions(created.memoryFile())));
             String before = sha256(created.memoryFile());
             var template = Templates.open(templateDir);
             var ids = new HashSet<String>();
@@ -70,12 +79,18 @@ class TemplateTest {
                     console.await("hb 0 5", 30); // the template stopped at its ready point, before hb 0 1
                 }
                 SnapshotTest.checkHeartbeats(console.text());
-                var genids = console.text().lines().filter(l -> l.startsWith("genid ")).toList();
+                var genids = console.text()
+                        .lines()
+                        .filter(l -> l.startsWith("genid "))
+                        .toList();
                 String mine = genids.getLast();
                 assertNotEquals("genid 0x0000000000000000", mine);
                 assertTrue(ids.add(mine), "each clone has its own generation id: " + genids);
             }
-            assertEquals(before, sha256(created.memoryFile()), "clones wrote to all their memory; the template file is unchanged");
+            assertEquals(
+                    before,
+                    sha256(created.memoryFile()),
+                    "clones wrote to all their memory; the template file is unchanged");
         } finally {
             deleteTemplate(templateDir, created);
         }
@@ -101,7 +116,11 @@ class TemplateTest {
             for (var console : consoles) {
                 console.await("hb 0 1", 120);
                 console.await("genid 0x[0-9a-f]{16}", 120);
-                ids.add(console.text().lines().filter(l -> l.startsWith("genid")).reduce((a, b) -> b).orElseThrow());
+                ids.add(console.text()
+                        .lines()
+                        .filter(l -> l.startsWith("genid"))
+                        .reduce((a, b) -> b)
+                        .orElseThrow());
                 SnapshotTest.checkHeartbeats(console.text());
             }
             assertEquals(20, ids.size(), "distinct generation ids: " + ids);
@@ -114,26 +133,40 @@ class TemplateTest {
     @KvmTest
     void cloningFromMissingCorruptUnfinishedOrPlainSnapshotsIsRefused(@TempDir Path dir) throws Exception {
         try (var kvm = Kvm.open()) {
-            assertEquals("no template directory " + dir.resolve("none"),
-                    assertThrows(SnapshotException.class, () -> Templates.open(dir.resolve("none"))).getMessage());
+            assertEquals(
+                    "no template directory " + dir.resolve("none"),
+                    assertThrows(SnapshotException.class, () -> Templates.open(dir.resolve("none")))
+                            .getMessage());
             var creating = Files.createDirectories(dir.resolve("creating"));
-            Files.writeString(creating.resolve(".creating"), Long.toString(ProcessHandle.current().pid()));
-            assertEquals("template " + creating + " is still being created (process " + ProcessHandle.current().pid() + " is running)",
-                    assertThrows(SnapshotException.class, () -> Templates.open(creating)).getMessage());
+            Files.writeString(
+                    creating.resolve(".creating"),
+                    Long.toString(ProcessHandle.current().pid()));
+            assertEquals(
+                    "template " + creating + " is still being created (process "
+                            + ProcessHandle.current().pid() + " is running)",
+                    assertThrows(SnapshotException.class, () -> Templates.open(creating))
+                            .getMessage());
             var empty = Files.createDirectories(dir.resolve("empty"));
-            assertEquals(empty + " is not a template (no snapshot.pvm)",
-                    assertThrows(SnapshotException.class, () -> Templates.open(empty)).getMessage());
+            assertEquals(
+                    empty + " is not a template (no snapshot.pvm)",
+                    assertThrows(SnapshotException.class, () -> Templates.open(empty))
+                            .getMessage());
             var corrupt = Files.createDirectories(dir.resolve("corrupt"));
             Files.write(corrupt.resolve("snapshot.pvm"), new byte[100]);
-            assertTrue(assertThrows(SnapshotException.class, () -> Templates.open(corrupt)).getMessage().contains("is not a Panama VMM snapshot"));
+            assertTrue(assertThrows(SnapshotException.class, () -> Templates.open(corrupt))
+                    .getMessage()
+                    .contains("is not a Panama VMM snapshot"));
 
             var plain = dir.resolve("plain");
-            try (var vm = VmBuilder.boot(kvm, guest("testguest.mem=4M"), OutputStream.nullOutputStream(), new VmListener() {})) {
+            try (var vm = VmBuilder.boot(
+                    kvm, guest("testguest.mem=4M"), OutputStream.nullOutputStream(), new VmListener() {})) {
                 vm.start();
-                VmSnapshots.save(vm, plain, true, false, dev.panamavmm.migration.RamWriter.Progress.NONE);
+                VmSnapshots.save(vm, plain, true, false, RamWriter.Progress.NONE);
             }
-            assertEquals(plain + " is a snapshot, not a template: its RAM is not in a shared memory file",
-                    assertThrows(SnapshotException.class, () -> Templates.open(plain)).getMessage());
+            assertEquals(
+                    plain + " is a snapshot, not a template: its RAM is not in a shared memory file",
+                    assertThrows(SnapshotException.class, () -> Templates.open(plain))
+                            .getMessage());
         }
     }
 }

@@ -17,7 +17,10 @@ final class TinyElf {
 
     /** Like {@link #of}, with a Xen PVH entry note ({@code XEN_ELFNOTE_PHYS32_ENTRY}) pointing at the code too. */
     static byte[] withPvhEntry(byte[] code) {
-        var desc = ByteBuffer.allocate(4).order(ByteOrder.LITTLE_ENDIAN).putInt((int) LOAD_ADDRESS).array();
+        var desc = ByteBuffer.allocate(4)
+                .order(ByteOrder.LITTLE_ENDIAN)
+                .putInt((int) LOAD_ADDRESS)
+                .array();
         return withNote(code, "Xen", 18, desc);
     }
 
@@ -34,16 +37,45 @@ final class TinyElf {
         var b = ByteBuffer.allocate(codeOff + code.length).order(ByteOrder.LITTLE_ENDIAN);
         b.put(new byte[] {0x7f, 'E', 'L', 'F', 2, 1, 1, 0});
         b.position(16);
-        b.putShort((short) 2).putShort((short) 62).putInt(1).putLong(LOAD_ADDRESS).putLong(phoff).putLong(0);
-        b.putInt(0).putShort((short) 64).putShort((short) 56).putShort((short) phnum).putShort((short) 64).putShort((short) 0).putShort((short) 0);
+        b.putShort((short) 2)
+                .putShort((short) 62)
+                .putInt(1)
+                .putLong(LOAD_ADDRESS)
+                .putLong(phoff)
+                .putLong(0);
+        b.putInt(0)
+                .putShort((short) 64)
+                .putShort((short) 56)
+                .putShort((short) phnum)
+                .putShort((short) 64)
+                .putShort((short) 0)
+                .putShort((short) 0);
         b.position(phoff);
-        b.putInt(1).putInt(7).putLong(codeOff).putLong(LOAD_ADDRESS).putLong(LOAD_ADDRESS)
-                .putLong(code.length).putLong(code.length + 0x1000L).putLong(0x1000);
+        b.putInt(1)
+                .putInt(7)
+                .putLong(codeOff)
+                .putLong(LOAD_ADDRESS)
+                .putLong(LOAD_ADDRESS)
+                .putLong(code.length)
+                .putLong(code.length + 0x1000L)
+                .putLong(0x1000);
         if (noteName != null) {
-            b.putInt(4).putInt(4).putLong(noteOff).putLong(0).putLong(0).putLong(noteSize).putLong(noteSize).putLong(4);
+            b.putInt(4)
+                    .putInt(4)
+                    .putLong(noteOff)
+                    .putLong(0)
+                    .putLong(0)
+                    .putLong(noteSize)
+                    .putLong(noteSize)
+                    .putLong(4);
             b.position(noteOff);
-            b.putInt(name.length).putInt(desc.length).putInt(noteType).put(name).put(new byte[namePadded - name.length])
-                    .put(desc).put(new byte[descPadded - desc.length]);
+            b.putInt(name.length)
+                    .putInt(desc.length)
+                    .putInt(noteType)
+                    .put(name)
+                    .put(new byte[namePadded - name.length])
+                    .put(desc)
+                    .put(new byte[descPadded - desc.length]);
         }
         b.position(codeOff);
         b.put(code);

@@ -11,6 +11,7 @@ public final class TinyElfAccess {
 
     /** Increments the qword at 0x200000 forever. */
     public static byte[] countForever() {
-        return TinyElf.of(new byte[] {0x48, (byte) 0xff, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, (byte) 0xeb, (byte) 0xf6}, false);
+        return TinyElf.of(
+                new byte[] {0x48, (byte) 0xff, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, (byte) 0xeb, (byte) 0xf6}, false);
     }
 }

@@ -13,15 +13,23 @@ import java.util.regex.Pattern;
  * The parsed declaration list ({@code bindings.decl}): which headers, structs, constants and
  * ioctls the bindings cover. It states names and types only; every number comes from the probe.
  */
-public record Declarations(List<String> includes, List<Struct> structs,
-                           Map<String, List<Constant>> constantClasses, List<String> ioctls) {
+public record Declarations(
+        List<String> includes, List<Struct> structs, Map<String, List<Constant>> constantClasses, List<String> ioctls) {
 
     /** A primitive field type of the declaration language and the C type it must match. */
     public enum Primitive {
-        U8("__u8", 1), S8("__s8", 1), CHAR("char", 1),
-        U16("__u16", 2), S16("__s16", 2),
-        U32("__u32", 4), S32("__s32", 4), INT("int", 4),
-        U64("__u64", 8), S64("__s64", 8), ULONG("unsigned long", 8), LONG("long", 8),
+        U8("__u8", 1),
+        S8("__s8", 1),
+        CHAR("char", 1),
+        U16("__u16", 2),
+        S16("__s16", 2),
+        U32("__u32", 4),
+        S32("__s32", 4),
+        INT("int", 4),
+        U64("__u64", 8),
+        S64("__s64", 8),
+        ULONG("unsigned long", 8),
+        LONG("long", 8),
         PTR("void *", 8);
 
         public final String cType;
@@ -44,7 +52,11 @@ public record Declarations(List<String> includes, List<Struct> structs,
         }
     }
 
-    public enum ArrayKind { NONE, MEASURED, FLEXIBLE }
+    public enum ArrayKind {
+        NONE,
+        MEASURED,
+        FLEXIBLE
+    }
 
     /** One component of a field path; {@code anonymous} marks a C anonymous union named for Java. */
     public record PathPart(String name, boolean anonymous) {}
@@ -118,7 +130,8 @@ public record Declarations(List<String> includes, List<Struct> structs,
                 currentConstants = null;
                 inIoctls = false;
                 switch (words[0]) {
-                    case "include" -> includes.add(line.trim().substring("include".length()).trim());
+                    case "include" ->
+                        includes.add(line.trim().substring("include".length()).trim());
                     case "struct" -> {
                         if (words.length != 2) throw new IllegalArgumentException(where + ": expected 'struct NAME'");
                         currentFields = new ArrayList<>();
@@ -129,7 +142,8 @@ public record Declarations(List<String> includes, List<Struct> structs,
                         structs.add(struct);
                     }
                     case "constants" -> {
-                        if (words.length != 2) throw new IllegalArgumentException(where + ": expected 'constants CLASS'");
+                        if (words.length != 2)
+                            throw new IllegalArgumentException(where + ": expected 'constants CLASS'");
                         currentConstants = constants.computeIfAbsent(words[1], k -> new ArrayList<>());
                     }
                     case "ioctls" -> inIoctls = true;
@@ -143,12 +157,14 @@ public record Declarations(List<String> includes, List<Struct> structs,
                 boolean opaque = type.equals("opaque");
                 Primitive primitive = opaque ? Primitive.U8 : Primitive.byName(type);
                 if (primitive == null && !structNames.containsKey(type)) {
-                    throw new IllegalArgumentException(where + ": unknown type '" + type + "' (declare the struct above its use)");
+                    throw new IllegalArgumentException(
+                            where + ": unknown type '" + type + "' (declare the struct above its use)");
                 }
                 for (int w = 1; w < words.length; w++) {
                     var field = parseField(primitive, primitive == null ? type : null, words[w], where);
                     if (opaque) {
-                        if (field.array() != ArrayKind.NONE) throw new IllegalArgumentException(where + ": an opaque field takes no []");
+                        if (field.array() != ArrayKind.NONE)
+                            throw new IllegalArgumentException(where + ": an opaque field takes no []");
                         field = new Field(Primitive.U8, null, field.path(), ArrayKind.MEASURED, true);
                     }
                     currentFields.add(field);
@@ -159,7 +175,8 @@ public record Declarations(List<String> includes, List<Struct> structs,
                 if (eq >= 0) {
                     String name = text.substring(0, eq).trim();
                     requireIdent(name, where);
-                    currentConstants.add(new Constant(name, text.substring(eq + 1).trim()));
+                    currentConstants.add(
+                            new Constant(name, text.substring(eq + 1).trim()));
                 } else {
                     for (var word : words) {
                         requireIdent(word, where);
@@ -172,7 +189,8 @@ public record Declarations(List<String> includes, List<Struct> structs,
                     ioctls.add(word);
                 }
             } else {
-                throw new IllegalArgumentException(where + ": indented line outside a struct, constants or ioctls block");
+                throw new IllegalArgumentException(
+                        where + ": indented line outside a struct, constants or ioctls block");
             }
         }
         return new Declarations(List.copyOf(includes), List.copyOf(structs), constants, List.copyOf(ioctls));
@@ -190,7 +208,8 @@ public record Declarations(List<String> includes, List<Struct> structs,
             }
         }
         path.add(new PathPart(m.group(2), false));
-        ArrayKind array = m.group(3) == null ? ArrayKind.NONE
+        ArrayKind array = m.group(3) == null
+                ? ArrayKind.NONE
                 : m.group(3).equals("[*]") ? ArrayKind.FLEXIBLE : ArrayKind.MEASURED;
         return new Field(primitive, structType, List.copyOf(path), array, false);
     }

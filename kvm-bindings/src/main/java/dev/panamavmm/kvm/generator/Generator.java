@@ -33,7 +33,9 @@ public final class Generator {
     /** Whether a file was written by this generator (its first line says so). */
     public static boolean isGenerated(Path file) throws IOException {
         try (var lines = Files.lines(file, StandardCharsets.UTF_8)) {
-            return lines.findFirst().orElse("").equals(JavaEmitter.HEADER.lines().findFirst().orElseThrow());
+            return lines.findFirst()
+                    .orElse("")
+                    .equals(JavaEmitter.HEADER.lines().findFirst().orElseThrow());
         }
     }
 
@@ -48,7 +50,9 @@ public final class Generator {
             Files.createDirectories(dir);
             try (Stream<Path> existing = Files.list(dir)) {
                 for (var p : existing.toList()) {
-                    if (p.toString().endsWith(".java") && isGenerated(p) && !files.containsKey(p.getFileName().toString())) {
+                    if (p.toString().endsWith(".java")
+                            && isGenerated(p)
+                            && !files.containsKey(p.getFileName().toString())) {
                         Files.delete(p);
                     }
                 }

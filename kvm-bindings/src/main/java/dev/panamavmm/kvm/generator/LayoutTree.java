@@ -4,7 +4,6 @@ import dev.panamavmm.kvm.generator.CProbe.FieldFacts;
 import dev.panamavmm.kvm.generator.CProbe.Measurements;
 import dev.panamavmm.kvm.generator.CProbe.StructFacts;
 import dev.panamavmm.kvm.generator.Declarations.Struct;
-
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
@@ -19,16 +18,25 @@ final class LayoutTree {
 
     sealed interface Node permits Leaf, Group {
         String name();
+
         long offset();
+
         long size();
+
         long alignment();
         /** Alignment the C compiler gives the member outside a packed struct (for tail padding). */
         long naturalAlignment();
     }
 
-    record Leaf(String name, FieldFacts facts, long alignment, long naturalAlignment, List<String> path) implements Node {
-        public long offset() { return facts.offset(); }
-        public long size() { return facts.elementSize() * facts.count(); }
+    record Leaf(String name, FieldFacts facts, long alignment, long naturalAlignment, List<String> path)
+            implements Node {
+        public long offset() {
+            return facts.offset();
+        }
+
+        public long size() {
+            return facts.elementSize() * facts.count();
+        }
     }
 
     static final class Group implements Node {
@@ -37,6 +45,7 @@ final class LayoutTree {
         final List<String> path;
         /** C member names leading here; an anonymous union ends with its Java-only name. */
         final List<String> names;
+
         final List<Node> children = new ArrayList<>();
         long offset = -1;
         long size = -1;
@@ -49,14 +58,24 @@ final class LayoutTree {
             this.names = names;
         }
 
-        public String name() { return name; }
-        public long offset() { return offset; }
-        public long size() { return size; }
+        public String name() {
+            return name;
+        }
+
+        public long offset() {
+            return offset;
+        }
+
+        public long size() {
+            return size;
+        }
+
         public long alignment() {
             long a = 1;
             for (var c : children) a = Math.max(a, c.alignment());
             return a;
         }
+
         public long naturalAlignment() {
             long a = 1;
             for (var c : children) a = Math.max(a, c.naturalAlignment());
@@ -82,8 +101,9 @@ final class LayoutTree {
         for (var f : facts.fields()) insert(f, m);
         finish(root, true);
         if (root.alignment() != facts.alignment()) {
-            throw new IllegalStateException("struct " + struct.cName() + ": the declared members align to " + root.alignment()
-                    + " but C aligns the struct to " + facts.alignment() + " (declare the member that needs it)");
+            throw new IllegalStateException("struct " + struct.cName() + ": the declared members align to "
+                    + root.alignment() + " but C aligns the struct to " + facts.alignment()
+                    + " (declare the member that needs it)");
         }
     }
 
@@ -147,7 +167,11 @@ final class LayoutTree {
             g.size = facts.size();
         } else if (g.anonymous) {
             g.offset = g.children.stream().mapToLong(Node::offset).min().orElseThrow();
-            g.size = g.children.stream().mapToLong(n -> n.offset() + n.size()).max().orElseThrow() - g.offset;
+            g.size = g.children.stream()
+                            .mapToLong(n -> n.offset() + n.size())
+                            .max()
+                            .orElseThrow()
+                    - g.offset;
         }
         var ordered = g.ordered();
         boolean disjoint = true;
@@ -161,23 +185,26 @@ final class LayoutTree {
             long cursor = g.offset;
             for (var c : ordered) {
                 if (alignUp(cursor, c.alignment()) != c.offset()) {
-                    throw new IllegalStateException("struct " + struct.cName() + ": " + (c.offset() - cursor)
-                            + " undeclared bytes before '" + String.join(".", pathOf(c)) + "' (declare the missing fields)");
+                    throw new IllegalStateException(
+                            "struct " + struct.cName() + ": " + (c.offset() - cursor) + " undeclared bytes before '"
+                                    + String.join(".", pathOf(c)) + "' (declare the missing fields)");
                 }
                 cursor = c.offset() + c.size();
             }
             long end = g.offset + g.size;
             long align = isRoot ? facts.alignment() : g.naturalAlignment();
             if (alignUp(cursor, align) != end) {
-                throw new IllegalStateException("struct " + struct.cName() + ": " + (end - cursor)
-                        + " undeclared bytes at the end of '" + (isRoot ? struct.cName() : String.join(".", g.path)) + "'");
+                throw new IllegalStateException(
+                        "struct " + struct.cName() + ": " + (end - cursor) + " undeclared bytes at the end of '"
+                                + (isRoot ? struct.cName() : String.join(".", g.path)) + "'");
             }
         } else if (sameStart && ordered.size() > 1) {
             g.union = true;
             long widest = ordered.stream().mapToLong(Node::size).max().orElseThrow();
             if (widest != g.size) {
-                throw new IllegalStateException("struct " + struct.cName() + ": union '" + String.join(".", g.path) + "' is "
-                        + g.size + " bytes but its declared members cover " + widest + " (declare its widest member)");
+                throw new IllegalStateException(
+                        "struct " + struct.cName() + ": union '" + String.join(".", g.path) + "' is " + g.size
+                                + " bytes but its declared members cover " + widest + " (declare its widest member)");
             }
         } else {
             throw new IllegalStateException("struct " + struct.cName() + ": members of '"

@@ -1,9 +1,12 @@
 package dev.panamavmm.kvm.sys;
 
+import static java.lang.foreign.ValueLayout.ADDRESS;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.LibcConstants;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.Linker;
@@ -12,10 +15,6 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.StructLayout;
 import java.lang.invoke.MethodHandle;
 import java.lang.ref.Reference;
-
-import static java.lang.foreign.ValueLayout.ADDRESS;
-import static java.lang.foreign.ValueLayout.JAVA_INT;
-import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 /**
  * The libc functions and system calls the VMM uses, as FFM downcalls.
@@ -40,9 +39,10 @@ public final class LibC {
     private static final ThreadLocal<MemorySegment> CAPTURE =
             ThreadLocal.withInitial(() -> Arena.ofAuto().allocate(CAPTURE_LAYOUT));
 
+    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
     static MethodHandle link(String name, FunctionDescriptor fd, Linker.Option... options) {
-        MemorySegment symbol = LINKER.defaultLookup().find(name)
-                .orElseThrow(() -> new UnsatisfiedLinkError("libc has no " + name));
+        MemorySegment symbol =
+                LINKER.defaultLookup().find(name).orElseThrow(() -> new UnsatisfiedLinkError("libc has no " + name));
         return LINKER.downcallHandle(symbol, fd, options);
     }
 
@@ -76,12 +76,16 @@ public final class LibC {
      * returns -1 and sets errno, which is captured.
      */
     private static final class Syscall {
-        static final MethodHandle H = link("syscall", FunctionDescriptor.of(JAVA_LONG,
-                        JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG),
-                Linker.Option.firstVariadicArg(1), ERRNO);
+        static final MethodHandle H = link(
+                "syscall",
+                FunctionDescriptor.of(
+                        JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG),
+                Linker.Option.firstVariadicArg(1),
+                ERRNO);
     }
 
-    private static long syscall(MemorySegment capture, int number, long a1, long a2, long a3, long a4, long a5, long a6) {
+    private static long syscall(
+            MemorySegment capture, int number, long a1, long a2, long a3, long a4, long a5, long a6) {
         try {
             return (long) Syscall.H.invokeExact(capture, (long) number, a1, a2, a3, a4, a5, a6);
         } catch (Throwable t) {
@@ -111,7 +115,8 @@ public final class LibC {
      * fail it with EFAULT: the kernel checks user pointers, the JVM is not involved.
      */
     private static long address(MemorySegment segment) {
-        if (!segment.isNative()) throw new IllegalArgumentException("a system call needs native memory, not a heap segment");
+        if (!segment.isNative())
+            throw new IllegalArgumentException("a system call needs native memory, not a heap segment");
         if (!segment.scope().isAlive()) throw new IllegalStateException("the segment's arena is already closed");
         return segment.address();
     }
@@ -151,7 +156,8 @@ public final class LibC {
     /** {@code open(path, flags, mode)}; the error message names the path. */
     public static int open(String path, int flags, int mode) {
         try (var arena = Arena.ofConfined()) {
-            return (int) checked("open " + path, LibcConstants.SYS_open, address(arena.allocateFrom(path)), flags, mode);
+            return (int)
+                    checked("open " + path, LibcConstants.SYS_open, address(arena.allocateFrom(path)), flags, mode);
         }
     }
 
@@ -197,7 +203,8 @@ public final class LibC {
         var capture = CAPTURE.get();
         long r = syscall(capture, LibcConstants.SYS_flock, fd, operation, 0);
         if (r == 0) return true;
-        if (capture.get(JAVA_INT, ERRNO_OFFSET) == LibcConstants.EWOULDBLOCK && (operation & LibcConstants.LOCK_NB) != 0) return false;
+        if (capture.get(JAVA_INT, ERRNO_OFFSET) == LibcConstants.EWOULDBLOCK
+                && (operation & LibcConstants.LOCK_NB) != 0) return false;
         throw fail("flock", capture);
     }
 
@@ -214,7 +221,8 @@ public final class LibC {
     /** An anonymous memory file ({@code MFD_CLOEXEC} is the caller's choice in {@code flags}). */
     public static int memfdCreate(String name, int flags) {
         try (var arena = Arena.ofConfined()) {
-            return (int) checked("memfd_create", LibcConstants.SYS_memfd_create, address(arena.allocateFrom(name)), flags, 0);
+            return (int) checked(
+                    "memfd_create", LibcConstants.SYS_memfd_create, address(arena.allocateFrom(name)), flags, 0);
         }
     }
 
@@ -244,6 +252,7 @@ public final class LibC {
      * Maps {@code length} bytes and ties the mapping to {@code arena}: it is unmapped when the
      * arena closes (an owner that outlives every user of the memory, e.g. every vCPU).
      */
+    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
     public static MemorySegment mapInto(Arena arena, long length, int prot, int flags, int fd, long offset) {
         MemorySegment raw = mmap(length, prot, flags, fd, offset);
         return raw.reinterpret(length, arena, s -> munmapQuietly(s.address(), length));
@@ -271,7 +280,8 @@ public final class LibC {
     /** One byte per page of {@code segment} into {@code vector}: bit 0 set when the page is resident. */
     public static void mincore(MemorySegment segment, MemorySegment vector) {
         long pages = (segment.byteSize() + 4095) / 4096;
-        if (vector.byteSize() < pages) throw new IllegalArgumentException("mincore needs " + pages + " bytes of vector, got " + vector.byteSize());
+        if (vector.byteSize() < pages)
+            throw new IllegalArgumentException("mincore needs " + pages + " bytes of vector, got " + vector.byteSize());
         checked("mincore", LibcConstants.SYS_mincore, address(segment), segment.byteSize(), address(vector));
         Reference.reachabilityFence(segment);
         Reference.reachabilityFence(vector);
@@ -305,7 +315,8 @@ public final class LibC {
     }
 
     private static final class Sigaction {
-        static final MethodHandle H = link("sigaction", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, ADDRESS), ERRNO);
+        static final MethodHandle H =
+                link("sigaction", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, ADDRESS), ERRNO);
     }
 
     /** {@code sigaction(signal, action, old)}; {@code old} may be {@link MemorySegment#NULL}. */
@@ -414,7 +425,8 @@ public final class LibC {
     }
 
     private static final class Tcsetattr {
-        static final MethodHandle H = link("tcsetattr", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS), ERRNO);
+        static final MethodHandle H =
+                link("tcsetattr", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS), ERRNO);
     }
 
     public static void tcsetattr(int fd, int when, MemorySegment termios) {
@@ -452,20 +464,26 @@ public final class LibC {
     }
 
     /** {@code "Permission denied"} for EACCES. */
+    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
     public static String strerror(int errno) {
         try {
             MemorySegment s = (MemorySegment) Strerror.H.invokeExact(errno);
-            return s.equals(MemorySegment.NULL) ? "errno " + errno : s.reinterpret(Long.MAX_VALUE).getString(0);
+            return s.equals(MemorySegment.NULL)
+                    ? "errno " + errno
+                    : s.reinterpret(Long.MAX_VALUE).getString(0);
         } catch (Throwable t) {
             throw unexpected(t);
         }
     }
 
     /** {@code "EACCES"} for EACCES; null when libc does not know the value. */
+    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
     public static String strerrorname(int errno) {
         try {
             MemorySegment s = (MemorySegment) StrerrorName.H.invokeExact(errno);
-            return s.equals(MemorySegment.NULL) ? null : s.reinterpret(Long.MAX_VALUE).getString(0);
+            return s.equals(MemorySegment.NULL)
+                    ? null
+                    : s.reinterpret(Long.MAX_VALUE).getString(0);
         } catch (Throwable t) {
             throw unexpected(t);
         }

@@ -1,20 +1,27 @@
 package dev.panamavmm.kvm.sys;
 
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
+
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.Cmsghdr;
 import dev.panamavmm.kvm.bindings.Iovec;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Msghdr;
 import dev.panamavmm.kvm.bindings.SockaddrUn;
-
+import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.FileSystemException;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
-
-import static java.lang.foreign.ValueLayout.JAVA_BYTE;
-import static java.lang.foreign.ValueLayout.JAVA_INT;
-import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.Arrays;
 
 /**
  * A Unix stream socket that carries file descriptors (SCM_RIGHTS) with its messages: what moves a
@@ -40,7 +47,8 @@ public final class UnixSocket implements AutoCloseable {
     private static MemorySegment address(Arena arena, Path path) {
         byte[] p = path.toString().getBytes(StandardCharsets.UTF_8);
         var sa = arena.allocate(SockaddrUn.LAYOUT);
-        if (p.length >= SockaddrUn.SUN_PATH_COUNT) throw new KvmException("socket " + path, "path is too long for a Unix socket");
+        if (p.length >= SockaddrUn.SUN_PATH_COUNT)
+            throw new KvmException("socket " + path, "path is too long for a Unix socket");
         SockaddrUn.sunFamily(sa, LibcConstants.AF_UNIX);
         MemorySegment.copy(MemorySegment.ofArray(p), 0, sa, SockaddrUn.SUN_PATH, p.length);
         return sa;
@@ -52,20 +60,23 @@ public final class UnixSocket implements AutoCloseable {
      */
     public static UnixSocket listen(Path path) {
         int fd = LibC.socket(LibcConstants.AF_UNIX, LibcConstants.SOCK_STREAM | LibcConstants.SOCK_CLOEXEC, 0);
-        Path temp = path.resolveSibling("." + path.getFileName() + ".tmp-" + ProcessHandle.current().pid());
+        Path temp = path.resolveSibling(
+                "." + path.getFileName() + ".tmp-" + ProcessHandle.current().pid());
         try (var arena = Arena.ofConfined()) {
-            java.nio.file.Files.deleteIfExists(temp);
+            Files.deleteIfExists(temp);
             LibC.bind(fd, address(arena, temp));
             LibC.listen(fd, 1);
-            java.nio.file.Files.setPosixFilePermissions(temp, java.nio.file.attribute.PosixFilePermissions.fromString("rw-------"));
-            java.nio.file.Files.move(temp, path, java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+            Files.setPosixFilePermissions(temp, PosixFilePermissions.fromString("rw-------"));
+            Files.move(temp, path, StandardCopyOption.ATOMIC_MOVE);
             return new UnixSocket(fd);
-        } catch (java.io.IOException e) {
+        } catch (IOException e) {
             LibC.close(fd);
             // The JDK's message is the (temporary) path alone; the reason is what the user needs.
-            String why = e instanceof java.nio.file.FileSystemException f && f.getReason() != null ? f.getReason()
-                    : e instanceof java.nio.file.NoSuchFileException ? "no such directory"
-                    : e instanceof java.nio.file.AccessDeniedException ? "permission denied" : e.toString();
+            String why = e instanceof FileSystemException f && f.getReason() != null
+                    ? f.getReason()
+                    : e instanceof NoSuchFileException
+                            ? "no such directory"
+                            : e instanceof AccessDeniedException ? "permission denied" : e.toString();
             throw new KvmException("listen on " + path, why);
         } catch (KvmException e) {
             LibC.close(fd);
@@ -118,7 +129,8 @@ public final class UnixSocket implements AutoCloseable {
                     Cmsghdr.cmsgLen(control, len);
                     Cmsghdr.cmsgLevel(control, LibcConstants.SOL_SOCKET);
                     Cmsghdr.cmsgType(control, LibcConstants.SCM_RIGHTS);
-                    for (int i = 0; i < fds.length; i++) control.set(JAVA_INT_UNALIGNED, LibcConstants.CMSG_DATA_OFFSET + 4L * i, fds[i]);
+                    for (int i = 0; i < fds.length; i++)
+                        control.set(JAVA_INT_UNALIGNED, LibcConstants.CMSG_DATA_OFFSET + 4L * i, fds[i]);
                     Msghdr.msgControl(msg, control);
                     Msghdr.msgControllen(msg, space);
                 }
@@ -140,12 +152,13 @@ public final class UnixSocket implements AutoCloseable {
             var head = arena.allocate(4);
             if (!readFully(arena, head, fds, nfds)) return null;
             int length = head.get(JAVA_INT_UNALIGNED, 0);
-            if (length < 0 || length > MAX_MESSAGE) throw new KvmException("recvmsg", "message of " + length + " bytes refused");
+            if (length < 0 || length > MAX_MESSAGE)
+                throw new KvmException("recvmsg", "message of " + length + " bytes refused");
             var body = arena.allocate(Math.max(length, 1));
             if (length > 0 && !readFully(arena, body.asSlice(0, length), fds, nfds)) {
                 throw new KvmException("recvmsg", "the peer closed the connection in the middle of a message");
             }
-            return new Message(body.asSlice(0, length).toArray(JAVA_BYTE), java.util.Arrays.copyOf(fds, nfds[0]));
+            return new Message(body.asSlice(0, length).toArray(JAVA_BYTE), Arrays.copyOf(fds, nfds[0]));
         }
     }
 
@@ -168,7 +181,8 @@ public final class UnixSocket implements AutoCloseable {
                 throw new KvmException("recvmsg", "the peer closed the connection in the middle of a message");
             }
             if (Msghdr.msgControllen(msg) >= LibcConstants.CMSG_DATA_OFFSET
-                    && Cmsghdr.cmsgLevel(control) == LibcConstants.SOL_SOCKET && Cmsghdr.cmsgType(control) == LibcConstants.SCM_RIGHTS) {
+                    && Cmsghdr.cmsgLevel(control) == LibcConstants.SOL_SOCKET
+                    && Cmsghdr.cmsgType(control) == LibcConstants.SCM_RIGHTS) {
                 long count = (Cmsghdr.cmsgLen(control) - LibcConstants.CMSG_DATA_OFFSET) / 4;
                 for (int i = 0; i < count && nfds[0] < fds.length; i++) {
                     fds[nfds[0]++] = control.get(JAVA_INT, LibcConstants.CMSG_DATA_OFFSET + 4L * i);

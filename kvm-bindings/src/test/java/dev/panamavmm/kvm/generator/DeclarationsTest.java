@@ -1,12 +1,11 @@
 package dev.panamavmm.kvm.generator;
 
-import org.junit.jupiter.api.Test;
-
-import java.util.List;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.List;
+import org.junit.jupiter.api.Test;
 
 /** The generator refuses declarations that would produce a wrong or incomplete layout. */
 class DeclarationsTest {
@@ -36,7 +35,10 @@ class DeclarationsTest {
     @Test
     void aMissingFieldIsAnErrorNotAGap() throws Exception {
         // kvm_regs without rbx: the probe measures rcx at 16, leaving 8 undeclared bytes.
-        var d = parse("include <linux/kvm.h>", "struct kvm_regs", "  u64 rax rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags");
+        var d = parse(
+                "include <linux/kvm.h>",
+                "struct kvm_regs",
+                "  u64 rax rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags");
         var m = CProbe.measure(d);
         var e = assertThrows(IllegalStateException.class, () -> new JavaEmitter(m).emit(d));
         assertTrue(e.getMessage().contains("8 undeclared bytes before 'rcx'"), e.getMessage());

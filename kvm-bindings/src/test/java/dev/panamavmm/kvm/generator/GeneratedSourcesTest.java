@@ -1,14 +1,13 @@
 package dev.panamavmm.kvm.generator;
 
-import org.junit.jupiter.api.Test;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.fail;
 
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.TreeSet;
-
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.fail;
+import org.junit.jupiter.api.Test;
 
 /** The committed bindings are exactly what the generator makes from bindings.decl and this system's headers. */
 class GeneratedSourcesTest {
@@ -21,10 +20,13 @@ class GeneratedSourcesTest {
         var committed = new TreeSet<String>();
         try (var files = Files.list(dir)) {
             for (var p : files.toList()) {
-                if (p.toString().endsWith(".java") && Generator.isGenerated(p)) committed.add(p.getFileName().toString());
+                if (p.toString().endsWith(".java") && Generator.isGenerated(p))
+                    committed.add(p.getFileName().toString());
             }
         }
-        assertEquals(new TreeSet<>(expected.keySet()), committed,
+        assertEquals(
+                new TreeSet<>(expected.keySet()),
+                committed,
                 "generated files differ from the declarations: run kvm-bindings/regenerate");
 
         for (var e : expected.entrySet()) {

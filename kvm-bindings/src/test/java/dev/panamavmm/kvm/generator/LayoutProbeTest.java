@@ -1,15 +1,14 @@
 package dev.panamavmm.kvm.generator;
 
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.panamavmm.kvm.generator.CProbe.FieldFacts;
 import dev.panamavmm.kvm.generator.CProbe.Measurements;
 import dev.panamavmm.kvm.generator.Declarations.ArrayKind;
 import dev.panamavmm.kvm.generator.Declarations.PathPart;
 import dev.panamavmm.kvm.generator.Declarations.Primitive;
-import org.junit.jupiter.api.BeforeAll;
-import org.junit.jupiter.api.DynamicTest;
-import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.TestFactory;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemoryLayout;
 import java.lang.foreign.MemorySegment;
@@ -19,10 +18,10 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.stream.Stream;
-
-import static java.lang.foreign.ValueLayout.JAVA_BYTE;
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.DynamicTest;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestFactory;
 
 /**
  * Checks the loaded binding classes (layouts, offset constants and accessors) against the C
@@ -42,19 +41,24 @@ class LayoutProbeTest {
 
     @TestFactory
     Stream<DynamicTest> everyStructMatchesC() {
-        return decls.structs().stream().map(s -> DynamicTest.dynamicTest("struct " + s.cName(), () -> {
-            var facts = c.structs().get(s.cName());
-            var cls = Class.forName(PACKAGE + s.javaName());
-            var layout = (StructLayout) cls.getField("LAYOUT").get(null);
-            assertEquals(facts.size(), layout.byteSize(), s.cName() + ": LAYOUT size");
-            assertEquals(facts.size(), cls.getField("BYTE_SIZE").getLong(null), s.cName() + ": BYTE_SIZE");
-            assertEquals(facts.alignment(), layout.byteAlignment(), s.cName() + ": LAYOUT alignment");
-            assertEquals(facts.alignment(), cls.getField("BYTE_ALIGNMENT").getLong(null), s.cName() + ": BYTE_ALIGNMENT");
-            for (var f : facts.fields()) checkField(s.cName(), facts.size(), cls, layout, f);
-        }));
+        return decls.structs().stream()
+                .map(s -> DynamicTest.dynamicTest("struct " + s.cName(), () -> {
+                    var facts = c.structs().get(s.cName());
+                    var cls = Class.forName(PACKAGE + s.javaName());
+                    var layout = (StructLayout) cls.getField("LAYOUT").get(null);
+                    assertEquals(facts.size(), layout.byteSize(), s.cName() + ": LAYOUT size");
+                    assertEquals(facts.size(), cls.getField("BYTE_SIZE").getLong(null), s.cName() + ": BYTE_SIZE");
+                    assertEquals(facts.alignment(), layout.byteAlignment(), s.cName() + ": LAYOUT alignment");
+                    assertEquals(
+                            facts.alignment(),
+                            cls.getField("BYTE_ALIGNMENT").getLong(null),
+                            s.cName() + ": BYTE_ALIGNMENT");
+                    for (var f : facts.fields()) checkField(s.cName(), facts.size(), cls, layout, f);
+                }));
     }
 
-    private static void checkField(String struct, long structSize, Class<?> cls, StructLayout layout, FieldFacts f) throws Exception {
+    private static void checkField(String struct, long structSize, Class<?> cls, StructLayout layout, FieldFacts f)
+            throws Exception {
         var field = f.field();
         String where = struct + "." + field.declaredPath();
         var path = new ArrayList<MemoryLayout.PathElement>();
@@ -73,7 +77,8 @@ class LayoutProbeTest {
             assertEquals(f.count(), seq.elementCount(), where + ": array length in LAYOUT");
             assertEquals(f.elementSize(), seq.elementLayout().byteSize(), where + ": element size in LAYOUT");
             if (field.array() == ArrayKind.MEASURED) {
-                assertEquals(f.count(), cls.getField(constant + "_COUNT").getLong(null), where + ": " + constant + "_COUNT");
+                assertEquals(
+                        f.count(), cls.getField(constant + "_COUNT").getLong(null), where + ": " + constant + "_COUNT");
             }
         }
         if (field.primitive() != null && field.primitive() != Primitive.PTR && field.array() != ArrayKind.FLEXIBLE) {
@@ -82,14 +87,17 @@ class LayoutProbeTest {
     }
 
     /** Writes all-ones through the generated setter and checks which bytes of the struct changed. */
-    private static void checkAccessorTouchesExactlyItsBytes(Class<?> cls, String method, long size, FieldFacts f, String where) throws Exception {
+    private static void checkAccessorTouchesExactlyItsBytes(
+            Class<?> cls, String method, long size, FieldFacts f, String where) throws Exception {
         var p = f.field().primitive();
         boolean wide = p.size == 8;
         Class<?> valueType = wide ? long.class : int.class;
         boolean indexed = f.field().array() != ArrayKind.NONE;
-        var setter = indexed ? cls.getMethod(method, MemorySegment.class, long.class, valueType)
+        var setter = indexed
+                ? cls.getMethod(method, MemorySegment.class, long.class, valueType)
                 : cls.getMethod(method, MemorySegment.class, valueType);
-        var getter = indexed ? cls.getMethod(method, MemorySegment.class, long.class)
+        var getter = indexed
+                ? cls.getMethod(method, MemorySegment.class, long.class)
                 : cls.getMethod(method, MemorySegment.class);
         long index = indexed ? f.count() - 1 : 0;
         long expectedAt = f.offset() + index * f.elementSize();
@@ -100,7 +108,10 @@ class LayoutProbeTest {
             else setter.invoke(null, seg, ones);
             for (long i = 0; i < size; i++) {
                 boolean inside = i >= expectedAt && i < expectedAt + f.elementSize();
-                assertEquals(inside ? (byte) -1 : 0, seg.get(JAVA_BYTE, i), where + ": setter " + method + " wrote byte " + i);
+                assertEquals(
+                        inside ? (byte) -1 : 0,
+                        seg.get(JAVA_BYTE, i),
+                        where + ": setter " + method + " wrote byte " + i);
             }
             Object read = indexed ? getter.invoke(null, seg, index) : getter.invoke(null, seg);
             long expected = p.unsigned() && p.size < 4 ? (1L << (8 * p.size)) - 1 : -1L;
@@ -114,7 +125,8 @@ class LayoutProbeTest {
             var cls = Class.forName(PACKAGE + e.getKey());
             for (var k : e.getValue()) {
                 long expected = c.constants().get(k.name());
-                assertEquals(expected, ((Number) cls.getField(k.name()).get(null)).longValue(), e.getKey() + "." + k.name());
+                assertEquals(
+                        expected, ((Number) cls.getField(k.name()).get(null)).longValue(), e.getKey() + "." + k.name());
             }
         }
     }
@@ -133,12 +145,45 @@ class LayoutProbeTest {
     @Test
     void theDeclarationsCoverWhatTheVmmNeeds() {
         var names = decls.structs().stream().map(Declarations.Struct::cName).toList();
-        for (var needed : List.of("kvm_run", "kvm_regs", "kvm_sregs", "kvm_segment", "kvm_dtable", "kvm_fpu", "kvm_xsave",
-                "kvm_xcrs", "kvm_lapic_state", "kvm_msrs", "kvm_msr_entry", "kvm_msr_list", "kvm_cpuid2", "kvm_cpuid_entry2",
-                "kvm_vcpu_events", "kvm_mp_state", "kvm_debugregs", "kvm_irqchip", "kvm_pit_state2", "kvm_pit_config",
-                "kvm_clock_data", "kvm_userspace_memory_region", "kvm_dirty_log", "kvm_irq_level", "kvm_irqfd",
-                "kvm_ioeventfd", "kvm_irq_routing", "kvm_msi", "kvm_enable_cap", "uffdio_api", "uffdio_register",
-                "uffdio_copy", "uffdio_zeropage", "uffd_msg", "msghdr", "cmsghdr", "iovec", "sigaction")) {
+        for (var needed : List.of(
+                "kvm_run",
+                "kvm_regs",
+                "kvm_sregs",
+                "kvm_segment",
+                "kvm_dtable",
+                "kvm_fpu",
+                "kvm_xsave",
+                "kvm_xcrs",
+                "kvm_lapic_state",
+                "kvm_msrs",
+                "kvm_msr_entry",
+                "kvm_msr_list",
+                "kvm_cpuid2",
+                "kvm_cpuid_entry2",
+                "kvm_vcpu_events",
+                "kvm_mp_state",
+                "kvm_debugregs",
+                "kvm_irqchip",
+                "kvm_pit_state2",
+                "kvm_pit_config",
+                "kvm_clock_data",
+                "kvm_userspace_memory_region",
+                "kvm_dirty_log",
+                "kvm_irq_level",
+                "kvm_irqfd",
+                "kvm_ioeventfd",
+                "kvm_irq_routing",
+                "kvm_msi",
+                "kvm_enable_cap",
+                "uffdio_api",
+                "uffdio_register",
+                "uffdio_copy",
+                "uffdio_zeropage",
+                "uffd_msg",
+                "msghdr",
+                "cmsghdr",
+                "iovec",
+                "sigaction")) {
             assertTrue(names.contains(needed), "bindings.decl lacks struct " + needed);
         }
     }

@@ -1,12 +1,5 @@
 package dev.panamavmm.kvm.sys;
 
-import dev.panamavmm.kvm.KvmException;
-import dev.panamavmm.kvm.bindings.LibcConstants;
-import org.junit.jupiter.api.Test;
-
-import java.lang.foreign.Arena;
-import java.lang.foreign.MemorySegment;
-
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -14,6 +7,15 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.panamavmm.kvm.KvmException;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /** The system calls behind LibC's one {@code syscall} downcall: results, errno, and the pointer rules. */
 class LibCTest {
@@ -39,8 +41,8 @@ class LibCTest {
             LibC.ftruncate(fd, 8192);
             var data = arena.allocateFrom("panama");
             assertEquals(data.byteSize(), LibC.write(fd, data));
-            var map = LibC.mapInto(arena, 8192, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
-                    LibcConstants.MAP_SHARED, fd, 0);
+            var map = LibC.mapInto(
+                    arena, 8192, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE, LibcConstants.MAP_SHARED, fd, 0);
             assertEquals("panama", map.getString(0));
             map.set(JAVA_LONG, 4096, 0x1122334455667788L);
             var resident = arena.allocate(2);
@@ -88,8 +90,8 @@ class LibCTest {
         thread.join();
         assertTrue(tid[0] > 0);
         // join() returns when the Java thread is done; the kernel thread exits a moment later.
-        var task = java.nio.file.Path.of("/proc/self/task/" + tid[0]);
-        for (long deadline = System.nanoTime() + 5_000_000_000L; java.nio.file.Files.exists(task) && System.nanoTime() < deadline; ) {
+        var task = Path.of("/proc/self/task/" + tid[0]);
+        for (long deadline = System.nanoTime() + 5_000_000_000L; Files.exists(task) && System.nanoTime() < deadline; ) {
             Thread.sleep(1);
         }
         assertFalse(LibC.tgkill(tid[0], 0), "signal 0 to an exited thread: ESRCH, reported as false");
@@ -97,7 +99,7 @@ class LibCTest {
     }
 
     @Test
-    void flockBelongsToTheOpenFileDescriptionAndRefusesAConflictWithoutWaiting(@org.junit.jupiter.api.io.TempDir java.nio.file.Path dir) {
+    void flockBelongsToTheOpenFileDescriptionAndRefusesAConflictWithoutWaiting(@TempDir Path dir) {
         String file = dir.resolve("locked").toString();
         int flags = LibcConstants.O_RDWR | LibcConstants.O_CREAT | LibcConstants.O_CLOEXEC;
         int first = LibC.open(file, flags, 0600), second = LibC.open(file, flags, 0600);
@@ -108,8 +110,11 @@ class LibCTest {
             assertFalse(LibC.flock(second, LibcConstants.LOCK_EX | LibcConstants.LOCK_NB));
             assertTrue(LibC.flock(first, LibcConstants.LOCK_UN));
             assertTrue(LibC.flock(second, LibcConstants.LOCK_SH | LibcConstants.LOCK_NB));
-            assertTrue(LibC.flock(first, LibcConstants.LOCK_SH | LibcConstants.LOCK_NB), "shared locks do not conflict");
-            assertFalse(LibC.flock(first, LibcConstants.LOCK_EX | LibcConstants.LOCK_NB), "an exclusive one conflicts with a shared one");
+            assertTrue(
+                    LibC.flock(first, LibcConstants.LOCK_SH | LibcConstants.LOCK_NB), "shared locks do not conflict");
+            assertFalse(
+                    LibC.flock(first, LibcConstants.LOCK_EX | LibcConstants.LOCK_NB),
+                    "an exclusive one conflicts with a shared one");
         } finally {
             LibC.close(first);
             LibC.close(second);

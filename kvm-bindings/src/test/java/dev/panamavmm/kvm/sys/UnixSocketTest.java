@@ -1,13 +1,12 @@
 package dev.panamavmm.kvm.sys;
 
-import dev.panamavmm.kvm.KvmException;
-import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.io.TempDir;
-
-import java.nio.file.Path;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+
+import dev.panamavmm.kvm.KvmException;
+import java.nio.file.Path;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /** Failures of the fd-passing socket name the path they are about (at 52b27eb: "bind failed: ENOENT"). */
 class UnixSocketTest {

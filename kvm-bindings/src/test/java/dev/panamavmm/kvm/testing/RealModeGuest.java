@@ -7,7 +7,6 @@ import dev.panamavmm.kvm.bindings.KvmSegment;
 import dev.panamavmm.kvm.bindings.KvmSregs;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
@@ -17,12 +16,18 @@ public final class RealModeGuest {
 
     /** Where the code is loaded and entered (one memslot of {@link #SIZE} bytes starts here). */
     public static final long ADDRESS = 0x1000;
+
     public static final long SIZE = 0x2000;
 
     /** Maps RAM at {@link #ADDRESS}, copies {@code code} there and creates vCPU 0 about to execute it. */
     public static VcpuFd load(VmFd vm, Arena arena, byte[] code) {
-        var memory = LibC.mapInto(arena, SIZE, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
-                LibcConstants.MAP_PRIVATE | LibcConstants.MAP_ANONYMOUS, -1, 0);
+        var memory = LibC.mapInto(
+                arena,
+                SIZE,
+                LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
+                LibcConstants.MAP_PRIVATE | LibcConstants.MAP_ANONYMOUS,
+                -1,
+                0);
         MemorySegment.copy(MemorySegment.ofArray(code), 0, memory, 0, code.length);
         vm.setUserMemoryRegion(0, 0, ADDRESS, memory);
         var vcpu = vm.createVcpu(0);

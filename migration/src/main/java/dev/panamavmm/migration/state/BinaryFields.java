@@ -1,7 +1,6 @@
 package dev.panamavmm.migration.state;
 
 import dev.panamavmm.migration.SnapshotException;
-
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.Arrays;
@@ -19,6 +18,7 @@ final class BinaryFields implements StateFields {
     private final int schema;
     /** Per field in order of appearance: its tag, the offset of its value and its length (a section has a dozen fields). */
     private int[] tags = new int[16], offsets = new int[16], lengths = new int[16];
+
     private int count;
 
     private BinaryFields(String section, byte[] payload) {
@@ -33,7 +33,8 @@ final class BinaryFields implements StateFields {
             int tag = Short.toUnsignedInt(b.getShort());
             int len = b.getInt();
             if (len < 0 || len > b.remaining()) throw corrupt("field " + tag + " is longer than the section");
-            if (tag == 0 || indexOf(tag) >= 0) throw corrupt(tag == 0 ? "a field has tag 0" : "field " + tag + " appears twice");
+            if (tag == 0 || indexOf(tag) >= 0)
+                throw corrupt(tag == 0 ? "a field has tag 0" : "field " + tag + " appears twice");
             if (count == tags.length) {
                 tags = Arrays.copyOf(tags, count * 2);
                 offsets = Arrays.copyOf(offsets, count * 2);
@@ -79,7 +80,8 @@ final class BinaryFields implements StateFields {
         int i = indexOf(f.tag());
         if (i < 0) throw new SnapshotException("snapshot section " + section + " lacks " + f.name());
         int len = lengths[i];
-        if (exact ? len != unit : len % unit != 0) throw new SnapshotException("snapshot section " + section + ": " + f.name() + " has the wrong type");
+        if (exact ? len != unit : len % unit != 0)
+            throw new SnapshotException("snapshot section " + section + ": " + f.name() + " has the wrong type");
         return ByteBuffer.wrap(payload, offsets[i], len).slice().order(ByteOrder.LITTLE_ENDIAN);
     }
 
@@ -96,7 +98,8 @@ final class BinaryFields implements StateFields {
     @Override
     public boolean bool(Field f) {
         byte v = value(f, 1, true).get();
-        if (v != 0 && v != 1) throw new SnapshotException("snapshot section " + section + ": " + f.name() + " has the wrong type");
+        if (v != 0 && v != 1)
+            throw new SnapshotException("snapshot section " + section + ": " + f.name() + " has the wrong type");
         return v == 1;
     }
 

@@ -2,7 +2,6 @@ package dev.panamavmm.migration.state;
 
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.SnapshotException;
-
 import java.nio.charset.StandardCharsets;
 import java.util.Base64;
 import java.util.List;
@@ -24,7 +23,8 @@ final class JsonFields implements StateFields {
 
     static JsonFields parse(byte[] payload, String section) {
         try {
-            return new JsonFields(section, Json.asObject(Json.parse(new String(payload, StandardCharsets.UTF_8)), section));
+            return new JsonFields(
+                    section, Json.asObject(Json.parse(new String(payload, StandardCharsets.UTF_8)), section));
         } catch (Json.JsonException e) {
             throw new SnapshotException("snapshot section " + section + " is malformed: " + e.getMessage());
         }

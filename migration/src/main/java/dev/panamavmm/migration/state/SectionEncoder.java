@@ -30,7 +30,8 @@ public final class SectionEncoder {
         written.set(f.tag());
         int need = 6 + length;
         if (buf.remaining() < need) {
-            var bigger = ByteBuffer.allocate(Math.max(buf.capacity() * 2, buf.position() + need)).order(ByteOrder.LITTLE_ENDIAN);
+            var bigger = ByteBuffer.allocate(Math.max(buf.capacity() * 2, buf.position() + need))
+                    .order(ByteOrder.LITTLE_ENDIAN);
             buf = bigger.put(buf.flip());
         }
         return buf.putShort((short) f.tag()).putInt(length);

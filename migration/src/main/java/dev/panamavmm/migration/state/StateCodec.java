@@ -41,11 +41,13 @@ public interface StateCodec<S> {
      * a binary tagged section from format 2 on. Every problem is a {@link SnapshotException}.
      */
     default S decode(byte[] payload, int formatVersion, String section) {
-        StateFields fields = formatVersion == 1 ? JsonFields.parse(payload, section) : BinaryFields.parse(payload, section);
+        StateFields fields =
+                formatVersion == 1 ? JsonFields.parse(payload, section) : BinaryFields.parse(payload, section);
         int v = fields.schema();
         if (v > schema()) {
-            throw new SnapshotException("snapshot section " + section + " has schema version " + v
-                    + "; this VMM reads versions " + oldestSchema() + " to " + schema() + " (it was written by a newer VMM)");
+            throw new SnapshotException(
+                    "snapshot section " + section + " has schema version " + v + "; this VMM reads versions "
+                            + oldestSchema() + " to " + schema() + " (it was written by a newer VMM)");
         }
         if (v < oldestSchema()) {
             throw new SnapshotException("snapshot section " + section + " has schema version " + v

@@ -25,11 +25,16 @@ public final class AcpiTables {
 
     /** In the BIOS area (reserved in the e820 map), 16-byte aligned: Linux scans 0xe0000-0xfffff for the RSDP. */
     public static final long ADDRESS = 0xe0000;
+
     static final int RSDP_SIZE = 36, HEADER_SIZE = 36, FADT_SIZE = 276;
     static final int FADT_REVISION = 6, FADT_MINOR = 5, MADT_REVISION = 5;
     static final int MADT_LOCAL_APIC = 0, MADT_IO_APIC = 1, MADT_LOCAL_APIC_NMI = 4;
     // FADT fields (ACPI 6.5, table 5.9)
-    static final int FADT_DSDT = 40, FADT_IAPC_BOOT_ARCH = 109, FADT_FLAGS = 112, FADT_MINOR_VERSION = 131, FADT_X_DSDT = 140,
+    static final int FADT_DSDT = 40,
+            FADT_IAPC_BOOT_ARCH = 109,
+            FADT_FLAGS = 112,
+            FADT_MINOR_VERSION = 131,
+            FADT_X_DSDT = 140,
             FADT_HYPERVISOR_ID = 268;
     static final int BOOT_ARCH_8042 = 1 << 1, BOOT_ARCH_NO_VGA = 1 << 2, BOOT_ARCH_NO_CMOS_RTC = 1 << 5;
     static final int FLAG_HW_REDUCED_ACPI = 1 << 20;
@@ -46,7 +51,8 @@ public final class AcpiTables {
 
     /** All tables, laid out to be copied to {@link #ADDRESS}; the RSDP comes first. */
     public static byte[] build(int cpus) {
-        if (cpus < 1 || cpus > MpTable.MAX_CPUS) throw new BootException("the ACPI tables describe 1 to " + MpTable.MAX_CPUS + " vCPUs, not " + cpus);
+        if (cpus < 1 || cpus > MpTable.MAX_CPUS)
+            throw new BootException("the ACPI tables describe 1 to " + MpTable.MAX_CPUS + " vCPUs, not " + cpus);
         var bytes = new byte[MADT_AT + madtSize(cpus)];
         var b = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
 
@@ -73,7 +79,7 @@ public final class AcpiTables {
             b.put(at + 1, (byte) 8);
             b.put(at + 2, (byte) cpu); // ACPI processor UID
             b.put(at + 3, (byte) cpu); // APIC ID
-            b.putInt(at + 4, 1);       // enabled
+            b.putInt(at + 4, 1); // enabled
         }
         b.put(at, (byte) MADT_IO_APIC);
         b.put(at + 1, (byte) 12);
@@ -85,7 +91,7 @@ public final class AcpiTables {
         b.put(at + 1, (byte) 6);
         b.put(at + 2, (byte) 0xff); // all processors
         b.putShort(at + 3, (short) 0);
-        b.put(at + 5, (byte) 1);    // LINT1
+        b.put(at + 5, (byte) 1); // LINT1
 
         // XSDT: FADT and MADT.
         header(b, XSDT_AT, "XSDT", HEADER_SIZE + 16, 1);
@@ -102,7 +108,7 @@ public final class AcpiTables {
         for (int table : new int[] {DSDT_AT, FADT_AT, MADT_AT, XSDT_AT}) {
             b.put(table + 9, MpTable.checksum(bytes, table, b.getInt(table + 4)));
         }
-        b.put(RSDP_AT + 8, MpTable.checksum(bytes, RSDP_AT, 20));     // over the ACPI 1.0 part
+        b.put(RSDP_AT + 8, MpTable.checksum(bytes, RSDP_AT, 20)); // over the ACPI 1.0 part
         b.put(RSDP_AT + 32, MpTable.checksum(bytes, RSDP_AT, RSDP_SIZE)); // over all of it
         return bytes;
     }

@@ -26,19 +26,41 @@ import java.util.Arrays;
  * @param initrdAddressMax {@code initrd_addr_max}: the highest address an initrd byte may have
  * @param setupHeader     the header bytes from 0x1f1 to the end the header's jump gives
  */
-public record BzImage(int version, long kernelOffset, long kernelSize, int loadFlags, int xloadFlags,
-                      boolean relocatable, long kernelAlignment, long preferredAddress, long initSize,
-                      int commandLineMax, long initrdAddressMax, byte[] setupHeader) implements KernelImage {
+public record BzImage(
+        int version,
+        long kernelOffset,
+        long kernelSize,
+        int loadFlags,
+        int xloadFlags,
+        boolean relocatable,
+        long kernelAlignment,
+        long preferredAddress,
+        long initSize,
+        int commandLineMax,
+        long initrdAddressMax,
+        byte[] setupHeader)
+        implements KernelImage {
 
     /** Offsets in the file (and in the zero page), from the boot protocol's header table. */
-    static final int SETUP_SECTS = 0x1f1, SYSSIZE = 0x1f4, BOOT_FLAG = 0x1fe, JUMP = 0x200, HEADER = 0x202,
-            VERSION = 0x206, LOADFLAGS = 0x211, INITRD_ADDR_MAX = 0x22c, KERNEL_ALIGNMENT = 0x230,
-            RELOCATABLE_KERNEL = 0x234, XLOADFLAGS = 0x236, CMDLINE_SIZE = 0x238, PREF_ADDRESS = 0x258,
+    static final int SETUP_SECTS = 0x1f1,
+            SYSSIZE = 0x1f4,
+            BOOT_FLAG = 0x1fe,
+            JUMP = 0x200,
+            HEADER = 0x202,
+            VERSION = 0x206,
+            LOADFLAGS = 0x211,
+            INITRD_ADDR_MAX = 0x22c,
+            KERNEL_ALIGNMENT = 0x230,
+            RELOCATABLE_KERNEL = 0x234,
+            XLOADFLAGS = 0x236,
+            CMDLINE_SIZE = 0x238,
+            PREF_ADDRESS = 0x258,
             INIT_SIZE = 0x260;
     /** First byte after the last header field this VMM reads (init_size). */
     static final int HEADER_END = 0x264;
+
     static final int HDRS_MAGIC = 0x53726448; // "HdrS"
-    static final int MIN_VERSION = 0x020c;    // 2.12: xloadflags, the 64-bit entry
+    static final int MIN_VERSION = 0x020c; // 2.12: xloadflags, the 64-bit entry
     /** The 64-bit entry is this far into the protected-mode kernel. */
     public static final long ENTRY_64_OFFSET = 0x200;
 
@@ -50,24 +72,30 @@ public record BzImage(int version, long kernelOffset, long kernelSize, int loadF
 
     public static BzImage parse(byte[] image) {
         if (!isBzImage(image)) throw new BootException("not a bzImage (no boot sector flag and \"HdrS\" header)");
-        if (image.length < HEADER_END) throw new BootException("truncated bzImage: " + image.length + " bytes, the setup header alone needs " + HEADER_END);
+        if (image.length < HEADER_END)
+            throw new BootException(
+                    "truncated bzImage: " + image.length + " bytes, the setup header alone needs " + HEADER_END);
         var b = ByteBuffer.wrap(image).order(ByteOrder.LITTLE_ENDIAN);
         int version = Short.toUnsignedInt(b.getShort(VERSION));
         if (version < MIN_VERSION) {
-            throw new BootException(String.format("bzImage boot protocol %d.%02d is too old: booting through the 64-bit entry needs 2.12 or later",
+            throw new BootException(String.format(
+                    "bzImage boot protocol %d.%02d is too old: booting through the 64-bit entry needs 2.12 or later",
                     version >> 8, version & 0xff));
         }
         int xloadFlags = Short.toUnsignedInt(b.getShort(XLOADFLAGS));
-        if ((xloadFlags & XLF_KERNEL_64) == 0) throw new BootException("bzImage has no 64-bit entry point (XLF_KERNEL_64 is not set: a 32-bit kernel?)");
+        if ((xloadFlags & XLF_KERNEL_64) == 0)
+            throw new BootException("bzImage has no 64-bit entry point (XLF_KERNEL_64 is not set: a 32-bit kernel?)");
         int loadFlags = Byte.toUnsignedInt(image[LOADFLAGS]);
-        if ((loadFlags & LOADED_HIGH) == 0) throw new BootException("bzImage wants to be loaded at 0x10000 (a zImage); only bzImages are supported");
+        if ((loadFlags & LOADED_HIGH) == 0)
+            throw new BootException("bzImage wants to be loaded at 0x10000 (a zImage); only bzImages are supported");
 
         int setupSects = Byte.toUnsignedInt(image[SETUP_SECTS]);
         if (setupSects == 0) setupSects = 4; // the protocol's rule for old images, kept for completeness
         long kernelOffset = (setupSects + 1L) * 512;
         long declared = Integer.toUnsignedLong(b.getInt(SYSSIZE)) * 16; // syssize counts 16-byte paragraphs
         if (kernelOffset + declared > image.length || kernelOffset >= image.length) {
-            throw new BootException(String.format("truncated bzImage: its header declares %d bytes, the file has %d",
+            throw new BootException(String.format(
+                    "truncated bzImage: its header declares %d bytes, the file has %d",
                     kernelOffset + declared, image.length));
         }
         long alignment = Integer.toUnsignedLong(b.getInt(KERNEL_ALIGNMENT));
@@ -78,21 +106,37 @@ public record BzImage(int version, long kernelOffset, long kernelSize, int loadF
         long preferred = b.getLong(PREF_ADDRESS);
         long initSize = Integer.toUnsignedLong(b.getInt(INIT_SIZE));
         if (preferred < X86Boot.KERNEL_MIN || preferred % 4096 != 0) {
-            throw new BootException(String.format("bzImage asks to be loaded at 0x%x, below 1 MiB or not page-aligned", preferred));
+            throw new BootException(
+                    String.format("bzImage asks to be loaded at 0x%x, below 1 MiB or not page-aligned", preferred));
         }
         if (initSize < image.length - kernelOffset) {
-            throw new BootException(String.format("bzImage init_size 0x%x is smaller than its kernel (0x%x bytes)", initSize, image.length - kernelOffset));
+            throw new BootException(String.format(
+                    "bzImage init_size 0x%x is smaller than its kernel (0x%x bytes)",
+                    initSize, image.length - kernelOffset));
         }
         int commandLineMax = b.getInt(CMDLINE_SIZE);
-        if (commandLineMax <= 0) throw new BootException("bzImage declares no room for a command line (cmdline_size " + commandLineMax + ")");
+        if (commandLineMax <= 0)
+            throw new BootException(
+                    "bzImage declares no room for a command line (cmdline_size " + commandLineMax + ")");
         long initrdMax = Integer.toUnsignedLong(b.getInt(INITRD_ADDR_MAX));
 
         // The header runs from 0x1f1 to 0x202 + the jump's 8-bit displacement; copy at most what a zero page holds.
         int headerEnd = Math.min(HEADER + Byte.toUnsignedInt(image[JUMP + 1]), ZERO_PAGE_HEADER_END);
         headerEnd = Math.max(headerEnd, HEADER_END);
         byte[] header = Arrays.copyOfRange(image, SETUP_SECTS, headerEnd);
-        return new BzImage(version, kernelOffset, image.length - kernelOffset, loadFlags, xloadFlags, relocatable,
-                alignment, preferred, initSize, commandLineMax, initrdMax, header);
+        return new BzImage(
+                version,
+                kernelOffset,
+                image.length - kernelOffset,
+                loadFlags,
+                xloadFlags,
+                relocatable,
+                alignment,
+                preferred,
+                initSize,
+                commandLineMax,
+                initrdMax,
+                header);
     }
 
     static final int LOADED_HIGH = 0x01;
@@ -117,8 +161,12 @@ public record BzImage(int version, long kernelOffset, long kernelSize, int loadF
 
     @Override
     public boolean equals(Object o) {
-        return o instanceof BzImage other && version == other.version && kernelOffset == other.kernelOffset
-                && kernelSize == other.kernelSize && preferredAddress == other.preferredAddress && initSize == other.initSize
+        return o instanceof BzImage other
+                && version == other.version
+                && kernelOffset == other.kernelOffset
+                && kernelSize == other.kernelSize
+                && preferredAddress == other.preferredAddress
+                && initSize == other.initSize
                 && Arrays.equals(setupHeader, other.setupHeader);
     }
 
@@ -129,7 +177,8 @@ public record BzImage(int version, long kernelOffset, long kernelSize, int loadF
 
     @Override
     public String toString() {
-        return String.format("bzImage(protocol %d.%02d, %d bytes at 0x%x, init_size 0x%x)",
+        return String.format(
+                "bzImage(protocol %d.%02d, %d bytes at 0x%x, init_size 0x%x)",
                 version >> 8, version & 0xff, kernelSize, preferredAddress, initSize);
     }
 }

@@ -2,6 +2,7 @@ package dev.panamavmm.vmm.boot;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -26,9 +27,11 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus,
     static final int EM_X86_64 = 62;
     /** Note name and type of the "start all vCPUs at the entry" request. */
     public static final String PANAMA_NOTE_NAME = "PanamaVMM";
+
     public static final int PANAMA_NOTE_START_ALL_CPUS = 1;
     /** Note name and type of the PVH entry (xen/include/public/elfnote.h: XEN_ELFNOTE_PHYS32_ENTRY). */
     static final String XEN_NOTE_NAME = "Xen";
+
     static final int XEN_ELFNOTE_PHYS32_ENTRY = 18;
     public static final long NO_PVH_ENTRY = -1;
 
@@ -51,7 +54,8 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus,
         int phnum = Short.toUnsignedInt(b.getShort(56));
         if (phnum == 0) throw new BootException("ELF file has no program headers");
         if (phentsize < 56) throw new BootException("ELF program header size " + phentsize + " is too small");
-        if (phoff < 0 || phoff + (long) phnum * phentsize > image.length) throw new BootException("truncated ELF program headers");
+        if (phoff < 0 || phoff + (long) phnum * phentsize > image.length)
+            throw new BootException("truncated ELF program headers");
 
         var segments = new ArrayList<Segment>();
         var notes = new Notes();
@@ -67,8 +71,10 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus,
                 throw new BootException("ELF segment " + i + " lies outside the file (truncated image?)");
             }
             if (ptype == PT_LOAD) {
-                if (memsz < filesz) throw new BootException("ELF segment " + i + " is smaller in memory than in the file");
-                if (paddr < 0 || paddr + memsz < paddr) throw new BootException("ELF segment " + i + " has an impossible address");
+                if (memsz < filesz)
+                    throw new BootException("ELF segment " + i + " is smaller in memory than in the file");
+                if (paddr < 0 || paddr + memsz < paddr)
+                    throw new BootException("ELF segment " + i + " has an impossible address");
                 if (memsz > 0) segments.add(new Segment(paddr, offset, filesz, memsz));
             } else {
                 notes.read(b, (int) offset, (int) filesz);
@@ -101,7 +107,8 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus,
                     // A 32-bit physical address; some kernels emit it as a 64-bit field.
                     if (descsz == 4) pvhEntry = Integer.toUnsignedLong(b.getInt((int) desc));
                     else if (descsz == 8) pvhEntry = b.getLong((int) desc);
-                    if (pvhEntry >= 1L << 32) throw new BootException(String.format("PVH entry 0x%x is above 4 GiB", pvhEntry));
+                    if (pvhEntry >= 1L << 32)
+                        throw new BootException(String.format("PVH entry 0x%x is above 4 GiB", pvhEntry));
                 }
                 at = (int) next;
             }
@@ -111,7 +118,7 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus,
             var bytes = new byte[size];
             b.get(at, bytes);
             int length = bytes[size - 1] == 0 ? size - 1 : size;
-            return new String(bytes, 0, length, java.nio.charset.StandardCharsets.US_ASCII);
+            return new String(bytes, 0, length, StandardCharsets.US_ASCII);
         }
     }
 
@@ -134,6 +141,9 @@ public record ElfImage(long entry, List<Segment> segments, boolean startAllCpus,
     }
 
     public long highestAddress() {
-        return segments.stream().mapToLong(s -> s.physicalAddress() + s.memorySize()).max().orElseThrow();
+        return segments.stream()
+                .mapToLong(s -> s.physicalAddress() + s.memorySize())
+                .max()
+                .orElseThrow();
     }
 }

@@ -21,6 +21,7 @@ public final class MpTable {
     public static final long ADDRESS = 0x9fc00;
     /** APIC IDs are 8 bits, 0xff is broadcast, and the I/O APIC takes the ID after the last CPU. */
     public static final int MAX_CPUS = 254;
+
     public static final long LOCAL_APIC_ADDRESS = 0xfee00000L;
     public static final long IO_APIC_ADDRESS = 0xfec00000L;
     static final int SPEC_REVISION = 4; // 1.4
@@ -34,6 +35,7 @@ public final class MpTable {
     static final int CPU_ENABLED = 1, CPU_BOOTSTRAP = 2;
     /** Family 6 in the signature; FPU and APIC in the feature flags: what Linux prints, nothing it decides on. */
     static final int CPU_SIGNATURE = 0x600, CPU_FEATURES = 1 | 1 << 9;
+
     static final int ISA_BUS_ID = 0;
 
     /** The I/O APIC's ID in the table: the first one after the CPUs'. */
@@ -48,7 +50,8 @@ public final class MpTable {
 
     /** The floating pointer and configuration table, laid out to be copied to {@link #ADDRESS}. */
     public static byte[] build(int cpus) {
-        if (cpus < 1 || cpus > MAX_CPUS) throw new BootException("the MP table describes 1 to " + MAX_CPUS + " vCPUs, not " + cpus);
+        if (cpus < 1 || cpus > MAX_CPUS)
+            throw new BootException("the MP table describes 1 to " + MAX_CPUS + " vCPUs, not " + cpus);
         var bytes = new byte[size(cpus)];
         var b = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
         long table = ADDRESS + FLOATING_SIZE;
@@ -58,7 +61,8 @@ public final class MpTable {
         b.putInt(4, (int) table);
         b.put(8, (byte) 1); // length in 16-byte units
         b.put(9, (byte) SPEC_REVISION);
-        // 10: checksum; 11: feature byte 1 = 0 (a configuration table is present); 12-15: 0 (no IMCR, virtual wire mode)
+        // 10: checksum; 11: feature byte 1 = 0 (a configuration table is present); 12-15: 0 (no IMCR, virtual wire
+        // mode)
         b.put(10, checksum(bytes, 0, FLOATING_SIZE));
 
         // Configuration table: entries first, header (with the count and checksum) last.
@@ -109,7 +113,14 @@ public final class MpTable {
     }
 
     /** An I/O or local interrupt assignment entry; flags 0 = polarity and trigger mode conform to the bus. */
-    private static void interrupt(ByteBuffer b, int at, int entryType, int interruptType, int sourceIrq, int destinationApic, int destinationPin) {
+    private static void interrupt(
+            ByteBuffer b,
+            int at,
+            int entryType,
+            int interruptType,
+            int sourceIrq,
+            int destinationApic,
+            int destinationPin) {
         b.put(at, (byte) entryType);
         b.put(at + 1, (byte) interruptType);
         b.putShort(at + 2, (short) 0);

@@ -19,8 +19,15 @@ public final class PvhStartInfo {
     public static final int MAGIC = 0x336ec578; // "xEn3" with the 0x80 bit of the "E" set
     public static final int VERSION = 1;
     // struct hvm_start_info
-    static final int OFF_MAGIC = 0, OFF_VERSION = 4, OFF_FLAGS = 8, OFF_NR_MODULES = 12, OFF_MODLIST = 16,
-            OFF_CMDLINE = 24, OFF_RSDP = 32, OFF_MEMMAP = 40, OFF_MEMMAP_ENTRIES = 48;
+    static final int OFF_MAGIC = 0,
+            OFF_VERSION = 4,
+            OFF_FLAGS = 8,
+            OFF_NR_MODULES = 12,
+            OFF_MODLIST = 16,
+            OFF_CMDLINE = 24,
+            OFF_RSDP = 32,
+            OFF_MEMMAP = 40,
+            OFF_MEMMAP_ENTRIES = 48;
     public static final int SIZE = 56;
     /** struct hvm_memmap_table_entry: addr, size, type (e820 types), reserved. */
     public static final int MEMMAP_ENTRY_SIZE = 24;
@@ -34,7 +41,12 @@ public final class PvhStartInfo {
      * The start info at {@code address} followed by the memory map and then the module list, as
      * one block of bytes to copy there.
      */
-    public static byte[] build(long address, long cmdlineAddress, long rsdpAddress, List<X86Boot.E820Entry> memoryMap, List<Module> modules) {
+    public static byte[] build(
+            long address,
+            long cmdlineAddress,
+            long rsdpAddress,
+            List<X86Boot.E820Entry> memoryMap,
+            List<Module> modules) {
         int memmapAt = SIZE;
         int modulesAt = memmapAt + memoryMap.size() * MEMMAP_ENTRY_SIZE;
         var bytes = new byte[modulesAt + modules.size() * MODULE_SIZE];

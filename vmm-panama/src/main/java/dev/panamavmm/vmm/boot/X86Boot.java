@@ -1,27 +1,27 @@
 package dev.panamavmm.vmm.boot;
 
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VcpuFd;
+import dev.panamavmm.kvm.bindings.BootConstants;
+import dev.panamavmm.kvm.bindings.BootE820Entry;
+import dev.panamavmm.kvm.bindings.BootParams;
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmDtable;
 import dev.panamavmm.kvm.bindings.KvmMsrEntry;
 import dev.panamavmm.kvm.bindings.KvmMsrs;
-import dev.panamavmm.kvm.bindings.BootConstants;
-import dev.panamavmm.kvm.bindings.BootE820Entry;
-import dev.panamavmm.kvm.bindings.BootParams;
 import dev.panamavmm.kvm.bindings.KvmRegs;
 import dev.panamavmm.kvm.bindings.KvmSegment;
 import dev.panamavmm.kvm.bindings.KvmSregs;
 import dev.panamavmm.kvm.bindings.SetupHeader;
 import dev.panamavmm.vmm.memory.GuestMemory;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
-
-import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 /**
  * Loads a kernel and starts the boot vCPU at one of its entries:
@@ -56,6 +56,7 @@ public final class X86Boot {
     public static final long CMDLINE = 0x20000;
     /** Longest command line accepted (Linux's COMMAND_LINE_SIZE on x86 is 2048). */
     public static final int CMDLINE_MAX = 2047;
+
     public static final long KERNEL_MIN = 0x100000;
     /** Start of the legacy EBDA/VGA/BIOS area, reserved in the e820 map up to 1 MiB. */
     public static final long EBDA_START = 0x9fc00;
@@ -66,7 +67,12 @@ public final class X86Boot {
     /** A flat 32-bit code segment for the PVH entry (after the 16-byte 64-bit TSS descriptor). */
     public static final int CODE32_SELECTOR = 0x30;
 
-    static final long CR0_PE = 1, CR0_MP = 1 << 1, CR0_ET = 1 << 4, CR0_NE = 1 << 5, CR0_WP = 1 << 16, CR0_PG = 1L << 31;
+    static final long CR0_PE = 1,
+            CR0_MP = 1 << 1,
+            CR0_ET = 1 << 4,
+            CR0_NE = 1 << 5,
+            CR0_WP = 1 << 16,
+            CR0_PG = 1L << 31;
     static final long CR4_PAE = 1 << 5;
     static final long EFER_LME = 1 << 8, EFER_LMA = 1 << 10;
     /** Loader type 0xff: "undefined", the boot protocol's value for a loader without an assigned ID. */
@@ -83,11 +89,18 @@ public final class X86Boot {
      * the boot tables into guest memory, and returns where to start. Checks everything a user can
      * get wrong first: the command line's length, the protocol, whether kernel and initrd fit.
      */
-    public static EntryPoint load(GuestMemory memory, KernelImage kernel, byte[] image, byte[] initrd, String cmdline,
-                                  int cpus, BootProtocol protocol) {
+    public static EntryPoint load(
+            GuestMemory memory,
+            KernelImage kernel,
+            byte[] image,
+            byte[] initrd,
+            String cmdline,
+            int cpus,
+            BootProtocol protocol) {
         byte[] cmd = cmdline.getBytes(StandardCharsets.US_ASCII);
         if (cmd.length > kernel.commandLineMax()) {
-            throw new BootException("kernel command line is " + cmd.length + " bytes; this kernel accepts at most " + kernel.commandLineMax());
+            throw new BootException("kernel command line is " + cmd.length + " bytes; this kernel accepts at most "
+                    + kernel.commandLineMax());
         }
         EntryPoint entry;
         long kernelEnd;
@@ -97,19 +110,24 @@ public final class X86Boot {
                 boolean pvh = switch (protocol) {
                     case AUTO -> elf.hasPvhEntry();
                     case PVH -> {
-                        if (!elf.hasPvhEntry()) throw new BootException("this ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); boot it with --boot linux64");
+                        if (!elf.hasPvhEntry())
+                            throw new BootException(
+                                    "this ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); boot it with --boot linux64");
                         yield true;
                     }
                     case LINUX64 -> false;
                 };
                 loadElf(memory, elf, image);
-                entry = pvh ? new EntryPoint(BootProtocol.PVH, elf.pvhEntry(), false)
+                entry = pvh
+                        ? new EntryPoint(BootProtocol.PVH, elf.pvhEntry(), false)
                         : new EntryPoint(BootProtocol.LINUX64, elf.entry(), elf.startAllCpus());
                 kernelEnd = elf.highestAddress();
                 initrdMax = INITRD_ADDRESS_MAX;
             }
             case BzImage bz -> {
-                if (protocol == BootProtocol.PVH) throw new BootException("a bzImage has no PVH entry; boot its ELF vmlinux for PVH, or use --boot linux64");
+                if (protocol == BootProtocol.PVH)
+                    throw new BootException(
+                            "a bzImage has no PVH entry; boot its ELF vmlinux for PVH, or use --boot linux64");
                 loadBzImage(memory, bz, image);
                 entry = new EntryPoint(BootProtocol.LINUX64, bz.entry64(), false);
                 kernelEnd = bz.footprintEnd();
@@ -122,13 +140,15 @@ public final class X86Boot {
         writePageTables(memory);
         var line = memory.slice(CMDLINE, cmd.length + 1);
         MemorySegment.copy(MemorySegment.ofArray(cmd), 0, line, 0, cmd.length);
-        line.set(java.lang.foreign.ValueLayout.JAVA_BYTE, cmd.length, (byte) 0);
+        line.set(ValueLayout.JAVA_BYTE, cmd.length, (byte) 0);
         memory.write(MpTable.ADDRESS, MpTable.build(cpus));
         memory.write(AcpiTables.ADDRESS, AcpiTables.build(cpus));
 
         var map = e820(memory);
         if (entry.protocol() == BootProtocol.PVH) {
-            var modules = initrd != null ? List.of(new PvhStartInfo.Module(initrdAddress, initrd.length)) : List.<PvhStartInfo.Module>of();
+            var modules = initrd != null
+                    ? List.of(new PvhStartInfo.Module(initrdAddress, initrd.length))
+                    : List.<PvhStartInfo.Module>of();
             memory.write(PVH_START_INFO, PvhStartInfo.build(PVH_START_INFO, CMDLINE, AcpiTables.ADDRESS, map, modules));
         } else {
             var zeroPage = memory.slice(BOOT_PARAMS, BootParams.BYTE_SIZE);
@@ -150,7 +170,12 @@ public final class X86Boot {
         zeroPage.fill((byte) 0);
         var hdr = BootParams.hdr(zeroPage);
         if (kernelHeader != null) {
-            MemorySegment.copy(MemorySegment.ofArray(kernelHeader), 0, hdr, 0, Math.min(kernelHeader.length, SetupHeader.BYTE_SIZE));
+            MemorySegment.copy(
+                    MemorySegment.ofArray(kernelHeader),
+                    0,
+                    hdr,
+                    0,
+                    Math.min(kernelHeader.length, SetupHeader.BYTE_SIZE));
         } else {
             SetupHeader.bootFlag(hdr, 0xaa55);
             SetupHeader.header(hdr, 0x53726448); // "HdrS"
@@ -159,7 +184,8 @@ public final class X86Boot {
         SetupHeader.typeOfLoader(hdr, LOADER_UNDEFINED);
         SetupHeader.cmdLinePtr(hdr, (int) CMDLINE);
         SetupHeader.vidMode(hdr, 0xffff); // "normal": no video mode change was asked for
-        BootParams.acpiRsdpAddr(zeroPage, AcpiTables.ADDRESS); // read by kernels of protocol 2.14+; older ones scan and find it too
+        BootParams.acpiRsdpAddr(
+                zeroPage, AcpiTables.ADDRESS); // read by kernels of protocol 2.14+; older ones scan and find it too
         if (map.size() > BootParams.E820_TABLE_COUNT) throw new BootException("too many e820 entries");
         BootParams.e820Entries(zeroPage, map.size());
         for (int i = 0; i < map.size(); i++) {
@@ -177,7 +203,8 @@ public final class X86Boot {
         map.add(new E820Entry(EBDA_START, KERNEL_MIN - EBDA_START, BootConstants.E820_RESERVED));
         for (var block : memory.blocks()) {
             long start = Math.max(block.guestAddress(), KERNEL_MIN);
-            if (block.guestEnd() > start) map.add(new E820Entry(start, block.guestEnd() - start, BootConstants.E820_RAM));
+            if (block.guestEnd() > start)
+                map.add(new E820Entry(start, block.guestEnd() - start, BootConstants.E820_RAM));
         }
         return map;
     }
@@ -186,8 +213,10 @@ public final class X86Boot {
     static void loadBzImage(GuestMemory memory, BzImage bz, byte[] image) {
         var low = memory.blocks().getFirst();
         if (bz.footprintEnd() > low.guestEnd()) {
-            throw new BootException(String.format("guest RAM is too small for this kernel: it needs 0x%x-0x%x (init_size %d MiB from its load address), "
-                    + "RAM below the PCI hole ends at %d MiB", bz.loadAddress(), bz.footprintEnd(), bz.initSize() >> 20, low.guestEnd() >> 20));
+            throw new BootException(String.format(
+                    "guest RAM is too small for this kernel: it needs 0x%x-0x%x (init_size %d MiB from its load address), "
+                            + "RAM below the PCI hole ends at %d MiB",
+                    bz.loadAddress(), bz.footprintEnd(), bz.initSize() >> 20, low.guestEnd() >> 20));
         }
         var dst = memory.slice(bz.loadAddress(), bz.kernelSize());
         MemorySegment.copy(MemorySegment.ofArray(image), bz.kernelOffset(), dst, 0, bz.kernelSize());
@@ -200,7 +229,8 @@ public final class X86Boot {
                 throw new BootException(String.format("kernel segment at 0x%x is below 1 MiB", s.physicalAddress()));
             }
             if (memory.blockAt(s.physicalAddress(), s.memorySize()) == null) {
-                throw new BootException(String.format("kernel segment 0x%x-0x%x does not fit in guest RAM (%d MiB)",
+                throw new BootException(String.format(
+                        "kernel segment 0x%x-0x%x does not fit in guest RAM (%d MiB)",
                         s.physicalAddress(), s.physicalAddress() + s.memorySize(), memory.size() >> 20));
             }
             var dst = memory.slice(s.physicalAddress(), s.memorySize());
@@ -218,8 +248,9 @@ public final class X86Boot {
         long top = Math.min(low.guestEnd(), maxAddress + 1);
         long address = (top - initrd.length) & ~0xfffL;
         if (initrd.length > low.size() || address < Math.max(kernelEnd, KERNEL_MIN)) {
-            throw new BootException("initrd of " + initrd.length + " bytes does not fit in guest RAM between the kernel (ends at "
-                    + String.format("0x%x", kernelEnd) + ") and " + (top >> 20) + " MiB");
+            throw new BootException(
+                    "initrd of " + initrd.length + " bytes does not fit in guest RAM between the kernel (ends at "
+                            + String.format("0x%x", kernelEnd) + ") and " + (top >> 20) + " MiB");
         }
         memory.write(address, initrd);
         return address;
@@ -232,13 +263,13 @@ public final class X86Boot {
 
     /** null, unused, 64-bit code (0x10), data (0x18), TSS (0x20): flat, as the boot protocol asks. */
     static final long[] GDT_ENTRIES = {
-            0,
-            0,
-            0x00af9b000000ffffL, // code: present, DPL0, execute/read, accessed, L=1, G=1
-            0x00cf93000000ffffL, // data: present, DPL0, read/write, accessed, D/B=1, G=1
-            0x00808b0000000fffL, // TSS: present, busy 64-bit TSS (needed by VMX entry checks)
-            0,                   // the 64-bit TSS descriptor's upper half
-            0x00cf9b000000ffffL, // 32-bit code (0x30) for the PVH entry: present, DPL0, execute/read, accessed, D/B=1, G=1
+        0,
+        0,
+        0x00af9b000000ffffL, // code: present, DPL0, execute/read, accessed, L=1, G=1
+        0x00cf93000000ffffL, // data: present, DPL0, read/write, accessed, D/B=1, G=1
+        0x00808b0000000fffL, // TSS: present, busy 64-bit TSS (needed by VMX entry checks)
+        0, // the 64-bit TSS descriptor's upper half
+        0x00cf9b000000ffffL, // 32-bit code (0x30) for the PVH entry: present, DPL0, execute/read, accessed, D/B=1, G=1
     };
 
     private static void writeGdt(GuestMemory memory) {
@@ -272,7 +303,8 @@ public final class X86Boot {
         // PVH: flat 32-bit code and data, an active 32-bit TSS, CR0 = PE|ET, no paging, EFER = 0.
         if (pvh) segment(KvmSregs.cs(sregs), CODE32_SELECTOR, 11, false);
         else segment(KvmSregs.cs(sregs), CODE_SELECTOR, 11, true);
-        for (var data : List.of(KvmSregs.ds(sregs), KvmSregs.es(sregs), KvmSregs.fs(sregs), KvmSregs.gs(sregs), KvmSregs.ss(sregs))) {
+        for (var data : List.of(
+                KvmSregs.ds(sregs), KvmSregs.es(sregs), KvmSregs.fs(sregs), KvmSregs.gs(sregs), KvmSregs.ss(sregs))) {
             segment(data, DATA_SELECTOR, 3, false);
         }
         var tr = KvmSregs.tr(sregs);
@@ -328,7 +360,8 @@ public final class X86Boot {
     public static void setBootMsrs(VcpuFd vcpu, Arena arena) {
         int[] index = {MSR_IA32_MISC_ENABLE, MSR_MTRR_DEF_TYPE};
         long[] value = {MISC_ENABLE_FAST_STRING, MTRR_DEF_TYPE_WB_ENABLED};
-        var msrs = arena.allocate(KvmMsrs.ENTRIES + (long) index.length * KvmMsrEntry.BYTE_SIZE, KvmMsrs.BYTE_ALIGNMENT);
+        var msrs =
+                arena.allocate(KvmMsrs.ENTRIES + (long) index.length * KvmMsrEntry.BYTE_SIZE, KvmMsrs.BYTE_ALIGNMENT);
         KvmMsrs.nmsrs(msrs, index.length);
         for (int i = 0; i < index.length; i++) {
             KvmMsrEntry.index(KvmMsrs.entries(msrs, i), index[i]);

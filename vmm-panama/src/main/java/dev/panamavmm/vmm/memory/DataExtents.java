@@ -2,7 +2,6 @@ package dev.panamavmm.vmm.memory;
 
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.lang.foreign.MemorySegment;
@@ -26,6 +25,7 @@ final class DataExtents {
     static final long PAGE = 4096;
     /** /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst). */
     private static final long PRESENT = 1L << 63, SWAPPED = 1L << 62, FILE_OR_SHARED = 1L << 61;
+
     private static final Path PAGEMAP = Path.of("/proc/self/pagemap");
     /** Pagemap entries read at a time (8 bytes each). */
     private static final int CHUNK = 64 * 1024;

@@ -3,12 +3,18 @@ package dev.panamavmm.vmm.memory;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-
+import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.FileTime;
 import java.nio.file.attribute.PosixFilePermission;
+import java.time.Instant;
 import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
 import java.util.List;
 
 /**
@@ -28,6 +34,7 @@ public final class GuestMemory implements AutoCloseable {
     public static final long MAX_SIZE = 1L << 40;
     /** Start of the 32-bit hole: RAM above this guest address moves to {@link #HIGH_RAM_START}. */
     public static final long LOW_RAM_END = 3 * GIB;
+
     public static final long HIGH_RAM_START = 4 * GIB;
     static final long PAGE = 4096;
 
@@ -88,11 +95,15 @@ public final class GuestMemory implements AutoCloseable {
                 }
                 case Backing.SharedFile f -> {
                     // Root may open a 0444 file for writing; a read-only memory file is a template's.
-                    if (Files.exists(f.path()) && !Files.getPosixFilePermissions(f.path()).contains(PosixFilePermission.OWNER_WRITE)) {
+                    if (Files.exists(f.path())
+                            && !Files.getPosixFilePermissions(f.path()).contains(PosixFilePermission.OWNER_WRITE)) {
                         throw new MemoryException("memory file " + f.path() + " is read-only (a template's memory is):"
                                 + " a guest runs in it only if it is writable");
                     }
-                    int file = LibC.open(f.path().toString(), LibcConstants.O_RDWR | LibcConstants.O_CREAT | LibcConstants.O_CLOEXEC, 0600);
+                    int file = LibC.open(
+                            f.path().toString(),
+                            LibcConstants.O_RDWR | LibcConstants.O_CREAT | LibcConstants.O_CLOEXEC,
+                            0600);
                     try {
                         MemoryFileLocks.lock(file, f.path(), true);
                     } catch (RuntimeException e) {
@@ -101,7 +112,7 @@ public final class GuestMemory implements AutoCloseable {
                     }
                     try {
                         if (Files.size(f.path()) < size) LibC.ftruncate(file, size);
-                    } catch (java.io.IOException | RuntimeException e) {
+                    } catch (IOException | RuntimeException e) {
                         LibC.close(file);
                         throw new MemoryException("cannot size memory file " + f.path() + ": " + e.getMessage(), e);
                     }
@@ -113,7 +124,7 @@ public final class GuestMemory implements AutoCloseable {
                     try {
                         MemoryFileLocks.lock(file, f.path(), false);
                         have = Files.size(f.path());
-                    } catch (java.io.IOException e) {
+                    } catch (IOException e) {
                         LibC.close(file);
                         throw new MemoryException("cannot read memory file " + f.path() + ": " + e.getMessage(), e);
                     } catch (RuntimeException e) {
@@ -122,14 +133,15 @@ public final class GuestMemory implements AutoCloseable {
                     }
                     if (have < size) {
                         LibC.close(file);
-                        throw new MemoryException("memory file " + f.path() + " holds " + have + " bytes, the guest needs " + size);
+                        throw new MemoryException(
+                                "memory file " + f.path() + " holds " + have + " bytes, the guest needs " + size);
                     }
                     yield file;
                 }
             };
         } catch (KvmException e) {
             throw new MemoryException("cannot open guest memory backing: " + e.getMessage(), e);
-        } catch (java.io.IOException e) {
+        } catch (IOException e) {
             throw new MemoryException("cannot read memory file " + backing.file() + ": " + e.getMessage(), e);
         }
     }
@@ -150,7 +162,7 @@ public final class GuestMemory implements AutoCloseable {
     public static GuestMemory map(List<BlockSource> sources, Arena arena) {
         var blocks = new ArrayList<RamBlock>();
         var fds = new int[sources.size()];
-        var openedFiles = new java.util.HashMap<Backing, Integer>();
+        var openedFiles = new HashMap<Backing, Integer>();
         int opened = 0;
         try {
             for (var s : sources) {
@@ -161,14 +173,17 @@ public final class GuestMemory implements AutoCloseable {
                     blocks.add(map(s.id(), s.guestAddress(), s.size(), s.fileOffset(), s.backing(), s.fd(), arena));
                     continue;
                 }
-                if (s.backing() instanceof Backing.Memfd) throw new IllegalArgumentException("a memfd block has no file to map");
+                if (s.backing() instanceof Backing.Memfd)
+                    throw new IllegalArgumentException("a memfd block has no file to map");
                 boolean shared = s.backing() instanceof Backing.SharedFile;
                 // Blocks of one file share one open (and one lock: two opens' locks would conflict).
                 Integer fd = openedFiles.get(s.backing());
                 if (fd == null) {
                     try {
-                        fd = LibC.open(s.backing().file().toString(),
-                                (shared ? LibcConstants.O_RDWR : LibcConstants.O_RDONLY) | LibcConstants.O_CLOEXEC, 0);
+                        fd = LibC.open(
+                                s.backing().file().toString(),
+                                (shared ? LibcConstants.O_RDWR : LibcConstants.O_RDONLY) | LibcConstants.O_CLOEXEC,
+                                0);
                     } catch (KvmException e) {
                         throw new MemoryException("cannot open " + s.backing().file() + ": " + e.getMessage(), e);
                     }
@@ -178,7 +193,7 @@ public final class GuestMemory implements AutoCloseable {
                 }
                 blocks.add(map(s.id(), s.guestAddress(), s.size(), s.fileOffset(), s.backing(), fd, arena));
             }
-            return new GuestMemory(blocks, java.util.Arrays.copyOf(fds, opened));
+            return new GuestMemory(blocks, Arrays.copyOf(fds, opened));
         } catch (RuntimeException e) {
             for (int i = 0; i < opened; i++) LibC.close(fds[i]);
             throw e;
@@ -190,10 +205,10 @@ public final class GuestMemory implements AutoCloseable {
      * time moves to now. Writes through a shared mapping do not update the times on tmpfs, so
      * without this a snapshot that refers to the file could not tell that a guest ran on in it.
      */
-    static void claim(java.nio.file.Path file) {
+    static void claim(Path file) {
         try {
-            java.nio.file.Files.setLastModifiedTime(file, java.nio.file.attribute.FileTime.from(java.time.Instant.now()));
-        } catch (java.io.IOException e) {
+            Files.setLastModifiedTime(file, FileTime.from(Instant.now()));
+        } catch (IOException e) {
             throw new MemoryException("cannot claim memory file " + file + ": " + e.getMessage(), e);
         }
     }
@@ -245,7 +260,7 @@ public final class GuestMemory implements AutoCloseable {
 
     /** Reads {@code length} bytes of guest RAM at {@code gpa}. */
     public byte[] read(long gpa, int length) {
-        return slice(gpa, length).toArray(java.lang.foreign.ValueLayout.JAVA_BYTE);
+        return slice(gpa, length).toArray(ValueLayout.JAVA_BYTE);
     }
 
     /**

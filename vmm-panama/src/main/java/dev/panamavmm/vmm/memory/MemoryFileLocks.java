@@ -2,10 +2,10 @@ package dev.panamavmm.vmm.memory;
 
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.BasicFileAttributes;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -74,7 +74,9 @@ public final class MemoryFileLocks {
             if (f.length < 6 || !f[1].equals("FLOCK")) continue;
             var id = f[5].split(":");
             if (id.length != 3) continue;
-            if (Long.parseLong(id[0], 16) == major && Long.parseLong(id[1], 16) == minor && Long.parseLong(id[2]) == inode) {
+            if (Long.parseLong(id[0], 16) == major
+                    && Long.parseLong(id[1], 16) == minor
+                    && Long.parseLong(id[2]) == inode) {
                 holders.add(new Holder(Long.parseLong(f[4]), f[3].equals("WRITE")));
             }
         }
@@ -84,11 +86,12 @@ public final class MemoryFileLocks {
     /** Whether process {@code pid} has {@code file} open (an fd; a mapping alone keeps a lock too, so also its maps). */
     private static boolean isOpenBy(long pid, Path file) {
         try {
-            var key = Files.readAttributes(file, java.nio.file.attribute.BasicFileAttributes.class).fileKey();
+            var key = Files.readAttributes(file, BasicFileAttributes.class).fileKey();
             try (var fds = Files.list(Path.of("/proc/" + pid + "/fd"))) {
                 for (var fd : (Iterable<Path>) fds::iterator) {
                     try {
-                        if (key.equals(Files.readAttributes(fd, java.nio.file.attribute.BasicFileAttributes.class).fileKey())) return true;
+                        if (key.equals(Files.readAttributes(fd, BasicFileAttributes.class)
+                                .fileKey())) return true;
                     } catch (IOException ignored) {
                         // that fd closed meanwhile
                     }

@@ -14,8 +14,8 @@ import java.lang.foreign.MemorySegment;
  * @param shared       the backing outlives the process and already holds the guest's memory,
  *                     so a save or local migration can skip copying this block
  */
-public record RamBlock(String id, long guestAddress, MemorySegment segment, Backing backing,
-                       long fileOffset, int fd, boolean shared) {
+public record RamBlock(
+        String id, long guestAddress, MemorySegment segment, Backing backing, long fileOffset, int fd, boolean shared) {
 
     public long size() {
         return segment.byteSize();

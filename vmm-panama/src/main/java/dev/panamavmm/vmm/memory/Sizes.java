@@ -1,6 +1,5 @@
 package dev.panamavmm.vmm.memory;
 
-
 import java.util.Locale;
 
 /** Byte sizes on the command line: {@code 256M}, {@code 8G}, {@code 16777216}; K/M/G/T are powers of 1024. */
@@ -10,7 +9,8 @@ public final class Sizes {
     public static long parse(String value) {
         String v = value.trim().toUpperCase(Locale.ROOT);
         if (v.endsWith("IB")) v = v.substring(0, v.length() - 2);
-        else if (v.endsWith("B") && v.length() > 1 && !Character.isDigit(v.charAt(v.length() - 2))) v = v.substring(0, v.length() - 1);
+        else if (v.endsWith("B") && v.length() > 1 && !Character.isDigit(v.charAt(v.length() - 2)))
+            v = v.substring(0, v.length() - 1);
         int shift = 0;
         if (!v.isEmpty()) {
             switch (v.charAt(v.length() - 1)) {
@@ -18,7 +18,7 @@ public final class Sizes {
                 case 'M' -> shift = 20;
                 case 'G' -> shift = 30;
                 case 'T' -> shift = 40;
-                default -> { }
+                default -> {}
             }
         }
         if (shift > 0) v = v.substring(0, v.length() - 1);

@@ -1,5 +1,7 @@
 package dev.panamavmm.vmm.state;
 
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
@@ -18,12 +20,10 @@ import dev.panamavmm.kvm.bindings.KvmSregs;
 import dev.panamavmm.kvm.bindings.KvmVcpuEvents;
 import dev.panamavmm.kvm.bindings.KvmXcrs;
 import dev.panamavmm.kvm.bindings.KvmXsave;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
-
-import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 
 /**
  * Reads and writes {@link VcpuState} and {@link VmState} with the KVM ioctls, in the order the
@@ -66,8 +66,11 @@ public final class KvmState {
         try (var arena = Arena.ofConfined()) {
             byte[] regs = get(vcpu, Ioctls.KVM_GET_REGS, KvmRegs.BYTE_SIZE, arena);
             byte[] sregs = get(vcpu, Ioctls.KVM_GET_SREGS, KvmSregs.BYTE_SIZE, arena);
-            byte[] xsave = get(vcpu, xsaveSize > KvmXsave.BYTE_SIZE ? Ioctls.KVM_GET_XSAVE2 : Ioctls.KVM_GET_XSAVE,
-                    Math.max(xsaveSize, KvmXsave.BYTE_SIZE), arena);
+            byte[] xsave = get(
+                    vcpu,
+                    xsaveSize > KvmXsave.BYTE_SIZE ? Ioctls.KVM_GET_XSAVE2 : Ioctls.KVM_GET_XSAVE,
+                    Math.max(xsaveSize, KvmXsave.BYTE_SIZE),
+                    arena);
             byte[] xcrs = get(vcpu, Ioctls.KVM_GET_XCRS, KvmXcrs.BYTE_SIZE, arena);
             byte[] lapic = get(vcpu, Ioctls.KVM_GET_LAPIC, KvmLapicState.BYTE_SIZE, arena);
             byte[] events = get(vcpu, Ioctls.KVM_GET_VCPU_EVENTS, KvmVcpuEvents.BYTE_SIZE, arena);
@@ -79,13 +82,17 @@ public final class KvmState {
             for (int i = 0; i < msrIndices.length; i++) KvmMsrEntry.index(KvmMsrs.entries(msrs, i), msrIndices[i]);
             int read = vcpu.ioctl(Ioctls.KVM_GET_MSRS, msrs);
             if (read != msrIndices.length) {
-                throw new KvmException("KVM_GET_MSRS", String.format("read %d of %d MSRs (stopped at 0x%x)",
-                        read, msrIndices.length, msrIndices[Math.min(read, msrIndices.length - 1)]));
+                throw new KvmException(
+                        "KVM_GET_MSRS",
+                        String.format(
+                                "read %d of %d MSRs (stopped at 0x%x)",
+                                read, msrIndices.length, msrIndices[Math.min(read, msrIndices.length - 1)]));
             }
             var values = new long[msrIndices.length];
             for (int i = 0; i < values.length; i++) values[i] = KvmMsrEntry.data(KvmMsrs.entries(msrs, i));
-            int mpState = MemorySegment.ofArray(mp).get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, KvmMpState.MP_STATE);
-            return new VcpuState(vcpu.id(), regs, sregs, xsave, xcrs, lapic, msrIndices.clone(), values, events, mpState, debugregs);
+            int mpState = MemorySegment.ofArray(mp).get(ValueLayout.JAVA_INT_UNALIGNED, KvmMpState.MP_STATE);
+            return new VcpuState(
+                    vcpu.id(), regs, sregs, xsave, xcrs, lapic, msrIndices.clone(), values, events, mpState, debugregs);
         }
     }
 
@@ -111,8 +118,12 @@ public final class KvmState {
             vcpu.ioctl(Ioctls.KVM_SET_MP_STATE, mp);
             var events = image(s.events(), KvmVcpuEvents.BYTE_SIZE, arena);
             // Restore exactly what was pending: NMI, SIPI vector, interrupt shadow, SMM, payload.
-            KvmVcpuEvents.flags(events, KvmVcpuEvents.flags(events) | KvmConstants.KVM_VCPUEVENT_VALID_NMI_PENDING
-                    | KvmConstants.KVM_VCPUEVENT_VALID_SIPI_VECTOR | KvmConstants.KVM_VCPUEVENT_VALID_SHADOW);
+            KvmVcpuEvents.flags(
+                    events,
+                    KvmVcpuEvents.flags(events)
+                            | KvmConstants.KVM_VCPUEVENT_VALID_NMI_PENDING
+                            | KvmConstants.KVM_VCPUEVENT_VALID_SIPI_VECTOR
+                            | KvmConstants.KVM_VCPUEVENT_VALID_SHADOW);
             vcpu.ioctl(Ioctls.KVM_SET_VCPU_EVENTS, events);
             vcpu.ioctl(Ioctls.KVM_SET_DEBUGREGS, image(s.debugregs(), KvmDebugregs.BYTE_SIZE, arena));
         }
@@ -134,15 +145,19 @@ public final class KvmState {
         }
         int written = vcpu.ioctl(Ioctls.KVM_SET_MSRS, msrs);
         if (written != n) {
-            throw new KvmException("KVM_SET_MSRS", String.format("wrote %d of %d MSRs (refused 0x%x)",
-                    written, n, KvmMsrEntry.index(KvmMsrs.entries(msrs, written))));
+            throw new KvmException(
+                    "KVM_SET_MSRS",
+                    String.format(
+                            "wrote %d of %d MSRs (refused 0x%x)",
+                            written, n, KvmMsrEntry.index(KvmMsrs.entries(msrs, written))));
         }
     }
 
     /** Captures the in-kernel irqchip, PIT and clock of a VM whose vCPUs are all paused. */
     public static VmState capture(VmFd vm) {
         try (var arena = Arena.ofConfined()) {
-            return new VmState(irqchip(vm, KvmConstants.KVM_IRQCHIP_PIC_MASTER, arena),
+            return new VmState(
+                    irqchip(vm, KvmConstants.KVM_IRQCHIP_PIC_MASTER, arena),
                     irqchip(vm, KvmConstants.KVM_IRQCHIP_PIC_SLAVE, arena),
                     irqchip(vm, KvmConstants.KVM_IRQCHIP_IOAPIC, arena),
                     vmGet(vm, Ioctls.KVM_GET_PIT2, KvmPitState2.BYTE_SIZE, arena),

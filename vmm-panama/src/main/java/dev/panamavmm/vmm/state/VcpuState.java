@@ -9,8 +9,18 @@ import java.util.Objects;
  * Kept as bytes rather than fields so a snapshot survives a bindings update: a struct that grew
  * is padded with zeros on load, one that shrank is truncated (as rust-vmm's kvm-bindings do).
  */
-public record VcpuState(int id, byte[] regs, byte[] sregs, byte[] xsave, byte[] xcrs, byte[] lapic,
-                        int[] msrIndices, long[] msrValues, byte[] events, int mpState, byte[] debugregs) {
+public record VcpuState(
+        int id,
+        byte[] regs,
+        byte[] sregs,
+        byte[] xsave,
+        byte[] xcrs,
+        byte[] lapic,
+        int[] msrIndices,
+        long[] msrValues,
+        byte[] events,
+        int mpState,
+        byte[] debugregs) {
 
     public VcpuState {
         Objects.requireNonNull(regs);
@@ -20,16 +30,24 @@ public record VcpuState(int id, byte[] regs, byte[] sregs, byte[] xsave, byte[] 
         Objects.requireNonNull(lapic);
         Objects.requireNonNull(events);
         Objects.requireNonNull(debugregs);
-        if (msrIndices.length != msrValues.length) throw new IllegalArgumentException("MSR indices and values differ in number");
+        if (msrIndices.length != msrValues.length)
+            throw new IllegalArgumentException("MSR indices and values differ in number");
     }
 
     @Override
     public boolean equals(Object o) {
-        return o instanceof VcpuState s && id == s.id && mpState == s.mpState
-                && Arrays.equals(regs, s.regs) && Arrays.equals(sregs, s.sregs) && Arrays.equals(xsave, s.xsave)
-                && Arrays.equals(xcrs, s.xcrs) && Arrays.equals(lapic, s.lapic)
-                && Arrays.equals(msrIndices, s.msrIndices) && Arrays.equals(msrValues, s.msrValues)
-                && Arrays.equals(events, s.events) && Arrays.equals(debugregs, s.debugregs);
+        return o instanceof VcpuState s
+                && id == s.id
+                && mpState == s.mpState
+                && Arrays.equals(regs, s.regs)
+                && Arrays.equals(sregs, s.sregs)
+                && Arrays.equals(xsave, s.xsave)
+                && Arrays.equals(xcrs, s.xcrs)
+                && Arrays.equals(lapic, s.lapic)
+                && Arrays.equals(msrIndices, s.msrIndices)
+                && Arrays.equals(msrValues, s.msrValues)
+                && Arrays.equals(events, s.events)
+                && Arrays.equals(debugregs, s.debugregs);
     }
 
     @Override

@@ -19,8 +19,12 @@ public record VmState(byte[] picMaster, byte[] picSlave, byte[] ioapic, byte[] p
 
     @Override
     public boolean equals(Object o) {
-        return o instanceof VmState s && Arrays.equals(picMaster, s.picMaster) && Arrays.equals(picSlave, s.picSlave)
-                && Arrays.equals(ioapic, s.ioapic) && Arrays.equals(pit, s.pit) && Arrays.equals(clock, s.clock);
+        return o instanceof VmState s
+                && Arrays.equals(picMaster, s.picMaster)
+                && Arrays.equals(picSlave, s.picSlave)
+                && Arrays.equals(ioapic, s.ioapic)
+                && Arrays.equals(pit, s.pit)
+                && Arrays.equals(clock, s.clock);
     }
 
     @Override

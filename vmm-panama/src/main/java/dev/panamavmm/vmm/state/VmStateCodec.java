@@ -14,8 +14,11 @@ import dev.panamavmm.migration.state.StateFields;
 public final class VmStateCodec implements StateCodec<VmState> {
     public static final VmStateCodec INSTANCE = new VmStateCodec();
 
-    static final Field PIC_MASTER = new Field(1, "picMaster"), PIC_SLAVE = new Field(2, "picSlave"), IOAPIC = new Field(3, "ioapic"),
-            PIT = new Field(4, "pit"), CLOCK = new Field(5, "clock");
+    static final Field PIC_MASTER = new Field(1, "picMaster"),
+            PIC_SLAVE = new Field(2, "picSlave"),
+            IOAPIC = new Field(3, "ioapic"),
+            PIT = new Field(4, "pit"),
+            CLOCK = new Field(5, "clock");
 
     private VmStateCodec() {}
 
@@ -26,7 +29,10 @@ public final class VmStateCodec implements StateCodec<VmState> {
 
     @Override
     public void write(VmState s, SectionEncoder out) {
-        out.bytes(PIC_MASTER, s.picMaster()).bytes(PIC_SLAVE, s.picSlave()).bytes(IOAPIC, s.ioapic()).bytes(PIT, s.pit())
+        out.bytes(PIC_MASTER, s.picMaster())
+                .bytes(PIC_SLAVE, s.picSlave())
+                .bytes(IOAPIC, s.ioapic())
+                .bytes(PIT, s.pit())
                 .bytes(CLOCK, s.clock());
     }
 

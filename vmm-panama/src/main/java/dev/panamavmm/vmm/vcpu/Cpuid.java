@@ -2,7 +2,6 @@ package dev.panamavmm.vmm.vcpu;
 
 import dev.panamavmm.kvm.bindings.KvmCpuid2;
 import dev.panamavmm.kvm.bindings.KvmCpuidEntry2;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
@@ -16,11 +15,12 @@ public final class Cpuid {
     private Cpuid() {}
 
     static final int HYPERVISOR_BIT = 1 << 31; // leaf 1 ECX
-    static final int HTT_BIT = 1 << 28;        // leaf 1 EDX
+    static final int HTT_BIT = 1 << 28; // leaf 1 EDX
 
     /** A copy of {@code supported} (a {@code kvm_cpuid2}) adjusted for vCPU {@code index} of {@code count}. */
     public static MemorySegment forVcpu(MemorySegment supported, int index, int count, Arena arena) {
-        if (count < 1 || index < 0 || index >= count) throw new IllegalArgumentException("vCPU " + index + " of " + count);
+        if (count < 1 || index < 0 || index >= count)
+            throw new IllegalArgumentException("vCPU " + index + " of " + count);
         int n = KvmCpuid2.nent(supported);
         long bytes = KvmCpuid2.ENTRIES + (long) n * KvmCpuidEntry2.BYTE_SIZE;
         var table = arena.allocate(bytes, KvmCpuid2.BYTE_ALIGNMENT);
@@ -46,16 +46,16 @@ public final class Cpuid {
                 }
                 case 0xb, 0x1f -> {
                     int level = KvmCpuidEntry2.index(e);
-                    if (level == 0) {        // SMT level: one thread per core
+                    if (level == 0) { // SMT level: one thread per core
                         setLeaf(e, 0, 1, (1 << 8) | level, index);
                     } else if (level == 1) { // core level: count cores per package
                         setLeaf(e, coreBits, count, (2 << 8) | level, index);
-                    } else {                 // no further levels
+                    } else { // no further levels
                         setLeaf(e, 0, 0, level, index);
                     }
                 }
                 case 0x8000_0008 -> KvmCpuidEntry2.ecx(e, (KvmCpuidEntry2.ecx(e) & ~0xff) | (count - 1));
-                default -> { }
+                default -> {}
             }
         }
         return table;

@@ -1,11 +1,10 @@
 package dev.panamavmm.vmm.vcpu;
 
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmRun;
-
 import java.lang.foreign.MemorySegment;
-
-import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 
 /**
  * Why {@code KVM_RUN} returned, decoded from the vCPU's {@code kvm_run} page. {@link Io} and
@@ -44,9 +43,15 @@ public sealed interface VcpuExit {
     static VcpuExit decode(MemorySegment run) {
         int reason = KvmRun.exitReason(run);
         return switch (reason) {
-            case KvmConstants.KVM_EXIT_IO -> new Io(KvmRun.ioPort(run), KvmRun.ioSize(run),
-                    KvmRun.ioDirection(run) == KvmConstants.KVM_EXIT_IO_OUT, KvmRun.ioCount(run), KvmRun.ioDataOffset(run));
-            case KvmConstants.KVM_EXIT_MMIO -> new Mmio(KvmRun.mmioPhysAddr(run), KvmRun.mmioLen(run), KvmRun.mmioIsWrite(run) != 0);
+            case KvmConstants.KVM_EXIT_IO ->
+                new Io(
+                        KvmRun.ioPort(run),
+                        KvmRun.ioSize(run),
+                        KvmRun.ioDirection(run) == KvmConstants.KVM_EXIT_IO_OUT,
+                        KvmRun.ioCount(run),
+                        KvmRun.ioDataOffset(run));
+            case KvmConstants.KVM_EXIT_MMIO ->
+                new Mmio(KvmRun.mmioPhysAddr(run), KvmRun.mmioLen(run), KvmRun.mmioIsWrite(run) != 0);
             case KvmConstants.KVM_EXIT_HLT -> new Hlt();
             case KvmConstants.KVM_EXIT_SHUTDOWN -> new Shutdown();
             case KvmConstants.KVM_EXIT_SYSTEM_EVENT -> new SystemEvent(KvmRun.systemEventType(run));
@@ -56,7 +61,8 @@ public sealed interface VcpuExit {
                 for (int i = 0; i < data.length; i++) data[i] = KvmRun.internalData(run, i);
                 yield new InternalError(KvmRun.internalSuberror(run), data);
             }
-            case KvmConstants.KVM_EXIT_FAIL_ENTRY -> new FailEntry(KvmRun.failEntryHardwareEntryFailureReason(run), KvmRun.failEntryCpu(run));
+            case KvmConstants.KVM_EXIT_FAIL_ENTRY ->
+                new FailEntry(KvmRun.failEntryHardwareEntryFailureReason(run), KvmRun.failEntryCpu(run));
             case KvmConstants.KVM_EXIT_INTR -> new Interrupted();
             default -> new Unknown(reason);
         };
@@ -65,7 +71,9 @@ public sealed interface VcpuExit {
     /** The bytes of an emulation failure's instruction, when KVM reported them (empty otherwise). */
     static byte[] emulationFailureBytes(MemorySegment run) {
         if (KvmRun.internalSuberror(run) != KvmConstants.KVM_INTERNAL_ERROR_EMULATION
-                || (KvmRun.emulationFailureFlags(run) & KvmConstants.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) == 0) {
+                || (KvmRun.emulationFailureFlags(run)
+                                & KvmConstants.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+                        == 0) {
             return new byte[0];
         }
         int n = Math.min(KvmRun.emulationFailureInsnSize(run), (int) KvmRun.EMULATION_FAILURE_INSN_BYTES_COUNT);

@@ -1,15 +1,14 @@
 package dev.panamavmm.vmm.vcpu;
 
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+
 import dev.panamavmm.kvm.bindings.KvmRun;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Sigaction;
 import dev.panamavmm.kvm.sys.LibC;
-
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.invoke.VarHandle;
-
-import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 
 /**
  * Gets a vCPU thread out of {@code KVM_RUN}: set {@code immediate_exit} in its {@code kvm_run}
@@ -37,8 +36,13 @@ public final class VcpuKick {
     private static int install() {
         int signal = LibC.sigrtmin() + 4;
         // The handler page lives as long as the process: signals may arrive at any time.
-        var page = LibC.mapInto(Arena.global(), 4096, LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
-                LibcConstants.MAP_PRIVATE | LibcConstants.MAP_ANONYMOUS, -1, 0);
+        var page = LibC.mapInto(
+                Arena.global(),
+                4096,
+                LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
+                LibcConstants.MAP_PRIVATE | LibcConstants.MAP_ANONYMOUS,
+                -1,
+                0);
         page.set(JAVA_BYTE, 0, (byte) 0xC3); // ret
         LibC.mprotect(page, LibcConstants.PROT_READ | LibcConstants.PROT_EXEC);
         try (var arena = Arena.ofConfined()) {

@@ -12,8 +12,8 @@ public final class SyntheticBzImage {
 
     int version = 0x020f;
     int setupSects = 1;
-    int loadFlags = 0x01;      // LOADED_HIGH
-    int xloadFlags = 0x01;     // XLF_KERNEL_64
+    int loadFlags = 0x01; // LOADED_HIGH
+    int xloadFlags = 0x01; // XLF_KERNEL_64
     long prefAddress = 0x1000000;
     long initSize = 0x800000;
     public int cmdlineSize = 255;
@@ -29,19 +29,20 @@ public final class SyntheticBzImage {
 
     public byte[] build() {
         int kernelOffset = (setupSects == 0 ? 5 : setupSects + 1) * 512;
-        var b = ByteBuffer.allocate(Math.max(kernelOffset, 0x270) + payload.length).order(ByteOrder.LITTLE_ENDIAN);
+        var b = ByteBuffer.allocate(Math.max(kernelOffset, 0x270) + payload.length)
+                .order(ByteOrder.LITTLE_ENDIAN);
         b.put(0x1f1, (byte) setupSects);
-        b.putInt(0x1f4, payload.length / 16);   // syssize
-        b.putShort(0x1fe, (short) 0xaa55);      // boot_flag
+        b.putInt(0x1f4, payload.length / 16); // syssize
+        b.putShort(0x1fe, (short) 0xaa55); // boot_flag
         b.put(0x200, (byte) 0xeb).put(0x201, (byte) 0x6a); // jmp short to 0x26c: the header's end
-        b.putInt(0x202, 0x53726448);            // "HdrS"
+        b.putInt(0x202, 0x53726448); // "HdrS"
         b.putShort(0x206, (short) version);
         b.put(0x211, (byte) loadFlags);
-        b.putInt(0x214, 0x100000);              // code32_start
+        b.putInt(0x214, 0x100000); // code32_start
         b.putInt(0x22c, (int) initrdAddrMax);
         b.putInt(0x230, (int) kernelAlignment);
-        b.put(0x234, (byte) 1);                 // relocatable_kernel
-        b.put(0x235, (byte) 21);                // min_alignment
+        b.put(0x234, (byte) 1); // relocatable_kernel
+        b.put(0x235, (byte) 21); // min_alignment
         b.putShort(0x236, (short) xloadFlags);
         b.putInt(0x238, cmdlineSize);
         b.putLong(0x258, prefAddress);

@@ -1,13 +1,5 @@
 package dev.panamavmm.vmm.memory;
 
-import dev.panamavmm.kvm.sys.LibC;
-import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.io.TempDir;
-
-import java.lang.foreign.Arena;
-import java.nio.file.Files;
-import java.nio.file.Path;
-
 import static dev.panamavmm.vmm.memory.GuestMemory.GIB;
 import static dev.panamavmm.vmm.memory.GuestMemory.MIB;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
@@ -19,11 +11,21 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.panamavmm.kvm.sys.LibC;
+import java.lang.foreign.Arena;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
 class GuestMemoryTest {
 
     @Test
     void smallGuestIsOneLowBlockInAMemfd() {
-        try (var arena = Arena.ofShared(); var mem = GuestMemory.create(64 * MIB, arena)) {
+        try (var arena = Arena.ofShared();
+                var mem = GuestMemory.create(64 * MIB, arena)) {
             assertEquals(1, mem.blocks().size());
             var b = mem.blocks().getFirst();
             assertEquals("ram-low", b.id());
@@ -37,7 +39,8 @@ class GuestMemoryTest {
 
     @Test
     void largeGuestSkipsThe32BitHole() {
-        try (var arena = Arena.ofShared(); var mem = GuestMemory.create(6 * GIB, arena)) {
+        try (var arena = Arena.ofShared();
+                var mem = GuestMemory.create(6 * GIB, arena)) {
             assertEquals(2, mem.blocks().size());
             var low = mem.blocks().get(0);
             var high = mem.blocks().get(1);
@@ -54,7 +57,8 @@ class GuestMemoryTest {
 
     @Test
     void untouchedMemoryCostsNothing() {
-        try (var arena = Arena.ofShared(); var mem = GuestMemory.create(64 * GIB, arena)) {
+        try (var arena = Arena.ofShared();
+                var mem = GuestMemory.create(64 * GIB, arena)) {
             var high = mem.blocks().get(1);
             high.segment().set(JAVA_BYTE, 5 * GIB, (byte) 7);
             long pages = 1024;
@@ -72,13 +76,14 @@ class GuestMemoryTest {
     @Test
     void sharedFileHoldsTheGuestsWrites(@TempDir Path dir) throws Exception {
         var file = dir.resolve("ram");
-        try (var arena = Arena.ofShared(); var mem = GuestMemory.create(32 * MIB, new Backing.SharedFile(file), arena)) {
+        try (var arena = Arena.ofShared();
+                var mem = GuestMemory.create(32 * MIB, new Backing.SharedFile(file), arena)) {
             assertTrue(mem.blocks().getFirst().shared());
             mem.write(4096, "hello".getBytes());
         }
         assertEquals(32 * MIB, Files.size(file));
-        try (var ch = java.nio.channels.FileChannel.open(file)) {
-            var buf = java.nio.ByteBuffer.allocate(5);
+        try (var ch = FileChannel.open(file)) {
+            var buf = ByteBuffer.allocate(5);
             ch.read(buf, 4096);
             assertEquals("hello", new String(buf.array()));
         }
@@ -87,10 +92,12 @@ class GuestMemoryTest {
     @Test
     void privateFileIsCopyOnWrite(@TempDir Path dir) throws Exception {
         var file = dir.resolve("template");
-        try (var arena = Arena.ofShared(); var mem = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), arena)) {
+        try (var arena = Arena.ofShared();
+                var mem = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), arena)) {
             mem.write(0, "template".getBytes());
         }
-        try (var arena = Arena.ofShared(); var clone = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), arena)) {
+        try (var arena = Arena.ofShared();
+                var clone = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), arena)) {
             assertFalse(clone.blocks().getFirst().shared());
             assertEquals("template", new String(clone.read(0, 8)));
             clone.write(0, "CLONE!!!".getBytes());
@@ -109,14 +116,17 @@ class GuestMemoryTest {
             var e = assertThrows(MemoryException.class, () -> GuestMemory.create(8 * MIB, arena));
             assertEquals("memory size 8388608 is below the minimum of 16 MiB", e.getMessage());
             assertThrows(MemoryException.class, () -> GuestMemory.create(16 * MIB + 1, arena));
-            var missing = assertThrows(MemoryException.class,
+            var missing = assertThrows(
+                    MemoryException.class,
                     () -> GuestMemory.create(16 * MIB, new Backing.PrivateFile(dir.resolve("nope")), arena));
             assertTrue(missing.getMessage().contains("ENOENT"), missing.getMessage());
             var small = dir.resolve("small");
             Files.write(small, new byte[4096]);
-            var tooSmall = assertThrows(MemoryException.class,
-                    () -> GuestMemory.create(16 * MIB, new Backing.PrivateFile(small), arena));
-            assertTrue(tooSmall.getMessage().endsWith("holds 4096 bytes, the guest needs 16777216"), tooSmall.getMessage());
+            var tooSmall = assertThrows(
+                    MemoryException.class, () -> GuestMemory.create(16 * MIB, new Backing.PrivateFile(small), arena));
+            assertTrue(
+                    tooSmall.getMessage().endsWith("holds 4096 bytes, the guest needs 16777216"),
+                    tooSmall.getMessage());
         }
     }
 
@@ -135,35 +145,45 @@ class GuestMemoryTest {
     @Test
     void aSharedMemoryFileHasOneUserAndCopyOnWriteUsersShareIt(@TempDir Path dir) throws Exception {
         var file = dir.resolve("ram");
-        String inUse = "memory file " + file + " is in use by PID " + ProcessHandle.current().pid();
+        String inUse = "memory file " + file + " is in use by PID "
+                + ProcessHandle.current().pid();
         try (var arena = Arena.ofShared()) {
             var first = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), arena);
             first.write(0, new byte[] {42});
             try (var other = Arena.ofShared()) {
-                var e = assertThrows(MemoryException.class, () -> GuestMemory.create(32 * MIB, new Backing.SharedFile(file), other));
+                var e = assertThrows(
+                        MemoryException.class, () -> GuestMemory.create(32 * MIB, new Backing.SharedFile(file), other));
                 assertEquals(inUse, e.getMessage());
                 assertEquals(16 * MIB, Files.size(file), "refused before the file was grown");
-                e = assertThrows(MemoryException.class, () -> GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), other));
+                e = assertThrows(
+                        MemoryException.class,
+                        () -> GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), other));
                 assertEquals(inUse, e.getMessage());
             }
             // Closing the fds is not enough: the mapping keeps the open file description, and with it the lock.
             first.close();
             try (var other = Arena.ofShared()) {
-                assertThrows(MemoryException.class, () -> GuestMemory.create(16 * MIB, new Backing.SharedFile(file), other));
+                assertThrows(
+                        MemoryException.class, () -> GuestMemory.create(16 * MIB, new Backing.SharedFile(file), other));
             }
         }
         // Its arena closed (unmapped), the file is free; copy-on-write users share it and keep a writer out.
-        try (var a = Arena.ofShared(); var b = Arena.ofShared(); var c = Arena.ofShared();
-             var cow1 = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), a);
-             var cow2 = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), b)) {
+        try (var a = Arena.ofShared();
+                var b = Arena.ofShared();
+                var c = Arena.ofShared();
+                var _ = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), a);
+                var cow2 = GuestMemory.create(16 * MIB, new Backing.PrivateFile(file), b)) {
             assertArrayEquals(new byte[] {42}, cow2.read(0, 1));
-            var e = assertThrows(MemoryException.class, () -> GuestMemory.create(16 * MIB, new Backing.SharedFile(file), c));
+            var e = assertThrows(
+                    MemoryException.class, () -> GuestMemory.create(16 * MIB, new Backing.SharedFile(file), c));
             assertEquals(inUse, e.getMessage());
         }
-        try (var arena = Arena.ofShared(); var again = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), arena)) {
+        try (var arena = Arena.ofShared();
+                var again = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), arena)) {
             assertArrayEquals(new byte[] {42}, again.read(0, 1));
             again.unlockSharedFiles(); // a stopped guest's file: free for the next user at once
-            try (var next = Arena.ofShared(); var taken = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), next)) {
+            try (var next = Arena.ofShared();
+                    var _ = GuestMemory.create(16 * MIB, new Backing.SharedFile(file), next)) {
                 assertEquals(1, MemoryFileLocks.holders(file).size());
                 assertTrue(MemoryFileLocks.holders(file).getFirst().exclusive());
             }

@@ -1,21 +1,22 @@
 package dev.panamavmm.vmm.vcpu;
 
-import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.kvm.bindings.KvmCpuidEntry2;
-import dev.panamavmm.kvm.testing.KvmTest;
-
-import java.lang.foreign.Arena;
-
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
+
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.bindings.KvmCpuidEntry2;
+import dev.panamavmm.kvm.testing.KvmTest;
+import java.lang.foreign.Arena;
 
 /** The topology a guest reads from CPUID is the VM's, and KVM accepts the table. */
 class CpuidTest {
 
     @KvmTest
     void eachVcpuSeesItsApicIdAndTheVmsCoreCount() {
-        try (var kvm = Kvm.open(); var arena = Arena.ofShared(); var vm = kvm.createVm(arena)) {
+        try (var kvm = Kvm.open();
+                var arena = Arena.ofShared();
+                var vm = kvm.createVm(arena)) {
             var supported = kvm.supportedCpuid(arena);
             for (int i = 0; i < 3; i++) {
                 var table = Cpuid.forVcpu(supported, i, 3, arena);

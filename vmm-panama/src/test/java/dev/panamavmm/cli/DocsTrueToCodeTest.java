@@ -1,0 +1,77 @@
+package dev.panamavmm.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Set;
+import java.util.TreeSet;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The lists of commands in the docs and in {@code vmm ctl --help} against the code: at 52b27eb
+ * docs/architecture.md named 3 of 11 commands and 5 of 10 API commands, and {@code ctl --help}
+ * named four.
+ */
+class DocsTrueToCodeTest {
+    /** The sources whose {@code switch} on the command name is the control API. */
+    static final List<String> HANDLERS =
+            List.of("api/ApiHandler.java", "control/CloneService.java", "control/Standby.java");
+
+    @Test
+    void architectureNamesEveryCommandAndSubcommand() throws IOException {
+        String row = Files.readString(docs().resolve("architecture.md"))
+                .lines()
+                .filter(l -> l.contains("`dev.panamavmm.cli`"))
+                .findFirst()
+                .orElseThrow();
+        var names = new TreeSet<>(new Main().spec().subcommandNames());
+        names.addAll(new TemplateCommand().spec().subcommandNames());
+        names.addAll(new SnapshotCommand().spec().subcommandNames());
+        for (String name : names)
+            assertTrue(row.contains("`" + name + "`"), "docs/architecture.md's cli row lacks `" + name + "`: " + row);
+    }
+
+    @Test
+    void everyControlCommandIsInTheArchitectureAndInCtlHelp() throws IOException {
+        var commands = controlCommands();
+        assertTrue(
+                commands.containsAll(Set.of("query-status", "snapshot", "query-clones", "boot")), commands.toString());
+        String architecture = Files.readString(docs().resolve("architecture.md"));
+        String api = architecture.substring(
+                architecture.indexOf("## Control API"), architecture.indexOf("## Build, launcher and CI"));
+        var help = MainTest.run("ctl", "--help");
+        assertEquals(0, help.code(), help.err());
+        for (String command : commands) {
+            assertTrue(api.contains("`" + command), "docs/architecture.md's Control API section lacks " + command);
+            assertTrue(
+                    Pattern.compile("[\\s:,]" + Pattern.quote(command) + "[\\s,;{]")
+                            .matcher(help.out())
+                            .find(),
+                    "vmm ctl --help lacks " + command + ":\n" + help.out());
+        }
+    }
+
+    /** Every {@code case "name"} label of the handlers' switches. */
+    static Set<String> controlCommands() throws IOException {
+        var names = new TreeSet<String>();
+        Path sources = ReadmeTest.repositoryRoot().resolve("vmm-panama/src/main/java/dev/panamavmm");
+        var label = Pattern.compile("case ((?:\"[\\w-]+\"(?:,\\s*)?)+)\\s*->");
+        for (String handler : HANDLERS) {
+            var m = label.matcher(Files.readString(sources.resolve(handler)));
+            while (m.find()) {
+                var quoted = Pattern.compile("\"([\\w-]+)\"").matcher(m.group(1));
+                while (quoted.find()) names.add(quoted.group(1));
+            }
+        }
+        return names;
+    }
+
+    private static Path docs() {
+        return ReadmeTest.repositoryRoot().resolve("docs");
+    }
+}
