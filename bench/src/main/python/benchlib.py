@@ -390,3 +390,34 @@ def fmt_ms(xs):
     if not xs:
         return "n/a"
     return f"p50 {pct(xs, 50):7.2f}  p99 {pct(xs, 99):7.2f}  min {min(xs):7.2f}  max {max(xs):7.2f}"
+
+
+def loadavg():
+    """The 1-, 5- and 15-minute load averages."""
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def wait_for_quiet(wait_s, quiet_load, note=None):
+    """Up to wait_s seconds until the 1-minute load average is below quiet_load; returns a note saying how it went.
+    note(msg) hears each load reading while it waits (a driver's own log)."""
+    note = note or log
+    t0 = time.monotonic()
+    la = loadavg()
+    if la[0] < quiet_load:
+        return f"quiet at the start (1-minute load {la[0]:.2f} < {quiet_load:g})"
+    if wait_s <= 0:
+        return f"not waited for a quiet machine (1-minute load {la[0]:.2f})"
+    print(f"== waiting up to {wait_s} s for the 1-minute load average ({la[0]:.2f}) to drop below {quiet_load:g}", flush=True)
+    while time.monotonic() - t0 < wait_s:
+        time.sleep(10)
+        la = loadavg()
+        note(f"load {la}")
+        if la[0] < quiet_load:
+            return f"quiet after waiting {time.monotonic() - t0:.0f} s (1-minute load {la[0]:.2f} < {quiet_load:g})"
+    return f"NOT quiet: the 1-minute load stayed >= {quiet_load:g} for {wait_s} s ({la[0]:.2f}); measured anyway"
+
+
+def fmt_num(x):
+    """A measurement for a table: '-' when missing, three significant digits or so."""
+    return "-" if x is None or x != x else (f"{x:.0f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}")

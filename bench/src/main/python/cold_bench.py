@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import BenchError, JsonLines
+from benchlib import BenchError, JsonLines, fmt_num, loadavg, wait_for_quiet as _wait_for_quiet
 
 CFG = json.load(open(sys.argv[1]))
 OUT = CFG["out"]            # results directory (raw data, logs, summary)
@@ -124,10 +124,6 @@ def rm(path):
     except FileNotFoundError:
         pass
 
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return [float(x) for x in f.read().split()[:3]]
 
 
 def wait_path(path, proc, timeout=120):
@@ -409,8 +405,7 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def fmt(x):
-    return "-" if x is None or x != x else (f"{x:.0f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}")
+fmt = fmt_num
 
 
 def mr(xs):
@@ -493,21 +488,7 @@ def summary(R):
 # ---------------------------------------------------------------------------------------------
 
 def wait_for_quiet():
-    """Up to WAIT_QUIET s until the 1-minute load average is below QUIET_LOAD; returns a note saying how it went."""
-    t0 = time.monotonic()
-    la = loadavg()
-    if la[0] < QUIET_LOAD:
-        return f"quiet at the start (1-minute load {la[0]:.2f} < {QUIET_LOAD:g})"
-    if WAIT_QUIET <= 0:
-        return f"not waited for a quiet machine (1-minute load {la[0]:.2f})"
-    print(f"== waiting up to {WAIT_QUIET} s for the 1-minute load average ({la[0]:.2f}) to drop below {QUIET_LOAD:g}", flush=True)
-    while time.monotonic() - t0 < WAIT_QUIET:
-        time.sleep(10)
-        la = loadavg()
-        log(f"load {la}")
-        if la[0] < QUIET_LOAD:
-            return f"quiet after waiting {time.monotonic() - t0:.0f} s (1-minute load {la[0]:.2f} < {QUIET_LOAD:g})"
-    return f"NOT quiet: the 1-minute load stayed >= {QUIET_LOAD:g} for {WAIT_QUIET} s ({la[0]:.2f}); measured anyway"
+    return _wait_for_quiet(WAIT_QUIET, QUIET_LOAD, log)
 
 
 def main():

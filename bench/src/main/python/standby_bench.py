@@ -21,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BenchError, Console, DirWatch, JsonLines, end_all, log, mappings_of, rollup,  # noqa: E402
+from benchlib import (BenchError, Console, DirWatch, JsonLines, end_all, fmt_num, loadavg, log, mappings_of, rollup, wait_for_quiet as _wait_for_quiet,  # noqa: E402
                       set_log, spawn, stop)
 
 CFG = json.load(open(sys.argv[1]))
@@ -153,10 +153,6 @@ def wait_log(proc, regex, timeout=300):
             raise BenchError(f"no /{regex}/ in {proc.logpath} within {timeout} s")
         time.sleep(0.05)
 
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return [float(x) for x in f.read().split()[:3]]
 
 
 def cpu_s(pid):
@@ -480,8 +476,7 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def fmt(x):
-    return "-" if x is None or x != x else (f"{x:.0f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}")
+fmt = fmt_num
 
 
 def mr(xs):
@@ -600,21 +595,7 @@ def summary(R):
 # ---------------------------------------------------------------------------------------------
 
 def wait_for_quiet():
-    """Up to WAIT_QUIET s until the 1-minute load average is below QUIET_LOAD; returns a note saying how it went."""
-    t0 = time.monotonic()
-    la = loadavg()
-    if la[0] < QUIET_LOAD:
-        return f"quiet at the start (1-minute load {la[0]:.2f} < {QUIET_LOAD:g})"
-    if WAIT_QUIET <= 0:
-        return f"not waited for a quiet machine (1-minute load {la[0]:.2f})"
-    print(f"== waiting up to {WAIT_QUIET} s for the 1-minute load average ({la[0]:.2f}) to drop below {QUIET_LOAD:g}", flush=True)
-    while time.monotonic() - t0 < WAIT_QUIET:
-        time.sleep(10)
-        la = loadavg()
-        log(f"load {la}")
-        if la[0] < QUIET_LOAD:
-            return f"quiet after waiting {time.monotonic() - t0:.0f} s (1-minute load {la[0]:.2f} < {QUIET_LOAD:g})"
-    return f"NOT quiet: the 1-minute load stayed >= {QUIET_LOAD:g} for {WAIT_QUIET} s ({la[0]:.2f}); measured anyway"
+    return _wait_for_quiet(WAIT_QUIET, QUIET_LOAD, log)
 
 
 def main():
