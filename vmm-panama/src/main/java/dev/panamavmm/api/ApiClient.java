@@ -79,7 +79,8 @@ public final class ApiClient implements AutoCloseable {
             if (!Files.exists(socket)) {
                 notYet = "no such socket";
             } else {
-                if (!isSocket(socket)) throw new ApiException(socket + " is not a socket: give the VMM's --api-socket");
+                if (!UnixSockets.isSocket(socket, true))
+                    throw new ApiException(socket + " is not a socket: give the VMM's --api-socket");
                 try {
                     var channel = SocketChannel.open(StandardProtocolFamily.UNIX);
                     try {
@@ -111,14 +112,6 @@ public final class ApiClient implements AutoCloseable {
                 Thread.currentThread().interrupt();
                 throw new ApiException("interrupted while waiting for " + socket);
             }
-        }
-    }
-
-    private static boolean isSocket(Path path) {
-        try {
-            return (((Integer) Files.getAttribute(path, "unix:mode")) & 0170000) == 0140000;
-        } catch (IOException | UnsupportedOperationException | IllegalArgumentException e) {
-            return true; // cannot tell: let connect say what is wrong
         }
     }
 

@@ -63,21 +63,14 @@ public final class ApiServer implements AutoCloseable {
         }
         try {
             if (Files.exists(path)) {
-                if (!isSocket(path)) throw new ApiException("API socket path " + path + " exists and is not a socket");
+                if (!UnixSockets.isSocket(path, false))
+                    throw new ApiException("API socket path " + path + " exists and is not a socket");
                 if (isListening(path)) throw new ApiException("API socket " + path + " is in use by another process");
                 Files.delete(path);
             }
             return new ApiServer(path, UnixSockets.listen(path), handler);
         } catch (IOException e) {
             throw new ApiException("cannot create API socket " + path + ": " + describe(e));
-        }
-    }
-
-    private static boolean isSocket(Path path) {
-        try {
-            return (((Integer) Files.getAttribute(path, "unix:mode")) & 0170000) == 0140000;
-        } catch (IOException | UnsupportedOperationException | IllegalArgumentException e) {
-            return false;
         }
     }
 

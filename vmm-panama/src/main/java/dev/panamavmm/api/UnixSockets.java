@@ -34,4 +34,13 @@ public final class UnixSockets {
             throw e;
         }
     }
+
+    /** Whether {@code path} is a socket; {@code ifUnknown} when its mode cannot be read. */
+    static boolean isSocket(Path path, boolean ifUnknown) {
+        try {
+            return (((Integer) Files.getAttribute(path, "unix:mode")) & 0170000) == 0140000;
+        } catch (IOException | UnsupportedOperationException | IllegalArgumentException e) {
+            return ifUnknown;
+        }
+    }
 }
