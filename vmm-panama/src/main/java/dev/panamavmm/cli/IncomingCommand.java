@@ -1,16 +1,10 @@
 package dev.panamavmm.cli;
 
-import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.control.Rehearsal;
-import dev.panamavmm.control.Standby;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.MachineConfig;
-import dev.panamavmm.vmm.Vm;
-import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.memory.Sizes;
 import java.nio.file.Path;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ExecutionException;
 
 /** {@code vmm incoming unix:PATH}: waits for a running VMM to hand over its guest (live update), then runs it. */
 final class IncomingCommand implements Cli.Command {
@@ -46,40 +40,15 @@ final class IncomingCommand implements Cli.Command {
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             // Before the socket appears: whoever waits for it to migrate then meets warm code (~1 s here).
             Rehearsal.runAndWait(kvm);
-            try (var consoleIo = ConsoleIo.open(vmIo.console)) {
-                var events = new VmSession.ApiEvents(() -> {});
-                var stopped = new CompletableFuture<Vm>();
-                // A standby VMM told to wait for a migration: its API (query-status "inmigrate", quit)
-                // is there from the start, and a signal ends it with its socket removed.
-                try (var standby = new Standby(kvm, consoleIo.output(), events, () -> stopped.complete(null));
-                        var api = vmIo.apiSocket == null ? null : ApiServer.start(vmIo.apiSocket, standby.handler())) {
-                    events.attach(api);
-                    // Until runToEnd takes over signals: one before a VM came ends the process, one after ends the VM.
-                    var previous = Signals.onTermination(name -> {
-                        var adopted = standby.adopted().getNow(null);
-                        if (adopted != null) adopted.end(new VmExitReason.Stopped("signal"));
-                        else stopped.complete(null);
-                    });
-                    Vm vm;
-                    try {
-                        var arrived = standby.startIncoming(socket, this::refusal);
-                        vm = (Vm) CompletableFuture.anyOf(arrived, stopped).get();
-                    } catch (ExecutionException e) {
-                        throw e.getCause() instanceof Exception x ? x : e;
-                    } catch (Exception e) {
-                        Signals.restore(previous);
-                        throw e;
-                    }
-                    if (vm == null) {
-                        io.err().println("vmm: stopped before a VM arrived");
-                        io.err().flush();
-                        return Main.OK;
-                    }
-                    try (vm) {
-                        return VmSession.runToEnd(consoleIo, vm, io.err(), () -> {});
-                    }
-                }
-            }
+            // A standby VMM told to wait for a migration: its API (query-status "inmigrate", quit)
+            // is there from the start, and a signal ends it with its socket removed.
+            return VmSession.serveStandby(
+                    kvm,
+                    vmIo.console,
+                    vmIo.apiSocket,
+                    io.err(),
+                    standby -> standby.startIncoming(socket, this::refusal),
+                    "stopped before a VM arrived");
         }
     }
 

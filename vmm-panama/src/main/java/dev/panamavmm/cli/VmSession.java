@@ -2,6 +2,7 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.control.Rehearsal;
+import dev.panamavmm.control.Standby;
 import dev.panamavmm.control.VmControl;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.Json;
@@ -12,8 +13,11 @@ import java.io.OutputStream;
 import java.io.PrintWriter;
 import java.nio.file.Path;
 import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicReference;
+import java.util.function.Function;
 
 /**
  * Runs one VM in this process until it ends, for {@code vmm run} and {@code vmm restore}: the
@@ -81,6 +85,56 @@ final class VmSession {
             return reason.exitCode();
         } finally {
             Signals.restore(previous);
+        }
+    }
+
+    /**
+     * A standby VMM's life: its API (if {@code apiSocket}) from the start, SIGINT/SIGTERM or the
+     * API's quit end it before a VM came ({@code stoppedMessage}, if any, is printed), and the VM
+     * that {@code arrival} brings then runs to its end as in {@link #runToEnd}.
+     */
+    static int serveStandby(
+            Kvm kvm,
+            String consoleSpec,
+            Path apiSocket,
+            PrintWriter err,
+            Function<Standby, CompletableFuture<Vm>> arrival,
+            String stoppedMessage)
+            throws Exception {
+        try (var io = ConsoleIo.open(consoleSpec)) {
+            var events = new ApiEvents(() -> {});
+            var stopped = new CompletableFuture<Vm>();
+            try (var standby = new Standby(kvm, io.output(), events, () -> stopped.complete(null));
+                    var api = apiSocket == null ? null : ApiServer.start(apiSocket, standby.handler())) {
+                events.attach(api);
+                // Until runToEnd takes over signals: one before a VM came ends the process, one after ends the VM.
+                var previous = Signals.onTermination(name -> {
+                    var adopted = standby.adopted().getNow(null);
+                    if (adopted != null) adopted.end(new VmExitReason.Stopped("signal"));
+                    else stopped.complete(null);
+                });
+                Vm vm;
+                try {
+                    vm = (Vm) CompletableFuture.anyOf(arrival.apply(standby), stopped)
+                            .get();
+                } catch (ExecutionException e) {
+                    Signals.restore(previous);
+                    throw e.getCause() instanceof Exception x ? x : e;
+                } catch (Exception e) {
+                    Signals.restore(previous);
+                    throw e;
+                }
+                if (vm == null) {
+                    if (stoppedMessage != null) {
+                        err.println("vmm: " + stoppedMessage);
+                        err.flush();
+                    }
+                    return Main.OK;
+                }
+                try (vm) {
+                    return runToEnd(io, vm, err, () -> {});
+                }
+            }
         }
     }
 
