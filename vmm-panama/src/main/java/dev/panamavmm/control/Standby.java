@@ -140,8 +140,14 @@ public final class Standby implements AutoCloseable {
             state.set(State.STANDBY); // nothing was built: still free for the next request
             throw e;
         }
-        if (!run) vm.pauseBeforeStart();
-        vm.start();
+        try {
+            if (!run) vm.pauseBeforeStart();
+            vm.start();
+        } catch (RuntimeException e) {
+            vm.close(); // no half-started VM stays behind; still free for the next request
+            state.set(State.STANDBY);
+            throw e;
+        }
         handOver(vm);
         return Json.object("status", run ? "running" : "paused", "duration-ms", (System.nanoTime() - start) / 1e6);
     }

@@ -359,6 +359,7 @@ public final class LocalMigration {
 
     /** The destination's side of {@link VmSnapshots#warmUp}, in a scratch directory of its own. */
     private static void warmUpStatePath() {
+        if (VmSnapshots.warm()) return; // once per process: later migrations make no scratch directory for it
         try (var scratch = ScratchDir.create(ScratchDir.defaultRoot(), "panama-warm")) {
             VmSnapshots.warmUp(scratch.path());
         } catch (IOException | RuntimeException e) {

@@ -177,6 +177,11 @@ public final class VmSnapshots {
 
     private static final AtomicBoolean WARM = new AtomicBoolean();
 
+    /** Whether {@link #warmUp} has run in this process (a caller can skip making it a scratch directory). */
+    public static boolean warm() {
+        return WARM.get();
+    }
+
     /**
      * Takes the state path once, on a snapshot of made-up state with no RAM in {@code scratch}:
      * write (every codec, the device table, the metadata, the commit) and load (the reader, every
