@@ -47,45 +47,43 @@ final class VmSession {
             };
             var events = new ApiEvents(rehearseOnce);
             try (var vm = factory.create(io.output(), events)) {
-                ApiServer api = apiSocket == null
-                        ? null
-                        : ApiServer.start(apiSocket, new VmControl(vm, bytes -> new ProgressBar("saving RAM", bytes)));
+                // SIGINT/SIGTERM end the VM like the API's quit: the VMM then exits normally (0),
+                // instead of the JVM's own shutdown on a signal (exit 130/143, mid-cleanup). Before
+                // the API socket appears: whoever sees the socket may signal at once.
+                var previous = Signals.onTermination(name -> vm.end(new VmExitReason.Stopped("signal")));
+                ApiServer api = null;
                 try {
+                    if (apiSocket != null) {
+                        api = ApiServer.start(
+                                apiSocket, new VmControl(vm, bytes -> new ProgressBar("saving RAM", bytes)));
+                    }
                     events.attach(api);
                     if (startPaused) vm.pauseBeforeStart();
-                    return runToEnd(io, vm, err, () -> {
-                        vm.start();
-                        if (!startPaused) rehearseOnce.run();
-                    });
+                    vm.start();
+                    if (!startPaused) rehearseOnce.run();
+                    return runToEnd(io, vm, err);
                 } finally {
                     if (api != null) api.close();
+                    Signals.restore(previous);
                 }
             }
         }
     }
 
     /**
-     * Runs a VM until it ends: SIGINT/SIGTERM, {@code start} (which starts it, unless it runs
-     * already), console input, the last console bytes, and the exit code (the guest's, or 0/1 from
-     * the reason, which is printed unless the guest asked to exit).
+     * Runs a started VM until it ends: console input, the last console bytes, and the exit code
+     * (the guest's, or 0/1 from the reason, which is printed unless the guest asked to exit). The
+     * caller has SIGINT/SIGTERM end the VM.
      */
-    static int runToEnd(ConsoleIo io, Vm vm, PrintWriter err, Runnable start) throws Exception {
-        // SIGINT/SIGTERM end the VM like the API's quit: the VMM then exits normally (0),
-        // instead of the JVM's own shutdown on a signal (exit 130/143, mid-cleanup).
-        var previous = Signals.onTermination(name -> vm.end(new VmExitReason.Stopped("signal")));
-        try {
-            start.run();
-            io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
-            var reason = vm.termination().get();
-            vm.serial().flush();
-            if (!(reason instanceof VmExitReason.GuestExit)) {
-                err.println("vmm: " + reason.describe());
-                err.flush();
-            }
-            return reason.exitCode();
-        } finally {
-            Signals.restore(previous);
+    static int runToEnd(ConsoleIo io, Vm vm, PrintWriter err) throws Exception {
+        io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
+        var reason = vm.termination().get();
+        vm.serial().flush();
+        if (!(reason instanceof VmExitReason.GuestExit)) {
+            err.println("vmm: " + reason.describe());
+            err.flush();
         }
+        return reason.exitCode();
     }
 
     /**
@@ -104,35 +102,35 @@ final class VmSession {
         try (var io = ConsoleIo.open(consoleSpec)) {
             var events = new ApiEvents(() -> {});
             var stopped = new CompletableFuture<Vm>();
-            try (var standby = new Standby(kvm, io.output(), events, () -> stopped.complete(null));
-                    var api = apiSocket == null ? null : ApiServer.start(apiSocket, standby.handler())) {
-                events.attach(api);
-                // Until runToEnd takes over signals: one before a VM came ends the process, one after ends the VM.
+            try (var standby = new Standby(kvm, io.output(), events, () -> stopped.complete(null))) {
+                // Before the API socket appears, for the whole life: a signal before a VM came ends
+                // the process, one after ends the VM.
                 var previous = Signals.onTermination(name -> {
                     var adopted = standby.adopted().getNow(null);
                     if (adopted != null) adopted.end(new VmExitReason.Stopped("signal"));
                     else stopped.complete(null);
                 });
-                Vm vm;
-                try {
-                    vm = (Vm) CompletableFuture.anyOf(arrival.apply(standby), stopped)
-                            .get();
-                } catch (ExecutionException e) {
-                    Signals.restore(previous);
-                    throw e.getCause() instanceof Exception x ? x : e;
-                } catch (Exception e) {
-                    Signals.restore(previous);
-                    throw e;
-                }
-                if (vm == null) {
-                    if (stoppedMessage != null) {
-                        err.println("vmm: " + stoppedMessage);
-                        err.flush();
+                try (var api = apiSocket == null ? null : ApiServer.start(apiSocket, standby.handler())) {
+                    events.attach(api);
+                    Vm vm;
+                    try {
+                        vm = (Vm) CompletableFuture.anyOf(arrival.apply(standby), stopped)
+                                .get();
+                    } catch (ExecutionException e) {
+                        throw e.getCause() instanceof Exception x ? x : e;
                     }
-                    return Main.OK;
-                }
-                try (vm) {
-                    return runToEnd(io, vm, err, () -> {});
+                    if (vm == null) {
+                        if (stoppedMessage != null) {
+                            err.println("vmm: " + stoppedMessage);
+                            err.flush();
+                        }
+                        return Main.OK;
+                    }
+                    try (vm) {
+                        return runToEnd(io, vm, err);
+                    }
+                } finally {
+                    Signals.restore(previous);
                 }
             }
         }
