@@ -316,7 +316,7 @@ public final class LocalMigration {
                 shell = null; // owned by the VM (or closed by finish) from here
                 vm = VmBuilder.finish(kvm, s, loaded, loaded.config(), console, listener);
             } else {
-                vm = VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CONTINUE, console, listener);
+                vm = VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.MOVE, console, listener);
             }
         } catch (RuntimeException e) {
             if (shell != null) shell.close();

@@ -33,9 +33,13 @@ public final class VmBuilder {
     /** Where the TSS of real mode goes on Intel: three pages just below the BIOS area at 4 GiB. */
     static final long TSS_ADDRESS = 0xfffbd000L;
 
-    /** How a snapshot's referenced memory files are mapped: the guest continues in the file, or gets a private copy-on-write view. */
+    /** What a VM built from a snapshot is to its guest. */
     public enum Mode {
+        /** A restore: the guest continues in the referenced memory files. */
         CONTINUE,
+        /** A live update's destination: as {@link #CONTINUE}, and the very same guest runs on (its generation ID stays). */
+        MOVE,
+        /** A clone: referenced files are mapped private (copy-on-write), nothing is written to them. */
         CLONE
     }
 
@@ -73,6 +77,7 @@ public final class VmBuilder {
                     config.cmdline(),
                     config.cpus(),
                     config.boot());
+            VmGenerationId.write(shell.memory());
             for (var vcpuFd : shell.vcpuFds()) {
                 int i = vcpuFd.id();
                 X86Boot.setBootMsrs(vcpuFd, arena);
@@ -95,7 +100,7 @@ public final class VmBuilder {
         int max = kvm.maxVcpus();
         if (loaded.cpus() > max)
             throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
-        if (mode == Mode.CONTINUE) TemplateGuard.refuseTemplate(loaded);
+        if (mode != Mode.CLONE) TemplateGuard.refuseTemplate(loaded);
         var sources = new ArrayList<GuestMemory.BlockSource>();
         for (var e : loaded.snapshot().ram()) {
             if (e.byDescriptor()) {
@@ -122,7 +127,9 @@ public final class VmBuilder {
         if (mode == Mode.CLONE) {
             config = config.withBacking(new Backing.PrivateFile(loaded.dir()));
         }
-        return finish(kvm, shell(kvm, sources, loaded.cpus()), loaded, config, console, listener);
+        var vm = finish(kvm, shell(kvm, sources, loaded.cpus()), loaded, config, console, listener);
+        if (VmGenerationId.changesOn(loaded, mode)) VmGenerationId.renew(vm);
+        return vm;
     }
 
     /** Memory mapped from {@code sources} and the VM built around it: the part of a live update done before the source pauses. */

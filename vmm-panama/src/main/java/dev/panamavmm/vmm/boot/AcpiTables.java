@@ -13,7 +13,12 @@ import java.nio.charset.StandardCharsets;
  *   <li>XSDT listing the FADT and the MADT;</li>
  *   <li>FADT declaring hardware-reduced ACPI (no PM timer, no SCI, no legacy PIC needed: what
  *   Firecracker and Cloud Hypervisor do), an i8042, no VGA and no CMOS RTC;</li>
- *   <li>an empty DSDT (a header without AML, which ACPICA loads as a valid namespace);</li>
+ *   <li>a DSDT with two devices under {@code \_SB}: {@code VGEN}, the VM generation ID (the
+ *   ACPI "Virtual Machine Generation ID" device Linux's {@code vmgenid} driver and Windows bind
+ *   to: {@code _HID "VMGENCTR"}, {@code _CID "VM_Gen_Counter"}, {@code ADDR} = the guest-physical
+ *   address of its 16 bytes, {@link #VMGENID_ADDRESS}), and {@code GED_}, a generic event device
+ *   ({@code ACPI0013}, how a hardware-reduced platform raises ACPI events) whose interrupt,
+ *   {@link #GED_GSI}, makes it {@code Notify(VGEN, 0x80)}: the guest reads the new ID;</li>
  *   <li>MADT: one enabled local APIC per vCPU (APIC ID = vCPU index), KVM's in-kernel I/O APIC
  *   with GSI base 0 and no interrupt source overrides (KVM's default routing maps ISA IRQ n to
  *   I/O APIC pin n), and LINT1 as NMI on every CPU.</li>
@@ -42,8 +47,21 @@ public final class AcpiTables {
     static final byte[] OEM_TABLE_ID = "PANAMVMM".getBytes(StandardCharsets.US_ASCII);
     static final byte[] CREATOR_ID = "PNMA".getBytes(StandardCharsets.US_ASCII);
 
-    /** Offsets of each table inside the block {@link #build} returns (relative to {@link #ADDRESS}). */
-    static final int RSDP_AT = 0, XSDT_AT = 0x40, FADT_AT = 0x80, DSDT_AT = 0x200, MADT_AT = 0x240;
+    /** Offsets of each table inside the block {@link #build} returns (relative to {@link #ADDRESS}); the MADT of 254 CPUs ends before 0xa40. */
+    static final int RSDP_AT = 0, XSDT_AT = 0x40, FADT_AT = 0x80, MADT_AT = 0x200, DSDT_AT = 0xc00;
+
+    /**
+     * The 16 bytes of the VM generation ID: in the BIOS area (reserved in the e820 map, so the
+     * guest leaves it alone), on a page of its own, 8-byte aligned as the device's spec asks.
+     */
+    public static final long VMGENID_ADDRESS = ADDRESS + 0x1000;
+    /** Length of the generation ID (a 128-bit value). */
+    public static final int VMGENID_SIZE = 16;
+    /**
+     * The I/O APIC pin of the generic event device: the last of KVM's 24, away from the ISA
+     * devices (below 16) and from the virtio-mmio devices, which count up from 5.
+     */
+    public static final int GED_GSI = 23;
 
     static int madtSize(int cpus) {
         return HEADER_SIZE + 8 + cpus * 8 + 12 + 6;
@@ -53,11 +71,13 @@ public final class AcpiTables {
     public static byte[] build(int cpus) {
         if (cpus < 1 || cpus > MpTable.MAX_CPUS)
             throw new BootException("the ACPI tables describe 1 to " + MpTable.MAX_CPUS + " vCPUs, not " + cpus);
-        var bytes = new byte[MADT_AT + madtSize(cpus)];
+        byte[] aml = dsdtAml();
+        var bytes = new byte[DSDT_AT + HEADER_SIZE + aml.length];
         var b = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
 
-        // DSDT: a definition block without AML.
-        header(b, DSDT_AT, "DSDT", HEADER_SIZE, 2);
+        // DSDT, revision 2: integers are 64 bits wide.
+        header(b, DSDT_AT, "DSDT", HEADER_SIZE + aml.length, 2);
+        b.put(DSDT_AT + HEADER_SIZE, aml);
 
         // FADT
         header(b, FADT_AT, "FACP", FADT_SIZE, FADT_REVISION);
@@ -111,6 +131,28 @@ public final class AcpiTables {
         b.put(RSDP_AT + 8, MpTable.checksum(bytes, RSDP_AT, 20)); // over the ACPI 1.0 part
         b.put(RSDP_AT + 32, MpTable.checksum(bytes, RSDP_AT, RSDP_SIZE)); // over all of it
         return bytes;
+    }
+
+    /** The DSDT's definition block: the generation ID device and the event device that announces a new ID. */
+    static byte[] dsdtAml() {
+        return Aml.scope(
+                "\\_SB",
+                Aml.device(
+                        "VGEN",
+                        Aml.name("_HID", Aml.string("VMGENCTR")),
+                        Aml.name("_CID", Aml.string("VM_Gen_Counter")),
+                        Aml.name("_DDN", Aml.string("VM_Gen_Counter")),
+                        Aml.name(
+                                "ADDR",
+                                Aml.packageOf(
+                                        Aml.integer(VMGENID_ADDRESS & 0xffff_ffffL),
+                                        Aml.integer(VMGENID_ADDRESS >>> 32)))),
+                Aml.device(
+                        "GED",
+                        Aml.name("_HID", Aml.string("ACPI0013")),
+                        Aml.name("_UID", Aml.integer(0)),
+                        Aml.name("_CRS", Aml.edgeInterrupt(GED_GSI)),
+                        Aml.method("_EVT", 1, Aml.ifArg0Equals(GED_GSI, Aml.notify("\\_SB.VGEN", 0x80)))));
     }
 
     /** The 36-byte system description table header; the checksum (offset 9) is filled in last. */

@@ -7,9 +7,14 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
+import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
@@ -140,6 +145,64 @@ class BootTablesTest {
         assertEquals(cpus, apicIds.size());
         for (int i = 0; i < cpus; i++) assertEquals(i, apicIds.get(i));
         assertEquals(1, ioApics);
+    }
+
+    /**
+     * ACPICA, the interpreter Linux itself uses, disassembles the DSDT back into the devices meant:
+     * an independent check of the hand-encoded AML.
+     */
+    @Test
+    void acpicaReadsTheGenerationIdAndEventDevicesBack(@TempDir Path dir) throws Exception {
+        Assumptions.assumeTrue(
+                onPath("iasl"), "iasl is missing (apt-get install acpica-tools): the DSDT is not disassembled");
+        byte[] bytes = AcpiTables.build(1);
+        var b = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
+        int fadt = AcpiTables.FADT_AT;
+        int dsdt = offset(b.getLong(fadt + 140));
+        int length = b.getInt(dsdt + 4);
+        assertEquals("DSDT", table(bytes, dsdt));
+        var aml = dir.resolve("dsdt.aml");
+        Files.write(aml, Arrays.copyOfRange(bytes, dsdt, dsdt + length));
+        var p = new ProcessBuilder("iasl", "-d", aml.toString())
+                .directory(dir.toFile())
+                .redirectErrorStream(true)
+                .start();
+        String log = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertEquals(0, p.waitFor(), log);
+        String dsl = Files.readString(dir.resolve("dsdt.dsl"))
+                .replaceAll("(?s)/\\*.*?\\*/", "") // comments: the disassembler's notes
+                .replaceAll("//[^\n]*", "")
+                .replaceAll("\\s+", " ");
+        for (String expected : List.of(
+                "Scope (\\_SB) { Device (VGEN) {",
+                "Name (_HID, \"VMGENCTR\")",
+                "Name (_CID, \"VM_Gen_Counter\")",
+                "Name (ADDR, Package (0x02) { 0x000E1000, 0x00 })",
+                "Device (GED) {",
+                "Name (_HID, \"ACPI0013\"",
+                "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000017, }",
+                "Method (_EVT, 1, NotSerialized) { If ((Arg0 == 0x17)) { Notify (\\_SB.VGEN, 0x80)")) {
+            assertTrue(dsl.contains(expected), "the disassembly has " + expected + ":\n" + dsl);
+        }
+    }
+
+    /** A package length takes one to three bytes and counts itself. */
+    @Test
+    void amlPackageLengthsCountTheirOwnBytes() {
+        assertEquals(63, Aml.packaged(new byte[62])[0]);
+        byte[] two = Aml.packaged(new byte[63]);
+        assertEquals(63 + 2, (two[0] & 0xf) | (two[1] & 0xff) << 4);
+        assertEquals(0x40, two[0] & 0xc0);
+        byte[] three = Aml.packaged(new byte[0x1000]);
+        assertEquals(0x1000 + 3, (three[0] & 0xf) | (three[1] & 0xff) << 4 | (three[2] & 0xff) << 12);
+        assertEquals(0x80, three[0] & 0xc0);
+    }
+
+    private static boolean onPath(String command) {
+        for (var dir : System.getenv().getOrDefault("PATH", "").split(":")) {
+            if (!dir.isEmpty() && Files.isExecutable(Path.of(dir, command))) return true;
+        }
+        return false;
     }
 
     /** Checks the table's checksum and returns its signature. */
