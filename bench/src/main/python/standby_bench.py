@@ -59,7 +59,15 @@ VARIANTS = {
     # Not a JVM option: glibc's malloc keeps up to 8 arenas per core for the threads that allocate.
     "arenas": ["MALLOC_ARENA_MAX=2"],
     "xms8m-c1": ["-Xms8m", "-XX:TieredStopAtLevel=1"],
+    # ./vmm's options for a process that runs one VM (run, restore, clone, standby, incoming).
+    "xms8m-c1-norelocate": ["-Xms8m", "-XX:TieredStopAtLevel=1", "-XX:+UnlockDiagnosticVMOptions",
+                            "-XX:ArchiveRelocationMode=0"],
     "xms8m-arenas": ["-Xms8m", "MALLOC_ARENA_MAX=2"],
+    # Everything that helped a little, together, with one compiler thread and no perf-data file.
+    # (-XX:+UseCompactObjectHeaders would shrink the heap too, but an AOT cache made without it
+    # refuses to load: "Unable to use AOT cache".)
+    "small": ["-Xms8m", "-XX:TieredStopAtLevel=1", "-XX:CICompilerCount=1", "-Xss256k",
+              "-XX:-UsePerfData", "MALLOC_ARENA_MAX=2"],
 }
 _v = CFG["variants"].split()
 if _v == ["all"]:
@@ -564,8 +572,8 @@ def summary(R):
           f" | {g('threads', 1)} | {g('cpu_s', 1)} |")
     if len(USED) > 1:
         p("")
-        p("JVM settings of the standby (each variant = -XX:+UseSerialGC and the AOT cache plus these; ./vmm now adds -Xms8m"
-          " to standby and incoming); ratios per round to the default's"
+        p("JVM settings of the standby (each variant = -XX:+UseSerialGC and the AOT cache plus these; ./vmm's options for a"
+          " one-VM process are xms8m-c1-norelocate); ratios per round to the default's"
           " in the same round")
         p("| variant | options | PSS MiB | PSS anon MiB | restore -> reply ms | restore -> heartbeat ms | warm save ms |")
         p("|---|---|---|---|---|---|---|")
