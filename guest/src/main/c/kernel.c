@@ -178,6 +178,41 @@ void bsp_init(uint64_t bp, uint32_t n)
     __atomic_store_n(&percpu_base, base, __ATOMIC_RELEASE);
 }
 
+/*
+ * PVH entry (entry.S pvh_start, already in long mode on the boot CPU's stack): copy what the
+ * hvm_start_info at `si` says (command line, memory map) into a zero page of our own, so that
+ * the rest of the guest reads one format. Exit 0x200 if it is not a start info with a map.
+ */
+static uint8_t pvh_zero_page[4096] __attribute__((aligned(4096)));
+static char pvh_cmdline[4096];
+
+uint64_t pvh_boot_params(uint64_t si)
+{
+    const volatile uint8_t *s = (const volatile uint8_t *)si;
+    uint64_t cmdline = *(const volatile uint64_t *)(s + 24);
+    uint64_t memmap = *(const volatile uint64_t *)(s + 40);
+    uint32_t entries = *(const volatile uint32_t *)(s + 48);
+    if (*(const volatile uint32_t *)s != 0x336ec578 || *(const volatile uint32_t *)(s + 4) < 1 || !memmap)
+        vm_exit(EXIT_BADBOOT);
+    if (entries > E820_MAX)
+        entries = E820_MAX;
+    struct e820_entry *e = (struct e820_entry *)(pvh_zero_page + BP_E820_TABLE);
+    const volatile uint64_t *m = (const volatile uint64_t *)memmap;
+    for (uint32_t i = 0; i < entries; i++, m += 3) {    /* {addr, size, type | reserved << 32} */
+        e[i].addr = m[0];
+        e[i].size = m[1];
+        e[i].type = (uint32_t)m[2];
+    }
+    pvh_zero_page[BP_E820_ENTRIES] = (uint8_t)entries;
+    if (cmdline) {
+        const volatile char *c = (const volatile char *)cmdline;
+        for (int i = 0; i < (int)sizeof pvh_cmdline - 1 && c[i]; i++)
+            pvh_cmdline[i] = c[i];
+        *(uint32_t *)(pvh_zero_page + BP_CMD_LINE_PTR) = (uint32_t)(uint64_t)pvh_cmdline;
+    }
+    return (uint64_t)pvh_zero_page;
+}
+
 /* One (TSC, LAPIC current count) pair; of a few tries, the one read closest together. */
 static void tsc_ccr(uint64_t *tsc, uint32_t *ccr)
 {

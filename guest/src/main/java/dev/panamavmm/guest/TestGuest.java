@@ -13,6 +13,11 @@ public final class TestGuest {
 
     /** Class-path resource of the ELF image. */
     public static final String RESOURCE = "guest/testguest.elf";
+    /**
+     * Class-path resource of the same program with a PVH entry note, for QEMU ({@code -kernel});
+     * Panama VMM boots {@link #RESOURCE}, whose 64-bit entry starts every vCPU.
+     */
+    public static final String PVH_RESOURCE = "guest/testguest-pvh.elf";
 
     /** {@code testguest <version> cpus=<n> mem=<bytes>}, once at boot. */
     public static final Pattern BANNER = Pattern.compile("testguest (\\S+) cpus=(\\d+) mem=(\\d+)");
@@ -35,16 +40,29 @@ public final class TestGuest {
 
     /** Opens the ELF image; the caller closes the stream. */
     public static InputStream open() {
-        InputStream in = TestGuest.class.getClassLoader().getResourceAsStream(RESOURCE);
-        if (in == null) {
-            throw new IllegalStateException(RESOURCE + " is not on the class path (build the guest module)");
-        }
-        return in;
+        return open(RESOURCE);
     }
 
     /** The ELF image. */
     public static byte[] elf() {
-        try (InputStream in = open()) {
+        return read(RESOURCE);
+    }
+
+    /** The ELF image with the PVH entry note (for QEMU). */
+    public static byte[] pvhElf() {
+        return read(PVH_RESOURCE);
+    }
+
+    private static InputStream open(String resource) {
+        InputStream in = TestGuest.class.getClassLoader().getResourceAsStream(resource);
+        if (in == null) {
+            throw new IllegalStateException(resource + " is not on the class path (build the guest module)");
+        }
+        return in;
+    }
+
+    private static byte[] read(String resource) {
+        try (InputStream in = open(resource)) {
             return in.readAllBytes();
         } catch (IOException e) {
             throw new UncheckedIOException(e);

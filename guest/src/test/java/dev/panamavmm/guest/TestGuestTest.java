@@ -16,7 +16,42 @@ class TestGuestTest {
 
     @Test
     void elfIsAnX86_64ExecutableLoadedAtOneMiB() {
-        ByteBuffer b = ByteBuffer.wrap(TestGuest.elf()).order(ByteOrder.LITTLE_ENDIAN);
+        checkElf(TestGuest.elf());
+        assertEquals(-1, pvhEntry(TestGuest.elf()), "no PVH note: Panama VMM must use the 64-bit entry");
+    }
+
+    @Test
+    void pvhElfIsTheSameProgramWithAPvhEntryNote() {
+        checkElf(TestGuest.pvhElf());
+        long pvh = pvhEntry(TestGuest.pvhElf());
+        assertTrue(pvh >= 0x100000 && pvh < 0x200000, "PVH entry inside the image: 0x" + Long.toHexString(pvh));
+    }
+
+    /** The XEN_ELFNOTE_PHYS32_ENTRY (type 18) address, or -1. */
+    private static long pvhEntry(byte[] elf) {
+        ByteBuffer b = ByteBuffer.wrap(elf).order(ByteOrder.LITTLE_ENDIAN);
+        long phoff = b.getLong(32);
+        int phentsize = b.getShort(54), phnum = b.getShort(56);
+        for (int i = 0; i < phnum; i++) {
+            int ph = (int) (phoff + (long) i * phentsize);
+            if (b.getInt(ph) != PT_NOTE) continue;
+            int off = (int) b.getLong(ph + 8), end = off + (int) b.getLong(ph + 32);
+            while (off + 12 <= end) {
+                int namesz = b.getInt(off), descsz = b.getInt(off + 4), type = b.getInt(off + 8);
+                byte[] name = new byte[namesz];
+                b.get(off + 12, name);
+                int desc = off + 12 + ((namesz + 3) & ~3);
+                if (type == 18 && descsz == 8 && new String(name, StandardCharsets.US_ASCII).equals("Xen\0")) {
+                    return b.getLong(desc);
+                }
+                off = desc + ((descsz + 3) & ~3);
+            }
+        }
+        return -1;
+    }
+
+    private static void checkElf(byte[] elf) {
+        ByteBuffer b = ByteBuffer.wrap(elf).order(ByteOrder.LITTLE_ENDIAN);
         assertEquals(0x464c457f, b.getInt(0), "ELF magic");
         assertEquals(2, b.get(4), "ELFCLASS64");
         assertEquals(1, b.get(5), "little endian");
