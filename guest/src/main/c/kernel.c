@@ -34,6 +34,7 @@ static struct idt_gate {
 } idt[256] __attribute__((aligned(16)));
 
 static uint64_t pml4_addr;
+static volatile uint64_t *hole_pd;     /* the page directory of [3 GiB, 4 GiB) */
 static volatile uint32_t console_lock;
 
 extern char exc_stubs[], ud_isr[], timer_isr[], spurious_isr[];
@@ -156,6 +157,7 @@ void bsp_init(uint64_t bp, uint32_t n)
             pd[i] = phys;
     }
     pml4_addr = (uint64_t)pml4;
+    hole_pd = (volatile uint64_t *)(pds + 3 * 4096);
 
     /* Per-CPU areas (tick counter, TSS, CPL0 and CPL3 stacks). */
     alloc = (alloc + PCPU_SIZE - 1) & ~(uint64_t)(PCPU_SIZE - 1);
@@ -344,6 +346,15 @@ uint64_t ksyscall(uint64_t req, uint64_t a, uint64_t b)
     case SYS_FAULT_PORT:
         outb(0x2F0, inb(0x2F0));
         return 0;
+    case SYS_MAP_USER: {
+        /* Only device pages of the hole; the LAPIC/IOAPIC pages stay supervisor-only. The page
+         * was supervisor-only before, so no CPU holds a user TLB entry to flush elsewhere. */
+        if (a < 0xC0000000UL || a >= 0xFEC00000UL)
+            return (uint64_t)-1;
+        hole_pd[(a >> 21) & 511] |= 0x4;
+        __asm__ volatile("invlpg (%0)" :: "r"(a & ~0x1FFFFFUL) : "memory");
+        return 0;
+    }
     case SYS_IDLE:
         __asm__ volatile("sti; hlt; cli" ::: "memory");
         return 0;
