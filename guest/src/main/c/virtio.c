@@ -688,6 +688,8 @@ static void blk_start(uint64_t mem, uint64_t data, uint64_t bench, uint64_t gen)
         v.qd = v.q.size / v.stride;
     if (v.qd > MAX_QD)
         v.qd = MAX_QD;
+    if (v.qd > v.nblocks)               /* a free block for every slot: one request per block */
+        v.qd = v.nblocks ? v.nblocks : 1;
     v.data = data;
     v.bench_data = bench;
     v.gen = (volatile uint32_t *)gen;

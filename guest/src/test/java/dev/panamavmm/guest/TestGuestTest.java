@@ -111,5 +111,37 @@ class TestGuestTest {
                 .matcher("CORRUPT 0 addr=0x2000008 expected=0x31994a7133088326 got=0x31994a7133088327")
                 .matches());
         assertFalse(TestGuest.HEARTBEAT.matcher("hb 1").matches());
+        assertTrue(
+                TestGuest.VIRTIO_DEVICE.matcher("virtio 0xfeb00e00 irq=12 id=2").matches());
+        assertTrue(TestGuest.VIRTIO_DEVICE
+                .matcher("virtio 0xc0000000 irq=5 id=4 error features")
+                .matches());
+        assertTrue(TestGuest.VIRTIO_DEVICE
+                .matcher("virtio 0xfeb00c00 irq=11 unusable magic=0x74726976 version=1")
+                .matches());
+        assertTrue(TestGuest.RNG.matcher("rng 2 0xdb471b298af7ce41").matches());
+        assertTrue(
+                TestGuest.CORRUPT_RNG.matcher("CORRUPT rng constant byte=0x00").matches());
+        assertTrue(TestGuest.BLK_INFO
+                .matcher("blk capacity=131072 size=67108864 qd=8 rw flush")
+                .matches());
+        assertTrue(TestGuest.BLK_ID.matcher("blk id disk-one").matches());
+        assertTrue(TestGuest.BLK_READONLY.matcher("blk readonly write-status=1").matches());
+        assertTrue(TestGuest.BLK
+                .matcher("blk 48534 reads=16260 writes=31793 flushes=481")
+                .matches());
+        assertFalse(TestGuest.BLK.matcher("blk id 1 reads=2 writes=3 flushes=4").matches());
+        assertTrue(TestGuest.CORRUPT_BLK
+                .matcher("CORRUPT blk sector=10656 expected-gen=4 got=0x0000000000000000")
+                .matches());
+        assertTrue(TestGuest.CORRUPT_BLK
+                .matcher("CORRUPT blk sector=8 expected-gen=4 got=gen:3")
+                .matches());
+        assertFalse(TestGuest.CORRUPT
+                .matcher("CORRUPT blk sector=8 expected-gen=4 got=gen:3")
+                .matches());
+        assertTrue(TestGuest.BLKBENCH
+                .matcher("blkbench randread bs=4096 qd=32 ios=29319 us=1007327 iops=29105 mbps=119.2")
+                .matches());
     }
 }
