@@ -74,6 +74,7 @@
 #define MAX_BLK_CORRUPT 16
 #define RNG_BYTES       64
 #define RNG_EVERY       4               /* heartbeats between two rng reads */
+#define STALL_HBS       5               /* heartbeats with requests in flight and none completed */
 
 struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
 
@@ -128,6 +129,7 @@ static struct {
     struct slot slot[MAX_QD];
     uint64_t reads, writes, flushes, writes_since_flush;
     int flush_busy, corrupt_lines, active;
+    uint64_t completed_at_hb, stalled_hbs;
     uint64_t rnd;
 
     /* entropy device */
@@ -805,6 +807,19 @@ void virtio_heartbeat(uint64_t seq)
         rng_check();
     if (v.active) {
         struct line l;
+        /* Heartbeats, not the TSC, measure a stall: they do not count time the VM was paused. */
+        uint64_t done = v.reads + v.writes + v.flushes, inflight = 0;
+        for (uint64_t k = 0; k < v.qd; k++)
+            inflight += (uint64_t)v.slot[k].busy;
+        if (done != v.completed_at_hb || !inflight)
+            v.stalled_hbs = 0;
+        else if (++v.stalled_hbs == STALL_HBS) {
+            l.n = 0;
+            put_s(&l, "CORRUPT blk stalled inflight=");
+            put_u(&l, inflight);
+            emit(&l);
+        }
+        v.completed_at_hb = done;
         l.n = 0;
         put_s(&l, "blk ");
         put_u(&l, v.reads + v.writes + v.flushes);

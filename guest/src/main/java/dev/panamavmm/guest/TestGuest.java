@@ -60,6 +60,8 @@ public final class TestGuest {
             Pattern.compile("CORRUPT blk sector=(\\d+) expected-gen=(\\d+) got=(\\S+)");
     /** {@code CORRUPT blk used id=<n> not in flight}: a completion for a request not outstanding. */
     public static final Pattern CORRUPT_BLK_USED = Pattern.compile("CORRUPT blk used id=(\\d+) not in flight");
+    /** {@code CORRUPT blk stalled inflight=<n>}: 5 heartbeats of CPU 0 with requests in flight and none completed. */
+    public static final Pattern CORRUPT_BLK_STALLED = Pattern.compile("CORRUPT blk stalled inflight=(\\d+)");
     /** {@code blkbench <row> bs=<bytes> qd=<n> ios=<n> us=<n> iops=<n> mbps=<n.n>}: one benchmark row. */
     public static final Pattern BLKBENCH =
             Pattern.compile("blkbench (\\S+) bs=(\\d+) qd=(\\d+) ios=(\\d+) us=(\\d+) iops=(\\d+) mbps=(\\d+\\.\\d)");

@@ -268,4 +268,24 @@ class QemuGuestTest {
         byte[] content = Files.readAllBytes(disk);
         for (byte b : content) assertEquals(0, b, "the read-only disk stayed as it was");
     }
+
+    @Test
+    void aDiskThatStopsCompletingIsReportedAsStalled() throws Exception {
+        Path disk = dir.resolve("slow.raw");
+        try (var f = new RandomAccessFile(disk.toFile(), "rw")) {
+            f.setLength(1 << 20);
+        }
+        // QEMU's throttling at 1 request a second: 5 heartbeats of 100 ms pass with none completed
+        try (var g = new Guest(
+                "testguest.hb=100 testguest.blk=qd=4",
+                "-drive",
+                "if=none,id=d2,format=raw,throttling.iops-total=1,file=" + disk,
+                "-device",
+                "virtio-blk-device,drive=d2")) {
+            g.awaitLine("ready");
+            String stalled = g.await(l -> l.startsWith("CORRUPT"), "CORRUPT line for the stalled disk");
+            assertEquals("CORRUPT blk stalled inflight=4", stalled);
+            assertTrue(TestGuest.CORRUPT_BLK_STALLED.matcher(stalled).matches());
+        }
+    }
 }

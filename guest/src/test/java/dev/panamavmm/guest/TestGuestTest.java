@@ -140,6 +140,9 @@ class TestGuestTest {
         assertFalse(TestGuest.CORRUPT
                 .matcher("CORRUPT blk sector=8 expected-gen=4 got=gen:3")
                 .matches());
+        assertTrue(TestGuest.CORRUPT_BLK_STALLED
+                .matcher("CORRUPT blk stalled inflight=8")
+                .matches());
         assertTrue(TestGuest.BLKBENCH
                 .matcher("blkbench randread bs=4096 qd=32 ios=29319 us=1007327 iops=29105 mbps=119.2")
                 .matches());
