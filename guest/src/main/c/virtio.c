@@ -707,6 +707,8 @@ static void blk_start(uint64_t mem, uint64_t data, uint64_t bench, uint64_t gen)
     put_u(&l, v.qd);
     put_s(&l, v.ro ? " ro" : " rw");
     put_s(&l, v.flush ? " flush" : " noflush");
+    put_s(&l, " table=");               /* where the generations are: a host can check the disk */
+    put_x(&l, (uint64_t)v.gen, 0);
     emit(&l);
 
     /* GET_ID: up to 20 bytes, NUL-padded when shorter */

@@ -3,6 +3,8 @@ package dev.panamavmm.guest;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.UncheckedIOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.util.regex.Pattern;
 
 /**
@@ -42,9 +44,12 @@ public final class TestGuest {
     /** {@code CORRUPT rng <why>}: constant output, the same 64 bytes twice, or no answer. */
     public static final Pattern CORRUPT_RNG =
             Pattern.compile("CORRUPT rng (constant byte=0x[0-9a-f]{2}|repeated|timeout)");
-    /** {@code blk capacity=<sectors> size=<bytes used> qd=<n> ro|rw flush|noflush}: the block device driven. */
+    /**
+     * {@code blk capacity=<sectors> size=<bytes used> qd=<n> ro|rw flush|noflush table=0x<address>}:
+     * the block device driven, and where in guest RAM the generation of each sector is (a {@code u32}).
+     */
     public static final Pattern BLK_INFO =
-            Pattern.compile("blk capacity=(\\d+) size=(\\d+) qd=(\\d+) (ro|rw) (flush|noflush)");
+            Pattern.compile("blk capacity=(\\d+) size=(\\d+) qd=(\\d+) (ro|rw) (flush|noflush) table=0x([0-9a-f]+)");
     /** {@code blk id <serial>} (GET_ID, once; may be empty) or {@code blk id-status <status>}. */
     public static final Pattern BLK_ID = Pattern.compile("blk id (.*)");
     /** {@code blk readonly write-status=<status>}: a read-only device answered a write (the spec: 1, IOERR). */
@@ -74,6 +79,33 @@ public final class TestGuest {
     public static final int EXIT_BAD_BOOT = 0x200;
 
     private TestGuest() {}
+
+    /**
+     * The generation the block oracle wrote to the 512-byte sector {@code sector}, read from its
+     * content at {@code offset} in {@code disk}: 0 for a sector of zeros (never written), -1 for
+     * anything else that is not a whole sector of that number's pattern (guest/README.md, "The
+     * disk oracle": the sector number, the generation, then 62 words mixed from both).
+     */
+    public static long diskSectorGeneration(byte[] disk, int offset, long sector) {
+        var b = ByteBuffer.wrap(disk).order(ByteOrder.LITTLE_ENDIAN);
+        long first = b.getLong(offset), gen = b.getLong(offset + 8);
+        if (first == 0 && gen == 0) {
+            for (int i = 2; i < 64; i++) if (b.getLong(offset + 8 * i) != 0) return -1;
+            return 0;
+        }
+        if (first != sector || gen <= 0) return -1;
+        for (int i = 2; i < 64; i++) {
+            if (b.getLong(offset + 8 * i) != sectorWord(sector, i, gen)) return -1;
+        }
+        return gen;
+    }
+
+    private static long sectorWord(long sector, int i, long gen) {
+        long z = ((sector << 9) + 8L * i) ^ Long.MIN_VALUE ^ (gen * 0x9E3779B97F4A7C15L);
+        z = (z ^ (z >>> 30)) * 0xBF58476D1CE4E5B9L;
+        z = (z ^ (z >>> 27)) * 0x94D049BB133111EBL;
+        return z ^ (z >>> 31);
+    }
 
     /** Opens the ELF image; the caller closes the stream. */
     public static InputStream open() {

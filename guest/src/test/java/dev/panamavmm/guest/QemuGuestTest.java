@@ -9,6 +9,12 @@ import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStreamReader;
 import java.io.RandomAccessFile;
+import java.net.UnixDomainSocketAddress;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.Channels;
+import java.nio.channels.FileChannel;
+import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -177,7 +183,7 @@ class QemuGuestTest {
             assertTrue(banner.matches());
             assertEquals("1", banner.group(2), "PVH boot: the boot CPU alone");
             g.awaitLine("genid 0xffffffffffffffff");
-            g.awaitLine("blk capacity=32768 size=4194304 qd=16 rw flush");
+            g.await(l -> l.startsWith("blk capacity=32768 size=4194304 qd=16 rw flush table=0x"), "blk line");
             g.awaitLine("blk id qemu-oracle");
             g.awaitLine("ready");
             g.awaitLine("hb 0 8");
@@ -248,7 +254,7 @@ class QemuGuestTest {
                 "if=none,id=d1,format=raw,readonly=on,file=" + disk,
                 "-device",
                 "virtio-blk-device,drive=d1")) {
-            g.awaitLine("blk capacity=2048 size=1048576 qd=8 ro flush");
+            g.await(l -> l.startsWith("blk capacity=2048 size=1048576 qd=8 ro flush table=0x"), "blk line");
             g.awaitLine("blk id ");
             g.awaitLine("blk readonly write-status=1");
             g.awaitLine("hb 0 3");
@@ -286,6 +292,78 @@ class QemuGuestTest {
             String stalled = g.await(l -> l.startsWith("CORRUPT"), "CORRUPT line for the stalled disk");
             assertEquals("CORRUPT blk stalled inflight=4", stalled);
             assertTrue(TestGuest.CORRUPT_BLK_STALLED.matcher(stalled).matches());
+        }
+    }
+
+    @Test
+    void pausedAndDrainedTheDiskHoldsExactlyTheGenerationsInGuestRam() throws Exception {
+        Path disk = dir.resolve("checked.raw");
+        Path ram = dir.resolve("ram");
+        Path qmp = dir.resolve("qmp.sock");
+        try (var f = new RandomAccessFile(disk.toFile(), "rw")) {
+            f.setLength(8 << 20);
+        }
+        String table;
+        try (var g = new Guest(
+                "testguest.blk=size=2M,qd=32",
+                "-object",
+                "memory-backend-file,id=ram,size=128M,share=on,mem-path=" + ram,
+                "-machine",
+                "memory-backend=ram",
+                "-qmp",
+                "unix:" + qmp + ",server=on,wait=off",
+                "-drive",
+                "if=none,id=d3,format=raw,file=" + disk,
+                "-device",
+                "virtio-blk-device,drive=d3")) {
+            Matcher info = TestGuest.BLK_INFO.matcher(
+                    g.await(l -> TestGuest.BLK_INFO.matcher(l).matches(), "blk capacity= line"));
+            assertTrue(info.matches());
+            table = info.group(6);
+            g.awaitLine("hb 0 10");
+            // QEMU's stop pauses the vCPU and drains the disk: every request the guest submitted has
+            // completed, so each sector holds the generation the guest's table says, in flight or not
+            qmpStop(qmp);
+            assertNoCorruption(g.snapshot());
+
+            byte[] content = Files.readAllBytes(disk);
+            ByteBuffer gens;
+            try (var ch = FileChannel.open(ram)) {
+                gens = ByteBuffer.allocate(4096 * 4).order(ByteOrder.LITTLE_ENDIAN);
+                ch.read(gens, Long.parseLong(table, 16));
+            }
+            int written = 0;
+            for (int sector = 0; sector < 4096; sector++) {
+                long expected = Integer.toUnsignedLong(gens.getInt(4 * sector));
+                assertEquals(
+                        expected,
+                        TestGuest.diskSectorGeneration(content, 512 * sector, sector),
+                        "sector " + sector + " on disk against the guest's table");
+                if (expected > 0) written++;
+            }
+            assertTrue(written > 2000, "most of the 2 MiB was written: " + written + " sectors");
+            for (int sector = 4096; sector < 16384; sector++) {
+                assertEquals(0, TestGuest.diskSectorGeneration(content, 512 * sector, sector), "beyond size=2M");
+            }
+        }
+    }
+
+    /** QMP: capabilities, then stop; returns when QEMU has replied (the VM is stopped then). */
+    private static void qmpStop(Path socket) throws IOException {
+        try (var ch = SocketChannel.open(UnixDomainSocketAddress.of(socket));
+                var in = new BufferedReader(Channels.newReader(ch, StandardCharsets.UTF_8));
+                var out = Channels.newWriter(ch, StandardCharsets.UTF_8)) {
+            in.readLine(); // greeting
+            for (String cmd : List.of("qmp_capabilities", "stop")) {
+                out.write("{\"execute\": \"" + cmd + "\"}\n");
+                out.flush();
+                for (String reply; ; ) {
+                    reply = in.readLine();
+                    if (reply == null) fail("QMP closed during " + cmd);
+                    if (reply.contains("\"error\"")) fail(cmd + ": " + reply);
+                    if (reply.startsWith("{\"return\"")) break;
+                }
+            }
         }
     }
 }

@@ -123,7 +123,7 @@ class TestGuestTest {
         assertTrue(
                 TestGuest.CORRUPT_RNG.matcher("CORRUPT rng constant byte=0x00").matches());
         assertTrue(TestGuest.BLK_INFO
-                .matcher("blk capacity=131072 size=67108864 qd=8 rw flush")
+                .matcher("blk capacity=131072 size=67108864 qd=8 rw flush table=0x1120000")
                 .matches());
         assertTrue(TestGuest.BLK_ID.matcher("blk id disk-one").matches());
         assertTrue(TestGuest.BLK_READONLY.matcher("blk readonly write-status=1").matches());
