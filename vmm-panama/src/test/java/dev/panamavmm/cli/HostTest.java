@@ -1,0 +1,343 @@
+package dev.panamavmm.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.panamavmm.api.ApiClient;
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.Json;
+import dev.panamavmm.testing.Heartbeats;
+import dev.panamavmm.testing.VmmProcess;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * {@code vmm host} in both isolation modes, driven over its API as a user would: VMs booted,
+ * snapshotted, restored, cloned, stopped and destroyed, the test guest's heartbeats as the oracle;
+ * in process isolation a worker killed with SIGKILL takes only its VM, and a host killed with
+ * SIGKILL leaves its VMs running for the next host.
+ */
+class HostTest {
+    static final String GUEST = "console=ttyS0 testguest.mem=8M testguest.hb=100";
+
+    @TempDir
+    Path dir;
+
+    private final List<ApiClient> clients = new ArrayList<>();
+
+    /** Every process started for the test names a path under its directory: none may be left behind. */
+    @AfterEach
+    void endLeftovers() throws Exception {
+        clients.forEach(ApiClient::close);
+        var left = processesUnder(dir);
+        left.forEach(ProcessHandle::destroyForcibly);
+        for (var p : left) p.onExit().get(10, TimeUnit.SECONDS);
+        if (Files.isDirectory(dir.resolve("tpl"))) TemplateCliTest.deleteTemplate(dir.resolve("tpl"));
+    }
+
+    @KvmTest
+    void aSharedHostBootsSnapshotsRestoresClonesAndDestroysVms() throws Exception {
+        var tpl = TemplateCliTest.createTemplate(dir);
+        var api = dir.resolve("host.sock");
+        var state = dir.resolve("state");
+        try (var host = VmmProcess.start(
+                StandbyTest.NO_REHEARSAL,
+                "host",
+                "--api-socket",
+                api.toString(),
+                "--state-dir",
+                state.toString(),
+                "--console-dir",
+                dir.resolve("consoles").toString())) {
+            host.awaitSocket(api);
+            var events = events(api);
+
+            var booted = ctl(api, "boot", "{\"memory\": \"64M\", \"cmdline\": \"" + GUEST + "\"}");
+            assertEquals("vm-1", booted.get("id"), booted.toString());
+            assertEquals("shared", booted.get("mode"));
+            var console1 = Path.of((String) booted.get("console"));
+            var vmApi = Path.of((String) booted.get("api-socket"));
+            assertEquals(state.resolve("vm-1.sock"), vmApi);
+            assertEquals(dir.resolve("consoles/vm-1.log"), console1);
+            events.await("VM_STARTED", "vm-1");
+            SnapshotCliTest.awaitText(console1, "hb 0 3", 30);
+            assertEquals(
+                    "{\"status\":\"running\",\"running\":true}\n",
+                    MainTest.run("ctl", vmApi.toString(), "query-status").out());
+
+            ctl(api, "stop", "{\"id\": \"vm-1\"}");
+            assertEquals("paused", onlyVm(api).get("status"));
+            ctl(api, "cont", "{\"id\": \"vm-1\"}");
+            assertEquals("running", onlyVm(api).get("status"));
+
+            var snap = dir.resolve("snap");
+            ctl(api, "snapshot", "{\"id\": \"vm-1\", \"path\": \"" + snap + "\"}");
+            events.await("VM_STOPPED", "vm-1");
+            var restored = ctl(api, "restore", "{\"path\": \"" + snap + "\"}");
+            assertEquals("vm-2", restored.get("id"));
+            var console2 = Path.of((String) restored.get("console"));
+            var seen = Heartbeats.checkLive(Files.readString(console1));
+            SnapshotCliTest.awaitText(console2, "hb 0 " + (seen.get(0) + 3), 30);
+            Heartbeats.checkLive(Files.readString(console1) + Files.readString(console2));
+
+            var cloned = ctl(api, "clone", "{\"template\": \"" + tpl + "\"}");
+            assertEquals("vm-3", cloned.get("id"));
+            var console3 = Path.of((String) cloned.get("console"));
+            SnapshotCliTest.awaitText(console3, "hb 0 \\d+", 30);
+            Heartbeats.checkLive(Files.readString(dir.resolve("template.log")) + Files.readString(console3));
+
+            var listed = vms(api);
+            assertEquals(
+                    List.of("vm-2", "vm-3"),
+                    listed.stream().map(v -> v.get("id")).toList());
+
+            var unknown = MainTest.run("ctl", api.toString(), "destroy", "{\"id\": \"vm-9\"}");
+            assertEquals("vmm: destroy: no VM vm-9\n", unknown.err());
+            ctl(api, "destroy", "{\"id\": \"vm-2\"}");
+            ctl(api, "destroy", "{\"id\": \"vm-3\"}");
+            events.await("VM_STOPPED", "vm-3");
+            assertEquals(List.of(), vms(api));
+            assertFalse(Files.exists(state.resolve("vm-2.sock")), "a destroyed VM's socket is removed");
+
+            assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
+            assertEquals(0, host.waitFor(30), host.stderr());
+        }
+    }
+
+    @KvmTest
+    void processWorkersTakeOnlyTheirVmWhenKilledAndOutliveTheirHost() throws Exception {
+        var tpl = TemplateCliTest.createTemplate(dir);
+        var api = dir.resolve("host.sock");
+        var state = dir.resolve("state");
+        String[] args = {
+            "host",
+            "--api-socket",
+            api.toString(),
+            "--state-dir",
+            state.toString(),
+            "--isolation",
+            "process",
+            "--standby",
+            "2"
+        };
+        Path restoredConsole;
+        Path bootedConsole;
+        long restoredPid;
+        try (var host = VmmProcess.start(StandbyTest.NO_REHEARSAL, args)) {
+            host.awaitSocket(api);
+            var events = events(api);
+
+            var booted = ctl(api, "boot", "{\"memory\": \"64M\", \"cmdline\": \"" + GUEST + "\"}");
+            assertEquals("process", booted.get("mode"));
+            long bootedPid = (Long) booted.get("pid");
+            var console1 = Path.of((String) booted.get("console"));
+            bootedConsole = console1;
+            events.await("VM_STARTED", (String) booted.get("id"));
+            SnapshotCliTest.awaitText(console1, "hb 0 3", 60);
+            var snap = dir.resolve("snap");
+            ctl(api, "snapshot", "{\"id\": \"" + booted.get("id") + "\", \"path\": \"" + snap + "\"}");
+            var stopped = events.await("VM_STOPPED", (String) booted.get("id"));
+            assertTrue(String.valueOf(stopped.get("reason")).contains("ended in its worker"), stopped.toString());
+            assertFalse(ProcessHandle.of(bootedPid).map(ProcessHandle::isAlive).orElse(false));
+
+            var restored = ctl(api, "restore", "{\"path\": \"" + snap + "\"}");
+            restoredPid = (Long) restored.get("pid");
+            restoredConsole = Path.of((String) restored.get("console"));
+            var seen = Heartbeats.checkLive(Files.readString(console1));
+            SnapshotCliTest.awaitText(restoredConsole, "hb 0 " + (seen.get(0) + 3), 60);
+
+            var cloned = ctl(api, "clone", "{\"template\": \"" + tpl + "\"}");
+            String cloneId = (String) cloned.get("id");
+            SnapshotCliTest.awaitText(Path.of((String) cloned.get("console")), "hb 0 \\d+", 60);
+            assertTrue(
+                    Files.readString(state.resolve(cloneId + ".json")).contains("\"adopted\":true"),
+                    "the worker's record says it runs a VM");
+
+            kill9((Long) cloned.get("pid"));
+            var failed = events.await("VM_FAILED", cloneId);
+            assertTrue(String.valueOf(failed.get("reason")).contains("killed by signal 9"), failed.toString());
+            assertEquals(
+                    List.of(restored.get("id")),
+                    vms(api).stream().map(v -> v.get("id")).toList());
+            int before = lastHeartbeat(bootedConsole, restoredConsole);
+            SnapshotCliTest.awaitText(restoredConsole, "hb 0 " + (before + 3), 30); // the other VM runs on
+            awaitWarmPool(api, 2);
+
+            kill9(host.pid());
+            host.waitFor(10);
+        }
+        // The host is gone; its process-mode VM is not. A new host on the same state directory takes it over.
+        int before = lastHeartbeat(bootedConsole, restoredConsole);
+        SnapshotCliTest.awaitText(restoredConsole, "hb 0 " + (before + 3), 30);
+        try (var host = VmmProcess.start(StandbyTest.NO_REHEARSAL, args)) {
+            host.awaitSocket(api);
+            var vm = onlyVm(api);
+            assertEquals(restoredPid, vm.get("pid"));
+            assertEquals("running", vm.get("status"));
+            String id = (String) vm.get("id");
+            ctl(api, "stop", "{\"id\": \"" + id + "\"}");
+            assertEquals("paused", onlyVm(api).get("status"));
+            ctl(api, "cont", "{\"id\": \"" + id + "\"}");
+            int now = lastHeartbeat(bootedConsole, restoredConsole);
+            SnapshotCliTest.awaitText(restoredConsole, "hb 0 " + (now + 2), 30);
+            Heartbeats.checkLive(Files.readString(bootedConsole) + Files.readString(restoredConsole));
+            awaitWarmPool(api, 2); // the earlier host's standby workers, re-attached
+
+            ctl(api, "destroy", "{\"id\": \"" + id + "\"}");
+            assertFalse(
+                    ProcessHandle.of(restoredPid).map(ProcessHandle::isAlive).orElse(false));
+            assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
+            assertEquals(0, host.waitFor(30), host.stderr());
+        }
+        // quit ended the standby workers too: nothing of this host runs any more
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(15);
+        while (!processesUnder(dir).isEmpty() && System.nanoTime() < deadline) Thread.sleep(50);
+        assertEquals(
+                List.of(), processesUnder(dir).stream().map(ProcessHandle::pid).toList());
+    }
+
+    @KvmTest
+    void aStateDirectoryServesOneHostAtATime() throws Exception {
+        var state = dir.resolve("state");
+        try (var host = VmmProcess.start(
+                StandbyTest.NO_REHEARSAL,
+                "host",
+                "--api-socket",
+                dir.resolve("a.sock").toString(),
+                "--state-dir",
+                state.toString())) {
+            host.awaitSocket(dir.resolve("a.sock"));
+            var second = MainTest.run(
+                    "host", "--api-socket", dir.resolve("b.sock").toString(), "--state-dir", state.toString());
+            assertEquals(1, second.code());
+            assertEquals(
+                    "vmm: the state directory " + state.toAbsolutePath() + " is in use by another vmm host\n",
+                    second.err());
+            var bad = MainTest.run(
+                    "host",
+                    "--api-socket",
+                    dir.resolve("b.sock").toString(),
+                    "--state-dir",
+                    state.toString(),
+                    "--isolation",
+                    "vm");
+            assertEquals("vmm: --isolation must be shared or process, not 'vm'\n", bad.err());
+            assertEquals(2, bad.code());
+        }
+    }
+
+    private static void kill9(long pid) throws Exception {
+        assertEquals(
+                0, new ProcessBuilder("kill", "-9", Long.toString(pid)).start().waitFor());
+    }
+
+    /** CPU 0's last heartbeat in a guest's consoles (before and after a restore), checked for gaps. */
+    private static int lastHeartbeat(Path... consoles) throws IOException {
+        var text = new StringBuilder();
+        for (var c : consoles) text.append(Files.readString(c));
+        return Heartbeats.checkLive(text.toString()).getOrDefault(0, 0);
+    }
+
+    private static void awaitWarmPool(Path api, int size) throws InterruptedException {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(90);
+        while (true) {
+            var standby = (List<?>) ctl(api, "query-host", null).get("standby");
+            if (standby.size() == size
+                    && standby.stream().allMatch(w -> Boolean.TRUE.equals(((Map<?, ?>) w).get("ready")))) return;
+            if (System.nanoTime() > deadline) throw new AssertionError("the pool is not refilled: " + standby);
+            Thread.sleep(100);
+        }
+    }
+
+    private static Map<String, Object> onlyVm(Path api) {
+        var vms = vms(api);
+        assertEquals(1, vms.size(), vms.toString());
+        return vms.getFirst();
+    }
+
+    private static List<Map<String, Object>> vms(Path api) {
+        var r = MainTest.run("ctl", api.toString(), "query-vms");
+        assertEquals(0, r.code(), r.err());
+        return Json.asList(Json.parse(r.out()), "vms").stream()
+                .map(v -> Json.asObject(v, "a VM"))
+                .toList();
+    }
+
+    static Map<String, Object> ctl(Path api, String command, String json) {
+        var r = json == null
+                ? MainTest.run("ctl", api.toString(), command)
+                : MainTest.run("ctl", api.toString(), command, json);
+        assertEquals(0, r.code(), command + ": " + r.err());
+        return Json.asObject(Json.parse(r.out()), command);
+    }
+
+    /** The host's events, collected by a client of its own. */
+    final class Events {
+        private final List<Map<String, Object>> seen = new ArrayList<>();
+
+        Events(ApiClient client) {
+            Thread.ofPlatform().daemon().start(() -> {
+                try {
+                    while (true) {
+                        var message = client.readMessage();
+                        if (message.containsKey("event")) {
+                            synchronized (this) {
+                                seen.add(message);
+                                notifyAll();
+                            }
+                        }
+                    }
+                } catch (IOException | RuntimeException e) {
+                    // the host closed the connection
+                }
+            });
+        }
+
+        /** The data of event {@code name} for VM {@code id}, waiting up to 30 s for it. */
+        synchronized Map<String, Object> await(String name, String id) throws InterruptedException {
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+            while (true) {
+                for (var e : seen) {
+                    var data = Json.asObject(e.get("data"), "data");
+                    if (name.equals(e.get("event")) && id.equals(data.get("id"))) return data;
+                }
+                long left = deadline - System.nanoTime();
+                if (left <= 0) throw new AssertionError("no " + name + " for " + id + ": " + seen);
+                TimeUnit.NANOSECONDS.timedWait(this, left);
+            }
+        }
+    }
+
+    private Events events(Path api) {
+        var client = ApiClient.connect(api, 5000, ApiClient.GREETING_MILLIS);
+        clients.add(client);
+        return new Events(client);
+    }
+
+    /** Processes whose command line names a path under {@code dir} (hosts and their workers). */
+    static List<ProcessHandle> processesUnder(Path dir) {
+        String needle = dir.toAbsolutePath().toString();
+        return ProcessHandle.allProcesses()
+                .filter(p -> p.pid() != ProcessHandle.current().pid())
+                .filter(p -> {
+                    try {
+                        return new String(
+                                        Files.readAllBytes(Path.of("/proc", Long.toString(p.pid()), "cmdline")),
+                                        StandardCharsets.UTF_8)
+                                .contains(needle);
+                    } catch (IOException e) {
+                        return false;
+                    }
+                })
+                .toList();
+    }
+}
