@@ -22,7 +22,7 @@ final class CtlCommand implements Cli.Command {
                                 + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"}, quit;"
                                 + " vmm standby's (then the VM's): restore {\"path\"}, clone {\"template\"}, boot {\"memory\", ...},"
                                 + " incoming {\"uri\"}, query-status, quit;"
-                                + " vmm host's: boot {...}, restore {\"path\"}, clone {\"template\"}, destroy {\"id\"},"
+                                + " vmm host's: boot {...}, restore {\"path\"}, clone {\"template\"}, incoming {\"uri\"}, destroy {\"id\"},"
                                 + " stop, cont, snapshot and migrate with {\"id\", ...}, query-vms, query-host, quit",
                         v -> command = v)
                 .optionalParameter("JSON", "arguments as a JSON object", v -> arguments = v)

@@ -25,7 +25,8 @@ final class HostCommand implements Cli.Command {
         return new Cli.Spec(
                         "host",
                         "Run many VMs: boot, restore and clone them over the control API, each with its own API socket and console.\n"
-                                + "Commands: boot {...}, restore {\"path\"}, clone {\"template\"}, destroy {\"id\"}, stop/cont {\"id\"},\n"
+                                + "Commands: boot {...}, restore {\"path\"}, clone {\"template\"}, incoming {\"uri\"}, destroy {\"id\"},\n"
+                                + "stop/cont {\"id\"}, "
                                 + "snapshot {\"id\", \"path\"}, migrate {\"id\", \"uri\"}, query-vms, query-host, quit;"
                                 + " events VM_STARTED, VM_STOPPED, VM_FAILED.\n"
                                 + "With --isolation process each VM runs in a warm vmm standby process of its own, which keeps running\n"

@@ -10,6 +10,7 @@ import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
+import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
@@ -30,6 +31,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
@@ -61,7 +63,7 @@ public final class VmHost implements AutoCloseable {
     }
 
     /** A VM of this host: in this JVM or in a worker process. */
-    private sealed interface Hosted permits InProcess, InWorker {
+    private sealed interface Hosted permits InProcess, InWorker, Arriving {
         String id();
 
         ApiHandler api();
@@ -80,6 +82,37 @@ public final class VmHost implements AutoCloseable {
                     Isolation.SHARED.label(),
                     "status",
                     vm.status().qmpName(),
+                    "api-socket",
+                    names.apiSocket().toString(),
+                    "console",
+                    names.console().toString());
+        }
+    }
+
+    /** A VM of this JVM that an incoming live update will bring. */
+    private record Arriving(VmFiles.Names names, Path socket) implements Hosted {
+        @Override
+        public String id() {
+            return names.id();
+        }
+
+        @Override
+        public ApiHandler api() {
+            return (command, args) -> {
+                throw new IllegalStateException(
+                        "VM " + names.id() + " has not arrived yet (it waits for a migration on " + socket + ")");
+            };
+        }
+
+        @Override
+        public Map<String, Object> describe() {
+            return Json.object(
+                    "id",
+                    names.id(),
+                    "mode",
+                    Isolation.SHARED.label(),
+                    "status",
+                    "inmigrate",
                     "api-socket",
                     names.apiSocket().toString(),
                     "console",
@@ -212,6 +245,10 @@ public final class VmHost implements AutoCloseable {
                 ApiHandler.requireString(args, "template", "a template directory");
                 yield start(command, args);
             }
+            case "incoming" -> {
+                ApiHandler.expect(command, args, "uri");
+                yield incoming(ApiHandler.requireString(args, "uri", "unix:PATH"));
+            }
             case "destroy" -> {
                 ApiHandler.expect(command, args, "id");
                 destroy(find(args));
@@ -315,25 +352,7 @@ public final class VmHost implements AutoCloseable {
             Files.deleteIfExists(names.console()); // nothing ran: the name is free again
             throw e;
         }
-        var api = ApiHandler.forVm(new VmControl(vm));
-        ApiServer server;
-        try {
-            server = ApiServer.start(names.apiSocket(), api);
-        } catch (RuntimeException e) {
-            vm.close();
-            close(out);
-            throw e;
-        }
-        listener.attach(server);
-        var hosted = new InProcess(names.id(), vm, api, server, out, names);
-        vms.put(names.id(), hosted);
-        vm.termination()
-                .thenAccept(reason -> reaper.execute(() -> {
-                    if (vms.remove(hosted.id(), hosted)) {
-                        closeShared(hosted);
-                        ended(hosted.id(), reason instanceof VmExitReason.Failed, reason.describe());
-                    }
-                }));
+        var hosted = register(names, out, listener, vm);
         try {
             if (!resume) vm.pauseBeforeStart();
             vm.start();
@@ -354,6 +373,150 @@ public final class VmHost implements AutoCloseable {
                 names.apiSocket().toString(),
                 "console",
                 names.console().toString());
+    }
+
+    /** Gives a VM of this JVM its API socket and a place in the list; a guest that ends is reaped. */
+    private InProcess register(VmFiles.Names names, OutputStream out, VmEvents listener, Vm vm) {
+        var api = ApiHandler.forVm(new VmControl(vm));
+        ApiServer server;
+        try {
+            server = ApiServer.start(names.apiSocket(), api);
+        } catch (RuntimeException e) {
+            vm.close();
+            close(out);
+            throw e;
+        }
+        listener.attach(server);
+        var hosted = new InProcess(names.id(), vm, api, server, out, names);
+        vms.put(names.id(), hosted);
+        vm.termination()
+                .thenAccept(reason -> reaper.execute(() -> {
+                    if (vms.remove(hosted.id(), hosted)) {
+                        closeShared(hosted);
+                        ended(hosted.id(), reason instanceof VmExitReason.Failed, reason.describe());
+                    }
+                }));
+        return hosted;
+    }
+
+    /**
+     * Waits for a live update ({@code migrate} of a VMM, or of another VM of a host) on a Unix
+     * socket; answers once the socket listens, as QEMU's migrate-incoming does. The VM is listed
+     * as {@code inmigrate} until it arrives ({@code VM_STARTED}) or the migration fails
+     * ({@code VM_FAILED}).
+     */
+    private Map<String, Object> incoming(String uri) throws Exception {
+        if (!uri.startsWith("unix:") || uri.length() == 5)
+            throw new IllegalArgumentException("\"uri\" must be unix:PATH");
+        var socket = Path.of(uri.substring(5)).toAbsolutePath();
+        return isolation == Isolation.SHARED ? incomingShared(socket) : incomingInWorker(uri);
+    }
+
+    private Map<String, Object> incomingShared(Path socket) throws Exception {
+        var names = files.claim();
+        var out = Files.newOutputStream(names.console(), StandardOpenOption.WRITE, StandardOpenOption.APPEND);
+        var listener = new VmEvents();
+        var arriving = new Arriving(names, socket);
+        vms.put(names.id(), arriving);
+        var listening = new CompletableFuture<Void>();
+        Thread.ofPlatform().name("incoming-" + names.id()).daemon().start(() -> {
+            Vm vm;
+            try {
+                vm = LocalMigration.receive(
+                        kvm, socket, 10, out, listener, config -> null, () -> listening.complete(null));
+            } catch (Throwable e) {
+                listening.completeExceptionally(e);
+                close(out);
+                if (vms.remove(names.id(), arriving))
+                    ended(names.id(), true, "the incoming migration failed: " + e.getMessage());
+                return;
+            }
+            if (!vms.remove(names.id(), arriving)) { // destroyed while it waited
+                vm.end(new VmExitReason.Stopped("destroy"));
+                vm.close();
+                close(out);
+                return;
+            }
+            try {
+                register(names, out, listener, vm);
+                event("VM_STARTED", Json.object("id", names.id(), "mode", isolation.label()));
+            } catch (RuntimeException e) {
+                ended(names.id(), true, e.getMessage());
+            }
+        });
+        try {
+            listening.get(); // the socket exists when the reply goes: the source may connect at once
+        } catch (ExecutionException e) {
+            vms.remove(names.id(), arriving);
+            throw e.getCause() instanceof Exception x ? x : e;
+        }
+        return Json.object(
+                "id",
+                names.id(),
+                "mode",
+                isolation.label(),
+                "status",
+                "inmigrate",
+                "socket",
+                socket.toString(),
+                "api-socket",
+                names.apiSocket().toString(),
+                "console",
+                names.console().toString());
+    }
+
+    private Map<String, Object> incomingInWorker(String uri) throws Exception {
+        var worker = pool.take(TAKE_MILLIS);
+        Object reply;
+        try {
+            reply = forward(worker, "incoming", Json.object("uri", uri));
+        } catch (RuntimeException e) {
+            pool.giveBack(worker);
+            throw e;
+        }
+        var hosted = new InWorker(worker);
+        vms.put(worker.id, hosted);
+        worker.markAdopted();
+        if (worker.exited()) workerEnded(worker);
+        // The worker answers at once; the VM comes with the migration. Its status says when.
+        Thread.ofPlatform().name("incoming-" + worker.id).daemon().start(() -> awaitArrival(hosted));
+        var result = Json.object("id", worker.id, "mode", isolation.label(), "pid", worker.pid, "status", "inmigrate");
+        if (reply instanceof Map<?, ?> m) result.put("socket", m.get("socket"));
+        result.put("api-socket", worker.apiSocket.toString());
+        result.put("console", worker.console.toString());
+        return result;
+    }
+
+    /** Polls a worker that waits for a migration until its VM runs, or it is on standby again (failed). */
+    private void awaitArrival(InWorker hosted) {
+        var worker = hosted.worker();
+        while (vms.get(worker.id) == hosted && !worker.exited()) {
+            String status;
+            try {
+                status = forward(worker, "query-status", Map.of()) instanceof Map<?, ?> m
+                        ? String.valueOf(m.get("status"))
+                        : "unknown";
+            } catch (RuntimeException e) {
+                status = "inmigrate"; // busy, or ending: the exit watch reports an end
+            }
+            if (status.equals("standby")) {
+                if (vms.remove(worker.id, hosted)) {
+                    ended(worker.id, true, "the incoming migration failed (see " + worker.console + ")");
+                    worker.markDestroying();
+                    ProcessHandle.of(worker.pid).ifPresent(ProcessHandle::destroy); // a fresh worker replaces it
+                }
+                return;
+            }
+            if (!status.equals("inmigrate")) {
+                event("VM_STARTED", Json.object("id", worker.id, "mode", isolation.label(), "pid", worker.pid));
+                return;
+            }
+            try {
+                Thread.sleep(20);
+            } catch (InterruptedException e) {
+                return;
+            }
+        }
     }
 
     private LoadedSnapshot template(Path dir) {
@@ -399,6 +562,7 @@ public final class VmHost implements AutoCloseable {
                 closeShared(p);
             }
             case InWorker w -> endWorker(w.worker());
+            case Arriving a -> close(a.socket()); // no source finds it now; a VM that arrives anyway is ended
         }
         ended(vm.id(), false, "destroyed");
     }

@@ -95,18 +95,32 @@ class HostTest {
             SnapshotCliTest.awaitText(console3, "hb 0 \\d+", 30);
             Heartbeats.checkLive(Files.readString(dir.resolve("template.log")) + Files.readString(console3));
 
+            // A live update from one VM of the host to a new one: the guest goes on where it was
+            var in = dir.resolve("in.sock");
+            var incoming = ctl(api, "incoming", "{\"uri\": \"unix:" + in + "\"}");
+            assertEquals("vm-4", incoming.get("id"));
+            assertEquals("inmigrate", vms(api).getLast().get("status"));
+            ctl(api, "migrate", "{\"id\": \"vm-2\", \"uri\": \"unix:" + in + "\"}");
+            events.await("VM_STOPPED", "vm-2");
+            events.await("VM_STARTED", "vm-4");
+            var console4 = Path.of((String) incoming.get("console"));
+            seen = Heartbeats.checkLive(Files.readString(console1) + Files.readString(console2));
+            SnapshotCliTest.awaitText(console4, "hb 0 " + (seen.get(0) + 3), 30);
+            Heartbeats.checkLive(Files.readString(console1) + Files.readString(console2) + Files.readString(console4));
+
             var listed = vms(api);
             assertEquals(
-                    List.of("vm-2", "vm-3"),
+                    List.of("vm-3", "vm-4"),
                     listed.stream().map(v -> v.get("id")).toList());
+            assertEquals("running", listed.getLast().get("status"));
 
             var unknown = MainTest.run("ctl", api.toString(), "destroy", "{\"id\": \"vm-9\"}");
             assertEquals("vmm: destroy: no VM vm-9\n", unknown.err());
-            ctl(api, "destroy", "{\"id\": \"vm-2\"}");
             ctl(api, "destroy", "{\"id\": \"vm-3\"}");
-            events.await("VM_STOPPED", "vm-3");
+            ctl(api, "destroy", "{\"id\": \"vm-4\"}");
+            events.await("VM_STOPPED", "vm-4");
             assertEquals(List.of(), vms(api));
-            assertFalse(Files.exists(state.resolve("vm-2.sock")), "a destroyed VM's socket is removed");
+            assertFalse(Files.exists(state.resolve("vm-3.sock")), "a destroyed VM's socket is removed");
 
             assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
             assertEquals(0, host.waitFor(30), host.stderr());
@@ -131,6 +145,7 @@ class HostTest {
         };
         Path restoredConsole;
         Path bootedConsole;
+        Path middleConsole;
         long restoredPid;
         try (var host = VmmProcess.start(StandbyTest.NO_REHEARSAL, args)) {
             host.awaitSocket(api);
@@ -150,10 +165,22 @@ class HostTest {
             assertFalse(ProcessHandle.of(bootedPid).map(ProcessHandle::isAlive).orElse(false));
 
             var restored = ctl(api, "restore", "{\"path\": \"" + snap + "\"}");
+            var restoredFirst = Path.of((String) restored.get("console"));
+            middleConsole = restoredFirst;
+            var seen = Heartbeats.checkLive(Files.readString(console1));
+            SnapshotCliTest.awaitText(restoredFirst, "hb 0 " + (seen.get(0) + 3), 60);
+
+            // A live update into another worker: the guest moves between two processes of the host
+            var in = dir.resolve("in.sock");
+            var incoming = ctl(api, "incoming", "{\"uri\": \"unix:" + in + "\"}");
+            assertEquals("inmigrate", incoming.get("status"));
+            ctl(api, "migrate", "{\"id\": \"" + restored.get("id") + "\", \"uri\": \"unix:" + in + "\"}");
+            events.await("VM_STOPPED", (String) restored.get("id"));
+            events.await("VM_STARTED", (String) incoming.get("id"));
+            restored = incoming;
             restoredPid = (Long) restored.get("pid");
             restoredConsole = Path.of((String) restored.get("console"));
-            var seen = Heartbeats.checkLive(Files.readString(console1));
-            SnapshotCliTest.awaitText(restoredConsole, "hb 0 " + (seen.get(0) + 3), 60);
+            SnapshotCliTest.awaitText(restoredConsole, "hb 0 " + (lastHeartbeat(console1, restoredFirst) + 3), 60);
 
             var cloned = ctl(api, "clone", "{\"template\": \"" + tpl + "\"}");
             String cloneId = (String) cloned.get("id");
@@ -168,7 +195,7 @@ class HostTest {
             assertEquals(
                     List.of(restored.get("id")),
                     vms(api).stream().map(v -> v.get("id")).toList());
-            int before = lastHeartbeat(bootedConsole, restoredConsole);
+            int before = lastHeartbeat(bootedConsole, middleConsole, restoredConsole);
             SnapshotCliTest.awaitText(restoredConsole, "hb 0 " + (before + 3), 30); // the other VM runs on
             awaitWarmPool(api, 2);
 
@@ -176,7 +203,7 @@ class HostTest {
             host.waitFor(10);
         }
         // The host is gone; its process-mode VM is not. A new host on the same state directory takes it over.
-        int before = lastHeartbeat(bootedConsole, restoredConsole);
+        int before = lastHeartbeat(bootedConsole, middleConsole, restoredConsole);
         SnapshotCliTest.awaitText(restoredConsole, "hb 0 " + (before + 3), 30);
         try (var host = VmmProcess.start(StandbyTest.NO_REHEARSAL, args)) {
             host.awaitSocket(api);
@@ -187,9 +214,11 @@ class HostTest {
             ctl(api, "stop", "{\"id\": \"" + id + "\"}");
             assertEquals("paused", onlyVm(api).get("status"));
             ctl(api, "cont", "{\"id\": \"" + id + "\"}");
-            int now = lastHeartbeat(bootedConsole, restoredConsole);
+            int now = lastHeartbeat(bootedConsole, middleConsole, restoredConsole);
             SnapshotCliTest.awaitText(restoredConsole, "hb 0 " + (now + 2), 30);
-            Heartbeats.checkLive(Files.readString(bootedConsole) + Files.readString(restoredConsole));
+            Heartbeats.checkLive(Files.readString(bootedConsole)
+                    + Files.readString(middleConsole)
+                    + Files.readString(restoredConsole));
             awaitWarmPool(api, 2); // the earlier host's standby workers, re-attached
 
             ctl(api, "destroy", "{\"id\": \"" + id + "\"}");
