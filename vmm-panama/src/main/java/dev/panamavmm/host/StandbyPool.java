@@ -28,6 +28,8 @@ final class StandbyPool implements AutoCloseable {
     private final List<Worker> idle = new ArrayList<>();
     private final Thread refiller;
     private volatile boolean closed;
+    /** Workers in a row that ended before they were warm (no KVM, a bad launcher): the next start waits longer. */
+    private int failures;
 
     /**
      * {@code launch} starts the VMM as this process was started (JVM, options, jar or class path),
@@ -83,6 +85,7 @@ final class StandbyPool implements AutoCloseable {
     /** A worker that ended while in the pool. */
     synchronized boolean remove(Worker worker) {
         boolean was = idle.remove(worker);
+        if (was && !worker.ready()) failures++;
         notifyAll();
         return was;
     }
@@ -101,11 +104,14 @@ final class StandbyPool implements AutoCloseable {
             try {
                 List<Worker> warming;
                 boolean spawn;
+                int failed;
                 synchronized (this) {
                     spawn = idle.size() < size;
                     warming = idle.stream().filter(w -> !w.ready()).toList();
+                    failed = failures;
                     if (!spawn && warming.isEmpty()) wait(1000);
                 }
+                if (spawn && failed > 0) Thread.sleep(Math.min(30, failed) * 1000L); // not a fork loop
                 for (var w : warming) {
                     if (Files.exists(w.apiSocket)) becameReady(w);
                 }
@@ -132,6 +138,7 @@ final class StandbyPool implements AutoCloseable {
         }
         synchronized (this) {
             w.markReady();
+            failures = 0;
             notifyAll();
         }
         log.debug("standby worker {} (pid {}) is warm", w.id, w.pid);

@@ -29,6 +29,7 @@ import java.util.Comparator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutionException;
@@ -606,7 +607,12 @@ public final class VmHost implements AutoCloseable {
     private void workerEnded(Worker worker) {
         worker.markExited();
         if (pool != null && pool.remove(worker)) {
-            log.warn("standby worker {} (pid {}) ended{}", worker.id, worker.pid, exitStatus(worker));
+            log.warn(
+                    "standby worker {} (pid {}) ended{}{}",
+                    worker.id,
+                    worker.pid,
+                    exitStatus(worker),
+                    lastError(worker).map(e -> ": " + e).orElse(""));
             worker.forget();
             return;
         }
@@ -615,11 +621,26 @@ public final class VmHost implements AutoCloseable {
         // A worker that ends normally (its guest exited, its own API's quit) removes its API socket;
         // one killed or crashed cannot.
         boolean crashed = Files.exists(worker.apiSocket);
+        String said = lastError(worker).map(e -> ": " + e).orElse("");
         worker.forget();
         if (crashed) {
-            ended(worker.id, true, "the worker process " + worker.pid + " ended" + exitStatus(worker));
+            ended(worker.id, true, "the worker process " + worker.pid + " ended" + exitStatus(worker) + said);
         } else {
-            ended(worker.id, false, "the VM ended in its worker process " + worker.pid + exitStatus(worker));
+            ended(worker.id, false, "the VM ended in its worker process " + worker.pid + exitStatus(worker) + said);
+        }
+    }
+
+    /** The last line a worker wrote to its stderr file, without the "vmm: " prefix. */
+    private static Optional<String> lastError(Worker worker) {
+        try {
+            var err = worker.record.resolveSibling(worker.id + ".err");
+            return Files.readString(err)
+                    .lines()
+                    .filter(l -> !l.isBlank())
+                    .reduce((a, b) -> b)
+                    .map(l -> l.startsWith("vmm: ") ? l.substring(5) : l);
+        } catch (IOException e) {
+            return Optional.empty();
         }
     }
 
