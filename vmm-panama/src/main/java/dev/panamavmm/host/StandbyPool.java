@@ -132,6 +132,12 @@ final class StandbyPool implements AutoCloseable {
 
     private void becameReady(Worker w) {
         try {
+            w.preconnect();
+        } catch (RuntimeException e) {
+            log.debug("standby worker {} does not answer yet: {}", w.id, e.getMessage());
+            return; // still warming up; looked at again in a moment
+        }
+        try {
             LibC.niceProcessGroup(w.pid, 0); // setsid made it its group's leader: every thread of it
         } catch (KvmException e) {
             log.warn("cannot set standby worker {} (pid {}) back to nice 0: {}", w.id, w.pid, e.getMessage());

@@ -315,11 +315,24 @@ public final class VmHost implements AutoCloseable {
     /** Sends a command to a worker's API; its error becomes this request's. */
     static Object forward(Worker worker, String command, Map<String, Object> args) {
         try (var client = ApiClient.connect(worker.apiSocket, 0, ApiClient.GREETING_MILLIS)) {
-            var reply = client.execute(command, args.isEmpty() ? null : args);
-            if (reply.get("error") instanceof Map<?, ?> error)
-                throw new IllegalStateException(String.valueOf(error.get("desc")));
-            return reply.get("return");
+            return execute(client, command, args);
         }
+    }
+
+    /** The request that gives a worker its VM, on the connection the pool made while it waited. */
+    private static Object adopt(Worker worker, String command, Map<String, Object> args) {
+        var client = worker.takeClient();
+        if (client == null) return forward(worker, command, args);
+        try (client) {
+            return execute(client, command, args);
+        }
+    }
+
+    private static Object execute(ApiClient client, String command, Map<String, Object> args) {
+        var reply = client.execute(command, args.isEmpty() ? null : args);
+        if (reply.get("error") instanceof Map<?, ?> error)
+            throw new IllegalStateException(String.valueOf(error.get("desc")));
+        return reply.get("return");
     }
 
     /** A new VM from {@code boot}, {@code restore} or {@code clone}; returns once it runs (or is paused). */
@@ -470,7 +483,7 @@ public final class VmHost implements AutoCloseable {
         var worker = pool.take(TAKE_MILLIS);
         Object reply;
         try {
-            reply = forward(worker, "incoming", Json.object("uri", uri));
+            reply = adopt(worker, "incoming", Json.object("uri", uri));
         } catch (RuntimeException e) {
             pool.giveBack(worker);
             throw e;
@@ -528,7 +541,7 @@ public final class VmHost implements AutoCloseable {
         var worker = pool.take(TAKE_MILLIS);
         Object reply;
         try {
-            reply = forward(worker, command, args); // the standby's own restore, clone or boot
+            reply = adopt(worker, command, args); // the standby's own restore, clone or boot
         } catch (RuntimeException e) {
             pool.giveBack(worker); // a failed adoption leaves a standby free for the next request
             throw e;

@@ -1,5 +1,6 @@
 package dev.panamavmm.host;
 
+import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import java.io.IOException;
@@ -8,6 +9,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicReference;
 
 /**
  * A {@code vmm standby} process of a host in process isolation: warm and waiting in the pool, or
@@ -29,6 +31,8 @@ final class Worker {
     private volatile boolean ready;
     private volatile boolean destroying;
     private volatile boolean exited;
+    /** A connection made while the worker waited, for the request that gives it its VM (no connect, no greeting on that path). */
+    private final AtomicReference<ApiClient> warmClient = new AtomicReference<>();
 
     Worker(String id, long pid, long startTime, Path apiSocket, Path console, Path record, Process process) {
         this.id = id;
@@ -117,6 +121,24 @@ final class Worker {
         }
     }
 
+    /** Connects to the warm worker ahead of its request, and checks that it answers (it warms this host's client code too). */
+    void preconnect() {
+        var client = ApiClient.connect(apiSocket, 0, ApiClient.GREETING_MILLIS);
+        try {
+            client.execute("query-status", null);
+        } catch (RuntimeException e) {
+            client.close();
+            throw e;
+        }
+        var old = warmClient.getAndSet(client);
+        if (old != null) old.close();
+    }
+
+    /** The connection {@link #preconnect} made, once; null if there is none. */
+    ApiClient takeClient() {
+        return warmClient.getAndSet(null);
+    }
+
     /** Still this worker: the pid exists and started when the record says. */
     boolean alive() {
         var now = ProcStat.startTime(pid);
@@ -128,6 +150,8 @@ final class Worker {
      * and its stderr file if empty; the console file stays.
      */
     void forget() {
+        var client = takeClient();
+        if (client != null) client.close();
         try {
             Files.deleteIfExists(record);
             Files.deleteIfExists(apiSocket);
