@@ -13,12 +13,14 @@ import java.util.concurrent.CountDownLatch;
  */
 final class HostCommand implements Cli.Command {
     static final int MAX_STANDBY = 64;
+    static final int DEFAULT_STANDBY = 2;
 
     Path apiSocket;
     Path stateDir;
     Path consoleDir;
     VmHost.Isolation isolation;
-    int standby;
+    int standby = DEFAULT_STANDBY;
+    boolean standbyGiven;
 
     @Override
     public Cli.Spec spec() {
@@ -51,9 +53,13 @@ final class HostCommand implements Cli.Command {
                 .option(
                         "--standby",
                         "N",
-                        "2",
-                        "process isolation: warm standby workers kept ready (refilled at nice 19), 1 to " + MAX_STANDBY,
-                        v -> standby = Cli.integer(v))
+                        null,
+                        "process isolation: warm standby workers kept ready (refilled at nice 19), 1 to " + MAX_STANDBY
+                                + " (default: " + DEFAULT_STANDBY + ")",
+                        v -> {
+                            standby = Cli.integer(v);
+                            standbyGiven = true;
+                        })
                 .option(
                         "--console-dir",
                         "DIR",
@@ -64,6 +70,8 @@ final class HostCommand implements Cli.Command {
 
     @Override
     public int call(Cli.Io io) throws Exception {
+        if (standbyGiven && isolation == VmHost.Isolation.SHARED)
+            throw new UsageException("--standby is for --isolation process (shared VMs need no worker processes)");
         if (standby < 1 || standby > MAX_STANDBY)
             throw new UsageException("--standby must be 1 to " + MAX_STANDBY + ", not " + standby);
         Cli.createDirectories("--state-dir", stateDir);

@@ -235,33 +235,48 @@ class HostTest {
     }
 
     @KvmTest
-    void aStateDirectoryServesOneHostAtATime() throws Exception {
-        var state = dir.resolve("state");
+    void aStateDirectoryServesOneHostAtATimeAndARecordOfAReusedPidIsForgotten() throws Exception {
+        var state = Files.createDirectories(dir.resolve("state"));
+        // A record an earlier host left: its pid now names another process (this test's JVM, start time differs).
+        var stale = state.resolve("vm-7.json");
+        Files.writeString(
+                stale,
+                Json.write(Json.object(
+                        "id",
+                        "vm-7",
+                        "pid",
+                        ProcessHandle.current().pid(),
+                        "start-time",
+                        1L,
+                        "api-socket",
+                        state.resolve("vm-7.sock").toString(),
+                        "console",
+                        state.resolve("vm-7.log").toString(),
+                        "adopted",
+                        true)));
+        var api = dir.resolve("a.sock");
         try (var host = VmmProcess.start(
-                StandbyTest.NO_REHEARSAL,
-                "host",
-                "--api-socket",
-                dir.resolve("a.sock").toString(),
-                "--state-dir",
-                state.toString())) {
-            host.awaitSocket(dir.resolve("a.sock"));
+                StandbyTest.NO_REHEARSAL, "host", "--api-socket", api.toString(), "--state-dir", state.toString())) {
+            host.awaitSocket(api);
+            assertEquals(List.of(), vms(api));
+            assertFalse(Files.exists(stale), "the record of a pid that names another process is removed");
+            assertTrue(ProcessHandle.current().isAlive()); // and that process was left alone
+
             var second = MainTest.run(
                     "host", "--api-socket", dir.resolve("b.sock").toString(), "--state-dir", state.toString());
             assertEquals(1, second.code());
             assertEquals(
                     "vmm: the state directory " + state.toAbsolutePath() + " is in use by another vmm host\n",
                     second.err());
-            var bad = MainTest.run(
-                    "host",
-                    "--api-socket",
-                    dir.resolve("b.sock").toString(),
-                    "--state-dir",
-                    state.toString(),
-                    "--isolation",
-                    "vm");
-            assertEquals("vmm: --isolation must be shared or process, not 'vm'\n", bad.err());
-            assertEquals(2, bad.code());
         }
+        var bad = MainTest.run(
+                "host", "--api-socket", api.toString(), "--state-dir", state.toString(), "--isolation", "vm");
+        assertEquals("vmm: --isolation must be shared or process, not 'vm'\n", bad.err());
+        assertEquals(2, bad.code());
+        var shared =
+                MainTest.run("host", "--api-socket", api.toString(), "--state-dir", state.toString(), "--standby", "3");
+        assertEquals("vmm: --standby is for --isolation process (shared VMs need no worker processes)\n", shared.err());
+        assertEquals(2, shared.code());
     }
 
     private static void kill9(long pid) throws Exception {
