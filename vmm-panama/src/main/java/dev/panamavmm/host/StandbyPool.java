@@ -79,7 +79,7 @@ final class StandbyPool implements AutoCloseable {
     /** A worker that refused its VM (it stays on standby) goes back; one that died meanwhile is forgotten. */
     synchronized void giveBack(Worker worker) {
         if (worker.alive()) idle.add(worker);
-        else worker.forget(); // its exit found it in neither the pool nor the host's VMs
+        else worker.forgetFailed(); // its exit found it in neither the pool nor the host's VMs
         notifyAll();
     }
 

@@ -515,9 +515,18 @@ public final class VmHost implements AutoCloseable {
             }
             if (status.equals("standby")) {
                 if (vms.remove(worker.id, hosted)) {
-                    ended(worker.id, true, "the incoming migration failed (see " + worker.console + ")");
-                    worker.markDestroying();
-                    ProcessHandle.of(worker.pid).ifPresent(ProcessHandle::destroy); // a fresh worker replaces it
+                    ended(
+                            worker.id,
+                            true,
+                            "the incoming migration failed"
+                                    + lastError(worker).map(e -> ": " + e).orElse(""));
+                    try {
+                        endWorker(
+                                worker,
+                                true); // back on standby, but its name and console are used: a fresh one replaces it
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                    }
                 }
                 return;
             }
@@ -575,14 +584,17 @@ public final class VmHost implements AutoCloseable {
                 p.vm().end(new VmExitReason.Stopped("destroy"));
                 closeShared(p);
             }
-            case InWorker w -> endWorker(w.worker());
+            case InWorker w -> endWorker(w.worker(), false);
             case Arriving a -> close(a.socket()); // no source finds it now; a VM that arrives anyway is ended
         }
         ended(vm.id(), false, "destroyed");
     }
 
-    /** Asks a worker to end its VM (quit), then waits for the process; kills it if it does not end within 10 s. */
-    private static void endWorker(Worker worker) throws InterruptedException {
+    /**
+     * Asks a worker to end its VM (quit), then waits for the process; kills it if it does not end
+     * within 10 s. {@code failed}: its stderr file stays.
+     */
+    private static void endWorker(Worker worker, boolean failed) throws InterruptedException {
         worker.markDestroying();
         try {
             forward(worker, "quit", Map.of());
@@ -598,7 +610,8 @@ public final class VmHost implements AutoCloseable {
                 if (worker.alive()) handle.get().destroyForcibly();
             }
         }
-        worker.forget();
+        if (failed) worker.forgetFailed();
+        else worker.forget();
     }
 
     private static void closeShared(InProcess p) {
@@ -626,7 +639,7 @@ public final class VmHost implements AutoCloseable {
                     worker.pid,
                     exitStatus(worker),
                     lastError(worker).map(e -> ": " + e).orElse(""));
-            worker.forget();
+            worker.forgetFailed();
             return;
         }
         var hosted = vms.get(worker.id);
@@ -635,7 +648,8 @@ public final class VmHost implements AutoCloseable {
         // one killed or crashed cannot.
         boolean crashed = Files.exists(worker.apiSocket);
         String said = lastError(worker).map(e -> ": " + e).orElse("");
-        worker.forget();
+        if (crashed) worker.forgetFailed();
+        else worker.forget();
         if (crashed) {
             ended(worker.id, true, "the worker process " + worker.pid + " ended" + exitStatus(worker) + said);
         } else {
@@ -689,7 +703,7 @@ public final class VmHost implements AutoCloseable {
         for (var record : records) {
             var worker = Worker.load(record);
             if (worker == null || !worker.alive()) {
-                if (worker != null) worker.forget();
+                if (worker != null) worker.forgetFailed(); // it ended while no host watched: its stderr may say why
                 else close(record);
                 log.info("forgot {}: its worker is gone", record.getFileName());
                 continue;

@@ -145,18 +145,23 @@ final class Worker {
         return now.isPresent() && now.getAsLong() == startTime;
     }
 
-    /**
-     * Removes the record, a socket the process left behind (it was killed: it could not remove it)
-     * and its stderr file if empty; the console file stays.
-     */
+    /** Removes what the state directory holds of a worker that ended normally: record, socket, stderr file; the console stays. */
     void forget() {
+        forget(false);
+    }
+
+    /** As {@link #forget()}, keeping its stderr file ({@code ID.err}): the worker failed, and that says why. */
+    void forgetFailed() {
+        forget(true);
+    }
+
+    private void forget(boolean keepErr) {
         var client = takeClient();
         if (client != null) client.close();
         try {
             Files.deleteIfExists(record);
-            Files.deleteIfExists(apiSocket);
-            var err = record.resolveSibling(id + ".err");
-            if (Files.exists(err) && Files.size(err) == 0) Files.delete(err); // one with a message stays, for the user
+            Files.deleteIfExists(apiSocket); // left behind by a worker that was killed
+            if (!keepErr) Files.deleteIfExists(record.resolveSibling(id + ".err"));
         } catch (IOException e) {
             // a leftover file: the next host start removes it again
         }

@@ -192,6 +192,8 @@ class HostTest {
             kill9((Long) cloned.get("pid"));
             var failed = events.await("VM_FAILED", cloneId);
             assertTrue(String.valueOf(failed.get("reason")).contains("killed by signal 9"), failed.toString());
+            assertFalse(Files.exists(state.resolve(cloneId + ".json")), "a dead worker's record is removed");
+            assertTrue(Files.exists(state.resolve(cloneId + ".err")), "a failed worker's stderr stays");
             assertEquals(
                     List.of(restored.get("id")),
                     vms(api).stream().map(v -> v.get("id")).toList());
@@ -224,6 +226,9 @@ class HostTest {
             ctl(api, "destroy", "{\"id\": \"" + id + "\"}");
             assertFalse(
                     ProcessHandle.of(restoredPid).map(ProcessHandle::isAlive).orElse(false));
+            for (String file : new String[] {".json", ".sock", ".err"})
+                assertFalse(Files.exists(state.resolve(id + file)), "a destroyed VM's " + file + " is removed");
+            assertTrue(Files.exists(restoredConsole), "its console stays");
             assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
             assertEquals(0, host.waitFor(30), host.stderr());
         }
