@@ -284,6 +284,70 @@ class HostTest {
         assertEquals(2, shared.code());
     }
 
+    /**
+     * Clone and destroy over and over: the host's fds, threads and mappings stay where they were
+     * (a VM's API socket, console, vCPU threads or RAM mapping left behind would add up), and in
+     * process isolation every worker taken ends with its VM and leaves no file.
+     */
+    @KvmTest
+    void cloneAndDestroyCyclesLeakNothingInEitherMode() throws Exception {
+        var tpl = TemplateCliTest.createTemplate(dir);
+        for (var mode : List.of("shared", "process")) {
+            var api = dir.resolve(mode + ".sock");
+            var state = dir.resolve(mode + "-state");
+            int cycles = mode.equals("shared") ? 100 : 8;
+            try (var host = VmmProcess.start(
+                            StandbyTest.NO_REHEARSAL,
+                            "host",
+                            "--api-socket",
+                            api.toString(),
+                            "--state-dir",
+                            state.toString(),
+                            "--isolation",
+                            mode);
+                    var client = TemplateCliTest.awaitClient(host, api)) {
+                cycle(client, tpl, 3);
+                long fds = TemplateCliTest.count("fds", host.pid()),
+                        threads = TemplateCliTest.count("threads", host.pid()),
+                        maps = TemplateCliTest.count("mappings", host.pid());
+                cycle(client, tpl, cycles);
+                Thread.sleep(200);
+                assertEquals(fds, TemplateCliTest.count("fds", host.pid()), mode + ": file descriptors");
+                assertEquals(threads, TemplateCliTest.count("threads", host.pid()), mode + ": threads");
+                long mapsAfter = TemplateCliTest.count("mappings", host.pid());
+                assertTrue(
+                        Math.abs(mapsAfter - maps) <= 5,
+                        mode + ": mappings " + maps + " before " + cycles + " cycles, " + mapsAfter + " after");
+                assertEquals(List.of(), client.execute("query-vms", null).get("return"));
+                // Files of the VMs are gone; only the pool's own workers (process isolation) have some.
+                var pool = ((List<?>)
+                                Json.asObject(client.execute("query-host", null).get("return"), "host")
+                                        .get("standby"))
+                        .stream()
+                                .map(w -> Json.asObject(w, "worker").get("id") + ".")
+                                .toList();
+                try (var files = Files.list(state)) {
+                    var left = files.map(f -> f.getFileName().toString())
+                            .filter(f -> !f.endsWith(".log") && !f.equals("host.lock"))
+                            .filter(f -> pool.stream().noneMatch(f::startsWith))
+                            .toList();
+                    assertEquals(List.of(), left, mode + ": files of VMs that are gone");
+                }
+                client.execute("quit", null);
+                assertEquals(0, host.waitFor(30), host.stderr());
+            }
+        }
+    }
+
+    private static void cycle(ApiClient client, Path tpl, int n) {
+        for (int i = 0; i < n; i++) {
+            var reply = client.execute("clone", Json.object("template", tpl.toString()));
+            var vm = Json.asObject(reply.get("return"), reply.toString());
+            var destroyed = client.execute("destroy", Json.object("id", vm.get("id")));
+            assertTrue(destroyed.containsKey("return"), destroyed.toString());
+        }
+    }
+
     private static void kill9(long pid) throws Exception {
         assertEquals(
                 0, new ProcessBuilder("kill", "-9", Long.toString(pid)).start().waitFor());
