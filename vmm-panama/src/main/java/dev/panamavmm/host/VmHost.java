@@ -439,9 +439,9 @@ public final class VmHost implements AutoCloseable {
                 vm = LocalMigration.receive(
                         kvm, socket, 10, out, listener, config -> null, () -> listening.complete(null));
             } catch (Throwable e) {
-                listening.completeExceptionally(e);
                 close(out);
-                if (vms.remove(names.id(), arriving))
+                // Never listened: the request fails with this. Else it was answered: the failure is an event.
+                if (!listening.completeExceptionally(e) && vms.remove(names.id(), arriving))
                     ended(names.id(), true, "the incoming migration failed: " + e.getMessage());
                 return;
             }
@@ -462,6 +462,7 @@ public final class VmHost implements AutoCloseable {
             listening.get(); // the socket exists when the reply goes: the source may connect at once
         } catch (ExecutionException e) {
             vms.remove(names.id(), arriving);
+            Files.deleteIfExists(names.console()); // nothing came: the name is free again
             throw e.getCause() instanceof Exception x ? x : e;
         }
         return Json.object(

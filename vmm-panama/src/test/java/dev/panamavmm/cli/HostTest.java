@@ -108,6 +108,16 @@ class HostTest {
             SnapshotCliTest.awaitText(console4, "hb 0 " + (seen.get(0) + 3), 30);
             Heartbeats.checkLive(Files.readString(console1) + Files.readString(console2) + Files.readString(console4));
 
+            var notUnix = MainTest.run("ctl", api.toString(), "incoming", "{\"uri\": \"tcp:localhost:4444\"}");
+            assertEquals("vmm: incoming: \"uri\" must be unix:PATH\n", notUnix.err());
+            var nowhere = MainTest.run(
+                    "ctl",
+                    api.toString(),
+                    "incoming",
+                    "{\"uri\": \"unix:" + dir.resolve("no/such/dir/in.sock") + "\"}");
+            assertEquals(1, nowhere.code());
+            assertTrue(nowhere.err().startsWith("vmm: incoming: "), nowhere.err());
+
             var listed = vms(api);
             assertEquals(
                     List.of("vm-3", "vm-4"),
