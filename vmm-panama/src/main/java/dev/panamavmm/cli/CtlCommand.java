@@ -23,7 +23,7 @@ final class CtlCommand implements Cli.Command {
                                 + " vmm standby's (then the VM's): restore {\"path\"}, clone {\"template\"}, boot {\"memory\", ...},"
                                 + " incoming {\"uri\"}, query-status, quit;"
                                 + " vmm host's: boot {...}, restore {\"path\"}, clone {\"template\"}, incoming {\"uri\"}, destroy {\"id\"},"
-                                + " stop, cont, snapshot and migrate with {\"id\", ...}, query-vms, query-host, quit",
+                                + " stop, cont, snapshot and migrate with {\"id\", ...}, handover {\"host\"}, query-vms, query-host, quit",
                         v -> command = v)
                 .optionalParameter("JSON", "arguments as a JSON object", v -> arguments = v)
                 .include(wait::declare);

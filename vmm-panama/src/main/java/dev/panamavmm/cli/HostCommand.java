@@ -28,7 +28,8 @@ final class HostCommand implements Cli.Command {
                         "host",
                         "Run many VMs: boot, restore and clone them over the control API, each with its own API socket and console.\n"
                                 + "Commands: boot {...}, restore {\"path\"}, clone {\"template\"}, incoming {\"uri\"}, destroy {\"id\"},\n"
-                                + "stop/cont {\"id\"}, snapshot {\"id\", \"path\"}, migrate {\"id\", \"uri\"}, query-vms, query-host, quit;\n"
+                                + "stop/cont {\"id\"}, snapshot {\"id\", \"path\"}, migrate {\"id\", \"uri\"}, handover {\"host\"}, query-vms,\n"
+                                + "query-host, quit; "
                                 + "events VM_STARTED, VM_STOPPED, VM_FAILED.\n"
                                 + "With --isolation process each VM runs in a warm vmm standby process of its own, which keeps running\n"
                                 + "when the host ends; a host started again on the same --state-dir re-attaches to it.")

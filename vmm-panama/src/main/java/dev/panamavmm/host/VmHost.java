@@ -267,6 +267,10 @@ public final class VmHost implements AutoCloseable {
                 ApiHandler.expect(command, args, "id", "uri");
                 yield forward(command, args);
             }
+            case "handover" -> {
+                ApiHandler.expect(command, args, "host");
+                yield handover(Path.of(ApiHandler.requireString(args, "host", "the new host's API socket")));
+            }
             case "query-vms" -> {
                 ApiHandler.expect(command, args);
                 yield vms.values().stream()
@@ -295,6 +299,43 @@ public final class VmHost implements AutoCloseable {
             }
             default -> null;
         };
+    }
+
+    /**
+     * Live update of the host: every VM of this JVM moves to the host at {@code target} (a new
+     * {@code vmm host}, its {@code incoming} then this VM's {@code migrate}, one VM at a time);
+     * VMs in worker processes stay where they are. A VM that fails to move keeps running here,
+     * and the handover stops there with that error.
+     */
+    private Map<String, Object> handover(Path target) throws Exception {
+        var moved = new ArrayList<Object>();
+        var stayed = new ArrayList<Object>();
+        var ordered = vms.values().stream()
+                .sorted(Comparator.comparingLong(h -> number(h.id())))
+                .toList();
+        try (var client = ApiClient.connect(target, 0, ApiClient.GREETING_MILLIS)) {
+            for (var hosted : ordered) {
+                if (!(hosted instanceof InProcess vm)) {
+                    stayed.add(hosted.id());
+                    continue;
+                }
+                var socket = files.stateDir().resolve("handover-" + vm.id() + ".sock");
+                var there = Json.asObject(
+                        execute(client, "incoming", Json.object("uri", "unix:" + socket)), "the new host's reply");
+                var result = Json.asObject(
+                        vm.api().execute("migrate", Json.object("uri", "unix:" + socket)), "the migration's result");
+                moved.add(Json.object(
+                        "id",
+                        vm.id(),
+                        "to",
+                        there.get("id"),
+                        "api-socket",
+                        there.get("api-socket"),
+                        "downtime-ms",
+                        result.get("downtime-ms")));
+            }
+        }
+        return Json.object("moved", moved, "stayed", stayed);
     }
 
     private Hosted find(Map<String, Object> args) {

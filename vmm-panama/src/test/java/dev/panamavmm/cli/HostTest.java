@@ -137,6 +137,61 @@ class HostTest {
         }
     }
 
+    /** Live update of a shared host: its VMs move to a new host process and run on there without CORRUPT. */
+    @KvmTest
+    void aSharedHostHandsItsVmsToANewHost() throws Exception {
+        var tpl = TemplateCliTest.createTemplate(dir);
+        var oldApi = dir.resolve("old.sock");
+        var newApi = dir.resolve("new.sock");
+        try (var oldHost = VmmProcess.start(
+                        StandbyTest.NO_REHEARSAL,
+                        "host",
+                        "--api-socket",
+                        oldApi.toString(),
+                        "--state-dir",
+                        dir.resolve("old").toString());
+                var newHost = VmmProcess.start(
+                        StandbyTest.NO_REHEARSAL,
+                        "host",
+                        "--api-socket",
+                        newApi.toString(),
+                        "--state-dir",
+                        dir.resolve("new").toString())) {
+            oldHost.awaitSocket(oldApi);
+            newHost.awaitSocket(newApi);
+            var booted = ctl(oldApi, "boot", "{\"memory\": \"64M\", \"cpus\": 2, \"cmdline\": \"" + GUEST + "\"}");
+            var cloned = ctl(oldApi, "clone", "{\"template\": \"" + tpl + "\"}");
+            var bootedConsole = Path.of((String) booted.get("console"));
+            var clonedConsole = Path.of((String) cloned.get("console"));
+            SnapshotCliTest.awaitText(bootedConsole, "hb 1 3", 30);
+            SnapshotCliTest.awaitText(clonedConsole, "hb 0 \\d+", 30);
+
+            var handover = ctl(oldApi, "handover", "{\"host\": \"" + newApi + "\"}");
+            var moved = Json.asList(handover.get("moved"), "moved");
+            assertEquals(2, moved.size(), handover.toString());
+            assertEquals(List.of(), vms(oldApi));
+            var there = vms(newApi);
+            assertEquals(2, there.size(), there.toString());
+            assertTrue(there.stream().allMatch(v -> "running".equals(v.get("status"))), there.toString());
+
+            // Each guest goes on in the new host where it stopped in the old one
+            String[] before = {
+                Files.readString(bootedConsole),
+                Files.readString(dir.resolve("template.log")) + Files.readString(clonedConsole)
+            };
+            for (int i = 0; i < 2; i++) {
+                var console = Path.of((String) there.get(i).get("console"));
+                var seen = Heartbeats.checkLive(before[i]);
+                SnapshotCliTest.awaitText(console, "hb 0 " + (seen.get(0) + 3), 30);
+                Heartbeats.checkLive(before[i] + Files.readString(console));
+            }
+            assertEquals(0, MainTest.run("ctl", oldApi.toString(), "quit").code());
+            assertEquals(0, oldHost.waitFor(30), oldHost.stderr());
+            assertEquals(0, MainTest.run("ctl", newApi.toString(), "quit").code());
+            assertEquals(0, newHost.waitFor(30), newHost.stderr());
+        }
+    }
+
     @KvmTest
     void processWorkersTakeOnlyTheirVmWhenKilledAndOutliveTheirHost() throws Exception {
         var tpl = TemplateCliTest.createTemplate(dir);
