@@ -28,6 +28,8 @@ final class StandbyPool implements AutoCloseable {
     private final List<Worker> idle = new ArrayList<>();
     private final Thread refiller;
     private volatile boolean closed;
+    /** Workers warm up at nice 19, as long as this process may set them back to 0 once warm. */
+    private volatile boolean niceWorkers = true;
     /** Workers in a row that ended before they were warm (no KVM, a bad launcher): the next start waits longer. */
     private int failures;
 
@@ -92,15 +94,11 @@ final class StandbyPool implements AutoCloseable {
     }
 
     /**
-     * Keeps {@code size} workers in the pool and marks them ready when their socket appears. Runs
-     * at nice 19 itself: starting a JVM is work a running VM should not wait for.
+     * Keeps {@code size} workers in the pool and marks them ready when their socket appears. This
+     * thread keeps its own priority: a process inherits the nice value of the thread that starts
+     * it, and the workers' own is set by {@code nice}.
      */
     private void keepFilled() {
-        try {
-            LibC.niceCurrentThread(19);
-        } catch (KvmException e) {
-            log.debug("cannot lower the pool thread's priority: {}", e.getMessage());
-        }
         while (!closed) {
             try {
                 List<Worker> warming;
@@ -138,10 +136,19 @@ final class StandbyPool implements AutoCloseable {
             log.debug("standby worker {} does not answer yet: {}", w.id, e.getMessage());
             return; // still warming up; looked at again in a moment
         }
-        try {
-            LibC.niceProcessGroup(w.pid, 0); // setsid made it its group's leader: every thread of it
-        } catch (KvmException e) {
-            log.warn("cannot set standby worker {} (pid {}) back to nice 0: {}", w.id, w.pid, e.getMessage());
+        if (niceWorkers) {
+            try {
+                LibC.niceProcessGroup(w.pid, 0); // setsid made it its group's leader: every thread of it
+            } catch (KvmException e) {
+                // Raising a priority needs CAP_SYS_NICE (root): without it a VM would run at nice 19.
+                niceWorkers = false;
+                log.warn(
+                        "cannot set standby worker {} (pid {}) back to nice 0 ({}): it stays at nice 19, and later"
+                                + " workers warm up at normal priority",
+                        w.id,
+                        w.pid,
+                        e.getMessage());
+            }
         }
         synchronized (this) {
             w.markReady();
@@ -153,7 +160,7 @@ final class StandbyPool implements AutoCloseable {
 
     private void spawn() throws IOException {
         var names = files.claim();
-        var command = new ArrayList<String>(List.of("nice", "-n", "19", "setsid"));
+        var command = new ArrayList<String>(niceWorkers ? List.of("nice", "-n", "19", "setsid") : List.of("setsid"));
         command.addAll(launch);
         command.addAll(List.of(
                 "standby", "--api-socket", names.apiSocket().toString(), "--console", "file:" + names.console()));
