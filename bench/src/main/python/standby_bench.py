@@ -15,6 +15,7 @@ driver stops, whatever the reason; the scratch directory on tmpfs belongs to the
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -323,6 +324,75 @@ def serve_clone(serve, q, template, consoles, tag):
     return r
 
 
+class Pid:
+    """A process this script did not start (a host's worker), shaped as spawn()'s for memory_of and Console.wait."""
+
+    def __init__(self, pid, logpath):
+        self.pid, self.logpath, self.returncode = pid, logpath, None
+
+    def poll(self):
+        return None if os.path.exists(f"/proc/{self.pid}") else 0
+
+
+HOST_STATES = []   # every host's state directory: its workers name it on their command line
+
+
+def host_up(isolation, tag):
+    """A `vmm host` (as ./vmm starts it: -Xms8m); process isolation keeps 2 warm workers."""
+    sock, state = fresh(f"host-{isolation}.sock"), fresh(f"host-{isolation}-state")
+    p, _ = start(vmm("host", "--api-socket", sock, "--state-dir", state, "--console-dir", WORK,
+                     "--isolation", isolation, "--standby", "2", extra=["-Xms8m"]), tag)
+    q = JsonLines(sock, p, timeout=120)
+    q.cmd("qmp_capabilities")
+    if isolation == "shared":
+        m = wait_log(p, r"DEBUG Rehearsal: rehearsal (done in (\d+) ms|failed.*)")
+        if not m.group(2):
+            raise BenchError(f"vmm host's warm-up failed: {m.group(0)}")
+    HOST_STATES.append(state)
+    return p, q
+
+
+def host_pool_warm(q, timeout=300):
+    """Waits until every standby worker of a process-mode host is warm, then IDLE s more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pool = q.cmd("query-host")["standby"]
+        if pool and all(w["ready"] for w in pool):
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(f"the host's standby workers are not warm after {timeout} s: {pool}")
+        time.sleep(0.05)
+    time.sleep(IDLE)
+
+
+def host_clone(host, q, template, tag, process):
+    if process:
+        host_pool_warm(q)
+    la = loadavg()[0]
+    rep, t0, t1 = q.call("clone", template=template)
+    proc = Pid(rep["pid"], host.logpath) if process else host
+    t_hb, _ = first_hb(rep["console"], proc)
+    q.cmd("destroy", id=rep["id"])
+    rm(rep["console"])
+    r = {"reply_ms": (t1 - t0) * 1e3, "hb_ms": (t_hb - t0) * 1e3, "duration_ms": rep.get("duration-ms"),
+         "worker_ms": rep.get("worker-ms"), "load1": la}
+    log(f"{tag}: {r}")
+    return r
+
+
+def end_workers(state_dir):
+    """Kills what a host's state directory names (its workers live in sessions of their own: end_all misses them)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if state_dir.encode() in f.read():
+                    os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+
+
 # ---------------------------------------------------------------------------------------------
 # QEMU (as snapshot_bench.py runs it)
 
@@ -437,9 +507,13 @@ def template_ram(template):
     return files[0]
 
 
-def memory_round(i, chains, template, tpl_ram, qemu_mem, qemu_snap):
+def memory_round(i, chains, template, tpl_ram, qemu_mem, qemu_snap, phost_q):
     subjects = []   # (name, proc, guest RAM path, started, finish) finish(): saves or quits
     try:
+        host_pool_warm(phost_q)
+        rep = phost_q.cmd("clone", template=template)
+        subjects.append(("host worker (process isolation), cloned", Pid(rep["pid"], "(host worker)"), tpl_ram, now(),
+                         lambda rep=rep: (phost_q.cmd("destroy", id=rep["id"]), rm(rep["console"]))))
         # Warm standbys first (their warm-ups overlap), then every VM is started.
         standbys = {}
         for v in USED:
@@ -536,6 +610,12 @@ def summary(R):
     p("|---|---|---|")
     p(f"| into a warm `vmm standby` | {mr(col(R, 'clone_standby', 'reply_ms'))} | {mr(col(R, 'clone_standby', 'hb_ms'))} |")
     p(f"| in `vmm serve` (in-process) | {mr(col(R, 'clone_serve', 'reply_ms'))} | {mr(col(R, 'clone_serve', 'hb_ms'))} |")
+    p(f"| `vmm host --isolation shared` | {mr(col(R, 'clone_host_shared', 'reply_ms'))} | {mr(col(R, 'clone_host_shared', 'hb_ms'))} |")
+    p(f"| `vmm host --isolation process` (a warm worker of its pool) | {mr(col(R, 'clone_host_process', 'reply_ms'))} |"
+      f" {mr(col(R, 'clone_host_process', 'hb_ms'))} |")
+    p(f"process-mode host: its own duration-ms {mr(col(R, 'clone_host_process', 'duration_ms'))}, of it the worker's"
+      f" {mr(col(R, 'clone_host_process', 'worker_ms'))}; shared-mode host's duration-ms"
+      f" {mr(col(R, 'clone_host_shared', 'duration_ms'))}")
     p("")
     p("| save (bypass / x-ignore-shared), request -> reply | ms |")
     p("|---|---|")
@@ -617,7 +697,7 @@ def main():
     R = {"size": SIZE, "runs": RUNS, "settle_s": SETTLE, "mem_wait_s": MEM_WAIT, "commit": CFG["commit"],
          "cmdline": GUEST_CMDLINE, "java": vmm()[:-2], "variants": {v: VARIANTS[v] for v in USED},
          "qemu_save": [], "qemu_prestarted": [], "qemu_cold": [], "cold_jit": [], "cold_aot": [],
-         "clone_standby": [], "clone_serve": [], "memory": []}
+         "clone_standby": [], "clone_serve": [], "clone_host_shared": [], "clone_host_process": [], "memory": []}
     for v in USED:
         R[f"standby_{v}"] = []
     R["quiet_note"] = wait_for_quiet()
@@ -644,6 +724,8 @@ def main():
         m = wait_log(serve, r"DEBUG Rehearsal: rehearsal (done in (\d+) ms|failed.*)")
         if not m.group(2):
             raise BenchError(f"vmm serve's warm-up failed: {m.group(0)}")
+        shost, shost_q = host_up("shared", "host-shared")
+        phost, phost_q = host_up("process", "host-process")
         timing = Chain("timing")
         mem_chains = {v: Chain(f"mem-{v}") for v in USED}
         qemu_mem, qemu_snap = fresh("qemu.ram"), fresh("qemu.mig")
@@ -664,13 +746,21 @@ def main():
                 R[name].append(dict(panama_cold(timing, f"{i}-{name}", aot), run=i))
             R["clone_standby"].append(dict(standby_clone(template, f"{i}-clone-standby"), run=i))
             R["clone_serve"].append(dict(serve_clone(serve, serve_q, template, consoles, f"{i}-clone-serve"), run=i))
-            R["memory"].append(memory_round(i, mem_chains, template, tpl_ram, qemu_mem, qemu_snap))
+            R["clone_host_shared"].append(dict(host_clone(shost, shost_q, template, f"{i}-clone-host-shared", False), run=i))
+            R["clone_host_process"].append(dict(host_clone(phost, phost_q, template, f"{i}-clone-host-process", True), run=i))
+            R["memory"].append(memory_round(i, mem_chains, template, tpl_ram, qemu_mem, qemu_snap, phost_q))
         serve_q.cmd("quit", check=False)
         serve_q.close()
         stop(serve)
+        for q, p in ((shost_q, shost), (phost_q, phost)):
+            q.cmd("quit", check=False)
+            q.close()
+            stop(p)
         R["load_after"] = loadavg()
         R["measuring_s"] = round(time.monotonic() - t_start)
     finally:
+        for state in HOST_STATES:
+            end_workers(state)   # a host's workers outlive it by design: none may outlive the bench
         with open(os.path.join(OUT, "results.json"), "w") as f:
             json.dump(R, f, indent=1)
     text = summary(R) + f"\nmeasuring took {R['measuring_s']} s\n"

@@ -125,7 +125,7 @@ final class CloneCommand implements Cli.Command {
     }
 
     /** The jar this class was loaded from (absolute), or null when it runs from a directory. */
-    private static Path ownJar() {
+    static Path ownJar() {
         try {
             var location = Path.of(CloneCommand.class
                     .getProtectionDomain()

@@ -21,7 +21,9 @@ final class CtlCommand implements Cli.Command {
                         "a VM's: query-status, stop, cont, quit, snapshot {\"path\"}, migrate {\"uri\"};"
                                 + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"}, quit;"
                                 + " vmm standby's (then the VM's): restore {\"path\"}, clone {\"template\"}, boot {\"memory\", ...},"
-                                + " incoming {\"uri\"}, query-status, quit",
+                                + " incoming {\"uri\"}, query-status, quit;"
+                                + " vmm host's: boot {...}, restore {\"path\"}, clone {\"template\"}, incoming {\"uri\"}, destroy {\"id\"},"
+                                + " stop, cont, snapshot and migrate with {\"id\", ...}, handover {\"host\"}, query-vms, query-host, quit",
                         v -> command = v)
                 .optionalParameter("JSON", "arguments as a JSON object", v -> arguments = v)
                 .include(wait::declare);

@@ -36,6 +36,7 @@ public final class Main implements Cli.Command {
                 .subcommand("template", TemplateCommand::new)
                 .subcommand("clone", CloneCommand::new)
                 .subcommand("serve", ServeCommand::new)
+                .subcommand("host", HostCommand::new)
                 .subcommand("migrate", MigrateCommand::new)
                 .subcommand("incoming", IncomingCommand::new)
                 .subcommand("standby", StandbyCommand::new)

@@ -215,8 +215,8 @@ public final class Standby implements AutoCloseable {
         return result;
     }
 
-    /** The machine of a {@code boot} command: the embedded test guest unless a kernel is named. */
-    private static MachineConfig machine(Map<String, Object> args) throws IOException {
+    /** The machine of a {@code boot} command (here and in {@code vmm host}): the embedded test guest unless a kernel is named. */
+    public static MachineConfig machine(Map<String, Object> args) throws IOException {
         long memory =
                 args.get("memory") instanceof String s ? Sizes.parse(s) : ApiHandler.number(args, "memory", 256L << 20);
         if (memory < GuestMemory.MIN_SIZE || memory > GuestMemory.MAX_SIZE || memory % 4096 != 0) {

@@ -20,7 +20,7 @@ import org.junit.jupiter.api.Test;
 class DocsTrueToCodeTest {
     /** The sources whose {@code switch} on the command name is the control API. */
     static final List<String> HANDLERS =
-            List.of("api/ApiHandler.java", "control/CloneService.java", "control/Standby.java");
+            List.of("api/ApiHandler.java", "control/CloneService.java", "control/Standby.java", "host/VmHost.java");
 
     @Test
     void architectureNamesEveryCommandAndSubcommand() throws IOException {

@@ -314,6 +314,15 @@ public final class LibC {
         checked("setpriority", LibcConstants.SYS_setpriority, 0 /* PRIO_PROCESS */, gettid(), nice);
     }
 
+    /**
+     * Sets the nice value of every thread of every process in process group {@code pgid}
+     * (setpriority with PRIO_PGRP reaches all threads, where PRIO_PROCESS on a pid reaches only
+     * the thread with that id).
+     */
+    public static void niceProcessGroup(long pgid, int nice) {
+        checked("setpriority", LibcConstants.SYS_setpriority, 1 /* PRIO_PGRP */, pgid, nice);
+    }
+
     private static final class Sigaction {
         static final MethodHandle H =
                 link("sigaction", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, ADDRESS), ERRNO);
