@@ -78,11 +78,12 @@ final class HostCommand implements Cli.Command {
         if (consoleDir == null) consoleDir = stateDir;
         else Cli.createDirectories("--console-dir", consoleDir);
         var info = ProcessHandle.current().info();
-        var launch = CloneCommand.sameJvm(
+        // Workers run one VM each: they get a one-VM process's options, not this host's (C2).
+        var launch = JvmOptions.forOneVm(CloneCommand.sameJvm(
                 info.command().orElse("java"),
                 info.arguments().orElse(new String[0]),
                 System.getProperty("java.class.path"),
-                CloneCommand.ownJar());
+                CloneCommand.ownJar()));
         var quit = new CountDownLatch(1);
         // Opened in both modes: without KVM the host says so now, not with every worker that fails.
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE);

@@ -1,0 +1,39 @@
+package dev.panamavmm.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Files;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+
+class JvmOptionsTest {
+    /** The launcher's one-VM options and the host's for its workers are one list. */
+    @Test
+    void theLauncherGivesAOneVmProcessTheseOptions() throws Exception {
+        String launcher = Files.readString(ReadmeTest.repositoryRoot().resolve("vmm"));
+        String oneVm = launcher.substring(launcher.indexOf("  run|restore|clone|standby|incoming)\n"));
+        oneVm = oneVm.substring(0, oneVm.indexOf(";;"));
+        assertTrue(launcher.contains("serve|host|run|restore|clone|standby|incoming) java_opts+=(-Xms8m)"), launcher);
+        for (var option : JvmOptions.ONE_VM.subList(1, JvmOptions.ONE_VM.size()))
+            assertTrue(oneVm.contains(option), option + " is not in ./vmm's one-VM options: " + oneVm);
+        assertEquals(
+                JvmOptions.ONE_VM.size() - 1,
+                oneVm.split("java_opts\\+=\\(")[1].trim().split("\\s+").length);
+    }
+
+    @Test
+    void aWorkerGetsTheOptionsItLacksAfterJava() {
+        assertEquals(
+                List.of(
+                        "java",
+                        "-XX:TieredStopAtLevel=1",
+                        "-XX:+UnlockDiagnosticVMOptions",
+                        "-XX:ArchiveRelocationMode=0",
+                        "-XX:+UseSerialGC",
+                        "-Xms8m",
+                        "-jar",
+                        "vmm.jar"),
+                JvmOptions.forOneVm(List.of("java", "-XX:+UseSerialGC", "-Xms8m", "-jar", "vmm.jar")));
+    }
+}
