@@ -1,22 +1,20 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.api.ApiServer;
+import dev.panamavmm.control.ApiEvents;
 import dev.panamavmm.control.Rehearsal;
 import dev.panamavmm.control.Standby;
 import dev.panamavmm.control.VmControl;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
 import java.io.OutputStream;
 import java.io.PrintWriter;
 import java.nio.file.Path;
-import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.atomic.AtomicBoolean;
-import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Function;
 
 /**
@@ -100,7 +98,7 @@ final class VmSession {
             String stoppedMessage)
             throws Exception {
         try (var io = ConsoleIo.open(consoleSpec)) {
-            var events = new ApiEvents(() -> {});
+            var events = new ApiEvents();
             var stopped = new CompletableFuture<Vm>();
             try (var standby = new Standby(kvm, io.output(), events, () -> stopped.complete(null))) {
                 // Before the API socket appears, for the whole life: a signal before a VM came ends
@@ -133,46 +131,6 @@ final class VmSession {
                     Signals.restore(previous);
                 }
             }
-        }
-    }
-
-    /** A VM's events on the control API (READY, STOP, RESUME, SHUTDOWN), once a server is attached. */
-    static final class ApiEvents implements VmListener {
-        private final AtomicReference<ApiServer> api = new AtomicReference<>();
-        private final Runnable onResume;
-
-        ApiEvents(Runnable onResume) {
-            this.onResume = onResume;
-        }
-
-        void attach(ApiServer server) {
-            api.set(server);
-        }
-
-        @Override
-        public void ready() {
-            event("READY", null);
-        }
-
-        @Override
-        public void paused() {
-            event("STOP", null);
-        }
-
-        @Override
-        public void resumed() {
-            event("RESUME", null);
-            onResume.run();
-        }
-
-        @Override
-        public void ended(VmExitReason reason) {
-            event("SHUTDOWN", Json.object("reason", reason.describe()));
-        }
-
-        private void event(String name, Map<String, Object> data) {
-            var a = api.get();
-            if (a != null) a.event(name, data);
         }
     }
 }

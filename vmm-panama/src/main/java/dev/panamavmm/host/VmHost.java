@@ -3,6 +3,7 @@ package dev.panamavmm.host;
 import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.api.ApiServer;
+import dev.panamavmm.control.ApiEvents;
 import dev.panamavmm.control.Standby;
 import dev.panamavmm.control.VmControl;
 import dev.panamavmm.kvm.Kvm;
@@ -15,7 +16,6 @@ import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmExitReason;
-import dev.panamavmm.vmm.VmListener;
 import dev.panamavmm.vmm.VmSnapshots;
 import java.io.IOException;
 import java.io.OutputStream;
@@ -134,14 +134,7 @@ public final class VmHost implements AutoCloseable {
 
         @Override
         public Map<String, Object> describe() {
-            String status;
-            try {
-                status = forward(worker, "query-status", Map.of()) instanceof Map<?, ?> m
-                        ? String.valueOf(m.get("status"))
-                        : "unknown";
-            } catch (RuntimeException e) {
-                status = "unreachable";
-            }
+            String status = statusOf(worker, "unreachable");
             return Json.object(
                     "id",
                     worker.id,
@@ -388,7 +381,7 @@ public final class VmHost implements AutoCloseable {
         boolean resume = ApiHandler.flag(args, "resume", true);
         var names = files.claim();
         var out = Files.newOutputStream(names.console(), StandardOpenOption.WRITE, StandardOpenOption.APPEND);
-        var listener = new VmEvents();
+        var listener = new ApiEvents();
         Vm vm;
         try {
             vm = switch (command) {
@@ -431,7 +424,7 @@ public final class VmHost implements AutoCloseable {
     }
 
     /** Gives a VM of this JVM its API socket and a place in the list; a guest that ends is reaped. */
-    private InProcess register(VmFiles.Names names, OutputStream out, VmEvents listener, Vm vm) {
+    private InProcess register(VmFiles.Names names, OutputStream out, ApiEvents listener, Vm vm) {
         var api = ApiHandler.forVm(new VmControl(vm));
         ApiServer server;
         try {
@@ -470,7 +463,7 @@ public final class VmHost implements AutoCloseable {
     private Map<String, Object> incomingShared(Path socket) throws Exception {
         var names = files.claim();
         var out = Files.newOutputStream(names.console(), StandardOpenOption.WRITE, StandardOpenOption.APPEND);
-        var listener = new VmEvents();
+        var listener = new ApiEvents();
         var arriving = new Arriving(names, socket);
         vms.put(names.id(), arriving);
         var listening = new CompletableFuture<Void>();
@@ -547,14 +540,7 @@ public final class VmHost implements AutoCloseable {
     private void awaitArrival(InWorker hosted) {
         var worker = hosted.worker();
         while (vms.get(worker.id) == hosted && !worker.exited()) {
-            String status;
-            try {
-                status = forward(worker, "query-status", Map.of()) instanceof Map<?, ?> m
-                        ? String.valueOf(m.get("status"))
-                        : "unknown";
-            } catch (RuntimeException e) {
-                status = "inmigrate"; // busy, or ending: the exit watch reports an end
-            }
+            String status = statusOf(worker, "inmigrate"); // busy, or ending: the exit watch reports an end
             if (status.equals("standby")) {
                 if (vms.remove(worker.id, hosted)) {
                     ended(
@@ -821,37 +807,14 @@ public final class VmHost implements AutoCloseable {
         close(lockFile);
     }
 
-    /** A shared-mode VM's events on its own API socket, as {@code vmm run} sends them. */
-    private static final class VmEvents implements VmListener {
-        private final AtomicReference<ApiServer> server = new AtomicReference<>();
-
-        void attach(ApiServer s) {
-            server.set(s);
-        }
-
-        @Override
-        public void ready() {
-            event("READY", null);
-        }
-
-        @Override
-        public void paused() {
-            event("STOP", null);
-        }
-
-        @Override
-        public void resumed() {
-            event("RESUME", null);
-        }
-
-        @Override
-        public void ended(VmExitReason reason) {
-            event("SHUTDOWN", Json.object("reason", reason.describe()));
-        }
-
-        private void event(String name, Map<String, Object> data) {
-            var s = server.get();
-            if (s != null) s.event(name, data);
+    /** The worker's VM status as its API says, or {@code unanswered} when it does not answer. */
+    private static String statusOf(Worker worker, String unanswered) {
+        try {
+            return forward(worker, "query-status", Map.of()) instanceof Map<?, ?> m
+                    ? String.valueOf(m.get("status"))
+                    : "unknown";
+        } catch (RuntimeException e) {
+            return unanswered;
         }
     }
 }

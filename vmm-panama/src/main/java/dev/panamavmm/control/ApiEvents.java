@@ -1,0 +1,57 @@
+package dev.panamavmm.control;
+
+import dev.panamavmm.api.ApiServer;
+import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.VmExitReason;
+import dev.panamavmm.vmm.VmListener;
+import java.util.Map;
+import java.util.concurrent.atomic.AtomicReference;
+
+/**
+ * A VM's events on its control API ({@code READY}, {@code STOP}, {@code RESUME},
+ * {@code SHUTDOWN} with the reason), once a server is attached: the listener of every VM that has
+ * an API socket, in a VMM process of its own or in a host.
+ */
+public final class ApiEvents implements VmListener {
+    private final AtomicReference<ApiServer> api = new AtomicReference<>();
+    private final Runnable onResume;
+
+    /** {@code onResume} runs after each RESUME event (on the thread that resumed the VM). */
+    public ApiEvents(Runnable onResume) {
+        this.onResume = onResume;
+    }
+
+    public ApiEvents() {
+        this(() -> {});
+    }
+
+    public void attach(ApiServer server) {
+        api.set(server);
+    }
+
+    @Override
+    public void ready() {
+        event("READY", null);
+    }
+
+    @Override
+    public void paused() {
+        event("STOP", null);
+    }
+
+    @Override
+    public void resumed() {
+        event("RESUME", null);
+        onResume.run();
+    }
+
+    @Override
+    public void ended(VmExitReason reason) {
+        event("SHUTDOWN", Json.object("reason", reason.describe()));
+    }
+
+    private void event(String name, Map<String, Object> data) {
+        var a = api.get();
+        if (a != null) a.event(name, data);
+    }
+}
