@@ -27,7 +27,8 @@ public final class VirtioMmio {
     /** Bytes of guest-physical space each device occupies. */
     public static final int WINDOW_SIZE = 0x1000;
 
-    static final int MAGIC = 0x000,
+    /** Register offsets in the window (4.2.2.1). */
+    public static final int MAGIC = 0x000,
             VERSION = 0x004,
             DEVICE_ID = 0x008,
             VENDOR_ID = 0x00c,
