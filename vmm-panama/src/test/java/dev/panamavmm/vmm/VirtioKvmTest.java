@@ -34,8 +34,9 @@ class VirtioKvmTest {
     static final int QUEUE = 16;
 
     /**
-     * loop: mov rax, [MAILBOX]; test rax, rax; jz loop; mov qword [MAILBOX], 0; mov dword [rax], 0;
-     * jmp loop
+     * loop: mov rax, [MAILBOX]; out 0x80, al; test rax, rax; jz loop; mov qword [MAILBOX], 0;
+     * mov dword [rax], 0; jmp loop. The OUT leaves KVM_RUN on every round, as a real guest's exits
+     * do: a VMM ioctl on the vCPU (a live update probes its MSRs) waits for the vCPU to leave it.
      */
     static final byte[] DOORBELL_GUEST = {
         0x48,
@@ -46,11 +47,13 @@ class VirtioKvmTest {
         0x00,
         0x20,
         0x00,
+        (byte) 0xe6,
+        (byte) 0x80,
         0x48,
         (byte) 0x85,
         (byte) 0xc0,
         0x74,
-        (byte) 0xf3,
+        (byte) 0xf1,
         0x48,
         (byte) 0xc7,
         0x04,
@@ -70,7 +73,7 @@ class VirtioKvmTest {
         0x00,
         0x00,
         (byte) 0xeb,
-        (byte) 0xdf
+        (byte) 0xdd
     };
 
     static MachineConfig config(List<DiskConfig> disks, boolean rng) {
@@ -268,6 +271,47 @@ class VirtioKvmTest {
             var e = assertThrows(SnapshotException.class, () -> VmSnapshots.load(snap));
             assertTrue(
                     e.getMessage().contains("the disk " + file.toAbsolutePath() + " does not match"), e.getMessage());
+        }
+    }
+
+    @KvmTest
+    void aLiveUpdatePassesTheDiskItselfAndTheQueueGoesOn(@TempDir Path dir) throws Exception {
+        var file = disk(dir);
+        try (var kvm = Kvm.open()) {
+            Vm source = VmBuilder.boot(
+                    kvm,
+                    config(List.of(new DiskConfig(file, false, "")), true),
+                    new ByteArrayOutputStream(),
+                    new VmListener() {});
+            Vm destination = null;
+            try {
+                source.start();
+                var blk = new Driver(source, DeviceTable.VIRTIO_MMIO_BASE);
+                blk.start();
+                blk.ram().slice(blk.at(DATA), 512).fill((byte) 0x11);
+                assertEquals(0, blk.block(1, 4, 512, false));
+                // Under another name, the path in the source's config no longer opens: the destination must use the fd.
+                var moved = Files.move(file, dir.resolve("moved.raw"));
+                var socket = dir.resolve("m.sock");
+                var next = LocalMigrationTest.incoming(kvm, socket, new SnapshotTest.Console(), null);
+                LocalMigrationTest.awaitSocket(socket);
+                LocalMigration.send(source, socket, 10);
+                source.close();
+                destination = next.get(10, TimeUnit.SECONDS);
+                var after = new Driver(destination, DeviceTable.VIRTIO_MMIO_BASE);
+                assertEquals(0x0f, after.reg(STATUS));
+                after.ram().slice(after.at(DATA), 512).fill((byte) 0x22);
+                assertEquals(0, after.block(1, 5, 512, false), "the destination writes through the passed fd");
+                assertEquals(0, after.block(0, 4, 512, true));
+                assertEquals(0x11, after.ram().slice(after.at(DATA), 1).get(JAVA_BYTE, 0));
+                assertEquals(3, after.usedIdx(), "each request used exactly once across the update");
+                var onDisk = Files.readAllBytes(moved);
+                assertEquals(0x11, onDisk[4 * 512]);
+                assertEquals(0x22, onDisk[5 * 512]);
+            } finally {
+                source.close();
+                if (destination != null) destination.close();
+            }
         }
     }
 }
