@@ -80,6 +80,8 @@ final class RunCommand implements Cli.Command {
         for (var d : disks) {
             if (!Files.exists(d.path())) throw new UsageException("--disk " + d.path() + " does not exist");
             if (Files.isDirectory(d.path())) throw new UsageException("--disk " + d.path() + " is a directory");
+            if (Files.isRegularFile(d.path()) && Files.size(d.path()) < 512)
+                throw new UsageException("--disk " + d.path() + " is smaller than one 512-byte sector");
         }
         var config = guest.config(backing).withVirtio(disks, rng);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {

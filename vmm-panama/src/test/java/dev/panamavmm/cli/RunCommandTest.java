@@ -46,6 +46,25 @@ class RunCommandTest {
     }
 
     @Test
+    void badDisksAreOneLineErrors(@TempDir Path dir) throws Exception {
+        var missing = dir.resolve("missing.raw");
+        assertOneLineError(2, run("run", "--disk", missing.toString()), "--disk " + missing + " does not exist");
+        assertOneLineError(2, run("run", "--disk", dir.toString()), "--disk " + dir + " is a directory");
+        var disk = Files.write(dir.resolve("disk.raw"), new byte[4096]);
+        assertOneLineError(
+                2,
+                run("run", "--disk", disk + ",fast"),
+                "--disk " + disk + ",fast: unknown disk option \"fast\" (readonly or id=ID)");
+        assertOneLineError(
+                2,
+                run("run", "--disk", disk + ",id=" + "x".repeat(21)),
+                "--disk " + disk + ",id=" + "x".repeat(21) + ": a disk id has at most 20 characters");
+        var tiny = Files.write(dir.resolve("tiny.raw"), new byte[100]);
+        assertOneLineError(
+                2, run("run", "--disk", tiny.toString()), "--disk " + tiny + " is smaller than one 512-byte sector");
+    }
+
+    @Test
     void badKernelsInitrdsAndCommandLinesAreOneLineErrors(@TempDir Path dir) throws Exception {
         byte[] bz = SyntheticBzImage.standard().build();
         var truncated = Files.write(dir.resolve("truncated"), Arrays.copyOf(bz, bz.length - 1000));
