@@ -6,8 +6,10 @@ import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.migration.FileIdentity;
 import dev.panamavmm.vmm.memory.MemoryException;
+import dev.panamavmm.vmm.memory.MemoryFileLocks;
 import java.io.IOException;
 import java.nio.file.Files;
+import java.nio.file.Path;
 
 /**
  * A disk's open file: its descriptor (read-only for a read-only disk) and size. Opened once per
@@ -27,6 +29,13 @@ record OpenDisk(DiskConfig config, int fd, long size) implements AutoCloseable {
         } catch (KvmException e) {
             throw new MemoryException("cannot open disk " + path + ": " + LibC.strerror(e.errno()));
         }
+        try {
+            // One writer per disk, as for memory files; read-only users may share it.
+            MemoryFileLocks.lock(fd, path, !config.readOnly(), "disk");
+        } catch (RuntimeException e) {
+            LibC.close(fd);
+            throw e;
+        }
         return adopt(config, fd);
     }
 
@@ -43,13 +52,27 @@ record OpenDisk(DiskConfig config, int fd, long size) implements AutoCloseable {
         }
     }
 
-    /** The file's identity now (device, inode, size, times), as a snapshot records it. */
+    /** The identity (device, inode, size, times) of the file at {@code config}'s path now: what a restore compares. */
     static FileIdentity identity(DiskConfig config) {
         try {
             return FileIdentity.of(config.path());
         } catch (IOException e) {
             throw new MemoryException("cannot read disk " + config.path() + ": " + e.getMessage());
         }
+    }
+
+    /** The identity of the open file itself, even if its name changed since it was opened: what a save records. */
+    FileIdentity identity() {
+        try {
+            return FileIdentity.of(Path.of("/proc/self/fd/" + fd));
+        } catch (IOException e) {
+            throw new MemoryException("cannot read disk " + config.path() + ": " + e.getMessage());
+        }
+    }
+
+    /** Drops this VMM's lock: a guest stopped for good by a save leaves the disk to the VMM that restores it. */
+    void unlock() {
+        LibC.flock(fd, LibcConstants.LOCK_UN);
     }
 
     @Override

@@ -179,6 +179,7 @@ public final class VmSnapshots {
                 // The paused guest never runs again: a restore may take its memory file right away,
                 // not only once this process has exited.
                 vm.memory().unlockSharedFiles();
+                vm.disks().forEach(OpenDisk::unlock);
             }
             return saved;
         } catch (IOException e) {
@@ -197,14 +198,14 @@ public final class VmSnapshots {
     private static List<Object> diskEntries(Vm vm, int first) {
         boolean passDescriptors = first >= 0;
         var entries = new ArrayList<Object>();
-        var disks = vm.config().disks();
+        var disks = vm.disks();
         for (int i = 0; i < disks.size(); i++) {
-            var d = disks.get(i);
+            var d = disks.get(i).config();
             var e = Json.object("path", d.path().toAbsolutePath().toString(), "readOnly", d.readOnly(), "id", d.id());
             if (passDescriptors) {
                 e.put("descriptor", (long) (first + i));
             } else {
-                var id = OpenDisk.identity(d);
+                var id = disks.get(i).identity();
                 e.put(
                         "identity",
                         Json.object(

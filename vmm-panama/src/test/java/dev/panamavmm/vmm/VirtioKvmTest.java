@@ -314,4 +314,30 @@ class VirtioKvmTest {
             }
         }
     }
+
+    @KvmTest
+    void aWritableDiskHasOneVmAtATime(@TempDir Path dir) throws Exception {
+        var file = disk(dir);
+        var out = new ByteArrayOutputStream();
+        try (var kvm = Kvm.open();
+                var first = VmBuilder.boot(
+                        kvm, config(List.of(new DiskConfig(file, false, "")), false), out, new VmListener() {})) {
+            var e = assertThrows(
+                    dev.panamavmm.vmm.memory.MemoryException.class,
+                    () -> VmBuilder.boot(
+                            kvm, config(List.of(new DiskConfig(file, true, "")), false), out, new VmListener() {}));
+            assertEquals(
+                    "disk " + file + " is in use by PID "
+                            + ProcessHandle.current().pid(),
+                    e.getMessage());
+            assertEquals(1, first.disks().size(), "the first VM keeps its disk");
+        }
+        try (var kvm = Kvm.open();
+                var a = VmBuilder.boot(
+                        kvm, config(List.of(new DiskConfig(file, true, "")), false), out, new VmListener() {});
+                var b = VmBuilder.boot(
+                        kvm, config(List.of(new DiskConfig(file, true, "")), false), out, new VmListener() {})) {
+            assertEquals(2, a.disks().size() + b.disks().size(), "read-only users share the disk");
+        }
+    }
 }
