@@ -96,6 +96,27 @@ class RunCommandTest {
     }
 
     @KvmTest
+    void theTestGuestRunsWithDisksAndRngAndTheVmmEndsCleanly(@TempDir Path dir) throws Exception {
+        var disk = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        var ro = Files.write(dir.resolve("ro.raw"), new byte[4096]);
+        var console = dir.resolve("console.txt");
+        var r = run(
+                "run",
+                "--disk",
+                disk + ",id=data",
+                "--disk",
+                ro + ",readonly",
+                "--rng",
+                "--console",
+                "file:" + console,
+                "--cmdline",
+                "console=ttyS0 testguest.hb=100 testguest.exit_after=2 testguest.exit_code=42");
+        assertEquals(42, r.code(), r.err());
+        assertEquals("", r.err());
+        assertTrue(Files.readString(console).contains("hb 0 2"), Files.readString(console));
+    }
+
+    @KvmTest
     void anUnwritableApiSocketIsOneLine(@TempDir Path dir) throws Exception {
         var kernel = Files.write(dir.resolve("tiny.elf"), TinyElfAccess.printHiAndExit(0));
         var r = run(

@@ -36,7 +36,7 @@ public interface VirtioDevice {
     /** The driver reset the device: forget anything per-driver (requests in flight still complete). */
     default void reset() {}
 
-    /** Completes one request. */
+    /** Completes one request; {@code writtenBytes} is unsigned, and a second call is ignored. */
     @FunctionalInterface
     interface Completion {
         void complete(int writtenBytes);

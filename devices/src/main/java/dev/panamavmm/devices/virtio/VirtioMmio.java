@@ -5,6 +5,7 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Objects;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * The virtio-mmio transport, version 2 (virtio 1.2, 4.2.2), around one {@link VirtioDevice}: the
@@ -491,7 +492,15 @@ public final class VirtioMmio {
                     }
                     inFlight++;
                     int requestEpoch = epoch;
-                    device.handle(queue, chain, written -> complete(requestEpoch, queue, chain.head(), written));
+                    var once = new AtomicBoolean();
+                    try {
+                        device.handle(queue, chain, written -> {
+                            if (once.compareAndSet(false, true)) complete(requestEpoch, queue, chain.head(), written);
+                        });
+                    } catch (RuntimeException e) {
+                        if (once.compareAndSet(false, true)) inFlight--; // it will never complete
+                        throw e;
+                    }
                 }
                 if (batchAdded && queues[queue].ring == ring && ring.needsInterrupt(usedBefore)) raiseUsed();
             } catch (VirtioException e) {
@@ -510,7 +519,7 @@ public final class VirtioMmio {
         if (requestEpoch != epoch || ring == null || (status & STATUS_NEEDS_RESET) != 0) return;
         try {
             int before = ring.usedIdx();
-            ring.addUsed(head, Math.max(0, written));
+            ring.addUsed(head, written); // unsigned: a length of 2 GiB or more is negative here
             if (processing == Thread.currentThread()) batchAdded = true;
             else if (ring.needsInterrupt(before)) raiseUsed();
         } catch (RuntimeException e) {
