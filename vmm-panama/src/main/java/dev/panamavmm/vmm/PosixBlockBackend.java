@@ -17,7 +17,7 @@ import java.util.List;
  * request's segments of guest memory are the iovec, so no byte is copied in the VMM. Each I/O
  * thread has its own iovec array. Host errors become IOException (the request's IOERR).
  */
-final class PosixBlockBackend implements BlockBackend {
+public final class PosixBlockBackend implements BlockBackend {
     /** The kernel's IOV_MAX; virtio-blk's seg_max keeps requests far below it. */
     private static final int IOV_MAX = 1024;
 
@@ -29,7 +29,7 @@ final class PosixBlockBackend implements BlockBackend {
     private final int fd;
     private final long size;
 
-    PosixBlockBackend(int fd, long size) {
+    public PosixBlockBackend(int fd, long size) {
         this.fd = fd;
         this.size = size;
     }

@@ -13,8 +13,9 @@ import java.util.concurrent.Executor;
 
 /**
  * virtio-blk (virtio 1.2, 5.2) over a {@link BlockBackend}: IN, OUT, FLUSH, GET_ID, DISCARD and
- * WRITE_ZEROES on one request queue. Requests run on {@code io} (a small pool: several in flight
- * at a queue depth above one); the transport's thread only parses and hands them over. A
+ * WRITE_ZEROES on one request queue. Of each batch of requests the transport hands over, the last
+ * runs on the queue's own thread (at queue depth 1 no request waits for a pool thread to wake) and
+ * the others on {@code io} (a small pool: several in flight at a queue depth above one). A
  * request the device cannot serve gets a status, never an exception: out of range, misaligned or
  * writing a read-only disk is {@code IOERR} (5.2.6.1: a read-only device answers writes with
  * IOERR and writes nothing), an unknown type {@code UNSUPP}, a host I/O error {@code IOERR}.
@@ -45,6 +46,8 @@ public final class VirtioBlock implements VirtioDevice {
     private final boolean readOnly;
     private final byte[] id;
     private final Executor io;
+    /** The batch's latest request, kept back to run on the queue's thread at the batch's end. */
+    private Runnable held;
 
     /**
      * A disk named {@code name} (messages, threads) over {@code backend}; {@code id} (at most 20
@@ -144,13 +147,13 @@ public final class VirtioBlock implements VirtioDevice {
         var out = slices(chain.readable(), HEADER_BYTES, 0);
         var in = slices(chain.writable(), 0, 1);
         switch (type) {
-            case T_IN -> io.execute(() -> transfer(false, sector, in, status, done));
+            case T_IN -> submit(() -> transfer(false, sector, in, status, done));
             case T_OUT -> {
                 if (readOnly) finish(status, S_IOERR, 0, done);
-                else io.execute(() -> transfer(true, sector, out, status, done));
+                else submit(() -> transfer(true, sector, out, status, done));
             }
             case T_FLUSH ->
-                io.execute(() -> {
+                submit(() -> {
                     int s = S_OK;
                     try {
                         backend.flush();
@@ -168,10 +171,24 @@ public final class VirtioBlock implements VirtioDevice {
             }
             case T_DISCARD, T_WRITE_ZEROES -> {
                 if (readOnly) finish(status, S_IOERR, 0, done);
-                else io.execute(() -> ranges(type, out, status, done));
+                else submit(() -> ranges(type, out, status, done));
             }
             default -> finish(status, S_UNSUPP, 0, done);
         }
+    }
+
+    /** Keeps {@code work} back for the batch's end, handing the one kept before to the pool. */
+    private void submit(Runnable work) {
+        var previous = held;
+        held = work;
+        if (previous != null) io.execute(previous);
+    }
+
+    @Override
+    public void batchEnd(int queue) {
+        var work = held;
+        held = null;
+        if (work != null) work.run();
     }
 
     private void transfer(

@@ -2,9 +2,10 @@ package dev.panamavmm.devices.virtio;
 
 /**
  * What a virtio device type adds to the transport: its id, features, queues, configuration
- * space and how it serves a request. Called by {@link VirtioMmio} under the transport's lock:
- * {@link #handle} must not block (a device with slow work hands it to its own threads and
- * completes later, from any thread).
+ * space and how it serves a request. {@link #handle} and {@link #batchEnd} run on the queue's
+ * thread (the device's), outside the transport's lock: a device may do slow work there, but
+ * while it does, the queue's later requests wait, so {@link #handle} should hand slow work to
+ * other threads and only {@link #batchEnd} do it in place.
  */
 public interface VirtioDevice {
 
@@ -32,6 +33,13 @@ public interface VirtioDevice {
      * never an exception; an exception means the device itself failed (NEEDS_RESET).
      */
     void handle(int queue, DescriptorChain chain, Completion done);
+
+    /**
+     * The requests handed over by {@link #handle} since the last call are all there are for now: a
+     * device that kept one back to serve on this thread (no hand-off to a pool at queue depth 1)
+     * serves it now.
+     */
+    default void batchEnd(int queue) {}
 
     /** The driver reset the device: forget anything per-driver (requests in flight still complete). */
     default void reset() {}

@@ -173,10 +173,10 @@ public final class VirtioMmio {
 
     private int inFlight;
     private boolean paused;
-    /** The thread inside processQueue: completions on it are batched into one interrupt. */
-    private Thread processing;
+    /** Per queue, the thread inside processQueue: completions on it are batched into one interrupt. */
+    private final Thread[] processing;
 
-    private boolean batchAdded;
+    private final boolean[] batchAdded;
     private String lastError;
 
     /** A fresh device. */
@@ -208,6 +208,8 @@ public final class VirtioMmio {
         this.interruptStatus = state.interruptStatus();
         this.configGeneration = state.configGeneration();
         this.queues = new Queue[device.queueCount()];
+        this.processing = new Thread[queues.length];
+        this.batchAdded = new boolean[queues.length];
         for (int i = 0; i < queues.length; i++) {
             var s = state.queues().get(i);
             var q = new Queue();
@@ -472,15 +474,21 @@ public final class VirtioMmio {
 
     // ---- queues (the device's thread) ----------------------------------------------------------
 
-    /** Takes every request available on {@code queue} and hands it to the device. Never throws. */
+    /**
+     * Takes every request available on {@code queue} and hands it to the device, outside the lock
+     * (a device may do I/O in {@link VirtioDevice#batchEnd} on this thread while vCPUs read its
+     * registers). Never throws. One thread per queue: the device's.
+     */
     public void processQueue(int queue) {
+        var chains = new ArrayList<DescriptorChain>();
+        Virtqueue ring;
+        int usedBefore, requestEpoch;
         synchronized (this) {
             if (paused || !active() || queue < 0 || queue >= queues.length) return;
-            var ring = queues[queue].ring;
+            ring = queues[queue].ring;
             if (ring == null) return;
-            int usedBefore = ring.usedIdx();
-            processing = Thread.currentThread();
-            batchAdded = false;
+            usedBefore = ring.usedIdx();
+            requestEpoch = epoch;
             try {
                 while (true) {
                     var chain = ring.pop();
@@ -490,25 +498,46 @@ public final class VirtioMmio {
                         if (!ring.hasAvailable()) break;
                         continue;
                     }
-                    inFlight++;
-                    int requestEpoch = epoch;
-                    var once = new AtomicBoolean();
-                    try {
-                        device.handle(queue, chain, written -> {
-                            if (once.compareAndSet(false, true)) complete(requestEpoch, queue, chain.head(), written);
-                        });
-                    } catch (RuntimeException e) {
-                        if (once.compareAndSet(false, true)) inFlight--; // it will never complete
-                        throw e;
-                    }
+                    chains.add(chain);
                 }
-                if (batchAdded && queues[queue].ring == ring && ring.needsInterrupt(usedBefore)) raiseUsed();
             } catch (VirtioException e) {
                 fail(e.getMessage());
-            } catch (RuntimeException e) {
+                return; // the chains taken so far are dropped with the device's state
+            }
+            inFlight += chains.size();
+            processing[queue] = Thread.currentThread();
+            batchAdded[queue] = false;
+        }
+        try {
+            for (var chain : chains) {
+                var once = new AtomicBoolean();
+                try {
+                    device.handle(queue, chain, written -> {
+                        if (once.compareAndSet(false, true)) complete(requestEpoch, queue, chain.head(), written);
+                    });
+                } catch (RuntimeException e) {
+                    synchronized (this) {
+                        if (once.compareAndSet(false, true) && --inFlight == 0) notifyAll(); // it will never complete
+                        fail(device.name() + " failed: " + e);
+                    }
+                }
+            }
+            device.batchEnd(queue);
+        } catch (RuntimeException e) {
+            synchronized (this) {
                 fail(device.name() + " failed: " + e);
-            } finally {
-                processing = null;
+            }
+        } finally {
+            synchronized (this) {
+                processing[queue] = null;
+                try {
+                    if (batchAdded[queue]
+                            && queues[queue].ring == ring
+                            && (status & STATUS_NEEDS_RESET) == 0
+                            && ring.needsInterrupt(usedBefore)) raiseUsed();
+                } catch (RuntimeException e) {
+                    fail(e.getMessage());
+                }
             }
         }
     }
@@ -520,7 +549,7 @@ public final class VirtioMmio {
         try {
             int before = ring.usedIdx();
             ring.addUsed(head, written); // unsigned: a length of 2 GiB or more is negative here
-            if (processing == Thread.currentThread()) batchAdded = true;
+            if (processing[queue] == Thread.currentThread()) batchAdded[queue] = true;
             else if (ring.needsInterrupt(before)) raiseUsed();
         } catch (RuntimeException e) {
             fail(e.getMessage());
