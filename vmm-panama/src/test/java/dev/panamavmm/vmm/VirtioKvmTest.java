@@ -31,7 +31,7 @@ class VirtioKvmTest {
     static final long MAILBOX = 0x200000;
 
     static final long DESC = 0x300000, AVAIL = 0x301000, USED = 0x302000, HEADER = 0x303000, DATA = 0x310000;
-    static final int QUEUE = 16;
+    static final int QUEUE = 128;
 
     /**
      * loop: mov rax, [MAILBOX]; out 0x80, al; test rax, rax; jz loop; mov qword [MAILBOX], 0;
@@ -338,6 +338,89 @@ class VirtioKvmTest {
                 var b = VmBuilder.boot(
                         kvm, config(List.of(new DiskConfig(file, true, "")), false), out, new VmListener() {})) {
             assertEquals(2, a.disks().size() + b.disks().size(), "read-only users share the disk");
+        }
+    }
+
+    /**
+     * 32 reads of 64 KiB made available at once, and the VM saved at once: whatever was in flight
+     * completes before the state is taken, so each request is either used or still available in the
+     * snapshot, and after the restore every one is used exactly once with the right bytes.
+     */
+    @KvmTest
+    void requestsInFlightAtASaveCompleteExactlyOnceAfterTheRestore(@TempDir Path dir) throws Exception {
+        saveWithRequests(dir.resolve("rung"), true); // the device has taken them: in flight while the VM pauses
+        saveWithRequests(dir.resolve("silent"), false); // available but never notified: the restored device takes them
+    }
+
+    private static void saveWithRequests(Path dir, boolean ringDoorbell) throws Exception {
+        Files.createDirectories(dir);
+        int n = 32, size = 64 * 1024;
+        var bytes = new byte[n * size];
+        for (int i = 0; i < bytes.length; i++) bytes[i] = (byte) (i / 512 + i / size);
+        var file = Files.write(dir.resolve("disk.raw"), bytes);
+        var snap = dir.resolve("snap");
+        try (var kvm = Kvm.open()) {
+            try (var vm = VmBuilder.boot(
+                    kvm,
+                    config(List.of(new DiskConfig(file, false, "")), false),
+                    new ByteArrayOutputStream(),
+                    new VmListener() {})) {
+                vm.start();
+                var blk = new Driver(vm, DeviceTable.VIRTIO_MMIO_BASE);
+                blk.start();
+                var ram = vm.memory();
+                for (int i = 0; i < n; i++) {
+                    long header = blk.at(HEADER) + 32L * i;
+                    ram.slice(header, 16).set(JAVA_INT_UNALIGNED, 0, 0);
+                    ram.slice(header, 16).set(JAVA_LONG_UNALIGNED, 8, (long) i * size / 512);
+                    ram.slice(header + 16, 1).set(JAVA_BYTE, 0, (byte) 0x7f);
+                    long[][] chain = {{header, 16, 0}, {blk.at(DATA) + (long) i * size, size, 1}, {header + 16, 1, 1}};
+                    for (int d = 0; d < 3; d++) {
+                        var desc = ram.slice(blk.at(DESC) + 16L * (3 * i + d), 16);
+                        desc.set(JAVA_LONG_UNALIGNED, 0, chain[d][0]);
+                        desc.set(JAVA_INT_UNALIGNED, 8, (int) chain[d][1]);
+                        desc.set(JAVA_SHORT_UNALIGNED, 12, (short) ((chain[d][2] != 0 ? 2 : 0) | (d < 2 ? 1 : 0)));
+                        desc.set(JAVA_SHORT_UNALIGNED, 14, (short) (3 * i + d + 1));
+                    }
+                    ram.slice(blk.at(AVAIL) + 4 + 2L * i, 2).set(JAVA_SHORT_UNALIGNED, 0, (short) (3 * i));
+                }
+                ram.slice(blk.at(AVAIL) + 2, 2).set(JAVA_SHORT_UNALIGNED, 0, (short) n);
+                if (ringDoorbell) {
+                    ram.slice(MAILBOX, 8).set(JAVA_LONG_UNALIGNED, 0, DeviceTable.VIRTIO_MMIO_BASE + QUEUE_NOTIFY);
+                    while (ram.slice(MAILBOX, 8).get(JAVA_LONG_UNALIGNED, 0) != 0) Thread.onSpinWait(); // it rang
+                }
+                VmSnapshots.save(vm, snap, false, false, dev.panamavmm.migration.RamWriter.Progress.NONE);
+                var q = blk.transport().state().queues().getFirst();
+                assertEquals(0, blk.transport().inFlight(), "nothing in flight in a saved state");
+                assertTrue(q.usedIdx() <= q.lastAvail() && q.lastAvail() <= n, q.toString());
+                if (!ringDoorbell) assertEquals(0, q.lastAvail(), "nothing taken without a notification");
+                assertEquals(q.usedIdx(), blk.usedIdx(), "what the state says is used is in the used ring");
+            }
+            try (var vm = VmSnapshots.restore(kvm, snap, new ByteArrayOutputStream(), new VmListener() {})) {
+                vm.start(); // looks at the ring: requests the source never took are taken now
+                var blk = new Driver(vm, DeviceTable.VIRTIO_MMIO_BASE);
+                long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
+                while (blk.usedIdx() != n) {
+                    assertTrue(System.nanoTime() < deadline, "used " + blk.usedIdx() + " of " + n);
+                    Thread.sleep(1);
+                }
+                Thread.sleep(50);
+                assertEquals(n, blk.usedIdx(), "none used twice");
+                var seen = new java.util.HashSet<Integer>();
+                for (int i = 0; i < n; i++) {
+                    var e = vm.memory().slice(blk.at(USED) + 4 + 8L * i, 8);
+                    assertTrue(seen.add(e.get(JAVA_INT_UNALIGNED, 0)), "head used twice");
+                    assertEquals(size + 1, e.get(JAVA_INT_UNALIGNED, 4));
+                    assertEquals(
+                            0,
+                            vm.memory().slice(blk.at(HEADER) + 32L * i + 16, 1).get(JAVA_BYTE, 0));
+                    var data = vm.memory()
+                            .slice(blk.at(DATA) + (long) i * size, size)
+                            .toArray(JAVA_BYTE);
+                    assertArrayEquals(
+                            java.util.Arrays.copyOfRange(bytes, i * size, (i + 1) * size), data, "request " + i);
+                }
+            }
         }
     }
 }
