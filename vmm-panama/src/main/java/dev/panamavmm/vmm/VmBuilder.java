@@ -6,6 +6,7 @@ import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmMpState;
+import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.boot.BootException;
 import dev.panamavmm.vmm.boot.KernelImage;
@@ -101,8 +102,9 @@ public final class VmBuilder {
      */
     static List<OpenDisk> openDisks(MachineConfig config, LoadedSnapshot loaded) {
         var disks = new ArrayList<OpenDisk>();
+        int i = 0;
         try {
-            for (int i = 0; i < config.disks().size(); i++) {
+            for (; i < config.disks().size(); i++) {
                 var disk = config.disks().get(i);
                 int d = loaded != null ? loaded.diskDescriptors()[i] : -1;
                 disks.add(d >= 0 ? OpenDisk.adopt(disk, loaded.descriptors()[d]) : OpenDisk.open(disk));
@@ -110,6 +112,11 @@ public final class VmBuilder {
             return List.copyOf(disks);
         } catch (RuntimeException e) {
             disks.forEach(OpenDisk::close);
+            // Passed descriptors not reached are ours too (adopt closes the one it fails on).
+            for (int j = i + 1; loaded != null && j < config.disks().size(); j++) {
+                int d = loaded.diskDescriptors()[j];
+                if (d >= 0) LibC.close(loaded.descriptors()[d]);
+            }
             throw e;
         }
     }
