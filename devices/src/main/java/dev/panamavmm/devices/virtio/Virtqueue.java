@@ -20,8 +20,14 @@ final class Virtqueue {
     static final int DESC_F_NEXT = 1, DESC_F_WRITE = 2, DESC_F_INDIRECT = 4;
     static final int AVAIL_F_NO_INTERRUPT = 1;
     static final int DESCRIPTOR_BYTES = 16;
-    /** The largest split queue the spec allows, and the most entries of an indirect table (16-bit indexes). */
+    /** The largest split queue the spec allows. */
     static final int MAX_SIZE = 32768;
+    /**
+     * The most entries of an indirect table: a chain becomes one object per buffer, so a guest
+     * with 32768-entry tables on every ring entry could fill the VMM's heap. Linux's largest
+     * tables hold seg_max + 2 entries (256 here).
+     */
+    static final int MAX_INDIRECT = 1024;
 
     private static final ValueLayout.OfShort U16 = ValueLayout.JAVA_SHORT_UNALIGNED;
     private static final ValueLayout.OfInt U32 = ValueLayout.JAVA_INT_UNALIGNED;
@@ -126,7 +132,7 @@ final class Virtqueue {
                 if (!indirect) throw new VirtioException("an indirect descriptor without the negotiated feature");
                 if (inIndirect) throw new VirtioException("an indirect descriptor inside an indirect table");
                 if ((flags & DESC_F_NEXT) != 0) throw new VirtioException("an indirect descriptor with NEXT set");
-                if (len == 0 || len % DESCRIPTOR_BYTES != 0 || len / DESCRIPTOR_BYTES > MAX_SIZE)
+                if (len == 0 || len % DESCRIPTOR_BYTES != 0 || len / DESCRIPTOR_BYTES > MAX_INDIRECT)
                     throw new VirtioException("an indirect table of " + len + " bytes");
                 table = ram.slice(addr, len);
                 if (table == null)

@@ -181,6 +181,14 @@ class VirtioMmioTest {
     }
 
     @Test
+    void anIndirectTableOfMoreThan1024EntriesNeedsReset() {
+        driver.start(DRIVER_FEATURES_ALL);
+        driver.desc(Driver.DESC, 0, 0x8000, 1025 * 16, Virtqueue.DESC_F_INDIRECT, 0);
+        driver.offerAndNotify(0);
+        assertNeedsReset("a table too large");
+    }
+
+    @Test
     void aRingOutsideRamNeedsReset() {
         driver.set(STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         driver.set(DRIVER_FEATURES_SEL, 1);
