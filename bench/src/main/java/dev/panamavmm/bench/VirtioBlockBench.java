@@ -81,7 +81,7 @@ public class VirtioBlockBench {
         ram = arena.allocate(DATA + (long) QUEUE * BLOCK, 4096);
         iov = arena.allocate(Iovec.LAYOUT);
         io = Executors.newFixedThreadPool(4, Thread.ofPlatform().daemon().factory());
-        var blk = new VirtioBlock("bench", new PosixBlockBackend(fd, DISK_BYTES), false, "", io);
+        var blk = new VirtioBlock("bench", new PosixBlockBackend(fd, DISK_BYTES), false, "", io, 4);
         dev = new VirtioMmio(
                 blk,
                 (address, length) -> address >= 0 && length >= 0 && address + length <= ram.byteSize()

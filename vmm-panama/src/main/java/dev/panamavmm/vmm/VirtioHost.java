@@ -66,7 +66,8 @@ final class VirtioHost implements AutoCloseable {
                         new PosixBlockBackend(disk.fd(), disk.size()),
                         slot.disk().readOnly(),
                         slot.disk().id(),
-                        io)
+                        io,
+                        DISK_IO_THREADS)
                 : new VirtioRng(slot.name(), LibC::getrandom);
         GuestRam ram = (address, length) -> {
             var block = memory.blockAt(address, length);

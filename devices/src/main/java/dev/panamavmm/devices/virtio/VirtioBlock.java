@@ -13,9 +13,10 @@ import java.util.concurrent.Executor;
 
 /**
  * virtio-blk (virtio 1.2, 5.2) over a {@link BlockBackend}: IN, OUT, FLUSH, GET_ID, DISCARD and
- * WRITE_ZEROES on one request queue. Of each batch of requests the transport hands over, the last
- * runs on the queue's own thread (at queue depth 1 no request waits for a pool thread to wake) and
- * the others on {@code io} (a small pool: several in flight at a queue depth above one). A
+ * WRITE_ZEROES on one request queue. Each batch of requests the transport hands over is dealt
+ * round-robin into at most {@code ioThreads + 1} groups: the first runs on the queue's own thread
+ * (at queue depth 1 no request waits for another thread to wake), the others each on one thread
+ * of {@code io} (one hand-off per group, not per request). A
  * request the device cannot serve gets a status, never an exception: out of range, misaligned or
  * writing a read-only disk is {@code IOERR} (5.2.6.1: a read-only device answers writes with
  * IOERR and writes nothing), an unknown type {@code UNSUPP}, a host I/O error {@code IOERR}.
@@ -46,19 +47,22 @@ public final class VirtioBlock implements VirtioDevice {
     private final boolean readOnly;
     private final byte[] id;
     private final Executor io;
-    /** The batch's latest request, kept back to run on the queue's thread at the batch's end. */
-    private Runnable held;
+    private final int ioThreads;
+    /** The batch's requests so far, run at its end (the queue's thread only). */
+    private final List<Runnable> pending = new ArrayList<>();
 
     /**
      * A disk named {@code name} (messages, threads) over {@code backend}; {@code id} (at most 20
      * bytes of ASCII, may be empty) is what GET_ID answers.
      */
-    public VirtioBlock(String name, BlockBackend backend, boolean readOnly, String id, Executor io) {
+    public VirtioBlock(String name, BlockBackend backend, boolean readOnly, String id, Executor io, int ioThreads) {
         this.name = Objects.requireNonNull(name);
         this.backend = Objects.requireNonNull(backend);
         this.readOnly = readOnly;
         this.id = checkId(id);
         this.io = Objects.requireNonNull(io);
+        if (ioThreads < 0) throw new IllegalArgumentException("ioThreads " + ioThreads);
+        this.ioThreads = ioThreads;
     }
 
     /** The id's bytes; IllegalArgumentException for one that is not printable ASCII of at most 20 bytes. */
@@ -177,18 +181,30 @@ public final class VirtioBlock implements VirtioDevice {
         }
     }
 
-    /** Keeps {@code work} back for the batch's end, handing the one kept before to the pool. */
     private void submit(Runnable work) {
-        var previous = held;
-        held = work;
-        if (previous != null) io.execute(previous);
+        pending.add(work);
     }
 
     @Override
     public void batchEnd(int queue) {
-        var work = held;
-        held = null;
-        if (work != null) work.run();
+        if (pending.isEmpty()) return;
+        var work = List.copyOf(pending);
+        pending.clear();
+        int groups = Math.min(ioThreads + 1, work.size());
+        for (int g = 1; g < groups; g++) {
+            int first = g;
+            Runnable group = () -> runEvery(work, first, groups);
+            try {
+                io.execute(group);
+            } catch (RuntimeException e) {
+                group.run(); // a pool shut down under us: the requests must still complete
+            }
+        }
+        runEvery(work, 0, groups);
+    }
+
+    private static void runEvery(List<Runnable> work, int first, int step) {
+        for (int i = first; i < work.size(); i += step) work.get(i).run();
     }
 
     private void transfer(

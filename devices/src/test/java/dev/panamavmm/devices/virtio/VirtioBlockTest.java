@@ -46,7 +46,7 @@ class VirtioBlockTest {
 
     void open(boolean readOnly, String id, java.util.concurrent.Executor io) throws IOException {
         channel = FileChannel.open(disk(), StandardOpenOption.READ, StandardOpenOption.WRITE);
-        var blk = new VirtioBlock("virtio-blk0", new ChannelBackend(channel, DISK_BYTES), readOnly, id, io);
+        var blk = new VirtioBlock("virtio-blk0", new ChannelBackend(channel, DISK_BYTES), readOnly, id, io, 4);
         dev = new VirtioMmio(blk, ram, q -> dev.processQueue(q), () -> {});
         driver = new Driver(ram, dev, 16);
         assertEquals(

@@ -53,7 +53,7 @@ class VirtioFuzzTest {
         Files.write(file, new byte[32 * 512]);
         try (var channel = FileChannel.open(file, StandardOpenOption.READ, StandardOpenOption.WRITE)) {
             var backend = new ChannelBackend(channel, 32 * 512);
-            fuzz(new Random(0xb1c), () -> new VirtioBlock("virtio-blk0", backend, false, "fuzz", Runnable::run));
+            fuzz(new Random(0xb1c), () -> new VirtioBlock("virtio-blk0", backend, false, "fuzz", Runnable::run, 0));
         }
         assertEquals(32 * 512, Files.size(file), "the disk never grows");
     }
