@@ -13,6 +13,7 @@ import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Function;
@@ -86,13 +87,16 @@ public final class LocalMigration {
                     VmSnapshots.probeHost(vm);
                     VmSnapshots.warmUp(dir);
                     var prepare = prepareMessage(vm, fds);
+                    // The disks' fds go along too, so the new process reopens nothing.
+                    int firstDisk = fds.size();
+                    for (var disk : vm.disks()) fds.add(disk.fd());
                     peer.send(
                             MigrationProtocol.encode(prepare, MigrationProtocol.VERSION),
                             fds.stream().mapToInt(Integer::intValue).toArray());
                     expect(peer, MigrationProtocol.Prepared.class);
                     // Phase 2, the downtime: only vCPU, VM and device state moves.
                     var saved = VmSnapshots.save(
-                            vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
+                            vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, firstDisk, RamWriter.Progress.NONE);
                     long pausedAt = saved.pausedAtNanos();
                     long savedAt = System.nanoTime();
                     peer.send(MigrationProtocol.encode(
@@ -271,6 +275,9 @@ public final class LocalMigration {
         PrestartedThreads vcpuThreads = null; // created in the prepare phase, handed their vCPUs in the downtime
         Vm vm = null;
         boolean handedOver = false;
+        // Descriptors the shell's memory owns; the others (disks) are owned by the VM build from its start.
+        var ramDescriptors = new HashSet<Integer>();
+        boolean disksHandedOver = false;
         int protocol = MigrationProtocol.OLDEST; // a protocol-1 source may start with the state itself
         long stateAt, loadedAt; // for the debug log: where the downtime goes on this side
         MigrationProtocol.State state;
@@ -287,6 +294,7 @@ public final class LocalMigration {
                         prepare.memory(), prepare.cpus(), new Backing.Memfd(), "incoming", new byte[0], null, ""));
                 if (refusal != null) throw new SnapshotException(refusal);
                 if (prepare.ram() != null) {
+                    for (var b : prepare.ram()) if (b.descriptor() != null) ramDescriptors.add(b.descriptor());
                     handedOver = true; // the shell's memory owns (and on failure closes) the descriptors
                     shell = VmBuilder.shell(kvm, sources(prepare.ram(), fds), prepare.cpus());
                 }
@@ -310,8 +318,9 @@ public final class LocalMigration {
             String refusal = accept.apply(loaded.config());
             if (refusal != null) throw new SnapshotException(refusal);
             handedOver = true;
+            if (shell != null) checkSameRam(shell, loaded);
+            disksHandedOver = true; // the build owns the disks' descriptors (and closes them if it fails)
             if (shell != null) {
-                checkSameRam(shell, loaded);
                 var s = shell;
                 shell = null; // owned by the VM (or closed by finish) from here
                 vm = VmBuilder.finish(kvm, s, loaded, loaded.config(), console, listener);
@@ -321,6 +330,9 @@ public final class LocalMigration {
         } catch (RuntimeException e) {
             if (shell != null) shell.close();
             else if (!handedOver) for (int fd : fds) LibC.close(fd);
+            if (handedOver && !disksHandedOver) {
+                for (int i = 0; i < fds.length; i++) if (!ramDescriptors.contains(i)) LibC.close(fds[i]);
+            }
             if (vcpuThreads != null) vcpuThreads.close();
             peer.send(MigrationProtocol.encode(new MigrationProtocol.Refused(reason(e)), protocol));
             throw e;

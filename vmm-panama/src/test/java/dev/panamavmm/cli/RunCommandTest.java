@@ -46,6 +46,25 @@ class RunCommandTest {
     }
 
     @Test
+    void badDisksAreOneLineErrors(@TempDir Path dir) throws Exception {
+        var missing = dir.resolve("missing.raw");
+        assertOneLineError(2, run("run", "--disk", missing.toString()), "--disk " + missing + " does not exist");
+        assertOneLineError(2, run("run", "--disk", dir.toString()), "--disk " + dir + " is a directory");
+        var disk = Files.write(dir.resolve("disk.raw"), new byte[4096]);
+        assertOneLineError(
+                2,
+                run("run", "--disk", disk + ",fast"),
+                "--disk " + disk + ",fast: unknown disk option \"fast\" (readonly or id=ID)");
+        assertOneLineError(
+                2,
+                run("run", "--disk", disk + ",id=" + "x".repeat(21)),
+                "--disk " + disk + ",id=" + "x".repeat(21) + ": a disk id has at most 20 characters");
+        var tiny = Files.write(dir.resolve("tiny.raw"), new byte[100]);
+        assertOneLineError(
+                2, run("run", "--disk", tiny.toString()), "--disk " + tiny + " is smaller than one 512-byte sector");
+    }
+
+    @Test
     void badKernelsInitrdsAndCommandLinesAreOneLineErrors(@TempDir Path dir) throws Exception {
         byte[] bz = SyntheticBzImage.standard().build();
         var truncated = Files.write(dir.resolve("truncated"), Arrays.copyOf(bz, bz.length - 1000));
@@ -74,6 +93,27 @@ class RunCommandTest {
         assertEquals(42, r.code(), r.err());
         assertEquals("", r.err());
         assertEquals("Hi\n", Files.readString(console));
+    }
+
+    @KvmTest
+    void theTestGuestRunsWithDisksAndRngAndTheVmmEndsCleanly(@TempDir Path dir) throws Exception {
+        var disk = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        var ro = Files.write(dir.resolve("ro.raw"), new byte[4096]);
+        var console = dir.resolve("console.txt");
+        var r = run(
+                "run",
+                "--disk",
+                disk + ",id=data",
+                "--disk",
+                ro + ",readonly",
+                "--rng",
+                "--console",
+                "file:" + console,
+                "--cmdline",
+                "console=ttyS0 testguest.hb=100 testguest.exit_after=2 testguest.exit_code=42");
+        assertEquals(42, r.code(), r.err());
+        assertEquals("", r.err());
+        assertTrue(Files.readString(console).contains("hb 0 2"), Files.readString(console));
     }
 
     @KvmTest

@@ -87,6 +87,54 @@ class SnapshotCliTest {
         heartbeats(Files.readString(console1) + Files.readString(console2));
     }
 
+    /**
+     * A guest with a disk and rng: a second VMM cannot take the disk while the first runs, the
+     * snapshot hands it over to the restoring process, and a disk changed afterwards is refused.
+     */
+    @KvmTest
+    void aVmWithADiskSavesAndRestoresAndAChangedDiskIsRefused(@TempDir Path dir) throws Exception {
+        var api = dir.resolve("api.sock");
+        var snap = dir.resolve("snap");
+        var disk = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]).toAbsolutePath();
+        var console1 = dir.resolve("console1.txt");
+        var console2 = dir.resolve("console2.txt");
+        String cmdline = "console=ttyS0 testguest.hb=100 testguest.mem=8M";
+        try (var first = VmmProcess.start(
+                "run",
+                "--disk",
+                disk.toString(),
+                "--rng",
+                "--api-socket",
+                api.toString(),
+                "--console",
+                "file:" + console1,
+                "--cmdline",
+                cmdline)) {
+            awaitText(console1, "hb 0 2", 30);
+            first.awaitSocket(api);
+            var busy = MainTest.run("run", "--disk", disk.toString(), "--cmdline", cmdline);
+            assertEquals(1, busy.code(), busy.err());
+            assertTrue(busy.err().startsWith("vmm: disk " + disk + " is in use by PID "), busy.err());
+            assertEquals(1, busy.err().lines().count(), busy.err());
+            var r = MainTest.run("snapshot", "--api-socket", api.toString(), snap.toString());
+            assertEquals(0, r.code(), r.err());
+            assertEquals(0, first.waitFor(30), first.stderr());
+        }
+        var before = heartbeats(Files.readString(console1));
+        try (var second = VmmProcess.start("restore", snap.toString(), "--console", "file:" + console2)) {
+            awaitText(console2, "hb 0 " + (before.get(0) + 2), 30);
+            second.signal("TERM");
+            assertEquals(0, second.waitFor(30), second.stderr());
+        }
+        Files.write(disk, new byte[512], java.nio.file.StandardOpenOption.APPEND);
+        var refused = MainTest.run("restore", snap.toString());
+        assertEquals(1, refused.code(), refused.err());
+        assertEquals(
+                "vmm: refusing to restore: the disk " + disk
+                        + " does not match the snapshot (its size changed from 1048576 to 1049088 bytes)\n",
+                refused.err());
+    }
+
     @Test
     void badSnapshotsAreOneLineErrors(@TempDir Path dir) throws Exception {
         var missing = MainTest.run("restore", dir.resolve("none").toString());

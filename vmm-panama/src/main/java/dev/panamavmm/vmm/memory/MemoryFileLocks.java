@@ -36,9 +36,14 @@ public final class MemoryFileLocks {
      * "memory file F is in use by PID N" when another user holds a conflicting lock.
      */
     static void lock(int fd, Path file, boolean exclusive) {
+        lock(fd, file, exclusive, "memory file");
+    }
+
+    /** As {@link #lock(int, Path, boolean)} for another kind of file ({@code what}: "disk"), which the message names. */
+    public static void lock(int fd, Path file, boolean exclusive, String what) {
         int operation = (exclusive ? LibcConstants.LOCK_EX : LibcConstants.LOCK_SH) | LibcConstants.LOCK_NB;
         if (LibC.flock(fd, operation)) return;
-        throw new MemoryException("memory file " + file + " is in use by " + describeHolder(fd, exclusive));
+        throw new MemoryException(what + " " + file + " is in use by " + describeHolder(fd, exclusive));
     }
 
     /** "PID N" for the process that holds the conflicting lock, or "another process" when it cannot be found. */
