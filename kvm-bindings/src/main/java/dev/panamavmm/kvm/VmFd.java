@@ -1,7 +1,10 @@
 package dev.panamavmm.kvm;
 
 import dev.panamavmm.kvm.bindings.Ioctls;
+import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.kvm.bindings.KvmIoeventfd;
 import dev.panamavmm.kvm.bindings.KvmIrqLevel;
+import dev.panamavmm.kvm.bindings.KvmIrqfd;
 import dev.panamavmm.kvm.bindings.KvmPitConfig;
 import dev.panamavmm.kvm.bindings.KvmUserspaceMemoryRegion;
 import dev.panamavmm.kvm.bindings.LibcConstants;
@@ -89,6 +92,36 @@ public final class VmFd implements AutoCloseable {
             var config = a.allocate(KvmPitConfig.LAYOUT);
             KvmPitConfig.flags(config, flags);
             LibC.ioctl(fd, Ioctls.KVM_CREATE_PIT2, config);
+        }
+    }
+
+    /**
+     * KVM_IRQFD: a write to {@code eventfd} raises GSI {@code gsi} as an edge in the in-kernel
+     * irqchip, without a VMM thread in between (virtio's used-buffer interrupts).
+     */
+    public void irqfd(int eventfd, int gsi) {
+        try (var a = Arena.ofConfined()) {
+            var s = a.allocate(KvmIrqfd.LAYOUT);
+            KvmIrqfd.fd(s, eventfd);
+            KvmIrqfd.gsi(s, gsi);
+            LibC.ioctl(fd, Ioctls.KVM_IRQFD, s);
+        }
+    }
+
+    /**
+     * KVM_IOEVENTFD: a guest MMIO write of {@code length} bytes of value {@code datamatch} at
+     * {@code address} signals {@code eventfd} inside KVM and the vCPU goes straight back into the
+     * guest (virtio's QueueNotify). Other values at that address still exit to the VMM.
+     */
+    public void ioeventfd(int eventfd, long address, int length, long datamatch) {
+        try (var a = Arena.ofConfined()) {
+            var s = a.allocate(KvmIoeventfd.LAYOUT);
+            KvmIoeventfd.datamatch(s, datamatch);
+            KvmIoeventfd.addr(s, address);
+            KvmIoeventfd.len(s, length);
+            KvmIoeventfd.fd(s, eventfd);
+            KvmIoeventfd.flags(s, KvmConstants.KVM_IOEVENTFD_FLAG_DATAMATCH);
+            LibC.ioctl(fd, Ioctls.KVM_IOEVENTFD, s);
         }
     }
 

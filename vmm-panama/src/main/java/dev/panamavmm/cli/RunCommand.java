@@ -2,10 +2,14 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.control.Rehearsal;
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.vmm.DeviceTable;
+import dev.panamavmm.vmm.DiskConfig;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.memory.Backing;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
 
 /**
  * {@code vmm run}: boots a guest (by default the embedded test guest) and shows its console until
@@ -16,6 +20,8 @@ final class RunCommand implements Cli.Command {
     final GuestOptions guest = new GuestOptions();
     Path memPath;
     boolean shared;
+    final List<DiskConfig> disks = new ArrayList<>();
+    boolean rng;
 
     final VmIoOptions vmIo = new VmIoOptions();
 
@@ -33,6 +39,19 @@ final class RunCommand implements Cli.Command {
                         "--shared",
                         "map --mem-path shared: the file holds the guest's memory and outlives the VMM",
                         () -> shared = true)
+                .option(
+                        "--disk",
+                        "PATH[,readonly][,id=ID]",
+                        null,
+                        "a virtio-blk disk over a raw file or block device (repeat for more; id: at most 20 characters)",
+                        v -> {
+                            try {
+                                disks.add(DiskConfig.parse(v));
+                            } catch (IllegalArgumentException e) {
+                                throw new UsageException("--disk " + v + ": " + e.getMessage());
+                            }
+                        })
+                .flag("--rng", "a virtio-rng device fed by the host's getrandom", () -> rng = true)
                 .flag(
                         "--warm-up",
                         "rehearse save, restore and live update once in the background (nice 19) so that the first"
@@ -55,7 +74,14 @@ final class RunCommand implements Cli.Command {
             }
             backing = shared ? new Backing.SharedFile(memPath) : new Backing.PrivateFile(memPath);
         }
-        var config = guest.config(backing);
+        if (disks.size() + (rng ? 1 : 0) > DeviceTable.VIRTIO_MAX_DEVICES)
+            throw new UsageException(
+                    "at most " + DeviceTable.VIRTIO_MAX_DEVICES + " virtio devices (--disk and --rng)");
+        for (var d : disks) {
+            if (!Files.exists(d.path())) throw new UsageException("--disk " + d.path() + " does not exist");
+            if (Files.isDirectory(d.path())) throw new UsageException("--disk " + d.path() + " is a directory");
+        }
+        var config = guest.config(backing).withVirtio(disks, rng);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             if (guest.cpus > kvm.maxVcpus()) {
                 throw new UsageException(

@@ -7,9 +7,12 @@ import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.devices.Serial8250Codec;
 import dev.panamavmm.devices.VmmPort;
 import dev.panamavmm.devices.VmmPortCodec;
+import dev.panamavmm.devices.virtio.VirtioMmio;
+import dev.panamavmm.devices.virtio.VirtioMmioCodec;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.migration.state.StateCodec;
 import java.io.OutputStream;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -19,8 +22,11 @@ import java.util.function.Function;
 /**
  * The VM's devices, one row each: the snapshot section its state goes in, its port range, its
  * state codec and fresh state, and how it is built from a state. Building a VM, saving, restoring,
- * cloning and live update iterate over {@link #ROWS}; adding a device is one row here plus its
- * model and codec in {@code devices/}.
+ * cloning and live update iterate over {@link #ROWS} (the fixed port devices every VM has) and
+ * {@link #virtio} (the virtio-mmio devices its {@link MachineConfig} asks for: each disk in order,
+ * then the entropy device). Adding a port device is one row here plus its model and codec in
+ * {@code devices/}; a virtio device type is one more case of {@link VirtioSlot} and
+ * {@link VirtioHost}.
  */
 public final class DeviceTable {
     private DeviceTable() {}
@@ -109,6 +115,63 @@ public final class DeviceTable {
     /** The section names of every device, as a snapshot's metadata lists them. */
     static List<String> sections() {
         return ROWS.stream().map(Row::section).toList();
+    }
+
+    /** The section names of every device of a machine: the port devices, then its virtio devices. */
+    static List<String> sections(MachineConfig config) {
+        var all = new ArrayList<>(sections());
+        for (var slot : virtio(config)) all.add(slot.section());
+        return all;
+    }
+
+    /** Where virtio-mmio devices start: the bottom of the 32-bit hole (3 GiB). */
+    public static final long VIRTIO_MMIO_BASE = 0xC000_0000L;
+    /** The GSI of the first virtio device; device i has {@code VIRTIO_FIRST_GSI + i}. */
+    public static final int VIRTIO_FIRST_GSI = 5;
+    /** GSIs 5 to 20: the I/O APIC has 24 pins and the machine's own devices use the low ones. */
+    public static final int VIRTIO_MAX_DEVICES = 16;
+    /** The state codec of every virtio device. */
+    static final StateCodec<VirtioMmio.State> VIRTIO_CODEC = VirtioMmioCodec.INSTANCE;
+
+    /**
+     * One virtio-mmio device of a machine: slot {@code index} at {@code VIRTIO_MMIO_BASE + index *
+     * 4 KiB}, GSI {@code 5 + index}; a disk ({@code disk} set, named {@code virtio-blkN}) or the
+     * entropy device ({@code virtio-rng}).
+     */
+    public record VirtioSlot(int index, String name, DiskConfig disk) {
+        public long address() {
+            return VIRTIO_MMIO_BASE + (long) index * VirtioMmio.WINDOW_SIZE;
+        }
+
+        public int gsi() {
+            return VIRTIO_FIRST_GSI + index;
+        }
+
+        public String section() {
+            return "device/" + name;
+        }
+
+        /** How Linux learns of the device: {@code virtio_mmio.device=4K@0xc0000000:5} on its command line. */
+        public String cmdlineToken() {
+            return String.format("virtio_mmio.device=4K@0x%x:%d", address(), gsi());
+        }
+    }
+
+    /** The virtio devices {@code config} asks for, in slot order: every disk, then the entropy device. */
+    public static List<VirtioSlot> virtio(MachineConfig config) {
+        var slots = new ArrayList<VirtioSlot>();
+        for (var disk : config.disks()) slots.add(new VirtioSlot(slots.size(), "virtio-blk" + slots.size(), disk));
+        if (config.rng()) slots.add(new VirtioSlot(slots.size(), "virtio-rng", null));
+        if (slots.size() > VIRTIO_MAX_DEVICES)
+            throw new IllegalArgumentException("at most " + VIRTIO_MAX_DEVICES + " virtio devices (disks and rng)");
+        return slots;
+    }
+
+    /** {@code cmdline} with one {@code virtio_mmio.device=} token per virtio device appended. */
+    static String cmdlineWithVirtio(String cmdline, MachineConfig config) {
+        var line = new StringBuilder(cmdline);
+        for (var slot : virtio(config)) line.append(line.isEmpty() ? "" : " ").append(slot.cmdlineToken());
+        return line.toString();
     }
 
     /** Device states by section: what a VM's devices are built from. */

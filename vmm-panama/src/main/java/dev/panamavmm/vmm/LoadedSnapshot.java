@@ -9,7 +9,8 @@ import java.util.List;
 /**
  * A snapshot read, checked and decoded ({@link VmSnapshots#load}), ready to become one VM or many
  * ({@link VmBuilder#fromSnapshot}): everything that does not depend on the new VM.
- * {@code descriptors} are the fds passed with a live update's snapshot.
+ * {@code descriptors} are the fds passed with a live update's snapshot; {@code diskDescriptors}
+ * gives, per disk of the config, the index of its passed descriptor, or -1 when it is opened by path.
  */
 public record LoadedSnapshot(
         Path dir,
@@ -19,7 +20,8 @@ public record LoadedSnapshot(
         List<VcpuState> vcpus,
         VmState vm,
         DeviceTable.States devices,
-        int[] descriptors) {
+        int[] descriptors,
+        int[] diskDescriptors) {
     public int cpus() {
         return vcpus.size();
     }

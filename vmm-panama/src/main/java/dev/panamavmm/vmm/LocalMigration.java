@@ -86,13 +86,16 @@ public final class LocalMigration {
                     VmSnapshots.probeHost(vm);
                     VmSnapshots.warmUp(dir);
                     var prepare = prepareMessage(vm, fds);
+                    // The disks' fds go along too, so the new process reopens nothing.
+                    int firstDisk = fds.size();
+                    for (var disk : vm.disks()) fds.add(disk.fd());
                     peer.send(
                             MigrationProtocol.encode(prepare, MigrationProtocol.VERSION),
                             fds.stream().mapToInt(Integer::intValue).toArray());
                     expect(peer, MigrationProtocol.Prepared.class);
                     // Phase 2, the downtime: only vCPU, VM and device state moves.
                     var saved = VmSnapshots.save(
-                            vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, RamWriter.Progress.NONE);
+                            vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, firstDisk, RamWriter.Progress.NONE);
                     long pausedAt = saved.pausedAtNanos();
                     long savedAt = System.nanoTime();
                     peer.send(MigrationProtocol.encode(

@@ -2,11 +2,13 @@ package dev.panamavmm.vmm;
 
 import dev.panamavmm.vmm.boot.BootProtocol;
 import dev.panamavmm.vmm.memory.Backing;
+import java.util.List;
 
 /**
  * What to build: RAM size and backing, vCPU count, the kernel (an ELF image's or a bzImage's
- * bytes and a name for messages), an optional initrd (null for none), the kernel command line and
- * which of the kernel's entries to boot.
+ * bytes and a name for messages), an optional initrd (null for none), the kernel command line,
+ * which of the kernel's entries to boot, and the optional virtio devices: disks in order, then an
+ * entropy device.
  */
 public record MachineConfig(
         long memoryBytes,
@@ -16,9 +18,25 @@ public record MachineConfig(
         byte[] kernel,
         byte[] initrd,
         String cmdline,
-        BootProtocol boot) {
+        BootProtocol boot,
+        List<DiskConfig> disks,
+        boolean rng) {
     public MachineConfig {
         if (cpus < 1) throw new IllegalArgumentException("at least one vCPU");
+        disks = List.copyOf(disks);
+    }
+
+    /** A machine without virtio devices. */
+    public MachineConfig(
+            long memoryBytes,
+            int cpus,
+            Backing backing,
+            String kernelName,
+            byte[] kernel,
+            byte[] initrd,
+            String cmdline,
+            BootProtocol boot) {
+        this(memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, List.of(), false);
     }
 
     /** A machine booted through the kernel's default entry ({@link BootProtocol#AUTO}). */
@@ -35,6 +53,11 @@ public record MachineConfig(
 
     /** The same machine with its RAM in {@code other} (a clone's private view, a template's shared file). */
     public MachineConfig withBacking(Backing other) {
-        return new MachineConfig(memoryBytes, cpus, other, kernelName, kernel, initrd, cmdline, boot);
+        return new MachineConfig(memoryBytes, cpus, other, kernelName, kernel, initrd, cmdline, boot, disks, rng);
+    }
+
+    /** The same machine with these virtio devices. */
+    public MachineConfig withVirtio(List<DiskConfig> disks, boolean rng) {
+        return new MachineConfig(memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng);
     }
 }

@@ -3,6 +3,7 @@ package dev.panamavmm.vmm;
 import dev.panamavmm.devices.PortIoDevice;
 import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.devices.VmmPort;
+import dev.panamavmm.devices.virtio.VirtioMmio;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VcpuFd;
@@ -42,6 +43,10 @@ public final class Vm implements AutoCloseable {
     private final MmioBus mmioBus;
     /** The built devices, in the table's order. */
     private final Map<DeviceTable.Row<?, ?>, PortIoDevice> devices = new LinkedHashMap<>();
+    /** The virtio devices, in slot order, and the disks they use (the VM closes them). */
+    private final List<VirtioHost> virtio = new ArrayList<>();
+
+    private final List<OpenDisk> disks;
 
     private final MachineConfig config;
     private final VcpuControl control = new VcpuControl();
@@ -63,7 +68,8 @@ public final class Vm implements AutoCloseable {
             MachineConfig config,
             OutputStream console,
             VmListener listener,
-            DeviceTable.States states) {
+            DeviceTable.States states,
+            List<OpenDisk> disks) {
         this.arena = arena;
         this.kvm = kvm;
         this.vmFd = vmFd;
@@ -77,6 +83,21 @@ public final class Vm implements AutoCloseable {
             var device = row.build(states.bySection().get(row.section()), context);
             devices.put(row, device);
             ioBus.register(row.port(), row.ports(), device);
+        }
+        // Virtio devices: their eventfds are registered with KVM here, their threads start with the vCPUs.
+        this.disks = List.copyOf(disks);
+        try {
+            int disk = 0;
+            for (var slot : DeviceTable.virtio(config)) {
+                var open = slot.disk() != null ? disks.get(disk++) : null;
+                var state = states.bySection().get(slot.section()) instanceof VirtioMmio.State s ? s : null;
+                var host = VirtioHost.build(slot, state, vmFd, memory, open);
+                virtio.add(host);
+                mmioBus.register(slot.address(), host.transport());
+            }
+        } catch (RuntimeException e) {
+            virtio.forEach(VirtioHost::close);
+            throw e;
         }
         this.exits = new ExitContext(ioBus, mmioBus, this::end, (vcpu, nanos) -> {
             if (firstEntryNanos.compareAndSet(0, nanos)) listener.entered(nanos);
@@ -105,6 +126,13 @@ public final class Vm implements AutoCloseable {
         if (!KICK_SETUP.getAndSet(true)) {
             Thread.ofPlatform().daemon().name("kick-setup").start(VcpuKick::signal);
         }
+        for (var host : virtio) {
+            host.start();
+            // A restored device may find requests its source never took; a VM that starts paused looks at them on
+            // resume.
+            if (isPaused()) pauseDevice(host);
+            else host.resume();
+        }
         for (var vcpu : vcpus) {
             control.started();
             String name = "vcpu-" + vcpu.index();
@@ -121,6 +149,7 @@ public final class Vm implements AutoCloseable {
     /** Makes the vCPUs park as soon as they start: a VM that starts paused (restore --paused). */
     public void pauseBeforeStart() {
         control.set(VcpuControl.Request.PAUSE);
+        virtio.forEach(this::pauseDevice);
     }
 
     /** How long {@link #pause} waits for every vCPU to park (a vCPU stuck in an exit handler, e.g. on a blocked console, cannot). */
@@ -141,10 +170,21 @@ public final class Vm implements AutoCloseable {
         if (!control.awaitParked(pauseTimeout.toNanos(), TimeUnit.NANOSECONDS) && !ending.get()) {
             throw new IllegalStateException("the vCPUs did not pause within " + pauseTimeout.toMillis() + " ms");
         }
+        // Then the devices: requests in flight complete into the used rings before any state is read.
+        for (var host : virtio) host.pause(pauseTimeout);
         if (!ending.get()) listener.paused();
     }
 
+    private void pauseDevice(VirtioHost host) {
+        try {
+            host.pause(pauseTimeout);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
     public void resume() {
+        for (var host : virtio) host.resume();
         control.set(VcpuControl.Request.RUN);
         listener.resumed();
     }
@@ -242,6 +282,8 @@ public final class Vm implements AutoCloseable {
     DeviceTable.States deviceStates() {
         var states = new LinkedHashMap<String, Object>();
         devices.forEach((row, device) -> states.put(row.section(), row.stateOf(device)));
+        for (var host : virtio)
+            states.put(host.slot().section(), host.transport().state());
         return new DeviceTable.States(states);
     }
 
@@ -249,7 +291,21 @@ public final class Vm implements AutoCloseable {
     Map<String, byte[]> deviceSections() {
         var sections = new LinkedHashMap<String, byte[]>();
         devices.forEach((row, device) -> sections.put(row.section(), row.encode(device)));
+        for (var host : virtio)
+            sections.put(
+                    host.slot().section(),
+                    DeviceTable.VIRTIO_CODEC.encode(host.transport().state()));
         return sections;
+    }
+
+    /** The virtio devices, in slot order. */
+    List<VirtioHost> virtioDevices() {
+        return virtio;
+    }
+
+    /** The disks' open files, in the machine's order (a live update passes their descriptors). */
+    List<OpenDisk> disks() {
+        return disks;
     }
 
     IoBus ioBus() {
@@ -282,6 +338,8 @@ public final class Vm implements AutoCloseable {
             if (interrupted) Thread.currentThread().interrupt();
         }
         serial().flush();
+        virtio.forEach(VirtioHost::close);
+        disks.forEach(OpenDisk::close);
         int slot = 0;
         for (var block : memory.blocks()) {
             try {

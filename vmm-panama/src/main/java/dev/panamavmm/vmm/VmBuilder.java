@@ -58,7 +58,9 @@ public final class VmBuilder {
             throw e;
         }
         Vm vm = null;
+        List<OpenDisk> disks = List.of();
         try {
+            disks = openDisks(config, null);
             vm = new Vm(
                     shell.arena(),
                     kvm,
@@ -67,14 +69,15 @@ public final class VmBuilder {
                     config,
                     console,
                     listener,
-                    DeviceTable.States.FRESH);
+                    DeviceTable.States.FRESH,
+                    disks);
             for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
             var entry = X86Boot.load(
                     shell.memory(),
                     kernel,
                     config.kernel(),
                     config.initrd(),
-                    config.cmdline(),
+                    DeviceTable.cmdlineWithVirtio(config.cmdline(), config),
                     config.cpus(),
                     config.boot());
             VmGenerationId.write(shell.memory());
@@ -89,7 +92,29 @@ public final class VmBuilder {
             return vm;
         } catch (RuntimeException e) {
             if (vm != null) vm.close();
-            else shell.close();
+            else {
+                shell.close();
+                disks.forEach(OpenDisk::close);
+            }
+            throw e;
+        }
+    }
+
+    /**
+     * Opens the disks of {@code config} in order: by path, or, for a live update, the descriptor the
+     * source passed (nothing is reopened). On failure the ones opened so far are closed.
+     */
+    static List<OpenDisk> openDisks(MachineConfig config, LoadedSnapshot loaded) {
+        var disks = new ArrayList<OpenDisk>();
+        try {
+            for (int i = 0; i < config.disks().size(); i++) {
+                var disk = config.disks().get(i);
+                int d = loaded != null ? loaded.diskDescriptors()[i] : -1;
+                disks.add(d >= 0 ? OpenDisk.adopt(disk, loaded.descriptors()[d]) : OpenDisk.open(disk));
+            }
+            return List.copyOf(disks);
+        } catch (RuntimeException e) {
+            disks.forEach(OpenDisk::close);
             throw e;
         }
     }
@@ -101,6 +126,9 @@ public final class VmBuilder {
         if (loaded.cpus() > max)
             throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
         if (mode != Mode.CLONE) TemplateGuard.refuseTemplate(loaded);
+        // Clones of one state would all write the same disk file.
+        if (mode == Mode.CLONE && loaded.config().disks().stream().anyMatch(d -> !d.readOnly()))
+            throw new SnapshotException("a VM with a writable disk cannot be cloned (its clones would share the file)");
         var sources = new ArrayList<GuestMemory.BlockSource>();
         for (var e : loaded.snapshot().ram()) {
             if (e.byDescriptor()) {
@@ -157,8 +185,19 @@ public final class VmBuilder {
                     "the prepared VM has " + shell.vcpuFds().size() + " vCPUs, the state " + loaded.cpus());
         }
         Vm vm = null;
+        List<OpenDisk> disks = List.of();
         try {
-            vm = new Vm(shell.arena(), kvm, shell.vmFd(), shell.memory(), config, console, listener, loaded.devices());
+            disks = openDisks(config, loaded);
+            vm = new Vm(
+                    shell.arena(),
+                    kvm,
+                    shell.vmFd(),
+                    shell.memory(),
+                    config,
+                    console,
+                    listener,
+                    loaded.devices(),
+                    disks);
             for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
             KvmState.restore(shell.vmFd(), loaded.vm());
             for (int i = 0; i < loaded.cpus(); i++)
@@ -166,7 +205,10 @@ public final class VmBuilder {
             return vm;
         } catch (RuntimeException e) {
             if (vm != null) vm.close();
-            else shell.close();
+            else {
+                shell.close();
+                disks.forEach(OpenDisk::close);
+            }
             throw e;
         }
     }

@@ -52,7 +52,7 @@ public final class VmSnapshots {
      */
     public static Saved save(Vm vm, Path dir, boolean bypass, boolean resume, RamWriter.Progress progress)
             throws InterruptedException {
-        return save(vm, dir, bypass, resume ? After.RESUME : After.STOP, false, progress);
+        return save(vm, dir, bypass, resume ? After.RESUME : After.STOP, false, -1, progress);
     }
 
     /** What happens to the VM after a successful save. */
@@ -62,12 +62,27 @@ public final class VmSnapshots {
         STAY_PAUSED
     }
 
-    /**
-     * The general save. With {@code passMemfd}, memfd blocks are recorded by descriptor (index 0:
-     * the guest's memory fd), for a local migration that hands the memfd itself to the new process.
-     */
+    /** As the general save below, with the disks recorded by path and identity. */
     public static Saved save(
             Vm vm, Path dir, boolean bypass, After after, boolean passMemfd, RamWriter.Progress progress)
+            throws InterruptedException {
+        return save(vm, dir, bypass, after, passMemfd, -1, progress);
+    }
+
+    /**
+     * The general save. With {@code passMemfd}, memfd blocks are recorded by descriptor (index 0:
+     * the guest's memory fd), for a local migration that hands the memfd itself to the new process;
+     * with {@code firstDiskDescriptor} >= 0 the disks are too, disk i as descriptor
+     * {@code firstDiskDescriptor + i} (else by path and identity).
+     */
+    public static Saved save(
+            Vm vm,
+            Path dir,
+            boolean bypass,
+            After after,
+            boolean passMemfd,
+            int firstDiskDescriptor,
+            RamWriter.Progress progress)
             throws InterruptedException {
         boolean resume = after == After.RESUME;
         boolean anyShared = vm.memory().blocks().stream().anyMatch(b -> b.shared());
@@ -139,9 +154,13 @@ public final class VmSnapshots {
                                     "cmdline",
                                     c.cmdline(),
                                     "backing",
-                                    kind(c.backing())),
+                                    kind(c.backing()),
+                                    "disks",
+                                    diskEntries(vm, firstDiskDescriptor),
+                                    "rng",
+                                    c.rng()),
                     "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
-                    "devices", DeviceTable.sections(),
+                    "devices", DeviceTable.sections(c),
                     "createdBy", "panama-vmm");
             long ram = System.nanoTime();
             Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
@@ -168,6 +187,41 @@ public final class VmSnapshots {
             // Whatever went wrong (a pause that timed out, an ioctl, a full disk, a bug), the guest runs on.
             if (!wasPaused && !keepPaused) giveBack(vm);
         }
+    }
+
+    /**
+     * The disks as the metadata lists them: path, read-only, id, and either the file's identity
+     * now (a restore opens the path and refuses a file that changed) or, when the fds travel with
+     * a live update, the index of the disk's descriptor among them.
+     */
+    private static List<Object> diskEntries(Vm vm, int first) {
+        boolean passDescriptors = first >= 0;
+        var entries = new ArrayList<Object>();
+        var disks = vm.config().disks();
+        for (int i = 0; i < disks.size(); i++) {
+            var d = disks.get(i);
+            var e = Json.object("path", d.path().toAbsolutePath().toString(), "readOnly", d.readOnly(), "id", d.id());
+            if (passDescriptors) {
+                e.put("descriptor", (long) (first + i));
+            } else {
+                var id = OpenDisk.identity(d);
+                e.put(
+                        "identity",
+                        Json.object(
+                                "device",
+                                id.device(),
+                                "inode",
+                                id.inode(),
+                                "size",
+                                id.size(),
+                                "mtimeNanos",
+                                id.mtimeNanos(),
+                                "ctimeNanos",
+                                id.ctimeNanos()));
+            }
+            entries.add(e);
+        }
+        return entries;
     }
 
     /** Resumes a VM after a failed operation; a VM that ended meanwhile stays ended. */
@@ -295,14 +349,52 @@ public final class VmSnapshots {
                             ? row.codec().decode(snapshot.section(row.section()), format, row.section())
                             : row.fresh());
         }
+        // Disks and rng: absent from snapshots taken before virtio existed.
+        var disks = new ArrayList<DiskConfig>();
+        var diskDescriptors = new ArrayList<Integer>();
+        for (var item : machine.containsKey("disks") ? Json.asList(machine.get("disks"), "disks") : List.of()) {
+            var e = Json.asObject(item, "disk");
+            DiskConfig disk;
+            try {
+                disk = new DiskConfig(
+                        Path.of(String.valueOf(e.get("path"))),
+                        Boolean.TRUE.equals(e.get("readOnly")),
+                        String.valueOf(e.getOrDefault("id", "")));
+            } catch (IllegalArgumentException ex) {
+                throw new SnapshotException("the snapshot names a disk badly: " + ex.getMessage());
+            }
+            if (e.get("descriptor") instanceof Long d) {
+                if (d < 0 || d >= descriptors.length)
+                    throw new SnapshotException("the snapshot's disk " + disk.path() + " is descriptor " + d + " but "
+                            + descriptors.length + " came with it");
+                diskDescriptors.add(d.intValue());
+            } else {
+                checkDisk(disk, Json.asObject(e.get("identity"), "disk identity"));
+                diskDescriptors.add(-1);
+            }
+            disks.add(disk);
+        }
         var config = new MachineConfig(
-                memoryBytes,
-                cpus,
-                restoredBacking(snapshot),
-                String.valueOf(machine.get("kernel")),
-                new byte[0],
-                null,
-                String.valueOf(machine.get("cmdline")));
+                        memoryBytes,
+                        cpus,
+                        restoredBacking(snapshot),
+                        String.valueOf(machine.get("kernel")),
+                        new byte[0],
+                        null,
+                        String.valueOf(machine.get("cmdline")))
+                .withVirtio(disks, Boolean.TRUE.equals(machine.get("rng")));
+        List<DeviceTable.VirtioSlot> slots;
+        try {
+            slots = DeviceTable.virtio(config);
+        } catch (IllegalArgumentException ex) {
+            throw new SnapshotException("the snapshot has " + ex.getMessage().replace("at most", "more than"));
+        }
+        for (var slot : slots) {
+            if (snapshot.hasSection(slot.section()))
+                devices.put(
+                        slot.section(),
+                        DeviceTable.VIRTIO_CODEC.decode(snapshot.section(slot.section()), format, slot.section()));
+        }
         return new LoadedSnapshot(
                 dir,
                 snapshot,
@@ -311,7 +403,24 @@ public final class VmSnapshots {
                 List.copyOf(vcpuStates),
                 vmState,
                 new DeviceTable.States(devices),
-                descriptors.clone());
+                descriptors.clone(),
+                diskDescriptors.stream().mapToInt(Integer::intValue).toArray());
+    }
+
+    /** Refuses a disk that is missing or changed since the snapshot (another file, size, or times). */
+    private static void checkDisk(DiskConfig disk, Map<String, Object> saved) {
+        if (!Files.exists(disk.path()))
+            throw new SnapshotException("the snapshot's disk " + disk.path() + " is missing");
+        var then = new FileIdentity(
+                number(saved, "device"),
+                number(saved, "inode"),
+                number(saved, "size"),
+                number(saved, "mtimeNanos"),
+                number(saved, "ctimeNanos"));
+        String diff = then.difference(OpenDisk.identity(disk));
+        if (diff != null)
+            throw new SnapshotException(
+                    "refusing to restore: the disk " + disk.path() + " does not match the snapshot (" + diff + ")");
     }
 
     /** Builds a paused VM from a snapshot; {@link Vm#start()} runs it. The guest continues in its memory file. */

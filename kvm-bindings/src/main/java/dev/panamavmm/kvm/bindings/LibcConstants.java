@@ -58,6 +58,7 @@ public final class LibcConstants {
     public static final int MFD_ALLOW_SEALING = 2;
     public static final int FALLOC_FL_KEEP_SIZE = 1;
     public static final int FALLOC_FL_PUNCH_HOLE = 2;
+    public static final int FALLOC_FL_ZERO_RANGE = 16;
     public static final int EFD_CLOEXEC = 0x80000;
     public static final int EFD_NONBLOCK = 2048;
     public static final int EFD_SEMAPHORE = 1;
@@ -101,8 +102,13 @@ public final class LibcConstants {
     public static final int SYS_mprotect = 10;
     public static final int SYS_mincore = 27;
     public static final int SYS_lseek = 8;
+    public static final int SYS_preadv = 295;
+    public static final int SYS_pwritev = 296;
+    public static final int SYS_fdatasync = 75;
+    public static final int SYS_getrandom = 318;
     public static final int SEEK_DATA = 3;
     public static final int SEEK_HOLE = 4;
+    public static final int SEEK_END = 2;
     public static final int ENXIO = 6;
     public static final int SYS_flock = 73;
     public static final int LOCK_SH = 1;

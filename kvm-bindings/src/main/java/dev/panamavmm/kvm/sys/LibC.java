@@ -218,6 +218,53 @@ public final class LibC {
         if (r < 0) throw fail("fallocate", capture);
     }
 
+    /**
+     * {@code preadv(fd, iov, count, offset)}: reads into the {@code count} {@code struct iovec}s at
+     * {@code iov} (their buffers must stay mapped during the call, e.g. guest RAM); returns the
+     * bytes read, fewer only at the end of the file. Retried on EINTR.
+     */
+    public static long preadv(int fd, MemorySegment iov, int count, long offset) {
+        return vectored("preadv", LibcConstants.SYS_preadv, fd, iov, count, offset);
+    }
+
+    /** {@code pwritev(fd, iov, count, offset)}, as {@link #preadv}: returns the bytes written. */
+    public static long pwritev(int fd, MemorySegment iov, int count, long offset) {
+        return vectored("pwritev", LibcConstants.SYS_pwritev, fd, iov, count, offset);
+    }
+
+    private static long vectored(String call, int number, int fd, MemorySegment iov, int count, long offset) {
+        var capture = CAPTURE.get();
+        long base = address(iov);
+        while (true) {
+            // The raw call splits the offset into low and high words; on 64 bits the low word is all of it.
+            long r = syscall(capture, number, fd, base, count, offset, 0, 0);
+            if (r >= 0) {
+                Reference.reachabilityFence(iov);
+                return r;
+            }
+            if (capture.get(JAVA_INT, ERRNO_OFFSET) != LibcConstants.EINTR) throw fail(call, capture);
+        }
+    }
+
+    public static void fdatasync(int fd) {
+        checked("fdatasync", LibcConstants.SYS_fdatasync, fd, 0, 0);
+    }
+
+    /** Fills {@code buf} from the kernel's random source ({@code getrandom(2)}, blocking only before it is seeded). */
+    public static void getrandom(MemorySegment buf) {
+        var capture = CAPTURE.get();
+        long done = 0;
+        while (done < buf.byteSize()) {
+            long r = syscall(capture, LibcConstants.SYS_getrandom, address(buf) + done, buf.byteSize() - done, 0);
+            if (r < 0) {
+                if (capture.get(JAVA_INT, ERRNO_OFFSET) == LibcConstants.EINTR) continue;
+                throw fail("getrandom", capture);
+            }
+            done += r;
+        }
+        Reference.reachabilityFence(buf);
+    }
+
     /** An anonymous memory file ({@code MFD_CLOEXEC} is the caller's choice in {@code flags}). */
     public static int memfdCreate(String name, int flags) {
         try (var arena = Arena.ofConfined()) {

@@ -1,0 +1,189 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.devices.virtio.GuestRam;
+import dev.panamavmm.devices.virtio.VirtioBlock;
+import dev.panamavmm.devices.virtio.VirtioDevice;
+import dev.panamavmm.devices.virtio.VirtioMmio;
+import dev.panamavmm.devices.virtio.VirtioRng;
+import dev.panamavmm.kvm.KvmException;
+import dev.panamavmm.kvm.VmFd;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.log.Log;
+import dev.panamavmm.vmm.memory.GuestMemory;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The VMM side of one virtio-mmio device: its transport on the MMIO bus, one eventfd per queue
+ * that KVM signals on the guest's QueueNotify write (ioeventfd: the vCPU does not leave the
+ * kernel), an eventfd that raises the device's GSI (irqfd), and the device's own thread, which
+ * waits on the queue's eventfd and processes the queue. A disk's reads and writes run on a small
+ * pool of its own, so no vCPU thread ever waits for file I/O and several requests are in flight.
+ */
+final class VirtioHost implements AutoCloseable {
+    private static final Log log = Log.of(VirtioHost.class);
+    /** Threads that move a disk's bytes: requests in flight at once. */
+    static final int DISK_IO_THREADS = 4;
+    /** The value written to an eventfd: one event. */
+    private static final MemorySegment ONE = Arena.global().allocate(8);
+
+    static {
+        ONE.set(ValueLayout.JAVA_LONG, 0, 1);
+    }
+
+    private final DeviceTable.VirtioSlot slot;
+    private final VirtioMmio transport;
+    private final int irqFd;
+    private final int[] queueFds;
+    private final ExecutorService io;
+    private final List<Thread> threads = new ArrayList<>();
+    private volatile boolean stopping;
+
+    private VirtioHost(
+            DeviceTable.VirtioSlot slot,
+            VirtioMmio.State state,
+            VmFd vmFd,
+            GuestMemory memory,
+            OpenDisk disk,
+            int irqFd,
+            int[] queueFds,
+            ExecutorService io) {
+        this.slot = slot;
+        this.irqFd = irqFd;
+        this.queueFds = queueFds;
+        this.io = io;
+        VirtioDevice device = slot.disk() != null
+                ? new VirtioBlock(
+                        slot.name(),
+                        new PosixBlockBackend(disk.fd(), disk.size()),
+                        slot.disk().readOnly(),
+                        slot.disk().id(),
+                        io)
+                : new VirtioRng(slot.name(), LibC::getrandom);
+        GuestRam ram = (address, length) -> {
+            var block = memory.blockAt(address, length);
+            return block == null ? null : block.segment().asSlice(address - block.guestAddress(), length);
+        };
+        VirtioMmio.Notifier notifier = this::kick;
+        VirtioMmio.Interrupt interrupt = () -> LibC.write(irqFd, ONE);
+        this.transport = state == null
+                ? new VirtioMmio(device, ram, notifier, interrupt)
+                : new VirtioMmio(device, state, ram, notifier, interrupt);
+        vmFd.irqfd(irqFd, slot.gsi());
+        for (int q = 0; q < queueFds.length; q++)
+            vmFd.ioeventfd(queueFds[q], slot.address() + VirtioMmio.QUEUE_NOTIFY, 4, q);
+    }
+
+    /**
+     * The device of {@code slot} (a disk's {@code disk} already open), fresh or in {@code state}
+     * (null for fresh). Registers its eventfds with KVM; {@link #start} starts its thread.
+     */
+    static VirtioHost build(
+            DeviceTable.VirtioSlot slot, VirtioMmio.State state, VmFd vmFd, GuestMemory memory, OpenDisk disk) {
+        var fds = new ArrayList<Integer>();
+        ExecutorService io = null;
+        try {
+            int irq = LibC.eventfd(0, LibcConstants.EFD_CLOEXEC | LibcConstants.EFD_NONBLOCK);
+            fds.add(irq);
+            int[] queues = new int[1]; // blk and rng have one queue each
+            for (int q = 0; q < queues.length; q++) {
+                queues[q] = LibC.eventfd(0, LibcConstants.EFD_CLOEXEC);
+                fds.add(queues[q]);
+            }
+            if (slot.disk() != null) {
+                io = Executors.newFixedThreadPool(
+                        DISK_IO_THREADS,
+                        Thread.ofPlatform()
+                                .daemon()
+                                .name(slot.name() + "-io-", 0)
+                                .factory());
+            }
+            return new VirtioHost(slot, state, vmFd, memory, disk, irq, queues, io);
+        } catch (RuntimeException e) {
+            fds.forEach(LibC::close);
+            if (io != null) io.shutdownNow();
+            throw e;
+        }
+    }
+
+    DeviceTable.VirtioSlot slot() {
+        return slot;
+    }
+
+    VirtioMmio transport() {
+        return transport;
+    }
+
+    /** Starts the device's thread: it processes a queue each time the guest notifies it. */
+    void start() {
+        for (int q = 0; q < queueFds.length; q++) {
+            int queue = q;
+            var t = Thread.ofPlatform()
+                    .daemon()
+                    .name(slot.name() + (queueFds.length > 1 ? "-q" + q : ""))
+                    .unstarted(() -> serve(queue));
+            threads.add(t);
+            t.start();
+        }
+    }
+
+    private void serve(int queue) {
+        try (var arena = Arena.ofConfined()) {
+            var counter = arena.allocate(8);
+            while (!stopping) {
+                LibC.read(queueFds[queue], counter); // blocks until the guest (or the VMM) notifies
+                if (stopping) return;
+                transport.processQueue(queue);
+            }
+        } catch (KvmException e) {
+            if (!stopping) log.warn("{} stopped: {}", slot.name(), e.getMessage());
+        }
+    }
+
+    /** Wakes the device's thread for {@code queue} (a QueueNotify that reached the VMM, a resume). */
+    private void kick(int queue) {
+        if (queue >= 0 && queue < queueFds.length) LibC.write(queueFds[queue], ONE);
+    }
+
+    /** Stops taking requests and waits for those in flight (a save reads the state next). */
+    void pause(Duration timeout) throws InterruptedException {
+        transport.pause(timeout);
+    }
+
+    /** Takes requests again and looks at every queue. */
+    void resume() {
+        transport.resume();
+    }
+
+    /** Stops the thread and the I/O pool; the caller closes the disk afterwards. */
+    @Override
+    public void close() {
+        stopping = true;
+        for (int fd : queueFds) LibC.write(fd, ONE);
+        for (var t : threads) {
+            try {
+                t.join(5_000);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        if (io != null) {
+            io.shutdown();
+            try {
+                if (!io.awaitTermination(5, TimeUnit.SECONDS)) log.warn("{}: I/O still running at close", slot.name());
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        for (int fd : queueFds) LibC.close(fd);
+        LibC.close(irqFd);
+    }
+}
