@@ -35,6 +35,7 @@ _start:
     jnz 1f
     /* BSP: page tables, IDT, per-CPU areas, COM1; publishes percpu_base when done */
     lea bsp_stack_top(%rip), %rsp
+bsp_start:
     mov %r12, %rdi
     mov %r14d, %esi
     call bsp_init
@@ -55,6 +56,80 @@ park:
     cli
     hlt
     jmp park
+
+/*
+ * PVH entry (XEN_ELFNOTE_PHYS32_ENTRY, only in testguest-pvh.elf: see pvhnote.S): how QEMU
+ * starts an ELF kernel. The boot CPU alone arrives here, in 32-bit protected mode without
+ * paging, EBX = hvm_start_info; the others wait for INIT/SIPI, which this guest never sends,
+ * so it runs on one CPU. Identity-map [0, 4 GiB) with 2 MiB pages (tables in .bss), enter
+ * long mode with the same selectors the 64-bit entry gets, turn the start info into a zero
+ * page (pvh_boot_params in kernel.c) and join the BSP's path of _start.
+ */
+    .code32
+    .globl pvh_start
+pvh_start:
+    cli
+    cld
+    mov %ebx, %esi
+    mov $pvh_pd, %edi
+    mov $0x83, %eax             /* P | RW | PS */
+    xor %edx, %edx
+    mov $2048, %ecx
+1:  mov %eax, (%edi)
+    mov %edx, 4(%edi)
+    add $0x200000, %eax
+    adc $0, %edx
+    add $8, %edi
+    dec %ecx
+    jnz 1b
+    mov $pvh_pdpt, %edi
+    mov $(pvh_pd + 3), %eax
+    mov $4, %ecx
+2:  mov %eax, (%edi)
+    add $4096, %eax
+    add $8, %edi
+    dec %ecx
+    jnz 2b
+    movl $(pvh_pdpt + 3), pvh_pml4
+    lgdt pvh_gdtr
+    mov %cr4, %eax
+    or $0x20, %eax              /* PAE */
+    mov %eax, %cr4
+    mov $pvh_pml4, %eax
+    mov %eax, %cr3
+    mov $0xC0000080, %ecx       /* EFER.LME */
+    rdmsr
+    or $0x100, %eax
+    wrmsr
+    mov $0x80050033, %eax       /* PE|MP|ET|NE|WP|AM|PG, as the 64-bit entry gets it */
+    mov %eax, %cr0
+    ljmp $SEL_KCODE, $pvh_long
+    .code64
+pvh_long:
+    mov $SEL_KDATA, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    mov %eax, %fs
+    mov %eax, %gs
+    lea bsp_stack_top(%rip), %rsp
+    mov %esi, %edi
+    call pvh_boot_params        /* -> our zero page */
+    mov %rax, %r12
+    xor %r13d, %r13d            /* CPU 0 */
+    mov $1, %r14d               /* of 1 */
+    jmp bsp_start
+
+    .section .rodata
+    .balign 16
+pvh_gdt:
+    .quad 0, 0
+    .quad 0x00AF9A000000FFFF    /* 0x10 code, 64-bit */
+    .quad 0x00CF92000000FFFF    /* 0x18 data */
+pvh_gdtr:
+    .word pvh_gdtr - pvh_gdt - 1
+    .long pvh_gdt
+    .previous
 
 /* void enter_user(uint64_t rip, uint64_t rsp, uint64_t arg): iretq to CPL3 with IF=1, rdi = arg */
     .globl enter_user
@@ -150,6 +225,13 @@ exc_common:
     jmp park
 
     .section .bss
+    .balign 4096
+pvh_pml4:
+    .skip 4096
+pvh_pdpt:
+    .skip 4096
+pvh_pd:
+    .skip 4 * 4096
     .balign 16
 bsp_stack:
     .skip 4096

@@ -49,6 +49,8 @@
 #define SYS_FAULT_MMIO  6   /* read guest-physical 0xD0000000 (unbacked: an MMIO exit) */
 #define SYS_FAULT_PORT  7   /* inb 0x2F0; outb 0x2F0 */
 #define SYS_IDLE        8   /* sti; hlt; cli: wait for the next interrupt */
+#define SYS_MAP_USER    9   /* rsi = address in [3 GiB, 4 GiB): make its 2 MiB page user-accessible
+                               (a virtio-mmio device's); not the IOAPIC's or LAPIC's page */
 
 /* Exit codes the guest itself chooses (port 0x500) when something is badly wrong. */
 #define EXIT_EXCEPTION  0x100           /* + vector: unexpected CPU exception */
@@ -110,5 +112,23 @@ uint64_t sys_call(uint64_t req, uint64_t a, uint64_t b);
 
 /* user.c */
 void user_main(uint32_t cpu) __attribute__((noreturn));
+
+/* user.c: an output line, built natively at CPL3 and written whole by CPL0 (emit) */
+struct line { char b[128]; int n; };
+void put_s(struct line *l, const char *s);
+void put_u(struct line *l, uint64_t v);
+void put_x(struct line *l, uint64_t v, int digits);   /* 0x + hex; digits 0: as few as needed */
+void emit(struct line *l);
+int prefix(const char *s, const char *p, const char **rest);
+uint64_t parse_u(const char *s, const char **end);
+
+/* virtio.c (CPL3, CPU 0 only): virtio-mmio drivers for entropy and block devices */
+int virtio_parse_token(const char *t);   /* 1 if the token was virtio_mmio.device= or a virtio option */
+void virtio_probe(void);                 /* map, probe and size the announced devices */
+uint64_t virtio_area_size(void);         /* bytes of RAM the drivers need (rings, buffers, tables) */
+void virtio_start(uint64_t area);        /* set the devices up in that RAM, first rng read, blk id */
+void virtio_poll(void);                  /* between chunks: reap and submit blk requests */
+void virtio_heartbeat(uint64_t seq);     /* before CPU 0's hb line: blk counters, rng check */
+void virtio_after_ready(void);           /* the block benchmark, if asked for */
 #endif
 #endif

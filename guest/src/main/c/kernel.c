@@ -34,6 +34,7 @@ static struct idt_gate {
 } idt[256] __attribute__((aligned(16)));
 
 static uint64_t pml4_addr;
+static volatile uint64_t *hole_pd;     /* the page directory of [3 GiB, 4 GiB) */
 static volatile uint32_t console_lock;
 
 extern char exc_stubs[], ud_isr[], timer_isr[], spurious_isr[];
@@ -156,6 +157,7 @@ void bsp_init(uint64_t bp, uint32_t n)
             pd[i] = phys;
     }
     pml4_addr = (uint64_t)pml4;
+    hole_pd = (volatile uint64_t *)(pds + 3 * 4096);
 
     /* Per-CPU areas (tick counter, TSS, CPL0 and CPL3 stacks). */
     alloc = (alloc + PCPU_SIZE - 1) & ~(uint64_t)(PCPU_SIZE - 1);
@@ -176,6 +178,41 @@ void bsp_init(uint64_t bp, uint32_t n)
     serial_init();
 
     __atomic_store_n(&percpu_base, base, __ATOMIC_RELEASE);
+}
+
+/*
+ * PVH entry (entry.S pvh_start, already in long mode on the boot CPU's stack): copy what the
+ * hvm_start_info at `si` says (command line, memory map) into a zero page of our own, so that
+ * the rest of the guest reads one format. Exit 0x200 if it is not a start info with a map.
+ */
+static uint8_t pvh_zero_page[4096] __attribute__((aligned(4096)));
+static char pvh_cmdline[4096];
+
+uint64_t pvh_boot_params(uint64_t si)
+{
+    const volatile uint8_t *s = (const volatile uint8_t *)si;
+    uint64_t cmdline = *(const volatile uint64_t *)(s + 24);
+    uint64_t memmap = *(const volatile uint64_t *)(s + 40);
+    uint32_t entries = *(const volatile uint32_t *)(s + 48);
+    if (*(const volatile uint32_t *)s != 0x336ec578 || *(const volatile uint32_t *)(s + 4) < 1 || !memmap)
+        vm_exit(EXIT_BADBOOT);
+    if (entries > E820_MAX)
+        entries = E820_MAX;
+    struct e820_entry *e = (struct e820_entry *)(pvh_zero_page + BP_E820_TABLE);
+    const volatile uint64_t *m = (const volatile uint64_t *)memmap;
+    for (uint32_t i = 0; i < entries; i++, m += 3) {    /* {addr, size, type | reserved << 32} */
+        e[i].addr = m[0];
+        e[i].size = m[1];
+        e[i].type = (uint32_t)m[2];
+    }
+    pvh_zero_page[BP_E820_ENTRIES] = (uint8_t)entries;
+    if (cmdline) {
+        const volatile char *c = (const volatile char *)cmdline;
+        for (int i = 0; i < (int)sizeof pvh_cmdline - 1 && c[i]; i++)
+            pvh_cmdline[i] = c[i];
+        *(uint32_t *)(pvh_zero_page + BP_CMD_LINE_PTR) = (uint32_t)(uint64_t)pvh_cmdline;
+    }
+    return (uint64_t)pvh_zero_page;
 }
 
 /* One (TSC, LAPIC current count) pair; of a few tries, the one read closest together. */
@@ -309,6 +346,15 @@ uint64_t ksyscall(uint64_t req, uint64_t a, uint64_t b)
     case SYS_FAULT_PORT:
         outb(0x2F0, inb(0x2F0));
         return 0;
+    case SYS_MAP_USER: {
+        /* Only device pages of the hole; the LAPIC/IOAPIC pages stay supervisor-only. The page
+         * was supervisor-only before, so no CPU holds a user TLB entry to flush elsewhere. */
+        if (a < 0xC0000000UL || a >= 0xFEC00000UL)
+            return (uint64_t)-1;
+        hole_pd[(a >> 21) & 511] |= 0x4;
+        __asm__ volatile("invlpg (%0)" :: "r"(a & ~0x1FFFFFUL) : "memory");
+        return 0;
+    }
     case SYS_IDLE:
         __asm__ volatile("sti; hlt; cli" ::: "memory");
         return 0;

@@ -30,6 +30,8 @@ static struct {
                                    `rewrite` are rewritten each pass, the rest only verified */
     int fault_mmio, fault_port;
     uint64_t nchunks;
+    uint64_t virtio_chunks;     /* RAM for the virtio drivers, taken before the exercised chunks */
+    uint64_t virtio_area;
     volatile uint64_t *gen;     /* generation last written to each chunk (in guest RAM) */
     int nranges;
     struct range r[MAX_RANGES];
@@ -50,15 +52,13 @@ static inline uint64_t hb_clock(volatile uint64_t *ticks)
 
 /* ---- output: lines are built here (natively) and written whole by CPL0 ---- */
 
-struct line { char b[128]; int n; };
-
-static void put_s(struct line *l, const char *s)
+void put_s(struct line *l, const char *s)
 {
     while (*s && l->n < (int)sizeof l->b - 1)
         l->b[l->n++] = *s++;
 }
 
-static void put_u(struct line *l, uint64_t v)
+void put_u(struct line *l, uint64_t v)
 {
     char t[20];
     int i = 0;
@@ -71,7 +71,7 @@ static void put_u(struct line *l, uint64_t v)
 }
 
 /* 0x + lowercase hex; digits = 0: as few as needed, else exactly that many. */
-static void put_x(struct line *l, uint64_t v, int digits)
+void put_x(struct line *l, uint64_t v, int digits)
 {
     static const char hex[] = "0123456789abcdef";
     if (!digits) {
@@ -84,7 +84,7 @@ static void put_x(struct line *l, uint64_t v, int digits)
         l->b[l->n++] = hex[(v >> (4 * digits)) & 0xF];
 }
 
-static void emit(struct line *l)
+void emit(struct line *l)
 {
     l->b[l->n++] = '\n';
     sys(SYS_PRINT, (uint64_t)l->b, (uint64_t)l->n);
@@ -93,7 +93,7 @@ static void emit(struct line *l)
 
 /* ---- command line ---- */
 
-static int prefix(const char *s, const char *p, const char **rest)
+int prefix(const char *s, const char *p, const char **rest)
 {
     while (*p)
         if (*s++ != *p++)
@@ -103,7 +103,7 @@ static int prefix(const char *s, const char *p, const char **rest)
 }
 
 /* decimal or 0x hex; *end points after the digits */
-static uint64_t parse_u(const char *s, const char **end)
+uint64_t parse_u(const char *s, const char **end)
 {
     uint64_t v = 0;
     if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
@@ -154,6 +154,8 @@ static void parse_token(const char *t)
             plan.fault_mmio = 1;
         else if (prefix(v, "port", &end) && (*end == 0))
             plan.fault_port = 1;
+    } else {
+        virtio_parse_token(t);
     }
 }
 
@@ -234,6 +236,19 @@ static void make_plan(void)
 
     /* chunks to exercise, and the generation table (8 bytes a chunk, whole chunks) */
     uint64_t want = plan.mem_req / CHUNK, table = 0;
+    uint64_t vchunks = (virtio_area_size() + CHUNK - 1) / CHUNK;
+    if (vchunks) {
+        int i = 0;
+        while (i < plan.nranges && plan.r[i].chunks < vchunks)
+            i++;
+        if (i < plan.nranges) {
+            plan.virtio_area = plan.r[i].start;
+            plan.virtio_chunks = vchunks;
+            plan.r[i].start += vchunks * CHUNK;
+            plan.r[i].chunks -= vchunks;
+            total -= vchunks;
+        }
+    }
     for (int round = 0; round < 2; round++) {
         table = (want * 8 + CHUNK - 1) / CHUNK;
         if (want + table > total)
@@ -386,12 +401,14 @@ static void became_ready(void)
         sys(SYS_FAULT_MMIO, 0, 0);
     if (plan.fault_port)
         sys(SYS_FAULT_PORT, 0, 0);
+    virtio_after_ready();
 }
 
 static void heartbeat(struct cpu_state *st)
 {
     st->seq++;
     if (st->cpu == 0) {
+        virtio_heartbeat(st->seq);
         uint64_t id = sys(SYS_GENID, 0, 0);
         if (id != st->genid) {
             st->genid = id;
@@ -421,6 +438,8 @@ static void heartbeat(struct cpu_state *st)
  */
 static void poll(struct cpu_state *st)
 {
+    if (st->cpu == 0)
+        virtio_poll();
     uint64_t now = hb_clock(st->ticks);
     if (!st->ready_seen) {
         if (st->cpu == 0 && !ready && __atomic_load_n(&filled, __ATOMIC_ACQUIRE) == ncpus)
@@ -454,6 +473,7 @@ void user_main(uint32_t cpu)
         plan.hb_ms = DEFAULT_HB_MS;
         plan.rewrite = DEFAULT_REWRITE;
         parse_cmdline();
+        virtio_probe();
         plan.hb_period = tsc_per_ms ? plan.hb_ms * tsc_per_ms : (plan.hb_ms + TICK_MS - 1) / TICK_MS;
         make_plan();
         struct line l;
@@ -465,6 +485,7 @@ void user_main(uint32_t cpu)
         emit(&l);
         st.genid = sys(SYS_GENID, 0, 0);
         print_genid(st.genid);
+        virtio_start(plan.virtio_chunks ? plan.virtio_area : 0);
         __atomic_store_n(&plan_ready, 1, __ATOMIC_RELEASE);
     } else {
         while (!__atomic_load_n(&plan_ready, __ATOMIC_ACQUIRE))

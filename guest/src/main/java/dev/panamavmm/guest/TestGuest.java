@@ -13,6 +13,11 @@ public final class TestGuest {
 
     /** Class-path resource of the ELF image. */
     public static final String RESOURCE = "guest/testguest.elf";
+    /**
+     * Class-path resource of the same program with a PVH entry note, for QEMU ({@code -kernel});
+     * Panama VMM boots {@link #RESOURCE}, whose 64-bit entry starts every vCPU.
+     */
+    public static final String PVH_RESOURCE = "guest/testguest-pvh.elf";
 
     /** {@code testguest <version> cpus=<n> mem=<bytes>}, once at boot. */
     public static final Pattern BANNER = Pattern.compile("testguest (\\S+) cpus=(\\d+) mem=(\\d+)");
@@ -26,6 +31,43 @@ public final class TestGuest {
     public static final Pattern CORRUPT =
             Pattern.compile("CORRUPT (\\d+) addr=0x([0-9a-f]+) expected=0x([0-9a-f]{16}) got=0x([0-9a-f]{16})");
 
+    /**
+     * {@code virtio 0x<addr> irq=<n> id=<device id>[ error <what>]} or {@code virtio 0x<addr>
+     * irq=<n> unusable ...}: once per {@code virtio_mmio.device=} token, after {@code genid}.
+     */
+    public static final Pattern VIRTIO_DEVICE =
+            Pattern.compile("virtio 0x([0-9a-f]+) irq=(\\d+) (?:id=(\\d+)(?: error (\\S+))?|unusable .*)");
+    /** {@code rng <n> 0x<first 8 bytes, little endian>}: the n-th 64-byte read of the entropy device. */
+    public static final Pattern RNG = Pattern.compile("rng (\\d+) 0x([0-9a-f]{16})");
+    /** {@code CORRUPT rng <why>}: constant output, the same 64 bytes twice, or no answer. */
+    public static final Pattern CORRUPT_RNG =
+            Pattern.compile("CORRUPT rng (constant byte=0x[0-9a-f]{2}|repeated|timeout)");
+    /** {@code blk capacity=<sectors> size=<bytes used> qd=<n> ro|rw flush|noflush}: the block device driven. */
+    public static final Pattern BLK_INFO =
+            Pattern.compile("blk capacity=(\\d+) size=(\\d+) qd=(\\d+) (ro|rw) (flush|noflush)");
+    /** {@code blk id <serial>} (GET_ID, once; may be empty) or {@code blk id-status <status>}. */
+    public static final Pattern BLK_ID = Pattern.compile("blk id (.*)");
+    /** {@code blk readonly write-status=<status>}: a read-only device answered a write (the spec: 1, IOERR). */
+    public static final Pattern BLK_READONLY = Pattern.compile("blk readonly write-status=(\\d+)");
+    /** {@code blk <completed> reads=<n> writes=<n> flushes=<n>}: on CPU 0 before each heartbeat. */
+    public static final Pattern BLK = Pattern.compile("blk (\\d+) reads=(\\d+) writes=(\\d+) flushes=(\\d+)");
+    /**
+     * {@code CORRUPT blk sector=<n> expected-gen=<g> got=<what>}: {@code gen:<h>} (a whole sector of
+     * generation h), {@code torn:<h>}, {@code 0x<16 hex>} (not this sector's data) or
+     * {@code status:<s>-read|-write|-flush}.
+     */
+    public static final Pattern CORRUPT_BLK =
+            Pattern.compile("CORRUPT blk sector=(\\d+) expected-gen=(\\d+) got=(\\S+)");
+    /** {@code CORRUPT blk used id=<n> not in flight}: a completion for a request not outstanding. */
+    public static final Pattern CORRUPT_BLK_USED = Pattern.compile("CORRUPT blk used id=(\\d+) not in flight");
+    /** {@code CORRUPT blk stalled inflight=<n>}: 5 heartbeats of CPU 0 with requests in flight and none completed. */
+    public static final Pattern CORRUPT_BLK_STALLED = Pattern.compile("CORRUPT blk stalled inflight=(\\d+)");
+    /** {@code blkbench <row> bs=<bytes> qd=<n> ios=<n> us=<n> iops=<n> mbps=<n.n>}: one benchmark row. */
+    public static final Pattern BLKBENCH =
+            Pattern.compile("blkbench (\\S+) bs=(\\d+) qd=(\\d+) ios=(\\d+) us=(\\d+) iops=(\\d+) mbps=(\\d+\\.\\d)");
+    /** {@code blkbench done}: every row printed. */
+    public static final Pattern BLKBENCH_DONE = Pattern.compile("blkbench done");
+
     /** Exit code (port 0x500) for an unexpected CPU exception: this plus the vector. */
     public static final int EXIT_EXCEPTION = 0x100;
     /** Exit code (port 0x500) when the boot contract was not met (image not in e820 RAM, ...). */
@@ -35,16 +77,29 @@ public final class TestGuest {
 
     /** Opens the ELF image; the caller closes the stream. */
     public static InputStream open() {
-        InputStream in = TestGuest.class.getClassLoader().getResourceAsStream(RESOURCE);
-        if (in == null) {
-            throw new IllegalStateException(RESOURCE + " is not on the class path (build the guest module)");
-        }
-        return in;
+        return open(RESOURCE);
     }
 
     /** The ELF image. */
     public static byte[] elf() {
-        try (InputStream in = open()) {
+        return read(RESOURCE);
+    }
+
+    /** The ELF image with the PVH entry note (for QEMU). */
+    public static byte[] pvhElf() {
+        return read(PVH_RESOURCE);
+    }
+
+    private static InputStream open(String resource) {
+        InputStream in = TestGuest.class.getClassLoader().getResourceAsStream(resource);
+        if (in == null) {
+            throw new IllegalStateException(resource + " is not on the class path (build the guest module)");
+        }
+        return in;
+    }
+
+    private static byte[] read(String resource) {
+        try (InputStream in = open(resource)) {
             return in.readAllBytes();
         } catch (IOException e) {
             throw new UncheckedIOException(e);

@@ -16,7 +16,42 @@ class TestGuestTest {
 
     @Test
     void elfIsAnX86_64ExecutableLoadedAtOneMiB() {
-        ByteBuffer b = ByteBuffer.wrap(TestGuest.elf()).order(ByteOrder.LITTLE_ENDIAN);
+        checkElf(TestGuest.elf());
+        assertEquals(-1, pvhEntry(TestGuest.elf()), "no PVH note: Panama VMM must use the 64-bit entry");
+    }
+
+    @Test
+    void pvhElfIsTheSameProgramWithAPvhEntryNote() {
+        checkElf(TestGuest.pvhElf());
+        long pvh = pvhEntry(TestGuest.pvhElf());
+        assertTrue(pvh >= 0x100000 && pvh < 0x200000, "PVH entry inside the image: 0x" + Long.toHexString(pvh));
+    }
+
+    /** The XEN_ELFNOTE_PHYS32_ENTRY (type 18) address, or -1. */
+    private static long pvhEntry(byte[] elf) {
+        ByteBuffer b = ByteBuffer.wrap(elf).order(ByteOrder.LITTLE_ENDIAN);
+        long phoff = b.getLong(32);
+        int phentsize = b.getShort(54), phnum = b.getShort(56);
+        for (int i = 0; i < phnum; i++) {
+            int ph = (int) (phoff + (long) i * phentsize);
+            if (b.getInt(ph) != PT_NOTE) continue;
+            int off = (int) b.getLong(ph + 8), end = off + (int) b.getLong(ph + 32);
+            while (off + 12 <= end) {
+                int namesz = b.getInt(off), descsz = b.getInt(off + 4), type = b.getInt(off + 8);
+                byte[] name = new byte[namesz];
+                b.get(off + 12, name);
+                int desc = off + 12 + ((namesz + 3) & ~3);
+                if (type == 18 && descsz == 8 && new String(name, StandardCharsets.US_ASCII).equals("Xen\0")) {
+                    return b.getLong(desc);
+                }
+                off = desc + ((descsz + 3) & ~3);
+            }
+        }
+        return -1;
+    }
+
+    private static void checkElf(byte[] elf) {
+        ByteBuffer b = ByteBuffer.wrap(elf).order(ByteOrder.LITTLE_ENDIAN);
         assertEquals(0x464c457f, b.getInt(0), "ELF magic");
         assertEquals(2, b.get(4), "ELFCLASS64");
         assertEquals(1, b.get(5), "little endian");
@@ -76,5 +111,40 @@ class TestGuestTest {
                 .matcher("CORRUPT 0 addr=0x2000008 expected=0x31994a7133088326 got=0x31994a7133088327")
                 .matches());
         assertFalse(TestGuest.HEARTBEAT.matcher("hb 1").matches());
+        assertTrue(
+                TestGuest.VIRTIO_DEVICE.matcher("virtio 0xfeb00e00 irq=12 id=2").matches());
+        assertTrue(TestGuest.VIRTIO_DEVICE
+                .matcher("virtio 0xc0000000 irq=5 id=4 error features")
+                .matches());
+        assertTrue(TestGuest.VIRTIO_DEVICE
+                .matcher("virtio 0xfeb00c00 irq=11 unusable magic=0x74726976 version=1")
+                .matches());
+        assertTrue(TestGuest.RNG.matcher("rng 2 0xdb471b298af7ce41").matches());
+        assertTrue(
+                TestGuest.CORRUPT_RNG.matcher("CORRUPT rng constant byte=0x00").matches());
+        assertTrue(TestGuest.BLK_INFO
+                .matcher("blk capacity=131072 size=67108864 qd=8 rw flush")
+                .matches());
+        assertTrue(TestGuest.BLK_ID.matcher("blk id disk-one").matches());
+        assertTrue(TestGuest.BLK_READONLY.matcher("blk readonly write-status=1").matches());
+        assertTrue(TestGuest.BLK
+                .matcher("blk 48534 reads=16260 writes=31793 flushes=481")
+                .matches());
+        assertFalse(TestGuest.BLK.matcher("blk id 1 reads=2 writes=3 flushes=4").matches());
+        assertTrue(TestGuest.CORRUPT_BLK
+                .matcher("CORRUPT blk sector=10656 expected-gen=4 got=0x0000000000000000")
+                .matches());
+        assertTrue(TestGuest.CORRUPT_BLK
+                .matcher("CORRUPT blk sector=8 expected-gen=4 got=gen:3")
+                .matches());
+        assertFalse(TestGuest.CORRUPT
+                .matcher("CORRUPT blk sector=8 expected-gen=4 got=gen:3")
+                .matches());
+        assertTrue(TestGuest.CORRUPT_BLK_STALLED
+                .matcher("CORRUPT blk stalled inflight=8")
+                .matches());
+        assertTrue(TestGuest.BLKBENCH
+                .matcher("blkbench randread bs=4096 qd=32 ios=29319 us=1007327 iops=29105 mbps=119.2")
+                .matches());
     }
 }
