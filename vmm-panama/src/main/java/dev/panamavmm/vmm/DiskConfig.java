@@ -6,13 +6,25 @@ import java.util.Objects;
 
 /**
  * One virtio-blk disk of a machine: a raw file or block device, whether the guest may write it,
- * and the id GET_ID answers (at most 20 printable ASCII characters; may be empty).
+ * and the id GET_ID answers (at most 20 printable ASCII characters; may be empty). A clone's disk
+ * may be an overlay: then {@code path} is the clone's {@link OverlayBlockBackend} file and
+ * {@code base} the template's disk it reads unwritten clusters from (null for a plain disk).
  */
-public record DiskConfig(Path path, boolean readOnly, String id) {
+public record DiskConfig(Path path, boolean readOnly, String id, Path base) {
     public DiskConfig {
         Objects.requireNonNull(path, "path");
         Objects.requireNonNull(id, "id");
         VirtioBlock.checkId(id);
+    }
+
+    /** A plain disk (not an overlay). */
+    public DiskConfig(Path path, boolean readOnly, String id) {
+        this(path, readOnly, id, null);
+    }
+
+    /** This disk as {@code path}, an overlay over {@code base} (or a plain copy when {@code base} is null). */
+    DiskConfig at(Path path, Path base) {
+        return new DiskConfig(path, readOnly, id, base);
     }
 
     /**

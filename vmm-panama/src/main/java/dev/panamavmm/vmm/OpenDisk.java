@@ -1,5 +1,6 @@
 package dev.panamavmm.vmm;
 
+import dev.panamavmm.devices.virtio.BlockBackend;
 import dev.panamavmm.devices.virtio.VirtioBlock;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.LibcConstants;
@@ -8,52 +9,80 @@ import dev.panamavmm.migration.FileIdentity;
 import dev.panamavmm.vmm.memory.MemoryException;
 import java.io.IOException;
 import java.nio.file.Files;
+import java.nio.file.Path;
 
 /**
  * A disk's open file: its descriptor (read-only for a read-only disk) and size. Opened once per
  * VM; a live update passes the descriptor itself, so nothing is reopened.
  */
-record OpenDisk(DiskConfig config, int fd, long size) implements AutoCloseable {
+record OpenDisk(DiskConfig config, int fd, long size, int baseFd) implements AutoCloseable {
 
-    /** Opens {@code config}'s file; every failure is one line naming the file. */
+    /** Opens {@code config}'s file (and an overlay's base, read-only); every failure is one line naming the file. */
     static OpenDisk open(DiskConfig config) {
-        var path = config.path();
+        int flags = (config.readOnly() ? LibcConstants.O_RDONLY : LibcConstants.O_RDWR) | LibcConstants.O_CLOEXEC;
+        return adopt(config, openFile(config.path(), flags));
+    }
+
+    private static int openFile(Path path, int flags) {
         if (!Files.exists(path)) throw new MemoryException("disk " + path + " does not exist");
         if (Files.isDirectory(path)) throw new MemoryException("disk " + path + " is a directory");
-        int flags = (config.readOnly() ? LibcConstants.O_RDONLY : LibcConstants.O_RDWR) | LibcConstants.O_CLOEXEC;
-        int fd;
         try {
-            fd = LibC.open(path.toString(), flags, 0);
+            return LibC.open(path.toString(), flags, 0);
         } catch (KvmException e) {
             throw new MemoryException("cannot open disk " + path + ": " + LibC.strerror(e.errno()));
         }
-        return adopt(config, fd);
     }
 
-    /** Takes over {@code fd} (a descriptor passed by a live update's source) as {@code config}'s file. */
+    /**
+     * Takes over {@code fd} (a descriptor passed by a live update's source) as {@code config}'s
+     * file. An overlay's base, the template's disk that never changes, is opened by path.
+     */
     static OpenDisk adopt(DiskConfig config, int fd) {
+        int baseFd = -1;
         try {
-            long size = LibC.seek(fd, 0, LibcConstants.SEEK_END);
+            long size;
+            if (config.base() != null) {
+                baseFd = openFile(config.base(), LibcConstants.O_RDONLY | LibcConstants.O_CLOEXEC);
+                size = LibC.seek(baseFd, 0, LibcConstants.SEEK_END);
+                long length = LibC.seek(fd, 0, LibcConstants.SEEK_END);
+                if (length != OverlayBlockBackend.fileLength(size))
+                    throw new MemoryException("disk " + config.path() + " is not an overlay of " + config.base() + " ("
+                            + length + " bytes; an overlay of it has " + OverlayBlockBackend.fileLength(size) + ")");
+            } else {
+                size = LibC.seek(fd, 0, LibcConstants.SEEK_END);
+            }
             if (size < VirtioBlock.SECTOR)
                 throw new MemoryException("disk " + config.path() + " is smaller than one 512-byte sector");
-            return new OpenDisk(config, fd, size);
+            return new OpenDisk(config, fd, size, baseFd);
         } catch (RuntimeException e) {
             LibC.close(fd);
+            if (baseFd >= 0) LibC.close(baseFd);
             throw e;
         }
     }
 
-    /** The file's identity now (device, inode, size, times), as a snapshot records it. */
-    static FileIdentity identity(DiskConfig config) {
+    /** What the device reads and writes: the file itself, or the overlay over its base. */
+    BlockBackend backend() {
+        if (baseFd < 0) return new PosixBlockBackend(fd, size);
         try {
-            return FileIdentity.of(config.path());
+            return OverlayBlockBackend.open(baseFd, fd, size, config.path());
         } catch (IOException e) {
-            throw new MemoryException("cannot read disk " + config.path() + ": " + e.getMessage());
+            throw new MemoryException("disk " + e.getMessage());
+        }
+    }
+
+    /** A disk file's identity now (device, inode, size, times), as a snapshot records it. */
+    static FileIdentity identity(Path file) {
+        try {
+            return FileIdentity.of(file);
+        } catch (IOException e) {
+            throw new MemoryException("cannot read disk " + file + ": " + e.getMessage());
         }
     }
 
     @Override
     public void close() {
         LibC.close(fd);
+        if (baseFd >= 0) LibC.close(baseFd);
     }
 }
