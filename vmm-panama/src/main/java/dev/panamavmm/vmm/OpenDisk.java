@@ -20,6 +20,8 @@ record OpenDisk(DiskConfig config, int fd, long size, int baseFd) implements Aut
     /** Opens {@code config}'s file (and an overlay's base, read-only); every failure is one line naming the file. */
     static OpenDisk open(DiskConfig config) {
         int flags = (config.readOnly() ? LibcConstants.O_RDONLY : LibcConstants.O_RDWR) | LibcConstants.O_CLOEXEC;
+        // An overlay keeps its small header and bitmap words in the same file: it uses the page cache.
+        if (config.cache() == DiskConfig.Cache.NONE && config.base() == null) flags |= LibcConstants.O_DIRECT;
         return adopt(config, openFile(config.path(), flags));
     }
 
@@ -63,7 +65,7 @@ record OpenDisk(DiskConfig config, int fd, long size, int baseFd) implements Aut
 
     /** What the device reads and writes: the file itself, or the overlay over its base. */
     BlockBackend backend() {
-        if (baseFd < 0) return new PosixBlockBackend(fd, size);
+        if (baseFd < 0) return new PosixBlockBackend(fd, size, config.cache() == DiskConfig.Cache.NONE);
         try {
             return OverlayBlockBackend.open(baseFd, fd, size, config.path());
         } catch (IOException e) {

@@ -200,7 +200,15 @@ public final class VmSnapshots {
         var disks = vm.config().disks();
         for (int i = 0; i < disks.size(); i++) {
             var d = disks.get(i);
-            var e = Json.object("path", d.path().toAbsolutePath().toString(), "readOnly", d.readOnly(), "id", d.id());
+            var e = Json.object(
+                    "path",
+                    d.path().toAbsolutePath().toString(),
+                    "readOnly",
+                    d.readOnly(),
+                    "id",
+                    d.id(),
+                    "cache",
+                    d.cache().spelling());
             if (passDescriptors) {
                 e.put("descriptor", (long) (first + i));
             } else {
@@ -352,7 +360,10 @@ public final class VmSnapshots {
                         Path.of(String.valueOf(e.get("path"))),
                         Boolean.TRUE.equals(e.get("readOnly")),
                         String.valueOf(e.getOrDefault("id", "")),
-                        e.get("base") instanceof String base ? Path.of(base) : null);
+                        e.get("base") instanceof String base ? Path.of(base) : null,
+                        e.get("cache") instanceof String cache
+                                ? DiskConfig.Cache.parse(cache)
+                                : DiskConfig.Cache.WRITEBACK);
             } catch (IllegalArgumentException ex) {
                 throw new SnapshotException("the snapshot names a disk badly: " + ex.getMessage());
             }

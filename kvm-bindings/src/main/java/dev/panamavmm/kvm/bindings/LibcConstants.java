@@ -33,6 +33,7 @@ public final class LibcConstants {
     public static final int O_TRUNC = 512;
     public static final int O_CLOEXEC = 0x80000;
     public static final int O_NONBLOCK = 2048;
+    public static final int O_DIRECT = 0x4000;
     public static final int PROT_NONE = 0;
     public static final int PROT_READ = 1;
     public static final int PROT_WRITE = 2;
