@@ -30,6 +30,7 @@ final class CloneCommand implements Cli.Command {
     Path apiSocket;
     Path consoleDir;
     Path apiSocketDir;
+    final List<Path> disks = new ArrayList<>();
     boolean consoleGiven;
 
     static final int MAX_COUNT = 1000;
@@ -77,13 +78,24 @@ final class CloneCommand implements Cli.Command {
                         "DIR",
                         null,
                         "background clones: clone-N.sock API sockets go here, created if missing",
-                        v -> apiSocketDir = Path.of(v));
+                        v -> apiSocketDir = Path.of(v))
+                .option(
+                        "--disk",
+                        "PATH",
+                        null,
+                        "for one clone in the foreground: make its private copy of the template's next writable disk"
+                                + " here (a reflink copy, or an overlay over the template's disk; default: beside it as"
+                                + " DISK.clone-PID-N; repeat for more disks)",
+                        v -> disks.add(Path.of(v)));
     }
 
     @Override
     public int call(Cli.Io io) throws Exception {
         if (count < 1) throw new UsageException("--count must be at least 1");
         if (count > MAX_COUNT) throw new UsageException("--count " + count + " is above the maximum of " + MAX_COUNT);
+        if ((count > 1 || consoleDir != null || apiSocketDir != null) && !disks.isEmpty())
+            throw new UsageException(
+                    "--disk names one clone's disk: not with --count, --console-dir or --api-socket-dir");
         if (count > 1 || consoleDir != null || apiSocketDir != null) return startProcesses(io);
         ConsoleIo.checkSpec(console);
         var loaded = Templates.open(template); // before KVM: see RestoreCommand
@@ -95,7 +107,7 @@ final class CloneCommand implements Cli.Command {
                     false,
                     io.err(),
                     null,
-                    (out, listener) -> Templates.clone(kvm, loaded, out, listener));
+                    (out, listener) -> Templates.clone(kvm, loaded, disks, out, listener));
         }
     }
 

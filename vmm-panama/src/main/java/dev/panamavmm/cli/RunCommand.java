@@ -41,9 +41,10 @@ final class RunCommand implements Cli.Command {
                         () -> shared = true)
                 .option(
                         "--disk",
-                        "PATH[,readonly][,id=ID]",
+                        "PATH[,readonly][,id=ID][,cache=writeback|none]",
                         null,
-                        "a virtio-blk disk over a raw file or block device (repeat for more; id: at most 20 characters)",
+                        "a virtio-blk disk over a raw file or block device (repeat for more; id: at most 20 characters;"
+                                + " cache=none: O_DIRECT, around the host's page cache)",
                         v -> {
                             try {
                                 disks.add(DiskConfig.parse(v));

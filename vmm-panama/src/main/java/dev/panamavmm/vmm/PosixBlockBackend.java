@@ -23,15 +23,27 @@ public final class PosixBlockBackend implements BlockBackend {
 
     private static final ThreadLocal<MemorySegment> IOV =
             ThreadLocal.withInitial(() -> Arena.ofAuto().allocate(Iovec.LAYOUT, IOV_MAX));
+
+    /** O_DIRECT wants buffers aligned to the device's logical block; 4 KiB covers every device here. */
+    private static final int DIRECT_ALIGNMENT = 4096;
+    /** Per I/O thread: an aligned copy for a direct request whose guest buffers are not aligned. */
+    private static final ThreadLocal<MemorySegment[]> BOUNCE = ThreadLocal.withInitial(() -> new MemorySegment[1]);
     /** Zeros for WRITE_ZEROES where the file system cannot zero a range itself. */
-    private static final MemorySegment ZEROS = Arena.global().allocate(1 << 16);
+    private static final MemorySegment ZEROS = Arena.global().allocate(1 << 16, DIRECT_ALIGNMENT);
 
     private final int fd;
     private final long size;
+    private final boolean direct;
 
     public PosixBlockBackend(int fd, long size) {
+        this(fd, size, false);
+    }
+
+    /** With {@code direct}, {@code fd} was opened with O_DIRECT: unaligned guest buffers go through an aligned copy. */
+    PosixBlockBackend(int fd, long size, boolean direct) {
         this.fd = fd;
         this.size = size;
+        this.direct = direct;
     }
 
     @Override
@@ -51,6 +63,42 @@ public final class PosixBlockBackend implements BlockBackend {
 
     /** Moves every byte of {@code buffers}, continuing after short transfers; stops early only at the end of the file. */
     private long transfer(boolean write, long offset, List<MemorySegment> buffers) throws IOException {
+        if (direct && !aligned(buffers)) return bounced(write, offset, buffers);
+        return transferDirectly(write, offset, buffers);
+    }
+
+    private static boolean aligned(List<MemorySegment> buffers) {
+        for (var b : buffers) if (b.address() % DIRECT_ALIGNMENT != 0 || b.byteSize() % 512 != 0) return false;
+        return true;
+    }
+
+    /** A direct request through one aligned buffer (a guest's buffers rarely need it: Linux aligns them). */
+    private long bounced(boolean write, long offset, List<MemorySegment> buffers) throws IOException {
+        long want = 0;
+        for (var b : buffers) want += b.byteSize();
+        var holder = BOUNCE.get();
+        if (holder[0] == null || holder[0].byteSize() < want)
+            holder[0] = Arena.ofAuto().allocate(Math.max(want, 1 << 16), DIRECT_ALIGNMENT);
+        var bounce = holder[0].asSlice(0, want);
+        long at = 0;
+        if (write) {
+            for (var b : buffers) {
+                MemorySegment.copy(b, 0, bounce, at, b.byteSize());
+                at += b.byteSize();
+            }
+            return transferDirectly(true, offset, List.of(bounce));
+        }
+        long n = transferDirectly(false, offset, List.of(bounce));
+        for (var b : buffers) {
+            if (at >= n) break;
+            long part = Math.min(b.byteSize(), n - at);
+            MemorySegment.copy(bounce, at, b, 0, part);
+            at += part;
+        }
+        return n;
+    }
+
+    private long transferDirectly(boolean write, long offset, List<MemorySegment> buffers) throws IOException {
         long want = 0;
         for (var b : buffers) want += b.byteSize();
         long done = 0;

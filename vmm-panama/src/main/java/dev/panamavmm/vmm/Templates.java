@@ -252,7 +252,13 @@ public final class Templates {
 
     /** A clone of a loaded template, paused until started, with a fresh random generation id. */
     public static Vm clone(Kvm kvm, LoadedSnapshot template, OutputStream console, VmListener listener) {
-        var vm = VmBuilder.fromSnapshot(kvm, template, VmBuilder.Mode.CLONE, console, listener);
+        return clone(kvm, template, List.of(), console, listener);
+    }
+
+    /** As above, the clone's private disks made at {@code disks} (in the order of the template's writable disks; the rest beside the template's). */
+    public static Vm clone(
+            Kvm kvm, LoadedSnapshot template, List<Path> disks, OutputStream console, VmListener listener) {
+        var vm = VmBuilder.fromSnapshot(kvm, template, VmBuilder.Mode.CLONE, disks, console, listener);
         vm.vmmPort().setGenerationId(newGenerationId());
         return vm;
     }

@@ -63,7 +63,7 @@ final class VirtioHost implements AutoCloseable {
         VirtioDevice device = slot.disk() != null
                 ? new VirtioBlock(
                         slot.name(),
-                        new PosixBlockBackend(disk.fd(), disk.size()),
+                        disk.backend(),
                         slot.disk().readOnly(),
                         slot.disk().id(),
                         io,

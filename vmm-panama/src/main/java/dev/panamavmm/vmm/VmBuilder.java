@@ -18,6 +18,7 @@ import dev.panamavmm.vmm.state.KvmState;
 import dev.panamavmm.vmm.vcpu.Cpuid;
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -129,13 +130,26 @@ public final class VmBuilder {
     /** A paused VM from a loaded snapshot. In {@link Mode#CLONE} no file is written: referenced files are mapped private. */
     public static Vm fromSnapshot(
             Kvm kvm, LoadedSnapshot loaded, Mode mode, OutputStream console, VmListener listener) {
+        return fromSnapshot(kvm, loaded, mode, List.of(), console, listener);
+    }
+
+    /**
+     * As above; a clone's writable disks become private disks of its own ({@link CloneDisks}),
+     * made at {@code cloneDisks} (in the order of the writable disks) or beside the template's.
+     */
+    public static Vm fromSnapshot(
+            Kvm kvm,
+            LoadedSnapshot loaded,
+            Mode mode,
+            List<Path> cloneDisks,
+            OutputStream console,
+            VmListener listener) {
         int max = kvm.maxVcpus();
         if (loaded.cpus() > max)
             throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
         if (mode != Mode.CLONE) TemplateGuard.refuseTemplate(loaded);
-        // Clones of one state would all write the same disk file.
-        if (mode == Mode.CLONE && loaded.config().disks().stream().anyMatch(d -> !d.readOnly()))
-            throw new SnapshotException("a VM with a writable disk cannot be cloned (its clones would share the file)");
+        if (mode != Mode.CLONE && !cloneDisks.isEmpty())
+            throw new IllegalArgumentException("disks for a clone given to a restore");
         var sources = new ArrayList<GuestMemory.BlockSource>();
         for (var e : loaded.snapshot().ram()) {
             if (e.byDescriptor()) {
@@ -159,10 +173,24 @@ public final class VmBuilder {
             }
         }
         var config = loaded.config();
+        CloneDisks.Made disks = null;
         if (mode == Mode.CLONE) {
             config = config.withBacking(new Backing.PrivateFile(loaded.dir()));
+            // Clones of one state must not write one disk file: each gets its own copy-on-write view.
+            if (config.disks().stream().anyMatch(d -> !d.readOnly())) {
+                disks = CloneDisks.forClone(config.disks(), cloneDisks);
+                config = config.withVirtio(disks.disks(), config.rng());
+            } else if (!cloneDisks.isEmpty()) {
+                throw new SnapshotException("disks given for a clone of a template without a writable disk");
+            }
         }
-        var vm = finish(kvm, shell(kvm, sources, loaded.cpus()), loaded, config, console, listener);
+        Vm vm;
+        try {
+            vm = finish(kvm, shell(kvm, sources, loaded.cpus()), loaded, config, console, listener);
+        } catch (RuntimeException e) {
+            if (disks != null) disks.removeCreated();
+            throw e;
+        }
         if (VmGenerationId.changesOn(loaded, mode)) VmGenerationId.renew(vm);
         return vm;
     }

@@ -200,25 +200,26 @@ public final class VmSnapshots {
         var entries = new ArrayList<Object>();
         var disks = vm.disks();
         for (int i = 0; i < disks.size(); i++) {
-            var d = disks.get(i).config();
-            var e = Json.object("path", d.path().toAbsolutePath().toString(), "readOnly", d.readOnly(), "id", d.id());
+            var open = disks.get(i);
+            var d = open.config();
+            var e = Json.object(
+                    "path",
+                    d.path().toAbsolutePath().toString(),
+                    "readOnly",
+                    d.readOnly(),
+                    "id",
+                    d.id(),
+                    "cache",
+                    d.cache().spelling());
             if (passDescriptors) {
                 e.put("descriptor", (long) (first + i));
             } else {
-                var id = disks.get(i).identity();
-                e.put(
-                        "identity",
-                        Json.object(
-                                "device",
-                                id.device(),
-                                "inode",
-                                id.inode(),
-                                "size",
-                                id.size(),
-                                "mtimeNanos",
-                                id.mtimeNanos(),
-                                "ctimeNanos",
-                                id.ctimeNanos()));
+                e.put("identity", identityEntry(open.identity()));
+            }
+            if (d.base() != null) {
+                // An overlay: the template's disk it reads through must be the very same file.
+                e.put("base", d.base().toAbsolutePath().toString());
+                e.put("baseIdentity", identityEntry(OpenDisk.identity(d.base())));
             }
             entries.add(e);
         }
@@ -360,7 +361,11 @@ public final class VmSnapshots {
                 disk = new DiskConfig(
                         Path.of(String.valueOf(e.get("path"))),
                         Boolean.TRUE.equals(e.get("readOnly")),
-                        String.valueOf(e.getOrDefault("id", "")));
+                        String.valueOf(e.getOrDefault("id", "")),
+                        e.get("base") instanceof String base ? Path.of(base) : null,
+                        e.get("cache") instanceof String cache
+                                ? DiskConfig.Cache.parse(cache)
+                                : DiskConfig.Cache.WRITEBACK);
             } catch (IllegalArgumentException ex) {
                 throw new SnapshotException("the snapshot names a disk badly: " + ex.getMessage());
             }
@@ -370,9 +375,10 @@ public final class VmSnapshots {
                             + descriptors.length + " came with it");
                 diskDescriptors.add(d.intValue());
             } else {
-                checkDisk(disk, Json.asObject(e.get("identity"), "disk identity"));
+                checkDisk(disk.path(), Json.asObject(e.get("identity"), "disk identity"));
                 diskDescriptors.add(-1);
             }
+            if (disk.base() != null) checkDisk(disk.base(), Json.asObject(e.get("baseIdentity"), "disk base identity"));
             disks.add(disk);
         }
         var config = new MachineConfig(
@@ -408,20 +414,33 @@ public final class VmSnapshots {
                 diskDescriptors.stream().mapToInt(Integer::intValue).toArray());
     }
 
-    /** Refuses a disk that is missing or changed since the snapshot (another file, size, or times). */
-    private static void checkDisk(DiskConfig disk, Map<String, Object> saved) {
-        if (!Files.exists(disk.path()))
-            throw new SnapshotException("the snapshot's disk " + disk.path() + " is missing");
+    private static Map<String, Object> identityEntry(FileIdentity id) {
+        return Json.object(
+                "device",
+                id.device(),
+                "inode",
+                id.inode(),
+                "size",
+                id.size(),
+                "mtimeNanos",
+                id.mtimeNanos(),
+                "ctimeNanos",
+                id.ctimeNanos());
+    }
+
+    /** Refuses a disk file that is missing or changed since the snapshot (another file, size, or times). */
+    private static void checkDisk(Path file, Map<String, Object> saved) {
+        if (!Files.exists(file)) throw new SnapshotException("the snapshot's disk " + file + " is missing");
         var then = new FileIdentity(
                 number(saved, "device"),
                 number(saved, "inode"),
                 number(saved, "size"),
                 number(saved, "mtimeNanos"),
                 number(saved, "ctimeNanos"));
-        String diff = then.difference(OpenDisk.identity(disk));
+        String diff = then.difference(OpenDisk.identity(file));
         if (diff != null)
             throw new SnapshotException(
-                    "refusing to restore: the disk " + disk.path() + " does not match the snapshot (" + diff + ")");
+                    "refusing to restore: the disk " + file + " does not match the snapshot (" + diff + ")");
     }
 
     /** Builds a paused VM from a snapshot; {@link Vm#start()} runs it. The guest continues in its memory file. */

@@ -54,7 +54,7 @@ class RunCommandTest {
         assertOneLineError(
                 2,
                 run("run", "--disk", disk + ",fast"),
-                "--disk " + disk + ",fast: unknown disk option \"fast\" (readonly or id=ID)");
+                "--disk " + disk + ",fast: unknown disk option \"fast\" (readonly, id=ID or cache=writeback|none)");
         assertOneLineError(
                 2,
                 run("run", "--disk", disk + ",id=" + "x".repeat(21)),

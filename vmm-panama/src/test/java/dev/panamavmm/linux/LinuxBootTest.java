@@ -7,10 +7,13 @@ import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.testing.LinuxGuestFixture;
 import dev.panamavmm.testing.VmmProcess;
+import java.io.RandomAccessFile;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.regex.Pattern;
 import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.io.TempDir;
 
 /**
  * Debian's cloud kernel booted by {@code vmm run} through each of its entries. On this project's
@@ -24,17 +27,36 @@ class LinuxBootTest {
     /** The bzImage's decompressor alone runs for minutes under PVM's instruction emulator. */
     static final long BANNER_SECONDS = 600, END_SECONDS = 900;
 
-    record Boot(String name, List<String> args, String cmdline) {}
+    /** {@code cmdline} as given; {@code seen} as the kernel prints it (the VMM appends its virtio-mmio devices). */
+    record Boot(String name, List<String> args, String cmdline, String seen) {
+        Boot(String name, List<String> args, String cmdline) {
+            this(name, args, cmdline, cmdline);
+        }
+    }
 
     @KvmTest
-    void debianKernelReachesItsConsoleThroughPvhThe64BitEntryAndAsBzImage() throws Exception {
+    void debianKernelReachesItsConsoleThroughPvhThe64BitEntryAndAsBzImage(@TempDir Path dir) throws Exception {
         var kernel = LinuxGuestFixture.debianKernel();
+        var disk = dir.resolve("disk.raw");
+        try (var f = new RandomAccessFile(disk.toFile(), "rw")) {
+            f.setLength(1 << 20);
+        }
         String base = "console=ttyS0 earlyprintk=serial,ttyS0 nokaslr";
         var boots = List.of(
+                // With a disk and an entropy device: Linux learns of them from its command line.
                 new Boot(
                         "pvh",
-                        List.of("--kernel", kernel.vmlinux().toString(), "--boot", "pvh"),
-                        base + " panama.entry=pvh"),
+                        List.of(
+                                "--kernel",
+                                kernel.vmlinux().toString(),
+                                "--boot",
+                                "pvh",
+                                "--disk",
+                                disk.toString(),
+                                "--rng"),
+                        base + " panama.entry=pvh",
+                        base
+                                + " panama.entry=pvh virtio_mmio.device=4K@0xc0000000:5 virtio_mmio.device=4K@0xc0001000:6"),
                 new Boot(
                         "linux64",
                         List.of("--kernel", kernel.vmlinux().toString(), "--boot", "linux64"),
@@ -54,7 +76,7 @@ class LinuxBootTest {
                 var boot = boots.get(i);
                 var vmm = processes.get(i);
                 int banner = vmm.awaitLine(".*Linux version \\d+\\.\\d+.*", BANNER_SECONDS);
-                vmm.awaitLine(".*Command line: " + Pattern.quote(boot.cmdline()), banner, 60);
+                vmm.awaitLine(".*Command line: " + Pattern.quote(boot.seen()), banner, 60);
                 int map = vmm.awaitLine(".*BIOS-provided physical RAM map:", banner, 60);
                 assertLine(vmm, map + 1, "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable");
                 assertLine(vmm, map + 2, "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved");

@@ -10,6 +10,7 @@ public final class Ioctls {
     public static final long KVM_CREATE_VM = 0xae01L;
     public static final long KVM_CHECK_EXTENSION = 0xae03L;
     public static final long KVM_GET_VCPU_MMAP_SIZE = 0xae04L;
+    public static final long FICLONE = 0x40049409L;
     public static final long KVM_GET_SUPPORTED_CPUID = 0xc008ae05L;
     public static final long KVM_GET_MSR_INDEX_LIST = 0xc004ae02L;
     public static final long KVM_GET_MSR_FEATURE_INDEX_LIST = 0xc004ae0aL;
@@ -74,6 +75,7 @@ public final class Ioctls {
             case 0xae01 -> "KVM_CREATE_VM";
             case 0xae03 -> "KVM_CHECK_EXTENSION";
             case 0xae04 -> "KVM_GET_VCPU_MMAP_SIZE";
+            case 0x40049409 -> "FICLONE";
             case 0xc008ae05 -> "KVM_GET_SUPPORTED_CPUID";
             case 0xc004ae02 -> "KVM_GET_MSR_INDEX_LIST";
             case 0xc004ae0a -> "KVM_GET_MSR_FEATURE_INDEX_LIST";

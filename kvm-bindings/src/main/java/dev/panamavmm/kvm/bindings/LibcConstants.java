@@ -24,6 +24,7 @@ public final class LibcConstants {
     public static final int ENOSYS = 38;
     public static final int ETIMEDOUT = 110;
     public static final int EOPNOTSUPP = 95;
+    public static final int EXDEV = 18;
     public static final int O_RDONLY = 0;
     public static final int O_WRONLY = 1;
     public static final int O_RDWR = 2;
@@ -32,6 +33,7 @@ public final class LibcConstants {
     public static final int O_TRUNC = 512;
     public static final int O_CLOEXEC = 0x80000;
     public static final int O_NONBLOCK = 2048;
+    public static final int O_DIRECT = 0x4000;
     public static final int PROT_NONE = 0;
     public static final int PROT_READ = 1;
     public static final int PROT_WRITE = 2;
