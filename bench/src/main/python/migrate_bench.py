@@ -32,6 +32,7 @@ SIZES = E["MIGBENCH_SIZES"].split(",")
 HB = int(E["MIGBENCH_HB"])         # guest heartbeat period, ms
 SETTLE = float(E.get("MIGBENCH_SETTLE", "1.0"))  # s of quiet after a destination is up
 GUEST_MEM = E.get("MIGBENCH_GUEST_MEM", "64M")
+DISK_QD = int(E.get("MIGBENCH_DISK_QD", "16"))  # requests the busy-disk guest keeps in flight
 CMDLINE = f"console=ttyS0 testguest.mem={GUEST_MEM} testguest.hb={HB}"
 LOGS = os.path.join(OUT, "logs")
 PROCS = []
@@ -128,8 +129,8 @@ class HbStamps(threading.Thread):
                 lines = (self.part[i] + data).split(b"\n")
                 self.part[i] = lines.pop()
                 for line in lines:
-                    if b"CORRUPT" in line:
-                        self.corrupt = True
+                    if b"CORRUPT" in line and not self.corrupt:
+                        self.corrupt = line.decode(errors="replace").strip()
                     m = HB_RE.match(line.strip())
                     if m:
                         self.last[i] = (t, int(m.group(1)))
@@ -182,12 +183,22 @@ def java_cmd(aot=AOT, train=None):
     return cmd + ["-jar", JAR]
 
 
-def panama_chain(label, size, shared, n, warmup, aot=AOT, train=None):
-    """Boots one VM and migrates it n + warmup times, each time to a fresh `vmm incoming`."""
+def panama_chain(label, size, shared, n, warmup, aot=AOT, train=None, disk=None):
+    """Boots one VM and migrates it n + warmup times, each time to a fresh `vmm incoming`.
+    disk: None, "idle" (a virtio-blk disk the guest leaves alone) or "busy" (the guest's disk
+    oracle keeps DISK_QD requests in flight, half of them writes)."""
     d = os.path.join(WORK, f"p-{label}")
     os.makedirs(d, exist_ok=True)
     memfile = os.path.join(WORK, f"p-{label}.ram")
-    run = ["run", "--memory", size, "--api-socket", f"{d}/api0", "--console", f"file:{d}/c0", "--cmdline", CMDLINE]
+    cmdline = CMDLINE
+    if disk:
+        diskfile = os.path.join(WORK, f"p-{label}.disk")
+        with open(diskfile, "wb") as f:
+            f.truncate(64 << 20)
+        cmdline += " testguest.blk=" + ("off" if disk == "idle" else f"size=32M,qd={DISK_QD},write=50")
+    run = ["run", "--memory", size, "--api-socket", f"{d}/api0", "--console", f"file:{d}/c0", "--cmdline", cmdline]
+    if disk:
+        run += ["--disk", diskfile]
     if shared:
         run += ["--mem-path", memfile, "--shared"]
     src = spawn(java_cmd(aot) + run, f"panama-{label}-0")
@@ -226,7 +237,7 @@ def panama_chain(label, size, shared, n, warmup, aot=AOT, train=None):
             finally:
                 stamps.stop()
             if stamps.corrupt:
-                raise BenchError(f"CORRUPT after migration {i} of {label}")
+                raise BenchError(f"CORRUPT after migration {i} of {label}: {stamps.corrupt}")
             # downtime-us: pause on the source -> resume on the destination; confirmed-ms: -> the source has the confirmation
             downtime = r["downtime-us"] / 1000 if "downtime-us" in r else r["downtime-ms"]
             row = {"i": i, "warmup": i <= warmup, "downtime_ms": round(downtime, 2), "confirmed_ms": r.get("confirmed-ms"),
@@ -253,6 +264,8 @@ def panama_chain(label, size, shared, n, warmup, aot=AOT, train=None):
             stop(p)
         if os.path.exists(memfile):
             os.unlink(memfile)
+        if disk and os.path.exists(diskfile):
+            os.unlink(diskfile)
     return rows
 
 
@@ -421,6 +434,10 @@ def main():
             R["panama"][f"{s}-shared"] = panama_chain(f"{s}-shared", s, True, N, WARMUP)
         log("== Panama VMM 256M, memfd")
         R["panama"]["256M-memfd"] = panama_chain("256M-memfd", "256M", False, N, WARMUP)
+        # The same VM with a virtio-blk disk, idle and busy: what requests in flight add to the downtime.
+        for state in ("idle", "busy"):
+            log(f"== Panama VMM 256M, shared file, {state} disk")
+            R["panama"][f"256M-disk-{state}"] = panama_chain(f"256M-disk-{state}", "256M", True, N, WARMUP, disk=state)
         for s in SIZES:
             log(f"== QEMU (after) {s}")
             R["qemu2"][s] = qemu_chain(f"{s}-b", s, N, WARMUP)

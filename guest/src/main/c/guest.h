@@ -128,7 +128,7 @@ void virtio_probe(void);                 /* map, probe and size the announced de
 uint64_t virtio_area_size(void);         /* bytes of RAM the drivers need (rings, buffers, tables) */
 void virtio_start(uint64_t area);        /* set the devices up in that RAM, first rng read, blk id */
 void virtio_poll(void);                  /* between chunks: reap and submit blk requests */
-void virtio_heartbeat(uint64_t seq);     /* before CPU 0's hb line: blk counters, rng check */
+void virtio_heartbeat(uint64_t seq, uint64_t hb_ms); /* before CPU 0's hb line: blk counters, rng check */
 void virtio_after_ready(void);           /* the block benchmark, if asked for */
 #endif
 #endif

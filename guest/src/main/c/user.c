@@ -408,7 +408,7 @@ static void heartbeat(struct cpu_state *st)
 {
     st->seq++;
     if (st->cpu == 0) {
-        virtio_heartbeat(st->seq);
+        virtio_heartbeat(st->seq, plan.hb_ms);
         uint64_t id = sys(SYS_GENID, 0, 0);
         if (id != st->genid) {
             st->genid = id;

@@ -74,7 +74,8 @@
 #define MAX_BLK_CORRUPT 16
 #define RNG_BYTES       64
 #define RNG_EVERY       4               /* heartbeats between two rng reads */
-#define STALL_HBS       5               /* heartbeats with requests in flight and none completed */
+#define STALL_HBS       5               /* heartbeats with requests in flight and none completed, */
+#define STALL_MS        2000            /* and at least this many ms of them (a busy host can delay a device) */
 
 struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
 
@@ -803,7 +804,7 @@ void virtio_start(uint64_t area)
     }
 }
 
-void virtio_heartbeat(uint64_t seq)
+void virtio_heartbeat(uint64_t seq, uint64_t hb_ms)
 {
     if (v.rng_active && seq % RNG_EVERY == 0)
         rng_check();
@@ -815,7 +816,7 @@ void virtio_heartbeat(uint64_t seq)
             inflight += (uint64_t)v.slot[k].busy;
         if (done != v.completed_at_hb || !inflight)
             v.stalled_hbs = 0;
-        else if (++v.stalled_hbs == STALL_HBS) {
+        else if (++v.stalled_hbs == STALL_HBS + (hb_ms && STALL_MS / hb_ms > STALL_HBS ? STALL_MS / hb_ms - STALL_HBS : 0)) {
             l.n = 0;
             put_s(&l, "CORRUPT blk stalled inflight=");
             put_u(&l, inflight);

@@ -281,11 +281,12 @@ class QemuGuestTest {
         try (var f = new RandomAccessFile(disk.toFile(), "rw")) {
             f.setLength(1 << 20);
         }
-        // QEMU's throttling at 1 request a second: 5 heartbeats of 100 ms pass with none completed
+        // QEMU's throttling at 1 KiB a second: a 4 KiB request takes ~4 s, more than the 2 s (20
+        // heartbeats of 100 ms) after which the guest calls requests in flight stalled
         try (var g = new Guest(
                 "testguest.hb=100 testguest.blk=qd=4",
                 "-drive",
-                "if=none,id=d2,format=raw,throttling.iops-total=1,file=" + disk,
+                "if=none,id=d2,format=raw,throttling.bps-total=1024,file=" + disk,
                 "-device",
                 "virtio-blk-device,drive=d2")) {
             g.awaitLine("ready");
