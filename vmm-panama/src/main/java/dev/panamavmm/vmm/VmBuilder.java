@@ -1,5 +1,6 @@
 package dev.panamavmm.vmm;
 
+import dev.panamavmm.devices.virtio.VirtioMmio;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
@@ -8,6 +9,7 @@ import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmMpState;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.vmm.boot.AcpiTables;
 import dev.panamavmm.vmm.boot.BootException;
 import dev.panamavmm.vmm.boot.KernelImage;
 import dev.panamavmm.vmm.boot.MpTable;
@@ -81,7 +83,10 @@ public final class VmBuilder {
                     config.initrd(),
                     DeviceTable.cmdlineWithVirtio(config.cmdline(), config),
                     config.cpus(),
-                    config.boot());
+                    config.boot(),
+                    DeviceTable.virtio(config).stream()
+                            .map(slot -> new AcpiTables.MmioDevice(slot.address(), VirtioMmio.WINDOW_SIZE, slot.gsi()))
+                            .toList());
             VmGenerationId.write(shell.memory());
             for (var vcpuFd : shell.vcpuFds()) {
                 int i = vcpuFd.id();

@@ -3,6 +3,8 @@ package dev.panamavmm.vmm.boot;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
 
 /**
  * The smallest set of ACPI tables (ACPI 6.5) a distribution kernel needs to find its CPUs and the
@@ -67,11 +69,24 @@ public final class AcpiTables {
         return HEADER_SIZE + 8 + cpus * 8 + 12 + 6;
     }
 
+    /**
+     * A virtio-mmio device as the DSDT describes it ({@code _HID "LNRO0005"}, the ID Linux's
+     * {@code virtio_mmio} driver binds to): its register window and its interrupt (edge, as irqfd
+     * raises it). Kernels built without {@code CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES} (Debian's cloud
+     * kernel, for one) find the devices only this way.
+     */
+    public record MmioDevice(long address, long size, int gsi) {}
+
     /** All tables, laid out to be copied to {@link #ADDRESS}; the RSDP comes first. */
     public static byte[] build(int cpus) {
+        return build(cpus, List.of());
+    }
+
+    /** All tables with {@code devices} in the DSDT. */
+    public static byte[] build(int cpus, List<MmioDevice> devices) {
         if (cpus < 1 || cpus > MpTable.MAX_CPUS)
             throw new BootException("the ACPI tables describe 1 to " + MpTable.MAX_CPUS + " vCPUs, not " + cpus);
-        byte[] aml = dsdtAml();
+        byte[] aml = dsdtAml(devices);
         var bytes = new byte[DSDT_AT + HEADER_SIZE + aml.length];
         var b = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
 
@@ -133,10 +148,23 @@ public final class AcpiTables {
         return bytes;
     }
 
-    /** The DSDT's definition block: the generation ID device and the event device that announces a new ID. */
-    static byte[] dsdtAml() {
+    /** The DSDT's definition block: the virtio-mmio devices, the generation ID device and the event device that announces a new ID. */
+    static byte[] dsdtAml(List<MmioDevice> devices) {
+        if (devices.size() > 256) throw new BootException("at most 256 virtio-mmio devices in the DSDT");
+        var virtio = new ArrayList<byte[]>();
+        for (int i = 0; i < devices.size(); i++) {
+            var d = devices.get(i);
+            virtio.add(Aml.device(
+                    String.format("VR%02X", i),
+                    Aml.name("_HID", Aml.string("LNRO0005")),
+                    Aml.name("_UID", Aml.integer(i)),
+                    Aml.name(
+                            "_CRS",
+                            Aml.resources(Aml.memory32Fixed(d.address(), d.size()), Aml.edgeInterrupt(d.gsi())))));
+        }
         return Aml.scope(
                 "\\_SB",
+                Aml.of(virtio.toArray(byte[][]::new)),
                 Aml.device(
                         "VGEN",
                         Aml.name("_HID", Aml.string("VMGENCTR")),
@@ -151,7 +179,7 @@ public final class AcpiTables {
                         "GED",
                         Aml.name("_HID", Aml.string("ACPI0013")),
                         Aml.name("_UID", Aml.integer(0)),
-                        Aml.name("_CRS", Aml.edgeInterrupt(GED_GSI)),
+                        Aml.name("_CRS", Aml.resources(Aml.edgeInterrupt(GED_GSI))),
                         Aml.method("_EVT", 1, Aml.ifArg0Equals(GED_GSI, Aml.notify("\\_SB.VGEN", 0x80)))));
     }
 

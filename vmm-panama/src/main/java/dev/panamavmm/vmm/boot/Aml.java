@@ -92,12 +92,17 @@ final class Aml {
         return of(new byte[] {BUFFER_OP}, packaged(of(integer(bytes.length), bytes)));
     }
 
+    /** A resource template ({@code ResourceTemplate() { descriptors }}): the descriptors, then the end tag. */
+    static byte[] resources(byte[]... descriptors) {
+        return buffer(of(of(descriptors), new byte[] {0x79, 0})); // end tag; checksum 0 means "not checked"
+    }
+
     /**
-     * A resource template with one extended interrupt descriptor (ACPI 6.5, 6.4.3.6) and the end
-     * tag: {@code Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) {gsi}}.
+     * An extended interrupt descriptor (ACPI 6.5, 6.4.3.6):
+     * {@code Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) {gsi}}.
      */
     static byte[] edgeInterrupt(int gsi) {
-        return buffer(new byte[] {
+        return new byte[] {
             (byte) 0x89,
             6,
             0, // extended interrupt descriptor, 6 bytes follow
@@ -106,10 +111,27 @@ final class Aml {
             (byte) gsi,
             (byte) (gsi >>> 8),
             (byte) (gsi >>> 16),
-            (byte) (gsi >>> 24),
-            0x79,
-            0 // end tag; checksum 0 means "not checked"
-        });
+            (byte) (gsi >>> 24)
+        };
+    }
+
+    /** A 32-bit fixed memory range descriptor (ACPI 6.5, 6.4.3.4): {@code Memory32Fixed(ReadWrite, address, length)}. */
+    static byte[] memory32Fixed(long address, long length) {
+        if (address < 0 || address + length > 0x1_0000_0000L) throw new IllegalArgumentException("below 4 GiB");
+        return new byte[] {
+            (byte) 0x86,
+            9,
+            0, // 32-bit fixed memory range, 9 bytes follow
+            1, // read-write
+            (byte) address,
+            (byte) (address >>> 8),
+            (byte) (address >>> 16),
+            (byte) (address >>> 24),
+            (byte) length,
+            (byte) (length >>> 8),
+            (byte) (length >>> 16),
+            (byte) (length >>> 24)
+        };
     }
 
     /**

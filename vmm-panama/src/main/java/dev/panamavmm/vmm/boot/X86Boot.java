@@ -97,6 +97,19 @@ public final class X86Boot {
             String cmdline,
             int cpus,
             BootProtocol protocol) {
+        return load(memory, kernel, image, initrd, cmdline, cpus, protocol, List.of());
+    }
+
+    /** As above, with {@code mmio} (the virtio-mmio devices) described in the ACPI tables too. */
+    public static EntryPoint load(
+            GuestMemory memory,
+            KernelImage kernel,
+            byte[] image,
+            byte[] initrd,
+            String cmdline,
+            int cpus,
+            BootProtocol protocol,
+            List<AcpiTables.MmioDevice> mmio) {
         byte[] cmd = cmdline.getBytes(StandardCharsets.US_ASCII);
         if (cmd.length > kernel.commandLineMax()) {
             throw new BootException("kernel command line is " + cmd.length + " bytes; this kernel accepts at most "
@@ -142,7 +155,7 @@ public final class X86Boot {
         MemorySegment.copy(MemorySegment.ofArray(cmd), 0, line, 0, cmd.length);
         line.set(ValueLayout.JAVA_BYTE, cmd.length, (byte) 0);
         memory.write(MpTable.ADDRESS, MpTable.build(cpus));
-        memory.write(AcpiTables.ADDRESS, AcpiTables.build(cpus));
+        memory.write(AcpiTables.ADDRESS, AcpiTables.build(cpus, mmio));
 
         var map = e820(memory);
         if (entry.protocol() == BootProtocol.PVH) {

@@ -152,10 +152,14 @@ class BootTablesTest {
      * an independent check of the hand-encoded AML.
      */
     @Test
-    void acpicaReadsTheGenerationIdAndEventDevicesBack(@TempDir Path dir) throws Exception {
+    void acpicaReadsTheVirtioGenerationIdAndEventDevicesBack(@TempDir Path dir) throws Exception {
         Assumptions.assumeTrue(
                 onPath("iasl"), "iasl is missing (apt-get install acpica-tools): the DSDT is not disassembled");
-        byte[] bytes = AcpiTables.build(1);
+        byte[] bytes = AcpiTables.build(
+                1,
+                List.of(
+                        new AcpiTables.MmioDevice(0xc0000000L, 0x1000, 5),
+                        new AcpiTables.MmioDevice(0xc0001000L, 0x1000, 6)));
         var b = ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN);
         int fadt = AcpiTables.FADT_AT;
         int dsdt = offset(b.getLong(fadt + 140));
@@ -174,7 +178,11 @@ class BootTablesTest {
                 .replaceAll("//[^\n]*", "")
                 .replaceAll("\\s+", " ");
         for (String expected : List.of(
-                "Scope (\\_SB) { Device (VGEN) {",
+                "Scope (\\_SB) { Device (VR00) { Name (_HID, \"LNRO0005\") Name (_UID, 0x00)",
+                "Memory32Fixed (ReadWrite, 0xC0000000, 0x00001000, ) Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000005, }",
+                "Device (VR01) { Name (_HID, \"LNRO0005\") Name (_UID, 0x01)",
+                "Memory32Fixed (ReadWrite, 0xC0001000, 0x00001000, ) Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000006, }",
+                "Device (VGEN) {",
                 "Name (_HID, \"VMGENCTR\")",
                 "Name (_CID, \"VM_Gen_Counter\")",
                 "Name (ADDR, Package (0x02) { 0x000E1000, 0x00 })",
