@@ -340,8 +340,9 @@ HOST_STATES = []   # every host's state directory: its workers name it on their 
 def host_up(isolation, tag):
     """A `vmm host` (as ./vmm starts it: -Xms8m); process isolation keeps 2 warm workers."""
     sock, state = fresh(f"host-{isolation}.sock"), fresh(f"host-{isolation}-state")
+    pool = ["--standby", "2"] if isolation == "process" else []   # shared mode refuses --standby
     p, _ = start(vmm("host", "--api-socket", sock, "--state-dir", state, "--console-dir", WORK,
-                     "--isolation", isolation, "--standby", "2", extra=["-Xms8m"]), tag)
+                     "--isolation", isolation, *pool, extra=["-Xms8m"]), tag)
     q = JsonLines(sock, p, timeout=120)
     q.cmd("qmp_capabilities")
     if isolation == "shared":
