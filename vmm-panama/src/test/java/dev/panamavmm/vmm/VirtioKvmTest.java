@@ -8,11 +8,17 @@ import static java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED;
 import static org.junit.jupiter.api.Assertions.*;
 
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.bindings.Ioctls;
+import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.kvm.bindings.KvmIoapicState;
+import dev.panamavmm.kvm.bindings.KvmIrqchip;
+import dev.panamavmm.kvm.bindings.KvmLapicState;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import java.io.ByteArrayOutputStream;
+import java.lang.foreign.Arena;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -188,6 +194,51 @@ class VirtioKvmTest {
                 "console=ttyS0 virtio_mmio.device=4K@0xc0000000:5 virtio_mmio.device=4K@0xc0001000:6"
                         + " virtio_mmio.device=4K@0xc0002000:7",
                 DeviceTable.cmdlineWithVirtio(c.cmdline(), c));
+    }
+
+    /**
+     * The device's interrupt reaches a CPU: the I/O APIC pin of the disk's GSI routed to vCPU 0 as
+     * vector 0x51, its local APIC enabled; after a request the vector is pending there (the
+     * doorbell guest runs with interrupts off, so it stays pending). No guest here takes virtio
+     * interrupts (the test guest polls), so this is the irqfd path's only end-to-end check.
+     */
+    @KvmTest
+    void aCompletedRequestRaisesTheDisksInterruptOnItsGsi(@TempDir Path dir) throws Exception {
+        var file = disk(dir);
+        int vector = 0x51;
+        try (var kvm = Kvm.open();
+                var arena = Arena.ofConfined();
+                var vm = VmBuilder.boot(
+                        kvm,
+                        config(List.of(new DiskConfig(file, false, "")), false),
+                        new ByteArrayOutputStream(),
+                        new VmListener() {})) {
+            var vcpu = vm.vcpuFds().getFirst();
+            var lapic = arena.allocate(KvmLapicState.LAYOUT);
+            vcpu.ioctl(Ioctls.KVM_GET_LAPIC, lapic);
+            lapic.set(JAVA_INT_UNALIGNED, 0xf0, lapic.get(JAVA_INT_UNALIGNED, 0xf0) | 0x1ff); // SVR: enabled
+            vcpu.ioctl(Ioctls.KVM_SET_LAPIC, lapic);
+            var chip = arena.allocate(KvmIrqchip.LAYOUT);
+            KvmIrqchip.chipId(chip, KvmConstants.KVM_IRQCHIP_IOAPIC);
+            vm.vmFd().ioctl(Ioctls.KVM_GET_IRQCHIP, chip);
+            // Fixed delivery to APIC ID 0, physical, edge, active high, unmasked.
+            chip.set(
+                    JAVA_LONG_UNALIGNED,
+                    KvmIrqchip.CHIP + KvmIoapicState.REDIRTBL + 8L * DeviceTable.VIRTIO_FIRST_GSI,
+                    vector);
+            vm.vmFd().ioctl(Ioctls.KVM_SET_IRQCHIP, chip);
+            vm.start();
+            var blk = new Driver(vm, DeviceTable.VIRTIO_MMIO_BASE);
+            blk.start();
+            assertEquals(0, blk.block(0, 1, 512, true), "IN");
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+            int irr;
+            do {
+                vcpu.ioctl(Ioctls.KVM_GET_LAPIC, lapic);
+                irr = lapic.get(JAVA_INT_UNALIGNED, 0x200 + 0x10 * (vector / 32));
+            } while ((irr & (1 << (vector % 32))) == 0 && System.nanoTime() < deadline);
+            assertTrue((irr & (1 << (vector % 32))) != 0, "vector 0x51 pending in vCPU 0's local APIC");
+        }
     }
 
     @KvmTest
