@@ -66,7 +66,7 @@ def qemu_cmd(disk, cache):
 
 def panama_cmd(disk, cache):
     return [CFG["vmm"], "run", "--memory", "256M", "--cpus", "1", "--kernel", CFG["elf"],
-            "--disk", disk, "--cmdline", GUEST_ARGS]
+            "--disk", f"{disk},cache={cache}", "--cmdline", GUEST_ARGS]
 
 
 def run_one(name, cmd, logpath):
@@ -126,8 +126,8 @@ def main():
     for storage, disk in (("tmpfs", CFG["disk_tmpfs"]), ("disk", CFG["disk_disk"])):
         for cache in ("none", "writeback"):
             configs.append((f"qemu {storage} cache={cache}", qemu_cmd(disk, cache)))
-        if CFG["panama_disk"]:
-            configs.append((f"panama {storage}", panama_cmd(disk, None)))
+            if CFG["panama_disk"]:
+                configs.append((f"panama {storage} cache={cache}", panama_cmd(disk, cache)))
     if not CFG["panama_disk"]:
         results["notes"].append("Panama VMM rows skipped: this ./vmm has no --disk option yet (virtio-blk not merged)")
     for run in range(RUNS):
