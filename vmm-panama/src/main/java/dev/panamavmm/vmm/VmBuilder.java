@@ -13,6 +13,7 @@ import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.boot.X86Boot;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.memory.MemoryLoad;
 import dev.panamavmm.vmm.state.KvmState;
 import dev.panamavmm.vmm.vcpu.Cpuid;
 import java.io.OutputStream;
@@ -97,6 +98,16 @@ public final class VmBuilder {
     /** A paused VM from a loaded snapshot. In {@link Mode#CLONE} no file is written: referenced files are mapped private. */
     public static Vm fromSnapshot(
             Kvm kvm, LoadedSnapshot loaded, Mode mode, OutputStream console, VmListener listener) {
+        return fromSnapshot(kvm, loaded, mode, MemoryLoad.MAPPED, console, listener);
+    }
+
+    /**
+     * As {@link #fromSnapshot(Kvm, LoadedSnapshot, Mode, OutputStream, VmListener)}, with the RAM
+     * stored in the snapshot file brought in as {@code load} says (a restore's choice; blocks held
+     * by reference are mapped whatever it is). A lazy load that fails later ends the VM.
+     */
+    public static Vm fromSnapshot(
+            Kvm kvm, LoadedSnapshot loaded, Mode mode, MemoryLoad load, OutputStream console, VmListener listener) {
         int max = kvm.maxVcpus();
         if (loaded.cpus() > max)
             throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
@@ -126,17 +137,24 @@ public final class VmBuilder {
         var config = loaded.config();
         if (mode == Mode.CLONE) {
             config = config.withBacking(new Backing.PrivateFile(loaded.dir()));
+        } else if (load != MemoryLoad.MAPPED && config.backing() instanceof Backing.PrivateFile) {
+            config = config.withBacking(new Backing.Memfd()); // the snapshot's pages now live in a memfd
         }
-        var vm = finish(kvm, shell(kvm, sources, loaded.cpus()), loaded, config, console, listener);
+        var vm = finish(kvm, shell(kvm, sources, loaded.cpus(), load), loaded, config, console, listener);
+        vm.memory().onLoadFailure(message -> vm.end(new VmExitReason.Failed(message)));
         if (VmGenerationId.changesOn(loaded, mode)) VmGenerationId.renew(vm);
         return vm;
     }
 
     /** Memory mapped from {@code sources} and the VM built around it: the part of a live update done before the source pauses. */
     public static Shell shell(Kvm kvm, List<GuestMemory.BlockSource> sources, int cpus) {
+        return shell(kvm, sources, cpus, MemoryLoad.MAPPED);
+    }
+
+    private static Shell shell(Kvm kvm, List<GuestMemory.BlockSource> sources, int cpus, MemoryLoad load) {
         var arena = Arena.ofShared();
         try {
-            return Shell.around(kvm, GuestMemory.map(sources, arena), arena, cpus);
+            return Shell.around(kvm, GuestMemory.map(sources, arena, load), arena, cpus);
         } catch (RuntimeException e) {
             arena.close();
             throw e;

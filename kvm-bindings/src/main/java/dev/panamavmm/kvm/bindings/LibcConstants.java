@@ -101,6 +101,8 @@ public final class LibcConstants {
     public static final int SYS_mprotect = 10;
     public static final int SYS_mincore = 27;
     public static final int SYS_lseek = 8;
+    public static final int SYS_poll = 7;
+    public static final int POLLIN = 1;
     public static final int SEEK_DATA = 3;
     public static final int SEEK_HOLE = 4;
     public static final int ENXIO = 6;
