@@ -122,7 +122,6 @@ public final class RamLoader implements AutoCloseable {
     private final WorkingSet.SnapshotKey key;
     private final boolean recording;
     private final CountDownLatch recorded = new CountDownLatch(1);
-    private volatile boolean recordingAbandoned;
     private final List<Long> recordedPages = new ArrayList<>(); // guarded by itself
     private volatile boolean complete;
     private int workingSetPages;
@@ -433,7 +432,8 @@ public final class RamLoader implements AutoCloseable {
             LibC.niceCurrentThread(19);
             if (recording) {
                 recorded.await();
-                if (!stopping && !recordingAbandoned) writeWorkingSet();
+                // Cut short (the VM stopped, or a save needs all of RAM): what was recorded is still the start.
+                if (failure == null) writeWorkingSet();
             }
             try (var local = Arena.ofConfined()) {
                 var bounce = local.allocate(BATCH, 4096);
@@ -483,6 +483,7 @@ public final class RamLoader implements AutoCloseable {
         synchronized (recordedPages) {
             pages = recordedPages.stream().mapToLong(Long::longValue).toArray();
         }
+        if (pages.length == 0) return; // the guest never ran
         try {
             new WorkingSet(key, pages).write(snapshotFile, CHUNK);
             log.debug("recorded a working set of {} chunks beside {}", pages.length, snapshotFile);
@@ -513,10 +514,7 @@ public final class RamLoader implements AutoCloseable {
 
     /** Loads everything now (a save or migration needs all of RAM): recording stops without a file; waits until done. */
     void awaitLoaded() throws InterruptedException {
-        if (recorded.getCount() > 0) {
-            recordingAbandoned = true;
-            recorded.countDown();
-        }
+        recorded.countDown();
         loaded.await();
         var f = failure;
         if (f != null) throw new MemoryException(f);
