@@ -53,8 +53,12 @@ import java.util.function.Consumer;
 public final class RamLoader implements AutoCloseable {
     private static final Log log = Log.of(RamLoader.class);
 
-    /** What one fault brings in (measured against 4 KiB and 256 KiB in bench/run-lazy-restore-bench). */
-    public static final int CHUNK = 64 * 1024;
+    /**
+     * What one fault brings in: 64 KiB (measured against 4 KiB and 256 KiB in
+     * bench/run-lazy-restore-bench, docs/benchmarks.md); {@code -Dpanama.vmm.lazyChunkKiB=N} (a
+     * power of two from 4 to 2048) sets another, for such measurements.
+     */
+    public static final int CHUNK = chunkSize(System.getProperty("panama.vmm.lazyChunkKiB"));
     /** The size of one background or working-set read. */
     static final int BATCH = 2 * 1024 * 1024;
     /** How long after its first fault a first lazy restore records the guest's faults. */
@@ -147,10 +151,23 @@ public final class RamLoader implements AutoCloseable {
         this.stopFd = stopFd;
     }
 
+    static int chunkSize(String kib) {
+        if (kib == null) return 64 * 1024;
+        try {
+            int k = Integer.parseInt(kib);
+            if (k >= 4 && k <= 2048 && Integer.bitCount(k) == 1) return k * 1024;
+        } catch (NumberFormatException e) {
+            // the warning below
+        }
+        log.warn("ignoring panama.vmm.lazyChunkKiB={}: not a power of two from 4 to 2048; using 64", kib);
+        return 64 * 1024;
+    }
+
     // ---- eager -------------------------------------------------------------------------------
 
     /** Reads every data extent of the snapshot into {@code regions}, front to back. */
     static void eager(Path snapshotFile, List<Region> regions) {
+        long start = System.nanoTime(), bytes = 0;
         try (var file = FileChannel.open(snapshotFile, StandardOpenOption.READ)) {
             WorkingSet.SnapshotKey.of(snapshotFile); // refuses a file truncated since it was read
             var dataExtents = dataExtents(snapshotFile, regions);
@@ -160,9 +177,11 @@ public final class RamLoader implements AutoCloseable {
                     for (long at = e[0]; at < e[1]; at += EAGER_READ) {
                         long len = Math.min(EAGER_READ, e[1] - at);
                         readFully(file, r.memory().asSlice(at, len).asByteBuffer(), r.fileOffset() + at);
+                        bytes += len;
                     }
                 }
             }
+            log.debug("read {} MiB of guest RAM in {} ms", bytes >> 20, (System.nanoTime() - start) / 1_000_000);
         } catch (IOException e) {
             throw new MemoryException("cannot read guest RAM from " + snapshotFile + ": " + e.getMessage(), e);
         }
@@ -194,7 +213,14 @@ public final class RamLoader implements AutoCloseable {
             loader.register();
             loader.extents.addAll(dataExtents(snapshotFile, regions));
             loader.faultThread = Thread.ofPlatform().daemon().name("ram-faults").start(loader::serveFaults);
-            if (workingSet != null) loader.preload(workingSet);
+            if (workingSet != null) {
+                long start = System.nanoTime();
+                loader.preload(workingSet);
+                log.debug(
+                        "working set: {} chunks loaded in {} ms",
+                        loader.preloaded.get(),
+                        (System.nanoTime() - start) / 1_000_000);
+            }
             loader.loaderThread =
                     Thread.ofPlatform().daemon().name("ram-loader").start(loader::loadInBackground);
             return loader;
