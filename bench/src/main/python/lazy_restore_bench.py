@@ -31,7 +31,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 now = time.perf_counter
 WATCH = None
 SEQ = [0]
-LOADED = re.compile(r"guest RAM loaded from .*: (\d+) faults, chunks: (\d+) on fault, (\d+) preloaded, (\d+) in background")
+LOADED = re.compile(r"guest RAM loaded from .*: (\d+) faults, chunks: (\d+) on fault, (\d+) preloaded, (\d+) in background"
+                    r"(?:; complete (\d+) ms after the restore began)?")
 
 
 def fresh(name):
@@ -125,7 +126,7 @@ def panama_restore(snap, mode, tag):
          "cpu_s": cpu, "load1": la, "max_gap_ms": max((b - a for a, b in zip(hbs, hbs[1:])), default=0) * 1e3}
     if m:
         r.update(faults=int(m.group(1)), chunks_on_fault=int(m.group(2)), chunks_preloaded=int(m.group(3)),
-                 chunks_background=int(m.group(4)))
+                 chunks_background=int(m.group(4)), loaded_ms=int(m.group(5)) if m.group(5) else None)
     log(f"{tag}: {r}")
     return r
 
@@ -200,13 +201,14 @@ def summary(R):
     for case in R["cases"]:
         lines.append(f"{case['size']} guest, testguest.mem={case['mem']} ({case['ram_bytes'] >> 20} MiB stored):")
         lines.append(f"  {'mode':<9} {'first hb ms':>11} {'full speed ms':>13} {'max gap ms':>10} {'CPU s':>6} "
-                     f"{'faults':>7} {'preloaded':>9}")
+                     f"{'faults':>7} {'preloaded':>9} {'all RAM in ms':>13}")
         by = {m: [r for r in case["runs"] if r["mode"] == m] for m in MODES + ["qemu"]}
         for m, rs in by.items():
             lines.append(f"  {m:<9} {fmt(med([r['first_hb_ms'] for r in rs])):>11} "
                          f"{fmt(med([r.get('full_speed_ms') for r in rs])):>13} "
                          f"{fmt(med([r.get('max_gap_ms') for r in rs])):>10} {fmt(med([r['cpu_s'] for r in rs]), 2):>6} "
-                         f"{fmt(med([r.get('faults') for r in rs])):>7} {fmt(med([r.get('chunks_preloaded') for r in rs])):>9}")
+                         f"{fmt(med([r.get('faults') for r in rs])):>7} {fmt(med([r.get('chunks_preloaded') for r in rs])):>9} "
+                         f"{fmt(med([r.get('loaded_ms') for r in rs])):>13}")
         q = med([r["first_hb_ms"] for r in by["qemu"]])
         ratios = ", ".join(f"{m} {q / med([r['first_hb_ms'] for r in by[m]]):.2f}x" for m in MODES)
         lines.append(f"  QEMU's time to RESUME / Panama's to the first heartbeat: {ratios}")

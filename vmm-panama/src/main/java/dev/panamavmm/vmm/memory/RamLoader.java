@@ -130,6 +130,7 @@ public final class RamLoader implements AutoCloseable {
     private volatile boolean complete;
     private int workingSetPages;
     private Thread faultThread, loaderThread;
+    private final long started = System.nanoTime();
 
     private RamLoader(
             Path snapshotFile,
@@ -488,12 +489,14 @@ public final class RamLoader implements AutoCloseable {
             unregister(); // the holes left are zero, as the memfd's holes are
             complete = true;
             log.debug(
-                    "guest RAM loaded from {}: {} faults, chunks: {} on fault, {} preloaded, {} in background",
+                    "guest RAM loaded from {}: {} faults, chunks: {} on fault, {} preloaded, {} in background;"
+                            + " complete {} ms after the restore began",
                     snapshotFile,
                     faults.get(),
                     onFault.get(),
                     preloaded.get(),
-                    background.get());
+                    background.get(),
+                    (System.nanoTime() - started) / 1_000_000);
             stopThreads();
             loaded.countDown();
         } catch (InterruptedException e) {
