@@ -71,7 +71,13 @@ class LazyRestoreTest {
             vm.start();
             for (int cpu = 0; cpu < cpus; cpu++) console.await("hb " + cpu + " " + (before.get(cpu) + 4), 60);
             vm.memory().awaitLoaded();
-            if (load == MemoryLoad.LAZY) assertTrue(vm.memory().loadStats().complete());
+            if (load == MemoryLoad.LAZY) {
+                var stats = vm.memory().loadStats();
+                assertTrue(stats.complete(), stats.toString());
+                // Each chunk is copied once, whether the guest faulted it while the loader worked or not.
+                assertEquals(0, stats.pagesFoundThere(), stats.toString());
+                assertTrue(stats.chunksOnFault() > 0, stats.toString());
+            }
             // Heartbeats after the load completed: the pages the background loader brought in verify too.
             var loaded = SnapshotTest.checkHeartbeats(console.text());
             for (int cpu = 0; cpu < cpus; cpu++) console.await("hb " + cpu + " " + (loaded.get(cpu) + 2), 60);
@@ -129,6 +135,7 @@ class LazyRestoreTest {
             console.await("hb 0 [0-9]+", 30);
             var stats = vm.memory().loadStats();
             assertTrue(stats.complete(), stats.toString());
+            assertEquals(0, stats.pagesFoundThere(), stats.toString());
             SnapshotTest.checkHeartbeats(console.text());
             return stats;
         }

@@ -95,6 +95,7 @@ public final class RamLoader implements AutoCloseable {
      * @param chunksPreloaded  chunks of the working set loaded before the guest ran
      * @param chunksBackground chunks the background loader loaded
      * @param workingSetPages  entries of the working set used (0: none was used)
+     * @param pagesFoundThere  pages a copy found already present (EEXIST): 0 unless a page was served twice
      * @param complete         every chunk holding data is loaded and the memory unregistered
      */
     public record Stats(
@@ -103,6 +104,7 @@ public final class RamLoader implements AutoCloseable {
             long chunksPreloaded,
             long chunksBackground,
             int workingSetPages,
+            long pagesFoundThere,
             boolean complete) {}
 
     private final Path snapshotFile;
@@ -122,7 +124,8 @@ public final class RamLoader implements AutoCloseable {
     private final AtomicLong faults = new AtomicLong(),
             onFault = new AtomicLong(),
             preloaded = new AtomicLong(),
-            background = new AtomicLong();
+            background = new AtomicLong(),
+            foundThere = new AtomicLong();
     private final WorkingSet.SnapshotKey key;
     private final boolean recording;
     private final CountDownLatch recorded = new CountDownLatch(1);
@@ -402,8 +405,11 @@ public final class RamLoader implements AutoCloseable {
                 long copied = Math.max(0, copy.get(ValueLayout.JAVA_LONG, UffdioCopy.COPY));
                 if (rc >= 0) break;
                 if (-rc == LibcConstants.EAGAIN) done += copied;
-                else if (-rc == LibcConstants.EEXIST) done += copied + 4096; // a page already there: keep it
-                else throw new MemoryException("UFFDIO_COPY failed: " + LibC.strerror(-rc));
+                else if (-rc
+                        == LibcConstants.EEXIST) { // a page already there: keep it (and count it: it should not be)
+                    foundThere.incrementAndGet();
+                    done += copied + 4096;
+                } else throw new MemoryException("UFFDIO_COPY failed: " + LibC.strerror(-rc));
             }
         } finally {
             registration.readLock().unlock();
@@ -551,7 +557,14 @@ public final class RamLoader implements AutoCloseable {
     }
 
     Stats stats() {
-        return new Stats(faults.get(), onFault.get(), preloaded.get(), background.get(), workingSetPages, complete);
+        return new Stats(
+                faults.get(),
+                onFault.get(),
+                preloaded.get(),
+                background.get(),
+                workingSetPages,
+                foundThere.get(),
+                complete);
     }
 
     private void stopThreads() {
