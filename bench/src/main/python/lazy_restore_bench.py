@@ -31,7 +31,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 now = time.perf_counter
 WATCH = None
 SEQ = [0]
-LOADED = re.compile(r"guest RAM loaded from .*: (\d+) faults, chunks: (\d+) on fault, (\d+) preloaded, (\d+) in background"
+LOADED = re.compile(r"guest RAM (?:loaded from|load from) .*: (\d+) faults, chunks: (\d+) on fault, (\d+) preloaded, (\d+) in background"
                     r"(?:; complete (\d+) ms after the restore began)?")
 
 

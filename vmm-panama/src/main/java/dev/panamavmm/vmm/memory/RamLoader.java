@@ -598,7 +598,16 @@ public final class RamLoader implements AutoCloseable {
             }
             if (interrupted) Thread.currentThread().interrupt();
         }
-        if (!done) loaded.countDown();
+        if (!done) {
+            loaded.countDown();
+            log.debug(
+                    "guest RAM load from {} stopped: {} faults, chunks: {} on fault, {} preloaded, {} in background",
+                    snapshotFile,
+                    faults.get(),
+                    onFault.get(),
+                    preloaded.get(),
+                    background.get());
+        }
         LibC.close(uffd);
         LibC.close(stopFd);
         try {
