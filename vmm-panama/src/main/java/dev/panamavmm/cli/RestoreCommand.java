@@ -6,6 +6,7 @@ import dev.panamavmm.migration.RamVerifier;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmSnapshots;
+import dev.panamavmm.vmm.memory.MemoryLoad;
 import java.nio.file.Path;
 
 /** {@code vmm restore DIR}: a new VMM process continues the guest saved in a snapshot directory. */
@@ -14,6 +15,7 @@ final class RestoreCommand implements Cli.Command {
     Path dir;
 
     boolean paused, verify;
+    MemoryLoad memoryLoad = MemoryLoad.MAPPED;
 
     final VmIoOptions vmIo = new VmIoOptions();
 
@@ -28,6 +30,16 @@ final class RestoreCommand implements Cli.Command {
                         "the snapshot directory (not a template: vmm clone DIR runs a copy-on-write clone of one)",
                         v -> dir = Path.of(v))
                 .flag("--paused", "restore but do not run the guest until the API's cont", () -> paused = true)
+                .option(
+                        "--memory-load",
+                        "MODE",
+                        "mapped",
+                        "how RAM stored in the snapshot file comes in: mapped (private mapping of the file, pages"
+                                + " fault in 4 KiB at a time), lazy (userfaultfd: faults served in 64 KiB chunks, the"
+                                + " rest loaded in the background; the first restore records a working set beside the"
+                                + " snapshot, later ones load it before the guest runs) or eager (all read before the"
+                                + " guest runs)",
+                        v -> memoryLoad = MemoryLoad.parse(v))
                 .flag(
                         "--warm-up",
                         "rehearse save, restore and live update once in the background (nice 19) so that the first"
@@ -62,7 +74,8 @@ final class RestoreCommand implements Cli.Command {
                     paused,
                     io.err(),
                     Rehearsal.requested(warmUp) ? kvm : null,
-                    (out, listener) -> VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CONTINUE, out, listener));
+                    (out, listener) ->
+                            VmBuilder.fromSnapshot(kvm, loaded, VmBuilder.Mode.CONTINUE, memoryLoad, out, listener));
         }
     }
 }

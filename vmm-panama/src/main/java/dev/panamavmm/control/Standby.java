@@ -15,6 +15,7 @@ import dev.panamavmm.vmm.VmSnapshots;
 import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.memory.MemoryLoad;
 import dev.panamavmm.vmm.memory.Sizes;
 import java.io.IOException;
 import java.io.OutputStream;
@@ -32,7 +33,7 @@ import java.util.function.Supplier;
  * A VMM that has no VM yet and adopts exactly one over its control API, as Firecracker's
  * process loads a snapshot and QEMU's {@code -incoming defer} waits for {@code migrate-incoming}:
  * the process starts (and warms up) before anyone needs it, so a restore or clone costs only the
- * work on the VM itself. Commands: {@code restore {"path": DIR, "resume": true}}, {@code clone
+ * work on the VM itself. Commands: {@code restore {"path": DIR, "resume": true, "memory-load": "mapped"}}, {@code clone
  * {"template": DIR}}, {@code boot {"memory", "cpus", "cmdline", "kernel", "mem-path", "shared"}}
  * and {@code incoming {"uri": "unix:PATH"}} (answers at once; the VM arrives with the migration),
  * plus {@code query-status} ({@code standby}, {@code inmigrate}) and {@code quit}. Once it has a VM,
@@ -97,11 +98,14 @@ public final class Standby implements AutoCloseable {
                     yield Map.of();
                 }
                 case "restore" -> {
-                    ApiHandler.expect(command, args, "path", "resume");
+                    ApiHandler.expect(command, args, "path", "resume", "memory-load");
                     var dir = Path.of(ApiHandler.requireString(args, "path", "a snapshot directory"));
+                    var load = args.get("memory-load") == null
+                            ? MemoryLoad.MAPPED
+                            : MemoryLoad.parse(ApiHandler.requireString(args, "memory-load", "mapped, lazy or eager"));
                     yield adopt(
                             () -> VmBuilder.fromSnapshot(
-                                    kvm, VmSnapshots.load(dir), VmBuilder.Mode.CONTINUE, console, listener),
+                                    kvm, VmSnapshots.load(dir), VmBuilder.Mode.CONTINUE, load, console, listener),
                             ApiHandler.flag(args, "resume", true));
                 }
                 case "clone" -> {

@@ -68,6 +68,8 @@ public final class LocalMigration {
     public static Result send(Vm vm, Path socket, long timeoutSeconds) throws InterruptedException {
         long start = System.nanoTime();
         long deadline = start + TimeUnit.SECONDS.toNanos(timeoutSeconds);
+        // The memfd goes over as it is: a lazily restored guest's pages not yet loaded would be holes there.
+        vm.memory().awaitLoaded();
         boolean wasPaused = vm.isPaused();
         boolean handedOver = false;
         ScratchDir scratch = null;

@@ -326,6 +326,7 @@ public final class Vm implements AutoCloseable {
         if (closed) return;
         closed = true;
         end(new VmExitReason.Stopped("close"));
+        memory.stopLoading(); // a vCPU waiting on a page of a lazy restore wakes (a zero page) and sees the stop
         for (var t : threads) {
             boolean interrupted = false;
             while (t.isAlive()) {

@@ -16,6 +16,7 @@ import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.boot.X86Boot;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.memory.MemoryLoad;
 import dev.panamavmm.vmm.state.KvmState;
 import dev.panamavmm.vmm.vcpu.Cpuid;
 import java.io.OutputStream;
@@ -135,7 +136,17 @@ public final class VmBuilder {
     /** A paused VM from a loaded snapshot. In {@link Mode#CLONE} no file is written: referenced files are mapped private. */
     public static Vm fromSnapshot(
             Kvm kvm, LoadedSnapshot loaded, Mode mode, OutputStream console, VmListener listener) {
-        return fromSnapshot(kvm, loaded, mode, List.of(), console, listener);
+        return fromSnapshot(kvm, loaded, mode, MemoryLoad.MAPPED, List.of(), console, listener);
+    }
+
+    /**
+     * As above, with the RAM stored in the snapshot file brought in as {@code load} says (a
+     * restore's choice; blocks held by reference are mapped whatever it is). A lazy load that fails
+     * later ends the VM.
+     */
+    public static Vm fromSnapshot(
+            Kvm kvm, LoadedSnapshot loaded, Mode mode, MemoryLoad load, OutputStream console, VmListener listener) {
+        return fromSnapshot(kvm, loaded, mode, load, List.of(), console, listener);
     }
 
     /**
@@ -146,6 +157,17 @@ public final class VmBuilder {
             Kvm kvm,
             LoadedSnapshot loaded,
             Mode mode,
+            List<Path> cloneDisks,
+            OutputStream console,
+            VmListener listener) {
+        return fromSnapshot(kvm, loaded, mode, MemoryLoad.MAPPED, cloneDisks, console, listener);
+    }
+
+    private static Vm fromSnapshot(
+            Kvm kvm,
+            LoadedSnapshot loaded,
+            Mode mode,
+            MemoryLoad load,
             List<Path> cloneDisks,
             OutputStream console,
             VmListener listener) {
@@ -188,23 +210,30 @@ public final class VmBuilder {
             } else if (!cloneDisks.isEmpty()) {
                 throw new SnapshotException("disks given for a clone of a template without a writable disk");
             }
+        } else if (load != MemoryLoad.MAPPED && config.backing() instanceof Backing.PrivateFile) {
+            config = config.withBacking(new Backing.Memfd()); // the snapshot's pages now live in a memfd
         }
         Vm vm;
         try {
-            vm = finish(kvm, shell(kvm, sources, loaded.cpus()), loaded, config, console, listener);
+            vm = finish(kvm, shell(kvm, sources, loaded.cpus(), load), loaded, config, console, listener);
         } catch (RuntimeException e) {
             if (disks != null) disks.removeCreated();
             throw e;
         }
+        vm.memory().onLoadFailure(message -> vm.end(new VmExitReason.Failed(message)));
         if (VmGenerationId.changesOn(loaded, mode)) VmGenerationId.renew(vm);
         return vm;
     }
 
     /** Memory mapped from {@code sources} and the VM built around it: the part of a live update done before the source pauses. */
     public static Shell shell(Kvm kvm, List<GuestMemory.BlockSource> sources, int cpus) {
+        return shell(kvm, sources, cpus, MemoryLoad.MAPPED);
+    }
+
+    private static Shell shell(Kvm kvm, List<GuestMemory.BlockSource> sources, int cpus, MemoryLoad load) {
         var arena = Arena.ofShared();
         try {
-            return Shell.around(kvm, GuestMemory.map(sources, arena), arena, cpus);
+            return Shell.around(kvm, GuestMemory.map(sources, arena, load), arena, cpus);
         } catch (RuntimeException e) {
             arena.close();
             throw e;

@@ -12,6 +12,7 @@ import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.migration.SnapshotWriter;
 import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.MemoryLoad;
 import dev.panamavmm.vmm.state.KvmState;
 import dev.panamavmm.vmm.state.VcpuState;
 import dev.panamavmm.vmm.state.VcpuStateCodec;
@@ -93,6 +94,8 @@ public final class VmSnapshots {
         }
         if (Files.exists(dir) && !Files.isDirectory(dir))
             throw new SnapshotException("cannot write a snapshot in " + dir + ": it is not a directory");
+        // A lazily restored guest's pages not yet loaded would read as holes: load them first, guest running.
+        vm.memory().awaitLoaded();
         boolean wasPaused = vm.isPaused();
         boolean keepPaused = false; // set once the save is complete and the guest is not to run on here
         // The writer first: a directory that cannot be written fails here, before the guest stops.
@@ -445,7 +448,12 @@ public final class VmSnapshots {
 
     /** Builds a paused VM from a snapshot; {@link Vm#start()} runs it. The guest continues in its memory file. */
     public static Vm restore(Kvm kvm, Path dir, OutputStream console, VmListener listener) {
-        return VmBuilder.fromSnapshot(kvm, load(dir), VmBuilder.Mode.CONTINUE, console, listener);
+        return restore(kvm, dir, MemoryLoad.MAPPED, console, listener);
+    }
+
+    /** As {@link #restore(Kvm, Path, OutputStream, VmListener)}, with the snapshot's own RAM brought in as {@code load} says. */
+    public static Vm restore(Kvm kvm, Path dir, MemoryLoad load, OutputStream console, VmListener listener) {
+        return VmBuilder.fromSnapshot(kvm, load(dir), VmBuilder.Mode.CONTINUE, load, console, listener);
     }
 
     /** The backing a restored VM reports: its shared file when it had one, else the snapshot (private). */

@@ -483,4 +483,46 @@ class SnapshotCliTest {
         assertEquals(1, r.err().lines().count(), r.err());
         assertTrue(r.err().startsWith("vmm: ") && r.err().contains(why), r.err());
     }
+
+    /** A full snapshot (memfd RAM) restored in a new process with each --memory-load: the guest goes on, nothing CORRUPT. */
+    @KvmTest
+    void aFullSnapshotRestoresWithEachMemoryLoad(@TempDir Path dir) throws Exception {
+        var api = dir.resolve("api.sock");
+        var snap = dir.resolve("snap");
+        var console1 = dir.resolve("console1.txt");
+        try (var first = VmmProcess.start(
+                "run",
+                "--memory",
+                "64M",
+                "--api-socket",
+                api.toString(),
+                "--console",
+                "file:" + console1,
+                "--cmdline",
+                "console=ttyS0 testguest.hb=150 testguest.mem=16M")) {
+            awaitText(console1, "hb 0 3", 30);
+            first.awaitSocket(api);
+            assertEquals(
+                    0,
+                    MainTest.run("snapshot", "--api-socket", api.toString(), snap.toString())
+                            .code());
+            assertEquals(0, first.waitFor(30), first.stderr());
+        }
+        var before = heartbeats(Files.readString(console1));
+        for (var load : new String[] {"lazy", "lazy", "eager", "mapped"}) { // the second lazy one uses the working set
+            var console = Files.createTempFile(dir, "console-" + load, ".txt");
+            try (var restored = VmmProcess.start(
+                    "restore", "--memory-load", load, snap.toString(), "--console", "file:" + console)) {
+                awaitText(console, "hb 0 " + (before.get(0) + 3), 30);
+                restored.signal("TERM");
+                assertEquals(0, restored.waitFor(30), restored.stderr());
+            }
+            heartbeats(Files.readString(console1) + Files.readString(console));
+        }
+        assertTrue(Files.exists(snap.resolve("working-set")), "the first lazy restore wrote the working set");
+        var bad = MainTest.run("restore", "--memory-load", "fast", snap.toString());
+        assertEquals(2, bad.code(), bad.err());
+        assertTrue(bad.err().contains("unknown memory load 'fast': use mapped, lazy or eager"), bad.err());
+        assertEquals(1, bad.err().lines().count(), bad.err());
+    }
 }

@@ -63,7 +63,13 @@ class StandbyTest {
                             .code());
             assertEquals(0, run.waitFor(30), run.stderr());
 
-            var restore = MainTest.run("ctl", standbyApi.toString(), "restore", "{\"path\": \"" + snap + "\"}");
+            var badLoad = MainTest.run(
+                    "ctl", standbyApi.toString(), "restore", "{\"path\": \"" + snap + "\", \"memory-load\": \"fast\"}");
+            assertEquals(1, badLoad.code());
+            assertTrue(badLoad.err().contains("unknown memory load 'fast': use mapped, lazy or eager"), badLoad.err());
+            // The snapshot holds its RAM by reference (bypass): lazy changes nothing, the file is mapped.
+            var restore = MainTest.run(
+                    "ctl", standbyApi.toString(), "restore", "{\"path\": \"" + snap + "\", \"memory-load\": \"lazy\"}");
             assertEquals(0, restore.code(), restore.err());
             assertTrue(restore.out().startsWith("{\"status\":\"running\""), restore.out());
             var seen = Heartbeats.checkLive(Files.readString(runConsole));

@@ -112,6 +112,8 @@ public final class LibcConstants {
     public static final int SEEK_HOLE = 4;
     public static final int SEEK_END = 2;
     public static final int ENXIO = 6;
+    public static final int SYS_poll = 7;
+    public static final int POLLIN = 1;
     public static final int SYS_flock = 73;
     public static final int LOCK_SH = 1;
     public static final int LOCK_EX = 2;

@@ -172,6 +172,14 @@ public final class LibC {
         return r;
     }
 
+    /** As {@link #read}, reporting failure as {@code -errno} (a non-blocking fd with nothing to read: {@code -EAGAIN}). */
+    public static long readOrErrno(int fd, MemorySegment buf) {
+        var capture = CAPTURE.get();
+        long r = syscall(capture, LibcConstants.SYS_read, fd, address(buf), buf.byteSize());
+        Reference.reachabilityFence(buf);
+        return r < 0 ? -capture.get(JAVA_INT, ERRNO_OFFSET) : r;
+    }
+
     /** {@code write(fd, buf, buf.byteSize())}: bytes written. */
     public static long write(int fd, MemorySegment buf) {
         long r = checked("write", LibcConstants.SYS_write, fd, address(buf), buf.byteSize());
@@ -275,6 +283,19 @@ public final class LibC {
 
     public static int eventfd(int initialValue, int flags) {
         return (int) checked("eventfd", LibcConstants.SYS_eventfd2, initialValue, flags, 0);
+    }
+
+    /**
+     * {@code poll(fds, count, timeoutMillis)} over an array of {@code struct pollfd}: the number of
+     * fds with events, 0 on timeout, and 0 too when a signal interrupted the wait (EINTR).
+     */
+    public static int poll(MemorySegment pollfds, int count, int timeoutMillis) {
+        var capture = CAPTURE.get();
+        long r = syscall(capture, LibcConstants.SYS_poll, address(pollfds), count, timeoutMillis);
+        Reference.reachabilityFence(pollfds);
+        if (r >= 0) return (int) r;
+        if (capture.get(JAVA_INT, ERRNO_OFFSET) == LibcConstants.EINTR) return 0;
+        throw fail("poll", capture);
     }
 
     /** {@code userfaultfd(flags)} (glibc has no wrapper: a raw system call). */

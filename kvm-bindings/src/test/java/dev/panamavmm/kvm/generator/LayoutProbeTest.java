@@ -180,6 +180,7 @@ class LayoutProbeTest {
                 "uffdio_copy",
                 "uffdio_zeropage",
                 "uffd_msg",
+                "pollfd",
                 "msghdr",
                 "cmsghdr",
                 "iovec",

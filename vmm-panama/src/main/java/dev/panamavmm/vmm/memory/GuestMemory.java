@@ -16,6 +16,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
+import java.util.function.Consumer;
 
 /**
  * Guest RAM: an ordered list of {@link RamBlock}s. RAM up to the 32-bit hole (3 GiB-4 GiB, kept
@@ -41,6 +42,7 @@ public final class GuestMemory implements AutoCloseable {
     private final List<RamBlock> blocks;
     private final long size;
     private final int[] fds;
+    private RamLoader loader; // set once by map, before the memory is shared
     private boolean closed;
 
     private GuestMemory(List<RamBlock> blocks, int... fds) {
@@ -160,12 +162,47 @@ public final class GuestMemory implements AutoCloseable {
 
     /** Maps each block from its own file range; nothing here reads or copies guest RAM. */
     public static GuestMemory map(List<BlockSource> sources, Arena arena) {
+        return map(sources, arena, MemoryLoad.MAPPED);
+    }
+
+    /**
+     * As {@link #map(List, Arena)}, with the blocks of a {@link Backing.PrivateFile} (a snapshot's
+     * own pages) brought in as {@code load} says: mapped private from the file, or copied into
+     * one new memfd, eagerly before this returns or lazily through userfaultfd ({@link RamLoader};
+     * this returns once the guest may run).
+     */
+    public static GuestMemory map(List<BlockSource> sources, Arena arena, MemoryLoad load) {
         var blocks = new ArrayList<RamBlock>();
-        var fds = new int[sources.size()];
+        var fds = new int[sources.size() + 1];
         var openedFiles = new HashMap<Backing, Integer>();
         int opened = 0;
+        var regions = new ArrayList<RamLoader.Region>();
+        Path loadFrom = null;
+        RamLoader loader = null;
         try {
+            if (load != MemoryLoad.MAPPED) {
+                long loadedBytes = 0;
+                for (var s : sources)
+                    if (s.fd() < 0 && s.backing() instanceof Backing.PrivateFile f) {
+                        if (loadFrom != null && !loadFrom.equals(f.path()))
+                            throw new IllegalArgumentException("blocks loaded from two files");
+                        loadFrom = f.path();
+                        loadedBytes += s.size();
+                    }
+                if (loadFrom != null) {
+                    fds[opened++] = newMemfd(loadedBytes);
+                }
+            }
+            long memfdOffset = 0;
             for (var s : sources) {
+                if (loadFrom != null && s.fd() < 0 && s.backing() instanceof Backing.PrivateFile) {
+                    var block =
+                            map(s.id(), s.guestAddress(), s.size(), memfdOffset, new Backing.Memfd(), fds[0], arena);
+                    blocks.add(block);
+                    regions.add(new RamLoader.Region(s.guestAddress(), block.segment(), s.fileOffset()));
+                    memfdOffset += s.size();
+                    continue;
+                }
                 if (s.fd() >= 0) { // a descriptor handed over (a memfd from a migrating VMM): now owned here
                     boolean seen = false;
                     for (int i = 0; i < opened; i++) seen |= fds[i] == s.fd();
@@ -193,10 +230,30 @@ public final class GuestMemory implements AutoCloseable {
                 }
                 blocks.add(map(s.id(), s.guestAddress(), s.size(), s.fileOffset(), s.backing(), fd, arena));
             }
-            return new GuestMemory(blocks, Arrays.copyOf(fds, opened));
+            if (load == MemoryLoad.EAGER && loadFrom != null) RamLoader.eager(loadFrom, regions);
+            if (load == MemoryLoad.LAZY && loadFrom != null) loader = RamLoader.lazy(loadFrom, regions);
+            var memory = new GuestMemory(blocks, Arrays.copyOf(fds, opened));
+            memory.loader = loader;
+            return memory;
         } catch (RuntimeException e) {
+            if (loader != null) loader.close();
             for (int i = 0; i < opened; i++) LibC.close(fds[i]);
             throw e;
+        }
+    }
+
+    private static int newMemfd(long size) {
+        try {
+            int memfd = LibC.memfdCreate("panama-vmm-ram", LibcConstants.MFD_CLOEXEC);
+            try {
+                LibC.ftruncate(memfd, size);
+            } catch (RuntimeException e) {
+                LibC.close(memfd);
+                throw e;
+            }
+            return memfd;
+        } catch (KvmException e) {
+            throw new MemoryException("cannot create guest memory: " + e.getMessage(), e);
         }
     }
 
@@ -275,10 +332,37 @@ public final class GuestMemory implements AutoCloseable {
         }
     }
 
+    /**
+     * Waits until a lazy load has brought in every page the snapshot holds (at once when RAM was
+     * not loaded lazily): a save, or a migration that hands the memfd on, needs all of it there.
+     */
+    public void awaitLoaded() throws InterruptedException {
+        if (loader != null) loader.awaitLoaded();
+    }
+
+    /** Whom to tell, with a one-line reason, when a lazy load fails (the VM then has to end). */
+    public void onLoadFailure(Consumer<String> callback) {
+        if (loader != null) loader.onFailure(callback);
+    }
+
+    /** What the lazy load has done so far; null when RAM was not loaded lazily. */
+    public RamLoader.Stats loadStats() {
+        return loader == null ? null : loader.stats();
+    }
+
+    /**
+     * Stops a lazy load and wakes every thread waiting on a missing page (it reads zeros): called
+     * when the VM ends, before its vCPU threads are joined, so that none of them waits for ever.
+     */
+    public void stopLoading() {
+        if (loader != null) loader.close();
+    }
+
     /** Closes the backing fds. The mappings stay valid until their arena closes (and keep a file's lock until then). */
     @Override
     public void close() {
         if (!closed) {
+            stopLoading();
             closed = true;
             for (int fd : fds) LibC.close(fd);
         }
