@@ -5,6 +5,8 @@ import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Assumptions;
 
@@ -18,23 +20,32 @@ import org.junit.jupiter.api.Assumptions;
 public final class LinuxGuestFixture {
     private LinuxGuestFixture() {}
 
-    /** The kernel files: the bzImage, the ELF vmlinux inside it, and the kernel's config. */
-    public record Kernel(Path vmlinuz, Path vmlinux, Path config) {}
+    /** The kernel files: the bzImage, the ELF vmlinux inside it, the kernel's config and its virtio modules. */
+    public record Kernel(Path vmlinuz, Path vmlinux, Path config, Path modules) {}
 
     public static Kernel debianKernel() {
         var dir = Path.of(run("fetch-debian-kernel"));
-        return new Kernel(dir.resolve("vmlinuz"), dir.resolve("vmlinux"), dir.resolve("config"));
+        return new Kernel(
+                dir.resolve("vmlinuz"), dir.resolve("vmlinux"), dir.resolve("config"), dir.resolve("modules"));
     }
 
     public static Path busyboxInitramfs() {
         return Path.of(run("build-busybox-initramfs"));
     }
 
+    /** The busybox initramfs with {@code kernel}'s virtio modules: its /init reads and writes /dev/vda. */
+    public static Path busyboxInitramfsWithDisks(Kernel kernel) {
+        return Path.of(run("build-busybox-initramfs", kernel.modules().toString()));
+    }
+
     /** Runs a script from the repository's scripts/ and returns its last output line; skips the test if it fails. */
-    private static String run(String script) {
+    private static String run(String script, String... args) {
         Path path = repositoryRoot().resolve("scripts").resolve(script);
         try {
-            var process = new ProcessBuilder(path.toString())
+            var command = new ArrayList<String>();
+            command.add(path.toString());
+            command.addAll(List.of(args));
+            var process = new ProcessBuilder(command)
                     .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
                     .start();
             process.getOutputStream().close();
