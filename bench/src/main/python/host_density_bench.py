@@ -524,7 +524,7 @@ def summary(R):
     p(f"in the crowd: shared request -> first KVM_RUN p50/p90 {p50_90(se)} ms; process host duration-ms p50/p90 "
       f"{p50_90([x for x in pc['duration_ms'] if x is not None])} ms")
     p("")
-    p(f"Clone latency, one at a time on a quiet host ({LAT} after {WARMUP} untimed), ms, p50 / p90:")
+    p(f"Clone latency, one at a time, nothing else of this run running ({LAT} after {WARMUP} untimed; the load is below), ms, p50 / p90:")
     p("")
     p("| | request -> first KVM_RUN | host's duration-ms | worker's duration-ms | request -> reply | request -> first hb | host CPU ms |")
     p("|---|---|---|---|---|---|---|")
