@@ -94,6 +94,11 @@ class HostTest {
             var console3 = Path.of((String) cloned.get("console"));
             SnapshotCliTest.awaitText(console3, "hb 0 \\d+", 30);
             Heartbeats.checkLive(Files.readString(dir.resolve("template.log")) + Files.readString(console3));
+            // The clone latency the benchmarks read: request -> first KVM_RUN, measured in the host
+            var firstEntry = vms(api).getLast().get("first-entry-ms");
+            assertTrue(
+                    firstEntry instanceof Number ms && ms.doubleValue() > 0 && ms.doubleValue() < 30_000,
+                    "first-entry-ms " + firstEntry);
 
             // A live update from one VM of the host to a new one: the guest goes on where it was
             var in = dir.resolve("in.sock");
