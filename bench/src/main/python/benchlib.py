@@ -15,6 +15,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 now = time.perf_counter
@@ -421,3 +422,24 @@ def wait_for_quiet(wait_s, quiet_load, note=None):
 def fmt_num(x):
     """A measurement for a table: '-' when missing, three significant digits or so."""
     return "-" if x is None or x != x else (f"{x:.0f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}")
+
+
+def write_summary(out_dir, results, summary):
+    """summary.txt from summary(results), printed too (results.json is written even on failure, by the caller)."""
+    text = summary(results)
+    with open(os.path.join(out_dir, "summary.txt"), "w") as f:
+        f.write(text + "\n")
+    print()
+    print(text)
+
+
+def run_driver(name, main):
+    """Runs a driver's main: a BenchError is one line and exit 1; every process started is ended."""
+    try:
+        main()
+    except BenchError as e:
+        log(f"failed: {e}")
+        print(f"{name}: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        end_all()

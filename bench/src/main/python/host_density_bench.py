@@ -16,7 +16,7 @@ import time
 
 sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, fmt_num, loadavg, log,
+from benchlib import (run_driver, write_summary, BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, fmt_num, loadavg, log,
                       mappings_of, meminfo, pct, raise_priority, rollup, set_log, spawn, steal_idle, stop,
                       stop_all, wait_for_quiet)
 
@@ -580,19 +580,8 @@ def main():
             end_workers(state)   # a host's workers outlive it by design: none may outlive the bench
         with open(os.path.join(OUT, "results.json"), "w") as f:
             json.dump(R, f, indent=1)
-    text = summary(R)
-    with open(os.path.join(OUT, "summary.txt"), "w") as f:
-        f.write(text + "\n")
-    print()
-    print(text)
+    write_summary(OUT, R, summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchError as e:
-        log(f"failed: {e}")
-        print(f"host_density_bench: {e}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        end_all()
+    run_driver("host_density_bench", main)

@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import BenchError, Console, DirWatch, JsonLines, end_all, loadavg, log, set_log, spawn, stop  # noqa: E402
+from benchlib import run_driver, write_summary, BenchError, Console, DirWatch, JsonLines, end_all, loadavg, log, set_log, spawn, stop  # noqa: E402
 
 CFG = json.load(open(sys.argv[1]))
 OUT, WORK, JAVA, JAR, QEMU, BIOS = CFG["out"], CFG["work"], CFG["java"], CFG["jar"], CFG["qemu"], CFG["bios"]
@@ -244,19 +244,8 @@ def main():
     finally:
         with open(os.path.join(OUT, "results.json"), "w") as f:
             json.dump(R, f, indent=1)
-    text = summary(R)
-    with open(os.path.join(OUT, "summary.txt"), "w") as f:
-        f.write(text + "\n")
-    print()
-    print(text)
+    write_summary(OUT, R, summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchError as e:
-        log(f"failed: {e}")
-        print(f"lazy_restore_bench: {e}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        end_all()
+    run_driver("lazy_restore_bench", main)
