@@ -443,3 +443,27 @@ def run_driver(name, main):
         sys.exit(1)
     finally:
         end_all()
+
+
+def save_qemu_template(cmd, sock, logpath, mig):
+    """QEMU's docs/vm-templating: starts cmd (a VM with share=on RAM and QMP on sock), saves it with
+    x-ignore-shared to the file mig once it runs, and ends it."""
+    p, _ = spawn(cmd, logpath)
+    q = JsonLines(sock, p)
+    q.cmd("qmp_capabilities")
+    if q.cmd("query-status")["status"] != "running":
+        raise BenchError("the QEMU template VM is not running")
+    time.sleep(0.3)
+    q.cmd("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    q.cmd("migrate", uri=f"exec:cat > {mig}")
+    deadline = time.monotonic() + 60
+    while True:
+        st = q.cmd("query-migrate").get("status")
+        if st == "completed":
+            break
+        if st in ("failed", "cancelled") or time.monotonic() > deadline:
+            raise BenchError(f"QEMU template save: {st}; see {p.logpath}")
+        time.sleep(0.01)
+    q.cmd("quit")
+    q.close()
+    p.wait(30)

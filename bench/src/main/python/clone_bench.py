@@ -16,7 +16,7 @@ from collections import deque
 
 sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, fmt_ms, log, now,
+from benchlib import (save_qemu_template, BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, fmt_ms, log, now,
                              pct, raise_priority, set_log, spawn, steal_idle, stop)
 
 CFG = json.load(open(sys.argv[1]))
@@ -189,25 +189,7 @@ def qemu_template():
     """QEMU's docs/vm-templating: a template VM with share=on RAM, saved with x-ignore-shared."""
     shutil.copyfile(TPL_MEM, QEMU_MEM)      # the same bytes as the VMM's template
     sock = os.path.join(WORK, "qemu-tpl.sock")
-    p, _ = spawn(qemu_cmd(True, sock, False), logs("qemu-template.log"))
-    q = JsonLines(sock, p)
-    q.cmd("qmp_capabilities")
-    if q.cmd("query-status")["status"] != "running":
-        raise BenchError("the QEMU template VM is not running")
-    time.sleep(0.3)
-    q.cmd("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
-    q.cmd("migrate", uri=f"exec:cat > {QEMU_MIG}")
-    deadline = time.monotonic() + 60
-    while True:
-        st = q.cmd("query-migrate").get("status")
-        if st == "completed":
-            break
-        if st in ("failed", "cancelled") or time.monotonic() > deadline:
-            raise BenchError(f"QEMU template save: {st}; see {p.logpath}")
-        time.sleep(0.01)
-    q.cmd("quit")
-    q.close()
-    p.wait(30)
+    save_qemu_template(qemu_cmd(True, sock, False), sock, logs("qemu-template.log"), QEMU_MIG)
     return os.path.getsize(QEMU_MIG)
 
 

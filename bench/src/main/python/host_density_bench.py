@@ -16,7 +16,7 @@ import time
 
 sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (run_driver, write_summary, BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, fmt_num, loadavg, log,
+from benchlib import (save_qemu_template, run_driver, write_summary, BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, fmt_num, loadavg, log,
                       mappings_of, meminfo, pct, raise_priority, rollup, set_log, spawn, steal_idle, stop,
                       stop_all, wait_for_quiet)
 
@@ -148,25 +148,7 @@ def make_templates():
     # QEMU's (docs/vm-templating, as run-clone-bench): the same bytes, share=on, saved with x-ignore-shared.
     shutil.copyfile(tpl_mem, QEMU_MEM)
     sock = fresh("qemu-tpl.sock")
-    p, _ = spawn(qemu_cmd(True, sock, False), logs("qemu-template.log"))
-    q = JsonLines(sock, p)
-    q.cmd("qmp_capabilities")
-    if q.cmd("query-status")["status"] != "running":
-        raise BenchError("the QEMU template VM is not running")
-    time.sleep(0.3)
-    q.cmd("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
-    q.cmd("migrate", uri=f"exec:cat > {QEMU_MIG}")
-    deadline = time.monotonic() + 60
-    while True:
-        st = q.cmd("query-migrate").get("status")
-        if st == "completed":
-            break
-        if st in ("failed", "cancelled") or time.monotonic() > deadline:
-            raise BenchError(f"QEMU template save: {st}; see {p.logpath}")
-        time.sleep(0.01)
-    q.cmd("quit")
-    q.close()
-    p.wait(30)
+    save_qemu_template(qemu_cmd(True, sock, False), sock, logs("qemu-template.log"), QEMU_MIG)
     return tpl_mem, open(con).readline().strip()
 
 
