@@ -220,8 +220,14 @@ public final class VmBuilder {
             if (disks != null) disks.removeCreated();
             throw e;
         }
-        vm.memory().onLoadFailure(message -> vm.end(new VmExitReason.Failed(message)));
-        if (VmGenerationId.changesOn(loaded, mode)) VmGenerationId.renew(vm);
+        try {
+            vm.memory().onLoadFailure(message -> vm.end(new VmExitReason.Failed(message)));
+            if (VmGenerationId.changesOn(loaded, mode)) VmGenerationId.renew(vm);
+        } catch (RuntimeException e) {
+            vm.close(); // a VM nobody got: its threads and the disks made for it go with it
+            if (disks != null) disks.removeCreated();
+            throw e;
+        }
         return vm;
     }
 
