@@ -157,7 +157,10 @@ public final class Standby implements AutoCloseable {
     }
 
     private void handOver(Vm vm) {
+        // The VM's API first: a query-status from here on answers for the VM. Marking the state
+        // first let a poll in between read "standby", and vmm host took the live update for failed.
         vmApi = ApiHandler.forVm(new VmControl(vm));
+        state.set(State.ADOPTED);
         adopted.complete(vm);
     }
 
@@ -195,7 +198,6 @@ public final class Standby implements AutoCloseable {
             try {
                 var vm = LocalMigration.receive(
                         kvm, socket, 10, console, listener, accept, () -> listening.complete(null));
-                state.set(State.ADOPTED);
                 handOver(vm);
                 result.complete(vm);
             } catch (Throwable e) {
