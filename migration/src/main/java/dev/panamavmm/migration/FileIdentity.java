@@ -32,12 +32,12 @@ public record FileIdentity(long device, long inode, long size, long mtimeNanos, 
         return t.to(TimeUnit.NANOSECONDS);
     }
 
-    Map<String, Object> toJson() {
+    public Map<String, Object> toJson() {
         return Json.object(
                 "device", device, "inode", inode, "size", size, "mtimeNanos", mtimeNanos, "ctimeNanos", ctimeNanos);
     }
 
-    static FileIdentity fromJson(Map<String, Object> m) {
+    public static FileIdentity fromJson(Map<String, Object> m) {
         return new FileIdentity(
                 Fields.longOf(m, "device"),
                 Fields.longOf(m, "inode"),

@@ -46,6 +46,10 @@ public interface ApiHandler {
                 expect(command, a, "uri");
                 yield target.migrate(requireString(a, "uri", "unix:PATH"));
             }
+            case "template-create" -> {
+                expect(command, a, "path");
+                yield target.templateCreate(Path.of(requireString(a, "path", "DIRECTORY")));
+            }
             default -> null;
         };
     }

@@ -23,4 +23,10 @@ public interface ControlTarget {
 
     /** Hands the VM to the VMM waiting on a Unix socket ({@code unix:PATH}); this VMM then ends. */
     Map<String, Object> migrate(String uri) throws Exception;
+
+    /**
+     * Makes a chained template in {@code dir} out of this VM, a clone: its written pages into a
+     * layer file, the rest a reference to its template. A running VM is paused for it and runs on.
+     */
+    Map<String, Object> templateCreate(Path dir) throws Exception;
 }

@@ -1,5 +1,6 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.Json;
@@ -35,8 +36,10 @@ final class TemplateCommand implements Cli.Command {
 
     static final class Create implements Cli.Command {
         static final String DESCRIPTION =
-                "Boot a guest with its RAM in a shared file, wait for its ready point (or the API's stop), save it as a template.";
+                "Boot a guest with its RAM in a shared file, wait for its ready point (or the API's stop), save it as a template;"
+                        + " or, with --from-clone, make a chained template of a running clone.";
         Path dir;
+        Path fromClone;
         final GuestOptions guest = new GuestOptions();
         Path memDir;
         String console;
@@ -71,11 +74,19 @@ final class TemplateCommand implements Cli.Command {
                             "SECONDS",
                             "300",
                             "longest wait for the ready point",
-                            v -> timeout = Cli.longInteger(v));
+                            v -> timeout = Cli.longInteger(v))
+                    .option(
+                            "--from-clone",
+                            "API_SOCKET",
+                            null,
+                            "no boot: the clone at this API socket (vmm clone, host) becomes a chained template"
+                                    + " (its written pages in a layer, the rest its template's; it runs on)",
+                            v -> fromClone = Path.of(v));
         }
 
         @Override
         public int call(Cli.Io io) throws Exception {
+            if (fromClone != null) return fromClone(io);
             ConsoleIo.checkSpec(console);
             if (console.startsWith("unix:"))
                 throw new UsageException("template create: --console is stdout or file:PATH");
@@ -108,6 +119,31 @@ final class TemplateCommand implements Cli.Command {
                 return Main.OK;
             }
         }
+
+        private int fromClone(Cli.Io io) {
+            try (var client =
+                    ApiClient.connect(fromClone, ApiWait.millis(ApiWait.DEFAULT_SECONDS), ApiClient.GREETING_MILLIS)) {
+                var reply = client.execute(
+                        "template-create",
+                        Json.object("path", dir.toAbsolutePath().toString()));
+                if (reply.containsKey("error")) {
+                    var error = Json.asObject(reply.get("error"), "error");
+                    io.err().println("vmm: template create failed: " + error.get("desc"));
+                    return Main.FAILED;
+                }
+                var r = Json.asObject(reply.get("return"), "return");
+                io.out()
+                        .printf(
+                                "template %s at depth %s over %s: layer of %s in %s run(s), the clone paused %s ms%n",
+                                r.get("path"),
+                                r.get("depth"),
+                                r.get("parent"),
+                                Sizes.format((Long) r.get("layer-bytes")),
+                                r.get("layer-runs"),
+                                r.get("paused-ms"));
+                return Main.OK;
+            }
+        }
     }
 
     static final class Inspect implements Cli.Command {
@@ -123,7 +159,7 @@ final class TemplateCommand implements Cli.Command {
         }
 
         @Override
-        public int call(Cli.Io io) {
+        public int call(Cli.Io io) throws Exception {
             var s = SnapshotReader.open(dir);
             var machine = Json.asObject(s.metadata().get("machine"), "machine");
             var ram = s.ram().stream()
@@ -168,6 +204,26 @@ final class TemplateCommand implements Cli.Command {
                     s.metadata().get("devices"),
                     "ram",
                     ram);
+            var chain = Templates.isTemplate(dir) ? Templates.chain(dir) : null;
+            List<Path> children = chain == null ? List.of() : Templates.children(dir);
+            if (chain != null) {
+                info.put(
+                        "chain",
+                        Json.object(
+                                "depth",
+                                (long) chain.depth(),
+                                "parent",
+                                chain.parent() == null ? null : chain.parent().toString(),
+                                "layers",
+                                chain.layers().stream()
+                                        .map(l -> (Object) Json.object(
+                                                "file", l.file().toString(), "bytes", l.dataBytes(), "runs", l.runs()))
+                                        .toList(),
+                                "children",
+                                children.stream()
+                                        .map(c -> (Object) c.toString())
+                                        .toList()));
+            }
             var out = io.out();
             if (json) {
                 out.println(Json.write(info));
@@ -200,6 +256,17 @@ final class TemplateCommand implements Cli.Command {
                                 ? "by reference to " + e.file()
                                 : e.nonZeroPages() + " non-zero pages in the snapshot");
             }
+            if (chain != null) {
+                out.printf(
+                        "%-14s%s%n",
+                        "chain",
+                        chain.depth() == 1
+                                ? "depth 1 (a root template)"
+                                : "depth " + chain.depth() + ", parent " + chain.parent());
+                for (var l : chain.layers())
+                    out.printf("%-14s%s, %s in %d run(s)%n", "layer", l.file(), Sizes.format(l.dataBytes()), l.runs());
+                for (var c : children) out.printf("%-14s%s%n", "child", c);
+            }
             out.flush();
             return Main.OK;
         }
@@ -207,7 +274,7 @@ final class TemplateCommand implements Cli.Command {
 
     static final class Listing implements Cli.Command {
         static final String DESCRIPTION =
-                "List the templates in a directory (it, or its subdirectories): guest RAM, creation time, clones.";
+                "List the templates in a directory (it, or its subdirectories): guest RAM, creation time, clones, chain depth.";
         Path dir;
         boolean json;
 
@@ -237,21 +304,24 @@ final class TemplateCommand implements Cli.Command {
                                 "createdAtMillis",
                                 t.createdAtMillis(),
                                 "clones",
-                                (long) t.users()))
+                                (long) t.users(),
+                                "depth",
+                                (long) t.depth()))
                         .toList()));
             } else {
                 if (!templates.isEmpty())
                     out.printf(
-                            "%-40s %8s %5s  %-24s %6s  %s%n",
-                            "DIRECTORY", "MEMORY", "CPUS", "CREATED", "CLONES", "MEMORY FILE");
+                            "%-40s %8s %5s  %-24s %6s %5s  %s%n",
+                            "DIRECTORY", "MEMORY", "CPUS", "CREATED", "CLONES", "DEPTH", "MEMORY FILE");
                 for (var t : templates) {
                     out.printf(
-                            "%-40s %8s %5d  %-24s %6d  %s%n",
+                            "%-40s %8s %5d  %-24s %6d %5d  %s%n",
                             t.dir(),
                             Sizes.format(t.memoryBytes()),
                             t.cpus(),
                             Instant.ofEpochMilli(t.createdAtMillis()).truncatedTo(ChronoUnit.SECONDS),
                             t.users(),
+                            t.depth(),
                             t.memoryFile());
                 }
             }
@@ -262,8 +332,9 @@ final class TemplateCommand implements Cli.Command {
 
     static final class Remove implements Cli.Command {
         static final String DESCRIPTION =
-                "Remove a template: its memory file, its snapshot and its directory. Clones that still run"
-                        + " keep their copy-on-write mapping (the memory is freed when the last one ends); new clones are refused.";
+                "Remove a template: its memory file (a chained one's layer file), its snapshot and its directory. Clones"
+                        + " that still run keep their copy-on-write mapping (the memory is freed when the last one ends);"
+                        + " new clones are refused. A template with chained templates made from its clones is kept.";
         Path dir;
 
         @Override
@@ -283,8 +354,9 @@ final class TemplateCommand implements Cli.Command {
                             "removed template %s%s%s%s%n",
                             removed.dir(),
                             removed.memoryFile() == null
-                                    ? " (its memory file was already gone)"
-                                    : " and its memory file " + removed.memoryFile(),
+                                    ? " (its " + (removed.chained() ? "layer" : "memory") + " file was already gone)"
+                                    : " and its " + (removed.chained() ? "layer" : "memory") + " file "
+                                            + removed.memoryFile(),
                             removed.runningClones() == 0
                                     ? ""
                                     : "; " + removed.runningClones()

@@ -4,6 +4,7 @@ import dev.panamavmm.api.ControlTarget;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.vmm.LocalMigration;
+import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmSnapshots;
@@ -84,5 +85,25 @@ public final class VmControl implements ControlTarget {
                 saved.millis(),
                 "resumed",
                 resume);
+    }
+
+    @Override
+    public Map<String, Object> templateCreate(Path dir) throws Exception {
+        if (!dir.isAbsolute())
+            throw new IllegalArgumentException("\"path\" must be absolute (the VMM's directory is not yours)");
+        var made = Templates.createFromClone(vm, dir);
+        return Json.object(
+                "path",
+                made.dir().toString(),
+                "parent",
+                made.parent().toString(),
+                "depth",
+                (long) made.depth(),
+                "layer-bytes",
+                made.layerBytes(),
+                "layer-runs",
+                (long) made.layerRuns(),
+                "paused-ms",
+                made.pausedMillis());
     }
 }

@@ -1,6 +1,7 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.migration.SnapshotReader;
+import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.state.VcpuState;
 import dev.panamavmm.vmm.state.VmState;
 import java.nio.file.Path;
@@ -11,6 +12,8 @@ import java.util.List;
  * ({@link VmBuilder#fromSnapshot}): everything that does not depend on the new VM.
  * {@code descriptors} are the fds passed with a live update's snapshot; {@code diskDescriptors}
  * gives, per disk of the config, the index of its passed descriptor, or -1 when it is opened by path.
+ * {@code layers} are a chained template's layer files, root first ({@link Templates#open}): a
+ * clone maps them copy-on-write over the memory file; empty for anything else.
  */
 public record LoadedSnapshot(
         Path dir,
@@ -21,8 +24,29 @@ public record LoadedSnapshot(
         VmState vm,
         DeviceTable.States devices,
         int[] descriptors,
-        int[] diskDescriptors) {
+        int[] diskDescriptors,
+        List<GuestMemory.Layer> layers) {
+
+    public LoadedSnapshot(
+            Path dir,
+            SnapshotReader snapshot,
+            MachineConfig config,
+            int xsaveSize,
+            List<VcpuState> vcpus,
+            VmState vm,
+            DeviceTable.States devices,
+            int[] descriptors,
+            int[] diskDescriptors) {
+        this(dir, snapshot, config, xsaveSize, vcpus, vm, devices, descriptors, diskDescriptors, List.of());
+    }
+
     public int cpus() {
         return vcpus.size();
+    }
+
+    /** This snapshot with a chained template's layers. */
+    LoadedSnapshot withLayers(List<GuestMemory.Layer> chain) {
+        return new LoadedSnapshot(
+                dir, snapshot, config, xsaveSize, vcpus, vm, devices, descriptors, diskDescriptors, List.copyOf(chain));
     }
 }

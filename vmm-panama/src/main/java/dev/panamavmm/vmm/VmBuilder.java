@@ -213,9 +213,14 @@ public final class VmBuilder {
         } else if (load != MemoryLoad.MAPPED && config.backing() instanceof Backing.PrivateFile) {
             config = config.withBacking(new Backing.Memfd()); // the snapshot's pages now live in a memfd
         }
+        if (mode != Mode.CLONE && !loaded.layers().isEmpty())
+            throw new IllegalArgumentException("a chained template's layers given to a restore");
         Vm vm;
         try {
-            vm = finish(kvm, shell(kvm, sources, loaded.cpus(), load), loaded, config, console, listener);
+            var shell = loaded.layers().isEmpty()
+                    ? shell(kvm, sources, loaded.cpus(), load)
+                    : layeredShell(kvm, sources, loaded.layers(), loaded.cpus());
+            vm = finish(kvm, shell, loaded, config, console, listener);
         } catch (RuntimeException e) {
             if (disks != null) disks.removeCreated();
             throw e;
@@ -240,6 +245,18 @@ public final class VmBuilder {
         var arena = Arena.ofShared();
         try {
             return Shell.around(kvm, GuestMemory.map(sources, arena, load), arena, cpus);
+        } catch (RuntimeException e) {
+            arena.close();
+            throw e;
+        }
+    }
+
+    /** A clone's shell over a chained template: the root's file mapped private, each layer's runs over it. */
+    private static Shell layeredShell(
+            Kvm kvm, List<GuestMemory.BlockSource> sources, List<GuestMemory.Layer> layers, int cpus) {
+        var arena = Arena.ofShared();
+        try {
+            return Shell.around(kvm, GuestMemory.map(sources, arena, layers), arena, cpus);
         } catch (RuntimeException e) {
             arena.close();
             throw e;

@@ -85,6 +85,24 @@ public final class VmSnapshots {
             int firstDiskDescriptor,
             RamWriter.Progress progress)
             throws InterruptedException {
+        return save(vm, dir, bypass, after, passMemfd, firstDiskDescriptor, progress, Map.of());
+    }
+
+    /**
+     * The general save, with the blocks named in {@code asReferences} (by id) recorded as the given
+     * entries instead of their pages: a chained template refers to its root's memory file, its
+     * clone's own pages being in a layer file ({@link Templates#createFromClone}).
+     */
+    static Saved save(
+            Vm vm,
+            Path dir,
+            boolean bypass,
+            After after,
+            boolean passMemfd,
+            int firstDiskDescriptor,
+            RamWriter.Progress progress,
+            Map<String, RamBlockEntry> asReferences)
+            throws InterruptedException {
         boolean resume = after == After.RESUME;
         boolean anyShared = vm.memory().blocks().stream().anyMatch(b -> b.shared());
         if (bypass && resume && anyShared) {
@@ -117,7 +135,10 @@ public final class VmSnapshots {
             long written = 0, references = 0;
             for (var block : vm.memory().blocks()) {
                 String kind = kind(block.backing());
-                if (passMemfd && block.backing() instanceof Backing.Memfd) {
+                if (asReferences.containsKey(block.id())) {
+                    writer.ramByReference(asReferences.get(block.id()));
+                    references++;
+                } else if (passMemfd && block.backing() instanceof Backing.Memfd) {
                     writer.ramByReference(RamBlockEntry.byDescriptor(
                             block.id(), block.guestAddress(), block.size(), kind, 0, block.fileOffset()));
                     references++;

@@ -63,6 +63,12 @@ class ApiServerTest {
             calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume);
             return Json.object("path", dir.toString());
         }
+
+        @Override
+        public Map<String, Object> templateCreate(Path dir) {
+            calls.add("template-create " + dir);
+            return Json.object("path", dir.toString());
+        }
     }
 
     @Test

@@ -317,6 +317,28 @@ public final class LibC {
     }
 
     /**
+     * {@code mmap(target, size, prot, flags | MAP_FIXED, fd, offset)}: replaces the pages of
+     * {@code target} (part of a mapping this process owns) with a mapping of {@code fd}, e.g. a
+     * file's run of pages copy-on-write over another file's mapping. The old pages go, as MAP_FIXED says.
+     */
+    public static void mmapFixed(MemorySegment target, int prot, int flags, int fd, long offset) {
+        var capture = CAPTURE.get();
+        long at = address(target);
+        long r = syscall(
+                capture,
+                LibcConstants.SYS_mmap,
+                at,
+                target.byteSize(),
+                prot,
+                flags | LibcConstants.MAP_FIXED,
+                fd,
+                offset);
+        Reference.reachabilityFence(target);
+        if (r == LibcConstants.MAP_FAILED) throw fail("mmap", capture);
+        if (r != at) throw new IllegalStateException("mmap with MAP_FIXED moved the mapping");
+    }
+
+    /**
      * Maps {@code length} bytes and ties the mapping to {@code arena}: it is unmapped when the
      * arena closes (an owner that outlives every user of the memory, e.g. every vCPU).
      */

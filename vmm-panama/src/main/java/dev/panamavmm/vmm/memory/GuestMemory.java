@@ -42,6 +42,9 @@ public final class GuestMemory implements AutoCloseable {
     private final List<RamBlock> blocks;
     private final long size;
     private final int[] fds;
+    /** While layers are being mapped: every fd opened so far, closed if the mapping fails. */
+    private int[] fdsWithLayers;
+
     private RamLoader loader; // set once by map, before the memory is shared
     private boolean closed;
 
@@ -49,6 +52,7 @@ public final class GuestMemory implements AutoCloseable {
         this.blocks = List.copyOf(blocks);
         this.size = blocks.stream().mapToLong(RamBlock::size).sum();
         this.fds = fds;
+        this.fdsWithLayers = fds;
     }
 
     /** RAM of {@code size} bytes in an anonymous memfd (the default backing). */
@@ -163,6 +167,87 @@ public final class GuestMemory implements AutoCloseable {
     /** Maps each block from its own file range; nothing here reads or copies guest RAM. */
     public static GuestMemory map(List<BlockSource> sources, Arena arena) {
         return map(sources, arena, MemoryLoad.MAPPED);
+    }
+
+    /**
+     * A layer of a chained template: runs of the memory file's pages held in {@code file}, each
+     * row {@code {memoryOffset, length, fileOffset}} (page-aligned, ascending).
+     */
+    public record Layer(Path file, long[][] runs) {}
+
+    /**
+     * As {@link #map(List, Arena)}, then each layer's runs mapped copy-on-write over the private
+     * blocks ({@code MAP_PRIVATE|MAP_FIXED}), from the first layer to the last: a page comes from
+     * the newest layer that holds it, else from the block's file. Nothing is read or copied, so
+     * pages stay shared by every clone that does not write them. Each run is one more mapping.
+     */
+    public static GuestMemory map(List<BlockSource> sources, Arena arena, List<Layer> layers) {
+        var memory = map(sources, arena, MemoryLoad.MAPPED);
+        if (layers.isEmpty()) return memory;
+        try {
+            var fds = Arrays.copyOf(memory.fds, memory.fds.length + layers.size());
+            var layered = new HashMap<String, List<long[]>>();
+            int next = memory.fds.length;
+            for (var layer : layers) {
+                int fd;
+                try {
+                    fd = LibC.open(layer.file().toString(), LibcConstants.O_RDONLY | LibcConstants.O_CLOEXEC, 0);
+                } catch (KvmException e) {
+                    throw new MemoryException("cannot open layer file " + layer.file() + ": " + e.getMessage(), e);
+                }
+                fds[next++] = fd;
+                memory.fdsWithLayers = Arrays.copyOf(fds, next);
+                MemoryFileLocks.lock(fd, layer.file(), false);
+                for (long[] run : layer.runs()) {
+                    var block = memory.blockAtFileOffset(run[0], run[1]);
+                    long at = run[0] - block.fileOffset();
+                    try {
+                        LibC.mmapFixed(
+                                block.segment().asSlice(at, run[1]),
+                                LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
+                                LibcConstants.MAP_PRIVATE | LibcConstants.MAP_NORESERVE,
+                                fd,
+                                run[2]);
+                    } catch (KvmException e) {
+                        throw new MemoryException(
+                                "cannot map layer " + layer.file() + " over guest memory: " + e.getMessage()
+                                        + " (each run is a mapping: see vm.max_map_count)",
+                                e);
+                    }
+                    layered.computeIfAbsent(block.id(), id -> new ArrayList<>()).add(new long[] {at, at + run[1]});
+                }
+            }
+            var blocks = new ArrayList<RamBlock>();
+            for (var b : memory.blocks) {
+                var ranges = layered.getOrDefault(b.id(), List.of());
+                blocks.add(new RamBlock(
+                        b.id(),
+                        b.guestAddress(),
+                        b.segment(),
+                        b.backing(),
+                        b.fileOffset(),
+                        b.fd(),
+                        b.shared(),
+                        DataExtents.union(ranges, List.of()).toArray(long[][]::new)));
+            }
+            return new GuestMemory(blocks, fds);
+        } catch (RuntimeException e) {
+            memory.close();
+            throw e;
+        }
+    }
+
+    /** The private block holding memory-file range {@code [offset, offset + length)}, where a layer's run goes. */
+    private RamBlock blockAtFileOffset(long offset, long length) {
+        for (var b : blocks) {
+            if (offset >= b.fileOffset() && offset + length <= b.fileOffset() + b.size() && length > 0) {
+                if (!(b.backing() instanceof Backing.PrivateFile))
+                    throw new IllegalArgumentException("a layer over a block that is not copy-on-write");
+                return b;
+            }
+        }
+        throw new MemoryException(
+                String.format("a layer run at 0x%x+0x%x is not within one block of guest memory", offset, length));
     }
 
     /**
@@ -288,6 +373,29 @@ public final class GuestMemory implements AutoCloseable {
         return blocks;
     }
 
+    /**
+     * How many mappings the kernel keeps for guest RAM now (/proc/self/maps): one per block, plus
+     * for a chained template's layers at most two per run (a run over the middle of an earlier
+     * mapping splits it in three; adjacent runs of one file merge). They count against vm.max_map_count.
+     */
+    public int mappings() {
+        int count = 0;
+        try {
+            for (var line : Files.readAllLines(Path.of("/proc/self/maps"))) {
+                int dash = line.indexOf('-'), space = line.indexOf(' ');
+                long start = Long.parseUnsignedLong(line, 0, dash, 16);
+                long end = Long.parseUnsignedLong(line, dash + 1, space, 16);
+                for (var b : blocks) {
+                    long from = b.segment().address(), to = from + b.size();
+                    if (start < to && end > from) count++;
+                }
+            }
+        } catch (IOException e) {
+            throw new MemoryException("cannot read /proc/self/maps: " + e.getMessage(), e);
+        }
+        return count;
+    }
+
     /** Total guest RAM in bytes (without the hole). */
     public long size() {
         return size;
@@ -364,7 +472,7 @@ public final class GuestMemory implements AutoCloseable {
         if (!closed) {
             stopLoading();
             closed = true;
-            for (int fd : fds) LibC.close(fd);
+            for (int fd : fdsWithLayers) LibC.close(fd);
         }
     }
 }

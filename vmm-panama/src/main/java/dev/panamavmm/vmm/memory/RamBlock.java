@@ -13,9 +13,29 @@ import java.lang.foreign.MemorySegment;
  * @param fd           the open backing fd (memfd or file), owned by {@link GuestMemory}
  * @param shared       the backing outlives the process and already holds the guest's memory,
  *                     so a save or local migration can skip copying this block
+ * @param layered      the ranges (within the block, ascending) mapped copy-on-write from a chained
+ *                     template's layer files over the backing file: data the backing file does not show
  */
 public record RamBlock(
-        String id, long guestAddress, MemorySegment segment, Backing backing, long fileOffset, int fd, boolean shared) {
+        String id,
+        long guestAddress,
+        MemorySegment segment,
+        Backing backing,
+        long fileOffset,
+        int fd,
+        boolean shared,
+        long[][] layered) {
+
+    public RamBlock(
+            String id,
+            long guestAddress,
+            MemorySegment segment,
+            Backing backing,
+            long fileOffset,
+            int fd,
+            boolean shared) {
+        this(id, guestAddress, segment, backing, fileOffset, fd, shared, new long[0][]);
+    }
 
     public long size() {
         return segment.byteSize();
@@ -33,9 +53,20 @@ public record RamBlock(
      * The parts of this block that may hold non-zero bytes, as {@code [start, end)} byte ranges
      * within the block, ascending; the rest is certainly zero and is never read (see
      * {@link DataExtents}: reading a hole of a tmpfs mapping allocates it). Shared mappings: the
-     * backing file's data extents; private ones: those plus the pages copied on write.
+     * backing file's data extents; private ones: those, the layers mapped over it and the pages
+     * copied on write.
      */
     public long[][] dataExtents() {
         return DataExtents.of(this);
+    }
+
+    /**
+     * The pages this process wrote in a private (copy-on-write) block: its anonymous copies, found
+     * in /proc/self/pagemap, as {@code [start, end)} byte ranges within the block, ascending.
+     */
+    public long[][] privatePages() {
+        if (!(backing instanceof Backing.PrivateFile))
+            throw new IllegalStateException("block " + id + " is not private");
+        return DataExtents.anonymousPages(segment).toArray(long[][]::new);
     }
 }
