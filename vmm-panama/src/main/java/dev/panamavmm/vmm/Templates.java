@@ -252,10 +252,9 @@ public final class Templates {
 
     /** vm.max_map_count: the mappings a process may have (65530 by default). */
     static long maxMapCount() {
-        try {
-            return Long.parseLong(
-                    Files.readString(Path.of("/proc/sys/vm/max_map_count")).strip());
-        } catch (IOException | NumberFormatException e) {
+        try (var in = Files.newBufferedReader(Path.of("/proc/sys/vm/max_map_count"))) {
+            return Long.parseLong(in.readLine().strip());
+        } catch (IOException | RuntimeException e) {
             return 65530;
         }
     }
