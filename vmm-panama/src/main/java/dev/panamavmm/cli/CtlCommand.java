@@ -18,8 +18,10 @@ final class CtlCommand implements Cli.Command {
                 .parameter("SOCKET", "the VMM's --api-socket", v -> socket = Path.of(v))
                 .parameter(
                         "COMMAND",
-                        "a VM's: query-status, stop, cont, quit, snapshot {\"path\"}, migrate {\"uri\"};"
-                                + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"}, quit;"
+                        "a VM's: query-status, stop, cont, quit, snapshot {\"path\"}, migrate {\"uri\"},"
+                                + " template-create {\"path\"} (a clone's);"
+                                + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"},"
+                                + " template-create {\"id\", \"path\"}, quit;"
                                 + " vmm standby's (then the VM's): restore {\"path\"}, clone {\"template\"}, boot {\"memory\", ...},"
                                 + " incoming {\"uri\"}, query-status, quit;"
                                 + " vmm host's: boot {...}, restore {\"path\"}, clone {\"template\"}, incoming {\"uri\"}, destroy {\"id\"},"

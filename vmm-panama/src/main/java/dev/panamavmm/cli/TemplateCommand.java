@@ -40,6 +40,7 @@ final class TemplateCommand implements Cli.Command {
                         + " or, with --from-clone, make a chained template of a running clone.";
         Path dir;
         Path fromClone;
+        String cloneId;
         final GuestOptions guest = new GuestOptions();
         Path memDir;
         String console;
@@ -81,12 +82,19 @@ final class TemplateCommand implements Cli.Command {
                             null,
                             "no boot: the clone at this API socket (vmm clone, host) becomes a chained template"
                                     + " (its written pages in a layer, the rest its template's; it runs on)",
-                            v -> fromClone = Path.of(v));
+                            v -> fromClone = Path.of(v))
+                    .option(
+                            "--id",
+                            "ID",
+                            null,
+                            "with --from-clone at a vmm serve socket: which of its clones (clone-N)",
+                            v -> cloneId = v);
         }
 
         @Override
         public int call(Cli.Io io) throws Exception {
             if (fromClone != null) return fromClone(io);
+            if (cloneId != null) throw new UsageException("template create: --id goes with --from-clone");
             ConsoleIo.checkSpec(console);
             if (console.startsWith("unix:"))
                 throw new UsageException("template create: --console is stdout or file:PATH");

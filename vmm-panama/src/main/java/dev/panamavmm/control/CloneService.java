@@ -44,7 +44,10 @@ public final class CloneService implements AutoCloseable {
         this.consoleDir = consoleDir;
     }
 
-    /** The commands of a clone server: clone, query-clones, destroy, and quit (which runs {@code quit}). */
+    /**
+     * The commands of a clone server: clone, query-clones, destroy, template-create (a chained
+     * template of one of its clones, by id), and quit (which runs {@code quit}).
+     */
     public ApiHandler handler(Runnable quit) {
         return (command, args) -> switch (command) {
             case "clone" -> {
@@ -73,6 +76,14 @@ public final class CloneService implements AutoCloseable {
                 if (c == null) throw new IllegalArgumentException("no clone " + id);
                 destroy(c);
                 yield Map.of();
+            }
+            case "template-create" -> {
+                ApiHandler.expect(command, args, "id", "path");
+                String id = ApiHandler.requireString(args, "id", "a clone id");
+                var c = clones.get(id);
+                if (c == null) throw new IllegalArgumentException("no clone " + id);
+                yield new VmControl(c.vm())
+                        .templateCreate(Path.of(ApiHandler.requireString(args, "path", "DIRECTORY")));
             }
             case "quit" -> {
                 quit.run();

@@ -245,7 +245,7 @@ public final class Templates {
             throw new SnapshotException("cannot check layer file " + ref.file() + ": " + IoErrors.reason(e));
         }
         if (diff != null)
-            throw new SnapshotException("refusing to clone " + dir + ": its parent's layer file " + ref.file()
+            throw new SnapshotException("refusing to clone " + dir + ": its chain's layer file " + ref.file()
                     + " does not match the template (" + diff + ")");
         return LayerFile.read(ref.file());
     }
