@@ -20,9 +20,10 @@ from benchlib import (BenchError, Console, DirWatch, JsonLines, fmt_num, log, ma
 CFG = json.load(open(sys.argv[1]))
 OUT, WORK = CFG["out"], CFG["work"]
 JAVA, JAR = CFG["java"], CFG["jar"]
-N, WARMUP, KEEP, HBS = int(CFG["n"]), int(CFG["warmup"]), int(CFG["keep"]), int(CFG["heartbeats"])
+N, WARMUP, KEEP, SETTLE = int(CFG["n"]), int(CFG["warmup"]), int(CFG["keep"]), float(CFG["settle"])
 MEMORY = CFG["memory"]
 CMDLINE = CFG["cmdline"]
+EXERCISED_KIB = int(CFG["exercised_mib"]) * 1024
 DEPTHS = [1, 2, 3]
 HB = r"hb \d+ \d+"
 
@@ -56,17 +57,29 @@ def end_serve(p, api, watch):
         raise BenchError(f"serve did not exit after quit; see {p.logpath}")
 
 
-def clone(p, api, watch, template, heartbeats=1):
-    """One clone of template; returns (id, console, its timings), once it printed heartbeats more heartbeats."""
+def clone(p, api, watch, template):
+    """One clone of template; returns (id, console, its timings) once it printed its first heartbeat."""
     ret, t0, t1 = api.call("clone", template=template)
     c = ret["clones"][0]
     con = Console(c["console"])
-    th, i = con.wait(HB, watch, 60, p)
-    for _ in range(heartbeats - 1):
-        _, i = con.wait(HB, watch, 60, p, start=i + 1)
+    th, _ = con.wait(HB, watch, 60, p)
     entry = next(x for x in api.cmd("query-clones") if x["id"] == c["id"])
     return c["id"], con, {"reply_ms": (t1 - t0) * 1e3, "duration_ms": ret["duration-ms"],
                           "first_entry_ms": entry["first-entry-ms"], "first_hb_ms": (th - t0) * 1e3}
+
+
+def settle(p, clones):
+    """Waits until the guests have read all their memory once (their mappings' Rss, which also means
+    they rewrote their share in that pass), then SETTLE s more; returns how long that took."""
+    t0 = time.monotonic()
+    while mappings_of(p.pid, WORK + "/").get("Rss", 0) < clones * EXERCISED_KIB:
+        if p.poll() is not None:
+            raise BenchError(f"serve exited; see {p.logpath}")
+        if time.monotonic() - t0 > 300:
+            raise BenchError(f"{clones} clone(s) did not touch {EXERCISED_KIB // 1024} MiB each within 300 s")
+        time.sleep(0.2)
+    time.sleep(SETTLE)
+    return time.monotonic() - t0
 
 
 def check(con, where):
@@ -95,7 +108,8 @@ def main():
     p, api, watch = serve("chain")
     for d in DEPTHS[1:]:
         tpl[d] = os.path.join(WORK, f"t{d}")
-        cid, con, _ = clone(p, api, watch, tpl[d - 1], HBS)
+        cid, con, _ = clone(p, api, watch, tpl[d - 1])
+        settle(p, 1)
         made, c0, c1 = api.call("template-create", id=cid, path=tpl[d])
         if made["depth"] != d:
             raise BenchError(f"template-create made depth {made['depth']}, not {d}")
@@ -118,18 +132,18 @@ def main():
                 results["latency"][d].append(row)
     end_serve(p, api, watch)
 
-    # Memory: per depth a new serve with KEEP clones running, each after HBS heartbeats (it has
-    # rewritten its share of memory by then); guest RAM's mappings are those of files under WORK.
+    # Memory: per depth a new serve with KEEP clones running until each has verified all its memory
+    # (and rewritten its share), and SETTLE s more; guest RAM's mappings are those of files under WORK.
     print(f"== memory: {KEEP} clones running per depth", flush=True)
     for d in DEPTHS:
         p, api, watch = serve(f"memory-{d}")
-        cons = [clone(p, api, watch, tpl[d], HBS)[1] for _ in range(KEEP)]
-        time.sleep(1)
+        cons = [clone(p, api, watch, tpl[d])[1] for _ in range(KEEP)]
+        settled = settle(p, KEEP)
         ram = mappings_of(p.pid, WORK + "/")
         total = rollup(p.pid)
         results["memory"][d] = {"clones": KEEP, "guest_pss_kib": ram.get("Pss", 0), "guest_rss_kib": ram.get("Rss", 0),
                                 "guest_anon_kib": ram.get("Anonymous", 0), "mappings": ram["count"],
-                                "process_pss_kib": total.get("Pss", 0)}
+                                "process_pss_kib": total.get("Pss", 0), "settled_s": settled}
         for con in cons:
             check(con, tpl[d])
         end_serve(p, api, watch)
@@ -169,7 +183,8 @@ def summary(r):
                          f"x{pct(hb, 50) / base[1]:.2f}, PSS per clone x{pss / base[2]:.2f}")
     lines.append("")
     lines.append(f"{N} clones per depth (after {WARMUP} warm-up rounds), depths in turn; memory with {r['memory'][1]['clones']} "
-                 f"clones of one depth running in one serve, each after {HBS} heartbeats. layer: the template's layer "
+                 f"clones of one depth running in one serve, until each has read its {EXERCISED_KIB // 1024} MiB once and "
+                 f"{SETTLE:g} s more. layer: the template's layer "
                  f"file (MiB of pages, runs); made in: template-create's reply time, paused: the clone's pause.")
     return "\n".join(lines)
 
