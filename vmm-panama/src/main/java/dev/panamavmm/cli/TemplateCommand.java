@@ -131,9 +131,9 @@ final class TemplateCommand implements Cli.Command {
         private int fromClone(Cli.Io io) {
             try (var client =
                     ApiClient.connect(fromClone, ApiWait.millis(ApiWait.DEFAULT_SECONDS), ApiClient.GREETING_MILLIS)) {
-                var reply = client.execute(
-                        "template-create",
-                        Json.object("path", dir.toAbsolutePath().toString()));
+                var arguments = Json.object("path", dir.toAbsolutePath().toString());
+                if (cloneId != null) arguments.put("id", cloneId);
+                var reply = client.execute("template-create", arguments);
                 if (reply.containsKey("error")) {
                     var error = Json.asObject(reply.get("error"), "error");
                     io.err().println("vmm: template create failed: " + error.get("desc"));

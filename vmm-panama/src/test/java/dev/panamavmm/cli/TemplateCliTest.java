@@ -450,6 +450,91 @@ class TemplateCliTest {
         }
     }
 
+    /**
+     * A chained template made from one of serve's clones with template create --from-clone: cloned
+     * (without leaking a layer's fd or mapping), inspected, listed, and removed only child first.
+     */
+    @KvmTest
+    void aChainedTemplateOfAServeCloneIsClonedInspectedListedAndRemovedChildFirst(@TempDir Path dir) throws Exception {
+        var tpl = createTemplate(dir);
+        var tpl2 = dir.resolve("tpl2");
+        var api = dir.resolve("serve.sock");
+        var consoles = dir.resolve("consoles");
+        try (var serve = VmmProcess.start(
+                        Map.of("PANAMA_VMM_REHEARSAL", "sync"),
+                        "serve",
+                        "--api-socket",
+                        api.toString(),
+                        "--console-dir",
+                        consoles.toString());
+                var client = awaitClient(serve, api)) {
+            assertTrue(client.execute("clone", Json.object("template", tpl.toString()))
+                    .containsKey("return"));
+            var clone1 = consoles.resolve("clone-1.log");
+            SnapshotCliTest.awaitText(clone1, "hb 0 \\d+", 30);
+            var story = Files.readString(dir.resolve("template.log"));
+
+            var noId = MainTest.run("template", "create", "--from-clone", api.toString(), tpl2.toString());
+            assertEquals(1, noId.code());
+            assertEquals("vmm: template create failed: \"id\" is required (a clone id)\n", noId.err(), noId.err());
+            var made = MainTest.run(
+                    "template", "create", "--from-clone", api.toString(), "--id", "clone-1", tpl2.toString());
+            assertEquals(0, made.code(), made.err());
+            assertTrue(
+                    made.out().startsWith("template " + tpl2 + " at depth 2 over " + tpl + ": layer of "), made.out());
+            int at =
+                    SnapshotCliTest.heartbeats(story + Files.readString(clone1)).get(0);
+            SnapshotCliTest.awaitText(clone1, "hb 0 " + (at + 2), 30); // it runs on
+
+            var reply = client.execute("clone", Json.object("template", tpl2.toString()));
+            var id = (String) Json.asObject(
+                            ((List<?>) Json.asObject(reply.get("return"), "r").get("clones")).getFirst(), "c")
+                    .get("id");
+            SnapshotCliTest.awaitText(consoles.resolve(id + ".log"), "hb 0 \\d+", 30);
+            assertTrue(client.execute("destroy", Json.object("id", id)).containsKey("return"));
+            assertTrue(!Files.readString(consoles.resolve(id + ".log")).contains("CORRUPT"));
+            cycle(client, tpl2, 3);
+            long fds = count("fds", serve.pid()), maps = count("mappings", serve.pid());
+            cycle(client, tpl2, 30);
+            Thread.sleep(200);
+            assertEquals(fds, count("fds", serve.pid()), "file descriptors (a layer's fd per clone)");
+            long mapsAfter = count("mappings", serve.pid());
+            assertTrue(Math.abs(mapsAfter - maps) <= 5, "mappings: " + maps + " before 30 cycles, " + mapsAfter);
+
+            var inspect = MainTest.run("template", "inspect", tpl2.toString(), "--json");
+            assertEquals(0, inspect.code(), inspect.err());
+            var chain = Json.asObject(
+                    Json.asObject(Json.parse(inspect.out().strip()), "info").get("chain"), "chain");
+            assertEquals(2L, chain.get("depth"));
+            assertEquals(tpl.toString(), chain.get("parent"));
+            assertEquals(1, ((List<?>) chain.get("layers")).size());
+            var parentInfo = MainTest.run("template", "inspect", tpl.toString());
+            assertTrue(parentInfo.out().contains("child         " + tpl2), parentInfo.out());
+            var list = MainTest.run("template", "list", dir.toString(), "--json");
+            var depths = ((List<?>) Json.parse(list.out().strip()))
+                    .stream().map(r -> Json.asObject(r, "row").get("depth")).toList();
+            assertEquals(List.of(1L, 2L), depths, list.out());
+
+            var refused = MainTest.run("template", "rm", tpl.toString());
+            assertEquals(1, refused.code());
+            assertEquals(
+                    "vmm: template " + tpl + " has 1 chained template(s) made from its clones (" + tpl2
+                            + "): remove them first; nothing removed\n",
+                    refused.err());
+            var rm = MainTest.run("template", "rm", tpl2.toString());
+            assertEquals(0, rm.code(), rm.err());
+            assertEquals(
+                    "removed template " + tpl2 + " and its layer file " + tpl2.resolve("layer.pvl") + "\n", rm.out());
+            assertTrue(Files.exists(Files.readSymbolicLink(tpl.resolve("memory.ram"))), "the root's memory stays");
+            assertEquals(0, MainTest.run("template", "rm", tpl.toString()).code());
+            client.execute("quit", null);
+            assertEquals(0, serve.waitFor(30), serve.stderr());
+        } finally {
+            if (Files.exists(tpl2)) tpl2.toFile().setWritable(true);
+            if (Files.exists(tpl)) deleteTemplate(tpl);
+        }
+    }
+
     static ApiClient awaitClient(VmmProcess vmm, Path socket) throws Exception {
         vmm.awaitSocket(socket);
         return ApiClient.connect(socket);
