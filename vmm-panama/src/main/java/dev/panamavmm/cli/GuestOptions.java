@@ -27,6 +27,17 @@ final class GuestOptions {
     String cmdline;
     boolean overcommit;
 
+    /** Whether any of these options differs from its default (a command that boots nothing refuses them). */
+    boolean anyGiven() {
+        return memory != Sizes.parse("256M")
+                || cpus != 1
+                || kernel != null
+                || !"auto".equals(boot)
+                || initrd != null
+                || cmdline != null
+                || overcommit;
+    }
+
     /** Declares these options on a command. */
     void declare(Cli.Spec spec) {
         spec.option("--memory", "SIZE", "256M", "guest RAM, e.g. 256M, 8G", v -> memory = Sizes.parse(v))

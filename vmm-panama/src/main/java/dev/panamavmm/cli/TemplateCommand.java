@@ -93,7 +93,18 @@ final class TemplateCommand implements Cli.Command {
 
         @Override
         public int call(Cli.Io io) throws Exception {
-            if (fromClone != null) return fromClone(io);
+            if (fromClone != null) {
+                boolean bootOptions = guest.anyGiven()
+                        || apiSocket != null
+                        || !"file:/dev/null".equals(console)
+                        || timeout != 300
+                        || !memDir.equals(Path.of("/dev/shm"));
+                if (bootOptions)
+                    throw new UsageException(
+                            "template create: --from-clone boots nothing, so it takes no guest, --mem-dir, --console,"
+                                    + " --api-socket or --timeout options (the clone's template decided them)");
+                return fromClone(io);
+            }
             if (cloneId != null) throw new UsageException("template create: --id goes with --from-clone");
             ConsoleIo.checkSpec(console);
             if (console.startsWith("unix:"))

@@ -474,6 +474,10 @@ class TemplateCliTest {
             SnapshotCliTest.awaitText(clone1, "hb 0 \\d+", 30);
             var story = Files.readString(dir.resolve("template.log"));
 
+            var bootOption = MainTest.run(
+                    "template", "create", "--from-clone", api.toString(), "--memory", "1G", tpl2.toString());
+            assertEquals(Main.USAGE, bootOption.code());
+            assertTrue(bootOption.err().contains("--from-clone boots nothing, so it takes no guest"), bootOption.err());
             var noId = MainTest.run("template", "create", "--from-clone", api.toString(), tpl2.toString());
             assertEquals(1, noId.code());
             assertEquals("vmm: template create failed: \"id\" is required (a clone id)\n", noId.err(), noId.err());
