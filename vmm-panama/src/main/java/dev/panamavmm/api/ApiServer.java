@@ -1,6 +1,5 @@
 package dev.panamavmm.api;
 
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import java.io.ByteArrayOutputStream;
@@ -18,6 +17,8 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * The control API: JSON lines on a Unix socket (mode 0600), shaped like QEMU's QMP. A client gets
@@ -27,7 +28,7 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
  * at any time. A malformed line gets an error reply; the connection and the server stay up.
  */
 public final class ApiServer implements AutoCloseable {
-    private static final Log log = Log.of(ApiServer.class);
+    private static final Logger log = LoggerFactory.getLogger(ApiServer.class);
     /** Longest request line accepted; a client cannot make the VMM buffer more. */
     static final int MAX_LINE = 1 << 20;
 
@@ -220,7 +221,7 @@ public final class ApiServer implements AutoCloseable {
                 String reply = handle(request);
                 long handled = System.nanoTime();
                 send(reply);
-                if (log.enabled(Log.Level.DEBUG)) {
+                if (log.isDebugEnabled()) {
                     log.debug(
                             "request handled in {} us, reply sent {} us later: {}",
                             (handled - start) / 1000,

@@ -2,6 +2,7 @@ package dev.panamavmm.control;
 
 import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.log.VmmLogProvider;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
@@ -21,6 +22,7 @@ import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.atomic.AtomicLong;
+import org.slf4j.MDC;
 
 /**
  * The clones of one process ({@code vmm serve}), and the templates they come from: each clone is a
@@ -109,10 +111,13 @@ public final class CloneService implements AutoCloseable {
                             "cannot create the console file " + log + ": " + IoErrors.reason(e));
                 }
             }
+            // The clone's threads (vCPUs, devices) are started below and inherit its id for their log lines.
+            var logId = MDC.putCloseable(VmmLogProvider.VM_KEY, id);
             Vm vm;
             try {
                 vm = Templates.clone(kvm, loaded, console, new VmListener() {});
             } catch (RuntimeException e) {
+                logId.close();
                 console.close();
                 throw e;
             }
@@ -122,7 +127,11 @@ public final class CloneService implements AutoCloseable {
                     .thenRun(() -> reaper.execute(() -> {
                         if (clones.remove(c.id(), c)) destroy(c);
                     }));
-            vm.start();
+            try {
+                vm.start();
+            } finally {
+                logId.close();
+            }
             started.add(Json.object(
                     "id",
                     id,

@@ -3,7 +3,6 @@ package dev.panamavmm.control;
 import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.MachineConfig;
@@ -28,6 +27,8 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Function;
 import java.util.function.Supplier;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * A VMM that has no VM yet and adopts exactly one over its control API, as Firecracker's
@@ -40,7 +41,7 @@ import java.util.function.Supplier;
  * the API is that VM's ({@link VmControl}); a second adoption is refused.
  */
 public final class Standby implements AutoCloseable {
-    private static final Log log = Log.of(Standby.class);
+    private static final Logger log = LoggerFactory.getLogger(Standby.class);
 
     /** What the process is doing. */
     public enum State {

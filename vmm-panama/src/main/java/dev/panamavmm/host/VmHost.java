@@ -7,7 +7,7 @@ import dev.panamavmm.control.ApiEvents;
 import dev.panamavmm.control.Standby;
 import dev.panamavmm.control.VmControl;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.log.Log;
+import dev.panamavmm.log.VmmLogProvider;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
@@ -37,6 +37,9 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import org.slf4j.MDC;
 
 /**
  * The host daemon ({@code vmm host}): many VMs, each with its own API socket (the single-VM API)
@@ -47,7 +50,7 @@ import java.util.concurrent.atomic.AtomicReference;
  * {@code VM_FAILED} (with the reason).
  */
 public final class VmHost implements AutoCloseable {
-    private static final Log log = Log.of(VmHost.class);
+    private static final Logger log = LoggerFactory.getLogger(VmHost.class);
     /** How long a request waits for a warm worker when the pool is empty (a worker warms up in ~1-3 s). */
     static final long TAKE_MILLIS = 60_000;
     /** How long a new host waits for the state directory's previous host to finish ending. */
@@ -394,6 +397,15 @@ public final class VmHost implements AutoCloseable {
             throws Exception {
         boolean resume = ApiHandler.flag(args, "resume", true);
         var names = files.claim();
+        // The VM's threads (vCPUs, devices) are started below and inherit its id for their log lines.
+        try (var _ = MDC.putCloseable(VmmLogProvider.VM_KEY, names.id())) {
+            return startShared(command, args, requestNanos, resume, names);
+        }
+    }
+
+    private Map<String, Object> startShared(
+            String command, Map<String, Object> args, long requestNanos, boolean resume, VmFiles.Names names)
+            throws Exception {
         var out = Files.newOutputStream(names.console(), StandardOpenOption.WRITE, StandardOpenOption.APPEND);
         var listener = new ApiEvents();
         Vm vm;

@@ -3,7 +3,6 @@ package dev.panamavmm.vmm;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.sys.UnixSocket;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
@@ -17,6 +16,8 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Function;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * Local migration (live update of the VMM): the running VMM hands its guest to a new VMM process
@@ -44,7 +45,7 @@ import java.util.function.Function;
 public final class LocalMigration {
     private LocalMigration() {}
 
-    private static final Log log = Log.of(LocalMigration.class);
+    private static final Logger log = LoggerFactory.getLogger(LocalMigration.class);
 
     /** The destination resumes only if this much is left before the source's deadline: time for its confirmation to arrive. */
     static final long RESUME_MARGIN_NANOS = TimeUnit.SECONDS.toNanos(1);

@@ -9,7 +9,6 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -20,6 +19,8 @@ import java.util.List;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * The VMM side of one virtio-mmio device: its transport on the MMIO bus, one eventfd per queue
@@ -29,7 +30,7 @@ import java.util.concurrent.TimeUnit;
  * pool of its own, so no vCPU thread ever waits for file I/O and several requests are in flight.
  */
 final class VirtioHost implements AutoCloseable {
-    private static final Log log = Log.of(VirtioHost.class);
+    private static final Logger log = LoggerFactory.getLogger(VirtioHost.class);
     /** Threads that move a disk's bytes through the page cache: requests in flight at once. */
     static final int DISK_IO_THREADS = 4;
     /**

@@ -8,7 +8,6 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.vcpu.VcpuKick;
 import java.io.OutputStream;
@@ -22,6 +21,8 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicLong;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * A running virtual machine: guest memory, the KVM VM with its in-kernel irqchip and PIT, the
@@ -33,7 +34,7 @@ import java.util.concurrent.atomic.AtomicLong;
  * so no path (errors included) can touch unmapped memory.
  */
 public final class Vm implements AutoCloseable {
-    private static final Log log = Log.of(Vm.class);
+    private static final Logger log = LoggerFactory.getLogger(Vm.class);
 
     private final Arena arena;
     private final Kvm kvm;

@@ -2,7 +2,6 @@ package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.FileIdentity;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
@@ -27,6 +26,8 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.atomic.AtomicBoolean;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * Saving a VM to a snapshot directory, and reading one back ({@link #load}) for {@link VmBuilder}.
@@ -41,7 +42,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
 public final class VmSnapshots {
     private VmSnapshots() {}
 
-    private static final Log log = Log.of(VmSnapshots.class);
+    private static final Logger log = LoggerFactory.getLogger(VmSnapshots.class);
 
     /** What a save did; {@code pausedAtNanos} (System.nanoTime) is when the guest stopped, after the snapshot file was opened. */
     public record Saved(Path file, long ramBytesWritten, long ramBlocksByReference, long millis, long pausedAtNanos) {}
