@@ -250,7 +250,7 @@ def standby_up(tag, extra=()):
     q = JsonLines(sock, p)
     q.cmd("qmp_capabilities")
     status = q.cmd("query-status")
-    if status.get("status") != "standby":
+    if status.get("status") != "prelaunch":
         raise BenchError(f"{tag}: the standby says {status}")
     time.sleep(IDLE)
     return p, q, console

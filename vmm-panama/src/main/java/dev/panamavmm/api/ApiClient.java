@@ -18,7 +18,10 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 
-/** A client of the control API: connect, read the greeting, send commands, skip events until each reply. */
+/**
+ * A client of the control API: connect, read the greeting, negotiate ({@code qmp_capabilities}),
+ * send commands, skip events until each reply.
+ */
 public final class ApiClient implements AutoCloseable {
     /** How long a VMM may take to greet: its accept thread greets at once, so only a socket of another kind waits longer. */
     public static final long GREETING_MILLIS = 3000;
@@ -59,6 +62,9 @@ public final class ApiClient implements AutoCloseable {
         }
         if (!greeting.containsKey("QMP"))
             throw new ApiException(socket + " is not a VMM control socket (it did not greet like one)");
+        var negotiated = execute("qmp_capabilities", null);
+        if (negotiated.get("error") instanceof Map<?, ?> error)
+            throw new ApiException(socket + " refused the QMP handshake: " + error.get("desc"));
     }
 
     /** Connects to a socket that must be there and listening now (no wait, no greeting timeout). */

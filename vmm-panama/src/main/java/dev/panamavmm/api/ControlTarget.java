@@ -21,6 +21,9 @@ public interface ControlTarget {
      */
     Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume) throws Exception;
 
+    /** Counters and operation timings ({@code query-metrics}). */
+    Map<String, Object> metrics();
+
     /** Hands the VM to the VMM waiting on a Unix socket ({@code unix:PATH}); this VMM then ends. */
     Map<String, Object> migrate(String uri) throws Exception;
 }

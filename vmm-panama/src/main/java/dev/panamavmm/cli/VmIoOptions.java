@@ -9,7 +9,7 @@ final class VmIoOptions {
 
     /** Declares these options on a command. */
     void declare(Cli.Spec spec) {
-        LogFileOption.declare(spec)
+        MetricsFile.declare(LogFileOption.declare(spec))
                 .option("--console", "WHERE", "stdout", "stdout, file:PATH or unix:PATH", v -> console = v)
                 .option(
                         "--api-socket",

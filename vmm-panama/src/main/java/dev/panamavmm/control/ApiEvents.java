@@ -47,7 +47,10 @@ public final class ApiEvents implements VmListener {
 
     @Override
     public void ended(VmExitReason reason) {
-        event("SHUTDOWN", Json.object("reason", reason.describe()));
+        // QEMU's members, and the VMM's sentence for people (a QMP client ignores members it does not know).
+        event(
+                "SHUTDOWN",
+                Json.object("guest", reason.byGuest(), "reason", reason.qmpReason(), "detail", reason.describe()));
     }
 
     private void event(String name, Map<String, Object> data) {

@@ -1,5 +1,6 @@
 package dev.panamavmm.control;
 
+import dev.panamavmm.api.ApiCommands;
 import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.log.VmmLogProvider;
@@ -17,6 +18,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutorService;
@@ -48,40 +50,38 @@ public final class CloneService implements AutoCloseable {
 
     /** The commands of a clone server: clone, query-clones, destroy, and quit (which runs {@code quit}). */
     public ApiHandler handler(Runnable quit) {
-        return (command, args) -> switch (command) {
-            case "clone" -> {
-                ApiHandler.expect(command, args, "template", "count");
-                yield clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int)
-                        ApiHandler.number(args, "count", 1));
-            }
-            case "query-clones" ->
-                clones.values().stream()
-                        .map(c -> Json.object(
-                                "id",
-                                c.id(),
-                                "status",
-                                c.vm().status().qmpName(),
-                                "generation-id",
-                                String.format("0x%016x", c.generationId()),
-                                "first-entry-ms",
-                                c.vm().firstEntryNanos() == 0
-                                        ? null
-                                        : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6))
-                        .toList();
-            case "destroy" -> {
-                ApiHandler.expect(command, args, "id");
-                String id = ApiHandler.requireString(args, "id", "a clone id");
-                var c = clones.remove(id);
-                if (c == null) throw new IllegalArgumentException("no clone " + id);
-                destroy(c);
-                yield Map.of();
-            }
-            case "quit" -> {
-                quit.run();
-                yield Map.of();
-            }
-            default -> null;
-        };
+        return new ApiCommands()
+                .add(
+                        "clone",
+                        List.of("template", "count"),
+                        args -> clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int)
+                                ApiHandler.number(args, "count", 1)))
+                .add(
+                        "query-clones",
+                        args -> clones.values().stream()
+                                .map(c -> Json.object(
+                                        "id",
+                                        c.id(),
+                                        "status",
+                                        c.vm().status().qmpName(),
+                                        "generation-id",
+                                        String.format("0x%016x", c.generationId()),
+                                        "first-entry-ms",
+                                        c.vm().firstEntryNanos() == 0
+                                                ? null
+                                                : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6))
+                                .toList())
+                .add("destroy", List.of("id"), args -> {
+                    String id = ApiHandler.requireString(args, "id", "a clone id");
+                    var c = clones.remove(id);
+                    if (c == null) throw new IllegalArgumentException("no clone " + id);
+                    destroy(c);
+                    return Map.of();
+                })
+                .add("quit", args -> {
+                    quit.run();
+                    return Map.of();
+                });
     }
 
     /** Starts {@code count} clones of a template; returns when all of them run. */

@@ -179,8 +179,7 @@ public final class Rehearsal {
         try (var vm = VmBuilder.boot(kvm, config, OutputStream.nullOutputStream(), new VmListener() {})) {
             vm.start();
             try (var server = ApiServer.start(dir.resolve("api.sock"), new VmControl(vm));
-                    var client = ApiClient.connect(server.path())) {
-                client.execute("qmp_capabilities", Json.object());
+                    var client = ApiClient.connect(server.path())) { // connect negotiates (qmp_capabilities)
                 for (int i = 0; i < rounds.api(); i++) {
                     step(stop);
                     client.execute("stop", Json.object());
@@ -208,7 +207,6 @@ public final class Rehearsal {
                 step(stop);
                 try (var server = ApiServer.start(dir.resolve("api2.sock"), new VmControl(last));
                         var client = ApiClient.connect(server.path())) {
-                    client.execute("qmp_capabilities", Json.object());
                     client.execute("snapshot", Json.object("path", snapshot.toString(), "bypass-shared-memory", true));
                 }
                 last.termination().get(10, TimeUnit.SECONDS);

@@ -32,7 +32,12 @@ public final class VmControl implements ControlTarget {
     @Override
     public Map<String, Object> status() {
         var status = vm.status();
-        return Json.object("status", status.qmpName(), "running", status == Vm.Status.RUNNING);
+        return Json.object("status", status.qmpName(), "singlestep", false, "running", status == Vm.Status.RUNNING);
+    }
+
+    @Override
+    public Map<String, Object> metrics() {
+        return vm.metricsReport();
     }
 
     @Override

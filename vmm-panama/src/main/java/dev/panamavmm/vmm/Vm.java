@@ -8,6 +8,7 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
+import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.vcpu.VcpuKick;
 import java.io.OutputStream;
@@ -58,6 +59,10 @@ public final class Vm implements AutoCloseable {
     private final CompletableFuture<VmExitReason> termination = new CompletableFuture<>();
     private final AtomicBoolean ending = new AtomicBoolean();
     private final AtomicLong firstEntryNanos = new AtomicLong();
+    private final VmMetrics metrics;
+    /** When the current pause began (0: running), for the metrics' paused time. */
+    private final AtomicLong pausedSince = new AtomicLong();
+
     private final VmListener listener;
     private boolean closed;
 
@@ -100,9 +105,15 @@ public final class Vm implements AutoCloseable {
             virtio.forEach(VirtioHost::close);
             throw e;
         }
-        this.exits = new ExitContext(ioBus, mmioBus, this::end, (vcpu, nanos) -> {
-            if (firstEntryNanos.compareAndSet(0, nanos)) listener.entered(nanos);
-        });
+        this.metrics = new VmMetrics(config.cpus());
+        this.exits = new ExitContext(
+                ioBus,
+                mmioBus,
+                this::end,
+                (vcpu, nanos) -> {
+                    if (firstEntryNanos.compareAndSet(0, nanos)) listener.entered(nanos);
+                },
+                metrics);
     }
 
     void addVcpu(VcpuFd vcpuFd) {
@@ -166,6 +177,7 @@ public final class Vm implements AutoCloseable {
      * do not all park in time it throws, and the VM stays paused: the caller resumes it.
      */
     public void pause() throws InterruptedException {
+        pausedSince.compareAndSet(0, System.nanoTime());
         control.set(VcpuControl.Request.PAUSE);
         vcpus.forEach(Vcpu::kick);
         if (!control.awaitParked(pauseTimeout.toNanos(), TimeUnit.NANOSECONDS) && !ending.get()) {
@@ -185,6 +197,8 @@ public final class Vm implements AutoCloseable {
     }
 
     public void resume() {
+        long since = pausedSince.getAndSet(0);
+        if (since != 0) metrics.paused(System.nanoTime() - since);
         for (var host : virtio) host.resume();
         control.set(VcpuControl.Request.RUN);
         listener.resumed();
@@ -253,6 +267,23 @@ public final class Vm implements AutoCloseable {
     /** The console UART. */
     public Serial8250 serial() {
         return device(DeviceTable.SERIAL);
+    }
+
+    /** Its counters and operation timings ({@code query-metrics}). */
+    public VmMetrics metrics() {
+        return metrics;
+    }
+
+    /** The metrics with the virtio devices' requests: what {@code query-metrics} returns. */
+    public Map<String, Object> metricsReport() {
+        var report = new LinkedHashMap<>(metrics.describe());
+        var devices = new ArrayList<Object>();
+        for (var host : virtio)
+            devices.add(Json.object(
+                    "name", host.slot().name(), "requests", host.transport().requests()));
+        report.put("devices", devices);
+        report.put("status", status().qmpName());
+        return report;
     }
 
     public VmmPort vmmPort() {

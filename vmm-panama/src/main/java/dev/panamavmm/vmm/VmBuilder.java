@@ -171,6 +171,13 @@ public final class VmBuilder {
             List<Path> cloneDisks,
             OutputStream console,
             VmListener listener) {
+        // A live update's destination times the whole of its side as live-update-in; this is its build.
+        var timing = VmMetrics.begin(
+                switch (mode) {
+                    case CLONE -> "clone";
+                    case MOVE -> "live-update-build";
+                    case CONTINUE -> "restore";
+                });
         int max = kvm.maxVcpus();
         if (loaded.cpus() > max)
             throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
@@ -213,9 +220,13 @@ public final class VmBuilder {
         } else if (load != MemoryLoad.MAPPED && config.backing() instanceof Backing.PrivateFile) {
             config = config.withBacking(new Backing.Memfd()); // the snapshot's pages now live in a memfd
         }
+        long prepared = System.nanoTime();
         Vm vm;
+        long mapped;
         try {
-            vm = finish(kvm, shell(kvm, sources, loaded.cpus(), load), loaded, config, console, listener);
+            var shell = shell(kvm, sources, loaded.cpus(), load);
+            mapped = System.nanoTime();
+            vm = finish(kvm, shell, loaded, config, console, listener);
         } catch (RuntimeException e) {
             if (disks != null) disks.removeCreated();
             throw e;
@@ -228,6 +239,11 @@ public final class VmBuilder {
             if (disks != null) disks.removeCreated();
             throw e;
         }
+        long done = System.nanoTime();
+        timing.end(
+                vm.metrics(),
+                VmSnapshots.phases(
+                        "disks", prepared - timing.startNanos(), "memory", mapped - prepared, "state", done - mapped));
         return vm;
     }
 

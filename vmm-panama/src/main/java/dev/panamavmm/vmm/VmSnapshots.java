@@ -101,7 +101,8 @@ public final class VmSnapshots {
         boolean keepPaused = false; // set once the save is complete and the guest is not to run on here
         // The writer first: a directory that cannot be written fails here, before the guest stops.
         try (var writer = SnapshotWriter.create(dir)) {
-            long start = System.nanoTime(); // the guest's downtime starts here
+            var timing = VmMetrics.begin("save");
+            long start = timing.startNanos(); // the guest's downtime starts here
             vm.pause();
             long paused = System.nanoTime();
             var host = HostFacts.of(vm.kvm());
@@ -169,6 +170,17 @@ public final class VmSnapshots {
             long ram = System.nanoTime();
             Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
             long end = System.nanoTime();
+            timing.end(
+                    vm.metrics(),
+                    phases(
+                            "pause",
+                            paused - start,
+                            "state",
+                            captured - paused,
+                            "ram",
+                            ram - captured,
+                            "commit",
+                            end - ram));
             keepPaused = after != After.RESUME;
             log.debug(
                     "saved {}: pause {} us, state {} us, RAM {} us, commit {} us",
@@ -192,6 +204,14 @@ public final class VmSnapshots {
             // Whatever went wrong (a pause that timed out, an ioctl, a full disk, a bug), the guest runs on.
             if (!wasPaused && !keepPaused) giveBack(vm);
         }
+    }
+
+    /** Phase names and nanosecond durations, as microseconds in order, for {@link VmMetrics}. */
+    static Map<String, Long> phases(Object... namesAndNanos) {
+        var phases = new LinkedHashMap<String, Long>();
+        for (int i = 0; i < namesAndNanos.length; i += 2)
+            phases.put((String) namesAndNanos[i], (Long) namesAndNanos[i + 1] / 1000);
+        return phases;
     }
 
     /**

@@ -36,6 +36,11 @@ class ApiServerTest {
         }
 
         @Override
+        public Map<String, Object> metrics() {
+            return Json.object("pauses", calls.stream().filter("stop"::equals).count());
+        }
+
+        @Override
         public void stop() {
             calls.add("stop");
             paused = true;
@@ -75,6 +80,21 @@ class ApiServerTest {
                 ch.connect(UnixDomainSocketAddress.of(path));
                 var in = new BufferedReader(new InputStreamReader(Channels.newInputStream(ch), StandardCharsets.UTF_8));
                 assertTrue(in.readLine().startsWith("{\"QMP\":"));
+                server.event("READY", null); // not to a client that has not negotiated
+                send(ch, "{\"execute\":\"query-status\",\"id\":6}");
+                assertEquals(
+                        "{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"Expecting capabilities negotiation with 'qmp_capabilities'\"},\"id\":6}",
+                        in.readLine());
+                send(ch, "{\"execute\":\"qmp_capabilities\",\"arguments\":{\"enable\":[\"oob\"]}}");
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"Capability 'oob' not available\"}}",
+                        in.readLine());
+                send(ch, "{\"execute\":\"qmp_capabilities\"}");
+                assertEquals("{\"return\":{}}", in.readLine());
+                send(ch, "{\"execute\":\"qmp_capabilities\"}");
+                assertEquals(
+                        "{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"Capabilities negotiation is already complete, command ignored\"}}",
+                        in.readLine());
                 send(ch, "{\"execute\":\"query-status\",\"id\":7}");
                 assertEquals("{\"return\":{\"status\":\"running\",\"running\":true},\"id\":7}", in.readLine());
                 send(ch, "{\"execute\":\"stop\"}");
@@ -86,7 +106,7 @@ class ApiServerTest {
                         .startsWith("{\"error\":{\"class\":\"GenericError\",\"desc\":\"malformed request:"));
                 send(ch, "{\"execute\":\"frobnicate\"}");
                 assertEquals(
-                        "{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"the command frobnicate has not been found\"}}",
+                        "{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"The command frobnicate has not been found\"}}",
                         in.readLine());
                 send(ch, "{\"execute\":\"cont\",\"arguments\":[1]}");
                 assertEquals(
@@ -134,6 +154,36 @@ class ApiServerTest {
                 target.calls,
                 "a request with bad arguments is not executed");
         assertTrue(Files.notExists(path), "the socket file is removed on close");
+    }
+
+    @Test
+    void queryCommandsListsTheServersAndTheHandlersCommandsAndQueryVersionHasQmpsShape(@TempDir Path dir)
+            throws Exception {
+        var path = dir.resolve("api.sock");
+        try (var _ = ApiServer.start(path, new Recorder());
+                var client = ApiClient.connect(path)) {
+            var names = ((List<?>) client.execute("query-commands", null).get("return"))
+                    .stream().map(c -> ((Map<?, ?>) c).get("name")).toList();
+            assertEquals(
+                    List.of(
+                            "qmp_capabilities",
+                            "query-commands",
+                            "query-version",
+                            "query-status",
+                            "query-metrics",
+                            "stop",
+                            "cont",
+                            "quit",
+                            "snapshot",
+                            "migrate"),
+                    names);
+            var version = Json.asObject(client.execute("query-version", null).get("return"), "version");
+            var qemu = Json.asObject(version.get("qemu"), "qemu");
+            assertEquals(0L, qemu.get("major"));
+            assertEquals(1L, qemu.get("minor"));
+            assertEquals(0L, qemu.get("micro"));
+            assertTrue(String.valueOf(version.get("package")).startsWith("panama-vmm 0.1.0"), version.toString());
+        }
     }
 
     @Test

@@ -180,6 +180,9 @@ public final class VirtioMmio {
     private int epoch;
 
     private int inFlight;
+    /** Requests taken from the queues since the device was built (metrics). */
+    private long requests;
+
     private boolean paused;
     /** Per queue, the thread inside processQueue: completions on it are batched into one interrupt. */
     private final Thread[] processing;
@@ -276,6 +279,11 @@ public final class VirtioMmio {
     /** Why the device last went to NEEDS_RESET, or null. */
     public synchronized String lastError() {
         return lastError;
+    }
+
+    /** Requests the device has taken from its queues since it was built. */
+    public synchronized long requests() {
+        return requests;
     }
 
     public synchronized int inFlight() {
@@ -545,6 +553,7 @@ public final class VirtioMmio {
                 return; // the chains taken so far are dropped with the device's state
             }
             inFlight += chains.size();
+            requests += chains.size();
             processing[queue] = Thread.currentThread();
             batchAdded[queue] = false;
         }
