@@ -28,6 +28,7 @@ public final class ApiClient implements AutoCloseable {
 
     private final SocketChannel channel;
     private final BufferedReader in;
+    private volatile java.util.function.Consumer<Map<String, Object>> events = e -> {};
 
     private ApiClient(SocketChannel channel, Path socket, long greetingMillis) throws IOException {
         this.channel = channel;
@@ -131,10 +132,16 @@ public final class ApiClient implements AutoCloseable {
             while (true) {
                 var message = readMessage();
                 if (message.containsKey("return") || message.containsKey("error")) return message;
+                if (message.containsKey("event")) events.accept(message);
             }
         } catch (IOException e) {
             throw new ApiException("the VMM closed the connection: " + ApiServer.describe(e));
         }
+    }
+
+    /** {@code listener} gets each event {@link #execute} reads while it waits for a reply. */
+    public void onEvent(java.util.function.Consumer<Map<String, Object>> listener) {
+        events = listener;
     }
 
     /** The next message (reply or event). */

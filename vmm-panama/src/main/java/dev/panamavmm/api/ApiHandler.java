@@ -16,7 +16,7 @@ public interface ApiHandler {
     /** The commands it knows now, for {@code query-commands}. */
     List<String> commands();
 
-    /** The commands of one running VM: query-status, query-metrics, stop, cont, quit, snapshot, migrate. */
+    /** The commands of one running VM: query-status, query-metrics, stop, cont, quit, snapshot, migrate, query-jobs, job-cancel. */
     static ApiCommands forVm(ControlTarget target) {
         return new ApiCommands()
                 .add("query-status", a -> target.status())
@@ -35,12 +35,21 @@ public interface ApiHandler {
                 })
                 .add(
                         "snapshot",
-                        List.of("path", "bypass-shared-memory", "resume"),
+                        List.of("path", "bypass-shared-memory", "resume", "detach"),
                         a -> target.snapshot(
                                 Path.of(requireString(a, "path", "DIRECTORY")),
                                 flag(a, "bypass-shared-memory", true),
-                                flag(a, "resume", false)))
-                .add("migrate", List.of("uri"), a -> target.migrate(requireString(a, "uri", "unix:PATH")));
+                                flag(a, "resume", false),
+                                flag(a, "detach", false)))
+                .add(
+                        "migrate",
+                        List.of("uri", "detach"),
+                        a -> target.migrate(requireString(a, "uri", "unix:PATH"), flag(a, "detach", false)))
+                .add("query-jobs", a -> target.jobs())
+                .add("job-cancel", List.of("id"), a -> {
+                    target.cancelJob(requireString(a, "id", "a job id"));
+                    return Map.of();
+                });
     }
 
     /** Refuses an argument the command does not take (as QMP does): a misspelt one would otherwise be ignored without a word. */

@@ -19,7 +19,8 @@ final class CtlCommand implements Cli.Command {
                 .parameter(
                         "COMMAND",
                         "every VMM's: query-commands, query-version (ctl sends qmp_capabilities, QMP's handshake, first);"
-                                + " a VM's: query-status, query-metrics, stop, cont, quit, snapshot {\"path\"}, migrate {\"uri\"};"
+                                + " a VM's: query-status, query-metrics, stop, cont, quit, snapshot {\"path\", \"detach\"}, migrate {\"uri\"},"
+                                + " query-jobs, job-cancel {\"id\"};"
                                 + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"}, quit;"
                                 + " vmm standby's (then the VM's): restore {\"path\"}, clone {\"template\"}, boot {\"memory\", ...},"
                                 + " incoming {\"uri\"}, query-status, quit;"

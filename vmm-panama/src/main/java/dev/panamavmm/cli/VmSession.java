@@ -51,10 +51,10 @@ final class VmSession {
                 var previous = Signals.onTermination(
                         name -> vm.end(new VmExitReason.Stopped("signal", VmExitReason.Stopped.Cause.SIGNAL)));
                 ApiServer api = null;
+                var control = new VmControl(vm, events::emit);
                 try {
                     if (apiSocket != null) {
-                        api = ApiServer.start(
-                                apiSocket, new VmControl(vm, bytes -> new ProgressBar("saving RAM", bytes)));
+                        api = ApiServer.start(apiSocket, control);
                     }
                     events.attach(api);
                     if (startPaused) vm.pauseBeforeStart();
@@ -64,6 +64,8 @@ final class VmSession {
                         return runToEnd(io, vm, err);
                     }
                 } finally {
+                    // A save that ended the VM concludes its job just after: its event goes out first.
+                    control.awaitJobs(10_000);
                     if (api != null) api.close();
                     Signals.restore(previous);
                 }

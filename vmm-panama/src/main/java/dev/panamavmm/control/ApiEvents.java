@@ -53,6 +53,11 @@ public final class ApiEvents implements VmListener {
                 Json.object("guest", reason.byGuest(), "reason", reason.qmpReason(), "detail", reason.describe()));
     }
 
+    /** Sends event {@code name} to the attached server's clients (none before one is attached). */
+    public void emit(String name, Map<String, Object> data) {
+        event(name, data);
+    }
+
     private void event(String name, Map<String, Object> data) {
         var a = api.get();
         if (a != null) a.event(name, data);

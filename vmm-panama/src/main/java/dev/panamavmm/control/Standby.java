@@ -174,7 +174,8 @@ public final class Standby implements AutoCloseable {
     private void handOver(Vm vm) {
         // The VM's API first: a query-status from here on answers for the VM. Marking the state
         // first let a poll in between read "prelaunch", and vmm host took the live update for failed.
-        vmApi = ApiHandler.forVm(new VmControl(vm));
+        vmApi = ApiHandler.forVm(
+                listener instanceof ApiEvents events ? new VmControl(vm, events::emit) : new VmControl(vm));
         state.set(State.ADOPTED);
         adopted.complete(vm);
     }

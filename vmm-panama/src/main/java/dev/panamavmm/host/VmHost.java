@@ -457,7 +457,7 @@ public final class VmHost implements AutoCloseable {
 
     /** Gives a VM of this JVM its API socket and a place in the list; a guest that ends is reaped. */
     private InProcess register(VmFiles.Names names, OutputStream out, ApiEvents listener, Vm vm, long requestNanos) {
-        var api = ApiHandler.forVm(new VmControl(vm));
+        var api = ApiHandler.forVm(new VmControl(vm, listener::emit));
         ApiServer server;
         try {
             server = ApiServer.start(names.apiSocket(), api);

@@ -58,15 +58,25 @@ class ApiServerTest {
         }
 
         @Override
-        public Map<String, Object> migrate(String uri) {
+        public Map<String, Object> migrate(String uri, boolean detach) {
             calls.add("migrate " + uri);
             return Json.object();
         }
 
         @Override
-        public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume) {
-            calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume);
+        public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume, boolean detach) {
+            calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume + (detach ? " detach" : ""));
             return Json.object("path", dir.toString());
+        }
+
+        @Override
+        public List<Object> jobs() {
+            return List.of();
+        }
+
+        @Override
+        public void cancelJob(String id) {
+            throw new IllegalArgumentException("no job " + id);
         }
     }
 
@@ -134,7 +144,7 @@ class ApiServerTest {
                         in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"bypass\":false}}");
                 assertEquals(
-                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume)\"}}",
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume, detach)\"}}",
                         in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":\"yes\"}}");
                 assertEquals(
@@ -175,7 +185,9 @@ class ApiServerTest {
                             "cont",
                             "quit",
                             "snapshot",
-                            "migrate"),
+                            "migrate",
+                            "query-jobs",
+                            "job-cancel"),
                     names);
             var version = Json.asObject(client.execute("query-version", null).get("return"), "version");
             var qemu = Json.asObject(version.get("qemu"), "qemu");
