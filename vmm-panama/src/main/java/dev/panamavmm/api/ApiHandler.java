@@ -36,11 +36,16 @@ public interface ApiHandler {
                 yield Map.of();
             }
             case "snapshot" -> {
-                expect(command, a, "path", "bypass-shared-memory", "resume");
+                expect(command, a, "path", "bypass-shared-memory", "resume", "type", "live");
+                Object type = a.getOrDefault("type", "full");
+                if (!"full".equals(type) && !"diff".equals(type))
+                    throw new IllegalArgumentException("\"type\" must be \"full\" or \"diff\"");
                 yield target.snapshot(
                         Path.of(requireString(a, "path", "DIRECTORY")),
                         flag(a, "bypass-shared-memory", true),
-                        flag(a, "resume", false));
+                        flag(a, "resume", false),
+                        "diff".equals(type),
+                        flag(a, "live", false));
             }
             case "migrate" -> {
                 expect(command, a, "uri");

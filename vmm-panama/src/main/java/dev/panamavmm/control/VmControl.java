@@ -70,18 +70,35 @@ public final class VmControl implements ControlTarget {
 
     @Override
     public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume) throws Exception {
+        return snapshot(dir, bypass, resume, false, false);
+    }
+
+    @Override
+    public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume, boolean diff, boolean live)
+            throws Exception {
         var bar = progress.apply(vm.memory().size());
-        var saved = VmSnapshots.save(vm, dir, bypass, resume, bar);
+        var request = VmSnapshots.Request.of(bypass, resume ? VmSnapshots.After.RESUME : VmSnapshots.After.STOP)
+                .diff(diff)
+                .live(live);
+        var saved = VmSnapshots.save(vm, dir, request, bar);
         if (bar instanceof AutoCloseable done) done.close();
         return Json.object(
                 "path",
                 saved.file().toString(),
+                "type",
+                saved.type(),
                 "ram-bytes-written",
                 saved.ramBytesWritten(),
                 "ram-blocks-by-reference",
                 saved.ramBlocksByReference(),
                 "duration-ms",
                 saved.millis(),
+                "pause-ms",
+                saved.pauseMicros() / 1000,
+                "pause-us",
+                saved.pauseMicros(),
+                "live-passes",
+                (long) saved.passes(),
                 "resumed",
                 resume);
     }

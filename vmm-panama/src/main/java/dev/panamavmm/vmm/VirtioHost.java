@@ -79,10 +79,7 @@ final class VirtioHost implements AutoCloseable {
                         io,
                         ioThreads(slot.disk()))
                 : new VirtioRng(slot.name(), LibC::getrandom);
-        GuestRam ram = (address, length) -> {
-            var block = memory.blockAt(address, length);
-            return block == null ? null : block.segment().asSlice(address - block.guestAddress(), length);
-        };
+        GuestRam ram = memory::deviceSlice; // marks what it hands out: KVM's dirty log does not see device writes
         VirtioMmio.Notifier notifier = this::kick;
         VirtioMmio.Interrupt interrupt = () -> LibC.write(irqFd, ONE);
         this.transport = state == null
