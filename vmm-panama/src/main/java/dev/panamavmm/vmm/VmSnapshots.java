@@ -249,7 +249,11 @@ public final class VmSnapshots {
             } else if (resume && vm.dirtyLog() == null) {
                 vm.startDirtyLog(); // still paused: every write from here on is logged
             }
-            if (live != null) live.record();
+            if (live != null) {
+                long recordStart = System.nanoTime();
+                live.record();
+                log.debug("live save: checksums read back in {} ms", (System.nanoTime() - recordStart) / 1_000_000);
+            }
             Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
             long end = System.nanoTime();
             keepPaused = after != After.RESUME;
@@ -342,7 +346,12 @@ public final class VmSnapshots {
                 live.bytes += LayerPages.bytes(read);
             }
             live.passes = 1;
+            log.debug(
+                    "live save, pass 1: {} bytes in {} ms",
+                    live.bytes,
+                    (System.nanoTime() - live.startNanos) / 1_000_000);
             while (true) {
+                long passStart = System.nanoTime(), before = live.bytes;
                 var changed = vm.takeChanged(false);
                 if (DirtyLog.pages(changed) * 4096 <= LIVE_FINAL_BYTES || live.passes >= LIVE_MAX_PASSES) {
                     live.pending = changed; // copied with the last pages, guest paused
@@ -350,6 +359,11 @@ public final class VmSnapshots {
                 }
                 for (int i = 0; i < blocks.size(); i++) live.write(i, changed[i]);
                 live.passes++;
+                log.debug(
+                        "live save, pass {}: {} bytes in {} ms",
+                        live.passes,
+                        live.bytes - before,
+                        (System.nanoTime() - passStart) / 1_000_000);
             }
             return live;
         }

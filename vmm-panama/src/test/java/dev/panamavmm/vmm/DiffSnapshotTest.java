@@ -8,6 +8,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.RamVerifier;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.migration.SnapshotReader;
@@ -191,6 +192,9 @@ class DiffSnapshotTest {
             var m = VmSnapshots.merge(d3, merged);
             assertEquals(4, m.snapshots());
             assertFalse(SnapshotReader.open(merged).isLayer());
+            // Every file's RAM checksums hold: a layer's cover its own pages, the merged one's all of them.
+            for (var snap : List.of(s0, d1, d2, d3, merged))
+                assertTrue(RamVerifier.verify(SnapshotReader.open(snap)).checksums(), snap.toString());
             try (var vm = VmSnapshots.restore(kvm, merged, OutputStream.nullOutputStream(), new VmListener() {})) {
                 assertSameRam(truth, vm, "the merged snapshot");
             }
@@ -251,6 +255,8 @@ class DiffSnapshotTest {
                                 + " (heartbeat every 100 ms)%n",
                         saved.millis(), saved.pauseMicros(), saved.passes(), saved.ramBytesWritten(), gap);
                 assertTrue(saved.passes() >= 1, "copied while the guest ran");
+                // Its checksums were read back from the file after the passes wrote over each other.
+                assertTrue(RamVerifier.verify(SnapshotReader.open(live)).checksums());
                 dev.panamavmm.testing.Heartbeats.checkLive(console.text());
                 vm.end(new VmExitReason.Stopped("test"));
             }
