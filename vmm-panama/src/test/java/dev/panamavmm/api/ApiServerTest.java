@@ -114,7 +114,11 @@ class ApiServerTest {
                         in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"bypass\":false}}");
                 assertEquals(
-                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume)\"}}",
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume, type, live)\"}}",
+                        in.readLine());
+                send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"type\":\"incremental\"}}");
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"type\\\" must be \\\"full\\\" or \\\"diff\\\"\"}}",
                         in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":\"yes\"}}");
                 assertEquals(
