@@ -33,14 +33,18 @@ public interface ApiHandler {
                     target.quit();
                     return Map.of();
                 })
-                .add(
-                        "snapshot",
-                        List.of("path", "bypass-shared-memory", "resume", "detach"),
-                        a -> target.snapshot(
-                                Path.of(requireString(a, "path", "DIRECTORY")),
-                                flag(a, "bypass-shared-memory", true),
-                                flag(a, "resume", false),
-                                flag(a, "detach", false)))
+                .add("snapshot", List.of("path", "bypass-shared-memory", "resume", "type", "live", "detach"), a -> {
+                    Object type = a.getOrDefault("type", "full");
+                    if (!"full".equals(type) && !"diff".equals(type))
+                        throw new IllegalArgumentException("\"type\" must be \"full\" or \"diff\"");
+                    return target.snapshot(
+                            Path.of(requireString(a, "path", "DIRECTORY")),
+                            flag(a, "bypass-shared-memory", true),
+                            flag(a, "resume", false),
+                            "diff".equals(type),
+                            flag(a, "live", false),
+                            flag(a, "detach", false));
+                })
                 .add(
                         "migrate",
                         List.of("uri", "detach"),

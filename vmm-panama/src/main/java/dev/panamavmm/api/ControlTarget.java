@@ -18,10 +18,13 @@ public interface ControlTarget {
 
     /**
      * Saves the VM into {@code dir}; returns what was written. With {@code bypass}, shared RAM is
-     * stored by reference; unless {@code resume}, the VM ends after the save. With {@code detach}
-     * it returns {@code {"job-id": ID}} at once and the save runs as a job.
+     * stored by reference; unless {@code resume}, the VM ends after the save; {@code diff}: only
+     * the pages changed since the VM's last snapshot, as a layer over it; {@code live}: RAM copied
+     * while the guest runs. With {@code detach} it returns {@code {"job-id": ID}} at once and the
+     * save runs as a job.
      */
-    Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume, boolean detach) throws Exception;
+    Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume, boolean diff, boolean live, boolean detach)
+            throws Exception;
 
     /** Counters and operation timings ({@code query-metrics}). */
     Map<String, Object> metrics();

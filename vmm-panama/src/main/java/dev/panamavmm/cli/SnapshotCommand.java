@@ -5,6 +5,7 @@ import dev.panamavmm.api.ApiException;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamVerifier;
 import dev.panamavmm.migration.SnapshotReader;
+import dev.panamavmm.vmm.VmSnapshots;
 import dev.panamavmm.vmm.memory.Sizes;
 import java.io.IOException;
 import java.nio.file.Path;
@@ -19,7 +20,7 @@ final class SnapshotCommand implements Cli.Command {
     boolean noBypass;
     final ApiWait wait = new ApiWait();
 
-    boolean stop, resume;
+    boolean stop, resume, diff, live;
 
     @Override
     public Cli.Spec spec() {
@@ -32,8 +33,14 @@ final class SnapshotCommand implements Cli.Command {
                         () -> noBypass = true)
                 .flag("--stop", "end the VM after saving (the default)", () -> stop = true)
                 .flag("--resume", "let the guest run on after saving", () -> resume = true)
+                .flag(
+                        "--diff",
+                        "write only the pages changed since the VM's last snapshot, as a layer over it",
+                        () -> diff = true)
+                .flag("--live", "copy RAM while the guest runs; pause it only for the last pages", () -> live = true)
                 .include(wait::declare)
-                .subcommand("verify", Verify::new);
+                .subcommand("verify", Verify::new)
+                .subcommand("merge", Merge::new);
     }
 
     @Override
@@ -50,6 +57,10 @@ final class SnapshotCommand implements Cli.Command {
                             !noBypass,
                             "resume",
                             resume,
+                            "type",
+                            diff ? "diff" : "full",
+                            "live",
+                            live,
                             "detach",
                             true));
             if (reply.containsKey("error")) {
@@ -67,11 +78,38 @@ final class SnapshotCommand implements Cli.Command {
             var r = Json.asObject(done.get("result"), "result");
             io.out()
                     .printf(
-                            "saved %s in %s ms: %s bytes of RAM written, %s block(s) by reference%n",
+                            "saved %s (%s) in %s ms, guest paused %s ms: %s bytes of RAM written, %s block(s) by reference%n",
                             r.get("path"),
+                            r.get("type"),
                             r.get("duration-ms"),
+                            r.get("pause-ms"),
                             r.get("ram-bytes-written"),
                             r.get("ram-blocks-by-reference"));
+            return Main.OK;
+        }
+    }
+
+    /** {@code vmm snapshot merge DIR OUT}: folds a diff snapshot and the bases under it into one full snapshot. */
+    static final class Merge implements Cli.Command {
+        static final String DESCRIPTION =
+                "Fold a diff snapshot and its chain of bases into one full snapshot (the chain is not changed).";
+        Path dir, out;
+
+        @Override
+        public Cli.Spec spec() {
+            return new Cli.Spec("merge", DESCRIPTION)
+                    .parameter("DIR", "the newest diff snapshot of the chain", v -> dir = Path.of(v))
+                    .parameter("OUT", "the directory of the full snapshot (created if missing)", v -> out = Path.of(v));
+        }
+
+        @Override
+        public int call(Cli.Io io) {
+            var merged = VmSnapshots.merge(dir, out);
+            io.out()
+                    .printf(
+                            "merged %d snapshot(s) into %s in %d ms: %d bytes of RAM%n",
+                            merged.snapshots(), merged.file(), merged.millis(), merged.ramBytesWritten());
+            io.out().flush();
             return Main.OK;
         }
     }
@@ -143,6 +181,7 @@ final class SnapshotCommand implements Cli.Command {
         }
     }
 
+    /** {@code vmm snapshot verify DIR}: reads the whole snapshot and checks every checksum in it. */
     static final class Verify implements Cli.Command {
         static final String DESCRIPTION = "Check a snapshot's header, sections and stored RAM against its checksums"
                 + " (exit 1 names the first damaged extent; format 1 RAM has none: said, exit 0).";

@@ -79,26 +79,39 @@ public final class VmControl implements ControlTarget {
     }
 
     @Override
-    public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume, boolean detach) throws Exception {
+    public Map<String, Object> snapshot(
+            Path dir, boolean bypass, boolean resume, boolean diff, boolean live, boolean detach) throws Exception {
+        var request = VmSnapshots.Request.of(bypass, resume ? VmSnapshots.After.RESUME : VmSnapshots.After.STOP)
+                .diff(diff)
+                .live(live);
         if (detach)
             return Json.object(
                     "job-id",
-                    jobs.start("snapshot", vm.memory().size(), progress -> snapshot(dir, bypass, resume, progress)));
-        return snapshot(dir, bypass, resume, RamWriter.Progress.NONE);
+                    jobs.start("snapshot", vm.memory().size(), progress -> snapshot(dir, request, resume, progress)));
+        return snapshot(dir, request, resume, RamWriter.Progress.NONE);
     }
 
-    private Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume, RamWriter.Progress progress)
+    private Map<String, Object> snapshot(
+            Path dir, VmSnapshots.Request request, boolean resume, RamWriter.Progress progress)
             throws InterruptedException {
-        var saved = VmSnapshots.save(vm, dir, bypass, resume, progress);
+        var saved = VmSnapshots.save(vm, dir, request, progress);
         return Json.object(
                 "path",
                 saved.file().toString(),
+                "type",
+                saved.type(),
                 "ram-bytes-written",
                 saved.ramBytesWritten(),
                 "ram-blocks-by-reference",
                 saved.ramBlocksByReference(),
                 "duration-ms",
                 saved.millis(),
+                "pause-ms",
+                saved.pauseMicros() / 1000,
+                "pause-us",
+                saved.pauseMicros(),
+                "live-passes",
+                (long) saved.passes(),
                 "resumed",
                 resume);
     }

@@ -277,7 +277,7 @@ public final class VmHost implements AutoCloseable {
                         "snapshot",
                         List.of("id", "path", "bypass-shared-memory", "resume"),
                         args -> forward("snapshot", args))
-                .add("migrate", List.of("id", "uri"), args -> forward("migrate", args))
+                .add("migrate", List.of("id", "uri", "detach"), args -> forward("migrate", args))
                 .add(
                         "handover",
                         List.of("host"),

@@ -11,6 +11,7 @@ import java.util.List;
  * ({@link VmBuilder#fromSnapshot}): everything that does not depend on the new VM.
  * {@code descriptors} are the fds passed with a live update's snapshot; {@code diskDescriptors}
  * gives, per disk of the config, the index of its passed descriptor, or -1 when it is opened by path.
+ * {@code chain} is {@code snapshot} and, when it is a diff layer, its bases, newest first.
  */
 public record LoadedSnapshot(
         Path dir,
@@ -21,7 +22,8 @@ public record LoadedSnapshot(
         VmState vm,
         DeviceTable.States devices,
         int[] descriptors,
-        int[] diskDescriptors) {
+        int[] diskDescriptors,
+        List<SnapshotReader> chain) {
     public int cpus() {
         return vcpus.size();
     }

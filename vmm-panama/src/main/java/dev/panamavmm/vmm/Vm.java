@@ -9,6 +9,7 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.memory.DirtyLog;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.vcpu.VcpuKick;
 import java.io.OutputStream;
@@ -64,6 +65,11 @@ public final class Vm implements AutoCloseable {
     private final AtomicLong pausedSince = new AtomicLong();
 
     private final VmListener listener;
+    /** Dirty logging, once a snapshot made this VM's memory a base (null before). */
+    private volatile DirtyLog dirtyLog;
+    /** What the next diff snapshot is taken against; null when there is nothing (a booted VM never saved). */
+    private volatile SnapshotBase base;
+
     private boolean closed;
 
     Vm(
@@ -330,6 +336,45 @@ public final class Vm implements AutoCloseable {
         return sections;
     }
 
+    SnapshotBase base() {
+        return base;
+    }
+
+    void base(SnapshotBase base) {
+        this.base = base;
+    }
+
+    /** The dirty log; null until {@link #startDirtyLog} turned it on. */
+    DirtyLog dirtyLog() {
+        return dirtyLog;
+    }
+
+    /** Turns dirty logging on if it is not yet (safe while the guest runs); returns it. */
+    synchronized DirtyLog startDirtyLog() {
+        if (dirtyLog == null) dirtyLog = DirtyLog.enable(vmFd, memory);
+        return dirtyLog;
+    }
+
+    /**
+     * Takes the pages changed since the last take ({@link DirtyLog#take}). With
+     * {@code devicesPaused} the VMM's write marks are reset too; then the rings of every ready
+     * queue are marked again, as a device holds them for the queue's life, not per request.
+     */
+    long[][] takeChanged(boolean devicesPaused) {
+        var taken = dirtyLog.take(devicesPaused);
+        if (devicesPaused) {
+            for (var host : virtio) {
+                for (var q : host.transport().state().queues()) {
+                    if (!q.ready()) continue;
+                    memory.vmmWrites().mark(q.desc(), 16L * q.size());
+                    memory.vmmWrites().mark(q.driver(), 6 + 2L * q.size());
+                    memory.vmmWrites().mark(q.device(), 6 + 8L * q.size());
+                }
+            }
+        }
+        return taken;
+    }
+
     /** The virtio devices, in slot order. */
     List<VirtioHost> virtioDevices() {
         return virtio;
@@ -372,6 +417,7 @@ public final class Vm implements AutoCloseable {
         }
         serial().flush();
         virtio.forEach(VirtioHost::close);
+        if (dirtyLog != null) dirtyLog.close();
         disks.forEach(OpenDisk::close);
         int slot = 0;
         for (var block : memory.blocks()) {

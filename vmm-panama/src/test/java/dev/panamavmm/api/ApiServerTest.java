@@ -64,8 +64,10 @@ class ApiServerTest {
         }
 
         @Override
-        public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume, boolean detach) {
-            calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume + (detach ? " detach" : ""));
+        public Map<String, Object> snapshot(
+                Path dir, boolean bypass, boolean resume, boolean diff, boolean live, boolean detach) {
+            calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume + (diff ? " diff" : "")
+                    + (live ? " live" : "") + (detach ? " detach" : ""));
             return Json.object("path", dir.toString());
         }
 
@@ -144,7 +146,11 @@ class ApiServerTest {
                         in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"bypass\":false}}");
                 assertEquals(
-                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume, detach)\"}}",
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume, type, live, detach)\"}}",
+                        in.readLine());
+                send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"type\":\"incremental\"}}");
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"type\\\" must be \\\"full\\\" or \\\"diff\\\"\"}}",
                         in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":\"yes\"}}");
                 assertEquals(

@@ -68,7 +68,8 @@ class JobsTest {
             Map<String, Object> cancelled = null;
             for (int attempt = 0; attempt < 5 && cancelled == null; attempt++) {
                 var snap = dir.resolve("cancelled-" + attempt);
-                String id = (String) control.snapshot(snap, false, true, true).get("job-id");
+                String id = (String)
+                        control.snapshot(snap, false, true, false, false, true).get("job-id");
                 try {
                     control.cancelJob(id);
                 } catch (IllegalStateException finishedFirst) {
@@ -84,7 +85,8 @@ class JobsTest {
 
             // Completed: progress reaches the total, the result is the save's.
             var snap = dir.resolve("done");
-            String id = (String) control.snapshot(snap, false, true, true).get("job-id");
+            String id = (String)
+                    control.snapshot(snap, false, true, false, false, true).get("job-id");
             var done = awaitConcluded(control, id);
             assertEquals(done.get("total-progress"), done.get("current-progress"), done.toString());
             var result = Json.asObject(done.get("result"), "result");

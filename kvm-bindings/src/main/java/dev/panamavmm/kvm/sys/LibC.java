@@ -317,6 +317,25 @@ public final class LibC {
     }
 
     /**
+     * {@code mmap(at, at.byteSize(), prot, flags | MAP_FIXED, fd, offset)}: replaces the pages of
+     * {@code at} (part of an existing mapping, which keeps its owner) with a mapping of {@code fd}.
+     */
+    public static void mmapFixed(MemorySegment at, int prot, int flags, int fd, long offset) {
+        var capture = CAPTURE.get();
+        long r = syscall(
+                capture,
+                LibcConstants.SYS_mmap,
+                address(at),
+                at.byteSize(),
+                prot,
+                flags | LibcConstants.MAP_FIXED,
+                fd,
+                offset);
+        Reference.reachabilityFence(at);
+        if (r == LibcConstants.MAP_FAILED) throw fail("mmap", capture);
+    }
+
+    /**
      * Maps {@code length} bytes and ties the mapping to {@code arena}: it is unmapped when the
      * arena closes (an owner that outlives every user of the memory, e.g. every vCPU).
      */

@@ -35,7 +35,9 @@ final class DataExtents {
         // A shared mapping's bytes are the file's. A private one's written pages are anonymous
         // copies that the file does not show: add every anonymous page, resident or swapped.
         if (!(block.backing() instanceof Backing.PrivateFile)) return file.toArray(long[][]::new);
-        return union(file, anonymousPages(block.segment())).toArray(long[][]::new);
+        var data = union(file, anonymousPages(block.segment()));
+        if (block.overlaid().length > 0) data = union(data, List.of(block.overlaid()));
+        return data.toArray(long[][]::new);
     }
 
     /** The data extents of {@code fd} in {@code [offset, offset + size)} (SEEK_DATA / SEEK_HOLE), relative to {@code offset}. */

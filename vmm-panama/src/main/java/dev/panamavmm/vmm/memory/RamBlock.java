@@ -15,7 +15,31 @@ import java.lang.foreign.MemorySegment;
  *                     so a save or local migration can skip copying this block
  */
 public record RamBlock(
-        String id, long guestAddress, MemorySegment segment, Backing backing, long fileOffset, int fd, boolean shared) {
+        String id,
+        long guestAddress,
+        MemorySegment segment,
+        Backing backing,
+        long fileOffset,
+        int fd,
+        boolean shared,
+        long[][] overlaid) {
+
+    /**
+     * @param overlaid the pages mapped over the backing from diff layers ({@code [start, end)} byte
+     *     ranges of the block): a private block's data beyond its file's and its copied pages
+     */
+    public RamBlock {}
+
+    public RamBlock(
+            String id,
+            long guestAddress,
+            MemorySegment segment,
+            Backing backing,
+            long fileOffset,
+            int fd,
+            boolean shared) {
+        this(id, guestAddress, segment, backing, fileOffset, fd, shared, new long[0][]);
+    }
 
     public long size() {
         return segment.byteSize();
@@ -37,5 +61,14 @@ public record RamBlock(
      */
     public long[][] dataExtents() {
         return DataExtents.of(this);
+    }
+
+    /**
+     * The pages of a private block written since it was mapped (its copied-on-write pages, from
+     * /proc/self/pagemap), as {@code [start, end)} byte ranges; none for a shared block.
+     */
+    public long[][] copiedOnWrite() {
+        if (!(backing instanceof Backing.PrivateFile)) return new long[0][];
+        return DataExtents.anonymousPages(segment).toArray(long[][]::new);
     }
 }
