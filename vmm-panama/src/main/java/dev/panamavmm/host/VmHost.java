@@ -275,7 +275,7 @@ public final class VmHost implements AutoCloseable {
                 .add("cont", List.of("id"), args -> forward("cont", args))
                 .add(
                         "snapshot",
-                        List.of("id", "path", "bypass-shared-memory", "resume"),
+                        List.of("id", "path", "bypass-shared-memory", "resume", "type", "live", "detach"),
                         args -> forward("snapshot", args))
                 .add("migrate", List.of("id", "uri", "detach"), args -> forward("migrate", args))
                 .add(

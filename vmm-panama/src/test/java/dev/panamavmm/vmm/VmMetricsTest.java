@@ -47,7 +47,7 @@ class VmMetricsTest {
                 var save = m.last("save");
                 assertNotNull(save);
                 assertEquals(
-                        List.of("pause", "state", "ram", "commit"),
+                        List.of("live-copy", "pause", "state", "ram", "commit"),
                         List.copyOf(save.phases().keySet()));
                 long phases = save.phases().values().stream()
                         .mapToLong(Long::longValue)
