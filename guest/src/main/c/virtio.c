@@ -13,55 +13,17 @@
  * flight; every read is checked against the generations, so a lost, stale or torn write, or a
  * misplaced one, is reported as CORRUPT blk. See ../../../README.md.
  */
-#include "guest.h"
+#include "virtio.h"
 
-#define VIRTIO_MAGIC    0x74726976      /* "virt" */
-#define MAX_DEVICES     16
-
-/* virtio-mmio registers */
-#define R_MAGIC         0x000
-#define R_VERSION       0x004
-#define R_DEVICE_ID     0x008
-#define R_DEV_FEAT      0x010
-#define R_DEV_FEAT_SEL  0x014
-#define R_DRV_FEAT      0x020
-#define R_DRV_FEAT_SEL  0x024
-#define R_QUEUE_SEL     0x030
-#define R_QUEUE_NUM_MAX 0x034
-#define R_QUEUE_NUM     0x038
-#define R_QUEUE_READY   0x044
-#define R_QUEUE_NOTIFY  0x050
-#define R_STATUS        0x070
-#define R_QUEUE_DESC    0x080
-#define R_QUEUE_DRIVER  0x090
-#define R_QUEUE_DEVICE  0x0a0
-#define R_CONFIG_GEN    0x0fc
-#define R_CONFIG        0x100
-
-#define S_ACKNOWLEDGE   1
-#define S_DRIVER        2
-#define S_DRIVER_OK     4
-#define S_FEATURES_OK   8
-
-#define F_VERSION_1     32              /* feature bit numbers */
 #define BLK_F_SIZE_MAX  1
 #define BLK_F_SEG_MAX   2
 #define BLK_F_RO        5
 #define BLK_F_FLUSH     9
-
 #define BLK_T_IN        0
 #define BLK_T_OUT       1
 #define BLK_T_FLUSH     4
 #define BLK_T_GET_ID    8
 #define BLK_S_OK        0
-
-#define DESC_F_NEXT     1
-#define DESC_F_WRITE    2
-#define AVAIL_F_NO_INTERRUPT 1
-#define USED_F_NO_NOTIFY 1
-
-#define QUEUE_MAX       256
-#define QUEUE_BYTES     0x3000          /* descriptors, avail ring, used ring: a page each */
 #define BLOCK           4096
 #define SECTORS_PER_BLOCK 8
 #define MAX_QD          32
@@ -76,18 +38,6 @@
 #define RNG_EVERY       4               /* heartbeats between two rng reads */
 #define STALL_HBS       5               /* heartbeats with requests in flight and none completed, */
 #define STALL_MS        2000            /* and at least this many ms of them (a busy host can delay a device) */
-
-struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
-
-struct vq {
-    uint64_t mmio;
-    uint16_t size;
-    uint16_t avail_idx;                 /* next avail index to publish */
-    uint16_t last_used;                 /* next used entry to reap */
-    volatile struct desc *desc;
-    volatile uint16_t *avail;           /* flags, idx, ring[size], used_event */
-    volatile uint32_t *used;            /* flags|idx, then {id, len} pairs */
-};
 
 struct blk_hdr { uint32_t type, reserved; uint64_t sector; };
 
@@ -142,13 +92,18 @@ static struct {
     int rng_active;
 
     uint64_t area_size;
+    uint64_t own_size;                  /* of area_size, what blk and rng use (the drivers' areas follow) */
 } v = { .qd = DEFAULT_QD, .write_pct = DEFAULT_WRITE_PCT };
 
-static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
-static inline void mfence(void) { __asm__ volatile("mfence" ::: "memory"); }
-static inline uint64_t rdtsc(void) { uint32_t lo, hi; __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi)); return lo | (uint64_t)hi << 32; }
-static inline uint32_t rd(uint64_t base, uint32_t reg) { return *(volatile uint32_t *)(base + reg); }
-static inline void wr(uint64_t base, uint32_t reg, uint32_t val) { *(volatile uint32_t *)(base + reg) = val; }
+/* The drivers in files of their own (each a struct vdriver; see virtio.h), and what each was given. */
+static const struct vdriver *const drivers[] = {
+    0
+};
+#define NDRIVERS (sizeof(drivers) / sizeof(drivers[0]) - 1)
+static struct {
+    uint64_t mmio, area_bytes;
+} bound[NDRIVERS + 1];
+
 
 static uint64_t next_rnd(void)
 {
@@ -159,7 +114,7 @@ static uint64_t next_rnd(void)
     return v.rnd = x;
 }
 
-static void line_dev(struct line *l, const char *what, uint64_t mmio)
+void vio_line_dev(struct line *l, const char *what, uint64_t mmio)
 {
     l->n = 0;
     put_s(l, what);
@@ -208,6 +163,9 @@ static void parse_blk(const char *s)
 int virtio_parse_token(const char *t)
 {
     const char *s, *end;
+    for (unsigned d = 0; drivers[d]; d++)
+        if (drivers[d]->parse_token && drivers[d]->parse_token(t))
+            return 1;
     if (prefix(t, "virtio_mmio.device=", &s)) {
         /* SIZE@ADDR:IRQ[:ID], Linux's syntax */
         uint64_t size = parse_size(s, &end);
@@ -242,9 +200,7 @@ int virtio_parse_token(const char *t)
 
 /* ---- device setup ---- */
 
-/* Reset, negotiate (VERSION_1 plus what `want` lists that the device offers), FEATURES_OK.
- * Returns the features, or 0 when the device refused them. */
-static uint64_t negotiate(uint64_t mmio, uint64_t want)
+uint64_t vio_negotiate(uint64_t mmio, uint64_t want)
 {
     wr(mmio, R_STATUS, 0);
     wr(mmio, R_STATUS, S_ACKNOWLEDGE);
@@ -266,10 +222,9 @@ static uint64_t negotiate(uint64_t mmio, uint64_t want)
     return f;
 }
 
-/* Queue 0 of the device, in the QUEUE_BYTES at `mem`; 0 if the device has none. */
-static int setup_queue(struct vq *q, uint64_t mmio, uint64_t mem)
+int vio_setup_queue(struct vq *q, uint64_t mmio, uint32_t index, uint64_t mem)
 {
-    wr(mmio, R_QUEUE_SEL, 0);
+    wr(mmio, R_QUEUE_SEL, index);
     uint32_t max = rd(mmio, R_QUEUE_NUM_MAX);
     if (max == 0)
         return 0;
@@ -277,6 +232,7 @@ static int setup_queue(struct vq *q, uint64_t mmio, uint64_t mem)
     while (size > max)
         size >>= 1;
     q->mmio = mmio;
+    q->index = (uint16_t)index;
     q->size = size;
     q->avail_idx = q->last_used = 0;
     q->desc = (volatile struct desc *)mem;
@@ -295,39 +251,19 @@ static int setup_queue(struct vq *q, uint64_t mmio, uint64_t mem)
     return 1;
 }
 
-/* Put the chain at `head` in the avail ring (not yet published). */
-static inline void vq_add(struct vq *q, uint16_t head)
-{
-    q->avail[2 + q->avail_idx % q->size] = head;
-    q->avail_idx++;
-}
 
-/* Publish the added chains and notify, unless the device said it does not need it. */
-static void vq_kick(struct vq *q)
+void vq_kick(struct vq *q)
 {
     barrier();
     q->avail[1] = q->avail_idx;
     mfence();                           /* the idx store before the flags load */
     if (!(q->used[0] & USED_F_NO_NOTIFY))
-        wr(q->mmio, R_QUEUE_NOTIFY, 0);
+        wr(q->mmio, R_QUEUE_NOTIFY, q->index);
 }
 
-/* The next used entry's id, or -1 if none; *len gets its length. */
-static inline int64_t vq_used(struct vq *q, uint32_t *len)
-{
-    uint16_t idx = (uint16_t)(q->used[0] >> 16);
-    if (idx == q->last_used)
-        return -1;
-    barrier();
-    volatile uint32_t *e = q->used + 1 + 2 * (q->last_used % q->size);
-    q->last_used++;
-    *len = e[1];
-    return e[0];
-}
 
-static uint64_t config32(uint64_t mmio, uint32_t off) { return rd(mmio, R_CONFIG + off); }
 
-static uint64_t config64(uint64_t mmio, uint32_t off)
+uint64_t vio_config64(uint64_t mmio, uint32_t off)
 {
     uint32_t g, lo, hi;
     do {
@@ -338,7 +274,7 @@ static uint64_t config64(uint64_t mmio, uint32_t off)
     return lo | (uint64_t)hi << 32;
 }
 
-static void set_error(uint64_t mmio, const char *error)
+void vio_set_error(uint64_t mmio, const char *error)
 {
     for (int i = 0; i < v.ndev; i++)
         if (v.dev[i].addr == mmio)
@@ -367,20 +303,23 @@ void virtio_probe(void)
             v.blk_mmio = a;
         if (id == 4 && !v.rng_off && !v.rng_mmio)
             v.rng_mmio = a;
+        for (unsigned d = 0; drivers[d]; d++)
+            if (id == drivers[d]->device_id && !bound[d].mmio)
+                bound[d].mmio = a;
     }
 
     v.area_size = 2 * QUEUE_BYTES + 0x1000 + MAX_QD * BLOCK;   /* rings, headers/status/rng, buffers */
     if (v.blk_mmio) {
-        uint64_t f = negotiate(v.blk_mmio,
+        uint64_t f = vio_negotiate(v.blk_mmio,
                                1ULL << BLK_F_SIZE_MAX | 1ULL << BLK_F_SEG_MAX | 1ULL << BLK_F_RO | 1ULL << BLK_F_FLUSH);
         if (!f) {
-            set_error(v.blk_mmio, "features");
+            vio_set_error(v.blk_mmio, "features");
             v.blk_mmio = 0;
         } else {
             v.features = f;
-            v.capacity = config64(v.blk_mmio, 0);
-            v.size_max = f & (1ULL << BLK_F_SIZE_MAX) ? (uint32_t)config32(v.blk_mmio, 8) : 0;
-            v.seg_max = f & (1ULL << BLK_F_SEG_MAX) ? (uint32_t)config32(v.blk_mmio, 12) : 0;
+            v.capacity = vio_config64(v.blk_mmio, 0);
+            v.size_max = f & (1ULL << BLK_F_SIZE_MAX) ? (uint32_t)vio_config32(v.blk_mmio, 8) : 0;
+            v.seg_max = f & (1ULL << BLK_F_SEG_MAX) ? (uint32_t)vio_config32(v.blk_mmio, 12) : 0;
             v.ro = !!(f & (1ULL << BLK_F_RO));
             v.flush = !!(f & (1ULL << BLK_F_FLUSH));
             uint64_t size = v.blk_size_req ? v.blk_size_req : DEFAULT_BLK_SIZE;
@@ -392,12 +331,21 @@ void virtio_probe(void)
                 v.area_size += (uint64_t)BENCH_SEQ_QD * BENCH_BIG;
         }
     }
-    if (v.rng_mmio && !negotiate(v.rng_mmio, 0)) {
-        set_error(v.rng_mmio, "features");
+    if (v.rng_mmio && !vio_negotiate(v.rng_mmio, 0)) {
+        vio_set_error(v.rng_mmio, "features");
         v.rng_mmio = 0;
     }
     if (!v.blk_mmio && !v.rng_mmio)
         v.area_size = 0;
+    v.area_size = v.own_size = (v.area_size + 0xFFF) & ~0xFFFULL;
+    for (unsigned d = 0; drivers[d]; d++) {
+        if (!bound[d].mmio)
+            continue;
+        bound[d].area_bytes = drivers[d]->probe ? (drivers[d]->probe(bound[d].mmio) + 0xFFF) & ~0xFFFULL : 0;
+        if (!bound[d].area_bytes)
+            bound[d].mmio = 0;
+        v.area_size += bound[d].area_bytes;
+    }
 }
 
 uint64_t virtio_area_size(void)
@@ -666,6 +614,9 @@ static void blk_reap(void)
 
 void virtio_poll(void)
 {
+    for (unsigned d = 0; drivers[d]; d++)
+        if (bound[d].mmio && drivers[d]->poll)
+            drivers[d]->poll();
     if (!v.active)
         return;
     blk_reap();
@@ -677,8 +628,8 @@ void virtio_poll(void)
 static void blk_start(uint64_t mem, uint64_t data, uint64_t bench, uint64_t gen)
 {
     struct line l;
-    if (!setup_queue(&v.q, v.blk_mmio, mem)) {
-        line_dev(&l, "virtio ", v.blk_mmio);
+    if (!vio_setup_queue(&v.q, v.blk_mmio, 0, mem)) {
+        vio_line_dev(&l, "virtio ", v.blk_mmio);
         put_s(&l, " error queue");
         emit(&l);
         return;
@@ -753,7 +704,7 @@ void virtio_start(uint64_t area)
 {
     struct line l;
     for (int i = 0; i < v.ndev; i++) {
-        line_dev(&l, "virtio ", v.dev[i].addr);
+        vio_line_dev(&l, "virtio ", v.dev[i].addr);
         put_s(&l, " irq=");
         put_u(&l, v.dev[i].irq);
         if (v.dev[i].error && v.dev[i].error[0] == 'm') {
@@ -775,18 +726,29 @@ void virtio_start(uint64_t area)
     }
     if (!v.area_size || !area)
         return;
+    uint64_t driver_area = area + v.own_size;
+    for (unsigned d = 0; drivers[d]; d++) {
+        if (!bound[d].mmio)
+            continue;
+        memset((void *)driver_area, 0, bound[d].area_bytes);
+        if (drivers[d]->start)
+            drivers[d]->start(driver_area);
+        driver_area += bound[d].area_bytes;
+    }
+    if (!v.own_size)
+        return;
     uint64_t blk_q = area, rng_q = area + QUEUE_BYTES, misc = area + 2 * QUEUE_BYTES;
     uint64_t data = misc + 0x1000, next = data + MAX_QD * BLOCK;
     v.hdr = (volatile struct blk_hdr *)misc;                           /* 32 x 16 bytes */
     v.status = (volatile uint8_t *)(misc + 0x200);                     /* 32 x 16 bytes */
     v.rng_buf = (volatile uint8_t *)(misc + 0x400);
     if (v.rng_mmio) {
-        if (setup_queue(&v.rq, v.rng_mmio, rng_q)) {
+        if (vio_setup_queue(&v.rq, v.rng_mmio, 0, rng_q)) {
             wr(v.rng_mmio, R_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
             v.rng_active = 1;
             rng_check();
         } else {
-            line_dev(&l, "virtio ", v.rng_mmio);
+            vio_line_dev(&l, "virtio ", v.rng_mmio);
             put_s(&l, " error queue");
             emit(&l);
         }
@@ -806,6 +768,9 @@ void virtio_start(uint64_t area)
 
 void virtio_heartbeat(uint64_t seq, uint64_t hb_ms)
 {
+    for (unsigned d = 0; drivers[d]; d++)
+        if (bound[d].mmio && drivers[d]->heartbeat)
+            drivers[d]->heartbeat(seq, hb_ms);
     if (v.rng_active && seq % RNG_EVERY == 0)
         rng_check();
     if (v.active) {

@@ -1,7 +1,10 @@
 package dev.panamavmm.kvm;
 
 import dev.panamavmm.kvm.bindings.Ioctls;
+import dev.panamavmm.kvm.bindings.KvmClearDirtyLog;
 import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.kvm.bindings.KvmDirtyLog;
+import dev.panamavmm.kvm.bindings.KvmEnableCap;
 import dev.panamavmm.kvm.bindings.KvmIoeventfd;
 import dev.panamavmm.kvm.bindings.KvmIrqLevel;
 import dev.panamavmm.kvm.bindings.KvmIrqfd;
@@ -11,6 +14,7 @@ import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.lang.ref.Reference;
 import java.util.Arrays;
 
@@ -172,6 +176,46 @@ public final class VmFd implements AutoCloseable {
         table[irq] = pair.address();
         irqLevels = table; // published only once filled in
         return table[irq];
+    }
+
+    /** KVM_ENABLE_CAP on the VM with one argument ({@code args[0]}). */
+    public void enableCap(int capability, long arg0) {
+        try (var a = Arena.ofConfined()) {
+            var cap = a.allocate(KvmEnableCap.LAYOUT);
+            KvmEnableCap.cap(cap, capability);
+            cap.set(ValueLayout.JAVA_LONG, KvmEnableCap.ARGS, arg0);
+            LibC.ioctl(fd, Ioctls.KVM_ENABLE_CAP, cap);
+        }
+    }
+
+    /**
+     * KVM_GET_DIRTY_LOG: the pages of {@code slot} written since the last call (or clear), one bit
+     * per page into {@code bitmap} (the slot's pages rounded up to 64 bits). Without manual
+     * protection the kernel also resets the log and write-protects the pages again.
+     */
+    public void getDirtyLog(int slot, MemorySegment bitmap) {
+        try (var a = Arena.ofConfined()) {
+            var log = a.allocate(KvmDirtyLog.LAYOUT);
+            KvmDirtyLog.slot(log, slot);
+            KvmDirtyLog.dirtyBitmap(log, bitmap);
+            LibC.ioctl(fd, Ioctls.KVM_GET_DIRTY_LOG, log);
+        }
+    }
+
+    /**
+     * KVM_CLEAR_DIRTY_LOG (with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled): resets the log of the
+     * pages set in {@code bitmap}, from page {@code firstPage} on for {@code pages} pages (both
+     * multiples of 64, or the range ends at the slot's end), and write-protects them again.
+     */
+    public void clearDirtyLog(int slot, long firstPage, int pages, MemorySegment bitmap) {
+        try (var a = Arena.ofConfined()) {
+            var clear = a.allocate(KvmClearDirtyLog.LAYOUT);
+            KvmClearDirtyLog.slot(clear, slot);
+            KvmClearDirtyLog.numPages(clear, pages);
+            KvmClearDirtyLog.firstPage(clear, firstPage);
+            KvmClearDirtyLog.dirtyBitmap(clear, bitmap);
+            LibC.ioctl(fd, Ioctls.KVM_CLEAR_DIRTY_LOG, clear);
+        }
     }
 
     /** Any VM ioctl with a struct argument; throws {@link KvmException} naming the ioctl on failure. */

@@ -1,8 +1,10 @@
 package dev.panamavmm.migration;
 
+import java.io.IOException;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
 import java.nio.file.Path;
 import java.util.zip.CRC32C;
 
@@ -88,6 +90,36 @@ public final class RamChecksums {
             crc.update(ZEROS, 0, n);
             length -= n;
         }
+    }
+
+    /**
+     * A block's table computed from what is in the file at {@code offset}: chunks that no range of
+     * {@code touched} reaches are holes (their CRC is a constant), the others are read back.
+     */
+    static int[] fromFile(FileChannel channel, long offset, long size, long[][] touched) throws IOException {
+        int[] crcs = new int[chunks(size, CHUNK)];
+        var read = new boolean[crcs.length];
+        for (long[] r : touched) for (long c = r[0] / CHUNK; c * CHUNK < r[1]; c++) read[(int) c] = true;
+        var buffer = ByteBuffer.allocateDirect(CHUNK);
+        var crc = new CRC32C();
+        for (int i = 0; i < crcs.length; i++) {
+            long length = Math.min(CHUNK, size - (long) i * CHUNK);
+            if (!read[i]) {
+                crcs[i] = zeroCrc(length);
+                continue;
+            }
+            buffer.clear().limit((int) length);
+            long at = offset + (long) i * CHUNK;
+            while (buffer.hasRemaining()) {
+                int n = channel.read(buffer, at + buffer.position());
+                if (n < 0) break; // past the end: the rest of the chunk is zero
+            }
+            while (buffer.hasRemaining()) buffer.put((byte) 0);
+            crc.reset();
+            crc.update(buffer.flip());
+            crcs[i] = (int) crc.getValue();
+        }
+        return crcs;
     }
 
     /**

@@ -16,8 +16,15 @@ public final class SnapshotFormat {
 
     public static final String FILE_NAME = "snapshot.pvm";
     public static final byte[] MAGIC = {'P', 'A', 'N', 'A', 'M', 'A', 'V', 'M'};
-    /** The version this VMM writes. */
+    /** The version this VMM writes for a full snapshot. */
     public static final int VERSION = 2;
+    /**
+     * The version of a diff layer (a v2 file whose blocks hold only some pages, over a base): an
+     * older VMM refuses it by its version instead of taking the missing pages for zeros.
+     */
+    public static final int LAYER_VERSION = 3;
+    /** The newest version this VMM reads. */
+    public static final int NEWEST_READABLE = LAYER_VERSION;
     /** The oldest version this VMM reads: v1 snapshots hold JSON state sections (see docs/snapshot-format.md). */
     public static final int OLDEST_READABLE = 1;
 

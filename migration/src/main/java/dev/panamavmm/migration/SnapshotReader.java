@@ -28,6 +28,9 @@ public final class SnapshotReader {
     private final Map<String, byte[]> sections;
     private final Map<String, Object> metadata;
     private final List<RamBlockEntry> ram;
+    private final int headerCrc;
+    private final long fileLength;
+    private final SnapshotIdentity base;
 
     private SnapshotReader(
             Path file,
@@ -37,7 +40,13 @@ public final class SnapshotReader {
             boolean bypass,
             Map<String, byte[]> sections,
             Map<String, Object> metadata,
-            List<RamBlockEntry> ram) {
+            List<RamBlockEntry> ram,
+            int headerCrc,
+            long fileLength,
+            SnapshotIdentity base) {
+        this.headerCrc = headerCrc;
+        this.fileLength = fileLength;
+        this.base = base;
         this.file = file;
         this.version = version;
         this.flavour = flavour;
@@ -66,10 +75,10 @@ public final class SnapshotReader {
                 throw new SnapshotException("snapshot " + file + " is corrupt (header checksum mismatch)");
             }
             int version = header.getInt(SnapshotFormat.OFF_VERSION);
-            if (version < SnapshotFormat.OLDEST_READABLE || version > SnapshotFormat.VERSION) {
+            if (version < SnapshotFormat.OLDEST_READABLE || version > SnapshotFormat.NEWEST_READABLE) {
                 throw new SnapshotException(
                         "snapshot " + file + " has format version " + version + "; this VMM reads versions "
-                                + SnapshotFormat.OLDEST_READABLE + " to " + SnapshotFormat.VERSION);
+                                + SnapshotFormat.OLDEST_READABLE + " to " + SnapshotFormat.NEWEST_READABLE);
             }
             long fileLength = header.getLong(SnapshotFormat.OFF_FILE_LENGTH);
             if (size < fileLength)
@@ -126,12 +135,23 @@ public final class SnapshotReader {
                     (header.getInt(SnapshotFormat.OFF_FLAGS) & SnapshotFormat.FLAG_BYPASS) != 0,
                     sections,
                     metadata,
-                    List.copyOf(ram));
+                    List.copyOf(ram),
+                    header.getInt(SnapshotFormat.OFF_HEADER_CRC),
+                    fileLength,
+                    base(version, metadata, file));
         } catch (NoSuchFileException e) {
             throw new SnapshotException("no snapshot in " + dir + " (" + SnapshotFormat.FILE_NAME + " is missing)");
         } catch (IOException e) {
             throw new SnapshotException("cannot read snapshot " + file + ": " + IoErrors.reason(e), e);
         }
+    }
+
+    /** A layer's base: present exactly when the file is a layer (format 3). */
+    private static SnapshotIdentity base(int version, Map<String, Object> metadata, Path file) {
+        boolean layer = version == SnapshotFormat.LAYER_VERSION;
+        if (layer != metadata.containsKey("base"))
+            throw corrupt(file, layer ? "a diff layer without a base" : "a base in a full snapshot");
+        return layer ? SnapshotIdentity.fromJson(Fields.objectOf(metadata, "base")) : null;
     }
 
     private static Map<String, byte[]> parseSections(ByteBuffer b, Path file) {
@@ -192,6 +212,32 @@ public final class SnapshotReader {
         return bypass;
     }
 
+    /** This file as a layer's base names it. */
+    public SnapshotIdentity identity() {
+        return new SnapshotIdentity(file.getParent(), createdAt, headerCrc, fileLength);
+    }
+
+    /** Whether this is a diff layer: its blocks hold only some pages, the rest is in {@link #base()}. */
+    public boolean isLayer() {
+        return base != null;
+    }
+
+    /** The snapshot this layer was taken against; null for a full snapshot. */
+    public SnapshotIdentity base() {
+        return base;
+    }
+
+    /**
+     * The pages a layer holds of a block stored in it ({@code [start, end)} byte ranges); null in
+     * a full snapshot, where a stored block holds all its pages.
+     */
+    public long[][] layerPages(RamBlockEntry block) {
+        if (base == null || block.byReference() || block.byDescriptor()) return null;
+        byte[] payload = sections.get(LayerPages.section(block.id()));
+        if (payload == null) throw corrupt(file, "RAM block " + block.id() + " of a diff layer has no page table");
+        return LayerPages.decode(payload, block.size(), block.id(), file);
+    }
+
     public Map<String, Object> metadata() {
         return metadata;
     }
@@ -213,6 +259,15 @@ public final class SnapshotReader {
         byte[] payload = sections.get(RamChecksums.section(block.id()));
         if (payload == null) throw corrupt(file, "RAM block " + block.id() + " has no checksum table");
         return RamChecksums.Table.decode(payload, block.size(), block.id(), file);
+    }
+
+    /** The names of the state sections (not the metadata, nor the container's own RAM tables). */
+    public List<String> stateSections() {
+        return sections.keySet().stream()
+                .filter(n -> !n.equals("metadata")
+                        && !n.startsWith(RamChecksums.SECTION_PREFIX)
+                        && !n.startsWith(LayerPages.SECTION_PREFIX))
+                .toList();
     }
 
     public byte[] section(String name) {

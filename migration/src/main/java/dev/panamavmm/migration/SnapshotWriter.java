@@ -33,6 +33,7 @@ public final class SnapshotWriter implements AutoCloseable {
     private final List<RamBlockEntry> ram = new ArrayList<>();
     private final Map<String, byte[]> checksums = new LinkedHashMap<>();
     private long nextData = SnapshotFormat.DATA_START;
+    private SnapshotIdentity base;
     private boolean committed;
 
     private SnapshotWriter(Path dir, Path temp, FileChannel channel) {
@@ -63,8 +64,10 @@ public final class SnapshotWriter implements AutoCloseable {
 
     /** Adds a named section (vCPU, VM or device state). Kept in memory until commit: they are small. */
     public void section(String name, byte[] payload) {
-        if (name.equals("metadata") || name.startsWith(RamChecksums.SECTION_PREFIX) || sections.containsKey(name))
-            throw new IllegalArgumentException("section " + name + " twice");
+        if (name.equals("metadata")
+                || name.startsWith(RamChecksums.SECTION_PREFIX)
+                || name.startsWith(LayerPages.SECTION_PREFIX)
+                || sections.containsKey(name)) throw new IllegalArgumentException("section " + name + " twice");
         if (name.getBytes(StandardCharsets.UTF_8).length > SnapshotFormat.MAX_NAME)
             throw new IllegalArgumentException("section name too long");
         sections.put(name, payload.clone());
@@ -119,6 +122,79 @@ public final class SnapshotWriter implements AutoCloseable {
     }
 
     /**
+     * Makes this snapshot a diff layer over {@code base}: it is written as format
+     * {@value SnapshotFormat#LAYER_VERSION} and names its base; each block stored in it needs its
+     * page runs ({@link #layerPages}).
+     */
+    public void layerOver(SnapshotIdentity base) {
+        this.base = base;
+    }
+
+    /** Records which pages of block {@code id} this layer holds ({@code [start, end)} byte ranges, page-aligned, ascending). */
+    public void layerPages(String id, long[][] runs) {
+        String name = LayerPages.section(id);
+        if (checksums.containsKey(name)) throw new IllegalArgumentException("RAM block " + id + " twice");
+        checksums.put(name, LayerPages.encode(runs));
+    }
+
+    /**
+     * Reserves the place of a block whose pages are written in several passes while the guest
+     * runs (a live snapshot): {@link #writePages} fills it, {@link #addReserved} records it.
+     * Returns its offset in the file.
+     */
+    public long reserve(long size) {
+        long offset = nextData;
+        nextData = offset + align(size);
+        return offset;
+    }
+
+    /**
+     * Writes {@code runs} of {@code data} at {@code offset + run start}: zero pages skipped when
+     * {@code skipZeros} (the first pass, over a hole), else every byte (a page written again may
+     * have become zero).
+     */
+    public void writePages(long offset, MemorySegment data, long[][] runs, boolean skipZeros) {
+        try {
+            if (skipZeros) {
+                RamWriter.write(channel, offset, data, runs, RamWriter.Progress.NONE);
+                return;
+            }
+            for (long[] r : runs) {
+                for (long from = r[0]; from < r[1]; from += RamWriter.MAX_RUN) {
+                    long length = Math.min(RamWriter.MAX_RUN, r[1] - from);
+                    var buffer = data.asSlice(from, length).asByteBuffer();
+                    long at = offset + from;
+                    while (buffer.hasRemaining()) at += channel.write(buffer, at);
+                }
+            }
+        } catch (IOException e) {
+            throw new SnapshotException("writing RAM failed: " + IoErrors.reason(e), e);
+        }
+    }
+
+    /**
+     * Records a block reserved with {@link #reserve} and filled by {@link #writePages}, once its
+     * pages are final: its checksum table is computed from the file (only the chunks that
+     * {@code touched} reaches are read; the rest of the block is a hole).
+     */
+    public RamBlockEntry addReserved(
+            String id, long guestAddress, String kind, boolean shared, long size, long offset, long[][] touched) {
+        String checksumSection = RamChecksums.section(id);
+        if (checksums.containsKey(checksumSection)) throw new IllegalArgumentException("RAM block " + id + " twice");
+        try {
+            checksums.put(
+                    checksumSection,
+                    RamChecksums.encode(RamChecksums.CHUNK, RamChecksums.fromFile(channel, offset, size, touched)));
+        } catch (IOException e) {
+            throw new SnapshotException("reading back RAM block " + id + " failed: " + IoErrors.reason(e), e);
+        }
+        var entry = RamBlockEntry.withData(
+                id, guestAddress, size, kind, shared, offset, LayerPages.bytes(touched) / SnapshotFormat.PAGE);
+        ram.add(entry);
+        return entry;
+    }
+
+    /**
      * Deletes the temporary snapshot files in {@code dir} whose writer no longer runs (a VMM
      * killed mid-save leaves one as large as the RAM it wrote). A file is stale when no process
      * has its pid, or the process with that pid started after the file was last written (the pid
@@ -167,7 +243,13 @@ public final class SnapshotWriter implements AutoCloseable {
     public Path commit(Map<String, Object> metadata, String flavour, boolean bypass) {
         try {
             var meta = new LinkedHashMap<>(metadata);
-            meta.put("ram", ram.stream().map(RamBlockEntry::toJson).toList());
+            meta.put(
+                    "ram",
+                    ram.stream()
+                            .sorted(java.util.Comparator.comparingLong(RamBlockEntry::guestAddress))
+                            .map(RamBlockEntry::toJson)
+                            .toList());
+            if (base != null) meta.put("base", base.toJson());
             var all = new LinkedHashMap<String, byte[]>();
             all.put("metadata", Json.write(meta).getBytes(StandardCharsets.UTF_8));
             all.putAll(sections);
@@ -191,7 +273,8 @@ public final class SnapshotWriter implements AutoCloseable {
 
             var header = ByteBuffer.allocate(SnapshotFormat.HEADER_SIZE).order(ByteOrder.LITTLE_ENDIAN);
             header.put(SnapshotFormat.MAGIC);
-            header.putInt(SnapshotFormat.OFF_VERSION, SnapshotFormat.VERSION);
+            header.putInt(
+                    SnapshotFormat.OFF_VERSION, base != null ? SnapshotFormat.LAYER_VERSION : SnapshotFormat.VERSION);
             header.putInt(SnapshotFormat.OFF_FLAVOUR, SnapshotFormat.flavourCode(flavour));
             header.putLong(SnapshotFormat.OFF_CREATED, System.currentTimeMillis());
             header.putLong(SnapshotFormat.OFF_TABLE, tableOffset);

@@ -140,7 +140,7 @@ class SnapshotFormatTest {
                 crc.getValue());
         Files.write(file, future);
         assertEquals(
-                "snapshot " + file + " has format version 7; this VMM reads versions 1 to 2",
+                "snapshot " + file + " has format version 7; this VMM reads versions 1 to 3",
                 assertThrows(SnapshotException.class, () -> SnapshotReader.open(snap))
                         .getMessage());
     }

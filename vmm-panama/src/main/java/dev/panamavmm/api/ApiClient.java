@@ -18,13 +18,17 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 
-/** A client of the control API: connect, read the greeting, send commands, skip events until each reply. */
+/**
+ * A client of the control API: connect, read the greeting, negotiate ({@code qmp_capabilities}),
+ * send commands, skip events until each reply.
+ */
 public final class ApiClient implements AutoCloseable {
     /** How long a VMM may take to greet: its accept thread greets at once, so only a socket of another kind waits longer. */
     public static final long GREETING_MILLIS = 3000;
 
     private final SocketChannel channel;
     private final BufferedReader in;
+    private volatile java.util.function.Consumer<Map<String, Object>> events = e -> {};
 
     private ApiClient(SocketChannel channel, Path socket, long greetingMillis) throws IOException {
         this.channel = channel;
@@ -59,6 +63,9 @@ public final class ApiClient implements AutoCloseable {
         }
         if (!greeting.containsKey("QMP"))
             throw new ApiException(socket + " is not a VMM control socket (it did not greet like one)");
+        var negotiated = execute("qmp_capabilities", null);
+        if (negotiated.get("error") instanceof Map<?, ?> error)
+            throw new ApiException(socket + " refused the QMP handshake: " + error.get("desc"));
     }
 
     /** Connects to a socket that must be there and listening now (no wait, no greeting timeout). */
@@ -125,10 +132,16 @@ public final class ApiClient implements AutoCloseable {
             while (true) {
                 var message = readMessage();
                 if (message.containsKey("return") || message.containsKey("error")) return message;
+                if (message.containsKey("event")) events.accept(message);
             }
         } catch (IOException e) {
             throw new ApiException("the VMM closed the connection: " + ApiServer.describe(e));
         }
+    }
+
+    /** {@code listener} gets each event {@link #execute} reads while it waits for a reply. */
+    public void onEvent(java.util.function.Consumer<Map<String, Object>> listener) {
+        events = listener;
     }
 
     /** The next message (reply or event). */

@@ -8,50 +8,59 @@ import java.util.Map;
 /**
  * Executes control-API commands. Returns the {@code "return"} value, or null for a command it
  * does not know; throws for a failed command (the message becomes the error's {@code desc}).
+ * {@link ApiCommands} is the table most handlers are.
  */
-@FunctionalInterface
 public interface ApiHandler {
     Object execute(String command, Map<String, Object> arguments) throws Exception;
 
-    /** The commands of one running VM: query-status, stop, cont, quit, snapshot. */
-    static ApiHandler forVm(ControlTarget target) {
-        return (command, a) -> switch (command) {
-            case "query-status" -> {
-                expect(command, a);
-                yield target.status();
-            }
-            case "stop" -> {
-                expect(command, a);
-                target.stop();
-                yield Map.of();
-            }
-            case "cont" -> {
-                expect(command, a);
-                target.cont();
-                yield Map.of();
-            }
-            case "quit" -> {
-                expect(command, a);
-                target.quit();
-                yield Map.of();
-            }
-            case "snapshot" -> {
-                expect(command, a, "path", "bypass-shared-memory", "resume");
-                yield target.snapshot(
-                        Path.of(requireString(a, "path", "DIRECTORY")),
-                        flag(a, "bypass-shared-memory", true),
-                        flag(a, "resume", false));
-            }
-            case "migrate" -> {
-                expect(command, a, "uri");
-                yield target.migrate(requireString(a, "uri", "unix:PATH"));
-            }
-            case "template-create" -> {
-                expect(command, a, "path");
-                yield target.templateCreate(Path.of(requireString(a, "path", "DIRECTORY")));
-            }
-            default -> null;
-        };
+    /** The commands it knows now, for {@code query-commands}. */
+    List<String> commands();
+
+    /**
+     * The commands of one running VM: query-status, query-metrics, stop, cont, quit, snapshot,
+     * migrate, query-jobs, job-cancel, template-create (a clone's).
+     */
+    static ApiCommands forVm(ControlTarget target) {
+        return new ApiCommands()
+                .add("query-status", a -> target.status())
+                .add("query-metrics", a -> target.metrics())
+                .add("stop", a -> {
+                    target.stop();
+                    return Map.of();
+                })
+                .add("cont", a -> {
+                    target.cont();
+                    return Map.of();
+                })
+                .add("quit", a -> {
+                    target.quit();
+                    return Map.of();
+                })
+                .add("snapshot", List.of("path", "bypass-shared-memory", "resume", "type", "live", "detach"), a -> {
+                    Object type = a.getOrDefault("type", "full");
+                    if (!"full".equals(type) && !"diff".equals(type))
+                        throw new IllegalArgumentException("\"type\" must be \"full\" or \"diff\"");
+                    return target.snapshot(
+                            Path.of(requireString(a, "path", "DIRECTORY")),
+                            flag(a, "bypass-shared-memory", true),
+                            flag(a, "resume", false),
+                            "diff".equals(type),
+                            flag(a, "live", false),
+                            flag(a, "detach", false));
+                })
+                .add(
+                        "migrate",
+                        List.of("uri", "detach"),
+                        a -> target.migrate(requireString(a, "uri", "unix:PATH"), flag(a, "detach", false)))
+                .add("query-jobs", a -> target.jobs())
+                .add("job-cancel", List.of("id"), a -> {
+                    target.cancelJob(requireString(a, "id", "a job id"));
+                    return Map.of();
+                })
+                .add(
+                        "template-create",
+                        List.of("path"),
+                        a -> target.templateCreate(Path.of(requireString(a, "path", "DIRECTORY"))));
     }
 
     /** Refuses an argument the command does not take (as QMP does): a misspelt one would otherwise be ignored without a word. */

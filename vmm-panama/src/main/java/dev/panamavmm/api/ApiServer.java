@@ -1,6 +1,5 @@
 package dev.panamavmm.api;
 
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import java.io.ByteArrayOutputStream;
@@ -14,20 +13,27 @@ import java.nio.file.AccessDeniedException;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
- * The control API: JSON lines on a Unix socket (mode 0600), shaped like QEMU's QMP. A client gets
- * a greeting, then sends {@code {"execute": NAME, "arguments": {...}, "id": ANY}} lines and gets
- * {@code {"return": ...}} or {@code {"error": {"class": ..., "desc": ...}}} back (with the same
- * {@code id}); asynchronous {@code {"event": NAME, "data": ..., "timestamp": ...}} lines can come
- * at any time. A malformed line gets an error reply; the connection and the server stay up.
+ * The control API: QMP (QEMU's machine protocol, as its specification describes it) on a Unix
+ * socket (mode 0600). A client gets a greeting, must negotiate with {@code qmp_capabilities}
+ * (every other command is refused until then, as QEMU does), then sends
+ * {@code {"execute": NAME, "arguments": {...}, "id": ANY}} lines and gets {@code {"return": ...}}
+ * or {@code {"error": {"class": ..., "desc": ...}}} back (with the same {@code id});
+ * asynchronous {@code {"event": NAME, "data": ..., "timestamp": ...}} lines come, once it has
+ * negotiated, at any time. The server itself answers {@code qmp_capabilities},
+ * {@code query-commands} and {@code query-version}; the handler the rest. A malformed line gets an
+ * error reply; the connection and the server stay up.
  */
 public final class ApiServer implements AutoCloseable {
-    private static final Log log = Log.of(ApiServer.class);
+    private static final Logger log = LoggerFactory.getLogger(ApiServer.class);
     /** Longest request line accepted; a client cannot make the VMM buffer more. */
     static final int MAX_LINE = 1 << 20;
 
@@ -94,14 +100,17 @@ public final class ApiServer implements AutoCloseable {
         return path;
     }
 
-    /** Sends an event to every connected client. */
+    /** The commands the server answers itself. */
+    static final List<String> OWN_COMMANDS = List.of("qmp_capabilities", "query-commands", "query-version");
+
+    /** Sends an event to every client that has negotiated capabilities. */
     public void event(String name, Map<String, Object> data) {
         long micros = System.currentTimeMillis() * 1000;
         var event = Json.object("event", name);
         if (data != null) event.put("data", data);
         event.put("timestamp", Json.object("seconds", micros / 1_000_000, "microseconds", micros % 1_000_000));
         String line = Json.write(event);
-        for (var c : clients) c.send(line);
+        for (var c : clients) if (c.negotiated) c.send(line);
     }
 
     private void acceptLoop() {
@@ -119,8 +128,8 @@ public final class ApiServer implements AutoCloseable {
         }
     }
 
-    /** Handles one request line; returns the reply line. */
-    String handle(String line) {
+    /** Handles one request line of {@code client}; returns the reply line. */
+    String handle(Client client, String line) {
         Object id = null;
         try {
             var request = Json.asObject(Json.parse(line), "a request");
@@ -130,16 +139,66 @@ public final class ApiServer implements AutoCloseable {
                 return error(id, "GenericError", "a request needs \"execute\": COMMAND");
             Object args = request.get("arguments");
             var arguments = args == null ? Json.object() : Json.asObject(args, "\"arguments\"");
-            Object result = command.equals("qmp_capabilities") ? Json.object() : handler.execute(command, arguments);
-            if (result == null) return error(id, "CommandNotFound", "the command " + command + " has not been found");
-            var reply = Json.object("return", result);
-            if (id != null) reply.put("id", id);
-            return Json.write(reply);
+            // QEMU's words and classes for the handshake (qmp-spec.txt, "Capabilities Negotiation").
+            if (command.equals("qmp_capabilities")) {
+                if (client.negotiated)
+                    return error(
+                            id, "CommandNotFound", "Capabilities negotiation is already complete, command ignored");
+                ApiHandler.expect(command, arguments, "enable");
+                if (arguments.get("enable") instanceof List<?> enable && !enable.isEmpty())
+                    return error(id, "GenericError", "Capability '" + enable.getFirst() + "' not available");
+                client.negotiated = true;
+                return reply(id, Json.object());
+            }
+            if (!client.negotiated)
+                return error(id, "CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'");
+            Object result = switch (command) {
+                case "query-commands" -> {
+                    ApiHandler.expect(command, arguments);
+                    var names = new ArrayList<Object>();
+                    for (var name : OWN_COMMANDS) names.add(Json.object("name", name));
+                    for (var name : handler.commands()) names.add(Json.object("name", name));
+                    yield names;
+                }
+                case "query-version" -> {
+                    ApiHandler.expect(command, arguments);
+                    yield version();
+                }
+                default -> handler.execute(command, arguments);
+            };
+            if (result == null) return error(id, "CommandNotFound", "The command " + command + " has not been found");
+            return reply(id, result);
         } catch (Json.JsonException e) {
             return error(id, "GenericError", "malformed request: " + e.getMessage());
         } catch (Exception e) {
             log.debug("API command failed", e);
             return error(id, "GenericError", String.valueOf(e.getMessage()));
+        }
+    }
+
+    private static String reply(Object id, Object result) {
+        var reply = Json.object("return", result);
+        if (id != null) reply.put("id", id);
+        return Json.write(reply);
+    }
+
+    /** The VMM's version as QMP's greeting and {@code query-version} give it: numbers under "qemu", a package string. */
+    static Map<String, Object> version() {
+        String v = ApiServer.class.getPackage().getImplementationVersion();
+        if (v == null) v = "0.1.0-SNAPSHOT";
+        var parts = v.replaceAll("[^0-9.].*$", "").split("\\.");
+        return Json.object(
+                "qemu",
+                Json.object("major", number(parts, 0), "minor", number(parts, 1), "micro", number(parts, 2)),
+                "package",
+                "panama-vmm " + v);
+    }
+
+    private static long number(String[] parts, int i) {
+        try {
+            return i < parts.length ? Long.parseLong(parts[i]) : 0;
+        } catch (NumberFormatException e) {
+            return 0;
         }
     }
 
@@ -170,14 +229,15 @@ public final class ApiServer implements AutoCloseable {
 
     private final class Client {
         private final SocketChannel channel;
+        /** Whether it sent qmp_capabilities: until then only that command is served and no event is sent. */
+        volatile boolean negotiated;
 
         Client(SocketChannel channel) {
             this.channel = channel;
         }
 
         void greet() {
-            send(Json.write(Json.object(
-                    "QMP", Json.object("version", Json.object("package", "panama-vmm"), "capabilities", List.of()))));
+            send(Json.write(Json.object("QMP", Json.object("version", version(), "capabilities", List.of()))));
         }
 
         void serve() {
@@ -217,10 +277,10 @@ public final class ApiServer implements AutoCloseable {
             inflight.readLock().lock();
             try {
                 if (!server.isOpen()) return;
-                String reply = handle(request);
+                String reply = handle(this, request);
                 long handled = System.nanoTime();
                 send(reply);
-                if (log.enabled(Log.Level.DEBUG)) {
+                if (log.isDebugEnabled()) {
                     log.debug(
                             "request handled in {} us, reply sent {} us later: {}",
                             (handled - start) / 1000,

@@ -1,6 +1,7 @@
 package dev.panamavmm.api;
 
 import java.nio.file.Path;
+import java.util.List;
 import java.util.Map;
 
 /** What the control API acts on: one VM today (later also templates and clones). */
@@ -17,12 +18,25 @@ public interface ControlTarget {
 
     /**
      * Saves the VM into {@code dir}; returns what was written. With {@code bypass}, shared RAM is
-     * stored by reference; unless {@code resume}, the VM ends after the save.
+     * stored by reference; unless {@code resume}, the VM ends after the save; {@code diff}: only
+     * the pages changed since the VM's last snapshot, as a layer over it; {@code live}: RAM copied
+     * while the guest runs. With {@code detach} it returns {@code {"job-id": ID}} at once and the
+     * save runs as a job.
      */
-    Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume) throws Exception;
+    Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume, boolean diff, boolean live, boolean detach)
+            throws Exception;
 
-    /** Hands the VM to the VMM waiting on a Unix socket ({@code unix:PATH}); this VMM then ends. */
-    Map<String, Object> migrate(String uri) throws Exception;
+    /** Counters and operation timings ({@code query-metrics}). */
+    Map<String, Object> metrics();
+
+    /** Hands the VM to the VMM waiting on a Unix socket ({@code unix:PATH}); this VMM then ends. With {@code detach}, as a job. */
+    Map<String, Object> migrate(String uri, boolean detach) throws Exception;
+
+    /** Its jobs, as {@code query-jobs} lists them. */
+    List<Object> jobs();
+
+    /** Asks job {@code id} to stop ({@code job-cancel}): the guest is given back. */
+    void cancelJob(String id);
 
     /**
      * Makes a chained template in {@code dir} out of this VM, a clone: its written pages into a

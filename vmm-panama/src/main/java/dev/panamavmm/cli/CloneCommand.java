@@ -38,7 +38,7 @@ final class CloneCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec(
+        return MetricsFile.declare(LogFileOption.declare(new Cli.Spec(
                         "clone",
                         "Start VMs from a template (copy-on-write memory, fresh generation id).\n"
                                 + "With --count or the directories, each clone runs in a background process of its own, named clone-N by\n"
@@ -86,7 +86,7 @@ final class CloneCommand implements Cli.Command {
                         "for one clone in the foreground: make its private copy of the template's next writable disk"
                                 + " here (a reflink copy, or an overlay over the template's disk; default: beside it as"
                                 + " DISK.clone-PID-N; repeat for more disks)",
-                        v -> disks.add(Path.of(v)));
+                        v -> disks.add(Path.of(v)))));
     }
 
     @Override

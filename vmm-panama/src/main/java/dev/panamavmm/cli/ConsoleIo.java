@@ -5,7 +5,6 @@ import dev.panamavmm.devices.Serial8250;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Termios;
 import dev.panamavmm.kvm.sys.LibC;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.IoErrors;
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;
@@ -20,6 +19,8 @@ import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.function.Consumer;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * Where the guest's serial console goes and where its input comes from:
@@ -29,7 +30,7 @@ import java.util.function.Consumer;
  * and what was printed while none was connected, up to 64 KiB, goes to the next one first).
  */
 abstract sealed class ConsoleIo implements AutoCloseable {
-    private static final Log log = Log.of(ConsoleIo.class);
+    private static final Logger log = LoggerFactory.getLogger(ConsoleIo.class);
     /** Ctrl-A, then 'x': quit (as QEMU's -nographic console). */
     static final int ESCAPE = 0x01;
     /** Printed once when the console is this terminal: in raw mode Ctrl-C is the guest's, so say how to leave. */

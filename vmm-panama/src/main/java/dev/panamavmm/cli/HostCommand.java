@@ -24,7 +24,7 @@ final class HostCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec(
+        return LogFileOption.declare(new Cli.Spec(
                         "host",
                         "Run many VMs: boot, restore and clone them over the control API, each with its own API socket and console.\n"
                                 + "Commands: boot {...}, restore {\"path\"}, clone {\"template\"}, incoming {\"uri\"}, destroy {\"id\"},\n"
@@ -65,7 +65,7 @@ final class HostCommand implements Cli.Command {
                         "DIR",
                         null,
                         "each VM's console goes to DIR/vm-N.log (default: the state directory)",
-                        v -> consoleDir = Path.of(v));
+                        v -> consoleDir = Path.of(v)));
     }
 
     @Override

@@ -2,7 +2,7 @@ package dev.panamavmm.cli;
 
 import dev.panamavmm.error.VmmException;
 import dev.panamavmm.kvm.KvmException;
-import dev.panamavmm.log.Log;
+import dev.panamavmm.log.VmmLogProvider;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.SnapshotException;
 import java.io.PrintStream;
@@ -10,6 +10,8 @@ import java.io.PrintWriter;
 import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.FileSystemException;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * {@code vmm}: the command-line entry point. User errors (a wrong flag, a missing /dev/kvm, a bad
@@ -18,7 +20,12 @@ import java.nio.file.FileSystemException;
  * with the guest's exit code when the guest asked for one.
  */
 public final class Main implements Cli.Command {
-    private static final Log log = Log.of(Main.class);
+    static {
+        // Before any logger exists: the CLI logs in the VMM's own format (an embedder brings its own binding).
+        VmmLogProvider.select();
+    }
+
+    private static final Logger log = LoggerFactory.getLogger(Main.class);
 
     static final int OK = 0, FAILED = 1, USAGE = 2;
 

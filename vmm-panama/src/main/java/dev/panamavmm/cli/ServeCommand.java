@@ -20,7 +20,7 @@ final class ServeCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec(
+        return LogFileOption.declare(new Cli.Spec(
                         "serve", "Serve clones of templates over the control API: clone, query-clones, destroy, quit.")
                 .required("--api-socket", "PATH", "the control API socket", v -> apiSocket = Path.of(v))
                 .option(
@@ -29,7 +29,7 @@ final class ServeCommand implements Cli.Command {
                         null,
                         "each clone's console goes to DIR/ID.log, created if missing (default: discarded);"
                                 + " an ID whose log exists (another launch's clone) is skipped, so no file is written twice",
-                        v -> consoleDir = Path.of(v));
+                        v -> consoleDir = Path.of(v)));
     }
 
     @Override

@@ -14,7 +14,7 @@ final class StandbyCommand implements Cli.Command {
 
     @Override
     public Cli.Spec spec() {
-        return new Cli.Spec(
+        return LogFileOption.declare(new Cli.Spec(
                         "standby",
                         "Start a warm VMM without a VM; it takes one over its control API.\n"
                                 + "It warms up first (a rehearsal of save, restore and clone on a throwaway VM; PANAMA_VMM_NO_REHEARSAL=1 skips it),\n"
@@ -30,7 +30,7 @@ final class StandbyCommand implements Cli.Command {
                         "WHERE",
                         "stdout",
                         "the VM's console: stdout, file:PATH or unix:PATH",
-                        v -> console = v);
+                        v -> console = v));
     }
 
     @Override

@@ -1,6 +1,7 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.api.ApiClient;
+import dev.panamavmm.api.ApiCommands;
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.Json;
@@ -116,13 +117,10 @@ final class TemplateCommand implements Cli.Command {
                     var consoleIo = ConsoleIo.open(console);
                     var _ = apiSocket == null
                             ? null
-                            : ApiServer.start(apiSocket, (command, args) -> switch (command) {
-                                case "stop" -> {
-                                    stop.complete(null);
-                                    yield Map.of();
-                                }
-                                default -> null;
-                            })) {
+                            : ApiServer.start(apiSocket, new ApiCommands().add("stop", args -> {
+                                        stop.complete(null);
+                                        return Map.of();
+                                    }))) {
                 var cancel = new CompletableFuture<String>();
                 var previous = Signals.onTermination(name -> cancel.complete("signal"));
                 Templates.Created created;

@@ -9,7 +9,8 @@ final class VmIoOptions {
 
     /** Declares these options on a command. */
     void declare(Cli.Spec spec) {
-        spec.option("--console", "WHERE", "stdout", "stdout, file:PATH or unix:PATH", v -> console = v)
+        MetricsFile.declare(LogFileOption.declare(spec))
+                .option("--console", "WHERE", "stdout", "stdout, file:PATH or unix:PATH", v -> console = v)
                 .option(
                         "--api-socket",
                         "PATH",

@@ -48,19 +48,24 @@ final class VmSession {
                 // SIGINT/SIGTERM end the VM like the API's quit: the VMM then exits normally (0),
                 // instead of the JVM's own shutdown on a signal (exit 130/143, mid-cleanup). Before
                 // the API socket appears: whoever sees the socket may signal at once.
-                var previous = Signals.onTermination(name -> vm.end(new VmExitReason.Stopped("signal")));
+                var previous = Signals.onTermination(
+                        name -> vm.end(new VmExitReason.Stopped("signal", VmExitReason.Stopped.Cause.SIGNAL)));
                 ApiServer api = null;
+                var control = new VmControl(vm, events::emit);
                 try {
                     if (apiSocket != null) {
-                        api = ApiServer.start(
-                                apiSocket, new VmControl(vm, bytes -> new ProgressBar("saving RAM", bytes)));
+                        api = ApiServer.start(apiSocket, control);
                     }
                     events.attach(api);
                     if (startPaused) vm.pauseBeforeStart();
                     vm.start();
                     if (!startPaused) rehearseOnce.run();
-                    return runToEnd(io, vm, err);
+                    try (var _ = MetricsFile.startIfAsked(vm)) {
+                        return runToEnd(io, vm, err);
+                    }
                 } finally {
+                    // A save that ended the VM concludes its job just after: its event goes out first.
+                    control.awaitJobs(10_000);
                     if (api != null) api.close();
                     Signals.restore(previous);
                 }
@@ -74,7 +79,9 @@ final class VmSession {
      * caller has SIGINT/SIGTERM end the VM.
      */
     static int runToEnd(ConsoleIo io, Vm vm, PrintWriter err) throws Exception {
-        io.startInput(vm.serial(), () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)")));
+        io.startInput(
+                vm.serial(),
+                () -> vm.end(new VmExitReason.Stopped("the console (Ctrl-A x)", VmExitReason.Stopped.Cause.CONSOLE)));
         var reason = vm.termination().get();
         vm.serial().flush();
         if (!(reason instanceof VmExitReason.GuestExit)) {
@@ -105,7 +112,8 @@ final class VmSession {
                 // the process, one after ends the VM.
                 var previous = Signals.onTermination(name -> {
                     var adopted = standby.adopted().getNow(null);
-                    if (adopted != null) adopted.end(new VmExitReason.Stopped("signal"));
+                    if (adopted != null)
+                        adopted.end(new VmExitReason.Stopped("signal", VmExitReason.Stopped.Cause.SIGNAL));
                     else stopped.complete(null);
                 });
                 try (var api = apiSocket == null ? null : ApiServer.start(apiSocket, standby.handler())) {
@@ -124,7 +132,8 @@ final class VmSession {
                         }
                         return Main.OK;
                     }
-                    try (vm) {
+                    try (vm;
+                            var _ = MetricsFile.startIfAsked(vm)) {
                         return runToEnd(io, vm, err);
                     }
                 } finally {

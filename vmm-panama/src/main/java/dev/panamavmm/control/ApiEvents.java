@@ -47,7 +47,15 @@ public final class ApiEvents implements VmListener {
 
     @Override
     public void ended(VmExitReason reason) {
-        event("SHUTDOWN", Json.object("reason", reason.describe()));
+        // QEMU's members, and the VMM's sentence for people (a QMP client ignores members it does not know).
+        event(
+                "SHUTDOWN",
+                Json.object("guest", reason.byGuest(), "reason", reason.qmpReason(), "detail", reason.describe()));
+    }
+
+    /** Sends event {@code name} to the attached server's clients (none before one is attached). */
+    public void emit(String name, Map<String, Object> data) {
+        event(name, data);
     }
 
     private void event(String name, Map<String, Object> data) {

@@ -1,7 +1,9 @@
 package dev.panamavmm.control;
 
+import dev.panamavmm.api.ApiCommands;
 import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.log.VmmLogProvider;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
@@ -16,11 +18,13 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.atomic.AtomicLong;
+import org.slf4j.MDC;
 
 /**
  * The clones of one process ({@code vmm serve}), and the templates they come from: each clone is a
@@ -49,48 +53,45 @@ public final class CloneService implements AutoCloseable {
      * template of one of its clones, by id), and quit (which runs {@code quit}).
      */
     public ApiHandler handler(Runnable quit) {
-        return (command, args) -> switch (command) {
-            case "clone" -> {
-                ApiHandler.expect(command, args, "template", "count");
-                yield clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int)
-                        ApiHandler.number(args, "count", 1));
-            }
-            case "query-clones" ->
-                clones.values().stream()
-                        .map(c -> Json.object(
-                                "id",
-                                c.id(),
-                                "status",
-                                c.vm().status().qmpName(),
-                                "generation-id",
-                                String.format("0x%016x", c.generationId()),
-                                "first-entry-ms",
-                                c.vm().firstEntryNanos() == 0
-                                        ? null
-                                        : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6))
-                        .toList();
-            case "destroy" -> {
-                ApiHandler.expect(command, args, "id");
-                String id = ApiHandler.requireString(args, "id", "a clone id");
-                var c = clones.remove(id);
-                if (c == null) throw new IllegalArgumentException("no clone " + id);
-                destroy(c);
-                yield Map.of();
-            }
-            case "template-create" -> {
-                ApiHandler.expect(command, args, "id", "path");
-                String id = ApiHandler.requireString(args, "id", "a clone id");
-                var c = clones.get(id);
-                if (c == null) throw new IllegalArgumentException("no clone " + id);
-                yield new VmControl(c.vm())
-                        .templateCreate(Path.of(ApiHandler.requireString(args, "path", "DIRECTORY")));
-            }
-            case "quit" -> {
-                quit.run();
-                yield Map.of();
-            }
-            default -> null;
-        };
+        return new ApiCommands()
+                .add(
+                        "clone",
+                        List.of("template", "count"),
+                        args -> clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int)
+                                ApiHandler.number(args, "count", 1)))
+                .add(
+                        "query-clones",
+                        args -> clones.values().stream()
+                                .map(c -> Json.object(
+                                        "id",
+                                        c.id(),
+                                        "status",
+                                        c.vm().status().qmpName(),
+                                        "generation-id",
+                                        String.format("0x%016x", c.generationId()),
+                                        "first-entry-ms",
+                                        c.vm().firstEntryNanos() == 0
+                                                ? null
+                                                : (c.vm().firstEntryNanos() - c.requestNanos()) / 1e6))
+                                .toList())
+                .add("destroy", List.of("id"), args -> {
+                    String id = ApiHandler.requireString(args, "id", "a clone id");
+                    var c = clones.remove(id);
+                    if (c == null) throw new IllegalArgumentException("no clone " + id);
+                    destroy(c);
+                    return Map.of();
+                })
+                .add("template-create", List.of("id", "path"), args -> {
+                    String id = ApiHandler.requireString(args, "id", "a clone id");
+                    var c = clones.get(id);
+                    if (c == null) throw new IllegalArgumentException("no clone " + id);
+                    return new VmControl(c.vm())
+                            .templateCreate(Path.of(ApiHandler.requireString(args, "path", "DIRECTORY")));
+                })
+                .add("quit", args -> {
+                    quit.run();
+                    return Map.of();
+                });
     }
 
     /** Starts {@code count} clones of a template; returns when all of them run. */
@@ -120,10 +121,13 @@ public final class CloneService implements AutoCloseable {
                             "cannot create the console file " + log + ": " + IoErrors.reason(e));
                 }
             }
+            // The clone's threads (vCPUs, devices) are started below and inherit its id for their log lines.
+            var logId = MDC.putCloseable(VmmLogProvider.VM_KEY, id);
             Vm vm;
             try {
                 vm = Templates.clone(kvm, loaded, console, new VmListener() {});
             } catch (RuntimeException e) {
+                logId.close();
                 console.close();
                 throw e;
             }
@@ -133,7 +137,11 @@ public final class CloneService implements AutoCloseable {
                     .thenRun(() -> reaper.execute(() -> {
                         if (clones.remove(c.id(), c)) destroy(c);
                     }));
-            vm.start();
+            try {
+                vm.start();
+            } finally {
+                logId.close();
+            }
             started.add(Json.object(
                     "id",
                     id,

@@ -4,7 +4,6 @@ import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.sys.LibC;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.DiskConfig;
 import dev.panamavmm.vmm.LocalMigration;
@@ -29,6 +28,8 @@ import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * A dress rehearsal of the control path on a throwaway VM, run once in the background of a VMM
@@ -50,7 +51,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
 public final class Rehearsal {
     private Rehearsal() {}
 
-    private static final Log log = Log.of(Rehearsal.class);
+    private static final Logger log = LoggerFactory.getLogger(Rehearsal.class);
     /** Set PANAMA_VMM_NO_REHEARSAL=1 to skip it (e.g. to measure a cold process). */
     static final String DISABLE_ENV = "PANAMA_VMM_NO_REHEARSAL";
 
@@ -178,8 +179,7 @@ public final class Rehearsal {
         try (var vm = VmBuilder.boot(kvm, config, OutputStream.nullOutputStream(), new VmListener() {})) {
             vm.start();
             try (var server = ApiServer.start(dir.resolve("api.sock"), new VmControl(vm));
-                    var client = ApiClient.connect(server.path())) {
-                client.execute("qmp_capabilities", Json.object());
+                    var client = ApiClient.connect(server.path())) { // connect negotiates (qmp_capabilities)
                 for (int i = 0; i < rounds.api(); i++) {
                     step(stop);
                     client.execute("stop", Json.object());
@@ -207,7 +207,6 @@ public final class Rehearsal {
                 step(stop);
                 try (var server = ApiServer.start(dir.resolve("api2.sock"), new VmControl(last));
                         var client = ApiClient.connect(server.path())) {
-                    client.execute("qmp_capabilities", Json.object());
                     client.execute("snapshot", Json.object("path", snapshot.toString(), "bypass-shared-memory", true));
                 }
                 last.termination().get(10, TimeUnit.SECONDS);

@@ -1,9 +1,9 @@
 package dev.panamavmm.control;
 
+import dev.panamavmm.api.ApiCommands;
 import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.MachineConfig;
@@ -21,6 +21,7 @@ import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.CompletableFuture;
@@ -28,6 +29,8 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Function;
 import java.util.function.Supplier;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * A VMM that has no VM yet and adopts exactly one over its control API, as Firecracker's
@@ -36,11 +39,11 @@ import java.util.function.Supplier;
  * work on the VM itself. Commands: {@code restore {"path": DIR, "resume": true, "memory-load": "mapped"}}, {@code clone
  * {"template": DIR}}, {@code boot {"memory", "cpus", "cmdline", "kernel", "mem-path", "shared"}}
  * and {@code incoming {"uri": "unix:PATH"}} (answers at once; the VM arrives with the migration),
- * plus {@code query-status} ({@code standby}, {@code inmigrate}) and {@code quit}. Once it has a VM,
+ * plus {@code query-status} ({@code prelaunch}, {@code inmigrate}) and {@code quit}. Once it has a VM,
  * the API is that VM's ({@link VmControl}); a second adoption is refused.
  */
 public final class Standby implements AutoCloseable {
-    private static final Log log = Log.of(Standby.class);
+    private static final Logger log = LoggerFactory.getLogger(Standby.class);
 
     /** What the process is doing. */
     public enum State {
@@ -48,6 +51,12 @@ public final class Standby implements AutoCloseable {
         INMIGRATE,
         ADOPTED
     }
+
+    /**
+     * What {@code query-status} says while it waits for a VM: QEMU's name for a machine that has
+     * not started ({@code -S}); {@code inmigrate} while it waits for a live update.
+     */
+    public static final String WAITING_STATUS = "prelaunch";
 
     /** The commands that give a standby VMM its VM. */
     private static final Set<String> ADOPTING = Set.of("restore", "clone", "boot", "incoming");
@@ -80,56 +89,62 @@ public final class Standby implements AutoCloseable {
 
     /** The control API: standby commands until a VM is adopted, then the VM's. */
     public ApiHandler handler() {
-        return (command, args) -> {
-            var api = vmApi;
-            if (api != null) {
-                if (ADOPTING.contains(command)) throw alreadyTaken();
-                return api.execute(command, args);
-            }
-            return switch (command) {
-                case "query-status" -> {
-                    ApiHandler.expect(command, args);
-                    yield Json.object(
-                            "status", state.get() == State.INMIGRATE ? "inmigrate" : "standby", "running", false);
-                }
-                case "quit" -> {
-                    ApiHandler.expect(command, args);
+        var own = new ApiCommands()
+                .add(
+                        "query-status",
+                        args -> Json.object(
+                                "status",
+                                state.get() == State.INMIGRATE ? "inmigrate" : WAITING_STATUS,
+                                "singlestep",
+                                false,
+                                "running",
+                                false))
+                .add("quit", args -> {
                     quit.run();
-                    yield Map.of();
-                }
-                case "restore" -> {
-                    ApiHandler.expect(command, args, "path", "resume", "memory-load");
+                    return Map.of();
+                })
+                .add("restore", List.of("path", "resume", "memory-load"), args -> {
                     var dir = Path.of(ApiHandler.requireString(args, "path", "a snapshot directory"));
                     var load = args.get("memory-load") == null
                             ? MemoryLoad.MAPPED
                             : MemoryLoad.parse(ApiHandler.requireString(args, "memory-load", "mapped, lazy or eager"));
-                    yield adopt(
+                    return adopt(
                             () -> VmBuilder.fromSnapshot(
                                     kvm, VmSnapshots.load(dir), VmBuilder.Mode.CONTINUE, load, console, listener),
                             ApiHandler.flag(args, "resume", true));
-                }
-                case "clone" -> {
-                    ApiHandler.expect(command, args, "template", "resume");
+                })
+                .add("clone", List.of("template", "resume"), args -> {
                     var dir = Path.of(ApiHandler.requireString(args, "template", "a template directory"));
-                    yield adopt(
+                    return adopt(
                             () -> Templates.clone(kvm, Templates.open(dir), console, listener),
                             ApiHandler.flag(args, "resume", true));
-                }
-                case "boot" -> {
-                    ApiHandler.expect(command, args, "memory", "cpus", "cmdline", "kernel", "mem-path", "shared");
+                })
+                .add("boot", List.of("memory", "cpus", "cmdline", "kernel", "mem-path", "shared"), args -> {
                     var config = machine(args);
-                    yield adopt(() -> VmBuilder.boot(kvm, config, console, listener), true);
-                }
-                case "incoming" -> {
-                    ApiHandler.expect(command, args, "uri");
-                    yield incoming(ApiHandler.requireString(args, "uri", "unix:PATH"));
-                }
-                case "stop", "cont", "snapshot", "migrate" ->
-                    throw new IllegalStateException("this VMM has no VM yet (it is on "
-                            + (state.get() == State.INMIGRATE ? "incoming" : "standby")
-                            + "): restore, clone, boot or incoming gives it one");
-                default -> null;
-            };
+                    return adopt(() -> VmBuilder.boot(kvm, config, console, listener), true);
+                })
+                .add("incoming", List.of("uri"), args -> incoming(ApiHandler.requireString(args, "uri", "unix:PATH")));
+        for (var vmCommand : List.of("stop", "cont", "snapshot", "migrate")) {
+            own.add(vmCommand, List.of("path", "bypass-shared-memory", "resume", "uri"), args -> {
+                throw new IllegalStateException("this VMM has no VM yet (it is on "
+                        + (state.get() == State.INMIGRATE ? "incoming" : "standby")
+                        + "): restore, clone, boot or incoming gives it one");
+            });
+        }
+        return new ApiHandler() {
+            @Override
+            public Object execute(String command, Map<String, Object> args) throws Exception {
+                var api = vmApi;
+                if (api == null) return own.execute(command, args);
+                if (ADOPTING.contains(command)) throw alreadyTaken();
+                return api.execute(command, args);
+            }
+
+            @Override
+            public List<String> commands() {
+                var api = vmApi;
+                return api == null ? own.commands() : api.commands();
+            }
         };
     }
 
@@ -158,8 +173,9 @@ public final class Standby implements AutoCloseable {
 
     private void handOver(Vm vm) {
         // The VM's API first: a query-status from here on answers for the VM. Marking the state
-        // first let a poll in between read "standby", and vmm host took the live update for failed.
-        vmApi = ApiHandler.forVm(new VmControl(vm));
+        // first let a poll in between read "prelaunch", and vmm host took the live update for failed.
+        vmApi = ApiHandler.forVm(
+                listener instanceof ApiEvents events ? new VmControl(vm, events::emit) : new VmControl(vm));
         state.set(State.ADOPTED);
         adopted.complete(vm);
     }

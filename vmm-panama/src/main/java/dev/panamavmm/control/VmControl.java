@@ -9,31 +9,35 @@ import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmSnapshots;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.Map;
-import java.util.function.LongFunction;
+import java.util.function.BiConsumer;
 
 /** The control API of one VM: what {@code query-status}, {@code stop}, {@code snapshot}, ... do to it. */
 public final class VmControl implements ControlTarget {
     private final Vm vm;
-    private final LongFunction<RamWriter.Progress> progress;
+    private final Jobs jobs;
 
-    /**
-     * {@code progress} makes the progress reporter of a save, given the bytes of RAM; the CLI draws
-     * a bar on the VMM's terminal, other owners report nothing.
-     */
-    public VmControl(Vm vm, LongFunction<RamWriter.Progress> progress) {
+    /** {@code events} sends the VM's API events (a job's {@code JOB_STATUS_CHANGE}) to its clients. */
+    public VmControl(Vm vm, BiConsumer<String, Map<String, Object>> events) {
         this.vm = vm;
-        this.progress = progress;
+        this.jobs = new Jobs(events);
     }
 
+    /** Without events: for an owner whose clients do not wait on jobs. */
     public VmControl(Vm vm) {
-        this(vm, bytes -> RamWriter.Progress.NONE);
+        this(vm, (name, data) -> {});
     }
 
     @Override
     public Map<String, Object> status() {
         var status = vm.status();
-        return Json.object("status", status.qmpName(), "running", status == Vm.Status.RUNNING);
+        return Json.object("status", status.qmpName(), "singlestep", false, "running", status == Vm.Status.RUNNING);
+    }
+
+    @Override
+    public Map<String, Object> metrics() {
+        return vm.metricsReport();
     }
 
     @Override
@@ -52,10 +56,16 @@ public final class VmControl implements ControlTarget {
     }
 
     @Override
-    public Map<String, Object> migrate(String uri) throws Exception {
+    public Map<String, Object> migrate(String uri, boolean detach) throws Exception {
         if (!uri.startsWith("unix:") || uri.length() == 5)
             throw new IllegalArgumentException("\"uri\" must be unix:PATH");
-        var r = LocalMigration.send(vm, Path.of(uri.substring(5)), 10);
+        var socket = Path.of(uri.substring(5));
+        if (detach) return Json.object("job-id", jobs.start("migrate", 0, progress -> migrate(socket)));
+        return migrate(socket);
+    }
+
+    private Map<String, Object> migrate(Path socket) throws Exception {
+        var r = LocalMigration.send(vm, socket, 10);
         return Json.object(
                 "downtime-ms",
                 r.downtimeMillis(),
@@ -70,19 +80,39 @@ public final class VmControl implements ControlTarget {
     }
 
     @Override
-    public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume) throws Exception {
-        var bar = progress.apply(vm.memory().size());
-        var saved = VmSnapshots.save(vm, dir, bypass, resume, bar);
-        if (bar instanceof AutoCloseable done) done.close();
+    public Map<String, Object> snapshot(
+            Path dir, boolean bypass, boolean resume, boolean diff, boolean live, boolean detach) throws Exception {
+        var request = VmSnapshots.Request.of(bypass, resume ? VmSnapshots.After.RESUME : VmSnapshots.After.STOP)
+                .diff(diff)
+                .live(live);
+        if (detach)
+            return Json.object(
+                    "job-id",
+                    jobs.start("snapshot", vm.memory().size(), progress -> snapshot(dir, request, resume, progress)));
+        return snapshot(dir, request, resume, RamWriter.Progress.NONE);
+    }
+
+    private Map<String, Object> snapshot(
+            Path dir, VmSnapshots.Request request, boolean resume, RamWriter.Progress progress)
+            throws InterruptedException {
+        var saved = VmSnapshots.save(vm, dir, request, progress);
         return Json.object(
                 "path",
                 saved.file().toString(),
+                "type",
+                saved.type(),
                 "ram-bytes-written",
                 saved.ramBytesWritten(),
                 "ram-blocks-by-reference",
                 saved.ramBlocksByReference(),
                 "duration-ms",
                 saved.millis(),
+                "pause-ms",
+                saved.pauseMicros() / 1000,
+                "pause-us",
+                saved.pauseMicros(),
+                "live-passes",
+                (long) saved.passes(),
                 "resumed",
                 resume);
     }
@@ -105,5 +135,20 @@ public final class VmControl implements ControlTarget {
                 (long) made.layerRuns(),
                 "paused-ms",
                 made.pausedMillis());
+    }
+
+    /** Waits up to {@code millis} for its jobs to conclude, so their last events reach the clients. */
+    public void awaitJobs(long millis) throws InterruptedException {
+        jobs.awaitIdle(millis);
+    }
+
+    @Override
+    public List<Object> jobs() {
+        return jobs.describe();
+    }
+
+    @Override
+    public void cancelJob(String id) {
+        jobs.cancel(id);
     }
 }

@@ -2,7 +2,6 @@ package dev.panamavmm.host;
 
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.sys.LibC;
-import dev.panamavmm.log.Log;
 import java.io.File;
 import java.io.IOException;
 import java.nio.file.Files;
@@ -10,6 +9,8 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * The warm {@code vmm standby} processes of a host in process isolation. Each is started at nice
@@ -19,7 +20,7 @@ import java.util.function.Consumer;
  * background.
  */
 final class StandbyPool implements AutoCloseable {
-    private static final Log log = Log.of(StandbyPool.class);
+    private static final Logger log = LoggerFactory.getLogger(StandbyPool.class);
 
     private final List<String> launch;
     private final int size;

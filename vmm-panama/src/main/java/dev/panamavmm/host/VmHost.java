@@ -1,13 +1,14 @@
 package dev.panamavmm.host;
 
 import dev.panamavmm.api.ApiClient;
+import dev.panamavmm.api.ApiCommands;
 import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.control.ApiEvents;
 import dev.panamavmm.control.Standby;
 import dev.panamavmm.control.VmControl;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.log.Log;
+import dev.panamavmm.log.VmmLogProvider;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
@@ -37,6 +38,9 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import org.slf4j.MDC;
 
 /**
  * The host daemon ({@code vmm host}): many VMs, each with its own API socket (the single-VM API)
@@ -47,7 +51,7 @@ import java.util.concurrent.atomic.AtomicReference;
  * {@code VM_FAILED} (with the reason).
  */
 public final class VmHost implements AutoCloseable {
-    private static final Log log = Log.of(VmHost.class);
+    private static final Logger log = LoggerFactory.getLogger(VmHost.class);
     /** How long a request waits for a warm worker when the pool is empty (a worker warms up in ~1-3 s). */
     static final long TAKE_MILLIS = 60_000;
     /** How long a new host waits for the state directory's previous host to finish ending. */
@@ -63,11 +67,17 @@ public final class VmHost implements AutoCloseable {
         }
     }
 
+    /** How the host sends one of its VMs a command: to the VM's own API in this JVM, or to its worker. */
+    @FunctionalInterface
+    private interface VmApi {
+        Object execute(String command, Map<String, Object> args) throws Exception;
+    }
+
     /** A VM of this host: in this JVM or in a worker process. */
     private sealed interface Hosted permits InProcess, InWorker, Arriving {
         String id();
 
-        ApiHandler api();
+        VmApi api();
 
         Map<String, Object> describe();
     }
@@ -76,12 +86,17 @@ public final class VmHost implements AutoCloseable {
     private record InProcess(
             String id,
             Vm vm,
-            ApiHandler api,
+            ApiHandler handler,
             ApiServer server,
             OutputStream out,
             VmFiles.Names names,
             long requestNanos)
             implements Hosted {
+        @Override
+        public VmApi api() {
+            return handler::execute;
+        }
+
         @Override
         public Map<String, Object> describe() {
             var described = Json.object(
@@ -111,7 +126,7 @@ public final class VmHost implements AutoCloseable {
         }
 
         @Override
-        public ApiHandler api() {
+        public VmApi api() {
             return (command, args) -> {
                 throw new IllegalStateException(
                         "VM " + names.id() + " has not arrived yet (it waits for a migration on " + socket + ")");
@@ -141,7 +156,7 @@ public final class VmHost implements AutoCloseable {
         }
 
         @Override
-        public ApiHandler api() {
+        public VmApi api() {
             return (command, args) -> forward(worker, command, args);
         }
 
@@ -237,74 +252,61 @@ public final class VmHost implements AutoCloseable {
 
     /** The host's commands; {@code quit} ends the host. */
     public ApiHandler handler(Runnable quit) {
-        return (command, args) -> switch (command) {
-            case "boot" -> {
-                ApiHandler.expect(command, args, "memory", "cpus", "cmdline", "kernel", "mem-path", "shared");
-                yield start(command, args);
-            }
-            case "restore" -> {
-                ApiHandler.expect(command, args, "path", "resume");
-                ApiHandler.requireString(args, "path", "a snapshot directory");
-                yield start(command, args);
-            }
-            case "clone" -> {
-                ApiHandler.expect(command, args, "template", "resume");
-                ApiHandler.requireString(args, "template", "a template directory");
-                yield start(command, args);
-            }
-            case "incoming" -> {
-                ApiHandler.expect(command, args, "uri");
-                yield incoming(ApiHandler.requireString(args, "uri", "unix:PATH"));
-            }
-            case "destroy" -> {
-                ApiHandler.expect(command, args, "id");
-                destroy(find(args));
-                yield Map.of();
-            }
-            case "stop", "cont" -> {
-                ApiHandler.expect(command, args, "id");
-                yield forward(command, args);
-            }
-            case "snapshot" -> {
-                ApiHandler.expect(command, args, "id", "path", "bypass-shared-memory", "resume");
-                yield forward(command, args);
-            }
-            case "migrate" -> {
-                ApiHandler.expect(command, args, "id", "uri");
-                yield forward(command, args);
-            }
-            case "handover" -> {
-                ApiHandler.expect(command, args, "host");
-                yield handover(Path.of(ApiHandler.requireString(args, "host", "the new host's API socket")));
-            }
-            case "query-vms" -> {
-                ApiHandler.expect(command, args);
-                yield vms.values().stream()
-                        .sorted(Comparator.comparingLong(h -> number(h.id())))
-                        .map(Hosted::describe)
-                        .toList();
-            }
-            case "query-host" -> {
-                ApiHandler.expect(command, args);
-                yield Json.object(
-                        "isolation",
-                        isolation.label(),
-                        "state-dir",
-                        files.stateDir().toString(),
-                        "vms",
-                        vms.size(),
-                        "standby",
-                        pool == null
-                                ? List.of()
-                                : pool.workers().stream().map(Worker::describe).toList());
-            }
-            case "quit" -> {
-                ApiHandler.expect(command, args);
-                quit.run();
-                yield Map.of();
-            }
-            default -> null;
-        };
+        return new ApiCommands()
+                .add(
+                        "boot",
+                        List.of("memory", "cpus", "cmdline", "kernel", "mem-path", "shared"),
+                        args -> start("boot", args))
+                .add("restore", List.of("path", "resume"), args -> {
+                    ApiHandler.requireString(args, "path", "a snapshot directory");
+                    return start("restore", args);
+                })
+                .add("clone", List.of("template", "resume"), args -> {
+                    ApiHandler.requireString(args, "template", "a template directory");
+                    return start("clone", args);
+                })
+                .add("incoming", List.of("uri"), args -> incoming(ApiHandler.requireString(args, "uri", "unix:PATH")))
+                .add("destroy", List.of("id"), args -> {
+                    destroy(find(args));
+                    return Map.of();
+                })
+                .add("stop", List.of("id"), args -> forward("stop", args))
+                .add("query-metrics", List.of("id"), args -> forward("query-metrics", args))
+                .add("cont", List.of("id"), args -> forward("cont", args))
+                .add(
+                        "snapshot",
+                        List.of("id", "path", "bypass-shared-memory", "resume", "type", "live", "detach"),
+                        args -> forward("snapshot", args))
+                .add("migrate", List.of("id", "uri", "detach"), args -> forward("migrate", args))
+                .add(
+                        "handover",
+                        List.of("host"),
+                        args -> handover(Path.of(ApiHandler.requireString(args, "host", "the new host's API socket"))))
+                .add(
+                        "query-vms",
+                        args -> vms.values().stream()
+                                .sorted(Comparator.comparingLong(h -> number(h.id())))
+                                .map(Hosted::describe)
+                                .toList())
+                .add(
+                        "query-host",
+                        args -> Json.object(
+                                "isolation",
+                                isolation.label(),
+                                "state-dir",
+                                files.stateDir().toString(),
+                                "vms",
+                                vms.size(),
+                                "standby",
+                                pool == null
+                                        ? List.of()
+                                        : pool.workers().stream()
+                                                .map(Worker::describe)
+                                                .toList()))
+                .add("quit", args -> {
+                    quit.run();
+                    return Map.of();
+                });
     }
 
     /**
@@ -330,6 +332,13 @@ public final class VmHost implements AutoCloseable {
                         execute(client, "incoming", Json.object("uri", "unix:" + socket)), "the new host's reply");
                 var result = Json.asObject(
                         vm.api().execute("migrate", Json.object("uri", "unix:" + socket)), "the migration's result");
+                // Gone from this host before the reply, not when the reaper gets to it: a query-vms
+                // right after the handover must not list it (seen under load: it was still "shutdown").
+                var reason = vm.vm().termination().join();
+                if (vms.remove(vm.id(), vm)) {
+                    closeShared(vm);
+                    ended(vm.id(), false, reason.describe());
+                }
                 moved.add(Json.object(
                         "id",
                         vm.id(),
@@ -394,6 +403,15 @@ public final class VmHost implements AutoCloseable {
             throws Exception {
         boolean resume = ApiHandler.flag(args, "resume", true);
         var names = files.claim();
+        // The VM's threads (vCPUs, devices) are started below and inherit its id for their log lines.
+        try (var _ = MDC.putCloseable(VmmLogProvider.VM_KEY, names.id())) {
+            return startShared(command, args, requestNanos, resume, names);
+        }
+    }
+
+    private Map<String, Object> startShared(
+            String command, Map<String, Object> args, long requestNanos, boolean resume, VmFiles.Names names)
+            throws Exception {
         var out = Files.newOutputStream(names.console(), StandardOpenOption.WRITE, StandardOpenOption.APPEND);
         var listener = new ApiEvents();
         Vm vm;
@@ -439,7 +457,7 @@ public final class VmHost implements AutoCloseable {
 
     /** Gives a VM of this JVM its API socket and a place in the list; a guest that ends is reaped. */
     private InProcess register(VmFiles.Names names, OutputStream out, ApiEvents listener, Vm vm, long requestNanos) {
-        var api = ApiHandler.forVm(new VmControl(vm));
+        var api = ApiHandler.forVm(new VmControl(vm, listener::emit));
         ApiServer server;
         try {
             server = ApiServer.start(names.apiSocket(), api);
@@ -555,7 +573,7 @@ public final class VmHost implements AutoCloseable {
         var worker = hosted.worker();
         while (vms.get(worker.id) == hosted && !worker.exited()) {
             String status = statusOf(worker, "inmigrate"); // busy, or ending: the exit watch reports an end
-            if (status.equals("standby")) {
+            if (status.equals(Standby.WAITING_STATUS)) {
                 if (vms.remove(worker.id, hosted)) {
                     ended(
                             worker.id,
@@ -759,7 +777,7 @@ public final class VmHost implements AutoCloseable {
                     status = null; // still warming up, or busy: a standby until it says otherwise
                 }
             }
-            boolean onStandby = status == null || status.equals("standby");
+            boolean onStandby = status == null || status.equals(Standby.WAITING_STATUS);
             if (onStandby && pool == null) {
                 ProcessHandle.of(worker.pid).ifPresent(ProcessHandle::destroy);
                 worker.forget();

@@ -4,7 +4,6 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.SnapshotException;
 import java.io.IOException;
 import java.nio.file.Files;
@@ -12,6 +11,8 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.atomic.AtomicLong;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * Private disks for a clone: a clone must never write its template's disk, and two clones must
@@ -30,7 +31,7 @@ import java.util.concurrent.atomic.AtomicLong;
 final class CloneDisks {
     private CloneDisks() {}
 
-    private static final Log log = Log.of(CloneDisks.class);
+    private static final Logger log = LoggerFactory.getLogger(CloneDisks.class);
     private static final AtomicLong COUNTER = new AtomicLong();
 
     /** How a clone's disk was made. */

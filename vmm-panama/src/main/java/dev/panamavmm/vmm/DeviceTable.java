@@ -135,10 +135,10 @@ public final class DeviceTable {
 
     /**
      * One virtio-mmio device of a machine: slot {@code index} at {@code VIRTIO_MMIO_BASE + index *
-     * 4 KiB}, GSI {@code 5 + index}; a disk ({@code disk} set, named {@code virtio-blkN}) or the
-     * entropy device ({@code virtio-rng}).
+     * 4 KiB}, GSI {@code 5 + index}, configured by {@code config} (a disk is named
+     * {@code virtio-blkN}, the entropy device {@code virtio-rng}).
      */
-    public record VirtioSlot(int index, String name, DiskConfig disk) {
+    public record VirtioSlot(int index, String name, VirtioConfig config) {
         public long address() {
             return VIRTIO_MMIO_BASE + (long) index * VirtioMmio.WINDOW_SIZE;
         }
@@ -151,6 +151,11 @@ public final class DeviceTable {
             return "device/" + name;
         }
 
+        /** The disk of a virtio-blk slot, else null. */
+        public DiskConfig disk() {
+            return config instanceof DiskConfig d ? d : null;
+        }
+
         /** How Linux learns of the device: {@code virtio_mmio.device=4K@0xc0000000:5} on its command line. */
         public String cmdlineToken() {
             return String.format("virtio_mmio.device=4K@0x%x:%d", address(), gsi());
@@ -161,7 +166,7 @@ public final class DeviceTable {
     public static List<VirtioSlot> virtio(MachineConfig config) {
         var slots = new ArrayList<VirtioSlot>();
         for (var disk : config.disks()) slots.add(new VirtioSlot(slots.size(), "virtio-blk" + slots.size(), disk));
-        if (config.rng()) slots.add(new VirtioSlot(slots.size(), "virtio-rng", null));
+        if (config.rng()) slots.add(new VirtioSlot(slots.size(), "virtio-rng", new VirtioConfig.Rng()));
         if (slots.size() > VIRTIO_MAX_DEVICES)
             throw new IllegalArgumentException("at most " + VIRTIO_MAX_DEVICES + " virtio devices (disks and rng)");
         return slots;

@@ -11,7 +11,7 @@ import java.util.Objects;
  * may be an overlay: then {@code path} is the clone's {@link OverlayBlockBackend} file and
  * {@code base} the template's disk it reads unwritten clusters from (null for a plain disk).
  */
-public record DiskConfig(Path path, boolean readOnly, String id, Path base, Cache cache) {
+public record DiskConfig(Path path, boolean readOnly, String id, Path base, Cache cache) implements VirtioConfig {
     /**
      * How the disk's file is opened, as QEMU's {@code cache=} names it: through the host's page
      * cache ({@code writeback}, the default: writes complete when the page cache has them, FLUSH

@@ -12,6 +12,7 @@ import java.util.List;
  * ({@link VmBuilder#fromSnapshot}): everything that does not depend on the new VM.
  * {@code descriptors} are the fds passed with a live update's snapshot; {@code diskDescriptors}
  * gives, per disk of the config, the index of its passed descriptor, or -1 when it is opened by path.
+ * {@code chain} is {@code snapshot} and, when it is a diff layer, its bases, newest first.
  * {@code layers} are a chained template's layer files, root first ({@link Templates#open}): a
  * clone maps them copy-on-write over the memory file; empty for anything else.
  */
@@ -25,6 +26,7 @@ public record LoadedSnapshot(
         DeviceTable.States devices,
         int[] descriptors,
         int[] diskDescriptors,
+        List<SnapshotReader> chain,
         List<GuestMemory.Layer> layers) {
 
     public LoadedSnapshot(
@@ -36,8 +38,9 @@ public record LoadedSnapshot(
             VmState vm,
             DeviceTable.States devices,
             int[] descriptors,
-            int[] diskDescriptors) {
-        this(dir, snapshot, config, xsaveSize, vcpus, vm, devices, descriptors, diskDescriptors, List.of());
+            int[] diskDescriptors,
+            List<SnapshotReader> chain) {
+        this(dir, snapshot, config, xsaveSize, vcpus, vm, devices, descriptors, diskDescriptors, chain, List.of());
     }
 
     public int cpus() {
@@ -45,8 +48,18 @@ public record LoadedSnapshot(
     }
 
     /** This snapshot with a chained template's layers. */
-    LoadedSnapshot withLayers(List<GuestMemory.Layer> chain) {
+    LoadedSnapshot withLayers(List<GuestMemory.Layer> layers) {
         return new LoadedSnapshot(
-                dir, snapshot, config, xsaveSize, vcpus, vm, devices, descriptors, diskDescriptors, List.copyOf(chain));
+                dir,
+                snapshot,
+                config,
+                xsaveSize,
+                vcpus,
+                vm,
+                devices,
+                descriptors,
+                diskDescriptors,
+                chain,
+                List.copyOf(layers));
     }
 }

@@ -3,7 +3,6 @@ package dev.panamavmm.vmm;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.kvm.sys.UnixSocket;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
@@ -17,6 +16,8 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Function;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * Local migration (live update of the VMM): the running VMM hands its guest to a new VMM process
@@ -44,7 +45,7 @@ import java.util.function.Function;
 public final class LocalMigration {
     private LocalMigration() {}
 
-    private static final Log log = Log.of(LocalMigration.class);
+    private static final Logger log = LoggerFactory.getLogger(LocalMigration.class);
 
     /** The destination resumes only if this much is left before the source's deadline: time for its confirmation to arrive. */
     static final long RESUME_MARGIN_NANOS = TimeUnit.SECONDS.toNanos(1);
@@ -66,7 +67,8 @@ public final class LocalMigration {
 
     /** Migrates {@code vm} to the VMM waiting on {@code socket}; on failure the guest runs on here and the exception says why. */
     public static Result send(Vm vm, Path socket, long timeoutSeconds) throws InterruptedException {
-        long start = System.nanoTime();
+        var timing = VmMetrics.begin("live-update-out");
+        long start = timing.startNanos();
         long deadline = start + TimeUnit.SECONDS.toNanos(timeoutSeconds);
         // The memfd goes over as it is: a lazily restored guest's pages not yet loaded would be holes there.
         vm.memory().awaitLoaded();
@@ -109,6 +111,17 @@ public final class LocalMigration {
                     long resumedAt = running.resumedAtNanos() >= savedAt && running.resumedAtNanos() <= now
                             ? running.resumedAtNanos()
                             : now;
+                    timing.end(
+                            vm.metrics(),
+                            VmSnapshots.phases(
+                                    "prepare",
+                                    pausedAt - timing.startNanos(),
+                                    "save",
+                                    savedAt - pausedAt,
+                                    "destination",
+                                    resumedAt - savedAt,
+                                    "confirmed",
+                                    now - resumedAt));
                     log.debug(
                             "migration downtime {} us: save {} us, destination builds and resumes {} us, confirmed after {} us",
                             (resumedAt - pausedAt) / 1000,
@@ -281,7 +294,8 @@ public final class LocalMigration {
         var ramDescriptors = new HashSet<Integer>();
         boolean disksHandedOver = false;
         int protocol = MigrationProtocol.OLDEST; // a protocol-1 source may start with the state itself
-        long stateAt, loadedAt; // for the debug log: where the downtime goes on this side
+        long stateAt, loadedAt; // for the debug log and the metrics: where the downtime goes on this side
+        VmMetrics.Timing timing;
         MigrationProtocol.State state;
         try {
             if (first instanceof MigrationProtocol.Prepare prepare) {
@@ -314,7 +328,8 @@ public final class LocalMigration {
             } else {
                 state = (MigrationProtocol.State) first;
             }
-            stateAt = System.nanoTime();
+            timing = VmMetrics.begin("live-update-in");
+            stateAt = timing.startNanos();
             var loaded = VmSnapshots.load(state.snapshot(), fds);
             loadedAt = System.nanoTime();
             String refusal = accept.apply(loaded.config());
@@ -356,6 +371,17 @@ public final class LocalMigration {
             vm.resume();
             long resumedAt = System.nanoTime();
             peer.send(MigrationProtocol.encode(new MigrationProtocol.Running(resumedAt), protocol));
+            timing.end(
+                    vm.metrics(),
+                    VmSnapshots.phases(
+                            "load",
+                            loadedAt - stateAt,
+                            "build",
+                            builtAt - loadedAt,
+                            "vcpu-threads",
+                            startedAt - builtAt,
+                            "resume",
+                            resumedAt - startedAt));
             log.debug(
                     "incoming state: load {} us, build {} us, vCPU threads {} us, resumed {} us after the state arrived",
                     (loadedAt - stateAt) / 1000,

@@ -311,7 +311,7 @@ public final class Templates {
             pausedAt = System.nanoTime();
             var sources = new ArrayList<LayerFile.Source>();
             for (var block : vm.memory().blocks()) {
-                for (long[] r : fillGaps(block.privatePages())) {
+                for (long[] r : fillGaps(block.copiedOnWrite())) {
                     sources.add(new LayerFile.Source(
                             block.fileOffset() + r[0], block.segment().asSlice(r[0], r[1] - r[0])));
                 }
@@ -320,7 +320,12 @@ public final class Templates {
             // Read-only before its identity is taken (a chmod changes the ctime), as the root's memory file.
             Files.setPosixFilePermissions(layerPath, READ_ONLY);
             var identity = FileIdentity.of(layerPath);
-            VmSnapshots.save(vm, dir, true, VmSnapshots.After.STAY_PAUSED, false, -1, RamWriter.Progress.NONE, root);
+            VmSnapshots.save(
+                    vm,
+                    dir,
+                    VmSnapshots.Request.of(true, VmSnapshots.After.STAY_PAUSED),
+                    RamWriter.Progress.NONE,
+                    root);
             Files.setPosixFilePermissions(dir.resolve(SnapshotFormat.FILE_NAME), READ_ONLY);
             var layers = new ArrayList<>(parentChain.layers());
             layers.add(new LayerRef(

@@ -101,13 +101,17 @@ final class Vcpu implements Runnable {
             int r = fd.run();
             ioToComplete = false;
             if (r < 0) {
-                if (r == -LibcConstants.EINTR || r == -LibcConstants.EAGAIN) continue;
+                if (r == -LibcConstants.EINTR || r == -LibcConstants.EAGAIN) {
+                    exits.metrics().exit(index(), INTERRUPTED); // a kick (KVM_RUN returns EINTR, no exit reason)
+                    continue;
+                }
                 exits.end()
                         .accept(new VmExitReason.Failed(
                                 "KVM_RUN failed on vCPU " + index() + ": " + Errno.describe(-r)));
                 return;
             }
             var exit = VcpuExit.decode(run);
+            exits.metrics().exit(index(), exit);
             // KVM finishes an I/O or MMIO exit (string I/O's remaining repetitions, a read's value
             // into the register) only on the next KVM_RUN: a pause after one must re-enter first.
             ioToComplete = exit instanceof VcpuExit.Io || exit instanceof VcpuExit.Mmio;
@@ -127,6 +131,8 @@ final class Vcpu implements Runnable {
     }
 
     /** Handles one exit; false when the VM has ended. */
+    private static final VcpuExit INTERRUPTED = new VcpuExit.Interrupted();
+
     private boolean handle(VcpuExit exit) {
         switch (exit) {
             case VcpuExit.Io io -> {

@@ -9,7 +9,6 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -20,6 +19,8 @@ import java.util.List;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * The VMM side of one virtio-mmio device: its transport on the MMIO bus, one eventfd per queue
@@ -29,7 +30,7 @@ import java.util.concurrent.TimeUnit;
  * pool of its own, so no vCPU thread ever waits for file I/O and several requests are in flight.
  */
 final class VirtioHost implements AutoCloseable {
-    private static final Log log = Log.of(VirtioHost.class);
+    private static final Logger log = LoggerFactory.getLogger(VirtioHost.class);
     /** Threads that move a disk's bytes through the page cache: requests in flight at once. */
     static final int DISK_IO_THREADS = 4;
     /**
@@ -50,6 +51,7 @@ final class VirtioHost implements AutoCloseable {
     }
 
     private final DeviceTable.VirtioSlot slot;
+    private final VirtioDevice device;
     private final VirtioMmio transport;
     private final int irqFd;
     private final int[] queueFds;
@@ -70,19 +72,14 @@ final class VirtioHost implements AutoCloseable {
         this.irqFd = irqFd;
         this.queueFds = queueFds;
         this.io = io;
-        VirtioDevice device = slot.disk() != null
-                ? new VirtioBlock(
-                        slot.name(),
-                        disk.backend(),
-                        slot.disk().readOnly(),
-                        slot.disk().id(),
-                        io,
-                        ioThreads(slot.disk()))
-                : new VirtioRng(slot.name(), LibC::getrandom);
-        GuestRam ram = (address, length) -> {
-            var block = memory.blockAt(address, length);
-            return block == null ? null : block.segment().asSlice(address - block.guestAddress(), length);
+        this.device = switch (slot.config()) {
+            case DiskConfig d -> new VirtioBlock(slot.name(), disk.backend(), d.readOnly(), d.id(), io, ioThreads(d));
+            case VirtioConfig.Rng r -> new VirtioRng(slot.name(), LibC::getrandom);
         };
+        if (device.queueCount() != queueFds.length)
+            throw new IllegalStateException(
+                    slot.name() + " has " + device.queueCount() + " queues, not " + queueFds.length);
+        GuestRam ram = memory::deviceSlice; // marks what it hands out: KVM's dirty log does not see device writes
         VirtioMmio.Notifier notifier = this::kick;
         VirtioMmio.Interrupt interrupt = () -> LibC.write(irqFd, ONE);
         this.transport = state == null
@@ -104,7 +101,7 @@ final class VirtioHost implements AutoCloseable {
         try {
             int irq = LibC.eventfd(0, LibcConstants.EFD_CLOEXEC | LibcConstants.EFD_NONBLOCK);
             fds.add(irq);
-            int[] queues = new int[1]; // blk and rng have one queue each
+            int[] queues = new int[queueCount(slot.config())];
             for (int q = 0; q < queues.length; q++) {
                 queues[q] = LibC.eventfd(0, LibcConstants.EFD_CLOEXEC);
                 fds.add(queues[q]);
@@ -125,6 +122,14 @@ final class VirtioHost implements AutoCloseable {
         }
     }
 
+    /** How many queues a device of this configuration has (each gets an eventfd and a thread). */
+    private static int queueCount(VirtioConfig config) {
+        return switch (config) {
+            case DiskConfig d -> 1;
+            case VirtioConfig.Rng r -> 1;
+        };
+    }
+
     DeviceTable.VirtioSlot slot() {
         return slot;
     }
@@ -133,7 +138,11 @@ final class VirtioHost implements AutoCloseable {
         return transport;
     }
 
-    /** Starts the device's thread: it processes a queue each time the guest notifies it. */
+    /**
+     * Starts the device's threads: one per queue, which processes it each time the guest (or the
+     * device's own work, through {@link VirtioDevice.Context#kick}) notifies it, and whatever the
+     * device runs beside them.
+     */
     void start() {
         for (int q = 0; q < queueFds.length; q++) {
             int queue = q;
@@ -144,6 +153,17 @@ final class VirtioHost implements AutoCloseable {
             threads.add(t);
             t.start();
         }
+        device.start(new VirtioDevice.Context() {
+            @Override
+            public void kick(int queue) {
+                VirtioHost.this.kick(queue);
+            }
+
+            @Override
+            public void updateConfig(int offset, byte[] bytes) {
+                transport.updateConfig(offset, bytes);
+            }
+        });
     }
 
     private void serve(int queue) {
@@ -178,6 +198,11 @@ final class VirtioHost implements AutoCloseable {
     @Override
     public void close() {
         stopping = true;
+        try {
+            device.stop();
+        } catch (RuntimeException e) {
+            log.warn("{}: stopping its work failed: {}", slot.name(), e.getMessage());
+        }
         for (int fd : queueFds) LibC.write(fd, ONE);
         for (var t : threads) {
             try {

@@ -8,7 +8,8 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
-import dev.panamavmm.log.Log;
+import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.memory.DirtyLog;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.vcpu.VcpuKick;
 import java.io.OutputStream;
@@ -22,6 +23,8 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicLong;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * A running virtual machine: guest memory, the KVM VM with its in-kernel irqchip and PIT, the
@@ -33,7 +36,7 @@ import java.util.concurrent.atomic.AtomicLong;
  * so no path (errors included) can touch unmapped memory.
  */
 public final class Vm implements AutoCloseable {
-    private static final Log log = Log.of(Vm.class);
+    private static final Logger log = LoggerFactory.getLogger(Vm.class);
 
     private final Arena arena;
     private final Kvm kvm;
@@ -57,7 +60,16 @@ public final class Vm implements AutoCloseable {
     private final CompletableFuture<VmExitReason> termination = new CompletableFuture<>();
     private final AtomicBoolean ending = new AtomicBoolean();
     private final AtomicLong firstEntryNanos = new AtomicLong();
+    private final VmMetrics metrics;
+    /** When the current pause began (0: running), for the metrics' paused time. */
+    private final AtomicLong pausedSince = new AtomicLong();
+
     private final VmListener listener;
+    /** Dirty logging, once a snapshot made this VM's memory a base (null before). */
+    private volatile DirtyLog dirtyLog;
+    /** What the next diff snapshot is taken against; null when there is nothing (a booted VM never saved). */
+    private volatile SnapshotBase base;
+
     private boolean closed;
 
     Vm(
@@ -99,9 +111,15 @@ public final class Vm implements AutoCloseable {
             virtio.forEach(VirtioHost::close);
             throw e;
         }
-        this.exits = new ExitContext(ioBus, mmioBus, this::end, (vcpu, nanos) -> {
-            if (firstEntryNanos.compareAndSet(0, nanos)) listener.entered(nanos);
-        });
+        this.metrics = new VmMetrics(config.cpus());
+        this.exits = new ExitContext(
+                ioBus,
+                mmioBus,
+                this::end,
+                (vcpu, nanos) -> {
+                    if (firstEntryNanos.compareAndSet(0, nanos)) listener.entered(nanos);
+                },
+                metrics);
     }
 
     void addVcpu(VcpuFd vcpuFd) {
@@ -165,6 +183,7 @@ public final class Vm implements AutoCloseable {
      * do not all park in time it throws, and the VM stays paused: the caller resumes it.
      */
     public void pause() throws InterruptedException {
+        pausedSince.compareAndSet(0, System.nanoTime());
         control.set(VcpuControl.Request.PAUSE);
         vcpus.forEach(Vcpu::kick);
         if (!control.awaitParked(pauseTimeout.toNanos(), TimeUnit.NANOSECONDS) && !ending.get()) {
@@ -184,6 +203,8 @@ public final class Vm implements AutoCloseable {
     }
 
     public void resume() {
+        long since = pausedSince.getAndSet(0);
+        if (since != 0) metrics.paused(System.nanoTime() - since);
         for (var host : virtio) host.resume();
         control.set(VcpuControl.Request.RUN);
         listener.resumed();
@@ -254,6 +275,23 @@ public final class Vm implements AutoCloseable {
         return device(DeviceTable.SERIAL);
     }
 
+    /** Its counters and operation timings ({@code query-metrics}). */
+    public VmMetrics metrics() {
+        return metrics;
+    }
+
+    /** The metrics with the virtio devices' requests: what {@code query-metrics} returns. */
+    public Map<String, Object> metricsReport() {
+        var report = new LinkedHashMap<>(metrics.describe());
+        var devices = new ArrayList<Object>();
+        for (var host : virtio)
+            devices.add(Json.object(
+                    "name", host.slot().name(), "requests", host.transport().requests()));
+        report.put("devices", devices);
+        report.put("status", status().qmpName());
+        return report;
+    }
+
     public VmmPort vmmPort() {
         return device(DeviceTable.VMM_PORT);
     }
@@ -298,6 +336,45 @@ public final class Vm implements AutoCloseable {
         return sections;
     }
 
+    SnapshotBase base() {
+        return base;
+    }
+
+    void base(SnapshotBase base) {
+        this.base = base;
+    }
+
+    /** The dirty log; null until {@link #startDirtyLog} turned it on. */
+    DirtyLog dirtyLog() {
+        return dirtyLog;
+    }
+
+    /** Turns dirty logging on if it is not yet (safe while the guest runs); returns it. */
+    synchronized DirtyLog startDirtyLog() {
+        if (dirtyLog == null) dirtyLog = DirtyLog.enable(vmFd, memory);
+        return dirtyLog;
+    }
+
+    /**
+     * Takes the pages changed since the last take ({@link DirtyLog#take}). With
+     * {@code devicesPaused} the VMM's write marks are reset too; then the rings of every ready
+     * queue are marked again, as a device holds them for the queue's life, not per request.
+     */
+    long[][] takeChanged(boolean devicesPaused) {
+        var taken = dirtyLog.take(devicesPaused);
+        if (devicesPaused) {
+            for (var host : virtio) {
+                for (var q : host.transport().state().queues()) {
+                    if (!q.ready()) continue;
+                    memory.vmmWrites().mark(q.desc(), 16L * q.size());
+                    memory.vmmWrites().mark(q.driver(), 6 + 2L * q.size());
+                    memory.vmmWrites().mark(q.device(), 6 + 8L * q.size());
+                }
+            }
+        }
+        return taken;
+    }
+
     /** The virtio devices, in slot order. */
     List<VirtioHost> virtioDevices() {
         return virtio;
@@ -340,6 +417,7 @@ public final class Vm implements AutoCloseable {
         }
         serial().flush();
         virtio.forEach(VirtioHost::close);
+        if (dirtyLog != null) dirtyLog.close();
         disks.forEach(OpenDisk::close);
         int slot = 0;
         for (var block : memory.blocks()) {

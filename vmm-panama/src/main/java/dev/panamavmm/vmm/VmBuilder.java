@@ -8,6 +8,7 @@ import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.kvm.bindings.KvmMpState;
 import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.migration.SnapshotChain;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.boot.AcpiTables;
 import dev.panamavmm.vmm.boot.BootException;
@@ -23,7 +24,9 @@ import java.io.OutputStream;
 import java.lang.foreign.Arena;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.List;
+import java.util.Set;
 
 /**
  * The one place a {@link Vm} is assembled: for a boot, from a snapshot (restore or clone), and for
@@ -171,6 +174,13 @@ public final class VmBuilder {
             List<Path> cloneDisks,
             OutputStream console,
             VmListener listener) {
+        // A live update's destination times the whole of its side as live-update-in; this is its build.
+        var timing = VmMetrics.begin(
+                switch (mode) {
+                    case CLONE -> "clone";
+                    case MOVE -> "live-update-build";
+                    case CONTINUE -> "restore";
+                });
         int max = kvm.maxVcpus();
         if (loaded.cpus() > max)
             throw new SnapshotException("the snapshot has " + loaded.cpus() + " vCPUs; this host allows " + max);
@@ -178,7 +188,10 @@ public final class VmBuilder {
         if (mode != Mode.CLONE && !cloneDisks.isEmpty())
             throw new IllegalArgumentException("disks for a clone given to a restore");
         var sources = new ArrayList<GuestMemory.BlockSource>();
-        for (var e : loaded.snapshot().ram()) {
+        var plans = SnapshotChain.plan(loaded.chain());
+        var withData = new HashSet<String>();
+        for (var plan : plans) {
+            var e = plan.bottom();
             if (e.byDescriptor()) {
                 sources.add(new GuestMemory.BlockSource(
                         e.id(),
@@ -191,12 +204,19 @@ public final class VmBuilder {
                 var backing = mode == Mode.CLONE ? new Backing.PrivateFile(e.file()) : new Backing.SharedFile(e.file());
                 sources.add(new GuestMemory.BlockSource(e.id(), e.guestAddress(), e.size(), backing, e.fileOffset()));
             } else {
+                withData.add(e.id());
+                // A diff chain: the newest full copy of the block, each newer layer's pages over it.
+                var overlays = plan.overlays().stream()
+                        .map(o -> new GuestMemory.Overlay(o.file(), o.dataOffset(), o.runs()))
+                        .toList();
                 sources.add(new GuestMemory.BlockSource(
                         e.id(),
                         e.guestAddress(),
                         e.size(),
-                        new Backing.PrivateFile(loaded.snapshot().file()),
-                        e.dataOffset()));
+                        new Backing.PrivateFile(plan.bottomFile()),
+                        e.dataOffset(),
+                        -1,
+                        overlays));
             }
         }
         var config = loaded.config();
@@ -215,11 +235,14 @@ public final class VmBuilder {
         }
         if (mode != Mode.CLONE && !loaded.layers().isEmpty())
             throw new IllegalArgumentException("a chained template's layers given to a restore");
+        long prepared = System.nanoTime();
         Vm vm;
+        long mappedAt;
         try {
             var shell = loaded.layers().isEmpty()
                     ? shell(kvm, sources, loaded.cpus(), load)
                     : layeredShell(kvm, sources, loaded.layers(), loaded.cpus());
+            mappedAt = System.nanoTime();
             vm = finish(kvm, shell, loaded, config, console, listener);
         } catch (RuntimeException e) {
             if (disks != null) disks.removeCreated();
@@ -228,11 +251,28 @@ public final class VmBuilder {
         try {
             vm.memory().onLoadFailure(message -> vm.end(new VmExitReason.Failed(message)));
             if (VmGenerationId.changesOn(loaded, mode)) VmGenerationId.renew(vm);
+            if (mode == Mode.CONTINUE && loaded.descriptors().length == 0) {
+                // The snapshot is this VM's base: a diff snapshot of it holds only what changes from here.
+                // Mapped, every change is a copied-on-write page; loaded into a memfd, only a dirty log can tell.
+                boolean mapped = load == MemoryLoad.MAPPED;
+                if (!mapped) vm.startDirtyLog();
+                vm.base(new SnapshotBase(loaded.snapshot().identity(), Set.copyOf(withData), mapped));
+            }
         } catch (RuntimeException e) {
             vm.close(); // a VM nobody got: its threads and the disks made for it go with it
             if (disks != null) disks.removeCreated();
             throw e;
         }
+        long done = System.nanoTime();
+        timing.end(
+                vm.metrics(),
+                VmSnapshots.phases(
+                        "disks",
+                        prepared - timing.startNanos(),
+                        "memory",
+                        mappedAt - prepared,
+                        "state",
+                        done - mappedAt));
         return vm;
     }
 

@@ -12,8 +12,26 @@ public sealed interface VmExitReason {
     /** The guest shut down or triple-faulted. */
     record Shutdown(String how) implements VmExitReason {}
 
-    /** The VMM's user ended it (Ctrl-C, the API's quit). */
-    record Stopped(String by) implements VmExitReason {}
+    /** The VMM's user ended it (Ctrl-C, the API's quit, a save or migration that ends it). */
+    record Stopped(String by, Cause cause) implements VmExitReason {
+        /** Ended by a request the VMM served: an API command, a save or a migration that ends the VM. */
+        public Stopped(String by) {
+            this(by, Cause.REQUEST);
+        }
+
+        /** Who ended it, as QEMU's ShutdownCause names it. */
+        public enum Cause {
+            REQUEST("host-qmp-quit"),
+            SIGNAL("host-signal"),
+            CONSOLE("host-ui");
+
+            private final String qmpReason;
+
+            Cause(String qmpReason) {
+                this.qmpReason = qmpReason;
+            }
+        }
+    }
 
     /** KVM or the VMM could not go on; {@code message} has the details (exit, suberror, RIP, bytes). */
     record Failed(String message) implements VmExitReason {}
@@ -27,6 +45,22 @@ public sealed interface VmExitReason {
             case Stopped s -> "stopped by " + s.by();
             case Failed f -> f.message();
         };
+    }
+
+    /** QEMU's ShutdownCause for the {@code SHUTDOWN} event's {@code reason}. */
+    default String qmpReason() {
+        return switch (this) {
+            case GuestExit g -> "guest-shutdown";
+            case Reset r -> "guest-reset";
+            case Shutdown s -> "guest-reset"; // a triple fault: QEMU resets (and with -no-reboot ends) the machine
+            case Stopped s -> s.cause().qmpReason;
+            case Failed f -> "host-error";
+        };
+    }
+
+    /** Whether the guest itself ended it ({@code SHUTDOWN}'s {@code guest}). */
+    default boolean byGuest() {
+        return this instanceof GuestExit || this instanceof Reset || this instanceof Shutdown;
     }
 
     /** The process exit code `vmm run` ends with. */

@@ -2,16 +2,19 @@ package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.FileIdentity;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.migration.LayerPages;
 import dev.panamavmm.migration.RamBlockEntry;
 import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.migration.SnapshotChain;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.migration.SnapshotWriter;
 import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.DirtyLog;
+import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.memory.MemoryLoad;
 import dev.panamavmm.vmm.state.KvmState;
 import dev.panamavmm.vmm.state.VcpuState;
@@ -20,13 +23,17 @@ import dev.panamavmm.vmm.state.VmState;
 import dev.panamavmm.vmm.state.VmStateCodec;
 import java.io.IOException;
 import java.io.OutputStream;
+import java.lang.foreign.Arena;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.atomic.AtomicBoolean;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * Saving a VM to a snapshot directory, and reading one back ({@link #load}) for {@link VmBuilder}.
@@ -41,10 +48,45 @@ import java.util.concurrent.atomic.AtomicBoolean;
 public final class VmSnapshots {
     private VmSnapshots() {}
 
-    private static final Log log = Log.of(VmSnapshots.class);
+    private static final Logger log = LoggerFactory.getLogger(VmSnapshots.class);
 
-    /** What a save did; {@code pausedAtNanos} (System.nanoTime) is when the guest stopped, after the snapshot file was opened. */
-    public record Saved(Path file, long ramBytesWritten, long ramBlocksByReference, long millis, long pausedAtNanos) {}
+    /**
+     * What a save did; {@code pausedAtNanos} (System.nanoTime) is when the guest stopped, after the
+     * snapshot file was opened. {@code type} is what was written ({@code full} or {@code diff}: a
+     * diff asked of a VM with no base is full); {@code pauseMicros} how long the guest was paused
+     * (a live save: the last pass and the state only); {@code passes} the copies of RAM made while
+     * the guest ran (0 unless live).
+     */
+    public record Saved(
+            Path file,
+            long ramBytesWritten,
+            long ramBlocksByReference,
+            long millis,
+            long pausedAtNanos,
+            String type,
+            long pauseMicros,
+            int passes) {}
+
+    /**
+     * How to save. {@code diff}: only the pages changed since the VM's base (its last snapshot it
+     * resumed from, or the snapshot it was restored from), as a layer naming that base;
+     * {@code live}: copy RAM while the guest runs, pausing it only for the last changed pages and
+     * the state. See {@link #save(Vm, Path, boolean, After, boolean, int, RamWriter.Progress)} for the others.
+     */
+    public record Request(
+            boolean bypass, After after, boolean passMemfd, int firstDiskDescriptor, boolean diff, boolean live) {
+        public static Request of(boolean bypass, After after) {
+            return new Request(bypass, after, false, -1, false, false);
+        }
+
+        public Request diff(boolean diff) {
+            return new Request(bypass, after, passMemfd, firstDiskDescriptor, diff, live);
+        }
+
+        public Request live(boolean live) {
+            return new Request(bypass, after, passMemfd, firstDiskDescriptor, diff, live);
+        }
+    }
 
     /**
      * Saves {@code vm} into {@code dir}. With {@code bypass}, shared blocks are stored by reference;
@@ -71,7 +113,7 @@ public final class VmSnapshots {
     }
 
     /**
-     * The general save. With {@code passMemfd}, memfd blocks are recorded by descriptor (index 0:
+     * The general full, paused save. With {@code passMemfd}, memfd blocks are recorded by descriptor (index 0:
      * the guest's memory fd), for a local migration that hands the memfd itself to the new process;
      * with {@code firstDiskDescriptor} >= 0 the disks are too, disk i as descriptor
      * {@code firstDiskDescriptor + i} (else by path and identity).
@@ -85,39 +127,70 @@ public final class VmSnapshots {
             int firstDiskDescriptor,
             RamWriter.Progress progress)
             throws InterruptedException {
-        return save(vm, dir, bypass, after, passMemfd, firstDiskDescriptor, progress, Map.of());
+        return save(vm, dir, new Request(bypass, after, passMemfd, firstDiskDescriptor, false, false), progress);
+    }
+
+    /** Pages still changed at which a live save stops copying with the guest running and pauses it. */
+    static final long LIVE_FINAL_BYTES = 16L << 20;
+    /** Copies while the guest runs at most (the first included): a guest that writes faster than they copy is paused after them. */
+    static final int LIVE_MAX_PASSES = 8;
+
+    /** Saves as {@code request} says; on failure of any kind nothing is left in {@code dir} and the VM runs on as before. */
+    public static Saved save(Vm vm, Path dir, Request request, RamWriter.Progress progress)
+            throws InterruptedException {
+        return save(vm, dir, request, progress, Map.of());
     }
 
     /**
-     * The general save, with the blocks named in {@code asReferences} (by id) recorded as the given
-     * entries instead of their pages: a chained template refers to its root's memory file, its
-     * clone's own pages being in a layer file ({@link Templates#createFromClone}).
+     * As {@link #save(Vm, Path, Request, RamWriter.Progress)}, with the blocks named in
+     * {@code asReferences} (by id) recorded as the given entries instead of their pages: a chained
+     * template refers to its root's memory file, its clone's own pages being in a layer file
+     * ({@link Templates#createFromClone}).
      */
     static Saved save(
-            Vm vm,
-            Path dir,
-            boolean bypass,
-            After after,
-            boolean passMemfd,
-            int firstDiskDescriptor,
-            RamWriter.Progress progress,
-            Map<String, RamBlockEntry> asReferences)
+            Vm vm, Path dir, Request request, RamWriter.Progress progress, Map<String, RamBlockEntry> asReferences)
             throws InterruptedException {
+        var after = request.after();
         boolean resume = after == After.RESUME;
+        boolean bypass = request.bypass();
         boolean anyShared = vm.memory().blocks().stream().anyMatch(b -> b.shared());
         if (bypass && resume && anyShared) {
             throw new SnapshotException(
                     "resuming after a bypass-shared-memory snapshot would let the guest change the memory file"
                             + " the snapshot points to; stop the VM after saving, or save without bypass");
         }
+        if ((request.diff() || request.live()) && request.passMemfd())
+            throw new IllegalArgumentException("a local migration's snapshot is neither diff nor live");
         if (Files.exists(dir) && !Files.isDirectory(dir))
             throw new SnapshotException("cannot write a snapshot in " + dir + ": it is not a directory");
         // A lazily restored guest's pages not yet loaded would read as holes: load them first, guest running.
         vm.memory().awaitLoaded();
+        var base = request.diff() ? vm.base() : null;
+        if (base != null
+                && base.identity()
+                        .dir()
+                        .toAbsolutePath()
+                        .normalize()
+                        .equals(dir.toAbsolutePath().normalize()))
+            throw new SnapshotException(
+                    "a diff snapshot cannot replace its own base " + dir + ": save it into another directory");
         boolean wasPaused = vm.isPaused();
         boolean keepPaused = false; // set once the save is complete and the guest is not to run on here
         // The writer first: a directory that cannot be written fails here, before the guest stops.
         try (var writer = SnapshotWriter.create(dir)) {
+            var timing = VmMetrics.begin("save");
+            if (base != null) writer.layerOver(base.identity());
+            var blocks = vm.memory().blocks();
+            // Per block: what this snapshot stores of it (null: by reference), and the pages it holds.
+            var stored = new boolean[blocks.size()];
+            for (int i = 0; i < blocks.size(); i++) {
+                var b = blocks.get(i);
+                stored[i] = !(request.passMemfd() && b.backing() instanceof Backing.Memfd)
+                        && !(bypass && b.shared())
+                        && !asReferences.containsKey(b.id());
+            }
+            Live live = null;
+            if (request.live() && !wasPaused) live = Live.precopy(vm, writer, stored, base);
             long start = System.nanoTime(); // the guest's downtime starts here
             vm.pause();
             long paused = System.nanoTime();
@@ -132,17 +205,22 @@ public final class VmSnapshots {
             vm.deviceSections().forEach(writer::section);
 
             long captured = System.nanoTime();
+            // Pages changed since the base (a diff), or since the live passes; with dirty logging on,
+            // this take also makes the log start afresh from this moment.
+            long[][] changed =
+                    vm.dirtyLog() != null && (base != null || live != null || resume) ? vm.takeChanged(true) : null;
             long written = 0, references = 0;
-            for (var block : vm.memory().blocks()) {
+            for (int i = 0; i < blocks.size(); i++) {
+                var block = blocks.get(i);
                 String kind = kind(block.backing());
                 if (asReferences.containsKey(block.id())) {
                     writer.ramByReference(asReferences.get(block.id()));
                     references++;
-                } else if (passMemfd && block.backing() instanceof Backing.Memfd) {
+                } else if (!stored[i] && request.passMemfd()) {
                     writer.ramByReference(RamBlockEntry.byDescriptor(
                             block.id(), block.guestAddress(), block.size(), kind, 0, block.fileOffset()));
                     references++;
-                } else if (bypass && block.shared()) {
+                } else if (!stored[i]) {
                     Path file = block.backing().file().toAbsolutePath();
                     writer.ramByReference(RamBlockEntry.byReference(
                             block.id(),
@@ -153,6 +231,20 @@ public final class VmSnapshots {
                             block.fileOffset(),
                             FileIdentity.of(file)));
                     references++;
+                } else if (live != null) {
+                    written += live.finish(i, changed[i]);
+                } else if (base != null) {
+                    long[][] runs = diffRuns(vm, base, i, changed);
+                    var entry = writer.ramWithData(
+                            block.id(),
+                            block.guestAddress(),
+                            kind,
+                            block.shared(),
+                            block.segment(),
+                            LayerPages.whole(runs, block.size()) ? block.dataExtents() : runs,
+                            progress);
+                    writer.layerPages(block.id(), runs);
+                    written += entry.nonZeroPages() * 4096;
                 } else {
                     var entry = writer.ramWithData(
                             block.id(),
@@ -165,31 +257,46 @@ public final class VmSnapshots {
                     written += entry.nonZeroPages() * 4096;
                 }
             }
-            var c = vm.config();
-            var metadata = Json.object(
-                    "machine",
-                            Json.object(
-                                    "memory",
-                                    c.memoryBytes(),
-                                    "cpus",
-                                    (long) c.cpus(),
-                                    "kernel",
-                                    c.kernelName(),
-                                    "cmdline",
-                                    c.cmdline(),
-                                    "backing",
-                                    kind(c.backing()),
-                                    "disks",
-                                    diskEntries(vm, firstDiskDescriptor),
-                                    "rng",
-                                    c.rng()),
-                    "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
-                    "devices", DeviceTable.sections(c),
-                    "createdBy", "panama-vmm");
+            var metadata = metadata(vm, request.firstDiskDescriptor(), xsaveSize);
             long ram = System.nanoTime();
+            long resumedAt = 0;
+            if (live != null && resume) {
+                // Everything of the guest is in the file or in memory now: it runs on while the file is committed.
+                vm.resume();
+                resumedAt = System.nanoTime();
+                if (vm.dirtyLog() == null) vm.startDirtyLog();
+            } else if (resume && vm.dirtyLog() == null) {
+                vm.startDirtyLog(); // still paused: every write from here on is logged
+            }
+            if (live != null) {
+                long recordStart = System.nanoTime();
+                live.record();
+                log.debug("live save: checksums read back in {} ms", (System.nanoTime() - recordStart) / 1_000_000);
+            }
             Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
             long end = System.nanoTime();
+            timing.end(
+                    vm.metrics(),
+                    phases(
+                            "live-copy",
+                            start - timing.startNanos(),
+                            "pause",
+                            paused - start,
+                            "state",
+                            captured - paused,
+                            "ram",
+                            ram - captured,
+                            "commit",
+                            end - ram));
             keepPaused = after != After.RESUME;
+            if (resume) {
+                // This snapshot is now the base of the next diff.
+                var withData = new java.util.HashSet<String>();
+                for (int i = 0; i < blocks.size(); i++)
+                    if (stored[i]) withData.add(blocks.get(i).id());
+                vm.dirtyLog().rebase();
+                vm.base(new SnapshotBase(SnapshotReader.open(dir).identity(), Set.copyOf(withData), false));
+            }
             log.debug(
                     "saved {}: pause {} us, state {} us, RAM {} us, commit {} us",
                     file,
@@ -197,7 +304,16 @@ public final class VmSnapshots {
                     (captured - paused) / 1000,
                     (ram - captured) / 1000,
                     (end - ram) / 1000);
-            var saved = new Saved(file, written, references, (end - start) / 1_000_000, start);
+            long pauseMicros = ((resumedAt != 0 ? resumedAt : end) - start) / 1000;
+            var saved = new Saved(
+                    file,
+                    live != null ? live.bytes() : written,
+                    references,
+                    (end - (live != null ? live.startNanos() : start)) / 1_000_000,
+                    start,
+                    base != null ? "diff" : "full",
+                    pauseMicros,
+                    live != null ? live.passes() : 0);
             if (after == After.STOP) {
                 vm.end(new VmExitReason.Stopped("snapshot to " + dir));
                 // The paused guest never runs again: a restore may take its memory file right away,
@@ -211,6 +327,259 @@ public final class VmSnapshots {
         } finally {
             // Whatever went wrong (a pause that timed out, an ioctl, a full disk, a bug), the guest runs on.
             if (!wasPaused && !keepPaused) giveBack(vm);
+        }
+    }
+
+    /** Phase names and nanosecond durations, as microseconds in order, for {@link VmMetrics}. */
+    static Map<String, Long> phases(Object... namesAndNanos) {
+        var phases = new LinkedHashMap<String, Long>();
+        for (int i = 0; i < namesAndNanos.length; i += 2)
+            phases.put((String) namesAndNanos[i], (Long) namesAndNanos[i + 1] / 1000);
+        return phases;
+    }
+
+    /**
+     * The copies of a live save made while the guest runs: a first pass over every stored block
+     * (its data extents, or for a diff the pages changed since the base), then passes over the
+     * pages the guest changed meanwhile, until few are left or {@value #LIVE_MAX_PASSES} passes
+     * were made; the last changed pages are copied with the guest paused ({@link #finish}). Each
+     * block has its place in the file from the start, so a page copied again is written over its
+     * earlier copy.
+     */
+    private static final class Live {
+        private final Vm vm;
+        private final SnapshotWriter writer;
+        private final boolean[] stored;
+        private final SnapshotBase base;
+        private final long[] offsets;
+        private final List<List<long[]>> touched = new ArrayList<>();
+        private final List<List<long[]>> layerRuns = new ArrayList<>();
+        private long[][] pending;
+        private long bytes;
+        private int passes;
+        private final long startNanos = System.nanoTime();
+
+        private Live(Vm vm, SnapshotWriter writer, boolean[] stored, SnapshotBase base) {
+            this.vm = vm;
+            this.writer = writer;
+            this.stored = stored;
+            this.base = base;
+            this.offsets = new long[stored.length];
+        }
+
+        static Live precopy(Vm vm, SnapshotWriter writer, boolean[] stored, SnapshotBase base) {
+            var live = new Live(vm, writer, stored, base);
+            vm.startDirtyLog();
+            var first = vm.takeChanged(false); // logged from here on; everything before is in the first pass
+            var blocks = vm.memory().blocks();
+            for (int i = 0; i < blocks.size(); i++) {
+                var block = blocks.get(i);
+                live.touched.add(new ArrayList<>());
+                live.layerRuns.add(new ArrayList<>());
+                if (!stored[i]) continue;
+                live.offsets[i] = writer.reserve(block.size());
+                long[][] runs = base != null ? diffRuns(vm, base, i, first) : new long[][] {{0, block.size()}};
+                long[][] read = LayerPages.whole(runs, block.size()) ? block.dataExtents() : runs;
+                writer.writePages(live.offsets[i], block.segment(), read, true);
+                live.touched.set(i, List.of(read));
+                live.layerRuns.set(i, List.of(runs));
+                live.bytes += LayerPages.bytes(read);
+            }
+            live.passes = 1;
+            log.debug(
+                    "live save, pass 1: {} bytes in {} ms",
+                    live.bytes,
+                    (System.nanoTime() - live.startNanos) / 1_000_000);
+            while (true) {
+                long passStart = System.nanoTime(), before = live.bytes;
+                var changed = vm.takeChanged(false);
+                if (DirtyLog.pages(changed) * 4096 <= LIVE_FINAL_BYTES || live.passes >= LIVE_MAX_PASSES) {
+                    live.pending = changed; // copied with the last pages, guest paused
+                    break;
+                }
+                for (int i = 0; i < blocks.size(); i++) live.write(i, changed[i]);
+                live.passes++;
+                log.debug(
+                        "live save, pass {}: {} bytes in {} ms",
+                        live.passes,
+                        live.bytes - before,
+                        (System.nanoTime() - passStart) / 1_000_000);
+            }
+            return live;
+        }
+
+        /** Copies the pages set in {@code bits} of block {@code i} (all of each: a page may have become zero). */
+        private long write(int i, long[] bits) {
+            if (!stored[i]) return 0;
+            var runs = DirtyLog.runs(bits);
+            if (runs.length == 0) return 0;
+            writer.writePages(offsets[i], vm.memory().blocks().get(i).segment(), runs, false);
+            touched.set(i, unionRuns(touched.get(i), List.of(runs)));
+            layerRuns.set(i, unionRuns(layerRuns.get(i), List.of(runs)));
+            long n = LayerPages.bytes(runs);
+            bytes += n;
+            return n;
+        }
+
+        /** Block {@code i}'s last pages, guest paused: those changed since the last pass. Returns the bytes copied. */
+        long finish(int i, long[] changed) {
+            long[] bits = changed.clone();
+            for (int w = 0; w < bits.length; w++) bits[w] |= pending[i][w];
+            return write(i, bits);
+        }
+
+        /** Records every stored block (checksums read back from the file): after the guest runs again. */
+        void record() {
+            var blocks = vm.memory().blocks();
+            for (int i = 0; i < blocks.size(); i++) {
+                if (!stored[i]) continue;
+                var b = blocks.get(i);
+                writer.addReserved(
+                        b.id(),
+                        b.guestAddress(),
+                        kind(b.backing()),
+                        b.shared(),
+                        b.size(),
+                        offsets[i],
+                        touched.get(i).toArray(long[][]::new));
+                if (base != null) writer.layerPages(b.id(), layerRuns.get(i).toArray(long[][]::new));
+            }
+        }
+
+        /** Bytes of guest RAM copied in every pass, the paused one included. */
+        long bytes() {
+            return bytes;
+        }
+
+        int passes() {
+            return passes;
+        }
+
+        long startNanos() {
+            return startNanos;
+        }
+    }
+
+    /**
+     * The pages of block {@code i} a diff holds: those changed since the base, or the whole block
+     * when the base does not hold its pages (it had it by reference).
+     */
+    private static long[][] diffRuns(Vm vm, SnapshotBase base, int i, long[][] changed) {
+        var block = vm.memory().blocks().get(i);
+        if (!base.blocksWithData().contains(block.id())) return new long[][] {{0, block.size()}};
+        var runs = new java.util.ArrayList<long[]>();
+        if (changed != null) {
+            runs.addAll(List.of(DirtyLog.runs(vm.dirtyLog().sinceBase()[i])));
+        }
+        if (base.copiedSinceBase()) runs = new java.util.ArrayList<>(unionRuns(runs, List.of(block.copiedOnWrite())));
+        return runs.toArray(long[][]::new);
+    }
+
+    static List<long[]> unionRuns(List<long[]> a, List<long[]> b) {
+        var all = new java.util.ArrayList<long[]>(a.size() + b.size());
+        all.addAll(a);
+        all.addAll(b);
+        all.sort((x, y) -> Long.compare(x[0], y[0]));
+        var merged = new java.util.ArrayList<long[]>();
+        for (long[] r : all) {
+            var last = merged.isEmpty() ? null : merged.getLast();
+            if (last != null && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
+            else merged.add(new long[] {r[0], r[1]});
+        }
+        return merged;
+    }
+
+    private static Map<String, Object> metadata(Vm vm, int firstDiskDescriptor, int xsaveSize) {
+        var c = vm.config();
+        return Json.object(
+                "machine",
+                        Json.object(
+                                "memory",
+                                c.memoryBytes(),
+                                "cpus",
+                                (long) c.cpus(),
+                                "kernel",
+                                c.kernelName(),
+                                "cmdline",
+                                c.cmdline(),
+                                "backing",
+                                kind(c.backing()),
+                                "disks",
+                                diskEntries(vm, firstDiskDescriptor),
+                                "rng",
+                                c.rng()),
+                "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
+                "devices", DeviceTable.sections(c),
+                "createdBy", "panama-vmm");
+    }
+
+    /** What a merge wrote: the full snapshot, the bytes of RAM in it, and how many snapshots it folded. */
+    public record Merged(Path file, long ramBytesWritten, int snapshots, long millis) {}
+
+    /**
+     * Folds the chain under the diff snapshot {@code dir} into one full snapshot in {@code out}:
+     * the newest layer's state, and per RAM block the newest copy of every page (a block held by
+     * reference stays a reference). The chain is read through the same stacked mappings a restore
+     * uses; nothing in it changes. {@code out} is committed atomically, as a save is.
+     */
+    public static Merged merge(Path dir, Path out) {
+        long start = System.nanoTime();
+        var chain = SnapshotChain.open(dir);
+        var target = out.toAbsolutePath().normalize();
+        for (var r : chain) {
+            if (r.file().getParent().toAbsolutePath().normalize().equals(target))
+                throw new SnapshotException("cannot merge into " + out + ": it holds a snapshot of the chain");
+        }
+        var top = chain.getFirst();
+        var plans = SnapshotChain.plan(chain);
+        var sources = new ArrayList<GuestMemory.BlockSource>();
+        for (var plan : plans) {
+            var e = plan.bottom();
+            if (e.byDescriptor())
+                throw new SnapshotException(
+                        "the snapshot in " + dir + " is a local migration stream: nothing to merge");
+            if (e.byReference()) continue;
+            sources.add(new GuestMemory.BlockSource(
+                    e.id(),
+                    e.guestAddress(),
+                    e.size(),
+                    new Backing.PrivateFile(plan.bottomFile()),
+                    e.dataOffset(),
+                    -1,
+                    plan.overlays().stream()
+                            .map(o -> new GuestMemory.Overlay(o.file(), o.dataOffset(), o.runs()))
+                            .toList()));
+        }
+        long written = 0;
+        try (var writer = SnapshotWriter.create(out);
+                var arena = Arena.ofShared();
+                var memory = GuestMemory.map(sources, arena)) {
+            for (var name : top.stateSections()) writer.section(name, top.section(name));
+            for (var plan : plans) {
+                var e = plan.bottom();
+                if (e.byReference()) {
+                    writer.ramByReference(e);
+                    continue;
+                }
+                var block = memory.blocks().stream()
+                        .filter(b -> b.id().equals(e.id()))
+                        .findFirst()
+                        .orElseThrow();
+                var entry = writer.ramWithData(
+                        e.id(),
+                        e.guestAddress(),
+                        e.kind(),
+                        e.shared(),
+                        block.segment(),
+                        block.dataExtents(),
+                        RamWriter.Progress.NONE);
+                written += entry.nonZeroPages() * 4096;
+            }
+            var metadata = new LinkedHashMap<>(top.metadata());
+            metadata.remove("ram");
+            metadata.remove("base");
+            Path file = writer.commit(metadata, top.flavour(), top.bypass());
+            return new Merged(file, written, chain.size(), (System.nanoTime() - start) / 1_000_000);
         }
     }
 
@@ -334,7 +703,8 @@ public final class VmSnapshots {
 
     /** As {@link #load(Path)}, for a migration: {@code descriptors} are the fds passed with the snapshot. */
     public static LoadedSnapshot load(Path dir, int[] descriptors) {
-        var snapshot = SnapshotReader.open(dir);
+        var chain = SnapshotChain.open(dir);
+        var snapshot = chain.getFirst();
         String host = Kvm.hostFlavour().name();
         if (!snapshot.flavour().equals(host) && !snapshot.flavour().equals(HostFlavour.UNKNOWN.name())) {
             throw new SnapshotException("the snapshot was taken on a " + snapshot.flavour() + " host and this host is "
@@ -347,8 +717,9 @@ public final class VmSnapshots {
         if (cpus < 1) throw new SnapshotException("the snapshot has " + cpus + " vCPUs");
         int xsaveSize = (int) number(Json.asObject(meta.get("host"), "host"), "xsaveSize");
         long total = 0;
+        // A memory file counts where it is the newest layer's: an older layer's reference to it is stale by design.
+        for (var plan : SnapshotChain.plan(chain)) if (plan.bottom().byReference()) checkMemoryFile(plan.bottom());
         for (var e : snapshot.ram()) {
-            if (e.byReference()) checkMemoryFile(e);
             if (e.byDescriptor() && e.descriptor() >= descriptors.length) {
                 throw new SnapshotException(
                         descriptors.length == 0
@@ -435,7 +806,8 @@ public final class VmSnapshots {
                 vmState,
                 new DeviceTable.States(devices),
                 descriptors.clone(),
-                diskDescriptors.stream().mapToInt(Integer::intValue).toArray());
+                diskDescriptors.stream().mapToInt(Integer::intValue).toArray(),
+                chain);
     }
 
     private static Map<String, Object> identityEntry(FileIdentity id) {

@@ -36,6 +36,11 @@ class ApiServerTest {
         }
 
         @Override
+        public Map<String, Object> metrics() {
+            return Json.object("pauses", calls.stream().filter("stop"::equals).count());
+        }
+
+        @Override
         public void stop() {
             calls.add("stop");
             paused = true;
@@ -53,14 +58,16 @@ class ApiServerTest {
         }
 
         @Override
-        public Map<String, Object> migrate(String uri) {
+        public Map<String, Object> migrate(String uri, boolean detach) {
             calls.add("migrate " + uri);
             return Json.object();
         }
 
         @Override
-        public Map<String, Object> snapshot(Path dir, boolean bypass, boolean resume) {
-            calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume);
+        public Map<String, Object> snapshot(
+                Path dir, boolean bypass, boolean resume, boolean diff, boolean live, boolean detach) {
+            calls.add("snapshot " + dir + " bypass=" + bypass + " resume=" + resume + (diff ? " diff" : "")
+                    + (live ? " live" : "") + (detach ? " detach" : ""));
             return Json.object("path", dir.toString());
         }
 
@@ -68,6 +75,16 @@ class ApiServerTest {
         public Map<String, Object> templateCreate(Path dir) {
             calls.add("template-create " + dir);
             return Json.object("path", dir.toString());
+        }
+
+        @Override
+        public List<Object> jobs() {
+            return List.of();
+        }
+
+        @Override
+        public void cancelJob(String id) {
+            throw new IllegalArgumentException("no job " + id);
         }
     }
 
@@ -81,6 +98,21 @@ class ApiServerTest {
                 ch.connect(UnixDomainSocketAddress.of(path));
                 var in = new BufferedReader(new InputStreamReader(Channels.newInputStream(ch), StandardCharsets.UTF_8));
                 assertTrue(in.readLine().startsWith("{\"QMP\":"));
+                server.event("READY", null); // not to a client that has not negotiated
+                send(ch, "{\"execute\":\"query-status\",\"id\":6}");
+                assertEquals(
+                        "{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"Expecting capabilities negotiation with 'qmp_capabilities'\"},\"id\":6}",
+                        in.readLine());
+                send(ch, "{\"execute\":\"qmp_capabilities\",\"arguments\":{\"enable\":[\"oob\"]}}");
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"Capability 'oob' not available\"}}",
+                        in.readLine());
+                send(ch, "{\"execute\":\"qmp_capabilities\"}");
+                assertEquals("{\"return\":{}}", in.readLine());
+                send(ch, "{\"execute\":\"qmp_capabilities\"}");
+                assertEquals(
+                        "{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"Capabilities negotiation is already complete, command ignored\"}}",
+                        in.readLine());
                 send(ch, "{\"execute\":\"query-status\",\"id\":7}");
                 assertEquals("{\"return\":{\"status\":\"running\",\"running\":true},\"id\":7}", in.readLine());
                 send(ch, "{\"execute\":\"stop\"}");
@@ -92,7 +124,7 @@ class ApiServerTest {
                         .startsWith("{\"error\":{\"class\":\"GenericError\",\"desc\":\"malformed request:"));
                 send(ch, "{\"execute\":\"frobnicate\"}");
                 assertEquals(
-                        "{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"the command frobnicate has not been found\"}}",
+                        "{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"The command frobnicate has not been found\"}}",
                         in.readLine());
                 send(ch, "{\"execute\":\"cont\",\"arguments\":[1]}");
                 assertEquals(
@@ -120,11 +152,21 @@ class ApiServerTest {
                         in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"bypass\":false}}");
                 assertEquals(
-                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume)\"}}",
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"bypass\\\" (snapshot takes path, bypass-shared-memory, resume, type, live, detach)\"}}",
+                        in.readLine());
+                send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"type\":\"incremental\"}}");
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"type\\\" must be \\\"full\\\" or \\\"diff\\\"\"}}",
                         in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":\"yes\"}}");
                 assertEquals(
                         "{\"error\":{\"class\":\"GenericError\",\"desc\":\"\\\"resume\\\" must be true or false\"}}",
+                        in.readLine());
+                send(ch, "{\"execute\":\"template-create\",\"arguments\":{\"path\":\"/tmp/t\"}}");
+                assertEquals("{\"return\":{\"path\":\"/tmp/t\"}}", in.readLine());
+                send(ch, "{\"execute\":\"template-create\",\"arguments\":{\"path\":\"/tmp/t\",\"id\":\"1\"}}");
+                assertEquals(
+                        "{\"error\":{\"class\":\"GenericError\",\"desc\":\"unexpected argument \\\"id\\\" (template-create takes path)\"}}",
                         in.readLine());
             }
             try (var client = ApiClient.connect(path)) {
@@ -136,10 +178,43 @@ class ApiServerTest {
             assertEquals("API socket " + path + " is in use by another process", e.getMessage());
         }
         assertEquals(
-                List.of("stop", "cont", "snapshot /tmp/s bypass=true resume=true"),
+                List.of("stop", "cont", "snapshot /tmp/s bypass=true resume=true", "template-create /tmp/t"),
                 target.calls,
                 "a request with bad arguments is not executed");
         assertTrue(Files.notExists(path), "the socket file is removed on close");
+    }
+
+    @Test
+    void queryCommandsListsTheServersAndTheHandlersCommandsAndQueryVersionHasQmpsShape(@TempDir Path dir)
+            throws Exception {
+        var path = dir.resolve("api.sock");
+        try (var _ = ApiServer.start(path, new Recorder());
+                var client = ApiClient.connect(path)) {
+            var names = ((List<?>) client.execute("query-commands", null).get("return"))
+                    .stream().map(c -> ((Map<?, ?>) c).get("name")).toList();
+            assertEquals(
+                    List.of(
+                            "qmp_capabilities",
+                            "query-commands",
+                            "query-version",
+                            "query-status",
+                            "query-metrics",
+                            "stop",
+                            "cont",
+                            "quit",
+                            "snapshot",
+                            "migrate",
+                            "query-jobs",
+                            "job-cancel",
+                            "template-create"),
+                    names);
+            var version = Json.asObject(client.execute("query-version", null).get("return"), "version");
+            var qemu = Json.asObject(version.get("qemu"), "qemu");
+            assertEquals(0L, qemu.get("major"));
+            assertEquals(1L, qemu.get("minor"));
+            assertEquals(0L, qemu.get("micro"));
+            assertTrue(String.valueOf(version.get("package")).startsWith("panama-vmm 0.1.0"), version.toString());
+        }
     }
 
     @Test

@@ -18,7 +18,7 @@ import org.junit.jupiter.api.Test;
  * named four.
  */
 class DocsTrueToCodeTest {
-    /** The sources whose {@code switch} on the command name is the control API. */
+    /** The sources whose {@code ApiCommands} tables are the control API (plus the server's own commands). */
     static final List<String> HANDLERS =
             List.of("api/ApiHandler.java", "control/CloneService.java", "control/Standby.java", "host/VmHost.java");
 
@@ -56,17 +56,14 @@ class DocsTrueToCodeTest {
         }
     }
 
-    /** Every {@code case "name"} label of the handlers' switches. */
+    /** Every command added to the handlers' tables ({@code .add("name", ...)}), and the server's own. */
     static Set<String> controlCommands() throws IOException {
-        var names = new TreeSet<String>();
+        var names = new TreeSet<String>(dev.panamavmm.api.ApiServerAccess.ownCommands());
         Path sources = ReadmeTest.repositoryRoot().resolve("vmm-panama/src/main/java/dev/panamavmm");
-        var label = Pattern.compile("case ((?:\"[\\w-]+\"(?:,\\s*)?)+)\\s*->");
+        var added = Pattern.compile("\\.add\\(\\s*\"([\\w-]+)\"");
         for (String handler : HANDLERS) {
-            var m = label.matcher(Files.readString(sources.resolve(handler)));
-            while (m.find()) {
-                var quoted = Pattern.compile("\"([\\w-]+)\"").matcher(m.group(1));
-                while (quoted.find()) names.add(quoted.group(1));
-            }
+            var m = added.matcher(Files.readString(sources.resolve(handler)));
+            while (m.find()) names.add(m.group(1));
         }
         return names;
     }

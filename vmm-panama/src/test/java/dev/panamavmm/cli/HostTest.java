@@ -71,7 +71,7 @@ class HostTest {
             events.await("VM_STARTED", "vm-1");
             SnapshotCliTest.awaitText(console1, "hb 0 3", 30);
             assertEquals(
-                    "{\"status\":\"running\",\"running\":true}\n",
+                    "{\"status\":\"running\",\"singlestep\":false,\"running\":true}\n",
                     MainTest.run("ctl", vmApi.toString(), "query-status").out());
 
             ctl(api, "stop", "{\"id\": \"vm-1\"}");

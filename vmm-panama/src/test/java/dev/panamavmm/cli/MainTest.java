@@ -110,7 +110,9 @@ class MainTest {
                     .toList();
             assertEquals(1, warnings.size(), vmm.stderr());
             assertTrue(
-                    warnings.getFirst().startsWith("vmm: WARN Log: PANAMA_VMM_LOG: ignored 'verbose', 'Vm=loud' ("),
+                    warnings.getFirst()
+                            .matches("\\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z vmm: WARN \\[main\\] Log: PANAMA_VMM_LOG: ignored"
+                                    + " 'verbose', 'Vm=loud' \\(.*"),
                     warnings.getFirst());
         }
     }

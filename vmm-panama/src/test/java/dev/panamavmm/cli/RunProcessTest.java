@@ -109,14 +109,14 @@ class RunProcessTest {
             vmm.awaitSocket(api);
             var status = MainTest.run("ctl", api.toString(), "query-status");
             assertEquals(0, status.code(), status.err());
-            assertEquals("{\"status\":\"running\",\"running\":true}\n", status.out());
+            assertEquals("{\"status\":\"running\",\"singlestep\":false,\"running\":true}\n", status.out());
             assertEquals(0, MainTest.run("ctl", api.toString(), "stop").code());
             assertEquals(
-                    "{\"status\":\"paused\",\"running\":false}\n",
+                    "{\"status\":\"paused\",\"singlestep\":false,\"running\":false}\n",
                     MainTest.run("ctl", api.toString(), "query-status").out());
             var unknown = MainTest.run("ctl", api.toString(), "frobnicate");
             assertEquals(1, unknown.code());
-            assertEquals("vmm: frobnicate: the command frobnicate has not been found\n", unknown.err());
+            assertEquals("vmm: frobnicate: The command frobnicate has not been found\n", unknown.err());
             var badJson = MainTest.run("ctl", api.toString(), "cont", "{not json");
             assertEquals(2, badJson.code());
             assertTrue(badJson.err().startsWith("vmm: the arguments are not valid JSON ("), badJson.err());
@@ -144,5 +144,33 @@ class RunProcessTest {
         assertEquals(
                 "vmm: cannot connect to " + api + ": no VMM is listening there (no such socket, after waiting 0.5 s)\n",
                 waited.err());
+    }
+
+    /** --metrics-file: a JSON line per interval and a last one when the VM ends, each the query-metrics report. */
+    @KvmTest
+    void theMetricsFileGetsALinePerIntervalAndALastOne(@TempDir Path dir) throws Exception {
+        var file = dir.resolve("metrics.jsonl");
+        try (var vmm = VmmProcess.start(
+                "run",
+                "--memory",
+                "32M",
+                "--console",
+                "file:" + dir.resolve("console.txt"),
+                "--metrics-file",
+                file.toString(),
+                "--metrics-interval",
+                "1",
+                "--cmdline",
+                "console=ttyS0 testguest.hb=100 testguest.mem=4M testguest.exit_after=25")) {
+            assertEquals(0, vmm.waitFor(60), vmm.stderr());
+        }
+        var lines = Files.readAllLines(file);
+        assertTrue(lines.size() >= 2, lines.toString());
+        var last = dev.panamavmm.migration.Json.asObject(
+                dev.panamavmm.migration.Json.parse(lines.getLast()), "a metrics line");
+        var metrics = dev.panamavmm.migration.Json.asObject(last.get("metrics"), "metrics");
+        assertEquals("shutdown", metrics.get("status"));
+        var vcpu = (java.util.Map<?, ?>) ((List<?>) metrics.get("vcpus")).getFirst();
+        assertTrue((Long) ((java.util.Map<?, ?>) vcpu.get("exits")).get("io") > 25, lines.getLast());
     }
 }

@@ -183,7 +183,8 @@ class SnapshotCliTest {
             byte[] flipped = good.clone();
             flipped[good.length - 100] ^= 1;
             refused(snap, file, flipped, "is corrupt");
-            refused(snap, file, withHeaderInt(good, 8, 3), "has format version 3; this VMM reads versions 1 to 2");
+            refused(snap, file, withHeaderInt(good, 8, 4), "has format version 4; this VMM reads versions 1 to 3");
+            refused(snap, file, withHeaderInt(good, 8, 3), "is corrupt (a diff layer without a base)");
             String otherFlavour = Kvm.hostFlavour() == HostFlavour.PVM ? "VMX" : "PVM";
             refused(
                     snap,

@@ -72,7 +72,7 @@ class SocketWaitTest {
             // The default wait (5 s) covers a start here (~0.4 s); a loaded test machine gets more room.
             var r = MainTest.run("ctl", api.toString(), "query-status", "--wait", "30");
             assertEquals(0, r.code(), r.err() + vmm.stderr());
-            assertEquals("{\"status\":\"running\",\"running\":true}\n", r.out());
+            assertEquals("{\"status\":\"running\",\"singlestep\":false,\"running\":true}\n", r.out());
             assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
             assertEquals(0, vmm.waitFor(30), vmm.stderr());
         }

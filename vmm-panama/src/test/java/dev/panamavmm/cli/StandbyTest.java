@@ -50,7 +50,8 @@ class StandbyTest {
                         "console=ttyS0 testguest.hb=100 testguest.mem=8M")) {
             standby.awaitSocket(standbyApi);
             var status = MainTest.run("ctl", standbyApi.toString(), "query-status");
-            assertEquals("{\"status\":\"standby\",\"running\":false}\n", status.out(), status.err());
+            assertEquals(
+                    "{\"status\":\"prelaunch\",\"singlestep\":false,\"running\":false}\n", status.out(), status.err());
             var noVm = MainTest.run("ctl", standbyApi.toString(), "stop");
             assertEquals(1, noVm.code());
             assertTrue(noVm.err().contains("this VMM has no VM yet"), noVm.err());
@@ -81,7 +82,7 @@ class StandbyTest {
             assertEquals(1, second.code());
             assertTrue(second.err().contains("this VMM already runs a VM"), second.err());
             assertEquals(
-                    "{\"status\":\"running\",\"running\":true}\n",
+                    "{\"status\":\"running\",\"singlestep\":false,\"running\":true}\n",
                     MainTest.run("ctl", standbyApi.toString(), "query-status").out());
             assertEquals(0, MainTest.run("ctl", standbyApi.toString(), "quit").code());
             assertEquals(0, standby.waitFor(30), standby.stderr());
@@ -119,7 +120,7 @@ class StandbyTest {
             dest.awaitSocket(incoming);
             dest.awaitSocket(api);
             assertEquals(
-                    "{\"status\":\"inmigrate\",\"running\":false}\n",
+                    "{\"status\":\"inmigrate\",\"singlestep\":false,\"running\":false}\n",
                     MainTest.run("ctl", api.toString(), "query-status").out());
             // A control client at the migration socket: it gets no greeting and gives up; the destination waits on.
             long start = System.nanoTime();
@@ -137,7 +138,7 @@ class StandbyTest {
             var seen = Heartbeats.checkLive(Files.readString(sourceConsole) + Files.readString(console));
             SnapshotCliTest.awaitText(console, "hb 0 " + (seen.get(0) + 2), 30);
             assertEquals(
-                    "{\"status\":\"running\",\"running\":true}\n",
+                    "{\"status\":\"running\",\"singlestep\":false,\"running\":true}\n",
                     MainTest.run("ctl", api.toString(), "query-status").out());
             dest.signal("TERM");
             assertEquals(0, dest.waitFor(30), dest.stderr());

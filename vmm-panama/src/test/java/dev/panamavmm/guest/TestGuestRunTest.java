@@ -51,7 +51,7 @@ class TestGuestRunTest {
             vmm.awaitSocket(api);
             try (var client = ApiClient.connect(api)) {
                 assertEquals(
-                        Map.of("status", "running", "running", true),
+                        Map.of("status", "running", "singlestep", false, "running", true),
                         client.execute("query-status", null).get("return"));
                 client.execute("stop", null);
                 assertEquals(

@@ -44,6 +44,69 @@ public interface VirtioDevice {
     /** The driver reset the device: forget anything per-driver (requests in flight still complete). */
     default void reset() {}
 
+    /**
+     * How many more requests the transport may take from {@code queue} now; the rest stay in the
+     * available ring, where a snapshot finds them. A device that can only fill a buffer when its
+     * backend has data (network receive: a frame waiting) says how many it can fill, and
+     * {@linkplain Context#kick kicks} the queue when more arrives. Called with the transport's
+     * lock held: must be quick and must not block.
+     */
+    default int takeLimit(int queue) {
+        return Integer.MAX_VALUE;
+    }
+
+    /**
+     * Whether the driver may write {@code size} bytes at {@code offset} of the configuration
+     * space (the spaces are read-only unless a device says otherwise, e.g. the balloon's
+     * {@code actual}). An accepted write is stored, then {@link #configWritten} is called.
+     */
+    default boolean configWritable(int offset, int size) {
+        return false;
+    }
+
+    /** The driver wrote {@code value} ({@code size} bytes) at {@code offset}; called with the lock held, must not block. */
+    default void configWritten(int offset, int size, long value) {}
+
+    /**
+     * Starts the device's own work beside its queues (a thread reading a tap or sockets), which
+     * reaches the transport through {@code context}. Called once, before the first request.
+     */
+    default void start(Context context) {}
+
+    /** Stops what {@link #start} started; called once, at close. */
+    default void stop() {}
+
+    /**
+     * The device's own state beyond the transport's (connections, a frame half delivered), for
+     * a snapshot or live update; empty for a device that has none. Called while the transport is
+     * paused.
+     */
+    default byte[] saveState() {
+        return new byte[0];
+    }
+
+    /**
+     * Takes back what {@link #saveState} returned (empty: the device as new), before the first
+     * request. Throws IllegalArgumentException for bytes it cannot accept: a restore is refused.
+     */
+    default void restoreState(byte[] state) {
+        if (state.length != 0)
+            throw new IllegalArgumentException(name() + " keeps no state, but " + state.length + " bytes were saved");
+    }
+
+    /** What a device's own threads may ask of its transport. */
+    interface Context {
+        /** Gets {@code queue} processed soon on its thread (more data arrived for its buffers). */
+        void kick(int queue);
+
+        /**
+         * Changes {@code bytes.length} bytes of the configuration space at {@code offset} on the
+         * device's side (a balloon's new target): the generation counter moves and a driver that
+         * is running gets a configuration-change interrupt.
+         */
+        void updateConfig(int offset, byte[] bytes);
+    }
+
     /** Completes one request; {@code writtenBytes} is unsigned, and a second call is ignored. */
     @FunctionalInterface
     interface Completion {

@@ -116,6 +116,7 @@ public final class VirtioMmio {
      * @param configGeneration ConfigGeneration
      * @param config the configuration space
      * @param queues every queue
+     * @param deviceState the device's own state ({@link VirtioDevice#saveState}; empty: as new)
      */
     public record State(
             int deviceId,
@@ -127,7 +128,8 @@ public final class VirtioMmio {
             int interruptStatus,
             int configGeneration,
             byte[] config,
-            List<QueueState> queues) {
+            List<QueueState> queues,
+            byte[] deviceState) {
         public State {
             if ((status & ~0xFF) != 0) throw new IllegalArgumentException("status " + status + " is not a byte");
             if ((interruptStatus & ~3) != 0)
@@ -136,6 +138,7 @@ public final class VirtioMmio {
                 throw new IllegalArgumentException("a configuration space of " + config.length + " bytes");
             config = config.clone();
             queues = List.copyOf(queues);
+            deviceState = deviceState.clone();
         }
 
         @Override
@@ -143,12 +146,17 @@ public final class VirtioMmio {
             return config.clone();
         }
 
+        @Override
+        public byte[] deviceState() {
+            return deviceState.clone();
+        }
+
         /** A device as after power-on: nothing negotiated, queues at their largest size. */
         public static State reset(VirtioDevice device) {
             var queues = new ArrayList<QueueState>();
             for (int i = 0; i < device.queueCount(); i++)
                 queues.add(new QueueState(device.queueMaxSize(), false, 0, 0, 0, 0, 0));
-            return new State(device.deviceId(), 0, 0, 0, 0, 0, 0, 0, device.initialConfig(), queues);
+            return new State(device.deviceId(), 0, 0, 0, 0, 0, 0, 0, device.initialConfig(), queues, new byte[0]);
         }
     }
 
@@ -172,6 +180,9 @@ public final class VirtioMmio {
     private int epoch;
 
     private int inFlight;
+    /** Requests taken from the queues since the device was built (metrics). */
+    private long requests;
+
     private boolean paused;
     /** Per queue, the thread inside processQueue: completions on it are batched into one interrupt. */
     private final Thread[] processing;
@@ -199,6 +210,7 @@ public final class VirtioMmio {
         if (state.config().length != device.initialConfig().length)
             throw new IllegalArgumentException("the state's configuration space has " + state.config().length
                     + " bytes, the device's " + device.initialConfig().length);
+        device.restoreState(state.deviceState());
         this.config = state.config();
         this.driverFeatures = state.driverFeatures();
         this.deviceFeaturesSel = state.deviceFeaturesSel();
@@ -260,12 +272,18 @@ public final class VirtioMmio {
                 interruptStatus,
                 configGeneration,
                 config,
-                qs);
+                qs,
+                device.saveState());
     }
 
     /** Why the device last went to NEEDS_RESET, or null. */
     public synchronized String lastError() {
         return lastError;
+    }
+
+    /** Requests the device has taken from its queues since it was built. */
+    public synchronized long requests() {
+        return requests;
     }
 
     public synchronized int inFlight() {
@@ -317,7 +335,11 @@ public final class VirtioMmio {
     public void write(int offset, int size, long value) {
         int notify = -1;
         synchronized (this) {
-            if (offset >= CONFIG || size != 4) return; // the configuration spaces here are read-only
+            if (offset >= CONFIG) {
+                writeConfig(offset - CONFIG, size, value);
+                return;
+            }
+            if (size != 4) return;
             int v = (int) value;
             var q = selected();
             switch (offset) {
@@ -363,6 +385,31 @@ public final class VirtioMmio {
             }
         }
         if (notify >= 0) notifier.notify(notify);
+    }
+
+    /** A driver's write into the configuration space: stored only where the device allows it. */
+    private void writeConfig(int offset, int size, long value) {
+        if (size != 1 && size != 2 && size != 4 && size != 8) return;
+        if (offset < 0 || offset + size > config.length || !device.configWritable(offset, size)) return;
+        for (int i = 0; i < size; i++) config[offset + i] = (byte) (value >>> (8 * i));
+        device.configWritten(offset, size, value);
+    }
+
+    /**
+     * The device changes its configuration space ({@link VirtioDevice.Context#updateConfig}): the
+     * generation moves, and a driver that is running gets a configuration-change interrupt.
+     * Bytes outside the space are refused with IllegalArgumentException.
+     */
+    public synchronized void updateConfig(int offset, byte[] bytes) {
+        if (offset < 0 || offset + bytes.length > config.length)
+            throw new IllegalArgumentException(
+                    bytes.length + " bytes at " + offset + " of a " + config.length + "-byte configuration space");
+        System.arraycopy(bytes, 0, config, offset, bytes.length);
+        configGeneration++;
+        if ((status & (STATUS_DRIVER_OK | STATUS_NEEDS_RESET)) == STATUS_DRIVER_OK) {
+            interruptStatus |= INTERRUPT_CONFIG;
+            interrupt.trigger();
+        }
     }
 
     private static long low(long old, int v) {
@@ -489,8 +536,9 @@ public final class VirtioMmio {
             if (ring == null) return;
             usedBefore = ring.usedIdx();
             requestEpoch = epoch;
+            int limit = device.takeLimit(queue);
             try {
-                while (true) {
+                while (chains.size() < limit) {
                     var chain = ring.pop();
                     if (chain == null) {
                         // The driver may have added a request after reading our avail_event: look again.
@@ -505,6 +553,7 @@ public final class VirtioMmio {
                 return; // the chains taken so far are dropped with the device's state
             }
             inFlight += chains.size();
+            requests += chains.size();
             processing[queue] = Thread.currentThread();
             batchAdded[queue] = false;
         }

@@ -11,7 +11,8 @@ import java.util.ArrayList;
  * parallel arrays, one element per queue. The state's own checks run on every decoded value, and
  * the transport refuses a state of another device type or queue count.
  *
- * <p>Schema 1: every field below.
+ * <p>Schema 1: every field below but {@code deviceState}. Schema 2 adds {@code deviceState} (a
+ * device's own state, {@link VirtioDevice#saveState}; read as empty from schema 1).
  */
 public final class VirtioMmioCodec implements StateCodec<VirtioMmio.State> {
     public static final VirtioMmioCodec INSTANCE = new VirtioMmioCodec();
@@ -31,13 +32,14 @@ public final class VirtioMmioCodec implements StateCodec<VirtioMmio.State> {
             QUEUE_DRIVER = new Field(13, "queueDriver"),
             QUEUE_DEVICE = new Field(14, "queueDevice"),
             QUEUE_LAST_AVAIL = new Field(15, "queueLastAvail"),
-            QUEUE_USED_IDX = new Field(16, "queueUsedIdx");
+            QUEUE_USED_IDX = new Field(16, "queueUsedIdx"),
+            DEVICE_STATE = new Field(17, "deviceState");
 
     private VirtioMmioCodec() {}
 
     @Override
     public int schema() {
-        return 1;
+        return 2;
     }
 
     @Override
@@ -70,7 +72,8 @@ public final class VirtioMmioCodec implements StateCodec<VirtioMmio.State> {
                 .longs(QUEUE_DRIVER, driver)
                 .longs(QUEUE_DEVICE, device)
                 .ints(QUEUE_LAST_AVAIL, lastAvail)
-                .ints(QUEUE_USED_IDX, usedIdx);
+                .ints(QUEUE_USED_IDX, usedIdx)
+                .bytes(DEVICE_STATE, s.deviceState());
     }
 
     @Override
@@ -101,6 +104,7 @@ public final class VirtioMmioCodec implements StateCodec<VirtioMmio.State> {
                 in.i32(INTERRUPT_STATUS),
                 in.i32(CONFIG_GENERATION),
                 in.bytes(CONFIG),
-                queues);
+                queues,
+                in.bytes(DEVICE_STATE, new byte[0]));
     }
 }

@@ -224,9 +224,157 @@ class VirtioMmioTest {
 
     @Test
     void aStateOfAnotherDeviceIsRefused() {
-        var blockState = new VirtioMmio.State(2, 0, 0, 0, 0, 0, 0, 0, new byte[0], List.of());
+        var blockState = new VirtioMmio.State(2, 0, 0, 0, 0, 0, 0, 0, new byte[0], List.of(), new byte[0]);
         var e = assertThrows(
                 IllegalArgumentException.class, () -> new VirtioMmio(rng(), blockState, ram, q -> {}, () -> {}));
         assertTrue(e.getMessage().contains("device type 2"), e.getMessage());
+    }
+
+    /**
+     * A device that fills a buffer only when it has a "frame" (as network receive does), keeps the
+     * frames it holds as its own state, and lets the driver write its config byte 0.
+     */
+    static final class FrameSource implements VirtioDevice {
+        final java.util.ArrayDeque<Byte> frames = new java.util.ArrayDeque<>();
+        Context context;
+        int written = -1;
+
+        @Override
+        public int deviceId() {
+            return 99;
+        }
+
+        @Override
+        public String name() {
+            return "frames";
+        }
+
+        @Override
+        public long features() {
+            return 0;
+        }
+
+        @Override
+        public int queueCount() {
+            return 1;
+        }
+
+        @Override
+        public int queueMaxSize() {
+            return 16;
+        }
+
+        @Override
+        public byte[] initialConfig() {
+            return new byte[4];
+        }
+
+        @Override
+        public synchronized int takeLimit(int queue) {
+            return frames.size();
+        }
+
+        @Override
+        public synchronized void handle(int queue, DescriptorChain chain, Completion done) {
+            byte b = frames.remove();
+            chain.writable().getFirst().set(ValueLayout.JAVA_BYTE, 0, b);
+            done.complete(1);
+        }
+
+        synchronized void arrive(byte b) {
+            frames.add(b);
+            context.kick(0);
+        }
+
+        @Override
+        public boolean configWritable(int offset, int size) {
+            return offset == 0 && size == 1;
+        }
+
+        @Override
+        public void configWritten(int offset, int size, long value) {
+            written = (int) value;
+        }
+
+        @Override
+        public void start(Context context) {
+            this.context = context;
+        }
+
+        @Override
+        public synchronized byte[] saveState() {
+            var b = new byte[frames.size()];
+            int i = 0;
+            for (var f : frames) b[i++] = f;
+            return b;
+        }
+
+        @Override
+        public synchronized void restoreState(byte[] state) {
+            frames.clear();
+            for (var b : state) frames.add(b);
+        }
+    }
+
+    @Test
+    void aDeviceTakesOnlyTheBuffersItCanFillAndItsOwnStateTravels() throws InterruptedException {
+        var source = new FrameSource();
+        dev = new VirtioMmio(source, ram, q -> dev.processQueue(q), interrupts::incrementAndGet);
+        source.start(new VirtioDevice.Context() {
+            @Override
+            public void kick(int queue) {
+                dev.processQueue(queue);
+            }
+
+            @Override
+            public void updateConfig(int offset, byte[] bytes) {
+                dev.updateConfig(offset, bytes);
+            }
+        });
+        driver = new Driver(ram, dev, 16);
+        driver.start(F_VERSION_1);
+        int first = driver.chain(new long[][] {{Driver.DATA, 8, 1}});
+        driver.offerAndNotify(first);
+        assertNull(driver.nextUsed(), "no frame yet: the buffer stays in the available ring");
+        assertEquals(0, dev.state().queues().get(0).lastAvail());
+        source.arrive((byte) 7);
+        assertArrayEquals(new int[] {first, 1}, driver.nextUsed());
+        assertEquals(7, driver.mem().get(ValueLayout.JAVA_BYTE, Driver.DATA));
+
+        source.restoreState(new byte[] {8, 9}); // two frames waiting, no buffer
+        dev.pause(Duration.ofSeconds(1));
+        var state = VirtioMmioCodec.INSTANCE.decode(VirtioMmioCodec.INSTANCE.encode(dev.state()), 2, "device/frames");
+        assertArrayEquals(new byte[] {8, 9}, state.deviceState());
+        var restored = new FrameSource();
+        dev = new VirtioMmio(restored, state, ram, q -> dev.processQueue(q), interrupts::incrementAndGet);
+        driver = new Driver(ram, dev, 16);
+        driver.usedSeen = driver.availIdx = driver.nextDesc = 1;
+        assertArrayEquals(new byte[] {8, 9}, restored.saveState());
+        driver.offerAndNotify(driver.chain(new long[][] {{Driver.DATA + 8, 8, 1}}));
+        assertEquals(8, driver.mem().get(ValueLayout.JAVA_BYTE, Driver.DATA + 8), "the saved frame, after restore");
+    }
+
+    @Test
+    void configWritesReachOnlyWhatTheDeviceAllowsAndDeviceChangesInterrupt() {
+        var source = new FrameSource();
+        dev = new VirtioMmio(source, ram, q -> {}, interrupts::incrementAndGet);
+        driver = new Driver(ram, dev, 16);
+        driver.start(F_VERSION_1);
+        dev.write(CONFIG + 1, 1, 5);
+        dev.write(CONFIG, 2, 0x0505);
+        assertEquals(0, dev.read(CONFIG, 4), "not writable there or at that size");
+        assertEquals(-1, source.written);
+        dev.write(CONFIG, 1, 0x42);
+        assertEquals(0x42, dev.read(CONFIG, 1));
+        assertEquals(0x42, source.written);
+
+        int generation = driver.reg(CONFIG_GENERATION);
+        int before = interrupts.get();
+        dev.updateConfig(2, new byte[] {1, 2});
+        assertEquals(0x0201_0042L, dev.read(CONFIG, 4));
+        assertEquals(generation + 1, driver.reg(CONFIG_GENERATION));
+        assertEquals(before + 1, interrupts.get());
+        assertEquals(INTERRUPT_CONFIG, driver.reg(INTERRUPT_STATUS) & INTERRUPT_CONFIG);
+        assertThrows(IllegalArgumentException.class, () -> dev.updateConfig(3, new byte[] {1, 2}));
     }
 }

@@ -33,6 +33,7 @@ public final class Ioctls {
     public static final long KVM_SET_GSI_ROUTING = 0x4008ae6aL;
     public static final long KVM_SIGNAL_MSI = 0x4020aea5L;
     public static final long KVM_GET_DIRTY_LOG = 0x4010ae42L;
+    public static final long KVM_CLEAR_DIRTY_LOG = 0xc018aec0L;
     public static final long KVM_ENABLE_CAP = 0x4068aea3L;
     public static final long KVM_RUN = 0xae80L;
     public static final long KVM_GET_REGS = 0x8090ae81L;
@@ -98,6 +99,7 @@ public final class Ioctls {
             case 0x4008ae6a -> "KVM_SET_GSI_ROUTING";
             case 0x4020aea5 -> "KVM_SIGNAL_MSI";
             case 0x4010ae42 -> "KVM_GET_DIRTY_LOG";
+            case 0xc018aec0 -> "KVM_CLEAR_DIRTY_LOG";
             case 0x4068aea3 -> "KVM_ENABLE_CAP";
             case 0xae80 -> "KVM_RUN";
             case 0x8090ae81 -> "KVM_GET_REGS";

@@ -74,6 +74,8 @@ public final class KvmConstants {
     public static final int KVM_CAP_GET_TSC_KHZ = 61;
     public static final int KVM_MEM_LOG_DIRTY_PAGES = 1;
     public static final int KVM_MEM_READONLY = 2;
+    public static final int KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1;
+    public static final int KVM_DIRTY_LOG_INITIALLY_SET = 2;
     public static final int KVM_IRQCHIP_PIC_MASTER = 0;
     public static final int KVM_IRQCHIP_PIC_SLAVE = 1;
     public static final int KVM_IRQCHIP_IOAPIC = 2;

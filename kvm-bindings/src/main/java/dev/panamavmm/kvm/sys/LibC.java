@@ -317,25 +317,25 @@ public final class LibC {
     }
 
     /**
-     * {@code mmap(target, size, prot, flags | MAP_FIXED, fd, offset)}: replaces the pages of
-     * {@code target} (part of a mapping this process owns) with a mapping of {@code fd}, e.g. a
-     * file's run of pages copy-on-write over another file's mapping. The old pages go, as MAP_FIXED says.
+     * {@code mmap(at, at.byteSize(), prot, flags | MAP_FIXED, fd, offset)}: replaces the pages of
+     * {@code at} (part of an existing mapping, which keeps its owner) with a mapping of {@code fd},
+     * e.g. a layer file's run of pages copy-on-write over a memory file's mapping.
      */
-    public static void mmapFixed(MemorySegment target, int prot, int flags, int fd, long offset) {
+    public static void mmapFixed(MemorySegment at, int prot, int flags, int fd, long offset) {
         var capture = CAPTURE.get();
-        long at = address(target);
+        long address = address(at);
         long r = syscall(
                 capture,
                 LibcConstants.SYS_mmap,
-                at,
-                target.byteSize(),
+                address,
+                at.byteSize(),
                 prot,
                 flags | LibcConstants.MAP_FIXED,
                 fd,
                 offset);
-        Reference.reachabilityFence(target);
+        Reference.reachabilityFence(at);
         if (r == LibcConstants.MAP_FAILED) throw fail("mmap", capture);
-        if (r != at) throw new IllegalStateException("mmap with MAP_FIXED moved the mapping");
+        if (r != address) throw new IllegalStateException("mmap with MAP_FIXED moved the mapping");
     }
 
     /**

@@ -35,9 +35,11 @@ final class DataExtents {
         // A shared mapping's bytes are the file's. A private one's written pages are anonymous
         // copies that the file does not show: add every anonymous page, resident or swapped.
         if (!(block.backing() instanceof Backing.PrivateFile)) return file.toArray(long[][]::new);
-        // A chained template's layers are file pages of other files: pagemap shows them as neither.
-        var layered = List.of(block.layered());
-        return union(union(file, layered), anonymousPages(block.segment())).toArray(long[][]::new);
+        // Layers mapped over the file (diff snapshots', chained templates') are pages of other files:
+        // pagemap shows them as neither.
+        var data = union(file, anonymousPages(block.segment()));
+        if (block.overlaid().length > 0) data = union(data, List.of(block.overlaid()));
+        return data.toArray(long[][]::new);
     }
 
     /** The data extents of {@code fd} in {@code [offset, offset + size)} (SEEK_DATA / SEEK_HOLE), relative to {@code offset}. */

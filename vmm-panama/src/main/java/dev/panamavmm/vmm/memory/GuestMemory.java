@@ -16,6 +16,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.function.Consumer;
 
 /**
@@ -42,6 +43,7 @@ public final class GuestMemory implements AutoCloseable {
     private final List<RamBlock> blocks;
     private final long size;
     private final int[] fds;
+    private final VmmWrites vmmWrites;
     /** While layers are being mapped: every fd opened so far, closed if the mapping fails. */
     private int[] fdsWithLayers;
 
@@ -53,6 +55,7 @@ public final class GuestMemory implements AutoCloseable {
         this.size = blocks.stream().mapToLong(RamBlock::size).sum();
         this.fds = fds;
         this.fdsWithLayers = fds;
+        this.vmmWrites = new VmmWrites(this.blocks);
     }
 
     /** RAM of {@code size} bytes in an anonymous memfd (the default backing). */
@@ -157,12 +160,29 @@ public final class GuestMemory implements AutoCloseable {
      * shared memory file (mapped shared: the guest goes on in it) or of the snapshot file itself
      * (mapped private: pages load lazily on first touch, and the snapshot never changes).
      */
-    public record BlockSource(String id, long guestAddress, long size, Backing backing, long fileOffset, int fd) {
+    public record BlockSource(
+            String id, long guestAddress, long size, Backing backing, long fileOffset, int fd, List<Overlay> overlays) {
+        public BlockSource(String id, long guestAddress, long size, Backing backing, long fileOffset, int fd) {
+            this(id, guestAddress, size, backing, fileOffset, fd, List.of());
+        }
+
         /** A block mapped from a file, opened here. */
         public BlockSource(String id, long guestAddress, long size, Backing backing, long fileOffset) {
             this(id, guestAddress, size, backing, fileOffset, -1);
         }
     }
+
+    /**
+     * Pages of a diff layer laid over a block: {@code runs} ({@code [start, end)} byte ranges of the
+     * block) are at {@code fileOffset + start} in {@code file}.
+     */
+    public record Overlay(Path file, long fileOffset, long[][] runs) {}
+
+    /**
+     * Runs mapped one by one over a private block at most; beyond, the layers' pages are copied in
+     * instead (each run is a mapping, and a process has at most vm.max_map_count of them).
+     */
+    static final int MAX_OVERLAY_MAPPINGS = 16_384;
 
     /** Maps each block from its own file range; nothing here reads or copies guest RAM. */
     public static GuestMemory map(List<BlockSource> sources, Arena arena) {
@@ -202,12 +222,7 @@ public final class GuestMemory implements AutoCloseable {
                     var block = memory.blockAtFileOffset(run[0], run[1]);
                     long at = run[0] - block.fileOffset();
                     try {
-                        LibC.mmapFixed(
-                                block.segment().asSlice(at, run[1]),
-                                LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
-                                LibcConstants.MAP_PRIVATE | LibcConstants.MAP_NORESERVE,
-                                fd,
-                                run[2]);
+                        mapOver(block.segment().asSlice(at, run[1]), fd, run[2]);
                     } catch (KvmException e) {
                         throw new MemoryException(
                                 "cannot map layer " + layer.file() + " over guest memory: " + e.getMessage()
@@ -228,7 +243,7 @@ public final class GuestMemory implements AutoCloseable {
                         b.fileOffset(),
                         b.fd(),
                         b.shared(),
-                        DataExtents.union(ranges, List.of()).toArray(long[][]::new)));
+                        DataExtents.union(ranges, List.of(b.overlaid())).toArray(long[][]::new)));
             }
             return new GuestMemory(blocks, fds);
         } catch (RuntimeException e) {
@@ -264,7 +279,13 @@ public final class GuestMemory implements AutoCloseable {
         var regions = new ArrayList<RamLoader.Region>();
         Path loadFrom = null;
         RamLoader loader = null;
+        var overlaid = new ArrayList<Map.Entry<RamBlock, List<Overlay>>>();
+        long overlayRuns = 0;
+        for (var s : sources) for (var o : s.overlays()) overlayRuns += o.runs().length;
         try {
+            if (load == MemoryLoad.LAZY && overlayRuns > 0)
+                throw new MemoryException("a diff snapshot cannot be restored lazily: use --memory-load mapped or eager"
+                        + " (or merge its chain into a full snapshot first)");
             if (load != MemoryLoad.MAPPED) {
                 long loadedBytes = 0;
                 for (var s : sources)
@@ -284,6 +305,7 @@ public final class GuestMemory implements AutoCloseable {
                     var block =
                             map(s.id(), s.guestAddress(), s.size(), memfdOffset, new Backing.Memfd(), fds[0], arena);
                     blocks.add(block);
+                    if (!s.overlays().isEmpty()) overlaid.add(Map.entry(block, s.overlays()));
                     regions.add(new RamLoader.Region(s.guestAddress(), block.segment(), s.fileOffset()));
                     memfdOffset += s.size();
                     continue;
@@ -313,9 +335,15 @@ public final class GuestMemory implements AutoCloseable {
                     openedFiles.put(s.backing(), fd);
                     MemoryFileLocks.lock(fd, s.backing().file(), shared);
                 }
-                blocks.add(map(s.id(), s.guestAddress(), s.size(), s.fileOffset(), s.backing(), fd, arena));
+                var block = map(s.id(), s.guestAddress(), s.size(), s.fileOffset(), s.backing(), fd, arena);
+                if (!s.overlays().isEmpty()) {
+                    if (shared) throw new IllegalArgumentException("diff layers over a shared block");
+                    block = withOverlays(block, s.overlays(), overlayRuns > MAX_OVERLAY_MAPPINGS);
+                }
+                blocks.add(block);
             }
             if (load == MemoryLoad.EAGER && loadFrom != null) RamLoader.eager(loadFrom, regions);
+            for (var e : overlaid) withOverlays(e.getKey(), e.getValue(), true); // into the memfd, once loaded
             if (load == MemoryLoad.LAZY && loadFrom != null) loader = RamLoader.lazy(loadFrom, regions);
             var memory = new GuestMemory(blocks, Arrays.copyOf(fds, opened));
             memory.loader = loader;
@@ -325,6 +353,64 @@ public final class GuestMemory implements AutoCloseable {
             for (int i = 0; i < opened; i++) LibC.close(fds[i]);
             throw e;
         }
+    }
+
+    /**
+     * Lays the pages of diff layers over {@code block}, oldest first (a newer layer's page wins):
+     * each run mapped private from its layer file over the block's mapping ({@code MAP_FIXED}),
+     * so nothing is read before the guest touches it; or, with {@code copy}, read into the block.
+     */
+    private static RamBlock withOverlays(RamBlock block, List<Overlay> overlays, boolean copy) {
+        List<long[]> all = new ArrayList<>();
+        for (var o : overlays) {
+            try (var ch = java.nio.channels.FileChannel.open(o.file(), java.nio.file.StandardOpenOption.READ)) {
+                int fd =
+                        copy ? -1 : LibC.open(o.file().toString(), LibcConstants.O_RDONLY | LibcConstants.O_CLOEXEC, 0);
+                try {
+                    for (long[] r : o.runs()) {
+                        var target = block.segment().asSlice(r[0], r[1] - r[0]);
+                        if (copy) {
+                            var buffer = target.asByteBuffer();
+                            long at = o.fileOffset() + r[0];
+                            while (buffer.hasRemaining()) {
+                                int n = ch.read(buffer, at + buffer.position());
+                                if (n < 0) throw new java.io.EOFException("the layer file ends inside its RAM");
+                            }
+                        } else {
+                            mapOver(target, fd, o.fileOffset() + r[0]);
+                        }
+                    }
+                } finally {
+                    if (fd >= 0) LibC.close(fd); // a mapping keeps its file open
+                }
+            } catch (IOException | KvmException e) {
+                throw new MemoryException(
+                        "cannot lay the diff layer " + o.file() + " over guest memory: " + e.getMessage(), e);
+            }
+            all = DataExtents.union(all, List.of(o.runs()));
+        }
+        return new RamBlock(
+                block.id(),
+                block.guestAddress(),
+                block.segment(),
+                block.backing(),
+                block.fileOffset(),
+                block.fd(),
+                block.shared(),
+                all.toArray(long[][]::new));
+    }
+
+    /**
+     * Maps {@code fd} at {@code fileOffset} copy-on-write over {@code target}, part of a private
+     * block: how a layer's run (a diff snapshot's or a chained template's) replaces the pages under it.
+     */
+    private static void mapOver(MemorySegment target, int fd, long fileOffset) {
+        LibC.mmapFixed(
+                target,
+                LibcConstants.PROT_READ | LibcConstants.PROT_WRITE,
+                LibcConstants.MAP_PRIVATE | LibcConstants.MAP_NORESERVE,
+                fd,
+                fileOffset);
     }
 
     private static int newMemfd(long size) {
@@ -418,8 +504,25 @@ public final class GuestMemory implements AutoCloseable {
         return b.segment().asSlice(gpa - b.guestAddress(), length);
     }
 
+    /** The pages the VMM (its devices) may have written: KVM's dirty log does not see them. */
+    public VmmWrites vmmWrites() {
+        return vmmWrites;
+    }
+
+    /**
+     * A view of guest RAM for a device, which may write it: the range is marked in
+     * {@link #vmmWrites} first. Null when the range is not all RAM of one block.
+     */
+    public MemorySegment deviceSlice(long gpa, long length) {
+        var b = blockAt(gpa, length);
+        if (b == null) return null;
+        vmmWrites.mark(gpa, length);
+        return b.segment().asSlice(gpa - b.guestAddress(), length);
+    }
+
     /** Copies {@code data} into guest RAM at {@code gpa}. */
     public void write(long gpa, byte[] data) {
+        vmmWrites.mark(gpa, data.length);
         MemorySegment.copy(MemorySegment.ofArray(data), 0, slice(gpa, data.length), 0, data.length);
     }
 

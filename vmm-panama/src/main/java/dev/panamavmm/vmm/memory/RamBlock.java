@@ -13,8 +13,10 @@ import java.lang.foreign.MemorySegment;
  * @param fd           the open backing fd (memfd or file), owned by {@link GuestMemory}
  * @param shared       the backing outlives the process and already holds the guest's memory,
  *                     so a save or local migration can skip copying this block
- * @param layered      the ranges (within the block, ascending) mapped copy-on-write from a chained
- *                     template's layer files over the backing file: data the backing file does not show
+ * @param overlaid     the ranges (within the block, {@code [start, end)}, ascending) mapped
+ *                     copy-on-write over the backing file from layer files (a diff snapshot's layers
+ *                     or a chained template's): a private block's data beyond its file's and its
+ *                     copied pages
  */
 public record RamBlock(
         String id,
@@ -24,7 +26,7 @@ public record RamBlock(
         long fileOffset,
         int fd,
         boolean shared,
-        long[][] layered) {
+        long[][] overlaid) {
 
     public RamBlock(
             String id,
@@ -61,12 +63,11 @@ public record RamBlock(
     }
 
     /**
-     * The pages this process wrote in a private (copy-on-write) block: its anonymous copies, found
-     * in /proc/self/pagemap, as {@code [start, end)} byte ranges within the block, ascending.
+     * The pages of a private block written since it was mapped (its copied-on-write pages, from
+     * /proc/self/pagemap), as {@code [start, end)} byte ranges; none for a shared block.
      */
-    public long[][] privatePages() {
-        if (!(backing instanceof Backing.PrivateFile))
-            throw new IllegalStateException("block " + id + " is not private");
+    public long[][] copiedOnWrite() {
+        if (!(backing instanceof Backing.PrivateFile)) return new long[0][];
         return DataExtents.anonymousPages(segment).toArray(long[][]::new);
     }
 }

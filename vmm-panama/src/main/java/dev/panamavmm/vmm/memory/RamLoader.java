@@ -10,7 +10,6 @@ import dev.panamavmm.kvm.bindings.UffdioCopy;
 import dev.panamavmm.kvm.bindings.UffdioRange;
 import dev.panamavmm.kvm.bindings.UffdioRegister;
 import dev.panamavmm.kvm.sys.LibC;
-import dev.panamavmm.log.Log;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -29,6 +28,8 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
 import java.util.function.Consumer;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * Fills guest RAM from the pages stored in a snapshot file, instead of mapping the file.
@@ -51,7 +52,7 @@ import java.util.function.Consumer;
  * {@link #close} does the same without the callback, so closing a VM never waits on a fault.
  */
 public final class RamLoader implements AutoCloseable {
-    private static final Log log = Log.of(RamLoader.class);
+    private static final Logger log = LoggerFactory.getLogger(RamLoader.class);
 
     /**
      * What one fault brings in: 64 KiB (measured against 4 KiB and 256 KiB in
