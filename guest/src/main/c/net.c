@@ -37,7 +37,8 @@ static struct {
     uint64_t mmio, features;
     int off, active, echo, lossok;
     uint64_t window, size, bench_ms;
-    uint8_t mac[6];
+    uint8_t mac[6], old_mac[6];
+    uint32_t mac_changed_seq;           /* frames before it were sent from old_mac */
     struct vq rx, tx;
     uint64_t rxbuf, txbuf;
     uint16_t tx_free[NBUF];
@@ -213,11 +214,20 @@ static int is_mine(const volatile uint8_t *dst)
     return 1;
 }
 
+/* Echoes of frames sent before the MAC changed (a clone's override) come to the old one. */
+static int was_mine(const volatile uint8_t *dst)
+{
+    for (int i = 0; i < 6; i++)
+        if (dst[i] != n.old_mac[i])
+            return 0;
+    return 1;
+}
+
 static void on_reply(volatile struct tframe *f, uint32_t frame_len)
 {
     uint32_t seq = f->seq, len = f->len;
     volatile uint8_t *d = (volatile uint8_t *)(f + 1);
-    if (!is_mine(f->dst)) {
+    if (!is_mine(f->dst) && !(was_mine(f->dst) && (int32_t)(seq - n.mac_changed_seq) < 0)) {
         corrupt("mac", seq);
         return;
     }
@@ -290,6 +300,38 @@ static int on_frame(uint16_t id, uint32_t len)
     return f->kind;
 }
 
+static void put_mac(struct line *l)
+{
+    static const char hex[] = "0123456789abcdef";
+    put_s(l, "net mac=");
+    for (int i = 0; i < 6; i++) {
+        char c[4] = { ':', hex[n.mac[i] >> 4], hex[n.mac[i] & 15], 0 };
+        put_s(l, i ? c : c + 1);
+    }
+}
+
+/* A clone may have been given another MAC: take the one in the configuration space now. */
+static void reread_mac(void)
+{
+    struct line l;
+    int changed = 0;
+    uint8_t now[6];
+    for (int i = 0; i < 6; i++) {
+        now[i] = *(volatile uint8_t *)(n.mmio + R_CONFIG + (uint64_t)i);
+        changed |= now[i] != n.mac[i];
+    }
+    if (changed) {
+        for (int i = 0; i < 6; i++) {
+            n.old_mac[i] = n.mac[i];
+            n.mac[i] = now[i];
+        }
+        n.mac_changed_seq = n.next_seq;
+        l.n = 0;
+        put_mac(&l);
+        emit(&l);
+    }
+}
+
 static void net_start(uint64_t area)
 {
     struct line l;
@@ -312,14 +354,7 @@ static void net_start(uint64_t area)
     vq_kick(&n.rx);
     n.active = 1;
     l.n = 0;
-    put_s(&l, "net mac=");
-    for (int i = 0; i < 6; i++) {
-        static const char hex[] = "0123456789abcdef";
-        if (i)
-            put_s(&l, ":");
-        char c[3] = { hex[n.mac[i] >> 4], hex[n.mac[i] & 15], 0 };
-        put_s(&l, c);
-    }
+    put_mac(&l);
     put_s(&l, " link=");
     put_u(&l, n.features & (1ULL << NF_STATUS) ? *(volatile uint16_t *)(n.mmio + R_CONFIG + 6) : 1);
     put_s(&l, n.echo ? " echo window=" : " answer window=");
@@ -493,6 +528,7 @@ static void net_heartbeat(uint64_t seq, uint64_t hb_ms)
         n.benched = 1;
     }
     (void)seq;
+    reread_mac();
     if (n.echo) {
         /* An echo that does not come within a few heartbeats (not TSC time: a paused VM does not count) is lost. */
         if (n.echoed != n.echoed_at_hb || n.next_seq == n.oldest) {

@@ -5,6 +5,8 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
+import dev.panamavmm.vmm.NetConfig;
+import dev.panamavmm.vmm.NetOverrides;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
@@ -16,6 +18,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutorService;
@@ -48,9 +51,11 @@ public final class CloneService implements AutoCloseable {
     public ApiHandler handler(Runnable quit) {
         return (command, args) -> switch (command) {
             case "clone" -> {
-                ApiHandler.expect(command, args, "template", "count");
-                yield clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int)
-                        ApiHandler.number(args, "count", 1));
+                ApiHandler.expect(command, args, "template", "count", "net");
+                yield clone(
+                        Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")),
+                        (int) ApiHandler.number(args, "count", 1),
+                        NetOverrides.fromJson(args.get("net")));
             }
             case "query-clones" ->
                 clones.values().stream()
@@ -84,7 +89,14 @@ public final class CloneService implements AutoCloseable {
 
     /** Starts {@code count} clones of a template; returns when all of them run. */
     public Map<String, Object> clone(Path template, int count) throws IOException {
+        return clone(template, count, List.of());
+    }
+
+    /** As above, the clone's network devices on the taps and MACs of {@code nets} (one clone only: a tap serves one VM). */
+    public Map<String, Object> clone(Path template, int count, List<NetConfig> nets) throws IOException {
         if (count < 1 || count > 1000) throw new IllegalArgumentException("\"count\" must be 1 to 1000");
+        if (count > 1 && !nets.isEmpty())
+            throw new IllegalArgumentException("\"net\" names one clone's taps: not with a \"count\" above 1");
         long start = System.nanoTime();
         var loaded = templates.computeIfAbsent(template.toAbsolutePath().normalize(), p -> Templates.open(p));
         var started = new ArrayList<Object>();
@@ -111,7 +123,7 @@ public final class CloneService implements AutoCloseable {
             }
             Vm vm;
             try {
-                vm = Templates.clone(kvm, loaded, console, new VmListener() {});
+                vm = Templates.clone(kvm, NetOverrides.apply(loaded, nets), console, new VmListener() {});
             } catch (RuntimeException e) {
                 console.close();
                 throw e;

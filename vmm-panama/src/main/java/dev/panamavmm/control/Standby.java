@@ -7,6 +7,7 @@ import dev.panamavmm.log.Log;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.MachineConfig;
+import dev.panamavmm.vmm.NetOverrides;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
@@ -109,10 +110,12 @@ public final class Standby implements AutoCloseable {
                             ApiHandler.flag(args, "resume", true));
                 }
                 case "clone" -> {
-                    ApiHandler.expect(command, args, "template", "resume");
+                    ApiHandler.expect(command, args, "template", "resume", "net");
                     var dir = Path.of(ApiHandler.requireString(args, "template", "a template directory"));
+                    var nets = NetOverrides.fromJson(args.get("net"));
                     yield adopt(
-                            () -> Templates.clone(kvm, Templates.open(dir), console, listener),
+                            () -> Templates.clone(
+                                    kvm, NetOverrides.apply(Templates.open(dir), nets), console, listener),
                             ApiHandler.flag(args, "resume", true));
                 }
                 case "boot" -> {

@@ -12,6 +12,7 @@ import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
 import dev.panamavmm.vmm.LocalMigration;
+import dev.panamavmm.vmm.NetOverrides;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
@@ -248,8 +249,9 @@ public final class VmHost implements AutoCloseable {
                 yield start(command, args);
             }
             case "clone" -> {
-                ApiHandler.expect(command, args, "template", "resume");
+                ApiHandler.expect(command, args, "template", "resume", "net");
                 ApiHandler.requireString(args, "template", "a template directory");
+                NetOverrides.fromJson(args.get("net")); // refused here, before a worker is taken
                 yield start(command, args);
             }
             case "incoming" -> {
@@ -406,7 +408,14 @@ public final class VmHost implements AutoCloseable {
                             VmBuilder.Mode.CONTINUE,
                             out,
                             listener);
-                case "clone" -> Templates.clone(kvm, template(Path.of((String) args.get("template"))), out, listener);
+                case "clone" ->
+                    Templates.clone(
+                            kvm,
+                            NetOverrides.apply(
+                                    template(Path.of((String) args.get("template"))),
+                                    NetOverrides.fromJson(args.get("net"))),
+                            out,
+                            listener);
                 default -> VmBuilder.boot(kvm, Standby.machine(args), out, listener);
             };
         } catch (Exception e) {

@@ -91,12 +91,36 @@ final class VirtioHost implements AutoCloseable {
         };
         VirtioMmio.Notifier notifier = this::kick;
         VirtioMmio.Interrupt interrupt = () -> LibC.write(irqFd, ONE);
+        if (state != null && slot.config() instanceof NetConfig n) state = withMac(state, n.macBytes());
         this.transport = state == null
                 ? new VirtioMmio(device, ram, notifier, interrupt)
                 : new VirtioMmio(device, state, ram, notifier, interrupt);
         vmFd.irqfd(irqFd, slot.gsi());
         for (int q = 0; q < queueFds.length; q++)
             vmFd.ioeventfd(queueFds[q], slot.address() + VirtioMmio.QUEUE_NOTIFY, 4, q);
+    }
+
+    /**
+     * {@code state} with {@code mac} in its configuration space: a clone's override replaces the
+     * template's MAC, and the generation moves so a driver reading it sees the change.
+     */
+    private static VirtioMmio.State withMac(VirtioMmio.State state, byte[] mac) {
+        var config = state.config();
+        if (config.length < mac.length || java.util.Arrays.equals(config, 0, mac.length, mac, 0, mac.length))
+            return state;
+        System.arraycopy(mac, 0, config, 0, mac.length);
+        return new VirtioMmio.State(
+                state.deviceId(),
+                state.driverFeatures(),
+                state.deviceFeaturesSel(),
+                state.driverFeaturesSel(),
+                state.status(),
+                state.queueSel(),
+                state.interruptStatus(),
+                state.configGeneration() + 1,
+                config,
+                state.queues(),
+                state.deviceState());
     }
 
     /**

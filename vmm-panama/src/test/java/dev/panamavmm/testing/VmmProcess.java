@@ -56,6 +56,20 @@ public final class VmmProcess implements AutoCloseable {
         return new VmmProcess(pb.start());
     }
 
+    /** With {@code prefix} in front of the command, e.g. {@code ip netns exec NS} to run it in a network namespace. */
+    public static VmmProcess startIn(List<String> prefix, String... args) throws IOException {
+        var command = new ArrayList<String>(prefix);
+        command.add(ProcessHandle.current().info().command().orElse("java"));
+        command.add("--enable-native-access=ALL-UNNAMED");
+        command.add("-XX:+UseSerialGC");
+        command.add("-cp");
+        command.add(System.getProperty("java.class.path"));
+        command.add("dev.panamavmm.cli.Main");
+        command.addAll(List.of(args));
+        var pb = new ProcessBuilder(command).redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")));
+        return new VmmProcess(pb.start());
+    }
+
     /** Another build of the VMM (an earlier release's {@code vmm.jar}, see scripts/build-release), run like ./vmm runs it. */
     public static VmmProcess startJar(Path jar, Map<String, String> env, String... args) throws IOException {
         var command = new ArrayList<String>(List.of(
