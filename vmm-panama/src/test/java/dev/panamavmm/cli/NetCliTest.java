@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.testing.NetNamespace;
 import dev.panamavmm.testing.VmmProcess;
@@ -24,7 +25,7 @@ import org.junit.jupiter.api.io.TempDir;
 class NetCliTest {
     static final String MAC = "02:00:00:00:00:01";
     static final String CLONE_MAC = "02:00:00:00:00:02";
-    static final Pattern NET = Pattern.compile("net (\\d+) sent=(\\d+) echoed=(\\d+) lost=(\\d+) probes=(\\d+)");
+    static final Pattern NET = TestGuest.NET;
 
     /** Waits until the guest has had {@code echoed} echoes; returns the line. */
     static Matcher awaitEchoed(VmmProcess vmm, long echoed, long seconds) throws InterruptedException {
