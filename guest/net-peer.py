@@ -89,6 +89,8 @@ def main():
                     counts["echoed"] += 1
                 elif kind == K_BENCH_TX:
                     counts["bench_rx"] += 1
+                    key = "bench_rx_%d" % n   # per frame size: each benchmark row has its own
+                    counts[key] = counts.get(key, 0) + 1
                 elif kind == K_ANSWER:
                     counts["answers"] += 1
                     print("answer mac=%s seq=%d" % (mac_str(src), seq), flush=True)
@@ -104,8 +106,13 @@ def main():
                                 sent += 1
                             except OSError:
                                 pass  # the tap's queue is full: the guest is behind
-                    time.sleep(0.2)
-                    s.send(frame(src, me, K_BLAST_END, sent))
+                    # The end frame may meet a full tap queue: send it a few times (the guest takes the first).
+                    for _ in range(10):
+                        time.sleep(0.05)
+                        try:
+                            s.send(frame(src, me, K_BLAST_END, sent, length=length))
+                        except OSError:
+                            pass
                     counts["blasted"] += sent
                 else:
                     counts["other"] += 1

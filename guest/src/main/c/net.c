@@ -483,7 +483,7 @@ static void bench_rx(uint32_t size)
             if (len >= HDR + sizeof(struct tframe) && r->magic == TMAGIC) {
                 if (r->kind == K_BENCH_RX)
                     kinds[K_BENCH_RX]++;
-                else if (r->kind == K_BLAST_END) {
+                else if (r->kind == K_BLAST_END && r->len == size) {   /* not a late one of the row before */
                     end = 1;
                     peer = r->seq;
                 }

@@ -256,21 +256,23 @@ public final class VirtioNet implements VirtioDevice {
                         wait(100);
                 }
                 if (!running || !backend.awaitFrame(100)) continue;
-                int n;
+                // Every frame waiting, as far as the staging bounds allow, then one kick for all.
+                boolean added = false;
                 synchronized (this) {
-                    // A save may have come while this thread waited: the frame stays with the host.
-                    if (frozen) continue;
-                    n = backend.receive(buffer);
-                    if (n <= 0) continue;
-                    if (n < HEADER_SIZE) {
-                        rxDropped.incrementAndGet();
-                        continue;
+                    // A save may have come while this thread waited: the frames stay with the host.
+                    while (!frozen && staged.size() < MAX_STAGED && stagedBytes < MAX_STAGED_BYTES) {
+                        int n = backend.receive(buffer);
+                        if (n <= 0) break;
+                        if (n < HEADER_SIZE) {
+                            rxDropped.incrementAndGet();
+                            continue;
+                        }
+                        staged.add(buffer.asSlice(0, n).toArray(ValueLayout.JAVA_BYTE));
+                        stagedBytes += n;
+                        added = true;
                     }
-                    var frame = buffer.asSlice(0, n).toArray(ValueLayout.JAVA_BYTE);
-                    staged.add(frame);
-                    stagedBytes += n;
                 }
-                context.kick(RX);
+                if (added) context.kick(RX);
             }
         } catch (IOException e) {
             if (running) receiveError = e.getMessage();
