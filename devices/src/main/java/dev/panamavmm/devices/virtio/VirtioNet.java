@@ -69,6 +69,9 @@ public final class VirtioNet implements VirtioDevice {
     static final int MAX_STAGED = 256;
     static final int MAX_STAGED_BYTES = 1 << 20;
     static final int QUEUE_SIZE = 256;
+    /** Frames the receive thread stages before it wakes the queue's thread (and again at the end of a burst). */
+    static final int KICK_EVERY = 16;
+
     static final int CONFIG_SIZE = 8;
     static final int STATUS_LINK_UP = 1;
     private static final int STATE_VERSION = 1;
@@ -256,12 +259,15 @@ public final class VirtioNet implements VirtioDevice {
                         wait(100);
                 }
                 if (!running || !backend.awaitFrame(100)) continue;
-                // Every frame waiting, as far as the staging bounds allow, then one kick for all.
-                boolean added = false;
-                synchronized (this) {
-                    // A save may have come while this thread waited: the frames stay with the host.
-                    while (!frozen && staged.size() < MAX_STAGED && stagedBytes < MAX_STAGED_BYTES) {
-                        int n = backend.receive(buffer);
+                // Every frame waiting, as far as the staging bounds allow, with a kick every few frames
+                // (the queue's thread delivers while this one reads on), not one per frame.
+                int added = 0;
+                while (true) {
+                    int n;
+                    synchronized (this) {
+                        // A save may have come meanwhile: the frames stay with the host.
+                        if (frozen || staged.size() >= MAX_STAGED || stagedBytes >= MAX_STAGED_BYTES) break;
+                        n = backend.receive(buffer);
                         if (n <= 0) break;
                         if (n < HEADER_SIZE) {
                             rxDropped.incrementAndGet();
@@ -269,10 +275,10 @@ public final class VirtioNet implements VirtioDevice {
                         }
                         staged.add(buffer.asSlice(0, n).toArray(ValueLayout.JAVA_BYTE));
                         stagedBytes += n;
-                        added = true;
                     }
+                    if (++added % KICK_EVERY == 0) context.kick(RX);
                 }
-                if (added) context.kick(RX);
+                if (added % KICK_EVERY != 0) context.kick(RX);
             }
         } catch (IOException e) {
             if (running) receiveError = e.getMessage();
