@@ -96,6 +96,12 @@ final class TapBackend implements NetBackend, AutoCloseable {
                         "descriptor " + fd + " is not a tap opened with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR");
             var name = req.getString(Ifreq.IFR_IFRN_IFRN_NAME, StandardCharsets.UTF_8);
             setHeaderSize(fd, name);
+            // The receive thread reads until the tap is empty: a blocking read there would hold the device.
+            try {
+                LibC.setNonBlocking(fd);
+            } catch (KvmException e) {
+                throw new MemoryException("descriptor " + fd + " cannot be made non-blocking: " + reason(e.errno()));
+            }
             return new TapBackend(fd, name);
         }
     }

@@ -202,6 +202,42 @@ class NetCliTest {
         }
     }
 
+    /** Opens the tap named by argv[1] with IFF_VNET_HDR, then runs the rest of argv with {fd} replaced by its number. */
+    static final String OPEN_TAP_THEN_EXEC = String.join(
+            "\n",
+            "import fcntl, os, struct, sys",
+            "fd = os.open('/dev/net/tun', os.O_RDWR)",
+            "fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', sys.argv[1].encode(), 0x0002 | 0x1000 | 0x4000))",
+            "os.set_inheritable(fd, True)",
+            "args = [a.replace('{fd}', str(fd)) for a in sys.argv[2:]]",
+            "os.execvp(args[0], args)");
+
+    @KvmTest
+    void aTapDescriptorGivenWithFdWorksAndAMissingTapIsOneLine(@TempDir Path dir) throws Exception {
+        try (var ns = NetNamespace.create(1)) {
+            var prefix = new java.util.ArrayList<>(ns.prefix());
+            prefix.addAll(List.of("python3", "-c", OPEN_TAP_THEN_EXEC, "tap0"));
+            try (var vmm = VmmProcess.startIn(
+                    prefix, "run", "--memory", "64M", "--net", "fd={fd},mac=" + MAC, "--cmdline", cmdline("echo"))) {
+                awaitEchoed(vmm, 100, 60);
+                ns.peer(0).probe(MAC, 5);
+                ns.peer(0).await("answer mac=" + MAC + " seq=5", 30);
+                noCorruption(vmm);
+            }
+            try (var vmm = VmmProcess.startIn(ns.prefix(), "run", "--memory", "64M", "--net", "tap=nosuchtap")) {
+                assertEquals(1, vmm.waitFor(60));
+                assertEquals(
+                        "vmm: the tap nosuchtap does not exist here (create it: ip tuntap add dev nosuchtap mode tap)",
+                        vmm.stderr().strip());
+            }
+            try (var vmm = VmmProcess.startIn(ns.prefix(), "run", "--memory", "64M", "--net", "fd=0")) {
+                assertEquals(1, vmm.waitFor(60));
+                assertTrue(vmm.stderr().strip().startsWith("vmm: descriptor 0 is not a tap: "), vmm.stderr());
+                assertEquals(1, vmm.stderr().strip().lines().count(), vmm.stderr());
+            }
+        }
+    }
+
     @Test
     void badNetOptionsAreOneLineErrors() {
         for (var spec : List.of(

@@ -144,6 +144,9 @@ public final class LibcConstants {
     public static final int POLLOUT = 4;
     public static final int POLLERR = 8;
     public static final int POLLHUP = 16;
+    public static final int SYS_fcntl = 72;
+    public static final int F_GETFL = 3;
+    public static final int F_SETFL = 4;
     public static final int IFNAMSIZ = 16;
     public static final int IFF_TAP = 2;
     public static final int IFF_NO_PI = 0x1000;

@@ -168,6 +168,12 @@ public final class LibC {
         }
     }
 
+    /** Sets O_NONBLOCK on {@code fd}'s open file description (shared with every copy of the descriptor). */
+    public static void setNonBlocking(int fd) {
+        long flags = checked("fcntl F_GETFL", LibcConstants.SYS_fcntl, fd, LibcConstants.F_GETFL, 0);
+        checked("fcntl F_SETFL", LibcConstants.SYS_fcntl, fd, LibcConstants.F_SETFL, flags | LibcConstants.O_NONBLOCK);
+    }
+
     public static void close(int fd) {
         checked("close", LibcConstants.SYS_close, fd, 0, 0);
     }
