@@ -8,6 +8,7 @@ import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.Iovec;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Pollfd;
+import dev.panamavmm.kvm.bindings.VirtioNetHdrV1;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.vmm.memory.MemoryException;
 import java.io.IOException;
@@ -29,6 +30,13 @@ import java.util.List;
 final class TapBackend implements NetBackend, AutoCloseable {
     /** Buffers a transmitted chain may have; the queue size (256) bounds a chain anyway. */
     private static final int IOV_MAX = 256;
+
+    static {
+        // The guest's header and the tap's must be the same bytes: the kernel's struct decides.
+        if (VirtioNetHdrV1.BYTE_SIZE != VirtioNet.HEADER_SIZE)
+            throw new IllegalStateException("struct virtio_net_hdr_v1 has " + VirtioNetHdrV1.BYTE_SIZE + " bytes, not "
+                    + VirtioNet.HEADER_SIZE);
+    }
 
     private final int fd;
     private final String name;

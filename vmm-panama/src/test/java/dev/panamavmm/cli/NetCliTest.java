@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.Json;
 import dev.panamavmm.testing.NetNamespace;
 import dev.panamavmm.testing.VmmProcess;
 import java.nio.file.Files;
@@ -25,6 +26,7 @@ import org.junit.jupiter.api.io.TempDir;
 class NetCliTest {
     static final String MAC = "02:00:00:00:00:01";
     static final String CLONE_MAC = "02:00:00:00:00:02";
+    static final String SERVE_MAC = "02:00:00:00:00:03";
     static final Pattern NET = TestGuest.NET;
 
     /** Waits until the guest has had {@code echoed} echoes; returns the line. */
@@ -193,6 +195,46 @@ class NetCliTest {
                 ns.peer(1).probe(CLONE_MAC, 11);
                 ns.peer(1).await("answer mac=" + CLONE_MAC + " seq=11", 30);
                 noCorruption(clone);
+            }
+            // The same through a clone request to vmm serve.
+            var api = dir.resolve("serve.sock");
+            var consoles = dir.resolve("consoles");
+            try (var serve = VmmProcess.startIn(
+                            ns.prefix(),
+                            "serve",
+                            "--api-socket",
+                            api.toString(),
+                            "--console-dir",
+                            consoles.toString());
+                    var client = TemplateCliTest.awaitClient(serve, api)) {
+                var refused = client.execute("clone", Json.object("template", template.toString()));
+                assertTrue(
+                        String.valueOf(refused.get("error")).contains("give each clone its own tap and MAC"),
+                        refused.toString());
+                var many = client.execute(
+                        "clone",
+                        Json.object(
+                                "template",
+                                template.toString(),
+                                "count",
+                                2L,
+                                "net",
+                                List.of(Json.object("tap", "tap1"))));
+                assertTrue(String.valueOf(many.get("error")).contains("not with a \"count\" above 1"), many.toString());
+                var reply = client.execute(
+                        "clone",
+                        Json.object(
+                                "template",
+                                template.toString(),
+                                "net",
+                                List.of(Json.object("tap", "tap1", "mac", SERVE_MAC))));
+                var clones = (List<?>) Json.asObject(reply.get("return"), "r").get("clones");
+                var id = (String) Json.asObject(clones.getFirst(), "c").get("id");
+                SnapshotCliTest.awaitText(consoles.resolve(id + ".log"), "net mac=" + SERVE_MAC, 60);
+                ns.peer(1).probe(SERVE_MAC, 12);
+                ns.peer(1).await("answer mac=" + SERVE_MAC + " seq=12", 30);
+                client.execute("quit", null);
+                assertEquals(0, serve.waitFor(30), serve.stderr());
             }
         } finally {
             try (var files = Files.list(shm)) {

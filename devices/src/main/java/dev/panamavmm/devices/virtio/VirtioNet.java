@@ -187,7 +187,7 @@ public final class VirtioNet implements VirtioDevice {
         byte[] frame;
         synchronized (this) {
             frame = staged.poll();
-            if (frame == null) return 0; // cannot happen: takeLimit counted it
+            if (frame == null) return 0; // a reset since takeLimit dropped it; the transport ignores this completion
             stagedBytes -= frame.length;
             notifyAll();
         }
