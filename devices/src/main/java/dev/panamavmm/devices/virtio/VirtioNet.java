@@ -68,6 +68,9 @@ public final class VirtioNet implements VirtioDevice {
 
     static final int MAX_STAGED = 256;
     static final int MAX_STAGED_BYTES = 1 << 20;
+    /** Frames up to this long (header included: any 1514-byte frame) are staged in pooled arrays. */
+    static final int POOLED = 2048;
+
     static final int QUEUE_SIZE = 256;
     /** Frames the receive thread stages before it wakes the queue's thread (and again at the end of a burst). */
     static final int KICK_EVERY = 16;
@@ -80,7 +83,16 @@ public final class VirtioNet implements VirtioDevice {
     private final NetBackend backend;
     private final byte[] mac;
 
-    private final ArrayDeque<byte[]> staged = new ArrayDeque<>();
+    /** A frame read from the backend: its bytes (header first) are {@code bytes[0, length)}. */
+    private record Frame(byte[] bytes, int length) {}
+
+    private final ArrayDeque<Frame> staged = new ArrayDeque<>();
+    /**
+     * Arrays of {@value #POOLED} bytes that delivered frames leave behind, for the next ones: a
+     * stream of frames makes no garbage (at 50,000 frames a second the arrays alone were ~80 MB/s).
+     */
+    private final ArrayDeque<byte[]> spare = new ArrayDeque<>();
+
     private long stagedBytes;
     /** Set by saveState: the receive thread reads nothing until the transport takes buffers again. */
     private boolean frozen;
@@ -184,29 +196,39 @@ public final class VirtioNet implements VirtioDevice {
 
     /** Copies the oldest staged frame into the chain; the bytes written (0: the chain could not hold it, dropped). */
     private int receive(DescriptorChain chain) {
-        byte[] frame;
+        Frame frame;
         synchronized (this) {
             frame = staged.poll();
             if (frame == null) return 0; // a reset since takeLimit dropped it; the transport ignores this completion
-            stagedBytes -= frame.length;
+            stagedBytes -= frame.length();
             notifyAll();
         }
-        if (chain.writableBytes() < frame.length) {
-            rxDropped.incrementAndGet();
-            return 0;
+        int length = frame.length();
+        byte[] bytes = frame.bytes();
+        try {
+            if (chain.writableBytes() < length) {
+                rxDropped.incrementAndGet();
+                return 0;
+            }
+            // Without MRG_RXBUF a frame is always one buffer: num_buffers is 1.
+            bytes[NUM_BUFFERS_OFFSET] = 1;
+            bytes[NUM_BUFFERS_OFFSET + 1] = 0;
+            int at = 0;
+            for (var buffer : chain.writable()) {
+                int n = (int) Math.min(buffer.byteSize(), length - at);
+                if (n == 0) break;
+                MemorySegment.copy(bytes, at, buffer, ValueLayout.JAVA_BYTE, 0, n);
+                at += n;
+            }
+            received.incrementAndGet();
+            return length;
+        } finally {
+            if (bytes.length == POOLED) {
+                synchronized (this) {
+                    if (spare.size() < MAX_STAGED) spare.push(bytes);
+                }
+            }
         }
-        // Without MRG_RXBUF a frame is always one buffer: num_buffers is 1.
-        frame[NUM_BUFFERS_OFFSET] = 1;
-        frame[NUM_BUFFERS_OFFSET + 1] = 0;
-        int at = 0;
-        for (var buffer : chain.writable()) {
-            int n = (int) Math.min(buffer.byteSize(), frame.length - at);
-            if (n == 0) break;
-            MemorySegment.copy(frame, at, buffer, ValueLayout.JAVA_BYTE, 0, n);
-            at += n;
-        }
-        received.incrementAndGet();
-        return frame.length;
     }
 
     @Override
@@ -273,7 +295,9 @@ public final class VirtioNet implements VirtioDevice {
                             rxDropped.incrementAndGet();
                             continue;
                         }
-                        staged.add(buffer.asSlice(0, n).toArray(ValueLayout.JAVA_BYTE));
+                        var bytes = n <= POOLED ? (spare.isEmpty() ? new byte[POOLED] : spare.pop()) : new byte[n];
+                        MemorySegment.copy(buffer, ValueLayout.JAVA_BYTE, 0, bytes, 0, n);
+                        staged.add(new Frame(bytes, n));
                         stagedBytes += n;
                     }
                     if (++added % KICK_EVERY == 0) context.kick(RX);
@@ -300,7 +324,7 @@ public final class VirtioNet implements VirtioDevice {
         frozen = true;
         var out = ByteBuffer.allocate(8 + staged.size() * 4 + (int) stagedBytes).order(ByteOrder.LITTLE_ENDIAN);
         out.putInt(STATE_VERSION).putInt(staged.size());
-        for (var frame : staged) out.putInt(frame.length).put(frame);
+        for (var frame : staged) out.putInt(frame.length()).put(frame.bytes(), 0, frame.length());
         return out.array();
     }
 
@@ -323,7 +347,7 @@ public final class VirtioNet implements VirtioDevice {
                     throw new IllegalArgumentException(name + ": a staged frame of " + length + " bytes");
                 var frame = new byte[length];
                 in.get(frame);
-                staged.add(frame);
+                staged.add(new Frame(frame, length));
                 stagedBytes += length;
             }
             if (in.hasRemaining()) throw new IllegalArgumentException(name + ": " + in.remaining() + " bytes too many");
