@@ -27,4 +27,10 @@ public record LoadedSnapshot(
     public int cpus() {
         return vcpus.size();
     }
+
+    /** The same snapshot restored as {@code other} (a clone's own network devices). */
+    public LoadedSnapshot withConfig(MachineConfig other) {
+        return new LoadedSnapshot(
+                dir, snapshot, other, xsaveSize, vcpus, vm, devices, descriptors, diskDescriptors, chain);
+    }
 }
