@@ -185,12 +185,12 @@ def wait_log(proc, regex, timeout=300):
 
 # The VMM's debug lines (PANAMA_VMM_LOG), each read after the byte offset of the request, so that
 # the rehearsal's own saves and migrations (warm processes) are not taken for the measured one.
-SAVED_RE = re.compile(r"DEBUG \[[^\]]*\] (?:vm=\S+ )?VmSnapshots: saved .*: pause (\d+) us, state (\d+) us, RAM (\d+) us, commit (\d+) us")
-SENT_RE = re.compile(r"DEBUG \[[^\]]*\] (?:vm=\S+ )?LocalMigration: migration downtime (\d+) us: save (\d+) us, "
+SAVED_RE = re.compile(r"DEBUG (?:\[[^\]]*\] )?(?:vm=\S+ )?VmSnapshots: saved .*: pause (\d+) us, state (\d+) us, RAM (\d+) us, commit (\d+) us")
+SENT_RE = re.compile(r"DEBUG (?:\[[^\]]*\] )?(?:vm=\S+ )?LocalMigration: migration downtime (\d+) us: save (\d+) us, "
                      r"destination builds and resumes (\d+) us, confirmed after (\d+) us")
-INCOMING_RE = re.compile(r"DEBUG \[[^\]]*\] (?:vm=\S+ )?LocalMigration: incoming state: load (\d+) us, build (\d+) us, "
+INCOMING_RE = re.compile(r"DEBUG (?:\[[^\]]*\] )?(?:vm=\S+ )?LocalMigration: incoming state: load (\d+) us, build (\d+) us, "
                          r"vCPU threads (\d+) us, resumed (\d+) us after the state arrived")
-REHEARSED_RE = r"DEBUG \[[^\]]*\] (?:vm=\S+ )?Rehearsal: rehearsal (done in (\d+) ms|failed.*)"
+REHEARSED_RE = r"DEBUG (?:\[[^\]]*\] )?(?:vm=\S+ )?Rehearsal: rehearsal (done in (\d+) ms|failed.*)"
 
 
 def log_phases(proc, offset, regex, names):

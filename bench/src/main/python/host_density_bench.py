@@ -184,7 +184,7 @@ def host_up(mode):
     q = JsonLines(sock, p, timeout=120)
     q.cmd("qmp_capabilities")
     if mode == "shared":
-        m = wait_log(p, r"DEBUG \[[^\]]*\] (?:vm=\S+ )?Rehearsal: rehearsal (done in (\d+) ms|failed.*)")
+        m = wait_log(p, r"DEBUG (?:\[[^\]]*\] )?(?:vm=\S+ )?Rehearsal: rehearsal (done in (\d+) ms|failed.*)")
         if not m.group(2):
             raise BenchError(f"vmm host's warm-up failed: {m.group(0)}")
     return p, q, DirWatch(cons), t0

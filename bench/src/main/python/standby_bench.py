@@ -346,7 +346,7 @@ def host_up(isolation, tag):
     q = JsonLines(sock, p, timeout=120)
     q.cmd("qmp_capabilities")
     if isolation == "shared":
-        m = wait_log(p, r"DEBUG \[[^\]]*\] (?:vm=\S+ )?Rehearsal: rehearsal (done in (\d+) ms|failed.*)")
+        m = wait_log(p, r"DEBUG (?:\[[^\]]*\] )?(?:vm=\S+ )?Rehearsal: rehearsal (done in (\d+) ms|failed.*)")
         if not m.group(2):
             raise BenchError(f"vmm host's warm-up failed: {m.group(0)}")
     HOST_STATES.append(state)
@@ -722,7 +722,7 @@ def main():
                          "serve")
         serve_q = JsonLines(serve_sock, serve, timeout=120)
         serve_q.cmd("qmp_capabilities")
-        m = wait_log(serve, r"DEBUG \[[^\]]*\] (?:vm=\S+ )?Rehearsal: rehearsal (done in (\d+) ms|failed.*)")
+        m = wait_log(serve, r"DEBUG (?:\[[^\]]*\] )?(?:vm=\S+ )?Rehearsal: rehearsal (done in (\d+) ms|failed.*)")
         if not m.group(2):
             raise BenchError(f"vmm serve's warm-up failed: {m.group(0)}")
         shost, shost_q = host_up("shared", "host-shared")

@@ -73,6 +73,22 @@ public final class TestGuest {
     /** {@code blkbench done}: every row printed. */
     public static final Pattern BLKBENCH_DONE = Pattern.compile("blkbench done");
 
+    /** {@code net mac=MAC link=L echo|answer window=N size=N}: the network device driven (guest/README.md). */
+    public static final Pattern NET_INFO =
+            Pattern.compile("net mac=([0-9a-f:]{17}) link=(\\d+) (echo|answer) window=(\\d+) size=(\\d+)");
+    /** {@code net mac=MAC}: the MAC in the configuration space changed (a clone's override). */
+    public static final Pattern NET_MAC = Pattern.compile("net mac=([0-9a-f:]{17})");
+    /** {@code net ECHOED sent=N echoed=N lost=N probes=N}, every heartbeat of CPU 0. */
+    public static final Pattern NET = Pattern.compile("net (\\d+) sent=(\\d+) echoed=(\\d+) lost=(\\d+) probes=(\\d+)");
+    /** The network oracle's failures. */
+    public static final Pattern CORRUPT_NET =
+            Pattern.compile("CORRUPT net (mac|data|duplicate|lost|unknown) seq=(\\d+)");
+    /** One row of the network benchmark. */
+    public static final Pattern NETBENCH = Pattern.compile(
+            "netbench (tx|rx) size=(\\d+) frames=(\\d+) us=(\\d+) fps=(\\d+) mbps=(\\d+\\.\\d) peer=(\\d+)");
+    /** The network benchmark's end. */
+    public static final Pattern NETBENCH_DONE = Pattern.compile("netbench done");
+
     /** Exit code (port 0x500) for an unexpected CPU exception: this plus the vector. */
     public static final int EXIT_EXCEPTION = 0x100;
     /** Exit code (port 0x500) when the boot contract was not met (image not in e820 RAM, ...). */

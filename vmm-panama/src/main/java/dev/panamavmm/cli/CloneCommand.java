@@ -4,6 +4,8 @@ import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.api.ApiException;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.IoErrors;
+import dev.panamavmm.vmm.NetConfig;
+import dev.panamavmm.vmm.NetOverrides;
 import dev.panamavmm.vmm.Templates;
 import java.io.File;
 import java.io.IOException;
@@ -31,6 +33,7 @@ final class CloneCommand implements Cli.Command {
     Path consoleDir;
     Path apiSocketDir;
     final List<Path> disks = new ArrayList<>();
+    final List<NetConfig> nets = new ArrayList<>();
     boolean consoleGiven;
 
     static final int MAX_COUNT = 1000;
@@ -86,7 +89,21 @@ final class CloneCommand implements Cli.Command {
                         "for one clone in the foreground: make its private copy of the template's next writable disk"
                                 + " here (a reflink copy, or an overlay over the template's disk; default: beside it as"
                                 + " DISK.clone-PID-N; repeat for more disks)",
-                        v -> disks.add(Path.of(v)))));
+                        v -> disks.add(Path.of(v)))
+                .option(
+                        "--net",
+                        "tap=NAME[,mac=MAC]",
+                        null,
+                        "for one clone in the foreground: the tap and MAC of the template's next network device"
+                                + " (without mac= a random locally administered one; needed for each device of a"
+                                + " template that has them)",
+                        v -> {
+                            try {
+                                nets.add(NetConfig.parse(v));
+                            } catch (IllegalArgumentException e) {
+                                throw new UsageException("--net " + v + ": " + e.getMessage());
+                            }
+                        })));
     }
 
     @Override
@@ -96,9 +113,12 @@ final class CloneCommand implements Cli.Command {
         if ((count > 1 || consoleDir != null || apiSocketDir != null) && !disks.isEmpty())
             throw new UsageException(
                     "--disk names one clone's disk: not with --count, --console-dir or --api-socket-dir");
+        if ((count > 1 || consoleDir != null || apiSocketDir != null) && !nets.isEmpty())
+            throw new UsageException(
+                    "--net names one clone's tap: not with --count, --console-dir or --api-socket-dir");
         if (count > 1 || consoleDir != null || apiSocketDir != null) return startProcesses(io);
         ConsoleIo.checkSpec(console);
-        var loaded = Templates.open(template); // before KVM: see RestoreCommand
+        var loaded = NetOverrides.apply(Templates.open(template), nets); // before KVM: see RestoreCommand
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             // No rehearsal: clones come many at a time, and its CPU would slow the next ones' start.
             return VmSession.serve(

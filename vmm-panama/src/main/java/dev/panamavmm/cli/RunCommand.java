@@ -4,6 +4,7 @@ import dev.panamavmm.control.Rehearsal;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.DeviceTable;
 import dev.panamavmm.vmm.DiskConfig;
+import dev.panamavmm.vmm.NetConfig;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.memory.Backing;
 import java.nio.file.Files;
@@ -22,6 +23,7 @@ final class RunCommand implements Cli.Command {
     boolean shared;
     final List<DiskConfig> disks = new ArrayList<>();
     boolean rng;
+    final List<NetConfig> nets = new ArrayList<>();
 
     final VmIoOptions vmIo = new VmIoOptions();
 
@@ -53,6 +55,19 @@ final class RunCommand implements Cli.Command {
                             }
                         })
                 .flag("--rng", "a virtio-rng device fed by the host's getrandom", () -> rng = true)
+                .option(
+                        "--net",
+                        "tap=NAME|fd=N[,mac=MAC][,id=ID]",
+                        null,
+                        "a virtio-net device on an existing tap (ip tuntap add dev NAME mode tap), or on an open tap"
+                                + " descriptor; without mac= a random locally administered one (repeat for more)",
+                        v -> {
+                            try {
+                                nets.add(NetConfig.parse(v));
+                            } catch (IllegalArgumentException e) {
+                                throw new UsageException("--net " + v + ": " + e.getMessage());
+                            }
+                        })
                 .flag(
                         "--warm-up",
                         "rehearse save, restore and live update once in the background (nice 19) so that the first"
@@ -75,16 +90,16 @@ final class RunCommand implements Cli.Command {
             }
             backing = shared ? new Backing.SharedFile(memPath) : new Backing.PrivateFile(memPath);
         }
-        if (disks.size() + (rng ? 1 : 0) > DeviceTable.VIRTIO_MAX_DEVICES)
+        if (disks.size() + (rng ? 1 : 0) + nets.size() > DeviceTable.VIRTIO_MAX_DEVICES)
             throw new UsageException(
-                    "at most " + DeviceTable.VIRTIO_MAX_DEVICES + " virtio devices (--disk and --rng)");
+                    "at most " + DeviceTable.VIRTIO_MAX_DEVICES + " virtio devices (--disk, --rng and --net)");
         for (var d : disks) {
             if (!Files.exists(d.path())) throw new UsageException("--disk " + d.path() + " does not exist");
             if (Files.isDirectory(d.path())) throw new UsageException("--disk " + d.path() + " is a directory");
             if (Files.isRegularFile(d.path()) && Files.size(d.path()) < 512)
                 throw new UsageException("--disk " + d.path() + " is smaller than one 512-byte sector");
         }
-        var config = guest.config(backing).withVirtio(disks, rng);
+        var config = guest.config(backing).withVirtio(disks, rng).withNets(nets);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             if (guest.cpus > kvm.maxVcpus()) {
                 throw new UsageException(

@@ -6,12 +6,14 @@ import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.SnapshotReader;
+import dev.panamavmm.vmm.NetConfig;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.Sizes;
 import java.nio.file.Path;
 import java.time.Instant;
 import java.time.temporal.ChronoUnit;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
@@ -47,12 +49,26 @@ final class TemplateCommand implements Cli.Command {
         String console;
         Path apiSocket;
         long timeout;
+        final List<NetConfig> nets = new ArrayList<>();
 
         @Override
         public Cli.Spec spec() {
             return new Cli.Spec("create", DESCRIPTION)
                     .parameter("DIR", "the template directory to create", v -> dir = Path.of(v))
                     .include(guest::declare)
+                    .option(
+                            "--net",
+                            "tap=NAME[,mac=MAC][,id=ID]",
+                            null,
+                            "a virtio-net device while the template boots (each clone then needs its own: vmm clone"
+                                    + " --net); repeat for more",
+                            v -> {
+                                try {
+                                    nets.add(NetConfig.parse(v));
+                                } catch (IllegalArgumentException e) {
+                                    throw new UsageException("--net " + v + ": " + e.getMessage());
+                                }
+                            })
                     .option(
                             "--mem-dir",
                             "DIR",
@@ -99,11 +115,12 @@ final class TemplateCommand implements Cli.Command {
                         || apiSocket != null
                         || !"file:/dev/null".equals(console)
                         || timeout != 300
-                        || !memDir.equals(Path.of("/dev/shm"));
+                        || !memDir.equals(Path.of("/dev/shm"))
+                        || !nets.isEmpty();
                 if (bootOptions)
                     throw new UsageException(
                             "template create: --from-clone boots nothing, so it takes no guest, --mem-dir, --console,"
-                                    + " --api-socket or --timeout options (the clone's template decided them)");
+                                    + " --api-socket, --timeout or --net options (the clone's template decided them)");
                 return fromClone(io);
             }
             if (cloneId != null) throw new UsageException("template create: --id goes with --from-clone");
@@ -111,7 +128,7 @@ final class TemplateCommand implements Cli.Command {
             if (console.startsWith("unix:"))
                 throw new UsageException("template create: --console is stdout or file:PATH");
             Cli.createDirectories("--mem-dir", memDir);
-            var config = guest.config(new Backing.Memfd());
+            var config = guest.config(new Backing.Memfd()).withNets(nets);
             var stop = new CompletableFuture<Void>();
             try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE);
                     var consoleIo = ConsoleIo.open(console);

@@ -7,6 +7,8 @@ import dev.panamavmm.log.VmmLogProvider;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
+import dev.panamavmm.vmm.NetConfig;
+import dev.panamavmm.vmm.NetOverrides;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
@@ -56,9 +58,11 @@ public final class CloneService implements AutoCloseable {
         return new ApiCommands()
                 .add(
                         "clone",
-                        List.of("template", "count"),
-                        args -> clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int)
-                                ApiHandler.number(args, "count", 1)))
+                        List.of("template", "count", "net"),
+                        args -> clone(
+                                Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")),
+                                (int) ApiHandler.number(args, "count", 1),
+                                NetOverrides.fromJson(args.get("net"))))
                 .add(
                         "query-clones",
                         args -> clones.values().stream()
@@ -96,7 +100,14 @@ public final class CloneService implements AutoCloseable {
 
     /** Starts {@code count} clones of a template; returns when all of them run. */
     public Map<String, Object> clone(Path template, int count) throws IOException {
+        return clone(template, count, List.of());
+    }
+
+    /** As above, the clone's network devices on the taps and MACs of {@code nets} (one clone only: a tap serves one VM). */
+    public Map<String, Object> clone(Path template, int count, List<NetConfig> nets) throws IOException {
         if (count < 1 || count > 1000) throw new IllegalArgumentException("\"count\" must be 1 to 1000");
+        if (count > 1 && !nets.isEmpty())
+            throw new IllegalArgumentException("\"net\" names one clone's taps: not with a \"count\" above 1");
         long start = System.nanoTime();
         var loaded = templates.computeIfAbsent(template.toAbsolutePath().normalize(), p -> Templates.open(p));
         var started = new ArrayList<Object>();
@@ -125,7 +136,7 @@ public final class CloneService implements AutoCloseable {
             var logId = MDC.putCloseable(VmmLogProvider.VM_KEY, id);
             Vm vm;
             try {
-                vm = Templates.clone(kvm, loaded, console, new VmListener() {});
+                vm = Templates.clone(kvm, NetOverrides.apply(loaded, nets), console, new VmListener() {});
             } catch (RuntimeException e) {
                 logId.close();
                 console.close();

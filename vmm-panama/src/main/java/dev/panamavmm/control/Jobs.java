@@ -34,6 +34,9 @@ public final class Jobs {
         final long total;
         final AtomicLong current = new AtomicLong();
         volatile String status = "running";
+        /** Its concluding event has been sent (what a VMM that ends waits for). */
+        volatile boolean announced;
+
         volatile boolean cancelled;
         volatile String error;
         volatile Map<String, Object> result;
@@ -100,6 +103,10 @@ public final class Jobs {
         }
         job.status = "concluded";
         changed(job);
+        job.announced = true;
+        synchronized (this) {
+            notifyAll();
+        }
     }
 
     /** Asks job {@code id} to stop; it concludes with an error once its work has given the guest back. */
@@ -142,15 +149,12 @@ public final class Jobs {
             if (job.result != null) data.put("result", job.result);
         }
         events.accept("JOB_STATUS_CHANGE", data);
-        synchronized (this) {
-            notifyAll();
-        }
     }
 
     /** Waits up to {@code millis} for every job to conclude (a VMM ending waits so its jobs' last events go out). */
     public synchronized void awaitIdle(long millis) throws InterruptedException {
         long deadline = System.currentTimeMillis() + millis;
-        while (jobs.values().stream().anyMatch(j -> !j.status.equals("concluded"))) {
+        while (jobs.values().stream().anyMatch(j -> !j.announced)) {
             long left = deadline - System.currentTimeMillis();
             if (left <= 0) return;
             wait(left);

@@ -7,6 +7,7 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.MachineConfig;
+import dev.panamavmm.vmm.NetOverrides;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
@@ -113,10 +114,12 @@ public final class Standby implements AutoCloseable {
                                     kvm, VmSnapshots.load(dir), VmBuilder.Mode.CONTINUE, load, console, listener),
                             ApiHandler.flag(args, "resume", true));
                 })
-                .add("clone", List.of("template", "resume"), args -> {
+                .add("clone", List.of("template", "resume", "net"), args -> {
                     var dir = Path.of(ApiHandler.requireString(args, "template", "a template directory"));
+                    var nets = NetOverrides.fromJson(args.get("net"));
                     return adopt(
-                            () -> Templates.clone(kvm, Templates.open(dir), console, listener),
+                            () -> Templates.clone(
+                                    kvm, NetOverrides.apply(Templates.open(dir), nets), console, listener),
                             ApiHandler.flag(args, "resume", true));
                 })
                 .add("boot", List.of("memory", "cpus", "cmdline", "kernel", "mem-path", "shared"), args -> {

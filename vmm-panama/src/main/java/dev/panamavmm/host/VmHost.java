@@ -13,6 +13,7 @@ import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
 import dev.panamavmm.vmm.LocalMigration;
+import dev.panamavmm.vmm.NetOverrides;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
@@ -261,8 +262,9 @@ public final class VmHost implements AutoCloseable {
                     ApiHandler.requireString(args, "path", "a snapshot directory");
                     return start("restore", args);
                 })
-                .add("clone", List.of("template", "resume"), args -> {
+                .add("clone", List.of("template", "resume", "net"), args -> {
                     ApiHandler.requireString(args, "template", "a template directory");
+                    NetOverrides.fromJson(args.get("net")); // refused here, before a worker is taken
                     return start("clone", args);
                 })
                 .add("incoming", List.of("uri"), args -> incoming(ApiHandler.requireString(args, "uri", "unix:PATH")))
@@ -424,7 +426,14 @@ public final class VmHost implements AutoCloseable {
                             VmBuilder.Mode.CONTINUE,
                             out,
                             listener);
-                case "clone" -> Templates.clone(kvm, template(Path.of((String) args.get("template"))), out, listener);
+                case "clone" ->
+                    Templates.clone(
+                            kvm,
+                            NetOverrides.apply(
+                                    template(Path.of((String) args.get("template"))),
+                                    NetOverrides.fromJson(args.get("net"))),
+                            out,
+                            listener);
                 default -> VmBuilder.boot(kvm, Standby.machine(args), out, listener);
             };
         } catch (Exception e) {

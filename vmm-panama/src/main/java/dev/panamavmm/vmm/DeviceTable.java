@@ -162,13 +162,17 @@ public final class DeviceTable {
         }
     }
 
-    /** The virtio devices {@code config} asks for, in slot order: every disk, then the entropy device. */
+    /** The virtio devices {@code config} asks for, in slot order: every disk, the entropy device, every network device. */
     public static List<VirtioSlot> virtio(MachineConfig config) {
         var slots = new ArrayList<VirtioSlot>();
         for (var disk : config.disks()) slots.add(new VirtioSlot(slots.size(), "virtio-blk" + slots.size(), disk));
         if (config.rng()) slots.add(new VirtioSlot(slots.size(), "virtio-rng", new VirtioConfig.Rng()));
+        for (int i = 0; i < config.nets().size(); i++)
+            slots.add(
+                    new VirtioSlot(slots.size(), "virtio-net" + i, config.nets().get(i)));
         if (slots.size() > VIRTIO_MAX_DEVICES)
-            throw new IllegalArgumentException("at most " + VIRTIO_MAX_DEVICES + " virtio devices (disks and rng)");
+            throw new IllegalArgumentException(
+                    "at most " + VIRTIO_MAX_DEVICES + " virtio devices (disks, rng and nets)");
         return slots;
     }
 

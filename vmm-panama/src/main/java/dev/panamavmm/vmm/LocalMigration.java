@@ -94,6 +94,8 @@ public final class LocalMigration {
                     // The disks' fds go along too, so the new process reopens nothing.
                     int firstDisk = fds.size();
                     for (var disk : vm.disks()) fds.add(disk.fd());
+                    // And the taps' (after the disks'): frames the kernel queued wait for the new process.
+                    for (var tap : vm.taps()) fds.add(tap.fd());
                     peer.send(
                             MigrationProtocol.encode(prepare, MigrationProtocol.VERSION),
                             fds.stream().mapToInt(Integer::intValue).toArray());

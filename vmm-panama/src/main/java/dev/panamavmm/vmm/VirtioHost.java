@@ -4,6 +4,7 @@ import dev.panamavmm.devices.virtio.GuestRam;
 import dev.panamavmm.devices.virtio.VirtioBlock;
 import dev.panamavmm.devices.virtio.VirtioDevice;
 import dev.panamavmm.devices.virtio.VirtioMmio;
+import dev.panamavmm.devices.virtio.VirtioNet;
 import dev.panamavmm.devices.virtio.VirtioRng;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VmFd;
@@ -56,6 +57,9 @@ final class VirtioHost implements AutoCloseable {
     private final int irqFd;
     private final int[] queueFds;
     private final ExecutorService io;
+    /** A network device's tap (the host closes it), else null. */
+    private final TapBackend tap;
+
     private final List<Thread> threads = new ArrayList<>();
     private volatile boolean stopping;
 
@@ -67,14 +71,17 @@ final class VirtioHost implements AutoCloseable {
             OpenDisk disk,
             int irqFd,
             int[] queueFds,
-            ExecutorService io) {
+            ExecutorService io,
+            TapBackend tap) {
         this.slot = slot;
+        this.tap = tap;
         this.irqFd = irqFd;
         this.queueFds = queueFds;
         this.io = io;
         this.device = switch (slot.config()) {
             case DiskConfig d -> new VirtioBlock(slot.name(), disk.backend(), d.readOnly(), d.id(), io, ioThreads(d));
             case VirtioConfig.Rng r -> new VirtioRng(slot.name(), LibC::getrandom);
+            case NetConfig n -> new VirtioNet(slot.name(), n.macBytes(), tap);
         };
         if (device.queueCount() != queueFds.length)
             throw new IllegalStateException(
@@ -82,12 +89,36 @@ final class VirtioHost implements AutoCloseable {
         GuestRam ram = memory::deviceSlice; // marks what it hands out: KVM's dirty log does not see device writes
         VirtioMmio.Notifier notifier = this::kick;
         VirtioMmio.Interrupt interrupt = () -> LibC.write(irqFd, ONE);
+        if (state != null && slot.config() instanceof NetConfig n) state = withMac(state, n.macBytes());
         this.transport = state == null
                 ? new VirtioMmio(device, ram, notifier, interrupt)
                 : new VirtioMmio(device, state, ram, notifier, interrupt);
         vmFd.irqfd(irqFd, slot.gsi());
         for (int q = 0; q < queueFds.length; q++)
             vmFd.ioeventfd(queueFds[q], slot.address() + VirtioMmio.QUEUE_NOTIFY, 4, q);
+    }
+
+    /**
+     * {@code state} with {@code mac} in its configuration space: a clone's override replaces the
+     * template's MAC, and the generation moves so a driver reading it sees the change.
+     */
+    private static VirtioMmio.State withMac(VirtioMmio.State state, byte[] mac) {
+        var config = state.config();
+        if (config.length < mac.length || java.util.Arrays.equals(config, 0, mac.length, mac, 0, mac.length))
+            return state;
+        System.arraycopy(mac, 0, config, 0, mac.length);
+        return new VirtioMmio.State(
+                state.deviceId(),
+                state.driverFeatures(),
+                state.deviceFeaturesSel(),
+                state.driverFeaturesSel(),
+                state.status(),
+                state.queueSel(),
+                state.interruptStatus(),
+                state.configGeneration() + 1,
+                config,
+                state.queues(),
+                state.deviceState());
     }
 
     /**
@@ -98,6 +129,7 @@ final class VirtioHost implements AutoCloseable {
             DeviceTable.VirtioSlot slot, VirtioMmio.State state, VmFd vmFd, GuestMemory memory, OpenDisk disk) {
         var fds = new ArrayList<Integer>();
         ExecutorService io = null;
+        TapBackend tap = null;
         try {
             int irq = LibC.eventfd(0, LibcConstants.EFD_CLOEXEC | LibcConstants.EFD_NONBLOCK);
             fds.add(irq);
@@ -114,9 +146,12 @@ final class VirtioHost implements AutoCloseable {
                                 .name(slot.name() + "-io-", 0)
                                 .factory());
             }
-            return new VirtioHost(slot, state, vmFd, memory, disk, irq, queues, io);
+            if (slot.config() instanceof NetConfig n)
+                tap = n.fd() >= 0 ? TapBackend.adopt(n.fd()) : TapBackend.open(n.tap());
+            return new VirtioHost(slot, state, vmFd, memory, disk, irq, queues, io, tap);
         } catch (RuntimeException e) {
             fds.forEach(LibC::close);
+            if (tap != null) tap.close();
             if (io != null) io.shutdownNow();
             throw e;
         }
@@ -127,6 +162,7 @@ final class VirtioHost implements AutoCloseable {
         return switch (config) {
             case DiskConfig d -> 1;
             case VirtioConfig.Rng r -> 1;
+            case NetConfig n -> 2;
         };
     }
 
@@ -221,5 +257,11 @@ final class VirtioHost implements AutoCloseable {
         }
         for (int fd : queueFds) LibC.close(fd);
         LibC.close(irqFd);
+        if (tap != null) tap.close();
+    }
+
+    /** A network device's tap, else null: its descriptor travels with a live update, its name goes in a snapshot. */
+    TapBackend tap() {
+        return tap;
     }
 }

@@ -380,6 +380,14 @@ public final class Vm implements AutoCloseable {
         return virtio;
     }
 
+    /** The network devices' taps, in the machine's order (a live update passes their descriptors). */
+    List<TapBackend> taps() {
+        return virtio.stream()
+                .map(VirtioHost::tap)
+                .filter(java.util.Objects::nonNull)
+                .toList();
+    }
+
     /** The disks' open files, in the machine's order (a live update passes their descriptors). */
     List<OpenDisk> disks() {
         return disks;

@@ -230,6 +230,7 @@ public final class VmBuilder {
             } else if (!cloneDisks.isEmpty()) {
                 throw new SnapshotException("disks given for a clone of a template without a writable disk");
             }
+            NetOverrides.checkClone(loaded, config);
         } else if (load != MemoryLoad.MAPPED && config.backing() instanceof Backing.PrivateFile) {
             config = config.withBacking(new Backing.Memfd()); // the snapshot's pages now live in a memfd
         }

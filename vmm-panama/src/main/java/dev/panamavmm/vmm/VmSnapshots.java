@@ -507,7 +507,14 @@ public final class VmSnapshots {
                                 "disks",
                                 diskEntries(vm, firstDiskDescriptor),
                                 "rng",
-                                c.rng()),
+                                c.rng(),
+                                "nets",
+                                netEntries(
+                                        vm,
+                                        firstDiskDescriptor >= 0
+                                                ? firstDiskDescriptor
+                                                        + vm.disks().size()
+                                                : -1)),
                 "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
                 "devices", DeviceTable.sections(c),
                 "createdBy", "panama-vmm");
@@ -614,6 +621,24 @@ public final class VmSnapshots {
                 e.put("base", d.base().toAbsolutePath().toString());
                 e.put("baseIdentity", identityEntry(OpenDisk.identity(d.base())));
             }
+            entries.add(e);
+        }
+        return entries;
+    }
+
+    /**
+     * The network devices as the metadata lists them: tap name (as the tap reports it, also for
+     * one given as {@code fd=N}), MAC and id, and, when the fds travel with a live update, the
+     * index of the tap's descriptor (after the disks'). A restore reopens the tap by name.
+     */
+    private static List<Object> netEntries(Vm vm, int first) {
+        var entries = new ArrayList<Object>();
+        var nets = vm.config().nets();
+        var taps = vm.taps();
+        for (int i = 0; i < nets.size(); i++) {
+            var n = nets.get(i);
+            var e = Json.object("tap", taps.get(i).name(), "mac", n.mac(), "id", n.id());
+            if (first >= 0) e.put("descriptor", (long) (first + i));
             entries.add(e);
         }
         return entries;
@@ -776,6 +801,28 @@ public final class VmSnapshots {
             if (disk.base() != null) checkDisk(disk.base(), Json.asObject(e.get("baseIdentity"), "disk base identity"));
             disks.add(disk);
         }
+        // Network devices: absent from snapshots taken before virtio-net existed.
+        var nets = new ArrayList<NetConfig>();
+        for (var item : machine.containsKey("nets") ? Json.asList(machine.get("nets"), "nets") : List.of()) {
+            var e = Json.asObject(item, "net");
+            NetConfig net;
+            try {
+                net = new NetConfig(
+                        String.valueOf(e.get("tap")),
+                        -1,
+                        String.valueOf(e.get("mac")),
+                        String.valueOf(e.getOrDefault("id", "")));
+            } catch (IllegalArgumentException ex) {
+                throw new SnapshotException("the snapshot names a network device badly: " + ex.getMessage());
+            }
+            if (e.get("descriptor") instanceof Long d) {
+                if (d < 0 || d >= descriptors.length)
+                    throw new SnapshotException("the snapshot's tap " + net.tap() + " is descriptor " + d + " but "
+                            + descriptors.length + " came with it");
+                net = net.withFd(descriptors[d.intValue()]);
+            }
+            nets.add(net);
+        }
         var config = new MachineConfig(
                         memoryBytes,
                         cpus,
@@ -784,7 +831,8 @@ public final class VmSnapshots {
                         new byte[0],
                         null,
                         String.valueOf(machine.get("cmdline")))
-                .withVirtio(disks, Boolean.TRUE.equals(machine.get("rng")));
+                .withVirtio(disks, Boolean.TRUE.equals(machine.get("rng")))
+                .withNets(nets);
         List<DeviceTable.VirtioSlot> slots;
         try {
             slots = DeviceTable.virtio(config);

@@ -58,10 +58,8 @@ class StandbyTest {
 
             SnapshotCliTest.awaitText(runConsole, "hb 1 3", 30);
             run.awaitSocket(runApi);
-            assertEquals(
-                    0,
-                    MainTest.run("snapshot", "--api-socket", runApi.toString(), snap.toString())
-                            .code());
+            var saved = MainTest.run("snapshot", "--api-socket", runApi.toString(), snap.toString());
+            assertEquals(0, saved.code(), saved.err());
             assertEquals(0, run.waitFor(30), run.stderr());
 
             var badLoad = MainTest.run(

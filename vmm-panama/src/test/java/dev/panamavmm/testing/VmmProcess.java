@@ -43,7 +43,16 @@ public final class VmmProcess implements AutoCloseable {
 
     /** With extra environment variables, e.g. PANAMA_VMM_REHEARSAL=sync to have the rehearsal done before the VMM goes on. */
     public static VmmProcess start(Map<String, String> env, String... args) throws IOException {
-        var command = new ArrayList<String>();
+        return start(List.of(), env, args);
+    }
+
+    /** With {@code prefix} in front of the command, e.g. {@code ip netns exec NS} to run it in a network namespace. */
+    public static VmmProcess startIn(List<String> prefix, String... args) throws IOException {
+        return start(prefix, Map.of(), args);
+    }
+
+    private static VmmProcess start(List<String> prefix, Map<String, String> env, String... args) throws IOException {
+        var command = new ArrayList<String>(prefix);
         command.add(ProcessHandle.current().info().command().orElse("java"));
         command.add("--enable-native-access=ALL-UNNAMED");
         command.add("-XX:+UseSerialGC");

@@ -41,6 +41,13 @@ public interface VirtioDevice {
      */
     default void batchEnd(int queue) {}
 
+    /**
+     * The features the driver accepted (FEATURES_OK), and again for a device restored past that
+     * point: a device whose backend must match them (a tap's offloads) sets it up here. Called
+     * with the transport's lock held: must be quick.
+     */
+    default void driverFeatures(long features) {}
+
     /** The driver reset the device: forget anything per-driver (requests in flight still complete). */
     default void reset() {}
 

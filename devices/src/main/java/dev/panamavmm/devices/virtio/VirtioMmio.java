@@ -235,6 +235,7 @@ public final class VirtioMmio {
             queues[i] = q;
         }
         synchronized (this) {
+            if ((status & STATUS_FEATURES_OK) != 0) device.driverFeatures(driverFeatures);
             if ((status & STATUS_FEATURES_OK) != 0 && (status & STATUS_NEEDS_RESET) == 0) {
                 for (var q : queues) {
                     if (q.ready && !openRing(q)) break;
@@ -481,6 +482,7 @@ public final class VirtioMmio {
             added &= ~STATUS_FEATURES_OK; // the driver reads it back and gives up (3.1.1)
         if ((added & STATUS_DRIVER_OK) != 0 && ((old | added) & STATUS_FEATURES_OK) == 0) added &= ~STATUS_DRIVER_OK;
         status = (status & STATUS_NEEDS_RESET) | old | added;
+        if ((added & STATUS_FEATURES_OK) != 0) device.driverFeatures(driverFeatures);
     }
 
     private boolean featuresAcceptable() {

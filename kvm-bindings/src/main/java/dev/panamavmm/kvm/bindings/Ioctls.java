@@ -62,6 +62,10 @@ public final class Ioctls {
     public static final long KVM_KVMCLOCK_CTRL = 0xaeadL;
     public static final long KVM_GET_TSC_KHZ = 0xaea3L;
     public static final long KVM_SET_TSC_KHZ = 0xaea2L;
+    public static final long TUNSETIFF = 0x400454caL;
+    public static final long TUNGETIFF = 0x800454d2L;
+    public static final long TUNSETVNETHDRSZ = 0x400454d8L;
+    public static final long TUNSETOFFLOAD = 0x400454d0L;
     public static final long UFFDIO_API = 0xc018aa3fL;
     public static final long UFFDIO_REGISTER = 0xc020aa00L;
     public static final long UFFDIO_UNREGISTER = 0x8010aa01L;
@@ -128,6 +132,10 @@ public final class Ioctls {
             case 0xaead -> "KVM_KVMCLOCK_CTRL";
             case 0xaea3 -> "KVM_GET_TSC_KHZ";
             case 0xaea2 -> "KVM_SET_TSC_KHZ";
+            case 0x400454ca -> "TUNSETIFF";
+            case 0x800454d2 -> "TUNGETIFF";
+            case 0x400454d8 -> "TUNSETVNETHDRSZ";
+            case 0x400454d0 -> "TUNSETOFFLOAD";
             case 0xc018aa3f -> "UFFDIO_API";
             case 0xc020aa00 -> "UFFDIO_REGISTER";
             case 0x8010aa01 -> "UFFDIO_UNREGISTER";

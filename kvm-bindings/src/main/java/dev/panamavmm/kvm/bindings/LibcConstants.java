@@ -139,4 +139,21 @@ public final class LibcConstants {
     public static final int UFFDIO_REGISTER_MODE_WP = 2;
     public static final int UFFDIO_COPY_MODE_DONTWAKE = 1;
     public static final int UFFDIO_ZEROPAGE_MODE_DONTWAKE = 1;
+    public static final int SYS_readv = 19;
+    public static final int SYS_writev = 20;
+    public static final int POLLOUT = 4;
+    public static final int POLLERR = 8;
+    public static final int POLLHUP = 16;
+    public static final int SYS_fcntl = 72;
+    public static final int F_GETFL = 3;
+    public static final int F_SETFL = 4;
+    public static final int IFNAMSIZ = 16;
+    public static final int IFF_TAP = 2;
+    public static final int IFF_NO_PI = 0x1000;
+    public static final int IFF_VNET_HDR = 0x4000;
+    public static final int TUN_F_CSUM = 1;
+    public static final int TUN_F_TSO4 = 2;
+    public static final int TUN_F_TSO6 = 4;
+    public static final int TUN_F_TSO_ECN = 8;
+    public static final int TUN_F_UFO = 16;
 }

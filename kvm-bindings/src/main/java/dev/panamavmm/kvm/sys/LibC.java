@@ -151,6 +151,13 @@ public final class LibC {
         return r < 0 ? -capture.get(JAVA_INT, ERRNO_OFFSET) : (int) r;
     }
 
+    /** {@code ioctl(fd, request, value)} with an integer argument, reporting failure as {@code -errno}. */
+    public static int ioctlOrErrno(int fd, long request, long value) {
+        var capture = CAPTURE.get();
+        long r = syscall(capture, LibcConstants.SYS_ioctl, fd, request, value);
+        return r < 0 ? -capture.get(JAVA_INT, ERRNO_OFFSET) : (int) r;
+    }
+
     // ---- files -------------------------------------------------------------------------------
 
     /** {@code open(path, flags, mode)}; the error message names the path. */
@@ -159,6 +166,12 @@ public final class LibC {
             return (int)
                     checked("open " + path, LibcConstants.SYS_open, address(arena.allocateFrom(path)), flags, mode);
         }
+    }
+
+    /** Sets O_NONBLOCK on {@code fd}'s open file description (shared with every copy of the descriptor). */
+    public static void setNonBlocking(int fd) {
+        long flags = checked("fcntl F_GETFL", LibcConstants.SYS_fcntl, fd, LibcConstants.F_GETFL, 0);
+        checked("fcntl F_SETFL", LibcConstants.SYS_fcntl, fd, LibcConstants.F_SETFL, flags | LibcConstants.O_NONBLOCK);
     }
 
     public static void close(int fd) {
@@ -251,6 +264,33 @@ public final class LibC {
                 return r;
             }
             if (capture.get(JAVA_INT, ERRNO_OFFSET) != LibcConstants.EINTR) throw fail(call, capture);
+        }
+    }
+
+    /**
+     * {@code readv(fd, iov, count)}: bytes read, or {@code -errno} (a non-blocking fd with nothing
+     * to read: {@code -EAGAIN}); retried on EINTR. One call reads one frame from a tap.
+     */
+    public static long readvOrErrno(int fd, MemorySegment iov, int count) {
+        return vectoredOrErrno(LibcConstants.SYS_readv, fd, iov, count);
+    }
+
+    /** {@code writev(fd, iov, count)}, as {@link #readvOrErrno}: bytes written or {@code -errno}. */
+    public static long writevOrErrno(int fd, MemorySegment iov, int count) {
+        return vectoredOrErrno(LibcConstants.SYS_writev, fd, iov, count);
+    }
+
+    private static long vectoredOrErrno(int number, int fd, MemorySegment iov, int count) {
+        var capture = CAPTURE.get();
+        long base = address(iov);
+        while (true) {
+            long r = syscall(capture, number, fd, base, count);
+            if (r >= 0) {
+                Reference.reachabilityFence(iov);
+                return r;
+            }
+            int errno = capture.get(JAVA_INT, ERRNO_OFFSET);
+            if (errno != LibcConstants.EINTR) return -errno;
         }
     }
 

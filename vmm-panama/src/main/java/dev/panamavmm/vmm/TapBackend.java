@@ -1,0 +1,209 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.devices.virtio.NetBackend;
+import dev.panamavmm.devices.virtio.VirtioNet;
+import dev.panamavmm.kvm.KvmException;
+import dev.panamavmm.kvm.bindings.Ifreq;
+import dev.panamavmm.kvm.bindings.Ioctls;
+import dev.panamavmm.kvm.bindings.Iovec;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.bindings.Pollfd;
+import dev.panamavmm.kvm.bindings.VirtioNetHdrV1;
+import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.vmm.memory.MemoryException;
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+
+/**
+ * A tap device behind a {@link VirtioNet}: {@code /dev/net/tun} attached to an existing tap
+ * with {@code IFF_TAP | IFF_NO_PI | IFF_VNET_HDR} and a 12-byte vnet header, so the guest's
+ * header and the tap's are the same bytes. Transmit is one {@code writev} from guest RAM;
+ * receive is one {@code read} per frame into the device's staging buffer. The descriptor is
+ * non-blocking: a full tap queue drops the frame (EAGAIN) instead of stalling the queue.
+ */
+final class TapBackend implements NetBackend, AutoCloseable {
+    /** Buffers a transmitted chain may have; the queue size (256) bounds a chain anyway. */
+    private static final int IOV_MAX = 256;
+
+    static {
+        // The guest's header and the tap's must be the same bytes: the kernel's struct decides.
+        if (VirtioNetHdrV1.BYTE_SIZE != VirtioNet.HEADER_SIZE)
+            throw new IllegalStateException("struct virtio_net_hdr_v1 has " + VirtioNetHdrV1.BYTE_SIZE + " bytes, not "
+                    + VirtioNet.HEADER_SIZE);
+    }
+
+    private final int fd;
+    private final String name;
+    private final MemorySegment iov;
+    private final MemorySegment pollfd;
+    private volatile int offloads = -1;
+
+    private TapBackend(int fd, String name) {
+        this.fd = fd;
+        this.name = name;
+        var arena = Arena.ofAuto();
+        this.iov = arena.allocate(Iovec.LAYOUT, IOV_MAX);
+        this.pollfd = arena.allocate(Pollfd.LAYOUT);
+        Pollfd.fd(pollfd, fd);
+        Pollfd.events(pollfd, LibcConstants.POLLIN);
+    }
+
+    /** Attaches to the tap {@code name} (it must exist: {@code ip tuntap add dev NAME mode tap}). */
+    static TapBackend open(String name) {
+        NetConfig.checkTapName(name);
+        if (!Files.exists(Path.of("/sys/class/net", name)))
+            throw new MemoryException(
+                    "the tap " + name + " does not exist here (create it: ip tuntap add dev " + name + " mode tap)");
+        int fd;
+        try {
+            fd = LibC.open(
+                    "/dev/net/tun", LibcConstants.O_RDWR | LibcConstants.O_CLOEXEC | LibcConstants.O_NONBLOCK, 0);
+        } catch (KvmException e) {
+            throw new MemoryException("cannot open /dev/net/tun for the tap " + name + ": " + reason(e.errno()));
+        }
+        try (var arena = Arena.ofConfined()) {
+            var req = arena.allocate(Ifreq.LAYOUT);
+            var bytes = name.getBytes(StandardCharsets.UTF_8);
+            MemorySegment.copy(bytes, 0, req, ValueLayout.JAVA_BYTE, Ifreq.IFR_IFRN_IFRN_NAME, bytes.length);
+            Ifreq.ifrIfruIfruFlags(req, LibcConstants.IFF_TAP | LibcConstants.IFF_NO_PI | LibcConstants.IFF_VNET_HDR);
+            int r = LibC.ioctlOrErrno(fd, Ioctls.TUNSETIFF, req);
+            if (r < 0) {
+                LibC.close(fd);
+                throw new MemoryException("cannot attach to the tap " + name + ": " + reason(-r)
+                        + (-r == LibcConstants.EINVAL ? " (is it a tun device, not a tap?)" : ""));
+            }
+            setHeaderSize(fd, name);
+            return new TapBackend(fd, name);
+        } catch (RuntimeException e) {
+            closeQuietly(fd);
+            throw e;
+        }
+    }
+
+    /**
+     * Takes {@code fd}, a tap already attached with {@code IFF_VNET_HDR} (given with {@code fd=N},
+     * or passed with a live update); refuses anything else. The caller still owns {@code fd} if
+     * this throws.
+     */
+    static TapBackend adopt(int fd) {
+        try (var arena = Arena.ofConfined()) {
+            var req = arena.allocate(Ifreq.LAYOUT);
+            int r = LibC.ioctlOrErrno(fd, Ioctls.TUNGETIFF, req);
+            if (r < 0) throw new MemoryException("descriptor " + fd + " is not a tap: " + reason(-r));
+            int flags = Ifreq.ifrIfruIfruFlags(req) & 0xFFFF;
+            if ((flags & LibcConstants.IFF_TAP) == 0
+                    || (flags & LibcConstants.IFF_VNET_HDR) == 0
+                    || (flags & LibcConstants.IFF_NO_PI) == 0)
+                throw new MemoryException(
+                        "descriptor " + fd + " is not a tap opened with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR");
+            var name = req.getString(Ifreq.IFR_IFRN_IFRN_NAME, StandardCharsets.UTF_8);
+            setHeaderSize(fd, name);
+            // The receive thread reads until the tap is empty: a blocking read there would hold the device.
+            try {
+                LibC.setNonBlocking(fd);
+            } catch (KvmException e) {
+                throw new MemoryException("descriptor " + fd + " cannot be made non-blocking: " + reason(e.errno()));
+            }
+            return new TapBackend(fd, name);
+        }
+    }
+
+    private static void setHeaderSize(int fd, String name) {
+        try (var arena = Arena.ofConfined()) {
+            var size = arena.allocate(ValueLayout.JAVA_INT);
+            size.set(ValueLayout.JAVA_INT, 0, VirtioNet.HEADER_SIZE);
+            int r = LibC.ioctlOrErrno(fd, Ioctls.TUNSETVNETHDRSZ, size);
+            if (r < 0) throw new MemoryException("the tap " + name + " refuses a 12-byte vnet header: " + reason(-r));
+        }
+    }
+
+    private static String reason(int errno) {
+        return LibC.strerror(errno);
+    }
+
+    private static void closeQuietly(int fd) {
+        try {
+            LibC.close(fd);
+        } catch (KvmException e) {
+            // already failing
+        }
+    }
+
+    int fd() {
+        return fd;
+    }
+
+    String name() {
+        return name;
+    }
+
+    /** The TUN_F_ offload flags set on the tap last, or -1 before the driver negotiated. */
+    int offloads() {
+        return offloads;
+    }
+
+    @Override
+    public boolean send(List<MemorySegment> buffers) throws IOException {
+        if (buffers.size() > IOV_MAX) return false;
+        for (int i = 0; i < buffers.size(); i++) {
+            var b = buffers.get(i);
+            long at = i * Iovec.BYTE_SIZE;
+            iov.set(ValueLayout.JAVA_LONG, at + Iovec.IOV_BASE, b.address());
+            iov.set(ValueLayout.JAVA_LONG, at + Iovec.IOV_LEN, b.byteSize());
+        }
+        long r = LibC.writevOrErrno(fd, iov, buffers.size());
+        if (r >= 0) return true;
+        if (r == -LibcConstants.EAGAIN) return false;
+        throw new IOException("writing to the tap " + name + ": " + reason((int) -r));
+    }
+
+    @Override
+    public boolean awaitFrame(int timeoutMillis) throws IOException {
+        Pollfd.revents(pollfd, 0);
+        if (LibC.poll(pollfd, 1, timeoutMillis) == 0) return false;
+        int revents = Pollfd.revents(pollfd);
+        if ((revents & (LibcConstants.POLLERR | LibcConstants.POLLHUP)) != 0)
+            throw new IOException("the tap " + name + " went away");
+        return (revents & LibcConstants.POLLIN) != 0;
+    }
+
+    @Override
+    public int receive(MemorySegment buffer) throws IOException {
+        long r = LibC.readOrErrno(fd, buffer);
+        if (r >= 0) return (int) r;
+        if (r == -LibcConstants.EAGAIN) return 0;
+        // A frame too long for the buffer is dropped by the kernel (EINVAL or EFAULT): go on.
+        if (r == -LibcConstants.EINVAL || r == -LibcConstants.EFAULT) return 0;
+        throw new IOException("reading the tap " + name + ": " + reason((int) -r));
+    }
+
+    @Override
+    public void offloads(long guestFeatures) {
+        int flags = 0;
+        if ((guestFeatures & VirtioNet.F_GUEST_CSUM) != 0) {
+            flags |= LibcConstants.TUN_F_CSUM;
+            if ((guestFeatures & VirtioNet.F_GUEST_TSO4) != 0) flags |= LibcConstants.TUN_F_TSO4;
+            if ((guestFeatures & VirtioNet.F_GUEST_TSO6) != 0) flags |= LibcConstants.TUN_F_TSO6;
+            if ((guestFeatures & VirtioNet.F_GUEST_ECN) != 0) flags |= LibcConstants.TUN_F_TSO_ECN;
+            if ((guestFeatures & VirtioNet.F_GUEST_UFO) != 0) flags |= LibcConstants.TUN_F_UFO;
+        }
+        // Newer kernels may refuse UFO: then without it, then without anything (plain frames).
+        for (int f : new int[] {flags, flags & ~LibcConstants.TUN_F_UFO, 0}) {
+            if (LibC.ioctlOrErrno(fd, Ioctls.TUNSETOFFLOAD, f) >= 0) {
+                offloads = f;
+                return;
+            }
+        }
+    }
+
+    @Override
+    public void close() {
+        closeQuietly(fd);
+    }
+}
