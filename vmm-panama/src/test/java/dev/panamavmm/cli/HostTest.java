@@ -61,7 +61,8 @@ class HostTest {
             host.awaitSocket(api);
             var events = events(api);
 
-            var booted = ctl(api, "boot", "{\"memory\": \"64M\", \"cmdline\": \"" + GUEST + "\"}");
+            // testguest.fault=port: one access to a port nobody owns, which the VMM logs once.
+            var booted = ctl(api, "boot", "{\"memory\": \"64M\", \"cmdline\": \"" + GUEST + " testguest.fault=port\"}");
             assertEquals("vm-1", booted.get("id"), booted.toString());
             assertEquals("shared", booted.get("mode"));
             var console1 = Path.of((String) booted.get("console"));
@@ -73,6 +74,14 @@ class HostTest {
             assertEquals(
                     "{\"status\":\"running\",\"singlestep\":false,\"running\":true}\n",
                     MainTest.run("ctl", vmApi.toString(), "query-status").out());
+            // The host runs many VMs: the warning names the VM (from its vCPU thread's MDC).
+            assertTrue(
+                    host.stderr()
+                            .lines()
+                            .anyMatch(
+                                    l -> l.matches(
+                                            ".* vmm: WARN \\[vcpu-0\\] vm=vm-1 Vm: guest (read|wrote) unknown I/O port 0x2f0.*")),
+                    host.stderr());
 
             ctl(api, "stop", "{\"id\": \"vm-1\"}");
             assertEquals("paused", onlyVm(api).get("status"));

@@ -8,11 +8,13 @@ import java.util.List;
 import org.junit.jupiter.api.Test;
 
 class JvmOptionsTest {
-    /** The launcher's one-VM options and the host's for its workers are one list. */
+    /** The launchers' one-VM options (./vmm's and a bundle's, from scripts/java-opts.sh) and the host's for its workers are one list. */
     @Test
     void theLauncherGivesAOneVmProcessTheseOptions() throws Exception {
-        String launcher = Files.readString(ReadmeTest.repositoryRoot().resolve("vmm"));
-        String oneVm = launcher.substring(launcher.indexOf("  run|restore|clone|standby|incoming)\n"));
+        String launcher = Files.readString(ReadmeTest.repositoryRoot().resolve("scripts/java-opts.sh"));
+        assertTrue(
+                Files.readString(ReadmeTest.repositoryRoot().resolve("vmm")).contains("panama_java_opts \"${1:-}\""));
+        String oneVm = launcher.substring(launcher.indexOf("    run|restore|clone|standby|incoming)\n"));
         oneVm = oneVm.substring(0, oneVm.indexOf(";;"));
         assertTrue(launcher.contains("serve|host|run|restore|clone|standby|incoming) java_opts+=(-Xms8m)"), launcher);
         for (var option : JvmOptions.ONE_VM.subList(1, JvmOptions.ONE_VM.size()))

@@ -68,8 +68,14 @@ class QmpSpecClientTest {
 
         /** The first event named {@code name}, filed or still to come. */
         Map<String, Object> event(String name) throws Exception {
+            return event(name, e -> true);
+        }
+
+        /** The first event named {@code name} that {@code matches}, filed or still to come. */
+        Map<String, Object> event(String name, java.util.function.Predicate<Map<String, Object>> matches)
+                throws Exception {
             while (true) {
-                for (var e : events) if (name.equals(e.get("event"))) return e;
+                for (var e : events) if (name.equals(e.get("event")) && matches.test(e)) return e;
                 var message = read();
                 assertNotNull(message, "the connection closed before " + name);
                 assertTrue(message.containsKey("event"), "only events arrive unasked: " + message);
@@ -86,6 +92,10 @@ class QmpSpecClientTest {
     static Map<String, Object> returned(Map<String, Object> reply) {
         assertTrue(reply.containsKey("return"), reply.toString());
         return reply.get("return") instanceof Map<?, ?> ? Json.asObject(reply.get("return"), "return") : Map.of();
+    }
+
+    static Map<String, Object> data(Map<String, Object> event) {
+        return Json.asObject(event.get("data"), "event data");
     }
 
     static void assertError(String errorClass, Map<String, Object> reply) {
@@ -153,6 +163,28 @@ class QmpSpecClientTest {
                         "paused", returned(qmp.execute("query-status", null)).get("status"));
                 assertEquals(Map.of(), returned(qmp.execute("cont", null)));
                 assertTimestamp(qmp.event("RESUME"));
+
+                // A detached snapshot: a job id at once, then the job's events and its progress.
+                var job = returned(qmp.execute(
+                        "snapshot", Map.of("path", dir.resolve("snap").toString(), "detach", true, "resume", true)));
+                var id = (String) job.get("job-id");
+                assertNotNull(id, job.toString());
+                var concluded = qmp.event(
+                        "JOB_STATUS_CHANGE",
+                        e -> id.equals(data(e).get("id")) && "concluded".equals(data(e).get("status")));
+                assertTimestamp(concluded);
+                var jobs = (List<?>) qmp.execute("query-jobs", null).get("return");
+                var entry = jobs.stream()
+                        .map(j -> Json.asObject(j, "job"))
+                        .filter(j -> id.equals(j.get("id")))
+                        .findFirst()
+                        .orElseThrow();
+                assertEquals("snapshot", entry.get("type"));
+                assertEquals("concluded", entry.get("status"));
+                assertTrue((Long) entry.get("current-progress") > 0, entry.toString());
+                assertEquals(entry.get("total-progress"), entry.get("current-progress"), entry.toString());
+                assertEquals(
+                        "running", returned(qmp.execute("query-status", null)).get("status"));
 
                 assertError("CommandNotFound", qmp.execute("frobnicate", null));
                 assertError("GenericError", qmp.execute("stop", Map.of("bogus", 1L)));
