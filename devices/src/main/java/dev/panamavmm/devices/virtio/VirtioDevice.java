@@ -45,6 +45,14 @@ public interface VirtioDevice {
     default void reset() {}
 
     /**
+     * The driver's features are settled: {@code features} were accepted at FEATURES_OK, or came
+     * back with a restored state (0 after a reset). A device whose queues change roles with the
+     * features (the balloon's statistics and reporting queues) decides them here. Called with the
+     * transport's lock held, before any request; must not block.
+     */
+    default void featuresAccepted(long features) {}
+
+    /**
      * How many more requests the transport may take from {@code queue} now; the rest stay in the
      * available ring, where a snapshot finds them. A device that can only fill a buffer when its
      * backend has data (network receive: a frame waiting) says how many it can fill, and

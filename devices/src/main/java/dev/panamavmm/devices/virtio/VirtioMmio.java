@@ -232,6 +232,7 @@ public final class VirtioMmio {
             queues[i] = q;
         }
         synchronized (this) {
+            if ((status & STATUS_FEATURES_OK) != 0) device.featuresAccepted(driverFeatures);
             if ((status & STATUS_FEATURES_OK) != 0 && (status & STATUS_NEEDS_RESET) == 0) {
                 for (var q : queues) {
                     if (q.ready && !openRing(q)) break;
@@ -473,6 +474,7 @@ public final class VirtioMmio {
             added &= ~STATUS_FEATURES_OK; // the driver reads it back and gives up (3.1.1)
         if ((added & STATUS_DRIVER_OK) != 0 && ((old | added) & STATUS_FEATURES_OK) == 0) added &= ~STATUS_DRIVER_OK;
         status = (status & STATUS_NEEDS_RESET) | old | added;
+        if ((added & STATUS_FEATURES_OK) != 0) device.featuresAccepted(driverFeatures);
     }
 
     private boolean featuresAcceptable() {
@@ -498,6 +500,7 @@ public final class VirtioMmio {
             q.ring = null;
         }
         device.reset();
+        device.featuresAccepted(0);
     }
 
     /** Marks the device broken until the driver resets it, and tells a driver that is using it. */
