@@ -13,7 +13,7 @@ import java.util.Map;
 public interface ApiHandler {
     Object execute(String command, Map<String, Object> arguments) throws Exception;
 
-    /** The commands of one running VM: query-status, stop, cont, quit, snapshot. */
+    /** The commands of one running VM: query-status, stop, cont, quit, snapshot, migrate, balloon, query-balloon. */
     static ApiHandler forVm(ControlTarget target) {
         return (command, a) -> switch (command) {
             case "query-status" -> {
@@ -45,6 +45,17 @@ public interface ApiHandler {
             case "migrate" -> {
                 expect(command, a, "uri");
                 yield target.migrate(requireString(a, "uri", "unix:PATH"));
+            }
+            case "balloon" -> {
+                expect(command, a, "target-mib");
+                if (!a.containsKey("target-mib"))
+                    throw new IllegalArgumentException("\"target-mib\" is required (MiB)");
+                target.balloon(number(a, "target-mib", 0));
+                yield Map.of();
+            }
+            case "query-balloon" -> {
+                expect(command, a);
+                yield target.queryBalloon();
             }
             default -> null;
         };

@@ -23,4 +23,14 @@ public interface ControlTarget {
 
     /** Hands the VM to the VMM waiting on a Unix socket ({@code unix:PATH}); this VMM then ends. */
     Map<String, Object> migrate(String uri) throws Exception;
+
+    /** Sets the memory balloon's target: {@code targetMib} MiB taken from the guest. */
+    default void balloon(long targetMib) {
+        throw new IllegalArgumentException("this VM has no balloon");
+    }
+
+    /** The balloon's target, actual size, counters and the guest's statistics. */
+    default Map<String, Object> queryBalloon() {
+        throw new IllegalArgumentException("this VM has no balloon");
+    }
 }

@@ -18,12 +18,13 @@ final class CtlCommand implements Cli.Command {
                 .parameter("SOCKET", "the VMM's --api-socket", v -> socket = Path.of(v))
                 .parameter(
                         "COMMAND",
-                        "a VM's: query-status, stop, cont, quit, snapshot {\"path\"}, migrate {\"uri\"};"
+                        "a VM's: query-status, stop, cont, quit, snapshot {\"path\"}, migrate {\"uri\"},"
+                                + " balloon {\"target-mib\"}, query-balloon;"
                                 + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"}, quit;"
                                 + " vmm standby's (then the VM's): restore {\"path\"}, clone {\"template\"}, boot {\"memory\", ...},"
                                 + " incoming {\"uri\"}, query-status, quit;"
                                 + " vmm host's: boot {...}, restore {\"path\"}, clone {\"template\"}, incoming {\"uri\"}, destroy {\"id\"},"
-                                + " stop, cont, snapshot and migrate with {\"id\", ...}, handover {\"host\"}, query-vms, query-host, quit",
+                                + " stop, cont, snapshot, migrate, balloon and query-balloon with {\"id\", ...}, handover {\"host\"}, query-vms, query-host, quit",
                         v -> command = v)
                 .optionalParameter("JSON", "arguments as a JSON object", v -> arguments = v)
                 .include(wait::declare);

@@ -4,6 +4,7 @@ import dev.panamavmm.control.Rehearsal;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.DeviceTable;
 import dev.panamavmm.vmm.DiskConfig;
+import dev.panamavmm.vmm.VirtioConfig;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.memory.Backing;
 import java.nio.file.Files;
@@ -22,6 +23,7 @@ final class RunCommand implements Cli.Command {
     boolean shared;
     final List<DiskConfig> disks = new ArrayList<>();
     boolean rng;
+    VirtioConfig.Balloon balloon;
 
     final VmIoOptions vmIo = new VmIoOptions();
 
@@ -53,6 +55,13 @@ final class RunCommand implements Cli.Command {
                             }
                         })
                 .flag("--rng", "a virtio-rng device fed by the host's getrandom", () -> rng = true)
+                .option(
+                        "--balloon",
+                        "[deflate-on-oom][,stats=SECONDS][,reporting]",
+                        null,
+                        "a virtio-balloon device: the guest gives pages back (inflate, free page reporting) and sends"
+                                + " statistics every SECONDS; give \"\" for a plain balloon",
+                        v -> balloon = balloon(v))
                 .flag(
                         "--warm-up",
                         "rehearse save, restore and live update once in the background (nice 19) so that the first"
@@ -75,16 +84,16 @@ final class RunCommand implements Cli.Command {
             }
             backing = shared ? new Backing.SharedFile(memPath) : new Backing.PrivateFile(memPath);
         }
-        if (disks.size() + (rng ? 1 : 0) > DeviceTable.VIRTIO_MAX_DEVICES)
+        if (disks.size() + (rng ? 1 : 0) + (balloon != null ? 1 : 0) > DeviceTable.VIRTIO_MAX_DEVICES)
             throw new UsageException(
-                    "at most " + DeviceTable.VIRTIO_MAX_DEVICES + " virtio devices (--disk and --rng)");
+                    "at most " + DeviceTable.VIRTIO_MAX_DEVICES + " virtio devices (--disk, --rng and --balloon)");
         for (var d : disks) {
             if (!Files.exists(d.path())) throw new UsageException("--disk " + d.path() + " does not exist");
             if (Files.isDirectory(d.path())) throw new UsageException("--disk " + d.path() + " is a directory");
             if (Files.isRegularFile(d.path()) && Files.size(d.path()) < 512)
                 throw new UsageException("--disk " + d.path() + " is smaller than one 512-byte sector");
         }
-        var config = guest.config(backing).withVirtio(disks, rng);
+        var config = guest.config(backing).withVirtio(disks, rng).withBalloon(balloon);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             if (guest.cpus > kvm.maxVcpus()) {
                 throw new UsageException(
@@ -97,6 +106,15 @@ final class RunCommand implements Cli.Command {
                     io.err(),
                     Rehearsal.requested(warmUp) ? kvm : null,
                     (out, listener) -> VmBuilder.boot(kvm, config, out, listener));
+        }
+    }
+
+    /** {@code --balloon}'s value as a device configuration, or a usage error. */
+    static VirtioConfig.Balloon balloon(String value) {
+        try {
+            return VirtioConfig.Balloon.parse(value);
+        } catch (IllegalArgumentException e) {
+            throw new UsageException("--balloon " + value + ": " + e.getMessage());
         }
     }
 }

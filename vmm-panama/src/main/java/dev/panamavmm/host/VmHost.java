@@ -273,6 +273,14 @@ public final class VmHost implements AutoCloseable {
                 ApiHandler.expect(command, args, "id", "uri");
                 yield forward(command, args);
             }
+            case "balloon" -> {
+                ApiHandler.expect(command, args, "id", "target-mib");
+                yield forward(command, args);
+            }
+            case "query-balloon" -> {
+                ApiHandler.expect(command, args, "id");
+                yield forward(command, args);
+            }
             case "handover" -> {
                 ApiHandler.expect(command, args, "host");
                 yield handover(Path.of(ApiHandler.requireString(args, "host", "the new host's API socket")));

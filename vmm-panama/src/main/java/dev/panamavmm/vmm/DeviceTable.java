@@ -162,11 +162,12 @@ public final class DeviceTable {
         }
     }
 
-    /** The virtio devices {@code config} asks for, in slot order: every disk, then the entropy device. */
+    /** The virtio devices {@code config} asks for, in slot order: every disk, then the entropy device, then the balloon. */
     public static List<VirtioSlot> virtio(MachineConfig config) {
         var slots = new ArrayList<VirtioSlot>();
         for (var disk : config.disks()) slots.add(new VirtioSlot(slots.size(), "virtio-blk" + slots.size(), disk));
         if (config.rng()) slots.add(new VirtioSlot(slots.size(), "virtio-rng", new VirtioConfig.Rng()));
+        if (config.balloon() != null) slots.add(new VirtioSlot(slots.size(), "virtio-balloon", config.balloon()));
         if (slots.size() > VIRTIO_MAX_DEVICES)
             throw new IllegalArgumentException("at most " + VIRTIO_MAX_DEVICES + " virtio devices (disks and rng)");
         return slots;

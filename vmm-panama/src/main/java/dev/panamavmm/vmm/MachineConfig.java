@@ -8,7 +8,7 @@ import java.util.List;
  * What to build: RAM size and backing, vCPU count, the kernel (an ELF image's or a bzImage's
  * bytes and a name for messages), an optional initrd (null for none), the kernel command line,
  * which of the kernel's entries to boot, and the optional virtio devices: disks in order, then an
- * entropy device.
+ * entropy device, then a memory balloon ({@code balloon}, null for none).
  */
 public record MachineConfig(
         long memoryBytes,
@@ -20,10 +20,26 @@ public record MachineConfig(
         String cmdline,
         BootProtocol boot,
         List<DiskConfig> disks,
-        boolean rng) {
+        boolean rng,
+        VirtioConfig.Balloon balloon) {
     public MachineConfig {
         if (cpus < 1) throw new IllegalArgumentException("at least one vCPU");
         disks = List.copyOf(disks);
+    }
+
+    /** A machine without a balloon. */
+    public MachineConfig(
+            long memoryBytes,
+            int cpus,
+            Backing backing,
+            String kernelName,
+            byte[] kernel,
+            byte[] initrd,
+            String cmdline,
+            BootProtocol boot,
+            List<DiskConfig> disks,
+            boolean rng) {
+        this(memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, null);
     }
 
     /** A machine without virtio devices. */
@@ -53,11 +69,19 @@ public record MachineConfig(
 
     /** The same machine with its RAM in {@code other} (a clone's private view, a template's shared file). */
     public MachineConfig withBacking(Backing other) {
-        return new MachineConfig(memoryBytes, cpus, other, kernelName, kernel, initrd, cmdline, boot, disks, rng);
+        return new MachineConfig(
+                memoryBytes, cpus, other, kernelName, kernel, initrd, cmdline, boot, disks, rng, balloon);
     }
 
     /** The same machine with these virtio devices. */
     public MachineConfig withVirtio(List<DiskConfig> disks, boolean rng) {
-        return new MachineConfig(memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng);
+        return new MachineConfig(
+                memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, balloon);
+    }
+
+    /** The same machine with this balloon (null: none). */
+    public MachineConfig withBalloon(VirtioConfig.Balloon balloon) {
+        return new MachineConfig(
+                memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, balloon);
     }
 }

@@ -1,6 +1,7 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.devices.virtio.GuestRam;
+import dev.panamavmm.devices.virtio.VirtioBalloon;
 import dev.panamavmm.devices.virtio.VirtioBlock;
 import dev.panamavmm.devices.virtio.VirtioDevice;
 import dev.panamavmm.devices.virtio.VirtioMmio;
@@ -74,6 +75,13 @@ final class VirtioHost implements AutoCloseable {
         this.device = switch (slot.config()) {
             case DiskConfig d -> new VirtioBlock(slot.name(), disk.backend(), d.readOnly(), d.id(), io, ioThreads(d));
             case VirtioConfig.Rng r -> new VirtioRng(slot.name(), LibC::getrandom);
+            case VirtioConfig.Balloon b ->
+                new VirtioBalloon(
+                        slot.name(),
+                        new BalloonBackend(memory),
+                        b.deflateOnOom(),
+                        b.statsSeconds() > 0 ? Duration.ofSeconds(b.statsSeconds()) : null,
+                        b.reporting());
         };
         if (device.queueCount() != queueFds.length)
             throw new IllegalStateException(
@@ -129,6 +137,7 @@ final class VirtioHost implements AutoCloseable {
         return switch (config) {
             case DiskConfig d -> 1;
             case VirtioConfig.Rng r -> 1;
+            case VirtioConfig.Balloon b -> 2 + (b.statsSeconds() > 0 ? 1 : 0) + (b.reporting() ? 1 : 0);
         };
     }
 

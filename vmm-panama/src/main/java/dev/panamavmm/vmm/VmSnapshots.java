@@ -165,6 +165,8 @@ public final class VmSnapshots {
                     "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
                     "devices", DeviceTable.sections(c),
                     "createdBy", "panama-vmm");
+            if (c.balloon() != null)
+                Json.asObject(metadata.get("machine"), "machine").put("balloon", Balloons.toJson(c.balloon()));
             long ram = System.nanoTime();
             Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
             long end = System.nanoTime();
@@ -392,7 +394,8 @@ public final class VmSnapshots {
                         new byte[0],
                         null,
                         String.valueOf(machine.get("cmdline")))
-                .withVirtio(disks, Boolean.TRUE.equals(machine.get("rng")));
+                .withVirtio(disks, Boolean.TRUE.equals(machine.get("rng")))
+                .withBalloon(Balloons.fromJson(machine.get("balloon")));
         List<DeviceTable.VirtioSlot> slots;
         try {
             slots = DeviceTable.virtio(config);
