@@ -59,7 +59,7 @@ public final class Balloons {
                 c.ignored(),
                 "stats-updates",
                 c.statsUpdates());
-        if (balloon.statisticsOffered()) reply.put("stats", Map.copyOf(balloon.statistics()));
+        if (balloon.statisticsOffered()) reply.put("stats", balloon.statistics());
         return reply;
     }
 
