@@ -107,7 +107,15 @@ static uint64_t bal_probe(uint64_t mmio)
     }
     b.mmio = mmio;
     b.features = f;
-    b.pages = b.size_req / PAGE;
+    /* at most half the RAM above 1 MiB (the largest e820 range), so the rest of the guest still fits */
+    const uint8_t *bp = (const uint8_t *)boot_params;
+    const struct e820_entry *e = (const struct e820_entry *)(bp + BP_E820_TABLE);
+    uint64_t largest = 0;
+    for (uint32_t i = 0; i < bp[BP_E820_ENTRIES] && i < E820_MAX; i++)
+        if (e[i].type == E820_RAM && e[i].size > largest)
+            largest = e[i].size;
+    uint64_t size = b.size_req < largest / 2 ? b.size_req : largest / 2;
+    b.pages = size / PAGE;
     return 4 * QUEUE_BYTES + PAGE + state_bytes() + b.pages * PAGE;
 }
 
