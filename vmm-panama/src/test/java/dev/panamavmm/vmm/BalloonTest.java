@@ -2,12 +2,16 @@ package dev.panamavmm.vmm;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import java.nio.ByteBuffer;
@@ -19,6 +23,7 @@ import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.function.Predicate;
 import java.util.regex.Matcher;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
@@ -121,6 +126,22 @@ class BalloonTest {
             if (System.nanoTime() > deadline) throw new AssertionError("no " + what + ": " + q);
             Thread.sleep(50);
         }
+    }
+
+    @Test
+    void optionsParseAndTravelInSnapshotMetadata() {
+        assertEquals(new VirtioConfig.Balloon(false, 0, false), VirtioConfig.Balloon.parse(""));
+        var all = VirtioConfig.Balloon.parse("deflate-on-oom,stats=5,reporting");
+        assertEquals(new VirtioConfig.Balloon(true, 5, true), all);
+        assertEquals(all, Balloons.fromJson(Json.parse(Json.write(Balloons.toJson(all)))));
+        assertNull(Balloons.fromJson(null), "a snapshot from before balloons has none");
+        assertEquals(
+                "unknown balloon option \"x\" (deflate-on-oom, stats=SECONDS, reporting)",
+                assertThrows(IllegalArgumentException.class, () -> VirtioConfig.Balloon.parse("reporting,x"))
+                        .getMessage());
+        assertThrows(IllegalArgumentException.class, () -> VirtioConfig.Balloon.parse("stats=0"));
+        assertThrows(IllegalArgumentException.class, () -> VirtioConfig.Balloon.parse("stats=soon"));
+        assertThrows(SnapshotException.class, () -> Balloons.fromJson("yes"));
     }
 
     @KvmTest
