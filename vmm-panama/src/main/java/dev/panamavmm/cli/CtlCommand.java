@@ -20,7 +20,8 @@ final class CtlCommand implements Cli.Command {
                         "COMMAND",
                         "a VM's: query-status, stop, cont, quit, snapshot {\"path\"}, migrate {\"uri\"},"
                                 + " balloon {\"target-mib\"}, query-balloon;"
-                                + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"}, quit;"
+                                + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"},"
+                                + " balloon {\"id\", \"target-mib\"}, query-balloon {\"id\"}, quit;"
                                 + " vmm standby's (then the VM's): restore {\"path\"}, clone {\"template\"}, boot {\"memory\", ...},"
                                 + " incoming {\"uri\"}, query-status, quit;"
                                 + " vmm host's: boot {...}, restore {\"path\"}, clone {\"template\"}, incoming {\"uri\"}, destroy {\"id\"},"

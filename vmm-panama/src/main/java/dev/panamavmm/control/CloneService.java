@@ -4,6 +4,7 @@ import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.Balloons;
 import dev.panamavmm.vmm.LoadedSnapshot;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
@@ -44,7 +45,10 @@ public final class CloneService implements AutoCloseable {
         this.consoleDir = consoleDir;
     }
 
-    /** The commands of a clone server: clone, query-clones, destroy, and quit (which runs {@code quit}). */
+    /**
+     * The commands of a clone server: clone, query-clones, destroy, balloon and query-balloon (of
+     * a clone, by id), and quit (which runs {@code quit}).
+     */
     public ApiHandler handler(Runnable quit) {
         return (command, args) -> switch (command) {
             case "clone" -> {
@@ -74,12 +78,30 @@ public final class CloneService implements AutoCloseable {
                 destroy(c);
                 yield Map.of();
             }
+            case "balloon" -> {
+                ApiHandler.expect(command, args, "id", "target-mib");
+                if (!args.containsKey("target-mib"))
+                    throw new IllegalArgumentException("\"target-mib\" is required (MiB)");
+                Balloons.setTarget(find(args).vm(), ApiHandler.number(args, "target-mib", 0));
+                yield Map.of();
+            }
+            case "query-balloon" -> {
+                ApiHandler.expect(command, args, "id");
+                yield Balloons.query(find(args).vm());
+            }
             case "quit" -> {
                 quit.run();
                 yield Map.of();
             }
             default -> null;
         };
+    }
+
+    private Clone find(Map<String, Object> args) {
+        String id = ApiHandler.requireString(args, "id", "a clone id");
+        var c = clones.get(id);
+        if (c == null) throw new IllegalArgumentException("no clone " + id);
+        return c;
     }
 
     /** Starts {@code count} clones of a template; returns when all of them run. */
