@@ -21,6 +21,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
 import java.util.function.Predicate;
 import java.util.regex.Matcher;
 import org.junit.jupiter.api.Test;
@@ -30,7 +31,7 @@ import org.junit.jupiter.api.io.TempDir;
  * The balloon with the test guest as the oracle: pages it reports free go back to the host (a
  * clone's to its template, a shared file's as holes), inflate and deflate follow the target,
  * statistics arrive, bad frame numbers are ignored, and target, actual and counters survive a
- * snapshot and restore; the guest's own checks of what it wrote never fail.
+ * snapshot and restore and a live update; the guest's own checks of what it wrote never fail.
  */
 class BalloonTest {
     static final long MIB = GuestMemory.MIB;
@@ -248,5 +249,40 @@ class BalloonTest {
             Files.deleteIfExists(ram);
         }
         noCorruption(console.text());
+    }
+
+    @KvmTest
+    void targetActualAndCountersMoveWithALiveUpdate(@TempDir Path dir) throws Exception {
+        var console = new SnapshotTest.Console();
+        try (var kvm = Kvm.open()) {
+            Vm current = VmBuilder.boot(
+                    kvm, guest(new Backing.Memfd(), "dirty=2,hold=1,reuse=2"), console, new VmListener() {});
+            try {
+                current.start();
+                Balloons.setTarget(current, 8);
+                var before = awaitQuery(
+                        current,
+                        m -> m.get("actual-pages").equals(2048L) && (Long) m.get("pages-reported") > 0,
+                        "inflated and reported");
+                var socket = dir.resolve("m.sock");
+                var next = LocalMigrationTest.incoming(kvm, socket, console, null);
+                LocalMigrationTest.awaitSocket(socket);
+                LocalMigration.send(current, socket, 10);
+                current.close();
+                current = next.get(10, TimeUnit.SECONDS);
+                var after = Balloons.query(current);
+                assertEquals(8L, after.get("target-mib"));
+                assertEquals(2048L, after.get("actual-pages"));
+                assertTrue((Long) after.get("pages-reported") >= (Long) before.get("pages-reported"), after.toString());
+                Balloons.setTarget(current, 0);
+                awaitQuery(current, m -> m.get("actual-pages").equals(0L), "deflated in the new VMM");
+                int hb = Integer.parseInt(lastHeartbeat(console.text()));
+                console.await("hb 0 " + (hb + 4) + "\n", 60);
+            } finally {
+                current.close();
+            }
+        }
+        noCorruption(console.text());
+        assertTrue(Long.parseLong(lastBalloonLine(console.text()).group(2)) > 0, "pages reused after reports");
     }
 }
