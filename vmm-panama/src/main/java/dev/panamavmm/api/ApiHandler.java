@@ -16,7 +16,10 @@ public interface ApiHandler {
     /** The commands it knows now, for {@code query-commands}. */
     List<String> commands();
 
-    /** The commands of one running VM: query-status, query-metrics, stop, cont, quit, snapshot, migrate, query-jobs, job-cancel. */
+    /**
+     * The commands of one running VM: query-status, query-metrics, stop, cont, quit, snapshot,
+     * migrate, query-jobs, job-cancel, balloon, query-balloon.
+     */
     static ApiCommands forVm(ControlTarget target) {
         return new ApiCommands()
                 .add("query-status", a -> target.status())
@@ -53,7 +56,14 @@ public interface ApiHandler {
                 .add("job-cancel", List.of("id"), a -> {
                     target.cancelJob(requireString(a, "id", "a job id"));
                     return Map.of();
-                });
+                })
+                .add("balloon", List.of("target-mib"), a -> {
+                    if (!a.containsKey("target-mib"))
+                        throw new IllegalArgumentException("\"target-mib\" is required (MiB)");
+                    target.balloon(number(a, "target-mib", 0));
+                    return Map.of();
+                })
+                .add("query-balloon", a -> target.queryBalloon());
     }
 
     /** Refuses an argument the command does not take (as QMP does): a misspelt one would otherwise be ignored without a word. */

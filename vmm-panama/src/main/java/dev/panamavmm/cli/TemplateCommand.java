@@ -7,6 +7,7 @@ import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.vmm.NetConfig;
 import dev.panamavmm.vmm.Templates;
+import dev.panamavmm.vmm.VirtioConfig;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.Sizes;
 import java.nio.file.Path;
@@ -46,6 +47,7 @@ final class TemplateCommand implements Cli.Command {
         Path apiSocket;
         long timeout;
         final List<NetConfig> nets = new ArrayList<>();
+        VirtioConfig.Balloon balloon;
 
         @Override
         public Cli.Spec spec() {
@@ -88,7 +90,13 @@ final class TemplateCommand implements Cli.Command {
                             "SECONDS",
                             "300",
                             "longest wait for the ready point",
-                            v -> timeout = Cli.longInteger(v));
+                            v -> timeout = Cli.longInteger(v))
+                    .option(
+                            "--balloon",
+                            "[deflate-on-oom][,stats=SECONDS][,reporting]",
+                            null,
+                            "a virtio-balloon device, as run's; every clone has it",
+                            v -> balloon = RunCommand.balloon(v));
         }
 
         @Override
@@ -97,7 +105,7 @@ final class TemplateCommand implements Cli.Command {
             if (console.startsWith("unix:"))
                 throw new UsageException("template create: --console is stdout or file:PATH");
             Cli.createDirectories("--mem-dir", memDir);
-            var config = guest.config(new Backing.Memfd()).withNets(nets);
+            var config = guest.config(new Backing.Memfd()).withNets(nets).withBalloon(balloon);
             var stop = new CompletableFuture<Void>();
             try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE);
                     var consoleIo = ConsoleIo.open(console);

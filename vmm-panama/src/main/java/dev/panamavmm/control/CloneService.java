@@ -6,6 +6,7 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.log.VmmLogProvider;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.Balloons;
 import dev.panamavmm.vmm.LoadedSnapshot;
 import dev.panamavmm.vmm.NetConfig;
 import dev.panamavmm.vmm.NetOverrides;
@@ -50,7 +51,10 @@ public final class CloneService implements AutoCloseable {
         this.consoleDir = consoleDir;
     }
 
-    /** The commands of a clone server: clone, query-clones, destroy, and quit (which runs {@code quit}). */
+    /**
+     * The commands of a clone server: clone, query-clones, destroy, balloon and query-balloon (of
+     * a clone, by id), and quit (which runs {@code quit}).
+     */
     public ApiHandler handler(Runnable quit) {
         return new ApiCommands()
                 .add(
@@ -82,10 +86,27 @@ public final class CloneService implements AutoCloseable {
                     destroy(c);
                     return Map.of();
                 })
+                .add("balloon", List.of("id", "target-mib"), args -> {
+                    if (!args.containsKey("target-mib"))
+                        throw new IllegalArgumentException("\"target-mib\" is required (MiB)");
+                    Balloons.setTarget(find(args).vm(), ApiHandler.number(args, "target-mib", 0));
+                    return Map.of();
+                })
+                .add(
+                        "query-balloon",
+                        List.of("id"),
+                        args -> Balloons.query(find(args).vm()))
                 .add("quit", args -> {
                     quit.run();
                     return Map.of();
                 });
+    }
+
+    private Clone find(Map<String, Object> args) {
+        String id = ApiHandler.requireString(args, "id", "a clone id");
+        var c = clones.get(id);
+        if (c == null) throw new IllegalArgumentException("no clone " + id);
+        return c;
     }
 
     /** Starts {@code count} clones of a template; returns when all of them run. */

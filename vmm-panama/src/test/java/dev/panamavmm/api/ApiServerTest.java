@@ -193,7 +193,9 @@ class ApiServerTest {
                             "snapshot",
                             "migrate",
                             "query-jobs",
-                            "job-cancel"),
+                            "job-cancel",
+                            "balloon",
+                            "query-balloon"),
                     names);
             var version = Json.asObject(client.execute("query-version", null).get("return"), "version");
             var qemu = Json.asObject(version.get("qemu"), "qemu");
