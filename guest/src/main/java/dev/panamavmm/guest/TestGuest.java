@@ -72,6 +72,19 @@ public final class TestGuest {
             Pattern.compile("blkbench (\\S+) bs=(\\d+) qd=(\\d+) ios=(\\d+) us=(\\d+) iops=(\\d+) mbps=(\\d+\\.\\d)");
     /** {@code blkbench done}: every row printed. */
     public static final Pattern BLKBENCH_DONE = Pattern.compile("blkbench done");
+    /** {@code balloon 0x<mmio> region=0x<addr> pages=<n> features=0x<hex>}: the balloon driver started. */
+    public static final Pattern BALLOON_INFO =
+            Pattern.compile("balloon 0x([0-9a-f]+) region=0x([0-9a-f]+) pages=(\\d+) features=0x([0-9a-f]+)");
+    /**
+     * {@code balloon reported=<pages> reused=<pages> dirtied=<pages> inflated=<pages> actual=<pages>
+     * target=<pages> stats=<n>}: on CPU 0 before each heartbeat, totals since boot (actual and
+     * target: now).
+     */
+    public static final Pattern BALLOON = Pattern.compile(
+            "balloon reported=(\\d+) reused=(\\d+) dirtied=(\\d+) inflated=(\\d+) actual=(\\d+) target=(\\d+) stats=(\\d+)");
+    /** {@code CORRUPT balloon addr=0x<hex> expected=0x<16 hex> got=0x<16 hex>}: a page the driver wrote read back wrong. */
+    public static final Pattern CORRUPT_BALLOON =
+            Pattern.compile("CORRUPT balloon addr=0x([0-9a-f]+) expected=0x([0-9a-f]{16}) got=0x([0-9a-f]{16})");
 
     /** {@code net mac=MAC link=L echo|answer window=N size=N}: the network device driven (guest/README.md). */
     public static final Pattern NET_INFO =

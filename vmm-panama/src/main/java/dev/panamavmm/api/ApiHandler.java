@@ -18,7 +18,7 @@ public interface ApiHandler {
 
     /**
      * The commands of one running VM: query-status, query-metrics, stop, cont, quit, snapshot,
-     * migrate, query-jobs, job-cancel, template-create (a clone's).
+     * migrate, query-jobs, job-cancel, balloon, query-balloon, template-create (a clone's).
      */
     static ApiCommands forVm(ControlTarget target) {
         return new ApiCommands()
@@ -57,6 +57,13 @@ public interface ApiHandler {
                     target.cancelJob(requireString(a, "id", "a job id"));
                     return Map.of();
                 })
+                .add("balloon", List.of("target-mib"), a -> {
+                    if (!a.containsKey("target-mib"))
+                        throw new IllegalArgumentException("\"target-mib\" is required (MiB)");
+                    target.balloon(number(a, "target-mib", 0));
+                    return Map.of();
+                })
+                .add("query-balloon", a -> target.queryBalloon())
                 .add(
                         "template-create",
                         List.of("path"),

@@ -38,6 +38,16 @@ public interface ControlTarget {
     /** Asks job {@code id} to stop ({@code job-cancel}): the guest is given back. */
     void cancelJob(String id);
 
+    /** Sets the memory balloon's target: {@code targetMib} MiB taken from the guest. */
+    default void balloon(long targetMib) {
+        throw new IllegalArgumentException("this VM has no balloon");
+    }
+
+    /** The balloon's target, actual size, counters and the guest's statistics. */
+    default Map<String, Object> queryBalloon() {
+        throw new IllegalArgumentException("this VM has no balloon");
+    }
+
     /**
      * Makes a chained template in {@code dir} out of this VM, a clone: its written pages into a
      * layer file, the rest a reference to its template. A running VM is paused for it and runs on.

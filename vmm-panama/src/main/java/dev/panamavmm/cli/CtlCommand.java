@@ -20,13 +20,15 @@ final class CtlCommand implements Cli.Command {
                         "COMMAND",
                         "every VMM's: query-commands, query-version (ctl sends qmp_capabilities, QMP's handshake, first);"
                                 + " a VM's: query-status, query-metrics, stop, cont, quit, snapshot {\"path\", \"detach\"}, migrate {\"uri\"},"
-                                + " query-jobs, job-cancel {\"id\"}, template-create {\"path\"} (a clone's);"
+                                + " query-jobs, job-cancel {\"id\"}, balloon {\"target-mib\"}, query-balloon,"
+                                + " template-create {\"path\"} (a clone's);"
                                 + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"},"
-                                + " template-create {\"id\", \"path\"}, quit;"
+                                + " balloon {\"id\", \"target-mib\"}, query-balloon {\"id\"}, template-create {\"id\", \"path\"}, quit;"
                                 + " vmm standby's (then the VM's): restore {\"path\"}, clone {\"template\"}, boot {\"memory\", ...},"
                                 + " incoming {\"uri\"}, query-status, quit;"
                                 + " vmm host's: boot {...}, restore {\"path\"}, clone {\"template\"}, incoming {\"uri\"}, destroy {\"id\"},"
-                                + " stop, cont, query-metrics, snapshot and migrate with {\"id\", ...}, handover {\"host\"}, query-vms, query-host, quit",
+                                + " stop, cont, query-metrics, snapshot, migrate, balloon and query-balloon with {\"id\", ...},"
+                                + " handover {\"host\"}, query-vms, query-host, quit",
                         v -> command = v)
                 .optionalParameter("JSON", "arguments as a JSON object", v -> arguments = v)
                 .include(wait::declare);

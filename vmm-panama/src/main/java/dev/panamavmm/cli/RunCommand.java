@@ -5,6 +5,7 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.DeviceTable;
 import dev.panamavmm.vmm.DiskConfig;
 import dev.panamavmm.vmm.NetConfig;
+import dev.panamavmm.vmm.VirtioConfig;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.memory.Backing;
 import java.nio.file.Files;
@@ -24,6 +25,7 @@ final class RunCommand implements Cli.Command {
     final List<DiskConfig> disks = new ArrayList<>();
     boolean rng;
     final List<NetConfig> nets = new ArrayList<>();
+    VirtioConfig.Balloon balloon;
 
     final VmIoOptions vmIo = new VmIoOptions();
 
@@ -68,6 +70,13 @@ final class RunCommand implements Cli.Command {
                                 throw new UsageException("--net " + v + ": " + e.getMessage());
                             }
                         })
+                .option(
+                        "--balloon",
+                        "[deflate-on-oom][,stats=SECONDS][,reporting]",
+                        null,
+                        "a virtio-balloon device: the guest gives pages back (inflate, free page reporting) and sends"
+                                + " statistics every SECONDS; give \"\" for a plain balloon",
+                        v -> balloon = balloon(v))
                 .flag(
                         "--warm-up",
                         "rehearse save, restore and live update once in the background (nice 19) so that the first"
@@ -90,16 +99,16 @@ final class RunCommand implements Cli.Command {
             }
             backing = shared ? new Backing.SharedFile(memPath) : new Backing.PrivateFile(memPath);
         }
-        if (disks.size() + (rng ? 1 : 0) + nets.size() > DeviceTable.VIRTIO_MAX_DEVICES)
-            throw new UsageException(
-                    "at most " + DeviceTable.VIRTIO_MAX_DEVICES + " virtio devices (--disk, --rng and --net)");
+        if (disks.size() + (rng ? 1 : 0) + nets.size() + (balloon != null ? 1 : 0) > DeviceTable.VIRTIO_MAX_DEVICES)
+            throw new UsageException("at most " + DeviceTable.VIRTIO_MAX_DEVICES
+                    + " virtio devices (--disk, --rng, --net and --balloon)");
         for (var d : disks) {
             if (!Files.exists(d.path())) throw new UsageException("--disk " + d.path() + " does not exist");
             if (Files.isDirectory(d.path())) throw new UsageException("--disk " + d.path() + " is a directory");
             if (Files.isRegularFile(d.path()) && Files.size(d.path()) < 512)
                 throw new UsageException("--disk " + d.path() + " is smaller than one 512-byte sector");
         }
-        var config = guest.config(backing).withVirtio(disks, rng).withNets(nets);
+        var config = guest.config(backing).withVirtio(disks, rng).withNets(nets).withBalloon(balloon);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             if (guest.cpus > kvm.maxVcpus()) {
                 throw new UsageException(
@@ -112,6 +121,15 @@ final class RunCommand implements Cli.Command {
                     io.err(),
                     Rehearsal.requested(warmUp) ? kvm : null,
                     (out, listener) -> VmBuilder.boot(kvm, config, out, listener));
+        }
+    }
+
+    /** {@code --balloon}'s value as a device configuration, or a usage error. */
+    static VirtioConfig.Balloon balloon(String value) {
+        try {
+            return VirtioConfig.Balloon.parse(value);
+        } catch (IllegalArgumentException e) {
+            throw new UsageException("--balloon " + value + ": " + e.getMessage());
         }
     }
 }

@@ -8,6 +8,7 @@ import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.vmm.NetConfig;
 import dev.panamavmm.vmm.Templates;
+import dev.panamavmm.vmm.VirtioConfig;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.Sizes;
 import java.nio.file.Path;
@@ -50,6 +51,7 @@ final class TemplateCommand implements Cli.Command {
         Path apiSocket;
         long timeout;
         final List<NetConfig> nets = new ArrayList<>();
+        VirtioConfig.Balloon balloon;
 
         @Override
         public Cli.Spec spec() {
@@ -94,6 +96,12 @@ final class TemplateCommand implements Cli.Command {
                             "longest wait for the ready point",
                             v -> timeout = Cli.longInteger(v))
                     .option(
+                            "--balloon",
+                            "[deflate-on-oom][,stats=SECONDS][,reporting]",
+                            null,
+                            "a virtio-balloon device, as run's; every clone has it",
+                            v -> balloon = RunCommand.balloon(v))
+                    .option(
                             "--from-clone",
                             "API_SOCKET",
                             null,
@@ -116,11 +124,12 @@ final class TemplateCommand implements Cli.Command {
                         || !"file:/dev/null".equals(console)
                         || timeout != 300
                         || !memDir.equals(Path.of("/dev/shm"))
-                        || !nets.isEmpty();
+                        || !nets.isEmpty()
+                        || balloon != null;
                 if (bootOptions)
                     throw new UsageException(
                             "template create: --from-clone boots nothing, so it takes no guest, --mem-dir, --console,"
-                                    + " --api-socket, --timeout or --net options (the clone's template decided them)");
+                                    + " --api-socket, --timeout, --net or --balloon options (the clone's template decided them)");
                 return fromClone(io);
             }
             if (cloneId != null) throw new UsageException("template create: --id goes with --from-clone");
@@ -128,7 +137,7 @@ final class TemplateCommand implements Cli.Command {
             if (console.startsWith("unix:"))
                 throw new UsageException("template create: --console is stdout or file:PATH");
             Cli.createDirectories("--mem-dir", memDir);
-            var config = guest.config(new Backing.Memfd()).withNets(nets);
+            var config = guest.config(new Backing.Memfd()).withNets(nets).withBalloon(balloon);
             var stop = new CompletableFuture<Void>();
             try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE);
                     var consoleIo = ConsoleIo.open(console);

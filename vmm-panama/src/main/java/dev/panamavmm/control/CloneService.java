@@ -6,6 +6,7 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.log.VmmLogProvider;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.Balloons;
 import dev.panamavmm.vmm.LoadedSnapshot;
 import dev.panamavmm.vmm.NetConfig;
 import dev.panamavmm.vmm.NetOverrides;
@@ -51,8 +52,9 @@ public final class CloneService implements AutoCloseable {
     }
 
     /**
-     * The commands of a clone server: clone, query-clones, destroy, template-create (a chained
-     * template of one of its clones, by id), and quit (which runs {@code quit}).
+     * The commands of a clone server: clone, query-clones, destroy, balloon and query-balloon (of
+     * a clone, by id), template-create (a chained template of one of its clones, by id), and quit
+     * (which runs {@code quit}).
      */
     public ApiHandler handler(Runnable quit) {
         return new ApiCommands()
@@ -85,17 +87,32 @@ public final class CloneService implements AutoCloseable {
                     destroy(c);
                     return Map.of();
                 })
-                .add("template-create", List.of("id", "path"), args -> {
-                    String id = ApiHandler.requireString(args, "id", "a clone id");
-                    var c = clones.get(id);
-                    if (c == null) throw new IllegalArgumentException("no clone " + id);
-                    return new VmControl(c.vm())
-                            .templateCreate(Path.of(ApiHandler.requireString(args, "path", "DIRECTORY")));
+                .add("balloon", List.of("id", "target-mib"), args -> {
+                    if (!args.containsKey("target-mib"))
+                        throw new IllegalArgumentException("\"target-mib\" is required (MiB)");
+                    Balloons.setTarget(find(args).vm(), ApiHandler.number(args, "target-mib", 0));
+                    return Map.of();
                 })
+                .add(
+                        "query-balloon",
+                        List.of("id"),
+                        args -> Balloons.query(find(args).vm()))
+                .add(
+                        "template-create",
+                        List.of("id", "path"),
+                        args -> new VmControl(find(args).vm())
+                                .templateCreate(Path.of(ApiHandler.requireString(args, "path", "DIRECTORY"))))
                 .add("quit", args -> {
                     quit.run();
                     return Map.of();
                 });
+    }
+
+    private Clone find(Map<String, Object> args) {
+        String id = ApiHandler.requireString(args, "id", "a clone id");
+        var c = clones.get(id);
+        if (c == null) throw new IllegalArgumentException("no clone " + id);
+        return c;
     }
 
     /** Starts {@code count} clones of a template; returns when all of them run. */

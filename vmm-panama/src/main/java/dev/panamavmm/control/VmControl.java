@@ -3,6 +3,7 @@ package dev.panamavmm.control;
 import dev.panamavmm.api.ControlTarget;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.vmm.Balloons;
 import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
@@ -77,6 +78,16 @@ public final class VmControl implements ControlTarget {
                 r.totalMillis(),
                 "bytes-sent",
                 r.bytesSent());
+    }
+
+    @Override
+    public void balloon(long targetMib) {
+        Balloons.setTarget(vm, targetMib);
+    }
+
+    @Override
+    public Map<String, Object> queryBalloon() {
+        return Balloons.query(vm);
     }
 
     @Override

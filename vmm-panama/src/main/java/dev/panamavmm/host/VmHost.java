@@ -280,6 +280,8 @@ public final class VmHost implements AutoCloseable {
                         List.of("id", "path", "bypass-shared-memory", "resume", "type", "live", "detach"),
                         args -> forward("snapshot", args))
                 .add("migrate", List.of("id", "uri", "detach"), args -> forward("migrate", args))
+                .add("balloon", List.of("id", "target-mib"), args -> forward("balloon", args))
+                .add("query-balloon", List.of("id"), args -> forward("query-balloon", args))
                 .add(
                         "handover",
                         List.of("host"),

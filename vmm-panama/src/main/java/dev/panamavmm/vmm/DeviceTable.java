@@ -162,7 +162,10 @@ public final class DeviceTable {
         }
     }
 
-    /** The virtio devices {@code config} asks for, in slot order: every disk, the entropy device, every network device. */
+    /**
+     * The virtio devices {@code config} asks for, in slot order: every disk, the entropy device, every
+     * network device, then the balloon.
+     */
     public static List<VirtioSlot> virtio(MachineConfig config) {
         var slots = new ArrayList<VirtioSlot>();
         for (var disk : config.disks()) slots.add(new VirtioSlot(slots.size(), "virtio-blk" + slots.size(), disk));
@@ -170,6 +173,7 @@ public final class DeviceTable {
         for (int i = 0; i < config.nets().size(); i++)
             slots.add(
                     new VirtioSlot(slots.size(), "virtio-net" + i, config.nets().get(i)));
+        if (config.balloon() != null) slots.add(new VirtioSlot(slots.size(), "virtio-balloon", config.balloon()));
         if (slots.size() > VIRTIO_MAX_DEVICES)
             throw new IllegalArgumentException(
                     "at most " + VIRTIO_MAX_DEVICES + " virtio devices (disks, rng and nets)");

@@ -8,7 +8,7 @@ import java.util.List;
  * What to build: RAM size and backing, vCPU count, the kernel (an ELF image's or a bzImage's
  * bytes and a name for messages), an optional initrd (null for none), the kernel command line,
  * which of the kernel's entries to boot, and the optional virtio devices: disks in order, then an
- * entropy device, then network devices.
+ * entropy device, then network devices, then a memory balloon ({@code balloon}, null for none).
  */
 public record MachineConfig(
         long memoryBytes,
@@ -21,14 +21,15 @@ public record MachineConfig(
         BootProtocol boot,
         List<DiskConfig> disks,
         boolean rng,
-        List<NetConfig> nets) {
+        List<NetConfig> nets,
+        VirtioConfig.Balloon balloon) {
     public MachineConfig {
         if (cpus < 1) throw new IllegalArgumentException("at least one vCPU");
         disks = List.copyOf(disks);
         nets = List.copyOf(nets);
     }
 
-    /** A machine without network devices. */
+    /** A machine without network devices or a balloon. */
     public MachineConfig(
             long memoryBytes,
             int cpus,
@@ -40,7 +41,7 @@ public record MachineConfig(
             BootProtocol boot,
             List<DiskConfig> disks,
             boolean rng) {
-        this(memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, List.of());
+        this(memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, List.of(), null);
     }
 
     /** A machine without virtio devices. */
@@ -70,18 +71,25 @@ public record MachineConfig(
 
     /** The same machine with its RAM in {@code other} (a clone's private view, a template's shared file). */
     public MachineConfig withBacking(Backing other) {
-        return new MachineConfig(memoryBytes, cpus, other, kernelName, kernel, initrd, cmdline, boot, disks, rng, nets);
+        return new MachineConfig(
+                memoryBytes, cpus, other, kernelName, kernel, initrd, cmdline, boot, disks, rng, nets, balloon);
     }
 
-    /** The same machine with these virtio devices. */
+    /** The same machine with these virtio disks and entropy device. */
     public MachineConfig withVirtio(List<DiskConfig> disks, boolean rng) {
         return new MachineConfig(
-                memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, nets);
+                memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, nets, balloon);
     }
 
     /** The same machine with these network devices. */
     public MachineConfig withNets(List<NetConfig> nets) {
         return new MachineConfig(
-                memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, nets);
+                memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, nets, balloon);
+    }
+
+    /** The same machine with this balloon (null: none). */
+    public MachineConfig withBalloon(VirtioConfig.Balloon balloon) {
+        return new MachineConfig(
+                memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, nets, balloon);
     }
 }

@@ -1,6 +1,7 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.devices.virtio.GuestRam;
+import dev.panamavmm.devices.virtio.VirtioBalloon;
 import dev.panamavmm.devices.virtio.VirtioBlock;
 import dev.panamavmm.devices.virtio.VirtioDevice;
 import dev.panamavmm.devices.virtio.VirtioMmio;
@@ -82,6 +83,13 @@ final class VirtioHost implements AutoCloseable {
             case DiskConfig d -> new VirtioBlock(slot.name(), disk.backend(), d.readOnly(), d.id(), io, ioThreads(d));
             case VirtioConfig.Rng r -> new VirtioRng(slot.name(), LibC::getrandom);
             case NetConfig n -> new VirtioNet(slot.name(), n.macBytes(), tap);
+            case VirtioConfig.Balloon b ->
+                new VirtioBalloon(
+                        slot.name(),
+                        new BalloonBackend(memory),
+                        b.deflateOnOom(),
+                        b.statsSeconds() > 0 ? Duration.ofSeconds(b.statsSeconds()) : null,
+                        b.reporting());
         };
         if (device.queueCount() != queueFds.length)
             throw new IllegalStateException(
@@ -163,6 +171,7 @@ final class VirtioHost implements AutoCloseable {
             case DiskConfig d -> 1;
             case VirtioConfig.Rng r -> 1;
             case NetConfig n -> 2;
+            case VirtioConfig.Balloon b -> 2 + (b.statsSeconds() > 0 ? 1 : 0) + (b.reporting() ? 1 : 0);
         };
     }
 

@@ -491,7 +491,7 @@ public final class VmSnapshots {
 
     private static Map<String, Object> metadata(Vm vm, int firstDiskDescriptor, int xsaveSize) {
         var c = vm.config();
-        return Json.object(
+        var metadata = Json.object(
                 "machine",
                         Json.object(
                                 "memory",
@@ -518,6 +518,9 @@ public final class VmSnapshots {
                 "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
                 "devices", DeviceTable.sections(c),
                 "createdBy", "panama-vmm");
+        if (c.balloon() != null)
+            Json.asObject(metadata.get("machine"), "machine").put("balloon", Balloons.toJson(c.balloon()));
+        return metadata;
     }
 
     /** What a merge wrote: the full snapshot, the bytes of RAM in it, and how many snapshots it folded. */
@@ -832,7 +835,8 @@ public final class VmSnapshots {
                         null,
                         String.valueOf(machine.get("cmdline")))
                 .withVirtio(disks, Boolean.TRUE.equals(machine.get("rng")))
-                .withNets(nets);
+                .withNets(nets)
+                .withBalloon(Balloons.fromJson(machine.get("balloon")));
         List<DeviceTable.VirtioSlot> slots;
         try {
             slots = DeviceTable.virtio(config);

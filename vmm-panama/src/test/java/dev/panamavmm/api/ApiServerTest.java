@@ -206,6 +206,8 @@ class ApiServerTest {
                             "migrate",
                             "query-jobs",
                             "job-cancel",
+                            "balloon",
+                            "query-balloon",
                             "template-create"),
                     names);
             var version = Json.asObject(client.execute("query-version", null).get("return"), "version");

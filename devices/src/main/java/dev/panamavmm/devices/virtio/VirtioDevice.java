@@ -42,9 +42,11 @@ public interface VirtioDevice {
     default void batchEnd(int queue) {}
 
     /**
-     * The features the driver accepted (FEATURES_OK), and again for a device restored past that
-     * point: a device whose backend must match them (a tap's offloads) sets it up here. Called
-     * with the transport's lock held: must be quick.
+     * The driver's features are settled: {@code features} were accepted at FEATURES_OK, or came
+     * back with a restored state past that point (0 after a reset). A device whose backend must
+     * match them (a tap's offloads) sets it up here, and one whose queues change roles with them
+     * (the balloon's statistics and reporting queues) decides them. Called with the transport's
+     * lock held, before any request: must be quick and must not block.
      */
     default void driverFeatures(long features) {}
 

@@ -508,6 +508,7 @@ public final class VirtioMmio {
             q.ring = null;
         }
         device.reset();
+        device.driverFeatures(0);
     }
 
     /** Marks the device broken until the driver resets it, and tells a driver that is using it. */

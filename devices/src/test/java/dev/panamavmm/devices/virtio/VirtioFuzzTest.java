@@ -4,11 +4,13 @@ import static dev.panamavmm.devices.virtio.VirtioMmio.*;
 import static org.junit.jupiter.api.Assertions.*;
 
 import java.io.IOException;
+import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.time.Duration;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -58,6 +60,36 @@ class VirtioFuzzTest {
         assertEquals(32 * 512, Files.size(file), "the disk never grows");
     }
 
+    @Test
+    void balloonSurvivesNonsense() throws IOException {
+        var returned = new long[1];
+        // The fuzz's RAM is [0x1000, 0x11000) (HeapRam's segment offset + 0x1000); 0x8000 plays the VMM's page.
+        var memory = new BalloonMemory() {
+            @Override
+            public Outcome release(long address, long length) {
+                assertEquals(0, address % VirtioBalloon.PAGE, "page-aligned");
+                assertEquals(0, length % VirtioBalloon.PAGE, "whole pages");
+                if (address < 0x1000 || length <= 0 || address + length > 0x1000 + RAM) return Outcome.NOT_RAM;
+                if (address <= 0x8000 && address + length > 0x8000) return Outcome.PROTECTED;
+                returned[0] += length / VirtioBalloon.PAGE;
+                return Outcome.RETURNED;
+            }
+
+            @Override
+            public long guestAddress(MemorySegment buffer) {
+                return buffer.address() + 0x1000;
+            }
+        };
+        queues = 4;
+        features = (int) (VirtioBalloon.F_STATS_VQ | VirtioBalloon.F_REPORTING | VirtioBalloon.F_DEFLATE_ON_OOM);
+        var last = new VirtioBalloon[1];
+        fuzz(
+                new Random(0xba1),
+                () -> last[0] = new VirtioBalloon("virtio-balloon", memory, true, Duration.ofHours(1), true));
+        var c = last[0].counters();
+        assertTrue(c.ignored() > 0, "frame numbers outside RAM came and were ignored: " + c);
+    }
+
     private void fuzz(Random random, Factory factory) throws IOException {
         var ram = new HeapRam(0x1000, RAM);
         var holder = new VirtioMmio[1];
@@ -100,6 +132,8 @@ class VirtioFuzzTest {
     }
 
     private int size = 1, desc, avail, used;
+    /** Queues the handshake picks from, the one it set up, and device feature bits it may accept. */
+    private int queues = 1, queue, features;
 
     /**
      * A request much like a driver's on the queue of the last handshake: a short chain of
@@ -129,19 +163,20 @@ class VirtioFuzzTest {
         int idx = Short.toUnsignedInt(m.get(ValueLayout.JAVA_SHORT_UNALIGNED, idxAt));
         m.set(ValueLayout.JAVA_SHORT_UNALIGNED, idxAt + 2 + 2L * (idx % size), (short) first);
         m.set(ValueLayout.JAVA_SHORT_UNALIGNED, idxAt, (short) (idx + 1));
-        dev.write(QUEUE_NOTIFY, 4, 0);
+        dev.write(QUEUE_NOTIFY, 4, queue);
     }
 
-    /** Sets up queue 0 at random (often valid) places, as a driver would. */
+    /** Sets up a queue (0 unless the test has more) at random (often valid) places, as a driver would. */
     private void handshake(Random random, VirtioMmio dev) {
         dev.write(STATUS, 4, 0);
         dev.write(STATUS, 4, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         dev.write(DRIVER_FEATURES_SEL, 4, 1);
         dev.write(DRIVER_FEATURES, 4, 1);
         dev.write(DRIVER_FEATURES_SEL, 4, 0);
-        dev.write(DRIVER_FEATURES, 4, random.nextInt() & (3 << 28));
+        dev.write(DRIVER_FEATURES, 4, random.nextInt() & (3 << 28) | (queues > 1 ? random.nextInt() & features : 0));
         dev.write(STATUS, 4, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-        dev.write(QUEUE_SEL, 4, 0);
+        queue = queues > 1 ? random.nextInt(queues) : 0;
+        dev.write(QUEUE_SEL, 4, queue);
         size = 1 << random.nextInt(6);
         boolean sane = random.nextInt(4) != 0;
         desc = sane ? 0x1000 : 0x1000 + random.nextInt(RAM) & ~15;
