@@ -96,7 +96,9 @@ static struct {
 } v = { .qd = DEFAULT_QD, .write_pct = DEFAULT_WRITE_PCT };
 
 /* The drivers in files of their own (each a struct vdriver; see virtio.h), and what each was given. */
+extern const struct vdriver vsock_driver;
 static const struct vdriver *const drivers[] = {
+    &vsock_driver,
     0
 };
 #define NDRIVERS (sizeof(drivers) / sizeof(drivers[0]) - 1)

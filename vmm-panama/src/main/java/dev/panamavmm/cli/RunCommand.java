@@ -5,6 +5,7 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.vmm.DeviceTable;
 import dev.panamavmm.vmm.DiskConfig;
 import dev.panamavmm.vmm.VmBuilder;
+import dev.panamavmm.vmm.VsockConfig;
 import dev.panamavmm.vmm.memory.Backing;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -22,6 +23,7 @@ final class RunCommand implements Cli.Command {
     boolean shared;
     final List<DiskConfig> disks = new ArrayList<>();
     boolean rng;
+    VsockConfig vsock;
 
     final VmIoOptions vmIo = new VmIoOptions();
 
@@ -53,6 +55,13 @@ final class RunCommand implements Cli.Command {
                             }
                         })
                 .flag("--rng", "a virtio-rng device fed by the host's getrandom", () -> rng = true)
+                .option(
+                        "--vsock",
+                        "cid=N,uds=PATH",
+                        null,
+                        "a virtio-vsock device: the guest's CID (3 or more); host programs connect to the Unix socket PATH"
+                                + " and write CONNECT PORT, the guest's connections to port P go to PATH_P",
+                        v -> vsock = VsockOption.parse("--vsock", v))
                 .flag(
                         "--warm-up",
                         "rehearse save, restore and live update once in the background (nice 19) so that the first"
@@ -75,7 +84,7 @@ final class RunCommand implements Cli.Command {
             }
             backing = shared ? new Backing.SharedFile(memPath) : new Backing.PrivateFile(memPath);
         }
-        if (disks.size() + (rng ? 1 : 0) > DeviceTable.VIRTIO_MAX_DEVICES)
+        if (disks.size() + (rng ? 1 : 0) + (vsock != null ? 1 : 0) > DeviceTable.VIRTIO_MAX_DEVICES)
             throw new UsageException(
                     "at most " + DeviceTable.VIRTIO_MAX_DEVICES + " virtio devices (--disk and --rng)");
         for (var d : disks) {
@@ -84,7 +93,8 @@ final class RunCommand implements Cli.Command {
             if (Files.isRegularFile(d.path()) && Files.size(d.path()) < 512)
                 throw new UsageException("--disk " + d.path() + " is smaller than one 512-byte sector");
         }
-        var config = guest.config(backing).withVirtio(disks, rng);
+        if (vsock != null) VsockOption.check("--vsock", vsock);
+        var config = guest.config(backing).withVirtio(disks, rng).withVsock(vsock);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             if (guest.cpus > kvm.maxVcpus()) {
                 throw new UsageException(

@@ -167,6 +167,7 @@ public final class DeviceTable {
         var slots = new ArrayList<VirtioSlot>();
         for (var disk : config.disks()) slots.add(new VirtioSlot(slots.size(), "virtio-blk" + slots.size(), disk));
         if (config.rng()) slots.add(new VirtioSlot(slots.size(), "virtio-rng", new VirtioConfig.Rng()));
+        if (config.vsock() != null) slots.add(new VirtioSlot(slots.size(), "virtio-vsock", config.vsock()));
         if (slots.size() > VIRTIO_MAX_DEVICES)
             throw new IllegalArgumentException("at most " + VIRTIO_MAX_DEVICES + " virtio devices (disks and rng)");
         return slots;

@@ -13,6 +13,7 @@ import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashSet;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
@@ -98,11 +99,23 @@ public final class LocalMigration {
                     expect(peer, MigrationProtocol.Prepared.class);
                     // Phase 2, the downtime: only vCPU, VM and device state moves.
                     var saved = VmSnapshots.save(
-                            vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, firstDisk, RamWriter.Progress.NONE);
+                            vm,
+                            dir,
+                            true,
+                            VmSnapshots.After.STAY_PAUSED,
+                            true,
+                            firstDisk,
+                            RamWriter.Progress.NONE,
+                            fds.size());
                     long pausedAt = saved.pausedAtNanos();
                     long savedAt = System.nanoTime();
-                    peer.send(MigrationProtocol.encode(
-                            new MigrationProtocol.State(dir, deadline), MigrationProtocol.VERSION));
+                    // The vsock sockets go with the state: the device's connections change until the pause.
+                    peer.send(
+                            MigrationProtocol.encode(
+                                    new MigrationProtocol.State(dir, deadline), MigrationProtocol.VERSION),
+                            vm.vsockDescriptors().stream()
+                                    .mapToInt(Integer::intValue)
+                                    .toArray());
                     var running = expect(peer, MigrationProtocol.Running.class);
                     handedOver = true; // the guest runs there now; from here on it must never resume here
                     long now = System.nanoTime();
@@ -265,6 +278,12 @@ public final class LocalMigration {
         }
     }
 
+    private static int[] concat(int[] a, int[] b) {
+        int[] all = Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, all, a.length, b.length);
+        return all;
+    }
+
     private static Vm receiveOn(
             Kvm kvm,
             UnixSocket peer,
@@ -306,7 +325,7 @@ public final class LocalMigration {
                 var next = peer.receive();
                 if (next == null)
                     throw new SnapshotException("the source closed the connection before sending the VM's state");
-                for (int fd : next.fds()) LibC.close(fd);
+                fds = concat(fds, next.fds()); // a vsock device's sockets, numbered after the first message's
                 var m = MigrationProtocol.decode(next.data());
                 if (!(m instanceof MigrationProtocol.State s))
                     throw new SnapshotException("the source sent " + m + " instead of the state");

@@ -8,7 +8,7 @@ import java.util.List;
  * What to build: RAM size and backing, vCPU count, the kernel (an ELF image's or a bzImage's
  * bytes and a name for messages), an optional initrd (null for none), the kernel command line,
  * which of the kernel's entries to boot, and the optional virtio devices: disks in order, then an
- * entropy device.
+ * entropy device, then a vsock device (null for none).
  */
 public record MachineConfig(
         long memoryBytes,
@@ -20,7 +20,8 @@ public record MachineConfig(
         String cmdline,
         BootProtocol boot,
         List<DiskConfig> disks,
-        boolean rng) {
+        boolean rng,
+        VsockConfig vsock) {
     public MachineConfig {
         if (cpus < 1) throw new IllegalArgumentException("at least one vCPU");
         disks = List.copyOf(disks);
@@ -39,6 +40,21 @@ public record MachineConfig(
         this(memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, List.of(), false);
     }
 
+    /** A machine without a vsock device. */
+    public MachineConfig(
+            long memoryBytes,
+            int cpus,
+            Backing backing,
+            String kernelName,
+            byte[] kernel,
+            byte[] initrd,
+            String cmdline,
+            BootProtocol boot,
+            List<DiskConfig> disks,
+            boolean rng) {
+        this(memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, null);
+    }
+
     /** A machine booted through the kernel's default entry ({@link BootProtocol#AUTO}). */
     public MachineConfig(
             long memoryBytes,
@@ -53,11 +69,19 @@ public record MachineConfig(
 
     /** The same machine with its RAM in {@code other} (a clone's private view, a template's shared file). */
     public MachineConfig withBacking(Backing other) {
-        return new MachineConfig(memoryBytes, cpus, other, kernelName, kernel, initrd, cmdline, boot, disks, rng);
+        return new MachineConfig(
+                memoryBytes, cpus, other, kernelName, kernel, initrd, cmdline, boot, disks, rng, vsock);
     }
 
     /** The same machine with these virtio devices. */
     public MachineConfig withVirtio(List<DiskConfig> disks, boolean rng) {
-        return new MachineConfig(memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng);
+        return new MachineConfig(
+                memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, vsock);
+    }
+
+    /** The same machine with this vsock device (null for none). */
+    public MachineConfig withVsock(VsockConfig vsock) {
+        return new MachineConfig(
+                memoryBytes, cpus, backing, kernelName, kernel, initrd, cmdline, boot, disks, rng, vsock);
     }
 }

@@ -5,6 +5,7 @@ import dev.panamavmm.devices.virtio.VirtioBlock;
 import dev.panamavmm.devices.virtio.VirtioDevice;
 import dev.panamavmm.devices.virtio.VirtioMmio;
 import dev.panamavmm.devices.virtio.VirtioRng;
+import dev.panamavmm.devices.virtio.VirtioVsock;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.LibcConstants;
@@ -55,6 +56,9 @@ final class VirtioHost implements AutoCloseable {
     private final int irqFd;
     private final int[] queueFds;
     private final ExecutorService io;
+    /** A vsock device's host sockets, else null. */
+    private final UnixVsockBackend vsock;
+
     private final List<Thread> threads = new ArrayList<>();
     private volatile boolean stopping;
 
@@ -66,14 +70,17 @@ final class VirtioHost implements AutoCloseable {
             OpenDisk disk,
             int irqFd,
             int[] queueFds,
-            ExecutorService io) {
+            ExecutorService io,
+            UnixVsockBackend vsock) {
         this.slot = slot;
+        this.vsock = vsock;
         this.irqFd = irqFd;
         this.queueFds = queueFds;
         this.io = io;
         this.device = switch (slot.config()) {
             case DiskConfig d -> new VirtioBlock(slot.name(), disk.backend(), d.readOnly(), d.id(), io, ioThreads(d));
             case VirtioConfig.Rng r -> new VirtioRng(slot.name(), LibC::getrandom);
+            case VsockConfig v -> new VirtioVsock(slot.name(), v.cid(), vsock);
         };
         if (device.queueCount() != queueFds.length)
             throw new IllegalStateException(
@@ -100,6 +107,7 @@ final class VirtioHost implements AutoCloseable {
             DeviceTable.VirtioSlot slot, VirtioMmio.State state, VmFd vmFd, GuestMemory memory, OpenDisk disk) {
         var fds = new ArrayList<Integer>();
         ExecutorService io = null;
+        UnixVsockBackend vsock = null;
         try {
             int irq = LibC.eventfd(0, LibcConstants.EFD_CLOEXEC | LibcConstants.EFD_NONBLOCK);
             fds.add(irq);
@@ -116,9 +124,11 @@ final class VirtioHost implements AutoCloseable {
                                 .name(slot.name() + "-io-", 0)
                                 .factory());
             }
-            return new VirtioHost(slot, state, vmFd, memory, disk, irq, queues, io);
+            if (slot.config() instanceof VsockConfig v) vsock = UnixVsockBackend.open(v);
+            return new VirtioHost(slot, state, vmFd, memory, disk, irq, queues, io, vsock);
         } catch (RuntimeException e) {
             fds.forEach(LibC::close);
+            if (vsock != null) vsock.close(true);
             if (io != null) io.shutdownNow();
             throw e;
         }
@@ -129,6 +139,7 @@ final class VirtioHost implements AutoCloseable {
         return switch (config) {
             case DiskConfig d -> 1;
             case VirtioConfig.Rng r -> 1;
+            case VsockConfig v -> 3;
         };
     }
 
@@ -223,5 +234,19 @@ final class VirtioHost implements AutoCloseable {
         }
         for (int fd : queueFds) LibC.close(fd);
         LibC.close(irqFd);
+        // A device paused at its end handed its sockets to a new process (or was saved to a file): the path stays.
+        if (vsock != null) vsock.close(!((VirtioVsock) device).paused());
+    }
+
+    /**
+     * A vsock device's host sockets for a live update, as its last saved state lists them: the
+     * listener, then every connection; empty for other devices.
+     */
+    List<Integer> vsockDescriptors() {
+        if (vsock == null) return List.of();
+        var fds = new ArrayList<Integer>();
+        fds.add(vsock.listenerFd());
+        for (var s : ((VirtioVsock) device).savedStreams()) fds.add(UnixVsockBackend.fd(s));
+        return fds;
     }
 }

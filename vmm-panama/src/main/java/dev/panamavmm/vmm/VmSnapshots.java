@@ -85,6 +85,24 @@ public final class VmSnapshots {
             int firstDiskDescriptor,
             RamWriter.Progress progress)
             throws InterruptedException {
+        return save(vm, dir, bypass, after, passMemfd, firstDiskDescriptor, progress, -1);
+    }
+
+    /**
+     * As above; with {@code firstStateDescriptor} >= 0 a vsock device's host sockets travel too,
+     * with the state message of a live update: its listener as descriptor
+     * {@code firstStateDescriptor}, its connections after it ({@link Vm#vsockDescriptors}).
+     */
+    public static Saved save(
+            Vm vm,
+            Path dir,
+            boolean bypass,
+            After after,
+            boolean passMemfd,
+            int firstDiskDescriptor,
+            RamWriter.Progress progress,
+            int firstStateDescriptor)
+            throws InterruptedException {
         boolean resume = after == After.RESUME;
         boolean anyShared = vm.memory().blocks().stream().anyMatch(b -> b.shared());
         if (bypass && resume && anyShared) {
@@ -165,6 +183,7 @@ public final class VmSnapshots {
                     "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
                     "devices", DeviceTable.sections(c),
                     "createdBy", "panama-vmm");
+            if (c.vsock() != null) machineEntry(metadata).put("vsock", vsockEntry(vm, c.vsock(), firstStateDescriptor));
             long ram = System.nanoTime();
             Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
             long end = System.nanoTime();
@@ -227,6 +246,46 @@ public final class VmSnapshots {
             entries.add(e);
         }
         return entries;
+    }
+
+    @SuppressWarnings("unchecked")
+    private static Map<String, Object> machineEntry(Map<String, Object> metadata) {
+        return (Map<String, Object>) metadata.get("machine");
+    }
+
+    /**
+     * The vsock device as the metadata lists it: CID, socket path and, when its host sockets
+     * travel with a live update's state message, where they start among the descriptors and how
+     * many there are (the listener and each connection of the device's saved state).
+     */
+    private static Map<String, Object> vsockEntry(Vm vm, VsockConfig v, int first) {
+        var e = Json.object("cid", v.cid(), "uds", v.uds().toAbsolutePath().toString());
+        if (first >= 0) {
+            e.put("descriptor", (long) first);
+            e.put("descriptors", (long) vm.vsockDescriptors().size());
+        }
+        return e;
+    }
+
+    /** The vsock device of a snapshot's machine entry, or null; its passed sockets from {@code descriptors}. */
+    private static VsockConfig vsockOf(Map<String, Object> machine, int[] descriptors) {
+        if (!(machine.get("vsock") instanceof Map<?, ?>)) return null;
+        var e = Json.asObject(machine.get("vsock"), "vsock");
+        VsockConfig v;
+        try {
+            v = new VsockConfig(e.get("cid") instanceof Long cid ? cid : -1, Path.of(String.valueOf(e.get("uds"))));
+        } catch (IllegalArgumentException ex) {
+            throw new SnapshotException("the snapshot names its vsock device badly: " + ex.getMessage());
+        }
+        if (e.get("descriptor") instanceof Long first && e.get("descriptors") instanceof Long count) {
+            if (first < 0 || count < 1 || first + count > descriptors.length)
+                throw new SnapshotException("the snapshot's vsock sockets are descriptors " + first + " to "
+                        + (first + count - 1) + " but " + descriptors.length + " came with it");
+            var passed = new ArrayList<Integer>();
+            for (long i = first; i < first + count; i++) passed.add(descriptors[(int) i]);
+            v = v.withPassed(passed);
+        }
+        return v;
     }
 
     /** Resumes a VM after a failed operation; a VM that ended meanwhile stays ended. */
@@ -392,7 +451,8 @@ public final class VmSnapshots {
                         new byte[0],
                         null,
                         String.valueOf(machine.get("cmdline")))
-                .withVirtio(disks, Boolean.TRUE.equals(machine.get("rng")));
+                .withVirtio(disks, Boolean.TRUE.equals(machine.get("rng")))
+                .withVsock(vsockOf(machine, descriptors));
         List<DeviceTable.VirtioSlot> slots;
         try {
             slots = DeviceTable.virtio(config);
