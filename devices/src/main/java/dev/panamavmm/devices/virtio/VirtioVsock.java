@@ -88,11 +88,12 @@ public final class VirtioVsock implements VirtioDevice {
         Phase phase;
         VsockBackend.Stream stream;
         final ByteQueue toGuest = new ByteQueue(TO_GUEST_BUFFER);
-        final ByteQueue toHost = new ByteQueue(BUF_ALLOC);
+        final ByteQueue toHost = new ByteQueue(BUF_ALLOC + MAX_LINE); // the guest's credit and the OK line
         int guestBufAlloc, guestFwdCnt; // the guest's credit, as it last said
         int rxCnt; // payload bytes sent to the guest
         int fwdCnt; // guest bytes written to the host socket
         int lastFwdSent; // fwd_cnt as the guest last heard it
+        int lineBytes; // of toHost, the OK line's: not the guest's bytes, so not in fwd_cnt
         boolean hostEof, guestShutdown, shutdownSent, creditQueued;
 
         Conn(int guestPort, int hostPort, Phase phase, VsockBackend.Stream stream) {
@@ -344,7 +345,8 @@ public final class VirtioVsock implements VirtioDevice {
                 }
                 case OP_RW -> {
                     if (c == null || c.phase != Phase.ESTABLISHED || c.guestShutdown) reset(c, srcPort, dstPort);
-                    else if (len > c.toHost.free()) reset(c, srcPort, dstPort); // beyond its credit
+                    else if (c.toHost.size() - c.lineBytes + len > BUF_ALLOC)
+                        reset(c, srcPort, dstPort); // beyond its credit
                     else if (payload != null) {
                         c.toHost.add(payload, 0, (int) len);
                         flush(c);
@@ -413,7 +415,9 @@ public final class VirtioVsock implements VirtioDevice {
             }
             if (n == 0) break;
             c.toHost.drop((int) n);
-            if (c.phase == Phase.ESTABLISHED) c.fwdCnt += (int) n; // the OK line is not the guest's
+            int line = Math.min(c.lineBytes, (int) n);
+            c.lineBytes -= line;
+            c.fwdCnt += (int) n - line;
         }
         // The guest may be waiting for credit: tell it once half its window is free again.
         if (c.fwdCnt - c.lastFwdSent >= BUF_ALLOC / 2) queueCredit(c);
@@ -669,6 +673,7 @@ public final class VirtioVsock implements VirtioDevice {
                 out.writeInt(c.rxCnt);
                 out.writeInt(c.fwdCnt);
                 out.writeInt(c.lastFwdSent);
+                out.writeInt(c.lineBytes);
                 out.writeInt((c.hostEof ? 1 : 0)
                         | (c.guestShutdown ? 2 : 0)
                         | (c.shutdownSent ? 4 : 0)
@@ -732,13 +737,16 @@ public final class VirtioVsock implements VirtioDevice {
                 c.rxCnt = in.readInt();
                 c.fwdCnt = in.readInt();
                 c.lastFwdSent = in.readInt();
+                c.lineBytes = in.readInt();
+                if (c.lineBytes < 0 || c.lineBytes > MAX_LINE)
+                    throw new IllegalArgumentException("an OK line of " + c.lineBytes + " bytes");
                 int flags = in.readInt();
                 c.hostEof = (flags & 1) != 0;
                 c.guestShutdown = (flags & 2) != 0;
                 c.shutdownSent = (flags & 4) != 0;
                 c.creditQueued = (flags & 8) != 0;
                 c.toGuest.add(readBytes(in, TO_GUEST_BUFFER, "bytes for the guest"));
-                c.toHost.add(readBytes(in, BUF_ALLOC, "bytes for the host"));
+                c.toHost.add(readBytes(in, BUF_ALLOC + MAX_LINE, "bytes for the host"));
                 restoredConns.add(c);
             }
             if (in.read() != -1) throw new IllegalArgumentException("the vsock state has trailing bytes");
