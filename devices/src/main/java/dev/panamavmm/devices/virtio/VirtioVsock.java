@@ -419,6 +419,8 @@ public final class VirtioVsock implements VirtioDevice {
             c.lineBytes -= line;
             c.fwdCnt += (int) n - line;
         }
+        // Bytes left for a full socket: the worker must watch it for room (its wait may predate them).
+        if (!c.toHost.isEmpty() && Thread.currentThread() != worker) backend.wake();
         // The guest may be waiting for credit: tell it once half its window is free again.
         if (c.fwdCnt - c.lastFwdSent >= BUF_ALLOC / 2) queueCredit(c);
         settle(c);
