@@ -89,12 +89,19 @@ class VsockGuestTest {
 
         /** Waits until both directions moved at least {@code bytes} beyond the given counts. */
         void awaitProgress(long rx, long tx, long bytes) throws InterruptedException {
+            awaitProgress(rx, tx, bytes, () -> "");
+        }
+
+        /** As above; {@code why} says what the device and the guest show when it fails. */
+        void awaitProgress(long rx, long tx, long bytes, java.util.function.Supplier<String> why)
+                throws InterruptedException {
             long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
             while (received.get() < rx + bytes || sent.get() < tx + bytes) {
                 assertNull(error.get(), error.get());
                 assertTrue(
                         System.nanoTime() < deadline,
-                        "no progress: received " + received.get() + " sent " + sent.get());
+                        "no progress: received " + received.get() + " sent " + sent.get() + (ended ? " (ended)" : "")
+                                + "\n" + why.get());
                 Thread.sleep(10);
             }
             assertNull(error.get());
@@ -148,8 +155,9 @@ class VsockGuestTest {
                 // A host program that never reads what the guest sends it.
                 var deaf = connect(uds, 5001);
                 console.await("vsock accepted 5001 .*", 30);
-                fromGuest.awaitProgress(0, 0, 1 << 20);
-                toGuest.awaitProgress(0, 0, 1 << 20);
+                var booted = vm;
+                fromGuest.awaitProgress(0, 0, 1 << 20, () -> diagnose(booted, console));
+                toGuest.awaitProgress(0, 0, 1 << 20, () -> diagnose(booted, console));
 
                 // Live update: the same host sockets stay open, every byte checked on both sides.
                 var socket = dir.resolve("m.sock");
@@ -202,6 +210,18 @@ class VsockGuestTest {
                 Files.deleteIfExists(ram);
             }
         }
+    }
+
+    /** The device's connection counters and the console's lines but the per-heartbeat ones, for a failure's message. */
+    static String diagnose(Vm vm, SnapshotTest.Console console) {
+        var device = (VirtioVsock) vm.virtioDevices().getFirst().transport().device();
+        var lines = console.text().lines().toList();
+        var events =
+                lines.stream().filter(l -> !l.matches("hb .*|vsock \\d+ rx=.*")).toList();
+        return String.join("\n", device.connectionCounters()) + "\nconsole (no heartbeats):\n"
+                + String.join("\n", events.subList(Math.max(0, events.size() - 40), events.size()))
+                + "\nconsole (its end):\n"
+                + String.join("\n", lines.subList(Math.max(0, lines.size() - 6), lines.size()));
     }
 
     private static int count(String text, String what) {

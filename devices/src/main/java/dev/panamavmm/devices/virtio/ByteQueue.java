@@ -27,6 +27,7 @@ final class ByteQueue {
     /** Appends {@code n} bytes of {@code from} at {@code offset}; the caller has checked {@link #free}. */
     void add(MemorySegment from, long offset, int n) {
         if (n > free()) throw new IllegalStateException(n + " bytes into a queue with room for " + free());
+        if (n == 0) return; // an empty queue has no array yet to take the tail's modulus of
         ensure(size + n);
         int tail = (head + size) % buf.length;
         int first = Math.min(n, buf.length - tail);

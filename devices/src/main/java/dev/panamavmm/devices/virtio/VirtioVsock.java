@@ -328,8 +328,10 @@ public final class VirtioVsock implements VirtioDevice {
                 case OP_RESPONSE -> {
                     if (c != null && c.phase == Phase.REQUESTED && c.toHost.isEmpty()) {
                         c.phase = Phase.ESTABLISHED;
-                        c.toHost.add(("OK " + Integer.toUnsignedString(c.hostPort) + "\n")
-                                .getBytes(StandardCharsets.US_ASCII));
+                        byte[] ok = ("OK " + Integer.toUnsignedString(c.hostPort) + "\n")
+                                .getBytes(StandardCharsets.US_ASCII);
+                        c.toHost.add(ok);
+                        c.lineBytes = ok.length; // the device's, not the guest's: never counted in fwd_cnt
                         flush(c);
                         kickRx(); // bytes the host sent after its line may wait
                     } else reset(c, srcPort, dstPort);
@@ -456,6 +458,32 @@ public final class VirtioVsock implements VirtioDevice {
         for (var c : conns.values()) n += c.toGuest.size() + c.toHost.size();
         for (var l : lines) n += l.bytes.size();
         return n;
+    }
+
+    /**
+     * One line per connection with its counters (ports, phase, bytes each way, credit both ways,
+     * bytes buffered): what the VMM's debug log shows and a stalled test prints.
+     */
+    public synchronized List<String> connectionCounters() {
+        var out = new ArrayList<String>();
+        for (var c : conns.values()) {
+            out.add("guest port " + Integer.toUnsignedString(c.guestPort)
+                    + " host port " + Integer.toUnsignedString(c.hostPort)
+                    + " " + c.phase.name().toLowerCase(java.util.Locale.ROOT)
+                    + (c.stream == null ? " (no socket)" : "")
+                    + ": to guest " + Integer.toUnsignedString(c.rxCnt)
+                    + " (buffered " + c.toGuest.size() + ", guest credit " + c.guestCredit()
+                    + ", guest buf_alloc " + c.guestBufAlloc + " fwd_cnt " + Integer.toUnsignedString(c.guestFwdCnt)
+                    + ")"
+                    + ", to host " + Integer.toUnsignedString(c.fwdCnt)
+                    + " (buffered " + c.toHost.size() + ", fwd_cnt last sent " + Integer.toUnsignedString(c.lastFwdSent)
+                    + (c.creditQueued ? ", credit update queued" : "") + ")"
+                    + (c.hostEof ? ", host closed" : "")
+                    + (c.guestShutdown ? ", guest shut down" : ""));
+        }
+        for (var l : lines) out.add("host line of " + l.bytes.size() + " bytes, no CONNECT yet");
+        out.add("packets for the guest waiting: " + control.size() + " control, receive take limit " + takeLimit(RX));
+        return out;
     }
 
     /** Open connections (established or being set up, host lines not yet read included). */
