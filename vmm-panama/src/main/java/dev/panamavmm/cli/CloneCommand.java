@@ -5,6 +5,7 @@ import dev.panamavmm.api.ApiException;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.vmm.Templates;
+import dev.panamavmm.vmm.VsockConfig;
 import java.io.File;
 import java.io.IOException;
 import java.nio.file.FileAlreadyExistsException;
@@ -31,6 +32,7 @@ final class CloneCommand implements Cli.Command {
     Path consoleDir;
     Path apiSocketDir;
     final List<Path> disks = new ArrayList<>();
+    VsockConfig.ForClone vsock;
     boolean consoleGiven;
 
     static final int MAX_COUNT = 1000;
@@ -86,7 +88,14 @@ final class CloneCommand implements Cli.Command {
                         "for one clone in the foreground: make its private copy of the template's next writable disk"
                                 + " here (a reflink copy, or an overlay over the template's disk; default: beside it as"
                                 + " DISK.clone-PID-N; repeat for more disks)",
-                        v -> disks.add(Path.of(v)));
+                        v -> disks.add(Path.of(v)))
+                .option(
+                        "--vsock",
+                        "[cid=N,]uds=PATH",
+                        null,
+                        "for one clone in the foreground of a template with a vsock device: listen on this Unix socket"
+                                + " (and give the guest this CID) instead of the template's",
+                        v -> vsock = VsockOption.parseForClone("--vsock", v));
     }
 
     @Override
@@ -96,6 +105,9 @@ final class CloneCommand implements Cli.Command {
         if ((count > 1 || consoleDir != null || apiSocketDir != null) && !disks.isEmpty())
             throw new UsageException(
                     "--disk names one clone's disk: not with --count, --console-dir or --api-socket-dir");
+        if ((count > 1 || consoleDir != null || apiSocketDir != null) && vsock != null)
+            throw new UsageException(
+                    "--vsock names one clone's socket: not with --count, --console-dir or --api-socket-dir");
         if (count > 1 || consoleDir != null || apiSocketDir != null) return startProcesses(io);
         ConsoleIo.checkSpec(console);
         var loaded = Templates.open(template); // before KVM: see RestoreCommand
@@ -107,7 +119,7 @@ final class CloneCommand implements Cli.Command {
                     false,
                     io.err(),
                     null,
-                    (out, listener) -> Templates.clone(kvm, loaded, disks, out, listener));
+                    (out, listener) -> Templates.clone(kvm, loaded, disks, vsock, out, listener));
         }
     }
 

@@ -9,6 +9,7 @@ import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
+import dev.panamavmm.vmm.VsockConfig;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.FileAlreadyExistsException;
@@ -16,6 +17,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutorService;
@@ -48,9 +50,11 @@ public final class CloneService implements AutoCloseable {
     public ApiHandler handler(Runnable quit) {
         return (command, args) -> switch (command) {
             case "clone" -> {
-                ApiHandler.expect(command, args, "template", "count");
-                yield clone(Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")), (int)
-                        ApiHandler.number(args, "count", 1));
+                ApiHandler.expect(command, args, "template", "count", "vsock");
+                yield clone(
+                        Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")),
+                        (int) ApiHandler.number(args, "count", 1),
+                        VsockConfig.ForClone.fromJson(args.get("vsock")));
             }
             case "query-clones" ->
                 clones.values().stream()
@@ -84,7 +88,14 @@ public final class CloneService implements AutoCloseable {
 
     /** Starts {@code count} clones of a template; returns when all of them run. */
     public Map<String, Object> clone(Path template, int count) throws IOException {
+        return clone(template, count, null);
+    }
+
+    /** As above; {@code vsock} (null: the template's) is where the one clone's vsock device listens. */
+    public Map<String, Object> clone(Path template, int count, VsockConfig.ForClone vsock) throws IOException {
         if (count < 1 || count > 1000) throw new IllegalArgumentException("\"count\" must be 1 to 1000");
+        if (vsock != null && count != 1)
+            throw new IllegalArgumentException("\"vsock\" names one clone's socket: \"count\" must be 1");
         long start = System.nanoTime();
         var loaded = templates.computeIfAbsent(template.toAbsolutePath().normalize(), p -> Templates.open(p));
         var started = new ArrayList<Object>();
@@ -111,7 +122,7 @@ public final class CloneService implements AutoCloseable {
             }
             Vm vm;
             try {
-                vm = Templates.clone(kvm, loaded, console, new VmListener() {});
+                vm = Templates.clone(kvm, loaded, List.of(), vsock, console, new VmListener() {});
             } catch (RuntimeException e) {
                 console.close();
                 throw e;

@@ -12,6 +12,7 @@ import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmListener;
 import dev.panamavmm.vmm.VmSnapshots;
+import dev.panamavmm.vmm.VsockConfig;
 import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
@@ -21,6 +22,7 @@ import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.CompletableFuture;
@@ -109,10 +111,11 @@ public final class Standby implements AutoCloseable {
                             ApiHandler.flag(args, "resume", true));
                 }
                 case "clone" -> {
-                    ApiHandler.expect(command, args, "template", "resume");
+                    ApiHandler.expect(command, args, "template", "resume", "vsock");
                     var dir = Path.of(ApiHandler.requireString(args, "template", "a template directory"));
+                    var vsock = VsockConfig.ForClone.fromJson(args.get("vsock"));
                     yield adopt(
-                            () -> Templates.clone(kvm, Templates.open(dir), console, listener),
+                            () -> Templates.clone(kvm, Templates.open(dir), List.of(), vsock, console, listener),
                             ApiHandler.flag(args, "resume", true));
                 }
                 case "boot" -> {

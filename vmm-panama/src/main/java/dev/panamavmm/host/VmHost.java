@@ -17,6 +17,7 @@ import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmSnapshots;
+import dev.panamavmm.vmm.VsockConfig;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.channels.FileChannel;
@@ -248,8 +249,9 @@ public final class VmHost implements AutoCloseable {
                 yield start(command, args);
             }
             case "clone" -> {
-                ApiHandler.expect(command, args, "template", "resume");
+                ApiHandler.expect(command, args, "template", "resume", "vsock");
                 ApiHandler.requireString(args, "template", "a template directory");
+                VsockConfig.ForClone.fromJson(args.get("vsock")); // refused here, before a worker is taken
                 yield start(command, args);
             }
             case "incoming" -> {
@@ -406,7 +408,14 @@ public final class VmHost implements AutoCloseable {
                             VmBuilder.Mode.CONTINUE,
                             out,
                             listener);
-                case "clone" -> Templates.clone(kvm, template(Path.of((String) args.get("template"))), out, listener);
+                case "clone" ->
+                    Templates.clone(
+                            kvm,
+                            template(Path.of((String) args.get("template"))),
+                            List.of(),
+                            VsockConfig.ForClone.fromJson(args.get("vsock")),
+                            out,
+                            listener);
                 default -> VmBuilder.boot(kvm, Standby.machine(args), out, listener);
             };
         } catch (Exception e) {

@@ -2,6 +2,7 @@ package dev.panamavmm.vmm;
 
 import java.nio.file.Path;
 import java.util.List;
+import java.util.Map;
 import java.util.Objects;
 
 /**
@@ -43,5 +44,51 @@ public record VsockConfig(long cid, Path uds, List<Integer> passed) implements V
         }
         if (cid == null || uds == null) throw new IllegalArgumentException("a vsock device needs cid=N,uds=PATH");
         return new VsockConfig(cid, Path.of(uds));
+    }
+
+    /**
+     * A clone's own vsock device in place of its template's: the socket path {@code uds} and the
+     * CID ({@code cid} 0 keeps the template's). Clones of one template need one each: two VMMs
+     * cannot listen on one path.
+     */
+    public record ForClone(long cid, Path uds) {
+        public ForClone {
+            Objects.requireNonNull(uds, "uds");
+            if (cid != 0 && (cid < 3 || cid > 0xFFFF_FFFFL))
+                throw new IllegalArgumentException(
+                        "cid=" + cid + ": a guest CID is 3 to 4294967295 (0-2 are reserved)");
+        }
+
+        /** The template's device {@code template} with this socket path and CID. */
+        VsockConfig applyTo(VsockConfig template) {
+            return new VsockConfig(cid == 0 ? template.cid() : cid, uds);
+        }
+
+        /** Parses {@code [cid=N,]uds=PATH}; IllegalArgumentException with a sentence for anything else. */
+        public static ForClone parse(String spec) {
+            if (!spec.contains("cid=")) {
+                var any = VsockConfig.parse("cid=3," + spec); // the same words; the CID stays the template's
+                return new ForClone(0, any.uds());
+            }
+            var v = VsockConfig.parse(spec);
+            return new ForClone(v.cid(), v.uds());
+        }
+
+        /** The API's {@code "vsock": {"cid": N, "uds": PATH}} ({@code cid} optional); null stays null. */
+        public static ForClone fromJson(Object value) {
+            if (value == null) return null;
+            if (!(value instanceof Map<?, ?> m))
+                throw new IllegalArgumentException("\"vsock\" must be an object: {\"cid\": N, \"uds\": PATH}");
+            for (var k : m.keySet()) {
+                if (!"cid".equals(k) && !"uds".equals(k))
+                    throw new IllegalArgumentException("unexpected \"vsock\" member \"" + k + "\" (it takes cid, uds)");
+            }
+            if (!(m.get("uds") instanceof String uds) || uds.isBlank())
+                throw new IllegalArgumentException("\"vsock\" needs \"uds\": the clone's socket path");
+            Object cid = m.get("cid");
+            if (cid != null && !(cid instanceof Long))
+                throw new IllegalArgumentException("\"vsock\" \"cid\" must be an integer");
+            return new ForClone(cid == null ? 0 : (Long) cid, Path.of(uds));
+        }
     }
 }

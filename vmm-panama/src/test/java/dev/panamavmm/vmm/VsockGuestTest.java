@@ -212,6 +212,75 @@ class VsockGuestTest {
         }
     }
 
+    @KvmTest
+    void clonesListenWhereTheirOverrideSaysWithTheirOwnCid(@TempDir Path dir) throws Exception {
+        var console = new SnapshotTest.Console();
+        var tpl = dir.resolve("tpl");
+        try (var kvm = Kvm.open()) {
+            var config = TemplateTest.guest("testguest.vsock=listen:5000")
+                    .withVsock(new VsockConfig(7, dir.resolve("t.sock")));
+            Templates.create(
+                    kvm, tpl, config, Path.of("/dev/shm"), console, new java.util.concurrent.CompletableFuture<>(), 60);
+            var loaded = Templates.open(tpl);
+            var consoles = new SnapshotTest.Console[] {new SnapshotTest.Console(), new SnapshotTest.Console()};
+            var vms = new java.util.ArrayList<Vm>();
+            try {
+                for (int i = 0; i < 2; i++) {
+                    var vsock = new VsockConfig.ForClone(i == 0 ? 0 : 9, dir.resolve("c" + i + ".sock"));
+                    var vm = Templates.clone(kvm, loaded, java.util.List.of(), vsock, consoles[i], new VmListener() {});
+                    vms.add(vm);
+                    vm.start();
+                }
+                consoles[0].await("vsock transport reset cid=7", 30); // the template's CID kept
+                consoles[1].await("vsock transport reset cid=9", 30); // its own
+                for (int i = 0; i < 2; i++) {
+                    try (var peer = new Peer(connect(dir.resolve("c" + i + ".sock"), 5000))) {
+                        peer.awaitProgress(0, 0, 256 * 1024);
+                    }
+                }
+                // Without an override a second clone would listen where the first does: refused in one line.
+                var e = org.junit.jupiter.api.Assertions.assertThrows(
+                        RuntimeException.class,
+                        () -> Templates.clone(
+                                kvm,
+                                loaded,
+                                java.util.List.of(),
+                                new VsockConfig.ForClone(0, dir.resolve("c0.sock")),
+                                new SnapshotTest.Console(),
+                                new VmListener() {}));
+                assertTrue(e.getMessage().contains("in use"), e.getMessage());
+            } finally {
+                for (var vm : vms) vm.close();
+                Templates.remove(tpl);
+            }
+        }
+    }
+
+    @org.junit.jupiter.api.Test
+    void aCloneOverrideIsParsedOrRefusedInOneSentence() {
+        assertEquals(
+                new VsockConfig.ForClone(0, Path.of("/run/c.sock")), VsockConfig.ForClone.parse("uds=/run/c.sock"));
+        assertEquals(new VsockConfig.ForClone(12, Path.of("c.sock")), VsockConfig.ForClone.parse("cid=12,uds=c.sock"));
+        assertEquals(
+                new VsockConfig(12, Path.of("c.sock")),
+                VsockConfig.ForClone.fromJson(java.util.Map.of("cid", 12L, "uds", "c.sock"))
+                        .applyTo(new VsockConfig(7, Path.of("t.sock"))));
+        assertEquals(
+                new VsockConfig(7, Path.of("c.sock")),
+                VsockConfig.ForClone.fromJson(java.util.Map.of("uds", "c.sock"))
+                        .applyTo(new VsockConfig(7, Path.of("t.sock"))));
+        for (var bad : java.util.List.of("cid=2,uds=x", "uds=", "cid=x,uds=y", "port=3,uds=x"))
+            org.junit.jupiter.api.Assertions.assertThrows(
+                    IllegalArgumentException.class, () -> VsockConfig.ForClone.parse(bad), bad);
+        for (Object bad : java.util.List.<Object>of(
+                "x",
+                java.util.Map.of("cid", 5L),
+                java.util.Map.of("uds", "x", "port", 1L),
+                java.util.Map.of("uds", "x", "cid", "5")))
+            org.junit.jupiter.api.Assertions.assertThrows(
+                    IllegalArgumentException.class, () -> VsockConfig.ForClone.fromJson(bad), String.valueOf(bad));
+    }
+
     /** The device's connection counters and the console's lines but the per-heartbeat ones, for a failure's message. */
     static String diagnose(Vm vm, SnapshotTest.Console console) {
         var device = (VirtioVsock) vm.virtioDevices().getFirst().transport().device();
