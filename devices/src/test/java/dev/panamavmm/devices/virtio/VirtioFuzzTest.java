@@ -9,6 +9,7 @@ import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -56,6 +57,23 @@ class VirtioFuzzTest {
             fuzz(new Random(0xb1c), () -> new VirtioBlock("virtio-blk0", backend, false, "fuzz", Runnable::run, 0));
         }
         assertEquals(32 * 512, Files.size(file), "the disk never grows");
+    }
+
+    @Test
+    void vsockDeviceSurvivesNonsense() throws IOException {
+        // The transport-level nonsense on its receive queue (0); VirtioVsockTest sends it nonsense packets.
+        try (var backend = new ChannelVsockBackend(dir.resolve("v.sock"))) {
+            var made = new ArrayList<VirtioVsock>();
+            fuzz(new Random(0x75c), () -> {
+                var device = new VirtioVsock("virtio-vsock", 3, backend);
+                made.add(device);
+                return device;
+            });
+            for (var device : made) {
+                assertEquals(0, device.connections());
+                assertEquals(0, device.bufferedBytes());
+            }
+        }
     }
 
     private void fuzz(Random random, Factory factory) throws IOException {

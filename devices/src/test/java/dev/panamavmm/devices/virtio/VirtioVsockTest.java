@@ -174,23 +174,20 @@ class VirtioVsockTest {
 
         /** One packet on the transmit queue; waits until the device has used it. */
         void send(int srcPort, int dstPort, int op, int bufAlloc, int fwdCnt, byte[] payload) {
+            var h = header(CID, HOST_CID, srcPort, dstPort, payload.length, TYPE_STREAM, op, bufAlloc, fwdCnt);
+            var packet = new byte[HEADER + payload.length];
+            System.arraycopy(h, 0, packet, 0, HEADER);
+            System.arraycopy(payload, 0, packet, HEADER, payload.length);
+            transmit(packet);
+        }
+
+        /** Any bytes as one transmit buffer (a header that lies included); waits until the device has used it. */
+        void transmit(byte[] packet) {
             int d = txNext++ % SIZE;
             long addr = 0x300000 + (long) d * 0x11000;
-            var h = MemorySegment.ofArray(new byte[HEADER]);
-            var le = ByteOrder.LITTLE_ENDIAN;
-            h.set(ValueLayout.JAVA_LONG_UNALIGNED.withOrder(le), 0, CID);
-            h.set(ValueLayout.JAVA_LONG_UNALIGNED.withOrder(le), 8, HOST_CID);
-            h.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(le), 16, srcPort);
-            h.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(le), 20, dstPort);
-            h.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(le), 24, payload.length);
-            h.set(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(le), 28, (short) TYPE_STREAM);
-            h.set(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(le), 30, (short) op);
-            h.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(le), 36, bufAlloc);
-            h.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(le), 40, fwdCnt);
-            MemorySegment.copy(h, 0, mem(), addr, HEADER);
-            MemorySegment.copy(MemorySegment.ofArray(payload), 0, mem(), addr + HEADER, payload.length);
+            MemorySegment.copy(MemorySegment.ofArray(packet), 0, mem(), addr, packet.length);
             int before = usedIdx(TX);
-            offer(TX, d, addr, HEADER + payload.length, false);
+            offer(TX, d, addr, packet.length, false);
             set(QUEUE_NOTIFY, TX);
             long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
             while (usedIdx(TX) == before) {
@@ -268,6 +265,22 @@ class VirtioVsockTest {
             device.stop();
             queueThread.shutdownNow();
         }
+    }
+
+    static byte[] header(
+            long srcCid, long dstCid, int srcPort, int dstPort, int len, int type, int op, int bufAlloc, int fwdCnt) {
+        var h = MemorySegment.ofArray(new byte[HEADER]);
+        var le = ByteOrder.LITTLE_ENDIAN;
+        h.set(ValueLayout.JAVA_LONG_UNALIGNED.withOrder(le), 0, srcCid);
+        h.set(ValueLayout.JAVA_LONG_UNALIGNED.withOrder(le), 8, dstCid);
+        h.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(le), 16, srcPort);
+        h.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(le), 20, dstPort);
+        h.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(le), 24, len);
+        h.set(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(le), 28, (short) type);
+        h.set(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(le), 30, (short) op);
+        h.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(le), 36, bufAlloc);
+        h.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(le), 40, fwdCnt);
+        return h.toArray(ValueLayout.JAVA_BYTE);
     }
 
     static byte[] pattern(int from, int n) {
@@ -484,5 +497,120 @@ class VirtioVsockTest {
         assertTrue(next.events.isEmpty(), "no reset");
         host.close();
         g.device.stop(); // only now: its sockets are the new device's too (one process here)
+    }
+
+    /**
+     * A guest sending nonsense packets (CIDs, ports, operations, lengths that lie, credit counters at
+     * random) while host programs connect, write lines and bytes at random and close. Nothing
+     * throws, the transport never needs a reset, every packet the guest gets is addressed to it, and
+     * connections and buffered bytes stay within their bounds. The state it ends in restores.
+     */
+    @Test
+    void nonsenseFromTheGuestAndHostProgramsStaysBounded() throws Exception {
+        var random = new java.util.Random(0x750c);
+        var uds = dir.resolve("v.sock");
+        try (var service = ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
+            service.bind(UnixDomainSocketAddress.of(Path.of(uds + "_6000")));
+            service.configureBlocking(false);
+            var g = new Guest(new VirtioVsock("virtio-vsock", CID, new ChannelVsockBackend(uds)));
+            g.start();
+            var peers = new ArrayList<SocketChannel>();
+            var hostPorts = new ArrayList<Integer>();
+            int most = 0;
+            for (int i = 0; i < 3000; i++) {
+                switch (random.nextInt(12)) {
+                    case 0 -> {
+                        if (peers.size() < 80) {
+                            var ch = SocketChannel.open(UnixDomainSocketAddress.of(uds));
+                            ch.configureBlocking(false);
+                            String[] lines = {
+                                "CONNECT 5000\n",
+                                "CONNECT 5001\nxyz",
+                                "CONNECT x\n",
+                                "HELLO\n",
+                                "CONNECT 4294967296\n",
+                                "C".repeat(100),
+                                "CONNECT 5000"
+                            };
+                            ch.write(ByteBuffer.wrap(
+                                    lines[random.nextInt(lines.length)].getBytes(StandardCharsets.US_ASCII)));
+                            peers.add(ch);
+                        }
+                    }
+                    case 1 -> {
+                        var ch = service.accept();
+                        if (ch != null) {
+                            ch.configureBlocking(false);
+                            peers.add(ch);
+                        }
+                    }
+                    case 2 -> {
+                        if (!peers.isEmpty()) {
+                            var ch = peers.get(random.nextInt(peers.size()));
+                            try {
+                                if (random.nextInt(5) == 0) {
+                                    ch.close();
+                                    peers.remove(ch);
+                                } else if (random.nextBoolean())
+                                    ch.write(ByteBuffer.wrap(pattern(i, random.nextInt(70_000))));
+                                else ch.read(ByteBuffer.allocate(random.nextInt(100_000) + 1));
+                            } catch (IOException e) {
+                                peers.remove(ch); // the device closed it
+                                ch.close();
+                            }
+                        }
+                    }
+                    case 3 -> g.poll();
+                    default -> {
+                        int[] ports = {5000, 5001, 6000, 6001, 49152, 49153, random.nextInt()};
+                        int srcPort =
+                                random.nextInt(4) == 0 ? ports[random.nextInt(ports.length)] : 5000 + random.nextInt(2);
+                        int dstPort = !hostPorts.isEmpty() && random.nextBoolean()
+                                ? hostPorts.get(random.nextInt(hostPorts.size()))
+                                : ports[random.nextInt(ports.length)];
+                        if (random.nextInt(3) == 0) srcPort = 49152 + random.nextInt(2);
+                        int payload = random.nextInt(4) == 0 ? random.nextInt(MAX_PAYLOAD + 100) : random.nextInt(200);
+                        int len = random.nextInt(6) == 0 ? random.nextInt() : payload;
+                        var h = header(
+                                random.nextInt(10) == 0 ? random.nextLong() : CID,
+                                random.nextInt(10) == 0 ? random.nextInt(5) : HOST_CID,
+                                srcPort,
+                                dstPort,
+                                len,
+                                random.nextInt(10) == 0 ? random.nextInt(4) : TYPE_STREAM,
+                                random.nextInt(10),
+                                random.nextInt(3) == 0 ? random.nextInt() : 1 << 20,
+                                random.nextInt(3) == 0 ? random.nextInt() : 0);
+                        int cut = random.nextInt(20) == 0 ? random.nextInt(HEADER) : HEADER;
+                        var packet = new byte[cut + payload];
+                        System.arraycopy(h, 0, packet, 0, cut);
+                        g.transmit(packet);
+                    }
+                }
+                for (var p : g.received) {
+                    assertEquals(HOST_CID, p.srcCid(), "from the host");
+                    assertEquals(CID, p.dstCid(), "to this guest");
+                    if (p.op() == OP_REQUEST && !hostPorts.contains(p.srcPort())) hostPorts.add(p.srcPort());
+                    if (p.op() == OP_REQUEST && random.nextBoolean())
+                        g.send(p.dstPort(), p.srcPort(), OP_RESPONSE, 1 << 20, 0, new byte[0]);
+                }
+                g.received.clear();
+                int connections = g.device.connections();
+                assertTrue(connections <= MAX_CONNECTIONS, connections + " connections");
+                most = Math.max(most, connections);
+                long bound = (long) connections * (BUF_ALLOC + 32 + TO_GUEST_BUFFER);
+                assertTrue(g.device.bufferedBytes() <= bound, g.device.bufferedBytes() + " bytes for " + connections);
+                assertEquals(0, g.dev.read(STATUS, 4) & STATUS_NEEDS_RESET, g.dev.lastError());
+            }
+            assertTrue(g.device.packetsDropped() > 100, "nonsense reached the checks: " + g.device.packetsDropped());
+            assertTrue(most >= 5, "connections were made, not only refused: at most " + most);
+            g.dev.pause(Duration.ofSeconds(5));
+            var state =
+                    VirtioMmioCodec.INSTANCE.decode(VirtioMmioCodec.INSTANCE.encode(g.dev.state()), 2, "device/vsock");
+            var restored = new Guest(
+                    new VirtioVsock("virtio-vsock", CID, new ChannelVsockBackend(dir.resolve("r.sock"))), state, g);
+            assertEquals(0, restored.device.connections(), "a restore without the sockets keeps no connection");
+            for (var ch : peers) ch.close();
+        }
     }
 }
