@@ -200,6 +200,14 @@ final class VirtioHost implements AutoCloseable {
     /** Stops taking requests and waits for those in flight (a save reads the state next). */
     void pause(Duration timeout) throws InterruptedException {
         transport.pause(timeout);
+        logConnections("paused");
+    }
+
+    /** A vsock device's per-connection counters at debug level: where a stalled stream's bytes are. */
+    private void logConnections(String when) {
+        if (device instanceof VirtioVsock v && log.enabled(Log.Level.DEBUG)) {
+            for (var line : v.connectionCounters()) log.debug("{} {}: {}", slot.name(), when, line);
+        }
     }
 
     /** Takes requests again and looks at every queue. */
@@ -211,6 +219,7 @@ final class VirtioHost implements AutoCloseable {
     @Override
     public void close() {
         stopping = true;
+        logConnections("closing");
         try {
             device.stop();
         } catch (RuntimeException e) {
