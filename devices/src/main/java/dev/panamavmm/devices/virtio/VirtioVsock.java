@@ -232,6 +232,8 @@ public final class VirtioVsock implements VirtioDevice {
         synchronized (this) {
             payload = nextPacket(MemorySegment.ofArray(header), (int) Math.min(MAX_PAYLOAD, room - HEADER));
             if (payload == null) return 0;
+            // The transport takes one buffer per connection with bytes waiting: ask for the next at once.
+            if (takeLimit(RX) > 0) kickRx();
         }
         scatter(chain.writable(), 0, MemorySegment.ofArray(header));
         scatter(chain.writable(), HEADER, MemorySegment.ofArray(payload));
@@ -318,10 +320,11 @@ public final class VirtioVsock implements VirtioDevice {
             }
             var c = conns.get(Conn.key(srcPort, dstPort));
             if (c != null) {
-                boolean more = c.guestCredit() <= 0;
+                int credit = c.guestCredit();
                 c.guestBufAlloc = bufAlloc;
                 c.guestFwdCnt = fwdCnt;
-                if (more && c.guestCredit() > 0) kickRx();
+                // Any credit the guest gives back lets bytes waiting for it go now (not only credit from none).
+                if (c.guestCredit() > credit && sendable(c) > 0) kickRx();
             }
             switch (op) {
                 case OP_REQUEST -> request(c, srcPort, dstPort, bufAlloc, fwdCnt);
