@@ -298,6 +298,7 @@ public final class LocalMigration {
         boolean handedOver = false;
         // Descriptors the shell's memory owns; the others (disks) are owned by the VM build from its start.
         var ramDescriptors = new HashSet<Integer>();
+        LoadedSnapshot loaded = null; // its vsock sockets are closed on failure if no device took them
         boolean disksHandedOver = false;
         int protocol = MigrationProtocol.OLDEST; // a protocol-1 source may start with the state itself
         long stateAt, loadedAt; // for the debug log: where the downtime goes on this side
@@ -334,7 +335,7 @@ public final class LocalMigration {
                 state = (MigrationProtocol.State) first;
             }
             stateAt = System.nanoTime();
-            var loaded = VmSnapshots.load(state.snapshot(), fds);
+            loaded = VmSnapshots.load(state.snapshot(), fds);
             loadedAt = System.nanoTime();
             String refusal = accept.apply(loaded.config());
             if (refusal != null) throw new SnapshotException(refusal);
@@ -354,6 +355,8 @@ public final class LocalMigration {
             if (handedOver && !disksHandedOver) {
                 for (int i = 0; i < fds.length; i++) if (!ramDescriptors.contains(i)) LibC.close(fds[i]);
             }
+            if (disksHandedOver && loaded != null && loaded.config().vsock() != null)
+                loaded.config().vsock().closeUnclaimed(); // a build that failed before the vsock device took them
             if (vcpuThreads != null) vcpuThreads.close();
             peer.send(MigrationProtocol.encode(new MigrationProtocol.Refused(reason(e)), protocol));
             throw e;

@@ -35,6 +35,12 @@ final class UnixVsockBackend implements VsockBackend, AutoCloseable {
     private final MemorySegment counter;
     private final MemorySegment one;
     private final List<Stream> adopted;
+    /**
+     * Whether the socket path is this process's to remove at the end: it created the listener, or
+     * got it by a live update whose guest then ran here. A destination that fails before resuming
+     * leaves the path to the source, which resumes its guest and listens there still.
+     */
+    private volatile boolean ownsPath;
 
     private final class FdStream implements Stream {
         final int fd;
@@ -76,7 +82,8 @@ final class UnixVsockBackend implements VsockBackend, AutoCloseable {
         }
     }
 
-    private UnixVsockBackend(Path uds, int listener, int wakeFd, List<Integer> passedConnections) {
+    private UnixVsockBackend(
+            Path uds, int listener, int wakeFd, List<Integer> passedConnections, boolean adoptedListener) {
         this.uds = uds;
         this.listener = listener;
         this.wakeFd = wakeFd;
@@ -87,6 +94,7 @@ final class UnixVsockBackend implements VsockBackend, AutoCloseable {
         var streams = new ArrayList<Stream>();
         for (int fd : passedConnections) streams.add(new FdStream(fd));
         this.adopted = List.copyOf(streams);
+        this.ownsPath = !adoptedListener;
     }
 
     /**
@@ -95,11 +103,19 @@ final class UnixVsockBackend implements VsockBackend, AutoCloseable {
      */
     static UnixVsockBackend open(VsockConfig config) {
         var passed = config.passed();
-        int wake = LibC.eventfd(0, LibcConstants.EFD_CLOEXEC | LibcConstants.EFD_NONBLOCK);
-        if (!passed.isEmpty())
-            return new UnixVsockBackend(config.uds(), passed.getFirst(), wake, passed.subList(1, passed.size()));
+        if (passed instanceof VsockConfig.Passed p && !p.claim())
+            throw new IllegalStateException("the passed vsock sockets were closed already");
+        int wake;
         try {
-            return new UnixVsockBackend(config.uds(), listen(config.uds()), wake, List.of());
+            wake = LibC.eventfd(0, LibcConstants.EFD_CLOEXEC | LibcConstants.EFD_NONBLOCK);
+        } catch (RuntimeException e) {
+            passed.forEach(LibC::close); // claimed: ours to close
+            throw e;
+        }
+        if (!passed.isEmpty())
+            return new UnixVsockBackend(config.uds(), passed.getFirst(), wake, passed.subList(1, passed.size()), true);
+        try {
+            return new UnixVsockBackend(config.uds(), listen(config.uds()), wake, List.of(), false);
         } catch (RuntimeException e) {
             LibC.close(wake);
             throw e;
@@ -140,6 +156,11 @@ final class UnixVsockBackend implements VsockBackend, AutoCloseable {
         SockaddrUn.sunFamily(sa, LibcConstants.AF_UNIX);
         MemorySegment.copy(MemorySegment.ofArray(p), 0, sa, SockaddrUn.SUN_PATH, p.length);
         return sa;
+    }
+
+    /** The guest runs here (it resumed): the socket path is this process's now, to remove at its end. */
+    void ownPath() {
+        ownsPath = true;
     }
 
     /** The listener's descriptor (a live update passes it first). */
@@ -211,7 +232,7 @@ final class UnixVsockBackend implements VsockBackend, AutoCloseable {
     void close(boolean unlink) {
         LibC.close(listener);
         LibC.close(wakeFd);
-        if (unlink) {
+        if (unlink && ownsPath) {
             try {
                 Files.deleteIfExists(uds);
             } catch (IOException e) {

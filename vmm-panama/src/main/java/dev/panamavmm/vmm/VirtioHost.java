@@ -212,6 +212,7 @@ final class VirtioHost implements AutoCloseable {
 
     /** Takes requests again and looks at every queue. */
     void resume() {
+        if (vsock != null) vsock.ownPath();
         transport.resume();
     }
 

@@ -16,7 +16,7 @@ public record VsockConfig(long cid, Path uds, List<Integer> passed) implements V
         Objects.requireNonNull(uds, "uds");
         if (cid < 3 || cid > 0xFFFF_FFFFL)
             throw new IllegalArgumentException("cid=" + cid + ": a guest CID is 3 to 4294967295 (0-2 are reserved)");
-        passed = List.copyOf(passed);
+        passed = passed instanceof Passed p ? p : List.copyOf(passed);
     }
 
     public VsockConfig(long cid, Path uds) {
@@ -25,7 +25,45 @@ public record VsockConfig(long cid, Path uds, List<Integer> passed) implements V
 
     /** This device with the host sockets a live update passed. */
     VsockConfig withPassed(List<Integer> fds) {
-        return new VsockConfig(cid, uds, fds);
+        return new VsockConfig(cid, uds, new Passed(fds));
+    }
+
+    /** Closes the passed sockets if no device took them (a live update whose VM was never built). */
+    void closeUnclaimed() {
+        if (passed instanceof Passed p) p.closeUnclaimed();
+    }
+
+    /**
+     * Descriptors a live update passed, owned by whoever claims them first: the device's backend,
+     * or the failure path of the build, which closes them only if the backend never took them.
+     */
+    static final class Passed extends java.util.AbstractList<Integer> {
+        private final List<Integer> fds;
+        private final java.util.concurrent.atomic.AtomicBoolean claimed =
+                new java.util.concurrent.atomic.AtomicBoolean();
+
+        Passed(List<Integer> fds) {
+            this.fds = List.copyOf(fds);
+        }
+
+        @Override
+        public Integer get(int index) {
+            return fds.get(index);
+        }
+
+        @Override
+        public int size() {
+            return fds.size();
+        }
+
+        /** True for the first caller, who owns the descriptors from then on. */
+        boolean claim() {
+            return claimed.compareAndSet(false, true);
+        }
+
+        void closeUnclaimed() {
+            if (claim()) fds.forEach(dev.panamavmm.kvm.sys.LibC::close);
+        }
     }
 
     /** Parses {@code cid=N,uds=PATH}; IllegalArgumentException with a sentence for anything else. */
