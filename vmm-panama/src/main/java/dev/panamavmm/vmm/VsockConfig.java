@@ -1,9 +1,12 @@
 package dev.panamavmm.vmm;
 
+import dev.panamavmm.kvm.sys.LibC;
 import java.nio.file.Path;
+import java.util.AbstractList;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * The machine's virtio-vsock device: the guest's CID (at least 3) and the host Unix socket
@@ -37,10 +40,9 @@ public record VsockConfig(long cid, Path uds, List<Integer> passed) implements V
      * Descriptors a live update passed, owned by whoever claims them first: the device's backend,
      * or the failure path of the build, which closes them only if the backend never took them.
      */
-    static final class Passed extends java.util.AbstractList<Integer> {
+    static final class Passed extends AbstractList<Integer> {
         private final List<Integer> fds;
-        private final java.util.concurrent.atomic.AtomicBoolean claimed =
-                new java.util.concurrent.atomic.AtomicBoolean();
+        private final AtomicBoolean claimed = new AtomicBoolean();
 
         Passed(List<Integer> fds) {
             this.fds = List.copyOf(fds);
@@ -62,7 +64,7 @@ public record VsockConfig(long cid, Path uds, List<Integer> passed) implements V
         }
 
         void closeUnclaimed() {
-            if (claim()) fds.forEach(dev.panamavmm.kvm.sys.LibC::close);
+            if (claim()) fds.forEach(LibC::close);
         }
     }
 

@@ -3,6 +3,7 @@ package dev.panamavmm.vmm;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.panamavmm.devices.virtio.VirtioVsock;
@@ -20,9 +21,15 @@ import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
+import java.util.function.Supplier;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
@@ -93,8 +100,7 @@ class VsockGuestTest {
         }
 
         /** As above; {@code why} says what the device and the guest show when it fails. */
-        void awaitProgress(long rx, long tx, long bytes, java.util.function.Supplier<String> why)
-                throws InterruptedException {
+        void awaitProgress(long rx, long tx, long bytes, Supplier<String> why) throws InterruptedException {
             long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
             while (received.get() < rx + bytes || sent.get() < tx + bytes) {
                 assertNull(error.get(), error.get());
@@ -219,15 +225,14 @@ class VsockGuestTest {
         try (var kvm = Kvm.open()) {
             var config = TemplateTest.guest("testguest.vsock=listen:5000")
                     .withVsock(new VsockConfig(7, dir.resolve("t.sock")));
-            Templates.create(
-                    kvm, tpl, config, Path.of("/dev/shm"), console, new java.util.concurrent.CompletableFuture<>(), 60);
+            Templates.create(kvm, tpl, config, Path.of("/dev/shm"), console, new CompletableFuture<>(), 60);
             var loaded = Templates.open(tpl);
             var consoles = new SnapshotTest.Console[] {new SnapshotTest.Console(), new SnapshotTest.Console()};
-            var vms = new java.util.ArrayList<Vm>();
+            var vms = new ArrayList<Vm>();
             try {
                 for (int i = 0; i < 2; i++) {
                     var vsock = new VsockConfig.ForClone(i == 0 ? 0 : 9, dir.resolve("c" + i + ".sock"));
-                    var vm = Templates.clone(kvm, loaded, java.util.List.of(), vsock, consoles[i], new VmListener() {});
+                    var vm = Templates.clone(kvm, loaded, List.of(), vsock, consoles[i], new VmListener() {});
                     vms.add(vm);
                     vm.start();
                 }
@@ -239,12 +244,12 @@ class VsockGuestTest {
                     }
                 }
                 // Without an override a second clone would listen where the first does: refused in one line.
-                var e = org.junit.jupiter.api.Assertions.assertThrows(
+                var e = assertThrows(
                         RuntimeException.class,
                         () -> Templates.clone(
                                 kvm,
                                 loaded,
-                                java.util.List.of(),
+                                List.of(),
                                 new VsockConfig.ForClone(0, dir.resolve("c0.sock")),
                                 new SnapshotTest.Console(),
                                 new VmListener() {}));
@@ -256,29 +261,23 @@ class VsockGuestTest {
         }
     }
 
-    @org.junit.jupiter.api.Test
+    @Test
     void aCloneOverrideIsParsedOrRefusedInOneSentence() {
         assertEquals(
                 new VsockConfig.ForClone(0, Path.of("/run/c.sock")), VsockConfig.ForClone.parse("uds=/run/c.sock"));
         assertEquals(new VsockConfig.ForClone(12, Path.of("c.sock")), VsockConfig.ForClone.parse("cid=12,uds=c.sock"));
         assertEquals(
                 new VsockConfig(12, Path.of("c.sock")),
-                VsockConfig.ForClone.fromJson(java.util.Map.of("cid", 12L, "uds", "c.sock"))
+                VsockConfig.ForClone.fromJson(Map.of("cid", 12L, "uds", "c.sock"))
                         .applyTo(new VsockConfig(7, Path.of("t.sock"))));
         assertEquals(
                 new VsockConfig(7, Path.of("c.sock")),
-                VsockConfig.ForClone.fromJson(java.util.Map.of("uds", "c.sock"))
-                        .applyTo(new VsockConfig(7, Path.of("t.sock"))));
-        for (var bad : java.util.List.of("cid=2,uds=x", "uds=", "cid=x,uds=y", "port=3,uds=x"))
-            org.junit.jupiter.api.Assertions.assertThrows(
-                    IllegalArgumentException.class, () -> VsockConfig.ForClone.parse(bad), bad);
-        for (Object bad : java.util.List.<Object>of(
-                "x",
-                java.util.Map.of("cid", 5L),
-                java.util.Map.of("uds", "x", "port", 1L),
-                java.util.Map.of("uds", "x", "cid", "5")))
-            org.junit.jupiter.api.Assertions.assertThrows(
-                    IllegalArgumentException.class, () -> VsockConfig.ForClone.fromJson(bad), String.valueOf(bad));
+                VsockConfig.ForClone.fromJson(Map.of("uds", "c.sock")).applyTo(new VsockConfig(7, Path.of("t.sock"))));
+        for (var bad : List.of("cid=2,uds=x", "uds=", "cid=x,uds=y", "port=3,uds=x"))
+            assertThrows(IllegalArgumentException.class, () -> VsockConfig.ForClone.parse(bad), bad);
+        for (Object bad :
+                List.<Object>of("x", Map.of("cid", 5L), Map.of("uds", "x", "port", 1L), Map.of("uds", "x", "cid", "5")))
+            assertThrows(IllegalArgumentException.class, () -> VsockConfig.ForClone.fromJson(bad), String.valueOf(bad));
     }
 
     /** The device's connection counters and the console's lines but the per-heartbeat ones, for a failure's message. */

@@ -4,6 +4,7 @@ import static dev.panamavmm.devices.virtio.VirtioMmio.*;
 import static dev.panamavmm.devices.virtio.VirtioVsock.*;
 import static org.junit.jupiter.api.Assertions.*;
 
+import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -18,6 +19,7 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Random;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
@@ -252,7 +254,7 @@ class VirtioVsockTest {
 
         /** Payload bytes of RW packets to {@code port}, {@code n} of them, collected in order. */
         byte[] payload(int port, int n) throws InterruptedException {
-            var out = new java.io.ByteArrayOutputStream();
+            var out = new ByteArrayOutputStream();
             while (out.size() < n)
                 out.writeBytes(await("payload", p -> p.op() == OP_RW && p.dstPort() == port)
                         .payload());
@@ -507,7 +509,7 @@ class VirtioVsockTest {
      */
     @Test
     void nonsenseFromTheGuestAndHostProgramsStaysBounded() throws Exception {
-        var random = new java.util.Random(0x750c);
+        var random = new Random(0x750c);
         var uds = dir.resolve("v.sock");
         try (var service = ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
             service.bind(UnixDomainSocketAddress.of(Path.of(uds + "_6000")));
