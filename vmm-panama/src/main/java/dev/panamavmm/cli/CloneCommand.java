@@ -119,7 +119,8 @@ final class CloneCommand implements Cli.Command {
                     false,
                     io.err(),
                     null,
-                    (out, listener) -> Templates.clone(kvm, loaded, disks, vsock, out, listener));
+                    (out, listener) ->
+                            Templates.clone(kvm, VsockConfig.ForClone.apply(loaded, vsock), disks, out, listener));
         }
     }
 

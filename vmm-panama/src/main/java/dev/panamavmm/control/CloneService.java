@@ -17,7 +17,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
-import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutorService;
@@ -122,7 +121,7 @@ public final class CloneService implements AutoCloseable {
             }
             Vm vm;
             try {
-                vm = Templates.clone(kvm, loaded, List.of(), vsock, console, new VmListener() {});
+                vm = Templates.clone(kvm, VsockConfig.ForClone.apply(loaded, vsock), console, new VmListener() {});
             } catch (RuntimeException e) {
                 console.close();
                 throw e;

@@ -22,7 +22,6 @@ import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.CompletableFuture;
@@ -115,7 +114,8 @@ public final class Standby implements AutoCloseable {
                     var dir = Path.of(ApiHandler.requireString(args, "template", "a template directory"));
                     var vsock = VsockConfig.ForClone.fromJson(args.get("vsock"));
                     yield adopt(
-                            () -> Templates.clone(kvm, Templates.open(dir), List.of(), vsock, console, listener),
+                            () -> Templates.clone(
+                                    kvm, VsockConfig.ForClone.apply(Templates.open(dir), vsock), console, listener),
                             ApiHandler.flag(args, "resume", true));
                 }
                 case "boot" -> {

@@ -411,9 +411,9 @@ public final class VmHost implements AutoCloseable {
                 case "clone" ->
                     Templates.clone(
                             kvm,
-                            template(Path.of((String) args.get("template"))),
-                            List.of(),
-                            VsockConfig.ForClone.fromJson(args.get("vsock")),
+                            VsockConfig.ForClone.apply(
+                                    template(Path.of((String) args.get("template"))),
+                                    VsockConfig.ForClone.fromJson(args.get("vsock"))),
                             out,
                             listener);
                 default -> VmBuilder.boot(kvm, Standby.machine(args), out, listener);

@@ -25,4 +25,9 @@ public record LoadedSnapshot(
     public int cpus() {
         return vcpus.size();
     }
+
+    /** The same snapshot restored as {@code other} (a clone's own vsock socket). */
+    public LoadedSnapshot withConfig(MachineConfig other) {
+        return new LoadedSnapshot(dir, snapshot, other, xsaveSize, vcpus, vm, devices, descriptors, diskDescriptors);
+    }
 }

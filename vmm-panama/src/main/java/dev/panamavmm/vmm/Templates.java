@@ -258,18 +258,7 @@ public final class Templates {
     /** As above, the clone's private disks made at {@code disks} (in the order of the template's writable disks; the rest beside the template's). */
     public static Vm clone(
             Kvm kvm, LoadedSnapshot template, List<Path> disks, OutputStream console, VmListener listener) {
-        return clone(kvm, template, disks, null, console, listener);
-    }
-
-    /** As above, its vsock device at the socket (and CID) {@code vsock} names; null: its template's. */
-    public static Vm clone(
-            Kvm kvm,
-            LoadedSnapshot template,
-            List<Path> disks,
-            VsockConfig.ForClone vsock,
-            OutputStream console,
-            VmListener listener) {
-        var vm = VmBuilder.fromSnapshot(kvm, template, VmBuilder.Mode.CLONE, disks, vsock, console, listener);
+        var vm = VmBuilder.fromSnapshot(kvm, template, VmBuilder.Mode.CLONE, disks, console, listener);
         vm.vmmPort().setGenerationId(newGenerationId());
         return vm;
     }

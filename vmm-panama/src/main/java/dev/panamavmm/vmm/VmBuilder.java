@@ -136,7 +136,7 @@ public final class VmBuilder {
     /** A paused VM from a loaded snapshot. In {@link Mode#CLONE} no file is written: referenced files are mapped private. */
     public static Vm fromSnapshot(
             Kvm kvm, LoadedSnapshot loaded, Mode mode, OutputStream console, VmListener listener) {
-        return fromSnapshot(kvm, loaded, mode, MemoryLoad.MAPPED, List.of(), null, console, listener);
+        return fromSnapshot(kvm, loaded, mode, MemoryLoad.MAPPED, List.of(), console, listener);
     }
 
     /**
@@ -146,7 +146,7 @@ public final class VmBuilder {
      */
     public static Vm fromSnapshot(
             Kvm kvm, LoadedSnapshot loaded, Mode mode, MemoryLoad load, OutputStream console, VmListener listener) {
-        return fromSnapshot(kvm, loaded, mode, load, List.of(), null, console, listener);
+        return fromSnapshot(kvm, loaded, mode, load, List.of(), console, listener);
     }
 
     /**
@@ -160,19 +160,7 @@ public final class VmBuilder {
             List<Path> cloneDisks,
             OutputStream console,
             VmListener listener) {
-        return fromSnapshot(kvm, loaded, mode, MemoryLoad.MAPPED, cloneDisks, null, console, listener);
-    }
-
-    /** As above; a clone's vsock device listens where {@code vsock} says (null: where its template's did). */
-    public static Vm fromSnapshot(
-            Kvm kvm,
-            LoadedSnapshot loaded,
-            Mode mode,
-            List<Path> cloneDisks,
-            VsockConfig.ForClone vsock,
-            OutputStream console,
-            VmListener listener) {
-        return fromSnapshot(kvm, loaded, mode, MemoryLoad.MAPPED, cloneDisks, vsock, console, listener);
+        return fromSnapshot(kvm, loaded, mode, MemoryLoad.MAPPED, cloneDisks, console, listener);
     }
 
     private static Vm fromSnapshot(
@@ -181,7 +169,6 @@ public final class VmBuilder {
             Mode mode,
             MemoryLoad load,
             List<Path> cloneDisks,
-            VsockConfig.ForClone vsock,
             OutputStream console,
             VmListener listener) {
         int max = kvm.maxVcpus();
@@ -190,10 +177,6 @@ public final class VmBuilder {
         if (mode != Mode.CLONE) TemplateGuard.refuseTemplate(loaded);
         if (mode != Mode.CLONE && !cloneDisks.isEmpty())
             throw new IllegalArgumentException("disks for a clone given to a restore");
-        if (mode != Mode.CLONE && vsock != null)
-            throw new IllegalArgumentException("a clone's vsock given to a restore");
-        if (vsock != null && loaded.config().vsock() == null)
-            throw new SnapshotException("the template has no vsock device: a clone cannot get one of its own");
         var sources = new ArrayList<GuestMemory.BlockSource>();
         for (var e : loaded.snapshot().ram()) {
             if (e.byDescriptor()) {
@@ -220,7 +203,6 @@ public final class VmBuilder {
         CloneDisks.Made disks = null;
         if (mode == Mode.CLONE) {
             config = config.withBacking(new Backing.PrivateFile(loaded.dir()));
-            if (vsock != null) config = config.withVsock(vsock.applyTo(config.vsock()));
             // Clones of one state must not write one disk file: each gets its own copy-on-write view.
             if (config.disks().stream().anyMatch(d -> !d.readOnly())) {
                 disks = CloneDisks.forClone(config.disks(), cloneDisks);

@@ -1,6 +1,7 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.migration.SnapshotException;
 import java.nio.file.Path;
 import java.util.AbstractList;
 import java.util.List;
@@ -102,6 +103,18 @@ public record VsockConfig(long cid, Path uds, List<Integer> passed) implements V
         /** The template's device {@code template} with this socket path and CID. */
         VsockConfig applyTo(VsockConfig template) {
             return new VsockConfig(cid == 0 ? template.cid() : cid, uds);
+        }
+
+        /**
+         * {@code template} as a clone with this vsock device sees it; null leaves it as it is (the
+         * clone listens where the template did). A template without a vsock device is refused.
+         */
+        public static LoadedSnapshot apply(LoadedSnapshot template, ForClone vsock) {
+            if (vsock == null) return template;
+            var config = template.config();
+            if (config.vsock() == null)
+                throw new SnapshotException("the template has no vsock device: a clone cannot get one of its own");
+            return template.withConfig(config.withVsock(vsock.applyTo(config.vsock())));
         }
 
         /** Parses {@code [cid=N,]uds=PATH}; IllegalArgumentException with a sentence for anything else. */

@@ -11,6 +11,7 @@ import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
 import java.io.IOException;
 import java.net.StandardProtocolFamily;
@@ -232,7 +233,8 @@ class VsockGuestTest {
             try {
                 for (int i = 0; i < 2; i++) {
                     var vsock = new VsockConfig.ForClone(i == 0 ? 0 : 9, dir.resolve("c" + i + ".sock"));
-                    var vm = Templates.clone(kvm, loaded, List.of(), vsock, consoles[i], new VmListener() {});
+                    var vm = Templates.clone(
+                            kvm, VsockConfig.ForClone.apply(loaded, vsock), consoles[i], new VmListener() {});
                     vms.add(vm);
                     vm.start();
                 }
@@ -248,12 +250,16 @@ class VsockGuestTest {
                         RuntimeException.class,
                         () -> Templates.clone(
                                 kvm,
-                                loaded,
-                                List.of(),
-                                new VsockConfig.ForClone(0, dir.resolve("c0.sock")),
+                                VsockConfig.ForClone.apply(loaded, new VsockConfig.ForClone(0, dir.resolve("c0.sock"))),
                                 new SnapshotTest.Console(),
                                 new VmListener() {}));
                 assertTrue(e.getMessage().contains("in use"), e.getMessage());
+                var withoutVsock = loaded.withConfig(loaded.config().withVsock(null));
+                var refused = assertThrows(
+                        SnapshotException.class,
+                        () -> VsockConfig.ForClone.apply(
+                                withoutVsock, new VsockConfig.ForClone(0, dir.resolve("x.sock"))));
+                assertTrue(refused.getMessage().contains("no vsock device"), refused.getMessage());
             } finally {
                 for (var vm : vms) vm.close();
                 Templates.remove(tpl);
