@@ -28,7 +28,7 @@ public record LoadedSnapshot(
         return vcpus.size();
     }
 
-    /** The same snapshot restored as {@code other} (a clone's own network devices). */
+    /** The same snapshot restored as {@code other} (a clone's own network devices or vsock socket). */
     public LoadedSnapshot withConfig(MachineConfig other) {
         return new LoadedSnapshot(
                 dir, snapshot, other, xsaveSize, vcpus, vm, devices, descriptors, diskDescriptors, chain);
