@@ -98,9 +98,11 @@ static struct {
 /* The drivers in files of their own (each a struct vdriver; see virtio.h), and what each was given. */
 extern const struct vdriver net_driver;
 extern const struct vdriver balloon_driver;
+extern const struct vdriver vsock_driver;
 static const struct vdriver *const drivers[] = {
     &net_driver,
     &balloon_driver,
+    &vsock_driver,
     0
 };
 #define NDRIVERS (sizeof(drivers) / sizeof(drivers[0]) - 1)

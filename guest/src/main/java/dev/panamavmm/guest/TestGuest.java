@@ -102,6 +102,23 @@ public final class TestGuest {
     /** The network benchmark's end. */
     public static final Pattern NETBENCH_DONE = Pattern.compile("netbench done");
 
+    /** The vsock driver's per-heartbeat line: the option's port and the payload bytes each way so far. */
+    public static final Pattern VSOCK = Pattern.compile("vsock (\\d+) rx=(\\d+) tx=(\\d+)");
+    /** A connection set up (accepted from the host, or connected to it), or ended by the host ({@code closed}). */
+    public static final Pattern VSOCK_EVENT =
+            Pattern.compile("vsock (accepted|connected|refused|closed) (\\d+) rx=(\\d+) tx=(\\d+)");
+    /** The device reset every connection (a restore or clone); the guest listens and connects again. */
+    public static final Pattern VSOCK_RESET = Pattern.compile("vsock transport reset cid=(\\d+)");
+    /** A bad byte, an unexpected reset, a stalled connection, or more bytes than its credit allowed. */
+    public static final Pattern CORRUPT_VSOCK =
+            Pattern.compile("CORRUPT vsock (\\d+) rx=(\\d+) tx=(\\d+) (byte at \\d+ .*|reset|stalled|overrun)");
+
+    /** Byte {@code i} of the stream the vsock driver sends, and expects, on every connection. */
+    public static byte vsockPattern(long i) {
+        int x = (int) i;
+        return (byte) (((x * 0x9E3779B1) >>> 24) ^ x);
+    }
+
     /** Exit code (port 0x500) for an unexpected CPU exception: this plus the vector. */
     public static final int EXIT_EXCEPTION = 0x100;
     /** Exit code (port 0x500) when the boot contract was not met (image not in e820 RAM, ...). */

@@ -7,6 +7,7 @@ import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.vmm.NetConfig;
 import dev.panamavmm.vmm.NetOverrides;
 import dev.panamavmm.vmm.Templates;
+import dev.panamavmm.vmm.VsockConfig;
 import java.io.File;
 import java.io.IOException;
 import java.nio.file.FileAlreadyExistsException;
@@ -34,6 +35,7 @@ final class CloneCommand implements Cli.Command {
     Path apiSocketDir;
     final List<Path> disks = new ArrayList<>();
     final List<NetConfig> nets = new ArrayList<>();
+    VsockConfig.ForClone vsock;
     boolean consoleGiven;
 
     static final int MAX_COUNT = 1000;
@@ -103,7 +105,14 @@ final class CloneCommand implements Cli.Command {
                             } catch (IllegalArgumentException e) {
                                 throw new UsageException("--net " + v + ": " + e.getMessage());
                             }
-                        })));
+                        })
+                .option(
+                        "--vsock",
+                        "[cid=N,]uds=PATH",
+                        null,
+                        "for one clone in the foreground of a template with a vsock device: listen on this Unix socket"
+                                + " (and give the guest this CID) instead of the template's",
+                        v -> vsock = VsockOption.parseForClone("--vsock", v))));
     }
 
     @Override
@@ -116,6 +125,9 @@ final class CloneCommand implements Cli.Command {
         if ((count > 1 || consoleDir != null || apiSocketDir != null) && !nets.isEmpty())
             throw new UsageException(
                     "--net names one clone's tap: not with --count, --console-dir or --api-socket-dir");
+        if ((count > 1 || consoleDir != null || apiSocketDir != null) && vsock != null)
+            throw new UsageException(
+                    "--vsock names one clone's socket: not with --count, --console-dir or --api-socket-dir");
         if (count > 1 || consoleDir != null || apiSocketDir != null) return startProcesses(io);
         ConsoleIo.checkSpec(console);
         var loaded = NetOverrides.apply(Templates.open(template), nets); // before KVM: see RestoreCommand
@@ -127,7 +139,8 @@ final class CloneCommand implements Cli.Command {
                     false,
                     io.err(),
                     null,
-                    (out, listener) -> Templates.clone(kvm, loaded, disks, out, listener));
+                    (out, listener) ->
+                            Templates.clone(kvm, VsockConfig.ForClone.apply(loaded, vsock), disks, out, listener));
         }
     }
 

@@ -7,6 +7,7 @@ import dev.panamavmm.vmm.DiskConfig;
 import dev.panamavmm.vmm.NetConfig;
 import dev.panamavmm.vmm.VirtioConfig;
 import dev.panamavmm.vmm.VmBuilder;
+import dev.panamavmm.vmm.VsockConfig;
 import dev.panamavmm.vmm.memory.Backing;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -26,6 +27,7 @@ final class RunCommand implements Cli.Command {
     boolean rng;
     final List<NetConfig> nets = new ArrayList<>();
     VirtioConfig.Balloon balloon;
+    VsockConfig vsock;
 
     final VmIoOptions vmIo = new VmIoOptions();
 
@@ -77,6 +79,13 @@ final class RunCommand implements Cli.Command {
                         "a virtio-balloon device: the guest gives pages back (inflate, free page reporting) and sends"
                                 + " statistics every SECONDS; give \"\" for a plain balloon",
                         v -> balloon = balloon(v))
+                .option(
+                        "--vsock",
+                        "cid=N,uds=PATH",
+                        null,
+                        "a virtio-vsock device: the guest's CID (3 or more); host programs connect to the Unix socket PATH"
+                                + " and write CONNECT PORT, the guest's connections to port P go to PATH_P",
+                        v -> vsock = VsockOption.parse("--vsock", v))
                 .flag(
                         "--warm-up",
                         "rehearse save, restore and live update once in the background (nice 19) so that the first"
@@ -99,16 +108,22 @@ final class RunCommand implements Cli.Command {
             }
             backing = shared ? new Backing.SharedFile(memPath) : new Backing.PrivateFile(memPath);
         }
-        if (disks.size() + (rng ? 1 : 0) + nets.size() + (balloon != null ? 1 : 0) > DeviceTable.VIRTIO_MAX_DEVICES)
+        if (disks.size() + (rng ? 1 : 0) + nets.size() + (vsock != null ? 1 : 0) + (balloon != null ? 1 : 0)
+                > DeviceTable.VIRTIO_MAX_DEVICES)
             throw new UsageException("at most " + DeviceTable.VIRTIO_MAX_DEVICES
-                    + " virtio devices (--disk, --rng, --net and --balloon)");
+                    + " virtio devices (--disk, --rng, --net, --vsock and --balloon)");
         for (var d : disks) {
             if (!Files.exists(d.path())) throw new UsageException("--disk " + d.path() + " does not exist");
             if (Files.isDirectory(d.path())) throw new UsageException("--disk " + d.path() + " is a directory");
             if (Files.isRegularFile(d.path()) && Files.size(d.path()) < 512)
                 throw new UsageException("--disk " + d.path() + " is smaller than one 512-byte sector");
         }
-        var config = guest.config(backing).withVirtio(disks, rng).withNets(nets).withBalloon(balloon);
+        if (vsock != null) VsockOption.check("--vsock", vsock);
+        var config = guest.config(backing)
+                .withVirtio(disks, rng)
+                .withNets(nets)
+                .withVsock(vsock)
+                .withBalloon(balloon);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE)) {
             if (guest.cpus > kvm.maxVcpus()) {
                 throw new UsageException(

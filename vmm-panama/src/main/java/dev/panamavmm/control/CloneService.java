@@ -14,6 +14,7 @@ import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
+import dev.panamavmm.vmm.VsockConfig;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.FileAlreadyExistsException;
@@ -60,11 +61,12 @@ public final class CloneService implements AutoCloseable {
         return new ApiCommands()
                 .add(
                         "clone",
-                        List.of("template", "count", "net"),
+                        List.of("template", "count", "net", "vsock"),
                         args -> clone(
                                 Path.of(ApiHandler.requireString(args, "template", "DIRECTORY")),
                                 (int) ApiHandler.number(args, "count", 1),
-                                NetOverrides.fromJson(args.get("net"))))
+                                NetOverrides.fromJson(args.get("net")),
+                                VsockConfig.ForClone.fromJson(args.get("vsock"))))
                 .add(
                         "query-clones",
                         args -> clones.values().stream()
@@ -117,14 +119,21 @@ public final class CloneService implements AutoCloseable {
 
     /** Starts {@code count} clones of a template; returns when all of them run. */
     public Map<String, Object> clone(Path template, int count) throws IOException {
-        return clone(template, count, List.of());
+        return clone(template, count, List.of(), null);
     }
 
-    /** As above, the clone's network devices on the taps and MACs of {@code nets} (one clone only: a tap serves one VM). */
-    public Map<String, Object> clone(Path template, int count, List<NetConfig> nets) throws IOException {
+    /**
+     * As above, the clone's network devices on the taps and MACs of {@code nets}, and its vsock
+     * device on {@code vsock}'s socket (null: the template's); both name one clone's resources, so
+     * they are for a {@code count} of 1 only.
+     */
+    public Map<String, Object> clone(Path template, int count, List<NetConfig> nets, VsockConfig.ForClone vsock)
+            throws IOException {
         if (count < 1 || count > 1000) throw new IllegalArgumentException("\"count\" must be 1 to 1000");
         if (count > 1 && !nets.isEmpty())
             throw new IllegalArgumentException("\"net\" names one clone's taps: not with a \"count\" above 1");
+        if (vsock != null && count != 1)
+            throw new IllegalArgumentException("\"vsock\" names one clone's socket: \"count\" must be 1");
         long start = System.nanoTime();
         var loaded = templates.computeIfAbsent(template.toAbsolutePath().normalize(), p -> Templates.open(p));
         var started = new ArrayList<Object>();
@@ -153,7 +162,11 @@ public final class CloneService implements AutoCloseable {
             var logId = MDC.putCloseable(VmmLogProvider.VM_KEY, id);
             Vm vm;
             try {
-                vm = Templates.clone(kvm, NetOverrides.apply(loaded, nets), console, new VmListener() {});
+                vm = Templates.clone(
+                        kvm,
+                        VsockConfig.ForClone.apply(NetOverrides.apply(loaded, nets), vsock),
+                        console,
+                        new VmListener() {});
             } catch (RuntimeException e) {
                 logId.close();
                 console.close();

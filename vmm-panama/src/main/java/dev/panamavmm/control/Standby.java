@@ -13,6 +13,7 @@ import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmListener;
 import dev.panamavmm.vmm.VmSnapshots;
+import dev.panamavmm.vmm.VsockConfig;
 import dev.panamavmm.vmm.boot.MpTable;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
@@ -117,9 +118,13 @@ public final class Standby implements AutoCloseable {
                 .add("clone", List.of("template", "resume", "net"), args -> {
                     var dir = Path.of(ApiHandler.requireString(args, "template", "a template directory"));
                     var nets = NetOverrides.fromJson(args.get("net"));
+                    var vsock = VsockConfig.ForClone.fromJson(args.get("vsock"));
                     return adopt(
                             () -> Templates.clone(
-                                    kvm, NetOverrides.apply(Templates.open(dir), nets), console, listener),
+                                    kvm,
+                                    VsockConfig.ForClone.apply(NetOverrides.apply(Templates.open(dir), nets), vsock),
+                                    console,
+                                    listener),
                             ApiHandler.flag(args, "resume", true));
                 })
                 .add("boot", List.of("memory", "cpus", "cmdline", "kernel", "mem-path", "shared"), args -> {

@@ -19,6 +19,7 @@ import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmSnapshots;
+import dev.panamavmm.vmm.VsockConfig;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.channels.FileChannel;
@@ -262,9 +263,11 @@ public final class VmHost implements AutoCloseable {
                     ApiHandler.requireString(args, "path", "a snapshot directory");
                     return start("restore", args);
                 })
-                .add("clone", List.of("template", "resume", "net"), args -> {
+                .add("clone", List.of("template", "resume", "net", "vsock"), args -> {
                     ApiHandler.requireString(args, "template", "a template directory");
-                    NetOverrides.fromJson(args.get("net")); // refused here, before a worker is taken
+                    // Refused here, before a worker is taken.
+                    NetOverrides.fromJson(args.get("net"));
+                    VsockConfig.ForClone.fromJson(args.get("vsock"));
                     return start("clone", args);
                 })
                 .add("incoming", List.of("uri"), args -> incoming(ApiHandler.requireString(args, "uri", "unix:PATH")))
@@ -431,9 +434,11 @@ public final class VmHost implements AutoCloseable {
                 case "clone" ->
                     Templates.clone(
                             kvm,
-                            NetOverrides.apply(
-                                    template(Path.of((String) args.get("template"))),
-                                    NetOverrides.fromJson(args.get("net"))),
+                            VsockConfig.ForClone.apply(
+                                    NetOverrides.apply(
+                                            template(Path.of((String) args.get("template"))),
+                                            NetOverrides.fromJson(args.get("net"))),
+                                    VsockConfig.ForClone.fromJson(args.get("vsock"))),
                             out,
                             listener);
                 default -> VmBuilder.boot(kvm, Standby.machine(args), out, listener);

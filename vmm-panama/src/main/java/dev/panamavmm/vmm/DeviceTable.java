@@ -173,6 +173,7 @@ public final class DeviceTable {
         for (int i = 0; i < config.nets().size(); i++)
             slots.add(
                     new VirtioSlot(slots.size(), "virtio-net" + i, config.nets().get(i)));
+        if (config.vsock() != null) slots.add(new VirtioSlot(slots.size(), "virtio-vsock", config.vsock()));
         if (config.balloon() != null) slots.add(new VirtioSlot(slots.size(), "virtio-balloon", config.balloon()));
         if (slots.size() > VIRTIO_MAX_DEVICES)
             throw new IllegalArgumentException(

@@ -63,7 +63,7 @@ public record LoadedSnapshot(
                 List.copyOf(layers));
     }
 
-    /** The same snapshot restored as {@code other} (a clone's own network devices); a chained template's layers kept. */
+    /** The same snapshot restored as {@code other} (a clone's own network devices or vsock socket); a chained template's layers kept. */
     public LoadedSnapshot withConfig(MachineConfig other) {
         return new LoadedSnapshot(
                 dir, snapshot, other, xsaveSize, vcpus, vm, devices, descriptors, diskDescriptors, chain, layers);

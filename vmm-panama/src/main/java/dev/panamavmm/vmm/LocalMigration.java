@@ -12,6 +12,7 @@ import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashSet;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
@@ -102,11 +103,23 @@ public final class LocalMigration {
                     expect(peer, MigrationProtocol.Prepared.class);
                     // Phase 2, the downtime: only vCPU, VM and device state moves.
                     var saved = VmSnapshots.save(
-                            vm, dir, true, VmSnapshots.After.STAY_PAUSED, true, firstDisk, RamWriter.Progress.NONE);
+                            vm,
+                            dir,
+                            true,
+                            VmSnapshots.After.STAY_PAUSED,
+                            true,
+                            firstDisk,
+                            RamWriter.Progress.NONE,
+                            fds.size());
                     long pausedAt = saved.pausedAtNanos();
                     long savedAt = System.nanoTime();
-                    peer.send(MigrationProtocol.encode(
-                            new MigrationProtocol.State(dir, deadline), MigrationProtocol.VERSION));
+                    // The vsock sockets go with the state: the device's connections change until the pause.
+                    peer.send(
+                            MigrationProtocol.encode(
+                                    new MigrationProtocol.State(dir, deadline), MigrationProtocol.VERSION),
+                            vm.vsockDescriptors().stream()
+                                    .mapToInt(Integer::intValue)
+                                    .toArray());
                     var running = expect(peer, MigrationProtocol.Running.class);
                     handedOver = true; // the guest runs there now; from here on it must never resume here
                     long now = System.nanoTime();
@@ -280,6 +293,12 @@ public final class LocalMigration {
         }
     }
 
+    private static int[] concat(int[] a, int[] b) {
+        int[] all = Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, all, a.length, b.length);
+        return all;
+    }
+
     private static Vm receiveOn(
             Kvm kvm,
             UnixSocket peer,
@@ -294,6 +313,7 @@ public final class LocalMigration {
         boolean handedOver = false;
         // Descriptors the shell's memory owns; the others (disks) are owned by the VM build from its start.
         var ramDescriptors = new HashSet<Integer>();
+        LoadedSnapshot loaded = null; // its vsock sockets are closed on failure if no device took them
         boolean disksHandedOver = false;
         int protocol = MigrationProtocol.OLDEST; // a protocol-1 source may start with the state itself
         long stateAt, loadedAt; // for the debug log and the metrics: where the downtime goes on this side
@@ -322,7 +342,7 @@ public final class LocalMigration {
                 var next = peer.receive();
                 if (next == null)
                     throw new SnapshotException("the source closed the connection before sending the VM's state");
-                for (int fd : next.fds()) LibC.close(fd);
+                fds = concat(fds, next.fds()); // a vsock device's sockets, numbered after the first message's
                 var m = MigrationProtocol.decode(next.data());
                 if (!(m instanceof MigrationProtocol.State s))
                     throw new SnapshotException("the source sent " + m + " instead of the state");
@@ -332,7 +352,7 @@ public final class LocalMigration {
             }
             timing = VmMetrics.begin("live-update-in");
             stateAt = timing.startNanos();
-            var loaded = VmSnapshots.load(state.snapshot(), fds);
+            loaded = VmSnapshots.load(state.snapshot(), fds);
             loadedAt = System.nanoTime();
             String refusal = accept.apply(loaded.config());
             if (refusal != null) throw new SnapshotException(refusal);
@@ -352,6 +372,8 @@ public final class LocalMigration {
             if (handedOver && !disksHandedOver) {
                 for (int i = 0; i < fds.length; i++) if (!ramDescriptors.contains(i)) LibC.close(fds[i]);
             }
+            if (disksHandedOver && loaded != null && loaded.config().vsock() != null)
+                loaded.config().vsock().closeUnclaimed(); // a build that failed before the vsock device took them
             if (vcpuThreads != null) vcpuThreads.close();
             peer.send(MigrationProtocol.encode(new MigrationProtocol.Refused(reason(e)), protocol));
             throw e;

@@ -7,6 +7,7 @@ import dev.panamavmm.devices.virtio.VirtioDevice;
 import dev.panamavmm.devices.virtio.VirtioMmio;
 import dev.panamavmm.devices.virtio.VirtioNet;
 import dev.panamavmm.devices.virtio.VirtioRng;
+import dev.panamavmm.devices.virtio.VirtioVsock;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.LibcConstants;
@@ -60,6 +61,8 @@ final class VirtioHost implements AutoCloseable {
     private final ExecutorService io;
     /** A network device's tap (the host closes it), else null. */
     private final TapBackend tap;
+    /** A vsock device's host sockets, else null. */
+    private final UnixVsockBackend vsock;
 
     private final List<Thread> threads = new ArrayList<>();
     private volatile boolean stopping;
@@ -73,9 +76,11 @@ final class VirtioHost implements AutoCloseable {
             int irqFd,
             int[] queueFds,
             ExecutorService io,
-            TapBackend tap) {
+            TapBackend tap,
+            UnixVsockBackend vsock) {
         this.slot = slot;
         this.tap = tap;
+        this.vsock = vsock;
         this.irqFd = irqFd;
         this.queueFds = queueFds;
         this.io = io;
@@ -90,6 +95,7 @@ final class VirtioHost implements AutoCloseable {
                         b.deflateOnOom(),
                         b.statsSeconds() > 0 ? Duration.ofSeconds(b.statsSeconds()) : null,
                         b.reporting());
+            case VsockConfig v -> new VirtioVsock(slot.name(), v.cid(), vsock);
         };
         if (device.queueCount() != queueFds.length)
             throw new IllegalStateException(
@@ -138,6 +144,7 @@ final class VirtioHost implements AutoCloseable {
         var fds = new ArrayList<Integer>();
         ExecutorService io = null;
         TapBackend tap = null;
+        UnixVsockBackend vsock = null;
         try {
             int irq = LibC.eventfd(0, LibcConstants.EFD_CLOEXEC | LibcConstants.EFD_NONBLOCK);
             fds.add(irq);
@@ -156,10 +163,12 @@ final class VirtioHost implements AutoCloseable {
             }
             if (slot.config() instanceof NetConfig n)
                 tap = n.fd() >= 0 ? TapBackend.adopt(n.fd()) : TapBackend.open(n.tap());
-            return new VirtioHost(slot, state, vmFd, memory, disk, irq, queues, io, tap);
+            if (slot.config() instanceof VsockConfig v) vsock = UnixVsockBackend.open(v);
+            return new VirtioHost(slot, state, vmFd, memory, disk, irq, queues, io, tap, vsock);
         } catch (RuntimeException e) {
             fds.forEach(LibC::close);
             if (tap != null) tap.close();
+            if (vsock != null) vsock.close(true);
             if (io != null) io.shutdownNow();
             throw e;
         }
@@ -172,6 +181,7 @@ final class VirtioHost implements AutoCloseable {
             case VirtioConfig.Rng r -> 1;
             case NetConfig n -> 2;
             case VirtioConfig.Balloon b -> 2 + (b.statsSeconds() > 0 ? 1 : 0) + (b.reporting() ? 1 : 0);
+            case VsockConfig v -> 3;
         };
     }
 
@@ -232,10 +242,19 @@ final class VirtioHost implements AutoCloseable {
     /** Stops taking requests and waits for those in flight (a save reads the state next). */
     void pause(Duration timeout) throws InterruptedException {
         transport.pause(timeout);
+        logConnections("paused");
+    }
+
+    /** A vsock device's per-connection counters at debug level: where a stalled stream's bytes are. */
+    private void logConnections(String when) {
+        if (device instanceof VirtioVsock v && log.isDebugEnabled()) {
+            for (var line : v.connectionCounters()) log.debug("{} {}: {}", slot.name(), when, line);
+        }
     }
 
     /** Takes requests again and looks at every queue. */
     void resume() {
+        if (vsock != null) vsock.ownPath();
         transport.resume();
     }
 
@@ -243,6 +262,7 @@ final class VirtioHost implements AutoCloseable {
     @Override
     public void close() {
         stopping = true;
+        logConnections("closing");
         try {
             device.stop();
         } catch (RuntimeException e) {
@@ -267,10 +287,24 @@ final class VirtioHost implements AutoCloseable {
         for (int fd : queueFds) LibC.close(fd);
         LibC.close(irqFd);
         if (tap != null) tap.close();
+        // A device paused at its end handed its sockets to a new process (or was saved to a file): the path stays.
+        if (vsock != null) vsock.close(!((VirtioVsock) device).paused());
     }
 
     /** A network device's tap, else null: its descriptor travels with a live update, its name goes in a snapshot. */
     TapBackend tap() {
         return tap;
+    }
+
+    /**
+     * A vsock device's host sockets for a live update, as its last saved state lists them: the
+     * listener, then every connection; empty for other devices.
+     */
+    List<Integer> vsockDescriptors() {
+        if (vsock == null) return List.of();
+        var fds = new ArrayList<Integer>();
+        fds.add(vsock.listenerFd());
+        for (var s : ((VirtioVsock) device).savedStreams()) fds.add(UnixVsockBackend.fd(s));
+        return fds;
     }
 }

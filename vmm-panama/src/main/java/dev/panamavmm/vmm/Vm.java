@@ -388,6 +388,13 @@ public final class Vm implements AutoCloseable {
                 .toList();
     }
 
+    /** The vsock device's host sockets as its last saved state lists them (a live update passes them); empty without one. */
+    List<Integer> vsockDescriptors() {
+        var fds = new ArrayList<Integer>();
+        for (var host : virtio) fds.addAll(host.vsockDescriptors());
+        return fds;
+    }
+
     /** The disks' open files, in the machine's order (a live update passes their descriptors). */
     List<OpenDisk> disks() {
         return disks;

@@ -74,17 +74,23 @@ public final class VmSnapshots {
      * the state. See {@link #save(Vm, Path, boolean, After, boolean, int, RamWriter.Progress)} for the others.
      */
     public record Request(
-            boolean bypass, After after, boolean passMemfd, int firstDiskDescriptor, boolean diff, boolean live) {
+            boolean bypass,
+            After after,
+            boolean passMemfd,
+            int firstDiskDescriptor,
+            boolean diff,
+            boolean live,
+            int firstStateDescriptor) {
         public static Request of(boolean bypass, After after) {
-            return new Request(bypass, after, false, -1, false, false);
+            return new Request(bypass, after, false, -1, false, false, -1);
         }
 
         public Request diff(boolean diff) {
-            return new Request(bypass, after, passMemfd, firstDiskDescriptor, diff, live);
+            return new Request(bypass, after, passMemfd, firstDiskDescriptor, diff, live, firstStateDescriptor);
         }
 
         public Request live(boolean live) {
-            return new Request(bypass, after, passMemfd, firstDiskDescriptor, diff, live);
+            return new Request(bypass, after, passMemfd, firstDiskDescriptor, diff, live, firstStateDescriptor);
         }
     }
 
@@ -127,7 +133,29 @@ public final class VmSnapshots {
             int firstDiskDescriptor,
             RamWriter.Progress progress)
             throws InterruptedException {
-        return save(vm, dir, new Request(bypass, after, passMemfd, firstDiskDescriptor, false, false), progress);
+        return save(vm, dir, bypass, after, passMemfd, firstDiskDescriptor, progress, -1);
+    }
+
+    /**
+     * As above; with {@code firstStateDescriptor} >= 0 a vsock device's host sockets travel too,
+     * with the state message of a live update: its listener as descriptor
+     * {@code firstStateDescriptor}, its connections after it ({@link Vm#vsockDescriptors}).
+     */
+    public static Saved save(
+            Vm vm,
+            Path dir,
+            boolean bypass,
+            After after,
+            boolean passMemfd,
+            int firstDiskDescriptor,
+            RamWriter.Progress progress,
+            int firstStateDescriptor)
+            throws InterruptedException {
+        return save(
+                vm,
+                dir,
+                new Request(bypass, after, passMemfd, firstDiskDescriptor, false, false, firstStateDescriptor),
+                progress);
     }
 
     /** Pages still changed at which a live save stops copying with the guest running and pauses it. */
@@ -257,7 +285,7 @@ public final class VmSnapshots {
                     written += entry.nonZeroPages() * 4096;
                 }
             }
-            var metadata = metadata(vm, request.firstDiskDescriptor(), xsaveSize);
+            var metadata = metadata(vm, request.firstDiskDescriptor(), request.firstStateDescriptor(), xsaveSize);
             long ram = System.nanoTime();
             long resumedAt = 0;
             if (live != null && resume) {
@@ -489,7 +517,8 @@ public final class VmSnapshots {
         return merged;
     }
 
-    private static Map<String, Object> metadata(Vm vm, int firstDiskDescriptor, int xsaveSize) {
+    private static Map<String, Object> metadata(
+            Vm vm, int firstDiskDescriptor, int firstStateDescriptor, int xsaveSize) {
         var c = vm.config();
         var metadata = Json.object(
                 "machine",
@@ -518,8 +547,8 @@ public final class VmSnapshots {
                 "host", Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", (long) xsaveSize),
                 "devices", DeviceTable.sections(c),
                 "createdBy", "panama-vmm");
-        if (c.balloon() != null)
-            Json.asObject(metadata.get("machine"), "machine").put("balloon", Balloons.toJson(c.balloon()));
+        if (c.vsock() != null) machineEntry(metadata).put("vsock", vsockEntry(vm, c.vsock(), firstStateDescriptor));
+        if (c.balloon() != null) machineEntry(metadata).put("balloon", Balloons.toJson(c.balloon()));
         return metadata;
     }
 
@@ -645,6 +674,46 @@ public final class VmSnapshots {
             entries.add(e);
         }
         return entries;
+    }
+
+    @SuppressWarnings("unchecked")
+    private static Map<String, Object> machineEntry(Map<String, Object> metadata) {
+        return (Map<String, Object>) metadata.get("machine");
+    }
+
+    /**
+     * The vsock device as the metadata lists it: CID, socket path and, when its host sockets
+     * travel with a live update's state message, where they start among the descriptors and how
+     * many there are (the listener and each connection of the device's saved state).
+     */
+    private static Map<String, Object> vsockEntry(Vm vm, VsockConfig v, int first) {
+        var e = Json.object("cid", v.cid(), "uds", v.uds().toAbsolutePath().toString());
+        if (first >= 0) {
+            e.put("descriptor", (long) first);
+            e.put("descriptors", (long) vm.vsockDescriptors().size());
+        }
+        return e;
+    }
+
+    /** The vsock device of a snapshot's machine entry, or null; its passed sockets from {@code descriptors}. */
+    private static VsockConfig vsockOf(Map<String, Object> machine, int[] descriptors) {
+        if (!(machine.get("vsock") instanceof Map<?, ?>)) return null;
+        var e = Json.asObject(machine.get("vsock"), "vsock");
+        VsockConfig v;
+        try {
+            v = new VsockConfig(e.get("cid") instanceof Long cid ? cid : -1, Path.of(String.valueOf(e.get("uds"))));
+        } catch (IllegalArgumentException ex) {
+            throw new SnapshotException("the snapshot names its vsock device badly: " + ex.getMessage());
+        }
+        if (e.get("descriptor") instanceof Long first && e.get("descriptors") instanceof Long count) {
+            if (first < 0 || count < 1 || first + count > descriptors.length)
+                throw new SnapshotException("the snapshot's vsock sockets are descriptors " + first + " to "
+                        + (first + count - 1) + " but " + descriptors.length + " came with it");
+            var passed = new ArrayList<Integer>();
+            for (long i = first; i < first + count; i++) passed.add(descriptors[(int) i]);
+            v = v.withPassed(passed);
+        }
+        return v;
     }
 
     /** Resumes a VM after a failed operation; a VM that ended meanwhile stays ended. */
@@ -836,6 +905,7 @@ public final class VmSnapshots {
                         String.valueOf(machine.get("cmdline")))
                 .withVirtio(disks, Boolean.TRUE.equals(machine.get("rng")))
                 .withNets(nets)
+                .withVsock(vsockOf(machine, descriptors))
                 .withBalloon(Balloons.fromJson(machine.get("balloon")));
         List<DeviceTable.VirtioSlot> slots;
         try {

@@ -82,6 +82,16 @@ public interface VirtioDevice {
      */
     default void start(Context context) {}
 
+    /**
+     * The transport pauses (a save or live update follows): the device's own work stops touching
+     * its backend, so the state {@link #saveState} takes next stays true (a live update hands the
+     * backend to another process). Called before requests in flight are waited for.
+     */
+    default void pause() {}
+
+    /** The transport takes requests again after {@link #pause} (the save is done, or failed). */
+    default void resume() {}
+
     /** Stops what {@link #start} started; called once, at close. */
     default void stop() {}
 

@@ -619,7 +619,12 @@ public final class VirtioMmio {
      * Stops taking requests and waits until those in flight have completed into the used ring.
      * Throws IllegalStateException if they do not within {@code timeout} (the device stays paused).
      */
-    public synchronized void pause(Duration timeout) throws InterruptedException {
+    public void pause(Duration timeout) throws InterruptedException {
+        device.pause(); // outside the lock: the device's thread may be waiting for it
+        pauseTransport(timeout);
+    }
+
+    private synchronized void pauseTransport(Duration timeout) throws InterruptedException {
         paused = true;
         long deadline = System.nanoTime() + timeout.toNanos();
         while (inFlight > 0) {
@@ -636,6 +641,7 @@ public final class VirtioMmio {
         synchronized (this) {
             paused = false;
         }
+        device.resume();
         for (int i = 0; i < queues.length; i++) notifier.notify(i);
     }
 }

@@ -11,6 +11,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -88,6 +89,23 @@ class VirtioFuzzTest {
                 () -> last[0] = new VirtioBalloon("virtio-balloon", memory, true, Duration.ofHours(1), true));
         var c = last[0].counters();
         assertTrue(c.ignored() > 0, "frame numbers outside RAM came and were ignored: " + c);
+    }
+
+    @Test
+    void vsockDeviceSurvivesNonsense() throws IOException {
+        // The transport-level nonsense on its receive queue (0); VirtioVsockTest sends it nonsense packets.
+        try (var backend = new ChannelVsockBackend(dir.resolve("v.sock"))) {
+            var made = new ArrayList<VirtioVsock>();
+            fuzz(new Random(0x75c), () -> {
+                var device = new VirtioVsock("virtio-vsock", 3, backend);
+                made.add(device);
+                return device;
+            });
+            for (var device : made) {
+                assertEquals(0, device.connections());
+                assertEquals(0, device.bufferedBytes());
+            }
+        }
     }
 
     private void fuzz(Random random, Factory factory) throws IOException {

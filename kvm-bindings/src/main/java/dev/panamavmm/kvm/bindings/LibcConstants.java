@@ -128,6 +128,14 @@ public final class LibcConstants {
     public static final int SYS_accept4 = 288;
     public static final int SYS_sendmsg = 46;
     public static final int SYS_recvmsg = 47;
+    public static final int SYS_sendto = 44;
+    public static final int SYS_recvfrom = 45;
+    public static final int SOCK_NONBLOCK = 2048;
+    public static final int MSG_NOSIGNAL = 0x4000;
+    public static final int MSG_DONTWAIT = 64;
+    public static final int POLLOUT = 4;
+    public static final int POLLERR = 8;
+    public static final int POLLHUP = 16;
     public static final int UFFD_API = 170;
     public static final int UFFD_USER_MODE_ONLY = 1;
     public static final int UFFD_EVENT_PAGEFAULT = 18;
@@ -141,9 +149,6 @@ public final class LibcConstants {
     public static final int UFFDIO_ZEROPAGE_MODE_DONTWAKE = 1;
     public static final int SYS_readv = 19;
     public static final int SYS_writev = 20;
-    public static final int POLLOUT = 4;
-    public static final int POLLERR = 8;
-    public static final int POLLHUP = 16;
     public static final int SYS_fcntl = 72;
     public static final int F_GETFL = 3;
     public static final int F_SETFL = 4;

@@ -516,6 +516,56 @@ public final class LibC {
         return (int) r;
     }
 
+    /** As {@link #accept}, reporting failure as {@code -errno} (a non-blocking listener with no connection: {@code -EAGAIN}). */
+    public static int acceptOrErrno(int fd, int flags) {
+        var capture = CAPTURE.get();
+        long r = syscall(capture, LibcConstants.SYS_accept4, fd, 0, 0, flags, 0, 0);
+        return r < 0 ? -capture.get(JAVA_INT, ERRNO_OFFSET) : (int) r;
+    }
+
+    /** As {@link #connect}, reporting failure as {@code -errno} (nobody listening: {@code -ECONNREFUSED} or {@code -ENOENT}). */
+    public static int connectOrErrno(int fd, MemorySegment address) {
+        var capture = CAPTURE.get();
+        long r = syscall(capture, LibcConstants.SYS_connect, fd, address(address), address.byteSize());
+        Reference.reachabilityFence(address);
+        return r < 0 ? -capture.get(JAVA_INT, ERRNO_OFFSET) : 0;
+    }
+
+    /**
+     * {@code send(fd, buf, size, MSG_DONTWAIT | MSG_NOSIGNAL)} on a socket: bytes sent, or
+     * {@code -errno} ({@code -EAGAIN} when it is full, {@code -EPIPE} when the peer is gone, never SIGPIPE).
+     */
+    public static long sendOrErrno(int fd, MemorySegment buf) {
+        var capture = CAPTURE.get();
+        long r = syscall(
+                capture,
+                LibcConstants.SYS_sendto,
+                fd,
+                address(buf),
+                buf.byteSize(),
+                LibcConstants.MSG_DONTWAIT | LibcConstants.MSG_NOSIGNAL,
+                0,
+                0);
+        Reference.reachabilityFence(buf);
+        return r < 0 ? -capture.get(JAVA_INT, ERRNO_OFFSET) : r;
+    }
+
+    /** {@code recv(fd, buf, size, MSG_DONTWAIT)}: bytes received, 0 when the peer closed, or {@code -errno}. */
+    public static long recvOrErrno(int fd, MemorySegment buf) {
+        var capture = CAPTURE.get();
+        long r = syscall(
+                capture,
+                LibcConstants.SYS_recvfrom,
+                fd,
+                address(buf),
+                buf.byteSize(),
+                LibcConstants.MSG_DONTWAIT,
+                0,
+                0);
+        Reference.reachabilityFence(buf);
+        return r < 0 ? -capture.get(JAVA_INT, ERRNO_OFFSET) : r;
+    }
+
     /** {@code sendmsg(fd, msghdr, flags)}: bytes sent. With SCM_RIGHTS control data this passes fds. */
     public static long sendmsg(int fd, MemorySegment msghdr, int flags) {
         long r = checked("sendmsg", LibcConstants.SYS_sendmsg, fd, address(msghdr), flags);

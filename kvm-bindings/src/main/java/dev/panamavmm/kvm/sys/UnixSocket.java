@@ -29,8 +29,11 @@ import java.util.Arrays;
  * 4-byte length, then the bytes; the descriptors travel with the frame's first byte.
  */
 public final class UnixSocket implements AutoCloseable {
-    /** Most descriptors one message carries. */
-    public static final int MAX_FDS = 16;
+    /**
+     * Most descriptors one message carries: a live update's state message passes a vsock
+     * device's listener and up to 64 connections. (The kernel's limit, SCM_MAX_FD, is 253.)
+     */
+    public static final int MAX_FDS = 80;
     /** Longest message accepted. */
     public static final int MAX_MESSAGE = 16 << 20;
 
