@@ -99,13 +99,7 @@ final class CloneCommand implements Cli.Command {
                         "for one clone in the foreground: the tap and MAC of the template's next network device"
                                 + " (without mac= a random locally administered one; needed for each device of a"
                                 + " template that has them)",
-                        v -> {
-                            try {
-                                nets.add(NetConfig.parse(v));
-                            } catch (IllegalArgumentException e) {
-                                throw new UsageException("--net " + v + ": " + e.getMessage());
-                            }
-                        })
+                        v -> nets.add(NetOption.parse(v)))
                 .option(
                         "--vsock",
                         "[cid=N,]uds=PATH",

@@ -65,13 +65,7 @@ final class RunCommand implements Cli.Command {
                         null,
                         "a virtio-net device on an existing tap (ip tuntap add dev NAME mode tap), or on an open tap"
                                 + " descriptor; without mac= a random locally administered one (repeat for more)",
-                        v -> {
-                            try {
-                                nets.add(NetConfig.parse(v));
-                            } catch (IllegalArgumentException e) {
-                                throw new UsageException("--net " + v + ": " + e.getMessage());
-                            }
-                        })
+                        v -> nets.add(NetOption.parse(v)))
                 .option(
                         "--balloon",
                         "[deflate-on-oom][,stats=SECONDS][,reporting]",

@@ -64,13 +64,7 @@ final class TemplateCommand implements Cli.Command {
                             null,
                             "a virtio-net device while the template boots (each clone then needs its own: vmm clone"
                                     + " --net); repeat for more",
-                            v -> {
-                                try {
-                                    nets.add(NetConfig.parse(v));
-                                } catch (IllegalArgumentException e) {
-                                    throw new UsageException("--net " + v + ": " + e.getMessage());
-                                }
-                            })
+                            v -> nets.add(NetOption.parse(v)))
                     .option(
                             "--mem-dir",
                             "DIR",
