@@ -5,6 +5,8 @@ import java.io.InputStream;
 import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.regex.Pattern;
 
 /**
@@ -144,6 +146,38 @@ public final class TestGuest {
             if (b.getLong(offset + 8 * i) != sectorWord(sector, i, gen)) return -1;
         }
         return gen;
+    }
+
+    /**
+     * Compares a paused guest's disk with its generation table ({@code gens}: one little-endian u32
+     * per sector) for the first {@code sectors} sectors, and returns what does not match, empty
+     * when all is well. The guest counts a write in its table when it submits it, so a write still
+     * in the available ring (made available, not yet taken by the device) leaves its 4 KiB block
+     * (8 sectors) exactly one generation behind on disk, all 8 alike; at most {@code queueDepth}
+     * blocks may be. Anything else (a lost, torn, stale or misplaced write) is a mismatch.
+     */
+    public static List<String> diskAgainstTable(byte[] disk, ByteBuffer gens, int sectors, int queueDepth) {
+        var problems = new ArrayList<String>();
+        int behind = 0;
+        for (int block = 0; block < sectors / 8; block++) {
+            int sameAsTable = 0, oneBehind = 0;
+            for (int sector = block * 8; sector < block * 8 + 8; sector++) {
+                long expected = Integer.toUnsignedLong(gens.getInt(4 * sector));
+                long onDisk = diskSectorGeneration(disk, 512 * sector, sector);
+                if (onDisk == expected) sameAsTable++;
+                else if (expected > 0 && onDisk == expected - 1) oneBehind++;
+                else
+                    problems.add(
+                            "sector " + sector + ": generation " + onDisk + " on disk, " + expected + " in the table");
+            }
+            if (oneBehind == 8) behind++;
+            else if (oneBehind > 0)
+                problems.add(
+                        "block " + block + ": " + oneBehind + " of 8 sectors one generation behind (a torn write)");
+        }
+        if (behind > queueDepth)
+            problems.add(behind + " blocks one generation behind: more than the " + queueDepth + " requests in flight");
+        return problems;
     }
 
     private static long sectorWord(long sector, int i, long gen) {

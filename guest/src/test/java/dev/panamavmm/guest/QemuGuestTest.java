@@ -324,8 +324,9 @@ class QemuGuestTest {
             assertTrue(info.matches());
             table = info.group(6);
             g.awaitLine("hb 0 10");
-            // QEMU's stop pauses the vCPU and drains the disk: every request the guest submitted has
-            // completed, so each sector holds the generation the guest's table says, in flight or not
+            // QEMU's stop pauses the vCPU and drains the disk: every request the device took has
+            // completed, so each sector holds the generation the guest's table says, but for writes
+            // still in the available ring (counted by the guest at submission, not yet taken)
             qmpStop(qmp);
             assertNoCorruption(g.snapshot());
 
@@ -335,15 +336,9 @@ class QemuGuestTest {
                 gens = ByteBuffer.allocate(4096 * 4).order(ByteOrder.LITTLE_ENDIAN);
                 ch.read(gens, Long.parseLong(table, 16));
             }
+            assertEquals(List.of(), TestGuest.diskAgainstTable(content, gens, 4096, 32), "the disk against the table");
             int written = 0;
-            for (int sector = 0; sector < 4096; sector++) {
-                long expected = Integer.toUnsignedLong(gens.getInt(4 * sector));
-                assertEquals(
-                        expected,
-                        TestGuest.diskSectorGeneration(content, 512 * sector, sector),
-                        "sector " + sector + " on disk against the guest's table");
-                if (expected > 0) written++;
-            }
+            for (int sector = 0; sector < 4096; sector++) if (gens.getInt(4 * sector) != 0) written++;
             assertTrue(written > 2000, "most of the 2 MiB was written: " + written + " sectors");
             for (int sector = 4096; sector < 16384; sector++) {
                 assertEquals(0, TestGuest.diskSectorGeneration(content, 512 * sector, sector), "beyond size=2M");

@@ -68,33 +68,16 @@ class VirtioGuestTest {
                 SnapshotTest.checkHeartbeats(console.text());
 
                 // Paused, every request the device took has completed: the file holds what the guest
-                // believes it wrote, except for the writes still in the available ring. The guest
-                // counts a write in its table when it submits it, so a block of such a write is one
-                // generation behind on disk, all 8 sectors alike, and there are at most qd (16) of them.
+                // believes it wrote, except for writes still in the available ring (qd=16 at most).
                 vm.pause();
                 byte[] content = Files.readAllBytes(disk);
                 var gens = ByteBuffer.wrap(vm.memory().read(table, 4 * SECTORS)).order(ByteOrder.LITTLE_ENDIAN);
+                assertEquals(
+                        List.of(),
+                        TestGuest.diskAgainstTable(content, gens, SECTORS, 16),
+                        "the disk against the table");
                 int written = 0;
-                var notYetTaken = new java.util.TreeSet<Integer>();
-                for (int sector = 0; sector < SECTORS; sector++) {
-                    long expected = Integer.toUnsignedLong(gens.getInt(4 * sector));
-                    long onDisk = TestGuest.diskSectorGeneration(content, 512 * sector, sector);
-                    if (onDisk != expected) {
-                        assertEquals(expected - 1, onDisk, "sector " + sector + " on disk against the guest's table");
-                        notYetTaken.add(sector / 8);
-                    }
-                    if (expected > 0) written++;
-                }
-                for (int block : notYetTaken) {
-                    for (int sector = block * 8; sector < block * 8 + 8; sector++) {
-                        long expected = Integer.toUnsignedLong(gens.getInt(4 * sector));
-                        assertEquals(
-                                expected - 1,
-                                TestGuest.diskSectorGeneration(content, 512 * sector, sector),
-                                "sector " + sector + " of a block with a write not yet taken");
-                    }
-                }
-                assertTrue(notYetTaken.size() <= 16, "more blocks behind than requests in flight: " + notYetTaken);
+                for (int sector = 0; sector < SECTORS; sector++) if (gens.getInt(4 * sector) != 0) written++;
                 assertTrue(written > SECTORS / 2, "most of the disk was written: " + written + " sectors");
             } finally {
                 vm.close();
