@@ -15,7 +15,7 @@ import time
 sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (BenchError, Console, DirWatch, JsonLines, cpu_stat, log, mappings_of, meminfo, raise_priority,
-                      rollup, run_driver, set_log, spawn, steal_idle, write_summary)
+                      remove_template, rollup, run_driver, set_log, spawn, steal_idle, write_summary)
 
 CFG = json.load(open(sys.argv[1]))
 OUT, WORK = CFG["out"], CFG["work"]
@@ -178,10 +178,7 @@ def variant(name, balloon):
         proc.wait(60)
     except subprocess.TimeoutExpired:
         raise BenchError(f"serve did not exit after quit; see {proc.logpath}")
-    os.chmod(tpl, 0o755)
-    for f in os.listdir(tpl):
-        os.unlink(os.path.join(tpl, f))
-    os.rmdir(tpl)
+    remove_template(tpl)
     os.unlink(tpl_mem)
     return r
 

@@ -10,6 +10,7 @@ import ctypes
 import json
 import math
 import os
+import shutil
 import re
 import select
 import signal
@@ -452,6 +453,17 @@ def run_driver(name, main):
     finally:
         end_all()
 
+
+
+def remove_template(tpl):
+    """Removes a Panama template directory the benchmark made (templates are read-only, 0555 and
+    0444, and hold a children/ directory since chained templates): the directory tree only, not its
+    memory file, which the caller removes."""
+    for root, dirs, _ in os.walk(tpl):
+        os.chmod(root, 0o755)
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+    shutil.rmtree(tpl)
 
 def save_qemu_template(cmd, sock, logpath, mig):
     """QEMU's docs/vm-templating: starts cmd (a VM with share=on RAM and QMP on sock), saves it with

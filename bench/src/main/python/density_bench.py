@@ -17,7 +17,7 @@ import time
 sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (BenchError, Console, DirWatch, JsonLines, cpu_stat, end_all, log, mappings_of, meminfo,
-                             raise_priority, rollup, set_log, spawn, steal_idle, stop_all)
+                             raise_priority, remove_template, rollup, set_log, spawn, steal_idle, stop_all)
 
 CFG = json.load(open(sys.argv[1]))
 OUT, WORK = CFG["out"], CFG["work"]
@@ -347,10 +347,7 @@ def main():
         R[str(pr)] = r
         with open(os.path.join(OUT, "results.json"), "w") as f:
             json.dump(R, f, indent=1)
-        os.chmod(tpl, 0o755)        # templates are read-only; this one is not needed any more
-        for f in os.listdir(tpl):
-            os.unlink(os.path.join(tpl, f))
-        os.rmdir(tpl)
+        remove_template(tpl)        # not needed any more
         os.unlink(tpl_mem)
     steal, idle = steal_idle(stat0, cpu_stat())
     env = (f"load average at start {' '.join(load0)}, at end {' '.join(open('/proc/loadavg').read().split()[:3])}; "
