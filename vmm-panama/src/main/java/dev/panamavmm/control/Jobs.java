@@ -100,12 +100,16 @@ public final class Jobs {
             job.current.set(Math.max(job.current.get(), job.total));
         } catch (Exception e) {
             job.error = job.cancelled ? "cancelled by job-cancel" : String.valueOf(e.getMessage());
-        }
-        job.status = "concluded";
-        changed(job);
-        job.announced = true;
-        synchronized (this) {
-            notifyAll();
+        } finally {
+            // Even an Error concludes the job: else it would stay "running", refusing every later
+            // job of the VM and holding up the VMM's end (awaitIdle).
+            if (job.result == null && job.error == null) job.error = "the job failed";
+            job.status = "concluded";
+            changed(job);
+            job.announced = true;
+            synchronized (this) {
+                notifyAll();
+            }
         }
     }
 
