@@ -128,7 +128,7 @@ public final class LocalMigration {
                             : now;
                     timing.end(
                             vm.metrics(),
-                            VmSnapshots.phases(
+                            VmMetrics.phases(
                                     "prepare",
                                     pausedAt - timing.startNanos(),
                                     "save",
@@ -397,7 +397,7 @@ public final class LocalMigration {
             peer.send(MigrationProtocol.encode(new MigrationProtocol.Running(resumedAt), protocol));
             timing.end(
                     vm.metrics(),
-                    VmSnapshots.phases(
+                    VmMetrics.phases(
                             "load",
                             loadedAt - stateAt,
                             "build",

@@ -267,7 +267,7 @@ public final class VmBuilder {
         long done = System.nanoTime();
         timing.end(
                 vm.metrics(),
-                VmSnapshots.phases(
+                VmMetrics.phases(
                         "disks",
                         prepared - timing.startNanos(),
                         "memory",

@@ -97,6 +97,14 @@ public final class VmMetrics {
         }
     }
 
+    /** Phase names and nanosecond durations, as microseconds in order: what {@link Timing#end} records. */
+    static Map<String, Long> phases(Object... namesAndNanos) {
+        var phases = new LinkedHashMap<String, Long>();
+        for (int i = 0; i < namesAndNanos.length; i += 2)
+            phases.put((String) namesAndNanos[i], (Long) namesAndNanos[i + 1] / 1000);
+        return phases;
+    }
+
     /** Starts timing operation {@code name} (e.g. {@code save}). */
     public static Timing begin(String name) {
         return new Timing(name);

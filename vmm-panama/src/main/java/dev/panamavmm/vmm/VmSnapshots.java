@@ -305,7 +305,7 @@ public final class VmSnapshots {
             long end = System.nanoTime();
             timing.end(
                     vm.metrics(),
-                    phases(
+                    VmMetrics.phases(
                             "live-copy",
                             start - timing.startNanos(),
                             "pause",
@@ -356,14 +356,6 @@ public final class VmSnapshots {
             // Whatever went wrong (a pause that timed out, an ioctl, a full disk, a bug), the guest runs on.
             if (!wasPaused && !keepPaused) giveBack(vm);
         }
-    }
-
-    /** Phase names and nanosecond durations, as microseconds in order, for {@link VmMetrics}. */
-    static Map<String, Long> phases(Object... namesAndNanos) {
-        var phases = new LinkedHashMap<String, Long>();
-        for (int i = 0; i < namesAndNanos.length; i += 2)
-            phases.put((String) namesAndNanos[i], (Long) namesAndNanos[i + 1] / 1000);
-        return phases;
     }
 
     /**
