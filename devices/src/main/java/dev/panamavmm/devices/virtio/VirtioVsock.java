@@ -235,8 +235,8 @@ public final class VirtioVsock implements VirtioDevice {
             // The transport takes one buffer per connection with bytes waiting: ask for the next at once.
             if (takeLimit(RX) > 0) kickRx();
         }
-        scatter(chain.writable(), 0, MemorySegment.ofArray(header));
-        scatter(chain.writable(), HEADER, MemorySegment.ofArray(payload));
+        Buffers.scatter(chain.writable(), 0, MemorySegment.ofArray(header));
+        Buffers.scatter(chain.writable(), HEADER, MemorySegment.ofArray(payload));
         if (payload.length > 0) backend.wake(); // there is room to read the host socket again
         return HEADER + payload.length;
     }
@@ -285,7 +285,8 @@ public final class VirtioVsock implements VirtioDevice {
             if (!resetPending || chain.writableBytes() < 4) return 0;
             resetPending = false;
         }
-        scatter(chain.writable(), 0, MemorySegment.ofArray(new byte[4])); // id 0: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+        Buffers.scatter(
+                chain.writable(), 0, MemorySegment.ofArray(new byte[4])); // id 0: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
         return 4;
     }
 
@@ -297,7 +298,7 @@ public final class VirtioVsock implements VirtioDevice {
             return;
         }
         var h = MemorySegment.ofArray(new byte[HEADER]);
-        gather(chain.readable(), 0, h);
+        Buffers.gather(chain.readable(), 0, h);
         long srcCid = h.get(LE64, 0), dstCid = h.get(LE64, 8);
         int srcPort = h.get(LE32, 16), dstPort = h.get(LE32, 20);
         long len = Integer.toUnsignedLong(h.get(LE32, 24));
@@ -310,7 +311,7 @@ public final class VirtioVsock implements VirtioDevice {
         MemorySegment payload = null;
         if (op == OP_RW && len > 0) {
             payload = MemorySegment.ofArray(new byte[(int) len]);
-            gather(chain.readable(), HEADER, payload);
+            Buffers.gather(chain.readable(), HEADER, payload);
         }
         synchronized (this) {
             if (type != TYPE_STREAM) {
@@ -818,39 +819,5 @@ public final class VirtioVsock implements VirtioDevice {
         if (n < 0 || n > 4 * MAX_CONNECTIONS)
             throw new IllegalArgumentException("a vsock state with " + n + " entries");
         return n;
-    }
-
-    // ---- buffers -------------------------------------------------------------------------------
-
-    /** Copies {@code into.byteSize()} bytes from {@code offset} of the buffers (as one run) into {@code into}. */
-    static void gather(List<MemorySegment> buffers, long offset, MemorySegment into) {
-        long want = into.byteSize(), done = 0, skip = offset;
-        for (var b : buffers) {
-            if (done == want) return;
-            if (skip >= b.byteSize()) {
-                skip -= b.byteSize();
-                continue;
-            }
-            long n = Math.min(b.byteSize() - skip, want - done);
-            MemorySegment.copy(b, skip, into, done, n);
-            done += n;
-            skip = 0;
-        }
-    }
-
-    /** Copies {@code from} into the buffers at {@code offset} (as one run), as far as they reach. */
-    static void scatter(List<MemorySegment> buffers, long offset, MemorySegment from) {
-        long want = from.byteSize(), done = 0, skip = offset;
-        for (var b : buffers) {
-            if (done == want) return;
-            if (skip >= b.byteSize()) {
-                skip -= b.byteSize();
-                continue;
-            }
-            long n = Math.min(b.byteSize() - skip, want - done);
-            MemorySegment.copy(from, done, b, skip, n);
-            done += n;
-            skip = 0;
-        }
     }
 }
