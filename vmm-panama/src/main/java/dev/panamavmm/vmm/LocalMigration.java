@@ -102,15 +102,13 @@ public final class LocalMigration {
                             fds.stream().mapToInt(Integer::intValue).toArray());
                     expect(peer, MigrationProtocol.Prepared.class);
                     // Phase 2, the downtime: only vCPU, VM and device state moves.
+                    // The memfd and the disks go by descriptor; the vsock sockets follow the ones sent so far.
                     var saved = VmSnapshots.save(
                             vm,
                             dir,
-                            true,
-                            VmSnapshots.After.STAY_PAUSED,
-                            true,
-                            firstDisk,
-                            RamWriter.Progress.NONE,
-                            fds.size());
+                            new VmSnapshots.Request(
+                                    true, VmSnapshots.After.STAY_PAUSED, true, firstDisk, false, false, fds.size()),
+                            RamWriter.Progress.NONE);
                     long pausedAt = saved.pausedAtNanos();
                     long savedAt = System.nanoTime();
                     // The vsock sockets go with the state: the device's connections change until the pause.

@@ -71,7 +71,10 @@ public final class VmSnapshots {
      * How to save. {@code diff}: only the pages changed since the VM's base (its last snapshot it
      * resumed from, or the snapshot it was restored from), as a layer naming that base;
      * {@code live}: copy RAM while the guest runs, pausing it only for the last changed pages and
-     * the state. See {@link #save(Vm, Path, boolean, After, boolean, int, RamWriter.Progress)} for the others.
+     * the state; {@code firstStateDescriptor} >= 0: a live update passes a vsock device's host
+     * sockets with its state message, the listener as that descriptor and its connections after it
+     * ({@link Vm#vsockDescriptors}). See {@link #save(Vm, Path, boolean, After, boolean, int,
+     * RamWriter.Progress)} for the others.
      */
     public record Request(
             boolean bypass,
@@ -133,29 +136,7 @@ public final class VmSnapshots {
             int firstDiskDescriptor,
             RamWriter.Progress progress)
             throws InterruptedException {
-        return save(vm, dir, bypass, after, passMemfd, firstDiskDescriptor, progress, -1);
-    }
-
-    /**
-     * As above; with {@code firstStateDescriptor} >= 0 a vsock device's host sockets travel too,
-     * with the state message of a live update: its listener as descriptor
-     * {@code firstStateDescriptor}, its connections after it ({@link Vm#vsockDescriptors}).
-     */
-    public static Saved save(
-            Vm vm,
-            Path dir,
-            boolean bypass,
-            After after,
-            boolean passMemfd,
-            int firstDiskDescriptor,
-            RamWriter.Progress progress,
-            int firstStateDescriptor)
-            throws InterruptedException {
-        return save(
-                vm,
-                dir,
-                new Request(bypass, after, passMemfd, firstDiskDescriptor, false, false, firstStateDescriptor),
-                progress);
+        return save(vm, dir, new Request(bypass, after, passMemfd, firstDiskDescriptor, false, false, -1), progress);
     }
 
     /** Pages still changed at which a live save stops copying with the guest running and pauses it. */
