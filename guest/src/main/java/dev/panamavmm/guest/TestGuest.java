@@ -203,7 +203,9 @@ public final class TestGuest {
     }
 
     private static InputStream open(String resource) {
-        InputStream in = TestGuest.class.getClassLoader().getResourceAsStream(resource);
+        // Through the class, not its loader: in a named module only the module's own classes see
+        // its resources (guest/ is not a package that could be opened).
+        InputStream in = TestGuest.class.getResourceAsStream("/" + resource);
         if (in == null) {
             throw new IllegalStateException(resource + " is not on the class path (build the guest module)");
         }

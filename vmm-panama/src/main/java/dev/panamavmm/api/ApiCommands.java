@@ -20,6 +20,9 @@ public final class ApiCommands implements ApiHandler {
 
     private final Map<String, Entry> table = new LinkedHashMap<>();
 
+    /** An empty table; {@link #add} fills it. */
+    public ApiCommands() {}
+
     /** Adds {@code name}, which takes the arguments {@code arguments} (all optional as far as the table knows). */
     public ApiCommands add(String name, List<String> arguments, Body body) {
         if (table.putIfAbsent(name, new Entry(List.copyOf(arguments), body)) != null)

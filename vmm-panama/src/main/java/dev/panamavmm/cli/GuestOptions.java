@@ -1,5 +1,6 @@
 package dev.panamavmm.cli;
 
+import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.vmm.MachineConfig;
 import dev.panamavmm.vmm.boot.BootProtocol;
@@ -16,7 +17,6 @@ import java.nio.file.Path;
 
 /** The options that describe a guest to boot, shared by {@code run} and {@code template create}. */
 final class GuestOptions {
-    static final String EMBEDDED_GUEST = "/guest/testguest.elf";
     static final String DEFAULT_CMDLINE = "console=ttyS0";
 
     long memory;
@@ -117,11 +117,11 @@ final class GuestOptions {
     }
 
     static byte[] embeddedGuest() {
-        try (InputStream in = GuestOptions.class.getResourceAsStream(EMBEDDED_GUEST)) {
-            if (in == null)
-                throw new UserException(
-                        "the embedded test guest is missing from this build (rebuild with ./mvnw package)");
+        // The guest module reads its own resource: in a named module no other module sees it.
+        try (InputStream in = TestGuest.open()) {
             return in.readAllBytes();
+        } catch (IllegalStateException e) {
+            throw new UserException("the embedded test guest is missing from this build (rebuild with ./mvnw package)");
         } catch (IOException e) {
             throw new UserException("cannot read the embedded test guest: " + e.getMessage());
         }

@@ -36,6 +36,9 @@ public final class VmmLogProvider implements SLF4JServiceProvider {
     /** Inheritable: a VM's vCPU and device threads, started by the thread that built it, carry its id. */
     private final MDCAdapter mdc = new BasicMDCAdapter();
 
+    /** slf4j makes it by name ({@code slf4j.provider}). */
+    public VmmLogProvider() {}
+
     /** The instance slf4j bound, if it bound this provider. */
     private static volatile VmmLogProvider bound;
 

@@ -34,7 +34,11 @@ public final class DeviceTable {
     /** What a device may use of the VM it is built into. */
     record Context(OutputStream console, VmFd vmFd, Consumer<VmExitReason> end, VmListener listener) {}
 
-    /** One device type of the table. */
+    /**
+     * One device type of the table. Public so that {@link Vm#device} can be asked for one; how a row
+     * builds its device ({@code Builder}, {@code Context}) stays inside this package, hence "exports".
+     */
+    @SuppressWarnings("exports")
     public record Row<S, D extends PortIoDevice>(
             String section,
             int port,

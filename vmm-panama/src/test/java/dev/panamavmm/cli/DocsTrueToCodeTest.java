@@ -56,6 +56,19 @@ class DocsTrueToCodeTest {
         }
     }
 
+    /** docs/embedding.md shows the example program as it is in the test tree, where a test runs it. */
+    @Test
+    void theEmbeddingDocShowsTheExampleThatRuns() throws IOException {
+        String source = Files.readString(ReadmeTest.repositoryRoot()
+                .resolve("vmm-panama/src/test/java/dev/panamavmm/examples/EmbeddingExample.java"));
+        String example = source.substring(
+                source.indexOf("// begin example\n") + "// begin example\n".length(), source.indexOf("// end example"));
+        String doc = Files.readString(docs().resolve("embedding.md"));
+        assertTrue(
+                doc.contains("```java\n" + example + "```\n"),
+                "docs/embedding.md's program differs from EmbeddingExample.java");
+    }
+
     /** Every command added to the handlers' tables ({@code .add("name", ...)}), and the server's own. */
     static Set<String> controlCommands() throws IOException {
         var names = new TreeSet<String>(dev.panamavmm.api.ApiServerAccess.ownCommands());

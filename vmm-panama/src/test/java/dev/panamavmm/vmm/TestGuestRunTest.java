@@ -1,9 +1,10 @@
-package dev.panamavmm.guest;
+package dev.panamavmm.vmm;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.panamavmm.api.ApiClient;
+import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.testing.Heartbeats;
 import dev.panamavmm.testing.VmmProcess;
