@@ -39,7 +39,7 @@ public final class LibC {
     private static final ThreadLocal<MemorySegment> CAPTURE =
             ThreadLocal.withInitial(() -> Arena.ofAuto().allocate(CAPTURE_LAYOUT));
 
-    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
+    @SuppressWarnings("restricted") // native access: this module (dev.panamavmm.kvm) or the unnamed one (README)
     static MethodHandle link(String name, FunctionDescriptor fd, Linker.Option... options) {
         MemorySegment symbol =
                 LINKER.defaultLookup().find(name).orElseThrow(() -> new UnsatisfiedLinkError("libc has no " + name));
@@ -382,7 +382,7 @@ public final class LibC {
      * Maps {@code length} bytes and ties the mapping to {@code arena}: it is unmapped when the
      * arena closes (an owner that outlives every user of the memory, e.g. every vCPU).
      */
-    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
+    @SuppressWarnings("restricted") // native access: this module (dev.panamavmm.kvm) or the unnamed one (README)
     public static MemorySegment mapInto(Arena arena, long length, int prot, int flags, int fd, long offset) {
         MemorySegment raw = mmap(length, prot, flags, fd, offset);
         return raw.reinterpret(length, arena, s -> munmapQuietly(s.address(), length));
@@ -653,7 +653,7 @@ public final class LibC {
     }
 
     /** {@code "Permission denied"} for EACCES. */
-    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
+    @SuppressWarnings("restricted") // native access: this module (dev.panamavmm.kvm) or the unnamed one (README)
     public static String strerror(int errno) {
         try {
             MemorySegment s = (MemorySegment) Strerror.H.invokeExact(errno);
@@ -666,7 +666,7 @@ public final class LibC {
     }
 
     /** {@code "EACCES"} for EACCES; null when libc does not know the value. */
-    @SuppressWarnings("restricted") // native access is enabled for the unnamed module (README, "Native access")
+    @SuppressWarnings("restricted") // native access: this module (dev.panamavmm.kvm) or the unnamed one (README)
     public static String strerrorname(int errno) {
         try {
             MemorySegment s = (MemorySegment) StrerrorName.H.invokeExact(errno);
