@@ -370,6 +370,7 @@ class Run:
         self.quick = bool(q) if q is not None else None
 
     def caption(self, detail):
+        self.detail = detail   # also in the line under a published picture
         load = f"load {self.load:.2f} at the start" if self.load is not None else "load not recorded"
         kind = "QUICK run (too few runs to be a result)" if self.quick else "full run"
         return f"{self.name}: {self.date}, git {self.commit}, {load}; {kind}, {detail}"
@@ -602,12 +603,13 @@ def publish(run, paths, docs):
         shutil.copyfile(path, os.path.join(img, name) + ".tmp")
         os.replace(os.path.join(img, name) + ".tmp", os.path.join(img, name))
         load = f"load {run.load:.2f} at the start" if run.load is not None else "load not recorded"
-        kind = "a QUICK run: too few runs to be a result" if run.quick else "a full run"
-        line = (f"<!-- from: {name} -->From `bench/results/{run.name}/` ({run.date}, git {run.commit},"
-                f" {load}): {kind}.")
-        md, n = re.subn(rf"^<!-- from: {re.escape(name)} -->.*$", lambda _: line, md, flags=re.M)
+        kind = "a QUICK run (too few runs to be a result)" if run.quick else "not a quick run"
+        # The marker ends the line: a line that starts with "<!--" would be an HTML block, not Markdown.
+        line = (f"From `bench/results/{run.name}/` ({run.date}, git {run.commit}, {load}): {kind}, {run.detail}."
+                f" <!-- from: {name} -->")
+        md, n = re.subn(rf"^.*<!-- from: {re.escape(name)} -->$", lambda _: line, md, flags=re.M)
         if n == 0:
-            print(f"charts: note: docs/benchmarks.md has no '<!-- from: {name} -->' line; only the picture was copied",
+            print(f"charts: note: docs/benchmarks.md has no line ending in '<!-- from: {name} -->'; only the picture was copied",
                   file=sys.stderr)
     with open(md_path + ".tmp", "w") as f:
         f.write(md)

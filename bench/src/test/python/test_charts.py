@@ -204,12 +204,12 @@ class ResultsDirectories(unittest.TestCase):
         docs = os.path.join(self.root, "docs")
         os.makedirs(docs)
         with open(os.path.join(docs, "benchmarks.md"), "w") as f:
-            f.write("# B\n![x](img/migrate-downtime.svg)\n<!-- from: migrate-downtime.svg -->From an older run.\nrest\n")
+            f.write("# B\n![x](img/migrate-downtime.svg)\n\nFrom an older run. <!-- from: migrate-downtime.svg -->\nrest\n")
         self.assertEqual(charts.main(["--publish", docs, d]), 0)
         self.assertTrue(os.path.exists(os.path.join(docs, "img", "migrate-downtime.svg")))
         md = read(os.path.join(docs, "benchmarks.md"))
-        self.assertIn("<!-- from: migrate-downtime.svg -->From `bench/results/migrate-20261204-020000/` "
-                      "(2026-12-04 02:00:00 UTC, git def5678, load 1.50 at the start): a full run.\nrest\n", md)
+        self.assertIn("\n\nFrom `bench/results/migrate-20261204-020000/` (2026-12-04 02:00:00 UTC, git def5678, load 1.50 "
+                      "at the start): not a quick run, 2 migrations per size. <!-- from: migrate-downtime.svg -->\nrest\n", md)
 
 
 if __name__ == "__main__":
