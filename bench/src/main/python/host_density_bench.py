@@ -283,19 +283,21 @@ def crowd(mode, host, q, watch, tpl_mem):
     wcpu0 = {p: cpu_s(p) for p in pool_pids}
     la = loadavg()
     step = max(1, N // RAMP_POINTS)
-    ramp, pause = [], 0.0
+    ramp, pause, worker_kib = [], 0.0, {}
 
     def sample():
         """Memory of the VMM processes holding the clones so far, as the end reading counts it (PSS without the
-        template file's page-cache pages); the requests wait meanwhile, and that pause is kept apart."""
+        template file's page-cache pages); the requests wait meanwhile, and that pause is kept apart. A
+        process-mode worker is read once, at the first sample after its reply (reading every worker at every
+        sample would pause the requests for O(N^2) smaps reads)."""
         ts = time.perf_counter()
         hp, hf, _ = guest_mem(host.pid, tpl_mem)
-        kib = hp - hf
         if mode == "process":
             for r, _ in reps:
-                wp, wf, _ = guest_mem(r["pid"], tpl_mem)
-                kib += wp - wf
-        ramp.append({"n": len(reps), "t_s": ts - t0, "mib": kib / MIB})
+                if r["pid"] not in worker_kib:
+                    wp, wf, _ = guest_mem(r["pid"], tpl_mem)
+                    worker_kib[r["pid"]] = wp - wf
+        ramp.append({"n": len(reps), "t_s": ts - t0, "mib": (hp - hf + sum(worker_kib.values())) / MIB})
         return time.perf_counter() - ts
 
     reps = []
@@ -513,7 +515,8 @@ def summary(R):
     row("CPU-s per VM start, all threads", "cpu_all")
     pc = R["process"]["crowd"]
     p("")
-    p(f"the requests paused {pauses[0]:.2f} s (shared) and {pauses[1]:.2f} s (process) for {RAMP_POINTS} memory samples "
+    samples = len(R["shared"]["crowd"].get("ramp", []))
+    p(f"the requests paused {pauses[0]:.2f} s (shared) and {pauses[1]:.2f} s (process) for {samples} memory samples "
       f"as the clones were added (left out of the requests' time, not of the time to every clone running)")
     p(f"memory read {MEM_WAIT:.0f} s after the last clone's first heartbeat. Process host: its own PSS "
       f"{mib(pc['host_pss']):.1f} MiB (in the total); the pool's {pc['replacements']} replacement workers started meanwhile "
