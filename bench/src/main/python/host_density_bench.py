@@ -25,6 +25,7 @@ OUT, WORK, VMM, QEMU, BIOS = CFG["out"], CFG["work"], CFG["vmm"], CFG["qemu"], C
 N, K, LAT, HB_MS = int(CFG["n"]), int(CFG["standby"]), int(CFG["lat"]), int(CFG["hb"])
 MEM_WAIT = float(CFG["mem_wait"])
 WARMUP = 2          # untimed clones before the timed ones of a latency series
+RAMP_POINTS = 10    # memory samples taken as the crowd's clones are added (the picture of memory against N)
 IDLE = 0.5          # s of quiet before a timed request
 MEMORY = "64M"
 CMDLINE = f"console=ttyS0 testguest.mem=48M testguest.hb={HB_MS} testguest.rewrite=10"
@@ -281,11 +282,32 @@ def crowd(mode, host, q, watch, tpl_mem):
     hcpu0, hvcpu0 = cpu_s(host.pid), vcpu_cpu_s(host.pid)
     wcpu0 = {p: cpu_s(p) for p in pool_pids}
     la = loadavg()
-    t0 = time.perf_counter()
+    step = max(1, N // RAMP_POINTS)
+    ramp, pause, worker_kib = [], 0.0, {}
+
+    def sample():
+        """Memory of the VMM processes holding the clones so far, as the end reading counts it (PSS without the
+        template file's page-cache pages); the requests wait meanwhile, and that pause is kept apart. A
+        process-mode worker is read once, at the first sample after its reply (reading every worker at every
+        sample would pause the requests for O(N^2) smaps reads)."""
+        ts = time.perf_counter()
+        hp, hf, _ = guest_mem(host.pid, tpl_mem)
+        if mode == "process":
+            for r, _ in reps:
+                if r["pid"] not in worker_kib:
+                    wp, wf, _ = guest_mem(r["pid"], tpl_mem)
+                    worker_kib[r["pid"]] = wp - wf
+        ramp.append({"n": len(reps), "t_s": ts - t0, "mib": (hp - hf + sum(worker_kib.values())) / MIB})
+        return time.perf_counter() - ts
+
     reps = []
-    for _ in range(N):
+    t0 = time.perf_counter()
+    pause += sample()
+    for i in range(N):
         rep, _, t1 = q.call("clone", template=TPL)
         reps.append((rep, t1))
+        if (i + 1) % step == 0 or i + 1 == N:
+            pause += sample()
     t_sent = time.perf_counter()
     consoles = [Console(r["console"]) for r, _ in reps]
     pids = [r["pid"] for r, _ in reps] if mode == "process" else None
@@ -308,7 +330,7 @@ def crowd(mode, host, q, watch, tpl_mem):
     bad = [x for c in consoles for x in c.corrupt()]
     if bad:
         raise BenchError(f"{mode} crowd: a guest reported CORRUPT: {bad[0]}")
-    r = {"load_before": la, "requests_s": t_sent - t0, "all_hb_s": t_all - t0,
+    r = {"load_before": la, "requests_s": t_sent - t0 - pause, "all_hb_s": t_all - t0, "ramp": ramp, "ramp_pause_s": pause,
          "reply_ms": [(t1 - t0) * 1e3 for _, t1 in reps], "hb_s": [s - t0 for s in seen],
          "host_pss0": hpss0, "host_pss": hp, "host_tpl_file": hf, "host_dirtied": ha,
          "host_cpu_s": hcpu1 - hcpu0, "host_vcpu_cpu_s": hvcpu1 - hvcpu0, "meminfo_delta": delta_mib(h0, h1),
@@ -481,6 +503,7 @@ def summary(R):
           f"{fmt_num(a / c) if c else '-'}x | {fmt_num(b / c) if c else '-'}x |")
     row("first request -> every clone running (hb; QEMU: query-status), s", "all_s")
     row("of it: the requests (QEMU: spawn + QMP) until the last reply, s", "requests_s")
+    pauses = [R[m]["crowd"].get("ramp_pause_s", 0) for m in ("shared", "process")]
     row("total memory, MiB (PSS without the template file + page tables)", "total")
     row("memory per VM, MiB", "per_vm")
     row("VMM overhead per VM, MiB (without guest memory; + page tables)", "overhead_vm")
@@ -492,6 +515,9 @@ def summary(R):
     row("CPU-s per VM start, all threads", "cpu_all")
     pc = R["process"]["crowd"]
     p("")
+    samples = len(R["shared"]["crowd"].get("ramp", []))
+    p(f"the requests paused {pauses[0]:.2f} s (shared) and {pauses[1]:.2f} s (process) for {samples} memory samples "
+      f"as the clones were added (left out of the requests' time, not of the time to every clone running)")
     p(f"memory read {MEM_WAIT:.0f} s after the last clone's first heartbeat. Process host: its own PSS "
       f"{mib(pc['host_pss']):.1f} MiB (in the total); the pool's {pc['replacements']} replacement workers started meanwhile "
       f"(at nice 19) held {mib(pc['replacements_pss']):.0f} MiB PSS, not in the total (in MemAvailable's drop). "

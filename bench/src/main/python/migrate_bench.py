@@ -421,7 +421,8 @@ def summary(R):
 def main():
     os.makedirs(LOGS, exist_ok=True)
     R = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_before": loadavg(), "sizes": SIZES, "n": N,
-         "warmup": WARMUP, "hb": HB, "cmdline": CMDLINE, "aot": bool(AOT), "qemu1": {}, "panama": {}, "qemu2": {}}
+         "warmup": WARMUP, "hb": HB, "cmdline": CMDLINE, "aot": bool(AOT), "commit": E.get("MIGBENCH_COMMIT", "?"),
+         "quick": E.get("MIGBENCH_IS_QUICK") == "1", "qemu1": {}, "panama": {}, "qemu2": {}}
     try:
         with open("/proc/uptime") as f:
             R["uptime_s"] = float(f.read().split()[0])
