@@ -33,14 +33,14 @@ import java.util.regex.Pattern;
 
 /**
  * One post-copy migration of the test guest between two VMs of this process over loopback TCP
- * (bench/run-postcopy-bench runs it): boots a 2-vCPU guest of {@code MEMORY} exercising 3/4 of
+ * (bench/run-postcopy-bench runs it): boots a guest of {@code MEMORY} on {@code CPUS} vCPUs exercising 3/4 of
  * it with {@code testguest.rewrite=REWRITE}, pauses it at a heartbeat, moves its state through a
  * snapshot without RAM (as PostcopyMigrationTest: the TCP protocol does not carry post-copy yet),
  * resumes the destination with none of its memory, and serves the pages. Prints one JSON line:
  * time from resume to the guest's first heartbeat, to the last page, the heartbeat rate while pages
  * arrive and after, bytes and pages sent, and whether the guest printed CORRUPT.
  *
- * <pre>java -cp benchmarks.jar dev.panamavmm.bench.PostcopyBench MEMORY REWRITE HB_MS SCRATCH_DIR</pre>
+ * <pre>java -cp benchmarks.jar dev.panamavmm.bench.PostcopyBench MEMORY REWRITE HB_MS CPUS SCRATCH_DIR</pre>
  */
 public final class PostcopyBench {
     private PostcopyBench() {}
@@ -96,17 +96,18 @@ public final class PostcopyBench {
     }
 
     public static void main(String[] args) throws Exception {
-        if (args.length != 4) {
-            System.err.println("usage: PostcopyBench MEMORY REWRITE HB_MS SCRATCH_DIR");
+        if (args.length != 5) {
+            System.err.println("usage: PostcopyBench MEMORY REWRITE HB_MS CPUS SCRATCH_DIR");
             System.exit(2);
         }
         long memory = Sizes.parse(args[0]);
         int rewrite = Integer.parseInt(args[1]);
         int hb = Integer.parseInt(args[2]);
-        Path scratch = Path.of(args[3]);
+        int cpus = Integer.parseInt(args[3]);
+        Path scratch = Path.of(args[4]);
         var config = new MachineConfig(
                 memory,
-                2,
+                cpus,
                 new Backing.Memfd(),
                 "test guest",
                 TestGuest.elf(),
@@ -118,7 +119,7 @@ public final class PostcopyBench {
                 var source = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
             source.start();
             console.awaitLine("hb 0 3", 300);
-            console.awaitLine("hb 1 3", 300);
+            for (int cpu = 1; cpu < cpus; cpu++) console.awaitLine("hb " + cpu + " 3", 300);
             source.pause();
             Path state = Files.createTempDirectory(scratch, "state");
             VmSnapshots.save(
@@ -160,12 +161,13 @@ public final class PostcopyBench {
                 toDestination.close();
                 System.out.println(String.format(
                         Locale.ROOT,
-                        "{\"memory\": %d, \"rewrite\": %d, \"pages\": %d, \"resume_to_first_output_ms\": %.1f,"
+                        "{\"vmm\": \"panama\", \"memory\": %d, \"rewrite\": %d, \"cpus\": %d, \"pages\": %d, \"resume_to_first_output_ms\": %.1f,"
                                 + " \"resume_to_last_page_ms\": %.1f, \"hb_per_s_during\": %.1f, \"hb_per_s_after\": %.1f,"
                                 + " \"bytes_sent\": %d, \"pages_requested\": %d, \"pages_streamed\": %d, \"zero_pages\": %d,"
                                 + " \"duplicates\": %d, \"pages_arrived\": %d, \"corrupt\": %b, \"running\": %b}",
                         memory,
                         rewrite,
+                        cpus,
                         pages,
                         (firstOutput - resumed) / 1e6,
                         (complete - resumed) / 1e6,
