@@ -156,7 +156,14 @@ public final class PostcopyDestination implements MemoryFill {
             }
         } finally {
             connectionDone.set(true);
-            if (writer != null) writer.interrupt();
+            if (writer != null) {
+                writer.interrupt();
+                try {
+                    writer.join(1000); // before a new connection re-sends what is still asked for
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }
             receiving.set(false);
         }
     }
@@ -257,7 +264,16 @@ public final class PostcopyDestination implements MemoryFill {
             while (!done.get()) {
                 Long gpa = requests.poll(100, TimeUnit.MILLISECONDS);
                 if (gpa == null) continue;
-                writeRequest(out, gpa, requests.isEmpty());
+                if (done.get()) {
+                    requests.add(gpa); // for the next connection's writer
+                    break;
+                }
+                try {
+                    writeRequest(out, gpa, requests.isEmpty());
+                } catch (IOException e) {
+                    requests.add(gpa);
+                    throw e;
+                }
             }
         } catch (InterruptedException e) {
             // the connection is done
