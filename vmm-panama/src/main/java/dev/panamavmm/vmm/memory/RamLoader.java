@@ -18,6 +18,7 @@ import java.util.Arrays;
 import java.util.List;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.locks.LockSupport;
 import java.util.function.Consumer;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -37,6 +38,9 @@ import org.slf4j.LoggerFactory;
  * ({@link WorkingSet}); a later one loads those first, sorted, before the guest runs. While it
  * records, the background loader waits (else it would load the pages the guest is about to ask
  * for, and they would not be learned).
+ *
+ * <p>The fault loop is {@link Userfaults}'s (post-copy's too). A VMM thread never faults: it loads
+ * the chunks of the range it is handed first ({@link #awaitPresent}, through {@link GuestMemory}).
  *
  * <p>Failure safety: a read error or a file that ends early calls the failure callback (the VM
  * ends with that line) and unregisters the memory, which wakes every thread waiting on a fault.
@@ -82,7 +86,7 @@ public final class RamLoader implements MemoryFill {
      * What a lazy load has done so far.
      *
      * @param faults           fault messages the fault thread read
-     * @param chunksOnFault    chunks it loaded for them
+     * @param chunksOnFault    chunks it loaded for them, and chunks VMM threads loaded before touching them
      * @param chunksPreloaded  chunks of the working set loaded before the guest ran
      * @param chunksBackground chunks the background loader loaded
      * @param workingSetPages  entries of the working set used (0: none was used)
@@ -331,8 +335,10 @@ public final class RamLoader implements MemoryFill {
                         load(i, c, 1, bounce);
                         onFault.incrementAndGet();
                     }
+                    // Another thread's read of at most 2 MiB (the background loader's runs at nice 19: park, do not
+                    // spin).
                     while ((byte) STATE.getVolatile(state[i], c) != LOADED && !stopping && failure == null)
-                        Thread.onSpinWait(); // another thread's read of at most 2 MiB
+                        LockSupport.parkNanos(20_000);
                 }
             }
         } catch (RuntimeException e) {
