@@ -18,6 +18,8 @@ import dev.panamavmm.vmm.boot.X86Boot;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.memory.MemoryLoad;
+import dev.panamavmm.vmm.postcopy.PageSet;
+import dev.panamavmm.vmm.postcopy.PostcopyDestination;
 import dev.panamavmm.vmm.state.KvmState;
 import dev.panamavmm.vmm.vcpu.Cpuid;
 import java.io.OutputStream;
@@ -275,6 +277,41 @@ public final class VmBuilder {
                         "state",
                         done - mappedAt));
         return vm;
+    }
+
+    /** A post-copy destination's VM, paused: its memory registered for post-copy ({@code fill}), every page still {@code missing}. */
+    public record Postcopy(Vm vm, PostcopyDestination fill, PageSet missing) {}
+
+    /**
+     * A paused VM from a snapshot without RAM whose blocks are all passed descriptors (fresh, empty
+     * memfds), its pages to come by post-copy: the memory is mapped and registered with
+     * userfaultfd before the devices are built and before any vCPU runs.
+     */
+    public static Postcopy forPostcopy(Kvm kvm, LoadedSnapshot loaded, OutputStream console, VmListener listener) {
+        var sources = new ArrayList<GuestMemory.BlockSource>();
+        for (var e : loaded.snapshot().ram()) {
+            if (!e.byDescriptor())
+                throw new SnapshotException(
+                        "post-copy needs every RAM block by descriptor; block " + e.id() + " is not");
+            sources.add(new GuestMemory.BlockSource(
+                    e.id(),
+                    e.guestAddress(),
+                    e.size(),
+                    new Backing.Memfd(),
+                    e.fileOffset(),
+                    loaded.descriptors()[e.descriptor()]));
+        }
+        var shell = shell(kvm, sources, loaded.cpus());
+        PageSet missing;
+        PostcopyDestination fill;
+        try {
+            missing = PageSet.all(shell.memory());
+            fill = PostcopyDestination.register(shell.memory(), missing);
+        } catch (RuntimeException e) {
+            shell.close();
+            throw e;
+        }
+        return new Postcopy(finish(kvm, shell, loaded, loaded.config(), console, listener), fill, missing);
     }
 
     /** Memory mapped from {@code sources} and the VM built around it: the part of a live update done before the source pauses. */

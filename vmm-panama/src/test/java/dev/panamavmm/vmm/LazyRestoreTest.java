@@ -68,6 +68,14 @@ class LazyRestoreTest {
         var before = SnapshotTest.checkHeartbeats(console.text());
         try (var vm = VmSnapshots.restore(kvm, snap, load, console, new VmListener() {})) {
             assertEquals(load == MemoryLoad.LAZY, vm.memory().loadStats() != null);
+            if (load == MemoryLoad.LAZY) {
+                // A VMM thread reading guest RAM loads the chunk itself, without a userfaultfd fault.
+                var beforeRead = vm.memory().loadStats();
+                vm.memory().read(0x100000, 8);
+                var afterRead = vm.memory().loadStats();
+                assertEquals(0, afterRead.faults(), afterRead.toString());
+                assertEquals(beforeRead.chunksOnFault() + 1, afterRead.chunksOnFault(), afterRead.toString());
+            }
             vm.start();
             for (int cpu = 0; cpu < cpus; cpu++) console.await("hb " + cpu + " " + (before.get(cpu) + 4), 60);
             vm.memory().awaitLoaded();

@@ -48,6 +48,7 @@ public final class GuestMemory implements AutoCloseable {
     private int[] fdsWithLayers;
 
     private RamLoader loader; // set once by map, before the memory is shared
+    private volatile MemoryFill fill; // the loader, or a post-copy destination; null once the memory is complete
     private boolean closed;
 
     private GuestMemory(List<RamBlock> blocks, int... fds) {
@@ -347,6 +348,7 @@ public final class GuestMemory implements AutoCloseable {
             if (load == MemoryLoad.LAZY && loadFrom != null) loader = RamLoader.lazy(loadFrom, regions);
             var memory = new GuestMemory(blocks, Arrays.copyOf(fds, opened));
             memory.loader = loader;
+            memory.fill = loader;
             return memory;
         } catch (RuntimeException e) {
             if (loader != null) loader.close();
@@ -501,7 +503,23 @@ public final class GuestMemory implements AutoCloseable {
         if (b == null) {
             throw new MemoryException(String.format("guest range 0x%x+0x%x is not RAM", gpa, length));
         }
+        awaitPresent(gpa, length);
         return b.segment().asSlice(gpa - b.guestAddress(), length);
+    }
+
+    /**
+     * Guest RAM filled while the guest runs from now on ({@link MemoryFill}: a post-copy
+     * migration's destination): set before any device or vCPU touches the memory. One at a time.
+     */
+    public void fillWith(MemoryFill fill) {
+        if (this.fill != null) throw new IllegalStateException("guest memory is already being filled");
+        this.fill = fill;
+    }
+
+    /** Returns once {@code [gpa, gpa + length)} is present, so that a VMM thread never faults on a missing page. */
+    private void awaitPresent(long gpa, long length) {
+        var f = fill;
+        if (f != null) f.awaitPresent(gpa, length);
     }
 
     /** The pages the VMM (its devices) may have written: KVM's dirty log does not see them. */
@@ -517,6 +535,7 @@ public final class GuestMemory implements AutoCloseable {
         var b = blockAt(gpa, length);
         if (b == null) return null;
         vmmWrites.mark(gpa, length);
+        awaitPresent(gpa, length);
         return b.segment().asSlice(gpa - b.guestAddress(), length);
     }
 
@@ -544,16 +563,18 @@ public final class GuestMemory implements AutoCloseable {
     }
 
     /**
-     * Waits until a lazy load has brought in every page the snapshot holds (at once when RAM was
-     * not loaded lazily): a save, or a migration that hands the memfd on, needs all of it there.
+     * Waits until a lazy load (or a post-copy migration) has brought in every page (at once when
+     * RAM is complete): a save, or a migration that hands the memfd on, needs all of it there.
      */
     public void awaitLoaded() throws InterruptedException {
-        if (loader != null) loader.awaitLoaded();
+        var f = fill;
+        if (f != null) f.awaitLoaded();
     }
 
-    /** Whom to tell, with a one-line reason, when a lazy load fails (the VM then has to end). */
+    /** Whom to tell, with a one-line reason, when a lazy load (or a post-copy fill) fails for good (the VM then has to end). */
     public void onLoadFailure(Consumer<String> callback) {
-        if (loader != null) loader.onFailure(callback);
+        var f = fill;
+        if (f != null) f.onFailure(callback);
     }
 
     /** What the lazy load has done so far; null when RAM was not loaded lazily. */
@@ -562,11 +583,12 @@ public final class GuestMemory implements AutoCloseable {
     }
 
     /**
-     * Stops a lazy load and wakes every thread waiting on a missing page (it reads zeros): called
+     * Stops a lazy load (or a post-copy fill) and wakes every thread waiting on a missing page (it reads zeros): called
      * when the VM ends, before its vCPU threads are joined, so that none of them waits for ever.
      */
     public void stopLoading() {
-        if (loader != null) loader.close();
+        var f = fill;
+        if (f != null) f.close();
     }
 
     /** Closes the backing fds. The mappings stay valid until their arena closes (and keep a file's lock until then). */

@@ -1,19 +1,11 @@
 package dev.panamavmm.vmm.memory;
 
 import dev.panamavmm.kvm.KvmException;
-import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.LibcConstants;
-import dev.panamavmm.kvm.bindings.Pollfd;
-import dev.panamavmm.kvm.bindings.UffdMsg;
-import dev.panamavmm.kvm.bindings.UffdioApi;
-import dev.panamavmm.kvm.bindings.UffdioCopy;
-import dev.panamavmm.kvm.bindings.UffdioRange;
-import dev.panamavmm.kvm.bindings.UffdioRegister;
 import dev.panamavmm.kvm.sys.LibC;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.lang.invoke.MethodHandles;
 import java.lang.invoke.VarHandle;
 import java.nio.ByteBuffer;
@@ -26,7 +18,7 @@ import java.util.Arrays;
 import java.util.List;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.atomic.AtomicLong;
-import java.util.concurrent.locks.ReentrantReadWriteLock;
+import java.util.concurrent.locks.LockSupport;
 import java.util.function.Consumer;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -47,11 +39,14 @@ import org.slf4j.LoggerFactory;
  * records, the background loader waits (else it would load the pages the guest is about to ask
  * for, and they would not be learned).
  *
+ * <p>The fault loop is {@link Userfaults}'s (post-copy's too). A VMM thread never faults: it loads
+ * the chunks of the range it is handed first ({@link #awaitPresent}, through {@link GuestMemory}).
+ *
  * <p>Failure safety: a read error or a file that ends early calls the failure callback (the VM
  * ends with that line) and unregisters the memory, which wakes every thread waiting on a fault.
  * {@link #close} does the same without the callback, so closing a VM never waits on a fault.
  */
-public final class RamLoader implements AutoCloseable {
+public final class RamLoader implements MemoryFill {
     private static final Logger log = LoggerFactory.getLogger(RamLoader.class);
 
     /**
@@ -69,7 +64,6 @@ public final class RamLoader implements AutoCloseable {
 
     private static final byte MISSING = 0, LOADING = 1, LOADED = 2;
     private static final VarHandle STATE = MethodHandles.arrayElementVarHandle(byte[].class);
-    private static final int MESSAGES = 32;
 
     /**
      * A range of guest memory filled from the snapshot file.
@@ -92,7 +86,7 @@ public final class RamLoader implements AutoCloseable {
      * What a lazy load has done so far.
      *
      * @param faults           fault messages the fault thread read
-     * @param chunksOnFault    chunks it loaded for them
+     * @param chunksOnFault    chunks it loaded for them, and chunks VMM threads loaded before touching them
      * @param chunksPreloaded  chunks of the working set loaded before the guest ran
      * @param chunksBackground chunks the background loader loaded
      * @param workingSetPages  entries of the working set used (0: none was used)
@@ -113,11 +107,8 @@ public final class RamLoader implements AutoCloseable {
     private final List<Region> regions;
     private final byte[][] state;
     private final List<List<long[]>> extents = new ArrayList<>();
-    private final int uffd;
-    private final int stopFd;
+    private final Userfaults userfaults;
     private final Arena arena = Arena.ofShared();
-    private final ReentrantReadWriteLock registration = new ReentrantReadWriteLock();
-    private boolean registered; // guarded by registration
     private volatile boolean stopping;
     private volatile String failure;
     private volatile Consumer<String> onFailure;
@@ -133,7 +124,7 @@ public final class RamLoader implements AutoCloseable {
     private final List<Long> recordedPages = new ArrayList<>(); // guarded by itself
     private volatile boolean complete;
     private int workingSetPages;
-    private Thread faultThread, loaderThread;
+    private Thread loaderThread;
     private final long started = System.nanoTime();
 
     private RamLoader(
@@ -142,8 +133,7 @@ public final class RamLoader implements AutoCloseable {
             List<Region> regions,
             WorkingSet.SnapshotKey key,
             boolean recording,
-            int uffd,
-            int stopFd) {
+            Userfaults userfaults) {
         this.snapshotFile = snapshotFile;
         this.file = file;
         this.regions = List.copyOf(regions);
@@ -152,8 +142,7 @@ public final class RamLoader implements AutoCloseable {
             state[i] = new byte[regions.get(i).chunks()];
         this.key = key;
         this.recording = recording;
-        this.uffd = uffd;
-        this.stopFd = stopFd;
+        this.userfaults = userfaults;
     }
 
     static int chunkSize(String kib) {
@@ -207,17 +196,16 @@ public final class RamLoader implements AutoCloseable {
         } catch (IOException e) {
             throw new MemoryException("cannot read guest RAM from " + snapshotFile + ": " + e.getMessage(), e);
         }
-        int uffd = -1, stopFd = -1;
+        Userfaults userfaults = null;
         RamLoader loader = null;
         try {
             key = WorkingSet.SnapshotKey.of(snapshotFile);
             WorkingSet workingSet = readWorkingSet(snapshotFile, key);
-            uffd = LibC.userfaultfd(LibcConstants.O_CLOEXEC | LibcConstants.O_NONBLOCK);
-            stopFd = LibC.eventfd(0, LibcConstants.EFD_CLOEXEC | LibcConstants.EFD_NONBLOCK);
-            loader = new RamLoader(snapshotFile, file, regions, key, workingSet == null, uffd, stopFd);
-            loader.register();
+            userfaults =
+                    Userfaults.register(regions.stream().map(Region::memory).toList());
+            loader = new RamLoader(snapshotFile, file, regions, key, workingSet == null, userfaults);
             loader.extents.addAll(dataExtents(snapshotFile, regions));
-            loader.faultThread = Thread.ofPlatform().daemon().name("ram-faults").start(loader::serveFaults);
+            loader.startFaults();
             if (workingSet != null) {
                 long start = System.nanoTime();
                 loader.preload(workingSet);
@@ -232,8 +220,7 @@ public final class RamLoader implements AutoCloseable {
         } catch (IOException | RuntimeException e) {
             if (loader != null) loader.close();
             else {
-                if (uffd >= 0) LibC.close(uffd);
-                if (stopFd >= 0) LibC.close(stopFd);
+                if (userfaults != null) userfaults.close();
                 try {
                     file.close();
                 } catch (IOException ignored) {
@@ -261,121 +248,52 @@ public final class RamLoader implements AutoCloseable {
         return null;
     }
 
-    private void register() {
-        var api = arena.allocate(UffdioApi.LAYOUT);
-        api.set(ValueLayout.JAVA_LONG, UffdioApi.API, LibcConstants.UFFD_API);
-        api.set(ValueLayout.JAVA_LONG, UffdioApi.FEATURES, LibcConstants.UFFD_FEATURE_MISSING_SHMEM);
-        LibC.ioctl(uffd, Ioctls.UFFDIO_API, api);
-        var reg = arena.allocate(UffdioRegister.LAYOUT);
-        registration.writeLock().lock();
-        try {
-            for (var r : regions) {
-                reg.fill((byte) 0);
-                reg.set(
-                        ValueLayout.JAVA_LONG,
-                        UffdioRegister.RANGE + UffdioRange.START,
-                        r.memory().address());
-                reg.set(ValueLayout.JAVA_LONG, UffdioRegister.RANGE + UffdioRange.LEN, r.size());
-                reg.set(ValueLayout.JAVA_LONG, UffdioRegister.MODE, LibcConstants.UFFDIO_REGISTER_MODE_MISSING);
-                LibC.ioctl(uffd, Ioctls.UFFDIO_REGISTER, reg);
-                registered = true;
-            }
-        } finally {
-            registration.writeLock().unlock();
-        }
-    }
+    /** Serves faults on the fault thread ({@code ram-faults}), and ends the recording window on time. */
+    private void startFaults() {
+        var bounce = arena.allocate(CHUNK, 4096); // the fault thread's own
+        userfaults.start("ram-faults", new Userfaults.Handler() {
+            private long windowEnd; // nanoTime when recording stops; 0 before the first fault
 
-    /** Unregisters every region: threads waiting on a fault wake and find the page (or a zero page). Idempotent. */
-    private void unregister() {
-        registration.writeLock().lock();
-        try {
-            if (!registered) return;
-            registered = false;
-            try (var local = Arena.ofConfined()) {
-                var range = local.allocate(UffdioRange.LAYOUT);
-                for (var r : regions) {
-                    range.set(
-                            ValueLayout.JAVA_LONG, UffdioRange.START, r.memory().address());
-                    range.set(ValueLayout.JAVA_LONG, UffdioRange.LEN, r.size());
-                    try {
-                        LibC.ioctl(uffd, Ioctls.UFFDIO_UNREGISTER, range);
-                    } catch (KvmException e) {
-                        log.warn("unregistering guest RAM from userfaultfd: {}", e.getMessage());
-                    }
-                }
+            @Override
+            public void fault(int region, long offset) {
+                faults.incrementAndGet();
+                if (recording && windowEnd == 0) windowEnd = System.nanoTime() + RECORD_MILLIS * 1_000_000;
+                serveFault(region, offset, bounce, recording && recorded.getCount() > 0);
             }
-        } finally {
-            registration.writeLock().unlock();
-        }
-    }
 
-    /** The fault thread: reads fault messages and serves each with its chunk; ends on stop or when loading is complete. */
-    private void serveFaults() {
-        try (var local = Arena.ofConfined()) {
-            var fds = local.allocate(Pollfd.LAYOUT, 2);
-            fds.set(ValueLayout.JAVA_INT, Pollfd.FD, uffd);
-            fds.set(ValueLayout.JAVA_SHORT, Pollfd.EVENTS, (short) LibcConstants.POLLIN);
-            fds.set(ValueLayout.JAVA_INT, Pollfd.BYTE_SIZE + Pollfd.FD, stopFd);
-            fds.set(ValueLayout.JAVA_SHORT, Pollfd.BYTE_SIZE + Pollfd.EVENTS, (short) LibcConstants.POLLIN);
-            var messages = local.allocate(UffdMsg.BYTE_SIZE * MESSAGES, 8);
-            var bounce = local.allocate(CHUNK, 4096);
-            var copy = local.allocate(UffdioCopy.LAYOUT);
-            long windowEnd = 0; // nanoTime when recording stops; 0 before the first fault
-            while (!stopping) {
-                int timeout = -1;
+            @Override
+            public int pollMillis() {
                 if (recording && recorded.getCount() > 0 && windowEnd != 0)
-                    timeout = (int) Math.max(1, (windowEnd - System.nanoTime()) / 1_000_000);
-                LibC.poll(fds, 2, timeout);
+                    return (int) Math.max(1, (windowEnd - System.nanoTime()) / 1_000_000);
+                return -1;
+            }
+
+            @Override
+            public void polled() {
                 if (recording && windowEnd != 0 && System.nanoTime() >= windowEnd) recorded.countDown();
-                if (stopping || fds.get(ValueLayout.JAVA_SHORT, Pollfd.BYTE_SIZE + Pollfd.REVENTS) != 0) break;
-                long n = LibC.readOrErrno(uffd, messages);
-                if (n == -LibcConstants.EAGAIN) continue; // the fault was woken by a copy before it was read
-                if (n < 0) throw new MemoryException("reading userfaultfd: " + LibC.strerror((int) -n));
-                for (long at = 0; at < n; at += UffdMsg.BYTE_SIZE) {
-                    if (messages.get(ValueLayout.JAVA_BYTE, at + UffdMsg.EVENT) != LibcConstants.UFFD_EVENT_PAGEFAULT)
-                        continue;
-                    long address = messages.get(ValueLayout.JAVA_LONG, at + UffdMsg.ARG_PAGEFAULT_ADDRESS);
-                    faults.incrementAndGet();
-                    if (recording && windowEnd == 0) windowEnd = System.nanoTime() + RECORD_MILLIS * 1_000_000;
-                    serveFault(address, bounce, copy, recording && recorded.getCount() > 0);
+            }
+
+            @Override
+            public void failed(String message) {
+                fail(message);
+            }
+        });
+    }
+
+    private void serveFault(int i, long offset, MemorySegment bounce, boolean record) {
+        var r = regions.get(i);
+        int chunk = (int) (offset / CHUNK);
+        if (claim(i, chunk)) {
+            load(i, chunk, 1, bounce);
+            onFault.incrementAndGet();
+            if (record) {
+                synchronized (recordedPages) {
+                    recordedPages.add(r.guestAddress() + (long) chunk * CHUNK);
                 }
             }
-        } catch (RuntimeException e) {
-            fail(e.getMessage());
-        }
-    }
-
-    private void serveFault(long address, MemorySegment bounce, MemorySegment copy, boolean record) {
-        for (int i = 0; i < regions.size(); i++) {
-            var r = regions.get(i);
-            long offset = address - r.memory().address();
-            if (offset < 0 || offset >= r.size()) continue;
-            int chunk = (int) (offset / CHUNK);
-            if (claim(i, chunk)) {
-                load(i, chunk, 1, bounce, copy);
-                onFault.incrementAndGet();
-                if (record) {
-                    synchronized (recordedPages) {
-                        recordedPages.add(r.guestAddress() + (long) chunk * CHUNK);
-                    }
-                }
-            } else if ((byte) STATE.getVolatile(state[i], chunk) == LOADED) {
-                wake(address & ~4095L, copy); // it faulted just before the copy that loaded it
-            } // else being loaded by the background loader, whose copy wakes it
-            return;
-        }
-    }
-
-    private void wake(long page, MemorySegment scratch) {
-        registration.readLock().lock();
-        try {
-            if (!registered) return;
-            scratch.set(ValueLayout.JAVA_LONG, UffdioRange.START, page);
-            scratch.set(ValueLayout.JAVA_LONG, UffdioRange.LEN, 4096);
-            LibC.ioctlOrErrno(uffd, Ioctls.UFFDIO_WAKE, scratch);
-        } finally {
-            registration.readLock().unlock();
-        }
+        } else if ((byte) STATE.getVolatile(state[i], chunk) == LOADED) {
+            userfaults.wake(r.memory().address() + offset); // it faulted just before the copy that loaded it
+        } // else being loaded by another thread, whose copy wakes it
     }
 
     private boolean claim(int region, int chunk) {
@@ -383,7 +301,7 @@ public final class RamLoader implements AutoCloseable {
     }
 
     /** Reads chunks {@code [first, first + count)} of a region (all claimed by the caller) and copies them in. */
-    private void load(int region, int first, int count, MemorySegment bounce, MemorySegment copy) {
+    private void load(int region, int first, int count, MemorySegment bounce) {
         var r = regions.get(region);
         long offset = (long) first * CHUNK;
         long len = Math.min((long) count * CHUNK, r.size() - offset);
@@ -392,30 +310,40 @@ public final class RamLoader implements AutoCloseable {
         } catch (IOException e) {
             throw new MemoryException("cannot read guest RAM from " + snapshotFile + ": " + e.getMessage(), e);
         }
-        registration.readLock().lock();
-        try {
-            if (!registered) return; // stopped meanwhile: nothing waits any more
-            long done = 0;
-            while (done < len) {
-                copy.set(ValueLayout.JAVA_LONG, UffdioCopy.DST, r.memory().address() + offset + done);
-                copy.set(ValueLayout.JAVA_LONG, UffdioCopy.SRC, bounce.address() + done);
-                copy.set(ValueLayout.JAVA_LONG, UffdioCopy.LEN, len - done);
-                copy.set(ValueLayout.JAVA_LONG, UffdioCopy.MODE, 0L);
-                copy.set(ValueLayout.JAVA_LONG, UffdioCopy.COPY, 0L);
-                int rc = LibC.ioctlOrErrno(uffd, Ioctls.UFFDIO_COPY, copy);
-                long copied = Math.max(0, copy.get(ValueLayout.JAVA_LONG, UffdioCopy.COPY));
-                if (rc >= 0) break;
-                if (-rc == LibcConstants.EAGAIN) done += copied;
-                else if (-rc
-                        == LibcConstants.EEXIST) { // a page already there: keep it (and count it: it should not be)
-                    foundThere.incrementAndGet();
-                    done += copied + 4096;
-                } else throw new MemoryException("UFFDIO_COPY failed: " + LibC.strerror(-rc));
-            }
-        } finally {
-            registration.readLock().unlock();
-        }
+        foundThere.addAndGet(userfaults.copy(r.memory().address() + offset, bounce, len));
         for (int c = first; c < first + count; c++) STATE.setVolatile(state[region], c, LOADED);
+    }
+
+    /**
+     * Loads the chunks of {@code [gpa, gpa + length)} still missing on the calling VMM thread (a
+     * chunk another thread is loading is waited for), so that the caller never faults on one.
+     */
+    @Override
+    public void awaitPresent(long gpa, long length) {
+        if (complete || stopping || failure != null || length <= 0) return;
+        MemorySegment bounce = null;
+        try (var local = Arena.ofConfined()) {
+            for (int i = 0; i < regions.size(); i++) {
+                var r = regions.get(i);
+                long from = Math.max(gpa, r.guestAddress()), to = Math.min(gpa + length, r.guestAddress() + r.size());
+                if (from >= to) continue;
+                for (int c = (int) ((from - r.guestAddress()) / CHUNK);
+                        c <= (int) ((to - 1 - r.guestAddress()) / CHUNK);
+                        c++) {
+                    if (claim(i, c)) {
+                        if (bounce == null) bounce = local.allocate(CHUNK, 4096);
+                        load(i, c, 1, bounce);
+                        onFault.incrementAndGet();
+                    }
+                    // Another thread's read of at most 2 MiB (the background loader's runs at nice 19: park, do not
+                    // spin).
+                    while ((byte) STATE.getVolatile(state[i], c) != LOADED && !stopping && failure == null)
+                        LockSupport.parkNanos(20_000);
+                }
+            }
+        } catch (RuntimeException e) {
+            fail(e.getMessage());
+        }
     }
 
     /** Loads the working set's chunks, sorted and merged into runs, before the guest runs. */
@@ -425,7 +353,6 @@ public final class RamLoader implements AutoCloseable {
         Arrays.sort(pages);
         try (var local = Arena.ofConfined()) {
             var bounce = local.allocate(BATCH, 4096);
-            var copy = local.allocate(UffdioCopy.LAYOUT);
             int runRegion = -1, runFirst = 0, runCount = 0;
             for (long gpa : pages) {
                 int region = regionOf(gpa);
@@ -434,7 +361,7 @@ public final class RamLoader implements AutoCloseable {
                 if (region == runRegion && chunk < runFirst + runCount) continue; // a duplicate
                 boolean contiguous = region == runRegion && chunk == runFirst + runCount && runCount < BATCH / CHUNK;
                 if (!contiguous && runCount > 0) {
-                    load(runRegion, runFirst, runCount, bounce, copy);
+                    load(runRegion, runFirst, runCount, bounce);
                     preloaded.addAndGet(runCount);
                     runCount = 0;
                 }
@@ -446,7 +373,7 @@ public final class RamLoader implements AutoCloseable {
                 runCount++;
             }
             if (runCount > 0) {
-                load(runRegion, runFirst, runCount, bounce, copy);
+                load(runRegion, runFirst, runCount, bounce);
                 preloaded.addAndGet(runCount);
             }
         }
@@ -471,13 +398,12 @@ public final class RamLoader implements AutoCloseable {
             }
             try (var local = Arena.ofConfined()) {
                 var bounce = local.allocate(BATCH, 4096);
-                var copy = local.allocate(UffdioCopy.LAYOUT);
                 for (int i = 0; i < regions.size() && !stopping; i++) {
                     for (long[] e : extents.get(i)) {
                         int runFirst = 0, runCount = 0;
                         for (int c = (int) (e[0] / CHUNK); c <= (int) ((e[1] - 1) / CHUNK) && !stopping; c++) {
                             if (runCount > 0 && (runFirst + runCount != c || runCount == BATCH / CHUNK)) {
-                                load(i, runFirst, runCount, bounce, copy);
+                                load(i, runFirst, runCount, bounce);
                                 background.addAndGet(runCount);
                                 runCount = 0;
                             }
@@ -486,14 +412,14 @@ public final class RamLoader implements AutoCloseable {
                             runCount++;
                         }
                         if (runCount > 0 && !stopping) {
-                            load(i, runFirst, runCount, bounce, copy);
+                            load(i, runFirst, runCount, bounce);
                             background.addAndGet(runCount);
                         }
                     }
                 }
             }
             if (stopping) return;
-            unregister(); // the holes left are zero, as the memfd's holes are
+            userfaults.unregister(); // the holes left are zero, as the memfd's holes are
             complete = true;
             log.debug(
                     "guest RAM loaded from {}: {} faults, chunks: {} on fault, {} preloaded, {} in background;"
@@ -504,7 +430,7 @@ public final class RamLoader implements AutoCloseable {
                     preloaded.get(),
                     background.get(),
                     (System.nanoTime() - started) / 1_000_000);
-            stopThreads();
+            userfaults.stop();
             loaded.countDown();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
@@ -535,21 +461,23 @@ public final class RamLoader implements AutoCloseable {
         log.debug("{}", failure);
         var callback = onFailure;
         if (callback != null) callback.accept(failure);
-        stopThreads();
-        unregister();
+        userfaults.stop();
+        userfaults.unregister();
         recorded.countDown();
         loaded.countDown();
     }
 
     /** Whom to tell when loading fails (the VM, to end); told at once if it already has. */
-    void onFailure(Consumer<String> callback) {
+    @Override
+    public void onFailure(Consumer<String> callback) {
         onFailure = callback;
         var f = failure;
         if (f != null) callback.accept(f);
     }
 
     /** Loads everything now (a save or migration needs all of RAM): recording stops without a file; waits until done. */
-    void awaitLoaded() throws InterruptedException {
+    @Override
+    public void awaitLoaded() throws InterruptedException {
         recorded.countDown();
         loaded.await();
         var f = failure;
@@ -568,26 +496,15 @@ public final class RamLoader implements AutoCloseable {
                 complete);
     }
 
-    private void stopThreads() {
-        try (var local = Arena.ofConfined()) {
-            var one = local.allocate(ValueLayout.JAVA_LONG);
-            one.set(ValueLayout.JAVA_LONG, 0, 1L);
-            LibC.write(stopFd, one);
-        } catch (RuntimeException e) {
-            log.warn("stopping the guest RAM fault thread: {}", e.getMessage());
-        }
-    }
-
     /** Stops both threads and wakes every fault (its page reads as zero: the VM is ending). Idempotent. */
     @Override
     public void close() {
         if (stopping) return;
         boolean done = loaded.getCount() == 0;
         stopping = true;
-        stopThreads();
-        unregister();
+        userfaults.close(); // stops and joins the fault thread; every waiting fault wakes
         recorded.countDown();
-        for (var t : new Thread[] {faultThread, loaderThread}) {
+        for (var t : new Thread[] {loaderThread}) {
             if (t == null || t == Thread.currentThread()) continue;
             boolean interrupted = false;
             while (t.isAlive()) {
@@ -609,8 +526,6 @@ public final class RamLoader implements AutoCloseable {
                     preloaded.get(),
                     background.get());
         }
-        LibC.close(uffd);
-        LibC.close(stopFd);
         try {
             file.close();
         } catch (IOException e) {

@@ -1,0 +1,187 @@
+package dev.panamavmm.bench;
+
+import dev.panamavmm.guest.TestGuest;
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.vmm.MachineConfig;
+import dev.panamavmm.vmm.Vm;
+import dev.panamavmm.vmm.VmBuilder;
+import dev.panamavmm.vmm.VmListener;
+import dev.panamavmm.vmm.VmSnapshots;
+import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.Sizes;
+import dev.panamavmm.vmm.postcopy.PageSet;
+import dev.panamavmm.vmm.postcopy.PostcopySource;
+import dev.panamavmm.vmm.postcopy.Stats;
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.net.InetAddress;
+import java.net.ServerSocket;
+import java.net.Socket;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Pattern;
+
+/**
+ * One post-copy migration of the test guest between two VMs of this process over loopback TCP
+ * (bench/run-postcopy-bench runs it): boots a guest of {@code MEMORY} on {@code CPUS} vCPUs exercising 3/4 of
+ * it with {@code testguest.rewrite=REWRITE}, pauses it at a heartbeat, moves its state through a
+ * snapshot without RAM (as PostcopyMigrationTest: the TCP protocol does not carry post-copy yet),
+ * resumes the destination with none of its memory, and serves the pages. Prints one JSON line:
+ * time from resume to the guest's first heartbeat, to the last page, the heartbeat rate while pages
+ * arrive and after, bytes and pages sent, and whether the guest printed CORRUPT.
+ *
+ * <pre>java -cp benchmarks.jar dev.panamavmm.bench.PostcopyBench MEMORY REWRITE HB_MS CPUS SCRATCH_DIR</pre>
+ */
+public final class PostcopyBench {
+    private PostcopyBench() {}
+
+    private static final Pattern HB = Pattern.compile("hb (\\d+) (\\d+)");
+
+    /** A console that keeps each line with the time it was completed. */
+    static final class TimedConsole extends OutputStream {
+        private final ByteArrayOutputStream line = new ByteArrayOutputStream();
+        private final List<long[]> heartbeats = new ArrayList<>(); // {nanoTime, cpu}
+        private final StringBuilder text = new StringBuilder();
+
+        @Override
+        public synchronized void write(int b) {
+            if (b != '\n') {
+                line.write(b);
+                return;
+            }
+            String l = line.toString(StandardCharsets.UTF_8);
+            line.reset();
+            text.append(l).append('\n');
+            var m = HB.matcher(l);
+            if (m.matches()) heartbeats.add(new long[] {System.nanoTime(), Long.parseLong(m.group(1))});
+            notifyAll();
+        }
+
+        synchronized long heartbeatsBetween(long from, long to) {
+            return heartbeats.stream().filter(h -> h[0] >= from && h[0] < to).count();
+        }
+
+        synchronized long firstHeartbeatAfter(long t, long timeoutNanos) throws InterruptedException {
+            long deadline = System.nanoTime() + timeoutNanos;
+            while (true) {
+                for (var h : heartbeats) if (h[0] > t) return h[0];
+                long left = deadline - System.nanoTime();
+                if (left <= 0) throw new IllegalStateException("no heartbeat after the resume:\n" + text);
+                wait(Math.max(1, left / 1_000_000));
+            }
+        }
+
+        synchronized void awaitLine(String wanted, long seconds) throws InterruptedException {
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
+            while (!text.toString().contains(wanted + "\n")) {
+                long left = deadline - System.nanoTime();
+                if (left <= 0) throw new IllegalStateException("no line '" + wanted + "' in:\n" + text);
+                wait(Math.max(1, left / 1_000_000));
+            }
+        }
+
+        synchronized boolean corrupt() {
+            return text.toString().contains("CORRUPT");
+        }
+    }
+
+    public static void main(String[] args) throws Exception {
+        if (args.length != 5) {
+            System.err.println("usage: PostcopyBench MEMORY REWRITE HB_MS CPUS SCRATCH_DIR");
+            System.exit(2);
+        }
+        long memory = Sizes.parse(args[0]);
+        int rewrite = Integer.parseInt(args[1]);
+        int hb = Integer.parseInt(args[2]);
+        int cpus = Integer.parseInt(args[3]);
+        Path scratch = Path.of(args[4]);
+        var config = new MachineConfig(
+                memory,
+                cpus,
+                new Backing.Memfd(),
+                "test guest",
+                TestGuest.elf(),
+                null,
+                "console=ttyS0 testguest.hb=" + hb + " testguest.mem=" + (memory / 4 * 3 >> 20) + "M testguest.rewrite="
+                        + rewrite);
+        var console = new TimedConsole();
+        try (var kvm = Kvm.open();
+                var source = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
+            source.start();
+            console.awaitLine("hb 0 3", 300);
+            for (int cpu = 1; cpu < cpus; cpu++) console.awaitLine("hb " + cpu + " 3", 300);
+            source.pause();
+            Path state = Files.createTempDirectory(scratch, "state");
+            VmSnapshots.save(
+                    source,
+                    state,
+                    new VmSnapshots.Request(false, VmSnapshots.After.STAY_PAUSED, true, -1, false, false, -1),
+                    RamWriter.Progress.NONE);
+            int memfd = LibC.memfdCreate("postcopy-destination", LibcConstants.MFD_CLOEXEC);
+            LibC.ftruncate(memfd, memory);
+            var built = VmBuilder.forPostcopy(
+                    kvm, VmSnapshots.load(state, new int[] {memfd}), console, new VmListener() {});
+            try (Vm destination = built.vm();
+                    var server = new ServerSocket(0, 1, InetAddress.getLoopbackAddress())) {
+                var toSend = PageSet.all(source.memory());
+                long pages = toSend.count();
+                var sourceSide = new PostcopySource(source.memory(), toSend);
+                long resumed = System.nanoTime();
+                destination.start();
+                var toDestination = new Socket(server.getInetAddress(), server.getLocalPort());
+                var toSource = server.accept();
+                var served = new CompletableFuture<Stats>();
+                Thread.ofPlatform().name("bench-serve").start(() -> {
+                    try {
+                        served.complete(sourceSide.serve(toSource.getInputStream(), toSource.getOutputStream()));
+                    } catch (IOException | RuntimeException e) {
+                        served.completeExceptionally(e);
+                    }
+                });
+                var received = built.fill().receive(toDestination.getInputStream(), toDestination.getOutputStream());
+                long complete = System.nanoTime();
+                var sent = served.get(60, TimeUnit.SECONDS);
+                long firstOutput = console.firstHeartbeatAfter(resumed, TimeUnit.SECONDS.toNanos(60));
+                // The rate after: over as long as the transfer took, at least 2 s.
+                long window = Math.max(complete - resumed, TimeUnit.SECONDS.toNanos(2));
+                Thread.sleep(TimeUnit.NANOSECONDS.toMillis(window) + 50);
+                double during = console.heartbeatsBetween(resumed, complete) * 1e9 / (complete - resumed);
+                double after = console.heartbeatsBetween(complete, complete + window) * 1e9 / window;
+                toSource.close();
+                toDestination.close();
+                System.out.println(String.format(
+                        Locale.ROOT,
+                        "{\"vmm\": \"panama\", \"memory\": %d, \"rewrite\": %d, \"cpus\": %d, \"pages\": %d, \"resume_to_first_output_ms\": %.1f,"
+                                + " \"resume_to_last_page_ms\": %.1f, \"hb_per_s_during\": %.1f, \"hb_per_s_after\": %.1f,"
+                                + " \"bytes_sent\": %d, \"pages_requested\": %d, \"pages_streamed\": %d, \"zero_pages\": %d,"
+                                + " \"duplicates\": %d, \"pages_arrived\": %d, \"corrupt\": %b, \"running\": %b}",
+                        memory,
+                        rewrite,
+                        cpus,
+                        pages,
+                        (firstOutput - resumed) / 1e6,
+                        (complete - resumed) / 1e6,
+                        during,
+                        after,
+                        sent.bytes(),
+                        received.pagesRequested(),
+                        received.pagesStreamed(),
+                        received.zeroPages(),
+                        received.duplicates(),
+                        received.pages(),
+                        console.corrupt(),
+                        !destination.termination().isDone()));
+            }
+        }
+    }
+}

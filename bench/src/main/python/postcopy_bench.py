@@ -1,0 +1,107 @@
+"""QEMU 7.2's post-copy beside bench/run-postcopy-bench's Panama rows: the same test guest
+(testguest-pvh.elf on a microvm machine, where it runs on one vCPU), a source and an `-incoming
+defer` destination over 127.0.0.1, postcopy-ram on both, `migrate` then at once
+`migrate-start-postcopy`. Prints one JSON line per run, in PostcopyBench's shape.
+
+    python3 postcopy_bench.py QEMU ELF MEMORY REWRITE HB SCRATCH_DIR LOG
+"""
+import json
+import os
+import re
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as B  # noqa: E402
+
+HB = re.compile(r"hb \d+ \d+")
+
+
+def size_bytes(s):
+    return int(s[:-1]) << (20 if s[-1] == "M" else 30)
+
+
+def qemu_cmd(qemu, elf, memory, rewrite, hb, qmp, console, incoming):
+    guest_mem = size_bytes(memory) // 4 * 3 >> 20
+    cmd = [qemu, "-name", "postcopy,debug-threads=on", "-accel", "kvm", "-cpu", "host", "-smp", "1",
+           "-M", "microvm,acpi=off,auto-kernel-cmdline=on", "-m", memory, "-nodefaults", "-no-user-config",
+           "-nographic", "-no-reboot", "-serial", f"file:{console}", "-display", "none", "-kernel", elf,
+           "-append", f"console=ttyS0 testguest.mem={guest_mem}M testguest.hb={hb} testguest.rewrite={rewrite}",
+           "-qmp", f"unix:{qmp},server=on,wait=off"]
+    return cmd + (["-incoming", "defer"] if incoming else [])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    qemu, elf, memory, rewrite, hb, scratch, logpath = sys.argv[1:8]
+    B.set_log(logpath)
+    paths = {k: os.path.join(scratch, k) for k in ("src.sock", "dst.sock", "src.log", "dst.log")}
+    for p in paths.values():
+        if os.path.exists(p):
+            os.unlink(p)
+    src_p, _ = B.spawn(qemu_cmd(qemu, elf, memory, rewrite, hb, paths["src.sock"], paths["src.log"], False), logpath)
+    dst_p, _ = B.spawn(qemu_cmd(qemu, elf, memory, rewrite, hb, paths["dst.sock"], paths["dst.log"], True), logpath)
+    try:
+        src = B.JsonLines(paths["src.sock"], src_p)
+        dst = B.JsonLines(paths["dst.sock"], dst_p)
+        watch = B.DirWatch(scratch)
+        sc, dc = B.Console(paths["src.log"]), B.Console(paths["dst.log"])
+        sc.wait(r"hb 0 3", watch, 300, src_p)
+        for q in (src, dst):
+            q.cmd("migrate-set-capabilities", capabilities=[{"capability": "postcopy-ram", "state": True}])
+        # No bandwidth limit (QEMU's default is 32 MiB/s); Panama's side has none either.
+        src.cmd("migrate-set-parameters", **{"max-bandwidth": 100 << 30})
+        port = free_port()
+        dst.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        src.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+        src.cmd("migrate-start-postcopy")
+        resumed = dst.wait_event("RESUME", 120)
+        if resumed is None:
+            raise B.BenchError("the destination never resumed")
+        t_resume = resumed[0]
+        while True:
+            dc.poll()
+            m = src.cmd("query-migrate")
+            if m.get("status") in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.002)
+        t_done = B.now()
+        if m["status"] != "completed":
+            raise B.BenchError(f"migration {m['status']}: {m}")
+        t_first, _ = dc.wait(r"hb 0 \d+", watch, 60, dst_p)
+        window = max(t_done - t_resume, 2.0)
+        end = t_done + window
+        while B.now() < end:
+            dc.poll()
+            watch.wait(0.005)
+        dc.poll()
+        beats = [t for t, l in dc.lines if HB.fullmatch(l)]
+        during = sum(1 for t in beats if t_resume <= t < t_done) / (t_done - t_resume)
+        after = sum(1 for t in beats if t_done <= t < end) / window
+        ram = m.get("ram", {})
+        print(json.dumps({
+            "vmm": "qemu", "memory": size_bytes(memory), "rewrite": int(rewrite), "cpus": 1,
+            "pages": ram.get("total", 0) // 4096,
+            "resume_to_first_output_ms": round((t_first - t_resume) * 1000, 1),
+            "resume_to_last_page_ms": round((t_done - t_resume) * 1000, 1),
+            "hb_per_s_during": round(during, 1), "hb_per_s_after": round(after, 1),
+            "bytes_sent": ram.get("transferred", 0),
+            "pages_requested": ram.get("postcopy-requests", 0), "pages_streamed": ram.get("normal", 0),
+            "zero_pages": ram.get("duplicate", 0), "duplicates": 0,
+            "pages_arrived": ram.get("total", 0) // 4096, "total_time_ms": m.get("total-time"),
+            "downtime_ms": m.get("downtime"), "corrupt": bool(dc.corrupt()), "running": dst_p.poll() is None}),
+            flush=True)
+        for q in (src, dst):
+            q.cmd("quit", check=False)
+    finally:
+        B.end_all()
+
+
+if __name__ == "__main__":
+    B.run_driver("postcopy_bench", main)

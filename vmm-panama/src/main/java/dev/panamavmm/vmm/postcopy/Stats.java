@@ -1,0 +1,21 @@
+package dev.panamavmm.vmm.postcopy;
+
+/**
+ * What one side of a post-copy migration moved, over every connection so far (recovery included).
+ *
+ * @param pagesRequested pages sent (or received) because the destination faulted on them
+ * @param pagesStreamed  pages sent (or received) by the background stream
+ * @param zeroPages      pages sent (or received) as zero markers, never as 4 KiB of zeros
+ * @param duplicates     destination: pages that arrived when already present, discarded (0 unless
+ *                       a page was sent twice); source: requests for a page already sent
+ * @param bytes          bytes written (source) or read (destination) on the connections
+ * @param millisToLastPage from the first connection's start to the last page sent or received
+ */
+public record Stats(
+        long pagesRequested, long pagesStreamed, long zeroPages, long duplicates, long bytes, long millisToLastPage) {
+
+    /** Every page that arrived (or was sent): requested, streamed and zero. */
+    public long pages() {
+        return pagesRequested + pagesStreamed + zeroPages;
+    }
+}
