@@ -23,6 +23,7 @@ module dev.panamavmm.vmm {
     exports dev.panamavmm.vmm;
     exports dev.panamavmm.vmm.boot;
     exports dev.panamavmm.vmm.memory;
+    exports dev.panamavmm.vmm.postcopy;
     exports dev.panamavmm.vmm.state;
     exports dev.panamavmm.vmm.vcpu;
 }
