@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.panamavmm.control.VmControl;
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
@@ -24,7 +25,9 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
@@ -219,41 +222,97 @@ class TcpMigrationTest {
         SnapshotTest.checkHeartbeats(console.text());
     }
 
+    /** Waits until the control's jobs have all concluded; returns the last one. */
+    @SuppressWarnings("unchecked")
+    static Map<String, Object> awaitJob(VmControl control) throws InterruptedException {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(120);
+        while (System.nanoTime() < deadline) {
+            var jobs = control.jobs();
+            var last = (Map<String, Object>) jobs.getLast();
+            if ("concluded".equals(last.get("status"))) return last;
+            Thread.sleep(20);
+        }
+        throw new AssertionError("the job did not conclude: " + control.jobs());
+    }
+
     @KvmTest
-    void migrateCancelGivesTheGuestBack() throws Exception {
+    void migrateCancelOverTheApiGivesTheGuestBack() throws Exception {
         var console = new SnapshotTest.Console();
+        var events = new CopyOnWriteArrayList<String>();
         try (var kvm = Kvm.open();
                 var source = VmBuilder.boot(
                         kvm, guest(128 * GuestMemory.MIB, 1, "testguest.mem=96M"), console, new VmListener() {})) {
             source.start();
             console.await("hb 0 2", 60);
             var destination = incoming(kvm, MigrationParameters.DEFAULTS, OutputStream.nullOutputStream());
-            var status = new MigrationStatus();
-            var sent = new CompletableFuture<TcpMigration.Result>();
-            Thread.ofPlatform().start(() -> {
-                try {
-                    sent.complete(TcpMigration.send(
-                            source,
-                            new TcpAddress("127.0.0.1", destination.port()),
-                            MigrationParameters.DEFAULTS.withMaxBandwidth(16L << 20),
-                            status,
-                            RamWriter.Progress.NONE));
-                } catch (Throwable t) {
-                    sent.completeExceptionally(t);
-                }
-            });
-            while (!status.status().equals("active")) Thread.sleep(10);
+            var control = new VmControl(source, (name, data) -> events.add(name + " " + data));
+            control.migrateSetParameters(Map.of("max-bandwidth", 16L << 20));
+            var reply = control.migrate("tcp:127.0.0.1:" + destination.port(), true);
+            assertTrue(reply.containsKey("job-id"), reply.toString());
+            while (!"active".equals(control.queryMigrate().get("status"))) Thread.sleep(10);
             Thread.sleep(300);
-            assertTrue(status.cancel());
-            var e = assertThrows(ExecutionException.class, () -> sent.get(30, TimeUnit.SECONDS));
+            var progress = control.queryMigrate();
+            assertTrue(
+                    ((Map<?, ?>) progress.get("ram")).get("transferred") instanceof Long t && t > 0,
+                    progress.toString());
+            control.migrateCancel();
+            var job = awaitJob(control);
             assertEquals(
                     "migration to tcp:127.0.0.1:" + destination.port() + " cancelled, the guest runs on here",
-                    e.getCause().getMessage());
-            assertEquals("cancelled", status.status());
+                    job.get("error"));
+            assertEquals("cancelled", control.queryMigrate().get("status"));
             assertEquals(Vm.Status.RUNNING, source.status());
+            assertTrue(
+                    events.stream()
+                            .filter(e -> e.startsWith("MIGRATION"))
+                            .toList()
+                            .equals(List.of(
+                                    "MIGRATION {status=setup}",
+                                    "MIGRATION {status=active}",
+                                    "MIGRATION {status=cancelled}")),
+                    events.toString());
             assertThrows(ExecutionException.class, () -> destination.vm().get(30, TimeUnit.SECONDS));
             int before = SnapshotTest.checkHeartbeats(console.text()).get(0);
             console.await("hb 0 " + (before + 2), 60);
+        }
+        SnapshotTest.checkHeartbeats(console.text());
+    }
+
+    @KvmTest
+    void aGuestDirtyingFasterThanTheLinkIsThrottledUntilItConverges() throws Exception {
+        var console = new SnapshotTest.Console();
+        var events = new CopyOnWriteArrayList<String>();
+        Vm moved = null;
+        try (var kvm = Kvm.open();
+                var source = VmBuilder.boot(
+                        kvm, guest(64 * GuestMemory.MIB, 1, "testguest.mem=32M"), console, new VmListener() {})) {
+            try {
+                source.start();
+                console.await("hb 0 2", 60);
+                var destination = incoming(kvm, MigrationParameters.DEFAULTS, console);
+                var control = new VmControl(source, (name, data) -> events.add(name + " " + data));
+                control.migrateSetParameters(Map.of("max-bandwidth", 128L << 20, "downtime-limit", 20L));
+                control.migrate("tcp:127.0.0.1:" + destination.port(), true);
+                var job = awaitJob(control);
+                assertTrue(job.get("result") != null, job.toString());
+                moved = destination.vm().get(30, TimeUnit.SECONDS);
+                var q = control.queryMigrate();
+                assertEquals("completed", q.get("status"));
+                assertEquals(true, q.get("auto-converge"), q.toString());
+                assertTrue((Long) q.get("cpu-throttle-percentage") >= TcpMigration.THROTTLE_INITIAL, q.toString());
+                assertTrue((Long) q.get("pass") >= 3, q.toString());
+                assertEquals(
+                        List.of(
+                                "MIGRATION {status=setup}",
+                                "MIGRATION {status=active}",
+                                "MIGRATION {status=device}",
+                                "MIGRATION {status=completed}"),
+                        events.stream().filter(e -> e.startsWith("MIGRATION")).toList());
+                var seen = SnapshotTest.checkHeartbeats(console.text());
+                console.await("hb 0 " + (seen.get(0) + 2), 60);
+            } finally {
+                if (moved != null) moved.close();
+            }
         }
         SnapshotTest.checkHeartbeats(console.text());
     }
