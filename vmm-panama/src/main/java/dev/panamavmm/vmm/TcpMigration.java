@@ -197,7 +197,9 @@ public final class TcpMigration {
             status.failed(e.getMessage(), true);
             throw new SnapshotException("migration to " + target + " cancelled, the guest runs on here", e);
         } catch (IOException | RuntimeException e) {
-            String why = reason(e);
+            String why = e instanceof java.net.ConnectException
+                    ? "nothing listens at " + target + " (start vmm incoming " + target + " there first)"
+                    : reason(e);
             status.failed(why, false);
             throw new SnapshotException("migration to " + target + " failed, the guest runs on here: " + why, e);
         } finally {
@@ -207,7 +209,25 @@ public final class TcpMigration {
     }
 
     /** The connection, TLS handshake completed (so an untrusted peer is refused before the first message). */
-    private static Socket connect(TcpAddress target, MigrationParameters params) throws IOException {
+    private static Socket connect(TcpAddress target, MigrationParameters params)
+            throws IOException, InterruptedException {
+        // A destination started just before (vmm incoming ... & then vmm migrate) listens only after
+        // its warm-up: a refused connection is tried again for CONNECT_MILLIS.
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(CONNECT_MILLIS);
+        while (true) {
+            try {
+                return connectOnce(target, params);
+            } catch (java.net.ConnectException e) {
+                if (System.nanoTime() > deadline) throw e;
+                Thread.sleep(50);
+            }
+        }
+    }
+
+    /** How long a source tries again to reach a destination that refuses connections. */
+    static final long CONNECT_MILLIS = 5_000;
+
+    private static Socket connectOnce(TcpAddress target, MigrationParameters params) throws IOException {
         var plain = new Socket();
         try {
             plain.connect(new InetSocketAddress(target.host(), target.port()), 5_000);
@@ -226,7 +246,7 @@ public final class TcpMigration {
             return tls;
         } catch (IOException | RuntimeException e) {
             plain.close();
-            if (e instanceof SnapshotException) throw e;
+            if (e instanceof SnapshotException || e instanceof java.net.ConnectException) throw e;
             throw new IOException("cannot connect to " + target + ": " + e.getMessage(), e);
         }
     }
