@@ -181,7 +181,7 @@ def summary(results):
 
             def cols(rows):
                 if not all(r["converged"] for r in rows):
-                    return ["no conv.", "-", "-"]
+                    return [f"> {CFG['give_up']} s", "-", "-"]
                 return [f"{med(rows, 'total_ms'):.0f} ms", f"{med(rows, 'downtime_ms'):.0f}", f"{med(rows, 'bytes') / 2**20:.0f}"]
 
             qc, pc = cols(q), cols(p)
