@@ -162,6 +162,11 @@ public final class VmControl implements ControlTarget {
         return m == null ? Json.object() : m.describe();
     }
 
+    /** The last TCP migration's progress, or null before any. */
+    public MigrationStatus migrationStatus() {
+        return migration;
+    }
+
     @Override
     public void migrateCancel() {
         var m = migration;

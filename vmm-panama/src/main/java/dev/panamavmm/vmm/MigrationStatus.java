@@ -1,7 +1,9 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.migration.Json;
+import java.util.List;
 import java.util.Map;
+import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.function.Consumer;
 
 /**
@@ -23,6 +25,7 @@ public final class MigrationStatus {
     private volatile int throttlePercent;
     private volatile String error;
     private volatile boolean cancelRequested;
+    private final List<Long> dirtyPerPass = new CopyOnWriteArrayList<>();
 
     public MigrationStatus(Consumer<String> onStatus) {
         this.onStatus = onStatus;
@@ -61,7 +64,13 @@ public final class MigrationStatus {
         total = bytes;
     }
 
+    /** The dirty pages found at the end of each pass (1, 2, ...), as the sender decided on them. */
+    public List<Long> dirtyPerPass() {
+        return List.copyOf(dirtyPerPass);
+    }
+
     void dirty(long remainingBytes, long pagesPerSecond, long expectedDowntime) {
+        dirtyPerPass.add(remainingBytes / MigrationStream.PAGE);
         remaining = remainingBytes;
         dirtyPagesRate = pagesPerSecond;
         expectedDowntimeMillis = expectedDowntime;
