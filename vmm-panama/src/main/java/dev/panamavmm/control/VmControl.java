@@ -112,9 +112,13 @@ public final class VmControl implements ControlTarget {
                     "cpu-throttle-percentage",
                     (long) r.throttlePercent());
         };
-        if (detach)
+        if (!detach) return work.run(RamWriter.Progress.NONE);
+        try {
             return Json.object("job-id", jobs.start("migrate", vm.memory().size(), work));
-        return work.run(RamWriter.Progress.NONE);
+        } catch (RuntimeException e) {
+            status.notStarted(e.getMessage()); // another job runs: this migration never started
+            throw e;
+        }
     }
 
     @Override

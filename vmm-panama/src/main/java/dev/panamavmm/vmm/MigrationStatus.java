@@ -93,6 +93,11 @@ public final class MigrationStatus {
         status(cancelled ? "cancelled" : "failed");
     }
 
+    /** The migration could not start (its job was refused): it ends as failed, saying why. */
+    public void notStarted(String why) {
+        failed(why, false);
+    }
+
     /** Asks the sender to stop (migrate-cancel); false if it has already finished. */
     public boolean cancel() {
         if (finished()) return false;

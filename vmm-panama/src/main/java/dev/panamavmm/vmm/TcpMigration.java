@@ -477,10 +477,14 @@ public final class TcpMigration {
                 MigrationStream.Reader in;
                 MigrationStream.Writer out;
                 MigrationProtocol.Prepare prepare;
+                boolean handshaken = !(peer instanceof SSLSocket);
                 try {
                     peer.setSoTimeout((int) LocalMigration.FIRST_MESSAGE_MILLIS);
                     peer.setTcpNoDelay(true);
-                    if (peer instanceof SSLSocket tls) tls.startHandshake();
+                    if (peer instanceof SSLSocket tls) {
+                        tls.startHandshake();
+                        handshaken = true;
+                    }
                     in = new MigrationStream.Reader(
                             new DataInputStream(new BufferedInputStream(peer.getInputStream())));
                     out = new MigrationStream.Writer(
@@ -497,7 +501,8 @@ public final class TcpMigration {
                 } catch (IOException | RuntimeException e) {
                     String why = e instanceof SocketTimeoutException ? "it sent nothing" : reason(e);
                     log.warn("{}: refused a connection from {} that did not start a migration: {}", address, from, why);
-                    refuse(peer, "not a migration: " + why);
+                    if (handshaken) refuse(peer, "not a migration: " + why);
+                    else close(peer); // nothing can be said to a peer without the handshake
                     continue;
                 }
                 try (peer) {
@@ -527,10 +532,17 @@ public final class TcpMigration {
         return server;
     }
 
+    private static void close(Socket peer) {
+        try {
+            peer.close();
+        } catch (IOException e) {
+            // gone already
+        }
+    }
+
     /** Best effort: tells a peer why, then closes. */
     private static void refuse(Socket peer, String why) {
         try (peer) {
-            if (peer instanceof SSLSocket s && s.getSession().getProtocol().equals("NONE")) return; // no handshake
             var out = new MigrationStream.Writer(new DataOutputStream(peer.getOutputStream()), 0);
             out.message(new MigrationProtocol.Refused(why));
             out.flush();
