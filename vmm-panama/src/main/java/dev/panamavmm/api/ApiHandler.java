@@ -48,10 +48,25 @@ public interface ApiHandler {
                             flag(a, "live", false),
                             flag(a, "detach", false));
                 })
-                .add(
-                        "migrate",
-                        List.of("uri", "detach"),
-                        a -> target.migrate(requireString(a, "uri", "unix:PATH"), flag(a, "detach", false)))
+                .add("migrate", List.of("uri", "detach"), a -> {
+                    String uri = requireString(a, "uri", "unix:PATH or tcp:HOST:PORT");
+                    // Over TCP a migration takes seconds: a job unless the client says otherwise.
+                    return target.migrate(uri, flag(a, "detach", uri.startsWith("tcp:")));
+                })
+                .add("migrate-set-parameters", List.of("max-bandwidth", "downtime-limit", "tls-creds"), a -> {
+                    target.migrateSetParameters(a);
+                    return Map.of();
+                })
+                .add("query-migrate-parameters", a -> target.queryMigrateParameters())
+                .add("query-migrate", a -> target.queryMigrate())
+                .add("migrate-cancel", a -> {
+                    target.migrateCancel();
+                    return Map.of();
+                })
+                .add("migrate_cancel", a -> {
+                    target.migrateCancel();
+                    return Map.of();
+                })
                 .add("query-jobs", a -> target.jobs())
                 .add("job-cancel", List.of("id"), a -> {
                     target.cancelJob(requireString(a, "id", "a job id"));

@@ -29,8 +29,35 @@ public interface ControlTarget {
     /** Counters and operation timings ({@code query-metrics}). */
     Map<String, Object> metrics();
 
-    /** Hands the VM to the VMM waiting on a Unix socket ({@code unix:PATH}); this VMM then ends. With {@code detach}, as a job. */
+    /**
+     * Hands the VM to the VMM waiting on a Unix socket ({@code unix:PATH}: live update) or at
+     * {@code tcp:HOST:PORT} (pre-copy); this VMM then ends. With {@code detach}, as a job.
+     */
     Map<String, Object> migrate(String uri, boolean detach) throws Exception;
+
+    /**
+     * Sets how the next TCP migration runs ({@code migrate-set-parameters}, QEMU's names):
+     * {@code max-bandwidth} (bytes/s, 0: none), {@code downtime-limit} (ms), {@code tls-creds}
+     * ({@code {"key-store", "trust-store", "password-file"}}, or null for plain TCP).
+     */
+    default void migrateSetParameters(Map<String, Object> parameters) {
+        throw new IllegalArgumentException("this VMM does not migrate over TCP");
+    }
+
+    /** The parameters {@link #migrateSetParameters} set ({@code query-migrate-parameters}). */
+    default Map<String, Object> queryMigrateParameters() {
+        throw new IllegalArgumentException("this VMM does not migrate over TCP");
+    }
+
+    /** The last TCP migration's progress ({@code query-migrate}); {@code {}} before any. */
+    default Map<String, Object> queryMigrate() {
+        return Map.of();
+    }
+
+    /** Stops the running TCP migration ({@code migrate-cancel}): the guest runs on here. */
+    default void migrateCancel() {
+        throw new IllegalArgumentException("no migration is running");
+    }
 
     /** Its jobs, as {@code query-jobs} lists them. */
     List<Object> jobs();

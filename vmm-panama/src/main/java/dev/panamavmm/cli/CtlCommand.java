@@ -20,6 +20,8 @@ final class CtlCommand implements Cli.Command {
                         "COMMAND",
                         "every VMM's: query-commands, query-version (ctl sends qmp_capabilities, QMP's handshake, first);"
                                 + " a VM's: query-status, query-metrics, stop, cont, quit, snapshot {\"path\", \"detach\"}, migrate {\"uri\"},"
+                                + " migrate-set-parameters {\"max-bandwidth\", \"downtime-limit\", \"tls-creds\"},"
+                                + " query-migrate-parameters, query-migrate, migrate-cancel or migrate_cancel,"
                                 + " query-jobs, job-cancel {\"id\"}, balloon {\"target-mib\"}, query-balloon,"
                                 + " template-create {\"path\"} (a clone's);"
                                 + " vmm serve's: clone {\"template\", \"count\"}, query-clones, destroy {\"id\"},"

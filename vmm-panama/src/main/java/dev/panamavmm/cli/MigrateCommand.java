@@ -1,28 +1,56 @@
 package dev.panamavmm.cli;
 
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.TcpAddress;
+import dev.panamavmm.vmm.memory.Sizes;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Locale;
+import java.util.Map;
 
-/** {@code vmm migrate --api-socket S unix:PATH}: hands a running VM to the VMM waiting on PATH. */
+/**
+ * {@code vmm migrate --api-socket S unix:PATH}: hands a running VM to the VMM waiting on PATH;
+ * {@code tcp:HOST:PORT}: to the VMM waiting there (pre-copy, as a job whose progress is drawn here).
+ */
 final class MigrateCommand implements Cli.Command {
     Path apiSocket;
     String uri;
     final ApiWait wait = new ApiWait();
+    final TlsOptions tls = new TlsOptions();
+    Long maxBandwidth, downtimeLimit;
 
     @Override
     public Cli.Spec spec() {
         return new Cli.Spec(
                         "migrate",
-                        "Move a running VM to a new VMM process on this host (live update): only state moves.")
+                        "Move a running VM to a new VMM process on this host (live update: only state moves), or to"
+                                + " one on another host (tcp: pre-copy of its memory, then state).")
                 .required("--api-socket", "PATH", "the running VMM's --api-socket", v -> apiSocket = Path.of(v))
-                .parameter("unix:PATH", "where the new VMM waits (vmm incoming unix:PATH)", v -> uri = v)
+                .parameter(
+                        "unix:PATH|tcp:HOST:PORT",
+                        "where the new VMM waits (vmm incoming unix:PATH or tcp:[HOST]:PORT)",
+                        v -> uri = v)
+                .option(
+                        "--max-bandwidth",
+                        "SIZE",
+                        null,
+                        "tcp: bytes per second at most (suffixes K, M, G; 0: no limit)",
+                        v -> maxBandwidth = Sizes.parse(v))
+                .option(
+                        "--downtime-limit",
+                        "MS",
+                        null,
+                        "tcp: the longest pause pre-copy aims at (default 300)",
+                        v -> downtimeLimit = Cli.longInteger(v))
+                .include(tls::declare)
                 .include(wait::declare);
     }
 
     @Override
     public int call(Cli.Io io) throws InterruptedException {
+        if (uri.startsWith("tcp:")) return tcp(io);
+        if (tls.given() || maxBandwidth != null || downtimeLimit != null)
+            throw new UsageException("--tls-*, --max-bandwidth and --downtime-limit are for tcp: addresses");
         // Absolute: the running VMM resolves the path, and its working directory need not be ours.
         Path destination = IncomingCommand.socketPath(uri).toAbsolutePath();
         try (var client = wait.connect(apiSocket)) {
@@ -49,6 +77,62 @@ final class MigrateCommand implements Cli.Command {
                     .printf(
                             "migrated: downtime %s ms (confirmed after %s ms), total %s ms, %s bytes sent%n",
                             downtime, r.get("confirmed-ms"), r.get("total-ms"), r.get("bytes-sent"));
+            return Main.OK;
+        }
+    }
+
+    /** Sets the parameters given, starts the migration as a job and follows it to its end. */
+    private int tcp(Cli.Io io) throws InterruptedException {
+        try {
+            TcpAddress.parse(uri);
+        } catch (IllegalArgumentException e) {
+            throw new UsageException(e.getMessage());
+        }
+        var params = Json.object();
+        if (maxBandwidth != null) params.put("max-bandwidth", maxBandwidth);
+        if (downtimeLimit != null) params.put("downtime-limit", downtimeLimit);
+        var creds = tls.credentials();
+        if (creds != null)
+            params.put(
+                    "tls-creds",
+                    Json.object(
+                            "key-store",
+                            tls.keyStore.toAbsolutePath().toString(),
+                            "trust-store",
+                            tls.trustStore.toAbsolutePath().toString(),
+                            "password-file",
+                            tls.passwordFile.toAbsolutePath().toString()));
+        try (var client = wait.connect(apiSocket)) {
+            if (!params.isEmpty()) {
+                var set = client.execute("migrate-set-parameters", params);
+                if (set.get("error") instanceof Map<?, ?> error) {
+                    io.err().println("vmm: " + error.get("desc"));
+                    return Main.FAILED;
+                }
+            }
+            var reply = client.execute("migrate", Json.object("uri", uri, "detach", true));
+            if (reply.get("error") instanceof Map<?, ?> error) {
+                io.err().println("vmm: migration failed: " + error.get("desc"));
+                return Main.FAILED;
+            }
+            String job =
+                    String.valueOf(Json.asObject(reply.get("return"), "return").get("job-id"));
+            var done = SnapshotCommand.awaitJob(client, job, "migrating RAM");
+            if (done.get("error") != null) {
+                io.err().println("vmm: " + done.get("error"));
+                return Main.FAILED;
+            }
+            var r = Json.asObject(done.get("result"), "result");
+            io.out()
+                    .printf(
+                            "migrated: downtime %s ms, total %s ms, %s bytes sent in %s passes%s%n",
+                            r.get("downtime-ms"),
+                            r.get("total-ms"),
+                            r.get("bytes-sent"),
+                            r.get("passes"),
+                            r.get("cpu-throttle-percentage") instanceof Long t && t > 0
+                                    ? " (vCPUs throttled to " + t + "%)"
+                                    : "");
             return Main.OK;
         }
     }

@@ -127,6 +127,11 @@ final class SnapshotCommand implements Cli.Command {
      * Ctrl-C or SIGTERM asks the VMM to cancel it (the guest is given back). Returns the job's entry.
      */
     static Map<String, Object> awaitJob(ApiClient client, String id) throws InterruptedException {
+        return awaitJob(client, id, "saving RAM");
+    }
+
+    /** As {@link #awaitJob(ApiClient, String)}, the bar labelled {@code label}. */
+    static Map<String, Object> awaitJob(ApiClient client, String id, String label) throws InterruptedException {
         var cancel = new AtomicBoolean();
         var previous = Signals.onTermination(name -> cancel.set(true));
         ProgressBar bar = null;
@@ -168,7 +173,7 @@ final class SnapshotCommand implements Cli.Command {
                 long total = ((Number) job.get("total-progress")).longValue();
                 long current = ((Number) job.get("current-progress")).longValue();
                 if (total > 0 && current > shown) {
-                    if (bar == null) bar = new ProgressBar("saving RAM", total);
+                    if (bar == null) bar = new ProgressBar(label, total);
                     bar.advance(current - shown);
                     shown = current;
                 }

@@ -7,7 +7,10 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LocalMigration;
 import dev.panamavmm.vmm.MachineConfig;
+import dev.panamavmm.vmm.MigrationParameters;
 import dev.panamavmm.vmm.NetOverrides;
+import dev.panamavmm.vmm.TcpAddress;
+import dev.panamavmm.vmm.TcpMigration;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
@@ -131,7 +134,10 @@ public final class Standby implements AutoCloseable {
                     var config = machine(args);
                     return adopt(() -> VmBuilder.boot(kvm, config, console, listener), true);
                 })
-                .add("incoming", List.of("uri"), args -> incoming(ApiHandler.requireString(args, "uri", "unix:PATH")));
+                .add(
+                        "incoming",
+                        List.of("uri"),
+                        args -> incoming(ApiHandler.requireString(args, "uri", "unix:PATH or tcp:[HOST]:PORT")));
         for (var vmCommand : List.of("stop", "cont", "snapshot", "migrate")) {
             own.add(vmCommand, List.of("path", "bypass-shared-memory", "resume", "uri"), args -> {
                 throw new IllegalStateException("this VMM has no VM yet (it is on "
@@ -197,8 +203,18 @@ public final class Standby implements AutoCloseable {
 
     /** Listens for a live update in the background; answers at once, as QEMU's migrate-incoming does. */
     private Map<String, Object> incoming(String uri) {
+        if (uri.startsWith("tcp:")) {
+            var address = TcpAddress.parse(uri);
+            var incoming = startIncomingTcp(address, MigrationParameters.DEFAULTS, config -> null);
+            incoming.vm().exceptionally(e -> {
+                log.error("the incoming migration on {} failed, back on standby: {}", uri, e.getMessage());
+                return null;
+            });
+            int port = incoming.port();
+            return Json.object("status", "inmigrate", "uri", new TcpAddress(address.host(), port).toString());
+        }
         if (!uri.startsWith("unix:") || uri.length() == 5)
-            throw new IllegalArgumentException("\"uri\" must be unix:PATH");
+            throw new IllegalArgumentException("\"uri\" must be unix:PATH or tcp:[HOST]:PORT");
         var socket = Path.of(uri.substring(5)).toAbsolutePath();
         startIncoming(socket, config -> null).exceptionally(e -> {
             log.error("the incoming migration on {} failed, back on standby: {}", socket, e.getMessage());
@@ -243,6 +259,42 @@ public final class Standby implements AutoCloseable {
                     : new IllegalStateException(e.getCause().getMessage(), e.getCause());
         }
         return result;
+    }
+
+    /** An incoming TCP migration: the port it listens on, and the VM once it arrived. */
+    public record IncomingTcp(int port, CompletableFuture<Vm> vm) {}
+
+    /**
+     * Waits at {@code address} for a TCP migration in the background ({@link TcpMigration#receive});
+     * returns once it listens. A failed migration (the source vanished, refused) puts this VMM
+     * back on standby; the guest never ran here.
+     */
+    public IncomingTcp startIncomingTcp(
+            TcpAddress address, MigrationParameters params, Function<MachineConfig, String> accept) {
+        if (!state.compareAndSet(State.STANDBY, State.INMIGRATE)) throw alreadyTaken();
+        var listening = new CompletableFuture<Integer>();
+        var result = new CompletableFuture<Vm>();
+        Thread.ofPlatform().name("incoming").daemon().start(() -> {
+            try {
+                var vm = TcpMigration.receive(kvm, address, params, console, listener, accept, listening::complete);
+                handOver(vm);
+                result.complete(vm);
+            } catch (Throwable e) {
+                state.set(State.STANDBY);
+                listening.completeExceptionally(e);
+                result.completeExceptionally(e);
+            }
+        });
+        try {
+            return new IncomingTcp(listening.get(), result);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IllegalStateException("interrupted while starting to listen on " + address);
+        } catch (ExecutionException e) {
+            throw e.getCause() instanceof RuntimeException r
+                    ? r
+                    : new IllegalStateException(e.getCause().getMessage(), e.getCause());
+        }
     }
 
     /** The machine of a {@code boot} command (here and in {@code vmm host}): the embedded test guest unless a kernel is named. */

@@ -1,10 +1,16 @@
 package dev.panamavmm.control;
 
+import dev.panamavmm.api.ApiHandler;
 import dev.panamavmm.api.ControlTarget;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.vmm.Balloons;
 import dev.panamavmm.vmm.LocalMigration;
+import dev.panamavmm.vmm.MigrationParameters;
+import dev.panamavmm.vmm.MigrationStatus;
+import dev.panamavmm.vmm.MigrationTls;
+import dev.panamavmm.vmm.TcpAddress;
+import dev.panamavmm.vmm.TcpMigration;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmExitReason;
@@ -18,11 +24,15 @@ import java.util.function.BiConsumer;
 public final class VmControl implements ControlTarget {
     private final Vm vm;
     private final Jobs jobs;
+    private final BiConsumer<String, Map<String, Object>> events;
+    private volatile MigrationParameters migrationParameters = MigrationParameters.DEFAULTS;
+    private volatile MigrationStatus migration;
 
     /** {@code events} sends the VM's API events (a job's {@code JOB_STATUS_CHANGE}) to its clients. */
     public VmControl(Vm vm, BiConsumer<String, Map<String, Object>> events) {
         this.vm = vm;
         this.jobs = new Jobs(events);
+        this.events = events;
     }
 
     /** Without events: for an owner whose clients do not wait on jobs. */
@@ -58,8 +68,9 @@ public final class VmControl implements ControlTarget {
 
     @Override
     public Map<String, Object> migrate(String uri, boolean detach) throws Exception {
+        if (uri.startsWith("tcp:")) return migrateTcp(TcpAddress.parse(uri), detach);
         if (!uri.startsWith("unix:") || uri.length() == 5)
-            throw new IllegalArgumentException("\"uri\" must be unix:PATH");
+            throw new IllegalArgumentException("\"uri\" must be unix:PATH or tcp:HOST:PORT");
         var socket = Path.of(uri.substring(5));
         if (detach) return Json.object("job-id", jobs.start("migrate", 0, progress -> migrate(socket)));
         return migrate(socket);
@@ -78,6 +89,92 @@ public final class VmControl implements ControlTarget {
                 r.totalMillis(),
                 "bytes-sent",
                 r.bytesSent());
+    }
+
+    private synchronized Map<String, Object> migrateTcp(TcpAddress target, boolean detach) throws Exception {
+        var running = migration;
+        if (running != null && !running.finished())
+            throw new IllegalStateException("a migration is running already (migrate-cancel stops it)");
+        var params = migrationParameters;
+        var status = new MigrationStatus(s -> events.accept("MIGRATION", Json.object("status", s)));
+        migration = status;
+        Jobs.Work work = progress -> {
+            var r = TcpMigration.send(vm, target, params, status, progress);
+            return Json.object(
+                    "downtime-ms",
+                    r.downtimeMillis(),
+                    "total-ms",
+                    r.totalMillis(),
+                    "bytes-sent",
+                    r.bytesSent(),
+                    "passes",
+                    (long) r.passes(),
+                    "cpu-throttle-percentage",
+                    (long) r.throttlePercent());
+        };
+        if (!detach) return work.run(RamWriter.Progress.NONE);
+        try {
+            return Json.object("job-id", jobs.start("migrate", vm.memory().size(), work));
+        } catch (RuntimeException e) {
+            status.notStarted(e.getMessage()); // another job runs: this migration never started
+            throw e;
+        }
+    }
+
+    @Override
+    public void migrateSetParameters(Map<String, Object> a) {
+        var p = migrationParameters;
+        if (a.containsKey("max-bandwidth")) p = p.withMaxBandwidth(ApiHandler.number(a, "max-bandwidth", 0));
+        if (a.containsKey("downtime-limit")) p = p.withDowntimeLimit(ApiHandler.number(a, "downtime-limit", 300));
+        if (a.containsKey("tls-creds")) {
+            if (a.get("tls-creds") == null) p = p.withTls(null);
+            else {
+                var creds = Json.asObject(a.get("tls-creds"), "\"tls-creds\"");
+                ApiHandler.expect("tls-creds", creds, "key-store", "trust-store", "password-file");
+                var tls = MigrationTls.of(
+                        Path.of(ApiHandler.requireString(creds, "key-store", "a PKCS12 file")),
+                        Path.of(ApiHandler.requireString(creds, "trust-store", "a PKCS12 file")),
+                        Path.of(ApiHandler.requireString(creds, "password-file", "a file")));
+                tls.context(); // a wrong store or password is refused now, not at migrate
+                p = p.withTls(tls);
+            }
+        }
+        migrationParameters = p;
+    }
+
+    @Override
+    public Map<String, Object> queryMigrateParameters() {
+        var p = migrationParameters;
+        return Json.object(
+                "max-bandwidth",
+                p.maxBandwidth(),
+                "downtime-limit",
+                p.downtimeLimitMillis(),
+                "tls-creds",
+                p.tls() == null
+                        ? null
+                        : Json.object(
+                                "key-store",
+                                p.tls().keyStore().toString(),
+                                "trust-store",
+                                p.tls().trustStore().toString()));
+    }
+
+    @Override
+    public Map<String, Object> queryMigrate() {
+        var m = migration;
+        return m == null ? Json.object() : m.describe();
+    }
+
+    /** The last TCP migration's progress, or null before any. */
+    public MigrationStatus migrationStatus() {
+        return migration;
+    }
+
+    @Override
+    public void migrateCancel() {
+        var m = migration;
+        if (m == null || !m.cancel()) throw new IllegalStateException("no migration is running");
     }
 
     @Override

@@ -420,7 +420,7 @@ public final class LocalMigration {
     }
 
     /** The destination's side of {@link VmSnapshots#warmUp}, in a scratch directory of its own. */
-    private static void warmUpStatePath() {
+    static void warmUpStatePath() {
         if (VmSnapshots.warm()) return; // once per process: later migrations make no scratch directory for it
         try (var scratch = ScratchDir.create(ScratchDir.defaultRoot(), "panama-warm")) {
             VmSnapshots.warmUp(scratch.path());
@@ -430,7 +430,7 @@ public final class LocalMigration {
     }
 
     /** The state's RAM table must describe the memory prepared in phase 1. */
-    private static void checkSameRam(VmBuilder.Shell shell, LoadedSnapshot loaded) {
+    static void checkSameRam(VmBuilder.Shell shell, LoadedSnapshot loaded) {
         var blocks = shell.memory().blocks();
         var rows = loaded.snapshot().ram();
         boolean same = blocks.size() == rows.size();

@@ -54,6 +54,27 @@ public final class MigrationProtocol {
     /** Either way: the migration is refused, the guest stays (or goes back) where it ran. */
     public record Refused(String reason) implements Message {}
 
+    /**
+     * TCP migration, source -> destination: pre-copy pass {@code pass} is complete, {@code pages}
+     * pages went in it (pages and zero markers travel as binary frames, {@link MigrationStream}).
+     */
+    public record PassEnd(int pass, long pages) implements Message {}
+
+    /**
+     * TCP migration, source -> destination, guest paused: the device state follows as one binary
+     * frame (the snapshot container's sections, RAM by reference); the destination resumes only
+     * within {@code resumeWithinMillis} of its arrival, else refuses (the source then takes its
+     * guest back).
+     */
+    public record DeviceState(long resumeWithinMillis) implements Message {}
+
+    /**
+     * Reserved for post-copy: the source sends it, with the device state, instead of the last
+     * pre-copy pages; the pages still missing are then served on demand over the same
+     * connection. Not implemented yet: a destination refuses it.
+     */
+    public record Postcopy() implements Message {}
+
     /** The wire form of {@code m} for a peer that speaks {@code protocol}. */
     public static byte[] encode(Message m, int protocol) {
         Map<String, Object> json = protocol == 1
@@ -77,6 +98,10 @@ public final class MigrationProtocol {
                                 "type", "state", "snapshot", s.snapshot().toString(), "resumeBefore", s.resumeBefore());
                     case Running r -> Json.object("type", "running", "resumedAtNanos", r.resumedAtNanos());
                     case Refused r -> Json.object("type", "error", "error", r.reason());
+                    case PassEnd p -> Json.object("type", "pass-end", "pass", (long) p.pass(), "pages", p.pages());
+                    case DeviceState d ->
+                        Json.object("type", "device-state", "resumeWithinMillis", d.resumeWithinMillis());
+                    case Postcopy p -> Json.object("type", "postcopy");
                 };
         return Json.write(json).getBytes(StandardCharsets.UTF_8);
     }
@@ -90,6 +115,9 @@ public final class MigrationProtocol {
                 Json.object(
                         "prepare", Json.object("cpus", (long) p.cpus(), "memory", p.memory(), "ram", ramRows(p.ram())));
             case State s -> Json.object("snapshot", s.snapshot().toString(), "resumeBefore", s.resumeBefore());
+            case PassEnd p -> throw new IllegalArgumentException("protocol 1 has no TCP migration");
+            case DeviceState d -> throw new IllegalArgumentException("protocol 1 has no TCP migration");
+            case Postcopy p -> throw new IllegalArgumentException("protocol 1 has no TCP migration");
         };
     }
 
@@ -136,6 +164,9 @@ public final class MigrationProtocol {
             case "state" -> new State(Path.of((String) m.get("snapshot")), (Long) m.get("resumeBefore"));
             case "running" -> new Running((Long) m.get("resumedAtNanos"));
             case "error" -> new Refused(String.valueOf(m.get("error")));
+            case "pass-end" -> new PassEnd(Math.toIntExact((Long) m.get("pass")), (Long) m.get("pages"));
+            case "device-state" -> new DeviceState((Long) m.get("resumeWithinMillis"));
+            case "postcopy" -> new Postcopy();
             default ->
                 throw new SnapshotException("the peer sent a message of unknown type '" + abbreviate(type) + "'");
         };

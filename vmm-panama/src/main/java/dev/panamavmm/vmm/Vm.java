@@ -202,6 +202,22 @@ public final class Vm implements AutoCloseable {
         }
     }
 
+    /**
+     * Auto-converge of a TCP migration: parks the vCPUs for {@code nanos}, devices untouched and
+     * no STOP/RESUME event, then lets them run again unless a real {@link #pause} came meanwhile.
+     * Does nothing to a paused or ending VM.
+     */
+    void throttleVcpus(long nanos) throws InterruptedException {
+        if (control.request() != VcpuControl.Request.RUN || pausedSince.get() != 0) return;
+        control.set(VcpuControl.Request.PAUSE);
+        vcpus.forEach(Vcpu::kick);
+        try {
+            TimeUnit.NANOSECONDS.sleep(nanos);
+        } finally {
+            if (pausedSince.get() == 0) control.set(VcpuControl.Request.RUN);
+        }
+    }
+
     public void resume() {
         long since = pausedSince.getAndSet(0);
         if (since != 0) metrics.paused(System.nanoTime() - since);

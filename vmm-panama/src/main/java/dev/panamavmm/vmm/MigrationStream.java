@@ -1,0 +1,215 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.migration.SnapshotException;
+import java.io.DataInputStream;
+import java.io.DataOutputStream;
+import java.io.EOFException;
+import java.io.IOException;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+
+/**
+ * The frames of a TCP migration over one byte stream (a socket's, or a TLS socket's): each frame is
+ * a kind byte and its body. {@code M}: a {@link MigrationProtocol} message (int length, JSON);
+ * {@code P}: a page batch (int block, long first page, int count, then count raw 4 KiB pages);
+ * {@code Z}: zero pages, as markers only (block, first page, count); {@code D}: the device state
+ * (int length, the snapshot container's bytes). Sizes are bounded, so a peer cannot make the
+ * reader allocate more than {@link #MAX_STATE} bytes.
+ */
+final class MigrationStream {
+    private MigrationStream() {}
+
+    static final int PAGE = 4096;
+    /** Pages per batch at most: 1 MiB. */
+    static final int MAX_BATCH_PAGES = 256;
+
+    static final int MAX_MESSAGE = 1 << 20;
+    static final int MAX_STATE = 256 << 20;
+
+    private static final byte MESSAGE = 'M', PAGES = 'P', ZEROS = 'Z', STATE = 'D';
+
+    /** One frame as read. */
+    sealed interface Frame {}
+
+    record Message(MigrationProtocol.Message message) implements Frame {}
+
+    /** {@code count} pages from {@code firstPage} of block {@code block}; their bytes are in the reader's buffer. */
+    record Pages(int block, long firstPage, int count) implements Frame {}
+
+    record Zeros(int block, long firstPage, int count) implements Frame {}
+
+    record State(byte[] bytes) implements Frame {}
+
+    /**
+     * The sending side; {@code maxBytesPerSecond} > 0 limits it (a token bucket refilled at that
+     * rate, at most 100 ms of it saved up).
+     */
+    static final class Writer {
+        private final DataOutputStream out;
+        private final byte[] buffer = new byte[MAX_BATCH_PAGES * PAGE];
+        private volatile long maxBytesPerSecond;
+        private double tokens;
+        private long refilledAt = System.nanoTime();
+        private long bytes;
+
+        Writer(DataOutputStream out, long maxBytesPerSecond) {
+            this.out = out;
+            this.maxBytesPerSecond = maxBytesPerSecond;
+        }
+
+        void maxBytesPerSecond(long rate) {
+            maxBytesPerSecond = rate;
+        }
+
+        void message(MigrationProtocol.Message m) throws IOException {
+            byte[] json = MigrationProtocol.encode(m, MigrationProtocol.VERSION);
+            throttle(5 + json.length);
+            out.writeByte(MESSAGE);
+            out.writeInt(json.length);
+            out.write(json);
+        }
+
+        /** {@code count} pages of {@code segment} from byte {@code offset}, sent as block {@code block}'s page {@code firstPage} on. */
+        void pages(int block, long firstPage, int count, MemorySegment segment, long offset) throws IOException {
+            int length = count * PAGE;
+            throttle(17 + length);
+            MemorySegment.copy(segment, ValueLayout.JAVA_BYTE, offset, buffer, 0, length);
+            out.writeByte(PAGES);
+            out.writeInt(block);
+            out.writeLong(firstPage);
+            out.writeInt(count);
+            out.write(buffer, 0, length);
+        }
+
+        void zeros(int block, long firstPage, int count) throws IOException {
+            throttle(17);
+            out.writeByte(ZEROS);
+            out.writeInt(block);
+            out.writeLong(firstPage);
+            out.writeInt(count);
+        }
+
+        void state(byte[] state) throws IOException {
+            out.writeByte(STATE);
+            out.writeInt(state.length);
+            out.write(state);
+            bytes += 5 + state.length;
+        }
+
+        void flush() throws IOException {
+            out.flush();
+        }
+
+        /** Bytes written so far, frames included. */
+        long bytes() {
+            return bytes;
+        }
+
+        private void throttle(int n) throws IOException {
+            bytes += n;
+            long rate = maxBytesPerSecond;
+            if (rate <= 0) return;
+            long now = System.nanoTime();
+            tokens = Math.min(rate / 10.0, tokens + (now - refilledAt) * rate / 1e9);
+            refilledAt = now;
+            tokens -= n;
+            if (tokens < 0) {
+                long waitNanos = (long) (-tokens * 1e9 / rate);
+                try {
+                    // What is buffered goes out while this sender waits.
+                    out.flush();
+                    Thread.sleep(waitNanos / 1_000_000, (int) (waitNanos % 1_000_000));
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new IOException("interrupted");
+                }
+            }
+        }
+    }
+
+    /** The receiving side: checks every frame's kind and size before it reads the body. */
+    static final class Reader {
+        private final DataInputStream in;
+        private final byte[] buffer = new byte[MAX_BATCH_PAGES * PAGE];
+
+        Reader(DataInputStream in) {
+            this.in = in;
+        }
+
+        /** The next frame, or null at the end of the stream (between frames). */
+        Frame next() throws IOException {
+            int kind = in.read();
+            if (kind < 0) return null;
+            try {
+                return switch ((byte) kind) {
+                    case MESSAGE -> {
+                        int length = in.readInt();
+                        if (length < 2 || length > MAX_MESSAGE)
+                            throw new SnapshotException("the peer sent a message of " + length + " bytes");
+                        byte[] json = new byte[length];
+                        in.readFully(json);
+                        yield new Message(MigrationProtocol.decode(json));
+                    }
+                    case PAGES -> {
+                        int block = in.readInt();
+                        long first = in.readLong();
+                        int count = count(in.readInt());
+                        in.readFully(buffer, 0, count * PAGE);
+                        yield new Pages(block, first, count);
+                    }
+                    case ZEROS -> new Zeros(in.readInt(), in.readLong(), count(in.readInt()));
+                    case STATE -> {
+                        int length = in.readInt();
+                        if (length < 0 || length > MAX_STATE)
+                            throw new SnapshotException("the peer sent a device state of " + length + " bytes");
+                        byte[] state = new byte[length];
+                        in.readFully(state);
+                        yield new State(state);
+                    }
+                    default ->
+                        throw new SnapshotException(String.format(
+                                "the peer sent a frame of unknown kind 0x%02x: not a migration stream", kind));
+                };
+            } catch (EOFException e) {
+                throw new Ended();
+            }
+        }
+
+        /** The next frame, which must be a message: anything else, or the end, is a {@link SnapshotException}. */
+        MigrationProtocol.Message message(String expected) throws IOException {
+            var frame = next();
+            if (frame == null) throw new SnapshotException("the peer closed the connection");
+            if (!(frame instanceof Message m))
+                throw new SnapshotException("the peer sent " + describe(frame) + " instead of " + expected);
+            return m.message();
+        }
+
+        /** The bytes of the last {@link Pages} frame. */
+        byte[] buffer() {
+            return buffer;
+        }
+
+        private static int count(int n) {
+            if (n < 1 || n > MAX_BATCH_PAGES) throw new SnapshotException("the peer sent a batch of " + n + " pages");
+            return n;
+        }
+    }
+
+    /** The stream ended in the middle of a frame. */
+    static final class Ended extends IOException {
+        private static final long serialVersionUID = 1L;
+
+        Ended() {
+            super("the connection ended in the middle of a frame");
+        }
+    }
+
+    static String describe(Frame frame) {
+        return switch (frame) {
+            case Message m -> m.message().getClass().getSimpleName().toLowerCase();
+            case Pages p -> "pages";
+            case Zeros z -> "zero pages";
+            case State s -> "the device state";
+        };
+    }
+}

@@ -1,0 +1,735 @@
+package dev.panamavmm.vmm;
+
+import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.migration.RamBlockEntry;
+import dev.panamavmm.migration.RamWriter;
+import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.migration.SnapshotFormat;
+import dev.panamavmm.vmm.memory.Backing;
+import dev.panamavmm.vmm.memory.DirtyLog;
+import dev.panamavmm.vmm.memory.GuestMemory;
+import java.io.BufferedInputStream;
+import java.io.BufferedOutputStream;
+import java.io.DataInputStream;
+import java.io.DataOutputStream;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.net.InetSocketAddress;
+import java.net.ServerSocket;
+import java.net.Socket;
+import java.net.SocketTimeoutException;
+import java.nio.file.Files;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.concurrent.CancellationException;
+import java.util.concurrent.TimeUnit;
+import java.util.function.Function;
+import java.util.function.IntConsumer;
+import javax.net.ssl.SSLException;
+import javax.net.ssl.SSLServerSocket;
+import javax.net.ssl.SSLSocket;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * Live migration between hosts: pre-copy over one TCP connection (optionally TLS with mutual
+ * authentication), every byte of the guest on that connection ({@link MigrationStream} frames
+ * carrying {@link MigrationProtocol} messages).
+ *
+ * <p>Source: connect (and finish the TLS handshake) -> {@code Prepare} (vCPUs, RAM blocks) ->
+ * the destination maps fresh memory and builds the VM shell -> {@code Prepared}; dirty logging
+ * on; pass 1 sends every non-zero page, later passes the pages the guest dirtied meanwhile (a
+ * page that became zero as a marker), each ended by {@code PassEnd}, until the dirty set fits the
+ * downtime limit at the measured bandwidth (a guest that dirties faster than that is throttled:
+ * auto-converge); then pause, the last dirty pages, {@code DeviceState} and the state's bytes;
+ * the destination applies it, resumes and answers {@code Running}; the source ends its VM.
+ *
+ * <p>Post-copy plugs in after the last pre-copy pass: instead of pausing for the last pages the
+ * source would send {@code Postcopy} and the device state, then serve the pages still dirty over
+ * the same streams; the destination would register them as missing before its vCPUs run. The
+ * message is reserved; this VMM refuses it.
+ *
+ * <p>Failure safety, as for the local migration: until {@code Running} arrives any failure
+ * (refusal, a closed or silent connection, a cancel, a bug) gives the guest back here in a
+ * {@code finally}. The destination resumes only within {@code resumeWithinMillis} of the
+ * state's arrival, which ends before the source stops waiting, and a destination whose source
+ * vanished never runs the guest.
+ */
+public final class TcpMigration {
+    private TcpMigration() {}
+
+    private static final Logger log = LoggerFactory.getLogger(TcpMigration.class);
+
+    private static final MemorySegment ZERO_PAGE = Arena.global().allocate(MigrationStream.PAGE);
+
+    /** The source waits this much longer for the confirmation than the destination may take to resume. */
+    static final long CONFIRM_MARGIN_MILLIS = 5_000;
+
+    /** Auto-converge: the first throttle, its step, its ceiling (percent of each 100 ms the vCPUs are parked). */
+    static final int THROTTLE_INITIAL = 20, THROTTLE_STEP = 10, THROTTLE_MAX = 99;
+
+    /** What a migration did, from the source's side (downtime: pause to confirmation). */
+    public record Result(long downtimeMillis, long totalMillis, long bytesSent, int passes, int throttlePercent) {}
+
+    /**
+     * Migrates {@code vm} to the VMM waiting at {@code target}. On failure the guest runs on here
+     * and the exception says why; {@code status} follows the migration, {@code progress} gets the
+     * bytes sent (and may cancel by throwing).
+     */
+    public static Result send(
+            Vm vm, TcpAddress target, MigrationParameters params, MigrationStatus status, RamWriter.Progress progress)
+            throws InterruptedException {
+        var timing = VmMetrics.begin("migrate-out");
+        long start = timing.startNanos();
+        boolean wasPaused = vm.isPaused();
+        boolean handedOver = false;
+        Throttle throttle = null;
+        status.total(vm.memory().size());
+        try (var socket = connect(target, params)) {
+            // Pages not loaded yet (a lazy restore) would read as zeros.
+            vm.memory().awaitLoaded();
+            var out = new MigrationStream.Writer(
+                    new DataOutputStream(new BufferedOutputStream(socket.getOutputStream(), 1 << 20)),
+                    params.maxBandwidth());
+            var in = new MigrationStream.Reader(new DataInputStream(new BufferedInputStream(socket.getInputStream())));
+            var watchdog = Watchdog.start(socket, TimeUnit.SECONDS.toNanos(params.timeoutSeconds()));
+            try {
+                out.message(prepareMessage(vm));
+                out.flush();
+                expect(in, MigrationProtocol.Prepared.class, "prepared");
+                VmSnapshots.probeHost(vm);
+                status.status("active");
+                var sender = new Sender(vm, out, status, progress, watchdog);
+                vm.startDirtyLog();
+                vm.takeChanged(false); // logged from here on; everything before is in pass 1
+                long passStart = System.nanoTime();
+                var blocks = vm.memory().blocks();
+                status.pass(1);
+                for (int i = 0; i < blocks.size(); i++)
+                    for (long[] extent : blocks.get(i).dataExtents()) sender.range(i, extent[0], extent[1], true);
+                out.message(new MigrationProtocol.PassEnd(1, sender.pagesThisPass));
+                long passBytes = sender.bytesThisPass, sendNanos = System.nanoTime() - passStart;
+                long lastDirty = Long.MAX_VALUE;
+                int pass = 1;
+                long[][] pending;
+                while (true) {
+                    long now = System.nanoTime();
+                    long[][] dirty = vm.takeChanged(false);
+                    long pages = DirtyLog.pages(dirty);
+                    double bandwidth = Math.max(1, passBytes * 1e9 / Math.max(1, sendNanos));
+                    long expected = (long) (pages * (double) MigrationStream.PAGE * 1000 / bandwidth);
+                    status.dirty(
+                            pages * MigrationStream.PAGE,
+                            (long) (pages * 1e9 / Math.max(1, now - passStart)),
+                            expected);
+                    if (expected <= params.downtimeLimitMillis()) {
+                        pending = dirty;
+                        break;
+                    }
+                    // Auto-converge: a dirty set that does not shrink by a tenth per pass never fits.
+                    if (pass >= 2 && pages * 10 > lastDirty * 9) {
+                        if (throttle == null) throttle = Throttle.start(vm, THROTTLE_INITIAL);
+                        else throttle.raise();
+                        status.throttle(throttle.percent());
+                        log.debug(
+                                "pass {}: {} pages still dirty, vCPUs throttled to {}%",
+                                pass, pages, throttle.percent());
+                    }
+                    lastDirty = pages;
+                    pass++;
+                    status.pass(pass);
+                    passStart = System.nanoTime();
+                    sender.newPass();
+                    for (int i = 0; i < dirty.length; i++) sender.bits(i, dirty[i]);
+                    out.message(new MigrationProtocol.PassEnd(pass, sender.pagesThisPass));
+                    passBytes += sender.bytesThisPass;
+                    sendNanos += System.nanoTime() - passStart;
+                }
+                if (throttle != null) throttle.close();
+                // The downtime: the last dirty pages and the device state.
+                status.status("device");
+                long pausedAt = System.nanoTime();
+                vm.pause();
+                long[][] last = vm.takeChanged(true);
+                sender.newPass();
+                for (int i = 0; i < last.length; i++) {
+                    long[] bits = last[i].clone();
+                    for (int w = 0; w < bits.length; w++) bits[w] |= pending[i][w];
+                    sender.bits(i, bits);
+                }
+                byte[] state = deviceState(vm);
+                long resumeWithin = TimeUnit.SECONDS.toMillis(params.timeoutSeconds());
+                out.message(new MigrationProtocol.DeviceState(resumeWithin));
+                out.state(state);
+                out.flush();
+                watchdog.extend(TimeUnit.MILLISECONDS.toNanos(resumeWithin + CONFIRM_MARGIN_MILLIS));
+                socket.setSoTimeout((int) (resumeWithin + CONFIRM_MARGIN_MILLIS));
+                expect(in, MigrationProtocol.Running.class, "running");
+                handedOver = true; // the guest runs there now; it must never resume here
+                long confirmedAt = System.nanoTime();
+                long downtime = (confirmedAt - pausedAt) / 1_000_000;
+                status.downtime(downtime);
+                status.transferred(out.bytes());
+                timing.end(
+                        vm.metrics(),
+                        VmMetrics.phases("precopy", pausedAt - start, "downtime", confirmedAt - pausedAt));
+                vm.end(new VmExitReason.Stopped("migration to " + target));
+                status.status("completed");
+                log.debug(
+                        "migrated to {}: {} passes, {} bytes, downtime {} ms, total {} ms",
+                        target,
+                        pass,
+                        out.bytes(),
+                        downtime,
+                        (confirmedAt - start) / 1_000_000);
+                return new Result(
+                        downtime, (confirmedAt - start) / 1_000_000, out.bytes(), pass, status.throttlePercent());
+            } finally {
+                watchdog.cancel();
+            }
+        } catch (CancellationException e) {
+            status.failed(e.getMessage(), true);
+            throw new SnapshotException("migration to " + target + " cancelled, the guest runs on here", e);
+        } catch (IOException | RuntimeException e) {
+            String why = e instanceof java.net.ConnectException
+                    ? "nothing listens at " + target + " (start vmm incoming " + target + " there first)"
+                    : reason(e);
+            status.failed(why, false);
+            throw new SnapshotException("migration to " + target + " failed, the guest runs on here: " + why, e);
+        } finally {
+            if (throttle != null) throttle.close();
+            if (!handedOver && !wasPaused) VmSnapshots.giveBack(vm);
+        }
+    }
+
+    /** The connection, TLS handshake completed (so an untrusted peer is refused before the first message). */
+    private static Socket connect(TcpAddress target, MigrationParameters params)
+            throws IOException, InterruptedException {
+        // A destination started just before (vmm incoming ... & then vmm migrate) listens only after
+        // its warm-up: a refused connection is tried again for CONNECT_MILLIS.
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(CONNECT_MILLIS);
+        while (true) {
+            try {
+                return connectOnce(target, params);
+            } catch (java.net.ConnectException e) {
+                if (System.nanoTime() > deadline) throw e;
+                Thread.sleep(50);
+            }
+        }
+    }
+
+    /** How long a source tries again to reach a destination that refuses connections. */
+    static final long CONNECT_MILLIS = 5_000;
+
+    private static Socket connectOnce(TcpAddress target, MigrationParameters params) throws IOException {
+        var plain = new Socket();
+        try {
+            plain.connect(new InetSocketAddress(target.host(), target.port()), 5_000);
+            plain.setTcpNoDelay(true);
+            plain.setSoTimeout((int) TimeUnit.SECONDS.toMillis(params.timeoutSeconds()));
+            if (params.tls() == null) return plain;
+            var tls = (SSLSocket)
+                    params.tls().context().getSocketFactory().createSocket(plain, target.host(), target.port(), true);
+            tls.setUseClientMode(true);
+            try {
+                tls.startHandshake();
+            } catch (SSLException e) {
+                tls.close();
+                throw new SnapshotException("the TLS handshake with " + target + " failed: " + e.getMessage());
+            }
+            return tls;
+        } catch (IOException | RuntimeException e) {
+            plain.close();
+            if (e instanceof SnapshotException || e instanceof java.net.ConnectException) throw e;
+            throw new IOException("cannot connect to " + target + ": " + e.getMessage(), e);
+        }
+    }
+
+    private static MigrationProtocol.Prepare prepareMessage(Vm vm) {
+        var rows = new ArrayList<MigrationProtocol.RamBlock>();
+        for (var b : vm.memory().blocks())
+            rows.add(new MigrationProtocol.RamBlock(b.id(), b.guestAddress(), b.size(), 0, null, null));
+        return new MigrationProtocol.Prepare(
+                MigrationProtocol.VERSION, vm.vcpuCount(), vm.memory().size(), List.copyOf(rows));
+    }
+
+    /**
+     * The paused VM's state as the bytes of a snapshot container with every RAM block by
+     * reference (its pages travelled already): written to tmpfs, read back, removed.
+     */
+    private static byte[] deviceState(Vm vm) throws IOException, InterruptedException {
+        try (var scratch = ScratchDir.create(ScratchDir.defaultRoot(), "panama-migrate-tcp")) {
+            var references = new HashMap<String, RamBlockEntry>();
+            for (var b : vm.memory().blocks())
+                references.put(b.id(), RamBlockEntry.byDescriptor(b.id(), b.guestAddress(), b.size(), "memfd", 0, 0));
+            var saved = VmSnapshots.save(
+                    vm,
+                    scratch.path(),
+                    VmSnapshots.Request.of(false, VmSnapshots.After.STAY_PAUSED),
+                    RamWriter.Progress.NONE,
+                    references);
+            return Files.readAllBytes(saved.file());
+        }
+    }
+
+    /** Sends pages of the guest's blocks in batches, zero pages as markers, and counts them. */
+    private static final class Sender {
+        private final Vm vm;
+        private final MigrationStream.Writer out;
+        private final MigrationStatus status;
+        private final RamWriter.Progress progress;
+        private final Watchdog watchdog;
+        long pagesThisPass, bytesThisPass;
+
+        Sender(Vm vm, MigrationStream.Writer out, MigrationStatus status, RamWriter.Progress progress, Watchdog w) {
+            this.vm = vm;
+            this.out = out;
+            this.status = status;
+            this.progress = progress;
+            this.watchdog = w;
+        }
+
+        void newPass() {
+            pagesThisPass = 0;
+            bytesThisPass = 0;
+        }
+
+        void bits(int block, long[] bits) throws IOException {
+            for (long[] run : DirtyLog.runs(bits)) range(block, run[0], run[1], false);
+        }
+
+        /** Bytes {@code [start, end)} of block {@code block}; {@code skipZeros}: pass 1, the destination's memory is zero. */
+        void range(int block, long start, long end, boolean skipZeros) throws IOException {
+            var segment = vm.memory().blocks().get(block).segment();
+            int page = MigrationStream.PAGE;
+            long p = start;
+            while (p < end) {
+                if (status.cancelRequested()) throw new CancellationException("cancelled by migrate-cancel");
+                boolean zero = isZero(segment, p);
+                long q = p + page;
+                while (q < end && q - p < (long) MigrationStream.MAX_BATCH_PAGES * page && isZero(segment, q) == zero)
+                    q += page;
+                int count = (int) ((q - p) / page);
+                long before = out.bytes();
+                if (!zero) out.pages(block, p / page, count, segment, p);
+                else if (!skipZeros) out.zeros(block, p / page, count);
+                if (!zero || !skipZeros) pagesThisPass += count;
+                long sent = out.bytes() - before;
+                bytesThisPass += sent;
+                status.transferred(out.bytes());
+                watchdog.moved();
+                if (sent > 0) progress.advance(sent);
+                p = q;
+            }
+        }
+
+        private static boolean isZero(MemorySegment segment, long offset) {
+            return MemorySegment.mismatch(
+                            segment, offset, offset + MigrationStream.PAGE, ZERO_PAGE, 0, MigrationStream.PAGE)
+                    < 0;
+        }
+    }
+
+    /** Auto-converge: a thread that parks the vCPUs for {@code percent} of every 100 ms. */
+    private static final class Throttle implements AutoCloseable {
+        private volatile int percent;
+        private volatile boolean stopped;
+        private final Thread thread;
+
+        private Throttle(Vm vm, int percent) {
+            this.percent = percent;
+            this.thread = Thread.ofPlatform()
+                    .daemon()
+                    .name("migration-throttle")
+                    .start(() -> {
+                        try {
+                            while (!stopped) {
+                                long parked = TimeUnit.MILLISECONDS.toNanos(this.percent);
+                                vm.throttleVcpus(parked);
+                                TimeUnit.NANOSECONDS.sleep(TimeUnit.MILLISECONDS.toNanos(100) - parked);
+                            }
+                        } catch (InterruptedException e) {
+                            // closed
+                        }
+                    });
+        }
+
+        static Throttle start(Vm vm, int percent) {
+            return new Throttle(vm, percent);
+        }
+
+        void raise() {
+            percent = Math.min(THROTTLE_MAX, percent + THROTTLE_STEP);
+        }
+
+        int percent() {
+            return percent;
+        }
+
+        @Override
+        public void close() {
+            stopped = true;
+            thread.interrupt();
+            try {
+                thread.join();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+    }
+
+    /** Closes the socket when the stream has not moved for its period: a stalled peer fails the migration instead of hanging it. */
+    private static final class Watchdog {
+        private final Socket socket;
+        private final Thread thread;
+        private volatile long period;
+        private volatile long lastMoved = System.nanoTime();
+
+        private Watchdog(Socket socket, long period) {
+            this.socket = socket;
+            this.period = period;
+            this.thread =
+                    Thread.ofPlatform().daemon().name("migration-watchdog").start(this::watch);
+        }
+
+        static Watchdog start(Socket socket, long periodNanos) {
+            return new Watchdog(socket, periodNanos);
+        }
+
+        private void watch() {
+            try {
+                for (long left; (left = lastMoved + period - System.nanoTime()) > 0; )
+                    TimeUnit.NANOSECONDS.sleep(Math.min(left, 100_000_000L));
+                socket.close();
+            } catch (InterruptedException | IOException e) {
+                // cancelled, or closed anyway
+            }
+        }
+
+        void moved() {
+            lastMoved = System.nanoTime();
+        }
+
+        void extend(long periodNanos) {
+            period = periodNanos;
+            moved();
+        }
+
+        void cancel() {
+            thread.interrupt();
+        }
+    }
+
+    private static <M extends MigrationProtocol.Message> M expect(MigrationStream.Reader in, Class<M> type, String what)
+            throws IOException {
+        MigrationProtocol.Message m;
+        try {
+            m = in.message(what);
+        } catch (SocketTimeoutException e) {
+            throw new SnapshotException("the destination did not answer in time");
+        }
+        if (m instanceof MigrationProtocol.Refused r)
+            throw new SnapshotException("the destination refused: " + r.reason());
+        if (!type.isInstance(m))
+            throw new SnapshotException(
+                    "the destination sent " + m.getClass().getSimpleName().toLowerCase() + " instead of " + what);
+        return type.cast(m);
+    }
+
+    private static String reason(Exception e) {
+        if (e instanceof java.net.SocketException
+                && e.getMessage() != null
+                && e.getMessage().contains("closed")) return "the connection was closed";
+        String m = e.getMessage();
+        return m == null ? e.getClass().getSimpleName() : m;
+    }
+
+    // ---- the destination ----
+
+    /**
+     * Listens at {@code address} for one incoming VM ({@code listening} gets the port, which
+     * {@code address} may leave to the system with port 0), builds it with {@code accept} checking
+     * the machine, resumes it and confirms. A connection whose TLS handshake fails, or that does
+     * not start with a migration's first message within {@link LocalMigration#FIRST_MESSAGE_MILLIS},
+     * is refused in one logged line and the wait goes on. Once a source has started, any failure
+     * (it vanished, refused, sent garbage) ends this call with a one-line {@link SnapshotException}
+     * and the guest never runs here.
+     */
+    public static Vm receive(
+            Kvm kvm,
+            TcpAddress address,
+            MigrationParameters params,
+            OutputStream console,
+            VmListener listener,
+            Function<MachineConfig, String> accept,
+            IntConsumer listening) {
+        try (var server = listen(address, params)) {
+            listening.accept(server.getLocalPort());
+            while (true) {
+                var peer = server.accept();
+                String from = peer.getRemoteSocketAddress().toString();
+                MigrationStream.Reader in;
+                MigrationStream.Writer out;
+                MigrationProtocol.Prepare prepare;
+                boolean handshaken = !(peer instanceof SSLSocket);
+                try {
+                    peer.setSoTimeout((int) LocalMigration.FIRST_MESSAGE_MILLIS);
+                    peer.setTcpNoDelay(true);
+                    if (peer instanceof SSLSocket tls) {
+                        tls.startHandshake();
+                        handshaken = true;
+                    }
+                    in = new MigrationStream.Reader(
+                            new DataInputStream(new BufferedInputStream(peer.getInputStream())));
+                    out = new MigrationStream.Writer(
+                            new DataOutputStream(new BufferedOutputStream(peer.getOutputStream())), 0);
+                    var first = in.next();
+                    if (!(first instanceof MigrationStream.Message m
+                            && m.message() instanceof MigrationProtocol.Prepare p)) {
+                        throw new SnapshotException(
+                                first == null
+                                        ? "it closed the connection"
+                                        : "it sent " + MigrationStream.describe(first) + " first");
+                    }
+                    prepare = p;
+                } catch (IOException | RuntimeException e) {
+                    String why = e instanceof SocketTimeoutException ? "it sent nothing" : reason(e);
+                    log.warn("{}: refused a connection from {} that did not start a migration: {}", address, from, why);
+                    if (handshaken) refuse(peer, "not a migration: " + why);
+                    else close(peer); // nothing can be said to a peer without the handshake
+                    continue;
+                }
+                try (peer) {
+                    peer.setSoTimeout((int) TimeUnit.SECONDS.toMillis(params.timeoutSeconds()));
+                    return receiveOn(kvm, prepare, in, out, console, listener, accept);
+                } catch (IOException e) {
+                    throw new SnapshotException("the incoming migration failed: " + reason(e));
+                }
+            }
+        } catch (IOException e) {
+            throw new SnapshotException("cannot listen on " + address + ": " + reason(e));
+        }
+    }
+
+    private static ServerSocket listen(TcpAddress address, MigrationParameters params) throws IOException {
+        ServerSocket server;
+        if (params.tls() != null) {
+            var tls = (SSLServerSocket)
+                    params.tls().context().getServerSocketFactory().createServerSocket();
+            tls.setNeedClientAuth(true); // mutual: the source proves who it is too
+            server = tls;
+        } else {
+            server = new ServerSocket();
+        }
+        server.setReuseAddress(true);
+        server.bind(new InetSocketAddress(address.host(), address.port()), 4);
+        return server;
+    }
+
+    private static void close(Socket peer) {
+        try {
+            peer.close();
+        } catch (IOException e) {
+            // gone already
+        }
+    }
+
+    /** Best effort: tells a peer why, then closes. */
+    private static void refuse(Socket peer, String why) {
+        try (peer) {
+            var out = new MigrationStream.Writer(new DataOutputStream(peer.getOutputStream()), 0);
+            out.message(new MigrationProtocol.Refused(why));
+            out.flush();
+        } catch (IOException | RuntimeException e) {
+            // it is gone already
+        }
+    }
+
+    private static Vm receiveOn(
+            Kvm kvm,
+            MigrationProtocol.Prepare prepare,
+            MigrationStream.Reader in,
+            MigrationStream.Writer out,
+            OutputStream console,
+            VmListener listener,
+            Function<MachineConfig, String> accept)
+            throws IOException {
+        VmBuilder.Shell shell = null;
+        PrestartedThreads vcpuThreads = null;
+        Vm vm = null;
+        try {
+            try {
+                if (prepare.protocol() != MigrationProtocol.VERSION)
+                    throw new SnapshotException("this VMM speaks TCP-migration protocol " + MigrationProtocol.VERSION
+                            + ", the source speaks " + prepare.protocol());
+                String refusal = accept.apply(new MachineConfig(
+                        prepare.memory(), prepare.cpus(), new Backing.Memfd(), "incoming", new byte[0], null, ""));
+                if (refusal != null) throw new SnapshotException(refusal);
+                shell = VmBuilder.shell(kvm, sources(prepare), prepare.cpus());
+                vcpuThreads = PrestartedThreads.start(prepare.cpus());
+                LocalMigration.warmUpStatePath();
+                out.message(new MigrationProtocol.Prepared());
+                out.flush();
+                var blocks = shell.memory().blocks();
+                long pages = 0;
+                byte[] state = null;
+                long resumeWithin = 0, stateAt = 0;
+                while (state == null) {
+                    MigrationStream.Frame frame;
+                    try {
+                        frame = in.next();
+                    } catch (MigrationStream.Ended | java.net.SocketException e) {
+                        frame = null; // cut mid-frame, or reset: the source is gone all the same
+                    }
+                    switch (frame) {
+                        case null ->
+                            throw new SnapshotException(
+                                    "the source closed the connection before the migration completed");
+                        case MigrationStream.Pages p -> {
+                            var target = pageRange(blocks, p.block(), p.firstPage(), p.count());
+                            MemorySegment.copy(
+                                    in.buffer(), 0, target, ValueLayout.JAVA_BYTE, 0, p.count() * MigrationStream.PAGE);
+                            pages += p.count();
+                        }
+                        case MigrationStream.Zeros z -> {
+                            pageRange(blocks, z.block(), z.firstPage(), z.count())
+                                    .fill((byte) 0);
+                            pages += z.count();
+                        }
+                        case MigrationStream.Message m -> {
+                            switch (m.message()) {
+                                case MigrationProtocol.PassEnd e ->
+                                    log.debug("pass {} received: {} pages", e.pass(), e.pages());
+                                case MigrationProtocol.DeviceState d -> {
+                                    resumeWithin = d.resumeWithinMillis();
+                                    var next = in.next();
+                                    stateAt = System.nanoTime();
+                                    if (!(next instanceof MigrationStream.State s))
+                                        throw new SnapshotException("the source sent "
+                                                + (next == null ? "nothing" : MigrationStream.describe(next))
+                                                + " instead of the device state");
+                                    state = s.bytes();
+                                }
+                                case MigrationProtocol.Postcopy p ->
+                                    throw new SnapshotException("this VMM does not take post-copy migrations yet");
+                                case MigrationProtocol.Refused r ->
+                                    throw new SnapshotException("the source gave up: " + r.reason());
+                                default ->
+                                    throw new SnapshotException("the source sent "
+                                            + m.message()
+                                                    .getClass()
+                                                    .getSimpleName()
+                                                    .toLowerCase()
+                                            + " during pre-copy");
+                            }
+                        }
+                        case MigrationStream.State s ->
+                            throw new SnapshotException("the source sent the device state without announcing it");
+                    }
+                }
+                log.debug("received {} pages and {} bytes of state", pages, state.length);
+                var loaded = load(state, blocks.getFirst().fd());
+                var config = loaded.config().withBacking(new Backing.Memfd());
+                refusal = accept.apply(config);
+                if (refusal != null) throw new SnapshotException(refusal);
+                LocalMigration.checkSameRam(shell, loaded);
+                var s = shell;
+                shell = null; // the VM owns it (or finish closes it) from here
+                vm = VmBuilder.finish(kvm, s, loaded.withConfig(config), config, console, listener);
+                vm.pauseBeforeStart();
+                vm.start(vcpuThreads);
+                if (System.nanoTime() - stateAt > TimeUnit.MILLISECONDS.toNanos(resumeWithin))
+                    throw new SnapshotException(
+                            "the VM's state took too long to apply: the source resumes its guest at its deadline");
+            } catch (RuntimeException e) {
+                if (shell != null) shell.close();
+                if (vm != null) vm.close();
+                refuseQuietly(out, reason(e));
+                throw e;
+            }
+            vm.resume();
+            long resumedAt = System.nanoTime();
+            try {
+                out.message(new MigrationProtocol.Running(resumedAt));
+                out.flush();
+            } catch (IOException e) {
+                // The source never hears of it and takes its guest back: this copy must not run on.
+                vm.close();
+                throw new SnapshotException(
+                        "the source vanished before the destination could confirm; it runs the guest");
+            }
+            return vm;
+        } finally {
+            if (vcpuThreads != null) vcpuThreads.close();
+        }
+    }
+
+    private static void refuseQuietly(MigrationStream.Writer out, String why) {
+        try {
+            out.message(new MigrationProtocol.Refused(why));
+            out.flush();
+        } catch (IOException | RuntimeException ignored) {
+            // the source is gone
+        }
+    }
+
+    /** The received device state, written into a tmpfs scratch directory and read as a snapshot; RAM is descriptor {@code memfd}. */
+    private static LoadedSnapshot load(byte[] state, int memfd) {
+        try (var scratch = ScratchDir.create(ScratchDir.defaultRoot(), "panama-incoming-tcp")) {
+            Files.write(scratch.path().resolve(SnapshotFormat.FILE_NAME), state);
+            return VmSnapshots.load(scratch.path(), new int[] {memfd});
+        } catch (IOException e) {
+            throw new SnapshotException("cannot keep the VM's state: " + e.getMessage());
+        }
+    }
+
+    /** Block {@code block}'s pages {@code [first, first + count)}, checked against the block. */
+    private static MemorySegment pageRange(
+            List<dev.panamavmm.vmm.memory.RamBlock> blocks, int block, long first, int count) {
+        if (block < 0 || block >= blocks.size())
+            throw new SnapshotException("the source sent pages of RAM block " + block + " of " + blocks.size());
+        var segment = blocks.get(block).segment();
+        long pages = segment.byteSize() / MigrationStream.PAGE;
+        if (first < 0 || first + count > pages)
+            throw new SnapshotException("the source sent pages " + first + "+" + count + " of a block of " + pages);
+        return segment.asSlice(first * MigrationStream.PAGE, (long) count * MigrationStream.PAGE);
+    }
+
+    /** The announced blocks in one fresh memfd, one after another. */
+    private static List<GuestMemory.BlockSource> sources(MigrationProtocol.Prepare prepare) {
+        var ram = prepare.ram();
+        if (ram == null || ram.isEmpty()) throw new SnapshotException("the source announced no RAM blocks");
+        long total = 0;
+        for (var b : ram) {
+            if (b.size() <= 0 || b.size() % MigrationStream.PAGE != 0 || b.guestAddress() % MigrationStream.PAGE != 0)
+                throw new SnapshotException("the source announced RAM block " + b.id() + " of " + b.size() + " bytes");
+            total += b.size();
+        }
+        if (total != prepare.memory())
+            throw new SnapshotException(
+                    "the source's RAM blocks hold " + total + " bytes, its machine " + prepare.memory());
+        if (total > GuestMemory.MAX_SIZE)
+            throw new SnapshotException("the source announced " + total + " bytes of RAM");
+        int memfd = LibC.memfdCreate("panama-vmm-ram", LibcConstants.MFD_CLOEXEC);
+        try {
+            LibC.ftruncate(memfd, total);
+        } catch (RuntimeException e) {
+            LibC.close(memfd);
+            throw e;
+        }
+        var sources = new ArrayList<GuestMemory.BlockSource>();
+        long offset = 0;
+        for (var b : ram) {
+            sources.add(new GuestMemory.BlockSource(
+                    b.id(), b.guestAddress(), b.size(), new Backing.Memfd(), offset, memfd));
+            offset += b.size();
+        }
+        return sources;
+    }
+}

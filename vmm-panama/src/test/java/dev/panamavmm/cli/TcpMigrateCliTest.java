@@ -1,0 +1,106 @@
+package dev.panamavmm.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.panamavmm.kvm.testing.KvmTest;
+import dev.panamavmm.testing.Heartbeats;
+import dev.panamavmm.testing.VmmProcess;
+import java.io.DataOutputStream;
+import java.net.InetAddress;
+import java.net.ServerSocket;
+import java.net.Socket;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.io.TempDir;
+
+/** Migration over TCP as users run it: vmm incoming tcp:127.0.0.1:PORT in one process, vmm migrate on the running one. */
+class TcpMigrateCliTest {
+
+    static int freePort() throws Exception {
+        try (var s = new ServerSocket(0, 1, InetAddress.getLoopbackAddress())) {
+            return s.getLocalPort();
+        }
+    }
+
+    static void awaitStderr(VmmProcess p, String text, long seconds) throws InterruptedException {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
+        while (!p.stderr().contains(text)) {
+            if (System.nanoTime() > deadline) throw new AssertionError("no '" + text + "' in stderr:\n" + p.stderr());
+            Thread.sleep(20);
+        }
+    }
+
+    @KvmTest
+    void aGuestMovesToAnotherVmmOverTcp(@TempDir Path dir) throws Exception {
+        var api = dir.resolve("api.sock");
+        var nextApi = dir.resolve("next.sock");
+        var console = dir.resolve("console.txt");
+        var nextConsole = dir.resolve("next.txt");
+        int port = freePort();
+        try (var source = VmmProcess.start(
+                        "run",
+                        "--cpus",
+                        "2",
+                        "--memory",
+                        "128M",
+                        "--api-socket",
+                        api.toString(),
+                        "--console",
+                        "file:" + console,
+                        "--cmdline",
+                        "console=ttyS0 testguest.hb=100 testguest.mem=64M testguest.rewrite=10");
+                var destination = VmmProcess.start(
+                        "incoming",
+                        "tcp:127.0.0.1:" + port,
+                        "--api-socket",
+                        nextApi.toString(),
+                        "--console",
+                        "file:" + nextConsole,
+                        "--memory",
+                        "128M")) {
+            SnapshotCliTest.awaitText(console, "hb 1 2", 30);
+            source.awaitSocket(api);
+            awaitStderr(destination, "vmm: waiting for a migration on tcp:127.0.0.1:" + port, 60);
+            var r = MainTest.run(
+                    "migrate", "--api-socket", api.toString(), "--max-bandwidth", "1G", "tcp:127.0.0.1:" + port);
+            assertEquals(0, r.code(), r.err());
+            assertTrue(r.out().startsWith("migrated: downtime "), r.out());
+            assertEquals(0, source.waitFor(30), source.stderr());
+            var seen = Heartbeats.checkLive(Files.readString(console) + Files.readString(nextConsole));
+            SnapshotCliTest.awaitText(nextConsole, "hb 0 " + (seen.getOrDefault(0, 0) + 2), 30);
+            SnapshotCliTest.awaitText(nextConsole, "hb 1 " + (seen.getOrDefault(1, 0) + 2), 30);
+            destination.signal("TERM");
+            assertEquals(0, destination.waitFor(30));
+            Heartbeats.check(Files.readString(console) + Files.readString(nextConsole));
+        }
+    }
+
+    @KvmTest
+    void aDestinationWhoseSourceVanishesExitsWithOneLine(@TempDir Path dir) throws Exception {
+        int port = freePort();
+        var console = dir.resolve("console.txt");
+        try (var destination = VmmProcess.start("incoming", "tcp::" + port, "--console", "file:" + console)) {
+            awaitStderr(destination, "vmm: waiting for a migration on tcp:127.0.0.1:" + port, 60);
+            // A source that announces a VM and is gone before any page.
+            try (var source = new Socket(InetAddress.getLoopbackAddress(), port);
+                    var out = new DataOutputStream(source.getOutputStream())) {
+                byte[] prepare = ("{\"type\":\"prepare\",\"protocol\":2,\"cpus\":1,\"memory\":67108864,"
+                                + "\"ram\":[{\"id\":\"ram-low\",\"guestAddress\":0,\"size\":67108864,\"fileOffset\":0}]}")
+                        .getBytes(StandardCharsets.UTF_8);
+                out.writeByte('M');
+                out.writeInt(prepare.length);
+                out.write(prepare);
+                out.flush();
+                source.getInputStream().read(); // the destination's answer: it built the VM
+            }
+            assertEquals(1, destination.waitFor(30));
+            assertEquals(
+                    "vmm: the source closed the connection before the migration completed\n",
+                    destination.stderr().substring(destination.stderr().indexOf("vmm: the source")));
+            assertEquals("", Files.readString(console), "the guest never ran here");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+package dev.panamavmm.vmm;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+
+import dev.panamavmm.migration.SnapshotException;
+import java.io.ByteArrayInputStream;
+import java.io.ByteArrayOutputStream;
+import java.io.DataInputStream;
+import java.io.DataOutputStream;
+import java.lang.foreign.Arena;
+import java.util.Arrays;
+import org.junit.jupiter.api.Test;
+
+/** The TCP migration's frames and addresses, without KVM: round trips, and a peer's bad input refused in one line. */
+class MigrationStreamTest {
+
+    private static MigrationStream.Reader reader(byte[] bytes) {
+        return new MigrationStream.Reader(new DataInputStream(new ByteArrayInputStream(bytes)));
+    }
+
+    @Test
+    void framesRoundTrip() throws Exception {
+        var bytes = new ByteArrayOutputStream();
+        var out = new MigrationStream.Writer(new DataOutputStream(bytes), 0);
+        try (var arena = Arena.ofConfined()) {
+            var ram = arena.allocate(3 * 4096);
+            ram.asSlice(4096, 4096).fill((byte) 7);
+            out.message(new MigrationProtocol.PassEnd(2, 5));
+            out.pages(1, 9, 2, ram, 4096);
+            out.zeros(0, 3, 4);
+            out.message(new MigrationProtocol.DeviceState(10_000));
+            out.state(new byte[] {1, 2, 3});
+            out.message(new MigrationProtocol.Postcopy());
+            out.flush();
+        }
+        assertEquals(bytes.size(), out.bytes(), "the writer counts every byte it wrote");
+        var in = reader(bytes.toByteArray());
+        assertEquals(new MigrationProtocol.PassEnd(2, 5), ((MigrationStream.Message) in.next()).message());
+        assertEquals(new MigrationStream.Pages(1, 9, 2), in.next());
+        byte[] expected = new byte[2 * 4096];
+        Arrays.fill(expected, 0, 4096, (byte) 7);
+        assertEquals(0, Arrays.compare(expected, Arrays.copyOf(in.buffer(), 2 * 4096)));
+        assertEquals(new MigrationStream.Zeros(0, 3, 4), in.next());
+        assertEquals(new MigrationProtocol.DeviceState(10_000), ((MigrationStream.Message) in.next()).message());
+        assertEquals(3, ((MigrationStream.State) in.next()).bytes().length);
+        assertInstanceOf(MigrationProtocol.Postcopy.class, ((MigrationStream.Message) in.next()).message());
+        assertNull(in.next());
+    }
+
+    @Test
+    void badFramesAreRefusedInOneLine() {
+        var garbage = assertThrows(
+                SnapshotException.class,
+                () -> reader("GET / HTTP/1.0\r\n".getBytes()).next());
+        assertEquals("the peer sent a frame of unknown kind 0x47: not a migration stream", garbage.getMessage());
+        var batch = assertThrows(
+                SnapshotException.class,
+                () -> reader(new byte[] {'P', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1})
+                        .next());
+        assertEquals("the peer sent a batch of 257 pages", batch.getMessage());
+        var state = assertThrows(
+                SnapshotException.class,
+                () -> reader(new byte[] {'D', 0x7f, 0, 0, 0}).next());
+        assertEquals("the peer sent a device state of 2130706432 bytes", state.getMessage());
+        assertThrows(
+                MigrationStream.Ended.class,
+                () -> reader(new byte[] {'Z', 0, 0}).next());
+    }
+
+    @Test
+    void addresses() {
+        assertEquals(new TcpAddress("127.0.0.1", 4444), TcpAddress.parse("tcp::4444"));
+        assertEquals(new TcpAddress("10.0.0.2", 0), TcpAddress.parse("tcp:10.0.0.2:0"));
+        assertEquals(new TcpAddress("::1", 5), TcpAddress.parse("tcp:[::1]:5"));
+        assertEquals("tcp:[::1]:5", TcpAddress.parse("tcp:[::1]:5").toString());
+        var e = assertThrows(IllegalArgumentException.class, () -> TcpAddress.parse("tcp:host"));
+        assertEquals("the address must be tcp:[HOST]:PORT, not 'tcp:host'", e.getMessage());
+        assertThrows(IllegalArgumentException.class, () -> TcpAddress.parse("tcp:h:70000"));
+    }
+}
