@@ -63,7 +63,7 @@ public enum ThreadKind {
     /** The main thread of a VMM command and the threads it starts without a kind of their own: also processes. */
     MAIN(
             "main",
-            Stream.concat(controlCalls().stream(), Stream.of("execve", "wait4", "kill", "setsid", "vfork"))
+            Stream.concat(controlCalls().stream(), Stream.of("execve", "wait4", "waitid", "kill", "setsid", "vfork"))
                     .toList(),
             allIoctls(),
             true);
@@ -240,7 +240,9 @@ public enum ThreadKind {
                 "pidfd_send_signal",
                 "sched_setaffinity",
                 "kill",
-                "close_range");
+                "close_range",
+                "utimensat",
+                "msync");
     }
 
     /** Every ioctl the bindings declare (the VMM uses no other) and the terminal's. */

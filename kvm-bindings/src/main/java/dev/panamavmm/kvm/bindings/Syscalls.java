@@ -217,4 +217,7 @@ public final class Syscalls {
     public static final int SYS_iopl = 172;
     public static final int SYS_ioperm = 173;
     public static final int SYS_personality = 135;
+    public static final int SYS_utimensat = 280;
+    public static final int SYS_waitid = 247;
+    public static final int SYS_msync = 26;
 }
