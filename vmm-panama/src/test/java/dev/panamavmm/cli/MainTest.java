@@ -79,6 +79,12 @@ class MainTest {
         assertEquals(2, brackets.code());
         assertTrue(brackets.err().startsWith("vmm: unexpected argument '[--json]' (square brackets"), brackets.err());
         assertEquals(2, run("info", "--kvm-device").code());
+        var sandbox = run("run", "--sandbox", "maybe");
+        assertEquals(2, sandbox.code());
+        assertEquals("vmm: sandbox mode must be on, off or log, not maybe\n", sandbox.err());
+        var noMode = run("info", "--sandbox");
+        assertEquals(2, noMode.code());
+        assertEquals("vmm: --sandbox needs a mode: on, off or log\n", noMode.err());
     }
 
     /** Limits are usage errors too: exit 2, the option named, sizes in units. */

@@ -219,5 +219,4 @@ public final class Syscalls {
     public static final int SYS_personality = 135;
     public static final int SYS_utimensat = 280;
     public static final int SYS_waitid = 247;
-    public static final int SYS_msync = 26;
 }
