@@ -92,6 +92,8 @@ public final class Sandbox {
         if (mode == Mode.OFF) return;
         var prog = program(kind, mode);
         LibC.prctl("PR_SET_NO_NEW_PRIVS", PR_SET_NO_NEW_PRIVS, 1);
+        // Landlock has no log-only mode: in mode log only seccomp reports.
+        if (mode == Mode.ON && kind.landlocked()) Landlock.restrictToRuntime();
         LibC.seccompFilter(0, prog);
         ENTERED.set(kind);
     }
@@ -185,9 +187,10 @@ public final class Sandbox {
 
     /**
      * A process that outlives the VMM by a moment to say why it ended: it holds the read end of a
-     * pipe whose write end only this JVM has, and when it reads end of file (the JVM is gone, for
-     * any reason) it looks in the kernel's log for a seccomp kill of this pid and, if there is one,
-     * prints which thread made which call. Started before the first filter (starting a process is
+     * pipe whose write end only this JVM has. An orderly exit writes "x" into it first (a shutdown
+     * hook) and the watcher ends; end of file without it (the JVM was killed) makes it look in the
+     * kernel's log, for up to a second (the audit line is printed asynchronously), for a seccomp kill
+     * of this pid and, if there is one, print which thread made which call. Started before the first filter (starting a process is
      * not allowed under most of them); the kernel's log needs root or {@code kernel.dmesg_restrict=0}.
      */
     static final class Watcher {
@@ -196,8 +199,12 @@ public final class Sandbox {
         static synchronized void start() {
             if (keepOpen != null || Boolean.getBoolean("panama.vmm.sandbox.nowatcher")) return;
             String script = """
-                    cat >/dev/null
-                    line=$(dmesg 2>/dev/null | grep 'type=1326' | grep " pid=$1 " | grep -v ' code=0x7ffc0000' | tail -n 1)
+                    [ "$(cat)" = x ] && exit 0
+                    for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+                      line=$(dmesg 2>/dev/null | grep 'type=1326' | grep " pid=$1 " | grep -v ' code=0x7ffc0000' | tail -n 1)
+                      [ -n "$line" ] && break
+                      sleep 0.05
+                    done
                     [ -n "$line" ] || exit 0
                     comm=$(printf '%s' "$line" | sed -n 's/.* comm="\\([^"]*\\)".*/\\1/p')
                     nr=$(printf '%s' "$line" | sed -n 's/.* syscall=\\([0-9]*\\).*/\\1/p')
@@ -214,7 +221,17 @@ public final class Sandbox {
                     .redirectError(ProcessBuilder.Redirect.INHERIT);
             pb.environment().put("PANAMA_SYSCALLS", SyscallNames.table());
             try {
-                keepOpen = pb.start().getOutputStream();
+                var pipe = pb.start().getOutputStream();
+                keepOpen = pipe;
+                // An orderly exit says so, and the watcher ends at once; a kill (no hooks run) leaves it to look.
+                Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+                    try {
+                        pipe.write('x');
+                        pipe.close();
+                    } catch (IOException e) {
+                        // the watcher is gone already
+                    }
+                }));
             } catch (IOException e) {
                 log.warn("sandbox: no watcher ({}); a thread stopped by it will not be named", e.getMessage());
                 keepOpen = OutputStream.nullOutputStream();

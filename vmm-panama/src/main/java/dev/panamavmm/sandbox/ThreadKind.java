@@ -97,6 +97,11 @@ public enum ThreadKind {
         return ioctls;
     }
 
+    /** Whether it serves the guest and opens no file itself: Landlock limits it to reading the runtime's files. */
+    public boolean landlocked() {
+        return this == VCPU || this == DEVICE;
+    }
+
     /** Whether it may start processes (clone without CLONE_THREAD, execve), not only threads. */
     public boolean processes() {
         return processes;
@@ -168,6 +173,8 @@ public enum ThreadKind {
                 "membarrier",
                 // a thread started by a filtered one enters its own kind: filters only ever narrow
                 "seccomp",
+                "landlock_create_ruleset",
+                "landlock_add_rule",
                 "landlock_restrict_self");
     }
 
