@@ -189,7 +189,7 @@ public final class Sandbox {
      * A process that outlives the VMM by a moment to say why it ended: it holds the read end of a
      * pipe whose write end only this JVM has. An orderly exit writes "x" into it first (a shutdown
      * hook) and the watcher ends; end of file without it (the JVM was killed) makes it look in the
-     * kernel's log, for up to a second (the audit line is printed asynchronously), for a seccomp kill
+     * kernel's log, for up to 5 s (the audit line is printed asynchronously), for a seccomp kill
      * of this pid and, if there is one, print which thread made which call. Started before the first filter (starting a process is
      * not allowed under most of them); the kernel's log needs root or {@code kernel.dmesg_restrict=0}.
      */
@@ -200,10 +200,10 @@ public final class Sandbox {
             if (keepOpen != null || Boolean.getBoolean("panama.vmm.sandbox.nowatcher")) return;
             String script = """
                     [ "$(cat)" = x ] && exit 0
-                    for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+                    i=0; while [ $i -lt 50 ]; do i=$((i + 1))
                       line=$(dmesg 2>/dev/null | grep 'type=1326' | grep " pid=$1 " | grep -v ' code=0x7ffc0000' | tail -n 1)
                       [ -n "$line" ] && break
-                      sleep 0.05
+                      sleep 0.1
                     done
                     [ -n "$line" ] || exit 0
                     comm=$(printf '%s' "$line" | sed -n 's/.* comm="\\([^"]*\\)".*/\\1/p')

@@ -7,9 +7,11 @@ import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.sys.LibC;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
@@ -25,27 +27,36 @@ class SandboxKillTest {
         "API, api-client, clone (56)", // a process
         "MAIN, main-test, ioctl (16)" // a request the VMM never makes
     })
-    void aForbiddenCallEndsTheProcessWithAMessage(String kind, String thread, String call) throws Exception {
+    void aForbiddenCallEndsTheProcessWithAMessage(String kind, String thread, String call, @TempDir Path dir)
+            throws Exception {
+        var errFile = dir.resolve("stderr");
         var java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
         var process = new ProcessBuilder(List.of(
                         java,
                         "--enable-native-access=ALL-UNNAMED",
                         "-Dpanama.vmm.sandbox=on",
+                        "-Dslf4j.provider=dev.panamavmm.log.VmmLogProvider",
                         "-cp",
                         System.getProperty("java.class.path"),
                         Child.class.getName(),
                         kind,
                         thread))
                 .redirectInput(ProcessBuilder.Redirect.from(new java.io.File("/dev/null")))
+                // A file, not a pipe: the JDK drains and closes a child's pipes when it exits, and the
+                // watcher writes after that.
+                .redirectError(errFile.toFile())
                 .start();
         var out = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-        var err = new String(process.getErrorStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(process.waitFor(60, TimeUnit.SECONDS));
+        String expected = "vmm: the sandbox stopped thread " + thread + " at system call " + call;
+        String err = Files.readString(errFile);
+        for (long end = System.nanoTime() + 10_000_000_000L; !err.contains(expected) && System.nanoTime() < end; ) {
+            Thread.sleep(50);
+            err = Files.readString(errFile);
+        }
         assertEquals(128 + 31, process.exitValue(), "killed by SIGSYS\nout: " + out + "\nerr: " + err);
         assertTrue(out.contains("filtered\n") && !out.contains("survived"), out);
-        assertTrue(
-                err.contains("vmm: the sandbox stopped thread " + thread + " at system call " + call),
-                "stderr: " + err);
+        assertTrue(err.contains(expected), "stderr: " + err);
     }
 
     /** The child: a thread named as a VMM thread of {@code kind} enters it, then makes a forbidden call. */
