@@ -8,12 +8,16 @@ import dev.panamavmm.kvm.bindings.LandlockRulesetAttr;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
 import java.io.File;
+import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.LinkedHashSet;
+import java.util.List;
 import java.util.Set;
+import java.util.jar.JarFile;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -94,7 +98,36 @@ final class Landlock {
         }
     }
 
-    /** The JDK, the class path's directories and jars, /proc, /sys and the random devices. */
+    /**
+     * The entries of a jar's manifest {@code Class-Path} (relative to the jar's directory, or
+     * {@code file:} URLs: a test runner's booter jar names every jar and class directory that way).
+     */
+    private static List<Path> manifestClassPath(Path jar) {
+        if (!Files.isRegularFile(jar)) return List.of();
+        try (var file = new JarFile(jar.toFile())) {
+            var manifest = file.getManifest();
+            String classPath =
+                    manifest == null ? null : manifest.getMainAttributes().getValue("Class-Path");
+            if (classPath == null) return List.of();
+            var out = new ArrayList<Path>();
+            for (String entry : classPath.trim().split("\\s+")) {
+                if (entry.isEmpty()) continue;
+                try {
+                    var uri = jar.getParent().toUri().resolve(entry);
+                    if (uri.getScheme() == null || !uri.getScheme().equals("file")) continue;
+                    var p = Path.of(uri);
+                    out.add(Files.isDirectory(p) ? p : p.getParent());
+                } catch (IllegalArgumentException e) {
+                    // not a path: nothing to allow
+                }
+            }
+            return out;
+        } catch (IOException e) {
+            return List.of();
+        }
+    }
+
+    /** The JDK, the class path's directories and jars (and those their manifests name), /proc, /sys, the random devices. */
     static Set<Path> readable() {
         var paths = new LinkedHashSet<Path>();
         paths.add(Path.of(System.getProperty("java.home")));
@@ -102,6 +135,7 @@ final class Landlock {
             if (entry.isEmpty()) continue;
             var p = Path.of(entry).toAbsolutePath();
             paths.add(Files.isDirectory(p) ? p : p.getParent() != null ? p.getParent() : p);
+            paths.addAll(manifestClassPath(p));
         }
         for (String p : new String[] {"/proc", "/sys", "/dev/urandom", "/dev/random", "/dev/null"})
             paths.add(Path.of(p));

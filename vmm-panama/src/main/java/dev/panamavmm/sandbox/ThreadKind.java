@@ -19,7 +19,20 @@ public enum ThreadKind {
     /** A vCPU: KVM_RUN and the vCPU's state ioctls, the exit handlers' I/O (console, eventfds). */
     VCPU(
             "vcpu",
-            List.of("writev", "sendto", "sendmsg", "recvfrom"),
+            // The exit handlers' console and eventfd I/O, and what the threads a device starts when the
+            // guest activates it (on this vCPU) do: a network device's receiver reads its tap, a vsock
+            // device's worker its Unix sockets.
+            List.of(
+                    "readv",
+                    "writev",
+                    "sendto",
+                    "recvfrom",
+                    "sendmsg",
+                    "recvmsg",
+                    "shutdown",
+                    "socket",
+                    "connect",
+                    "accept4"),
             Stream.concat(
                             Stream.of(
                                     KVM_RUN,
@@ -27,6 +40,9 @@ public enum ThreadKind {
                                     KVM_IRQ_LINE_STATUS,
                                     KVM_SIGNAL_MSI,
                                     KVM_KVMCLOCK_CTRL,
+                                    // a device is activated on the vCPU that writes DRIVER_OK: a tap gets its offloads
+                                    TUNSETOFFLOAD,
+                                    TUNSETVNETHDRSZ,
                                     (long) LibcConstants.TCGETS),
                             vcpuStateIoctls())
                     .toList(),
@@ -53,7 +69,7 @@ public enum ThreadKind {
                     "connect",
                     "accept4",
                     "fstatfs"),
-            List.of(KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, KVM_SIGNAL_MSI, FIONREAD),
+            List.of(KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, KVM_SIGNAL_MSI, FIONREAD, TUNSETOFFLOAD, TUNSETVNETHDRSZ),
             false),
     /**
      * The control API's threads and the jobs they start (snapshots, migrations, and in a standby

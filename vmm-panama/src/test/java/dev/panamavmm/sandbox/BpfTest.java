@@ -105,27 +105,20 @@ class BpfTest {
     }
 
     @Test
-    void threadsOfAFilteredThreadInheritItsFilterAndProcessesAreRefused() throws Exception {
-        int[] seen = onFilteredThread(Sandbox.build(ThreadKind.VCPU, EPERM), () -> {
+    void threadsOfAFilteredThreadInheritItsFilter() throws Exception {
+        // (That a process cannot be started is SandboxKillTest's: the JDK's failed spawn leaves this
+        // JVM's descriptors in a state the test runner's channel did not survive.)
+        int seen = onFilteredThread(Sandbox.build(ThreadKind.VCPU, EPERM), () -> {
             var child = new int[1];
-            // Thread creation works (clone3 answered ENOSYS, glibc falls back to clone with CLONE_THREAD)...
+            // Thread creation works (clone3 answered ENOSYS, glibc falls back to clone with CLONE_THREAD).
             var t = Thread.ofPlatform().start(() -> child[0] = ioctl(Ioctls.KVM_CREATE_VM));
             try {
                 t.join();
             } catch (InterruptedException e) {
                 throw new IllegalStateException(e);
             }
-            // ... and a process cannot be started (clone without CLONE_THREAD).
-            int process;
-            try {
-                new ProcessBuilder("true").start().waitFor();
-                process = 0;
-            } catch (Exception e) {
-                process = -1;
-            }
-            return new int[] {child[0], process};
+            return child[0];
         });
-        assertEquals(-LibcConstants.EPERM, seen[0], "the child thread inherited the vCPU filter");
-        assertEquals(-1, seen[1], "starting a process failed");
+        assertEquals(-LibcConstants.EPERM, seen, "the child thread inherited the vCPU filter");
     }
 }
