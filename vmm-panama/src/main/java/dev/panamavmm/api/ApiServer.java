@@ -2,6 +2,8 @@ package dev.panamavmm.api;
 
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.sandbox.Sandbox;
+import dev.panamavmm.sandbox.ThreadKind;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.net.UnixDomainSocketAddress;
@@ -49,7 +51,10 @@ public final class ApiServer implements AutoCloseable {
         this.path = path;
         this.server = server;
         this.handler = handler;
-        this.acceptor = Thread.ofPlatform().daemon().name("api-accept").start(this::acceptLoop);
+        this.acceptor = Thread.ofPlatform()
+                .daemon()
+                .name("api-accept")
+                .start(Sandbox.confined(ThreadKind.API, this::acceptLoop));
     }
 
     /**
@@ -120,7 +125,7 @@ public final class ApiServer implements AutoCloseable {
                 var client = new Client(channel);
                 client.greet(); // before it can receive events: the greeting is always the first line
                 clients.add(client);
-                Thread.ofPlatform().daemon().name("api-client").start(client::serve);
+                Thread.ofPlatform().daemon().name("api-client").start(Sandbox.confined(ThreadKind.API, client::serve));
             } catch (IOException e) {
                 if (server.isOpen()) log.warn("API accept failed: {}", e.getMessage());
                 return;

@@ -5,11 +5,17 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.log.VmmLogProvider;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.sandbox.Sandbox;
+import java.io.IOException;
 import java.io.PrintStream;
 import java.io.PrintWriter;
 import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.FileSystemException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Locale;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -89,6 +95,8 @@ public final class Main implements Cli.Command {
         var io = new Cli.Io(
                 new PrintWriter(out, true, StandardCharsets.UTF_8), new PrintWriter(err, true, StandardCharsets.UTF_8));
         try {
+            args = sandboxOption(args);
+            args = cgroupOption(args);
             return Cli.execute(new Main(), "vmm", args, io, "panama-vmm " + version());
         } catch (Cli.ParseError | UsageException e) {
             err.println("vmm: " + firstLine(e.getMessage()));
@@ -113,6 +121,63 @@ public final class Main implements Cli.Command {
             io.out().flush();
             io.err().flush();
         }
+    }
+
+    /**
+     * Takes {@code --sandbox on|off|log} (accepted by every command, anywhere on the line) out of
+     * {@code args} and selects that mode for this process (docs/operating.md, "Sandbox").
+     */
+    static String[] sandboxOption(String[] args) throws UsageException {
+        var rest = new ArrayList<String>();
+        for (int i = 0; i < args.length; i++) {
+            String value;
+            if (args[i].equals("--sandbox")) {
+                if (i + 1 == args.length) throw new UsageException("--sandbox needs a mode: on, off or log");
+                value = args[++i];
+            } else if (args[i].startsWith("--sandbox=")) {
+                value = args[i].substring("--sandbox=".length());
+            } else {
+                rest.add(args[i]);
+                continue;
+            }
+            try {
+                System.setProperty(
+                        Sandbox.PROPERTY, Sandbox.Mode.parse(value).name().toLowerCase(Locale.ROOT));
+            } catch (IllegalArgumentException e) {
+                throw new UsageException(e.getMessage());
+            }
+        }
+        return rest.toArray(String[]::new);
+    }
+
+    /**
+     * Takes {@code --cgroup DIR} (any command) out of {@code args} and moves this process into the
+     * cgroup v2 directory DIR (its pid written to {@code DIR/cgroup.procs}) before anything else runs.
+     */
+    static String[] cgroupOption(String[] args) throws IOException {
+        var rest = new ArrayList<String>();
+        for (int i = 0; i < args.length; i++) {
+            if (!args[i].equals("--cgroup")) {
+                rest.add(args[i]);
+                continue;
+            }
+            if (i + 1 == args.length) throw new UsageException("--cgroup needs a cgroup v2 directory");
+            var dir = Path.of(args[++i]);
+            if (!Files.isDirectory(dir)) throw new UserException("--cgroup " + dir + ": no such directory");
+            String type = Files.getFileStore(dir).type();
+            if (!type.equals("cgroup2") || !Files.exists(dir.resolve("cgroup.procs"))) {
+                throw new UserException("--cgroup " + dir + ": not a cgroup v2 directory (it is on " + type
+                        + "); cgroup v2 is mounted where /proc/mounts lists type cgroup2");
+            }
+            try {
+                Files.writeString(
+                        dir.resolve("cgroup.procs"),
+                        Long.toString(ProcessHandle.current().pid()));
+            } catch (IOException e) {
+                throw new UserException("--cgroup " + dir + ": cannot move the VMM there: " + IoErrors.reason(e));
+            }
+        }
+        return rest.toArray(String[]::new);
     }
 
     /** Failures whose message is written for the user: printed as is, without a stack trace. */

@@ -12,6 +12,8 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
+import dev.panamavmm.sandbox.Sandbox;
+import dev.panamavmm.sandbox.ThreadKind;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -154,12 +156,12 @@ final class VirtioHost implements AutoCloseable {
                 fds.add(queues[q]);
             }
             if (slot.disk() != null) {
+                var ioThreads = Thread.ofPlatform()
+                        .daemon()
+                        .name(slot.name() + "-io-", 0)
+                        .factory();
                 io = Executors.newFixedThreadPool(
-                        ioThreads(slot.disk()),
-                        Thread.ofPlatform()
-                                .daemon()
-                                .name(slot.name() + "-io-", 0)
-                                .factory());
+                        ioThreads(slot.disk()), r -> ioThreads.newThread(Sandbox.confined(ThreadKind.DEVICE, r)));
             }
             if (slot.config() instanceof NetConfig n)
                 tap = n.fd() >= 0 ? TapBackend.adopt(n.fd()) : TapBackend.open(n.tap());
@@ -204,7 +206,7 @@ final class VirtioHost implements AutoCloseable {
             var t = Thread.ofPlatform()
                     .daemon()
                     .name(slot.name() + (queueFds.length > 1 ? "-q" + q : ""))
-                    .unstarted(() -> serve(queue));
+                    .unstarted(Sandbox.confined(ThreadKind.DEVICE, () -> serve(queue)));
             threads.add(t);
             t.start();
         }

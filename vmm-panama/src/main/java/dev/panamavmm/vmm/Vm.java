@@ -9,6 +9,8 @@ import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.sandbox.Sandbox;
+import dev.panamavmm.sandbox.ThreadKind;
 import dev.panamavmm.vmm.memory.DirtyLog;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.vcpu.VcpuKick;
@@ -155,9 +157,9 @@ public final class Vm implements AutoCloseable {
             control.started();
             String name = "vcpu-" + vcpu.index();
             if (prestarted != null) {
-                threads.add(prestarted.run(vcpu.index(), name, vcpu));
+                threads.add(prestarted.run(vcpu.index(), name, Sandbox.confined(ThreadKind.VCPU, vcpu)));
             } else {
-                var t = Thread.ofPlatform().name(name).unstarted(vcpu);
+                var t = Thread.ofPlatform().name(name).unstarted(Sandbox.confined(ThreadKind.VCPU, vcpu));
                 threads.add(t);
                 t.start();
             }

@@ -8,8 +8,11 @@ import dev.panamavmm.testing.VmmProcess;
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.Map;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /** The CLI as a user meets it: exit codes, one-line errors, and what {@code info} reports. */
 class MainTest {
@@ -79,6 +82,48 @@ class MainTest {
         assertEquals(2, brackets.code());
         assertTrue(brackets.err().startsWith("vmm: unexpected argument '[--json]' (square brackets"), brackets.err());
         assertEquals(2, run("info", "--kvm-device").code());
+        var sandbox = run("run", "--sandbox", "maybe");
+        assertEquals(2, sandbox.code());
+        assertEquals("vmm: sandbox mode must be on, off or log, not maybe\n", sandbox.err());
+        var noMode = run("info", "--sandbox");
+        assertEquals(2, noMode.code());
+        assertEquals("vmm: --sandbox needs a mode: on, off or log\n", noMode.err());
+    }
+
+    /** --cgroup moves the process into a cgroup v2 directory, and refuses anything else in one line. */
+    @Test
+    void cgroupPlacesTheProcessInACgroupV2Directory(@TempDir Path notCgroup) throws Exception {
+        var refused = run("help", "--cgroup", notCgroup.toString());
+        assertEquals(1, refused.code());
+        assertTrue(
+                refused.err().startsWith("vmm: --cgroup " + notCgroup + ": not a cgroup v2 directory (it is on "),
+                refused.err());
+        assertEquals(1, refused.err().lines().count());
+        // This project's hosts mount cgroup v1 controllers and the v2 hierarchy beside them.
+        var v2 = Files.readAllLines(Path.of("/proc/mounts")).stream()
+                .map(l -> l.split(" "))
+                .filter(f -> f[2].equals("cgroup2"))
+                .map(f -> Path.of(f[1]))
+                .findFirst()
+                .orElseThrow(() -> new AssertionError("no cgroup2 mount on this host"));
+        String ours = Files.readAllLines(Path.of("/proc/self/cgroup")).stream()
+                .filter(l -> l.startsWith("0::"))
+                .findFirst()
+                .orElseThrow()
+                .substring(3);
+        var dir = Files.createDirectory(
+                v2.resolve("panama-cgroup-test-" + ProcessHandle.current().pid()));
+        try {
+            assertEquals(0, run("help", "--cgroup", dir.toString()).code());
+            assertTrue(
+                    Files.readAllLines(Path.of("/proc/self/cgroup")).contains("0::/" + dir.getFileName()),
+                    "moved into " + dir);
+        } finally {
+            Files.writeString(
+                    v2.resolve(ours.substring(1)).resolve("cgroup.procs"),
+                    Long.toString(ProcessHandle.current().pid()));
+            Files.delete(dir);
+        }
     }
 
     /** Limits are usage errors too: exit 2, the option named, sizes in units. */

@@ -72,6 +72,12 @@ public final class Ioctls {
     public static final long UFFDIO_COPY = 0xc028aa03L;
     public static final long UFFDIO_ZEROPAGE = 0xc020aa04L;
     public static final long UFFDIO_WAKE = 0x8010aa02L;
+    public static final long TIOCGPGRP = 0x540fL;
+    public static final long TCSETS = 0x5402L;
+    public static final long TCSETSW = 0x5403L;
+    public static final long TCSETSF = 0x5404L;
+    public static final long TIOCGWINSZ = 0x5413L;
+    public static final long FIONREAD = 0x541bL;
 
     /** The macro name of a request number, for error messages; the number in hex if unknown. */
     public static String name(long request) {
@@ -142,6 +148,12 @@ public final class Ioctls {
             case 0xc028aa03 -> "UFFDIO_COPY";
             case 0xc020aa04 -> "UFFDIO_ZEROPAGE";
             case 0x8010aa02 -> "UFFDIO_WAKE";
+            case 0x540f -> "TIOCGPGRP";
+            case 0x5402 -> "TCSETS";
+            case 0x5403 -> "TCSETSW";
+            case 0x5404 -> "TCSETSF";
+            case 0x5413 -> "TIOCGWINSZ";
+            case 0x541b -> "FIONREAD";
             default -> "ioctl 0x" + Long.toHexString(request);
         };
     }

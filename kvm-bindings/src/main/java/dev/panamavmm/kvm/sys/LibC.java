@@ -7,6 +7,7 @@ import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import dev.panamavmm.kvm.KvmException;
 import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.LibcConstants;
+import dev.panamavmm.kvm.bindings.SandboxConstants;
 import java.lang.foreign.Arena;
 import java.lang.foreign.FunctionDescriptor;
 import java.lang.foreign.Linker;
@@ -451,6 +452,56 @@ public final class LibC {
      */
     public static void niceProcessGroup(long pgid, int nice) {
         checked("setpriority", LibcConstants.SYS_setpriority, 1 /* PRIO_PGRP */, pgid, nice);
+    }
+
+    // ---- the sandbox: seccomp and Landlock ----------------------------------------------------
+
+    /** {@code prctl(option, arg2, 0, 0, 0)}; the error message names the option. */
+    public static int prctl(String call, int option, long arg2) {
+        return (int) checked("prctl " + call, SandboxConstants.SYS_prctl, option, arg2, 0);
+    }
+
+    /**
+     * {@code seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)}: installs the BPF program {@code prog}
+     * (a {@code struct sock_fprog}) on the calling thread only (no TSYNC flag).
+     */
+    public static void seccompFilter(int flags, MemorySegment prog) {
+        checked(
+                "seccomp",
+                SandboxConstants.SYS_seccomp,
+                SandboxConstants.SECCOMP_SET_MODE_FILTER,
+                flags,
+                address(prog));
+        Reference.reachabilityFence(prog);
+    }
+
+    /** {@code landlock_create_ruleset(attr, size, flags)}, failure as {@code -errno} (no Landlock: -ENOSYS or -EOPNOTSUPP). */
+    public static int landlockCreateRulesetOrErrno(MemorySegment attr, long size, int flags) {
+        var capture = CAPTURE.get();
+        long r = syscall(
+                capture,
+                SandboxConstants.SYS_landlock_create_ruleset,
+                attr.equals(MemorySegment.NULL) ? 0 : address(attr),
+                size,
+                flags);
+        Reference.reachabilityFence(attr);
+        return r < 0 ? -capture.get(JAVA_INT, ERRNO_OFFSET) : (int) r;
+    }
+
+    /** {@code landlock_add_rule(ruleset, LANDLOCK_RULE_PATH_BENEATH, attr, 0)}. */
+    public static void landlockAddPathRule(int ruleset, MemorySegment attr) {
+        checked(
+                "landlock_add_rule",
+                SandboxConstants.SYS_landlock_add_rule,
+                ruleset,
+                SandboxConstants.LANDLOCK_RULE_PATH_BENEATH,
+                address(attr));
+        Reference.reachabilityFence(attr);
+    }
+
+    /** {@code landlock_restrict_self(ruleset, 0)}: the calling thread (and threads it creates later) only. */
+    public static void landlockRestrictSelf(int ruleset) {
+        checked("landlock_restrict_self", SandboxConstants.SYS_landlock_restrict_self, ruleset, 0, 0);
     }
 
     private static final class Sigaction {
