@@ -132,7 +132,7 @@ public final class Sandbox {
      * {@code kind}'s filter: the architecture first (a 32-bit call's numbers mean other calls),
      * then ioctl by request, clone by flags (threads only, unless the kind starts processes),
      * clone3 answered ENOSYS (its flags are in memory a filter cannot read; glibc then uses clone),
-     * socket by family (Unix only), then the allowed calls; anything else gets {@code violation}.
+     * socket by family ({@link ThreadKind#socketFamilies}), then the allowed calls; anything else gets {@code violation}.
      */
     static Bpf build(ThreadKind kind, long violation) {
         var bpf = new Bpf();
@@ -177,10 +177,9 @@ public final class Sandbox {
         if (kind.processes()) bpf.ret(SECCOMP_RET_ALLOW);
         else bpf.jumpIfAnySet(CLONE_THREAD, "allow", null).ret(violation);
 
-        bpf.label("socket")
-                .load(SECCOMP_DATA_ARGS)
-                .jumpIfEqual(LibcConstants.AF_UNIX, "allow", null)
-                .ret(violation);
+        bpf.label("socket").load(SECCOMP_DATA_ARGS);
+        for (int family : kind.socketFamilies()) bpf.jumpIfEqual(family, "allow", null);
+        bpf.ret(violation);
         bpf.label("allow").ret(SECCOMP_RET_ALLOW);
         return bpf;
     }

@@ -113,6 +113,17 @@ public enum ThreadKind {
         return ioctls;
     }
 
+    /**
+     * The address families it may open sockets of: Unix sockets for every kind; the API's threads
+     * also TCP (IPv4 and IPv6), as they run the jobs of a migration between hosts ({@code migrate
+     * tcp:}, {@code migrate-recover}) and the JDK probes IPv6 with a socket of its own.
+     */
+    public List<Integer> socketFamilies() {
+        return this == API || this == MAIN
+                ? List.of(LibcConstants.AF_UNIX, LibcConstants.AF_INET, LibcConstants.AF_INET6)
+                : List.of(LibcConstants.AF_UNIX);
+    }
+
     /** Whether it serves the guest and opens no file itself: Landlock limits it to reading the runtime's files. */
     public boolean landlocked() {
         return this == VCPU || this == DEVICE;
