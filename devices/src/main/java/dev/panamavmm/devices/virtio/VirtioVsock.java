@@ -11,11 +11,13 @@ import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
+import java.util.Set;
 
 /**
  * virtio-vsock (virtio 1.2, 5.10) over host Unix sockets, as Firecracker maps it: a host program
@@ -139,6 +141,13 @@ public final class VirtioVsock implements VirtioDevice {
     private boolean resetPending;
     /** Restored without its sockets: the guest learns the CID again (a clone's may differ) and gets a reset. */
     private boolean restoredWithoutSockets;
+    /**
+     * The connections a restore without sockets dropped. The guest may still send on them until it
+     * has taken the TRANSPORT_RESET event, and an RST for such a packet could reach it before the
+     * event does (another queue): its packets are dropped without an answer (the event resets them
+     * all), until the guest opens a connection of the same ports again.
+     */
+    private final Set<Long> droppedByRestore = new HashSet<>();
 
     private boolean paused;
     private volatile boolean stopping;
@@ -320,6 +329,10 @@ public final class VirtioVsock implements VirtioDevice {
                 return;
             }
             var c = conns.get(Conn.key(srcPort, dstPort));
+            if (c == null && droppedByRestore.contains(Conn.key(srcPort, dstPort))) {
+                if (op != OP_REQUEST) return;
+                droppedByRestore.remove(Conn.key(srcPort, dstPort)); // the guest has moved on: a new connection
+            }
             if (c != null) {
                 int credit = c.guestCredit();
                 c.guestBufAlloc = bufAlloc;
@@ -645,6 +658,7 @@ public final class VirtioVsock implements VirtioDevice {
         for (var c : List.copyOf(conns.values())) remove(c);
         control.clear();
         resetPending = false;
+        droppedByRestore.clear();
     }
 
     @Override
@@ -812,6 +826,7 @@ public final class VirtioVsock implements VirtioDevice {
         adopted.forEach(VsockBackend.Stream::close);
         resetPending = true;
         restoredWithoutSockets = true;
+        for (var c : restoredConns) droppedByRestore.add(c.key());
     }
 
     private static int count(DataInputStream in) throws IOException {
