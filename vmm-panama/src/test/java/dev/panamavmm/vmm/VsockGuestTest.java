@@ -6,8 +6,10 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.panamavmm.control.CloneService;
 import dev.panamavmm.devices.virtio.VirtioVsock;
 import dev.panamavmm.guest.TestGuest;
+import dev.panamavmm.host.VmHost;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.RamWriter;
@@ -286,6 +288,70 @@ class VsockGuestTest {
                 assertTrue(refused.getMessage().contains("no vsock device"), refused.getMessage());
             } finally {
                 for (var vm : vms) vm.close();
+                Templates.remove(tpl);
+            }
+        }
+    }
+
+    /**
+     * Clones made by {@code vmm serve} and {@code vmm host} without a {@code "vsock"} in their request
+     * listen on sockets of their own (next to serve's API socket; in the host's state directory),
+     * named in the reply, keep the template's CID, and a destroyed one's socket goes with it.
+     */
+    @KvmTest
+    void theDaemonsGiveEachCloneItsOwnSocket(@TempDir Path dir) throws Exception {
+        var tpl = dir.resolve("tpl");
+        try (var kvm = Kvm.open()) {
+            var config = TemplateTest.guest("testguest.vsock=listen:5000")
+                    .withVsock(new VsockConfig(7, dir.resolve("t.sock")));
+            Templates.create(
+                    kvm, tpl, config, Path.of("/dev/shm"), new SnapshotTest.Console(), new CompletableFuture<>(), 60);
+            try {
+                var sockets = new ArrayList<Path>();
+                try (var serve = new CloneService(kvm, null, dir.resolve("serve.sock"))) {
+                    var reply = serve.clone(tpl, 2, List.of(), null);
+                    for (var c : (List<?>) reply.get("clones"))
+                        sockets.add(Path.of((String) ((Map<?, ?>) c).get("vsock")));
+                    assertEquals(
+                            List.of(dir.resolve("serve.sock.clone-1.vsock"), dir.resolve("serve.sock.clone-2.vsock")),
+                            sockets);
+                    for (var uds : sockets) {
+                        try (var peer = new Peer(connect(uds, 5000))) {
+                            peer.awaitProgress(0, 0, 64 * 1024);
+                        }
+                    }
+                }
+                var state = Files.createDirectories(dir.resolve("state"));
+                try (var host = VmHost.open(VmHost.Isolation.SHARED, kvm, state, state, 0, List.of())) {
+                    var api = host.handler(() -> {});
+                    for (int i = 1; i <= 2; i++) {
+                        var reply = (Map<?, ?>) api.execute("clone", Map.of("template", tpl.toString()));
+                        var uds = Path.of((String) reply.get("vsock"));
+                        assertEquals(state.resolve("vm-" + i + ".vsock"), uds);
+                        try (var peer = new Peer(connect(uds, 5000))) {
+                            peer.awaitProgress(0, 0, 64 * 1024);
+                        }
+                    }
+                    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+                    while (!Files.readString(state.resolve("vm-2.log")).contains("vsock transport reset cid=7")) {
+                        assertTrue(
+                                System.nanoTime() < deadline,
+                                "the template's CID: " + Files.readString(state.resolve("vm-2.log")));
+                        Thread.sleep(20);
+                    }
+                    api.execute("destroy", Map.of("id", "vm-1"));
+                    assertFalse(Files.exists(state.resolve("vm-1.vsock")), "a destroyed clone's socket is removed");
+                    // A request that names its socket gets that one.
+                    var named = (Map<?, ?>) api.execute(
+                            "clone",
+                            Map.of(
+                                    "template",
+                                    tpl.toString(),
+                                    "vsock",
+                                    Map.of("uds", dir.resolve("own.sock").toString())));
+                    assertEquals(dir.resolve("own.sock").toString(), named.get("vsock"));
+                }
+            } finally {
                 Templates.remove(tpl);
             }
         }
