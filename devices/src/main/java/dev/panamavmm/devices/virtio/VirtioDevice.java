@@ -35,6 +35,26 @@ public interface VirtioDevice {
     void handle(int queue, DescriptorChain chain, Completion done);
 
     /**
+     * Whether the device fills {@code queue}'s buffers from its backend as data arrives
+     * ({@link #fill}) instead of serving them as requests ({@link #handle}): network receive. The
+     * transport then takes its buffers one at a time on the queue's thread, and puts back the
+     * one the backend had nothing for, so no data waits between two threads.
+     */
+    default boolean fills(int queue) {
+        return false;
+    }
+
+    /**
+     * Fills {@code chain} from the backend, on the queue's thread, for a queue that {@link #fills}:
+     * the bytes written, or -1 when the backend has nothing now (the chain goes back to the
+     * available ring, as the driver left it). The device {@linkplain Context#kick kicks} the queue
+     * when its backend has data again.
+     */
+    default int fill(int queue, DescriptorChain chain) {
+        throw new UnsupportedOperationException(name() + " does not fill queue " + queue);
+    }
+
+    /**
      * The requests handed over by {@link #handle} since the last call are all there are for now: a
      * device that kept one back to serve on this thread (no hand-off to a pool at queue depth 1)
      * serves it now.
