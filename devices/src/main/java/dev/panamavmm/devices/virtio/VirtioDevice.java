@@ -76,7 +76,7 @@ public interface VirtioDevice {
     /**
      * How many more requests the transport may take from {@code queue} now; the rest stay in the
      * available ring, where a snapshot finds them. A device that can only fill a buffer when its
-     * backend has data (network receive: a frame waiting) says how many it can fill, and
+     * backend has data (vsock receive: a packet waiting) says how many it can fill, and
      * {@linkplain Context#kick kicks} the queue when more arrives. Called with the transport's
      * lock held: must be quick and must not block.
      */
