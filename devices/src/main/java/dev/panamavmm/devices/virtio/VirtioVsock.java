@@ -5,6 +5,7 @@ import java.io.ByteArrayOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.IOException;
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
@@ -154,6 +155,13 @@ public final class VirtioVsock implements VirtioDevice {
     private Thread worker;
     private Context context;
     private List<VsockBackend.Stream> saved = List.of();
+    /**
+     * Where the device's thread reads host sockets, once for all: a new 64 KiB array per wake-up
+     * was 60% of the device's allocation and a young collection every few milliseconds under a
+     * stream (docs/benchmarks.md). Native, so a backend reads into it without a bounce copy.
+     */
+    private final MemorySegment readBuffer = Arena.ofAuto().allocate(MAX_PAYLOAD);
+
     private long packetsDropped;
 
     /** A device named {@code name} for the guest with CID {@code cid} (at least 3) over {@code backend}. */
@@ -564,7 +572,7 @@ public final class VirtioVsock implements VirtioDevice {
         for (Iterator<Line> it = lines.iterator(); it.hasNext(); ) {
             if (readLine(it.next())) it.remove();
         }
-        var buffer = MemorySegment.ofArray(new byte[MAX_PAYLOAD]);
+        var buffer = readBuffer;
         for (var c : List.copyOf(conns.values())) {
             if (c.stream == null) continue;
             if (!c.toHost.isEmpty()) flush(c);
