@@ -19,6 +19,7 @@
 #define VS_BUF_ALLOC    65536           /* the credit the guest gives: its echo ring */
 #define VS_STALL_HBS    20
 #define HOST_CID        2
+#define VS_RSTS         8
 
 enum { OP_REQUEST = 1, OP_RESPONSE, OP_RST, OP_SHUTDOWN, OP_RW, OP_CREDIT_UPDATE, OP_CREDIT_REQUEST };
 enum { M_LISTEN = 1, M_CONNECT, M_ECHO };
@@ -39,6 +40,7 @@ struct conn {
     uint64_t rx, tx;                    /* payload bytes received and sent on this connection */
     uint32_t peer_buf_alloc, peer_fwd_cnt, fwd_cnt, fwd_sent;
     uint64_t rx_at_hb, tx_at_hb, stalled_hbs, retry_hb, connects;
+    int need_response;                  /* accepted, RESPONSE not sent yet (no TX buffer was free) */
     uint8_t *ring;                      /* echo: bytes received, not yet sent back (VS_BUF_ALLOC) */
     uint32_t ring_head, ring_size;
 };
@@ -52,6 +54,8 @@ static struct {
     int active, nconns;
     uint32_t next_port;
     struct conn c[VS_CONNS];
+    struct { uint32_t port, peer_port; } rst[VS_RSTS];   /* RSTs owed while no TX buffer was free */
+    int nrst;
 } vs;
 
 /* The byte at offset i of either direction's stream. */
@@ -145,8 +149,8 @@ static int send(struct conn *c, uint16_t op, uint32_t flags, uint32_t len)
     return 1;
 }
 
-/* A packet to a port with no connection (header only), e.g. RST. */
-static void send_raw(uint32_t port, uint32_t peer_port, uint16_t op)
+/* A packet to a port with no connection (header only); 0 when no TX buffer is free. */
+static int send_raw(uint32_t port, uint32_t peer_port, uint16_t op)
 {
     struct conn t;
     t.mode = M_LISTEN;
@@ -154,7 +158,41 @@ static void send_raw(uint32_t port, uint32_t peer_port, uint16_t op)
     t.peer_port = peer_port;
     t.fwd_cnt = 0;
     t.tx = 0;
-    send(&t, op, 0, 0);
+    return send(&t, op, 0, 0);
+}
+
+/* An RST, sent now or as soon as a TX buffer is free (a lost one would leave the host waiting). */
+static void send_rst(uint32_t port, uint32_t peer_port)
+{
+    if (!vs.nrst && send_raw(port, peer_port, OP_RST))
+        return;
+    if (vs.nrst < VS_RSTS) {
+        vs.rst[vs.nrst].port = port;
+        vs.rst[vs.nrst].peer_port = peer_port;
+        vs.nrst++;
+    }
+}
+
+/* Control packets owed (RSTs, RESPONSEs) go before any payload; 0 while some still wait. */
+static int send_owed(void)
+{
+    int i = 0;
+    while (i < vs.nrst && send_raw(vs.rst[i].port, vs.rst[i].peer_port, OP_RST))
+        i++;
+    for (int j = i; j < vs.nrst; j++)
+        vs.rst[j - i] = vs.rst[j];
+    vs.nrst -= i;
+    if (vs.nrst)
+        return 0;
+    for (int k = 0; k < vs.nconns; k++) {
+        struct conn *c = &vs.c[k];
+        if (c->state == C_OPEN && c->need_response) {
+            if (!send(c, OP_RESPONSE, 0, 0))
+                return 0;
+            c->need_response = 0;
+        }
+    }
+    return 1;
 }
 
 static void reset_conn(struct conn *c)
@@ -164,6 +202,7 @@ static void reset_conn(struct conn *c)
     c->peer_buf_alloc = c->peer_fwd_cnt = c->fwd_cnt = c->fwd_sent = 0;
     c->rx_at_hb = c->tx_at_hb = c->stalled_hbs = 0;
     c->ring_head = c->ring_size = 0;
+    c->need_response = 0;
 }
 
 static void connect(struct conn *c)
@@ -208,7 +247,7 @@ static void receive(struct hdr *h, uint32_t used_len)
     uint8_t *payload = (uint8_t *)h + VS_HDR;
     if (h->op == OP_REQUEST) {
         if (c) {
-            send_raw(h->dst_port, h->src_port, OP_RST);
+            send_rst(h->dst_port, h->src_port);
             return;
         }
         for (int i = 0; i < vs.nconns; i++) {
@@ -221,18 +260,19 @@ static void receive(struct hdr *h, uint32_t used_len)
                 k->peer_fwd_cnt = h->fwd_cnt;
                 k->state = C_OPEN;
                 k->connects++;
-                send(k, OP_RESPONSE, 0, 0);
+                /* Without a free TX buffer (a stream fills them all) it goes later, before any payload. */
+                k->need_response = !send(k, OP_RESPONSE, 0, 0);
                 line_conn(&l, "vsock accepted ", k);
                 emit(&l);
                 return;
             }
         }
-        send_raw(h->dst_port, h->src_port, OP_RST);
+        send_rst(h->dst_port, h->src_port);
         return;
     }
     if (!c) {
         if (h->op != OP_RST)
-            send_raw(h->dst_port, h->src_port, OP_RST);
+            send_rst(h->dst_port, h->src_port);
         return;
     }
     c->peer_buf_alloc = h->buf_alloc;
@@ -257,7 +297,7 @@ static void receive(struct hdr *h, uint32_t used_len)
     case OP_SHUTDOWN:                   /* the host closed: a clean end, the guest closes too */
         line_conn(&l, "vsock closed ", c);
         emit(&l);
-        send(c, OP_RST, 0, 0);
+        send_rst(c->port, c->peer_port);
         c->state = C_IDLE;
         break;
     case OP_RW:
@@ -313,6 +353,7 @@ static void transport_reset(void)
         c->state = C_IDLE;              /* listeners listen again, connectors connect again */
         c->retry_hb = 0;
     }
+    vs.nrst = 0;                        /* the device forgot those connections too */
 }
 
 static void poll(void)
@@ -337,6 +378,10 @@ static void poll(void)
     }
     if (rx_added)
         vq_kick(&vs.rxq);
+    if (!send_owed()) {
+        vq_kick(&vs.txq);
+        return;
+    }
     for (int i = 0; i < vs.nconns; i++) {
         struct conn *c = &vs.c[i];
         if (c->state != C_OPEN)

@@ -37,7 +37,7 @@ final class ServeCommand implements Cli.Command {
         if (consoleDir != null) Cli.createDirectories("--console-dir", consoleDir);
         var quit = new CountDownLatch(1);
         try (var kvm = InfoCommand.openKvm(Kvm.DEFAULT_DEVICE);
-                var clones = new CloneService(kvm, consoleDir)) {
+                var clones = new CloneService(kvm, consoleDir, apiSocket)) {
             var previous = Signals.onTermination(name -> quit.countDown());
             Rehearsal.startInBackground(kvm); // the first clone then runs warm code too
             try (var _ = ApiServer.start(apiSocket, clones.handler(quit::countDown))) {

@@ -38,6 +38,7 @@ import org.slf4j.MDC;
 public final class CloneService implements AutoCloseable {
     private final Kvm kvm;
     private final Path consoleDir;
+    private final Path apiSocket;
     private final Map<Path, LoadedSnapshot> templates = new ConcurrentHashMap<>();
     private final Map<String, Clone> clones = new ConcurrentHashMap<>();
     private final AtomicLong ids = new AtomicLong();
@@ -48,8 +49,29 @@ public final class CloneService implements AutoCloseable {
     record Clone(String id, Vm vm, OutputStream console, long generationId, long requestNanos) {}
 
     public CloneService(Kvm kvm, Path consoleDir) {
+        this(kvm, consoleDir, null);
+    }
+
+    /**
+     * As above; a clone of a template with a vsock device whose request names no socket listens
+     * on {@code API_SOCKET.clone-N.vsock}, next to the server's {@code apiSocket} (null: on the
+     * template's path, so only one such clone at a time).
+     */
+    public CloneService(Kvm kvm, Path consoleDir, Path apiSocket) {
         this.kvm = kvm;
         this.consoleDir = consoleDir;
+        this.apiSocket = apiSocket;
+    }
+
+    /**
+     * The vsock device of clone {@code id}: {@code vsock} when the request named one, else a socket
+     * of its own next to the API socket when the template has a vsock device (clones of one
+     * template must not share its path; the CID stays the template's, which is enough: each VM's
+     * host side is its own Unix socket, not the host kernel's vsock address space).
+     */
+    private VsockConfig.ForClone vsockFor(String id, LoadedSnapshot template, VsockConfig.ForClone vsock) {
+        if (vsock != null || apiSocket == null || template.config().vsock() == null) return vsock;
+        return new VsockConfig.ForClone(0, Path.of(apiSocket + "." + id + ".vsock"));
     }
 
     /**
@@ -161,10 +183,12 @@ public final class CloneService implements AutoCloseable {
             // The clone's threads (vCPUs, devices) are started below and inherit its id for their log lines.
             var logId = MDC.putCloseable(VmmLogProvider.VM_KEY, id);
             Vm vm;
+            VsockConfig.ForClone ownVsock;
             try {
+                ownVsock = vsockFor(id, loaded, vsock);
                 vm = Templates.clone(
                         kvm,
-                        VsockConfig.ForClone.apply(NetOverrides.apply(loaded, nets), vsock),
+                        VsockConfig.ForClone.apply(NetOverrides.apply(loaded, nets), ownVsock),
                         console,
                         new VmListener() {});
             } catch (RuntimeException e) {
@@ -189,7 +213,9 @@ public final class CloneService implements AutoCloseable {
                     "generation-id",
                     String.format("0x%016x", c.generationId()),
                     "console",
-                    consoleDir == null ? null : consoleDir.resolve(id + ".log").toString()));
+                    consoleDir == null ? null : consoleDir.resolve(id + ".log").toString(),
+                    "vsock",
+                    ownVsock == null ? null : ownVsock.uds().toString()));
         }
         return Json.object("clones", started, "duration-ms", (System.nanoTime() - start) / 1_000_000.0);
     }

@@ -13,7 +13,8 @@ import java.util.concurrent.atomic.AtomicLong;
 /**
  * Names of a host's VMs and their files: {@code vm-N} by the next N whose files do not exist yet
  * (a VM of an earlier host that still runs keeps its own), with {@code STATE/vm-N.sock} (its API),
- * {@code STATE/vm-N.json} (a worker's record), {@code STATE/vm-N.err} (a worker's stderr) and
+ * {@code STATE/vm-N.json} (a worker's record), {@code STATE/vm-N.err} (a worker's stderr),
+ * {@code STATE/vm-N.vsock} (a clone's vsock socket when its request names none) and
  * {@code CONSOLES/vm-N.log}.
  */
 final class VmFiles {
@@ -30,6 +31,15 @@ final class VmFiles {
 
     Path stateDir() {
         return stateDir;
+    }
+
+    /**
+     * The vsock socket of VM {@code id} when its clone request names none: its own, so clones of
+     * one template never share their template's path (guest-initiated connections to port P go
+     * to {@code STATE/vm-N.vsock_P}).
+     */
+    Path vsock(String id) {
+        return stateDir.resolve(id + ".vsock");
     }
 
     /** The next free name; its console file is created (empty), which claims the name. */

@@ -423,6 +423,7 @@ public final class VmHost implements AutoCloseable {
         var listener = new ApiEvents();
         Vm vm;
         try {
+            args = withOwnVsock(command, args, names.id());
             vm = switch (command) {
                 case "restore" ->
                     VmBuilder.fromSnapshot(
@@ -458,7 +459,7 @@ public final class VmHost implements AutoCloseable {
             throw e;
         }
         event("VM_STARTED", Json.object("id", names.id(), "mode", isolation.label()));
-        return Json.object(
+        var result = Json.object(
                 "id",
                 names.id(),
                 "mode",
@@ -469,6 +470,24 @@ public final class VmHost implements AutoCloseable {
                 names.apiSocket().toString(),
                 "console",
                 names.console().toString());
+        if (args.get("vsock") instanceof Map<?, ?> vsock) result.put("vsock", vsock.get("uds"));
+        return result;
+    }
+
+    /**
+     * A clone's request with {@code "vsock": {"uds": STATE/ID.vsock}} added when its template has
+     * a vsock device and the request names no socket: each clone listens on a path of its own
+     * (the template's is the template's; two VMMs cannot listen on one). The CID stays the
+     * template's unless the request's {@code "vsock"} gives one: a CID only has to be unique within
+     * one VM's socket, since every VM's host side is its own Unix socket.
+     */
+    private Map<String, Object> withOwnVsock(String command, Map<String, Object> args, String id) {
+        if (!"clone".equals(command) || args.get("vsock") != null) return args;
+        var template = template(Path.of((String) args.get("template")));
+        if (template.config().vsock() == null) return args;
+        var with = new LinkedHashMap<>(args);
+        with.put("vsock", Json.object("uds", files.vsock(id).toString()));
+        return with;
     }
 
     /** Gives a VM of this JVM its API socket and a place in the list; a guest that ends is reaped. */
@@ -626,6 +645,7 @@ public final class VmHost implements AutoCloseable {
         var worker = pool.take(TAKE_MILLIS);
         Object reply;
         try {
+            args = withOwnVsock(command, args, worker.id);
             reply = adopt(worker, command, args); // the standby's own restore, clone or boot
         } catch (RuntimeException e) {
             pool.giveBack(worker); // a failed adoption leaves a standby free for the next request
@@ -649,6 +669,7 @@ public final class VmHost implements AutoCloseable {
                 worker.apiSocket.toString(),
                 "console",
                 worker.console.toString());
+        if (args.get("vsock") instanceof Map<?, ?> vsock) result.put("vsock", vsock.get("uds"));
         if (reply instanceof Map<?, ?> m) result.put("worker-ms", m.get("duration-ms"));
         return result;
     }

@@ -24,7 +24,7 @@ import java.util.List;
  * A tap device behind a {@link VirtioNet}: {@code /dev/net/tun} attached to an existing tap
  * with {@code IFF_TAP | IFF_NO_PI | IFF_VNET_HDR} and a 12-byte vnet header, so the guest's
  * header and the tap's are the same bytes. Transmit is one {@code writev} from guest RAM;
- * receive is one {@code read} per frame into the device's staging buffer. The descriptor is
+ * receive one {@code readv} into it (each on its queue's thread). The descriptor is
  * non-blocking: a full tap queue drops the frame (EAGAIN) instead of stalling the queue.
  */
 final class TapBackend implements NetBackend, AutoCloseable {
@@ -41,6 +41,9 @@ final class TapBackend implements NetBackend, AutoCloseable {
     private final int fd;
     private final String name;
     private final MemorySegment iov;
+    /** The receive queue's own: it runs beside the transmit queue's thread. */
+    private final MemorySegment rxIov;
+
     private final MemorySegment pollfd;
     private volatile int offloads = -1;
 
@@ -49,6 +52,7 @@ final class TapBackend implements NetBackend, AutoCloseable {
         this.name = name;
         var arena = Arena.ofAuto();
         this.iov = arena.allocate(Iovec.LAYOUT, IOV_MAX);
+        this.rxIov = arena.allocate(Iovec.LAYOUT, IOV_MAX);
         this.pollfd = arena.allocate(Pollfd.LAYOUT);
         Pollfd.fd(pollfd, fd);
         Pollfd.events(pollfd, LibcConstants.POLLIN);
@@ -151,16 +155,24 @@ final class TapBackend implements NetBackend, AutoCloseable {
     @Override
     public boolean send(List<MemorySegment> buffers) throws IOException {
         if (buffers.size() > IOV_MAX) return false;
-        for (int i = 0; i < buffers.size(); i++) {
-            var b = buffers.get(i);
-            long at = i * Iovec.BYTE_SIZE;
-            iov.set(ValueLayout.JAVA_LONG, at + Iovec.IOV_BASE, b.address());
-            iov.set(ValueLayout.JAVA_LONG, at + Iovec.IOV_LEN, b.byteSize());
-        }
+        vector(iov, buffers, buffers.size());
         long r = LibC.writevOrErrno(fd, iov, buffers.size());
         if (r >= 0) return true;
         if (r == -LibcConstants.EAGAIN) return false;
         throw new IOException("writing to the tap " + name + ": " + reason((int) -r));
+    }
+
+    /** The first {@code count} of {@code buffers} as {@code struct iovec}s at {@code iov}; their bytes. */
+    private static long vector(MemorySegment iov, List<MemorySegment> buffers, int count) {
+        long bytes = 0;
+        for (int i = 0; i < count; i++) {
+            var b = buffers.get(i);
+            long at = i * Iovec.BYTE_SIZE;
+            iov.set(ValueLayout.JAVA_LONG, at + Iovec.IOV_BASE, b.address());
+            iov.set(ValueLayout.JAVA_LONG, at + Iovec.IOV_LEN, b.byteSize());
+            bytes += b.byteSize();
+        }
+        return bytes;
     }
 
     @Override
@@ -174,12 +186,15 @@ final class TapBackend implements NetBackend, AutoCloseable {
     }
 
     @Override
-    public int receive(MemorySegment buffer) throws IOException {
-        long r = LibC.readOrErrno(fd, buffer);
-        if (r >= 0) return (int) r;
+    public int receive(List<MemorySegment> buffers) throws IOException {
+        // An indirect chain may have more buffers than an iovec array here: the frame goes into the first ones.
+        int count = Math.min(buffers.size(), IOV_MAX);
+        long room = vector(rxIov, buffers, count);
+        long r = LibC.readvOrErrno(fd, rxIov, count);
+        if (r >= 0) return r > room ? Integer.MAX_VALUE : (int) r; // beyond the buffers: the kernel cut it short
         if (r == -LibcConstants.EAGAIN) return 0;
-        // A frame too long for the buffer is dropped by the kernel (EINVAL or EFAULT): go on.
-        if (r == -LibcConstants.EINVAL || r == -LibcConstants.EFAULT) return 0;
+        // Buffers too short for even the vnet header (EINVAL) or a bad address (EFAULT): the frame is gone.
+        if (r == -LibcConstants.EINVAL || r == -LibcConstants.EFAULT) return Integer.MAX_VALUE;
         throw new IOException("reading the tap " + name + ": " + reason((int) -r));
     }
 

@@ -7,8 +7,8 @@ import java.util.List;
 /**
  * The host side of a {@link VirtioNet}: a tap device in the VMM. Every frame carries the 12-byte
  * {@code virtio_net_hdr_v1} in front, as the tap does with {@code IFF_VNET_HDR}, so offloads pass
- * through unchanged. Sending runs on the transmit queue's thread, receiving on the device's
- * receive thread: one thread each.
+ * through unchanged. Sending runs on the transmit queue's thread, receiving on the receive
+ * queue's thread, and {@link #awaitFrame} on the device's watcher thread while receiving is idle.
  */
 public interface NetBackend {
 
@@ -23,10 +23,12 @@ public interface NetBackend {
     boolean awaitFrame(int timeoutMillis) throws IOException;
 
     /**
-     * Receives the next frame into {@code buffer} (header and frame); returns its length, or 0
-     * when none was waiting after all. A frame longer than the buffer is dropped by the host.
+     * Receives the next frame into {@code buffers} (header and frame, scattered over segments of
+     * guest RAM: the VMM's reads them with one {@code readv}, no copy); returns its length, or 0
+     * when none was waiting. A length beyond the buffers' means the frame did not fit: it was cut
+     * short (the device drops it).
      */
-    int receive(MemorySegment buffer) throws IOException;
+    int receive(List<MemorySegment> buffers) throws IOException;
 
     /** The driver negotiated these {@code VIRTIO_NET_F_GUEST_*} features: the host may send such frames. */
     void offloads(long guestFeatures);

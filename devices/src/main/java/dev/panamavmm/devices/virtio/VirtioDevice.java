@@ -35,6 +35,26 @@ public interface VirtioDevice {
     void handle(int queue, DescriptorChain chain, Completion done);
 
     /**
+     * Whether the device fills {@code queue}'s buffers from its backend as data arrives
+     * ({@link #fill}) instead of serving them as requests ({@link #handle}): network receive. The
+     * transport then takes its buffers one at a time on the queue's thread, and puts back the
+     * one the backend had nothing for, so no data waits between two threads.
+     */
+    default boolean fills(int queue) {
+        return false;
+    }
+
+    /**
+     * Fills {@code chain} from the backend, on the queue's thread, for a queue that {@link #fills}:
+     * the bytes written, or -1 when the backend has nothing now (the chain goes back to the
+     * available ring, as the driver left it). The device {@linkplain Context#kick kicks} the queue
+     * when its backend has data again.
+     */
+    default int fill(int queue, DescriptorChain chain) {
+        throw new UnsupportedOperationException(name() + " does not fill queue " + queue);
+    }
+
+    /**
      * The requests handed over by {@link #handle} since the last call are all there are for now: a
      * device that kept one back to serve on this thread (no hand-off to a pool at queue depth 1)
      * serves it now.
@@ -56,7 +76,7 @@ public interface VirtioDevice {
     /**
      * How many more requests the transport may take from {@code queue} now; the rest stay in the
      * available ring, where a snapshot finds them. A device that can only fill a buffer when its
-     * backend has data (network receive: a frame waiting) says how many it can fill, and
+     * backend has data (vsock receive: a packet waiting) says how many it can fill, and
      * {@linkplain Context#kick kicks} the queue when more arrives. Called with the transport's
      * lock held: must be quick and must not block.
      */

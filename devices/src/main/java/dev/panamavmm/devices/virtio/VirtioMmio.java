@@ -530,6 +530,10 @@ public final class VirtioMmio {
      * registers). Never throws. One thread per queue: the device's.
      */
     public void processQueue(int queue) {
+        if (queue >= 0 && queue < queues.length && device.fills(queue)) {
+            fillQueue(queue);
+            return;
+        }
         var chains = new ArrayList<DescriptorChain>();
         Virtqueue ring;
         int usedBefore, requestEpoch;
@@ -575,6 +579,97 @@ public final class VirtioMmio {
                 }
             }
             device.batchEnd(queue);
+        } catch (RuntimeException e) {
+            synchronized (this) {
+                fail(device.name() + " failed: " + e);
+            }
+        } finally {
+            synchronized (this) {
+                processing[queue] = null;
+                try {
+                    if (batchAdded[queue]
+                            && queues[queue].ring == ring
+                            && (status & STATUS_NEEDS_RESET) == 0
+                            && ring.needsInterrupt(usedBefore)) raiseUsed();
+                } catch (RuntimeException e) {
+                    fail(e.getMessage());
+                }
+            }
+        }
+    }
+
+    /** Interrupts at least this often while a queue is filled without a pause (a driver that waits for them sees data). */
+    static final int FILL_INTERRUPT_EVERY = 32;
+
+    /**
+     * A queue the device fills from its backend ({@link VirtioDevice#fills}): one buffer at a
+     * time until the ring or the backend runs out; the buffer the backend had nothing for goes
+     * back to the available ring. One interrupt for the lot (and one every
+     * {@value #FILL_INTERRUPT_EVERY} buffers), as for requests.
+     */
+    private void fillQueue(int queue) {
+        Virtqueue ring;
+        int usedBefore, requestEpoch;
+        synchronized (this) {
+            if (paused || !active()) return;
+            ring = queues[queue].ring;
+            if (ring == null) return;
+            usedBefore = ring.usedIdx();
+            requestEpoch = epoch;
+            processing[queue] = Thread.currentThread();
+            batchAdded[queue] = false;
+        }
+        try {
+            for (int filled = 1; ; filled++) {
+                DescriptorChain chain;
+                synchronized (this) {
+                    if (paused || epoch != requestEpoch || queues[queue].ring != ring || !active()) return;
+                    try {
+                        chain = ring.pop();
+                        if (chain == null) {
+                            // The driver may have added a buffer after reading our avail_event: look again.
+                            VarHandle.fullFence();
+                            if (!ring.hasAvailable()) return;
+                            chain = ring.pop();
+                            if (chain == null) return;
+                        }
+                    } catch (VirtioException e) {
+                        fail(e.getMessage());
+                        return;
+                    }
+                    inFlight++;
+                    requests++;
+                }
+                int written;
+                try {
+                    written = device.fill(queue, chain);
+                } catch (RuntimeException e) {
+                    synchronized (this) {
+                        if (--inFlight == 0) notifyAll();
+                        fail(device.name() + " failed: " + e);
+                    }
+                    return;
+                }
+                if (written < 0) {
+                    synchronized (this) {
+                        if (--inFlight == 0) notifyAll();
+                        requests--;
+                        if (epoch == requestEpoch && queues[queue].ring == ring) ring.unpop();
+                    }
+                    return;
+                }
+                complete(requestEpoch, queue, chain.head(), written);
+                if (filled % FILL_INTERRUPT_EVERY == 0) {
+                    synchronized (this) {
+                        if (batchAdded[queue]
+                                && queues[queue].ring == ring
+                                && (status & STATUS_NEEDS_RESET) == 0
+                                && ring.needsInterrupt(usedBefore)) raiseUsed();
+                        batchAdded[queue] = false;
+                        usedBefore = ring.usedIdx();
+                    }
+                }
+            }
         } catch (RuntimeException e) {
             synchronized (this) {
                 fail(device.name() + " failed: " + e);

@@ -1,13 +1,13 @@
 package dev.panamavmm.devices.virtio;
 
 import java.io.IOException;
-import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.ArrayDeque;
 import java.util.HexFormat;
+import java.util.List;
 import java.util.Objects;
 import java.util.concurrent.atomic.AtomicLong;
 
@@ -23,13 +23,16 @@ import java.util.concurrent.atomic.AtomicLong;
  * gathered write, straight from guest RAM. A chain that is too short for the header or longer
  * than {@value #MAX_FRAME} bytes of frame is dropped and counted.
  *
- * <p>Receive: the device's own thread waits on the backend and reads each frame into a staging
- * copy, at most {@value #MAX_STAGED} frames and {@value #MAX_STAGED_BYTES} bytes (beyond, it stops
- * reading and the host's own queue holds, then drops, the rest); the receive queue takes only as
- * many buffers as there are staged frames ({@link #takeLimit}), and its thread copies each frame
- * into one. Staged frames are the device's state: a snapshot or live update keeps them. Once
- * {@link #saveState} has run, the thread reads nothing more until the transport takes buffers
- * again (a resume), so no frame read after the state was taken is lost with the old process.
+ * <p>Receive: the receive queue's thread reads each frame from the backend straight into the
+ * guest's buffers ({@link #fill}: one {@code readv} into a chain), as long as the backend has
+ * frames and the guest has buffers; a buffer the backend had nothing for goes back to the
+ * available ring. The device's own thread only watches the backend while the queue's thread is
+ * idle for want of frames, and kicks the queue when one arrives: no frame is handed from thread to
+ * thread. While the guest has no buffer, frames wait in the host's own queue (the tap's, which
+ * drops beyond its length). A frame longer than the chain it was read into is dropped and
+ * counted. Frames the host holds travel with its descriptor in a live update; a paused
+ * transport reads none. Frames staged by an older version of the device (its saved state)
+ * are delivered first.
  */
 public final class VirtioNet implements VirtioDevice {
     public static final int DEVICE_ID = 1;
@@ -66,14 +69,10 @@ public final class VirtioNet implements VirtioDevice {
     /** The largest frame after the header: a 64 KiB GSO frame with its Ethernet and VLAN headers. */
     public static final int MAX_FRAME = 65550;
 
+    /** The most staged frames a saved state may hold (what the older version staged at most). */
     static final int MAX_STAGED = 256;
-    static final int MAX_STAGED_BYTES = 1 << 20;
-    /** Frames up to this long (header included: any 1514-byte frame) are staged in pooled arrays. */
-    static final int POOLED = 2048;
 
     static final int QUEUE_SIZE = 256;
-    /** Frames the receive thread stages before it wakes the queue's thread (and again at the end of a burst). */
-    static final int KICK_EVERY = 16;
 
     static final int CONFIG_SIZE = 8;
     static final int STATUS_LINK_UP = 1;
@@ -86,22 +85,19 @@ public final class VirtioNet implements VirtioDevice {
     /** A frame read from the backend: its bytes (header first) are {@code bytes[0, length)}. */
     private record Frame(byte[] bytes, int length) {}
 
+    /** Frames a state saved by an older version staged (it read ahead of the guest's buffers): delivered first. */
     private final ArrayDeque<Frame> staged = new ArrayDeque<>();
-    /**
-     * Arrays of {@value #POOLED} bytes that delivered frames leave behind, for the next ones: a
-     * stream of frames makes no garbage (at 50,000 frames a second the arrays alone were ~80 MB/s).
-     */
-    private final ArrayDeque<byte[]> spare = new ArrayDeque<>();
 
     private long stagedBytes;
-    /** Set by saveState: the receive thread reads nothing until the transport takes buffers again. */
-    private boolean frozen;
+    /** The backend had no frame for the last buffer: the watcher waits for one and then kicks the queue. */
+    private boolean watching = true;
 
     private volatile boolean running;
-    /** Why the receive thread stopped early (the tap went away), or null. */
+    /** Why receiving stopped early (the tap went away), or null. */
     private volatile String receiveError;
 
-    private Thread receiver;
+    private Thread watcher;
+    private Context context;
 
     private final AtomicLong sent = new AtomicLong(),
             received = new AtomicLong(),
@@ -173,10 +169,6 @@ public final class VirtioNet implements VirtioDevice {
     @Override
     public void handle(int queue, DescriptorChain chain, Completion done) {
         if (queue == TX) transmit(chain);
-        else if (queue == RX) {
-            done.complete(receive(chain));
-            return;
-        }
         done.complete(0);
     }
 
@@ -194,52 +186,70 @@ public final class VirtioNet implements VirtioDevice {
         }
     }
 
-    /** Copies the oldest staged frame into the chain; the bytes written (0: the chain could not hold it, dropped). */
-    private int receive(DescriptorChain chain) {
+    @Override
+    public boolean fills(int queue) {
+        return queue == RX;
+    }
+
+    /** The next frame into the chain (header first): its length, or -1 when none is waiting. */
+    @Override
+    public int fill(int queue, DescriptorChain chain) {
+        var buffers = chain.writable();
+        long room = chain.writableBytes();
+        if (room < HEADER_SIZE) return 0; // no frame fits (a broken driver): used empty, nothing lost
         Frame frame;
         synchronized (this) {
             frame = staged.poll();
-            if (frame == null) return 0; // a reset since takeLimit dropped it; the transport ignores this completion
-            stagedBytes -= frame.length();
-            notifyAll();
+            if (frame != null) stagedBytes -= frame.length();
         }
-        int length = frame.length();
-        byte[] bytes = frame.bytes();
+        if (frame != null) return fillStaged(frame, buffers, room);
+        if (receiveError != null) return -1;
         try {
-            if (chain.writableBytes() < length) {
-                rxDropped.incrementAndGet();
-                return 0;
-            }
-            // Without MRG_RXBUF a frame is always one buffer: num_buffers is 1.
-            bytes[NUM_BUFFERS_OFFSET] = 1;
-            bytes[NUM_BUFFERS_OFFSET + 1] = 0;
-            int at = 0;
-            for (var buffer : chain.writable()) {
-                int n = (int) Math.min(buffer.byteSize(), length - at);
-                if (n == 0) break;
-                MemorySegment.copy(bytes, at, buffer, ValueLayout.JAVA_BYTE, 0, n);
-                at += n;
-            }
-            received.incrementAndGet();
-            return length;
-        } finally {
-            if (bytes.length == POOLED) {
-                synchronized (this) {
-                    if (spare.size() < MAX_STAGED) spare.push(bytes);
+            while (true) {
+                int n = backend.receive(buffers);
+                if (n == 0) {
+                    synchronized (this) {
+                        watching = true;
+                        notifyAll();
+                    }
+                    return -1;
                 }
+                if (n < HEADER_SIZE || n > room) {
+                    rxDropped.incrementAndGet(); // cut short by the buffers, or not even a header: the next one
+                    continue;
+                }
+                oneBuffer(buffers);
+                received.incrementAndGet();
+                return n;
             }
+        } catch (IOException e) {
+            receiveError = e.getMessage();
+            return -1;
         }
     }
 
-    @Override
-    public synchronized int takeLimit(int queue) {
-        if (queue != RX) return Integer.MAX_VALUE;
-        if (frozen) {
-            frozen = false; // the transport runs again: so may the receive thread
-            notifyAll();
+    private int fillStaged(Frame frame, List<MemorySegment> buffers, long room) {
+        if (room < frame.length()) {
+            rxDropped.incrementAndGet();
+            return 0;
         }
-        return staged.size();
+        Buffers.scatter(buffers, 0, MemorySegment.ofArray(frame.bytes()).asSlice(0, frame.length()));
+        oneBuffer(buffers);
+        received.incrementAndGet();
+        return frame.length();
     }
+
+    /** Without MRG_RXBUF a frame is always one buffer: {@code num_buffers} is 1 (the tap leaves those bytes alone). */
+    private static void oneBuffer(List<MemorySegment> buffers) {
+        var first = buffers.getFirst();
+        if (first.byteSize() >= HEADER_SIZE) first.set(NUM_BUFFERS, NUM_BUFFERS_OFFSET, (short) 1);
+        else Buffers.scatter(buffers, NUM_BUFFERS_OFFSET, ONE_BUFFER); // a header split over buffers
+    }
+
+    private static final ValueLayout.OfShort NUM_BUFFERS =
+            ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+
+    private static final MemorySegment ONE_BUFFER = MemorySegment.ofArray(new byte[] {1, 0});
 
     @Override
     public synchronized void reset() {
@@ -247,13 +257,18 @@ public final class VirtioNet implements VirtioDevice {
         rxDropped.addAndGet(staged.size());
         staged.clear();
         stagedBytes = 0;
-        notifyAll();
     }
 
     @Override
     public void start(Context context) {
         running = true;
-        receiver = Thread.ofPlatform().daemon().name(name + "-rx").start(() -> receiveLoop(context));
+        boolean stagedWaiting;
+        synchronized (this) {
+            this.context = context;
+            stagedWaiting = !staged.isEmpty();
+        }
+        watcher = Thread.ofPlatform().daemon().name(name + "-rx-watch").start(this::watch);
+        if (stagedWaiting) context.kick(RX);
     }
 
     @Override
@@ -262,7 +277,7 @@ public final class VirtioNet implements VirtioDevice {
         synchronized (this) {
             notifyAll();
         }
-        var t = receiver;
+        var t = watcher;
         if (t != null) {
             try {
                 t.join(5_000);
@@ -272,37 +287,21 @@ public final class VirtioNet implements VirtioDevice {
         }
     }
 
-    private void receiveLoop(Context context) {
-        try (var arena = Arena.ofConfined()) {
-            var buffer = arena.allocate(HEADER_SIZE + MAX_FRAME, 8);
+    /**
+     * While the queue's thread found no frame for a buffer, waits for one and kicks the queue: the
+     * queue's thread reads it (and every one after it) itself.
+     */
+    private void watch() {
+        try {
             while (running) {
                 synchronized (this) {
-                    while (running && (frozen || staged.size() >= MAX_STAGED || stagedBytes >= MAX_STAGED_BYTES))
-                        wait(100);
+                    while (running && !watching) wait(100);
                 }
                 if (!running || !backend.awaitFrame(100)) continue;
-                // Every frame waiting, as far as the staging bounds allow, with a kick every few frames
-                // (the queue's thread delivers while this one reads on), not one per frame.
-                int added = 0;
-                while (true) {
-                    int n;
-                    synchronized (this) {
-                        // A save may have come meanwhile: the frames stay with the host.
-                        if (frozen || staged.size() >= MAX_STAGED || stagedBytes >= MAX_STAGED_BYTES) break;
-                        n = backend.receive(buffer);
-                        if (n <= 0) break;
-                        if (n < HEADER_SIZE) {
-                            rxDropped.incrementAndGet();
-                            continue;
-                        }
-                        var bytes = n <= POOLED ? (spare.isEmpty() ? new byte[POOLED] : spare.pop()) : new byte[n];
-                        MemorySegment.copy(buffer, ValueLayout.JAVA_BYTE, 0, bytes, 0, n);
-                        staged.add(new Frame(bytes, n));
-                        stagedBytes += n;
-                    }
-                    if (++added % KICK_EVERY == 0) context.kick(RX);
+                synchronized (this) {
+                    watching = false;
                 }
-                if (added % KICK_EVERY != 0) context.kick(RX);
+                context.kick(RX);
             }
         } catch (IOException e) {
             if (running) receiveError = e.getMessage();
@@ -318,10 +317,12 @@ public final class VirtioNet implements VirtioDevice {
 
     // ---- state ---------------------------------------------------------------------------------
 
-    /** Version, then the staged frames: count, then each frame's length and bytes. */
+    /**
+     * Version, then the staged frames: count, then each frame's length and bytes (none since
+     * frames go straight into the guest's buffers; an older version's state may have some).
+     */
     @Override
     public synchronized byte[] saveState() {
-        frozen = true;
         var out = ByteBuffer.allocate(8 + staged.size() * 4 + (int) stagedBytes).order(ByteOrder.LITTLE_ENDIAN);
         out.putInt(STATE_VERSION).putInt(staged.size());
         for (var frame : staged) out.putInt(frame.length()).put(frame.bytes(), 0, frame.length());

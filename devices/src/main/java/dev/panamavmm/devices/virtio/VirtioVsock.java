@@ -5,17 +5,20 @@ import java.io.ByteArrayOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.IOException;
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
+import java.util.Set;
 
 /**
  * virtio-vsock (virtio 1.2, 5.10) over host Unix sockets, as Firecracker maps it: a host program
@@ -139,12 +142,26 @@ public final class VirtioVsock implements VirtioDevice {
     private boolean resetPending;
     /** Restored without its sockets: the guest learns the CID again (a clone's may differ) and gets a reset. */
     private boolean restoredWithoutSockets;
+    /**
+     * The connections a restore without sockets dropped. The guest may still send on them until it
+     * has taken the TRANSPORT_RESET event, and an RST for such a packet could reach it before the
+     * event does (another queue): its packets are dropped without an answer (the event resets them
+     * all), until the guest opens a connection of the same ports again.
+     */
+    private final Set<Long> droppedByRestore = new HashSet<>();
 
     private boolean paused;
     private volatile boolean stopping;
     private Thread worker;
     private Context context;
     private List<VsockBackend.Stream> saved = List.of();
+    /**
+     * Where the device's thread reads host sockets, once for all: a new 64 KiB array per wake-up
+     * was 60% of the device's allocation and a young collection every few milliseconds under a
+     * stream (docs/benchmarks.md). Native, so a backend reads into it without a bounce copy.
+     */
+    private final MemorySegment readBuffer = Arena.ofAuto().allocate(MAX_PAYLOAD);
+
     private long packetsDropped;
 
     /** A device named {@code name} for the guest with CID {@code cid} (at least 3) over {@code backend}. */
@@ -320,6 +337,10 @@ public final class VirtioVsock implements VirtioDevice {
                 return;
             }
             var c = conns.get(Conn.key(srcPort, dstPort));
+            if (c == null && droppedByRestore.contains(Conn.key(srcPort, dstPort))) {
+                if (op != OP_REQUEST) return;
+                droppedByRestore.remove(Conn.key(srcPort, dstPort)); // the guest has moved on: a new connection
+            }
             if (c != null) {
                 int credit = c.guestCredit();
                 c.guestBufAlloc = bufAlloc;
@@ -551,7 +572,7 @@ public final class VirtioVsock implements VirtioDevice {
         for (Iterator<Line> it = lines.iterator(); it.hasNext(); ) {
             if (readLine(it.next())) it.remove();
         }
-        var buffer = MemorySegment.ofArray(new byte[MAX_PAYLOAD]);
+        var buffer = readBuffer;
         for (var c : List.copyOf(conns.values())) {
             if (c.stream == null) continue;
             if (!c.toHost.isEmpty()) flush(c);
@@ -645,6 +666,7 @@ public final class VirtioVsock implements VirtioDevice {
         for (var c : List.copyOf(conns.values())) remove(c);
         control.clear();
         resetPending = false;
+        droppedByRestore.clear();
     }
 
     @Override
@@ -812,6 +834,7 @@ public final class VirtioVsock implements VirtioDevice {
         adopted.forEach(VsockBackend.Stream::close);
         resetPending = true;
         restoredWithoutSockets = true;
+        for (var c : restoredConns) droppedByRestore.add(c.key());
     }
 
     private static int count(DataInputStream in) throws IOException {

@@ -110,10 +110,20 @@ final class Virtqueue {
         return walk(head);
     }
 
+    /**
+     * Gives back the chain {@link #pop} returned last, untouched: it is the next available one
+     * again (a device whose backend had nothing to put in it).
+     */
+    void unpop() {
+        lastAvail = (lastAvail - 1) & 0xFFFF;
+        if (eventIdx) used.set(U16, 4 + 8L * size, (short) lastAvail);
+    }
+
     private DescriptorChain walk(int head) {
         if (head >= size) throw new VirtioException("chain head " + head + " is outside a queue of " + size);
-        var readable = new ArrayList<MemorySegment>();
-        var writable = new ArrayList<MemorySegment>();
+        // Most chains have a buffer or two each way: room for four, so no list grows (a request's garbage).
+        var readable = new ArrayList<MemorySegment>(4);
+        var writable = new ArrayList<MemorySegment>(4);
         MemorySegment table = desc;
         int tableSize = size;
         boolean inIndirect = false;

@@ -45,9 +45,23 @@ final class DatagramBackend implements NetBackend, AutoCloseable {
         return selector.select(timeoutMillis) > 0;
     }
 
+    private final ByteBuffer datagram = ByteBuffer.allocate(65536);
+
+    /** One datagram scattered over the buffers as far as they go; its whole length, as a tap's read gives. */
     @Override
-    public int receive(MemorySegment buffer) throws IOException {
-        return channel.read(buffer.asByteBuffer());
+    public int receive(List<MemorySegment> buffers) throws IOException {
+        datagram.clear();
+        int n = channel.read(datagram);
+        if (n <= 0) return 0;
+        var from = MemorySegment.ofBuffer(datagram.flip());
+        long at = 0;
+        for (var b : buffers) {
+            long k = Math.min(b.byteSize(), n - at);
+            if (k <= 0) break;
+            MemorySegment.copy(from, at, b, 0, k);
+            at += k;
+        }
+        return n;
     }
 
     @Override

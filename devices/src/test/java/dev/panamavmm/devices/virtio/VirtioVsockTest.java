@@ -459,6 +459,47 @@ class VirtioVsockTest {
         assertEquals(0, clone.device.connections());
     }
 
+    /**
+     * After a restore the driver sends on its old connections until it takes the TRANSPORT_RESET
+     * event. An RST for those packets could reach it first, on the receive queue, and reset a
+     * connection it is about to reuse the ports of (VsockGuestTest saw its test guest report such
+     * resets): they get no answer. A connection that never was still gets its RST, and a new one works.
+     */
+    @Test
+    void packetsOfConnectionsARestoreDroppedGetNoReset() throws Exception {
+        var uds = dir.resolve("v.sock");
+        var g = new Guest(new VirtioVsock("virtio-vsock", CID, new ChannelVsockBackend(uds)));
+        g.start();
+        var c = hostConnects(g, uds, new byte[0], 4096);
+        int hostPort = (int) c[1];
+        g.dev.pause(Duration.ofSeconds(1));
+        var state = VirtioMmioCodec.INSTANCE.decode(VirtioMmioCodec.INSTANCE.encode(g.dev.state()), 2, "device/vsock");
+        g.close();
+        guests.remove(g);
+
+        var restoredUds = dir.resolve("restored.sock");
+        var restored = new Guest(new VirtioVsock("virtio-vsock", CID, new ChannelVsockBackend(restoredUds)), state, g);
+        restored.startDevice();
+        restored.send(5000, hostPort, OP_RW, 4096, 0, "late".getBytes(StandardCharsets.US_ASCII));
+        restored.send(5000, hostPort, OP_CREDIT_UPDATE, 4096, 0, new byte[0]);
+        restored.send(5000, hostPort, OP_SHUTDOWN, 4096, 0, new byte[0]);
+        restored.send(5001, 77, OP_RW, 4096, 0, "x".getBytes(StandardCharsets.US_ASCII));
+        var rst = restored.await("RST", p -> p.op() == OP_RST);
+        assertEquals(5001, rst.dstPort(), "only the connection that never was is reset: " + restored.received);
+        assertEquals(77, rst.srcPort());
+
+        var connected = hostConnects(restored, restoredUds, new byte[0], 4096);
+        var fresh = (SocketChannel) connected[0];
+        restored.send(5000, (int) connected[1], OP_RW, 4096, 0, "new".getBytes(StandardCharsets.US_ASCII));
+        assertArrayEquals("new".getBytes(StandardCharsets.US_ASCII), readFully(fresh, 3));
+        // The guest may reuse the old ports for a connection of its own: that one is answered again.
+        restored.send(5000, hostPort, OP_RW, 4096, 0, "y".getBytes(StandardCharsets.US_ASCII));
+        restored.send(5000, hostPort, OP_REQUEST, 4096, 0, new byte[0]);
+        var refused = restored.await("RST", p -> p.op() == OP_RST);
+        assertEquals(5000, refused.dstPort(), "nothing listens at " + restoredUds + "_" + hostPort);
+        assertEquals(hostPort, refused.srcPort());
+    }
+
     @Test
     void aLiveUpdateCarriesTheSocketsAndEveryByteInTransit() throws Exception {
         var uds = dir.resolve("v.sock");

@@ -491,7 +491,9 @@ public final class GuestMemory implements AutoCloseable {
 
     /** The block holding {@code [gpa, gpa + length)}, or null when the range is not all RAM of one block. */
     public RamBlock blockAt(long gpa, long length) {
-        for (var b : blocks) {
+        // Indexed, not for-each: it runs for every buffer of every virtio request, and an iterator is garbage.
+        for (int i = 0; i < blocks.size(); i++) {
+            var b = blocks.get(i);
             if (b.contains(gpa, length)) return b;
         }
         return null;
