@@ -112,7 +112,9 @@ public final class VmControl implements ControlTarget {
                     "passes",
                     (long) r.passes(),
                     "cpu-throttle-percentage",
-                    (long) r.throttlePercent());
+                    (long) r.throttlePercent(),
+                    "postcopy-pages",
+                    status.postcopyPages());
         };
         if (!detach) return work.run(RamWriter.Progress.NONE);
         try {

@@ -108,12 +108,12 @@ public final class TcpMigration {
                 out.flush();
                 expect(in, MigrationProtocol.Prepared.class, "prepared");
                 VmSnapshots.probeHost(vm);
-                status.status("active");
                 var sender = new Sender(vm, out, status, progress, watchdog);
                 vm.startDirtyLog();
                 vm.takeChanged(false); // logged from here on; everything before is in pass 1
-                // Post-copy asked for before any pass: every page is missing on the destination.
+                // Post-copy asked for before any pass (in setup): every page is missing on the destination.
                 boolean postcopy = params.postcopyRam() && status.postcopyRequested();
+                status.status("active"); // a request from here on switches at the end of a pass
                 long[][] pending = null;
                 int pass = 0;
                 if (!postcopy) {
