@@ -197,6 +197,13 @@ class TcpPostcopyTest {
                 var received = incoming.stats();
                 assertEquals(131072, received.pages(), "every page arrived, over both connections: " + received);
                 assertEquals(0, received.duplicates(), "none twice: " + received);
+                assertTrue(received.zeroPages() > 0, "zero pages came as markers: " + received);
+                assertTrue(
+                        received.bytes() < (131072 - received.zeroPages()) * 4096 + 131072 * 2,
+                        "zero pages were not sent as bytes: " + received);
+                assertTrue(
+                        status.postcopyStats().pages() >= 131072,
+                        "the source sent every page: " + status.postcopyStats());
                 assertEquals("completed", destinationControl.queryMigrate().get("status"));
                 runsOn(moved, console, destinationConsole);
             } finally {
