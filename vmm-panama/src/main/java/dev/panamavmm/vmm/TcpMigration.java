@@ -54,10 +54,14 @@ import org.slf4j.LoggerFactory;
  * auto-converge); then pause, the last dirty pages, {@code DeviceState} and the state's bytes;
  * the destination applies it, resumes and answers {@code Running}; the source ends its VM.
  *
- * <p>Post-copy plugs in after the last pre-copy pass: instead of pausing for the last pages the
- * source would send {@code Postcopy} and the device state, then serve the pages still dirty over
- * the same streams; the destination would register them as missing before its vCPUs run. The
- * message is reserved; this VMM refuses it.
+ * <p>Post-copy (the {@code postcopy-ram} capability; on request, or when a pass does not shrink the
+ * dirty set with the {@code postcopy} convergence policy): instead of the last pages the source
+ * sends {@code Postcopy} with the bitmaps of the pages the destination does not have right, then the
+ * device state; the destination punches those pages out of its memory and registers them with
+ * userfaultfd before its devices are built, resumes and answers {@code Running}, and the same
+ * streams then carry the post-copy page protocol ({@link PostcopySource}, {@link PostcopyIncoming}).
+ * From {@code Running} on neither side resumes the guest alone: a dropped connection waits for
+ * {@code migrate-recover} and {@code migrate "resume"}.
  *
  * <p>Failure safety, as for the local migration: until {@code Running} arrives any failure
  * (refusal, a closed or silent connection, a cancel, a bug) gives the guest back here in a
