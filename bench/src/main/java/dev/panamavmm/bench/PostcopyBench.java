@@ -2,45 +2,39 @@ package dev.panamavmm.bench;
 
 import dev.panamavmm.guest.TestGuest;
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.kvm.bindings.LibcConstants;
-import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.vmm.MachineConfig;
+import dev.panamavmm.vmm.MigrationParameters;
+import dev.panamavmm.vmm.MigrationStatus;
+import dev.panamavmm.vmm.TcpAddress;
+import dev.panamavmm.vmm.TcpMigration;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
 import dev.panamavmm.vmm.VmListener;
-import dev.panamavmm.vmm.VmSnapshots;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.Sizes;
-import dev.panamavmm.vmm.postcopy.PageSet;
-import dev.panamavmm.vmm.postcopy.PostcopySource;
-import dev.panamavmm.vmm.postcopy.Stats;
 import java.io.ByteArrayOutputStream;
-import java.io.IOException;
 import java.io.OutputStream;
-import java.net.InetAddress;
-import java.net.ServerSocket;
-import java.net.Socket;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.regex.Pattern;
 
 /**
  * One post-copy migration of the test guest between two VMs of this process over loopback TCP
  * (bench/run-postcopy-bench runs it): boots a guest of {@code MEMORY} on {@code CPUS} vCPUs exercising 3/4 of
- * it with {@code testguest.rewrite=REWRITE}, pauses it at a heartbeat, moves its state through a
- * snapshot without RAM (as PostcopyMigrationTest: the TCP protocol does not carry post-copy yet),
- * resumes the destination with none of its memory, and serves the pages. Prints one JSON line:
- * time from resume to the guest's first heartbeat, to the last page, the heartbeat rate while pages
- * arrive and after, bytes and pages sent, and whether the guest printed CORRUPT.
+ * it with {@code testguest.rewrite=REWRITE}, then migrates it with the TCP migration switched to
+ * post-copy before its first pass ({@code TcpMigration} with {@code postcopy-ram} and
+ * {@code migrate-start-postcopy}): the destination resumes with none of its memory and the source
+ * serves the pages. Prints one JSON line: time from the resume (the source's confirmation) to the
+ * guest's first heartbeat, to the last page, the heartbeat rate while pages arrive and after, bytes
+ * (post-copy's) and pages sent, and whether the guest printed CORRUPT.
  *
- * <pre>java -cp benchmarks.jar dev.panamavmm.bench.PostcopyBench MEMORY REWRITE HB_MS CPUS SCRATCH_DIR</pre>
+ * <pre>java -cp benchmarks.jar dev.panamavmm.bench.PostcopyBench MEMORY REWRITE HB_MS CPUS</pre>
  */
 public final class PostcopyBench {
     private PostcopyBench() {}
@@ -96,15 +90,14 @@ public final class PostcopyBench {
     }
 
     public static void main(String[] args) throws Exception {
-        if (args.length != 5) {
-            System.err.println("usage: PostcopyBench MEMORY REWRITE HB_MS CPUS SCRATCH_DIR");
+        if (args.length != 4) {
+            System.err.println("usage: PostcopyBench MEMORY REWRITE HB_MS CPUS");
             System.exit(2);
         }
         long memory = Sizes.parse(args[0]);
         int rewrite = Integer.parseInt(args[1]);
         int hb = Integer.parseInt(args[2]);
         int cpus = Integer.parseInt(args[3]);
-        Path scratch = Path.of(args[4]);
         var config = new MachineConfig(
                 memory,
                 cpus,
@@ -120,45 +113,49 @@ public final class PostcopyBench {
             source.start();
             console.awaitLine("hb 0 3", 300);
             for (int cpu = 1; cpu < cpus; cpu++) console.awaitLine("hb " + cpu + " 3", 300);
-            source.pause();
-            Path state = Files.createTempDirectory(scratch, "state");
-            VmSnapshots.save(
+            // migrate-start-postcopy before the first pass: every page moves by post-copy, as QEMU's
+            // migrate-start-postcopy issued right after migrate.
+            var resumedAt = new AtomicLong();
+            var status = new MigrationStatus(s -> {
+                if (s.equals("postcopy-active")) resumedAt.compareAndSet(0, System.nanoTime());
+            });
+            status.startPostcopy();
+            var params = MigrationParameters.DEFAULTS.withPostcopyRam(true);
+            var port = new CompletableFuture<Integer>();
+            var arrived = new CompletableFuture<Vm>();
+            Thread.ofPlatform().name("bench-incoming").start(() -> {
+                try {
+                    arrived.complete(TcpMigration.receive(
+                            kvm,
+                            new TcpAddress("127.0.0.1", 0),
+                            params,
+                            console,
+                            new VmListener() {},
+                            c -> null,
+                            port::complete));
+                } catch (RuntimeException e) {
+                    port.completeExceptionally(e);
+                    arrived.completeExceptionally(e);
+                }
+            });
+            TcpMigration.send(
                     source,
-                    state,
-                    new VmSnapshots.Request(false, VmSnapshots.After.STAY_PAUSED, true, -1, false, false, -1),
+                    new TcpAddress("127.0.0.1", port.get(60, TimeUnit.SECONDS)),
+                    params,
+                    status,
                     RamWriter.Progress.NONE);
-            int memfd = LibC.memfdCreate("postcopy-destination", LibcConstants.MFD_CLOEXEC);
-            LibC.ftruncate(memfd, memory);
-            var built = VmBuilder.forPostcopy(
-                    kvm, VmSnapshots.load(state, new int[] {memfd}), console, new VmListener() {});
-            try (Vm destination = built.vm();
-                    var server = new ServerSocket(0, 1, InetAddress.getLoopbackAddress())) {
-                var toSend = PageSet.all(source.memory());
-                long pages = toSend.count();
-                var sourceSide = new PostcopySource(source.memory(), toSend);
-                long resumed = System.nanoTime();
-                destination.start();
-                var toDestination = new Socket(server.getInetAddress(), server.getLocalPort());
-                var toSource = server.accept();
-                var served = new CompletableFuture<Stats>();
-                Thread.ofPlatform().name("bench-serve").start(() -> {
-                    try {
-                        served.complete(sourceSide.serve(toSource.getInputStream(), toSource.getOutputStream()));
-                    } catch (IOException | RuntimeException e) {
-                        served.completeExceptionally(e);
-                    }
-                });
-                var received = built.fill().receive(toDestination.getInputStream(), toDestination.getOutputStream());
-                long complete = System.nanoTime();
-                var sent = served.get(60, TimeUnit.SECONDS);
+            long complete = System.nanoTime();
+            try (Vm destination = arrived.get(60, TimeUnit.SECONDS)) {
+                long resumed = resumedAt.get();
+                long pages = status.postcopyPages();
+                var received = destination.postcopyIncoming().stats();
+                var sent = status.postcopyStats();
                 long firstOutput = console.firstHeartbeatAfter(resumed, TimeUnit.SECONDS.toNanos(60));
                 // The rate after: over as long as the transfer took, at least 2 s.
                 long window = Math.max(complete - resumed, TimeUnit.SECONDS.toNanos(2));
                 Thread.sleep(TimeUnit.NANOSECONDS.toMillis(window) + 50);
                 double during = console.heartbeatsBetween(resumed, complete) * 1e9 / (complete - resumed);
                 double after = console.heartbeatsBetween(complete, complete + window) * 1e9 / window;
-                toSource.close();
-                toDestination.close();
                 System.out.println(String.format(
                         Locale.ROOT,
                         "{\"vmm\": \"panama\", \"memory\": %d, \"rewrite\": %d, \"cpus\": %d, \"pages\": %d, \"resume_to_first_output_ms\": %.1f,"

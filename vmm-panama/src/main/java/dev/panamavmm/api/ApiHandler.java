@@ -48,15 +48,37 @@ public interface ApiHandler {
                             flag(a, "live", false),
                             flag(a, "detach", false));
                 })
-                .add("migrate", List.of("uri", "detach"), a -> {
+                .add("migrate", List.of("uri", "detach", "resume"), a -> {
                     String uri = requireString(a, "uri", "unix:PATH or tcp:HOST:PORT");
+                    if (flag(a, "resume", false)) {
+                        target.migrateResume(uri);
+                        return Map.of();
+                    }
                     // Over TCP a migration takes seconds: a job unless the client says otherwise.
                     return target.migrate(uri, flag(a, "detach", uri.startsWith("tcp:")));
                 })
-                .add("migrate-set-parameters", List.of("max-bandwidth", "downtime-limit", "tls-creds"), a -> {
-                    target.migrateSetParameters(a);
+                .add("migrate-set-capabilities", List.of("capabilities"), a -> {
+                    if (!a.containsKey("capabilities"))
+                        throw new IllegalArgumentException("migrate-set-capabilities needs \"capabilities\"");
+                    target.migrateSetCapabilities(List.copyOf(Json.asList(a.get("capabilities"), "\"capabilities\"")));
                     return Map.of();
                 })
+                .add("query-migrate-capabilities", a -> target.queryMigrateCapabilities())
+                .add("migrate-start-postcopy", a -> {
+                    target.migrateStartPostcopy();
+                    return Map.of();
+                })
+                .add(
+                        "migrate-recover",
+                        List.of("uri"),
+                        a -> target.migrateRecover(requireString(a, "uri", "tcp:[HOST]:PORT")))
+                .add(
+                        "migrate-set-parameters",
+                        List.of("max-bandwidth", "downtime-limit", "tls-creds", "x-convergence"),
+                        a -> {
+                            target.migrateSetParameters(a);
+                            return Map.of();
+                        })
                 .add("query-migrate-parameters", a -> target.queryMigrateParameters())
                 .add("query-migrate", a -> target.queryMigrate())
                 .add("migrate-cancel", a -> {

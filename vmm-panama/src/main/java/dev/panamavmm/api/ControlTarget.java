@@ -54,6 +54,34 @@ public interface ControlTarget {
         return Map.of();
     }
 
+    /**
+     * Sets migration capabilities ({@code migrate-set-capabilities}): a list of
+     * {@code {"capability": NAME, "state": bool}}; this VMM knows {@code postcopy-ram}.
+     */
+    default void migrateSetCapabilities(List<Object> capabilities) {
+        throw new IllegalArgumentException("this VMM does not migrate over TCP");
+    }
+
+    /** The capabilities ({@code query-migrate-capabilities}), QEMU's shape. */
+    default List<Object> queryMigrateCapabilities() {
+        throw new IllegalArgumentException("this VMM does not migrate over TCP");
+    }
+
+    /** Switches the running TCP migration to post-copy at the end of its pass ({@code migrate-start-postcopy}). */
+    default void migrateStartPostcopy() {
+        throw new IllegalArgumentException("no migration is running");
+    }
+
+    /** A paused post-copy reconnects to the destination's {@code migrate-recover} address ({@code migrate "resume"}). */
+    default void migrateResume(String uri) throws Exception {
+        throw new IllegalArgumentException("no post-copy migration is paused");
+    }
+
+    /** Destination: listens at {@code uri} for the source of a dropped post-copy ({@code migrate-recover}). */
+    default Map<String, Object> migrateRecover(String uri) {
+        throw new IllegalArgumentException("this VM is not receiving a post-copy migration");
+    }
+
     /** Stops the running TCP migration ({@code migrate-cancel}): the guest runs on here. */
     default void migrateCancel() {
         throw new IllegalArgumentException("no migration is running");

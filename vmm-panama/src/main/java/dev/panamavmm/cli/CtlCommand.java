@@ -19,8 +19,10 @@ final class CtlCommand implements Cli.Command {
                 .parameter(
                         "COMMAND",
                         "every VMM's: query-commands, query-version (ctl sends qmp_capabilities, QMP's handshake, first);"
-                                + " a VM's: query-status, query-metrics, stop, cont, quit, snapshot {\"path\", \"detach\"}, migrate {\"uri\"},"
-                                + " migrate-set-parameters {\"max-bandwidth\", \"downtime-limit\", \"tls-creds\"},"
+                                + " a VM's: query-status, query-metrics, stop, cont, quit, snapshot {\"path\", \"detach\"}, migrate {\"uri\", \"resume\"},"
+                                + " migrate-set-capabilities {\"capabilities\"}, query-migrate-capabilities,"
+                                + " migrate-start-postcopy, migrate-recover {\"uri\"},"
+                                + " migrate-set-parameters {\"max-bandwidth\", \"downtime-limit\", \"tls-creds\", \"x-convergence\"},"
                                 + " query-migrate-parameters, query-migrate, migrate-cancel or migrate_cancel,"
                                 + " query-jobs, job-cancel {\"id\"}, balloon {\"target-mib\"}, query-balloon,"
                                 + " template-create {\"path\"} (a clone's);"

@@ -5,6 +5,7 @@ import dev.panamavmm.vmm.TcpAddress;
 import dev.panamavmm.vmm.memory.Sizes;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 
@@ -18,6 +19,7 @@ final class MigrateCommand implements Cli.Command {
     final ApiWait wait = new ApiWait();
     final TlsOptions tls = new TlsOptions();
     Long maxBandwidth, downtimeLimit;
+    boolean postcopy, postcopyWhenStuck;
 
     @Override
     public Cli.Spec spec() {
@@ -42,6 +44,15 @@ final class MigrateCommand implements Cli.Command {
                         null,
                         "tcp: the longest pause pre-copy aims at (default 300)",
                         v -> downtimeLimit = Cli.longInteger(v))
+                .flag(
+                        "--postcopy",
+                        "tcp: switch to post-copy right after the first pass (the guest runs there at once, its"
+                                + " pages follow)",
+                        () -> postcopy = true)
+                .flag(
+                        "--postcopy-when-stuck",
+                        "tcp: switch to post-copy when a pass does not shrink the dirty pages (instead of throttling)",
+                        () -> postcopyWhenStuck = true)
                 .include(tls::declare)
                 .include(wait::declare);
     }
@@ -49,8 +60,9 @@ final class MigrateCommand implements Cli.Command {
     @Override
     public int call(Cli.Io io) throws InterruptedException {
         if (uri.startsWith("tcp:")) return tcp(io);
-        if (tls.given() || maxBandwidth != null || downtimeLimit != null)
-            throw new UsageException("--tls-*, --max-bandwidth and --downtime-limit are for tcp: addresses");
+        if (tls.given() || maxBandwidth != null || downtimeLimit != null || postcopy || postcopyWhenStuck)
+            throw new UsageException(
+                    "--tls-*, --max-bandwidth, --downtime-limit and --postcopy* are for tcp: addresses");
         // Absolute: the running VMM resolves the path, and its working directory need not be ours.
         Path destination = IncomingCommand.socketPath(uri).toAbsolutePath();
         try (var client = wait.connect(apiSocket)) {
@@ -91,6 +103,7 @@ final class MigrateCommand implements Cli.Command {
         var params = Json.object();
         if (maxBandwidth != null) params.put("max-bandwidth", maxBandwidth);
         if (downtimeLimit != null) params.put("downtime-limit", downtimeLimit);
+        if (postcopyWhenStuck) params.put("x-convergence", "postcopy");
         var creds = tls.credentials();
         if (creds != null)
             params.put(
@@ -103,6 +116,15 @@ final class MigrateCommand implements Cli.Command {
                             "password-file",
                             tls.passwordFile.toAbsolutePath().toString()));
         try (var client = wait.connect(apiSocket)) {
+            if (postcopy || postcopyWhenStuck) {
+                var set = client.execute(
+                        "migrate-set-capabilities",
+                        Json.object("capabilities", List.of(Json.object("capability", "postcopy-ram", "state", true))));
+                if (set.get("error") instanceof Map<?, ?> error) {
+                    io.err().println("vmm: " + error.get("desc"));
+                    return Main.FAILED;
+                }
+            }
             if (!params.isEmpty()) {
                 var set = client.execute("migrate-set-parameters", params);
                 if (set.get("error") instanceof Map<?, ?> error) {
@@ -115,6 +137,17 @@ final class MigrateCommand implements Cli.Command {
                 io.err().println("vmm: migration failed: " + error.get("desc"));
                 return Main.FAILED;
             }
+            // After setup: the switch then comes at the end of the first pass.
+            while (postcopy) {
+                var query = client.execute("query-migrate", Json.object());
+                var status = query.get("return") instanceof Map<?, ?> r ? r.get("status") : null;
+                if ("active".equals(status)) {
+                    client.execute("migrate-start-postcopy", Json.object());
+                    break;
+                }
+                if (!"setup".equals(status)) break; // it ended already: the job says how
+                Thread.sleep(10);
+            }
             String job =
                     String.valueOf(Json.asObject(reply.get("return"), "return").get("job-id"));
             var done = SnapshotCommand.awaitJob(client, job, "migrating RAM");
@@ -125,11 +158,14 @@ final class MigrateCommand implements Cli.Command {
             var r = Json.asObject(done.get("result"), "result");
             io.out()
                     .printf(
-                            "migrated: downtime %s ms, total %s ms, %s bytes sent in %s passes%s%n",
+                            "migrated: downtime %s ms, total %s ms, %s bytes sent in %s passes%s%s%n",
                             r.get("downtime-ms"),
                             r.get("total-ms"),
                             r.get("bytes-sent"),
                             r.get("passes"),
+                            r.get("postcopy-pages") instanceof Long p && p > 0
+                                    ? ", then " + p + " pages by post-copy"
+                                    : "",
                             r.get("cpu-throttle-percentage") instanceof Long t && t > 0
                                     ? " (vCPUs throttled to " + t + "%)"
                                     : "");

@@ -27,6 +27,7 @@ public final class VmControl implements ControlTarget {
     private final BiConsumer<String, Map<String, Object>> events;
     private volatile MigrationParameters migrationParameters = MigrationParameters.DEFAULTS;
     private volatile MigrationStatus migration;
+    private volatile boolean runningPostcopyRam;
 
     /** {@code events} sends the VM's API events (a job's {@code JOB_STATUS_CHANGE}) to its clients. */
     public VmControl(Vm vm, BiConsumer<String, Map<String, Object>> events) {
@@ -98,6 +99,7 @@ public final class VmControl implements ControlTarget {
         var params = migrationParameters;
         var status = new MigrationStatus(s -> events.accept("MIGRATION", Json.object("status", s)));
         migration = status;
+        runningPostcopyRam = params.postcopyRam();
         Jobs.Work work = progress -> {
             var r = TcpMigration.send(vm, target, params, status, progress);
             return Json.object(
@@ -110,7 +112,9 @@ public final class VmControl implements ControlTarget {
                     "passes",
                     (long) r.passes(),
                     "cpu-throttle-percentage",
-                    (long) r.throttlePercent());
+                    (long) r.throttlePercent(),
+                    "postcopy-pages",
+                    status.postcopyPages());
         };
         if (!detach) return work.run(RamWriter.Progress.NONE);
         try {
@@ -122,8 +126,64 @@ public final class VmControl implements ControlTarget {
     }
 
     @Override
+    public void migrateSetCapabilities(List<Object> capabilities) {
+        var p = migrationParameters;
+        for (var c : capabilities) {
+            var row = Json.asObject(c, "a capability");
+            ApiHandler.expect("capabilities", row, "capability", "state");
+            String name = ApiHandler.requireString(row, "capability", "a capability name");
+            if (!name.equals("postcopy-ram"))
+                throw new IllegalArgumentException(
+                        "this VMM knows only the capability \"postcopy-ram\", not \"" + name + "\"");
+            if (!(row.get("state") instanceof Boolean on))
+                throw new IllegalArgumentException("\"state\" must be true or false");
+            p = p.withPostcopyRam(on);
+        }
+        var running = migration;
+        if (running != null && !running.finished())
+            throw new IllegalStateException("a migration is running: set capabilities before migrate");
+        migrationParameters = p;
+    }
+
+    @Override
+    public List<Object> queryMigrateCapabilities() {
+        return List.of(Json.object("capability", "postcopy-ram", "state", migrationParameters.postcopyRam()));
+    }
+
+    @Override
+    public void migrateStartPostcopy() {
+        var m = migration;
+        if (m == null || m.finished()) throw new IllegalStateException("no migration is running");
+        if (!runningPostcopyRam)
+            throw new IllegalStateException(
+                    "the migration was started without the postcopy-ram capability (migrate-set-capabilities first)");
+        if (m.inPostcopy()) throw new IllegalStateException("the migration is in post-copy already");
+        m.startPostcopy();
+    }
+
+    @Override
+    public void migrateResume(String uri) throws Exception {
+        var at = TcpAddress.parse(uri);
+        var m = migration;
+        if (m == null || !m.resume(at))
+            throw new IllegalStateException("no post-copy migration is paused (query-migrate says postcopy-paused)");
+    }
+
+    @Override
+    public Map<String, Object> migrateRecover(String uri) {
+        var incoming = vm.postcopyIncoming();
+        if (incoming == null)
+            throw new IllegalStateException("this VM did not arrive by post-copy: nothing to recover");
+        var address = TcpAddress.parse(uri);
+        int port = incoming.recover(address);
+        return Json.object("uri", new TcpAddress(address.host(), port).toString());
+    }
+
+    @Override
     public void migrateSetParameters(Map<String, Object> a) {
         var p = migrationParameters;
+        if (a.get("x-convergence") != null)
+            p = p.withConvergence(MigrationParameters.Convergence.parse(String.valueOf(a.get("x-convergence"))));
         if (a.containsKey("max-bandwidth")) p = p.withMaxBandwidth(ApiHandler.number(a, "max-bandwidth", 0));
         if (a.containsKey("downtime-limit")) p = p.withDowntimeLimit(ApiHandler.number(a, "downtime-limit", 300));
         if (a.containsKey("tls-creds")) {
@@ -150,6 +210,8 @@ public final class VmControl implements ControlTarget {
                 p.maxBandwidth(),
                 "downtime-limit",
                 p.downtimeLimitMillis(),
+                "x-convergence",
+                p.convergence().apiName(),
                 "tls-creds",
                 p.tls() == null
                         ? null
@@ -163,6 +225,8 @@ public final class VmControl implements ControlTarget {
     @Override
     public Map<String, Object> queryMigrate() {
         var m = migration;
+        if (m == null && vm.postcopyIncoming() != null)
+            return vm.postcopyIncoming().describe();
         return m == null ? Json.object() : m.describe();
     }
 
@@ -174,6 +238,8 @@ public final class VmControl implements ControlTarget {
     @Override
     public void migrateCancel() {
         var m = migration;
+        if (m != null && m.inPostcopy())
+            throw new IllegalStateException("post-copy cannot be cancelled: the guest runs on the destination now");
         if (m == null || !m.cancel()) throw new IllegalStateException("no migration is running");
     }
 

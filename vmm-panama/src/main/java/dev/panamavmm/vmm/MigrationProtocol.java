@@ -69,11 +69,12 @@ public final class MigrationProtocol {
     public record DeviceState(long resumeWithinMillis) implements Message {}
 
     /**
-     * Reserved for post-copy: the source sends it, with the device state, instead of the last
-     * pre-copy pages; the pages still missing are then served on demand over the same
-     * connection. Not implemented yet: a destination refuses it.
+     * TCP migration, source -> destination, guest paused: the switch to post-copy. One bitmap frame
+     * per RAM block follows ({@link MigrationStream}: the pages the destination does not have
+     * right, {@code pages} of them in all), then {@code DeviceState} and the state; after
+     * {@code Running} the connection carries the post-copy page protocol.
      */
-    public record Postcopy() implements Message {}
+    public record Postcopy(long pages) implements Message {}
 
     /** The wire form of {@code m} for a peer that speaks {@code protocol}. */
     public static byte[] encode(Message m, int protocol) {
@@ -101,7 +102,7 @@ public final class MigrationProtocol {
                     case PassEnd p -> Json.object("type", "pass-end", "pass", (long) p.pass(), "pages", p.pages());
                     case DeviceState d ->
                         Json.object("type", "device-state", "resumeWithinMillis", d.resumeWithinMillis());
-                    case Postcopy p -> Json.object("type", "postcopy");
+                    case Postcopy p -> Json.object("type", "postcopy", "pages", p.pages());
                 };
         return Json.write(json).getBytes(StandardCharsets.UTF_8);
     }
@@ -166,7 +167,7 @@ public final class MigrationProtocol {
             case "error" -> new Refused(String.valueOf(m.get("error")));
             case "pass-end" -> new PassEnd(Math.toIntExact((Long) m.get("pass")), (Long) m.get("pages"));
             case "device-state" -> new DeviceState((Long) m.get("resumeWithinMillis"));
-            case "postcopy" -> new Postcopy();
+            case "postcopy" -> new Postcopy((Long) m.get("pages"));
             default ->
                 throw new SnapshotException("the peer sent a message of unknown type '" + abbreviate(type) + "'");
         };

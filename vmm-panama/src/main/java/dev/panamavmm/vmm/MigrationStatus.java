@@ -1,18 +1,25 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.migration.Json;
+import dev.panamavmm.vmm.postcopy.Stats;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.SynchronousQueue;
+import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
+import java.util.function.Supplier;
 
 /**
  * The progress of one TCP migration on the source, as {@code query-migrate} reports it, with
  * QEMU's status names: {@code setup} (connecting, the destination builds the VM), {@code active}
  * (pre-copy passes, guest running), {@code device} (guest paused: last pages and device state),
- * then {@code completed}, {@code failed} or {@code cancelled}. Each change of status goes to the
- * listener (the API's {@code MIGRATION} event). {@link #cancel} asks the sender to stop at its
- * next batch; the guest then runs on here.
+ * then {@code completed}, {@code failed} or {@code cancelled}; after a switch to post-copy
+ * {@code postcopy-active} (the guest runs on the destination, its missing pages served from here)
+ * and {@code postcopy-paused} (the connection dropped: both sides wait for a new one). Each change
+ * of status goes to the listener (the API's {@code MIGRATION} event). {@link #cancel} asks the
+ * sender to stop at its next batch; the guest then runs on here. {@link #startPostcopy} asks it to
+ * switch at the end of the current pass; {@link #resume} hands a paused post-copy a new address.
  */
 public final class MigrationStatus {
     private final Consumer<String> onStatus;
@@ -26,6 +33,10 @@ public final class MigrationStatus {
     private volatile String error;
     private volatile boolean cancelRequested;
     private final List<Long> dirtyPerPass = new CopyOnWriteArrayList<>();
+    private volatile boolean postcopyRequested;
+    private volatile Supplier<Stats> postcopyStats;
+    private volatile long postcopyPages;
+    private final SynchronousQueue<TcpAddress> resumeAt = new SynchronousQueue<>();
 
     public MigrationStatus(Consumer<String> onStatus) {
         this.onStatus = onStatus;
@@ -37,6 +48,7 @@ public final class MigrationStatus {
     }
 
     void status(String next) {
+        if (next.equals("postcopy-active") || next.equals("completed")) error = null;
         status = next;
         if (next.equals("completed") || next.equals("failed") || next.equals("cancelled"))
             totalMillis = (System.nanoTime() - startNanos) / 1_000_000;
@@ -88,6 +100,12 @@ public final class MigrationStatus {
         downtimeMillis = millis;
     }
 
+    /** Why the post-copy connection dropped (the status says {@code postcopy-paused}). */
+    void paused(String why) {
+        error = why;
+        status("postcopy-paused");
+    }
+
     void failed(String why, boolean cancelled) {
         error = why;
         status(cancelled ? "cancelled" : "failed");
@@ -107,6 +125,54 @@ public final class MigrationStatus {
 
     boolean cancelRequested() {
         return cancelRequested;
+    }
+
+    /** Whether the guest runs on the destination now (post-copy active or paused): neither cancel nor give-back. */
+    public boolean inPostcopy() {
+        return status.startsWith("postcopy");
+    }
+
+    /** Asks the sender to switch to post-copy at the end of its current pass (at once before the first); false if it ended. */
+    public boolean startPostcopy() {
+        if (finished()) return false;
+        postcopyRequested = true;
+        return true;
+    }
+
+    boolean postcopyRequested() {
+        return postcopyRequested;
+    }
+
+    void postcopyPages(long missingPages) {
+        postcopyPages = missingPages;
+    }
+
+    void postcopy(Supplier<Stats> stats) {
+        postcopyStats = stats;
+    }
+
+    /** The post-copy source's counts, or null before the switch. */
+    public Stats postcopyStats() {
+        var s = postcopyStats;
+        return s == null ? null : s.get();
+    }
+
+    /** Pages the destination missed at the switch (each must arrive exactly once), or 0 before it. */
+    public long postcopyPages() {
+        return postcopyPages;
+    }
+
+    /**
+     * Hands a paused post-copy the address of the destination's {@code migrate-recover} listener;
+     * false if the migration is not paused (or the sender did not take it within a second).
+     */
+    public boolean resume(TcpAddress at) throws InterruptedException {
+        return status.equals("postcopy-paused") && resumeAt.offer(at, 1, TimeUnit.SECONDS);
+    }
+
+    /** The sender waits here, paused, for {@link #resume}. */
+    TcpAddress awaitResume() throws InterruptedException {
+        return resumeAt.take();
     }
 
     /** QEMU's {@code query-migrate} shape, plus {@code pass} and {@code auto-converge}. */
@@ -130,6 +196,27 @@ public final class MigrationStatus {
                         (long) pass));
         d.put("auto-converge", throttlePercent > 0);
         if (throttlePercent > 0) d.put("cpu-throttle-percentage", (long) throttlePercent);
+        var pc = postcopyStats();
+        if (pc != null) {
+            @SuppressWarnings("unchecked")
+            var ram = (Map<String, Object>) d.get("ram");
+            ram.put("postcopy-requests", pc.pagesRequested());
+            d.put(
+                    "postcopy",
+                    Json.object(
+                            "missing-pages",
+                            postcopyPages,
+                            "pages-requested",
+                            pc.pagesRequested(),
+                            "pages-streamed",
+                            pc.pagesStreamed(),
+                            "zero-pages",
+                            pc.zeroPages(),
+                            "bytes",
+                            pc.bytes(),
+                            "millis-to-last-page",
+                            pc.millisToLastPage()));
+        }
         if (error != null) d.put("error-desc", error);
         return d;
     }

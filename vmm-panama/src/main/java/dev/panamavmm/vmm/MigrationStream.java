@@ -13,7 +13,8 @@ import java.lang.foreign.ValueLayout;
  * a kind byte and its body. {@code M}: a {@link MigrationProtocol} message (int length, JSON);
  * {@code P}: a page batch (int block, long first page, int count, then count raw 4 KiB pages);
  * {@code Z}: zero pages, as markers only (block, first page, count); {@code D}: the device state
- * (int length, the snapshot container's bytes). Sizes are bounded, so a peer cannot make the
+ * (int length, the snapshot container's bytes); {@code B}: a RAM block's page bitmap at the switch to
+ * post-copy (int block, int words, then the words; bit i of word w: page 64 w + i). Sizes are bounded, so a peer cannot make the
  * reader allocate more than {@link #MAX_STATE} bytes.
  */
 final class MigrationStream {
@@ -26,7 +27,10 @@ final class MigrationStream {
     static final int MAX_MESSAGE = 1 << 20;
     static final int MAX_STATE = 256 << 20;
 
-    private static final byte MESSAGE = 'M', PAGES = 'P', ZEROS = 'Z', STATE = 'D';
+    /** Bitmap words at most: one bit per page of the largest guest. */
+    static final int MAX_BITMAP_WORDS = (int) (dev.panamavmm.vmm.memory.GuestMemory.MAX_SIZE / PAGE / 64);
+
+    private static final byte MESSAGE = 'M', PAGES = 'P', ZEROS = 'Z', STATE = 'D', BITMAP = 'B';
 
     /** One frame as read. */
     sealed interface Frame {}
@@ -39,6 +43,8 @@ final class MigrationStream {
     record Zeros(int block, long firstPage, int count) implements Frame {}
 
     record State(byte[] bytes) implements Frame {}
+
+    record Bitmap(int block, long[] words) implements Frame {}
 
     /**
      * The sending side; {@code maxBytesPerSecond} > 0 limits it (a token bucket refilled at that
@@ -96,8 +102,22 @@ final class MigrationStream {
             bytes += 5 + state.length;
         }
 
+        void bitmap(int block, long[] words) throws IOException {
+            out.writeByte(BITMAP);
+            out.writeInt(block);
+            out.writeInt(words.length);
+            for (long w : words) out.writeLong(w);
+            bytes += 9 + 8L * words.length;
+        }
+
         void flush() throws IOException {
             out.flush();
+        }
+
+        /** The stream under the frames (flushed), for the post-copy protocol that follows them. */
+        DataOutputStream stream() throws IOException {
+            out.flush();
+            return out;
         }
 
         /** Bytes written so far, frames included. */
@@ -166,6 +186,15 @@ final class MigrationStream {
                         in.readFully(state);
                         yield new State(state);
                     }
+                    case BITMAP -> {
+                        int block = in.readInt();
+                        int length = in.readInt();
+                        if (length < 0 || length > MAX_BITMAP_WORDS)
+                            throw new SnapshotException("the peer sent a bitmap of " + length + " words");
+                        long[] words = new long[length];
+                        for (int i = 0; i < length; i++) words[i] = in.readLong();
+                        yield new Bitmap(block, words);
+                    }
                     default ->
                         throw new SnapshotException(String.format(
                                 "the peer sent a frame of unknown kind 0x%02x: not a migration stream", kind));
@@ -182,6 +211,11 @@ final class MigrationStream {
             if (!(frame instanceof Message m))
                 throw new SnapshotException("the peer sent " + describe(frame) + " instead of " + expected);
             return m.message();
+        }
+
+        /** The stream under the frames (what it buffered included), for the post-copy protocol that follows them. */
+        DataInputStream stream() {
+            return in;
         }
 
         /** The bytes of the last {@link Pages} frame. */
@@ -210,6 +244,7 @@ final class MigrationStream {
             case Pages p -> "pages";
             case Zeros z -> "zero pages";
             case State s -> "the device state";
+            case Bitmap b -> "a page bitmap";
         };
     }
 }

@@ -10,6 +10,10 @@ import dev.panamavmm.migration.SnapshotFormat;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.DirtyLog;
 import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.postcopy.PageSet;
+import dev.panamavmm.vmm.postcopy.PostcopyDestination;
+import dev.panamavmm.vmm.postcopy.PostcopySource;
+import dev.panamavmm.vmm.postcopy.Stats;
 import java.io.BufferedInputStream;
 import java.io.BufferedOutputStream;
 import java.io.DataInputStream;
@@ -50,10 +54,14 @@ import org.slf4j.LoggerFactory;
  * auto-converge); then pause, the last dirty pages, {@code DeviceState} and the state's bytes;
  * the destination applies it, resumes and answers {@code Running}; the source ends its VM.
  *
- * <p>Post-copy plugs in after the last pre-copy pass: instead of pausing for the last pages the
- * source would send {@code Postcopy} and the device state, then serve the pages still dirty over
- * the same streams; the destination would register them as missing before its vCPUs run. The
- * message is reserved; this VMM refuses it.
+ * <p>Post-copy (the {@code postcopy-ram} capability; on request, or when a pass does not shrink the
+ * dirty set with the {@code postcopy} convergence policy): instead of the last pages the source
+ * sends {@code Postcopy} with the bitmaps of the pages the destination does not have right, then the
+ * device state; the destination punches those pages out of its memory and registers them with
+ * userfaultfd before its devices are built, resumes and answers {@code Running}, and the same
+ * streams then carry the post-copy page protocol ({@link PostcopySource}, {@link PostcopyIncoming}).
+ * From {@code Running} on neither side resumes the guest alone: a dropped connection waits for
+ * {@code migrate-recover} and {@code migrate "resume"}.
  *
  * <p>Failure safety, as for the local migration: until {@code Running} arrives any failure
  * (refusal, a closed or silent connection, a cancel, a bug) gives the guest back here in a
@@ -104,54 +112,99 @@ public final class TcpMigration {
                 out.flush();
                 expect(in, MigrationProtocol.Prepared.class, "prepared");
                 VmSnapshots.probeHost(vm);
-                status.status("active");
                 var sender = new Sender(vm, out, status, progress, watchdog);
                 vm.startDirtyLog();
                 vm.takeChanged(false); // logged from here on; everything before is in pass 1
-                long passStart = System.nanoTime();
-                var blocks = vm.memory().blocks();
-                status.pass(1);
-                for (int i = 0; i < blocks.size(); i++)
-                    for (long[] extent : blocks.get(i).dataExtents()) sender.range(i, extent[0], extent[1], true);
-                out.message(new MigrationProtocol.PassEnd(1, sender.pagesThisPass));
-                long passBytes = sender.bytesThisPass, sendNanos = System.nanoTime() - passStart;
-                long lastDirty = Long.MAX_VALUE;
-                int pass = 1;
-                long[][] pending;
-                while (true) {
-                    long now = System.nanoTime();
-                    long[][] dirty = vm.takeChanged(false);
-                    long pages = DirtyLog.pages(dirty);
-                    double bandwidth = Math.max(1, passBytes * 1e9 / Math.max(1, sendNanos));
-                    long expected = (long) (pages * (double) MigrationStream.PAGE * 1000 / bandwidth);
-                    status.dirty(
-                            pages * MigrationStream.PAGE,
-                            (long) (pages * 1e9 / Math.max(1, now - passStart)),
-                            expected);
-                    if (expected <= params.downtimeLimitMillis()) {
+                // Post-copy asked for before any pass (in setup): every page is missing on the destination.
+                boolean postcopy = params.postcopyRam() && status.postcopyRequested();
+                status.status("active"); // a request from here on switches at the end of a pass
+                long[][] pending = null;
+                int pass = 0;
+                if (!postcopy) {
+                    long passStart = System.nanoTime();
+                    var blocks = vm.memory().blocks();
+                    pass = 1;
+                    status.pass(1);
+                    for (int i = 0; i < blocks.size(); i++)
+                        for (long[] extent : blocks.get(i).dataExtents()) sender.range(i, extent[0], extent[1], true);
+                    out.message(new MigrationProtocol.PassEnd(1, sender.pagesThisPass));
+                    long passBytes = sender.bytesThisPass, sendNanos = System.nanoTime() - passStart;
+                    long lastDirty = Long.MAX_VALUE;
+                    while (true) {
+                        long now = System.nanoTime();
+                        long[][] dirty = vm.takeChanged(false);
+                        long pages = DirtyLog.pages(dirty);
+                        double bandwidth = Math.max(1, passBytes * 1e9 / Math.max(1, sendNanos));
+                        long expected = (long) (pages * (double) MigrationStream.PAGE * 1000 / bandwidth);
+                        status.dirty(
+                                pages * MigrationStream.PAGE,
+                                (long) (pages * 1e9 / Math.max(1, now - passStart)),
+                                expected);
                         pending = dirty;
-                        break;
+                        // migrate-start-postcopy: the switch at the end of the pass it came in.
+                        if (params.postcopyRam() && status.postcopyRequested()) {
+                            postcopy = true;
+                            break;
+                        }
+                        if (expected <= params.downtimeLimitMillis()) break;
+                        // A dirty set that does not shrink by a tenth per pass never fits.
+                        boolean stuck = pass >= 2 && pages * 10 > lastDirty * 9;
+                        if (stuck
+                                && params.postcopyRam()
+                                && params.convergence() == MigrationParameters.Convergence.POSTCOPY) {
+                            log.debug("pass {}: {} pages still dirty, switching to post-copy", pass, pages);
+                            postcopy = true;
+                            break;
+                        }
+                        if (stuck) { // auto-converge
+                            if (throttle == null) throttle = Throttle.start(vm, THROTTLE_INITIAL);
+                            else throttle.raise();
+                            status.throttle(throttle.percent());
+                            log.debug(
+                                    "pass {}: {} pages still dirty, vCPUs throttled to {}%",
+                                    pass, pages, throttle.percent());
+                        }
+                        lastDirty = pages;
+                        pass++;
+                        status.pass(pass);
+                        passStart = System.nanoTime();
+                        sender.newPass();
+                        for (int i = 0; i < dirty.length; i++) sender.bits(i, dirty[i]);
+                        out.message(new MigrationProtocol.PassEnd(pass, sender.pagesThisPass));
+                        passBytes += sender.bytesThisPass;
+                        sendNanos += System.nanoTime() - passStart;
                     }
-                    // Auto-converge: a dirty set that does not shrink by a tenth per pass never fits.
-                    if (pass >= 2 && pages * 10 > lastDirty * 9) {
-                        if (throttle == null) throttle = Throttle.start(vm, THROTTLE_INITIAL);
-                        else throttle.raise();
-                        status.throttle(throttle.percent());
-                        log.debug(
-                                "pass {}: {} pages still dirty, vCPUs throttled to {}%",
-                                pass, pages, throttle.percent());
-                    }
-                    lastDirty = pages;
-                    pass++;
-                    status.pass(pass);
-                    passStart = System.nanoTime();
-                    sender.newPass();
-                    for (int i = 0; i < dirty.length; i++) sender.bits(i, dirty[i]);
-                    out.message(new MigrationProtocol.PassEnd(pass, sender.pagesThisPass));
-                    passBytes += sender.bytesThisPass;
-                    sendNanos += System.nanoTime() - passStart;
                 }
                 if (throttle != null) throttle.close();
+                if (postcopy) {
+                    long pausedAt = System.nanoTime();
+                    var source = switchToPostcopy(vm, params, status, socket, in, out, watchdog, pending);
+                    handedOver = true; // the guest runs there now; it must never resume here
+                    long confirmedAt = System.nanoTime();
+                    status.downtime((confirmedAt - pausedAt) / 1_000_000);
+                    watchdog.cancel();
+                    var stats = servePostcopy(source, params, status, socket, in, out);
+                    long doneAt = System.nanoTime();
+                    status.transferred(out.bytes() + stats.bytes());
+                    timing.end(
+                            vm.metrics(),
+                            VmMetrics.phases(
+                                    "precopy",
+                                    pausedAt - start,
+                                    "downtime",
+                                    confirmedAt - pausedAt,
+                                    "postcopy",
+                                    doneAt - confirmedAt));
+                    vm.end(new VmExitReason.Stopped("migration to " + target));
+                    status.status("completed");
+                    log.debug("migrated to {} with post-copy after {} passes: {}", target, pass, stats);
+                    return new Result(
+                            (confirmedAt - pausedAt) / 1_000_000,
+                            (doneAt - start) / 1_000_000,
+                            out.bytes() + stats.bytes(),
+                            pass,
+                            status.throttlePercent());
+                }
                 // The downtime: the last dirty pages and the device state.
                 status.status("device");
                 long pausedAt = System.nanoTime();
@@ -201,10 +254,114 @@ public final class TcpMigration {
                     ? "nothing listens at " + target + " (start vmm incoming " + target + " there first)"
                     : reason(e);
             status.failed(why, false);
+            if (handedOver) // a bug after the switch: the guest is the destination's now
+            throw new SnapshotException("post-copy to " + target + " failed, the guest stays paused here: " + why, e);
             throw new SnapshotException("migration to " + target + " failed, the guest runs on here: " + why, e);
         } finally {
             if (throttle != null) throttle.close();
             if (!handedOver && !wasPaused) VmSnapshots.giveBack(vm);
+        }
+    }
+
+    /**
+     * The switch: pauses the guest, sends {@code Postcopy} with the pages the destination does not
+     * have right (dirty since sent: {@code pending} and the last dirty log; every page when
+     * {@code pending} is null, no pass ran), then the device state, and waits for {@code Running}.
+     * Until it returns, a failure gives the guest back here (the caller's {@code finally}).
+     */
+    private static PostcopySource switchToPostcopy(
+            Vm vm,
+            MigrationParameters params,
+            MigrationStatus status,
+            Socket socket,
+            MigrationStream.Reader in,
+            MigrationStream.Writer out,
+            Watchdog watchdog,
+            long[][] pending)
+            throws IOException, InterruptedException {
+        status.status("device");
+        vm.pause();
+        long[][] last = vm.takeChanged(true);
+        var blocks = vm.memory().blocks();
+        var missing = PageSet.of(vm.memory());
+        long[][] bitmaps = new long[blocks.size()][];
+        for (int i = 0; i < blocks.size(); i++) {
+            long pages = blocks.get(i).size() / MigrationStream.PAGE;
+            long[] bits = new long[(int) ((pages + 63) / 64)];
+            for (int w = 0; w < bits.length; w++) {
+                bits[w] = pending == null
+                        ? -1L
+                        : (w < last[i].length ? last[i][w] : 0) | (w < pending[i].length ? pending[i][w] : 0);
+            }
+            if (pages % 64 != 0) bits[bits.length - 1] &= (1L << (pages % 64)) - 1;
+            bitmaps[i] = bits;
+            long base = blocks.get(i).guestAddress();
+            for (long[] run : DirtyLog.runs(bits))
+                for (long at = run[0]; at < run[1]; at += MigrationStream.PAGE) missing.set(base + at);
+        }
+        status.postcopyPages(missing.count());
+        out.message(new MigrationProtocol.Postcopy(missing.count()));
+        for (int i = 0; i < bitmaps.length; i++) out.bitmap(i, bitmaps[i]);
+        byte[] state = deviceState(vm);
+        long resumeWithin = TimeUnit.SECONDS.toMillis(params.timeoutSeconds());
+        out.message(new MigrationProtocol.DeviceState(resumeWithin));
+        out.state(state);
+        out.flush();
+        watchdog.extend(TimeUnit.MILLISECONDS.toNanos(resumeWithin + CONFIRM_MARGIN_MILLIS));
+        socket.setSoTimeout((int) (resumeWithin + CONFIRM_MARGIN_MILLIS));
+        expect(in, MigrationProtocol.Running.class, "running");
+        log.debug("post-copy: the guest runs on the destination, {} pages to serve", missing.count());
+        var source = new PostcopySource(vm.memory(), missing);
+        status.postcopy(source::stats);
+        return source;
+    }
+
+    /**
+     * Serves the destination's missing pages on the migration's connection until it has every
+     * page. A dropped connection pauses it ({@code postcopy-paused}): the guest stays paused here
+     * and keeps its memory, until {@code migrate {"resume": true}} names the destination's
+     * {@code migrate-recover} address; then it serves on the new connection.
+     */
+    private static Stats servePostcopy(
+            PostcopySource source,
+            MigrationParameters params,
+            MigrationStatus status,
+            Socket socket,
+            MigrationStream.Reader in,
+            MigrationStream.Writer out)
+            throws IOException, InterruptedException {
+        socket.setSoTimeout(0); // the destination may not fault for a long while: silence is no failure
+        status.status("postcopy-active");
+        Socket connection = socket;
+        java.io.InputStream input = in.stream();
+        OutputStream output = out.stream();
+        while (true) {
+            try {
+                return source.serve(input, output);
+            } catch (IOException e) {
+                close(connection);
+                String why = reason(e);
+                status.paused(why);
+                log.warn(
+                        "post-copy paused, the guest waits on the destination: {} (migrate-recover there, then"
+                                + " migrate with resume here)",
+                        why);
+            }
+            while (true) {
+                var at = status.awaitResume();
+                try {
+                    connection = connect(at, params);
+                    connection.setSoTimeout(0);
+                    input = connection.getInputStream();
+                    output = connection.getOutputStream();
+                    break;
+                } catch (IOException | RuntimeException e) {
+                    status.paused("cannot reconnect to " + at + ": " + reason(e));
+                    log.warn("post-copy: cannot reconnect to {}: {}", at, reason(e));
+                }
+            }
+            status.status("postcopy-active");
+            log.info("post-copy resumed on a new connection");
         }
     }
 
@@ -505,11 +662,17 @@ public final class TcpMigration {
                     else close(peer); // nothing can be said to a peer without the handshake
                     continue;
                 }
-                try (peer) {
+                try {
                     peer.setSoTimeout((int) TimeUnit.SECONDS.toMillis(params.timeoutSeconds()));
-                    return receiveOn(kvm, prepare, in, out, console, listener, accept);
+                    var vm = receiveOn(kvm, prepare, in, out, console, listener, accept, params, peer);
+                    if (vm.postcopyIncoming() == null) close(peer); // else post-copy goes on on it
+                    return vm;
                 } catch (IOException e) {
+                    close(peer);
                     throw new SnapshotException("the incoming migration failed: " + reason(e));
+                } catch (RuntimeException e) {
+                    close(peer);
+                    throw e;
                 }
             }
         } catch (IOException e) {
@@ -517,7 +680,7 @@ public final class TcpMigration {
         }
     }
 
-    private static ServerSocket listen(TcpAddress address, MigrationParameters params) throws IOException {
+    static ServerSocket listen(TcpAddress address, MigrationParameters params) throws IOException {
         ServerSocket server;
         if (params.tls() != null) {
             var tls = (SSLServerSocket)
@@ -532,7 +695,7 @@ public final class TcpMigration {
         return server;
     }
 
-    private static void close(Socket peer) {
+    static void close(Socket peer) {
         try {
             peer.close();
         } catch (IOException e) {
@@ -558,11 +721,14 @@ public final class TcpMigration {
             MigrationStream.Writer out,
             OutputStream console,
             VmListener listener,
-            Function<MachineConfig, String> accept)
+            Function<MachineConfig, String> accept,
+            MigrationParameters params,
+            Socket peer)
             throws IOException {
         VmBuilder.Shell shell = null;
         PrestartedThreads vcpuThreads = null;
         Vm vm = null;
+        PostcopyDestination postcopy = null;
         try {
             try {
                 if (prepare.protocol() != MigrationProtocol.VERSION)
@@ -580,6 +746,7 @@ public final class TcpMigration {
                 long pages = 0;
                 byte[] state = null;
                 long resumeWithin = 0, stateAt = 0;
+                long[][] missing = null; // post-copy: the pages to come after the guest runs here
                 while (state == null) {
                     MigrationStream.Frame frame;
                     try {
@@ -616,8 +783,11 @@ public final class TcpMigration {
                                                 + " instead of the device state");
                                     state = s.bytes();
                                 }
-                                case MigrationProtocol.Postcopy p ->
-                                    throw new SnapshotException("this VMM does not take post-copy migrations yet");
+                                case MigrationProtocol.Postcopy p -> {
+                                    if (missing != null)
+                                        throw new SnapshotException("the source switched to post-copy twice");
+                                    missing = readBitmaps(in, blocks, p.pages());
+                                }
                                 case MigrationProtocol.Refused r ->
                                     throw new SnapshotException("the source gave up: " + r.reason());
                                 default ->
@@ -631,6 +801,8 @@ public final class TcpMigration {
                         }
                         case MigrationStream.State s ->
                             throw new SnapshotException("the source sent the device state without announcing it");
+                        case MigrationStream.Bitmap b ->
+                            throw new SnapshotException("the source sent a page bitmap without announcing post-copy");
                     }
                 }
                 log.debug("received {} pages and {} bytes of state", pages, state.length);
@@ -639,6 +811,17 @@ public final class TcpMigration {
                 refusal = accept.apply(config);
                 if (refusal != null) throw new SnapshotException(refusal);
                 LocalMigration.checkSameRam(shell, loaded);
+                if (missing != null) {
+                    // Missing faults fire only for pages not present: the stale copies go first.
+                    punchHoles(blocks, missing);
+                    var set = PageSet.of(shell.memory());
+                    for (int i = 0; i < blocks.size(); i++)
+                        for (long[] run : DirtyLog.runs(missing[i]))
+                            for (long at = run[0]; at < run[1]; at += MigrationStream.PAGE)
+                                set.set(blocks.get(i).guestAddress() + at);
+                    // Before the devices are built and any vCPU runs (VmBuilder.forPostcopy's order).
+                    postcopy = PostcopyDestination.register(shell.memory(), set);
+                }
                 var s = shell;
                 shell = null; // the VM owns it (or finish closes it) from here
                 vm = VmBuilder.finish(kvm, s, loaded.withConfig(config), config, console, listener);
@@ -648,6 +831,7 @@ public final class TcpMigration {
                     throw new SnapshotException(
                             "the VM's state took too long to apply: the source resumes its guest at its deadline");
             } catch (RuntimeException e) {
+                if (postcopy != null) postcopy.close();
                 if (shell != null) shell.close();
                 if (vm != null) vm.close();
                 refuseQuietly(out, reason(e));
@@ -664,9 +848,54 @@ public final class TcpMigration {
                 throw new SnapshotException(
                         "the source vanished before the destination could confirm; it runs the guest");
             }
+            if (postcopy != null) {
+                var incoming = new PostcopyIncoming(postcopy, params);
+                vm.postcopyIncoming(incoming);
+                incoming.receiveOn(peer, in.stream(), out.stream());
+            }
             return vm;
         } finally {
             if (vcpuThreads != null) vcpuThreads.close();
+        }
+    }
+
+    /**
+     * The bitmaps after {@code Postcopy}: one per block, in order, each exactly the block's size in
+     * words with no bit past its last page, {@code pages} bits in all.
+     */
+    private static long[][] readBitmaps(
+            MigrationStream.Reader in, List<dev.panamavmm.vmm.memory.RamBlock> blocks, long pages) throws IOException {
+        long[][] bitmaps = new long[blocks.size()][];
+        long count = 0;
+        for (int i = 0; i < blocks.size(); i++) {
+            var frame = in.next();
+            if (!(frame instanceof MigrationStream.Bitmap b) || b.block() != i)
+                throw new SnapshotException("the source sent "
+                        + (frame == null ? "nothing" : MigrationStream.describe(frame))
+                        + " instead of block " + i + "'s post-copy bitmap");
+            long blockPages = blocks.get(i).size() / MigrationStream.PAGE;
+            if (b.words().length != (blockPages + 63) / 64
+                    || (blockPages % 64 != 0 && (b.words()[b.words().length - 1] >>> (blockPages % 64)) != 0))
+                throw new SnapshotException("the source sent a post-copy bitmap that does not fit block " + i);
+            for (long w : b.words()) count += Long.bitCount(w);
+            bitmaps[i] = b.words();
+        }
+        if (count != pages)
+            throw new SnapshotException(
+                    "the source announced " + pages + " post-copy pages and its bitmaps hold " + count);
+        return bitmaps;
+    }
+
+    /** Drops the pages of {@code bitmaps} from the memfd: each becomes a hole, so its first touch faults. */
+    private static void punchHoles(List<dev.panamavmm.vmm.memory.RamBlock> blocks, long[][] bitmaps) {
+        for (int i = 0; i < blocks.size(); i++) {
+            var b = blocks.get(i);
+            for (long[] run : DirtyLog.runs(bitmaps[i]))
+                LibC.fallocate(
+                        b.fd(),
+                        LibcConstants.FALLOC_FL_PUNCH_HOLE | LibcConstants.FALLOC_FL_KEEP_SIZE,
+                        b.fileOffset() + run[0],
+                        run[1] - run[0]);
         }
     }
 

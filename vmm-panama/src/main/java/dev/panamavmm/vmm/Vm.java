@@ -72,6 +72,9 @@ public final class Vm implements AutoCloseable {
     /** What the next diff snapshot is taken against; null when there is nothing (a booted VM never saved). */
     private volatile SnapshotBase base;
 
+    /** Set when the guest arrived by a TCP migration that switched to post-copy. */
+    private volatile PostcopyIncoming postcopyIncoming;
+
     private boolean closed;
 
     Vm(
@@ -275,6 +278,15 @@ public final class Vm implements AutoCloseable {
     /** System.nanoTime() of the first KVM_RUN of any vCPU, or 0 if none ran yet. */
     public long firstEntryNanos() {
         return firstEntryNanos.get();
+    }
+
+    /** The post-copy this VM's memory arrives by, or null (it did not arrive by post-copy). */
+    public PostcopyIncoming postcopyIncoming() {
+        return postcopyIncoming;
+    }
+
+    void postcopyIncoming(PostcopyIncoming incoming) {
+        postcopyIncoming = incoming;
     }
 
     public GuestMemory memory() {

@@ -79,6 +79,51 @@ class TcpMigrateCliTest {
     }
 
     @KvmTest
+    void migratePostcopyMovesTheGuestAfterTheFirstPassAndItsPagesFollow(@TempDir Path dir) throws Exception {
+        var api = dir.resolve("api.sock");
+        var nextApi = dir.resolve("next.sock");
+        var console = dir.resolve("console.txt");
+        var nextConsole = dir.resolve("next.txt");
+        int port = freePort();
+        try (var source = VmmProcess.start(
+                        "run",
+                        "--cpus",
+                        "2",
+                        "--memory",
+                        "128M",
+                        "--api-socket",
+                        api.toString(),
+                        "--console",
+                        "file:" + console,
+                        "--cmdline",
+                        "console=ttyS0 testguest.hb=100 testguest.mem=64M testguest.rewrite=100");
+                var destination = VmmProcess.start(
+                        "incoming",
+                        "tcp:127.0.0.1:" + port,
+                        "--api-socket",
+                        nextApi.toString(),
+                        "--console",
+                        "file:" + nextConsole)) {
+            SnapshotCliTest.awaitText(console, "hb 1 2", 30);
+            source.awaitSocket(api);
+            awaitStderr(destination, "vmm: waiting for a migration on tcp:127.0.0.1:" + port, 60);
+            var r = MainTest.run("migrate", "--api-socket", api.toString(), "--postcopy", "tcp:127.0.0.1:" + port);
+            assertEquals(0, r.code(), r.err());
+            assertTrue(
+                    r.out().matches("(?s)migrated: downtime .* in 1 passes, then \\d+ pages by post-copy\n"), r.out());
+            assertEquals(0, source.waitFor(30), source.stderr());
+            var status = MainTest.run("ctl", nextApi.toString(), "query-migrate");
+            assertTrue(status.out().contains("\"status\":\"completed\""), status.out());
+            var seen = Heartbeats.checkLive(Files.readString(console) + Files.readString(nextConsole));
+            SnapshotCliTest.awaitText(nextConsole, "hb 0 " + (seen.getOrDefault(0, 0) + 2), 30);
+            SnapshotCliTest.awaitText(nextConsole, "hb 1 " + (seen.getOrDefault(1, 0) + 2), 30);
+            destination.signal("TERM");
+            assertEquals(0, destination.waitFor(30));
+            Heartbeats.check(Files.readString(console) + Files.readString(nextConsole));
+        }
+    }
+
+    @KvmTest
     void aDestinationWhoseSourceVanishesExitsWithOneLine(@TempDir Path dir) throws Exception {
         int port = freePort();
         var console = dir.resolve("console.txt");

@@ -1,7 +1,7 @@
 package dev.panamavmm.vmm;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
@@ -33,7 +33,8 @@ class MigrationStreamTest {
             out.zeros(0, 3, 4);
             out.message(new MigrationProtocol.DeviceState(10_000));
             out.state(new byte[] {1, 2, 3});
-            out.message(new MigrationProtocol.Postcopy());
+            out.message(new MigrationProtocol.Postcopy(3));
+            out.bitmap(0, new long[] {0b1011, 0});
             out.flush();
         }
         assertEquals(bytes.size(), out.bytes(), "the writer counts every byte it wrote");
@@ -46,7 +47,10 @@ class MigrationStreamTest {
         assertEquals(new MigrationStream.Zeros(0, 3, 4), in.next());
         assertEquals(new MigrationProtocol.DeviceState(10_000), ((MigrationStream.Message) in.next()).message());
         assertEquals(3, ((MigrationStream.State) in.next()).bytes().length);
-        assertInstanceOf(MigrationProtocol.Postcopy.class, ((MigrationStream.Message) in.next()).message());
+        assertEquals(new MigrationProtocol.Postcopy(3), ((MigrationStream.Message) in.next()).message());
+        var bitmap = (MigrationStream.Bitmap) in.next();
+        assertEquals(0, bitmap.block());
+        assertArrayEquals(new long[] {0b1011, 0}, bitmap.words());
         assertNull(in.next());
     }
 
@@ -65,6 +69,10 @@ class MigrationStreamTest {
                 SnapshotException.class,
                 () -> reader(new byte[] {'D', 0x7f, 0, 0, 0}).next());
         assertEquals("the peer sent a device state of 2130706432 bytes", state.getMessage());
+        var bitmap = assertThrows(
+                SnapshotException.class,
+                () -> reader(new byte[] {'B', 0, 0, 0, 0, 0x7f, 0, 0, 0}).next());
+        assertEquals("the peer sent a bitmap of 2130706432 words", bitmap.getMessage());
         assertThrows(
                 MigrationStream.Ended.class,
                 () -> reader(new byte[] {'Z', 0, 0}).next());
