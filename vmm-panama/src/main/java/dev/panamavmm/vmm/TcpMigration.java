@@ -216,14 +216,7 @@ public final class TcpMigration {
                     for (int w = 0; w < bits.length; w++) bits[w] |= pending[i][w];
                     sender.bits(i, bits);
                 }
-                byte[] state = deviceState(vm);
-                long resumeWithin = TimeUnit.SECONDS.toMillis(params.timeoutSeconds());
-                out.message(new MigrationProtocol.DeviceState(resumeWithin));
-                out.state(state);
-                out.flush();
-                watchdog.extend(TimeUnit.MILLISECONDS.toNanos(resumeWithin + CONFIRM_MARGIN_MILLIS));
-                socket.setSoTimeout((int) (resumeWithin + CONFIRM_MARGIN_MILLIS));
-                expect(in, MigrationProtocol.Running.class, "running");
+                sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog);
                 handedOver = true; // the guest runs there now; it must never resume here
                 long confirmedAt = System.nanoTime();
                 long downtime = (confirmedAt - pausedAt) / 1_000_000;
@@ -302,14 +295,7 @@ public final class TcpMigration {
         status.postcopyPages(missing.count());
         out.message(new MigrationProtocol.Postcopy(missing.count()));
         for (int i = 0; i < bitmaps.length; i++) out.bitmap(i, bitmaps[i]);
-        byte[] state = deviceState(vm);
-        long resumeWithin = TimeUnit.SECONDS.toMillis(params.timeoutSeconds());
-        out.message(new MigrationProtocol.DeviceState(resumeWithin));
-        out.state(state);
-        out.flush();
-        watchdog.extend(TimeUnit.MILLISECONDS.toNanos(resumeWithin + CONFIRM_MARGIN_MILLIS));
-        socket.setSoTimeout((int) (resumeWithin + CONFIRM_MARGIN_MILLIS));
-        expect(in, MigrationProtocol.Running.class, "running");
+        sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog);
         log.debug("post-copy: the guest runs on the destination, {} pages to serve", missing.count());
         var source = new PostcopySource(vm.memory(), missing);
         status.postcopy(source::stats);
@@ -414,6 +400,29 @@ public final class TcpMigration {
             rows.add(new MigrationProtocol.RamBlock(b.id(), b.guestAddress(), b.size(), 0, null, null));
         return new MigrationProtocol.Prepare(
                 MigrationProtocol.VERSION, vm.vcpuCount(), vm.memory().size(), List.copyOf(rows));
+    }
+
+    /**
+     * The paused guest's device state, then the destination's confirmation that it runs there:
+     * the end of a pre-copy and the switch to post-copy alike. The destination has
+     * {@code resumeWithin} to resume; the watchdog and the socket wait that long and a margin.
+     */
+    private static void sendStateAndAwaitRunning(
+            Vm vm,
+            MigrationParameters params,
+            Socket socket,
+            MigrationStream.Reader in,
+            MigrationStream.Writer out,
+            Watchdog watchdog)
+            throws IOException, InterruptedException {
+        byte[] state = deviceState(vm);
+        long resumeWithin = TimeUnit.SECONDS.toMillis(params.timeoutSeconds());
+        out.message(new MigrationProtocol.DeviceState(resumeWithin));
+        out.state(state);
+        out.flush();
+        watchdog.extend(TimeUnit.MILLISECONDS.toNanos(resumeWithin + CONFIRM_MARGIN_MILLIS));
+        socket.setSoTimeout((int) (resumeWithin + CONFIRM_MARGIN_MILLIS));
+        expect(in, MigrationProtocol.Running.class, "running");
     }
 
     /**

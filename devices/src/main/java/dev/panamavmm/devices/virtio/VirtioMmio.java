@@ -587,10 +587,7 @@ public final class VirtioMmio {
             synchronized (this) {
                 processing[queue] = null;
                 try {
-                    if (batchAdded[queue]
-                            && queues[queue].ring == ring
-                            && (status & STATUS_NEEDS_RESET) == 0
-                            && ring.needsInterrupt(usedBefore)) raiseUsed();
+                    raiseUsedIfDue(queue, ring, usedBefore);
                 } catch (RuntimeException e) {
                     fail(e.getMessage());
                 }
@@ -661,10 +658,7 @@ public final class VirtioMmio {
                 complete(requestEpoch, queue, chain.head(), written);
                 if (filled % FILL_INTERRUPT_EVERY == 0) {
                     synchronized (this) {
-                        if (batchAdded[queue]
-                                && queues[queue].ring == ring
-                                && (status & STATUS_NEEDS_RESET) == 0
-                                && ring.needsInterrupt(usedBefore)) raiseUsed();
+                        raiseUsedIfDue(queue, ring, usedBefore);
                         batchAdded[queue] = false;
                         usedBefore = ring.usedIdx();
                     }
@@ -678,10 +672,7 @@ public final class VirtioMmio {
             synchronized (this) {
                 processing[queue] = null;
                 try {
-                    if (batchAdded[queue]
-                            && queues[queue].ring == ring
-                            && (status & STATUS_NEEDS_RESET) == 0
-                            && ring.needsInterrupt(usedBefore)) raiseUsed();
+                    raiseUsedIfDue(queue, ring, usedBefore);
                 } catch (RuntimeException e) {
                     fail(e.getMessage());
                 }
@@ -701,6 +692,18 @@ public final class VirtioMmio {
         } catch (RuntimeException e) {
             fail(e.getMessage());
         }
+    }
+
+    /**
+     * The used-buffer interrupt after a batch, if the batch added any, the ring is still the queue's
+     * (not reset meanwhile), the device is not broken and the driver wants one (event index).
+     * Called holding the lock.
+     */
+    private void raiseUsedIfDue(int queue, Virtqueue ring, int usedBefore) {
+        if (batchAdded[queue]
+                && queues[queue].ring == ring
+                && (status & STATUS_NEEDS_RESET) == 0
+                && ring.needsInterrupt(usedBefore)) raiseUsed();
     }
 
     private void raiseUsed() {
