@@ -127,7 +127,11 @@ final class Landlock {
         }
     }
 
-    /** The JDK, the class path's directories and jars (and those their manifests name), /proc, /sys, the random devices. */
+    /**
+     * The JDK, the class path's and the module path's directories and jars (and those the class
+     * path's manifests name), /proc, /sys, the random devices. Classes load lazily, so a confined
+     * thread reads them long after it entered the sandbox.
+     */
     static Set<Path> readable() {
         var paths = new LinkedHashSet<Path>();
         paths.add(Path.of(System.getProperty("java.home")));
@@ -136,6 +140,11 @@ final class Landlock {
             var p = Path.of(entry).toAbsolutePath();
             paths.add(Files.isDirectory(p) ? p : p.getParent() != null ? p.getParent() : p);
             paths.addAll(manifestClassPath(p));
+        }
+        for (String property : new String[] {"jdk.module.path", "jdk.module.upgrade.path"}) {
+            for (String entry : System.getProperty(property, "").split(File.pathSeparator)) {
+                if (!entry.isEmpty()) paths.add(Path.of(entry).toAbsolutePath());
+            }
         }
         for (String p : new String[] {"/proc", "/sys", "/dev/urandom", "/dev/random", "/dev/null"})
             paths.add(Path.of(p));

@@ -260,13 +260,18 @@ public final class Vm implements AutoCloseable {
     /** Ends the VM with {@code reason} (the first reason wins) and gets every vCPU out of the guest. */
     public void end(VmExitReason reason) {
         if (ending.compareAndSet(false, true)) {
-            log.debug("VM ending: {}", reason.describe());
-            control.set(VcpuControl.Request.STOP);
-            for (var vcpu : vcpus) {
-                if (!vcpu.isCurrentThread()) vcpu.kick(); // a vCPU ending the VM itself sees STOP on its own
+            try {
+                control.set(VcpuControl.Request.STOP);
+                for (var vcpu : vcpus) {
+                    if (!vcpu.isCurrentThread()) vcpu.kick(); // a vCPU ending the VM itself sees STOP on its own
+                }
+                log.debug("VM ending: {}", reason.describe());
+                listener.ended(reason);
+            } finally {
+                // last, and always: whoever waits on it sees every effect of the end, and a failure
+                // above (a listener, a class that cannot load) must not leave them waiting forever
+                termination.complete(reason);
             }
-            listener.ended(reason);
-            termination.complete(reason); // last: whoever waits on it sees every effect of the end
         }
     }
 

@@ -57,16 +57,22 @@ class ModulePathTest {
                 "-m",
                 "dev.panamavmm.vmm/dev.panamavmm.cli.Main"));
         command.addAll(Arrays.asList(args));
+        // Output goes to a file, not a pipe: a child that hangs (or a sandbox watcher that keeps the
+        // pipe open) must fail this test after the timeout instead of blocking a read forever.
+        Path log = Files.createTempFile("module-path-run", ".log");
         var process = new ProcessBuilder(command)
                 .redirectErrorStream(true)
+                .redirectOutput(log.toFile())
                 .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
                 .start();
         try {
-            String output = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-            assertTrue(process.waitFor(60, TimeUnit.SECONDS), output);
+            boolean ended = process.waitFor(60, TimeUnit.SECONDS);
+            String output = Files.readString(log, StandardCharsets.UTF_8);
+            assertTrue(ended, "the run did not end within 60 s: " + output);
             return new Result(process.exitValue(), output);
         } finally {
             process.destroyForcibly();
+            Files.deleteIfExists(log);
         }
     }
 

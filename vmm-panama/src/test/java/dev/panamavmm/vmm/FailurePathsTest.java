@@ -130,6 +130,22 @@ class FailurePathsTest {
         }
     }
 
+    /** An owner that fails while told of the end (the vCPU thread ending the VM met a class it could not load, once) must not leave the VM's waiters hanging. */
+    @KvmTest
+    void aListenerThatFailsAtTheEndStillEndsTheVm() throws Exception {
+        var console = new SnapshotTest.Console();
+        try (var kvm = Kvm.open();
+                var vm = runningGuest(kvm, console, new VmListener() {
+                    @Override
+                    public void ended(VmExitReason reason) {
+                        throw new NoClassDefFoundError("a class the owner could not load");
+                    }
+                })) {
+            assertThrows(NoClassDefFoundError.class, () -> vm.end(new VmExitReason.Stopped("test")));
+            assertEquals(new VmExitReason.Stopped("test"), vm.termination().get(10, TimeUnit.SECONDS));
+        }
+    }
+
     @KvmTest
     void aSnapshotToAPlaceThatCannotHoldOneFailsBeforeTheGuestStops(@TempDir Path dir) throws Exception {
         var console = new SnapshotTest.Console();
