@@ -156,6 +156,13 @@ final class MigrateCommand implements Cli.Command {
                 return Main.FAILED;
             }
             var r = Json.asObject(done.get("result"), "result");
+            if (r.get("memory-file") instanceof String file) {
+                io.out()
+                        .printf(
+                                "migrated: downtime %s ms, total %s ms, %s bytes sent (memory file %s by reference)%n",
+                                r.get("downtime-ms"), r.get("total-ms"), r.get("bytes-sent"), file);
+                return Main.OK;
+            }
             io.out()
                     .printf(
                             "migrated: downtime %s ms, total %s ms, %s bytes sent in %s passes%s%s%n",

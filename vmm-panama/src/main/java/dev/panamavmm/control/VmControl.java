@@ -102,7 +102,7 @@ public final class VmControl implements ControlTarget {
         runningPostcopyRam = params.postcopyRam();
         Jobs.Work work = progress -> {
             var r = TcpMigration.send(vm, target, params, status, progress);
-            return Json.object(
+            var result = Json.object(
                     "downtime-ms",
                     r.downtimeMillis(),
                     "total-ms",
@@ -115,6 +115,8 @@ public final class VmControl implements ControlTarget {
                     (long) r.throttlePercent(),
                     "postcopy-pages",
                     status.postcopyPages());
+            if (r.sharedFile() != null) result.put("memory-file", r.sharedFile().toString());
+            return result;
         };
         if (!detach) return work.run(RamWriter.Progress.NONE);
         try {

@@ -42,8 +42,16 @@ public final class MigrationProtocol {
     /** A RAM block of {@link Prepare}: in the passed descriptor number {@code descriptor}, or in the shared {@code file}. */
     public record RamBlock(String id, long guestAddress, long size, long fileOffset, Integer descriptor, Path file) {}
 
-    /** Destination -> source: the VM is built around the same memory; the source may pause the guest. */
-    public record Prepared() implements Message {}
+    /**
+     * Destination -> source: the VM is built around the same memory; the source may pause the
+     * guest. {@code sharedFile} (TCP): the destination mapped the shared memory file the source
+     * announced itself (the same file on shared storage), so no page travels.
+     */
+    public record Prepared(boolean sharedFile) implements Message {
+        public Prepared() {
+            this(false);
+        }
+    }
 
     /** Source -> destination, in the downtime: the state is in {@code snapshot}; resume only well before {@code resumeBefore} (System.nanoTime). */
     public record State(Path snapshot, long resumeBefore) implements Message {}
@@ -66,7 +74,21 @@ public final class MigrationProtocol {
      * within {@code resumeWithinMillis} of its arrival, else refuses (the source then takes its
      * guest back).
      */
-    public record DeviceState(long resumeWithinMillis) implements Message {}
+    public record DeviceState(long resumeWithinMillis, List<Fingerprint> fingerprints) implements Message {
+        public DeviceState(long resumeWithinMillis) {
+            this(resumeWithinMillis, List.of());
+        }
+    }
+
+    /**
+     * A memory file both sides map (sent by reference): the CRC32C of block {@code block}'s pages
+     * {@code pages} (page numbers within the block) as the paused source reads them, for the
+     * destination to check it maps the same bytes.
+     */
+    public record Fingerprint(String block, List<Long> pages, long crc) {
+        /** The most pages one fingerprint may name (a bound on what a peer can make the destination read). */
+        public static final int MAX_PAGES = 64;
+    }
 
     /**
      * TCP migration, source -> destination, guest paused: the switch to post-copy. One bitmap frame
@@ -93,15 +115,21 @@ public final class MigrationProtocol {
                                 p.memory(),
                                 "ram",
                                 p.ram() == null ? null : ramRows(p.ram()));
-                    case Prepared p -> Json.object("type", "prepared");
+                    case Prepared p ->
+                        p.sharedFile()
+                                ? Json.object("type", "prepared", "sharedFile", true)
+                                : Json.object("type", "prepared");
                     case State s ->
                         Json.object(
                                 "type", "state", "snapshot", s.snapshot().toString(), "resumeBefore", s.resumeBefore());
                     case Running r -> Json.object("type", "running", "resumedAtNanos", r.resumedAtNanos());
                     case Refused r -> Json.object("type", "error", "error", r.reason());
                     case PassEnd p -> Json.object("type", "pass-end", "pass", (long) p.pass(), "pages", p.pages());
-                    case DeviceState d ->
-                        Json.object("type", "device-state", "resumeWithinMillis", d.resumeWithinMillis());
+                    case DeviceState d -> {
+                        var row = Json.object("type", "device-state", "resumeWithinMillis", d.resumeWithinMillis());
+                        if (!d.fingerprints().isEmpty()) row.put("fingerprints", fingerprintRows(d.fingerprints()));
+                        yield row;
+                    }
                     case Postcopy p -> Json.object("type", "postcopy", "pages", p.pages());
                 };
         return Json.write(json).getBytes(StandardCharsets.UTF_8);
@@ -120,6 +148,28 @@ public final class MigrationProtocol {
             case DeviceState d -> throw new IllegalArgumentException("protocol 1 has no TCP migration");
             case Postcopy p -> throw new IllegalArgumentException("protocol 1 has no TCP migration");
         };
+    }
+
+    private static List<Object> fingerprintRows(List<Fingerprint> fingerprints) {
+        var rows = new ArrayList<Object>();
+        for (var f : fingerprints)
+            rows.add(Json.object("block", f.block(), "pages", new ArrayList<Object>(f.pages()), "crc", f.crc()));
+        return rows;
+    }
+
+    private static List<Fingerprint> fingerprints(Object rows) {
+        if (rows == null) return List.of();
+        var out = new ArrayList<Fingerprint>();
+        for (var row : Json.asList(rows, "fingerprints")) {
+            var f = Json.asObject(row, "a fingerprint");
+            var pages = new ArrayList<Long>();
+            for (var page : Json.asList(f.get("pages"), "pages")) pages.add((Long) page);
+            if (pages.size() > Fingerprint.MAX_PAGES)
+                throw new SnapshotException("the source sent a fingerprint of " + pages.size() + " pages");
+            out.add(new Fingerprint(String.valueOf(f.get("block")), List.copyOf(pages), (Long) f.get("crc")));
+        }
+        if (out.size() > 64) throw new SnapshotException("the source sent " + out.size() + " fingerprints");
+        return List.copyOf(out);
     }
 
     private static List<Object> ramRows(List<RamBlock> ram) {
@@ -161,12 +211,13 @@ public final class MigrationProtocol {
                         Math.toIntExact((Long) m.get("cpus")),
                         (Long) m.get("memory"),
                         m.get("ram") == null ? null : ramBlocks(m.get("ram")));
-            case "prepared" -> new Prepared();
+            case "prepared" -> new Prepared(Boolean.TRUE.equals(m.get("sharedFile")));
             case "state" -> new State(Path.of((String) m.get("snapshot")), (Long) m.get("resumeBefore"));
             case "running" -> new Running((Long) m.get("resumedAtNanos"));
             case "error" -> new Refused(String.valueOf(m.get("error")));
             case "pass-end" -> new PassEnd(Math.toIntExact((Long) m.get("pass")), (Long) m.get("pages"));
-            case "device-state" -> new DeviceState((Long) m.get("resumeWithinMillis"));
+            case "device-state" ->
+                new DeviceState((Long) m.get("resumeWithinMillis"), fingerprints(m.get("fingerprints")));
             case "postcopy" -> new Postcopy((Long) m.get("pages"));
             default ->
                 throw new SnapshotException("the peer sent a message of unknown type '" + abbreviate(type) + "'");

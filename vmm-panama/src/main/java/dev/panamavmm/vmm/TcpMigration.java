@@ -28,6 +28,7 @@ import java.net.ServerSocket;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
@@ -82,8 +83,12 @@ public final class TcpMigration {
     /** Auto-converge: the first throttle, its step, its ceiling (percent of each 100 ms the vCPUs are parked). */
     static final int THROTTLE_INITIAL = 20, THROTTLE_STEP = 10, THROTTLE_MAX = 99;
 
-    /** What a migration did, from the source's side (downtime: pause to confirmation). */
-    public record Result(long downtimeMillis, long totalMillis, long bytesSent, int passes, int throttlePercent) {}
+    /**
+     * What a migration did, from the source's side (downtime: pause to confirmation);
+     * {@code sharedFile}: the memory file the destination mapped itself (no page was sent), or null.
+     */
+    public record Result(
+            long downtimeMillis, long totalMillis, long bytesSent, int passes, int throttlePercent, Path sharedFile) {}
 
     /**
      * Migrates {@code vm} to the VMM waiting at {@code target}. On failure the guest runs on here
@@ -98,6 +103,8 @@ public final class TcpMigration {
         boolean wasPaused = vm.isPaused();
         boolean handedOver = false;
         Throttle throttle = null;
+        Path sharedFile = null; // the memory file the destination maps itself: no page travels
+        boolean lockReleased = false;
         status.total(vm.memory().size());
         try (var socket = connect(target, params)) {
             // Pages not loaded yet (a lazy restore) would read as zeros.
@@ -110,17 +117,20 @@ public final class TcpMigration {
             try {
                 out.message(prepareMessage(vm));
                 out.flush();
-                expect(in, MigrationProtocol.Prepared.class, "prepared");
+                var prepared = expect(in, MigrationProtocol.Prepared.class, "prepared");
+                if (prepared.sharedFile()) sharedFile = SharedMemoryFile.of(vm.memory());
                 VmSnapshots.probeHost(vm);
                 var sender = new Sender(vm, out, status, progress, watchdog);
-                vm.startDirtyLog();
-                vm.takeChanged(false); // logged from here on; everything before is in pass 1
+                if (sharedFile == null) {
+                    vm.startDirtyLog();
+                    vm.takeChanged(false); // logged from here on; everything before is in pass 1
+                }
                 // Post-copy asked for before any pass (in setup): every page is missing on the destination.
-                boolean postcopy = params.postcopyRam() && status.postcopyRequested();
+                boolean postcopy = sharedFile == null && params.postcopyRam() && status.postcopyRequested();
                 status.status("active"); // a request from here on switches at the end of a pass
                 long[][] pending = null;
                 int pass = 0;
-                if (!postcopy) {
+                if (!postcopy && sharedFile == null) {
                     long passStart = System.nanoTime();
                     var blocks = vm.memory().blocks();
                     pass = 1;
@@ -203,20 +213,28 @@ public final class TcpMigration {
                             (doneAt - start) / 1_000_000,
                             out.bytes() + stats.bytes(),
                             pass,
-                            status.throttlePercent());
+                            status.throttlePercent(),
+                            null);
                 }
-                // The downtime: the last dirty pages and the device state.
+                // The downtime: the last dirty pages (or the shared file handed over) and the device state.
                 status.status("device");
                 long pausedAt = System.nanoTime();
                 vm.pause();
-                long[][] last = vm.takeChanged(true);
-                sender.newPass();
-                for (int i = 0; i < last.length; i++) {
-                    long[] bits = last[i].clone();
-                    for (int w = 0; w < bits.length; w++) bits[w] |= pending[i][w];
-                    sender.bits(i, bits);
+                List<MigrationProtocol.Fingerprint> fingerprints = List.of();
+                if (sharedFile == null) {
+                    long[][] last = vm.takeChanged(true);
+                    sender.newPass();
+                    for (int i = 0; i < last.length; i++) {
+                        long[] bits = last[i].clone();
+                        for (int w = 0; w < bits.length; w++) bits[w] |= pending[i][w];
+                        sender.bits(i, bits);
+                    }
+                } else {
+                    fingerprints = SharedMemoryFile.fingerprints(vm.memory());
+                    lockReleased = true;
+                    SharedMemoryFile.release(vm.memory());
                 }
-                sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog);
+                sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog, fingerprints);
                 handedOver = true; // the guest runs there now; it must never resume here
                 long confirmedAt = System.nanoTime();
                 long downtime = (confirmedAt - pausedAt) / 1_000_000;
@@ -228,14 +246,20 @@ public final class TcpMigration {
                 vm.end(new VmExitReason.Stopped("migration to " + target));
                 status.status("completed");
                 log.debug(
-                        "migrated to {}: {} passes, {} bytes, downtime {} ms, total {} ms",
+                        "migrated to {}{}: {} passes, {} bytes, downtime {} ms, total {} ms",
                         target,
+                        sharedFile == null ? "" : " (memory file " + sharedFile + " by reference)",
                         pass,
                         out.bytes(),
                         downtime,
                         (confirmedAt - start) / 1_000_000);
                 return new Result(
-                        downtime, (confirmedAt - start) / 1_000_000, out.bytes(), pass, status.throttlePercent());
+                        downtime,
+                        (confirmedAt - start) / 1_000_000,
+                        out.bytes(),
+                        pass,
+                        status.throttlePercent(),
+                        sharedFile);
             } finally {
                 watchdog.cancel();
             }
@@ -252,6 +276,13 @@ public final class TcpMigration {
             throw new SnapshotException("migration to " + target + " failed, the guest runs on here: " + why, e);
         } finally {
             if (throttle != null) throttle.close();
+            if (!handedOver && lockReleased) {
+                try {
+                    SharedMemoryFile.retake(vm.memory(), sharedFile);
+                } catch (RuntimeException e) {
+                    log.warn("the guest runs on here, but its memory file is unlocked: {}", e.getMessage());
+                }
+            }
             if (!handedOver && !wasPaused) VmSnapshots.giveBack(vm);
         }
     }
@@ -295,7 +326,7 @@ public final class TcpMigration {
         status.postcopyPages(missing.count());
         out.message(new MigrationProtocol.Postcopy(missing.count()));
         for (int i = 0; i < bitmaps.length; i++) out.bitmap(i, bitmaps[i]);
-        sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog);
+        sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog, List.of());
         log.debug("post-copy: the guest runs on the destination, {} pages to serve", missing.count());
         var source = new PostcopySource(vm.memory(), missing);
         status.postcopy(source::stats);
@@ -394,10 +425,13 @@ public final class TcpMigration {
         }
     }
 
+    /** The machine and its RAM blocks; a shared memory file is named, for a destination that can map it itself. */
     private static MigrationProtocol.Prepare prepareMessage(Vm vm) {
         var rows = new ArrayList<MigrationProtocol.RamBlock>();
+        Path file = SharedMemoryFile.of(vm.memory());
         for (var b : vm.memory().blocks())
-            rows.add(new MigrationProtocol.RamBlock(b.id(), b.guestAddress(), b.size(), 0, null, null));
+            rows.add(new MigrationProtocol.RamBlock(
+                    b.id(), b.guestAddress(), b.size(), file == null ? 0 : b.fileOffset(), null, file));
         return new MigrationProtocol.Prepare(
                 MigrationProtocol.VERSION, vm.vcpuCount(), vm.memory().size(), List.copyOf(rows));
     }
@@ -413,11 +447,12 @@ public final class TcpMigration {
             Socket socket,
             MigrationStream.Reader in,
             MigrationStream.Writer out,
-            Watchdog watchdog)
+            Watchdog watchdog,
+            List<MigrationProtocol.Fingerprint> fingerprints)
             throws IOException, InterruptedException {
         byte[] state = deviceState(vm);
         long resumeWithin = TimeUnit.SECONDS.toMillis(params.timeoutSeconds());
-        out.message(new MigrationProtocol.DeviceState(resumeWithin));
+        out.message(new MigrationProtocol.DeviceState(resumeWithin, fingerprints));
         out.state(state);
         out.flush();
         watchdog.extend(TimeUnit.MILLISECONDS.toNanos(resumeWithin + CONFIRM_MARGIN_MILLIS));
@@ -738,6 +773,8 @@ public final class TcpMigration {
         PrestartedThreads vcpuThreads = null;
         Vm vm = null;
         PostcopyDestination postcopy = null;
+        Path sharedFile = null; // mapped here from the same file as the source's: no page may arrive
+        List<MigrationProtocol.Fingerprint> fingerprints = List.of();
         try {
             try {
                 if (prepare.protocol() != MigrationProtocol.VERSION)
@@ -746,10 +783,18 @@ public final class TcpMigration {
                 String refusal = accept.apply(new MachineConfig(
                         prepare.memory(), prepare.cpus(), new Backing.Memfd(), "incoming", new byte[0], null, ""));
                 if (refusal != null) throw new SnapshotException(refusal);
-                shell = VmBuilder.shell(kvm, sources(prepare), prepare.cpus());
+                checkAnnounced(prepare);
+                var why = new StringBuilder();
+                var byReference =
+                        prepare.ram().getFirst().file() == null ? null : SharedMemoryFile.open(prepare.ram(), why);
+                if (byReference != null)
+                    sharedFile = byReference.getFirst().backing().file();
+                else if (!why.isEmpty())
+                    log.info("the source's memory file cannot be mapped here, its pages travel: {}", why);
+                shell = VmBuilder.shell(kvm, byReference != null ? byReference : memfdSources(prepare), prepare.cpus());
                 vcpuThreads = PrestartedThreads.start(prepare.cpus());
                 LocalMigration.warmUpStatePath();
-                out.message(new MigrationProtocol.Prepared());
+                out.message(new MigrationProtocol.Prepared(sharedFile != null));
                 out.flush();
                 var blocks = shell.memory().blocks();
                 long pages = 0;
@@ -768,12 +813,14 @@ public final class TcpMigration {
                             throw new SnapshotException(
                                     "the source closed the connection before the migration completed");
                         case MigrationStream.Pages p -> {
+                            if (sharedFile != null) throw sharedPages();
                             var target = pageRange(blocks, p.block(), p.firstPage(), p.count());
                             MemorySegment.copy(
                                     in.buffer(), 0, target, ValueLayout.JAVA_BYTE, 0, p.count() * MigrationStream.PAGE);
                             pages += p.count();
                         }
                         case MigrationStream.Zeros z -> {
+                            if (sharedFile != null) throw sharedPages();
                             pageRange(blocks, z.block(), z.firstPage(), z.count())
                                     .fill((byte) 0);
                             pages += z.count();
@@ -784,6 +831,7 @@ public final class TcpMigration {
                                     log.debug("pass {} received: {} pages", e.pass(), e.pages());
                                 case MigrationProtocol.DeviceState d -> {
                                     resumeWithin = d.resumeWithinMillis();
+                                    fingerprints = d.fingerprints();
                                     var next = in.next();
                                     stateAt = System.nanoTime();
                                     if (!(next instanceof MigrationStream.State s))
@@ -793,6 +841,7 @@ public final class TcpMigration {
                                     state = s.bytes();
                                 }
                                 case MigrationProtocol.Postcopy p -> {
+                                    if (sharedFile != null) throw sharedPages();
                                     if (missing != null)
                                         throw new SnapshotException("the source switched to post-copy twice");
                                     missing = readBitmaps(in, blocks, p.pages());
@@ -816,10 +865,13 @@ public final class TcpMigration {
                 }
                 log.debug("received {} pages and {} bytes of state", pages, state.length);
                 var loaded = load(state, blocks.getFirst().fd());
-                var config = loaded.config().withBacking(new Backing.Memfd());
+                var config = loaded.config()
+                        .withBacking(sharedFile != null ? new Backing.SharedFile(sharedFile) : new Backing.Memfd());
                 refusal = accept.apply(config);
                 if (refusal != null) throw new SnapshotException(refusal);
                 LocalMigration.checkSameRam(shell, loaded);
+                // The source unlocked the file once paused; from here this VMM is its user.
+                if (sharedFile != null) SharedMemoryFile.takeOver(shell.memory(), sharedFile, fingerprints);
                 if (missing != null) {
                     // Missing faults fire only for pages not present: the stale copies go first.
                     punchHoles(blocks, missing);
@@ -939,8 +991,13 @@ public final class TcpMigration {
         return segment.asSlice(first * MigrationStream.PAGE, (long) count * MigrationStream.PAGE);
     }
 
-    /** The announced blocks in one fresh memfd, one after another. */
-    private static List<GuestMemory.BlockSource> sources(MigrationProtocol.Prepare prepare) {
+    private static SnapshotException sharedPages() {
+        return new SnapshotException(
+                "the source sent pages of a memory file the destination maps itself (pages by reference)");
+    }
+
+    /** The announced blocks: page-aligned, as much RAM as the machine says, within bounds. */
+    private static void checkAnnounced(MigrationProtocol.Prepare prepare) {
         var ram = prepare.ram();
         if (ram == null || ram.isEmpty()) throw new SnapshotException("the source announced no RAM blocks");
         long total = 0;
@@ -954,6 +1011,12 @@ public final class TcpMigration {
                     "the source's RAM blocks hold " + total + " bytes, its machine " + prepare.memory());
         if (total > GuestMemory.MAX_SIZE)
             throw new SnapshotException("the source announced " + total + " bytes of RAM");
+    }
+
+    /** The announced blocks in one fresh memfd, one after another. */
+    private static List<GuestMemory.BlockSource> memfdSources(MigrationProtocol.Prepare prepare) {
+        var ram = prepare.ram();
+        long total = prepare.memory();
         int memfd = LibC.memfdCreate("panama-vmm-ram", LibcConstants.MFD_CLOEXEC);
         try {
             LibC.ftruncate(memfd, total);

@@ -78,6 +78,60 @@ class TcpMigrateCliTest {
         }
     }
 
+    /** A guest in a shared memory file that the destination maps itself: only the device state crosses. */
+    @KvmTest
+    void aGuestInASharedMemoryFileMovesByReference(@TempDir Path dir) throws Exception {
+        var api = dir.resolve("api.sock");
+        var nextApi = dir.resolve("next.sock");
+        var console = dir.resolve("console.txt");
+        var nextConsole = dir.resolve("next.txt");
+        var ram = dir.resolve("ram");
+        int port = freePort();
+        try (var source = VmmProcess.start(
+                        "run",
+                        "--cpus",
+                        "2",
+                        "--memory",
+                        "128M",
+                        "--mem-path",
+                        ram.toString(),
+                        "--shared",
+                        "--api-socket",
+                        api.toString(),
+                        "--console",
+                        "file:" + console,
+                        "--cmdline",
+                        "console=ttyS0 testguest.hb=100 testguest.mem=64M testguest.rewrite=10");
+                var destination = VmmProcess.start(
+                        "incoming",
+                        "tcp:127.0.0.1:" + port,
+                        "--api-socket",
+                        nextApi.toString(),
+                        "--console",
+                        "file:" + nextConsole,
+                        "--memory",
+                        "128M")) {
+            SnapshotCliTest.awaitText(console, "hb 1 2", 30);
+            source.awaitSocket(api);
+            awaitStderr(destination, "vmm: waiting for a migration on tcp:127.0.0.1:" + port, 60);
+            var r = MainTest.run("migrate", "--api-socket", api.toString(), "tcp:127.0.0.1:" + port);
+            assertEquals(0, r.code(), r.err());
+            var line = java.util.regex.Pattern.compile(
+                            "migrated: downtime \\d+ ms, total \\d+ ms, (\\d+) bytes sent \\(memory file "
+                                    + java.util.regex.Pattern.quote(ram.toString()) + " by reference\\)\n")
+                    .matcher(r.out());
+            assertTrue(line.matches(), r.out());
+            assertTrue(Long.parseLong(line.group(1)) < (1 << 20), "no page of the 64 MiB travelled: " + r.out());
+            assertEquals(0, source.waitFor(30), source.stderr());
+            var seen = Heartbeats.checkLive(Files.readString(console) + Files.readString(nextConsole));
+            SnapshotCliTest.awaitText(nextConsole, "hb 0 " + (seen.getOrDefault(0, 0) + 2), 30);
+            SnapshotCliTest.awaitText(nextConsole, "hb 1 " + (seen.getOrDefault(1, 0) + 2), 30);
+            destination.signal("TERM");
+            assertEquals(0, destination.waitFor(30));
+            Heartbeats.check(Files.readString(console) + Files.readString(nextConsole));
+        }
+    }
+
     @KvmTest
     void migratePostcopyMovesTheGuestAfterTheFirstPassAndItsPagesFollow(@TempDir Path dir) throws Exception {
         var api = dir.resolve("api.sock");

@@ -12,6 +12,7 @@ import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.lang.foreign.Arena;
 import java.util.Arrays;
+import java.util.List;
 import org.junit.jupiter.api.Test;
 
 /** The TCP migration's frames and addresses, without KVM: round trips, and a peer's bad input refused in one line. */
@@ -20,6 +21,9 @@ class MigrationStreamTest {
     private static MigrationStream.Reader reader(byte[] bytes) {
         return new MigrationStream.Reader(new DataInputStream(new ByteArrayInputStream(bytes)));
     }
+
+    private static final MigrationProtocol.DeviceState SHARED_STATE = new MigrationProtocol.DeviceState(
+            5_000, List.of(new MigrationProtocol.Fingerprint("ram-low", List.of(0L, 17L), 0xdeadbeefL)));
 
     @Test
     void framesRoundTrip() throws Exception {
@@ -35,6 +39,8 @@ class MigrationStreamTest {
             out.state(new byte[] {1, 2, 3});
             out.message(new MigrationProtocol.Postcopy(3));
             out.bitmap(0, new long[] {0b1011, 0});
+            out.message(SHARED_STATE);
+            out.message(new MigrationProtocol.Prepared(true));
             out.flush();
         }
         assertEquals(bytes.size(), out.bytes(), "the writer counts every byte it wrote");
@@ -51,6 +57,8 @@ class MigrationStreamTest {
         var bitmap = (MigrationStream.Bitmap) in.next();
         assertEquals(0, bitmap.block());
         assertArrayEquals(new long[] {0b1011, 0}, bitmap.words());
+        assertEquals(SHARED_STATE, ((MigrationStream.Message) in.next()).message());
+        assertEquals(new MigrationProtocol.Prepared(true), ((MigrationStream.Message) in.next()).message());
         assertNull(in.next());
     }
 

@@ -52,6 +52,16 @@ class TcpMigrationTest {
     record Incoming(CompletableFuture<Vm> vm, int port) {}
 
     static Incoming incoming(Kvm kvm, MigrationParameters params, OutputStream console) throws Exception {
+        return incoming(kvm, params, console, c -> null);
+    }
+
+    /** As above, {@code accept} checking the machine (null: accepted, else the refusal). */
+    static Incoming incoming(
+            Kvm kvm,
+            MigrationParameters params,
+            OutputStream console,
+            java.util.function.Function<MachineConfig, String> accept)
+            throws Exception {
         var vm = new CompletableFuture<Vm>();
         var port = new CompletableFuture<Integer>();
         Thread.ofPlatform().start(() -> {
@@ -62,7 +72,7 @@ class TcpMigrationTest {
                         params,
                         console,
                         new VmListener() {},
-                        c -> null,
+                        accept,
                         port::complete));
             } catch (Throwable t) {
                 port.completeExceptionally(t);
@@ -184,6 +194,109 @@ class TcpMigrationTest {
                 source.close();
                 if (moved != null) moved.close();
             }
+        }
+        SnapshotTest.checkHeartbeats(console.text());
+    }
+
+    /**
+     * Bypass-shared-memory between hosts: a guest in a shared memory file the destination can map
+     * itself (here, the same host) moves with its device state alone, and the file's lock goes with it.
+     */
+    @KvmTest
+    void aGuestInASharedMemoryFileMovesByReferenceWithNoPage(@TempDir Path dir) throws Exception {
+        var console = new SnapshotTest.Console();
+        Path file = dir.resolve("ram");
+        try (var kvm = Kvm.open()) {
+            var source = VmBuilder.boot(
+                    kvm,
+                    guest(256 * GuestMemory.MIB, 2, "testguest.mem=192M testguest.rewrite=10")
+                            .withBacking(new Backing.SharedFile(file)),
+                    console,
+                    new VmListener() {});
+            Vm moved = null;
+            try {
+                source.start();
+                console.await("hb 1 2", 60);
+                var destination = incoming(kvm, MigrationParameters.DEFAULTS, console);
+                try (var toDestination = new Proxy(destination.port())) {
+                    var status = new MigrationStatus();
+                    var result = TcpMigration.send(
+                            source,
+                            toDestination.address(),
+                            MigrationParameters.DEFAULTS,
+                            status,
+                            RamWriter.Progress.NONE);
+                    moved = destination.vm().get(30, TimeUnit.SECONDS);
+                    assertEquals("completed", status.status());
+                    assertTrue(source.termination().isDone(), "the source ends once the destination runs");
+                    assertEquals(toDestination.fromSource.get(), result.bytesSent(), "every byte counted");
+                    // The device state and the messages: no page of the 192 MiB the guest filled.
+                    assertTrue(result.bytesSent() < GuestMemory.MIB, result.toString());
+                    assertEquals(
+                            new Backing.SharedFile(file),
+                            moved.memory().blocks().getFirst().backing());
+                    var seen = SnapshotTest.checkHeartbeats(console.text());
+                    console.await("hb 0 " + (seen.get(0) + 3), 60);
+                    console.await("hb 1 " + (seen.get(1) + 3), 60);
+                    // The destination holds the file now: a third user is refused.
+                    var e = assertThrows(
+                            dev.panamavmm.vmm.memory.MemoryException.class,
+                            () -> GuestMemory.create(
+                                            256 * GuestMemory.MIB,
+                                            new Backing.SharedFile(file),
+                                            java.lang.foreign.Arena.ofAuto())
+                                    .close());
+                    assertTrue(e.getMessage().contains("is in use by PID"), e.getMessage());
+                }
+            } finally {
+                source.close();
+                if (moved != null) moved.close();
+            }
+        }
+        SnapshotTest.checkHeartbeats(console.text());
+    }
+
+    /** A destination that refuses after the source let go of its memory file: the source locks it again and runs on. */
+    @KvmTest
+    void aRefusedMigrationByReferenceGivesTheSourceItsFileBack(@TempDir Path dir) throws Exception {
+        var console = new SnapshotTest.Console();
+        var destinationConsole = new SnapshotTest.Console();
+        Path file = dir.resolve("ram");
+        try (var kvm = Kvm.open();
+                var source = VmBuilder.boot(
+                        kvm,
+                        guest(64 * GuestMemory.MIB, 1, "testguest.mem=32M").withBacking(new Backing.SharedFile(file)),
+                        console,
+                        new VmListener() {})) {
+            source.start();
+            console.await("hb 0 2", 60);
+            // The first check sees the announced machine; the second, after the state, the backing it will run in.
+            var destination = incoming(
+                    kvm,
+                    MigrationParameters.DEFAULTS,
+                    destinationConsole,
+                    c -> c.backing() instanceof Backing.SharedFile ? "no shared files here" : null);
+            var e = assertThrows(
+                    SnapshotException.class,
+                    () -> TcpMigration.send(
+                            source,
+                            new TcpAddress("127.0.0.1", destination.port()),
+                            MigrationParameters.DEFAULTS,
+                            new MigrationStatus(),
+                            RamWriter.Progress.NONE));
+            assertTrue(e.getMessage().endsWith("the destination refused: no shared files here"), e.getMessage());
+            assertEquals(Vm.Status.RUNNING, source.status(), "never left paused");
+            var locked = assertThrows(
+                    dev.panamavmm.vmm.memory.MemoryException.class,
+                    () -> GuestMemory.create(
+                                    64 * GuestMemory.MIB,
+                                    new Backing.SharedFile(file),
+                                    java.lang.foreign.Arena.ofAuto())
+                            .close());
+            assertTrue(locked.getMessage().contains("is in use by PID"), locked.getMessage());
+            int before = SnapshotTest.checkHeartbeats(console.text()).get(0);
+            console.await("hb 0 " + (before + 3), 60);
+            assertEquals("", destinationConsole.text(), "the guest never ran on the destination");
         }
         SnapshotTest.checkHeartbeats(console.text());
     }
