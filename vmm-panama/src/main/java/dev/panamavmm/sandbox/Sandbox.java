@@ -223,14 +223,21 @@ public final class Sandbox {
                 var pipe = pb.start().getOutputStream();
                 keepOpen = pipe;
                 // An orderly exit says so, and the watcher ends at once; a kill (no hooks run) leaves it to look.
-                Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+                Runnable orderly = () -> {
                     try {
                         pipe.write('x');
                         pipe.close();
                     } catch (IOException e) {
                         // the watcher is gone already
                     }
-                }));
+                };
+                try {
+                    Runtime.getRuntime().addShutdownHook(new Thread(orderly));
+                } catch (IllegalStateException e) {
+                    // The JVM is exiting already (a SIGTERM while a thread entered its first filter): an
+                    // orderly exit all the same. Else the watcher would look for a kill for seconds.
+                    orderly.run();
+                }
             } catch (IOException e) {
                 log.warn("sandbox: no watcher ({}); a thread stopped by it will not be named", e.getMessage());
                 keepOpen = OutputStream.nullOutputStream();
