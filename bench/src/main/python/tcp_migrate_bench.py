@@ -51,10 +51,15 @@ def cmdline(size, rewrite):
     return f"console=ttyS0 testguest.hb=100 testguest.mem={mib(size) - 64}M testguest.rewrite={rewrite}"
 
 
-def qemu(size, rewrite, name, incoming):
+def qemu(size, rewrite, name, incoming, ram_file):
     qmp = os.path.join(WORK, name + ".qmp")
     console = os.path.join(WORK, name + ".console")
-    cmd = [CFG["qemu"], "-accel", "kvm", "-cpu", "host", "-M", "microvm,acpi=off", "-m", size, "-smp", "1",
+    machine = "microvm,acpi=off"
+    backend = []
+    if ram_file:
+        machine += ",memory-backend=ram"
+        backend = ["-object", f"memory-backend-file,id=ram,size={size},mem-path={ram_file},share=on"]
+    cmd = [CFG["qemu"], "-accel", "kvm", "-cpu", "host", "-M", machine, *backend, "-m", size, "-smp", "1",
            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", f"file:{console}",
            "-kernel", CFG["pvh_elf"], "-append", cmdline(size, rewrite), "-qmp", f"unix:{qmp},server=on,wait=off"]
     if incoming:
@@ -63,12 +68,14 @@ def qemu(size, rewrite, name, incoming):
     return p, qmp, console
 
 
-def panama(size, rewrite, name, port):
+def panama(size, rewrite, name, port, ram_file):
     api = os.path.join(WORK, name + ".sock")
     console = os.path.join(WORK, name + ".console")
     if port is None:
         cmd = [CFG["vmm"], "run", "--memory", size, "--cpus", "1", "--kernel", CFG["elf"],
                "--cmdline", cmdline(size, rewrite)]
+        if ram_file:
+            cmd += ["--mem-path", ram_file, "--shared"]  # the destination maps it itself
     else:
         cmd = [CFG["vmm"], "incoming", f"tcp:127.0.0.1:{port}"]
     cmd += ["--api-socket", api, "--console", f"file:{console}"]
@@ -110,20 +117,24 @@ def panama_result(q, give_up):
             "ram": {"transferred": r["bytes-sent"], "dirty-sync-count": r["passes"]}}
 
 
-def one(peer, size, rewrite, run):
-    tag = f"{peer}-{size}-r{rewrite}-{run}"
+def one(peer, size, rewrite, run, memory):
+    tag = f"{peer}-{size}-r{rewrite}-{memory}-{run}"
     port = free_port()
+    ram_file = f"/dev/shm/tcpbench-{os.getpid()}-{tag}.ram" if memory == "shared" else None
     if peer == "qemu":
-        src, src_api, src_console = qemu(size, rewrite, tag + "-src", False)
-        dst, dst_api, dst_console = qemu(size, rewrite, tag + "-dst", True)
+        src, src_api, src_console = qemu(size, rewrite, tag + "-src", False, ram_file)
+        dst, dst_api, dst_console = qemu(size, rewrite, tag + "-dst", True, ram_file)
     else:
-        src, src_api, src_console = panama(size, rewrite, tag + "-src", None)
-        dst, dst_api, dst_console = panama(size, rewrite, tag + "-dst", port)
+        src, src_api, src_console = panama(size, rewrite, tag + "-src", None, ram_file)
+        dst, dst_api, dst_console = panama(size, rewrite, tag + "-dst", port, ram_file)
     try:
         wait_line(src_console, r"^hb 0 1$", 120, src)
         s = JsonLines(src_api, src)
         d = JsonLines(dst_api, dst)
         if peer == "qemu":
+            if ram_file:  # both ends: the RAM block backed by a shared file is not sent
+                for end in (s, d):
+                    end.cmd("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
             d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
         else:
             wait_line(os.path.join(LOGS, tag + "-dst.log"), r"waiting for a migration on", 60, dst)
@@ -133,7 +144,7 @@ def one(peer, size, rewrite, run):
             m = follow(s, CFG["give_up"])
         else:
             m = panama_result(s, CFG["give_up"])
-        row = {"peer": peer, "size": size, "rewrite": rewrite, "run": run, "converged": m is not None}
+        row = {"peer": peer, "size": size, "rewrite": rewrite, "memory": memory, "run": run, "converged": m is not None}
         if m is not None:
             row.update({"total_ms": m.get("total-time"), "downtime_ms": m.get("downtime"),
                         "bytes": m["ram"]["transferred"], "passes": m["ram"].get("dirty-sync-count"),
@@ -154,12 +165,19 @@ def one(peer, size, rewrite, run):
     finally:
         stop(src)
         stop(dst)
+        if ram_file and os.path.exists(ram_file):
+            os.remove(ram_file)
         for f in os.listdir(WORK):
             if f.startswith(tag):
                 try:
                     os.remove(os.path.join(WORK, f))
                 except OSError:
                     pass
+
+
+def mib_text(b):
+    """MiB, with decimals when under 10 (a migration by reference sends KiB)."""
+    return f"{b / 2**20:.0f}" if b >= 10 * 2**20 else f"{b / 2**20:.2f}"
 
 
 def med(rows, key):
@@ -170,25 +188,25 @@ def med(rows, key):
 def summary(results):
     lines = [f"TCP pre-copy over loopback, max-bandwidth {CFG['bandwidth']} B/s, downtime-limit {CFG['downtime']} ms,"
              f" median of {CFG['runs']} run(s); load {open('/proc/loadavg').read().split()[0:3]}",
-             f"{'size':>5} {'rewrite':>7} | {'QEMU total':>10} {'downtime':>8} {'MiB sent':>8} | "
+             f"{'memory':>6} {'size':>5} {'rewrite':>7} | {'QEMU total':>10} {'downtime':>8} {'MiB sent':>8} | "
              f"{'Panama total':>12} {'downtime':>8} {'MiB sent':>8} {'throttle':>8} | {'total':>6} {'down':>6} {'bytes':>6}"]
-    for size in CFG["sizes"]:
-        for rw in CFG["rewrites"]:
-            q = [r for r in results["rows"] if r["peer"] == "qemu" and r["size"] == size and r["rewrite"] == rw]
-            p = [r for r in results["rows"] if r["peer"] == "panama" and r["size"] == size and r["rewrite"] == rw]
+    for memory, size, rw in ((m, s, r) for m in CFG.get("memory", ["anon"]) for s in CFG["sizes"] for r in CFG["rewrites"]):
+            pick = lambda peer: [r for r in results["rows"] if r["peer"] == peer and r["size"] == size
+                                 and r["rewrite"] == rw and r.get("memory", "anon") == memory]
+            q, p = pick("qemu"), pick("panama")
             if not q or not p:
                 continue
 
             def cols(rows):
                 if not all(r["converged"] for r in rows):
                     return [f"> {CFG['give_up']} s", "-", "-"]
-                return [f"{med(rows, 'total_ms'):.0f} ms", f"{med(rows, 'downtime_ms'):.0f}", f"{med(rows, 'bytes') / 2**20:.0f}"]
+                return [f"{med(rows, 'total_ms'):.0f} ms", f"{med(rows, 'downtime_ms'):.0f}", mib_text(med(rows, 'bytes'))]
 
             qc, pc = cols(q), cols(p)
             ratio = ["-", "-", "-"]
             if all(r["converged"] for r in q + p):
                 ratio = [f"{med(p, k) / max(1, med(q, k)):.2f}" for k in ("total_ms", "downtime_ms", "bytes")]
-            lines.append(f"{size:>5} {rw:>6}% | {qc[0]:>10} {qc[1]:>8} {qc[2]:>8} | {pc[0]:>12} {pc[1]:>8} {pc[2]:>8} "
+            lines.append(f"{memory:>6} {size:>5} {rw:>6}% | {qc[0]:>10} {qc[1]:>8} {qc[2]:>8} | {pc[0]:>12} {pc[1]:>8} {pc[2]:>8} "
                          f"{str(med(p, 'throttle') or 0) + '%':>8} | {ratio[0]:>6} {ratio[1]:>6} {ratio[2]:>6}")
     lines.append("ratios: Panama / QEMU (below 1: Panama is better)")
     return "\n".join(lines)
@@ -197,11 +215,12 @@ def summary(results):
 def main():
     set_log(os.path.join(OUT, "driver.log"))
     try:
-        for size in CFG["sizes"]:
-            for rw in CFG["rewrites"]:
-                for run in range(CFG["runs"]):
-                    for peer in ("qemu", "panama"):
-                        one(peer, size, rw, run)
+        for memory in CFG.get("memory", ["anon"]):
+            for size in CFG["sizes"]:
+                for rw in CFG["rewrites"]:
+                    for run in range(CFG["runs"]):
+                        for peer in ("qemu", "panama"):
+                            one(peer, size, rw, run, memory)
     finally:
         json.dump(RESULTS, open(os.path.join(OUT, "results.json"), "w"), indent=1)
     write_summary(OUT, RESULTS, summary)

@@ -13,7 +13,10 @@ import java.net.Socket;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.concurrent.TimeUnit;
+import java.util.regex.Pattern;
 import org.junit.jupiter.api.io.TempDir;
 
 /** Migration over TCP as users run it: vmm incoming tcp:127.0.0.1:PORT in one process, vmm migrate on the running one. */
@@ -33,25 +36,32 @@ class TcpMigrateCliTest {
         }
     }
 
-    @KvmTest
-    void aGuestMovesToAnotherVmmOverTcp(@TempDir Path dir) throws Exception {
+    /**
+     * Runs a guest ({@code cmdline}, and {@code runOptions}) with 2 vCPUs and 128 MiB, waits for a
+     * {@code vmm incoming tcp:} destination, runs {@code vmm migrate} with {@code migrateOptions} and
+     * the address, and checks the guest carries on there in order; returns what migrate printed.
+     */
+    private static String migrate(Path dir, String cmdline, List<String> runOptions, List<String> migrateOptions)
+            throws Exception {
         var api = dir.resolve("api.sock");
         var nextApi = dir.resolve("next.sock");
         var console = dir.resolve("console.txt");
         var nextConsole = dir.resolve("next.txt");
         int port = freePort();
-        try (var source = VmmProcess.start(
-                        "run",
-                        "--cpus",
-                        "2",
-                        "--memory",
-                        "128M",
-                        "--api-socket",
-                        api.toString(),
-                        "--console",
-                        "file:" + console,
-                        "--cmdline",
-                        "console=ttyS0 testguest.hb=100 testguest.mem=64M testguest.rewrite=10");
+        var run = new ArrayList<>(List.of(
+                "run",
+                "--cpus",
+                "2",
+                "--memory",
+                "128M",
+                "--api-socket",
+                api.toString(),
+                "--console",
+                "file:" + console,
+                "--cmdline",
+                cmdline));
+        run.addAll(runOptions);
+        try (var source = VmmProcess.start(run.toArray(String[]::new));
                 var destination = VmmProcess.start(
                         "incoming",
                         "tcp:127.0.0.1:" + port,
@@ -64,117 +74,50 @@ class TcpMigrateCliTest {
             SnapshotCliTest.awaitText(console, "hb 1 2", 30);
             source.awaitSocket(api);
             awaitStderr(destination, "vmm: waiting for a migration on tcp:127.0.0.1:" + port, 60);
-            var r = MainTest.run(
-                    "migrate", "--api-socket", api.toString(), "--max-bandwidth", "1G", "tcp:127.0.0.1:" + port);
+            var migrate = new ArrayList<>(List.of("migrate", "--api-socket", api.toString()));
+            migrate.addAll(migrateOptions);
+            migrate.add("tcp:127.0.0.1:" + port);
+            var r = MainTest.run(migrate.toArray(String[]::new));
             assertEquals(0, r.code(), r.err());
-            assertTrue(r.out().startsWith("migrated: downtime "), r.out());
             assertEquals(0, source.waitFor(30), source.stderr());
+            if (migrateOptions.contains("--postcopy")) { // the destination reports the pages it received
+                var status = MainTest.run("ctl", nextApi.toString(), "query-migrate");
+                assertTrue(status.out().contains("\"status\":\"completed\""), status.out());
+            }
             var seen = Heartbeats.checkLive(Files.readString(console) + Files.readString(nextConsole));
             SnapshotCliTest.awaitText(nextConsole, "hb 0 " + (seen.getOrDefault(0, 0) + 2), 30);
             SnapshotCliTest.awaitText(nextConsole, "hb 1 " + (seen.getOrDefault(1, 0) + 2), 30);
             destination.signal("TERM");
             assertEquals(0, destination.waitFor(30));
             Heartbeats.check(Files.readString(console) + Files.readString(nextConsole));
+            return r.out();
         }
+    }
+
+    private static final String REWRITING = "console=ttyS0 testguest.hb=100 testguest.mem=64M testguest.rewrite=";
+
+    @KvmTest
+    void aGuestMovesToAnotherVmmOverTcp(@TempDir Path dir) throws Exception {
+        String out = migrate(dir, REWRITING + 10, List.of(), List.of("--max-bandwidth", "1G"));
+        assertTrue(out.startsWith("migrated: downtime "), out);
     }
 
     /** A guest in a shared memory file that the destination maps itself: only the device state crosses. */
     @KvmTest
     void aGuestInASharedMemoryFileMovesByReference(@TempDir Path dir) throws Exception {
-        var api = dir.resolve("api.sock");
-        var nextApi = dir.resolve("next.sock");
-        var console = dir.resolve("console.txt");
-        var nextConsole = dir.resolve("next.txt");
         var ram = dir.resolve("ram");
-        int port = freePort();
-        try (var source = VmmProcess.start(
-                        "run",
-                        "--cpus",
-                        "2",
-                        "--memory",
-                        "128M",
-                        "--mem-path",
-                        ram.toString(),
-                        "--shared",
-                        "--api-socket",
-                        api.toString(),
-                        "--console",
-                        "file:" + console,
-                        "--cmdline",
-                        "console=ttyS0 testguest.hb=100 testguest.mem=64M testguest.rewrite=10");
-                var destination = VmmProcess.start(
-                        "incoming",
-                        "tcp:127.0.0.1:" + port,
-                        "--api-socket",
-                        nextApi.toString(),
-                        "--console",
-                        "file:" + nextConsole,
-                        "--memory",
-                        "128M")) {
-            SnapshotCliTest.awaitText(console, "hb 1 2", 30);
-            source.awaitSocket(api);
-            awaitStderr(destination, "vmm: waiting for a migration on tcp:127.0.0.1:" + port, 60);
-            var r = MainTest.run("migrate", "--api-socket", api.toString(), "tcp:127.0.0.1:" + port);
-            assertEquals(0, r.code(), r.err());
-            var line = java.util.regex.Pattern.compile(
-                            "migrated: downtime \\d+ ms, total \\d+ ms, (\\d+) bytes sent \\(memory file "
-                                    + java.util.regex.Pattern.quote(ram.toString()) + " by reference\\)\n")
-                    .matcher(r.out());
-            assertTrue(line.matches(), r.out());
-            assertTrue(Long.parseLong(line.group(1)) < (1 << 20), "no page of the 64 MiB travelled: " + r.out());
-            assertEquals(0, source.waitFor(30), source.stderr());
-            var seen = Heartbeats.checkLive(Files.readString(console) + Files.readString(nextConsole));
-            SnapshotCliTest.awaitText(nextConsole, "hb 0 " + (seen.getOrDefault(0, 0) + 2), 30);
-            SnapshotCliTest.awaitText(nextConsole, "hb 1 " + (seen.getOrDefault(1, 0) + 2), 30);
-            destination.signal("TERM");
-            assertEquals(0, destination.waitFor(30));
-            Heartbeats.check(Files.readString(console) + Files.readString(nextConsole));
-        }
+        String out = migrate(dir, REWRITING + 10, List.of("--mem-path", ram.toString(), "--shared"), List.of());
+        var line = Pattern.compile("migrated: downtime \\d+ ms, total \\d+ ms, (\\d+) bytes sent \\(memory file "
+                        + Pattern.quote(ram.toString()) + " by reference\\)\n")
+                .matcher(out);
+        assertTrue(line.matches(), out);
+        assertTrue(Long.parseLong(line.group(1)) < (1 << 20), "no page of the 64 MiB travelled: " + out);
     }
 
     @KvmTest
     void migratePostcopyMovesTheGuestAfterTheFirstPassAndItsPagesFollow(@TempDir Path dir) throws Exception {
-        var api = dir.resolve("api.sock");
-        var nextApi = dir.resolve("next.sock");
-        var console = dir.resolve("console.txt");
-        var nextConsole = dir.resolve("next.txt");
-        int port = freePort();
-        try (var source = VmmProcess.start(
-                        "run",
-                        "--cpus",
-                        "2",
-                        "--memory",
-                        "128M",
-                        "--api-socket",
-                        api.toString(),
-                        "--console",
-                        "file:" + console,
-                        "--cmdline",
-                        "console=ttyS0 testguest.hb=100 testguest.mem=64M testguest.rewrite=100");
-                var destination = VmmProcess.start(
-                        "incoming",
-                        "tcp:127.0.0.1:" + port,
-                        "--api-socket",
-                        nextApi.toString(),
-                        "--console",
-                        "file:" + nextConsole)) {
-            SnapshotCliTest.awaitText(console, "hb 1 2", 30);
-            source.awaitSocket(api);
-            awaitStderr(destination, "vmm: waiting for a migration on tcp:127.0.0.1:" + port, 60);
-            var r = MainTest.run("migrate", "--api-socket", api.toString(), "--postcopy", "tcp:127.0.0.1:" + port);
-            assertEquals(0, r.code(), r.err());
-            assertTrue(
-                    r.out().matches("(?s)migrated: downtime .* in 1 passes, then \\d+ pages by post-copy\n"), r.out());
-            assertEquals(0, source.waitFor(30), source.stderr());
-            var status = MainTest.run("ctl", nextApi.toString(), "query-migrate");
-            assertTrue(status.out().contains("\"status\":\"completed\""), status.out());
-            var seen = Heartbeats.checkLive(Files.readString(console) + Files.readString(nextConsole));
-            SnapshotCliTest.awaitText(nextConsole, "hb 0 " + (seen.getOrDefault(0, 0) + 2), 30);
-            SnapshotCliTest.awaitText(nextConsole, "hb 1 " + (seen.getOrDefault(1, 0) + 2), 30);
-            destination.signal("TERM");
-            assertEquals(0, destination.waitFor(30));
-            Heartbeats.check(Files.readString(console) + Files.readString(nextConsole));
-        }
+        String out = migrate(dir, REWRITING + 100, List.of(), List.of("--postcopy"));
+        assertTrue(out.matches("(?s)migrated: downtime .* in 1 passes, then \\d+ pages by post-copy\n"), out);
     }
 
     @KvmTest
