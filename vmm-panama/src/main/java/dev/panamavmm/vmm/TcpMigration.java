@@ -115,10 +115,16 @@ public final class TcpMigration {
             var in = new MigrationStream.Reader(new DataInputStream(new BufferedInputStream(socket.getInputStream())));
             var watchdog = Watchdog.start(socket, TimeUnit.SECONDS.toNanos(params.timeoutSeconds()));
             try {
+                long connectedAt = System.nanoTime();
                 out.message(prepareMessage(vm));
                 out.flush();
                 var prepared = expect(in, MigrationProtocol.Prepared.class, "prepared");
+                log.debug(
+                        "connected in {} us, prepared in {} us",
+                        (connectedAt - start) / 1000,
+                        (System.nanoTime() - connectedAt) / 1000);
                 if (prepared.sharedFile()) sharedFile = SharedMemoryFile.of(vm.memory());
+                var samples = sharedFile == null ? null : SharedMemoryFile.samples(vm.memory());
                 VmSnapshots.probeHost(vm);
                 var sender = new Sender(vm, out, status, progress, watchdog);
                 if (sharedFile == null) {
@@ -230,29 +236,40 @@ public final class TcpMigration {
                         sender.bits(i, bits);
                     }
                 } else {
-                    fingerprints = SharedMemoryFile.fingerprints(vm.memory());
+                    fingerprints = SharedMemoryFile.fingerprints(vm.memory(), samples);
                     lockReleased = true;
                     SharedMemoryFile.release(vm.memory());
                 }
-                sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog, fingerprints);
+                long stateAt = System.nanoTime();
+                long sentAt = sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog, fingerprints);
                 handedOver = true; // the guest runs there now; it must never resume here
                 long confirmedAt = System.nanoTime();
                 long downtime = (confirmedAt - pausedAt) / 1_000_000;
                 status.downtime(downtime);
                 status.transferred(out.bytes());
-                timing.end(
-                        vm.metrics(),
-                        VmMetrics.phases("precopy", pausedAt - start, "downtime", confirmedAt - pausedAt));
+                // The downtime's parts: pausing and the last pages, the state saved and sent, the
+                // destination applying it and confirming (its own parts: its "migrate-in").
+                var phases = VmMetrics.phases(
+                        "precopy",
+                        pausedAt - start,
+                        "last-pages",
+                        stateAt - pausedAt,
+                        "state",
+                        sentAt - stateAt,
+                        "confirmation",
+                        confirmedAt - sentAt);
+                timing.end(vm.metrics(), phases);
                 vm.end(new VmExitReason.Stopped("migration to " + target));
                 status.status("completed");
                 log.debug(
-                        "migrated to {}{}: {} passes, {} bytes, downtime {} ms, total {} ms",
+                        "migrated to {}{}: {} passes, {} bytes, downtime {} ms, total {} ms, phases (us) {}",
                         target,
                         sharedFile == null ? "" : " (memory file " + sharedFile + " by reference)",
                         pass,
                         out.bytes(),
                         downtime,
-                        (confirmedAt - start) / 1_000_000);
+                        (confirmedAt - start) / 1_000_000,
+                        phases);
                 return new Result(
                         downtime,
                         (confirmedAt - start) / 1_000_000,
@@ -441,7 +458,7 @@ public final class TcpMigration {
      * the end of a pre-copy and the switch to post-copy alike. The destination has
      * {@code resumeWithin} to resume; the watchdog and the socket wait that long and a margin.
      */
-    private static void sendStateAndAwaitRunning(
+    private static long sendStateAndAwaitRunning(
             Vm vm,
             MigrationParameters params,
             Socket socket,
@@ -455,9 +472,11 @@ public final class TcpMigration {
         out.message(new MigrationProtocol.DeviceState(resumeWithin, fingerprints));
         out.state(state);
         out.flush();
+        long sentAt = System.nanoTime();
         watchdog.extend(TimeUnit.MILLISECONDS.toNanos(resumeWithin + CONFIRM_MARGIN_MILLIS));
         socket.setSoTimeout((int) (resumeWithin + CONFIRM_MARGIN_MILLIS));
         expect(in, MigrationProtocol.Running.class, "running");
+        return sentAt;
     }
 
     /**
@@ -775,6 +794,8 @@ public final class TcpMigration {
         PostcopyDestination postcopy = null;
         Path sharedFile = null; // mapped here from the same file as the source's: no page may arrive
         List<MigrationProtocol.Fingerprint> fingerprints = List.of();
+        VmMetrics.Timing applying = null; // from the state's arrival to the resume: this side's share of the downtime
+        long loadedAt = 0, checkedAt = 0, builtAt = 0;
         try {
             try {
                 if (prepare.protocol() != MigrationProtocol.VERSION)
@@ -791,9 +812,15 @@ public final class TcpMigration {
                     sharedFile = byReference.getFirst().backing().file();
                 else if (!why.isEmpty())
                     log.info("the source's memory file cannot be mapped here, its pages travel: {}", why);
+                long buildStart = System.nanoTime();
                 shell = VmBuilder.shell(kvm, byReference != null ? byReference : memfdSources(prepare), prepare.cpus());
+                long shellAt = System.nanoTime();
                 vcpuThreads = PrestartedThreads.start(prepare.cpus());
                 LocalMigration.warmUpStatePath();
+                log.debug(
+                        "built the VM's shell in {} us, its threads in {} us",
+                        (shellAt - buildStart) / 1000,
+                        (System.nanoTime() - shellAt) / 1000);
                 out.message(new MigrationProtocol.Prepared(sharedFile != null));
                 out.flush();
                 var blocks = shell.memory().blocks();
@@ -864,7 +891,9 @@ public final class TcpMigration {
                     }
                 }
                 log.debug("received {} pages and {} bytes of state", pages, state.length);
+                applying = VmMetrics.begin("migrate-in");
                 var loaded = load(state, blocks.getFirst().fd());
+                loadedAt = System.nanoTime();
                 var config = loaded.config()
                         .withBacking(sharedFile != null ? new Backing.SharedFile(sharedFile) : new Backing.Memfd());
                 refusal = accept.apply(config);
@@ -872,6 +901,7 @@ public final class TcpMigration {
                 LocalMigration.checkSameRam(shell, loaded);
                 // The source unlocked the file once paused; from here this VMM is its user.
                 if (sharedFile != null) SharedMemoryFile.takeOver(shell.memory(), sharedFile, fingerprints);
+                checkedAt = System.nanoTime();
                 if (missing != null) {
                     // Missing faults fire only for pages not present: the stale copies go first.
                     punchHoles(blocks, missing);
@@ -886,6 +916,7 @@ public final class TcpMigration {
                 var s = shell;
                 shell = null; // the VM owns it (or finish closes it) from here
                 vm = VmBuilder.finish(kvm, s, loaded.withConfig(config), config, console, listener);
+                builtAt = System.nanoTime();
                 vm.pauseBeforeStart();
                 vm.start(vcpuThreads);
                 if (System.nanoTime() - stateAt > TimeUnit.MILLISECONDS.toNanos(resumeWithin))
@@ -900,6 +931,17 @@ public final class TcpMigration {
             }
             vm.resume();
             long resumedAt = System.nanoTime();
+            var phases = VmMetrics.phases(
+                    "load",
+                    loadedAt - applying.startNanos(),
+                    "check",
+                    checkedAt - loadedAt,
+                    "build",
+                    builtAt - checkedAt,
+                    "start",
+                    resumedAt - builtAt);
+            applying.end(vm.metrics(), phases);
+            log.debug("applied the state in {} us: {}", (resumedAt - applying.startNanos()) / 1000, phases);
             try {
                 out.message(new MigrationProtocol.Running(resumedAt));
                 out.flush();

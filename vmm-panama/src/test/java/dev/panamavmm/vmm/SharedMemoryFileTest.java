@@ -51,7 +51,7 @@ class SharedMemoryFileTest {
             var sources = SharedMemoryFile.open(announce(source), why);
             assertNotNull(sources, why.toString());
             try (var destination = GuestMemory.map(sources, arena)) {
-                var fingerprints = SharedMemoryFile.fingerprints(source);
+                var fingerprints = SharedMemoryFile.fingerprints(source, SharedMemoryFile.samples(source));
                 assertFalse(fingerprints.getFirst().pages().isEmpty(), "pages of the file's data are sampled");
                 var locked = assertThrows(
                         MemoryException.class, () -> SharedMemoryFile.takeOver(destination, file, fingerprints));
@@ -69,7 +69,7 @@ class SharedMemoryFileTest {
         Path file = dir.resolve("ram");
         try (var arena = Arena.ofShared();
                 var source = written(file, arena, 1)) {
-            var fingerprints = SharedMemoryFile.fingerprints(source);
+            var fingerprints = SharedMemoryFile.fingerprints(source, SharedMemoryFile.samples(source));
             SharedMemoryFile.release(source);
             try (var other = written(dir.resolve("other"), arena, 2)) {
                 var e = assertThrows(
