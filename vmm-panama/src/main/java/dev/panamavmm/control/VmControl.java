@@ -229,6 +229,13 @@ public final class VmControl implements ControlTarget {
         var m = migration;
         if (m == null && vm.postcopyIncoming() != null)
             return vm.postcopyIncoming().describe();
+        if (m == null && vm.arrival() != null) { // the destination of a pre-copy: QEMU's says completed too
+            var a = vm.arrival();
+            var d = Json.object(
+                    "status", "completed", "total-time", a.totalMillis(), "ram", Json.object("pages", a.pages()));
+            if (a.sharedFile() != null) d.put("memory-file", a.sharedFile().toString());
+            return d;
+        }
         return m == null ? Json.object() : m.describe();
     }
 

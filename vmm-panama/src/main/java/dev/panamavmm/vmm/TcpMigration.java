@@ -788,6 +788,8 @@ public final class TcpMigration {
             MigrationParameters params,
             Socket peer)
             throws IOException {
+        long arrivedAt = System.nanoTime();
+        long pagesReceived = 0;
         VmBuilder.Shell shell = null;
         PrestartedThreads vcpuThreads = null;
         Vm vm = null;
@@ -891,6 +893,7 @@ public final class TcpMigration {
                     }
                 }
                 log.debug("received {} pages and {} bytes of state", pages, state.length);
+                pagesReceived = pages;
                 applying = VmMetrics.begin("migrate-in");
                 var loaded = load(state, blocks.getFirst().fd());
                 loadedAt = System.nanoTime();
@@ -955,6 +958,8 @@ public final class TcpMigration {
                 var incoming = new PostcopyIncoming(postcopy, params);
                 vm.postcopyIncoming(incoming);
                 incoming.receiveOn(peer, in.stream(), out.stream());
+            } else {
+                vm.arrival(new Vm.Arrival((resumedAt - arrivedAt) / 1_000_000, pagesReceived, sharedFile));
             }
             return vm;
         } finally {

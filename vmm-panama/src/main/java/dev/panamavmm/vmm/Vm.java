@@ -75,6 +75,8 @@ public final class Vm implements AutoCloseable {
     /** Set when the guest arrived by a TCP migration that switched to post-copy. */
     private volatile PostcopyIncoming postcopyIncoming;
 
+    private volatile Arrival arrival;
+
     private boolean closed;
 
     Vm(
@@ -292,6 +294,24 @@ public final class Vm implements AutoCloseable {
 
     void postcopyIncoming(PostcopyIncoming incoming) {
         postcopyIncoming = incoming;
+    }
+
+    /**
+     * How this VM arrived by a pre-copy over TCP (what the destination's {@code query-migrate}
+     * reports, as QEMU's does), or null: it did not.
+     *
+     * @param totalMillis from the source's first message to the resume here
+     * @param pages       pages received (zero markers included)
+     * @param sharedFile  the memory file mapped here by reference, or null
+     */
+    public record Arrival(long totalMillis, long pages, java.nio.file.Path sharedFile) {}
+
+    public Arrival arrival() {
+        return arrival;
+    }
+
+    void arrival(Arrival a) {
+        arrival = a;
     }
 
     public GuestMemory memory() {

@@ -80,10 +80,8 @@ class TcpMigrateCliTest {
             var r = MainTest.run(migrate.toArray(String[]::new));
             assertEquals(0, r.code(), r.err());
             assertEquals(0, source.waitFor(30), source.stderr());
-            if (migrateOptions.contains("--postcopy")) { // the destination reports the pages it received
-                var status = MainTest.run("ctl", nextApi.toString(), "query-migrate");
-                assertTrue(status.out().contains("\"status\":\"completed\""), status.out());
-            }
+            var status = MainTest.run("ctl", nextApi.toString(), "query-migrate"); // the destination's side
+            assertTrue(status.out().contains("\"status\":\"completed\""), status.out());
             var seen = Heartbeats.checkLive(Files.readString(console) + Files.readString(nextConsole));
             SnapshotCliTest.awaitText(nextConsole, "hb 0 " + (seen.getOrDefault(0, 0) + 2), 30);
             SnapshotCliTest.awaitText(nextConsole, "hb 1 " + (seen.getOrDefault(1, 0) + 2), 30);
