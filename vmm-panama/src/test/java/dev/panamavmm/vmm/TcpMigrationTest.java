@@ -158,15 +158,20 @@ class TcpMigrationTest {
         }
     }
 
-    @KvmTest
-    void aTwoCpuGuestRewritingATenthOf512MiBMovesAndCarriesOn() throws Exception {
+    /** What a test checks of a migration that completed: its result and the VM that arrived. */
+    interface Check {
+        void check(TcpMigration.Result result, Vm moved) throws Exception;
+    }
+
+    /**
+     * Boots {@code config} (both vCPUs past their second heartbeat), migrates it over 127.0.0.1
+     * through a proxy that counts the bytes, checks the source ended, every byte was counted and
+     * {@code check}, then that both vCPUs carry on at the destination with no heartbeat lost.
+     */
+    private static void migrateRunning(MachineConfig config, MigrationParameters params, Check check) throws Exception {
         var console = new SnapshotTest.Console();
         try (var kvm = Kvm.open()) {
-            var source = VmBuilder.boot(
-                    kvm,
-                    guest(512 * GuestMemory.MIB, 2, "testguest.mem=448M testguest.rewrite=10"),
-                    console,
-                    new VmListener() {});
+            var source = VmBuilder.boot(kvm, config, console, new VmListener() {});
             Vm moved = null;
             try {
                 source.start();
@@ -174,18 +179,13 @@ class TcpMigrationTest {
                 var destination = incoming(kvm, MigrationParameters.DEFAULTS, console);
                 try (var toDestination = new Proxy(destination.port())) {
                     var status = new MigrationStatus();
-                    var result = TcpMigration.send(
-                            source,
-                            toDestination.address(),
-                            MigrationParameters.DEFAULTS.withMaxBandwidth(1L << 30),
-                            status,
-                            RamWriter.Progress.NONE);
+                    var result =
+                            TcpMigration.send(source, toDestination.address(), params, status, RamWriter.Progress.NONE);
                     moved = destination.vm().get(30, TimeUnit.SECONDS);
                     assertEquals("completed", status.status());
                     assertTrue(source.termination().isDone(), "the source ends once the destination runs");
                     assertEquals(toDestination.fromSource.get(), result.bytesSent(), "every byte counted");
-                    // At least the filled memory went once; a tenth of it may have gone again.
-                    assertTrue(result.bytesSent() > 448 * GuestMemory.MIB, result.toString());
+                    check.check(result, moved);
                     var seen = SnapshotTest.checkHeartbeats(console.text());
                     console.await("hb 0 " + (seen.get(0) + 3), 60);
                     console.await("hb 1 " + (seen.get(1) + 3), 60);
@@ -198,46 +198,33 @@ class TcpMigrationTest {
         SnapshotTest.checkHeartbeats(console.text());
     }
 
+    @KvmTest
+    void aTwoCpuGuestRewritingATenthOf512MiBMovesAndCarriesOn() throws Exception {
+        migrateRunning(
+                guest(512 * GuestMemory.MIB, 2, "testguest.mem=448M testguest.rewrite=10"),
+                MigrationParameters.DEFAULTS.withMaxBandwidth(1L << 30),
+                // At least the filled memory went once; a tenth of it may have gone again.
+                (result, moved) -> assertTrue(result.bytesSent() > 448 * GuestMemory.MIB, result.toString()));
+    }
+
     /**
      * Bypass-shared-memory between hosts: a guest in a shared memory file the destination can map
      * itself (here, the same host) moves with its device state alone, and the file's lock goes with it.
      */
     @KvmTest
     void aGuestInASharedMemoryFileMovesByReferenceWithNoPage(@TempDir Path dir) throws Exception {
-        var console = new SnapshotTest.Console();
         Path file = dir.resolve("ram");
-        try (var kvm = Kvm.open()) {
-            var source = VmBuilder.boot(
-                    kvm,
-                    guest(256 * GuestMemory.MIB, 2, "testguest.mem=192M testguest.rewrite=10")
-                            .withBacking(new Backing.SharedFile(file)),
-                    console,
-                    new VmListener() {});
-            Vm moved = null;
-            try {
-                source.start();
-                console.await("hb 1 2", 60);
-                var destination = incoming(kvm, MigrationParameters.DEFAULTS, console);
-                try (var toDestination = new Proxy(destination.port())) {
-                    var status = new MigrationStatus();
-                    var result = TcpMigration.send(
-                            source,
-                            toDestination.address(),
-                            MigrationParameters.DEFAULTS,
-                            status,
-                            RamWriter.Progress.NONE);
-                    moved = destination.vm().get(30, TimeUnit.SECONDS);
-                    assertEquals("completed", status.status());
-                    assertTrue(source.termination().isDone(), "the source ends once the destination runs");
-                    assertEquals(toDestination.fromSource.get(), result.bytesSent(), "every byte counted");
+        migrateRunning(
+                guest(256 * GuestMemory.MIB, 2, "testguest.mem=192M testguest.rewrite=10")
+                        .withBacking(new Backing.SharedFile(file)),
+                MigrationParameters.DEFAULTS,
+                (result, moved) -> {
                     // The device state and the messages: no page of the 192 MiB the guest filled.
                     assertTrue(result.bytesSent() < GuestMemory.MIB, result.toString());
+                    assertEquals(file, result.sharedFile());
                     assertEquals(
                             new Backing.SharedFile(file),
                             moved.memory().blocks().getFirst().backing());
-                    var seen = SnapshotTest.checkHeartbeats(console.text());
-                    console.await("hb 0 " + (seen.get(0) + 3), 60);
-                    console.await("hb 1 " + (seen.get(1) + 3), 60);
                     // The destination holds the file now: a third user is refused.
                     var e = assertThrows(
                             dev.panamavmm.vmm.memory.MemoryException.class,
@@ -247,13 +234,7 @@ class TcpMigrationTest {
                                             java.lang.foreign.Arena.ofAuto())
                                     .close());
                     assertTrue(e.getMessage().contains("is in use by PID"), e.getMessage());
-                }
-            } finally {
-                source.close();
-                if (moved != null) moved.close();
-            }
-        }
-        SnapshotTest.checkHeartbeats(console.text());
+                });
     }
 
     /** A destination that refuses after the source let go of its memory file: the source locks it again and runs on. */
