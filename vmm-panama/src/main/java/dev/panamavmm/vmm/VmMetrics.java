@@ -10,6 +10,7 @@ import java.util.concurrent.atomic.AtomicLongArray;
 import jdk.jfr.Category;
 import jdk.jfr.Description;
 import jdk.jfr.Event;
+import jdk.jfr.FlightRecorder;
 import jdk.jfr.Label;
 import jdk.jfr.Name;
 
@@ -71,11 +72,17 @@ public final class VmMetrics {
     public static final class Timing {
         private final String name;
         private final long startNanos = System.nanoTime();
-        private final OperationEvent event = new OperationEvent();
+        /** Null while JFR has not run in this process (see the constructor). */
+        private final OperationEvent event;
 
         private Timing(String name) {
             this.name = name;
-            event.begin();
+            // A process's first event object initialises JFR's event machinery: 40 ms with the AOT
+            // cache, 65 without (measured), paid by the first save, restore or migration. JFR has
+            // been initialised once a recording ran (jcmd PID JFR.start does it): only then are
+            // there events to make, and from then on each operation makes one.
+            event = FlightRecorder.isInitialized() ? new OperationEvent() : null;
+            if (event != null) event.begin();
         }
 
         public long startNanos() {
@@ -88,7 +95,7 @@ public final class VmMetrics {
             var op = new Operation(name, Instant.now(), micros, phases);
             vm.last.put(name, op);
             vm.counts.computeIfAbsent(name, n -> new AtomicLong()).incrementAndGet();
-            if (event.shouldCommit()) {
+            if (event != null && event.shouldCommit()) {
                 event.operation = name;
                 event.phases = phases.toString();
                 event.commit();
