@@ -10,7 +10,6 @@ import dev.panamavmm.vmm.memory.MemoryFileLocks;
 import dev.panamavmm.vmm.memory.RamBlock;
 import java.io.IOException;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
@@ -179,18 +178,14 @@ final class SharedMemoryFile {
                     continue;
                 }
                 long first = e[0] / PAGE + target, page = first;
-                while (page < first + SCAN_PAGES && page < e[1] / PAGE && isZero(block.segment(), page)) page++;
+                while (page < first + SCAN_PAGES
+                        && page < e[1] / PAGE
+                        && TcpMigration.isZero(block.segment(), page * PAGE)) page++;
                 pages.add(page < e[1] / PAGE && page < first + SCAN_PAGES ? page : first);
                 break;
             }
         }
         return List.copyOf(pages);
-    }
-
-    private static boolean isZero(MemorySegment segment, long page) {
-        for (long at = page * PAGE; at < (page + 1) * PAGE; at += 8)
-            if (segment.get(ValueLayout.JAVA_LONG_UNALIGNED, at) != 0) return false;
-        return true;
     }
 
     static long crc(MemorySegment segment, List<Long> pages) {

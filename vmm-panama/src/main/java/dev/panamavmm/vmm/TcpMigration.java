@@ -548,12 +548,13 @@ public final class TcpMigration {
                 p = q;
             }
         }
+    }
 
-        private static boolean isZero(MemorySegment segment, long offset) {
-            return MemorySegment.mismatch(
-                            segment, offset, offset + MigrationStream.PAGE, ZERO_PAGE, 0, MigrationStream.PAGE)
-                    < 0;
-        }
+    /** Whether the page at byte {@code offset} of {@code segment} is all zeros (a marker, not its bytes, travels). */
+    static boolean isZero(MemorySegment segment, long offset) {
+        return MemorySegment.mismatch(
+                        segment, offset, offset + MigrationStream.PAGE, ZERO_PAGE, 0, MigrationStream.PAGE)
+                < 0;
     }
 
     /** Auto-converge: a thread that parks the vCPUs for {@code percent} of every 100 ms. */
