@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import BenchError, end_all, fmt_num, loadavg, log, set_log, wait_for_quiet
+from benchlib import QEMU_CPU, BenchError, end_all, fmt_num, loadavg, log, set_log, wait_for_quiet
 
 CFG = json.load(open(sys.argv[1]))
 OUT = CFG["out"]
@@ -56,7 +56,7 @@ def cpu_times(pid):
 
 def qemu_cmd(disk, cache):
     aio = "native" if cache == "none" else "threads"
-    return [CFG["qemu"], "-name", "blkbench,debug-threads=on", "-accel", "kvm", "-cpu", "host", "-smp", "1",
+    return [CFG["qemu"], "-name", "blkbench,debug-threads=on", "-accel", "kvm", "-cpu", QEMU_CPU, "-smp", "1",
             "-M", "microvm,acpi=off,auto-kernel-cmdline=on", "-global", "virtio-mmio.force-legacy=false",
             "-m", "256M", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
             "-display", "none", "-kernel", CFG["pvh_elf"], "-append", GUEST_ARGS,

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import BenchError, end_all, fmt_num, loadavg, log, set_log, wait_for_quiet
+from benchlib import QEMU_CPU, BenchError, end_all, fmt_num, loadavg, log, set_log, wait_for_quiet
 
 CFG = json.load(open(sys.argv[1]))
 OUT = CFG["out"]
@@ -33,7 +33,7 @@ MAC = "02:00:00:00:00:0b"
 
 
 def qemu_cmd():
-    return NS + [CFG["qemu"], "-name", "netbench,debug-threads=on", "-accel", "kvm", "-cpu", "host", "-smp", "1",
+    return NS + [CFG["qemu"], "-name", "netbench,debug-threads=on", "-accel", "kvm", "-cpu", QEMU_CPU, "-smp", "1",
                  "-M", "microvm,acpi=off,auto-kernel-cmdline=on", "-global", "virtio-mmio.force-legacy=false",
                  "-m", "256M", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
                  "-display", "none", "-kernel", CFG["pvh_elf"], "-append", GUEST_ARGS,

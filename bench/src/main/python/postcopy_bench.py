@@ -24,7 +24,7 @@ def size_bytes(s):
 
 def qemu_cmd(qemu, elf, memory, rewrite, hb, qmp, console, incoming):
     guest_mem = size_bytes(memory) // 4 * 3 >> 20
-    cmd = [qemu, "-name", "postcopy,debug-threads=on", "-accel", "kvm", "-cpu", "host", "-smp", "1",
+    cmd = [qemu, "-name", "postcopy,debug-threads=on", "-accel", "kvm", "-cpu", B.QEMU_CPU, "-smp", "1",
            "-M", "microvm,acpi=off,auto-kernel-cmdline=on", "-m", memory, "-nodefaults", "-no-user-config",
            "-nographic", "-no-reboot", "-serial", f"file:{console}", "-display", "none", "-kernel", elf,
            "-append", f"console=ttyS0 testguest.mem={guest_mem}M testguest.hb={hb} testguest.rewrite={rewrite}",

@@ -10,7 +10,7 @@ import statistics
 import sys
 import time
 
-from benchlib import BenchError, JsonLines, log, run_driver, set_log, spawn, stop, write_summary
+from benchlib import QEMU_CPU, BenchError, JsonLines, log, run_driver, set_log, spawn, stop, write_summary
 
 CFG = json.load(open(sys.argv[1]))
 OUT, WORK = CFG["out"], CFG["work"]
@@ -59,7 +59,7 @@ def qemu(size, rewrite, name, incoming, ram_file):
     if ram_file:
         machine += ",memory-backend=ram"
         backend = ["-object", f"memory-backend-file,id=ram,size={size},mem-path={ram_file},share=on"]
-    cmd = [CFG["qemu"], "-accel", "kvm", "-cpu", "host", "-M", machine, *backend, "-m", size, "-smp", "1",
+    cmd = [CFG["qemu"], "-accel", "kvm", "-cpu", QEMU_CPU, "-M", machine, *backend, "-m", size, "-smp", "1",
            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", f"file:{console}",
            "-kernel", CFG["pvh_elf"], "-append", cmdline(size, rewrite), "-qmp", f"unix:{qmp},server=on,wait=off"]
     if incoming:
