@@ -23,6 +23,7 @@ public final class HostFacts {
     private final Kvm kvm;
     private volatile int xsaveSize;
     private volatile int[] savedMsrs;
+    private volatile int[] msrIndexList;
 
     private HostFacts(Kvm kvm) {
         this.kvm = kvm;
@@ -42,6 +43,17 @@ public final class HostFacts {
     /** The CPUID entries KVM supports, copied into {@code arena}. */
     public MemorySegment supportedCpuid(Arena arena) {
         return kvm.supportedCpuid(arena);
+    }
+
+    /** KVM_GET_MSR_INDEX_LIST, sorted: the MSRs a restore can write here (one list per host). */
+    public int[] msrIndexList() {
+        int[] msrs = msrIndexList;
+        if (msrs == null) {
+            msrs = kvm.msrIndexList();
+            java.util.Arrays.sort(msrs);
+            msrIndexList = msrs;
+        }
+        return msrs;
     }
 
     /** The MSRs a save captures: those of KVM's list that {@code vcpu} (not running) can read. The same for every VM (same CPUID). */

@@ -29,6 +29,8 @@ import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * The one place a {@link Vm} is assembled: for a boot, from a snapshot (restore or clone), and for
@@ -38,6 +40,8 @@ import java.util.Set;
  * releases what was built so far. {@link Vm} itself knows nothing of snapshots.
  */
 public final class VmBuilder {
+    private static final Logger log = LoggerFactory.getLogger(VmBuilder.class);
+
     private VmBuilder() {}
 
     /** Where the TSS of real mode goes on Intel: three pages just below the BIOS area at 4 GiB. */
@@ -370,8 +374,18 @@ public final class VmBuilder {
                     disks);
             for (var vcpuFd : shell.vcpuFds()) vm.addVcpu(vcpuFd);
             KvmState.restore(shell.vmFd(), loaded.vm());
+            int[] hostMsrs = HostFacts.of(kvm).msrIndexList();
+            var leftOut = new java.util.TreeSet<Integer>();
             for (int i = 0; i < loaded.cpus(); i++)
-                KvmState.restore(shell.vcpuFds().get(i), loaded.vcpus().get(i), loaded.xsaveSize());
+                for (int msr :
+                        KvmState.restore(shell.vcpuFds().get(i), loaded.vcpus().get(i), loaded.xsaveSize(), hostMsrs))
+                    leftOut.add(msr);
+            if (!leftOut.isEmpty())
+                log.warn(
+                        "the saved vCPUs hold {} MSR(s) this host's KVM does not have or refuses, left out: {} (saved on another"
+                                + " kind of CPU; a guest that uses them may fault)",
+                        leftOut.size(),
+                        leftOut.stream().map(m -> String.format("0x%x", m)).toList());
             return vm;
         } catch (RuntimeException e) {
             if (vm != null) vm.close();

@@ -23,7 +23,9 @@ import dev.panamavmm.kvm.bindings.KvmXsave;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
 
 /**
  * Reads and writes {@link VcpuState} and {@link VmState} with the KVM ioctls, in the order the
@@ -103,16 +105,24 @@ public final class KvmState {
         return seg;
     }
 
-    /** Writes a captured state into a (freshly created, CPUID set) vCPU. */
-    public static void restore(VcpuFd vcpu, VcpuState s, int xsaveSize) {
+    /**
+     * Writes a captured state into a (freshly created, CPUID set) vCPU. An MSR this host's KVM does
+     * not have ({@code hostMsrs}, sorted: KVM_GET_MSR_INDEX_LIST) or refuses with the saved value
+     * is left out, as QEMU leaves out what its destination lacks: a state saved on another kind of
+     * CPU (Intel's IA32_FEATURE_CONTROL, or its ARCH_CAPABILITIES bits, on an AMD host). Returns
+     * those left out, for the caller to say so.
+     */
+    public static int[] restore(VcpuFd vcpu, VcpuState s, int xsaveSize, int[] hostMsrs) {
+        var leftOut = new ArrayList<Integer>();
+        for (int index : s.msrIndices()) if (Arrays.binarySearch(hostMsrs, index) < 0) leftOut.add(index);
         try (var arena = Arena.ofConfined()) {
             vcpu.ioctl(Ioctls.KVM_SET_SREGS, image(s.sregs(), KvmSregs.BYTE_SIZE, arena));
             vcpu.ioctl(Ioctls.KVM_SET_REGS, image(s.regs(), KvmRegs.BYTE_SIZE, arena));
             vcpu.ioctl(Ioctls.KVM_SET_XSAVE, image(s.xsave(), Math.max(xsaveSize, KvmXsave.BYTE_SIZE), arena));
             vcpu.ioctl(Ioctls.KVM_SET_XCRS, image(s.xcrs(), KvmXcrs.BYTE_SIZE, arena));
-            setMsrs(vcpu, s, false, arena);
+            setMsrs(vcpu, s, false, leftOut, arena);
             vcpu.ioctl(Ioctls.KVM_SET_LAPIC, image(s.lapic(), KvmLapicState.BYTE_SIZE, arena));
-            setMsrs(vcpu, s, true, arena);
+            setMsrs(vcpu, s, true, leftOut, arena);
             var mp = arena.allocate(KvmMpState.LAYOUT);
             KvmMpState.mpState(mp, s.mpState());
             vcpu.ioctl(Ioctls.KVM_SET_MP_STATE, mp);
@@ -127,29 +137,36 @@ public final class KvmState {
             vcpu.ioctl(Ioctls.KVM_SET_VCPU_EVENTS, events);
             vcpu.ioctl(Ioctls.KVM_SET_DEBUGREGS, image(s.debugregs(), KvmDebugregs.BYTE_SIZE, arena));
         }
+        return leftOut.stream().mapToInt(Integer::intValue).toArray();
     }
 
-    /** The MSRs other than TSC_DEADLINE ({@code deadline} false), or only it (true). */
-    private static void setMsrs(VcpuFd vcpu, VcpuState s, boolean deadline, Arena arena) {
+    /**
+     * The MSRs other than TSC_DEADLINE ({@code deadline} false), or only it (true), except those in
+     * {@code leftOut}. KVM writes entries in order and stops at the first it refuses: that one joins
+     * {@code leftOut} and the rest are written.
+     */
+    private static void setMsrs(VcpuFd vcpu, VcpuState s, boolean deadline, List<Integer> leftOut, Arena arena) {
+        int[] indices = s.msrIndices();
         int n = 0;
-        for (int index : s.msrIndices()) if ((index == MSR_TSC_DEADLINE) == deadline) n++;
+        for (int index : indices) if ((index == MSR_TSC_DEADLINE) == deadline) n++;
         if (n == 0) return;
         var msrs = msrBuffer(arena, n);
-        KvmMsrs.nmsrs(msrs, n);
-        int j = 0;
-        for (int i = 0; i < s.msrIndices().length; i++) {
-            if ((s.msrIndices()[i] == MSR_TSC_DEADLINE) != deadline) continue;
-            var e = KvmMsrs.entries(msrs, j++);
-            KvmMsrEntry.index(e, s.msrIndices()[i]);
-            KvmMsrEntry.data(e, s.msrValues()[i]);
-        }
-        int written = vcpu.ioctl(Ioctls.KVM_SET_MSRS, msrs);
-        if (written != n) {
-            throw new KvmException(
-                    "KVM_SET_MSRS",
-                    String.format(
-                            "wrote %d of %d MSRs (refused 0x%x)",
-                            written, n, KvmMsrEntry.index(KvmMsrs.entries(msrs, written))));
+        while (true) {
+            int j = 0;
+            for (int i = 0; i < indices.length; i++) {
+                if ((indices[i] == MSR_TSC_DEADLINE) != deadline) continue;
+                if (leftOut.contains(indices[i])) continue;
+                var e = KvmMsrs.entries(msrs, j++);
+                KvmMsrEntry.index(e, indices[i]);
+                KvmMsrEntry.data(e, s.msrValues()[i]);
+            }
+            if (j == 0) return;
+            KvmMsrs.nmsrs(msrs, j);
+            int written = vcpu.ioctl(Ioctls.KVM_SET_MSRS, msrs);
+            if (written == j) return;
+            if (written < 0 || written > j) throw new KvmException("KVM_SET_MSRS", "wrote " + written + " of " + j);
+            leftOut.add(KvmMsrEntry.index(KvmMsrs.entries(
+                    msrs, written))); // and again without it: those before it are written twice, which is harmless
         }
     }
 
