@@ -1,10 +1,10 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.Kvm;
-import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.vmm.state.KvmState;
+import dev.panamavmm.vmm.vcpu.Cpuid;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.Collections;
@@ -14,8 +14,8 @@ import java.util.WeakHashMap;
 /**
  * What this host's KVM offers, probed once per {@link Kvm} handle and shared by every VM of the
  * process: the XSAVE buffer size, the supported CPUID (cached by {@code Kvm} itself) and the MSRs
- * a save captures. Probing the MSRs costs one ioctl per MSR KVM lists (milliseconds here) and
- * needs a vCPU that is not running, so it happens at the first save (or a rehearsal's).
+ * a save captures. Probing the MSRs costs one ioctl per MSR KVM lists, on a scratch VM's vCPU, so
+ * it happens at the first save or migration (or a rehearsal's), before the guest pauses.
  */
 public final class HostFacts {
     private static final Map<Kvm, HostFacts> BY_KVM = Collections.synchronizedMap(new WeakHashMap<>());
@@ -56,10 +56,24 @@ public final class HostFacts {
         return msrs;
     }
 
-    /** The MSRs a save captures: those of KVM's list that {@code vcpu} (not running) can read. The same for every VM (same CPUID). */
-    public int[] msrsToSave(VcpuFd vcpu) {
+    /**
+     * The MSRs a save captures: those of KVM's list that a vCPU like the VMs' (in-kernel LAPIC, the
+     * host's CPUID) can read. Probed once per process on a vCPU of a scratch VM that never runs:
+     * on a VM's own vCPU each ioctl waits for the running vCPU to leave KVM_RUN, which took 4-90 ms
+     * before a migration's first page.
+     */
+    public int[] msrsToSave() {
         int[] msrs = savedMsrs;
-        if (msrs == null) savedMsrs = msrs = KvmState.readableMsrs(vcpu, kvm.msrIndexList());
+        if (msrs == null) {
+            try (var arena = Arena.ofConfined();
+                    var vm = kvm.createVm(arena)) {
+                vm.createIrqchip();
+                try (var vcpu = vm.createVcpu(0)) {
+                    vcpu.setCpuid2(Cpuid.forVcpu(kvm.supportedCpuid(arena), 0, 1, arena));
+                    savedMsrs = msrs = KvmState.readableMsrs(vcpu, kvm.msrIndexList());
+                }
+            }
+        }
         return msrs;
     }
 }

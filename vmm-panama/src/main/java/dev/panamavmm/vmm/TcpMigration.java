@@ -125,7 +125,9 @@ public final class TcpMigration {
                         (System.nanoTime() - connectedAt) / 1000);
                 if (prepared.sharedFile()) sharedFile = SharedMemoryFile.of(vm.memory());
                 var samples = sharedFile == null ? null : SharedMemoryFile.samples(vm.memory());
+                long probeAt = System.nanoTime();
                 VmSnapshots.probeHost(vm);
+                log.debug("probed the host in {} us", (System.nanoTime() - probeAt) / 1000);
                 var sender = new Sender(vm, out, status, progress, watchdog);
                 if (sharedFile == null) {
                     vm.startDirtyLog();

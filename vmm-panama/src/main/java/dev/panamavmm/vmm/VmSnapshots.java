@@ -200,12 +200,13 @@ public final class VmSnapshots {
             }
             Live live = null;
             if (request.live() && !wasPaused) live = Live.precopy(vm, writer, stored, base);
+            probeHost(vm); // once per process, and not in the downtime
             long start = System.nanoTime(); // the guest's downtime starts here
             vm.pause();
             long paused = System.nanoTime();
             var host = HostFacts.of(vm.kvm());
             int xsaveSize = host.xsaveSize(vm.vmFd());
-            int[] msrs = host.msrsToSave(vm.vcpuFds().getFirst());
+            int[] msrs = host.msrsToSave();
             for (var vcpu : vm.vcpuFds()) {
                 writer.section(
                         "vcpu/" + vcpu.id(), VcpuStateCodec.INSTANCE.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
@@ -738,7 +739,7 @@ public final class VmSnapshots {
 
     /** Probes what a save needs to know of this host (the readable MSRs), so the first save's downtime does not. */
     public static void probeHost(Vm vm) {
-        HostFacts.of(vm.kvm()).msrsToSave(vm.vcpuFds().getFirst());
+        HostFacts.of(vm.kvm()).msrsToSave();
     }
 
     /** Encodes every state of {@code loaded} as a save would (and drops the bytes): to warm the codecs. */
