@@ -149,6 +149,12 @@ def one(peer, size, rewrite, run, memory):
             row.update({"total_ms": m.get("total-time"), "downtime_ms": m.get("downtime"),
                         "bytes": m["ram"]["transferred"], "passes": m["ram"].get("dirty-sync-count"),
                         "throttle": m.get("cpu-throttle-percentage", 0)})
+            # The guest's own pause, measured alike on both: from the source's STOP event to the
+            # destination's RESUME, by the timestamps each VMM puts on them (one clock, one machine).
+            # Each VMM's own "downtime" ends elsewhere (QEMU's when the source has sent the state).
+            stopped, resumed = event_seconds(s, "STOP", 1), event_seconds(d, "RESUME", 10)
+            if stopped is not None and resumed is not None:
+                row["paused_ms"] = round((resumed - stopped) * 1000, 1)
             if peer == "qemu":
                 d.cmd("cont", check=False)  # QEMU's destination resumes by itself (autostart); harmless
             at = os.path.getsize(dst_console) if os.path.exists(dst_console) else 0
@@ -175,6 +181,15 @@ def one(peer, size, rewrite, run, memory):
                     pass
 
 
+def event_seconds(end, name, timeout):
+    """The timestamp the VMM put on its event `name` (already read, or coming within timeout s), or None."""
+    got = end.wait_event(name, timeout)
+    if got is None:
+        return None
+    ts = got[1].get("timestamp") or {}
+    return ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
+
+
 def mib_text(b):
     """MiB, with decimals when under 10 (a migration by reference sends KiB)."""
     return f"{b / 2**20:.0f}" if b >= 10 * 2**20 else f"{b / 2**20:.2f}"
@@ -189,7 +204,8 @@ def summary(results):
     lines = [f"TCP pre-copy over loopback, max-bandwidth {CFG['bandwidth']} B/s, downtime-limit {CFG['downtime']} ms,"
              f" median of {CFG['runs']} run(s); load {open('/proc/loadavg').read().split()[0:3]}",
              f"{'memory':>6} {'size':>5} {'rewrite':>7} | {'QEMU total':>10} {'downtime':>8} {'MiB sent':>8} | "
-             f"{'Panama total':>12} {'downtime':>8} {'MiB sent':>8} {'throttle':>8} | {'total':>6} {'down':>6} {'bytes':>6}"]
+             f"{'Panama total':>12} {'downtime':>8} {'MiB sent':>8} {'throttle':>8} | {'total':>6} {'down':>6} {'bytes':>6}"
+             f" | {'paused QEMU':>11} {'Panama':>7} {'ratio':>6}"]
     for memory, size, rw in ((m, s, r) for m in CFG.get("memory", ["anon"]) for s in CFG["sizes"] for r in CFG["rewrites"]):
             pick = lambda peer: [r for r in results["rows"] if r["peer"] == peer and r["size"] == size
                                  and r["rewrite"] == rw and r.get("memory", "anon") == memory]
@@ -206,9 +222,14 @@ def summary(results):
             ratio = ["-", "-", "-"]
             if all(r["converged"] for r in q + p):
                 ratio = [f"{med(p, k) / max(1, med(q, k)):.2f}" for k in ("total_ms", "downtime_ms", "bytes")]
+            qp, pp = med(q, "paused_ms"), med(p, "paused_ms")
+            paused = [f"{qp:.1f}" if qp is not None else "-", f"{pp:.1f}" if pp is not None else "-",
+                      f"{pp / max(0.1, qp):.2f}" if qp is not None and pp is not None else "-"]
             lines.append(f"{memory:>6} {size:>5} {rw:>6}% | {qc[0]:>10} {qc[1]:>8} {qc[2]:>8} | {pc[0]:>12} {pc[1]:>8} {pc[2]:>8} "
-                         f"{str(med(p, 'throttle') or 0) + '%':>8} | {ratio[0]:>6} {ratio[1]:>6} {ratio[2]:>6}")
-    lines.append("ratios: Panama / QEMU (below 1: Panama is better)")
+                         f"{str(med(p, 'throttle') or 0) + '%':>8} | {ratio[0]:>6} {ratio[1]:>6} {ratio[2]:>6}"
+                         f" | {paused[0]:>11} {paused[1]:>7} {paused[2]:>6}")
+    lines.append("ratios: Panama / QEMU (below 1: Panama is better); paused: ms from the source's STOP event to the"
+                 " destination's RESUME (each VMM's own timestamps), the guest's pause measured alike on both")
     return "\n".join(lines)
 
 
