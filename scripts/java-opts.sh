@@ -30,4 +30,15 @@ panama_java_opts() {
     run|restore|clone|standby|incoming)
       java_opts+=(-XX:TieredStopAtLevel=1 -XX:+UnlockDiagnosticVMOptions -XX:ArchiveRelocationMode=0) ;;
   esac
+  # PANAMA_VMM_JIT=c2 keeps C2 in such a process too: for a VM whose devices move many small
+  # requests (virtio-net's frames per second on this machine: 0.73-0.81x QEMU's with C1 only,
+  # 0.86-0.98x with C2; docs/benchmarks.md), at the memory C2 costs each process (above).
+  case "${PANAMA_VMM_JIT:-c1}" in
+    c1) ;;
+    c2)
+      local kept=() option
+      for option in "${java_opts[@]}"; do [ "$option" = -XX:TieredStopAtLevel=1 ] || kept+=("$option"); done
+      java_opts=("${kept[@]}") ;;
+    *) echo "vmm: PANAMA_VMM_JIT=$PANAMA_VMM_JIT is not c1 (the default) or c2" >&2; exit 2 ;;
+  esac
 }

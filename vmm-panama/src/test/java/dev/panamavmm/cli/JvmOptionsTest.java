@@ -36,6 +36,45 @@ class JvmOptionsTest {
                         "-Xms8m",
                         "-jar",
                         "vmm.jar"),
-                JvmOptions.forOneVm(List.of("java", "-XX:+UseSerialGC", "-Xms8m", "-jar", "vmm.jar")));
+                JvmOptions.forOneVm(List.of("java", "-XX:+UseSerialGC", "-Xms8m", "-jar", "vmm.jar"), false));
+    }
+
+    @Test
+    void withC2AWorkerKeepsTheJvmsTiers() {
+        assertEquals(
+                List.of(
+                        "java",
+                        "-XX:+UnlockDiagnosticVMOptions",
+                        "-XX:ArchiveRelocationMode=0",
+                        "-XX:+UseSerialGC",
+                        "-Xms8m",
+                        "-jar",
+                        "vmm.jar"),
+                JvmOptions.forOneVm(List.of("java", "-XX:+UseSerialGC", "-Xms8m", "-jar", "vmm.jar"), true));
+    }
+
+    @Test
+    void theLauncherLeavesC1OnlyOutForC2AndRefusesOtherValues() throws Exception {
+        var script = ReadmeTest.repositoryRoot().resolve("scripts/java-opts.sh");
+        assertEquals(
+                "-XX:+UseSerialGC -Xms8m -XX:+UnlockDiagnosticVMOptions -XX:ArchiveRelocationMode=0",
+                launcherOptions(script, "c2").trim());
+        assertTrue(launcherOptions(script, "c1").contains("-XX:TieredStopAtLevel=1"));
+        var p = new ProcessBuilder("bash", "-c", ". \"$0\"; panama_java_opts run", script.toString());
+        p.environment().put("PANAMA_VMM_JIT", "c3");
+        var process = p.redirectErrorStream(true).start();
+        String out = new String(process.getInputStream().readAllBytes());
+        assertEquals(2, process.waitFor());
+        assertEquals("vmm: PANAMA_VMM_JIT=c3 is not c1 (the default) or c2\n", out);
+    }
+
+    private static String launcherOptions(java.nio.file.Path script, String jit) throws Exception {
+        var p = new ProcessBuilder(
+                "bash", "-c", ". \"$0\"; panama_java_opts run; echo \"${java_opts[@]}\"", script.toString());
+        p.environment().put("PANAMA_VMM_JIT", jit);
+        var process = p.start();
+        String out = new String(process.getInputStream().readAllBytes());
+        assertEquals(0, process.waitFor());
+        return out;
     }
 }
