@@ -44,6 +44,9 @@ final class TapBackend implements NetBackend, AutoCloseable {
     /** The receive queue's own: it runs beside the transmit queue's thread. */
     private final MemorySegment rxIov;
 
+    /** errno of the transmit and the receive queue's threads: each its own, and no per-call lookup. */
+    private final MemorySegment txErrno, rxErrno;
+
     private final MemorySegment pollfd;
     private volatile int offloads = -1;
 
@@ -53,6 +56,8 @@ final class TapBackend implements NetBackend, AutoCloseable {
         var arena = Arena.ofAuto();
         this.iov = arena.allocate(Iovec.LAYOUT, IOV_MAX);
         this.rxIov = arena.allocate(Iovec.LAYOUT, IOV_MAX);
+        this.txErrno = LibC.errnoCapture(arena);
+        this.rxErrno = LibC.errnoCapture(arena);
         this.pollfd = arena.allocate(Pollfd.LAYOUT);
         Pollfd.fd(pollfd, fd);
         Pollfd.events(pollfd, LibcConstants.POLLIN);
@@ -156,7 +161,7 @@ final class TapBackend implements NetBackend, AutoCloseable {
     public boolean send(List<MemorySegment> buffers) throws IOException {
         if (buffers.size() > IOV_MAX) return false;
         vector(iov, buffers, buffers.size());
-        long r = LibC.writevOrErrno(fd, iov, buffers.size());
+        long r = LibC.writevOrErrno(txErrno, fd, iov, buffers.size());
         if (r >= 0) return true;
         if (r == -LibcConstants.EAGAIN) return false;
         throw new IOException("writing to the tap " + name + ": " + reason((int) -r));
@@ -190,7 +195,7 @@ final class TapBackend implements NetBackend, AutoCloseable {
         // An indirect chain may have more buffers than an iovec array here: the frame goes into the first ones.
         int count = Math.min(buffers.size(), IOV_MAX);
         long room = vector(rxIov, buffers, count);
-        long r = LibC.readvOrErrno(fd, rxIov, count);
+        long r = LibC.readvOrErrno(rxErrno, fd, rxIov, count);
         if (r >= 0) return r > room ? Integer.MAX_VALUE : (int) r; // beyond the buffers: the kernel cut it short
         if (r == -LibcConstants.EAGAIN) return 0;
         // Buffers too short for even the vnet header (EINVAL) or a bad address (EFAULT): the frame is gone.

@@ -102,7 +102,19 @@ final class VirtioHost implements AutoCloseable {
         if (device.queueCount() != queueFds.length)
             throw new IllegalStateException(
                     slot.name() + " has " + device.queueCount() + " queues, not " + queueFds.length);
-        GuestRam ram = memory::deviceSlice; // marks what it hands out: KVM's dirty log does not see device writes
+        // A writable buffer is marked as it is handed out (KVM's dirty log does not see device writes); a read-only one
+        // needs not be.
+        GuestRam ram = new GuestRam() {
+            @Override
+            public MemorySegment slice(long address, long length) {
+                return memory.deviceSlice(address, length);
+            }
+
+            @Override
+            public MemorySegment readSlice(long address, long length) {
+                return memory.deviceReadSlice(address, length);
+            }
+        };
         VirtioMmio.Notifier notifier = this::kick;
         VirtioMmio.Interrupt interrupt = () -> LibC.write(irqFd, ONE);
         if (state != null && slot.config() instanceof NetConfig n) state = withMac(state, n.macBytes());

@@ -16,4 +16,13 @@ public interface GuestRam {
      * 0 at any address inside RAM is an empty segment.
      */
     MemorySegment slice(long address, long length);
+
+    /**
+     * As {@link #slice}, for a buffer the device only reads (a driver-to-device buffer): read-only,
+     * so the VMM need not count it among the pages its devices may have written.
+     */
+    default MemorySegment readSlice(long address, long length) {
+        var s = slice(address, length);
+        return s == null ? null : s.asReadOnly();
+    }
 }

@@ -30,7 +30,6 @@ final class Virtqueue {
     static final int MAX_INDIRECT = 1024;
 
     private static final ValueLayout.OfShort U16 = ValueLayout.JAVA_SHORT_UNALIGNED;
-    private static final ValueLayout.OfInt U32 = ValueLayout.JAVA_INT_UNALIGNED;
     private static final ValueLayout.OfLong U64 = ValueLayout.JAVA_LONG_UNALIGNED;
 
     private final GuestRam ram;
@@ -123,7 +122,7 @@ final class Virtqueue {
         if (head >= size) throw new VirtioException("chain head " + head + " is outside a queue of " + size);
         // Most chains have a buffer or two each way: room for four, so no list grows (a request's garbage).
         var readable = new ArrayList<MemorySegment>(4);
-        var writable = new ArrayList<MemorySegment>(4);
+        var writables = new ArrayList<MemorySegment>(4);
         MemorySegment table = desc;
         int tableSize = size;
         boolean inIndirect = false;
@@ -134,10 +133,12 @@ final class Virtqueue {
             // A chain that visits more descriptors than its table holds has a loop.
             if (++seen > tableSize) throw new VirtioException("a descriptor chain is longer than its table (a loop?)");
             long at = (long) index * DESCRIPTOR_BYTES;
+            // Two reads, not four: every access through a segment costs on the device's hot path.
             long addr = table.get(U64, at);
-            long len = Integer.toUnsignedLong(table.get(U32, at + 8));
-            int flags = Short.toUnsignedInt(table.get(U16, at + 12));
-            int next = Short.toUnsignedInt(table.get(U16, at + 14));
+            long rest = table.get(U64, at + 8); // len (32 bits), flags (16), next (16), little-endian
+            long len = rest & 0xFFFF_FFFFL;
+            int flags = (int) (rest >>> 32) & 0xFFFF;
+            int next = (int) (rest >>> 48);
             if ((flags & DESC_F_INDIRECT) != 0) {
                 if (!indirect) throw new VirtioException("an indirect descriptor without the negotiated feature");
                 if (inIndirect) throw new VirtioException("an indirect descriptor inside an indirect table");
@@ -156,16 +157,17 @@ final class Virtqueue {
             total += len;
             // Used lengths are 32 bits; no request of a sane driver comes near.
             if (total > 0xFFFF_FFFFL) throw new VirtioException("a descriptor chain of more than 4 GiB");
-            var buffer = ram.slice(addr, len);
+            boolean writable = (flags & DESC_F_WRITE) != 0;
+            var buffer = writable ? ram.slice(addr, len) : ram.readSlice(addr, len);
             if (buffer == null)
                 throw new VirtioException(String.format("a buffer at 0x%x (%d bytes) is outside guest RAM", addr, len));
-            if ((flags & DESC_F_WRITE) != 0) {
-                writable.add(buffer);
+            if (writable) {
+                writables.add(buffer);
             } else {
-                if (!writable.isEmpty()) throw new VirtioException("a readable buffer after a writable one");
+                if (!writables.isEmpty()) throw new VirtioException("a readable buffer after a writable one");
                 readable.add(buffer);
             }
-            if ((flags & DESC_F_NEXT) == 0) return new DescriptorChain(head, readable, writable);
+            if ((flags & DESC_F_NEXT) == 0) return new DescriptorChain(head, readable, writables);
             if (next >= tableSize) throw new VirtioException("descriptor " + next + " is outside its table");
             index = next;
         }
@@ -174,8 +176,7 @@ final class Virtqueue {
     /** Puts a finished chain on the used ring: its head and the bytes written into its buffers. */
     void addUsed(int head, int written) {
         long slot = 4 + 8L * (usedIdx & (size - 1));
-        used.set(U32, slot, head);
-        used.set(U32, slot + 4, written);
+        used.set(U64, slot, Integer.toUnsignedLong(head) | (long) written << 32); // id, then len: one write
         usedIdx = (usedIdx + 1) & 0xFFFF;
         VarHandle.releaseFence();
         used.set(U16, 2, (short) usedIdx);

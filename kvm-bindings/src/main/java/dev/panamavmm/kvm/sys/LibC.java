@@ -281,8 +281,30 @@ public final class LibC {
         return vectoredOrErrno(LibcConstants.SYS_writev, fd, iov, count);
     }
 
+    /**
+     * An errno capture segment of the caller's own, for {@link #readvOrErrno(MemorySegment, int,
+     * MemorySegment, int)} and {@link #writevOrErrno(MemorySegment, int, MemorySegment, int)}: a
+     * device's hot path (a frame per call) skips the per-thread lookup. One per thread that uses it.
+     */
+    public static MemorySegment errnoCapture(Arena arena) {
+        return arena.allocate(CAPTURE_LAYOUT);
+    }
+
+    /** {@link #readvOrErrno(int, MemorySegment, int)} with the caller's {@link #errnoCapture}. */
+    public static long readvOrErrno(MemorySegment capture, int fd, MemorySegment iov, int count) {
+        return vectoredOrErrno(capture, LibcConstants.SYS_readv, fd, iov, count);
+    }
+
+    /** {@link #writevOrErrno(int, MemorySegment, int)} with the caller's {@link #errnoCapture}. */
+    public static long writevOrErrno(MemorySegment capture, int fd, MemorySegment iov, int count) {
+        return vectoredOrErrno(capture, LibcConstants.SYS_writev, fd, iov, count);
+    }
+
     private static long vectoredOrErrno(int number, int fd, MemorySegment iov, int count) {
-        var capture = CAPTURE.get();
+        return vectoredOrErrno(CAPTURE.get(), number, fd, iov, count);
+    }
+
+    private static long vectoredOrErrno(MemorySegment capture, int number, int fd, MemorySegment iov, int count) {
         long base = address(iov);
         while (true) {
             long r = syscall(capture, number, fd, base, count);

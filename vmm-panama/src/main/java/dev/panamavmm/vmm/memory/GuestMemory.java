@@ -541,6 +541,17 @@ public final class GuestMemory implements AutoCloseable {
         return b.segment().asSlice(gpa - b.guestAddress(), length);
     }
 
+    /**
+     * A read-only view of guest RAM for a device (a buffer it only reads): not marked in
+     * {@link #vmmWrites}, as nothing can write through it. Null when the range is not all RAM of one block.
+     */
+    public MemorySegment deviceReadSlice(long gpa, long length) {
+        var b = blockAt(gpa, length);
+        if (b == null) return null;
+        awaitPresent(gpa, length);
+        return b.segment().asSlice(gpa - b.guestAddress(), length).asReadOnly();
+    }
+
     /** Copies {@code data} into guest RAM at {@code gpa}. */
     public void write(long gpa, byte[] data) {
         vmmWrites.mark(gpa, data.length);
