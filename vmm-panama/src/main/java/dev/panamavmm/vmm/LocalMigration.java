@@ -419,7 +419,10 @@ public final class LocalMigration {
         }
     }
 
-    /** The destination's side of {@link VmSnapshots#warmUp}, in a scratch directory of its own. */
+    /**
+     * {@link VmSnapshots#warmUp} once per process, in a scratch directory of its own: a destination
+     * runs it before the state arrives, a TCP migration's source before it pauses.
+     */
     static void warmUpStatePath() {
         if (VmSnapshots.warm()) return; // once per process: later migrations make no scratch directory for it
         try (var scratch = ScratchDir.create(ScratchDir.defaultRoot(), "panama-warm")) {

@@ -130,7 +130,14 @@ public final class TcpMigration {
                 if (samples != null) SharedMemoryFile.fingerprints(vm.memory(), samples);
                 long probeAt = System.nanoTime();
                 VmSnapshots.probeHost(vm);
-                log.debug("probed the host in {} us", (System.nanoTime() - probeAt) / 1000);
+                long warmAt = System.nanoTime();
+                // The state's way (encode, the container, decode) once before the pause, as the
+                // destination does: its first run in a process costs the pause ~6 ms more.
+                LocalMigration.warmUpStatePath();
+                log.debug(
+                        "probed the host in {} us, warmed the state path in {} us",
+                        (warmAt - probeAt) / 1000,
+                        (System.nanoTime() - warmAt) / 1000);
                 var sender = new Sender(vm, out, status, progress, watchdog);
                 if (sharedFile == null) {
                     vm.startDirtyLog();
