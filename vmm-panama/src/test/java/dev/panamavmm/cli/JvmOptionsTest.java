@@ -24,33 +24,24 @@ class JvmOptionsTest {
                 oneVm.split("java_opts\\+=\\(")[1].trim().split("\\s+").length);
     }
 
-    @Test
-    void aWorkerGetsTheOptionsItLacksAfterJava() {
-        assertEquals(
-                List.of(
-                        "java",
-                        "-XX:TieredStopAtLevel=1",
-                        "-XX:+UnlockDiagnosticVMOptions",
-                        "-XX:ArchiveRelocationMode=0",
-                        "-XX:+UseSerialGC",
-                        "-Xms8m",
-                        "-jar",
-                        "vmm.jar"),
-                JvmOptions.forOneVm(List.of("java", "-XX:+UseSerialGC", "-Xms8m", "-jar", "vmm.jar"), false));
+    /** The options after java, as a worker started from {@code java -XX:+UseSerialGC -Xms8m -jar vmm.jar} gets them. */
+    private static List<String> worker(boolean c2) {
+        var command = JvmOptions.forOneVm(List.of("java", "-XX:+UseSerialGC", "-Xms8m", "-jar", "vmm.jar"), c2);
+        assertEquals("java", command.getFirst());
+        return command.subList(1, command.size());
     }
 
     @Test
-    void withC2AWorkerKeepsTheJvmsTiers() {
-        assertEquals(
-                List.of(
-                        "java",
-                        "-XX:+UnlockDiagnosticVMOptions",
-                        "-XX:ArchiveRelocationMode=0",
-                        "-XX:+UseSerialGC",
-                        "-Xms8m",
-                        "-jar",
-                        "vmm.jar"),
-                JvmOptions.forOneVm(List.of("java", "-XX:+UseSerialGC", "-Xms8m", "-jar", "vmm.jar"), true));
+    void aWorkerGetsTheOptionsItLacksAfterJavaAndWithC2KeepsTheJvmsTiers() {
+        var rest =
+                List.of("-XX:+UnlockDiagnosticVMOptions", "-XX:ArchiveRelocationMode=0", "-XX:+UseSerialGC", "-Xms8m");
+        var c1 = new java.util.ArrayList<>(List.of("-XX:TieredStopAtLevel=1"));
+        c1.addAll(rest);
+        c1.addAll(List.of("-jar", "vmm.jar"));
+        var c2 = new java.util.ArrayList<>(rest);
+        c2.addAll(List.of("-jar", "vmm.jar"));
+        assertEquals(c1, worker(false));
+        assertEquals(c2, worker(true));
     }
 
     @Test
