@@ -1,12 +1,14 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.kvm.VmFd;
 import dev.panamavmm.kvm.bindings.KvmConstants;
 import dev.panamavmm.vmm.state.KvmState;
 import dev.panamavmm.vmm.vcpu.Cpuid;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.Arrays;
 import java.util.Collections;
 import java.util.Map;
 import java.util.WeakHashMap;
@@ -14,8 +16,8 @@ import java.util.WeakHashMap;
 /**
  * What this host's KVM offers, probed once per {@link Kvm} handle and shared by every VM of the
  * process: the XSAVE buffer size, the supported CPUID (cached by {@code Kvm} itself) and the MSRs
- * a save captures. Probing the MSRs costs one ioctl per MSR KVM lists, on a scratch VM's vCPU, so
- * it happens at the first save or migration (or a rehearsal's), before the guest pauses.
+ * a save captures. Probing the MSRs costs one ioctl per MSR KVM lists on a vCPU that is not
+ * running: a save's own paused vCPU, or before a migration's pause a scratch VM's (or a rehearsal's).
  */
 public final class HostFacts {
     private static final Map<Kvm, HostFacts> BY_KVM = Collections.synchronizedMap(new WeakHashMap<>());
@@ -50,30 +52,37 @@ public final class HostFacts {
         int[] msrs = msrIndexList;
         if (msrs == null) {
             msrs = kvm.msrIndexList();
-            java.util.Arrays.sort(msrs);
+            Arrays.sort(msrs);
             msrIndexList = msrs;
         }
         return msrs;
     }
 
     /**
-     * The MSRs a save captures: those of KVM's list that a vCPU like the VMs' (in-kernel LAPIC, the
-     * host's CPUID) can read. Probed once per process on a vCPU of a scratch VM that never runs:
-     * on a VM's own vCPU each ioctl waits for the running vCPU to leave KVM_RUN, which took 4-90 ms
-     * before a migration's first page.
+     * The MSRs a save captures: those of KVM's list that {@code stopped}, a vCPU that is not running
+     * (a paused VM's), can read. The same for every VM (same CPUID); probed once per process.
      */
-    public int[] msrsToSave() {
+    public int[] msrsToSave(VcpuFd stopped) {
         int[] msrs = savedMsrs;
-        if (msrs == null) {
-            try (var arena = Arena.ofConfined();
-                    var vm = kvm.createVm(arena)) {
-                vm.createIrqchip();
-                try (var vcpu = vm.createVcpu(0)) {
-                    vcpu.setCpuid2(Cpuid.forVcpu(kvm.supportedCpuid(arena), 0, 1, arena));
-                    savedMsrs = msrs = KvmState.readableMsrs(vcpu, kvm.msrIndexList());
-                }
+        if (msrs == null) savedMsrs = msrs = KvmState.readableMsrs(stopped, kvm.msrIndexList());
+        return msrs;
+    }
+
+    /**
+     * {@link #msrsToSave} while the VM runs (a migration, before its pause), probed on a vCPU of a
+     * scratch VM like the VMs' (in-kernel LAPIC, the host's CPUID) that never runs: on a running
+     * vCPU each ioctl waits for it to leave KVM_RUN, which took 4-90 ms before a migration's first
+     * page. The scratch VM costs ~15 ms, once per process.
+     */
+    public int[] msrsToSaveWhileRunning() {
+        if (savedMsrs != null) return savedMsrs;
+        try (var arena = Arena.ofConfined();
+                var vm = kvm.createVm(arena)) {
+            vm.createIrqchip();
+            try (var vcpu = vm.createVcpu(0)) {
+                vcpu.setCpuid2(Cpuid.forVcpu(kvm.supportedCpuid(arena), 0, 1, arena));
+                return msrsToSave(vcpu);
             }
         }
-        return msrs;
     }
 }

@@ -200,13 +200,12 @@ public final class VmSnapshots {
             }
             Live live = null;
             if (request.live() && !wasPaused) live = Live.precopy(vm, writer, stored, base);
-            probeHost(vm); // once per process, and not in the downtime
             long start = System.nanoTime(); // the guest's downtime starts here
             vm.pause();
             long paused = System.nanoTime();
             var host = HostFacts.of(vm.kvm());
             int xsaveSize = host.xsaveSize(vm.vmFd());
-            int[] msrs = host.msrsToSave();
+            int[] msrs = host.msrsToSave(vm.vcpuFds().getFirst());
             for (var vcpu : vm.vcpuFds()) {
                 writer.section(
                         "vcpu/" + vcpu.id(), VcpuStateCodec.INSTANCE.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
@@ -737,9 +736,9 @@ public final class VmSnapshots {
         }
     }
 
-    /** Probes what a save needs to know of this host (the readable MSRs), so the first save's downtime does not. */
+    /** Probes what a save needs to know of this host (the readable MSRs) while the guest runs, so the downtime does not. */
     public static void probeHost(Vm vm) {
-        HostFacts.of(vm.kvm()).msrsToSave();
+        HostFacts.of(vm.kvm()).msrsToSaveWhileRunning();
     }
 
     /** Encodes every state of {@code loaded} as a save would (and drops the bytes): to warm the codecs. */

@@ -165,8 +165,8 @@ public final class KvmState {
             int written = vcpu.ioctl(Ioctls.KVM_SET_MSRS, msrs);
             if (written == j) return;
             if (written < 0 || written > j) throw new KvmException("KVM_SET_MSRS", "wrote " + written + " of " + j);
-            leftOut.add(KvmMsrEntry.index(KvmMsrs.entries(
-                    msrs, written))); // and again without it: those before it are written twice, which is harmless
+            // Again without the refused one: those before it are written twice, which is harmless.
+            leftOut.add(KvmMsrEntry.index(KvmMsrs.entries(msrs, written)));
         }
     }
 
