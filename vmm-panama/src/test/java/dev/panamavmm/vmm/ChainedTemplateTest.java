@@ -220,7 +220,7 @@ class ChainedTemplateTest {
 
                 for (var c : clones) c.start();
                 int last = SnapshotTest.checkHeartbeats(console.text()).get(0);
-                for (var c : consoles) c.await("hb 0 " + (last + 5) + "\n", 60);
+                for (var c : consoles) c.await("hb 0 " + (last + 5), 60);
             } finally {
                 clones.forEach(Vm::close);
             }
@@ -274,7 +274,7 @@ class ChainedTemplateTest {
                 assertEquals("written by the clone that made depth 2", marker(restored, 2));
                 int last = SnapshotTest.checkHeartbeats(console.text()).get(0);
                 restored.start();
-                console.await("hb 0 " + (last + 5) + "\n", 60);
+                console.await("hb 0 " + (last + 5), 60);
             }
             SnapshotTest.checkHeartbeats(console.text());
             Templates.remove(t2);

@@ -236,7 +236,7 @@ class DiffSnapshotTest {
     }
 
     private static int Heartbeats(String console) {
-        return dev.panamavmm.testing.Heartbeats.check(console).getOrDefault(0, 0);
+        return dev.panamavmm.testing.Heartbeats.checkLive(console).getOrDefault(0, 0);
     }
 
     @KvmTest
