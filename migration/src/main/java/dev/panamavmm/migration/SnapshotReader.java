@@ -61,89 +61,119 @@ public final class SnapshotReader {
         if (!Files.isDirectory(dir)) throw new SnapshotException("no snapshot directory " + dir);
         Path file = dir.resolve(SnapshotFormat.FILE_NAME);
         try (var ch = FileChannel.open(file, StandardOpenOption.READ)) {
-            long size = ch.size();
-            var header = ByteBuffer.allocate(SnapshotFormat.HEADER_SIZE).order(ByteOrder.LITTLE_ENDIAN);
-            if (size < SnapshotFormat.HEADER_SIZE || readFully(ch, header, 0) < SnapshotFormat.HEADER_SIZE) {
-                throw new SnapshotException("snapshot " + file + " is truncated (no complete header)");
-            }
-            byte[] h = header.array();
-            for (int i = 0; i < SnapshotFormat.MAGIC.length; i++) {
-                if (h[i] != SnapshotFormat.MAGIC[i])
-                    throw new SnapshotException(file + " is not a Panama VMM snapshot");
-            }
-            if (header.getInt(SnapshotFormat.OFF_HEADER_CRC) != SnapshotWriter.crc(h, SnapshotFormat.OFF_HEADER_CRC)) {
-                throw new SnapshotException("snapshot " + file + " is corrupt (header checksum mismatch)");
-            }
-            int version = header.getInt(SnapshotFormat.OFF_VERSION);
-            if (version < SnapshotFormat.OLDEST_READABLE || version > SnapshotFormat.NEWEST_READABLE) {
-                throw new SnapshotException(
-                        "snapshot " + file + " has format version " + version + "; this VMM reads versions "
-                                + SnapshotFormat.OLDEST_READABLE + " to " + SnapshotFormat.NEWEST_READABLE);
-            }
-            long fileLength = header.getLong(SnapshotFormat.OFF_FILE_LENGTH);
-            if (size < fileLength)
-                throw new SnapshotException(
-                        "snapshot " + file + " is truncated (" + size + " of " + fileLength + " bytes)");
-            long tableOffset = header.getLong(SnapshotFormat.OFF_TABLE);
-            long tableLength = header.getLong(SnapshotFormat.OFF_TABLE_LENGTH);
-            if (tableOffset < SnapshotFormat.DATA_START
-                    || tableLength < 0
-                    || tableLength > SnapshotFormat.MAX_TABLE
-                    || tableOffset + tableLength != fileLength) {
-                throw new SnapshotException("snapshot " + file + " is corrupt (bad section table bounds)");
-            }
-            var table = ByteBuffer.allocate((int) tableLength).order(ByteOrder.LITTLE_ENDIAN);
-            if (readFully(ch, table, tableOffset) < tableLength)
-                throw new SnapshotException("snapshot " + file + " is truncated");
-            if (SnapshotWriter.crc(table.array()) != header.getInt(SnapshotFormat.OFF_TABLE_CRC)) {
-                throw new SnapshotException("snapshot " + file + " is corrupt (section table checksum mismatch)");
-            }
-            var sections = parseSections(table.flip(), file);
-            byte[] meta = sections.get("metadata");
-            if (meta == null) throw new SnapshotException("snapshot " + file + " has no metadata");
-            Map<String, Object> metadata;
-            try {
-                metadata = Json.asObject(Json.parse(new String(meta, StandardCharsets.UTF_8)), "metadata");
-            } catch (Json.JsonException e) {
-                throw new SnapshotException("snapshot " + file + " has malformed metadata: " + e.getMessage());
-            }
-            var ram = new ArrayList<RamBlockEntry>();
-            var rows = metadata.get("ram") instanceof List<?> l ? l : List.of();
-            if (rows.size() > SnapshotFormat.MAX_RAM_BLOCKS)
-                throw new SnapshotException("snapshot " + file + " lists too many RAM blocks");
-            for (var row : rows) {
-                var entry = RamBlockEntry.fromJson(Json.asObject(row, "RAM block"));
-                if (!entry.byReference()
-                        && !entry.byDescriptor()
-                        && (entry.dataOffset() < SnapshotFormat.DATA_START
-                                || entry.dataOffset() % SnapshotFormat.PAGE != 0
-                                || entry.dataOffset() + entry.size() > tableOffset)) {
-                    throw new SnapshotException("snapshot " + file + " is corrupt (RAM block " + entry.id()
-                            + " lies outside its data area)");
-                }
-                ram.add(entry);
-            }
-            int flavourCode = header.getInt(SnapshotFormat.OFF_FLAVOUR);
-            String flavour = flavourCode >= 0 && flavourCode < SnapshotFormat.FLAVOURS.length
-                    ? SnapshotFormat.FLAVOURS[flavourCode]
-                    : "UNKNOWN";
-            return new SnapshotReader(
-                    file,
-                    version,
-                    flavour,
-                    header.getLong(SnapshotFormat.OFF_CREATED),
-                    (header.getInt(SnapshotFormat.OFF_FLAGS) & SnapshotFormat.FLAG_BYPASS) != 0,
-                    sections,
-                    metadata,
-                    List.copyOf(ram),
-                    header.getInt(SnapshotFormat.OFF_HEADER_CRC),
-                    fileLength,
-                    base(version, metadata, file));
+            return read(file, ch.size(), (b, at) -> readFully(ch, b, at));
         } catch (NoSuchFileException e) {
             throw new SnapshotException("no snapshot in " + dir + " (" + SnapshotFormat.FILE_NAME + " is missing)");
         } catch (IOException e) {
             throw new SnapshotException("cannot read snapshot " + file + ": " + IoErrors.reason(e), e);
         }
+    }
+
+    /**
+     * Reads and checks a container that arrived as bytes (a migration's state), with the same
+     * checks as a file; {@code name} stands for the file in messages. Its RAM can only be by
+     * reference or by descriptor: nothing reads pages from it.
+     */
+    public static SnapshotReader fromBytes(byte[] container, Path name) {
+        SnapshotReader reader;
+        try {
+            reader = read(name, container.length, (b, at) -> {
+                int n = (int) Math.min(b.remaining(), Math.max(0, container.length - at));
+                b.put(container, (int) at, n);
+                return n;
+            });
+        } catch (IOException e) {
+            throw new AssertionError(e); // reading an array does not fail
+        }
+        for (var e : reader.ram())
+            if (!e.byReference() && !e.byDescriptor())
+                throw corrupt(name, "RAM block " + e.id() + " holds pages, which only a snapshot file can");
+        if (reader.isLayer()) throw corrupt(name, "a diff layer, whose base no migration sends");
+        return reader;
+    }
+
+    /** Reads into {@code b} from byte {@code at} until it is full or the source ends; returns the bytes read. */
+    private interface Source {
+        int read(ByteBuffer b, long at) throws IOException;
+    }
+
+    private static SnapshotReader read(Path file, long size, Source source) throws IOException {
+        var header = ByteBuffer.allocate(SnapshotFormat.HEADER_SIZE).order(ByteOrder.LITTLE_ENDIAN);
+        if (size < SnapshotFormat.HEADER_SIZE || source.read(header, 0) < SnapshotFormat.HEADER_SIZE) {
+            throw new SnapshotException("snapshot " + file + " is truncated (no complete header)");
+        }
+        byte[] h = header.array();
+        for (int i = 0; i < SnapshotFormat.MAGIC.length; i++) {
+            if (h[i] != SnapshotFormat.MAGIC[i]) throw new SnapshotException(file + " is not a Panama VMM snapshot");
+        }
+        if (header.getInt(SnapshotFormat.OFF_HEADER_CRC) != SnapshotWriter.crc(h, SnapshotFormat.OFF_HEADER_CRC)) {
+            throw new SnapshotException("snapshot " + file + " is corrupt (header checksum mismatch)");
+        }
+        int version = header.getInt(SnapshotFormat.OFF_VERSION);
+        if (version < SnapshotFormat.OLDEST_READABLE || version > SnapshotFormat.NEWEST_READABLE) {
+            throw new SnapshotException(
+                    "snapshot " + file + " has format version " + version + "; this VMM reads versions "
+                            + SnapshotFormat.OLDEST_READABLE + " to " + SnapshotFormat.NEWEST_READABLE);
+        }
+        long fileLength = header.getLong(SnapshotFormat.OFF_FILE_LENGTH);
+        if (size < fileLength)
+            throw new SnapshotException(
+                    "snapshot " + file + " is truncated (" + size + " of " + fileLength + " bytes)");
+        long tableOffset = header.getLong(SnapshotFormat.OFF_TABLE);
+        long tableLength = header.getLong(SnapshotFormat.OFF_TABLE_LENGTH);
+        if (tableOffset < SnapshotFormat.DATA_START
+                || tableLength < 0
+                || tableLength > SnapshotFormat.MAX_TABLE
+                || tableOffset + tableLength != fileLength) {
+            throw new SnapshotException("snapshot " + file + " is corrupt (bad section table bounds)");
+        }
+        var table = ByteBuffer.allocate((int) tableLength).order(ByteOrder.LITTLE_ENDIAN);
+        if (source.read(table, tableOffset) < tableLength)
+            throw new SnapshotException("snapshot " + file + " is truncated");
+        if (SnapshotWriter.crc(table.array()) != header.getInt(SnapshotFormat.OFF_TABLE_CRC)) {
+            throw new SnapshotException("snapshot " + file + " is corrupt (section table checksum mismatch)");
+        }
+        var sections = parseSections(table.flip(), file);
+        byte[] meta = sections.get("metadata");
+        if (meta == null) throw new SnapshotException("snapshot " + file + " has no metadata");
+        Map<String, Object> metadata;
+        try {
+            metadata = Json.asObject(Json.parse(new String(meta, StandardCharsets.UTF_8)), "metadata");
+        } catch (Json.JsonException e) {
+            throw new SnapshotException("snapshot " + file + " has malformed metadata: " + e.getMessage());
+        }
+        var ram = new ArrayList<RamBlockEntry>();
+        var rows = metadata.get("ram") instanceof List<?> l ? l : List.of();
+        if (rows.size() > SnapshotFormat.MAX_RAM_BLOCKS)
+            throw new SnapshotException("snapshot " + file + " lists too many RAM blocks");
+        for (var row : rows) {
+            var entry = RamBlockEntry.fromJson(Json.asObject(row, "RAM block"));
+            if (!entry.byReference()
+                    && !entry.byDescriptor()
+                    && (entry.dataOffset() < SnapshotFormat.DATA_START
+                            || entry.dataOffset() % SnapshotFormat.PAGE != 0
+                            || entry.dataOffset() + entry.size() > tableOffset)) {
+                throw new SnapshotException(
+                        "snapshot " + file + " is corrupt (RAM block " + entry.id() + " lies outside its data area)");
+            }
+            ram.add(entry);
+        }
+        int flavourCode = header.getInt(SnapshotFormat.OFF_FLAVOUR);
+        String flavour = flavourCode >= 0 && flavourCode < SnapshotFormat.FLAVOURS.length
+                ? SnapshotFormat.FLAVOURS[flavourCode]
+                : "UNKNOWN";
+        return new SnapshotReader(
+                file,
+                version,
+                flavour,
+                header.getLong(SnapshotFormat.OFF_CREATED),
+                (header.getInt(SnapshotFormat.OFF_FLAGS) & SnapshotFormat.FLAG_BYPASS) != 0,
+                sections,
+                metadata,
+                List.copyOf(ram),
+                header.getInt(SnapshotFormat.OFF_HEADER_CRC),
+                fileLength,
+                base(version, metadata, file));
     }
 
     /** A layer's base: present exactly when the file is a layer (format 3). */

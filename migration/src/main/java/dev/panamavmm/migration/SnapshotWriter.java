@@ -24,6 +24,9 @@ import java.util.zip.CRC32C;
  * which {@link #commit} fsyncs and renames into place (and fsyncs the directory). Closing without
  * a commit deletes the temporary file, so a failed save never leaves a partial snapshot, and an
  * earlier snapshot in the same directory stays intact until the new one is complete.
+ *
+ * <p>{@link #inMemory} writes the same container into a byte array instead, for a migration that
+ * sends its state over a connection: only sections and RAM by reference, nothing touches a file.
  */
 public final class SnapshotWriter implements AutoCloseable {
     private final Path dir;
@@ -36,6 +39,7 @@ public final class SnapshotWriter implements AutoCloseable {
     private SnapshotIdentity base;
     private boolean committed;
 
+    /** Null for {@link #inMemory}: its container is {@link #commitToBytes}'s result. */
     private SnapshotWriter(Path dir, Path temp, FileChannel channel) {
         this.dir = dir;
         this.temp = temp;
@@ -60,6 +64,16 @@ public final class SnapshotWriter implements AutoCloseable {
             String why = Files.exists(dir) && !Files.isDirectory(dir) ? "it is not a directory" : IoErrors.reason(e);
             throw new SnapshotException("cannot write a snapshot in " + dir + ": " + why, e);
         }
+    }
+
+    /** Starts a container kept in memory: sections and RAM by reference only (a block's pages need a file). */
+    public static SnapshotWriter inMemory() {
+        return new SnapshotWriter(null, null, null);
+    }
+
+    private FileChannel channel() {
+        if (channel == null) throw new IllegalStateException("a snapshot kept in memory holds no RAM pages");
+        return channel;
     }
 
     /** Adds a named section (vCPU, VM or device state). Kept in memory until commit: they are small. */
@@ -110,7 +124,7 @@ public final class SnapshotWriter implements AutoCloseable {
         long offset = nextData;
         try {
             var accumulator = new RamChecksums.Accumulator(data, RamChecksums.CHUNK);
-            long pages = RamWriter.write(channel, offset, data, extents, progress, accumulator);
+            long pages = RamWriter.write(channel(), offset, data, extents, progress, accumulator);
             checksums.put(checksumSection, RamChecksums.encode(RamChecksums.CHUNK, accumulator.finish()));
             nextData = offset + align(data.byteSize());
             var entry = RamBlockEntry.withData(id, guestAddress, data.byteSize(), kind, shared, offset, pages);
@@ -143,6 +157,7 @@ public final class SnapshotWriter implements AutoCloseable {
      * Returns its offset in the file.
      */
     public long reserve(long size) {
+        channel();
         long offset = nextData;
         nextData = offset + align(size);
         return offset;
@@ -154,6 +169,7 @@ public final class SnapshotWriter implements AutoCloseable {
      * have become zero).
      */
     public void writePages(long offset, MemorySegment data, long[][] runs, boolean skipZeros) {
+        var channel = channel();
         try {
             if (skipZeros) {
                 RamWriter.write(channel, offset, data, runs, RamWriter.Progress.NONE);
@@ -184,7 +200,7 @@ public final class SnapshotWriter implements AutoCloseable {
         try {
             checksums.put(
                     checksumSection,
-                    RamChecksums.encode(RamChecksums.CHUNK, RamChecksums.fromFile(channel, offset, size, touched)));
+                    RamChecksums.encode(RamChecksums.CHUNK, RamChecksums.fromFile(channel(), offset, size, touched)));
         } catch (IOException e) {
             throw new SnapshotException("reading back RAM block " + id + " failed: " + IoErrors.reason(e), e);
         }
@@ -241,50 +257,11 @@ public final class SnapshotWriter implements AutoCloseable {
      * the header, then makes the snapshot durable and visible in one rename.
      */
     public Path commit(Map<String, Object> metadata, String flavour, boolean bypass) {
+        channel();
         try {
-            var meta = new LinkedHashMap<>(metadata);
-            meta.put(
-                    "ram",
-                    ram.stream()
-                            .sorted(java.util.Comparator.comparingLong(RamBlockEntry::guestAddress))
-                            .map(RamBlockEntry::toJson)
-                            .toList());
-            if (base != null) meta.put("base", base.toJson());
-            var all = new LinkedHashMap<String, byte[]>();
-            all.put("metadata", Json.write(meta).getBytes(StandardCharsets.UTF_8));
-            all.putAll(sections);
-            all.putAll(checksums);
-
-            long tableOffset = nextData;
-            var table = new ByteArrayOutputStream();
-            for (var e : all.entrySet()) {
-                byte[] name = e.getKey().getBytes(StandardCharsets.UTF_8);
-                var head = ByteBuffer.allocate(2 + name.length + 8 + 4).order(ByteOrder.LITTLE_ENDIAN);
-                head.putShort((short) name.length)
-                        .put(name)
-                        .putLong(e.getValue().length)
-                        .putInt(crc(e.getValue()));
-                table.writeBytes(head.array());
-                table.writeBytes(e.getValue());
-            }
-            byte[] tableBytes = table.toByteArray();
-            writeFully(ByteBuffer.wrap(tableBytes), tableOffset);
-            long fileLength = tableOffset + tableBytes.length;
-
-            var header = ByteBuffer.allocate(SnapshotFormat.HEADER_SIZE).order(ByteOrder.LITTLE_ENDIAN);
-            header.put(SnapshotFormat.MAGIC);
-            header.putInt(
-                    SnapshotFormat.OFF_VERSION, base != null ? SnapshotFormat.LAYER_VERSION : SnapshotFormat.VERSION);
-            header.putInt(SnapshotFormat.OFF_FLAVOUR, SnapshotFormat.flavourCode(flavour));
-            header.putLong(SnapshotFormat.OFF_CREATED, System.currentTimeMillis());
-            header.putLong(SnapshotFormat.OFF_TABLE, tableOffset);
-            header.putLong(SnapshotFormat.OFF_TABLE_LENGTH, tableBytes.length);
-            header.putInt(SnapshotFormat.OFF_TABLE_CRC, crc(tableBytes));
-            header.putInt(SnapshotFormat.OFF_FLAGS, bypass ? SnapshotFormat.FLAG_BYPASS : 0);
-            header.putLong(SnapshotFormat.OFF_FILE_LENGTH, fileLength);
-            header.putInt(SnapshotFormat.OFF_HEADER_CRC, crc(header.array(), SnapshotFormat.OFF_HEADER_CRC));
-            writeFully(header.clear(), 0);
-
+            var tail = tail(metadata, flavour, bypass);
+            writeFully(ByteBuffer.wrap(tail.table()), tail.tableOffset());
+            writeFully(ByteBuffer.wrap(tail.header()), 0);
             channel.force(true);
             channel.close();
             Path target = dir.resolve(SnapshotFormat.FILE_NAME);
@@ -297,6 +274,66 @@ public final class SnapshotWriter implements AutoCloseable {
         } catch (IOException e) {
             throw new SnapshotException("writing the snapshot in " + dir + " failed: " + IoErrors.reason(e), e);
         }
+    }
+
+    /**
+     * As {@link #commit}, for a writer made by {@link #inMemory}: the whole container, as the
+     * file would hold it ({@link SnapshotReader#fromBytes} reads it back).
+     */
+    public byte[] commitToBytes(Map<String, Object> metadata, String flavour, boolean bypass) {
+        if (channel != null) throw new IllegalStateException("this snapshot is written to a file");
+        var tail = tail(metadata, flavour, bypass);
+        byte[] container = new byte[Math.toIntExact(tail.tableOffset() + tail.table().length)];
+        System.arraycopy(tail.header(), 0, container, 0, tail.header().length);
+        System.arraycopy(tail.table(), 0, container, (int) tail.tableOffset(), tail.table().length);
+        committed = true;
+        return container;
+    }
+
+    /** The section table, at {@code tableOffset}, and the header that points to it. */
+    private record Tail(byte[] header, long tableOffset, byte[] table) {}
+
+    private Tail tail(Map<String, Object> metadata, String flavour, boolean bypass) {
+        var meta = new LinkedHashMap<>(metadata);
+        meta.put(
+                "ram",
+                ram.stream()
+                        .sorted(java.util.Comparator.comparingLong(RamBlockEntry::guestAddress))
+                        .map(RamBlockEntry::toJson)
+                        .toList());
+        if (base != null) meta.put("base", base.toJson());
+        var all = new LinkedHashMap<String, byte[]>();
+        all.put("metadata", Json.write(meta).getBytes(StandardCharsets.UTF_8));
+        all.putAll(sections);
+        all.putAll(checksums);
+
+        long tableOffset = nextData;
+        var table = new ByteArrayOutputStream();
+        for (var e : all.entrySet()) {
+            byte[] name = e.getKey().getBytes(StandardCharsets.UTF_8);
+            var head = ByteBuffer.allocate(2 + name.length + 8 + 4).order(ByteOrder.LITTLE_ENDIAN);
+            head.putShort((short) name.length)
+                    .put(name)
+                    .putLong(e.getValue().length)
+                    .putInt(crc(e.getValue()));
+            table.writeBytes(head.array());
+            table.writeBytes(e.getValue());
+        }
+        byte[] tableBytes = table.toByteArray();
+        long fileLength = tableOffset + tableBytes.length;
+
+        var header = ByteBuffer.allocate(SnapshotFormat.HEADER_SIZE).order(ByteOrder.LITTLE_ENDIAN);
+        header.put(SnapshotFormat.MAGIC);
+        header.putInt(SnapshotFormat.OFF_VERSION, base != null ? SnapshotFormat.LAYER_VERSION : SnapshotFormat.VERSION);
+        header.putInt(SnapshotFormat.OFF_FLAVOUR, SnapshotFormat.flavourCode(flavour));
+        header.putLong(SnapshotFormat.OFF_CREATED, System.currentTimeMillis());
+        header.putLong(SnapshotFormat.OFF_TABLE, tableOffset);
+        header.putLong(SnapshotFormat.OFF_TABLE_LENGTH, tableBytes.length);
+        header.putInt(SnapshotFormat.OFF_TABLE_CRC, crc(tableBytes));
+        header.putInt(SnapshotFormat.OFF_FLAGS, bypass ? SnapshotFormat.FLAG_BYPASS : 0);
+        header.putLong(SnapshotFormat.OFF_FILE_LENGTH, fileLength);
+        header.putInt(SnapshotFormat.OFF_HEADER_CRC, crc(header.array(), SnapshotFormat.OFF_HEADER_CRC));
+        return new Tail(header.array(), tableOffset, tableBytes);
     }
 
     private void writeFully(ByteBuffer b, long at) throws IOException {
@@ -316,7 +353,7 @@ public final class SnapshotWriter implements AutoCloseable {
     /** Abandons an uncommitted snapshot: the temporary file is deleted. */
     @Override
     public void close() {
-        if (committed) return;
+        if (committed || channel == null) return;
         try {
             channel.close();
             Files.deleteIfExists(temp);

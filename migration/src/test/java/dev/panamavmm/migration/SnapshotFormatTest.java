@@ -146,6 +146,58 @@ class SnapshotFormatTest {
     }
 
     @Test
+    void aContainerKeptInMemoryIsTheFileByteForByteAndIsCheckedAlike(@TempDir Path dir) throws Exception {
+        var memoryFile = Files.write(dir.resolve("ram.shared"), new byte[8192]);
+        var entry =
+                RamBlockEntry.byReference("ram", 0, 8192, "shared-file", memoryFile, 0, FileIdentity.of(memoryFile));
+        byte[] bytes;
+        try (var w = SnapshotWriter.inMemory()) {
+            w.section("vcpu/0", new byte[] {1, 2, 3});
+            w.ramByReference(entry);
+            w.ramByReference(RamBlockEntry.byDescriptor("ram-high", 1L << 32, 4096, "memfd", 0, 0));
+            assertThrows(IllegalStateException.class, () -> w.reserve(4096), "pages need a file");
+            bytes = w.commitToBytes(Map.of("cpus", 1L), "PVM", true);
+        }
+        var name = Path.of("migration-stream", SnapshotFormat.FILE_NAME);
+        var r = SnapshotReader.fromBytes(bytes, name);
+        assertArrayEquals(new byte[] {1, 2, 3}, r.section("vcpu/0"));
+        assertEquals(1L, r.metadata().get("cpus"));
+        assertEquals(
+                List.of("ram", "ram-high"),
+                r.ram().stream().map(RamBlockEntry::id).toList());
+        assertTrue(r.ram().get(1).byDescriptor());
+        assertTrue(r.bypass());
+
+        // The same bytes as a file are a snapshot too.
+        Files.createDirectories(dir.resolve("as-file"));
+        Files.write(dir.resolve("as-file").resolve(SnapshotFormat.FILE_NAME), bytes);
+        assertArrayEquals(
+                new byte[] {1, 2, 3},
+                SnapshotReader.open(dir.resolve("as-file")).section("vcpu/0"));
+
+        // Every byte that matters is checked: a flip anywhere but the zero gap is refused in one line.
+        for (int at : new int[] {0, 9, 20, bytes.length - 2, bytes.length - 40}) {
+            byte[] bad = bytes.clone();
+            bad[at] ^= 0x10;
+            var m = assertThrows(SnapshotException.class, () -> SnapshotReader.fromBytes(bad, name), "byte " + at)
+                    .getMessage();
+            assertTrue(m.startsWith("snapshot " + name + " is ") || m.contains("not a Panama VMM snapshot"), m);
+        }
+        assertTrue(assertThrows(
+                        SnapshotException.class,
+                        () -> SnapshotReader.fromBytes(Arrays.copyOf(bytes, bytes.length - 1), name))
+                .getMessage()
+                .contains("is truncated"));
+
+        // A stream cannot carry pages: a container with a block's data (a file's) is refused.
+        var withPages = Files.readAllBytes(write(dir).resolve(SnapshotFormat.FILE_NAME));
+        assertEquals(
+                "snapshot " + name + " is corrupt (RAM block ram-low holds pages, which only a snapshot file can)",
+                assertThrows(SnapshotException.class, () -> SnapshotReader.fromBytes(withPages, name))
+                        .getMessage());
+    }
+
+    @Test
     void fileIdentityNoticesAReplacedOrModifiedFile(@TempDir Path dir) throws Exception {
         var f = Files.write(dir.resolve("m"), new byte[4096]);
         var saved = FileIdentity.of(f);

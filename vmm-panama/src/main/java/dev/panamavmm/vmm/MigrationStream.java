@@ -52,7 +52,7 @@ final class MigrationStream {
      */
     static final class Writer {
         private final DataOutputStream out;
-        private final byte[] buffer = new byte[MAX_BATCH_PAGES * PAGE];
+        private byte[] buffer; // on the first pages: a migration by reference never has 1 MiB to collect
         private volatile long maxBytesPerSecond;
         private double tokens;
         private long refilledAt = System.nanoTime();
@@ -79,6 +79,7 @@ final class MigrationStream {
         void pages(int block, long firstPage, int count, MemorySegment segment, long offset) throws IOException {
             int length = count * PAGE;
             throttle(17 + length);
+            if (buffer == null) buffer = new byte[MAX_BATCH_PAGES * PAGE];
             MemorySegment.copy(segment, ValueLayout.JAVA_BYTE, offset, buffer, 0, length);
             out.writeByte(PAGES);
             out.writeInt(block);
@@ -150,7 +151,7 @@ final class MigrationStream {
     /** The receiving side: checks every frame's kind and size before it reads the body. */
     static final class Reader {
         private final DataInputStream in;
-        private final byte[] buffer = new byte[MAX_BATCH_PAGES * PAGE];
+        private byte[] buffer; // on the first pages, as the writer's
 
         Reader(DataInputStream in) {
             this.in = in;
@@ -174,6 +175,7 @@ final class MigrationStream {
                         int block = in.readInt();
                         long first = in.readLong();
                         int count = count(in.readInt());
+                        if (buffer == null) buffer = new byte[MAX_BATCH_PAGES * PAGE];
                         in.readFully(buffer, 0, count * PAGE);
                         yield new Pages(block, first, count);
                     }

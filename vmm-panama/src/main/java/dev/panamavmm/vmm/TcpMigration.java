@@ -6,7 +6,6 @@ import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.migration.RamBlockEntry;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
-import dev.panamavmm.migration.SnapshotFormat;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.DirtyLog;
 import dev.panamavmm.vmm.memory.GuestMemory;
@@ -27,7 +26,6 @@ import java.net.InetSocketAddress;
 import java.net.ServerSocket;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -133,7 +131,7 @@ public final class TcpMigration {
                 long warmAt = System.nanoTime();
                 // The state's way (encode, the container, decode) once before the pause, as the
                 // destination does: its first run in a process costs the pause ~6 ms more.
-                LocalMigration.warmUpStatePath();
+                VmSnapshots.warmUpInMemory();
                 log.debug(
                         "probed the host in {} us, warmed the state path in {} us",
                         (warmAt - probeAt) / 1000,
@@ -492,22 +490,14 @@ public final class TcpMigration {
     }
 
     /**
-     * The paused VM's state as the bytes of a snapshot container with every RAM block by
-     * reference (its pages travelled already): written to tmpfs, read back, removed.
+     * The paused VM's state as the bytes of a snapshot container, kept in memory, with every RAM
+     * block by reference (its pages travelled already, or the destination maps the same file).
      */
-    private static byte[] deviceState(Vm vm) throws IOException, InterruptedException {
-        try (var scratch = ScratchDir.create(ScratchDir.defaultRoot(), "panama-migrate-tcp")) {
-            var references = new HashMap<String, RamBlockEntry>();
-            for (var b : vm.memory().blocks())
-                references.put(b.id(), RamBlockEntry.byDescriptor(b.id(), b.guestAddress(), b.size(), "memfd", 0, 0));
-            var saved = VmSnapshots.save(
-                    vm,
-                    scratch.path(),
-                    VmSnapshots.Request.of(false, VmSnapshots.After.STAY_PAUSED),
-                    RamWriter.Progress.NONE,
-                    references);
-            return Files.readAllBytes(saved.file());
-        }
+    private static byte[] deviceState(Vm vm) throws InterruptedException {
+        var references = new HashMap<String, RamBlockEntry>();
+        for (var b : vm.memory().blocks())
+            references.put(b.id(), RamBlockEntry.byDescriptor(b.id(), b.guestAddress(), b.size(), "memfd", 0, 0));
+        return VmSnapshots.saveState(vm, references).container();
     }
 
     /** Sends pages of the guest's blocks in batches, zero pages as markers, and counts them. */
@@ -831,7 +821,7 @@ public final class TcpMigration {
                 shell = VmBuilder.shell(kvm, byReference != null ? byReference : memfdSources(prepare), prepare.cpus());
                 long shellAt = System.nanoTime();
                 vcpuThreads = PrestartedThreads.start(prepare.cpus());
-                LocalMigration.warmUpStatePath();
+                VmSnapshots.warmUpInMemory();
                 log.debug(
                         "built the VM's shell in {} us, its threads in {} us",
                         (shellAt - buildStart) / 1000,
@@ -908,7 +898,8 @@ public final class TcpMigration {
                 log.debug("received {} pages and {} bytes of state", pages, state.length);
                 pagesReceived = pages;
                 applying = VmMetrics.begin("migrate-in");
-                var loaded = load(state, blocks.getFirst().fd());
+                var loaded =
+                        VmSnapshots.load(state, new int[] {blocks.getFirst().fd()});
                 loadedAt = System.nanoTime();
                 var config = loaded.config()
                         .withBacking(sharedFile != null ? new Backing.SharedFile(sharedFile) : new Backing.Memfd());
@@ -1026,16 +1017,6 @@ public final class TcpMigration {
             out.flush();
         } catch (IOException | RuntimeException ignored) {
             // the source is gone
-        }
-    }
-
-    /** The received device state, written into a tmpfs scratch directory and read as a snapshot; RAM is descriptor {@code memfd}. */
-    private static LoadedSnapshot load(byte[] state, int memfd) {
-        try (var scratch = ScratchDir.create(ScratchDir.defaultRoot(), "panama-incoming-tcp")) {
-            Files.write(scratch.path().resolve(SnapshotFormat.FILE_NAME), state);
-            return VmSnapshots.load(scratch.path(), new int[] {memfd});
-        } catch (IOException e) {
-            throw new SnapshotException("cannot keep the VM's state: " + e.getMessage());
         }
     }
 

@@ -10,6 +10,7 @@ import dev.panamavmm.migration.RamBlockEntry;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotChain;
 import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.migration.SnapshotFormat;
 import dev.panamavmm.migration.SnapshotReader;
 import dev.panamavmm.migration.SnapshotWriter;
 import dev.panamavmm.vmm.memory.Backing;
@@ -55,7 +56,8 @@ public final class VmSnapshots {
      * snapshot file was opened. {@code type} is what was written ({@code full} or {@code diff}: a
      * diff asked of a VM with no base is full); {@code pauseMicros} how long the guest was paused
      * (a live save: the last pass and the state only); {@code passes} the copies of RAM made while
-     * the guest ran (0 unless live).
+     * the guest ran (0 unless live). {@code container}: a save kept in memory ({@link #saveState}),
+     * the snapshot's bytes, and {@code file} is null; else null.
      */
     public record Saved(
             Path file,
@@ -65,7 +67,8 @@ public final class VmSnapshots {
             long pausedAtNanos,
             String type,
             long pauseMicros,
-            int passes) {}
+            int passes,
+            byte[] container) {}
 
     /**
      * How to save. {@code diff}: only the pages changed since the VM's base (its last snapshot it
@@ -95,6 +98,20 @@ public final class VmSnapshots {
         public Request live(boolean live) {
             return new Request(bypass, after, passMemfd, firstDiskDescriptor, diff, live, firstStateDescriptor);
         }
+    }
+
+    /**
+     * Saves the paused state of {@code vm} as a snapshot kept in memory, for a migration that sends
+     * it ({@link Saved#container}, read back by {@link #load(byte[], int[])}): every block as the
+     * entry {@code asReferences} gives for it (its pages travel, or are there, another way). The
+     * guest stays paused; on failure it runs on.
+     */
+    static Saved saveState(Vm vm, Map<String, RamBlockEntry> asReferences) throws InterruptedException {
+        for (var b : vm.memory().blocks())
+            if (!asReferences.containsKey(b.id()))
+                throw new IllegalArgumentException(
+                        "block " + b.id() + " has no reference: a state in memory holds no pages");
+        return save(vm, null, Request.of(false, After.STAY_PAUSED), RamWriter.Progress.NONE, asReferences);
     }
 
     /**
@@ -170,7 +187,10 @@ public final class VmSnapshots {
         }
         if ((request.diff() || request.live()) && request.passMemfd())
             throw new IllegalArgumentException("a local migration's snapshot is neither diff nor live");
-        if (Files.exists(dir) && !Files.isDirectory(dir))
+        boolean inMemory = dir == null; // saveState: every block by reference, the container kept as bytes
+        if (inMemory && (request.diff() || request.live() || after != After.STAY_PAUSED))
+            throw new IllegalArgumentException("a state kept in memory is full, not live, and leaves the VM paused");
+        if (!inMemory && Files.exists(dir) && !Files.isDirectory(dir))
             throw new SnapshotException("cannot write a snapshot in " + dir + ": it is not a directory");
         // A lazily restored guest's pages not yet loaded would read as holes: load them first, guest running.
         vm.memory().awaitLoaded();
@@ -186,7 +206,7 @@ public final class VmSnapshots {
         boolean wasPaused = vm.isPaused();
         boolean keepPaused = false; // set once the save is complete and the guest is not to run on here
         // The writer first: a directory that cannot be written fails here, before the guest stops.
-        try (var writer = SnapshotWriter.create(dir)) {
+        try (var writer = inMemory ? SnapshotWriter.inMemory() : SnapshotWriter.create(dir)) {
             var timing = VmMetrics.begin("save");
             if (base != null) writer.layerOver(base.identity());
             var blocks = vm.memory().blocks();
@@ -282,7 +302,9 @@ public final class VmSnapshots {
                 live.record();
                 log.debug("live save: checksums read back in {} ms", (System.nanoTime() - recordStart) / 1_000_000);
             }
-            Path file = writer.commit(metadata, Kvm.hostFlavour().name(), bypass);
+            String flavour = Kvm.hostFlavour().name();
+            byte[] container = inMemory ? writer.commitToBytes(metadata, flavour, bypass) : null;
+            Path file = inMemory ? null : writer.commit(metadata, flavour, bypass);
             long end = System.nanoTime();
             timing.end(
                     vm.metrics(),
@@ -308,7 +330,7 @@ public final class VmSnapshots {
             }
             log.debug(
                     "saved {}: pause {} us, state {} us, RAM {} us, commit {} us",
-                    file,
+                    inMemory ? "the state in memory" : file,
                     (paused - start) / 1000,
                     (captured - paused) / 1000,
                     (ram - captured) / 1000,
@@ -322,7 +344,8 @@ public final class VmSnapshots {
                     start,
                     base != null ? "diff" : "full",
                     pauseMicros,
-                    live != null ? live.passes() : 0);
+                    live != null ? live.passes() : 0,
+                    container);
             if (after == After.STOP) {
                 vm.end(new VmExitReason.Stopped("snapshot to " + dir));
                 // The paused guest never runs again: a restore may take its memory file right away,
@@ -695,10 +718,47 @@ public final class VmSnapshots {
     }
 
     private static final AtomicBoolean WARM = new AtomicBoolean();
+    private static final AtomicBoolean WARM_IN_MEMORY = new AtomicBoolean();
 
     /** Whether {@link #warmUp} has run in this process (a caller can skip making it a scratch directory). */
     public static boolean warm() {
         return WARM.get();
+    }
+
+    /**
+     * As {@link #warmUp}, for the state kept in memory ({@link #saveState}, {@link #load(byte[],
+     * int[])}): a TCP migration's source before its pause, its destination before the state arrives.
+     */
+    static void warmUpInMemory() {
+        if (WARM_IN_MEMORY.getAndSet(true)) return;
+        try (var writer = SnapshotWriter.inMemory()) {
+            fillWithMadeUpState(writer);
+            encodeAll(load(
+                    writer.commitToBytes(madeUpMetadata(), Kvm.hostFlavour().name(), true), new int[0]));
+        } catch (RuntimeException e) {
+            log.debug("warming the state path failed (a migration then runs it cold): {}", e.getMessage());
+        }
+    }
+
+    /** Every state section (made-up contents): what a save writes, to warm the codecs and the container. */
+    private static void fillWithMadeUpState(SnapshotWriter writer) {
+        byte[] b = new byte[64];
+        var vcpu = new VcpuState(0, b, b, b, b, b, new int[] {0x10}, new long[] {1}, b, 0, b);
+        writer.section("vcpu/0", VcpuStateCodec.INSTANCE.encode(vcpu));
+        writer.section("vm", VmStateCodec.INSTANCE.encode(new VmState(b, b, b, b, b)));
+        for (var row : DeviceTable.ROWS) writer.section(row.section(), encode(row, DeviceTable.States.FRESH));
+    }
+
+    private static Map<String, Object> madeUpMetadata() {
+        return Json.object(
+                "machine",
+                Json.object("memory", 0L, "cpus", 1L, "kernel", "warm-up", "cmdline", "", "backing", "memfd"),
+                "host",
+                Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", 4096L),
+                "devices",
+                DeviceTable.sections(),
+                "createdBy",
+                "panama-vmm");
     }
 
     /**
@@ -712,24 +772,8 @@ public final class VmSnapshots {
         if (WARM.getAndSet(true)) return;
         var dir = scratch.resolve("warm-up");
         try (var writer = SnapshotWriter.create(dir)) {
-            byte[] b = new byte[64];
-            var vcpu = new VcpuState(0, b, b, b, b, b, new int[] {0x10}, new long[] {1}, b, 0, b);
-            writer.section("vcpu/0", VcpuStateCodec.INSTANCE.encode(vcpu));
-            writer.section("vm", VmStateCodec.INSTANCE.encode(new VmState(b, b, b, b, b)));
-            for (var row : DeviceTable.ROWS) writer.section(row.section(), encode(row, DeviceTable.States.FRESH));
-            writer.commit(
-                    Json.object(
-                            "machine",
-                            Json.object(
-                                    "memory", 0L, "cpus", 1L, "kernel", "warm-up", "cmdline", "", "backing", "memfd"),
-                            "host",
-                            Json.object("flavour", Kvm.hostFlavour().name(), "xsaveSize", 4096L),
-                            "devices",
-                            DeviceTable.sections(),
-                            "createdBy",
-                            "panama-vmm"),
-                    Kvm.hostFlavour().name(),
-                    true);
+            fillWithMadeUpState(writer);
+            writer.commit(madeUpMetadata(), Kvm.hostFlavour().name(), true);
             encodeAll(load(dir));
         } catch (RuntimeException e) {
             log.debug("warming the state path failed (a save or restore then runs cold): {}", e.getMessage());
@@ -773,7 +817,21 @@ public final class VmSnapshots {
 
     /** As {@link #load(Path)}, for a migration: {@code descriptors} are the fds passed with the snapshot. */
     public static LoadedSnapshot load(Path dir, int[] descriptors) {
-        var chain = SnapshotChain.open(dir);
+        return load(dir, SnapshotChain.open(dir), descriptors);
+    }
+
+    /** What a state kept in memory ({@link #saveState}) is called in messages, as a snapshot file would be. */
+    static final Path STREAM = Path.of("migration-stream", SnapshotFormat.FILE_NAME);
+
+    /**
+     * As {@link #load(Path, int[])}, for a state that came as bytes ({@link #saveState}'s): the
+     * same checks as a snapshot file's, and its blocks can only be by reference or by descriptor.
+     */
+    static LoadedSnapshot load(byte[] container, int[] descriptors) {
+        return load(STREAM.getParent(), List.of(SnapshotReader.fromBytes(container, STREAM)), descriptors);
+    }
+
+    private static LoadedSnapshot load(Path dir, List<SnapshotReader> chain, int[] descriptors) {
         var snapshot = chain.getFirst();
         String host = Kvm.hostFlavour().name();
         if (!snapshot.flavour().equals(host) && !snapshot.flavour().equals(HostFlavour.UNKNOWN.name())) {
