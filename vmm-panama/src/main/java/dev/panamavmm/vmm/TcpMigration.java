@@ -116,26 +116,26 @@ public final class TcpMigration {
                 long connectedAt = System.nanoTime();
                 out.message(prepareMessage(vm));
                 out.flush();
+                // While the destination builds the VM's shell: what this side needs before a pause.
+                VmSnapshots.probeHost(vm);
+                long warmAt = System.nanoTime();
+                // The state's way (encode, the container, decode) once before the pause, as the
+                // destination does: its first run in a process costs the pause ~6 ms more.
+                VmSnapshots.warmUpInMemory();
+                long warmedAt = System.nanoTime();
                 var prepared = expect(in, MigrationProtocol.Prepared.class, "prepared");
                 log.debug(
-                        "connected in {} us, prepared in {} us",
+                        "connected in {} us; meanwhile probed the host in {} us, warmed the state path in {} us;"
+                                + " prepared after {} us",
                         (connectedAt - start) / 1000,
+                        (warmAt - connectedAt) / 1000,
+                        (warmedAt - warmAt) / 1000,
                         (System.nanoTime() - connectedAt) / 1000);
                 if (prepared.sharedFile()) sharedFile = SharedMemoryFile.of(vm.memory());
                 var samples = sharedFile == null ? null : SharedMemoryFile.samples(vm.memory());
                 // Once before the pause, its result dropped: the first run in a process is cold (5-6 ms
                 // where a warm one takes 0.3), and the pause pays only the warm one.
                 if (samples != null) SharedMemoryFile.fingerprints(vm.memory(), samples);
-                long probeAt = System.nanoTime();
-                VmSnapshots.probeHost(vm);
-                long warmAt = System.nanoTime();
-                // The state's way (encode, the container, decode) once before the pause, as the
-                // destination does: its first run in a process costs the pause ~6 ms more.
-                VmSnapshots.warmUpInMemory();
-                log.debug(
-                        "probed the host in {} us, warmed the state path in {} us",
-                        (warmAt - probeAt) / 1000,
-                        (System.nanoTime() - warmAt) / 1000);
                 var sender = new Sender(vm, out, status, progress, watchdog);
                 if (sharedFile == null) {
                     vm.startDirtyLog();
