@@ -638,11 +638,17 @@ class VirtioVsockTest {
                         g.send(p.dstPort(), p.srcPort(), OP_RESPONSE, 1 << 20, 0, new byte[0]);
                 }
                 g.received.clear();
-                int connections = g.device.connections();
+                int connections;
+                long buffered;
+                // One look at both (the device's methods lock it): its worker takes host lines meanwhile.
+                synchronized (g.device) {
+                    connections = g.device.connections();
+                    buffered = g.device.bufferedBytes();
+                }
                 assertTrue(connections <= MAX_CONNECTIONS, connections + " connections");
                 most = Math.max(most, connections);
                 long bound = (long) connections * (BUF_ALLOC + 32 + TO_GUEST_BUFFER);
-                assertTrue(g.device.bufferedBytes() <= bound, g.device.bufferedBytes() + " bytes for " + connections);
+                assertTrue(buffered <= bound, buffered + " bytes for " + connections);
                 assertEquals(0, g.dev.read(STATUS, 4) & STATUS_NEEDS_RESET, g.dev.lastError());
             }
             assertTrue(g.device.packetsDropped() > 100, "nonsense reached the checks: " + g.device.packetsDropped());
