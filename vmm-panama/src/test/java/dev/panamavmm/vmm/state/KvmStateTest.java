@@ -2,9 +2,13 @@ package dev.panamavmm.vmm.state;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.bindings.Ioctls;
 import dev.panamavmm.kvm.bindings.KvmConstants;
+import dev.panamavmm.kvm.bindings.KvmMsrEntry;
+import dev.panamavmm.kvm.bindings.KvmMsrs;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.vmm.vcpu.Cpuid;
 import java.lang.foreign.Arena;
@@ -58,6 +62,37 @@ class KvmStateTest {
                         IntStream.of(leftOut).sorted().toArray());
                 var written = KvmState.capture(target, new int[] {SYSENTER_CS}, xsave);
                 assertEquals(0x23, written.msrValues()[0], "the MSR after the refused ones was written");
+            }
+        }
+    }
+
+    @KvmTest
+    void theReadableMsrsProbedInBatchesAreTheOnesReadableOneByOne() {
+        try (var kvm = Kvm.open();
+                var arena = Arena.ofShared();
+                var vm = kvm.createVm(arena)) {
+            vm.createIrqchip();
+            try (var vcpu = vm.createVcpu(0)) {
+                vcpu.setCpuid2(Cpuid.forVcpu(kvm.supportedCpuid(arena), 0, 1, arena));
+                // The host's list, with indices no KVM has among them (first, in a run, and last) and
+                // more than one ioctl's worth of them in all.
+                var candidates = IntStream.concat(
+                                IntStream.of(NO_SUCH_MSR, NO_SUCH_MSR + 1),
+                                IntStream.concat(
+                                        IntStream.of(kvm.msrIndexList()),
+                                        IntStream.range(0, KvmState.MAX_MSRS_PER_IOCTL)
+                                                .map(i -> NO_SUCH_MSR - 1 - i)))
+                        .toArray();
+                var oneByOne = IntStream.of(candidates)
+                        .filter(index -> {
+                            var msrs = arena.allocate(KvmMsrs.ENTRIES + KvmMsrEntry.BYTE_SIZE, KvmMsrs.BYTE_ALIGNMENT);
+                            KvmMsrs.nmsrs(msrs, 1);
+                            KvmMsrEntry.index(KvmMsrs.entries(msrs, 0), index);
+                            return vcpu.ioctl(Ioctls.KVM_GET_MSRS, msrs) == 1;
+                        })
+                        .toArray();
+                assertTrue(oneByOne.length > 10, "this host's KVM reads " + oneByOne.length + " MSRs");
+                assertArrayEquals(oneByOne, KvmState.readableMsrs(vcpu, candidates));
             }
         }
     }
