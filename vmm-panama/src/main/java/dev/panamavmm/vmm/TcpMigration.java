@@ -375,6 +375,7 @@ public final class TcpMigration {
             MigrationStream.Writer out)
             throws IOException, InterruptedException {
         socket.setSoTimeout(0); // the destination may not fault for a long while: silence is no failure
+        socket.setSendBufferSize(POSTCOPY_SEND_BUFFER);
         status.status("postcopy-active");
         Socket connection = socket;
         java.io.InputStream input = in.stream();
@@ -396,6 +397,7 @@ public final class TcpMigration {
                 try {
                     connection = connect(at, params);
                     connection.setSoTimeout(0);
+                    connection.setSendBufferSize(POSTCOPY_SEND_BUFFER);
                     input = connection.getInputStream();
                     output = connection.getOutputStream();
                     break;
@@ -408,6 +410,13 @@ public final class TcpMigration {
             log.info("post-copy resumed on a new connection");
         }
     }
+
+    /**
+     * The socket's send buffer while post-copy streams (the kernel doubles it): a faulting vCPU's
+     * page queues behind what the background stream put there, so it is kept small (loopback's
+     * default grows to megabytes, milliseconds per fault).
+     */
+    static final int POSTCOPY_SEND_BUFFER = 128 << 10;
 
     /** The connection, TLS handshake completed (so an untrusted peer is refused before the first message). */
     private static Socket connect(TcpAddress target, MigrationParameters params)
