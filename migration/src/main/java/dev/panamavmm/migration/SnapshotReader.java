@@ -78,7 +78,8 @@ public final class SnapshotReader {
         SnapshotReader reader;
         try {
             reader = read(name, container.length, (b, at) -> {
-                int n = (int) Math.min(b.remaining(), Math.max(0, container.length - at));
+                if (at < 0 || at >= container.length) return 0;
+                int n = (int) Math.min(b.remaining(), container.length - at);
                 b.put(container, (int) at, n);
                 return n;
             });
