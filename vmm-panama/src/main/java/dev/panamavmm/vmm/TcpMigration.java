@@ -155,6 +155,7 @@ public final class TcpMigration {
                         for (long[] extent : blocks.get(i).dataExtents()) sender.range(i, extent[0], extent[1], true);
                     out.message(new MigrationProtocol.PassEnd(1, sender.pagesThisPass));
                     long passBytes = sender.bytesThisPass, sendNanos = System.nanoTime() - passStart;
+                    logPass(1, sender, sendNanos);
                     long lastDirty = Long.MAX_VALUE;
                     while (true) {
                         long now = System.nanoTime();
@@ -199,6 +200,7 @@ public final class TcpMigration {
                         out.message(new MigrationProtocol.PassEnd(pass, sender.pagesThisPass));
                         passBytes += sender.bytesThisPass;
                         sendNanos += System.nanoTime() - passStart;
+                        logPass(pass, sender, System.nanoTime() - passStart);
                     }
                 }
                 if (throttle != null) throttle.close();
@@ -417,6 +419,16 @@ public final class TcpMigration {
      * default grows to megabytes, milliseconds per fault).
      */
     static final int POSTCOPY_SEND_BUFFER = 128 << 10;
+
+    private static void logPass(int pass, Sender sender, long nanos) {
+        log.debug(
+                "pass {}: {} pages, {} bytes in {} ms ({} MB/s)",
+                pass,
+                sender.pagesThisPass,
+                sender.bytesThisPass,
+                nanos / 1_000_000,
+                sender.bytesThisPass * 1000 / Math.max(1, nanos));
+    }
 
     /** The connection, TLS handshake completed (so an untrusted peer is refused before the first message). */
     private static Socket connect(TcpAddress target, MigrationParameters params)
