@@ -40,7 +40,13 @@ public final class PrestartedThreads implements AutoCloseable {
     Thread run(int index, String name, Runnable task) {
         var t = threads.get(index);
         t.setName(name);
-        if (!work.get(index).complete(task))
+        // Named again by itself: only a thread's own setName reaches the OS (top -H, perf, /proc),
+        // which would show a running vCPU as "vcpu-0-waiting".
+        Runnable named = () -> {
+            Thread.currentThread().setName(name);
+            task.run();
+        };
+        if (!work.get(index).complete(named))
             throw new IllegalStateException("thread " + index + " already has its work");
         return t;
     }
