@@ -16,8 +16,8 @@ import java.util.WeakHashMap;
 /**
  * What this host's KVM offers, probed once per {@link Kvm} handle and shared by every VM of the
  * process: the XSAVE buffer size, the supported CPUID (cached by {@code Kvm} itself) and the MSRs
- * a save captures. Probing the MSRs costs one ioctl per MSR KVM lists on a vCPU that is not
- * running: a save's own paused vCPU, or before a migration's pause a scratch VM's (or a rehearsal's).
+ * a save captures. The MSRs are probed in batches ({@link KvmState#readableMsrs}) on a vCPU that is
+ * not running: a save's own paused vCPU, or before a migration's pause a scratch VM's (or a rehearsal's).
  */
 public final class HostFacts {
     private static final Map<Kvm, HostFacts> BY_KVM = Collections.synchronizedMap(new WeakHashMap<>());

@@ -420,8 +420,9 @@ public final class LocalMigration {
     }
 
     /**
-     * {@link VmSnapshots#warmUp} once per process, in a scratch directory of its own: a destination
-     * runs it before the state arrives, a TCP migration's source before it pauses.
+     * {@link VmSnapshots#warmUp} once per process, in a scratch directory of its own: a live update's
+     * destination runs it before the state arrives (a TCP migration warms the in-memory path instead,
+     * {@link VmSnapshots#warmUpInMemory}).
      */
     static void warmUpStatePath() {
         if (VmSnapshots.warm()) return; // once per process: later migrations make no scratch directory for it

@@ -45,8 +45,8 @@ public final class KvmState {
         try (var arena = Arena.ofConfined()) {
             var msrs = msrBuffer(arena, MAX_MSRS_PER_IOCTL);
             // KVM reads entries in order and stops at the first it cannot read: the ones before it are
-            // readable, that one is not, and the next ioctl starts after it. One ioctl per unreadable
-            // MSR (and per batch) instead of one per MSR: a few, not hundreds (~15 ms on this host).
+            // readable, that one is not, and the next ioctl starts after it: one ioctl per unreadable
+            // MSR (and per batch) instead of one per MSR.
             int from = 0;
             while (from < candidates.length) {
                 int count = Math.min(MAX_MSRS_PER_IOCTL, candidates.length - from);
