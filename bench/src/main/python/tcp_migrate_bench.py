@@ -138,6 +138,9 @@ def one(peer, size, rewrite, run, memory):
             d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
         else:
             wait_line(os.path.join(LOGS, tag + "-dst.log"), r"waiting for a migration on", 60, dst)
+        # An operator migrates a guest that has been running: both ends get the same settle time
+        # after they are ready (a JVM's first seconds are its JIT's; QEMU's start has no such tail).
+        time.sleep(CFG.get("settle", 0))
         s.cmd("migrate-set-parameters", **{"max-bandwidth": CFG["bandwidth"], "downtime-limit": CFG["downtime"]})
         s.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
         if peer == "qemu":
