@@ -1,12 +1,21 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.migration.SnapshotException;
+import java.io.BufferedInputStream;
+import java.io.BufferedOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.EOFException;
 import java.io.IOException;
+import java.io.InputStream;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.net.Socket;
+import java.nio.ByteBuffer;
+import java.nio.channels.GatheringByteChannel;
+import java.nio.channels.ReadableByteChannel;
+import java.nio.channels.SocketChannel;
+import javax.net.ssl.SSLSocket;
 
 /**
  * The frames of a TCP migration over one byte stream (a socket's, or a TLS socket's): each frame is
@@ -16,6 +25,12 @@ import java.lang.foreign.ValueLayout;
  * (int length, the snapshot container's bytes); {@code B}: a RAM block's page bitmap at the switch to
  * post-copy (int block, int words, then the words; bit i of word w: page 64 w + i). Sizes are bounded, so a peer cannot make the
  * reader allocate more than {@link #MAX_STATE} bytes.
+ *
+ * <p>Over a plain TCP socket ({@link Writer#on}, {@link Reader#on}) pages go between guest RAM and
+ * the socket with no copy in Java: the writer hands the kernel the guest's pages themselves (a
+ * gathering write of the frame's header and the RAM), and the reader reads a batch straight into the
+ * destination's RAM. A TLS socket has no channel (its bytes are encrypted in Java anyway): pages go
+ * through a 1 MiB array there.
  */
 final class MigrationStream {
     private MigrationStream() {}
@@ -37,7 +52,7 @@ final class MigrationStream {
 
     record Message(MigrationProtocol.Message message) implements Frame {}
 
-    /** {@code count} pages from {@code firstPage} of block {@code block}; their bytes are in the reader's buffer. */
+    /** {@code count} pages from {@code firstPage} of block {@code block}; their bytes follow: {@link Reader#readPages}. */
     record Pages(int block, long firstPage, int count) implements Frame {}
 
     record Zeros(int block, long firstPage, int count) implements Frame {}
@@ -52,15 +67,31 @@ final class MigrationStream {
      */
     static final class Writer {
         private final DataOutputStream out;
-        private byte[] buffer; // on the first pages: a migration by reference never has 1 MiB to collect
+        private final GatheringByteChannel channel; // a plain socket's: pages go from guest RAM to the kernel
+        private final ByteBuffer header = ByteBuffer.allocate(17);
+        private byte[]
+                buffer; // without a channel, on the first pages: a migration by reference never has 1 MiB to collect
         private volatile long maxBytesPerSecond;
         private double tokens;
         private long refilledAt = System.nanoTime();
         private long bytes;
 
         Writer(DataOutputStream out, long maxBytesPerSecond) {
+            this(out, null, maxBytesPerSecond);
+        }
+
+        private Writer(DataOutputStream out, GatheringByteChannel channel, long maxBytesPerSecond) {
             this.out = out;
+            this.channel = channel;
             this.maxBytesPerSecond = maxBytesPerSecond;
+        }
+
+        /** On {@code socket}: without a copy of the pages when it is a plain TCP socket (it has a channel). */
+        static Writer on(Socket socket, long maxBytesPerSecond) throws IOException {
+            var channel = plainChannel(socket);
+            // Messages and zero markers are small; without a channel 1 MiB batches pass the buffer by.
+            var buffered = new BufferedOutputStream(socket.getOutputStream(), 64 << 10);
+            return new Writer(new DataOutputStream(buffered), channel, maxBytesPerSecond);
         }
 
         void maxBytesPerSecond(long rate) {
@@ -79,6 +110,20 @@ final class MigrationStream {
         void pages(int block, long firstPage, int count, MemorySegment segment, long offset) throws IOException {
             int length = count * PAGE;
             throttle(17 + length);
+            if (channel != null) {
+                out.flush(); // the frames before this one first
+                header.clear()
+                        .put(PAGES)
+                        .putInt(block)
+                        .putLong(firstPage)
+                        .putInt(count)
+                        .flip();
+                var frame = new ByteBuffer[] {
+                    header, segment.asSlice(offset, length).asByteBuffer()
+                };
+                while (frame[1].hasRemaining()) channel.write(frame);
+                return;
+            }
             if (buffer == null) buffer = new byte[MAX_BATCH_PAGES * PAGE];
             MemorySegment.copy(segment, ValueLayout.JAVA_BYTE, offset, buffer, 0, length);
             out.writeByte(PAGES);
@@ -148,13 +193,47 @@ final class MigrationStream {
         }
     }
 
-    /** The receiving side: checks every frame's kind and size before it reads the body. */
+    /**
+     * The receiving side: checks every frame's kind and size before it reads the body. After a
+     * {@link Pages} frame the caller reads its pages with {@link #readPages} before the next frame.
+     */
     static final class Reader {
         private final DataInputStream in;
-        private byte[] buffer; // on the first pages, as the writer's
+        private final Input input; // with a channel: a plain socket's
+        private byte[] buffer; // without a channel, on the first pages, as the writer's
 
         Reader(DataInputStream in) {
             this.in = in;
+            this.input = null;
+        }
+
+        private Reader(Input input) {
+            this.in = new DataInputStream(input);
+            this.input = input;
+        }
+
+        /** On {@code socket}: pages read straight into guest RAM when it is a plain TCP socket (it has a channel). */
+        static Reader on(Socket socket) throws IOException {
+            var channel = plainChannel(socket);
+            if (channel == null)
+                return new Reader(new DataInputStream(new BufferedInputStream(socket.getInputStream())));
+            return new Reader(new Input(socket.getInputStream(), channel));
+        }
+
+        /** The pages of the {@link Pages} frame {@link #next} returned: exactly {@code target}'s size of them. */
+        void readPages(MemorySegment target) throws IOException {
+            if (input != null) {
+                input.readFully(target);
+                return;
+            }
+            int length = Math.toIntExact(target.byteSize());
+            if (buffer == null) buffer = new byte[MAX_BATCH_PAGES * PAGE];
+            try {
+                in.readFully(buffer, 0, length);
+            } catch (EOFException e) {
+                throw new Ended();
+            }
+            MemorySegment.copy(buffer, 0, target, ValueLayout.JAVA_BYTE, 0, length);
         }
 
         /** The next frame, or null at the end of the stream (between frames). */
@@ -171,14 +250,7 @@ final class MigrationStream {
                         in.readFully(json);
                         yield new Message(MigrationProtocol.decode(json));
                     }
-                    case PAGES -> {
-                        int block = in.readInt();
-                        long first = in.readLong();
-                        int count = count(in.readInt());
-                        if (buffer == null) buffer = new byte[MAX_BATCH_PAGES * PAGE];
-                        in.readFully(buffer, 0, count * PAGE);
-                        yield new Pages(block, first, count);
-                    }
+                    case PAGES -> new Pages(in.readInt(), in.readLong(), count(in.readInt()));
                     case ZEROS -> new Zeros(in.readInt(), in.readLong(), count(in.readInt()));
                     case STATE -> {
                         int length = in.readInt();
@@ -220,14 +292,39 @@ final class MigrationStream {
             return in;
         }
 
-        /** The bytes of the last {@link Pages} frame. */
-        byte[] buffer() {
-            return buffer;
-        }
-
         private static int count(int n) {
             if (n < 1 || n > MAX_BATCH_PAGES) throw new SnapshotException("the peer sent a batch of " + n + " pages");
             return n;
+        }
+    }
+
+    /**
+     * The channel of a plain TCP socket, or null. Not a TLS socket's: one layered over a plain
+     * socket answers {@code getChannel} with the plain socket's, which would bypass the encryption.
+     */
+    static SocketChannel plainChannel(Socket socket) {
+        return socket instanceof SSLSocket ? null : socket.getChannel();
+    }
+
+    /**
+     * A socket's input, buffered for the frames' headers, whose page batches bypass the buffer:
+     * what it read ahead is copied, the rest read from the channel into guest RAM by the kernel.
+     */
+    private static final class Input extends BufferedInputStream {
+        private final ReadableByteChannel channel;
+
+        Input(InputStream in, ReadableByteChannel channel) {
+            super(in);
+            this.channel = channel;
+        }
+
+        synchronized void readFully(MemorySegment target) throws IOException {
+            long length = target.byteSize();
+            int ahead = (int) Math.min(length, count - pos);
+            MemorySegment.copy(buf, pos, target, ValueLayout.JAVA_BYTE, 0, ahead);
+            pos += ahead;
+            var rest = target.asSlice(ahead).asByteBuffer();
+            while (rest.hasRemaining()) if (channel.read(rest) < 0) throw new Ended();
         }
     }
 

@@ -13,19 +13,17 @@ import dev.panamavmm.vmm.postcopy.PageSet;
 import dev.panamavmm.vmm.postcopy.PostcopyDestination;
 import dev.panamavmm.vmm.postcopy.PostcopySource;
 import dev.panamavmm.vmm.postcopy.Stats;
-import java.io.BufferedInputStream;
-import java.io.BufferedOutputStream;
-import java.io.DataInputStream;
-import java.io.DataOutputStream;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.net.InetSocketAddress;
 import java.net.ServerSocket;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
+import java.nio.channels.ClosedChannelException;
+import java.nio.channels.ServerSocketChannel;
+import java.nio.channels.SocketChannel;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -107,10 +105,8 @@ public final class TcpMigration {
         try (var socket = connect(target, params)) {
             // Pages not loaded yet (a lazy restore) would read as zeros.
             vm.memory().awaitLoaded();
-            var out = new MigrationStream.Writer(
-                    new DataOutputStream(new BufferedOutputStream(socket.getOutputStream(), 1 << 20)),
-                    params.maxBandwidth());
-            var in = new MigrationStream.Reader(new DataInputStream(new BufferedInputStream(socket.getInputStream())));
+            var out = MigrationStream.Writer.on(socket, params.maxBandwidth());
+            var in = MigrationStream.Reader.on(socket);
             var watchdog = Watchdog.start(socket, TimeUnit.SECONDS.toNanos(params.timeoutSeconds()));
             try {
                 long connectedAt = System.nanoTime();
@@ -450,7 +446,7 @@ public final class TcpMigration {
     static final long CONNECT_MILLIS = 5_000;
 
     private static Socket connectOnce(TcpAddress target, MigrationParameters params) throws IOException {
-        var plain = new Socket();
+        var plain = SocketChannel.open().socket(); // with a channel: pages go out without a copy
         try {
             plain.connect(new InetSocketAddress(target.host(), target.port()), 5_000);
             plain.setTcpNoDelay(true);
@@ -729,10 +725,8 @@ public final class TcpMigration {
                         tls.startHandshake();
                         handshaken = true;
                     }
-                    in = new MigrationStream.Reader(
-                            new DataInputStream(new BufferedInputStream(peer.getInputStream())));
-                    out = new MigrationStream.Writer(
-                            new DataOutputStream(new BufferedOutputStream(peer.getOutputStream())), 0);
+                    in = MigrationStream.Reader.on(peer);
+                    out = MigrationStream.Writer.on(peer, 0);
                     var first = in.next();
                     if (!(first instanceof MigrationStream.Message m
                             && m.message() instanceof MigrationProtocol.Prepare p)) {
@@ -775,7 +769,7 @@ public final class TcpMigration {
             tls.setNeedClientAuth(true); // mutual: the source proves who it is too
             server = tls;
         } else {
-            server = new ServerSocket();
+            server = ServerSocketChannel.open().socket(); // its sockets have channels: pages arrive without a copy
         }
         server.setReuseAddress(true);
         server.bind(new InetSocketAddress(address.host(), address.port()), 4);
@@ -793,7 +787,7 @@ public final class TcpMigration {
     /** Best effort: tells a peer why, then closes. */
     private static void refuse(Socket peer, String why) {
         try (peer) {
-            var out = new MigrationStream.Writer(new DataOutputStream(peer.getOutputStream()), 0);
+            var out = MigrationStream.Writer.on(peer, 0);
             out.message(new MigrationProtocol.Refused(why));
             out.flush();
         } catch (IOException | RuntimeException e) {
@@ -822,6 +816,7 @@ public final class TcpMigration {
         List<MigrationProtocol.Fingerprint> fingerprints = List.of();
         VmMetrics.Timing applying = null; // from the state's arrival to the resume: this side's share of the downtime
         long loadedAt = 0, checkedAt = 0, builtAt = 0;
+        Watchdog watchdog = null;
         try {
             try {
                 if (prepare.protocol() != MigrationProtocol.VERSION)
@@ -854,6 +849,8 @@ public final class TcpMigration {
                 byte[] state = null;
                 long resumeWithin = 0, stateAt = 0;
                 long[][] missing = null; // post-copy: the pages to come after the guest runs here
+                // A batch's pages are read from the socket's channel, which has no read timeout.
+                watchdog = Watchdog.start(peer, TimeUnit.SECONDS.toNanos(params.timeoutSeconds()));
                 while (state == null) {
                     MigrationStream.Frame frame;
                     try {
@@ -861,15 +858,19 @@ public final class TcpMigration {
                     } catch (MigrationStream.Ended | java.net.SocketException e) {
                         frame = null; // cut mid-frame, or reset: the source is gone all the same
                     }
+                    watchdog.moved();
                     switch (frame) {
-                        case null ->
-                            throw new SnapshotException(
-                                    "the source closed the connection before the migration completed");
+                        case null -> throw sourceGone();
                         case MigrationStream.Pages p -> {
                             if (sharedFile != null) throw sharedPages();
-                            var target = pageRange(blocks, p.block(), p.firstPage(), p.count());
-                            MemorySegment.copy(
-                                    in.buffer(), 0, target, ValueLayout.JAVA_BYTE, 0, p.count() * MigrationStream.PAGE);
+                            try {
+                                in.readPages(pageRange(blocks, p.block(), p.firstPage(), p.count()));
+                            } catch (MigrationStream.Ended | java.net.SocketException e) {
+                                throw sourceGone();
+                            } catch (ClosedChannelException e) { // closed by the watchdog
+                                throw new SnapshotException("the source sent nothing for " + params.timeoutSeconds()
+                                        + " s in the middle of a page batch");
+                            }
                             pages += p.count();
                         }
                         case MigrationStream.Zeros z -> {
@@ -916,6 +917,7 @@ public final class TcpMigration {
                             throw new SnapshotException("the source sent a page bitmap without announcing post-copy");
                     }
                 }
+                watchdog.cancel();
                 log.debug("received {} pages and {} bytes of state", pages, state.length);
                 pagesReceived = pages;
                 applying = VmMetrics.begin("migrate-in");
@@ -988,6 +990,7 @@ public final class TcpMigration {
             }
             return vm;
         } finally {
+            if (watchdog != null) watchdog.cancel();
             if (vcpuThreads != null) vcpuThreads.close();
         }
     }
@@ -1051,6 +1054,10 @@ public final class TcpMigration {
         if (first < 0 || first + count > pages)
             throw new SnapshotException("the source sent pages " + first + "+" + count + " of a block of " + pages);
         return segment.asSlice(first * MigrationStream.PAGE, (long) count * MigrationStream.PAGE);
+    }
+
+    private static SnapshotException sourceGone() {
+        return new SnapshotException("the source closed the connection before the migration completed");
     }
 
     private static SnapshotException sharedPages() {

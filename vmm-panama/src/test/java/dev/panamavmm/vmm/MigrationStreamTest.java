@@ -2,8 +2,10 @@ package dev.panamavmm.vmm;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.panamavmm.migration.SnapshotException;
 import java.io.ByteArrayInputStream;
@@ -11,6 +13,12 @@ import java.io.ByteArrayOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.net.InetSocketAddress;
+import java.net.Socket;
+import java.nio.channels.ServerSocketChannel;
+import java.nio.channels.SocketChannel;
 import java.util.Arrays;
 import java.util.List;
 import org.junit.jupiter.api.Test;
@@ -49,7 +57,9 @@ class MigrationStreamTest {
         assertEquals(new MigrationStream.Pages(1, 9, 2), in.next());
         byte[] expected = new byte[2 * 4096];
         Arrays.fill(expected, 0, 4096, (byte) 7);
-        assertEquals(0, Arrays.compare(expected, Arrays.copyOf(in.buffer(), 2 * 4096)));
+        var received = new byte[2 * 4096];
+        in.readPages(MemorySegment.ofArray(received));
+        assertArrayEquals(expected, received);
         assertEquals(new MigrationStream.Zeros(0, 3, 4), in.next());
         assertEquals(new MigrationProtocol.DeviceState(10_000), ((MigrationStream.Message) in.next()).message());
         assertEquals(3, ((MigrationStream.State) in.next()).bytes().length);
@@ -60,6 +70,71 @@ class MigrationStreamTest {
         assertEquals(SHARED_STATE, ((MigrationStream.Message) in.next()).message());
         assertEquals(new MigrationProtocol.Prepared(true), ((MigrationStream.Message) in.next()).message());
         assertNull(in.next());
+    }
+
+    /**
+     * Over a plain socket (loopback) pages go from RAM to the kernel and from the kernel into RAM
+     * without an array: batches of every size between messages and zero markers arrive intact,
+     * including the bytes the reader's buffer took in with a frame's header.
+     */
+    @Test
+    void pagesCrossASocketWithoutACopyAndArriveIntact() throws Exception {
+        int pages = 1024;
+        try (var server = ServerSocketChannel.open().bind(new InetSocketAddress("127.0.0.1", 0));
+                var arena = Arena.ofShared()) {
+            var ram = arena.allocate((long) pages * 4096, 4096);
+            for (long i = 0; i < ram.byteSize() / 8; i++)
+                ram.setAtIndex(ValueLayout.JAVA_LONG, i, i * 0x9E3779B97F4A7C15L);
+            int[] batches = {1, 256, 3, 255, 17, 256, 200, 36}; // 1024 pages
+            var sender = Thread.ofPlatform().start(() -> {
+                try (Socket socket =
+                        SocketChannel.open(server.getLocalAddress()).socket()) {
+                    var out = MigrationStream.Writer.on(socket, 0);
+                    long page = 0;
+                    for (int n : batches) {
+                        out.message(new MigrationProtocol.PassEnd(1, page));
+                        out.pages(0, page, n, ram, page * 4096);
+                        out.zeros(0, page, 1);
+                        page += n;
+                    }
+                    out.flush();
+                } catch (Exception e) {
+                    throw new AssertionError(e);
+                }
+            });
+            try (Socket socket = server.accept().socket()) {
+                var in = MigrationStream.Reader.on(socket);
+                var copy = arena.allocate(ram.byteSize(), 4096);
+                long page = 0;
+                for (int n : batches) {
+                    assertEquals(
+                            new MigrationProtocol.PassEnd(1, page), ((MigrationStream.Message) in.next()).message());
+                    assertEquals(new MigrationStream.Pages(0, page, n), in.next());
+                    in.readPages(copy.asSlice(page * 4096, n * 4096L));
+                    assertEquals(new MigrationStream.Zeros(0, page, 1), in.next());
+                    page += n;
+                }
+                assertNull(in.next());
+                assertEquals(-1, ram.mismatch(copy), "every page arrived as sent");
+            }
+            sender.join();
+        }
+    }
+
+    /** A TLS socket layered over a plain one answers getChannel with the plain one's: its pages must not take it. */
+    @Test
+    void aTlsSocketOverAChannelsSocketIsNotWrittenAroundItsEncryption() throws Exception {
+        try (var server = ServerSocketChannel.open().bind(new InetSocketAddress("127.0.0.1", 0));
+                Socket plain = SocketChannel.open(server.getLocalAddress()).socket();
+                var accepted = server.accept();
+                var tls = javax.net.ssl.SSLContext.getDefault()
+                        .getSocketFactory()
+                        .createSocket(plain, "127.0.0.1", plain.getPort(), false)) {
+            assertTrue(accepted.isConnected());
+            assertNotNull(tls.getChannel(), "the JDK's layered TLS socket hands out the plain channel");
+            assertNull(MigrationStream.plainChannel(tls));
+            assertNotNull(MigrationStream.plainChannel(plain));
+        }
     }
 
     @Test

@@ -459,6 +459,44 @@ class TcpMigrationTest {
         SnapshotTest.checkHeartbeats(console.text());
     }
 
+    /**
+     * A batch's pages are read straight from the socket's channel, which has no read timeout: a
+     * source that stops in the middle of one fails the destination within its timeout, in one line.
+     */
+    @KvmTest
+    void aSourceThatStallsInsideAPageBatchFailsTheDestinationInOneLine() throws Exception {
+        try (var kvm = Kvm.open()) {
+            var destination =
+                    incoming(kvm, MigrationParameters.DEFAULTS.withTimeout(2), OutputStream.nullOutputStream());
+            try (var source = new Socket(LOOPBACK, destination.port())) {
+                var out = MigrationStream.Writer.on(source, 0);
+                out.message(new MigrationProtocol.Prepare(
+                        MigrationProtocol.VERSION,
+                        1,
+                        64 * GuestMemory.MIB,
+                        List.of(new MigrationProtocol.RamBlock("ram-low", 0, 64 * GuestMemory.MIB, 0, null, null))));
+                out.flush();
+                var in = MigrationStream.Reader.on(source);
+                assertEquals(new MigrationProtocol.Prepared(false), in.message("prepared"));
+                var raw = new java.io.DataOutputStream(source.getOutputStream());
+                raw.writeByte('P');
+                raw.writeInt(0);
+                raw.writeLong(0);
+                raw.writeInt(2);
+                raw.write(new byte[4096 + 100]); // a page and a bit of the second, then nothing
+                raw.flush();
+                long start = System.nanoTime();
+                var failed = assertThrows(
+                        ExecutionException.class, () -> destination.vm().get(30, TimeUnit.SECONDS));
+                assertInstanceOf(SnapshotException.class, failed.getCause());
+                assertEquals(
+                        "the source sent nothing for 2 s in the middle of a page batch",
+                        failed.getCause().getMessage());
+                assertTrue(System.nanoTime() - start < TimeUnit.SECONDS.toNanos(10), "within its timeout");
+            }
+        }
+    }
+
     /** A PKCS12 key store with one EC key pair named {@code name}, made by the JDK's keytool; returns it. */
     static Path keyStore(Path dir, String name) throws Exception {
         var store = dir.resolve(name + ".p12");
