@@ -1,21 +1,15 @@
 package dev.panamavmm.vmm;
 
 import dev.panamavmm.migration.SnapshotException;
-import java.io.BufferedInputStream;
-import java.io.BufferedOutputStream;
+import dev.panamavmm.vmm.memory.PageStreams;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.EOFException;
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.OutputStream;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.net.Socket;
-import java.nio.ByteBuffer;
-import java.nio.channels.GatheringByteChannel;
-import java.nio.channels.ReadableByteChannel;
-import java.nio.channels.SocketChannel;
-import javax.net.ssl.SSLSocket;
 
 /**
  * The frames of a TCP migration over one byte stream (a socket's, or a TLS socket's): each frame is
@@ -27,10 +21,9 @@ import javax.net.ssl.SSLSocket;
  * reader allocate more than {@link #MAX_STATE} bytes.
  *
  * <p>Over a plain TCP socket ({@link Writer#on}, {@link Reader#on}) pages go between guest RAM and
- * the socket with no copy in Java: the writer hands the kernel the guest's pages themselves (a
- * gathering write of the frame's header and the RAM), and the reader reads a batch straight into the
- * destination's RAM. A TLS socket has no channel (its bytes are encrypted in Java anyway): pages go
- * through a 1 MiB array there.
+ * the socket with no copy in Java ({@link PageStreams}): the writer hands the kernel the frame's
+ * header and the guest's pages in one gathering write, and the reader reads a batch straight into
+ * the destination's RAM. On a TLS socket (encrypted in Java anyway) they pass its buffer.
  */
 final class MigrationStream {
     private MigrationStream() {}
@@ -66,32 +59,27 @@ final class MigrationStream {
      * rate, at most 100 ms of it saved up).
      */
     static final class Writer {
+        private final PageStreams.Out sink;
         private final DataOutputStream out;
-        private final GatheringByteChannel channel; // a plain socket's: pages go from guest RAM to the kernel
-        private final ByteBuffer header = ByteBuffer.allocate(17);
-        private byte[]
-                buffer; // without a channel, on the first pages: a migration by reference never has 1 MiB to collect
         private volatile long maxBytesPerSecond;
         private double tokens;
         private long refilledAt = System.nanoTime();
         private long bytes;
 
-        Writer(DataOutputStream out, long maxBytesPerSecond) {
-            this(out, null, maxBytesPerSecond);
+        /** On any stream: pages are copied through its buffer. */
+        Writer(OutputStream out, long maxBytesPerSecond) {
+            this(PageStreams.out(out, 64 << 10), maxBytesPerSecond);
         }
 
-        private Writer(DataOutputStream out, GatheringByteChannel channel, long maxBytesPerSecond) {
-            this.out = out;
-            this.channel = channel;
+        private Writer(PageStreams.Out sink, long maxBytesPerSecond) {
+            this.sink = sink;
+            this.out = new DataOutputStream(sink);
             this.maxBytesPerSecond = maxBytesPerSecond;
         }
 
-        /** On {@code socket}: without a copy of the pages when it is a plain TCP socket (it has a channel). */
+        /** On {@code socket}: without a copy of the pages when it is a plain TCP socket. */
         static Writer on(Socket socket, long maxBytesPerSecond) throws IOException {
-            var channel = plainChannel(socket);
-            // Messages and zero markers are small; without a channel 1 MiB batches pass the buffer by.
-            var buffered = new BufferedOutputStream(socket.getOutputStream(), 64 << 10);
-            return new Writer(new DataOutputStream(buffered), channel, maxBytesPerSecond);
+            return new Writer(PageStreams.out(socket), maxBytesPerSecond);
         }
 
         void maxBytesPerSecond(long rate) {
@@ -110,27 +98,11 @@ final class MigrationStream {
         void pages(int block, long firstPage, int count, MemorySegment segment, long offset) throws IOException {
             int length = count * PAGE;
             throttle(17 + length);
-            if (channel != null) {
-                out.flush(); // the frames before this one first
-                header.clear()
-                        .put(PAGES)
-                        .putInt(block)
-                        .putLong(firstPage)
-                        .putInt(count)
-                        .flip();
-                var frame = new ByteBuffer[] {
-                    header, segment.asSlice(offset, length).asByteBuffer()
-                };
-                while (frame[1].hasRemaining()) channel.write(frame);
-                return;
-            }
-            if (buffer == null) buffer = new byte[MAX_BATCH_PAGES * PAGE];
-            MemorySegment.copy(segment, ValueLayout.JAVA_BYTE, offset, buffer, 0, length);
             out.writeByte(PAGES);
             out.writeInt(block);
             out.writeLong(firstPage);
             out.writeInt(count);
-            out.write(buffer, 0, length);
+            sink.write(segment.asSlice(offset, length));
         }
 
         void zeros(int block, long firstPage, int count) throws IOException {
@@ -161,9 +133,9 @@ final class MigrationStream {
         }
 
         /** The stream under the frames (flushed), for the post-copy protocol that follows them. */
-        DataOutputStream stream() throws IOException {
+        PageStreams.Out stream() throws IOException {
             out.flush();
-            return out;
+            return sink;
         }
 
         /** Bytes written so far, frames included. */
@@ -198,42 +170,31 @@ final class MigrationStream {
      * {@link Pages} frame the caller reads its pages with {@link #readPages} before the next frame.
      */
     static final class Reader {
+        private final PageStreams.In source;
         private final DataInputStream in;
-        private final Input input; // with a channel: a plain socket's
-        private byte[] buffer; // without a channel, on the first pages, as the writer's
 
-        Reader(DataInputStream in) {
-            this.in = in;
-            this.input = null;
+        /** On any stream: pages are copied through its buffer. */
+        Reader(InputStream in) {
+            this(PageStreams.in(in, 8 << 10));
         }
 
-        private Reader(Input input) {
-            this.in = new DataInputStream(input);
-            this.input = input;
+        private Reader(PageStreams.In source) {
+            this.source = source;
+            this.in = new DataInputStream(source);
         }
 
-        /** On {@code socket}: pages read straight into guest RAM when it is a plain TCP socket (it has a channel). */
+        /** On {@code socket}: pages read straight into guest RAM when it is a plain TCP socket. */
         static Reader on(Socket socket) throws IOException {
-            var channel = plainChannel(socket);
-            if (channel == null)
-                return new Reader(new DataInputStream(new BufferedInputStream(socket.getInputStream())));
-            return new Reader(new Input(socket.getInputStream(), channel));
+            return new Reader(PageStreams.in(socket));
         }
 
         /** The pages of the {@link Pages} frame {@link #next} returned: exactly {@code target}'s size of them. */
         void readPages(MemorySegment target) throws IOException {
-            if (input != null) {
-                input.readFully(target);
-                return;
-            }
-            int length = Math.toIntExact(target.byteSize());
-            if (buffer == null) buffer = new byte[MAX_BATCH_PAGES * PAGE];
             try {
-                in.readFully(buffer, 0, length);
+                source.readFully(target);
             } catch (EOFException e) {
                 throw new Ended();
             }
-            MemorySegment.copy(buffer, 0, target, ValueLayout.JAVA_BYTE, 0, length);
         }
 
         /** The next frame, or null at the end of the stream (between frames). */
@@ -288,43 +249,13 @@ final class MigrationStream {
         }
 
         /** The stream under the frames (what it buffered included), for the post-copy protocol that follows them. */
-        DataInputStream stream() {
-            return in;
+        PageStreams.In stream() {
+            return source;
         }
 
         private static int count(int n) {
             if (n < 1 || n > MAX_BATCH_PAGES) throw new SnapshotException("the peer sent a batch of " + n + " pages");
             return n;
-        }
-    }
-
-    /**
-     * The channel of a plain TCP socket, or null. Not a TLS socket's: one layered over a plain
-     * socket answers {@code getChannel} with the plain socket's, which would bypass the encryption.
-     */
-    static SocketChannel plainChannel(Socket socket) {
-        return socket instanceof SSLSocket ? null : socket.getChannel();
-    }
-
-    /**
-     * A socket's input, buffered for the frames' headers, whose page batches bypass the buffer:
-     * what it read ahead is copied, the rest read from the channel into guest RAM by the kernel.
-     */
-    private static final class Input extends BufferedInputStream {
-        private final ReadableByteChannel channel;
-
-        Input(InputStream in, ReadableByteChannel channel) {
-            super(in);
-            this.channel = channel;
-        }
-
-        synchronized void readFully(MemorySegment target) throws IOException {
-            long length = target.byteSize();
-            int ahead = (int) Math.min(length, count - pos);
-            MemorySegment.copy(buf, pos, target, ValueLayout.JAVA_BYTE, 0, ahead);
-            pos += ahead;
-            var rest = target.asSlice(ahead).asByteBuffer();
-            while (rest.hasRemaining()) if (channel.read(rest) < 0) throw new Ended();
         }
     }
 

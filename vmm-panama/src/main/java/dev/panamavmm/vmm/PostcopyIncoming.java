@@ -2,6 +2,7 @@ package dev.panamavmm.vmm;
 
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.vmm.memory.PageStreams;
 import dev.panamavmm.vmm.postcopy.PostcopyDestination;
 import dev.panamavmm.vmm.postcopy.Stats;
 import java.io.IOException;
@@ -99,7 +100,7 @@ public final class PostcopyIncoming {
                 }
                 log.info("post-copy: the source reconnected from {}", peer.getRemoteSocketAddress());
                 status = "postcopy-active";
-                receive(peer, peer.getInputStream(), peer.getOutputStream());
+                receive(peer, PageStreams.in(peer), PageStreams.out(peer));
                 return;
             }
         } catch (IOException e) {

@@ -9,6 +9,7 @@ import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.DirtyLog;
 import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.memory.PageStreams;
 import dev.panamavmm.vmm.postcopy.PageSet;
 import dev.panamavmm.vmm.postcopy.PostcopyDestination;
 import dev.panamavmm.vmm.postcopy.PostcopySource;
@@ -396,8 +397,8 @@ public final class TcpMigration {
                     connection = connect(at, params);
                     connection.setSoTimeout(0);
                     connection.setSendBufferSize(POSTCOPY_SEND_BUFFER);
-                    input = connection.getInputStream();
-                    output = connection.getOutputStream();
+                    input = PageStreams.in(connection);
+                    output = PageStreams.out(connection);
                     break;
                 } catch (IOException | RuntimeException e) {
                     status.paused("cannot reconnect to " + at + ": " + reason(e));

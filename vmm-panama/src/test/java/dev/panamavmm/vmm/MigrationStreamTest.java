@@ -8,10 +8,9 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.vmm.memory.PageStreams;
 import java.io.ByteArrayInputStream;
 import java.io.ByteArrayOutputStream;
-import java.io.DataInputStream;
-import java.io.DataOutputStream;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -27,7 +26,7 @@ import org.junit.jupiter.api.Test;
 class MigrationStreamTest {
 
     private static MigrationStream.Reader reader(byte[] bytes) {
-        return new MigrationStream.Reader(new DataInputStream(new ByteArrayInputStream(bytes)));
+        return new MigrationStream.Reader(new ByteArrayInputStream(bytes));
     }
 
     private static final MigrationProtocol.DeviceState SHARED_STATE = new MigrationProtocol.DeviceState(
@@ -36,7 +35,7 @@ class MigrationStreamTest {
     @Test
     void framesRoundTrip() throws Exception {
         var bytes = new ByteArrayOutputStream();
-        var out = new MigrationStream.Writer(new DataOutputStream(bytes), 0);
+        var out = new MigrationStream.Writer(bytes, 0);
         try (var arena = Arena.ofConfined()) {
             var ram = arena.allocate(3 * 4096);
             ram.asSlice(4096, 4096).fill((byte) 7);
@@ -132,8 +131,8 @@ class MigrationStreamTest {
                         .createSocket(plain, "127.0.0.1", plain.getPort(), false)) {
             assertTrue(accepted.isConnected());
             assertNotNull(tls.getChannel(), "the JDK's layered TLS socket hands out the plain channel");
-            assertNull(MigrationStream.plainChannel(tls));
-            assertNotNull(MigrationStream.plainChannel(plain));
+            assertNull(PageStreams.plainChannel(tls));
+            assertNotNull(PageStreams.plainChannel(plain));
         }
     }
 

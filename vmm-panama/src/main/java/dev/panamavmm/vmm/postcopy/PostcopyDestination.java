@@ -5,9 +5,9 @@ import static dev.panamavmm.vmm.postcopy.PostcopyProtocol.*;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import dev.panamavmm.vmm.memory.MemoryException;
 import dev.panamavmm.vmm.memory.MemoryFill;
+import dev.panamavmm.vmm.memory.PageStreams;
 import dev.panamavmm.vmm.memory.RamBlock;
 import dev.panamavmm.vmm.memory.Userfaults;
-import java.io.BufferedInputStream;
 import java.io.BufferedOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
@@ -17,7 +17,6 @@ import java.io.InputStream;
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.util.List;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
@@ -115,7 +114,8 @@ public final class PostcopyDestination implements MemoryFill {
     /** Receives pages on one connection until every page arrived; throws when it fails first (call again on a new one). */
     public Stats receive(InputStream in, OutputStream out) throws IOException {
         if (!receiving.compareAndSet(false, true)) throw new IllegalStateException("already receiving post-copy pages");
-        var input = new DataInputStream(new BufferedInputStream(in, 256 * 1024));
+        var source = PageStreams.in(in, 256 * 1024); // pages into the bounce buffer, without an array on plain TCP
+        var input = new DataInputStream(source);
         var output = new DataOutputStream(new BufferedOutputStream(out, 64 * 1024));
         Thread writer = null;
         var connectionDone = new AtomicBoolean();
@@ -131,14 +131,13 @@ public final class PostcopyDestination implements MemoryFill {
                     .name("postcopy-requests")
                     .start(() -> writeRequests(output, connectionDone));
             var bounce = arena.allocate((long) MAX_PAGES * PAGE, PAGE);
-            var buffer = new byte[MAX_PAGES * PAGE];
             while (true) {
                 int type = input.read();
                 if (type < 0)
                     throw new EOFException(
                             "the source closed the connection with " + missing.count() + " pages still missing");
                 switch (type) {
-                    case PAGES -> receivePages(input, bounce, buffer);
+                    case PAGES -> receivePages(input, source, bounce);
                     case ZEROS -> receiveZeros(input);
                     case END -> {
                         if (missing.count() > 0)
@@ -168,7 +167,7 @@ public final class PostcopyDestination implements MemoryFill {
         }
     }
 
-    private void receivePages(DataInputStream in, MemorySegment bounce, byte[] buffer) throws IOException {
+    private void receivePages(DataInputStream in, PageStreams.In source, MemorySegment bounce) throws IOException {
         long gpa = in.readLong();
         int count = in.readInt();
         if (count < 1 || count > MAX_PAGES)
@@ -178,12 +177,11 @@ public final class PostcopyDestination implements MemoryFill {
                     "the source sent %d pages at 0x%x, outside guest RAM (or not page-aligned)".formatted(count, gpa));
         int length = count * PAGE;
         try {
-            in.readFully(buffer, 0, length);
+            source.readFully(bounce.asSlice(0, length));
         } catch (EOFException e) {
             throw new PostcopyException(
                     "the connection ended inside a run of %d pages at 0x%x: a short page".formatted(count, gpa));
         }
-        MemorySegment.copy(buffer, 0, bounce, ValueLayout.JAVA_BYTE, 0, length);
         var block = memory.blockAt(gpa, length);
         long host = block.segment().address() + (gpa - block.guestAddress());
         long found = 0, requestedHere = 0, streamedHere = 0, duplicatesHere = 0;

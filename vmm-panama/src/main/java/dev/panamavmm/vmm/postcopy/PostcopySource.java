@@ -3,9 +3,8 @@ package dev.panamavmm.vmm.postcopy;
 import static dev.panamavmm.vmm.postcopy.PostcopyProtocol.*;
 
 import dev.panamavmm.vmm.memory.GuestMemory;
+import dev.panamavmm.vmm.memory.PageStreams;
 import dev.panamavmm.vmm.memory.RamBlock;
-import java.io.BufferedInputStream;
-import java.io.BufferedOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.EOFException;
@@ -13,7 +12,6 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
@@ -39,7 +37,6 @@ public final class PostcopySource {
     private final PageSet toSend;
     private final PageSet original;
     private final PageSet data;
-    private final byte[] buffer = new byte[MAX_PAGES * PAGE];
     private final long started = System.nanoTime();
     private long requested, streamed, zeros, duplicates, bytes, lastPageNanos;
 
@@ -57,8 +54,9 @@ public final class PostcopySource {
 
     /** Serves one connection until the destination has every page; throws when the connection fails first. */
     public Stats serve(InputStream in, OutputStream out) throws IOException {
-        var input = new DataInputStream(new BufferedInputStream(in, 64 * 1024));
-        var output = new DataOutputStream(new BufferedOutputStream(out, 256 * 1024));
+        var input = new DataInputStream(PageStreams.in(in, 64 * 1024));
+        var sink = PageStreams.out(out, 256 * 1024); // pages from guest RAM, without an array on plain TCP
+        var output = new DataOutputStream(sink);
         readHello(input, toSend, original);
         log.debug("post-copy: the destination misses {} pages", toSend.count());
         var requests = new LinkedBlockingQueue<Long>();
@@ -79,7 +77,7 @@ public final class PostcopySource {
                         throw new PostcopyException(
                                 "the destination asked for 0x%x, not a page of guest RAM".formatted(request));
                     if (toSend.contains(request)) {
-                        sendRun(output, request, true);
+                        sendRun(output, sink, request, true);
                         output.flush(); // a faulting vCPU waits for it
                     } else duplicates++;
                     cursor = request + PAGE;
@@ -88,7 +86,7 @@ public final class PostcopySource {
                 long next = toSend.nextSet(cursor);
                 if (next < 0) next = toSend.nextSet(0);
                 if (next < 0) break;
-                cursor = sendRun(output, next, false);
+                cursor = sendRun(output, sink, next, false);
             }
             output.writeByte(END);
             output.flush();
@@ -146,7 +144,7 @@ public final class PostcopySource {
      * {@value PostcopyProtocol#MAX_PAGES} pages, or one ZEROS message for a run of zero pages.
      * Returns the address after the last page sent.
      */
-    private long sendRun(DataOutputStream out, long gpa, boolean onRequest) throws IOException {
+    private long sendRun(DataOutputStream out, PageStreams.Out sink, long gpa, boolean onRequest) throws IOException {
         var block = memory.blockAt(gpa, PAGE);
         if (!toSend.clear(gpa)) return gpa + PAGE;
         boolean zero = isZero(block, gpa);
@@ -163,12 +161,10 @@ public final class PostcopySource {
             out.writeInt(count);
             bytes += 13;
         } else {
-            MemorySegment.copy(
-                    block.segment(), ValueLayout.JAVA_BYTE, gpa - block.guestAddress(), buffer, 0, count * PAGE);
             out.writeByte(PAGES);
             out.writeLong(gpa);
             out.writeInt(count);
-            out.write(buffer, 0, count * PAGE);
+            sink.write(block.segment().asSlice(gpa - block.guestAddress(), (long) count * PAGE));
             bytes += 13 + (long) count * PAGE;
         }
         synchronized (this) {
