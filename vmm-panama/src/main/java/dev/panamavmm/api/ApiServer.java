@@ -15,6 +15,7 @@ import java.nio.file.AccessDeniedException;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
+import java.time.Instant;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -108,12 +109,17 @@ public final class ApiServer implements AutoCloseable {
     /** The commands the server answers itself. */
     static final List<String> OWN_COMMANDS = List.of("qmp_capabilities", "query-commands", "query-version");
 
-    /** Sends an event to every client that has negotiated capabilities. */
+    /** Sends an event to every client that has negotiated capabilities, stamped now. */
     public void event(String name, Map<String, Object> data) {
-        long micros = System.currentTimeMillis() * 1000;
+        event(name, data, Instant.now());
+    }
+
+    /** As above, stamped {@code at} (to the microsecond, as QMP's timestamps). */
+    public void event(String name, Map<String, Object> data, Instant at) {
         var event = Json.object("event", name);
         if (data != null) event.put("data", data);
-        event.put("timestamp", Json.object("seconds", micros / 1_000_000, "microseconds", micros % 1_000_000));
+        event.put(
+                "timestamp", Json.object("seconds", at.getEpochSecond(), "microseconds", (long) (at.getNano() / 1000)));
         String line = Json.write(event);
         for (var c : clients) if (c.negotiated) c.send(line);
     }

@@ -4,6 +4,7 @@ import dev.panamavmm.api.ApiServer;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.VmExitReason;
 import dev.panamavmm.vmm.VmListener;
+import java.time.Instant;
 import java.util.Map;
 import java.util.concurrent.atomic.AtomicReference;
 
@@ -40,8 +41,9 @@ public final class ApiEvents implements VmListener {
     }
 
     @Override
-    public void resumed() {
-        event("RESUME", null);
+    public void resumed(Instant at) {
+        var a = api.get();
+        if (a != null) a.event("RESUME", null, at);
         onResume.run();
     }
 

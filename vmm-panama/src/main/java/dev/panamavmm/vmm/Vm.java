@@ -17,6 +17,7 @@ import dev.panamavmm.vmm.vcpu.VcpuKick;
 import java.io.OutputStream;
 import java.lang.foreign.Arena;
 import java.time.Duration;
+import java.time.Instant;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -229,8 +230,9 @@ public final class Vm implements AutoCloseable {
         long since = pausedSince.getAndSet(0);
         if (since != 0) metrics.paused(System.nanoTime() - since);
         for (var host : virtio) host.resume();
+        var at = Instant.now();
         control.set(VcpuControl.Request.RUN);
-        listener.resumed();
+        listener.resumed(at);
     }
 
     /** What a VM is doing, as QMP's {@code query-status} names it. */

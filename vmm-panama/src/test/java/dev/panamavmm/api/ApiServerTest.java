@@ -134,6 +134,11 @@ class ApiServerTest {
                 assertTrue(in.readLine().contains("malformed request"));
                 server.event("READY", null);
                 assertTrue(in.readLine().startsWith("{\"event\":\"READY\",\"timestamp\":{\"seconds\":"));
+                // Stamped to the microsecond where the VM said (RESUME: before its vCPUs went on).
+                server.event("RESUME", null, java.time.Instant.ofEpochSecond(1_700_000_000L, 123_456_789));
+                assertEquals(
+                        "{\"event\":\"RESUME\",\"timestamp\":{\"seconds\":1700000000,\"microseconds\":123456}}",
+                        in.readLine());
                 send(ch, "{\"execute\":\"cont\"}");
                 assertEquals("{\"return\":{}}", in.readLine());
                 send(ch, "{\"execute\":\"snapshot\",\"arguments\":{\"path\":\"/tmp/s\",\"resume\":true}}");
