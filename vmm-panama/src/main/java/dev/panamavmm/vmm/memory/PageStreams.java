@@ -98,7 +98,7 @@ public final class PageStreams {
         public synchronized void write(MemorySegment pages) throws IOException {
             if (channel != null) {
                 var frame = new ByteBuffer[] {ByteBuffer.wrap(buf, 0, count), pages.asByteBuffer()};
-                while (frame[1].hasRemaining()) channel.write(frame);
+                while (frame[0].hasRemaining() || frame[1].hasRemaining()) channel.write(frame);
                 count = 0;
                 return;
             }

@@ -13,6 +13,10 @@ import java.io.EOFException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.net.InetSocketAddress;
+import java.net.Socket;
+import java.nio.channels.ServerSocketChannel;
+import java.nio.channels.SocketChannel;
 import org.junit.jupiter.api.Test;
 
 /**
@@ -47,6 +51,35 @@ class PageStreamsTest {
             assertEquals(9, read.readByte());
             assertEquals(-1, read.read());
             assertEquals(-1, ram.mismatch(copy), "every byte as written");
+        }
+    }
+
+    /** On a plain socket what is buffered goes out with the pages, even when there are none. */
+    @Test
+    void overAChannelTheBufferedBytesGoFirstEvenBeforeNoPages() throws Exception {
+        try (var server = ServerSocketChannel.open().bind(new InetSocketAddress("127.0.0.1", 0));
+                Socket client = SocketChannel.open(server.getLocalAddress()).socket();
+                Socket accepted = server.accept().socket();
+                var arena = Arena.ofConfined()) {
+            var out = PageStreams.out(client);
+            var data = new DataOutputStream(out);
+            var pages = arena.allocate(3 * 4096);
+            pages.fill((byte) 0x5a);
+            data.writeInt(7);
+            out.write(pages);
+            data.writeInt(8);
+            out.write(pages.asSlice(0, 0));
+            data.flush();
+            client.shutdownOutput();
+
+            var in = PageStreams.in(accepted);
+            var read = new DataInputStream(in);
+            assertEquals(7, read.readInt());
+            var copy = arena.allocate(3 * 4096);
+            in.readFully(copy);
+            assertEquals(-1, pages.mismatch(copy));
+            assertEquals(8, read.readInt());
+            assertEquals(-1, read.read());
         }
     }
 
