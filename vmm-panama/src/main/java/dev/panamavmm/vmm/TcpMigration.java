@@ -631,6 +631,7 @@ public final class TcpMigration {
         private final Thread thread;
         private volatile long period;
         private volatile long lastMoved = System.nanoTime();
+        private volatile boolean fired;
 
         private Watchdog(Socket socket, long period) {
             this.socket = socket;
@@ -647,6 +648,7 @@ public final class TcpMigration {
             try {
                 for (long left; (left = lastMoved + period - System.nanoTime()) > 0; )
                     TimeUnit.NANOSECONDS.sleep(Math.min(left, 100_000_000L));
+                fired = true;
                 socket.close();
             } catch (InterruptedException | IOException e) {
                 // cancelled, or closed anyway
@@ -664,6 +666,11 @@ public final class TcpMigration {
 
         void cancel() {
             thread.interrupt();
+        }
+
+        /** Whether it closed the socket: a read that failed then failed because the peer went silent. */
+        boolean fired() {
+            return fired;
         }
     }
 
@@ -857,6 +864,7 @@ public final class TcpMigration {
                     try {
                         frame = in.next();
                     } catch (MigrationStream.Ended | java.net.SocketException e) {
+                        if (watchdog.fired()) throw sourceSilent(params, "");
                         frame = null; // cut mid-frame, or reset: the source is gone all the same
                     }
                     watchdog.moved();
@@ -866,11 +874,10 @@ public final class TcpMigration {
                             if (sharedFile != null) throw sharedPages();
                             try {
                                 in.readPages(pageRange(blocks, p.block(), p.firstPage(), p.count()));
-                            } catch (MigrationStream.Ended | java.net.SocketException e) {
-                                throw sourceGone();
-                            } catch (ClosedChannelException e) { // closed by the watchdog
-                                throw new SnapshotException("the source sent nothing for " + params.timeoutSeconds()
-                                        + " s in the middle of a page batch");
+                            } catch (MigrationStream.Ended | java.net.SocketException | ClosedChannelException e) {
+                                throw watchdog.fired()
+                                        ? sourceSilent(params, " in the middle of a page batch")
+                                        : sourceGone();
                             }
                             pages += p.count();
                         }
@@ -1055,6 +1062,11 @@ public final class TcpMigration {
         if (first < 0 || first + count > pages)
             throw new SnapshotException("the source sent pages " + first + "+" + count + " of a block of " + pages);
         return segment.asSlice(first * MigrationStream.PAGE, (long) count * MigrationStream.PAGE);
+    }
+
+    /** The watchdog closed a connection on which nothing came for the migration's timeout. */
+    private static SnapshotException sourceSilent(MigrationParameters params, String where) {
+        return new SnapshotException("the source sent nothing for " + params.timeoutSeconds() + " s" + where);
     }
 
     private static SnapshotException sourceGone() {
