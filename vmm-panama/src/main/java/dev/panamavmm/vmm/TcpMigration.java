@@ -49,7 +49,7 @@ import org.slf4j.LoggerFactory;
  * on; pass 1 sends every non-zero page, later passes the pages the guest dirtied meanwhile (a
  * page that became zero as a marker), each ended by {@code PassEnd}, until the dirty set fits the
  * downtime limit at the measured bandwidth (a guest that dirties faster than that is throttled:
- * auto-converge); then pause, the last dirty pages, {@code DeviceState} and the state's bytes;
+ * auto-converge) and passes stop halving it; then pause, the last dirty pages, {@code DeviceState} and the state's bytes;
  * the destination applies it, resumes and answers {@code Running}; the source ends its VM.
  *
  * <p>Post-copy (the {@code postcopy-ram} capability; on request, or when a pass does not shrink the
@@ -154,6 +154,7 @@ public final class TcpMigration {
                     long passBytes = sender.bytesThisPass, sendNanos = System.nanoTime() - passStart;
                     logPass(1, sender, sendNanos);
                     long lastDirty = Long.MAX_VALUE;
+                    int passesPastFit = 0;
                     while (true) {
                         long now = System.nanoTime();
                         long[][] dirty = vm.takeChanged(false);
@@ -170,7 +171,15 @@ public final class TcpMigration {
                             postcopy = true;
                             break;
                         }
-                        if (expected <= params.downtimeLimitMillis()) break;
+                        if (expected <= params.downtimeLimitMillis()) {
+                            if (!anotherPassPays(pages, sender.pagesThisPass, expected, passesPastFit)) break;
+                            passesPastFit++;
+                            log.debug(
+                                    "pass {}: {} dirty pages fit the downtime limit ({} ms), one more pass",
+                                    pass,
+                                    pages,
+                                    expected);
+                        }
                         // A dirty set that does not shrink by a tenth per pass never fits.
                         boolean stuck = pass >= 2 && pages * 10 > lastDirty * 9;
                         if (stuck
@@ -416,6 +425,27 @@ public final class TcpMigration {
      * default grows to megabytes, milliseconds per fault).
      */
     static final int POSTCOPY_SEND_BUFFER = 128 << 10;
+
+    /** {@link #anotherPassPays}: a pause expected to be shorter than this is not worth a pass. */
+    static final long PAUSE_FLOOR_MILLIS = 2;
+
+    /** {@link #anotherPassPays}: passes past the first fit at most (each at least halves the rest). */
+    static final int MAX_PASSES_PAST_FIT = 10;
+
+    /**
+     * Whether pre-copy makes one more pass although the dirty set already fits the downtime limit
+     * (where QEMU stops and sends it paused): the pass that just ended sent {@code sentPages} while
+     * the guest dirtied {@code dirtyPages}, at most half as many, so the next pass should end with at
+     * most half of these still dirty, and the guest's pause shrinks with each pass to what it dirties
+     * in a short one. It stops when the expected pause is at the floor, a pass no longer halves the
+     * rest, or after {@link #MAX_PASSES_PAST_FIT}: a few more pages sent for a pause that no longer
+     * depends on where in its rewriting the guest was when the set first fit.
+     */
+    static boolean anotherPassPays(long dirtyPages, long sentPages, long expectedMillis, int passesPastFit) {
+        return expectedMillis > PAUSE_FLOOR_MILLIS
+                && dirtyPages * 2 <= sentPages
+                && passesPastFit < MAX_PASSES_PAST_FIT;
+    }
 
     private static void logPass(int pass, Sender sender, long nanos) {
         log.debug(

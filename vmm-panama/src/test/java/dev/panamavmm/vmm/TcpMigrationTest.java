@@ -31,6 +31,7 @@ import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 /** Pre-copy migration over TCP (loopback only) between two VMs of this process: the guest proves continuity. */
@@ -203,8 +204,27 @@ class TcpMigrationTest {
         migrateRunning(
                 guest(512 * GuestMemory.MIB, 2, "testguest.mem=448M testguest.rewrite=10"),
                 MigrationParameters.DEFAULTS.withMaxBandwidth(1L << 30),
-                // At least the filled memory went once; a tenth of it may have gone again.
-                (result, moved) -> assertTrue(result.bytesSent() > 448 * GuestMemory.MIB, result.toString()));
+                // At least the filled memory went once; a tenth of it may have gone again. What the
+                // guest dirtied during pass 1 (its tenth, ~45 MiB) fits the 300 ms limit but is at
+                // most half of what pass 1 sent and more than 2 ms at 1 GiB/s: pass 2 must follow.
+                (result, moved) -> {
+                    assertTrue(result.bytesSent() > 448 * GuestMemory.MIB, result.toString());
+                    assertTrue(result.passes() >= 2, result.toString());
+                });
+    }
+
+    @Test
+    void pastTheDowntimeLimitAPassIsMadeOnlyWhileItHalvesTheRest() {
+        // Halved, above the floor, passes left: one more.
+        assertTrue(TcpMigration.anotherPassPays(500, 1000, 50, 0));
+        // Not halved: the next pause would be about as long as this one.
+        assertFalse(TcpMigration.anotherPassPays(501, 1000, 50, 0));
+        // At the floor: nothing worth a pass is left.
+        assertFalse(TcpMigration.anotherPassPays(10, 1000, TcpMigration.PAUSE_FLOOR_MILLIS, 0));
+        assertTrue(TcpMigration.anotherPassPays(10, 1000, TcpMigration.PAUSE_FLOOR_MILLIS + 1, 0));
+        // A guest that keeps halving cannot keep the migration going forever.
+        assertTrue(TcpMigration.anotherPassPays(1, 1000, 50, TcpMigration.MAX_PASSES_PAST_FIT - 1));
+        assertFalse(TcpMigration.anotherPassPays(1, 1000, 50, TcpMigration.MAX_PASSES_PAST_FIT));
     }
 
     /**
