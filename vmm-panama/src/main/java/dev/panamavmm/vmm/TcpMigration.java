@@ -49,7 +49,7 @@ import org.slf4j.LoggerFactory;
  * on; pass 1 sends every non-zero page, later passes the pages the guest dirtied meanwhile (a
  * page that became zero as a marker), each ended by {@code PassEnd}, until the dirty set fits the
  * downtime limit at the measured bandwidth (a guest that dirties faster than that is throttled:
- * auto-converge) and passes stop halving it; then pause, the last dirty pages, {@code DeviceState} and the state's bytes;
+ * auto-converge) and another pass no longer pays ({@link #nextStep}); then pause, the last dirty pages, {@code DeviceState} and the state's bytes;
  * the destination applies it, resumes and answers {@code Running}; the source ends its VM.
  *
  * <p>Post-copy (the {@code postcopy-ram} capability; on request, or when a pass does not shrink the
@@ -171,32 +171,36 @@ public final class TcpMigration {
                             postcopy = true;
                             break;
                         }
-                        if (expected <= params.downtimeLimitMillis()) {
-                            if (!anotherPassPays(pages, sender.pagesThisPass, expected, passesPastFit)) break;
-                            passesPastFit++;
-                            log.debug(
-                                    "pass {}: {} dirty pages fit the downtime limit ({} ms), one more pass",
-                                    pass,
-                                    pages,
-                                    expected);
-                        }
-                        // A dirty set that does not shrink by a tenth per pass never fits.
-                        boolean stuck = pass >= 2 && pages * 10 > lastDirty * 9;
-                        if (stuck
-                                && params.postcopyRam()
-                                && params.convergence() == MigrationParameters.Convergence.POSTCOPY) {
+                        boolean postcopyWhenStuck = params.postcopyRam()
+                                && params.convergence() == MigrationParameters.Convergence.POSTCOPY;
+                        var next = nextStep(
+                                pages,
+                                sender.pagesThisPass,
+                                lastDirty,
+                                expected,
+                                params.downtimeLimitMillis(),
+                                pass,
+                                passesPastFit,
+                                postcopyWhenStuck);
+                        if (next == Next.PAUSE) break;
+                        if (next == Next.POSTCOPY) {
                             log.debug("pass {}: {} pages still dirty, switching to post-copy", pass, pages);
                             postcopy = true;
                             break;
                         }
-                        if (stuck) { // auto-converge
+                        if (expected <= params.downtimeLimitMillis()) passesPastFit++;
+                        if (next == Next.THROTTLED_PASS) { // auto-converge
                             if (throttle == null) throttle = Throttle.start(vm, THROTTLE_INITIAL);
                             else throttle.raise();
                             status.throttle(throttle.percent());
-                            log.debug(
-                                    "pass {}: {} pages still dirty, vCPUs throttled to {}%",
-                                    pass, pages, throttle.percent());
                         }
+                        log.debug(
+                                "pass {}: {} pages dirty, {} ms expected paused: {}{}",
+                                pass,
+                                pages,
+                                expected,
+                                next,
+                                throttle == null ? "" : ", vCPUs throttled to " + throttle.percent() + "%");
                         lastDirty = pages;
                         pass++;
                         status.pass(pass);
@@ -426,25 +430,63 @@ public final class TcpMigration {
      */
     static final int POSTCOPY_SEND_BUFFER = 128 << 10;
 
-    /** {@link #anotherPassPays}: a pause expected to be shorter than this is not worth a pass. */
+    /** What pre-copy does after a pass. */
+    enum Next {
+        /** Pause the guest and send what is left. */
+        PAUSE,
+        /** Another pass. */
+        PASS,
+        /** Another pass with the vCPUs throttled (started, or raised a step). */
+        THROTTLED_PASS,
+        /** Switch to post-copy. */
+        POSTCOPY
+    }
+
+    /** {@link #nextStep}: a pause expected to be this short is not worth another pass. */
     static final long PAUSE_FLOOR_MILLIS = 2;
 
-    /** {@link #anotherPassPays}: passes past the first fit at most (each at least halves the rest). */
+    /** {@link #nextStep}: a pause expected to be longer than this is worth throttling the guest for. */
+    static final long SQUEEZE_MILLIS = 20;
+
+    /** {@link #nextStep}: passes made at most after the dirty set first fit the downtime limit. */
     static final int MAX_PASSES_PAST_FIT = 10;
 
     /**
-     * Whether pre-copy makes one more pass although the dirty set already fits the downtime limit
-     * (where QEMU stops and sends it paused): the pass that just ended sent {@code sentPages} while
-     * the guest dirtied {@code dirtyPages}, at most half as many, so the next pass should end with at
-     * most half of these still dirty, and the guest's pause shrinks with each pass to what it dirties
-     * in a short one. It stops when the expected pause is at the floor, a pass no longer halves the
-     * rest, or after {@link #MAX_PASSES_PAST_FIT}: a few more pages sent for a pause that no longer
-     * depends on where in its rewriting the guest was when the set first fit.
+     * After pass {@code pass}, which sent {@code sentPages} while the guest dirtied {@code
+     * dirtyPages} ({@code lastDirty} were dirty after the pass before; none before pass 2), whose
+     * sending would take {@code expectedMillis} at the bandwidth measured so far:
+     *
+     * <ul>
+     *   <li>The set does not fit {@code limitMillis}: another pass; from pass 2, a set that did not
+     *       shrink by a tenth never will, so the pass is throttled (auto-converge), or post-copy
+     *       takes over ({@code postcopyWhenStuck}).
+     *   <li>It fits (where QEMU pauses and sends it): another pass while passes pay, for at most
+     *       {@link #MAX_PASSES_PAST_FIT}: if the guest dirtied at most half of what the pass sent,
+     *       the next pause should be at most half of this one; if not, a pause still expected above
+     *       {@link #SQUEEZE_MILLIS} is worth throttling the guest for one more pass. The pause then
+     *       becomes what the guest dirties in a short pass, not whatever it had dirtied when the
+     *       set first fit; it costs a few more pages and, for a guest that dirties almost as fast
+     *       as the link carries, a pass or two at a throttle of {@link #THROTTLE_INITIAL} %.
+     *       Below {@link #PAUSE_FLOOR_MILLIS} nothing is worth a pass.
+     * </ul>
      */
-    static boolean anotherPassPays(long dirtyPages, long sentPages, long expectedMillis, int passesPastFit) {
-        return expectedMillis > PAUSE_FLOOR_MILLIS
-                && dirtyPages * 2 <= sentPages
-                && passesPastFit < MAX_PASSES_PAST_FIT;
+    static Next nextStep(
+            long dirtyPages,
+            long sentPages,
+            long lastDirty,
+            long expectedMillis,
+            long limitMillis,
+            int pass,
+            int passesPastFit,
+            boolean postcopyWhenStuck) {
+        if (expectedMillis > limitMillis) {
+            boolean stuck = pass >= 2 && dirtyPages * 10 > lastDirty * 9;
+            if (!stuck) return Next.PASS;
+            return postcopyWhenStuck ? Next.POSTCOPY : Next.THROTTLED_PASS;
+        }
+        if (expectedMillis <= PAUSE_FLOOR_MILLIS || passesPastFit >= MAX_PASSES_PAST_FIT) return Next.PAUSE;
+        if (dirtyPages * 2 <= sentPages) return Next.PASS;
+        return expectedMillis > SQUEEZE_MILLIS && !postcopyWhenStuck ? Next.THROTTLED_PASS : Next.PAUSE;
     }
 
     private static void logPass(int pass, Sender sender, long nanos) {
