@@ -32,7 +32,8 @@ import java.util.regex.Pattern;
  * {@code migrate-start-postcopy}): the destination resumes with none of its memory and the source
  * serves the pages. Prints one JSON line: time from the resume (the source's confirmation) to the
  * guest's first heartbeat, to the last page, the heartbeat rate while pages arrive and after, bytes
- * (post-copy's) and pages sent, and whether the guest printed CORRUPT.
+ * (post-copy's) and pages sent, the source's downtime (its pause to the destination's
+ * confirmation), and whether the guest printed CORRUPT.
  *
  * <pre>java -cp benchmarks.jar dev.panamavmm.bench.PostcopyBench MEMORY REWRITE HB_MS CPUS</pre>
  */
@@ -138,7 +139,7 @@ public final class PostcopyBench {
                     arrived.completeExceptionally(e);
                 }
             });
-            TcpMigration.send(
+            var result = TcpMigration.send(
                     source,
                     new TcpAddress("127.0.0.1", port.get(60, TimeUnit.SECONDS)),
                     params,
@@ -161,7 +162,8 @@ public final class PostcopyBench {
                         "{\"vmm\": \"panama\", \"memory\": %d, \"rewrite\": %d, \"cpus\": %d, \"pages\": %d, \"resume_to_first_output_ms\": %.1f,"
                                 + " \"resume_to_last_page_ms\": %.1f, \"hb_per_s_during\": %.1f, \"hb_per_s_after\": %.1f,"
                                 + " \"bytes_sent\": %d, \"pages_requested\": %d, \"pages_streamed\": %d, \"zero_pages\": %d,"
-                                + " \"duplicates\": %d, \"pages_arrived\": %d, \"corrupt\": %b, \"running\": %b}",
+                                + " \"duplicates\": %d, \"pages_arrived\": %d, \"downtime_ms\": %d, \"corrupt\": %b,"
+                                + " \"running\": %b}",
                         memory,
                         rewrite,
                         cpus,
@@ -176,6 +178,7 @@ public final class PostcopyBench {
                         received.zeroPages(),
                         received.duplicates(),
                         received.pages(),
+                        result.downtimeMillis(),
                         console.corrupt(),
                         !destination.termination().isDone()));
             }
