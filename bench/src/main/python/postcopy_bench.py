@@ -75,6 +75,11 @@ def main():
         if m["status"] != "completed":
             raise B.BenchError(f"migration {m['status']}: {m}")
         t_first, _ = dc.wait(r"hb 0 \d+", watch, 60, dst_p)
+        # The guest's pause, as Panama's rows measure it: the source's STOP to the destination's
+        # RESUME, by the timestamps QEMU puts on its events.
+        stopped = src.wait_event("STOP", 10)
+        stamp = lambda e: e[1]["timestamp"]["seconds"] + e[1]["timestamp"]["microseconds"] / 1e6
+        paused = round((stamp(resumed) - stamp(stopped)) * 1000, 1) if stopped else None
         window = max(t_done - t_resume, 2.0)
         end = t_done + window
         while B.now() < end:
@@ -95,7 +100,7 @@ def main():
             "pages_requested": ram.get("postcopy-requests", 0), "pages_streamed": ram.get("normal", 0),
             "zero_pages": ram.get("duplicate", 0), "duplicates": 0,
             "pages_arrived": ram.get("total", 0) // 4096, "total_time_ms": m.get("total-time"),
-            "downtime_ms": m.get("downtime"), "corrupt": bool(dc.corrupt()), "running": dst_p.poll() is None}),
+            "downtime_ms": m.get("downtime"), "paused_ms": paused, "corrupt": bool(dc.corrupt()), "running": dst_p.poll() is None}),
             flush=True)
         for q in (src, dst):
             q.cmd("quit", check=False)

@@ -16,12 +16,15 @@ import dev.panamavmm.vmm.memory.Sizes;
 import java.io.ByteArrayOutputStream;
 import java.io.OutputStream;
 import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.time.Instant;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.atomic.AtomicReference;
 import java.util.regex.Pattern;
 
 /**
@@ -33,7 +36,8 @@ import java.util.regex.Pattern;
  * serves the pages. Prints one JSON line: time from the resume (the source's confirmation) to the
  * guest's first heartbeat, to the last page, the heartbeat rate while pages arrive and after, bytes
  * (post-copy's) and pages sent, the source's downtime (its pause to the destination's
- * confirmation), and whether the guest printed CORRUPT.
+ * confirmation), the guest's pause (the source VM's pause to the destination VM's resume), and
+ * whether the guest printed CORRUPT.
  *
  * <pre>java -cp benchmarks.jar dev.panamavmm.bench.PostcopyBench MEMORY REWRITE HB_MS CPUS</pre>
  */
@@ -109,8 +113,17 @@ public final class PostcopyBench {
                 "console=ttyS0 testguest.hb=" + hb + " testguest.mem=" + (memory / 4 * 3 >> 20) + "M testguest.rewrite="
                         + rewrite);
         var console = new TimedConsole();
+        // The guest's pause measured as on QEMU (its STOP and RESUME events' timestamps): from the
+        // source's pause to the destination's resume, by the instants each VM's listener is given.
+        var stoppedAt = new AtomicReference<Instant>();
+        var startedAt = new AtomicReference<Instant>();
         try (var kvm = Kvm.open();
-                var source = VmBuilder.boot(kvm, config, console, new VmListener() {})) {
+                var source = VmBuilder.boot(kvm, config, console, new VmListener() {
+                    @Override
+                    public void paused() {
+                        stoppedAt.compareAndSet(null, Instant.now());
+                    }
+                })) {
             source.start();
             console.awaitLine("hb 0 3", 300);
             for (int cpu = 1; cpu < cpus; cpu++) console.awaitLine("hb " + cpu + " 3", 300);
@@ -131,7 +144,12 @@ public final class PostcopyBench {
                             new TcpAddress("127.0.0.1", 0),
                             params,
                             console,
-                            new VmListener() {},
+                            new VmListener() {
+                                @Override
+                                public void resumed(Instant at) {
+                                    startedAt.compareAndSet(null, at);
+                                }
+                            },
                             c -> null,
                             port::complete));
                 } catch (RuntimeException e) {
@@ -162,7 +180,8 @@ public final class PostcopyBench {
                         "{\"vmm\": \"panama\", \"memory\": %d, \"rewrite\": %d, \"cpus\": %d, \"pages\": %d, \"resume_to_first_output_ms\": %.1f,"
                                 + " \"resume_to_last_page_ms\": %.1f, \"hb_per_s_during\": %.1f, \"hb_per_s_after\": %.1f,"
                                 + " \"bytes_sent\": %d, \"pages_requested\": %d, \"pages_streamed\": %d, \"zero_pages\": %d,"
-                                + " \"duplicates\": %d, \"pages_arrived\": %d, \"downtime_ms\": %d, \"corrupt\": %b,"
+                                + " \"duplicates\": %d, \"pages_arrived\": %d, \"downtime_ms\": %d, \"paused_ms\": %.1f,"
+                                + " \"corrupt\": %b,"
                                 + " \"running\": %b}",
                         memory,
                         rewrite,
@@ -179,6 +198,7 @@ public final class PostcopyBench {
                         received.duplicates(),
                         received.pages(),
                         result.downtimeMillis(),
+                        Duration.between(stoppedAt.get(), startedAt.get()).toNanos() / 1e6,
                         console.corrupt(),
                         !destination.termination().isDone()));
             }

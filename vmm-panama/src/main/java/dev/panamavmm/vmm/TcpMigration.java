@@ -358,9 +358,7 @@ public final class TcpMigration {
             }
             if (pages % 64 != 0) bits[bits.length - 1] &= (1L << (pages % 64)) - 1;
             bitmaps[i] = bits;
-            long base = blocks.get(i).guestAddress();
-            for (long[] run : DirtyLog.runs(bits))
-                for (long at = run[0]; at < run[1]; at += MigrationStream.PAGE) missing.set(base + at);
+            missing.addAll(i, bits);
         }
         status.postcopyPages(missing.count());
         out.message(new MigrationProtocol.Postcopy(missing.count()));
@@ -1016,10 +1014,7 @@ public final class TcpMigration {
                     // Missing faults fire only for pages not present: the stale copies go first.
                     punchHoles(blocks, missing);
                     var set = PageSet.of(shell.memory());
-                    for (int i = 0; i < blocks.size(); i++)
-                        for (long[] run : DirtyLog.runs(missing[i]))
-                            for (long at = run[0]; at < run[1]; at += MigrationStream.PAGE)
-                                set.set(blocks.get(i).guestAddress() + at);
+                    for (int i = 0; i < blocks.size(); i++) set.addAll(i, missing[i]);
                     // Before the devices are built and any vCPU runs (VmBuilder.forPostcopy's order).
                     postcopy = PostcopyDestination.register(shell.memory(), set);
                 }

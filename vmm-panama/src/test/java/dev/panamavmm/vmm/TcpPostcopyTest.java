@@ -193,7 +193,15 @@ class TcpPostcopyTest {
                 assertEquals(null, job.get("error"), job.toString());
                 assertEquals("completed", status.status());
                 assertTrue(source.termination().isDone(), "the source ends once the destination has every page");
-                await(incoming::complete, "the destination has every page");
+                // The last page arrives before the destination's stream ends (its request writer
+                // stops after the source's END): query-migrate says "completed" from then on.
+                await(
+                        () -> incoming.complete()
+                                && "completed"
+                                        .equals(destinationControl
+                                                .queryMigrate()
+                                                .get("status")),
+                        "the destination has every page and its stream ended");
                 var received = incoming.stats();
                 assertEquals(131072, received.pages(), "every page arrived, over both connections: " + received);
                 assertEquals(0, received.duplicates(), "none twice: " + received);
@@ -204,7 +212,6 @@ class TcpPostcopyTest {
                 assertTrue(
                         status.postcopyStats().pages() >= 131072,
                         "the source sent every page: " + status.postcopyStats());
-                assertEquals("completed", destinationControl.queryMigrate().get("status"));
                 runsOn(moved, console, destinationConsole);
             } finally {
                 if (moved != null) moved.close();

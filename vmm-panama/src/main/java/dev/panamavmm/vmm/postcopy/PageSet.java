@@ -37,9 +37,7 @@ public final class PageSet {
     /** Every page of {@code memory}. */
     public static PageSet all(GuestMemory memory) {
         var set = of(memory);
-        for (int i = 0; i < set.bits.length; i++) {
-            for (long p = 0; p < set.pages(i); p++) set.set(set.starts[i] + p * PAGE);
-        }
+        for (int i = 0; i < set.bits.length; i++) set.addRange(set.starts[i], set.sizes[i]);
         return set;
     }
 
@@ -107,6 +105,53 @@ public final class PageSet {
         if ((old & bit) != 0) return false;
         count.incrementAndGet();
         return true;
+    }
+
+    /**
+     * Adds the pages of {@code [gpa, gpa + bytes)}, page-aligned and in one block, a word of the
+     * bitmap at a time (a migration's sets are built in its downtime: a bit at a time took tens of
+     * ms for a GiB); returns how many were not in the set.
+     */
+    public long addRange(long gpa, long bytes) {
+        if (bytes == 0) return 0;
+        if (bytes < 0 || (bytes & (PAGE - 1)) != 0 || !isRam(gpa, bytes / PAGE))
+            throw new IllegalArgumentException(
+                    String.format("0x%x + 0x%x is not a run of pages in one block of guest RAM", gpa, bytes));
+        int b = block(gpa);
+        long first = (gpa - starts[b]) / PAGE, end = first + bytes / PAGE, added = 0;
+        for (long p = first; p < end; ) {
+            long wordEnd = Math.min(end, ((p >>> 6) + 1) << 6);
+            int n = (int) (wordEnd - p);
+            long mask = (n == 64 ? -1L : (1L << n) - 1) << (p & 63);
+            added += or(b, (int) (p >>> 6), mask);
+            p = wordEnd;
+        }
+        return added;
+    }
+
+    /**
+     * Adds the pages of block {@code block} whose bits are set in {@code words} (bit i of word w:
+     * page 64 w + i; exactly the block's words, no bit past its last page); returns how many were
+     * not in the set.
+     */
+    public long addAll(int block, long[] words) {
+        long pages = pages(block);
+        if (words.length != bits[block].length()
+                || (pages % 64 != 0 && words.length > 0 && (words[words.length - 1] >>> (pages % 64)) != 0))
+            throw new IllegalArgumentException("a bitmap that does not fit block " + block);
+        long added = 0;
+        for (int w = 0; w < words.length; w++) if (words[w] != 0) added += or(block, w, words[w]);
+        return added;
+    }
+
+    private long or(int block, int word, long mask) {
+        var words = bits[block];
+        long old;
+        do old = words.get(word);
+        while (!words.compareAndSet(word, old, old | mask));
+        long added = Long.bitCount(mask & ~old);
+        count.addAndGet(added);
+        return added;
     }
 
     /** Removes the page at {@code gpa}; true when it was in the set (the caller took it). */

@@ -47,7 +47,8 @@ public final class PostcopySource {
         this.data = PageSet.of(memory);
         for (var b : memory.blocks()) {
             for (long[] e : b.dataExtents()) {
-                for (long at = e[0] & -PAGE; at < e[1]; at += PAGE) data.set(b.guestAddress() + at);
+                long from = e[0] & -PAGE, to = Math.min(b.size(), (e[1] + PAGE - 1) & -PAGE);
+                if (to > from) data.addRange(b.guestAddress() + from, to - from);
             }
         }
     }

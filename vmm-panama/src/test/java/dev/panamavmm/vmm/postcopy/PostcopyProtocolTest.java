@@ -29,6 +29,44 @@ class PostcopyProtocolTest {
     private static final long SIZE = 16 * GuestMemory.MIB;
 
     @Test
+    void pageSetAddsRunsAndBitmapsAsPageByPageWould() {
+        try (var arena = Arena.ofShared();
+                var memory = GuestMemory.create(SIZE, arena)) {
+            long pages = SIZE / 4096;
+            var random = new java.util.Random(7);
+            var bulk = PageSet.of(memory);
+            var single = PageSet.of(memory);
+            // Runs that start and end inside a word, span words, and fill whole words, some overlapping.
+            long[][] runs = {{3, 5}, {60, 70}, {64, 128}, {100, 400}, {0, 1}, {pages - 1, pages}, {126, 131}};
+            long added = 0;
+            for (long[] r : runs) {
+                long before = single.count();
+                for (long p = r[0]; p < r[1]; p++) single.set(p * 4096);
+                long got = bulk.addRange(r[0] * 4096, (r[1] - r[0]) * 4096);
+                assertEquals(single.count() - before, got, "pages added by " + r[0] + ".." + r[1]);
+                added += got;
+            }
+            assertEquals(single.count(), bulk.count());
+            assertEquals(added, bulk.count());
+            assertArrayEquals(single.words(0), bulk.words(0));
+            // A random bitmap, over pages partly in the set already.
+            long[] words = new long[(int) (pages / 64)];
+            for (int w = 0; w < words.length; w++) words[w] = random.nextLong();
+            long before = single.count();
+            for (long p = 0; p < pages; p++) if ((words[(int) (p >>> 6)] & (1L << (p & 63))) != 0) single.set(p * 4096);
+            assertEquals(single.count() - before, bulk.addAll(0, words));
+            assertArrayEquals(single.words(0), bulk.words(0));
+            assertEquals(single.count(), bulk.count());
+            assertEquals(pages, PageSet.all(memory).count());
+            // Not a run of RAM, or a bitmap of another size: refused, the set unchanged.
+            assertThrows(IllegalArgumentException.class, () -> bulk.addRange(SIZE - 4096, 8192));
+            assertThrows(IllegalArgumentException.class, () -> bulk.addRange(4096, 100));
+            assertThrows(IllegalArgumentException.class, () -> bulk.addAll(0, new long[words.length + 1]));
+            assertEquals(single.count(), bulk.count());
+        }
+    }
+
+    @Test
     void pageSetCountsAndFindsPages() {
         try (var arena = Arena.ofShared();
                 var memory = GuestMemory.create(SIZE, arena)) {
