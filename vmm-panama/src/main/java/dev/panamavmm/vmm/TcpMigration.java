@@ -344,10 +344,11 @@ public final class TcpMigration {
             throws IOException, InterruptedException {
         status.status("device");
         vm.pause();
-        long[][] last = vm.takeChanged(true);
+        // No pass yet (pending null): every page is missing, whatever the dirty log says.
+        long[][] last = pending == null ? null : vm.takeChanged(true);
         var blocks = vm.memory().blocks();
-        var missing = PageSet.of(vm.memory());
         long[][] bitmaps = new long[blocks.size()][];
+        long count = 0;
         for (int i = 0; i < blocks.size(); i++) {
             long pages = blocks.get(i).size() / MigrationStream.PAGE;
             long[] bits = new long[(int) ((pages + 63) / 64)];
@@ -358,13 +359,16 @@ public final class TcpMigration {
             }
             if (pages % 64 != 0) bits[bits.length - 1] &= (1L << (pages % 64)) - 1;
             bitmaps[i] = bits;
-            missing.addAll(i, bits);
+            for (long word : bits) count += Long.bitCount(word);
         }
-        status.postcopyPages(missing.count());
-        out.message(new MigrationProtocol.Postcopy(missing.count()));
+        status.postcopyPages(count);
+        out.message(new MigrationProtocol.Postcopy(count));
         for (int i = 0; i < bitmaps.length; i++) out.bitmap(i, bitmaps[i]);
         sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog, List.of());
-        log.debug("post-copy: the guest runs on the destination, {} pages to serve", missing.count());
+        log.debug("post-copy: the guest runs on the destination, {} pages to serve", count);
+        // The pages to serve as a set once the guest runs there, not in its pause.
+        var missing = PageSet.of(vm.memory());
+        for (int i = 0; i < bitmaps.length; i++) missing.addAll(i, bitmaps[i]);
         var source = new PostcopySource(vm.memory(), missing);
         status.postcopy(source::stats);
         return source;
@@ -922,6 +926,7 @@ public final class TcpMigration {
                         (System.nanoTime() - shellAt) / 1000);
                 out.message(new MigrationProtocol.Prepared(sharedFile != null));
                 out.flush();
+                if (byReference == null) warmUpPostcopySwitch(); // while the source starts its first pass
                 var blocks = shell.memory().blocks();
                 long pages = 0;
                 byte[] state = null;
@@ -1011,8 +1016,9 @@ public final class TcpMigration {
                 if (sharedFile != null) SharedMemoryFile.takeOver(shell.memory(), sharedFile, fingerprints);
                 checkedAt = System.nanoTime();
                 if (missing != null) {
-                    // Missing faults fire only for pages not present: the stale copies go first.
-                    punchHoles(blocks, missing);
+                    // Missing faults fire only for pages not present: the stale copies go first (none
+                    // when no page came: punching a GiB of nothing took ms of the pause).
+                    if (pages > 0) punchHoles(blocks, missing);
                     var set = PageSet.of(shell.memory());
                     for (int i = 0; i < blocks.size(); i++) set.addAll(i, missing[i]);
                     // Before the devices are built and any vCPU runs (VmBuilder.forPostcopy's order).
@@ -1095,6 +1101,29 @@ public final class TcpMigration {
             throw new SnapshotException(
                     "the source announced " + pages + " post-copy pages and its bitmaps hold " + count);
         return bitmaps;
+    }
+
+    /**
+     * The destination's switch to post-copy once on scratch memory, before the source can ask for
+     * it: the first run in a process of the hole punching, the page set and the userfaultfd
+     * registration with its fault thread took ~7 ms of the guest's pause. A failure changes nothing
+     * (the real switch, if it comes, says why).
+     */
+    private static void warmUpPostcopySwitch() {
+        long start = System.nanoTime();
+        try (var arena = Arena.ofShared();
+                var memory = GuestMemory.create(GuestMemory.MIN_SIZE, arena)) {
+            var blocks = memory.blocks();
+            long[] words = new long[(int) (blocks.getFirst().size() / MigrationStream.PAGE / 64)];
+            java.util.Arrays.fill(words, -1L);
+            punchHoles(blocks, new long[][] {words});
+            var set = PageSet.of(memory);
+            set.addAll(0, words);
+            PostcopyDestination.register(memory, set).close();
+            log.debug("warmed the post-copy switch in {} us", (System.nanoTime() - start) / 1000);
+        } catch (RuntimeException e) {
+            log.debug("warming the post-copy switch failed: {}", reason(e));
+        }
     }
 
     /** Drops the pages of {@code bitmaps} from the memfd: each becomes a hole, so its first touch faults. */
