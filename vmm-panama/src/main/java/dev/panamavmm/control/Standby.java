@@ -44,7 +44,8 @@ import org.slf4j.LoggerFactory;
  * work on the VM itself. Commands: {@code restore {"path": DIR, "resume": true, "memory-load": "mapped"}}, {@code clone
  * {"template": DIR}}, {@code boot {"memory", "cpus", "cmdline", "kernel", "mem-path", "shared"}}
  * and {@code incoming {"uri": "unix:PATH"}} (answers at once; the VM arrives with the migration),
- * plus {@code query-status} ({@code prelaunch}, {@code inmigrate}) and {@code quit}. Once it has a VM,
+ * plus {@code query-status} ({@code prelaunch}, {@code inmigrate}), {@code query-migrate} ({@code setup},
+ * {@code active} while a migration comes in) and {@code quit}. Once it has a VM,
  * the API is that VM's ({@link VmControl}); a second adoption is refused.
  */
 public final class Standby implements AutoCloseable {
@@ -74,6 +75,7 @@ public final class Standby implements AutoCloseable {
     private final CompletableFuture<Vm> adopted = new CompletableFuture<>();
     private volatile ApiHandler vmApi;
     private volatile Path incomingSocket;
+    private volatile boolean sourceAccepted; // an incoming migration's source machine was accepted
 
     /** {@code listener} hears the adopted VM's events; {@code quit} ends the process (the API's quit before a VM came). */
     public Standby(Kvm kvm, OutputStream console, VmListener listener, Runnable quit) {
@@ -104,6 +106,14 @@ public final class Standby implements AutoCloseable {
                                 false,
                                 "running",
                                 false))
+                // A destination's query-migrate, as QEMU's: nothing before a migration, "setup"
+                // while it waits for its source, "active" once the source's machine was accepted;
+                // the VM's own API says the rest (it is handed over just after the guest resumes).
+                .add(
+                        "query-migrate",
+                        args -> state.get() != State.INMIGRATE
+                                ? Map.of()
+                                : Json.object("status", sourceAccepted ? "active" : "setup"))
                 .add("quit", args -> {
                     quit.run();
                     return Map.of();
@@ -231,13 +241,14 @@ public final class Standby implements AutoCloseable {
      */
     public CompletableFuture<Vm> startIncoming(Path socket, Function<MachineConfig, String> accept) {
         if (!state.compareAndSet(State.STANDBY, State.INMIGRATE)) throw alreadyTaken();
+        sourceAccepted = false;
         incomingSocket = socket;
         var listening = new CompletableFuture<Void>();
         var result = new CompletableFuture<Vm>();
         Thread.ofPlatform().name("incoming").daemon().start(() -> {
             try {
                 var vm = LocalMigration.receive(
-                        kvm, socket, 10, console, listener, accept, () -> listening.complete(null));
+                        kvm, socket, 10, console, listener, noting(accept), () -> listening.complete(null));
                 handOver(vm);
                 result.complete(vm);
             } catch (Throwable e) {
@@ -261,6 +272,15 @@ public final class Standby implements AutoCloseable {
         return result;
     }
 
+    /** {@code accept}, noting for query-migrate that a source's machine was accepted. */
+    private Function<MachineConfig, String> noting(Function<MachineConfig, String> accept) {
+        return config -> {
+            String refusal = accept.apply(config);
+            if (refusal == null) sourceAccepted = true;
+            return refusal;
+        };
+    }
+
     /** An incoming TCP migration: the port it listens on, and the VM once it arrived. */
     public record IncomingTcp(int port, CompletableFuture<Vm> vm) {}
 
@@ -272,11 +292,13 @@ public final class Standby implements AutoCloseable {
     public IncomingTcp startIncomingTcp(
             TcpAddress address, MigrationParameters params, Function<MachineConfig, String> accept) {
         if (!state.compareAndSet(State.STANDBY, State.INMIGRATE)) throw alreadyTaken();
+        sourceAccepted = false;
         var listening = new CompletableFuture<Integer>();
         var result = new CompletableFuture<Vm>();
         Thread.ofPlatform().name("incoming").daemon().start(() -> {
             try {
-                var vm = TcpMigration.receive(kvm, address, params, console, listener, accept, listening::complete);
+                var vm = TcpMigration.receive(
+                        kvm, address, params, console, listener, noting(accept), listening::complete);
                 handOver(vm);
                 result.complete(vm);
             } catch (Throwable e) {

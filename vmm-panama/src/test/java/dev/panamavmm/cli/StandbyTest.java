@@ -120,6 +120,10 @@ class StandbyTest {
             assertEquals(
                     "{\"status\":\"inmigrate\",\"singlestep\":false,\"running\":false}\n",
                     MainTest.run("ctl", api.toString(), "query-status").out());
+            // query-migrate, as on QEMU's destination: set up, no source yet.
+            assertEquals(
+                    "{\"status\":\"setup\"}\n",
+                    MainTest.run("ctl", api.toString(), "query-migrate").out());
             // A control client at the migration socket: it gets no greeting and gives up; the destination waits on.
             long start = System.nanoTime();
             var stray = MainTest.run("ctl", incoming.toString(), "query-status", "--wait", "0");
