@@ -54,6 +54,16 @@ def stamp(event):
     return ts["seconds"] + ts["microseconds"] / 1e6
 
 
+def start_postcopy(src, dst, port):
+    """migrate, then at once migrate-start-postcopy (before any pass); the destination's RESUME event."""
+    src.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
+    src.cmd("migrate-start-postcopy")
+    resumed = dst.wait_event("RESUME", 120)
+    if resumed is None:
+        raise B.BenchError("the destination never resumed")
+    return resumed
+
+
 def rates(dc, watch, t_resume, t_done):
     """Heartbeats per second while pages arrived and over as long after (at least 2 s)."""
     window = max(t_done - t_resume, 2.0)
@@ -93,11 +103,7 @@ def panama(vmm, memory, rewrite, hb, scratch, logpath):
         dst = B.JsonLines(paths["dst.sock"], dst_p)
         time.sleep(SETTLE)
         src.cmd("migrate-set-capabilities", capabilities=[{"capability": "postcopy-ram", "state": True}])
-        src.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
-        src.cmd("migrate-start-postcopy")
-        resumed = dst.wait_event("RESUME", 120)
-        if resumed is None:
-            raise B.BenchError("the destination never resumed")
+        resumed = start_postcopy(src, dst, port)
         t_resume = resumed[0]
         concluded = lambda e: e.get("event") == "JOB_STATUS_CHANGE" and e["data"].get("status") == "concluded"
         # The console's lines are stamped when read: it is read between short waits for the end.
@@ -170,11 +176,7 @@ def main():
         src.cmd("migrate-set-parameters", **{"max-bandwidth": 100 << 30})
         port = free_port()
         dst.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
-        src.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
-        src.cmd("migrate-start-postcopy")
-        resumed = dst.wait_event("RESUME", 120)
-        if resumed is None:
-            raise B.BenchError("the destination never resumed")
+        resumed = start_postcopy(src, dst, port)
         t_resume = resumed[0]
         while True:
             dc.poll()
