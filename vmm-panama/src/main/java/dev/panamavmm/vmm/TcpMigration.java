@@ -216,9 +216,11 @@ public final class TcpMigration {
                 if (throttle != null) throttle.close();
                 if (postcopy) {
                     long pausedAt = System.nanoTime();
-                    var source = switchToPostcopy(vm, params, status, socket, in, out, watchdog, pending);
+                    var missing = switchToPostcopy(vm, params, status, socket, in, out, watchdog, pending);
                     handedOver = true; // the guest runs there now; it must never resume here
                     long confirmedAt = System.nanoTime();
+                    // The pages to serve as a set once the guest runs there, not in its pause.
+                    var source = postcopySource(vm, missing, status);
                     status.downtime((confirmedAt - pausedAt) / 1_000_000);
                     watchdog.cancel();
                     var stats = servePostcopy(source, params, status, socket, in, out);
@@ -329,10 +331,11 @@ public final class TcpMigration {
     /**
      * The switch: pauses the guest, sends {@code Postcopy} with the pages the destination does not
      * have right (dirty since sent: {@code pending} and the last dirty log; every page when
-     * {@code pending} is null, no pass ran), then the device state, and waits for {@code Running}.
-     * Until it returns, a failure gives the guest back here (the caller's {@code finally}).
+     * {@code pending} is null, no pass ran), then the device state, and waits for {@code Running};
+     * returns those pages, a bitmap per block. Until it returns, a failure gives the guest back here
+     * (the caller's {@code finally}); once it has, the guest is the destination's.
      */
-    private static PostcopySource switchToPostcopy(
+    private static long[][] switchToPostcopy(
             Vm vm,
             MigrationParameters params,
             MigrationStatus status,
@@ -366,10 +369,14 @@ public final class TcpMigration {
         for (int i = 0; i < bitmaps.length; i++) out.bitmap(i, bitmaps[i]);
         sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog, List.of());
         log.debug("post-copy: the guest runs on the destination, {} pages to serve", count);
-        // The pages to serve as a set once the guest runs there, not in its pause.
-        var missing = PageSet.of(vm.memory());
-        for (int i = 0; i < bitmaps.length; i++) missing.addAll(i, bitmaps[i]);
-        var source = new PostcopySource(vm.memory(), missing);
+        return bitmaps;
+    }
+
+    /** The source's side of post-copy, serving the pages of {@code missing} (a bitmap per block). */
+    private static PostcopySource postcopySource(Vm vm, long[][] missing, MigrationStatus status) {
+        var set = PageSet.of(vm.memory());
+        for (int i = 0; i < missing.length; i++) set.addAll(i, missing[i]);
+        var source = new PostcopySource(vm.memory(), set);
         status.postcopy(source::stats);
         return source;
     }
