@@ -49,8 +49,9 @@ import org.slf4j.LoggerFactory;
  * on; pass 1 sends every non-zero page, later passes the pages the guest dirtied meanwhile (a
  * page that became zero as a marker), each ended by {@code PassEnd}, until the dirty set fits the
  * downtime limit at the measured bandwidth (a guest that dirties faster than that is throttled:
- * auto-converge) and another pass no longer pays ({@link #nextStep}); then pause, the last dirty pages, {@code DeviceState} and the state's bytes;
- * the destination applies it, resumes and answers {@code Running}; the source ends its VM.
+ * auto-converge) and another pass no longer pays ({@link #nextStep}); then pause, the last dirty
+ * pages, {@code DeviceState} and the state's bytes; the destination applies it, resumes and
+ * answers {@code Running}; the source ends its VM.
  *
  * <p>Post-copy (the {@code postcopy-ram} capability; on request, or when a pass does not shrink the
  * dirty set with the {@code postcopy} convergence policy): instead of the last pages the source
