@@ -392,11 +392,16 @@ class HostTest {
                 long fds = TemplateCliTest.count("fds", host.pid()),
                         threads = TemplateCliTest.count("threads", host.pid()),
                         maps = TemplateCliTest.count("mappings", host.pid());
+                var threadsBefore = TemplateCliTest.threadNames(host.pid());
                 cycle(client, tpl, cycles);
                 if (mode.equals("process")) awaitWarmPool(api, 2);
                 Thread.sleep(200);
                 assertEquals(fds, TemplateCliTest.count("fds", host.pid()), mode + ": file descriptors");
-                assertEquals(threads, TemplateCliTest.count("threads", host.pid()), mode + ": threads");
+                assertEquals(
+                        threads,
+                        TemplateCliTest.count("threads", host.pid()),
+                        mode + ": threads, before " + threadsBefore + ", after "
+                                + TemplateCliTest.threadNames(host.pid()));
                 long mapsAfter = TemplateCliTest.count("mappings", host.pid());
                 assertTrue(
                         Math.abs(mapsAfter - maps) <= 5,
