@@ -42,8 +42,7 @@ public final class ApiEvents implements VmListener {
 
     @Override
     public void resumed(Instant at) {
-        var a = api.get();
-        if (a != null) a.event("RESUME", null, at);
+        event("RESUME", null, at);
         onResume.run();
     }
 
@@ -61,7 +60,11 @@ public final class ApiEvents implements VmListener {
     }
 
     private void event(String name, Map<String, Object> data) {
+        event(name, data, Instant.now());
+    }
+
+    private void event(String name, Map<String, Object> data, Instant at) {
         var a = api.get();
-        if (a != null) a.event(name, data);
+        if (a != null) a.event(name, data, at);
     }
 }

@@ -100,11 +100,8 @@ public final class PageSet {
     /** Adds the page at {@code gpa}; true when it was not in the set. */
     public boolean set(long gpa) {
         int b = block(gpa);
-        long p = (gpa - starts[b]) / PAGE, bit = 1L << (p & 63);
-        long old = bits[b].getAndAccumulate((int) (p >>> 6), bit, (x, y) -> x | y);
-        if ((old & bit) != 0) return false;
-        count.incrementAndGet();
-        return true;
+        long p = (gpa - starts[b]) / PAGE;
+        return or(b, (int) (p >>> 6), 1L << (p & 63)) == 1;
     }
 
     /**
@@ -150,7 +147,7 @@ public final class PageSet {
         do old = words.get(word);
         while (!words.compareAndSet(word, old, old | mask));
         long added = Long.bitCount(mask & ~old);
-        count.addAndGet(added);
+        if (added != 0) count.addAndGet(added);
         return added;
     }
 
