@@ -378,6 +378,35 @@ def meminfo():
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# CPU of a VMM process
+
+VCPU_THREAD = re.compile(r"^(CPU \d+/KVM|vcpu-\d+)$")   # QEMU (-name ...,debug-threads=on), Panama VMM
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_times(pid):
+    """(whole process, its vCPU threads, their system time) in CPU seconds, from /proc. A polling
+    guest keeps its vCPU thread busy all the time; the rest of the process (device emulation, I/O)
+    is what a device costs, and a vCPU thread's system time is mostly its exits handled in the kernel."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / TICK
+    vcpu = vcpu_sys = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            if VCPU_THREAD.match(comm):
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    t = f.read().rsplit(")", 1)[1].split()
+                vcpu += (int(t[11]) + int(t[12])) / TICK
+                vcpu_sys += int(t[12]) / TICK
+        except OSError:
+            pass                        # a thread that just ended
+    return total, vcpu, vcpu_sys
+
+
 def cpu_stat():
     with open("/proc/stat") as f:
         return [int(x) for x in f.readline().split()[1:]]

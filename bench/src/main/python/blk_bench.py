@@ -21,37 +21,16 @@ import subprocess
 import sys
 import time
 
-from benchlib import QEMU_CPU, BenchError, end_all, fmt_num, loadavg, log, set_log, wait_for_quiet
+from benchlib import QEMU_CPU, BenchError, cpu_times, end_all, fmt_num, loadavg, log, set_log, wait_for_quiet
 
 CFG = json.load(open(sys.argv[1]))
 OUT = CFG["out"]
 RUNS = int(CFG["runs"])
 ROW_MS = int(CFG["row_ms"])
 REGION = CFG["region"]
-TICK = os.sysconf("SC_CLK_TCK")
 ROW = re.compile(r"blkbench (\S+) bs=(\d+) qd=(\d+) ios=(\d+) us=(\d+) iops=(\d+) mbps=(\d+\.\d)")
 GUEST_ARGS = (f"console=ttyS0 testguest.mem=4M testguest.hb=1000 testguest.rng=off "
               f"testguest.blk=size={REGION} testguest.blkbench={ROW_MS}")
-VCPU_THREAD = re.compile(r"^(CPU \d+/KVM|vcpu-\d+)$")   # QEMU (debug-threads=on), Panama VMM
-
-
-def cpu_times(pid):
-    """(whole process, vCPU threads) CPU seconds, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / TICK
-    vcpu = 0.0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                comm = f.read().strip()
-            if VCPU_THREAD.match(comm):
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    t = f.read().rsplit(")", 1)[1].split()
-                vcpu += (int(t[11]) + int(t[12])) / TICK
-        except OSError:
-            pass                        # a thread that just ended
-    return total, vcpu
 
 
 def qemu_cmd(disk, cache):

@@ -9,7 +9,11 @@ and summarises:
 For every VMM and run: a fresh guest/net-peer.py on the tap, then one VMM process on the tap, both
 in the namespace. The guest runs the four rows back to back and prints one line per row (frames
 and the time by its TSC). Guest-to-host rows count what the peer received (its per-size counters,
-asked for after the rows), host-to-guest rows what the guest received.
+asked for after the rows), host-to-guest rows what the guest received. When the guest prints
+"ready" and each row, the driver reads the VMM process's CPU time (benchlib.cpu_times): a row's
+CPU per frame is the VMM's threads other than the vCPU's (the guest polls, so its vCPU thread is
+busy the whole row), and the vCPU thread's system time per frame: its exits, such as the queue
+notifications a device did not suppress.
 """
 import json
 import os
@@ -20,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import QEMU_CPU, BenchError, end_all, fmt_num, loadavg, log, set_log, wait_for_quiet
+from benchlib import QEMU_CPU, BenchError, cpu_times, end_all, fmt_num, loadavg, log, set_log, wait_for_quiet
 
 CFG = json.load(open(sys.argv[1]))
 OUT = CFG["out"]
@@ -83,7 +87,7 @@ def run_one(name, cmd, logpath):
     peer = Peer(logpath + ".peer")
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     log(f"spawned {p.pid}: {' '.join(cmd)}")
-    rows, buf = [], b""
+    rows, buf, last = [], b"", None
     deadline = time.monotonic() + 90 + 4 * 4 * ROW_MS / 1000
     try:
         with open(logpath, "ab") as console:
@@ -104,9 +108,14 @@ def run_one(name, cmd, logpath):
                     line = line.decode(errors="replace").strip()
                     if line.startswith("CORRUPT") or line.startswith("netbench unavailable"):
                         raise BenchError(f"{name}: the guest printed {line}")
-                    elif m := ROW.fullmatch(line):
+                    elif line == "ready":
+                        last = cpu_times(p.pid)
+                    elif (m := ROW.fullmatch(line)) and last is not None:
+                        t = cpu_times(p.pid)
                         rows.append({"dir": m[1], "size": int(m[2]), "frames": int(m[3]), "us": int(m[4]),
-                                     "peer": int(m[7])})
+                                     "peer": int(m[7]), "other_cpu_s": (t[0] - last[0]) - (t[1] - last[1]),
+                                     "vcpu_sys_s": t[2] - last[2]})
+                        last = t
                     elif line == "netbench done":
                         stats = peer.stats()
                         for row in rows:
@@ -153,13 +162,19 @@ def main():
 
 
 def medians(runs):
-    """{(dir, size): (fps, mbps)} medians over the runs that finished."""
+    """{(dir, size): (fps, mbps, VMM CPU us/frame without the vCPU, vCPU system us/frame)} medians
+    over the runs that finished."""
     ok = [r["rows"] for r in runs if "rows" in r]
     out = {}
     for rows in ok:
         for row in rows:
             out.setdefault((row["dir"], row["size"]), []).append(row)
-    return {k: (statistics.median(r["fps"] for r in v), statistics.median(r["mbps"] for r in v)) for k, v in out.items()}
+
+    def per_frame(v, key):
+        return statistics.median(r[key] / max(r["frames"], 1) * 1e6 for r in v)
+
+    return {k: (statistics.median(r["fps"] for r in v), statistics.median(r["mbps"] for r in v),
+                per_frame(v, "other_cpu_s"), per_frame(v, "vcpu_sys_s")) for k, v in out.items()}
 
 
 def summary(results):
@@ -169,13 +184,17 @@ def summary(results):
              ""]
     q = medians(results["configs"].get("qemu", []))
     pm = medians(results["configs"].get("panama", []))
-    lines.append(f"{'row':<12} {'QEMU frames/s':>14} {'MB/s':>8} {'Panama frames/s':>16} {'MB/s':>8} {'Panama/QEMU':>12}")
+    lines.append(f"{'row':<12} {'QEMU frames/s':>14} {'MB/s':>8} {'Panama frames/s':>16} {'MB/s':>8} {'Panama/QEMU':>12}"
+                 f" {'CPU us/frame, QEMU':>19} {'Panama':>7} {'vCPU sys us/frame, QEMU':>24} {'Panama':>7}")
+    none = (None, None, None, None)
     for key in sorted(set(q) | set(pm), key=lambda k: (k[0] != "tx", k[1])):
-        qf, qm = q.get(key, (None, None))
-        pf, pmb = pm.get(key, (None, None))
+        qf, qm, qc, qv = q.get(key, none)
+        pf, pmb, pc, pv = pm.get(key, none)
         ratio = pf / qf if qf and pf is not None else None
         lines.append(f"{key[0] + ' ' + str(key[1]):<12} {fmt_num(qf):>14} {fmt_num(qm):>8} {fmt_num(pf):>16} "
-                     f"{fmt_num(pmb):>8} {('-' if ratio is None else f'{ratio:.2f}x'):>12}")
+                     f"{fmt_num(pmb):>8} {('-' if ratio is None else f'{ratio:.2f}x'):>12}"
+                     f" {fmt_num(qc):>19} {fmt_num(pc):>7} {fmt_num(qv):>24} {fmt_num(pv):>7}")
+    lines.append("CPU us/frame: the VMM's threads but its vCPU's; vCPU sys: the vCPU thread's system time (its exits)")
     for name, runs in results["configs"].items():
         for r in runs:
             if "error" in r:

@@ -1,11 +1,12 @@
 package dev.panamavmm.devices.virtio;
 
+import java.lang.invoke.MethodHandles;
 import java.lang.invoke.VarHandle;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Objects;
-import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * The virtio-mmio transport, version 2 (virtio 1.2, 4.2.2), around one {@link VirtioDevice}: the
@@ -166,6 +167,50 @@ public final class VirtioMmio {
         long desc, driver, device;
         int lastAvail, usedIdx;
         Virtqueue ring; // while ready and its rings were valid
+        /**
+         * Requests the device completed on the queue's own thread during a batch, put on the used
+         * ring together at its end (one index update, no lock per request). Only the thread
+         * {@link #processing} names for the queue touches them outside the lock.
+         */
+        int[] doneHeads = new int[0], doneWritten = new int[0], doneEpochs = new int[0];
+
+        int doneCount;
+    }
+
+    /** A request handed to the device: its completion, of which only the first call counts. */
+    private static final class Request implements VirtioDevice.Completion {
+        private static final VarHandle COMPLETED;
+
+        static {
+            try {
+                COMPLETED = MethodHandles.lookup().findVarHandle(Request.class, "completed", boolean.class);
+            } catch (ReflectiveOperationException e) {
+                throw new ExceptionInInitializerError(e);
+            }
+        }
+
+        private final VirtioMmio transport;
+        private final int epoch, queue, head;
+
+        @SuppressWarnings("unused") // through COMPLETED
+        private volatile boolean completed;
+
+        Request(VirtioMmio transport, int epoch, int queue, int head) {
+            this.transport = transport;
+            this.epoch = epoch;
+            this.queue = queue;
+            this.head = head;
+        }
+
+        /** True for the first caller only. */
+        boolean claim() {
+            return COMPLETED.compareAndSet(this, false, true);
+        }
+
+        @Override
+        public void complete(int written) {
+            if (claim()) transport.completed(this, written);
+        }
     }
 
     private final VirtioDevice device;
@@ -534,46 +579,52 @@ public final class VirtioMmio {
             fillQueue(queue);
             return;
         }
+        while (takeBatch(queue)) {
+            // The driver added requests while it was asked not to notify: they are this thread's to take.
+        }
+    }
+
+    /**
+     * Takes the requests available on {@code queue} (up to the device's limit) with the driver
+     * asked not to notify meanwhile, and hands them to the device; true when more came in that the
+     * device can take now, which the driver may not have notified.
+     */
+    private boolean takeBatch(int queue) {
         var chains = new ArrayList<DescriptorChain>();
         Virtqueue ring;
         int usedBefore, requestEpoch;
         synchronized (this) {
-            if (paused || !active() || queue < 0 || queue >= queues.length) return;
+            if (paused || !active() || queue < 0 || queue >= queues.length) return false;
             ring = queues[queue].ring;
-            if (ring == null) return;
+            if (ring == null) return false;
             usedBefore = ring.usedIdx();
             requestEpoch = epoch;
             int limit = device.takeLimit(queue);
             try {
+                ring.quiet();
                 while (chains.size() < limit) {
                     var chain = ring.pop();
-                    if (chain == null) {
-                        // The driver may have added a request after reading our avail_event: look again.
-                        VarHandle.fullFence();
-                        if (!ring.hasAvailable()) break;
-                        continue;
-                    }
+                    if (chain == null) break; // the driver's later requests: listen() after the batch sees them
                     chains.add(chain);
                 }
             } catch (VirtioException e) {
                 fail(e.getMessage());
-                return; // the chains taken so far are dropped with the device's state
+                return false; // the chains taken so far are dropped with the device's state
             }
             inFlight += chains.size();
             requests += chains.size();
             processing[queue] = Thread.currentThread();
             batchAdded[queue] = false;
         }
+        boolean more = false;
         try {
             for (var chain : chains) {
-                var once = new AtomicBoolean();
+                var request = new Request(this, requestEpoch, queue, chain.head());
                 try {
-                    device.handle(queue, chain, written -> {
-                        if (once.compareAndSet(false, true)) complete(requestEpoch, queue, chain.head(), written);
-                    });
+                    device.handle(queue, chain, request);
                 } catch (RuntimeException e) {
                     synchronized (this) {
-                        if (once.compareAndSet(false, true) && --inFlight == 0) notifyAll(); // it will never complete
+                        if (request.claim() && --inFlight == 0) notifyAll(); // it will never complete
                         fail(device.name() + " failed: " + e);
                     }
                 }
@@ -585,24 +636,40 @@ public final class VirtioMmio {
             }
         } finally {
             synchronized (this) {
-                processing[queue] = null;
                 try {
+                    publishDone(queue);
+                    processing[queue] = null;
                     raiseUsedIfDue(queue, ring, usedBefore);
+                    more = listen(queue, ring) && !paused && device.takeLimit(queue) > 0;
                 } catch (RuntimeException e) {
+                    processing[queue] = null;
                     fail(e.getMessage());
                 }
             }
         }
+        return more;
     }
 
-    /** Interrupts at least this often while a queue is filled without a pause (a driver that waits for them sees data). */
+    /**
+     * The driver notifies {@code queue} again, unless the ring is no longer the queue's (a reset
+     * built a new one) or the device is broken; true when it made chains available meanwhile.
+     * Called holding the lock.
+     */
+    private boolean listen(int queue, Virtqueue ring) {
+        return queues[queue].ring == ring && active() && ring.listen();
+    }
+
+    /**
+     * Used-ring updates and interrupts at least this often while a queue is filled without a pause
+     * (a driver that waits for them sees data).
+     */
     static final int FILL_INTERRUPT_EVERY = 32;
 
     /**
      * A queue the device fills from its backend ({@link VirtioDevice#fills}): one buffer at a
      * time until the ring or the backend runs out; the buffer the backend had nothing for goes
-     * back to the available ring. One interrupt for the lot (and one every
-     * {@value #FILL_INTERRUPT_EVERY} buffers), as for requests.
+     * back to the available ring. The filled buffers go on the used ring together, with one
+     * interrupt, at the end (and every {@value #FILL_INTERRUPT_EVERY} buffers), as for requests.
      */
     private void fillQueue(int queue) {
         Virtqueue ring;
@@ -615,6 +682,7 @@ public final class VirtioMmio {
             requestEpoch = epoch;
             processing[queue] = Thread.currentThread();
             batchAdded[queue] = false;
+            ring.quiet(); // a driver that gives buffers back while they are being filled need not notify
         }
         try {
             for (int filled = 1; ; filled++) {
@@ -624,9 +692,9 @@ public final class VirtioMmio {
                     try {
                         chain = ring.pop();
                         if (chain == null) {
-                            // The driver may have added a buffer after reading our avail_event: look again.
-                            VarHandle.fullFence();
-                            if (!ring.hasAvailable()) return;
+                            // The driver may have added a buffer while it was asked not to notify: look again.
+                            if (!ring.listen()) return;
+                            ring.quiet();
                             chain = ring.pop();
                             if (chain == null) return;
                         }
@@ -655,9 +723,10 @@ public final class VirtioMmio {
                     }
                     return;
                 }
-                complete(requestEpoch, queue, chain.head(), written);
+                defer(queues[queue], requestEpoch, chain.head(), written);
                 if (filled % FILL_INTERRUPT_EVERY == 0) {
                     synchronized (this) {
+                        publishDone(queue);
                         raiseUsedIfDue(queue, ring, usedBefore);
                         batchAdded[queue] = false;
                         usedBefore = ring.usedIdx();
@@ -670,14 +739,67 @@ public final class VirtioMmio {
             }
         } finally {
             synchronized (this) {
-                processing[queue] = null;
                 try {
+                    publishDone(queue);
+                    processing[queue] = null;
                     raiseUsedIfDue(queue, ring, usedBefore);
+                    listen(queue, ring); // buffers given back meanwhile wait for the backend's next frame (its kick)
                 } catch (RuntimeException e) {
+                    processing[queue] = null;
                     fail(e.getMessage());
                 }
             }
         }
+    }
+
+    /**
+     * A request's completion: on the queue's own thread inside a batch it waits for the batch's
+     * end ({@link #publishDone}); from any other thread it goes on the used ring now.
+     */
+    private void completed(Request request, int written) {
+        if (processing[request.queue] != Thread.currentThread()) {
+            complete(request.epoch, request.queue, request.head, written);
+            return;
+        }
+        defer(queues[request.queue], request.epoch, request.head, written);
+    }
+
+    /** Keeps a completion for {@link #publishDone}; only on the thread {@link #processing} names for the queue. */
+    private static void defer(Queue q, int epoch, int head, int written) {
+        int n = q.doneCount;
+        if (n == q.doneHeads.length) {
+            int grown = Math.max(16, n * 2);
+            q.doneHeads = Arrays.copyOf(q.doneHeads, grown);
+            q.doneWritten = Arrays.copyOf(q.doneWritten, grown);
+            q.doneEpochs = Arrays.copyOf(q.doneEpochs, grown);
+        }
+        q.doneHeads[n] = head;
+        q.doneWritten[n] = written;
+        q.doneEpochs[n] = epoch;
+        q.doneCount = n + 1;
+    }
+
+    /** Puts the batch's completions ({@link #completed}) on the used ring, with one index update. Holding the lock. */
+    private void publishDone(int queue) {
+        var q = queues[queue];
+        int n = q.doneCount;
+        if (n == 0) return;
+        q.doneCount = 0;
+        inFlight -= n;
+        if (inFlight == 0) notifyAll();
+        var ring = q.ring;
+        if (ring == null || (status & STATUS_NEEDS_RESET) != 0) return;
+        boolean added = false;
+        try {
+            for (int i = 0; i < n; i++) {
+                if (q.doneEpochs[i] != epoch) continue; // from before a reset
+                ring.putUsed(q.doneHeads[i], q.doneWritten[i]);
+                added = true;
+            }
+        } finally {
+            if (added) ring.publishUsed();
+        }
+        if (added) batchAdded[queue] = true;
     }
 
     private synchronized void complete(int requestEpoch, int queue, int head, int written) {

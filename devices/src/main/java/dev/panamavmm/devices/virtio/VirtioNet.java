@@ -89,6 +89,8 @@ public final class VirtioNet implements VirtioDevice {
     private final ArrayDeque<Frame> staged = new ArrayDeque<>();
 
     private long stagedBytes;
+    /** Whether {@link #staged} may hold frames: the receive path looks without the lock. */
+    private volatile boolean stagedWaiting;
     /** The backend had no frame for the last buffer: the watcher waits for one and then kicks the queue. */
     private boolean watching = true;
 
@@ -197,10 +199,13 @@ public final class VirtioNet implements VirtioDevice {
         var buffers = chain.writable();
         long room = chain.writableBytes();
         if (room < HEADER_SIZE) return 0; // no frame fits (a broken driver): used empty, nothing lost
-        Frame frame;
-        synchronized (this) {
-            frame = staged.poll();
-            if (frame != null) stagedBytes -= frame.length();
+        Frame frame = null;
+        if (stagedWaiting) {
+            synchronized (this) {
+                frame = staged.poll();
+                if (frame != null) stagedBytes -= frame.length();
+                stagedWaiting = !staged.isEmpty();
+            }
         }
         if (frame != null) return fillStaged(frame, buffers, room);
         if (receiveError != null) return -1;
@@ -257,15 +262,14 @@ public final class VirtioNet implements VirtioDevice {
         rxDropped.addAndGet(staged.size());
         staged.clear();
         stagedBytes = 0;
+        stagedWaiting = false;
     }
 
     @Override
     public void start(Context context) {
         running = true;
-        boolean stagedWaiting;
         synchronized (this) {
             this.context = context;
-            stagedWaiting = !staged.isEmpty();
         }
         watcher = Thread.ofPlatform().daemon().name(name + "-rx-watch").start(this::watch);
         if (stagedWaiting) context.kick(RX);
@@ -333,6 +337,7 @@ public final class VirtioNet implements VirtioDevice {
     public synchronized void restoreState(byte[] state) {
         staged.clear();
         stagedBytes = 0;
+        stagedWaiting = false;
         if (state.length == 0) return;
         var in = ByteBuffer.wrap(state).order(ByteOrder.LITTLE_ENDIAN);
         try {
@@ -352,6 +357,7 @@ public final class VirtioNet implements VirtioDevice {
                 stagedBytes += length;
             }
             if (in.hasRemaining()) throw new IllegalArgumentException(name + ": " + in.remaining() + " bytes too many");
+            stagedWaiting = !staged.isEmpty();
         } catch (java.nio.BufferUnderflowException e) {
             staged.clear();
             stagedBytes = 0;

@@ -15,10 +15,16 @@ import java.util.ArrayList;
  * available index (the ring entries and descriptors it covers are read after it), a release fence
  * before publishing the used index, and a full fence before reading what the driver wants to be
  * told (the used-event index or the no-interrupt flag), as Linux's {@code virtio_mb}.
+ *
+ * <p>Notification suppression (2.7.7): while the device's thread is taking from the ring anyway
+ * ({@link #quiet}), it asks the driver not to notify, so a driver that adds requests meanwhile
+ * does not exit to the host for each batch; {@link #listen} asks again and says whether requests
+ * came in between.
  */
 final class Virtqueue {
     static final int DESC_F_NEXT = 1, DESC_F_WRITE = 2, DESC_F_INDIRECT = 4;
     static final int AVAIL_F_NO_INTERRUPT = 1;
+    static final int USED_F_NO_NOTIFY = 1;
     static final int DESCRIPTOR_BYTES = 16;
     /** The largest split queue the spec allows. */
     static final int MAX_SIZE = 32768;
@@ -38,6 +44,8 @@ final class Virtqueue {
     private final boolean eventIdx;
     private final MemorySegment desc, avail, used;
     private int lastAvail, usedIdx;
+    /** The driver was asked not to notify: {@link #pop} leaves avail_event behind. */
+    private boolean quiet;
 
     /**
      * The queue at these addresses, continuing from {@code lastAvail} and {@code usedIdx}. Throws
@@ -105,8 +113,31 @@ final class Virtqueue {
         if (availIdx() == lastAvail) return null;
         int head = Short.toUnsignedInt(avail.get(U16, 4 + 2L * (lastAvail & (size - 1))));
         lastAvail = (lastAvail + 1) & 0xFFFF;
-        if (eventIdx) used.set(U16, 4 + 8L * size, (short) lastAvail); // avail_event: notify me from here on
+        if (eventIdx && !quiet) used.set(U16, 4 + 8L * size, (short) lastAvail); // avail_event: notify me from here on
         return walk(head);
+    }
+
+    /**
+     * Asks the driver not to notify: the used ring's NO_NOTIFY flag, or with EVENT_IDX an
+     * avail_event that {@link #pop} no longer moves (the driver notifies only when its index
+     * passes it).
+     */
+    void quiet() {
+        quiet = true;
+        if (!eventIdx) used.set(U16, 0, (short) USED_F_NO_NOTIFY);
+    }
+
+    /**
+     * Asks the driver to notify again; true when it made chains available meanwhile, which it may
+     * not have notified (the caller takes them). The full fence pairs with the driver's between
+     * publishing its index and reading the flag or avail_event.
+     */
+    boolean listen() {
+        quiet = false;
+        if (eventIdx) used.set(U16, 4 + 8L * size, (short) lastAvail);
+        else used.set(U16, 0, (short) 0);
+        VarHandle.fullFence();
+        return hasAvailable();
     }
 
     /**
@@ -115,14 +146,16 @@ final class Virtqueue {
      */
     void unpop() {
         lastAvail = (lastAvail - 1) & 0xFFFF;
-        if (eventIdx) used.set(U16, 4 + 8L * size, (short) lastAvail);
+        if (eventIdx && !quiet) used.set(U16, 4 + 8L * size, (short) lastAvail);
     }
+
+    /** A chain's buffers while {@link #walk} collects them: reused, so a request's only lists are the chain's own. */
+    private final ArrayList<MemorySegment> readable = new ArrayList<>(), writables = new ArrayList<>();
 
     private DescriptorChain walk(int head) {
         if (head >= size) throw new VirtioException("chain head " + head + " is outside a queue of " + size);
-        // Most chains have a buffer or two each way: room for four, so no list grows (a request's garbage).
-        var readable = new ArrayList<MemorySegment>(4);
-        var writables = new ArrayList<MemorySegment>(4);
+        readable.clear();
+        writables.clear();
         MemorySegment table = desc;
         int tableSize = size;
         boolean inIndirect = false;
@@ -175,9 +208,19 @@ final class Virtqueue {
 
     /** Puts a finished chain on the used ring: its head and the bytes written into its buffers. */
     void addUsed(int head, int written) {
+        putUsed(head, written);
+        publishUsed();
+    }
+
+    /** Writes a used element that the driver sees at the next {@link #publishUsed}. */
+    void putUsed(int head, int written) {
         long slot = 4 + 8L * (usedIdx & (size - 1));
         used.set(U64, slot, Integer.toUnsignedLong(head) | (long) written << 32); // id, then len: one write
         usedIdx = (usedIdx + 1) & 0xFFFF;
+    }
+
+    /** Publishes the used elements written so far: the driver may read them once it sees the index. */
+    void publishUsed() {
         VarHandle.releaseFence();
         used.set(U16, 2, (short) usedIdx);
     }

@@ -97,6 +97,25 @@ final class Driver {
         set(QUEUE_NOTIFY, 0);
     }
 
+    /**
+     * Makes {@code head} available and notifies only if the device asked for it (2.7.7): the
+     * used ring's NO_NOTIFY flag, or with {@code eventIdx} whether the index passed avail_event
+     * ({@code vring_need_event}). Returns whether it notified.
+     */
+    boolean offerAndNotifyIfAsked(int head, boolean eventIdx) {
+        int old = availIdx;
+        offer(head);
+        boolean asked = eventIdx
+                ? ((availIdx - availEvent() - 1) & 0xFFFF) < ((availIdx - old) & 0xFFFF)
+                : (usedFlags() & Virtqueue.USED_F_NO_NOTIFY) == 0;
+        if (asked) set(QUEUE_NOTIFY, 0);
+        return asked;
+    }
+
+    int usedFlags() {
+        return Short.toUnsignedInt(mem().get(U16, USED - ram.base()));
+    }
+
     int usedIdx() {
         return Short.toUnsignedInt(mem().get(U16, USED - ram.base() + 2));
     }

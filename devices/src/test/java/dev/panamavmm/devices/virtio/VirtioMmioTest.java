@@ -115,6 +115,49 @@ class VirtioMmioTest {
         assertEquals(3, driver.availEvent(), "the device asks to be notified from the next entry");
     }
 
+    /** Completes every request at once; while it handles the first, the test acts as the driver. */
+    static final class Sink extends FrameSource {
+        Runnable duringFirst = () -> {};
+        int handled;
+
+        @Override
+        public synchronized int takeLimit(int queue) {
+            return Integer.MAX_VALUE;
+        }
+
+        @Override
+        public void handle(int queue, DescriptorChain chain, Completion done) {
+            if (handled++ == 0) duringFirst.run();
+            done.complete(0);
+        }
+    }
+
+    @Test
+    void theDriverIsAskedNotToNotifyWhileTheDeviceTakesItsRequests() {
+        for (boolean eventIdx : new boolean[] {false, true}) {
+            var sink = new Sink();
+            notified.clear();
+            dev = new VirtioMmio(sink, ram, this::notified, interrupts::incrementAndGet);
+            driver = new Driver(ram, dev, 16);
+            driver.start(F_VERSION_1 | (eventIdx ? F_EVENT_IDX : 0));
+            var asked = new ArrayList<Boolean>();
+            sink.duringFirst = () -> {
+                for (int i = 0; i < 3; i++)
+                    asked.add(driver.offerAndNotifyIfAsked(driver.chain(new long[][] {{Driver.DATA, 8, 0}}), eventIdx));
+            };
+            assertTrue(driver.offerAndNotifyIfAsked(driver.chain(new long[][] {{Driver.DATA, 8, 0}}), eventIdx));
+            String mode = eventIdx ? "with EVENT_IDX" : "with the NO_NOTIFY flag";
+            assertEquals(List.of(false, false, false), asked, mode + ": no notification while the device works");
+            assertEquals(List.of(0), notified, mode);
+            assertEquals(4, sink.handled, mode + ": the requests added meanwhile are taken without one");
+            for (int i = 0; i < 4; i++) assertNotNull(driver.nextUsed(), mode + ": used entry " + i);
+            if (eventIdx) assertEquals(4, driver.availEvent(), mode + ": notify me from the next entry");
+            else assertEquals(0, driver.usedFlags(), mode + ": notifications asked for again");
+            assertTrue(driver.offerAndNotifyIfAsked(driver.chain(new long[][] {{Driver.DATA, 8, 0}}), eventIdx), mode);
+            assertEquals(5, sink.handled, mode);
+        }
+    }
+
     @Test
     void indirectDescriptorsAreFollowed() {
         driver.start(DRIVER_FEATURES_ALL);
@@ -234,7 +277,7 @@ class VirtioMmioTest {
      * A device that fills a buffer only when it has a "frame" (as network receive does), keeps the
      * frames it holds as its own state, and lets the driver write its config byte 0.
      */
-    static final class FrameSource implements VirtioDevice {
+    static class FrameSource implements VirtioDevice {
         final java.util.ArrayDeque<Byte> frames = new java.util.ArrayDeque<>();
         Context context;
         int written = -1;
