@@ -119,8 +119,10 @@ class TcpMigrationTest {
                 try (InputStream in = from.getInputStream();
                         OutputStream out = to.getOutputStream()) {
                     for (int n; (n = in.read(buffer)) > 0; ) {
+                        // Counted before they go on: the destination's answer to them may end the test first.
+                        long total = counted ? fromSource.addAndGet(n) : 0;
                         out.write(buffer, 0, n);
-                        if (counted && fromSource.addAndGet(n) > cutAfter) cut();
+                        if (total > cutAfter) cut();
                     }
                 } catch (IOException e) {
                     // cut or ended
