@@ -142,6 +142,7 @@ def panama(vmm, memory, rewrite, hb, scratch, logpath):
             "pages_streamed": pc["pages-streamed"], "zero_pages": pc["zero-pages"],
             "duplicates": pc["duplicates"],
             "pages_arrived": pc["pages-requested"] + pc["pages-streamed"] + pc["zero-pages"],
+            "blocked_ms": round(pc["fault-wait-us"] / 1000, 1),
             "downtime_ms": result["downtime-ms"],
             "paused_ms": round((stamp(resumed) - stamp(stopped)) * 1000, 1) if stopped else None,
             "corrupt": bool(dc.corrupt() or sc.corrupt()), "running": dst_p.poll() is None}), flush=True)

@@ -144,7 +144,11 @@ public final class PostcopyIncoming {
                         "bytes",
                         s.bytes(),
                         "millis-to-last-page",
-                        s.millisToLastPage()));
+                        s.millisToLastPage(),
+                        "fault-wait-us",
+                        s.faultWaitMicros(),
+                        "max-fault-wait-us",
+                        s.maxFaultWaitMicros()));
         var e = error;
         if (e != null) d.put("error-desc", e);
         return d;

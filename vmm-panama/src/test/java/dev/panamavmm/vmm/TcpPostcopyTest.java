@@ -127,6 +127,11 @@ class TcpPostcopyTest {
                     assertEquals(0, received.duplicates(), "none twice: " + received);
                     assertEquals(missing, status.postcopyStats().pages(), "each sent once: " + status.postcopyStats());
                     assertTrue(received.pagesRequested() > 0, "the guest faulted pages in: " + received);
+                    assertTrue(
+                            received.faultWaitMicros() > 0
+                                    && received.maxFaultWaitMicros() > 0
+                                    && received.maxFaultWaitMicros() <= received.faultWaitMicros(),
+                            "the guest's waits for those pages are counted: " + received);
                     assertEquals(
                             proxy.fromSource.get(),
                             status.describe().get("ram") instanceof Map<?, ?> ram ? ram.get("transferred") : null,

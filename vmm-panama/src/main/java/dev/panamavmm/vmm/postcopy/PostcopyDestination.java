@@ -18,6 +18,7 @@ import java.io.OutputStream;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.List;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
@@ -59,6 +60,9 @@ public final class PostcopyDestination implements MemoryFill {
     private volatile Consumer<String> onFailure;
     private volatile String failure;
     private long pagesRequested, pagesStreamed, zeroPages, duplicates, bytes, lastPageNanos; // guarded by this
+    private long faultWaitNanos, maxFaultWaitNanos; // guarded by this
+    /** When each page a thread waits for was first asked for (System.nanoTime), until it arrives. */
+    private final ConcurrentHashMap<Long, Long> waitingSince = new ConcurrentHashMap<>();
 
     private PostcopyDestination(GuestMemory memory, PageSet missing, Userfaults userfaults) {
         this.memory = memory;
@@ -96,7 +100,7 @@ public final class PostcopyDestination implements MemoryFill {
             long gpa = blocks.get(region).guestAddress() + offset;
             boolean first = requested.set(gpa); // before missing is read: see receiveZeros
             if (missing.contains(gpa)) {
-                if (first) requests.add(gpa);
+                if (first) ask(gpa);
             } else {
                 // It arrived meanwhile (the copy woke it: EEXIST here), or it is a zero page or a page
                 // the source never sends: it is a hole, and reads as zero.
@@ -108,6 +112,23 @@ public final class PostcopyDestination implements MemoryFill {
         @Override
         public void failed(String message) {
             fail("serving guest page faults failed: " + message);
+        }
+    }
+
+    /** Asks the source for a page a thread waits on, and notes since when it waits. */
+    private void ask(long gpa) {
+        waitingSince.put(gpa, System.nanoTime());
+        requests.add(gpa);
+    }
+
+    /** A page a thread waited for is here: how long it waited counts. */
+    private void waited(long gpa, long now) {
+        Long since = waitingSince.remove(gpa);
+        if (since == null) return;
+        long wait = now - since;
+        synchronized (this) {
+            faultWaitNanos += wait;
+            maxFaultWaitNanos = Math.max(maxFaultWaitNanos, wait);
         }
     }
 
@@ -196,12 +217,15 @@ public final class PostcopyDestination implements MemoryFill {
             while (end < count && missing.contains(gpa + (long) end * PAGE)) end++;
             found += userfaults.copy(
                     host + (long) first * PAGE, bounce.asSlice((long) first * PAGE), (long) (end - first) * PAGE);
+            long now = System.nanoTime();
             for (int p = first; p < end; p++) {
                 long page = gpa + (long) p * PAGE;
                 present.set(page);
                 missing.clear(page);
-                if (requested.contains(page)) requestedHere++;
-                else streamedHere++;
+                if (requested.contains(page)) {
+                    requestedHere++;
+                    waited(page, now);
+                } else streamedHere++;
             }
             first = end;
         }
@@ -231,6 +255,7 @@ public final class PostcopyDestination implements MemoryFill {
             if (requested.contains(page)) {
                 userfaults.zero(block.segment().address() + (page - block.guestAddress()), PAGE);
                 present.set(page);
+                waited(page, System.nanoTime());
             }
         }
         arrived(0, 0, zeros, duplicatesHere, 13);
@@ -306,7 +331,9 @@ public final class PostcopyDestination implements MemoryFill {
                 zeroPages,
                 duplicates,
                 bytes,
-                lastPageNanos == 0 ? 0 : (lastPageNanos - started) / 1_000_000);
+                lastPageNanos == 0 ? 0 : (lastPageNanos - started) / 1_000_000,
+                faultWaitNanos / 1000,
+                maxFaultWaitNanos / 1000);
     }
 
     /** Whether every page arrived. */
@@ -320,7 +347,7 @@ public final class PostcopyDestination implements MemoryFill {
         for (long page = gpa & -PAGE; page < gpa + length; page += PAGE) {
             if (!missing.isRam(page, 1) || present.contains(page)) continue;
             if (missing.contains(page)) {
-                if (requested.set(page)) requests.add(page);
+                if (requested.set(page)) ask(page);
                 synchronized (arrivals) {
                     while (missing.contains(page) && !closed && !complete) {
                         try {

@@ -116,7 +116,9 @@ public final class PostcopySource {
                 zeros,
                 duplicates,
                 bytes,
-                lastPageNanos == 0 ? 0 : (lastPageNanos - started) / 1_000_000);
+                lastPageNanos == 0 ? 0 : (lastPageNanos - started) / 1_000_000,
+                0,
+                0);
     }
 
     private static void readRequests(
