@@ -68,7 +68,10 @@ public enum ThreadKind {
                     "socket",
                     "connect",
                     "accept4",
-                    "fstatfs"),
+                    "fstatfs",
+                    // a tap's transmit ring, made by the thread that built the device; it can only
+                    // readv and writev the tap (IoUring's restrictions)
+                    "io_uring_enter"),
             List.of(KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, KVM_SIGNAL_MSI, FIONREAD, TUNSETOFFLOAD, TUNSETVNETHDRSZ),
             false),
     /**
@@ -227,6 +230,11 @@ public enum ThreadKind {
                 "eventfd2",
                 "memfd_create",
                 "userfaultfd",
+                // a tap's transmit ring is made and restricted where its device is built; the
+                // device's threads started here keep this filter under their own and submit to it
+                "io_uring_setup",
+                "io_uring_register",
+                "io_uring_enter",
                 "flock",
                 "getdents64",
                 "mkdir",

@@ -9,6 +9,7 @@ import dev.panamavmm.kvm.bindings.Iovec;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.bindings.Pollfd;
 import dev.panamavmm.kvm.bindings.VirtioNetHdrV1;
+import dev.panamavmm.kvm.sys.IoUring;
 import dev.panamavmm.kvm.sys.LibC;
 import dev.panamavmm.vmm.memory.MemoryException;
 import java.io.IOException;
@@ -19,17 +20,30 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * A tap device behind a {@link VirtioNet}: {@code /dev/net/tun} attached to an existing tap
  * with {@code IFF_TAP | IFF_NO_PI | IFF_VNET_HDR} and a 12-byte vnet header, so the guest's
- * header and the tap's are the same bytes. Transmit is one {@code writev} from guest RAM;
- * receive one {@code readv} into it (each on its queue's thread). The descriptor is
- * non-blocking: a full tap queue drops the frame (EAGAIN) instead of stalling the queue.
+ * header and the tap's are the same bytes. Transmit is a {@code writev} a frame from guest RAM,
+ * a batch of them submitted through an {@link IoUring} with one system call (one {@code writev}
+ * each where the kernel or its policy gives no io_uring, or {@value #IO_URING_ENV}=off); receive
+ * one {@code readv} into it (each on its queue's thread). The descriptor is non-blocking: a full
+ * tap queue drops the frame (EAGAIN) instead of stalling the queue, and the ring's writes run
+ * inline, in order, never on a kernel worker.
  */
 final class TapBackend implements NetBackend, AutoCloseable {
+    private static final Logger log = LoggerFactory.getLogger(TapBackend.class);
+
     /** Buffers a transmitted chain may have; the queue size (256) bounds a chain anyway. */
     private static final int IOV_MAX = 256;
+
+    /** {@code off}: transmit with one {@code writev} a frame, no io_uring (docs/operating.md). */
+    static final String IO_URING_ENV = "PANAMA_VMM_IO_URING";
+
+    /** iovecs of one ring submission: a batch whose frames have more buffers goes in two. */
+    private static final int RING_IOVS = 2 * IOV_MAX;
 
     static {
         // The guest's header and the tap's must be the same bytes: the kernel's struct decides.
@@ -50,10 +64,24 @@ final class TapBackend implements NetBackend, AutoCloseable {
     private final MemorySegment pollfd;
     private volatile int offloads = -1;
 
+    /**
+     * The transmit queue's ring, or null: then one {@code writev} a frame. Only the transmit
+     * queue's thread uses it (and drops it if it fails); {@link #close} closes it after that thread ended.
+     */
+    private IoUring txRing;
+
+    private final MemorySegment ringIov;
+    /** Per ring entry of a submission: the batch's frame it sends, and its result. */
+    private final int[] ringFrame, ringResult;
+
     private TapBackend(int fd, String name) {
         this.fd = fd;
         this.name = name;
         var arena = Arena.ofAuto();
+        this.txRing = openRing(fd, name);
+        this.ringIov = txRing == null ? null : arena.allocate(Iovec.LAYOUT, RING_IOVS);
+        this.ringFrame = new int[txRing == null ? 0 : txRing.capacity()];
+        this.ringResult = new int[ringFrame.length];
         this.iov = arena.allocate(Iovec.LAYOUT, IOV_MAX);
         this.rxIov = arena.allocate(Iovec.LAYOUT, IOV_MAX);
         this.txErrno = LibC.errnoCapture(arena);
@@ -61,6 +89,24 @@ final class TapBackend implements NetBackend, AutoCloseable {
         this.pollfd = arena.allocate(Pollfd.LAYOUT);
         Pollfd.fd(pollfd, fd);
         Pollfd.events(pollfd, LibcConstants.POLLIN);
+    }
+
+    private static IoUring openRing(int fd, String name) {
+        if ("off".equals(System.getenv(IO_URING_ENV))) {
+            log.debug("tap {}: {}=off, one writev a frame", name, IO_URING_ENV);
+            return null;
+        }
+        try {
+            return IoUring.open(fd, VirtioNet.TX_BATCH);
+        } catch (KvmException e) {
+            log.info("tap {}: no io_uring here ({}): one writev a frame", name, e.getMessage());
+            return null;
+        }
+    }
+
+    /** Whether transmitted frames go through an io_uring (false: one {@code writev} each). */
+    boolean batchesThroughRing() {
+        return txRing != null;
     }
 
     /** Attaches to the tap {@code name} (it must exist: {@code ip tuntap add dev NAME mode tap}). */
@@ -167,12 +213,82 @@ final class TapBackend implements NetBackend, AutoCloseable {
         throw new IOException("writing to the tap " + name + ": " + reason((int) -r));
     }
 
+    /**
+     * The frames through the ring: each frame's buffers as iovecs of {@link #ringIov}, one
+     * {@code writev} entry a frame, submitted when the ring or the iovecs are full and at the end.
+     */
+    @Override
+    public void sendAll(List<List<MemorySegment>> frames, boolean[] sent) {
+        if (txRing == null) {
+            NetBackend.super.sendAll(frames, sent);
+            return;
+        }
+        int iovs = 0;
+        for (int i = 0; i < frames.size(); i++) {
+            var ring = txRing;
+            var buffers = frames.get(i);
+            int count = buffers.size();
+            if (ring == null) { // it failed during this batch: the rest one writev each, still in order
+                sent[i] = sendOne(buffers);
+                continue;
+            }
+            if (count > IOV_MAX) {
+                sent[i] = false;
+                continue;
+            }
+            if (ring.prepared() == ring.capacity() || iovs + count > RING_IOVS) {
+                submit(ring, sent);
+                iovs = 0;
+                if (txRing == null) {
+                    sent[i] = sendOne(buffers);
+                    continue;
+                }
+            }
+            vector(ringIov, iovs, buffers, count);
+            ringFrame[ring.prepared()] = i;
+            ring.prepareWritev(ringIov.address() + iovs * Iovec.BYTE_SIZE, count);
+            iovs += count;
+        }
+        if (txRing != null) submit(txRing, sent);
+    }
+
+    private boolean sendOne(List<MemorySegment> buffers) {
+        try {
+            return send(buffers);
+        } catch (IOException e) {
+            return false;
+        }
+    }
+
+    /**
+     * Submits the prepared frames; each went unless its result is an error (EAGAIN: the tap's
+     * queue is full; others as {@link #send}'s). A ring that fails itself is dropped, with its
+     * frames: the tap goes on with one {@code writev} a frame.
+     */
+    private void submit(IoUring ring, boolean[] sent) {
+        int n = ring.prepared();
+        try {
+            ring.submit(ringResult);
+            for (int k = 0; k < n; k++) sent[ringFrame[k]] = ringResult[k] >= 0;
+        } catch (KvmException e) {
+            for (int k = 0; k < n; k++) sent[ringFrame[k]] = false;
+            txRing = null;
+            ring.close();
+            log.warn("tap {}: its io_uring failed ({}): one writev a frame from now on", name, e.getMessage());
+        }
+    }
+
     /** The first {@code count} of {@code buffers} as {@code struct iovec}s at {@code iov}; their bytes. */
     private static long vector(MemorySegment iov, List<MemorySegment> buffers, int count) {
+        return vector(iov, 0, buffers, count);
+    }
+
+    /** As {@link #vector(MemorySegment, List, int)}, from iovec {@code first} of {@code iov}. */
+    private static long vector(MemorySegment iov, int first, List<MemorySegment> buffers, int count) {
         long bytes = 0;
         for (int i = 0; i < count; i++) {
             var b = buffers.get(i);
-            long at = i * Iovec.BYTE_SIZE;
+            long at = (first + i) * Iovec.BYTE_SIZE;
             iov.set(ValueLayout.JAVA_LONG, at + Iovec.IOV_BASE, b.address());
             iov.set(ValueLayout.JAVA_LONG, at + Iovec.IOV_LEN, b.byteSize());
             bytes += b.byteSize();
@@ -224,6 +340,15 @@ final class TapBackend implements NetBackend, AutoCloseable {
 
     @Override
     public void close() {
+        var ring = txRing;
+        txRing = null;
+        if (ring != null) {
+            try {
+                ring.close();
+            } catch (KvmException e) {
+                // already failing
+            }
+        }
         closeQuietly(fd);
     }
 }

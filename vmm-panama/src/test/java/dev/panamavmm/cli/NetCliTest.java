@@ -280,6 +280,50 @@ class NetCliTest {
         }
     }
 
+    /**
+     * A tap's transmitted frames go through an io_uring (the VMM holds one: {@code
+     * anon_inode:[io_uring]} among its descriptors), or with {@code PANAMA_VMM_IO_URING=off} one
+     * {@code writev} each (no ring); every frame arrives either way.
+     */
+    @KvmTest
+    void framesGoThroughTheTapsIoUringOrOneWritevEachWhenItIsOff() throws Exception {
+        try (var ns = NetNamespace.create(1)) {
+            for (var ring : List.of(true, false)) {
+                var env = ring ? java.util.Map.<String, String>of() : java.util.Map.of("PANAMA_VMM_IO_URING", "off");
+                try (var vmm = VmmProcess.startIn(
+                        ns.prefix(),
+                        env,
+                        "run",
+                        "--memory",
+                        "64M",
+                        "--net",
+                        "tap=tap0,mac=" + MAC,
+                        "--cmdline",
+                        cmdline("echo"))) {
+                    awaitEchoed(vmm, 300, 60);
+                    ns.peer(0).probe(MAC, ring ? 11 : 12);
+                    ns.peer(0).await("answer mac=" + MAC + " seq=" + (ring ? 11 : 12), 30);
+                    assertEquals(ring ? 1 : 0, ioUrings(vmm.pid()), "io_uring descriptors, ring " + ring);
+                    noCorruption(vmm);
+                }
+            }
+        }
+    }
+
+    /** How many io_uring descriptors process {@code pid} has open. */
+    static long ioUrings(long pid) throws java.io.IOException {
+        try (var fds = Files.list(Path.of("/proc", Long.toString(pid), "fd"))) {
+            return fds.filter(fd -> {
+                        try {
+                            return Files.readSymbolicLink(fd).toString().equals("anon_inode:[io_uring]");
+                        } catch (java.io.IOException e) {
+                            return false; // closed meanwhile
+                        }
+                    })
+                    .count();
+        }
+    }
+
     @Test
     void badNetOptionsAreOneLineErrors() {
         for (var spec : List.of(

@@ -51,6 +51,11 @@ public final class VmmProcess implements AutoCloseable {
         return start(prefix, Map.of(), args);
     }
 
+    /** Both: in front of the command {@code prefix}, in its environment {@code env}. */
+    public static VmmProcess startIn(List<String> prefix, Map<String, String> env, String... args) throws IOException {
+        return start(prefix, env, args);
+    }
+
     private static VmmProcess start(List<String> prefix, Map<String, String> env, String... args) throws IOException {
         var command = new ArrayList<String>(prefix);
         command.add(ProcessHandle.current().info().command().orElse("java"));

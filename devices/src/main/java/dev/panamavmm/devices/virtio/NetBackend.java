@@ -19,6 +19,21 @@ public interface NetBackend {
      */
     boolean send(List<MemorySegment> buffers) throws IOException;
 
+    /**
+     * Sends {@code frames} in order, as {@link #send} each (the transmit queue's batch): {@code
+     * sent[i]} says whether frame i went; a frame {@link #send} refuses or fails is dropped. A
+     * backend that can hand the host several frames in one system call does so here.
+     */
+    default void sendAll(List<List<MemorySegment>> frames, boolean[] sent) {
+        for (int i = 0; i < frames.size(); i++) {
+            try {
+                sent[i] = send(frames.get(i));
+            } catch (IOException e) {
+                sent[i] = false;
+            }
+        }
+    }
+
     /** Waits at most {@code timeoutMillis} for a frame; true when one can be received now. */
     boolean awaitFrame(int timeoutMillis) throws IOException;
 

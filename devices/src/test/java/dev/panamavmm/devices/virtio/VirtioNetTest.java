@@ -141,6 +141,52 @@ class VirtioNetTest {
     }
 
     /**
+     * The frames of one notification go to the backend together ({@link NetBackend#sendAll}), in
+     * the driver's order, at most {@link VirtioNet#TX_BATCH} at a time; none is on the used ring
+     * before its batch was sent (the driver may reuse a buffer only then); refused ones count as
+     * dropped.
+     */
+    @Test
+    void transmittedFramesGoToTheBackendInBatchesInOrderAndCompleteOnlyOnceSent() {
+        int size = 128, frames = 100;
+        var batches = new java.util.ArrayList<Integer>();
+        var order = new java.util.ArrayList<Integer>();
+        var backend = new NoBackend() {
+            @Override
+            public void sendAll(java.util.List<java.util.List<java.lang.foreign.MemorySegment>> batch, boolean[] sent) {
+                assertEquals(0, usedIdx(VirtioNet.TX), "a frame was completed before it was sent");
+                batches.add(batch.size());
+                for (int i = 0; i < batch.size(); i++) {
+                    var first = batch.get(i).getFirst();
+                    int n = first.get(ValueLayout.JAVA_INT_UNALIGNED, VirtioNet.HEADER_SIZE);
+                    order.add(n);
+                    sent[i] = n % 10 != 0; // the host refuses every tenth
+                }
+            }
+        };
+        var net = new VirtioNet("virtio-net0", MAC, backend);
+        var dev = transport(net);
+        start(dev, size);
+        var m = ram.segment();
+        long avail = RINGS[VirtioNet.TX][1] - ram.base();
+        for (int i = 0; i < frames; i++) {
+            long buffer = 0x20000 + 128L * i;
+            m.set(ValueLayout.JAVA_INT_UNALIGNED, buffer - ram.base() + VirtioNet.HEADER_SIZE, i);
+            long at = RINGS[VirtioNet.TX][0] - ram.base() + 16L * i;
+            m.set(ValueLayout.JAVA_LONG_UNALIGNED, at, buffer);
+            m.set(ValueLayout.JAVA_INT_UNALIGNED, at + 8, 80);
+            m.set(ValueLayout.JAVA_SHORT_UNALIGNED, avail + 4 + 2L * i, (short) i);
+        }
+        m.set(ValueLayout.JAVA_SHORT_UNALIGNED, avail + 2, (short) frames); // all at once, one notification
+        dev.write(QUEUE_NOTIFY, 4, VirtioNet.TX);
+
+        assertEquals(java.util.List.of(VirtioNet.TX_BATCH, frames - VirtioNet.TX_BATCH), batches);
+        assertEquals(java.util.stream.IntStream.range(0, frames).boxed().toList(), order);
+        assertEquals(frames, usedIdx(VirtioNet.TX), "every frame completed after its batch");
+        assertEquals(new VirtioNet.Counters(90, 0, 10, 0), net.counters());
+    }
+
+    /**
      * Frames wait in the backend while the guest has no buffer and while the transport is paused
      * (a live update hands the backend on with them), and a state an older version saved with
      * staged frames delivers those first, in order.
@@ -222,8 +268,8 @@ class VirtioNetTest {
         }
     }
 
-    /** For tests that never reach the backend. */
-    static final class NoBackend implements NetBackend {
+    /** For tests that never reach the backend (or override what they reach). */
+    static class NoBackend implements NetBackend {
         @Override
         public boolean send(java.util.List<java.lang.foreign.MemorySegment> buffers) {
             throw new AssertionError("not used");

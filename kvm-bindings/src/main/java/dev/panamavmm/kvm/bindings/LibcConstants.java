@@ -163,4 +163,21 @@ public final class LibcConstants {
     public static final int TUN_F_TSO6 = 4;
     public static final int TUN_F_TSO_ECN = 8;
     public static final int TUN_F_UFO = 16;
+    public static final int SYS_io_uring_setup = 425;
+    public static final int SYS_io_uring_enter = 426;
+    public static final int SYS_io_uring_register = 427;
+    public static final int IORING_SETUP_R_DISABLED = 64;
+    public static final int IORING_FEAT_SINGLE_MMAP = 1;
+    public static final int IORING_ENTER_GETEVENTS = 1;
+    public static final int IORING_OFF_SQ_RING = 0;
+    public static final int IORING_OFF_CQ_RING = 0x8000000;
+    public static final int IORING_OFF_SQES = 0x10000000;
+    public static final int IORING_OP_READV = 1;
+    public static final int IORING_OP_WRITEV = 2;
+    public static final int IOSQE_FIXED_FILE = 1;
+    public static final int IORING_REGISTER_FILES = 2;
+    public static final int IORING_REGISTER_RESTRICTIONS = 11;
+    public static final int IORING_REGISTER_ENABLE_RINGS = 12;
+    public static final int IORING_RESTRICTION_SQE_OP = 1;
+    public static final int IORING_RESTRICTION_SQE_FLAGS_REQUIRED = 3;
 }

@@ -366,6 +366,30 @@ public final class LibC {
         return (int) checked("userfaultfd", LibcConstants.SYS_userfaultfd, flags, 0, 0);
     }
 
+    // ---- io_uring (see IoUring) ----------------------------------------------------------------
+
+    /** {@code io_uring_setup(entries, params)}: the ring's descriptor. */
+    static int ioUringSetup(int entries, MemorySegment params) {
+        int fd = (int) checked("io_uring_setup", LibcConstants.SYS_io_uring_setup, entries, address(params), 0);
+        Reference.reachabilityFence(params);
+        return fd;
+    }
+
+    /** {@code io_uring_register(fd, opcode, arg, count)}. */
+    static void ioUringRegister(int fd, int opcode, MemorySegment arg, int count) {
+        long at = arg.equals(MemorySegment.NULL) ? 0 : address(arg);
+        var capture = CAPTURE.get();
+        long r = syscall(capture, LibcConstants.SYS_io_uring_register, fd, opcode, at, count, 0, 0);
+        Reference.reachabilityFence(arg);
+        if (r < 0) throw fail("io_uring_register", capture);
+    }
+
+    /** {@code io_uring_enter(fd, toSubmit, minComplete, flags, NULL, 0)}: requests submitted, or -errno. */
+    static long ioUringEnter(MemorySegment capture, int fd, int toSubmit, int minComplete, int flags) {
+        long r = syscall(capture, LibcConstants.SYS_io_uring_enter, fd, toSubmit, minComplete, flags, 0, 0);
+        return r >= 0 ? r : -capture.get(JAVA_INT, ERRNO_OFFSET);
+    }
+
     // ---- memory mappings ---------------------------------------------------------------------
 
     /**
