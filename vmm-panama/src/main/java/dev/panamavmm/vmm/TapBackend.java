@@ -27,11 +27,12 @@ import org.slf4j.LoggerFactory;
  * A tap device behind a {@link VirtioNet}: {@code /dev/net/tun} attached to an existing tap
  * with {@code IFF_TAP | IFF_NO_PI | IFF_VNET_HDR} and a 12-byte vnet header, so the guest's
  * header and the tap's are the same bytes. Transmit is a {@code writev} a frame from guest RAM,
- * a batch of them submitted through an {@link IoUring} with one system call (one {@code writev}
- * each where the kernel or its policy gives no io_uring, or {@value #IO_URING_ENV}=off); receive
- * one {@code readv} into it (each on its queue's thread). The descriptor is non-blocking: a full
- * tap queue drops the frame (EAGAIN) instead of stalling the queue, and the ring's writes run
- * inline, in order, never on a kernel worker.
+ * receive a {@code readv} a frame into it, each on its queue's thread, and each queue's batch is
+ * submitted through an {@link IoUring} of its own with one system call (one call a frame where
+ * the kernel or its policy gives no io_uring, or {@value #IO_URING_ENV}=off). The descriptor is
+ * non-blocking: a full tap queue drops the frame (EAGAIN) instead of stalling the queue, a read
+ * with no frame waiting fails at once (EAGAIN), and the rings' requests run inline, in order,
+ * never on a kernel worker.
  */
 final class TapBackend implements NetBackend, AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(TapBackend.class);
@@ -74,14 +75,25 @@ final class TapBackend implements NetBackend, AutoCloseable {
     /** Per ring entry of a submission: the batch's frame it sends, and its result. */
     private final int[] ringFrame, ringResult;
 
+    /** The receive queue's ring, as {@link #txRing} (its own: the queues' threads run side by side). */
+    private IoUring rxRing;
+
+    private final MemorySegment rxRingIov;
+    private final int[] rxRingResult;
+    private final long[] rxRingRoom;
+
     private TapBackend(int fd, String name) {
         this.fd = fd;
         this.name = name;
         var arena = Arena.ofAuto();
-        this.txRing = openRing(fd, name);
+        this.txRing = openRing(fd, name, VirtioNet.TX_BATCH);
         this.ringIov = txRing == null ? null : arena.allocate(Iovec.LAYOUT, RING_IOVS);
         this.ringFrame = new int[txRing == null ? 0 : txRing.capacity()];
         this.ringResult = new int[ringFrame.length];
+        this.rxRing = txRing == null ? null : openRing(fd, name, VirtioNet.RX_BATCH);
+        this.rxRingIov = rxRing == null ? null : arena.allocate(Iovec.LAYOUT, RING_IOVS);
+        this.rxRingResult = new int[rxRing == null ? 0 : rxRing.capacity()];
+        this.rxRingRoom = new long[rxRingResult.length];
         this.iov = arena.allocate(Iovec.LAYOUT, IOV_MAX);
         this.rxIov = arena.allocate(Iovec.LAYOUT, IOV_MAX);
         this.txErrno = LibC.errnoCapture(arena);
@@ -91,13 +103,13 @@ final class TapBackend implements NetBackend, AutoCloseable {
         Pollfd.events(pollfd, LibcConstants.POLLIN);
     }
 
-    private static IoUring openRing(int fd, String name) {
+    private static IoUring openRing(int fd, String name, int entries) {
         if ("off".equals(System.getenv(IO_URING_ENV))) {
             log.debug("tap {}: {}=off, one writev a frame", name, IO_URING_ENV);
             return null;
         }
         try {
-            return IoUring.open(fd, VirtioNet.TX_BATCH);
+            return IoUring.open(fd, entries);
         } catch (KvmException e) {
             log.info("tap {}: no io_uring here ({}): one writev a frame", name, e.getMessage());
             return null;
@@ -311,7 +323,45 @@ final class TapBackend implements NetBackend, AutoCloseable {
         // An indirect chain may have more buffers than an iovec array here: the frame goes into the first ones.
         int count = Math.min(buffers.size(), IOV_MAX);
         long room = vector(rxIov, buffers, count);
-        long r = LibC.readvOrErrno(rxErrno, fd, rxIov, count);
+        return received(LibC.readvOrErrno(rxErrno, fd, rxIov, count), room);
+    }
+
+    /**
+     * Frames through the receive ring: a {@code readv} entry for each list of buffers (as many as
+     * one submission takes), run in order by the kernel; EAGAIN where no frame was waiting. A
+     * ring that fails itself is dropped: the tap goes on with one {@code readv} a frame.
+     */
+    @Override
+    public void receiveAll(List<List<MemorySegment>> buffers, int[] lengths) throws IOException {
+        var ring = rxRing;
+        if (ring == null) {
+            NetBackend.super.receiveAll(buffers, lengths);
+            return;
+        }
+        int iovs = 0, n = 0;
+        for (int most = Math.min(buffers.size(), ring.capacity()); n < most; n++) {
+            var b = buffers.get(n);
+            int count = Math.min(b.size(), IOV_MAX); // more: the frame goes into the first ones
+            if (iovs + count > RING_IOVS) break;
+            rxRingRoom[n] = vector(rxRingIov, iovs, b, count);
+            ring.prepareReadv(rxRingIov.address() + iovs * Iovec.BYTE_SIZE, count);
+            iovs += count;
+        }
+        try {
+            ring.submit(rxRingResult);
+        } catch (KvmException e) {
+            rxRing = null;
+            ring.close();
+            log.warn("tap {}: its receive io_uring failed ({}): one readv a frame from now on", name, e.getMessage());
+            for (int i = 0; i < n; i++) lengths[i] = 0; // none read: the frames wait in the tap
+            return;
+        }
+        for (int i = 0; i < n; i++) lengths[i] = received(rxRingResult[i], rxRingRoom[i]);
+        for (int i = n; i < buffers.size(); i++) lengths[i] = 0;
+    }
+
+    /** A read's result as {@link #receive}'s: the frame's length, beyond {@code room} when cut short, 0 for none. */
+    private int received(long r, long room) throws IOException {
         if (r >= 0) return r > room ? Integer.MAX_VALUE : (int) r; // beyond the buffers: the kernel cut it short
         if (r == -LibcConstants.EAGAIN) return 0;
         // Buffers too short for even the vnet header (EINVAL) or a bad address (EFAULT): the frame is gone.
@@ -340,15 +390,16 @@ final class TapBackend implements NetBackend, AutoCloseable {
 
     @Override
     public void close() {
-        var ring = txRing;
-        txRing = null;
-        if (ring != null) {
+        for (var ring : new IoUring[] {txRing, rxRing}) {
+            if (ring == null) continue;
             try {
                 ring.close();
             } catch (KvmException e) {
                 // already failing
             }
         }
+        txRing = null;
+        rxRing = null;
         closeQuietly(fd);
     }
 }

@@ -281,9 +281,9 @@ class NetCliTest {
     }
 
     /**
-     * A tap's transmitted frames go through an io_uring (the VMM holds one: {@code
+     * A tap's frames go through two io_urings, one per queue (the VMM holds them: {@code
      * anon_inode:[io_uring]} among its descriptors), or with {@code PANAMA_VMM_IO_URING=off} one
-     * {@code writev} each (no ring); every frame arrives either way.
+     * {@code writev} or {@code readv} each (no ring); every frame arrives either way.
      */
     @KvmTest
     void framesGoThroughTheTapsIoUringOrOneWritevEachWhenItIsOff() throws Exception {
@@ -303,7 +303,7 @@ class NetCliTest {
                     awaitEchoed(vmm, 300, 60);
                     ns.peer(0).probe(MAC, ring ? 11 : 12);
                     ns.peer(0).await("answer mac=" + MAC + " seq=" + (ring ? 11 : 12), 30);
-                    assertEquals(ring ? 1 : 0, ioUrings(vmm.pid()), "io_uring descriptors, ring " + ring);
+                    assertEquals(ring ? 2 : 0, ioUrings(vmm.pid()), "io_uring descriptors (transmit, receive)");
                     noCorruption(vmm);
                 }
             }

@@ -3,7 +3,7 @@ package dev.panamavmm.devices.virtio;
 import java.lang.foreign.MemorySegment;
 import java.util.List;
 
-/** Copies between a descriptor chain's buffers, taken as one run of bytes, and one segment. */
+/** Copies between a descriptor chain's buffers, taken as one run of bytes, and one segment or another chain's buffers. */
 final class Buffers {
     private Buffers() {}
 
@@ -15,6 +15,13 @@ final class Buffers {
     /** Copies {@code from} into the buffers at {@code offset}, as far as they reach. */
     static void scatter(List<MemorySegment> buffers, long offset, MemorySegment from) {
         copy(buffers, offset, from, true);
+    }
+
+    /** Copies the first {@code length} bytes of {@code from} into {@code to}, as far as they reach. */
+    static void copy(List<MemorySegment> from, int length, List<MemorySegment> to) {
+        var bytes = MemorySegment.ofArray(new byte[length]); // rare (a frame moved forward): no pooling
+        gather(from, 0, bytes);
+        scatter(to, 0, bytes);
     }
 
     private static void copy(List<MemorySegment> buffers, long offset, MemorySegment other, boolean toBuffers) {

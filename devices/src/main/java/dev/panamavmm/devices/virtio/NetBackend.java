@@ -45,6 +45,22 @@ public interface NetBackend {
      */
     int receive(List<MemorySegment> buffers) throws IOException;
 
+    /**
+     * Receives frames into {@code buffers.get(0)}, {@code buffers.get(1)}, ... in the order they
+     * arrive: {@code lengths[i]} is the frame's length in buffers i (beyond their size: cut short,
+     * as {@link #receive}), or 0 when no frame was waiting for them. A backend that reads several
+     * in one system call may find a frame for later buffers after none for earlier ones (it
+     * arrived meanwhile); by default one {@link #receive} each until none is waiting.
+     */
+    default void receiveAll(List<List<MemorySegment>> buffers, int[] lengths) throws IOException {
+        int i = 0;
+        for (; i < buffers.size(); i++) {
+            lengths[i] = receive(buffers.get(i));
+            if (lengths[i] == 0) break;
+        }
+        for (i++; i < buffers.size(); i++) lengths[i] = 0;
+    }
+
     /** The driver negotiated these {@code VIRTIO_NET_F_GUEST_*} features: the host may send such frames. */
     void offloads(long guestFeatures);
 }

@@ -1,5 +1,7 @@
 package dev.panamavmm.devices.virtio;
 
+import java.util.List;
+
 /**
  * What a virtio device type adds to the transport: its id, features, queues, configuration
  * space and how it serves a request. {@link #handle} and {@link #batchEnd} run on the queue's
@@ -52,6 +54,30 @@ public interface VirtioDevice {
      */
     default int fill(int queue, DescriptorChain chain) {
         throw new UnsupportedOperationException(name() + " does not fill queue " + queue);
+    }
+
+    /**
+     * How many buffers the transport offers {@link #fillAll} at once next on a queue that
+     * {@link #fills}: 1 (one {@link #fill} at a time) unless the device reads its backend in
+     * batches. The buffers it does not use go back, so a device asks for about what it expects.
+     */
+    default int fillBatch(int queue) {
+        return 1;
+    }
+
+    /**
+     * Fills the leading {@code chains} from the backend, on the queue's thread: returns how many
+     * of them it used (the first ones, in the order the driver sees them used), {@code
+     * written[i]} bytes into chain i; the rest go back to the available ring. By default one
+     * {@link #fill} each until the backend has nothing.
+     */
+    default int fillAll(int queue, List<DescriptorChain> chains, int[] written) {
+        for (int i = 0; i < chains.size(); i++) {
+            int n = fill(queue, chains.get(i));
+            if (n < 0) return i;
+            written[i] = n;
+        }
+        return chains.size();
     }
 
     /**

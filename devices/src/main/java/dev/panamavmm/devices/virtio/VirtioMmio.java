@@ -666,10 +666,11 @@ public final class VirtioMmio {
     static final int FILL_INTERRUPT_EVERY = 32;
 
     /**
-     * A queue the device fills from its backend ({@link VirtioDevice#fills}): one buffer at a
-     * time until the ring or the backend runs out; the buffer the backend had nothing for goes
-     * back to the available ring. The filled buffers go on the used ring together, with one
-     * interrupt, at the end (and every {@value #FILL_INTERRUPT_EVERY} buffers), as for requests.
+     * A queue the device fills from its backend ({@link VirtioDevice#fills}): a few buffers at a
+     * time ({@link VirtioDevice#fillBatch}, often one) until the ring or the backend runs out; the
+     * buffers the backend had nothing for go back to the available ring. The filled buffers go on
+     * the used ring together, with one interrupt, at the end (and every
+     * {@value #FILL_INTERRUPT_EVERY} buffers), as for requests.
      */
     private void fillQueue(int queue) {
         Virtqueue ring;
@@ -684,47 +685,64 @@ public final class VirtioMmio {
             batchAdded[queue] = false;
             ring.quiet(); // a driver that gives buffers back while they are being filled need not notify
         }
+        var chains = new ArrayList<DescriptorChain>();
+        int[] written = new int[0];
         try {
-            for (int filled = 1; ; filled++) {
-                DescriptorChain chain;
+            int unpublished = 0;
+            while (true) {
+                int batch = Math.max(1, device.fillBatch(queue));
+                if (written.length < batch) written = new int[batch];
+                chains.clear();
                 synchronized (this) {
                     if (paused || epoch != requestEpoch || queues[queue].ring != ring || !active()) return;
                     try {
-                        chain = ring.pop();
-                        if (chain == null) {
-                            // The driver may have added a buffer while it was asked not to notify: look again.
-                            if (!ring.listen()) return;
-                            ring.quiet();
-                            chain = ring.pop();
-                            if (chain == null) return;
+                        while (chains.size() < batch) {
+                            var chain = ring.pop();
+                            if (chain == null && chains.isEmpty()) {
+                                // The driver may have added a buffer while it was asked not to notify: look again.
+                                if (!ring.listen()) return;
+                                ring.quiet();
+                                chain = ring.pop();
+                            }
+                            if (chain == null) break;
+                            chains.add(chain);
                         }
                     } catch (VirtioException e) {
                         fail(e.getMessage());
                         return;
                     }
-                    inFlight++;
-                    requests++;
+                    if (chains.isEmpty()) return;
+                    inFlight += chains.size();
+                    requests += chains.size();
                 }
-                int written;
+                int used;
                 try {
-                    written = device.fill(queue, chain);
+                    used = device.fillAll(queue, chains, written);
+                    if (used < 0 || used > chains.size())
+                        throw new IllegalStateException("used " + used + " of " + chains.size() + " buffers");
                 } catch (RuntimeException e) {
                     synchronized (this) {
-                        if (--inFlight == 0) notifyAll();
+                        inFlight -= chains.size();
+                        if (inFlight == 0) notifyAll();
                         fail(device.name() + " failed: " + e);
                     }
                     return;
                 }
-                if (written < 0) {
+                for (int i = 0; i < used; i++)
+                    defer(queues[queue], requestEpoch, chains.get(i).head(), written[i]);
+                if (used < chains.size()) {
+                    int back = chains.size() - used;
                     synchronized (this) {
-                        if (--inFlight == 0) notifyAll();
-                        requests--;
-                        if (epoch == requestEpoch && queues[queue].ring == ring) ring.unpop();
+                        inFlight -= back;
+                        if (inFlight == 0) notifyAll();
+                        requests -= back;
+                        if (epoch == requestEpoch && queues[queue].ring == ring) ring.unpop(back);
                     }
                     return;
                 }
-                defer(queues[queue], requestEpoch, chain.head(), written);
-                if (filled % FILL_INTERRUPT_EVERY == 0) {
+                unpublished += used;
+                if (unpublished >= FILL_INTERRUPT_EVERY) {
+                    unpublished = 0;
                     synchronized (this) {
                         publishDone(queue);
                         raiseUsedIfDue(queue, ring, usedBefore);

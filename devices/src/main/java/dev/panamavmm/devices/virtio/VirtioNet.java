@@ -266,6 +266,74 @@ public final class VirtioNet implements VirtioDevice {
         }
     }
 
+    /** The most receive buffers offered at once ({@link #fillBatch}); a tap's receive ring has as many entries. */
+    public static final int RX_BATCH = 64;
+
+    /**
+     * Frames the last {@link #fillAll} delivered: the next is offered about twice as many buffers
+     * (each offered buffer is walked, and the unused ones go back). The receive queue's thread only.
+     */
+    private int rxLastFilled;
+
+    private final ArrayList<List<MemorySegment>> rxBuffers = new ArrayList<>(RX_BATCH);
+    private final int[] rxLengths = new int[RX_BATCH];
+    private final long[] rxRooms = new long[RX_BATCH];
+
+    @Override
+    public int fillBatch(int queue) {
+        return queue == RX ? Math.clamp(2L * rxLastFilled, 1, RX_BATCH) : 1;
+    }
+
+    /**
+     * Several frames at once ({@link NetBackend#receiveAll}: a tap reads them with one system
+     * call), into the leading buffers in the order they arrived. A frame the backend found for a
+     * later buffer after none for an earlier one (it arrived meanwhile), or after a frame it
+     * dropped, is copied forward, so the unused buffers are the trailing ones and go back.
+     */
+    @Override
+    public int fillAll(int queue, List<DescriptorChain> chains, int[] written) {
+        if (chains.size() == 1 || stagedWaiting || receiveError != null)
+            return rxLastFilled = VirtioDevice.super.fillAll(queue, chains, written);
+        int k = 0;
+        rxBuffers.clear();
+        for (; k < chains.size() && k < RX_BATCH; k++) {
+            long room = chains.get(k).writableBytes();
+            if (room < HEADER_SIZE) break; // fill() answers such a buffer, alone
+            rxRooms[k] = room;
+            rxBuffers.add(chains.get(k).writable());
+        }
+        if (k == 0) {
+            written[0] = fill(queue, chains.getFirst());
+            return rxLastFilled = written[0] < 0 ? 0 : 1;
+        }
+        try {
+            backend.receiveAll(rxBuffers, rxLengths);
+        } catch (IOException e) {
+            receiveError = e.getMessage();
+            return rxLastFilled = 0;
+        }
+        int used = 0;
+        for (int i = 0; i < k; i++) {
+            int n = rxLengths[i];
+            if (n == 0) continue;
+            if (n < HEADER_SIZE || n > rxRooms[i] || n > rxRooms[used]) {
+                rxDropped.incrementAndGet(); // cut short by the buffers, or not even a header
+                continue;
+            }
+            if (i != used) Buffers.copy(rxBuffers.get(i), n, rxBuffers.get(used));
+            oneBuffer(rxBuffers.get(used));
+            received.incrementAndGet();
+            written[used++] = n;
+        }
+        if (used < chains.size()) {
+            synchronized (this) {
+                watching = true; // the backend ran out: the watcher kicks the queue at its next frame
+                notifyAll();
+            }
+        }
+        return rxLastFilled = used;
+    }
+
     private int fillStaged(Frame frame, List<MemorySegment> buffers, long room) {
         if (room < frame.length()) {
             rxDropped.incrementAndGet();

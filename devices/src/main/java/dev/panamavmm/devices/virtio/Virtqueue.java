@@ -145,7 +145,12 @@ final class Virtqueue {
      * again (a device whose backend had nothing to put in it).
      */
     void unpop() {
-        lastAvail = (lastAvail - 1) & 0xFFFF;
+        unpop(1);
+    }
+
+    /** Gives back the last {@code count} chains {@link #pop} returned, untouched, as {@link #unpop()}. */
+    void unpop(int count) {
+        lastAvail = (lastAvail - count) & 0xFFFF;
         if (eventIdx && !quiet) used.set(U16, 4 + 8L * size, (short) lastAvail);
     }
 

@@ -55,6 +55,12 @@ class VirtioNetTest {
 
     /** One buffer on queue {@code q}, made available and notified. */
     void offer(VirtioMmio dev, int q, int size, long addr, int len, boolean writable) {
+        place(q, size, addr, len, writable);
+        dev.write(QUEUE_NOTIFY, 4, q);
+    }
+
+    /** One buffer on queue {@code q}, made available without a notification. */
+    void place(int q, int size, long addr, int len, boolean writable) {
         var m = ram.segment();
         int d = nextDesc[q]++ % size;
         long at = RINGS[q][0] - ram.base() + 16L * d;
@@ -65,7 +71,6 @@ class VirtioNetTest {
         m.set(ValueLayout.JAVA_SHORT_UNALIGNED, avail + 4 + 2L * (availIdx[q] % size), (short) d);
         availIdx[q] = (availIdx[q] + 1) & 0xFFFF;
         m.set(ValueLayout.JAVA_SHORT_UNALIGNED, avail + 2, (short) availIdx[q]);
-        dev.write(QUEUE_NOTIFY, 4, q);
     }
 
     /** The next used element of queue {@code q} as {id, len}, waiting up to 5 s; null if none came. */
@@ -184,6 +189,80 @@ class VirtioNetTest {
         assertEquals(java.util.stream.IntStream.range(0, frames).boxed().toList(), order);
         assertEquals(frames, usedIdx(VirtioNet.TX), "every frame completed after its batch");
         assertEquals(new VirtioNet.Counters(90, 0, 10, 0), net.counters());
+    }
+
+    /**
+     * Receive buffers offered in growing batches ({@link VirtioDevice#fillBatch}): frames land in
+     * the leading buffers in the order they arrived, one found after an empty buffer (it arrived
+     * while the backend read) is moved forward, one too long for its buffer is dropped, and the
+     * buffers left over go back to the ring and take the next frames.
+     */
+    @Test
+    void receivedFramesFillTheLeadingBuffersInArrivalOrderAndTheRestGoBack() {
+        int size = 16;
+        var frames = new java.util.HashMap<Integer, byte[]>();
+        for (int i = 1; i <= 6; i++) frames.put(i, frame(60 + i, i));
+        // What each read of the backend finds, buffer by buffer: a frame's number, 0 for none, -1 for one too long.
+        var script = new java.util.ArrayDeque<int[]>(
+                java.util.List.of(new int[] {1}, new int[] {2, 3}, new int[] {0, 4, -1, 5}, new int[] {6, 0, 0}));
+        var backend = new NoBackend() {
+            @Override
+            public int receive(java.util.List<java.lang.foreign.MemorySegment> buffers) {
+                var one = new int[1];
+                receiveAll(java.util.List.of(buffers), one);
+                return one[0];
+            }
+
+            @Override
+            public void receiveAll(
+                    java.util.List<java.util.List<java.lang.foreign.MemorySegment>> buffers, int[] lengths) {
+                var round = script.poll();
+                assertNotNull(round, "read once more than the frames");
+                assertEquals(round.length, buffers.size(), "buffers offered to read " + Arrays.toString(round));
+                for (int i = 0; i < round.length; i++) {
+                    if (round[i] <= 0) {
+                        lengths[i] = round[i] == 0 ? 0 : 5000; // beyond the 2 KiB buffer: cut short
+                        continue;
+                    }
+                    var bytes = frames.get(round[i]);
+                    Buffers.scatter(buffers.get(i), 0, java.lang.foreign.MemorySegment.ofArray(bytes));
+                    lengths[i] = bytes.length;
+                }
+            }
+        };
+        var net = new VirtioNet("virtio-net0", MAC, backend);
+        var dev = transport(net);
+        start(dev, size);
+        for (int d = 0; d < 8; d++) place(VirtioNet.RX, size, 0x30000 + 0x800L * d, 2048, true);
+        dev.processQueue(VirtioNet.RX); // reads 1, then 2 and 3, then 4 and 5 (6 and 7 go back)
+        dev.processQueue(VirtioNet.RX); // 5, 6 and 7 again: frame 6 into 5, 6 and 7 back
+        assertTrue(script.isEmpty(), "every read made");
+
+        int[] expected = {1, 2, 3, 4, 5, 6};
+        for (int i = 0; i < expected.length; i++) {
+            var used = awaitUsedNow(VirtioNet.RX, size);
+            var want = frames.get(expected[i]).clone();
+            want[VirtioNet.NUM_BUFFERS_OFFSET] = 1;
+            assertEquals(i, used[0], "frame " + expected[i] + " in the buffer after the one before");
+            assertEquals(want.length, used[1]);
+            var got = ram.segment()
+                    .asSlice(0x30000 + 0x800L * i - ram.base(), want.length)
+                    .toArray(ValueLayout.JAVA_BYTE);
+            assertArrayEquals(want, got, "frame " + expected[i]);
+        }
+        assertEquals(6, usedIdx(VirtioNet.RX), "two buffers still available");
+        assertEquals(new VirtioNet.Counters(0, 6, 0, 1), net.counters());
+    }
+
+    /** The next used element of queue {@code q}, which must be there. */
+    int[] awaitUsedNow(int q, int size) {
+        try {
+            var used = awaitUsed(q, size);
+            assertNotNull(used, "no used element");
+            return used;
+        } catch (InterruptedException e) {
+            throw new AssertionError(e);
+        }
     }
 
     /**

@@ -180,4 +180,5 @@ public final class LibcConstants {
     public static final int IORING_REGISTER_ENABLE_RINGS = 12;
     public static final int IORING_RESTRICTION_SQE_OP = 1;
     public static final int IORING_RESTRICTION_SQE_FLAGS_REQUIRED = 3;
+    public static final int RWF_NOWAIT = 8;
 }

@@ -16,7 +16,8 @@ import java.lang.foreign.MemorySegment;
 import java.lang.invoke.VarHandle;
 
 /**
- * An io_uring (io_uring(7)) that can do one thing: {@code readv} and {@code writev} on one file.
+ * An io_uring (io_uring(7)) that can do one thing: {@code readv} and {@code writev} on one file,
+ * never waiting (a request that would wait fails with EAGAIN, as on a non-blocking descriptor).
  * A device queue's thread prepares a batch of them and submits the batch with one system call
  * where {@code writev} would cost one call each (a system call's entry and exit cost more than a
  * small frame's copy on some hosts; docs/benchmarks.md).
@@ -142,11 +143,13 @@ public final class IoUring implements AutoCloseable {
         int index = (sqTail + prepared) & (capacity - 1);
         long at = index * IoUringSqe.BYTE_SIZE;
         // Five 8-byte stores: opcode, flags (fixed file), ioprio 0, fd (file index 0); the offset
-        // -1 (the file's position: a stream); the iovecs; their count, no flags; user data.
+        // -1 (the file's position: a stream); the iovecs; their count and RWF_NOWAIT; user data.
+        // RWF_NOWAIT: a file that can wait (a tap) fails with EAGAIN instead; without it io_uring
+        // would wait for the file to be ready, O_NONBLOCK or not, and submit() with it.
         sqes.set(JAVA_LONG, at, opcode | (long) LibcConstants.IOSQE_FIXED_FILE << 8);
         sqes.set(JAVA_LONG, at + IoUringSqe.OFF, -1L);
         sqes.set(JAVA_LONG, at + IoUringSqe.ADDR, iov);
-        sqes.set(JAVA_LONG, at + IoUringSqe.LEN, Integer.toUnsignedLong(count));
+        sqes.set(JAVA_LONG, at + IoUringSqe.LEN, Integer.toUnsignedLong(count) | (long) LibcConstants.RWF_NOWAIT << 32);
         sqes.set(JAVA_LONG, at + IoUringSqe.USER_DATA, prepared);
         prepared++;
     }
