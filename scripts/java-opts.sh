@@ -30,9 +30,9 @@ panama_java_opts() {
     run|restore|clone|standby|incoming)
       java_opts+=(-XX:TieredStopAtLevel=1 -XX:+UnlockDiagnosticVMOptions -XX:ArchiveRelocationMode=0) ;;
   esac
-  # PANAMA_VMM_JIT=c2 keeps C2 in such a process too: for a VM whose devices move many small
-  # requests (virtio-net's frames per second on this machine: 0.83-0.86x QEMU's with C1 only,
-  # 0.93-1.07x with C2; docs/benchmarks.md), at the memory C2 costs each process (above).
+  # PANAMA_VMM_JIT=c2 keeps C2 in such a process too, at the memory C2 costs each process (above);
+  # the devices do not need it (virtio-net's frames per second on this machine: 1.05-1.21x QEMU's
+  # with C1 only, no better with C2; docs/benchmarks.md).
   case "${PANAMA_VMM_JIT:-c1}" in
     c1) ;;
     c2)
