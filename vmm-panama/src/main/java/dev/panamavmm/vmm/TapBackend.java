@@ -40,7 +40,7 @@ final class TapBackend implements NetBackend, AutoCloseable {
     /** Buffers a transmitted chain may have; the queue size (256) bounds a chain anyway. */
     private static final int IOV_MAX = 256;
 
-    /** {@code off}: transmit with one {@code writev} a frame, no io_uring (docs/operating.md). */
+    /** {@code off}: one {@code writev} or {@code readv} a frame, no io_uring (docs/operating.md). */
     static final String IO_URING_ENV = "PANAMA_VMM_IO_URING";
 
     /** iovecs of one ring submission: a batch whose frames have more buffers goes in two. */
@@ -105,20 +105,15 @@ final class TapBackend implements NetBackend, AutoCloseable {
 
     private static IoUring openRing(int fd, String name, int entries) {
         if ("off".equals(System.getenv(IO_URING_ENV))) {
-            log.debug("tap {}: {}=off, one writev a frame", name, IO_URING_ENV);
+            log.debug("tap {}: {}=off, one system call a frame", name, IO_URING_ENV);
             return null;
         }
         try {
             return IoUring.open(fd, entries);
         } catch (KvmException e) {
-            log.info("tap {}: no io_uring here ({}): one writev a frame", name, e.getMessage());
+            log.info("tap {}: no io_uring here ({}): one system call a frame", name, e.getMessage());
             return null;
         }
-    }
-
-    /** Whether transmitted frames go through an io_uring (false: one {@code writev} each). */
-    boolean batchesThroughRing() {
-        return txRing != null;
     }
 
     /** Attaches to the tap {@code name} (it must exist: {@code ip tuntap add dev NAME mode tap}). */
