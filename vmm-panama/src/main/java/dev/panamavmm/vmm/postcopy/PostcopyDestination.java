@@ -132,6 +132,21 @@ public final class PostcopyDestination implements MemoryFill {
         }
     }
 
+    /** {@link #sendHello} wrote the first connection's HELLO: {@link #receive} does not, once. */
+    private boolean helloSent;
+
+    /**
+     * Writes the first connection's HELLO now, on the thread that resumed the guest, before the
+     * thread that will {@link #receive} exists: the source serves from it, and the guest already
+     * waits for its first pages (from the receiving thread it left 5-15 ms after the resume).
+     */
+    public void sendHello(OutputStream out) throws IOException {
+        var data = new DataOutputStream(out);
+        writeHello(data, missing);
+        data.flush();
+        helloSent = true;
+    }
+
     /** Receives pages on one connection until every page arrived; throws when it fails first (call again on a new one). */
     public Stats receive(InputStream in, OutputStream out) throws IOException {
         if (!receiving.compareAndSet(false, true)) throw new IllegalStateException("already receiving post-copy pages");
@@ -143,8 +158,11 @@ public final class PostcopyDestination implements MemoryFill {
         try (var arena = Arena.ofConfined()) {
             if (closed) throw new IOException("post-copy was stopped: the VM ended");
             synchronized (output) {
-                writeHello(output, missing);
-                output.flush();
+                if (helloSent) helloSent = false; // sendHello wrote it on this connection
+                else {
+                    writeHello(output, missing);
+                    output.flush();
+                }
             }
             log.debug("post-copy: {} pages missing at connect", missing.count());
             writer = Thread.ofPlatform()

@@ -4,6 +4,7 @@ import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.EOFException;
 import java.io.IOException;
+import java.nio.ByteBuffer;
 
 /**
  * The post-copy messages (docs/architecture.md, "Post-copy migration"): one type byte, then
@@ -44,7 +45,7 @@ final class PostcopyProtocol {
             out.writeLong(missing.blockSize(b));
             long[] words = missing.words(b);
             out.writeInt(words.length);
-            for (long w : words) out.writeLong(w);
+            out.write(bytesOf(words)); // one write: the HELLO goes out as the guest waits for its first pages
         }
     }
 
@@ -72,10 +73,19 @@ final class PostcopyProtocol {
             int words = in.readInt();
             if (words != (int) ((toSend.pages(b) + 63) / 64))
                 throw new PostcopyException("the destination's bitmap of block " + b + " has " + words + " words");
+            var bytes = new byte[Math.multiplyExact(words, Long.BYTES)];
+            in.readFully(bytes); // one read, not a readLong a word: the source serves nothing until it has them
             all[b] = new long[words];
-            for (int w = 0; w < words; w++) all[b][w] = in.readLong();
+            ByteBuffer.wrap(bytes).asLongBuffer().get(all[b]);
         }
         for (int b = 0; b < blocks; b++) toSend.replace(b, all[b], original);
+    }
+
+    /** {@code words} as big-endian bytes, as {@link DataOutputStream#writeLong} would write them one by one. */
+    private static byte[] bytesOf(long[] words) {
+        var bytes = new byte[words.length * Long.BYTES];
+        ByteBuffer.wrap(bytes).asLongBuffer().put(words);
+        return bytes;
     }
 
     static String name(int type) {
