@@ -372,6 +372,7 @@ public final class TcpMigration {
         status.postcopyPages(count);
         out.message(new MigrationProtocol.Postcopy(count));
         for (int i = 0; i < bitmaps.length; i++) out.bitmap(i, bitmaps[i]);
+        out.flush(); // the destination registers its memory for them while the state is saved here
         sendStateAndAwaitRunning(vm, params, socket, in, out, watchdog, List.of());
         log.debug("post-copy: the guest runs on the destination, {} pages to serve", count);
         return bitmaps;
@@ -959,6 +960,7 @@ public final class TcpMigration {
                         case null -> throw sourceGone();
                         case MigrationStream.Pages p -> {
                             if (sharedFile != null) throw sharedPages();
+                            if (missing != null) throw pagesAfterSwitch();
                             try {
                                 in.readPages(pageRange(blocks, p.block(), p.firstPage(), p.count()));
                             } catch (MigrationStream.Ended | java.net.SocketException | ClosedChannelException e) {
@@ -970,6 +972,7 @@ public final class TcpMigration {
                         }
                         case MigrationStream.Zeros z -> {
                             if (sharedFile != null) throw sharedPages();
+                            if (missing != null) throw pagesAfterSwitch();
                             pageRange(blocks, z.block(), z.firstPage(), z.count())
                                     .fill((byte) 0);
                             pages += z.count();
@@ -994,6 +997,10 @@ public final class TcpMigration {
                                     if (missing != null)
                                         throw new SnapshotException("the source switched to post-copy twice");
                                     missing = readBitmaps(in, blocks, p.pages());
+                                    // While the source saves the device state: what must happen before
+                                    // the devices are built (VmBuilder.forPostcopy's order) is done here,
+                                    // out of the guest's pause (1.5-3.5 ms of it).
+                                    postcopy = registerPostcopy(shell, blocks, missing, pages);
                                 }
                                 case MigrationProtocol.Refused r ->
                                     throw new SnapshotException("the source gave up: " + r.reason());
@@ -1027,15 +1034,6 @@ public final class TcpMigration {
                 // The source unlocked the file once paused; from here this VMM is its user.
                 if (sharedFile != null) SharedMemoryFile.takeOver(shell.memory(), sharedFile, fingerprints);
                 checkedAt = System.nanoTime();
-                if (missing != null) {
-                    // Missing faults fire only for pages not present: the stale copies go first (none
-                    // when no page came: punching a GiB of nothing took ms of the pause).
-                    if (pages > 0) punchHoles(blocks, missing);
-                    var set = PageSet.of(shell.memory());
-                    for (int i = 0; i < blocks.size(); i++) set.addAll(i, missing[i]);
-                    // Before the devices are built and any vCPU runs (VmBuilder.forPostcopy's order).
-                    postcopy = PostcopyDestination.register(shell.memory(), set);
-                }
                 var s = shell;
                 shell = null; // the VM owns it (or finish closes it) from here
                 vm = VmBuilder.finish(kvm, s, loaded.withConfig(config), config, console, listener);
@@ -1045,7 +1043,8 @@ public final class TcpMigration {
                 if (System.nanoTime() - stateAt > TimeUnit.MILLISECONDS.toNanos(resumeWithin))
                     throw new SnapshotException(
                             "the VM's state took too long to apply: the source resumes its guest at its deadline");
-            } catch (RuntimeException e) {
+            } catch (IOException | RuntimeException e) {
+                // The memory may be registered for post-copy already (at the switch's message).
                 if (postcopy != null) postcopy.close();
                 if (shell != null) shell.close();
                 if (vm != null) vm.close();
@@ -1190,6 +1189,28 @@ public final class TcpMigration {
 
     private static SnapshotException sourceGone() {
         return new SnapshotException("the source closed the connection before the migration completed");
+    }
+
+    /** Pages after {@code Postcopy}: they would land in memory whose missing pages now fault to the source. */
+    private static SnapshotException pagesAfterSwitch() {
+        return new SnapshotException("the source sent pages after its switch to post-copy");
+    }
+
+    /**
+     * The destination's side of the switch, before the devices are built and any vCPU runs: the
+     * stale copies of the pages to come are dropped (missing faults fire only for pages not
+     * present; none when no page came, as punching a GiB of nothing takes milliseconds), and the
+     * memory is registered with userfaultfd for the pages of {@code missing}.
+     */
+    private static PostcopyDestination registerPostcopy(
+            VmBuilder.Shell shell,
+            List<dev.panamavmm.vmm.memory.RamBlock> blocks,
+            long[][] missing,
+            long pagesReceived) {
+        if (pagesReceived > 0) punchHoles(blocks, missing);
+        var set = PageSet.of(shell.memory());
+        for (int i = 0; i < blocks.size(); i++) set.addAll(i, missing[i]);
+        return PostcopyDestination.register(shell.memory(), set);
     }
 
     private static SnapshotException sharedPages() {
