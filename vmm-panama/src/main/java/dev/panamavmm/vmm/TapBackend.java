@@ -71,9 +71,9 @@ final class TapBackend implements NetBackend, AutoCloseable {
      */
     private IoUring txRing;
 
-    private final MemorySegment ringIov;
+    private final MemorySegment txRingIov;
     /** Per ring entry of a submission: the batch's frame it sends, and its result. */
-    private final int[] ringFrame, ringResult;
+    private final int[] txRingFrame, txRingResult;
 
     /** The receive queue's ring, as {@link #txRing} (its own: the queues' threads run side by side). */
     private IoUring rxRing;
@@ -87,9 +87,9 @@ final class TapBackend implements NetBackend, AutoCloseable {
         this.name = name;
         var arena = Arena.ofAuto();
         this.txRing = openRing(fd, name, VirtioNet.TX_BATCH);
-        this.ringIov = txRing == null ? null : arena.allocate(Iovec.LAYOUT, RING_IOVS);
-        this.ringFrame = new int[txRing == null ? 0 : txRing.capacity()];
-        this.ringResult = new int[ringFrame.length];
+        this.txRingIov = txRing == null ? null : arena.allocate(Iovec.LAYOUT, RING_IOVS);
+        this.txRingFrame = new int[txRing == null ? 0 : txRing.capacity()];
+        this.txRingResult = new int[txRingFrame.length];
         this.rxRing = txRing == null ? null : openRing(fd, name, VirtioNet.RX_BATCH);
         this.rxRingIov = rxRing == null ? null : arena.allocate(Iovec.LAYOUT, RING_IOVS);
         this.rxRingResult = new int[rxRing == null ? 0 : rxRing.capacity()];
@@ -221,7 +221,7 @@ final class TapBackend implements NetBackend, AutoCloseable {
     }
 
     /**
-     * The frames through the ring: each frame's buffers as iovecs of {@link #ringIov}, one
+     * The frames through the ring: each frame's buffers as iovecs of {@link #txRingIov}, one
      * {@code writev} entry a frame, submitted when the ring or the iovecs are full and at the end.
      */
     @Override
@@ -251,9 +251,9 @@ final class TapBackend implements NetBackend, AutoCloseable {
                     continue;
                 }
             }
-            vector(ringIov, iovs, buffers, count);
-            ringFrame[ring.prepared()] = i;
-            ring.prepareWritev(ringIov.address() + iovs * Iovec.BYTE_SIZE, count);
+            vector(txRingIov, iovs, buffers, count);
+            txRingFrame[ring.prepared()] = i;
+            ring.prepareWritev(txRingIov.address() + iovs * Iovec.BYTE_SIZE, count);
             iovs += count;
         }
         if (txRing != null) submit(txRing, sent);
@@ -275,10 +275,10 @@ final class TapBackend implements NetBackend, AutoCloseable {
     private void submit(IoUring ring, boolean[] sent) {
         int n = ring.prepared();
         try {
-            ring.submit(ringResult);
-            for (int k = 0; k < n; k++) sent[ringFrame[k]] = ringResult[k] >= 0;
+            ring.submit(txRingResult);
+            for (int k = 0; k < n; k++) sent[txRingFrame[k]] = txRingResult[k] >= 0;
         } catch (KvmException e) {
-            for (int k = 0; k < n; k++) sent[ringFrame[k]] = false;
+            for (int k = 0; k < n; k++) sent[txRingFrame[k]] = false;
             txRing = null;
             ring.close();
             log.warn("tap {}: its io_uring failed ({}): one writev a frame from now on", name, e.getMessage());
@@ -348,7 +348,8 @@ final class TapBackend implements NetBackend, AutoCloseable {
             rxRing = null;
             ring.close();
             log.warn("tap {}: its receive io_uring failed ({}): one readv a frame from now on", name, e.getMessage());
-            for (int i = 0; i < n; i++) lengths[i] = 0; // none read: the frames wait in the tap
+            // Reported as none: they wait in the tap (a read the broken ring made but never reported is lost).
+            for (int i = 0; i < n; i++) lengths[i] = 0;
             return;
         }
         for (int i = 0; i < n; i++) lengths[i] = received(rxRingResult[i], rxRingRoom[i]);

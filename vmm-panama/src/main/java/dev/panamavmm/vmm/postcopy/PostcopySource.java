@@ -25,10 +25,11 @@ import org.slf4j.LoggerFactory;
  * last requested page onwards (the pages after a fault are the likeliest next ones), until the
  * destination has all of them. A page that is all zero goes as a ZEROS marker; a page outside the
  * block's data extents is known to be zero without being read (reading a memfd's hole would
- * allocate it). The extents are found on a thread of their own while the first requests are served. On an {@link IOException} (the connection dropped, or the peer broke the
- * protocol) it throws, the guest stays paused here, and {@link #serve} may be called again on a
- * new connection (recovery): the destination's HELLO then says which pages it still misses, and
- * {@code toSend} becomes exactly those (pages in flight when the connection dropped included).
+ * allocate it); the extents are found on a thread of their own while the first requests are
+ * served. On an {@link IOException} (the connection dropped, or the peer broke the protocol) it
+ * throws, the guest stays paused here, and {@link #serve} may be called again on a new connection
+ * (recovery): the destination's HELLO then says which pages it still misses, and {@code toSend}
+ * becomes exactly those (pages in flight when the connection dropped included).
  */
 public final class PostcopySource {
     private static final Logger log = LoggerFactory.getLogger(PostcopySource.class);
