@@ -147,4 +147,48 @@ class TestGuestTest {
                 .matcher("blkbench randread bs=4096 qd=32 ios=29319 us=1007327 iops=29105 mbps=119.2")
                 .matches());
     }
+
+    /** A disk of 4 blocks (32 sectors) at generation 3 and its table; {@code table} may be changed. */
+    private static byte[] diskAtGeneration3(ByteBuffer table) {
+        byte[] disk = new byte[32 * 512];
+        for (int sector = 0; sector < 32; sector++) {
+            TestGuest.fillDiskSector(disk, 512 * sector, sector, 3);
+            table.putInt(4 * sector, 3);
+        }
+        return disk;
+    }
+
+    @Test
+    void diskOracleAcceptsWritesNotYetTakenAndOneBlockBeingPrepared() {
+        var table = ByteBuffer.allocate(32 * 4).order(ByteOrder.LITTLE_ENDIAN);
+        byte[] disk = diskAtGeneration3(table);
+        assertEquals(java.util.List.of(), TestGuest.diskAgainstTable(disk, table, 32, 1));
+        // block 1 submitted, not taken: all 8 sectors one behind
+        for (int s = 8; s < 16; s++) table.putInt(4 * s, 4);
+        assertEquals(java.util.List.of(), TestGuest.diskAgainstTable(disk, table, 32, 1));
+        assertEquals(1, TestGuest.diskAgainstTable(disk, table, 32, 0).size(), "more than the queue depth behind");
+        // block 2 paused while the guest counted its sectors: the first 7 one behind
+        for (int s = 16; s < 23; s++) table.putInt(4 * s, 4);
+        assertEquals(java.util.List.of(), TestGuest.diskAgainstTable(disk, table, 32, 1));
+        // a second such block cannot be: one vCPU prepares one block at a time
+        table.putInt(4 * 24, 4);
+        assertEquals(1, TestGuest.diskAgainstTable(disk, table, 32, 1).size());
+    }
+
+    @Test
+    void diskOracleFindsTornStaleAndMisplacedWrites() {
+        var table = ByteBuffer.allocate(32 * 4).order(ByteOrder.LITTLE_ENDIAN);
+        byte[] disk = diskAtGeneration3(table);
+        // a write that stopped inside the block: its first sectors new, the last ones old
+        for (int s = 8; s < 16; s++) table.putInt(4 * s, 4);
+        for (int s = 8; s < 13; s++) TestGuest.fillDiskSector(disk, 512 * s, s, 4);
+        var problems = TestGuest.diskAgainstTable(disk, table, 32, 4);
+        assertEquals(1, problems.size(), problems.toString());
+        assertTrue(problems.get(0).contains("torn"), problems.get(0));
+        // a stale sector (two behind) and one holding another sector's data
+        disk = diskAtGeneration3(table);
+        table.putInt(4 * 2, 5);
+        System.arraycopy(disk, 512 * 20, disk, 512 * 21, 512);
+        assertEquals(2, TestGuest.diskAgainstTable(disk, table, 32, 4).size());
+    }
 }
