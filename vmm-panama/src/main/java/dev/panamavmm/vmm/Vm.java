@@ -191,6 +191,8 @@ public final class Vm implements AutoCloseable {
      * do not all park in time it throws, and the VM stays paused: the caller resumes it.
      */
     public void pause() throws InterruptedException {
+        // Paused already (a save of a VM a migration paused): no second kick, drain or STOP event.
+        if (settled && control.request() == VcpuControl.Request.PAUSE) return;
         pausedSince.compareAndSet(0, System.nanoTime());
         control.set(VcpuControl.Request.PAUSE);
         vcpus.forEach(Vcpu::kick);
@@ -199,8 +201,12 @@ public final class Vm implements AutoCloseable {
         }
         // Then the devices: requests in flight complete into the used rings before any state is read.
         for (var host : virtio) host.pause(pauseTimeout);
+        settled = true;
         if (!ending.get()) listener.paused();
     }
+
+    /** Set when a {@link #pause} has parked every vCPU and paused every device; cleared by {@link #resume}. */
+    private volatile boolean settled;
 
     private void pauseDevice(VirtioHost host) {
         try {
@@ -227,6 +233,7 @@ public final class Vm implements AutoCloseable {
     }
 
     public void resume() {
+        settled = false;
         long since = pausedSince.getAndSet(0);
         if (since != 0) metrics.paused(System.nanoTime() - since);
         for (var host : virtio) host.resume();

@@ -228,9 +228,15 @@ class VmTest {
     void pauseStopsTheGuestAndResumeContinuesIt() throws Exception {
         // loop: inc qword [0x200000]; jmp loop
         byte[] code = {0x48, (byte) 0xff, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, (byte) 0xeb, (byte) 0xf6};
+        var stops = new java.util.concurrent.atomic.AtomicInteger();
+        var listener = new VmListener() {
+            @Override
+            public void paused() {
+                stops.incrementAndGet();
+            }
+        };
         try (var kvm = Kvm.open();
-                var vm =
-                        VmBuilder.boot(kvm, config(code, 1, false), new ByteArrayOutputStream(), new VmListener() {})) {
+                var vm = VmBuilder.boot(kvm, config(code, 1, false), new ByteArrayOutputStream(), listener)) {
             vm.start();
             var counter = vm.memory().slice(0x200000, 8);
             waitUntil(() -> counter.get(JAVA_LONG, 0) > 100);
@@ -238,8 +244,13 @@ class VmTest {
             long paused = counter.get(JAVA_LONG, 0);
             Thread.sleep(100);
             assertEquals(paused, counter.get(JAVA_LONG, 0), "no guest code runs while paused");
+            vm.pause(); // a save of a paused VM pauses it again: one STOP, as QEMU sends
+            assertEquals(1, stops.get(), "STOP events");
             vm.resume();
             waitUntil(() -> counter.get(JAVA_LONG, 0) > paused + 100);
+            vm.pause();
+            assertEquals(2, stops.get(), "STOP events after a resume and a pause");
+            vm.resume();
             vm.end(new VmExitReason.Stopped("test"));
             assertEquals(new VmExitReason.Stopped("test"), vm.termination().get(10, TimeUnit.SECONDS));
         }
