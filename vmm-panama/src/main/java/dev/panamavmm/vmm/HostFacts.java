@@ -72,11 +72,17 @@ public final class HostFacts {
      * {@link #msrsToSave} while the VM runs (a migration, before its pause), probed on a vCPU of a
      * scratch VM like the VMs' (in-kernel LAPIC, the host's CPUID) that never runs: on a running
      * vCPU each ioctl waits for it to leave KVM_RUN, which took 4-90 ms before a migration's first
-     * page. Once per process: building and probing the scratch VM takes 1-3 ms here; its teardown
-     * (13-18 ms) is left to a thread of its own.
+     * page. Once per process: building and probing the scratch VM takes 1-3 ms here.
      */
     public int[] msrsToSaveWhileRunning() {
         if (savedMsrs != null) return savedMsrs;
+        try (var scratch = scratchVcpu()) {
+            return msrsToSave(scratch.vcpu());
+        }
+    }
+
+    /** A vCPU of a VM of its own, like the VMs' and never run: its state can be read while theirs cannot. */
+    public ScratchVcpu scratchVcpu() {
         var arena = Arena.ofShared();
         VmFd vm = null;
         VcpuFd vcpu = null;
@@ -85,15 +91,24 @@ public final class HostFacts {
             vm.createIrqchip();
             vcpu = vm.createVcpu(0);
             vcpu.setCpuid2(Cpuid.forVcpu(kvm.supportedCpuid(arena), 0, 1, arena));
-            return msrsToSave(vcpu);
-        } finally {
-            // Tearing a VM down takes the kernel 13-18 ms here, 1-3 ms building and probing it: the
-            // caller has its answer, a thread of its own closes it.
-            VmFd closeVm = vm;
-            VcpuFd closeVcpu = vcpu;
+            return new ScratchVcpu(arena, vm, vcpu);
+        } catch (RuntimeException e) {
+            new ScratchVcpu(arena, vm, vcpu).close();
+            throw e;
+        }
+    }
+
+    /**
+     * A scratch VM and its vCPU. Tearing a VM down takes the kernel 13-18 ms here (1-3 ms to build
+     * one), so {@link #close} leaves it to a thread of its own: whoever closes one should do it
+     * where that CPU time hurts least (a migration's source: after the guest's pause).
+     */
+    public record ScratchVcpu(Arena arena, VmFd vm, VcpuFd vcpu) implements AutoCloseable {
+        @Override
+        public void close() {
             Thread.ofPlatform().daemon().name("scratch-vm-close").start(() -> {
-                if (closeVcpu != null) closeVcpu.close();
-                if (closeVm != null) closeVm.close();
+                if (vcpu != null) vcpu.close();
+                if (vm != null) vm.close();
                 arena.close();
             });
         }

@@ -197,6 +197,15 @@ final class MigrationStream {
             }
         }
 
+        /** Whether a frame has begun to arrive: {@link #next} would not wait for its first byte (TLS: never known). */
+        boolean ready() {
+            try {
+                return in.available() > 0;
+            } catch (IOException e) {
+                return true; // next() reports what is wrong
+            }
+        }
+
         /** The next frame, or null at the end of the stream (between frames). */
         Frame next() throws IOException {
             int kind = in.read();

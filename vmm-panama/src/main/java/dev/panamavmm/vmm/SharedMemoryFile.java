@@ -10,6 +10,7 @@ import dev.panamavmm.vmm.memory.MemoryFileLocks;
 import dev.panamavmm.vmm.memory.RamBlock;
 import java.io.IOException;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
@@ -126,17 +127,47 @@ final class SharedMemoryFile {
                     + memory.blocks().size() + " blocks of " + file);
         for (int i = 0; i < fingerprints.size(); i++) {
             var f = fingerprints.get(i);
-            var block = memory.blocks().get(i);
-            if (!block.id().equals(f.block()))
-                throw new SnapshotException("the source's fingerprint " + i + " is of block " + f.block());
-            long pages = block.size() / PAGE;
-            for (long p : f.pages())
-                if (p < 0 || p >= pages)
-                    throw new SnapshotException("the source's fingerprint names page " + p + " of " + block.id());
+            var block = checkedBlock(memory, i, f.block(), f.pages(), "fingerprint");
             if (crc(block.segment(), f.pages()) != f.crc())
                 throw new SnapshotException("memory file " + file + " here holds other bytes than the source's"
                         + " (not the same file on shared storage, or the storage is not coherent)");
         }
+    }
+
+    /** Block {@code index} of {@code memory}, checked to be {@code id} and to hold {@code pages}. */
+    private static RamBlock checkedBlock(GuestMemory memory, int index, String id, List<Long> pages, String what) {
+        if (index >= memory.blocks().size())
+            throw new SnapshotException("the source sent a " + what + " of block " + index + " of "
+                    + memory.blocks().size());
+        var block = memory.blocks().get(index);
+        if (!block.id().equals(id))
+            throw new SnapshotException("the source's " + what + " " + index + " is of block " + id);
+        long count = block.size() / PAGE;
+        for (long p : pages)
+            if (p < 0 || p >= count)
+                throw new SnapshotException("the source's " + what + " names page " + p + " of " + block.id());
+        return block;
+    }
+
+    /**
+     * Destination, guest still running on the source: reads a byte of each page the fingerprints
+     * will read, so that this process maps them now rather than fault on each in the pause.
+     */
+    static void touch(GuestMemory memory, List<MigrationProtocol.BlockPages> samples) {
+        for (int i = 0; i < samples.size(); i++) {
+            var s = samples.get(i);
+            var segment =
+                    checkedBlock(memory, i, s.block(), s.pages(), "samples").segment();
+            for (long p : s.pages()) segment.get(ValueLayout.JAVA_BYTE, p * PAGE);
+        }
+    }
+
+    /** The pages {@link #samples} chose, as the message that lets the destination map them early. */
+    static MigrationProtocol.Samples message(GuestMemory memory, List<List<Long>> samples) {
+        var blocks = new ArrayList<MigrationProtocol.BlockPages>();
+        for (int i = 0; i < samples.size(); i++)
+            blocks.add(new MigrationProtocol.BlockPages(memory.blocks().get(i).id(), samples.get(i)));
+        return new MigrationProtocol.Samples(List.copyOf(blocks));
     }
 
     /**

@@ -3,7 +3,6 @@ package dev.panamavmm.vmm;
 import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.bindings.LibcConstants;
 import dev.panamavmm.kvm.sys.LibC;
-import dev.panamavmm.migration.RamBlockEntry;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
 import dev.panamavmm.vmm.memory.Backing;
@@ -28,7 +27,6 @@ import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.HashMap;
 import java.util.List;
 import java.util.concurrent.CancellationException;
 import java.util.concurrent.TimeUnit;
@@ -102,6 +100,7 @@ public final class TcpMigration {
         boolean wasPaused = vm.isPaused();
         boolean handedOver = false;
         Throttle throttle = null;
+        HostFacts.ScratchVcpu scratch = null;
         Path sharedFile = null; // the memory file the destination maps itself: no page travels
         boolean lockReleased = false;
         status.total(vm.memory().size());
@@ -116,14 +115,23 @@ public final class TcpMigration {
                 out.message(prepareMessage(vm));
                 out.flush();
                 // While the destination builds the VM's shell: what this side needs before a pause.
-                VmSnapshots.probeHost(vm);
                 long warmAt = System.nanoTime();
-                // The state's way (encode, the container, decode) once before the pause, as the
-                // destination does: its first run in a process costs the pause ~6 ms more.
-                VmSnapshots.warmUpInMemory();
                 // Post-copy's serving side is first built after the pause, with the guest waiting on
                 // the destination for its first pages: its classes load here (10-12 ms, once).
                 if (params.postcopyRam()) PostcopySource.warmUp(vm.memory());
+                try {
+                    // A scratch vCPU probes the MSRs a save reads and stands in for the running ones
+                    // in the save's warm-up; its VM's teardown waits for the end (the finally below).
+                    scratch = HostFacts.of(vm.kvm()).scratchVcpu();
+                    // The save the pause makes, made on this VM as it runs, at least a few times and
+                    // then until the destination is ready or WARM_SAVE_NANOS have passed.
+                    MigrationProtocol.encode(warmUpDeviceState(), MigrationProtocol.VERSION);
+                    VmSnapshots.warmUpSaveState(
+                            vm, scratch.vcpu(), () -> in.ready() || System.nanoTime() - warmAt > WARM_SAVE_NANOS);
+                } catch (RuntimeException e) {
+                    // Only time is lost: the pause runs the save cold (and probes the MSRs itself).
+                    log.debug("warming the save up failed: {}", reason(e));
+                }
                 long warmedAt = System.nanoTime();
                 var prepared = expect(in, MigrationProtocol.Prepared.class, "prepared");
                 log.debug(
@@ -135,6 +143,10 @@ public final class TcpMigration {
                         (System.nanoTime() - connectedAt) / 1000);
                 if (prepared.sharedFile()) sharedFile = SharedMemoryFile.of(vm.memory());
                 var samples = sharedFile == null ? null : SharedMemoryFile.samples(vm.memory());
+                if (samples != null) {
+                    out.message(SharedMemoryFile.message(vm.memory(), samples));
+                    out.flush();
+                }
                 // Once before the pause, its result dropped: the first run in a process is cold (5-6 ms
                 // where a warm one takes 0.3), and the pause pays only the warm one.
                 if (samples != null) SharedMemoryFile.fingerprints(vm.memory(), samples);
@@ -322,6 +334,7 @@ public final class TcpMigration {
             throw new SnapshotException("migration to " + target + " failed, the guest runs on here: " + why, e);
         } finally {
             if (throttle != null) throttle.close();
+            if (scratch != null) scratch.close(); // the kernel's teardown, after the guest's pause
             if (!handedOver && lockReleased) {
                 try {
                     SharedMemoryFile.retake(vm.memory(), sharedFile);
@@ -594,15 +607,23 @@ public final class TcpMigration {
         return sentAt;
     }
 
+    /** How long a source warms its save up at most while the destination prepares. */
+    static final long WARM_SAVE_NANOS = TimeUnit.MILLISECONDS.toNanos(40);
+
+    /** A {@code DeviceState} as large as a by-reference one, to warm its encoding. */
+    private static MigrationProtocol.DeviceState warmUpDeviceState() {
+        var pages = new ArrayList<Long>();
+        for (long p = 0; p < MigrationProtocol.Fingerprint.MAX_PAGES; p++) pages.add(p * 4099);
+        return new MigrationProtocol.DeviceState(
+                10_000, List.of(new MigrationProtocol.Fingerprint("ram-low", pages, 0x5eed)));
+    }
+
     /**
      * The paused VM's state as the bytes of a snapshot container, kept in memory, with every RAM
      * block by reference (its pages travelled already, or the destination maps the same file).
      */
     private static byte[] deviceState(Vm vm) throws InterruptedException {
-        var references = new HashMap<String, RamBlockEntry>();
-        for (var b : vm.memory().blocks())
-            references.put(b.id(), RamBlockEntry.byDescriptor(b.id(), b.guestAddress(), b.size(), "memfd", 0, 0));
-        return VmSnapshots.saveState(vm, references).container();
+        return VmSnapshots.saveState(vm, VmSnapshots.inMemoryReferences(vm)).container();
     }
 
     /** Sends pages of the guest's blocks in batches, zero pages as markers, and counts them. */
@@ -981,6 +1002,12 @@ public final class TcpMigration {
                             switch (m.message()) {
                                 case MigrationProtocol.PassEnd e ->
                                     log.debug("pass {} received: {} pages", e.pass(), e.pages());
+                                case MigrationProtocol.Samples x -> {
+                                    if (sharedFile == null)
+                                        throw new SnapshotException(
+                                                "the source sent the samples of a memory file this side does not map");
+                                    SharedMemoryFile.touch(shell.memory(), x.blocks());
+                                }
                                 case MigrationProtocol.DeviceState d -> {
                                     resumeWithin = d.resumeWithinMillis();
                                     fingerprints = d.fingerprints();

@@ -2,6 +2,7 @@ package dev.panamavmm.vmm;
 
 import dev.panamavmm.kvm.HostFlavour;
 import dev.panamavmm.kvm.Kvm;
+import dev.panamavmm.kvm.VcpuFd;
 import dev.panamavmm.migration.FileIdentity;
 import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
@@ -28,11 +29,13 @@ import java.lang.foreign.Arena;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.function.BooleanSupplier;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -226,12 +229,7 @@ public final class VmSnapshots {
             var host = HostFacts.of(vm.kvm());
             int xsaveSize = host.xsaveSize(vm.vmFd());
             int[] msrs = host.msrsToSave(vm.vcpuFds().getFirst());
-            for (var vcpu : vm.vcpuFds()) {
-                writer.section(
-                        "vcpu/" + vcpu.id(), VcpuStateCodec.INSTANCE.encode(KvmState.capture(vcpu, msrs, xsaveSize)));
-            }
-            writer.section("vm", VmStateCodec.INSTANCE.encode(KvmState.capture(vm.vmFd())));
-            vm.deviceSections().forEach(writer::section);
+            writeStateSections(writer, vm, msrs, xsaveSize, null);
 
             long captured = System.nanoTime();
             // Pages changed since the base (a diff), or since the live passes; with dirty logging on,
@@ -738,6 +736,62 @@ public final class VmSnapshots {
         } catch (RuntimeException e) {
             log.debug("warming the state path failed (a migration then runs it cold): {}", e.getMessage());
         }
+    }
+
+    /**
+     * The vCPU, VM and device sections of {@code vm}'s state; each vCPU's is read from
+     * {@code readFrom} instead when that is not null (a warm-up's scratch vCPU).
+     */
+    private static void writeStateSections(SnapshotWriter writer, Vm vm, int[] msrs, int xsaveSize, VcpuFd readFrom) {
+        for (var vcpu : vm.vcpuFds()) {
+            var state = KvmState.capture(readFrom != null ? readFrom : vcpu, msrs, xsaveSize);
+            writer.section("vcpu/" + vcpu.id(), VcpuStateCodec.INSTANCE.encode(state));
+        }
+        writer.section("vm", VmStateCodec.INSTANCE.encode(KvmState.capture(vm.vmFd())));
+        vm.deviceSections().forEach(writer::section);
+    }
+
+    /** {@link #saveState}'s references for a state that goes over a connection: each block as the guest's memory. */
+    static Map<String, RamBlockEntry> inMemoryReferences(Vm vm) {
+        var references = new HashMap<String, RamBlockEntry>();
+        for (var b : vm.memory().blocks())
+            references.put(b.id(), RamBlockEntry.byDescriptor(b.id(), b.guestAddress(), b.size(), "memfd", 0, 0));
+        return references;
+    }
+
+    /** At most this many rounds of {@link #warmUpSaveState}. */
+    static final int WARM_SAVE_ROUNDS = 40;
+    /**
+     * At least this many, ready or not: the first round in a process is slow enough (10-14 ms) for a
+     * destination to be ready by its end, and one round left the pause 2-3 ms longer than ten.
+     */
+    static final int WARM_SAVE_MIN_ROUNDS = 10;
+
+    /**
+     * A TCP migration's source before its pause: {@link #saveState} of this VM as it runs, in rounds
+     * until {@code enough} (at least {@link #WARM_SAVE_MIN_ROUNDS}, at most {@link #WARM_SAVE_ROUNDS}), each vCPU's state read
+     * from {@code scratch} (a running vCPU's cannot be), the VM's and the devices' from the live VM
+     * (read under their locks; the bytes are dropped). Why: the pause then runs this very code with
+     * more of it compiled. One round before made the state 2-2.8 ms of the pause, a warm
+     * process's save 0.3 ms (docs/benchmarks.md).
+     */
+    static int warmUpSaveState(Vm vm, VcpuFd scratch, BooleanSupplier enough) {
+        var host = HostFacts.of(vm.kvm());
+        int xsaveSize = host.xsaveSize(vm.vmFd());
+        int[] msrs = host.msrsToSave(scratch);
+        var references = inMemoryReferences(vm);
+        var request = Request.of(false, After.STAY_PAUSED);
+        int rounds = 0;
+        do {
+            try (var writer = SnapshotWriter.inMemory()) {
+                writeStateSections(writer, vm, msrs, xsaveSize, scratch);
+                for (var b : vm.memory().blocks()) writer.ramByReference(references.get(b.id()));
+                var metadata = metadata(vm, request.firstDiskDescriptor(), request.firstStateDescriptor(), xsaveSize);
+                writer.commitToBytes(metadata, Kvm.hostFlavour().name(), request.bypass());
+            }
+        } while (++rounds < WARM_SAVE_ROUNDS && (rounds < WARM_SAVE_MIN_ROUNDS || !enough.getAsBoolean()));
+        log.debug("warmed the save of the state in {} rounds", rounds);
+        return rounds;
     }
 
     /** Every state section (made-up contents): what a save writes, to warm the codecs and the container. */

@@ -2,6 +2,7 @@ package dev.panamavmm.vmm;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -62,6 +63,55 @@ class SharedMemoryFileTest {
                 assertTrue(back.getMessage().contains("is in use by PID"), back.getMessage());
             }
         }
+    }
+
+    @Test
+    void theSamplesTravelAheadAndTheDestinationMapsThoseBeforeThePause(@TempDir Path dir) throws Exception {
+        Path file = dir.resolve("ram");
+        try (var arena = Arena.ofShared();
+                var source = written(file, arena, 1)) {
+            var samples = SharedMemoryFile.samples(source);
+            var wire = MigrationProtocol.encode(SharedMemoryFile.message(source, samples), MigrationProtocol.VERSION);
+            var message = assertInstanceOf(MigrationProtocol.Samples.class, MigrationProtocol.decode(wire));
+            assertEquals(samples.getFirst(), message.blocks().getFirst().pages());
+            try (var destination =
+                    GuestMemory.map(SharedMemoryFile.open(announce(source), new StringBuilder()), arena)) {
+                long before = residentPages(destination);
+                SharedMemoryFile.touch(destination, message.blocks());
+                // mincore says nothing of this process's mapping; its page table does (/proc/self/smaps' Rss)
+                assertTrue(
+                        residentPages(destination)
+                                >= before + samples.getFirst().size() - 1,
+                        "the sampled pages are mapped: " + before + " -> " + residentPages(destination));
+                var id = source.blocks().getFirst().id();
+                var outside = List.of(new MigrationProtocol.BlockPages(id, List.of(SIZE / 4096)));
+                var e = assertThrows(SnapshotException.class, () -> SharedMemoryFile.touch(destination, outside));
+                assertEquals("the source's samples names page " + SIZE / 4096 + " of " + id, e.getMessage());
+                var other = List.of(new MigrationProtocol.BlockPages("elsewhere", List.of(0L)));
+                e = assertThrows(SnapshotException.class, () -> SharedMemoryFile.touch(destination, other));
+                assertEquals("the source's samples 0 is of block elsewhere", e.getMessage());
+            }
+        }
+        var tooMany = new StringBuilder("{\"type\":\"samples\",\"blocks\":[{\"block\":\"ram\",\"pages\":[0");
+        for (int i = 1; i <= MigrationProtocol.Fingerprint.MAX_PAGES; i++)
+            tooMany.append(',').append(i);
+        var e = assertThrows(
+                SnapshotException.class,
+                () -> MigrationProtocol.decode(tooMany.append("]}]}").toString().getBytes()));
+        assertEquals("the source sent samples of 65 pages", e.getMessage());
+    }
+
+    /** The resident pages of this process's mapping of {@code memory}'s first block, from /proc/self/smaps. */
+    private static long residentPages(GuestMemory memory) throws java.io.IOException {
+        String start = Long.toHexString(memory.blocks().getFirst().segment().address());
+        var lines = Files.readAllLines(Path.of("/proc/self/smaps"));
+        for (int i = 0; i < lines.size(); i++) {
+            if (!lines.get(i).startsWith(start + "-")) continue;
+            for (int j = i + 1; j < lines.size(); j++)
+                if (lines.get(j).startsWith("Rss:"))
+                    return Long.parseLong(lines.get(j).replaceAll("\\D", "")) / 4;
+        }
+        throw new AssertionError("no mapping at " + start + " in /proc/self/smaps");
     }
 
     @Test

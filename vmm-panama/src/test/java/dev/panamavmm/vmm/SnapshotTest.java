@@ -107,6 +107,38 @@ class SnapshotTest {
     }
 
     @KvmTest
+    void aMigrationsWarmUpSavesTheRunningVmWithAScratchVcpuAndTheGuestRunsOn(@TempDir Path dir) throws Exception {
+        var console = new Console();
+        var snap = dir.resolve("snap");
+        try (var kvm = Kvm.open()) {
+            try (var vm = VmBuilder.boot(kvm, guest(2, new Backing.Memfd(), ""), console, new VmListener() {});
+                    var scratch = HostFacts.of(kvm).scratchVcpu()) {
+                vm.start();
+                console.await("hb 1 2", 30);
+                assertEquals(
+                        VmSnapshots.WARM_SAVE_MIN_ROUNDS,
+                        VmSnapshots.warmUpSaveState(vm, scratch.vcpu(), () -> true),
+                        "rounds when the destination is ready at once");
+                assertEquals(
+                        VmSnapshots.WARM_SAVE_ROUNDS,
+                        VmSnapshots.warmUpSaveState(vm, scratch.vcpu(), () -> false),
+                        "rounds when it never is");
+                assertFalse(vm.isPaused(), "the warm-up never pauses the guest");
+                console.await("hb 0 4", 30);
+                console.await("hb 1 4", 30);
+                VmSnapshots.save(vm, snap, true, false, RamWriter.Progress.NONE);
+            }
+            var before = checkHeartbeats(console.text());
+            try (var vm = VmSnapshots.restore(kvm, snap, console, new VmListener() {})) {
+                vm.start();
+                console.await("hb 0 " + (before.get(0) + 2), 30);
+                console.await("hb 1 " + (before.get(1) + 2), 30);
+            }
+        }
+        checkHeartbeats(console.text());
+    }
+
+    @KvmTest
     void aBypassSnapshotOfSharedRamHoldsNoPagesAndRefusesAChangedFile(@TempDir Path dir) throws Exception {
         var console = new Console();
         var ram = Path.of(
