@@ -507,15 +507,7 @@ class TcpMigrationTest {
             var destination =
                     incoming(kvm, MigrationParameters.DEFAULTS.withTimeout(2), OutputStream.nullOutputStream());
             try (var source = new Socket(LOOPBACK, destination.port())) {
-                var out = MigrationStream.Writer.on(source, 0);
-                out.message(new MigrationProtocol.Prepare(
-                        MigrationProtocol.VERSION,
-                        1,
-                        64 * GuestMemory.MIB,
-                        List.of(new MigrationProtocol.RamBlock("ram-low", 0, 64 * GuestMemory.MIB, 0, null, null))));
-                out.flush();
-                var in = MigrationStream.Reader.on(source);
-                assertEquals(new MigrationProtocol.Prepared(false), in.message("prepared"));
+                preparedSource(source);
                 var raw = new java.io.DataOutputStream(source.getOutputStream());
                 raw.writeByte('P');
                 raw.writeInt(0);
@@ -531,6 +523,39 @@ class TcpMigrationTest {
                         "the source sent nothing for 2 s in the middle of a page batch",
                         failed.getCause().getMessage());
                 assertTrue(System.nanoTime() - start < TimeUnit.SECONDS.toNanos(10), "within its timeout");
+            }
+        }
+    }
+
+    /** As a source of 64 MiB of private RAM: {@code Prepare} sent and the destination's {@code Prepared} read. */
+    private static MigrationStream.Writer preparedSource(Socket source) throws IOException {
+        var out = MigrationStream.Writer.on(source, 0);
+        out.message(new MigrationProtocol.Prepare(
+                MigrationProtocol.VERSION,
+                1,
+                64 * GuestMemory.MIB,
+                List.of(new MigrationProtocol.RamBlock("ram-low", 0, 64 * GuestMemory.MIB, 0, null, null))));
+        out.flush();
+        var in = MigrationStream.Reader.on(source);
+        assertEquals(new MigrationProtocol.Prepared(false), in.message("prepared"));
+        return out;
+    }
+
+    /** Samples are for a memory file both sides map: a destination on its own memfd refuses them. */
+    @KvmTest
+    void samplesForMemoryTheDestinationDoesNotShareAreRefused() throws Exception {
+        try (var kvm = Kvm.open()) {
+            var destination = incoming(kvm, MigrationParameters.DEFAULTS, OutputStream.nullOutputStream());
+            try (var source = new Socket(LOOPBACK, destination.port())) {
+                var out = preparedSource(source);
+                out.message(new MigrationProtocol.Samples(
+                        List.of(new MigrationProtocol.BlockPages("ram-low", List.of(0L, 1L)))));
+                out.flush();
+                var failed = assertThrows(
+                        ExecutionException.class, () -> destination.vm().get(30, TimeUnit.SECONDS));
+                assertEquals(
+                        "the source sent the samples of a memory file this side does not map",
+                        failed.getCause().getMessage());
             }
         }
     }
