@@ -17,6 +17,7 @@ import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.PosixFilePermission;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.security.SecureRandom;
@@ -99,8 +100,7 @@ public final class Templates {
         }
         if (!Files.isDirectory(memDir)) throw new SnapshotException("memory directory " + memDir + " does not exist");
         Files.createDirectories(dir);
-        Path marker = dir.resolve(CREATING);
-        Files.writeString(marker, Long.toString(ProcessHandle.current().pid()));
+        Path marker = markCreating(dir);
         Path memory = memDir.resolve("panama-template-" + dir.toAbsolutePath().getFileName() + "-"
                         + Long.toHexString(System.nanoTime()) + ".ram")
                 .toAbsolutePath();
@@ -151,23 +151,43 @@ public final class Templates {
 
     private static final Set<PosixFilePermission> READ_ONLY = PosixFilePermissions.fromString("r--r--r--");
 
+    /**
+     * Writes the marker of a template being created in {@code dir}: this process's pid, whole from
+     * the moment the marker exists (written aside and renamed), so that a clone or remove that finds
+     * it never reads it empty and calls a template being created incomplete.
+     */
+    private static Path markCreating(Path dir) throws IOException {
+        Path marker = dir.resolve(CREATING);
+        Path aside = Files.createTempFile(dir, CREATING + "-", ".tmp");
+        try {
+            Files.writeString(aside, Long.toString(ProcessHandle.current().pid()));
+            Files.move(aside, marker, StandardCopyOption.ATOMIC_MOVE);
+        } finally {
+            Files.deleteIfExists(aside);
+        }
+        return marker;
+    }
+
+    /** The live process creating a template, by its marker: its pid, or 0 when it is gone or the marker is not one. */
+    private static long creator(Path marker) {
+        try {
+            String pid = Files.readString(marker).strip();
+            if (pid.isEmpty() || pid.length() > 18 || !pid.chars().allMatch(Character::isDigit)) return 0;
+            long p = Long.parseLong(pid);
+            return ProcessHandle.of(p).map(ProcessHandle::isAlive).orElse(false) ? p : 0;
+        } catch (IOException e) {
+            return 0; // the marker vanished: creation just finished or failed
+        }
+    }
+
     /** Opens a template for cloning: refuses an unfinished one, then loads and checks its snapshot. */
     public static LoadedSnapshot open(Path dir) {
         if (!Files.isDirectory(dir)) throw new SnapshotException("no template directory " + dir);
         Path marker = dir.resolve(CREATING);
         if (Files.exists(marker)) {
-            String pid = "";
-            try {
-                pid = Files.readString(marker).strip();
-            } catch (IOException ignored) {
-                // the marker vanished: creation just finished
-            }
-            boolean alive = !pid.isEmpty()
-                    && ProcessHandle.of(Long.parseLong(pid))
-                            .map(ProcessHandle::isAlive)
-                            .orElse(false);
+            long pid = creator(marker);
             throw new SnapshotException(
-                    alive
+                    pid > 0
                             ? "template " + dir + " is still being created (process " + pid + " is running)"
                             : "template " + dir + " is incomplete: its creation did not finish");
         }
@@ -299,8 +319,7 @@ public final class Templates {
         if (dir.startsWith(parent))
             throw new SnapshotException("a chained template cannot be inside its parent " + parent);
         Files.createDirectories(dir);
-        Path marker = dir.resolve(CREATING);
-        Files.writeString(marker, Long.toString(ProcessHandle.current().pid()));
+        Path marker = markCreating(dir);
         Path layerPath = dir.resolve(LayerFile.FILE_NAME);
         Path link = dir.resolve(MEMORY_LINK);
         boolean wasPaused = vm.isPaused();
@@ -501,20 +520,10 @@ public final class Templates {
             throw new SnapshotException(dir + " is not a template (no " + MEMORY_LINK + " link): nothing removed");
         }
         if (Files.exists(marker)) {
-            String pid = "";
-            try {
-                pid = Files.readString(marker).strip();
-            } catch (IOException ignored) {
-                // creation just finished or failed
-            }
-            if (!pid.isEmpty()
-                    && pid.chars().allMatch(Character::isDigit)
-                    && ProcessHandle.of(Long.parseLong(pid))
-                            .map(ProcessHandle::isAlive)
-                            .orElse(false)) {
+            long pid = creator(marker);
+            if (pid > 0)
                 throw new SnapshotException("template " + dir + " is still being created (process " + pid
                         + " is running): nothing removed");
-            }
         }
         var children = children(dir);
         if (!children.isEmpty()) {

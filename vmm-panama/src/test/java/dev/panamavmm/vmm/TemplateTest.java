@@ -146,6 +146,14 @@ class TemplateTest {
                             + ProcessHandle.current().pid() + " is running)",
                     assertThrows(SnapshotException.class, () -> Templates.open(creating))
                             .getMessage());
+            // A marker that names no live process (or no process at all): a creation that did not finish.
+            for (String content : new String[] {"", "not a pid", "99999999999999999999"}) {
+                Files.writeString(creating.resolve(".creating"), content);
+                assertEquals(
+                        "template " + creating + " is incomplete: its creation did not finish",
+                        assertThrows(SnapshotException.class, () -> Templates.open(creating))
+                                .getMessage());
+            }
             var empty = Files.createDirectories(dir.resolve("empty"));
             assertEquals(
                     empty + " is not a template (no snapshot.pvm)",
