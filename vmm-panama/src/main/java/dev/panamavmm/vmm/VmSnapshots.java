@@ -768,12 +768,13 @@ public final class VmSnapshots {
     static final int WARM_SAVE_MIN_ROUNDS = 10;
 
     /**
-     * A TCP migration's source before its pause: {@link #saveState} of this VM as it runs, in rounds
-     * until {@code enough} (at least {@link #WARM_SAVE_MIN_ROUNDS}, at most {@link #WARM_SAVE_ROUNDS}), each vCPU's state read
-     * from {@code scratch} (a running vCPU's cannot be), the VM's and the devices' from the live VM
-     * (read under their locks; the bytes are dropped). Why: the pause then runs this very code with
-     * more of it compiled. One round before made the state 2-2.8 ms of the pause, a warm
-     * process's save 0.3 ms (docs/benchmarks.md).
+     * A TCP migration's source before its pause: {@link #saveState} of this VM as it runs, in
+     * rounds until {@code enough} (at least {@link #WARM_SAVE_MIN_ROUNDS}, at most
+     * {@link #WARM_SAVE_ROUNDS}), each vCPU's state read from {@code scratch} (a running vCPU's
+     * cannot be), the VM's and the devices' from the live VM (read under their locks; the bytes
+     * are dropped); returns the rounds made. Why: the pause then runs this very code with more of
+     * it compiled. One round before made the save 2-2.8 ms of the pause, a warm process's 0.3 ms
+     * (docs/benchmarks.md).
      */
     static int warmUpSaveState(Vm vm, VcpuFd scratch, BooleanSupplier enough) {
         var host = HostFacts.of(vm.kvm());
