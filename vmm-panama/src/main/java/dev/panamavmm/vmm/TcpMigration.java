@@ -116,6 +116,12 @@ public final class TcpMigration {
                 out.flush();
                 // While the destination builds the VM's shell: what this side needs before a pause.
                 long warmAt = System.nanoTime();
+                // By reference (if the destination maps the file too): the pages the fingerprints
+                // read, picked now (the file's data extents take ms on tmpfs), and their first, cold
+                // fingerprint run (5-6 ms where a warm one takes 0.3): the pause pays only a warm one.
+                var samples = SharedMemoryFile.of(vm.memory()) == null ? null : SharedMemoryFile.samples(vm.memory());
+                if (samples != null) SharedMemoryFile.fingerprints(vm.memory(), samples);
+                long sampledAt = System.nanoTime();
                 // Post-copy's serving side is first built after the pause, with the guest waiting on
                 // the destination for its first pages: its classes load here (10-12 ms, once).
                 if (params.postcopyRam()) PostcopySource.warmUp(vm.memory());
@@ -126,6 +132,9 @@ public final class TcpMigration {
                     // The save the pause makes, made on this VM as it runs, at least a few times and
                     // then until the destination is ready or WARM_SAVE_NANOS have passed.
                     MigrationProtocol.encode(warmUpDeviceState(), MigrationProtocol.VERSION);
+                    // And the two answers this side reads, the second one inside the pause.
+                    for (var answer : List.of(new MigrationProtocol.Prepared(true), new MigrationProtocol.Running(0)))
+                        MigrationProtocol.decode(MigrationProtocol.encode(answer, MigrationProtocol.VERSION));
                     VmSnapshots.warmUpSaveState(
                             vm, scratch.vcpu(), () -> in.ready() || System.nanoTime() - warmAt > WARM_SAVE_NANOS);
                 } catch (RuntimeException e) {
@@ -135,20 +144,16 @@ public final class TcpMigration {
                 long warmedAt = System.nanoTime();
                 var prepared = expect(in, MigrationProtocol.Prepared.class, "prepared");
                 log.debug(
-                        "connected in {} us; meanwhile probed the host in {} us, warmed the state path in {} us;"
+                        "connected in {} us; meanwhile sampled the memory file in {} us, warmed the state path in {} us;"
                                 + " prepared after {} us",
                         (connectedAt - start) / 1000,
-                        (warmAt - connectedAt) / 1000,
-                        (warmedAt - warmAt) / 1000,
+                        (sampledAt - warmAt) / 1000,
+                        (warmedAt - sampledAt) / 1000,
                         (System.nanoTime() - connectedAt) / 1000);
                 if (prepared.sharedFile()) sharedFile = SharedMemoryFile.of(vm.memory());
-                var samples = sharedFile == null ? null : SharedMemoryFile.samples(vm.memory());
-                if (samples != null) {
+                if (sharedFile != null) {
                     out.message(SharedMemoryFile.message(vm.memory(), samples));
                     out.flush();
-                    // Once before the pause, its result dropped: the first run in a process is cold
-                    // (5-6 ms where a warm one takes 0.3), and the pause pays only the warm one.
-                    SharedMemoryFile.fingerprints(vm.memory(), samples);
                 }
                 var sender = new Sender(vm, out, status, progress, watchdog);
                 if (sharedFile == null) {

@@ -19,6 +19,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -99,6 +100,50 @@ class SharedMemoryFileTest {
                 SnapshotException.class,
                 () -> MigrationProtocol.decode(tooMany.append("]}]}").toString().getBytes()));
         assertEquals("the source sent samples of 65 pages", e.getMessage());
+    }
+
+    @Test
+    void theSamplesAreSpreadOverTheDataOfADenseAndOfASparseFileAndNoHoleIsRead() throws Exception {
+        long pages = SIZE / 4096, spacing = pages / SharedMemoryFile.SAMPLES;
+        // tmpfs, where guest RAM files live and where reading a hole through a mapping allocates it
+        Path dir = Files.createTempDirectory(Path.of("/dev/shm"), "panama-samples-test-");
+        try (var arena = Arena.ofShared();
+                var dense = GuestMemory.create(SIZE, new Backing.SharedFile(dir.resolve("dense")), arena);
+                var sparse = GuestMemory.create(SIZE, new Backing.SharedFile(dir.resolve("sparse")), arena)) {
+            var d = dense.blocks().getFirst();
+            for (long page = 0; page < pages; page++) // page spacing + 1 is never written: a hole
+            if (page != spacing + 1) d.segment().set(ValueLayout.JAVA_LONG, page * 4096, page + 1);
+            d.segment().set(ValueLayout.JAVA_LONG, spacing * 4096, 0); // data, but zeros
+            d.segment().set(ValueLayout.JAVA_LONG, 2 * spacing * 4096, 0);
+            var denseExtents = extents(dense);
+            // Every sample point is data: a sample at each point, or the next non-zero page after it.
+            var expected = new ArrayList<Long>();
+            for (long k = 0; k < SharedMemoryFile.SAMPLES; k++) expected.add(k * spacing);
+            expected.set(1, spacing + 2); // past the zero page and the hole after it (not read)
+            expected.set(2, 2 * spacing + 1);
+            assertEquals(expected, SharedMemoryFile.samples(dense).getFirst());
+            SharedMemoryFile.fingerprints(dense, SharedMemoryFile.samples(dense));
+            assertEquals(denseExtents, extents(dense), "no hole of the file was read (a read allocates it)");
+
+            // A file that holds three pages: found through its data extents, and only those pages.
+            var s = sparse.blocks().getFirst();
+            for (long page : new long[] {5, 2000, 4000}) s.segment().set(ValueLayout.JAVA_LONG, page * 4096, page);
+            var sparseExtents = extents(sparse);
+            assertEquals(
+                    List.of(5L, 2000L, 4000L), SharedMemoryFile.samples(sparse).getFirst());
+            SharedMemoryFile.fingerprints(sparse, SharedMemoryFile.samples(sparse));
+            assertEquals(sparseExtents, extents(sparse), "no hole of the file was read");
+        } finally {
+            Files.deleteIfExists(dir.resolve("dense"));
+            Files.deleteIfExists(dir.resolve("sparse"));
+            Files.delete(dir);
+        }
+    }
+
+    private static List<List<Long>> extents(GuestMemory memory) {
+        return Stream.of(memory.blocks().getFirst().dataExtents())
+                .map(e -> List.of(e[0], e[1]))
+                .toList();
     }
 
     /** The resident pages of this process's mapping of {@code memory}'s first block, from /proc/self/smaps. */
