@@ -146,8 +146,10 @@ public final class Standby implements AutoCloseable {
                 })
                 .add(
                         "incoming",
-                        List.of("uri"),
-                        args -> incoming(ApiHandler.requireString(args, "uri", "unix:PATH or tcp:[HOST]:PORT")));
+                        List.of("uri", "tls-creds"),
+                        args -> incoming(
+                                ApiHandler.requireString(args, "uri", "unix:PATH or tcp:[HOST]:PORT"),
+                                args.get("tls-creds")));
         for (var vmCommand : List.of("stop", "cont", "snapshot", "migrate")) {
             own.add(vmCommand, List.of("path", "bypass-shared-memory", "resume", "uri"), args -> {
                 throw new IllegalStateException("this VMM has no VM yet (it is on "
@@ -212,10 +214,11 @@ public final class Standby implements AutoCloseable {
     }
 
     /** Listens for a live update in the background; answers at once, as QEMU's migrate-incoming does. */
-    private Map<String, Object> incoming(String uri) {
+    private Map<String, Object> incoming(String uri, Object tlsCreds) {
         if (uri.startsWith("tcp:")) {
             var address = TcpAddress.parse(uri);
-            var incoming = startIncomingTcp(address, MigrationParameters.DEFAULTS, config -> null);
+            var params = MigrationParameters.DEFAULTS.withTls(VmControl.tlsCredentials(tlsCreds));
+            var incoming = startIncomingTcp(address, params, config -> null);
             incoming.vm().exceptionally(e -> {
                 log.error("the incoming migration on {} failed, back on standby: {}", uri, e.getMessage());
                 return null;
@@ -225,6 +228,7 @@ public final class Standby implements AutoCloseable {
         }
         if (!uri.startsWith("unix:") || uri.length() == 5)
             throw new IllegalArgumentException("\"uri\" must be unix:PATH or tcp:[HOST]:PORT");
+        if (tlsCreds != null) throw new IllegalArgumentException("\"tls-creds\" is for tcp: addresses");
         var socket = Path.of(uri.substring(5)).toAbsolutePath();
         startIncoming(socket, config -> null).exceptionally(e -> {
             log.error("the incoming migration on {} failed, back on standby: {}", socket, e.getMessage());

@@ -188,20 +188,24 @@ public final class VmControl implements ControlTarget {
             p = p.withConvergence(MigrationParameters.Convergence.parse(String.valueOf(a.get("x-convergence"))));
         if (a.containsKey("max-bandwidth")) p = p.withMaxBandwidth(ApiHandler.number(a, "max-bandwidth", 0));
         if (a.containsKey("downtime-limit")) p = p.withDowntimeLimit(ApiHandler.number(a, "downtime-limit", 300));
-        if (a.containsKey("tls-creds")) {
-            if (a.get("tls-creds") == null) p = p.withTls(null);
-            else {
-                var creds = Json.asObject(a.get("tls-creds"), "\"tls-creds\"");
-                ApiHandler.expect("tls-creds", creds, "key-store", "trust-store", "password-file");
-                var tls = MigrationTls.of(
-                        Path.of(ApiHandler.requireString(creds, "key-store", "a PKCS12 file")),
-                        Path.of(ApiHandler.requireString(creds, "trust-store", "a PKCS12 file")),
-                        Path.of(ApiHandler.requireString(creds, "password-file", "a file")));
-                tls.context(); // a wrong store or password is refused now, not at migrate
-                p = p.withTls(tls);
-            }
-        }
+        if (a.containsKey("tls-creds")) p = p.withTls(tlsCredentials(a.get("tls-creds")));
         migrationParameters = p;
+    }
+
+    /**
+     * {@code "tls-creds": {"key-store", "trust-store", "password-file"}} of a TCP migration (null:
+     * plain TCP); a wrong store or password is refused now, not when the migration starts.
+     */
+    public static MigrationTls tlsCredentials(Object json) {
+        if (json == null) return null;
+        var creds = Json.asObject(json, "\"tls-creds\"");
+        ApiHandler.expect("tls-creds", creds, "key-store", "trust-store", "password-file");
+        var tls = MigrationTls.of(
+                Path.of(ApiHandler.requireString(creds, "key-store", "a PKCS12 file")),
+                Path.of(ApiHandler.requireString(creds, "trust-store", "a PKCS12 file")),
+                Path.of(ApiHandler.requireString(creds, "password-file", "a file")));
+        tls.context();
+        return tls;
     }
 
     @Override

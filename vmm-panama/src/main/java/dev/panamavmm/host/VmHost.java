@@ -13,7 +13,10 @@ import dev.panamavmm.migration.IoErrors;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.vmm.LoadedSnapshot;
 import dev.panamavmm.vmm.LocalMigration;
+import dev.panamavmm.vmm.MigrationParameters;
 import dev.panamavmm.vmm.NetOverrides;
+import dev.panamavmm.vmm.TcpAddress;
+import dev.panamavmm.vmm.TcpMigration;
 import dev.panamavmm.vmm.Templates;
 import dev.panamavmm.vmm.Vm;
 import dev.panamavmm.vmm.VmBuilder;
@@ -22,6 +25,7 @@ import dev.panamavmm.vmm.VmSnapshots;
 import dev.panamavmm.vmm.VsockConfig;
 import java.io.IOException;
 import java.io.OutputStream;
+import java.net.ServerSocket;
 import java.nio.channels.FileChannel;
 import java.nio.channels.OverlappingFileLockException;
 import java.nio.file.Files;
@@ -121,7 +125,7 @@ public final class VmHost implements AutoCloseable {
     }
 
     /** A VM of this JVM that an incoming live update will bring. */
-    private record Arriving(VmFiles.Names names, Path socket) implements Hosted {
+    private record Arriving(VmFiles.Names names, String from, Runnable stopWaiting) implements Hosted {
         @Override
         public String id() {
             return names.id();
@@ -131,7 +135,7 @@ public final class VmHost implements AutoCloseable {
         public VmApi api() {
             return (command, args) -> {
                 throw new IllegalStateException(
-                        "VM " + names.id() + " has not arrived yet (it waits for a migration on " + socket + ")");
+                        "VM " + names.id() + " has not arrived yet (it waits for a migration on " + from + ")");
             };
         }
 
@@ -270,7 +274,10 @@ public final class VmHost implements AutoCloseable {
                     VsockConfig.ForClone.fromJson(args.get("vsock"));
                     return start("clone", args);
                 })
-                .add("incoming", List.of("uri"), args -> incoming(ApiHandler.requireString(args, "uri", "unix:PATH")))
+                .add(
+                        "incoming",
+                        List.of("uri", "tls-creds"),
+                        args -> incoming(ApiHandler.requireString(args, "uri", "unix:PATH or tcp:[HOST]:PORT"), args))
                 .add("destroy", List.of("id"), args -> {
                     destroy(find(args));
                     return Map.of();
@@ -515,30 +522,83 @@ public final class VmHost implements AutoCloseable {
     }
 
     /**
-     * Waits for a live update ({@code migrate} of a VMM, or of another VM of a host) on a Unix
-     * socket; answers once the socket listens, as QEMU's migrate-incoming does. The VM is listed
-     * as {@code inmigrate} until it arrives ({@code VM_STARTED}) or the migration fails
-     * ({@code VM_FAILED}).
+     * Waits for a VM: a live update ({@code migrate} of a VMM, or of another VM of a host) on a
+     * Unix socket, or a migration from another host over TCP ({@code tcp:[HOST]:PORT}, TLS with
+     * {@code tls-creds}; port 0: any, the reply's {@code uri} says which); answers once it listens, as QEMU's
+     * migrate-incoming does. The VM is listed as {@code inmigrate} until it arrives
+     * ({@code VM_STARTED}) or the migration fails ({@code VM_FAILED}).
      */
-    private Map<String, Object> incoming(String uri) throws Exception {
+    private Map<String, Object> incoming(String uri, Map<String, Object> args) throws Exception {
+        if (uri.startsWith("tcp:")) {
+            var address = TcpAddress.parse(uri);
+            if (isolation != Isolation.SHARED) return incomingInWorker(args);
+            var params = MigrationParameters.DEFAULTS.withTls(VmControl.tlsCredentials(args.get("tls-creds")));
+            return incomingSharedTcp(address, params);
+        }
         if (!uri.startsWith("unix:") || uri.length() == 5)
-            throw new IllegalArgumentException("\"uri\" must be unix:PATH");
+            throw new IllegalArgumentException("\"uri\" must be unix:PATH or tcp:[HOST]:PORT");
+        if (args.get("tls-creds") != null) throw new IllegalArgumentException("\"tls-creds\" is for tcp: addresses");
         var socket = Path.of(uri.substring(5)).toAbsolutePath();
-        return isolation == Isolation.SHARED ? incomingShared(socket) : incomingInWorker(uri);
+        if (isolation != Isolation.SHARED) return incomingInWorker(args);
+        var result = incomingShared(
+                socket.toString(),
+                () -> close(socket), // no source finds it now
+                (out, listener, listening) ->
+                        LocalMigration.receive(kvm, socket, 10, out, listener, config -> null, listening));
+        result.put("socket", socket.toString());
+        return result;
     }
 
-    private Map<String, Object> incomingShared(Path socket) throws Exception {
+    private Map<String, Object> incomingSharedTcp(TcpAddress address, MigrationParameters params) throws Exception {
+        var server = new TcpListening();
+        var result = incomingShared(
+                address.toString(),
+                server::stop,
+                (out, listener, listening) -> TcpMigration.receiveStoppable(
+                        kvm, address, params, out, listener, config -> null, (ServerSocket s) -> {
+                            server.listening(s);
+                            listening.run();
+                        }));
+        result.put("uri", new TcpAddress(address.host(), server.port()).toString());
+        return result;
+    }
+
+    /** How a VM of this JVM arrives; {@code listening} runs once a source can connect. */
+    private interface Arrival {
+        Vm receive(OutputStream console, ApiEvents listener, Runnable listening) throws Exception;
+    }
+
+    /** A TCP arrival's listening socket, closed by a destroy that comes before or after it listens. */
+    private static final class TcpListening {
+        private ServerSocket server;
+        private boolean stopped;
+
+        synchronized void listening(ServerSocket s) {
+            server = s;
+            if (stopped) close(s);
+        }
+
+        synchronized void stop() {
+            stopped = true;
+            if (server != null) close(server);
+        }
+
+        synchronized int port() {
+            return server.getLocalPort();
+        }
+    }
+
+    private Map<String, Object> incomingShared(String from, Runnable stopWaiting, Arrival arrival) throws Exception {
         var names = files.claim();
         var out = Files.newOutputStream(names.console(), StandardOpenOption.WRITE, StandardOpenOption.APPEND);
         var listener = new ApiEvents();
-        var arriving = new Arriving(names, socket);
+        var arriving = new Arriving(names, from, stopWaiting);
         vms.put(names.id(), arriving);
         var listening = new CompletableFuture<Void>();
         Thread.ofPlatform().name("incoming-" + names.id()).daemon().start(() -> {
             Vm vm;
             try {
-                vm = LocalMigration.receive(
-                        kvm, socket, 10, out, listener, config -> null, () -> listening.complete(null));
+                vm = arrival.receive(out, listener, () -> listening.complete(null));
             } catch (Throwable e) {
                 close(out);
                 // Never listened: the request fails with this. Else it was answered: the failure is an event.
@@ -573,19 +633,17 @@ public final class VmHost implements AutoCloseable {
                 isolation.label(),
                 "status",
                 "inmigrate",
-                "socket",
-                socket.toString(),
                 "api-socket",
                 names.apiSocket().toString(),
                 "console",
                 names.console().toString());
     }
 
-    private Map<String, Object> incomingInWorker(String uri) throws Exception {
+    private Map<String, Object> incomingInWorker(Map<String, Object> args) throws Exception {
         var worker = pool.take(TAKE_MILLIS);
         Object reply;
         try {
-            reply = adopt(worker, "incoming", Json.object("uri", uri));
+            reply = adopt(worker, "incoming", args);
         } catch (RuntimeException e) {
             pool.giveBack(worker);
             throw e;
@@ -597,7 +655,10 @@ public final class VmHost implements AutoCloseable {
         // The worker answers at once; the VM comes with the migration. Its status says when.
         Thread.ofPlatform().name("incoming-" + worker.id).daemon().start(() -> awaitArrival(hosted));
         var result = Json.object("id", worker.id, "mode", isolation.label(), "pid", worker.pid, "status", "inmigrate");
-        if (reply instanceof Map<?, ?> m) result.put("socket", m.get("socket"));
+        if (reply instanceof Map<?, ?> m) {
+            if (m.get("socket") != null) result.put("socket", m.get("socket"));
+            if (m.get("uri") != null) result.put("uri", m.get("uri"));
+        }
         result.put("api-socket", worker.apiSocket.toString());
         result.put("console", worker.console.toString());
         return result;
@@ -682,7 +743,7 @@ public final class VmHost implements AutoCloseable {
                 closeShared(p);
             }
             case InWorker w -> endWorker(w.worker(), false);
-            case Arriving a -> close(a.socket()); // no source finds it now; a VM that arrives anyway is ended
+            case Arriving a -> a.stopWaiting().run(); // no source finds it now; a VM that arrives anyway is ended
         }
         ended(vm.id(), false, "destroyed");
     }

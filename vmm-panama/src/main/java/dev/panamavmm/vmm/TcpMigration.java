@@ -30,6 +30,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CancellationException;
 import java.util.concurrent.TimeUnit;
+import java.util.function.Consumer;
 import java.util.function.Function;
 import java.util.function.IntConsumer;
 import javax.net.ssl.SSLException;
@@ -835,8 +836,24 @@ public final class TcpMigration {
             VmListener listener,
             Function<MachineConfig, String> accept,
             IntConsumer listening) {
+        return receiveStoppable(
+                kvm, address, params, console, listener, accept, server -> listening.accept(server.getLocalPort()));
+    }
+
+    /**
+     * As {@link #receive}, handing {@code listening} the listening socket itself: closing it
+     * stops the wait (this call then fails) for a caller that gives up before a source came.
+     */
+    public static Vm receiveStoppable(
+            Kvm kvm,
+            TcpAddress address,
+            MigrationParameters params,
+            OutputStream console,
+            VmListener listener,
+            Function<MachineConfig, String> accept,
+            Consumer<ServerSocket> listening) {
         try (var server = listen(address, params)) {
-            listening.accept(server.getLocalPort());
+            listening.accept(server);
             while (true) {
                 var peer = server.accept();
                 String from = peer.getRemoteSocketAddress().toString();

@@ -2,14 +2,19 @@ package dev.panamavmm.cli;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.panamavmm.api.ApiClient;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.Json;
 import dev.panamavmm.testing.Heartbeats;
+import dev.panamavmm.testing.TestCertificates;
 import dev.panamavmm.testing.VmmProcess;
+import dev.panamavmm.vmm.TcpAddress;
 import java.io.IOException;
+import java.net.ConnectException;
+import java.net.Socket;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -122,8 +127,8 @@ class HostTest {
             SnapshotCliTest.awaitText(console4, "hb 0 " + (seen.get(0) + 3), 30);
             Heartbeats.checkLive(Files.readString(console1) + Files.readString(console2) + Files.readString(console4));
 
-            var notUnix = MainTest.run("ctl", api.toString(), "incoming", "{\"uri\": \"tcp:localhost:4444\"}");
-            assertEquals("vmm: incoming: \"uri\" must be unix:PATH\n", notUnix.err());
+            var notUnix = MainTest.run("ctl", api.toString(), "incoming", "{\"uri\": \"ftp:localhost:4444\"}");
+            assertEquals("vmm: incoming: \"uri\" must be unix:PATH or tcp:[HOST]:PORT\n", notUnix.err());
             var nowhere = MainTest.run(
                     "ctl",
                     api.toString(),
@@ -203,6 +208,119 @@ class HostTest {
             assertEquals(0, oldHost.waitFor(30), oldHost.stderr());
             assertEquals(0, MainTest.run("ctl", newApi.toString(), "quit").code());
             assertEquals(0, newHost.waitFor(30), newHost.stderr());
+        }
+    }
+
+    /**
+     * Draining hosts over TCP (loopback): a VM moves from a shared host to a shared host, then on
+     * to a process-mode host's worker, its guest going on each time where it stopped; a TCP wait
+     * that is destroyed stops listening.
+     */
+    @KvmTest
+    void vmsMoveBetweenHostsOverTcpInBothIsolationModes() throws Exception {
+        var apis = new Path[] {dir.resolve("a.sock"), dir.resolve("b.sock"), dir.resolve("c.sock")};
+        try (var a = VmmProcess.start(
+                        StandbyTest.NO_REHEARSAL,
+                        "host",
+                        "--api-socket",
+                        apis[0].toString(),
+                        "--state-dir",
+                        dir.resolve("a").toString());
+                var b = VmmProcess.start(
+                        StandbyTest.NO_REHEARSAL,
+                        "host",
+                        "--api-socket",
+                        apis[1].toString(),
+                        "--state-dir",
+                        dir.resolve("b").toString());
+                var c = VmmProcess.start(
+                        StandbyTest.NO_REHEARSAL,
+                        "host",
+                        "--api-socket",
+                        apis[2].toString(),
+                        "--state-dir",
+                        dir.resolve("c").toString(),
+                        "--isolation",
+                        "process",
+                        "--standby",
+                        "1")) {
+            a.awaitSocket(apis[0]);
+            b.awaitSocket(apis[1]);
+            c.awaitSocket(apis[2]);
+            var eventsA = events(apis[0]);
+            var eventsB = events(apis[1]);
+            var eventsC = events(apis[2]);
+            var booted = ctl(apis[0], "boot", "{\"memory\": \"64M\", \"cmdline\": \"" + GUEST + "\"}");
+            var consoleA = Path.of((String) booted.get("console"));
+            SnapshotCliTest.awaitText(consoleA, "hb 0 3", 30);
+
+            // The first leg over TLS: each side proves who it is with a certificate the other trusts.
+            TestCertificates.keyStore(dir, "source");
+            TestCertificates.keyStore(dir, "destination");
+            var trusted = dir.resolve("trust.p12");
+            TestCertificates.trust(dir, trusted, "source");
+            TestCertificates.trust(dir, trusted, "destination");
+            Files.writeString(dir.resolve("password"), "secret\n");
+            String creds = "{\"key-store\": \"%s\", \"trust-store\": \"" + trusted + "\", \"password-file\": \""
+                    + dir.resolve("password") + "\"}";
+            ctl(
+                    Path.of((String) booted.get("api-socket")),
+                    "migrate-set-parameters",
+                    "{\"tls-creds\": " + creds.formatted(dir.resolve("source.p12")) + "}");
+            var waiting = ctl(
+                    apis[1],
+                    "incoming",
+                    "{\"uri\": \"tcp:127.0.0.1:0\", \"tls-creds\": " + creds.formatted(dir.resolve("destination.p12"))
+                            + "}");
+            assertEquals("inmigrate", waiting.get("status"), waiting.toString());
+            String uri = (String) waiting.get("uri");
+            assertTrue(uri.matches("tcp:127\\.0\\.0\\.1:[1-9][0-9]*"), uri);
+            assertEquals("inmigrate", vms(apis[1]).getFirst().get("status"));
+            ctl(apis[0], "migrate", "{\"id\": \"vm-1\", \"uri\": \"" + uri + "\"}");
+            eventsA.await("VM_STOPPED", "vm-1");
+            eventsB.await("VM_STARTED", (String) waiting.get("id"));
+            var consoleB = Path.of((String) waiting.get("console"));
+            var seen = Heartbeats.checkLive(Files.readString(consoleA));
+            SnapshotCliTest.awaitText(consoleB, "hb 0 " + (seen.get(0) + 3), 30);
+            Heartbeats.checkLive(Files.readString(consoleA) + Files.readString(consoleB));
+            assertEquals(List.of(), vms(apis[0]));
+
+            var toWorker = ctl(apis[2], "incoming", "{\"uri\": \"tcp:127.0.0.1:0\"}");
+            assertEquals("process", toWorker.get("mode"), toWorker.toString());
+            String workerUri = (String) toWorker.get("uri");
+            assertTrue(workerUri.matches("tcp:127\\.0\\.0\\.1:[1-9][0-9]*"), toWorker.toString());
+            ctl(apis[1], "migrate", "{\"id\": \"" + waiting.get("id") + "\", \"uri\": \"" + workerUri + "\"}");
+            eventsC.await("VM_STARTED", (String) toWorker.get("id"));
+            var consoleC = Path.of((String) toWorker.get("console"));
+            String before = Files.readString(consoleA) + Files.readString(consoleB);
+            seen = Heartbeats.checkLive(before);
+            SnapshotCliTest.awaitText(consoleC, "hb 0 " + (seen.get(0) + 3), 60);
+            Heartbeats.checkLive(before + Files.readString(consoleC));
+
+            // A TCP wait that is destroyed stops listening: no source can reach it.
+            var gone = ctl(apis[1], "incoming", "{\"uri\": \"tcp:127.0.0.1:0\"}");
+            var port = TcpAddress.parse((String) gone.get("uri")).port();
+            ctl(apis[1], "destroy", "{\"id\": \"" + gone.get("id") + "\"}");
+            assertThrows(ConnectException.class, () -> new Socket("127.0.0.1", port).close());
+            var bad = MainTest.run("ctl", apis[1].toString(), "incoming", "{\"uri\": \"tcp:nohost\"}");
+            assertEquals("vmm: incoming: the address must be tcp:[HOST]:PORT, not 'tcp:nohost'\n", bad.err());
+            bad = MainTest.run(
+                    "ctl",
+                    apis[1].toString(),
+                    "incoming",
+                    "{\"uri\": \"unix:" + dir.resolve("in.sock") + "\", \"tls-creds\": "
+                            + creds.formatted(dir.resolve("destination.p12")) + "}");
+            assertEquals("vmm: incoming: \"tls-creds\" is for tcp: addresses\n", bad.err());
+            bad = MainTest.run(
+                    "ctl",
+                    apis[1].toString(),
+                    "incoming",
+                    "{\"uri\": \"tcp:127.0.0.1:0\", \"tls-creds\": " + creds.formatted(dir.resolve("none.p12")) + "}");
+            assertEquals(1, bad.code());
+            assertTrue(
+                    bad.err().startsWith("vmm: incoming: ") && bad.err().lines().count() == 1, bad.err());
+            for (var api : apis)
+                assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
         }
     }
 

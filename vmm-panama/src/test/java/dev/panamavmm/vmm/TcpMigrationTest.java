@@ -12,6 +12,7 @@ import dev.panamavmm.kvm.Kvm;
 import dev.panamavmm.kvm.testing.KvmTest;
 import dev.panamavmm.migration.RamWriter;
 import dev.panamavmm.migration.SnapshotException;
+import dev.panamavmm.testing.TestCertificates;
 import dev.panamavmm.vmm.memory.Backing;
 import dev.panamavmm.vmm.memory.GuestMemory;
 import java.io.IOException;
@@ -560,79 +561,14 @@ class TcpMigrationTest {
         }
     }
 
-    /** A PKCS12 key store with one EC key pair named {@code name}, made by the JDK's keytool; returns it. */
-    static Path keyStore(Path dir, String name) throws Exception {
-        var store = dir.resolve(name + ".p12");
-        keytool(
-                "-genkeypair",
-                "-alias",
-                name,
-                "-keyalg",
-                "EC",
-                "-groupname",
-                "secp256r1",
-                "-dname",
-                "CN=" + name,
-                "-validity",
-                "2",
-                "-storetype",
-                "PKCS12",
-                "-keystore",
-                store.toString(),
-                "-storepass",
-                "secret",
-                "-keypass",
-                "secret");
-        return store;
-    }
-
-    static void trust(Path dir, Path trustStore, String name) throws Exception {
-        var cert = dir.resolve(name + ".pem");
-        keytool(
-                "-exportcert",
-                "-rfc",
-                "-alias",
-                name,
-                "-keystore",
-                dir.resolve(name + ".p12").toString(),
-                "-storetype",
-                "PKCS12",
-                "-storepass",
-                "secret",
-                "-file",
-                cert.toString());
-        keytool(
-                "-importcert",
-                "-noprompt",
-                "-alias",
-                name,
-                "-file",
-                cert.toString(),
-                "-keystore",
-                trustStore.toString(),
-                "-storetype",
-                "PKCS12",
-                "-storepass",
-                "secret");
-    }
-
-    private static void keytool(String... args) throws Exception {
-        var command = new ArrayList<String>();
-        command.add(Path.of(System.getProperty("java.home"), "bin", "keytool").toString());
-        command.addAll(List.of(args));
-        var p = new ProcessBuilder(command).redirectErrorStream(true).start();
-        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-        assertEquals(0, p.waitFor(), "keytool " + String.join(" ", args) + ":\n" + out);
-    }
-
     @KvmTest
     void tlsRefusesAnUntrustedSourceBeforeAnyPageAndMigratesATrustedOne(@TempDir Path dir) throws Exception {
-        keyStore(dir, "source");
-        keyStore(dir, "destination");
-        keyStore(dir, "stranger");
+        TestCertificates.keyStore(dir, "source");
+        TestCertificates.keyStore(dir, "destination");
+        TestCertificates.keyStore(dir, "stranger");
         var trusted = dir.resolve("trust.p12");
-        trust(dir, trusted, "source");
-        trust(dir, trusted, "destination");
+        TestCertificates.trust(dir, trusted, "source");
+        TestCertificates.trust(dir, trusted, "destination");
         var password = dir.resolve("password");
         Files.writeString(password, "secret\n");
         var destinationTls = MigrationTls.of(dir.resolve("destination.p12"), trusted, password);
