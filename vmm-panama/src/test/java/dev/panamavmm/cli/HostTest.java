@@ -219,34 +219,9 @@ class HostTest {
     @KvmTest
     void vmsMoveBetweenHostsOverTcpInBothIsolationModes() throws Exception {
         var apis = new Path[] {dir.resolve("a.sock"), dir.resolve("b.sock"), dir.resolve("c.sock")};
-        try (var a = VmmProcess.start(
-                        StandbyTest.NO_REHEARSAL,
-                        "host",
-                        "--api-socket",
-                        apis[0].toString(),
-                        "--state-dir",
-                        dir.resolve("a").toString());
-                var b = VmmProcess.start(
-                        StandbyTest.NO_REHEARSAL,
-                        "host",
-                        "--api-socket",
-                        apis[1].toString(),
-                        "--state-dir",
-                        dir.resolve("b").toString());
-                var c = VmmProcess.start(
-                        StandbyTest.NO_REHEARSAL,
-                        "host",
-                        "--api-socket",
-                        apis[2].toString(),
-                        "--state-dir",
-                        dir.resolve("c").toString(),
-                        "--isolation",
-                        "process",
-                        "--standby",
-                        "1")) {
-            a.awaitSocket(apis[0]);
-            b.awaitSocket(apis[1]);
-            c.awaitSocket(apis[2]);
+        try (var a = host(apis[0], "a");
+                var b = host(apis[1], "b");
+                var c = host(apis[2], "c", "--isolation", "process", "--standby", "1")) {
             var eventsA = events(apis[0]);
             var eventsB = events(apis[1]);
             var eventsC = events(apis[2]);
@@ -321,6 +296,7 @@ class HostTest {
                     bad.err().startsWith("vmm: incoming: ") && bad.err().lines().count() == 1, bad.err());
             for (var api : apis)
                 assertEquals(0, MainTest.run("ctl", api.toString(), "quit").code());
+            for (var h : List.of(a, b, c)) assertEquals(0, h.waitFor(30), h.stderr());
         }
     }
 
@@ -597,6 +573,25 @@ class HostTest {
                 : MainTest.run("ctl", api.toString(), command, json);
         assertEquals(0, r.code(), command + ": " + r.err());
         return Json.asObject(Json.parse(r.out()), command);
+    }
+
+    /** A host on {@code api} with state directory {@code name} under the test's, its socket listening. */
+    private VmmProcess host(Path api, String name, String... more) throws IOException, InterruptedException {
+        var args = new ArrayList<>(List.of(
+                "host",
+                "--api-socket",
+                api.toString(),
+                "--state-dir",
+                dir.resolve(name).toString()));
+        args.addAll(List.of(more));
+        var host = VmmProcess.start(StandbyTest.NO_REHEARSAL, args.toArray(String[]::new));
+        try {
+            host.awaitSocket(api);
+        } catch (AssertionError | InterruptedException e) {
+            host.close();
+            throw e;
+        }
+        return host;
     }
 
     /** The host's events, collected by a client of its own. */
