@@ -856,6 +856,10 @@ public final class TcpMigration {
             listening.accept(server);
             while (true) {
                 var peer = server.accept();
+                if (server.isClosed()) { // stopped (receiveStoppable) as this connection came: no migration
+                    close(peer);
+                    throw new SnapshotException("stopped waiting for a migration on " + address);
+                }
                 String from = peer.getRemoteSocketAddress().toString();
                 MigrationStream.Reader in;
                 MigrationStream.Writer out;
