@@ -554,8 +554,8 @@ public final class VmHost implements AutoCloseable {
         var result = incomingShared(
                 address.toString(),
                 server::stop,
-                (out, listener, listening) -> TcpMigration.receiveStoppable(
-                        kvm, address, params, out, listener, config -> null, (ServerSocket s) -> {
+                (out, listener, listening) ->
+                        TcpMigration.receiveStoppable(kvm, address, params, out, listener, config -> null, s -> {
                             server.listening(s);
                             listening.run();
                         }));

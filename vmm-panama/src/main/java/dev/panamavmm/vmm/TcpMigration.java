@@ -113,14 +113,15 @@ public final class TcpMigration {
             var watchdog = Watchdog.start(socket, TimeUnit.SECONDS.toNanos(params.timeoutSeconds()));
             try {
                 long connectedAt = System.nanoTime();
-                out.message(prepareMessage(vm));
+                Path ownFile = SharedMemoryFile.of(vm.memory()); // null: pages travel whatever the destination maps
+                out.message(prepareMessage(vm, ownFile));
                 out.flush();
                 // While the destination builds the VM's shell: what this side needs before a pause.
                 long warmAt = System.nanoTime();
                 // By reference (if the destination maps the file too): the pages the fingerprints
                 // read, picked now (the file's data extents take ms on tmpfs), and their first, cold
                 // fingerprint run (5-6 ms where a warm one takes 0.3): the pause pays only a warm one.
-                var samples = SharedMemoryFile.of(vm.memory()) == null ? null : SharedMemoryFile.samples(vm.memory());
+                var samples = ownFile == null ? null : SharedMemoryFile.samples(vm.memory());
                 if (samples != null) SharedMemoryFile.fingerprints(vm.memory(), samples);
                 long sampledAt = System.nanoTime();
                 // Post-copy's serving side is first built after the pause, with the guest waiting on
@@ -151,7 +152,7 @@ public final class TcpMigration {
                         (sampledAt - warmAt) / 1000,
                         (warmedAt - sampledAt) / 1000,
                         (System.nanoTime() - connectedAt) / 1000);
-                if (prepared.sharedFile()) sharedFile = SharedMemoryFile.of(vm.memory());
+                if (prepared.sharedFile()) sharedFile = ownFile;
                 if (sharedFile != null) {
                     out.message(SharedMemoryFile.message(vm.memory(), samples));
                     out.flush();
@@ -576,10 +577,9 @@ public final class TcpMigration {
         }
     }
 
-    /** The machine and its RAM blocks; a shared memory file is named, for a destination that can map it itself. */
-    private static MigrationProtocol.Prepare prepareMessage(Vm vm) {
+    /** The machine and its RAM blocks; a shared memory {@code file} is named, for a destination that can map it itself. */
+    private static MigrationProtocol.Prepare prepareMessage(Vm vm, Path file) {
         var rows = new ArrayList<MigrationProtocol.RamBlock>();
-        Path file = SharedMemoryFile.of(vm.memory());
         for (var b : vm.memory().blocks())
             rows.add(new MigrationProtocol.RamBlock(
                     b.id(), b.guestAddress(), b.size(), file == null ? 0 : b.fileOffset(), null, file));
